@@ -1,0 +1,65 @@
+//! Typed access to JSON config files with errors that name the file and key.
+
+use serde_json::Value;
+
+use crate::Error;
+
+/// A parsed JSON asset and its file name (for error messages).
+pub struct Json {
+    pub file: String,
+    pub value: Value,
+}
+
+impl Json {
+    /// Parses `text` read from `file`.
+    pub fn parse(file: &str, text: &str) -> Result<Json, Error> {
+        let value = serde_json::from_str(text).map_err(|e| Error::Model(format!("{file}: not valid JSON: {e}")))?;
+        Ok(Json { file: file.to_string(), value })
+    }
+
+    /// The model's config.json.
+    pub fn config() -> Result<Json, Error> {
+        Json::parse("config.json", &crate::model::config()?)
+    }
+
+    /// An optional asset of the model.
+    pub fn asset(path: &str) -> Result<Option<Json>, Error> {
+        crate::model::asset(path)?.map(|t| Json::parse(path, &t)).transpose()
+    }
+
+    fn missing(&self, key: &str, what: &str) -> Error {
+        Error::Model(format!("{}: `{key}` must be {what}", self.file))
+    }
+
+    pub fn u64(&self, key: &str) -> Result<u64, Error> {
+        self.value.get(key).and_then(Value::as_u64).ok_or_else(|| self.missing(key, "a non-negative integer"))
+    }
+
+    pub fn u64_or(&self, key: &str, default: u64) -> Result<u64, Error> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => self.u64(key),
+        }
+    }
+
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64, Error> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.missing(key, "a number")),
+        }
+    }
+
+    pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str, Error> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| self.missing(key, "a string")),
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, Error> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.missing(key, "true or false")),
+        }
+    }
+}

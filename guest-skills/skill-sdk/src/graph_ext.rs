@@ -1,0 +1,112 @@
+//! A thin wrapper over `graph.builder` with helpers for Hugging Face weight
+//! naming (`prefix.weight`, `prefix.bias`).
+
+use crate::graph::{AttentionOptions, BinaryOp, Builder, Node, ReduceOp, UnaryOp};
+use crate::{Dim, Dtype, Error};
+
+/// A graph being built.
+pub struct Graph {
+    pub b: Builder,
+    /// Names of the model's weights, to test for optional tensors.
+    names: std::collections::HashSet<String>,
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Graph {
+        let names = crate::model::weights().into_iter().map(|w| w.name).collect();
+        Graph { b: Builder::new(name), names }
+    }
+
+    /// Whether the model has a weight of this name.
+    pub fn has(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    pub fn input(&self, name: &str, dtype: Dtype, shape: &[Dim]) -> Result<Node, Error> {
+        self.b.input(name, dtype, shape)
+    }
+
+    pub fn weight(&self, name: &str) -> Result<Node, Error> {
+        self.b.weight(name)
+    }
+
+    /// `prefix.weight` and, when present, `prefix.bias` as a linear layer.
+    pub fn linear(&self, x: Node, prefix: &str) -> Result<Node, Error> {
+        let w = self.b.weight(&format!("{prefix}.weight"))?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = if self.has(&bias_name) { Some(self.b.weight(&bias_name)?) } else { None };
+        self.b.linear(x, w, bias)
+    }
+
+    /// Layer norm with `prefix.weight` / `prefix.bias` (or `gamma`/`beta`).
+    pub fn layer_norm(&self, x: Node, prefix: &str, eps: f32) -> Result<Node, Error> {
+        let (w, b) = if self.has(&format!("{prefix}.weight")) {
+            (format!("{prefix}.weight"), format!("{prefix}.bias"))
+        } else {
+            (format!("{prefix}.gamma"), format!("{prefix}.beta"))
+        };
+        let scale = self.b.weight(&w)?;
+        let bias = if self.has(&b) { Some(self.b.weight(&b)?) } else { None };
+        self.b.layer_norm(x, scale, bias, eps)
+    }
+
+    pub fn add(&self, a: Node, b: Node) -> Result<Node, Error> {
+        self.b.binary(BinaryOp::Add, a, b)
+    }
+
+    pub fn mul(&self, a: Node, b: Node) -> Result<Node, Error> {
+        self.b.binary(BinaryOp::Mul, a, b)
+    }
+
+    pub fn div(&self, a: Node, b: Node) -> Result<Node, Error> {
+        self.b.binary(BinaryOp::Div, a, b)
+    }
+
+    pub fn unary(&self, op: UnaryOp, x: Node) -> Result<Node, Error> {
+        self.b.unary(op, x)
+    }
+
+    pub fn scalar(&self, v: f64, dtype: Dtype) -> Result<Node, Error> {
+        self.b.scalar(v, dtype)
+    }
+
+    pub fn reduce(&self, op: ReduceOp, x: Node, axes: &[i32], keep: bool) -> Result<Node, Error> {
+        self.b.reduce(op, x, axes, keep)
+    }
+
+    /// [batch, seq, heads*dim] -> [batch, heads, seq, dim]
+    pub fn split_heads(&self, x: Node, heads: u64, head_dim: u64) -> Result<Node, Error> {
+        let r = self.b.reshape(x, &[0, 0, heads as i64, head_dim as i64])?;
+        self.b.permute(r, &[0, 2, 1, 3])
+    }
+
+    /// [batch, heads, seq, dim] -> [batch, seq, heads*dim]
+    pub fn merge_heads(&self, x: Node) -> Result<Node, Error> {
+        let p = self.b.permute(x, &[0, 2, 1, 3])?;
+        self.b.reshape(p, &[0, 0, -1])
+    }
+
+    pub fn attention(&self, q: Node, k: Node, v: Node, mask: Option<Node>, causal: bool) -> Result<Node, Error> {
+        self.b.attention(q, k, v, mask, AttentionOptions { causal, scale: None })
+    }
+
+    /// Marks outputs and compiles.
+    pub fn compile(self, outputs: &[(&str, Node)]) -> Result<crate::runtime::CompiledGraph, Error> {
+        for (name, n) in outputs {
+            self.b.output(name, *n)?;
+        }
+        crate::runtime::compile(self.b)
+    }
+}
+
+/// The activation named by a Hugging Face `hidden_act`.
+pub fn activation(name: &str) -> Result<UnaryOp, Error> {
+    Ok(match name {
+        "gelu" => UnaryOp::Gelu,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => UnaryOp::GeluTanh,
+        "relu" => UnaryOp::Relu,
+        "silu" | "swish" => UnaryOp::Silu,
+        "tanh" => UnaryOp::Tanh,
+        other => return Err(Error::Unsupported(format!("activation `{other}` is not supported"))),
+    })
+}

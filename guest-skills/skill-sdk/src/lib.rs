@@ -1,0 +1,51 @@
+//! Guest-side SDK for skills.
+//!
+//! It generates the bindings of the `skill` world (`wit/`) once, re-exports
+//! the host interfaces, and adds small helpers: reading config values with
+//! typed errors, tensor packing, and a [`Graph`] wrapper that names weights
+//! by safetensors prefix.
+//!
+//! A skill crate implements [`Guest`] and exports it:
+//!
+//! ```ignore
+//! struct MySkill;
+//! impl skill_sdk::Guest for MySkill { /* describe, load, handle */ }
+//! skill_sdk::export_skill!(MySkill);
+//! ```
+
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "skill",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_skill",
+        default_bindings_module: "skill_sdk::bindings",
+    });
+}
+
+pub mod config;
+pub mod graph_ext;
+pub mod tensors;
+
+pub use bindings::accel::skill::api::{Response, SkillInfo};
+pub use bindings::accel::skill::types::{Dim, Dtype, Error, NamedTensor, Tensor};
+pub use bindings::accel::skill::{graph, log, model, runtime, tokenizer};
+pub use bindings::Guest;
+pub use bindings::export_skill;
+pub use graph_ext::Graph;
+
+/// Logs at info level.
+pub fn info(msg: &str) {
+    log::log(log::Level::Info, msg);
+}
+
+/// An `invalid-request` error.
+pub fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidRequest(msg.into())
+}
+
+/// An `internal` error.
+pub fn internal(msg: impl Into<String>) -> Error {
+    Error::Internal(msg.into())
+}

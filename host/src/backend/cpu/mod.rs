@@ -1,0 +1,153 @@
+//! CPU backend: the emitted ONNX runs on ONNX Runtime through `ort` with
+//! `load-dynamic`. The shared library comes from the `onnxruntime` PyPI
+//! wheel (see [`crate::runtime_libs`]); it is loaded once per process.
+//!
+//! Weights stay out of the protobuf: the model's safetensors files are handed
+//! to ONNX Runtime as in-memory external-data files, shared by every graph of
+//! the model, and the initializers point into them by offset.
+
+mod convert;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
+use crate::ir::Graph;
+use crate::model::Model;
+use crate::onnx::{emit, ExternalLocation};
+
+static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once; returns the library path or why it failed.
+fn environment() -> Result<&'static (ort::environment::Environment, String), String> {
+    ORT.get_or_init(|| {
+        let path = crate::runtime_libs::onnxruntime()?;
+        let env = ort::init_from(&path)
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+            .with_name("host")
+            .build()
+            .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
+        Ok((env, path.display().to_string()))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Availability of the CPU backend.
+pub fn probe() -> DeviceStatus {
+    match environment() {
+        Ok((_, path)) => DeviceStatus {
+            device: "cpu".into(),
+            available: true,
+            detail: format!("ONNX Runtime from {path}; precision f32; {} threads", threads()),
+        },
+        Err(reason) => DeviceStatus { device: "cpu".into(), available: false, detail: reason },
+    }
+}
+
+fn threads() -> usize {
+    std::env::var("HOST_CPU_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// ONNX Runtime on the CPU.
+pub struct CpuBackend {
+    precision: Precision,
+}
+
+impl CpuBackend {
+    pub fn new(precision: Precision) -> Result<Self, BackendError> {
+        environment().map_err(|reason| BackendError::Unavailable { device: "cpu".into(), reason })?;
+        if precision != Precision::F32 {
+            return Err(BackendError::Precision {
+                device: "cpu".into(),
+                precision: precision.to_string(),
+                supported: "f32".into(),
+            });
+        }
+        Ok(CpuBackend { precision })
+    }
+}
+
+/// A compiled ONNX Runtime session. `run` needs `&mut Session`, so runs of
+/// one graph are serialised; instances on other graphs run in parallel.
+struct CpuExecutable {
+    graph: Arc<Graph>,
+    session: Mutex<Session>,
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError> {
+        let fail = |message: String| BackendError::Compile { device: "cpu".into(), graph: graph.name.clone(), message };
+        let (env, _) = environment().map_err(&fail)?;
+        let store = &model.weights;
+        let locate = |name: &str| {
+            let e = store.index.get(name)?;
+            Some(ExternalLocation { location: file_key(e.file), offset: e.offset, length: e.length })
+        };
+        let bytes = emit(&graph, &locate).map_err(|e| fail(e.to_string()))?;
+        let e2s = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
+        let mut builder = Session::builder(env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(e2s)?
+            .with_intra_threads(threads())
+            .map_err(e2s)?
+            .with_inter_threads(1)
+            .map_err(e2s)?;
+        let used: std::collections::BTreeSet<usize> = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                crate::ir::Op::Weight { name } => store.index.get(name).map(|e| e.file),
+                _ => None,
+            })
+            .collect();
+        for file in used {
+            builder = builder
+                .with_external_initializer_file_in_memory(file_key(file), model.file_bytes(file))
+                .map_err(e2s)?;
+        }
+        let session = builder.commit_from_memory(&bytes).map_err(|e| fail(e.to_string()))?;
+        Ok(Arc::new(CpuExecutable { graph, session: Mutex::new(session) }))
+    }
+}
+
+/// The name under which weight file `i` is handed to ONNX Runtime.
+fn file_key(i: usize) -> String {
+    format!("weights{i}.safetensors")
+}
+
+impl Executable for CpuExecutable {
+    fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
+        let fail = |message: String| BackendError::Run { device: "cpu".into(), graph: self.graph.name.clone(), message };
+        let values = inputs
+            .iter()
+            .map(|(n, t)| convert::to_value(t).map(|v| (n.clone(), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
+        let mut session = self.session.lock().map_err(|_| fail("a previous run panicked".into()))?;
+        let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
+        self.graph
+            .outputs
+            .iter()
+            .map(|(name, _)| {
+                let v = outputs.get(name).ok_or_else(|| fail(format!("output `{name}` missing")))?;
+                convert::from_value(v).map(|t| (name.clone(), t)).map_err(fail)
+            })
+            .collect()
+    }
+}

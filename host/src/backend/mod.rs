@@ -1,0 +1,107 @@
+//! Backends: one folder per backend behind one trait.
+//!
+//! A [`Backend`] compiles a validated [`Graph`] for one device and precision
+//! into an [`Executable`]. Input checking (names, dtypes, ranks, bound
+//! symbolic axes, size limits) happens here, once, before any backend sees
+//! the data. [`registry`] parses device names and reports availability.
+
+pub mod cpu;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ir::shape::{check_sizes, Bindings};
+use crate::ir::{shape_str, Dim, Graph};
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+pub use registry::{Device, DeviceStatus, Precision};
+
+/// Backend failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("device `{device}` is not available: {reason}")]
+    Unavailable { device: String, reason: String },
+    #[error("unknown device `{0}`; known devices: cpu, openvino, openvino:GPU, openvino:NPU, cuda, cuda:N (see `host devices`)")]
+    UnknownDevice(String),
+    #[error("device `{device}` does not support precision {precision}; supported: {supported}")]
+    Precision { device: String, precision: String, supported: String },
+    #[error("{device}: compiling graph `{graph}` failed: {message}")]
+    Compile { device: String, graph: String, message: String },
+    #[error("{device}: running graph `{graph}` failed: {message}")]
+    Run { device: String, graph: String, message: String },
+    #[error("graph `{graph}` input: {message}")]
+    Input { graph: String, message: String },
+    #[error(transparent)]
+    Graph(#[from] crate::ir::GraphError),
+}
+
+/// Named tensors in and out of a graph.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// Something that executes compiled graphs on one device.
+pub trait Backend: Send + Sync {
+    /// Device name, e.g. `cpu`.
+    fn device(&self) -> String;
+    /// Precision graphs compute in.
+    fn precision(&self) -> Precision;
+    /// Compiles a validated graph whose weights live in `model`.
+    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError>;
+}
+
+/// A graph compiled for one device.
+pub trait Executable: Send + Sync {
+    /// Runs with inputs already checked by [`check_inputs`], in graph input order.
+    fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError>;
+}
+
+/// Largest tensor any run may create, in elements (2^31: 8 GiB of f32).
+pub const MAX_RUN_ELEMENTS: u64 = 1 << 31;
+
+/// Checks `inputs` against the graph's declared inputs, binds the symbolic
+/// axes and checks every tensor of the run against [`MAX_RUN_ELEMENTS`].
+/// Returns the inputs in declaration order.
+pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors, Bindings), BackendError> {
+    let err = |message: String| BackendError::Input { graph: g.name.clone(), message };
+    let mut bindings: Bindings = HashMap::new();
+    let mut ordered = Vec::with_capacity(g.inputs.len());
+    for &id in &g.inputs {
+        let name = g.input_name(id).to_string();
+        let node = g.node(id);
+        let pos = inputs
+            .iter()
+            .position(|(n, _)| *n == name)
+            .ok_or_else(|| err(format!("missing input `{name}`")))?;
+        let (_, t) = inputs.swap_remove(pos);
+        t.check(&name).map_err(|e| err(e.to_string()))?;
+        if t.dtype != node.dtype {
+            return Err(err(format!("input `{name}`: expected {}, got {}", node.dtype, t.dtype)));
+        }
+        if t.shape.len() != node.shape.len() {
+            return Err(err(format!("input `{name}`: expected shape {}, got {:?}", shape_str(&node.shape), t.shape)));
+        }
+        for (d, &got) in node.shape.iter().zip(&t.shape) {
+            match d {
+                Dim::Fixed(n) if *n != got => {
+                    return Err(err(format!("input `{name}`: expected shape {}, got {:?}", shape_str(&node.shape), t.shape)))
+                }
+                Dim::Sym(s) => {
+                    if let Some(&prev) = bindings.get(s) {
+                        if prev != got {
+                            return Err(err(format!("axis `{s}` is {prev} in one input and {got} in `{name}`")));
+                        }
+                    }
+                    bindings.insert(s.clone(), got);
+                }
+                _ => {}
+            }
+        }
+        ordered.push((name, t));
+    }
+    if let Some((extra, _)) = inputs.first() {
+        return Err(err(format!("unknown input `{extra}`")));
+    }
+    check_sizes(g, &bindings, MAX_RUN_ELEMENTS)?;
+    Ok((ordered, bindings))
+}

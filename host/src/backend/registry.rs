@@ -1,0 +1,144 @@
+//! Device names, precisions, availability probes and backend construction.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::{cpu, Backend, BackendError};
+
+/// Numeric precision a backend computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::BF16),
+            _ => Err(format!("unknown precision `{s}`; expected f32, f16 or bf16")),
+        }
+    }
+}
+
+/// A device an endpoint can run on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    OpenVino(String),
+    Cuda(u32),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::OpenVino(d) if d == "CPU" => f.write_str("openvino"),
+            Device::OpenVino(d) => write!(f, "openvino:{d}"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, BackendError> {
+        let t = s.trim();
+        let (kind, sub) = match t.split_once(':') {
+            Some((k, s)) => (k, Some(s)),
+            None => (t, None),
+        };
+        match (kind.to_ascii_lowercase().as_str(), sub) {
+            ("cpu", None) => Ok(Device::Cpu),
+            ("openvino", None) => Ok(Device::OpenVino("CPU".into())),
+            ("openvino", Some(d)) if !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') => {
+                Ok(Device::OpenVino(d.to_ascii_uppercase()))
+            }
+            ("cuda", None) => Ok(Device::Cuda(0)),
+            ("cuda", Some(n)) => n.parse().map(Device::Cuda).map_err(|_| BackendError::UnknownDevice(s.to_string())),
+            _ => Err(BackendError::UnknownDevice(s.to_string())),
+        }
+    }
+}
+
+/// Parses a comma-separated device list such as `cuda:0,openvino,cpu`.
+pub fn parse_list(s: &str) -> Result<Vec<Device>, BackendError> {
+    let list: Vec<Device> = s.split(',').filter(|p| !p.trim().is_empty()).map(str::parse).collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err(BackendError::UnknownDevice(s.to_string()));
+    }
+    Ok(list)
+}
+
+/// Whether a device can serve, and why not.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceStatus {
+    pub device: String,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// Probes every backend this build knows.
+pub fn probe_all() -> Vec<DeviceStatus> {
+    let mut out = vec![cpu::probe()];
+    out.push(DeviceStatus {
+        device: "openvino".into(),
+        available: false,
+        detail: "the OpenVINO backend is not part of this build yet".into(),
+    });
+    out.push(DeviceStatus {
+        device: "cuda".into(),
+        available: false,
+        detail: "the CUDA backend is not part of this build yet".into(),
+    });
+    out
+}
+
+/// Opens the backend for `device` at `precision`.
+pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, BackendError> {
+    match device {
+        Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision)?)),
+        other => Err(BackendError::Unavailable {
+            device: other.to_string(),
+            reason: "this backend is not part of this build yet (see `host devices`)".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_lists() {
+        let l = parse_list("cuda:1, openvino ,cpu,openvino:gpu").unwrap();
+        assert_eq!(l, vec![Device::Cuda(1), Device::OpenVino("CPU".into()), Device::Cpu, Device::OpenVino("GPU".into())]);
+        assert_eq!(l[1].to_string(), "openvino");
+        assert!(parse_list("tpu").is_err());
+        assert!(parse_list("cuda:x").is_err());
+        assert!(parse_list("").is_err());
+        assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::BF16);
+    }
+}

@@ -1,0 +1,151 @@
+//! Emits a validated [`Graph`] as an ONNX model (opset 18).
+//!
+//! Weights are not copied into the protobuf: each weight becomes an
+//! initializer whose `external_data` points at its byte range inside the
+//! model's safetensors file, so a backend reads (or maps) the bytes straight
+//! from the model. High-level ops (attention, gelu, rms-norm, l2-normalize)
+//! are lowered to standard ONNX ops that every ONNX consumer accepts; the
+//! runtimes' own graph optimizers fuse the common patterns again.
+
+mod lower;
+
+use onnx_protobuf::{
+    tensor_proto, tensor_shape_proto, type_proto, GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use protobuf::Message;
+
+use crate::ir::{DType, Dim, Graph};
+
+/// Where a weight's bytes live: a file name relative to the emitted model,
+/// and a byte range inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalLocation {
+    pub location: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// Emission failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("ONNX emission of graph `{graph}`: weight `{name}` has no known location in the model's files")]
+    MissingWeight { graph: String, name: String },
+    #[error("ONNX emission of graph `{graph}`: {message}")]
+    Unsupported { graph: String, message: String },
+    #[error("ONNX emission: protobuf encoding failed: {0}")]
+    Encode(String),
+}
+
+/// ONNX element type code of a dtype.
+pub fn onnx_type(d: DType) -> i32 {
+    use tensor_proto::DataType as T;
+    let t = match d {
+        DType::F32 => T::FLOAT,
+        DType::F16 => T::FLOAT16,
+        DType::BF16 => T::BFLOAT16,
+        DType::I64 => T::INT64,
+        DType::I32 => T::INT32,
+        DType::U8 => T::UINT8,
+        DType::Bool => T::BOOL,
+    };
+    t as i32
+}
+
+fn value_info(name: &str, dtype: DType, shape: &[Dim]) -> ValueInfoProto {
+    let dims = shape
+        .iter()
+        .map(|d| {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.value = match d {
+                Dim::Fixed(n) => Some(tensor_shape_proto::dimension::Value::DimValue(*n as i64)),
+                Dim::Sym(s) => Some(tensor_shape_proto::dimension::Value::DimParam(s.clone())),
+                Dim::Expr(_) => None,
+            };
+            dim
+        })
+        .collect();
+    let mut tshape = TensorShapeProto::new();
+    tshape.dim = dims;
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = onnx_type(dtype);
+    tt.shape = protobuf::MessageField::some(tshape);
+    let mut ty = TypeProto::new();
+    ty.value = Some(type_proto::Value::TensorType(tt));
+    let mut vi = ValueInfoProto::new();
+    vi.name = name.to_string();
+    vi.type_ = protobuf::MessageField::some(ty);
+    vi
+}
+
+fn external_initializer(name: &str, dtype: DType, shape: &[Dim], loc: &ExternalLocation) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_string();
+    t.data_type = onnx_type(dtype);
+    t.dims = shape.iter().map(|d| d.fixed().unwrap_or(0) as i64).collect();
+    t.data_location = protobuf::EnumOrUnknown::new(tensor_proto::DataLocation::EXTERNAL);
+    let entry = |k: &str, v: String| {
+        let mut e = StringStringEntryProto::new();
+        e.key = k.to_string();
+        e.value = v;
+        e
+    };
+    t.external_data = vec![
+        entry("location", loc.location.clone()),
+        entry("offset", loc.offset.to_string()),
+        entry("length", loc.length.to_string()),
+    ];
+    t
+}
+
+/// Raw-data initializer.
+pub(crate) fn raw_initializer(name: &str, dtype: DType, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_string();
+    t.data_type = onnx_type(dtype);
+    t.dims = dims.to_vec();
+    t.raw_data = bytes;
+    t
+}
+
+/// Emits `g` as serialized ONNX bytes. `locate` maps a weight name to its
+/// external byte range.
+pub fn emit(g: &Graph, locate: &dyn Fn(&str) -> Option<ExternalLocation>) -> Result<Vec<u8>, EmitError> {
+    let mut graph = GraphProto::new();
+    graph.name = g.name.clone();
+    let mut low = lower::Lowering::new(g);
+    for (id, node) in g.nodes.iter().enumerate() {
+        match &node.op {
+            crate::ir::Op::Input { name } => {
+                graph.input.push(value_info(name, node.dtype, &node.shape));
+                low.name_value(id as u32, name.clone());
+            }
+            crate::ir::Op::Weight { name } => {
+                let loc = locate(name)
+                    .ok_or_else(|| EmitError::MissingWeight { graph: g.name.clone(), name: name.clone() })?;
+                graph.initializer.push(external_initializer(name, node.dtype, &node.shape, &loc));
+                low.name_value(id as u32, name.clone());
+            }
+            _ => low.lower(id as u32)?,
+        }
+    }
+    for (name, id) in &g.outputs {
+        let n = g.node(*id);
+        low.identity(*id, name);
+        graph.output.push(value_info(name, n.dtype, &n.shape));
+    }
+    let (nodes, inits) = low.finish();
+    graph.node = nodes;
+    graph.initializer.extend(inits);
+
+    let mut model = ModelProto::new();
+    model.ir_version = 8;
+    model.producer_name = "host".into();
+    model.producer_version = env!("CARGO_PKG_VERSION").into();
+    let mut opset = OperatorSetIdProto::new();
+    opset.domain = String::new();
+    opset.version = 18;
+    model.opset_import = vec![opset];
+    model.graph = protobuf::MessageField::some(graph);
+    model.write_to_bytes().map_err(|e| EmitError::Encode(e.to_string()))
+}

@@ -1,0 +1,252 @@
+//! Serving a skill on a model: device fallback at load, request validation,
+//! batch calls into the sandbox, fresh instances after a trap, and the
+//! response format (skill JSON + tensors + device + precision).
+
+use std::sync::Arc;
+
+use crate::backend::{registry, Device, Precision};
+use crate::model::Model;
+use crate::sandbox::imports_api::{CompileCache, SkillContext};
+use crate::sandbox::{Sandbox, SandboxError, SkillComponent, SkillInstance, WitError};
+use crate::tensor::Tensor;
+use crate::HostError;
+
+/// Largest request accepted, in bytes of JSON.
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+/// One request's failure, with a stable kind for clients.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RequestError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// Kind and message of a skill's typed error.
+pub fn wit_error_parts(e: &WitError) -> (&'static str, String) {
+    match e {
+        WitError::InvalidRequest(m) => ("invalid-request", m.clone()),
+        WitError::Model(m) => ("model", m.clone()),
+        WitError::Unsupported(m) => ("unsupported", m.clone()),
+        WitError::Graph(m) => ("graph", m.clone()),
+        WitError::Backend(m) => ("backend", m.clone()),
+        WitError::ResourceExhausted(m) => ("resource-exhausted", m.clone()),
+        WitError::Internal(m) => ("internal", m.clone()),
+    }
+}
+
+fn sandbox_kind(e: &SandboxError) -> &'static str {
+    match e {
+        SandboxError::CpuBudget { .. } | SandboxError::Memory { .. } => "resource-exhausted",
+        _ => "internal",
+    }
+}
+
+/// A successful response.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// The skill's JSON object.
+    pub json: serde_json::Map<String, serde_json::Value>,
+    /// Tensors the skill returned, added to the JSON by name.
+    pub tensors: Vec<(String, Tensor)>,
+    pub device: String,
+    pub precision: String,
+}
+
+impl Output {
+    /// One JSON line: the skill's keys, its tensors as arrays, then
+    /// `device` and `precision`.
+    pub fn to_json_line(&self) -> Result<String, RequestError> {
+        let internal = |message: String| RequestError { kind: "internal", message };
+        let mut out = String::from("{");
+        let mut first = true;
+        let mut put = |out: &mut String, k: &str, v: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&serde_json::to_string(k).unwrap_or_default());
+            out.push(':');
+            out.push_str(v);
+        };
+        for (k, v) in &self.json {
+            put(&mut out, k, &v.to_string());
+        }
+        for (k, t) in &self.tensors {
+            put(&mut out, k, &t.to_json(k).map_err(|e| internal(e.to_string()))?);
+        }
+        put(&mut out, "device", &serde_json::Value::from(self.device.clone()).to_string());
+        put(&mut out, "precision", &serde_json::Value::from(self.precision.clone()).to_string());
+        out.push('}');
+        Ok(out)
+    }
+
+    /// A tensor of the response by name.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+/// A skill loaded for one model on one device.
+pub struct Runner {
+    sandbox: Arc<Sandbox>,
+    component: SkillComponent,
+    ctx: Arc<SkillContext>,
+    instance: Option<SkillInstance>,
+    pub device: String,
+    pub precision: Precision,
+    /// Calls that trapped and were answered with errors.
+    pub traps: u64,
+}
+
+impl Runner {
+    /// Loads `skill` for `model`, trying `devices` in order.
+    pub fn open(
+        sandbox: Arc<Sandbox>,
+        skill: &str,
+        model: &str,
+        devices: &[Device],
+        precision: Precision,
+    ) -> Result<Runner, HostError> {
+        let (name, path) = crate::skills::resolve(skill)?;
+        let component = sandbox.load(&name, &path)?;
+        let model = Arc::new(Model::open(model)?);
+        let mut reasons = Vec::new();
+        for device in devices {
+            let backend = match registry::open(device, precision) {
+                Ok(b) => b,
+                Err(e) => {
+                    reasons.push(format!("{device}: {e}"));
+                    continue;
+                }
+            };
+            let ctx = Arc::new(SkillContext::new(&name, model.clone(), backend, Arc::new(CompileCache::default())));
+            let mut inst = sandbox.instantiate(&component, ctx.clone())?;
+            match inst.load()? {
+                Ok(()) => {
+                    return Ok(Runner {
+                        sandbox,
+                        component,
+                        ctx,
+                        instance: Some(inst),
+                        device: device.to_string(),
+                        precision,
+                        traps: 0,
+                    })
+                }
+                Err(e) => {
+                    let (kind, message) = wit_error_parts(&e);
+                    if matches!(kind, "backend" | "resource-exhausted") {
+                        reasons.push(format!("{device}: {kind}: {message}"));
+                        continue;
+                    }
+                    return Err(HostError::SkillLoad { skill: name, model: model.id.clone(), kind, message });
+                }
+            }
+        }
+        let devices = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+        Err(HostError::NoDevice { devices, reasons: reasons.join("; ") })
+    }
+
+    fn instance(&mut self) -> Result<&mut SkillInstance, RequestError> {
+        if self.instance.as_ref().is_none_or(|i| i.is_poisoned()) {
+            self.instance = None;
+            let fail = |e: String| RequestError { kind: "internal", message: format!("restarting the skill failed: {e}") };
+            let mut inst = self.sandbox.instantiate(&self.component, self.ctx.clone()).map_err(|e| fail(e.to_string()))?;
+            match inst.load() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(fail(wit_error_parts(&e).1)),
+                Err(e) => return Err(fail(e.to_string())),
+            }
+            self.instance = Some(inst);
+        }
+        self.instance.as_mut().ok_or_else(|| RequestError { kind: "internal", message: "no skill instance".into() })
+    }
+
+    /// Serves a batch of JSON requests; one result per request, in order.
+    pub fn handle(&mut self, batch: &[String]) -> Vec<Result<Output, RequestError>> {
+        let mut results: Vec<Option<Result<Output, RequestError>>> = vec![None; batch.len()];
+        let mut valid_idx = Vec::new();
+        let mut valid = Vec::new();
+        for (i, r) in batch.iter().enumerate() {
+            match validate_request(r) {
+                Ok(()) => {
+                    valid_idx.push(i);
+                    valid.push(r.clone());
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !valid.is_empty() {
+            let (device, precision) = (self.device.clone(), self.precision.to_string());
+            let answers = match self.instance() {
+                Err(e) => vec![Err(e); valid.len()],
+                Ok(inst) => match inst.handle(&valid) {
+                    Err(e) => {
+                        self.traps += 1;
+                        let kind = sandbox_kind(&e);
+                        vec![Err(RequestError { kind, message: e.to_string() }); valid.len()]
+                    }
+                    Ok(list) if list.len() != valid.len() => {
+                        let message = format!("skill returned {} results for {} requests", list.len(), valid.len());
+                        vec![Err(RequestError { kind: "internal", message }); valid.len()]
+                    }
+                    Ok(list) => list.into_iter().map(|r| convert_response(r, &device, &precision)).collect(),
+                },
+            };
+            for (i, a) in valid_idx.into_iter().zip(answers) {
+                results[i] = Some(a);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RequestError { kind: "internal", message: "request lost".into() })))
+            .collect()
+    }
+}
+
+fn validate_request(r: &str) -> Result<(), RequestError> {
+    let bad = |message: String| RequestError { kind: "invalid-request", message };
+    if r.len() > MAX_REQUEST_BYTES {
+        return Err(bad(format!("request of {} bytes exceeds the limit of {MAX_REQUEST_BYTES}", r.len())));
+    }
+    match serde_json::from_str::<serde_json::Value>(r) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(bad("a request must be a JSON object".into())),
+        Err(e) => Err(bad(format!("not valid JSON: {e}"))),
+    }
+}
+
+fn convert_response(
+    r: Result<crate::sandbox::WitResponse, WitError>,
+    device: &str,
+    precision: &str,
+) -> Result<Output, RequestError> {
+    let resp = r.map_err(|e| {
+        let (kind, message) = wit_error_parts(&e);
+        RequestError { kind, message }
+    })?;
+    let internal = |message: String| RequestError { kind: "internal", message: format!("skill response: {message}") };
+    let json = match serde_json::from_str::<serde_json::Value>(&resp.json) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err(internal("`json` is not a JSON object".into())),
+    };
+    if json.contains_key("device") || json.contains_key("precision") {
+        return Err(internal("`device` and `precision` are set by the host".into()));
+    }
+    let mut tensors = Vec::new();
+    for nt in resp.tensors {
+        let t = crate::sandbox::tensor_from_wit(nt.value);
+        t.check(&nt.name).map_err(|e| internal(e.to_string()))?;
+        if json.contains_key(&nt.name) || tensors.iter().any(|(n, _): &(String, Tensor)| *n == nt.name) {
+            return Err(internal(format!("key `{}` appears twice", nt.name)));
+        }
+        tensors.push((nt.name, t));
+    }
+    Ok(Output { json, tensors, device: device.to_string(), precision: precision.to_string() })
+}

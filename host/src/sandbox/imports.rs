@@ -1,0 +1,428 @@
+//! Host implementations of the skill world's imports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::Resource;
+
+use super::accel::skill::{api, graph, log, model, runtime, tokenizer, types};
+use super::convert::*;
+use super::HostState;
+use crate::backend::{check_inputs, Backend, Executable};
+use crate::ir::builder::{BuilderLimits, WeightTypes};
+use crate::ir::{BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp};
+use crate::model::Model;
+use crate::tokenizer::{HostTokenizer, TokenizerOptions};
+use types::Error as WitError;
+
+type WResult<T> = wasmtime::Result<Result<T, WitError>>;
+
+/// Compiled graphs shared by every instance of an endpoint, keyed by graph
+/// fingerprint (the backend and model are fixed per context).
+#[derive(Default)]
+pub struct CompileCache {
+    map: Mutex<HashMap<String, Arc<dyn Executable>>>,
+}
+
+/// What one skill instance sees of the host: its model and backend.
+pub struct SkillContext {
+    pub skill: String,
+    pub model: Option<Arc<Model>>,
+    pub backend: Option<Arc<dyn Backend>>,
+    pub weight_types: WeightTypes,
+    pub cache: Arc<CompileCache>,
+    /// Minimum level printed (0 trace .. 4 error).
+    pub log_level: u8,
+}
+
+impl SkillContext {
+    /// A context without model or backend (for `describe`).
+    pub fn empty() -> Self {
+        SkillContext {
+            skill: String::new(),
+            model: None,
+            backend: None,
+            weight_types: Arc::new(HashMap::new()),
+            cache: Arc::new(CompileCache::default()),
+            log_level: 3,
+        }
+    }
+
+    /// A context serving `model` on `backend`.
+    pub fn new(skill: &str, model: Arc<Model>, backend: Arc<dyn Backend>, cache: Arc<CompileCache>) -> Self {
+        let log_level = match std::env::var("HOST_LOG").as_deref() {
+            Ok("trace") => 0,
+            Ok("debug") => 1,
+            Ok("info") => 2,
+            Ok("error") => 4,
+            _ => 3,
+        };
+        SkillContext {
+            skill: skill.to_string(),
+            weight_types: model.weights.types(),
+            model: Some(model),
+            backend: Some(backend),
+            cache,
+            log_level,
+        }
+    }
+
+    fn model(&self) -> Result<&Arc<Model>, WitError> {
+        self.model.as_ref().ok_or_else(|| WitError::Model("no model is loaded in this context (describe only)".into()))
+    }
+}
+
+/// A graph compiled for the endpoint's backend.
+pub struct CompiledGraph {
+    graph: Arc<Graph>,
+    exe: Arc<dyn Executable>,
+}
+
+impl types::Host for HostState {}
+impl api::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let (n, tag) = match level {
+            log::Level::Trace => (0, "trace"),
+            log::Level::Debug => (1, "debug"),
+            log::Level::Info => (2, "info"),
+            log::Level::Warn => (3, "warn"),
+            log::Level::Error => (4, "error"),
+        };
+        if n >= self.ctx.log_level {
+            let text: String = message.chars().take(4096).collect();
+            eprintln!("[{tag}] skill {}: {text}", self.ctx.skill);
+        }
+        Ok(())
+    }
+}
+
+impl model::Host for HostState {
+    fn id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ctx.model.as_ref().map(|m| m.id.clone()).unwrap_or_default())
+    }
+
+    fn config(&mut self) -> WResult<String> {
+        Ok(self.ctx.model().map(|m| m.config.clone()))
+    }
+
+    fn asset(&mut self, path: String) -> WResult<Option<String>> {
+        Ok(self.ctx.model().and_then(|m| m.asset(&path).map_err(|e| WitError::Model(e.to_string()))))
+    }
+
+    fn weights(&mut self) -> wasmtime::Result<Vec<model::WeightInfo>> {
+        let mut v: Vec<model::WeightInfo> = self
+            .ctx
+            .weight_types
+            .iter()
+            .map(|(name, (d, s))| model::WeightInfo { name: name.clone(), dtype: dtype_out(*d), shape: s.clone() })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+}
+
+impl tokenizer::Host for HostState {}
+
+impl tokenizer::HostTokenizer for HostState {
+    fn open(&mut self, options: tokenizer::TokenizerOptions) -> WResult<Resource<HostTokenizer>> {
+        let model = match self.ctx.model() {
+            Ok(m) => m.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let opts = TokenizerOptions {
+            max_length: options.max_length,
+            add_special_tokens: options.add_special_tokens,
+            pad_to_multiple_of: options.pad_to_multiple_of,
+        };
+        match HostTokenizer::open(&model.tokenizer_path(), &opts) {
+            Ok(t) => Ok(Ok(self.table.push(t)?)),
+            Err(e) => Ok(Err(WitError::Model(e.to_string()))),
+        }
+    }
+
+    fn encode_batch(&mut self, t: Resource<HostTokenizer>, texts: Vec<String>) -> WResult<tokenizer::EncodedBatch> {
+        let tok = self.table.get(&t)?;
+        Ok(tok
+            .encode_batch(texts)
+            .map(|b| tokenizer::EncodedBatch {
+                input_ids: tensor_out(b.input_ids),
+                attention_mask: tensor_out(b.attention_mask),
+                token_type_ids: tensor_out(b.token_type_ids),
+                lengths: b.lengths,
+                truncated: b.truncated,
+            })
+            .map_err(|e| WitError::InvalidRequest(e.to_string())))
+    }
+
+    fn decode(&mut self, t: Resource<HostTokenizer>, ids: Vec<u32>, skip: bool) -> WResult<String> {
+        Ok(self.table.get(&t)?.decode(&ids, skip).map_err(|e| WitError::InvalidRequest(e.to_string())))
+    }
+
+    fn token_to_id(&mut self, t: Resource<HostTokenizer>, token: String) -> wasmtime::Result<Option<u32>> {
+        Ok(self.table.get(&t)?.token_to_id(&token))
+    }
+
+    fn vocab_size(&mut self, t: Resource<HostTokenizer>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&t)?.vocab_size())
+    }
+
+    fn drop(&mut self, t: Resource<HostTokenizer>) -> wasmtime::Result<()> {
+        self.table.delete(t)?;
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn with_builder<R>(
+        &mut self,
+        b: &Resource<GraphBuilder>,
+        f: impl FnOnce(&mut GraphBuilder) -> Result<R, GraphError>,
+    ) -> WResult<R> {
+        let builder = self.table.get_mut(b)?;
+        Ok(f(builder).map_err(graph_error))
+    }
+}
+
+type Node = u32;
+type B = Resource<GraphBuilder>;
+
+impl graph::Host for HostState {}
+
+impl graph::HostBuilder for HostState {
+    fn new(&mut self, name: String) -> wasmtime::Result<B> {
+        let name: String = name.chars().take(128).collect();
+        let b = GraphBuilder::new(&name, self.ctx.weight_types.clone(), BuilderLimits::default());
+        Ok(self.table.push(b)?)
+    }
+
+    fn input(&mut self, b: B, name: String, dtype: types::Dtype, shape: Vec<types::Dim>) -> WResult<Node> {
+        self.with_builder(&b, |g| g.input(&name, dtype_in(dtype), shape.into_iter().map(dim_in).collect()))
+    }
+
+    fn weight(&mut self, b: B, name: String) -> WResult<Node> {
+        self.with_builder(&b, |g| g.weight(&name))
+    }
+
+    fn constant(&mut self, b: B, value: types::Tensor) -> WResult<Node> {
+        let t = tensor_in(value);
+        self.with_builder(&b, |g| g.constant(ConstData { dtype: t.dtype, shape: t.shape, bytes: t.data }))
+    }
+
+    fn scalar(&mut self, b: B, value: f64, dtype: types::Dtype) -> WResult<Node> {
+        self.with_builder(&b, |g| g.scalar(value, dtype_in(dtype)))
+    }
+
+    fn unary(&mut self, b: B, op: graph::UnaryOp, x: Node) -> WResult<Node> {
+        use graph::UnaryOp as W;
+        let op = match op {
+            W::Neg => UnaryOp::Neg,
+            W::Abs => UnaryOp::Abs,
+            W::Exp => UnaryOp::Exp,
+            W::Log => UnaryOp::Log,
+            W::Sqrt => UnaryOp::Sqrt,
+            W::Rsqrt => UnaryOp::Rsqrt,
+            W::Reciprocal => UnaryOp::Reciprocal,
+            W::Tanh => UnaryOp::Tanh,
+            W::Sigmoid => UnaryOp::Sigmoid,
+            W::Relu => UnaryOp::Relu,
+            W::Gelu => UnaryOp::Gelu,
+            W::GeluTanh => UnaryOp::GeluTanh,
+            W::Silu => UnaryOp::Silu,
+            W::Erf => UnaryOp::Erf,
+            W::Not => UnaryOp::Not,
+        };
+        self.with_builder(&b, |g| g.unary(op, x))
+    }
+
+    fn binary(&mut self, b: B, op: graph::BinaryOp, x: Node, y: Node) -> WResult<Node> {
+        use graph::BinaryOp as W;
+        let op = match op {
+            W::Add => BinaryOp::Add,
+            W::Sub => BinaryOp::Sub,
+            W::Mul => BinaryOp::Mul,
+            W::Div => BinaryOp::Div,
+            W::Pow => BinaryOp::Pow,
+            W::Maximum => BinaryOp::Maximum,
+            W::Minimum => BinaryOp::Minimum,
+        };
+        self.with_builder(&b, |g| g.binary(op, x, y))
+    }
+
+    fn compare(&mut self, b: B, op: graph::CompareOp, x: Node, y: Node) -> WResult<Node> {
+        use graph::CompareOp as W;
+        let op = match op {
+            W::Equal => CompareOp::Equal,
+            W::Less => CompareOp::Less,
+            W::LessOrEqual => CompareOp::LessOrEqual,
+            W::Greater => CompareOp::Greater,
+            W::GreaterOrEqual => CompareOp::GreaterOrEqual,
+        };
+        self.with_builder(&b, |g| g.compare(op, x, y))
+    }
+
+    fn logical_and(&mut self, b: B, x: Node, y: Node) -> WResult<Node> {
+        self.with_builder(&b, |g| g.and(x, y))
+    }
+
+    fn select(&mut self, b: B, cond: Node, x: Node, y: Node) -> WResult<Node> {
+        self.with_builder(&b, |g| g.select(cond, x, y))
+    }
+
+    fn cast(&mut self, b: B, x: Node, to: types::Dtype) -> WResult<Node> {
+        self.with_builder(&b, |g| g.cast(x, dtype_in(to)))
+    }
+
+    fn matmul(&mut self, b: B, x: Node, y: Node) -> WResult<Node> {
+        self.with_builder(&b, |g| g.matmul(x, y))
+    }
+
+    fn linear(&mut self, b: B, x: Node, w: Node, bias: Option<Node>) -> WResult<Node> {
+        self.with_builder(&b, |g| g.linear(x, w, bias))
+    }
+
+    fn layer_norm(&mut self, b: B, x: Node, scale: Node, bias: Option<Node>, eps: f32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.layer_norm(x, scale, bias, eps))
+    }
+
+    fn rms_norm(&mut self, b: B, x: Node, scale: Node, eps: f32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.rms_norm(x, scale, eps))
+    }
+
+    fn softmax(&mut self, b: B, x: Node, axis: i32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.softmax(x, axis))
+    }
+
+    fn attention(
+        &mut self,
+        b: B,
+        q: Node,
+        k: Node,
+        v: Node,
+        mask: Option<Node>,
+        o: graph::AttentionOptions,
+    ) -> WResult<Node> {
+        self.with_builder(&b, |g| g.attention(q, k, v, mask, o.causal, o.scale))
+    }
+
+    fn embedding(&mut self, b: B, table: Node, ids: Node) -> WResult<Node> {
+        self.with_builder(&b, |g| g.embedding(table, ids))
+    }
+
+    fn reshape(&mut self, b: B, x: Node, shape: Vec<i64>) -> WResult<Node> {
+        self.with_builder(&b, |g| g.reshape(x, shape))
+    }
+
+    fn permute(&mut self, b: B, x: Node, perm: Vec<u32>) -> WResult<Node> {
+        self.with_builder(&b, |g| g.permute(x, perm))
+    }
+
+    fn slice(&mut self, b: B, x: Node, axis: i32, start: i64, end: i64) -> WResult<Node> {
+        self.with_builder(&b, |g| g.slice(x, axis, start, end))
+    }
+
+    fn concat(&mut self, b: B, xs: Vec<Node>, axis: i32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.concat(xs, axis))
+    }
+
+    fn unsqueeze(&mut self, b: B, x: Node, axis: i32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.unsqueeze(x, axis))
+    }
+
+    fn squeeze(&mut self, b: B, x: Node, axis: i32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.squeeze(x, axis))
+    }
+
+    fn expand(&mut self, b: B, x: Node, shape: Vec<types::Dim>) -> WResult<Node> {
+        self.with_builder(&b, |g| g.expand(x, shape.into_iter().map(dim_in).collect()))
+    }
+
+    fn reduce(&mut self, b: B, op: graph::ReduceOp, x: Node, axes: Vec<i32>, keep: bool) -> WResult<Node> {
+        let op = match op {
+            graph::ReduceOp::Sum => ReduceOp::Sum,
+            graph::ReduceOp::Mean => ReduceOp::Mean,
+            graph::ReduceOp::Max => ReduceOp::Max,
+            graph::ReduceOp::Min => ReduceOp::Min,
+        };
+        self.with_builder(&b, |g| g.reduce(op, x, axes, keep))
+    }
+
+    fn l2_normalize(&mut self, b: B, x: Node, axis: i32, eps: f32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.l2_normalize(x, axis, eps))
+    }
+
+    fn info(&mut self, b: B, x: Node) -> WResult<graph::NodeInfo> {
+        self.with_builder(&b, |g| {
+            g.get(x).map(|n| graph::NodeInfo { dtype: dtype_out(n.dtype), shape: n.shape.iter().map(dim_out).collect() })
+        })
+    }
+
+    fn output(&mut self, b: B, name: String, x: Node) -> WResult<()> {
+        self.with_builder(&b, |g| g.output(&name, x))
+    }
+
+    fn drop(&mut self, b: B) -> wasmtime::Result<()> {
+        self.table.delete(b)?;
+        Ok(())
+    }
+}
+
+impl runtime::Host for HostState {
+    fn compile(&mut self, b: B) -> WResult<Resource<CompiledGraph>> {
+        let builder = self.table.delete(b)?;
+        let graph = match builder.finish() {
+            Ok(g) => Arc::new(g),
+            Err(e) => return Ok(Err(graph_error(e))),
+        };
+        let (Some(model), Some(backend)) = (self.ctx.model.clone(), self.ctx.backend.clone()) else {
+            return Ok(Err(WitError::Backend("no backend in this context (describe only)".into())));
+        };
+        let key = graph.fingerprint();
+        let cached = self.ctx.cache.map.lock().ok().and_then(|m| m.get(&key).cloned());
+        let exe = match cached {
+            Some(e) => e,
+            None => match backend.compile(graph.clone(), &model) {
+                Ok(e) => {
+                    if let Ok(mut m) = self.ctx.cache.map.lock() {
+                        m.insert(key, e.clone());
+                    }
+                    e
+                }
+                Err(e) => return Ok(Err(backend_error(e))),
+            },
+        };
+        Ok(Ok(self.table.push(CompiledGraph { graph, exe })?))
+    }
+
+    fn device(&mut self) -> wasmtime::Result<runtime::DeviceInfo> {
+        Ok(match &self.ctx.backend {
+            Some(b) => runtime::DeviceInfo { device: b.device(), precision: b.precision().to_string() },
+            None => runtime::DeviceInfo { device: String::new(), precision: String::new() },
+        })
+    }
+}
+
+impl runtime::HostCompiledGraph for HostState {
+    fn run(&mut self, g: Resource<CompiledGraph>, inputs: Vec<types::NamedTensor>) -> WResult<Vec<types::NamedTensor>> {
+        let cg = self.table.get(&g)?;
+        let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
+        let inputs = inputs.into_iter().map(|n| (n.name, tensor_in(n.value))).collect();
+        let result = check_inputs(&graph, inputs).and_then(|(ordered, _)| exe.run(ordered));
+        Ok(result.map(named_out).map_err(backend_error))
+    }
+
+    fn input_names(&mut self, g: Resource<CompiledGraph>) -> wasmtime::Result<Vec<String>> {
+        let cg = self.table.get(&g)?;
+        Ok(cg.graph.inputs.iter().map(|&i| cg.graph.input_name(i).to_string()).collect())
+    }
+
+    fn output_names(&mut self, g: Resource<CompiledGraph>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.table.get(&g)?.graph.outputs.iter().map(|(n, _)| n.clone()).collect())
+    }
+
+    fn drop(&mut self, g: Resource<CompiledGraph>) -> wasmtime::Result<()> {
+        self.table.delete(g)?;
+        Ok(())
+    }
+}

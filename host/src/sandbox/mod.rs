@@ -1,0 +1,256 @@
+//! The WebAssembly sandbox: wasmtime components with no filesystem, network,
+//! environment or inherited stdio; guest CPU time bounded by fuel and linear
+//! memory bounded by store limits. Compiled components are cached on disk so
+//! the second start of a skill does not recompile.
+//!
+//! A skill instance that traps is poisoned: the owner drops it and makes a
+//! fresh one, the host itself keeps serving.
+
+mod convert;
+mod imports;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+pub use imports::SkillContext;
+
+/// Types the runner needs from the import side.
+pub mod imports_api {
+    pub use super::imports::{CompileCache, SkillContext};
+}
+
+/// A host tensor from a WIT tensor.
+pub fn tensor_from_wit(t: accel::skill::types::Tensor) -> crate::tensor::Tensor {
+    convert::tensor_in(t)
+}
+
+wasmtime::component::bindgen!({
+    world: "skill",
+    path: "../wit",
+    imports: { default: trappable },
+    with: {
+        "accel:skill/graph.builder": crate::ir::GraphBuilder,
+        "accel:skill/tokenizer.tokenizer": crate::tokenizer::HostTokenizer,
+        "accel:skill/runtime.compiled-graph": imports::CompiledGraph,
+    },
+});
+
+pub use accel::skill::types::Error as WitError;
+/// A skill's response as it crosses the boundary.
+pub type WitResponse = Response;
+
+/// Resource limits of one skill instance.
+#[derive(Clone, Debug)]
+pub struct SandboxLimits {
+    /// Linear memory per instance, bytes.
+    pub memory_bytes: usize,
+    /// Fuel per export call (about 2.7e10 units per second of tight guest
+    /// code on this class of CPU); host calls cost no fuel.
+    pub fuel_per_call: u64,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits { memory_bytes: 512 << 20, fuel_per_call: 50_000_000_000 }
+    }
+}
+
+/// Why a call into a skill failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("skill `{skill}` exceeded its CPU budget ({fuel} fuel units) and was stopped")]
+    CpuBudget { skill: String, fuel: u64 },
+    #[error("skill `{skill}` exceeded its memory limit of {limit_mib} MiB and was stopped: {message}")]
+    Memory { skill: String, limit_mib: usize, message: String },
+    #[error("skill `{skill}` trapped: {message}")]
+    Trap { skill: String, message: String },
+    #[error("skill `{skill}` could not be loaded: {message}")]
+    Load { skill: String, message: String },
+}
+
+/// Store data of one instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub(crate) ctx: Arc<SkillContext>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The process-wide engine and linker.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    pub limits: SandboxLimits,
+}
+
+/// A compiled skill component, ready to instantiate.
+#[derive(Clone)]
+pub struct SkillComponent {
+    pub name: String,
+    pub path: PathBuf,
+    pre: SkillPre<HostState>,
+}
+
+/// A live skill instance.
+pub struct SkillInstance {
+    skill: String,
+    store: Store<HostState>,
+    bindings: Skill,
+    fuel: u64,
+    memory_limit: usize,
+    poisoned: bool,
+}
+
+impl Sandbox {
+    pub fn new(limits: SandboxLimits) -> Result<Self, SandboxError> {
+        let err = |e: wasmtime::Error| SandboxError::Load { skill: "<engine>".into(), message: e.to_string() };
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(true);
+        let engine = Engine::new(&config).map_err(err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
+        Skill::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        Ok(Sandbox { engine, linker, cache_dir: cache_dir(), limits })
+    }
+
+    /// Compiles (or loads from the on-disk cache) the component at `path`.
+    pub fn load(&self, name: &str, path: &Path) -> Result<SkillComponent, SandboxError> {
+        let fail = |message: String| SandboxError::Load { skill: name.to_string(), message };
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let component = self.cached_compile(&bytes).map_err(fail)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| fail(format!("imports do not match the host: {e}")))?;
+        let pre = SkillPre::new(pre).map_err(|e| fail(format!("not a `skill` world component: {e}")))?;
+        Ok(SkillComponent { name: name.to_string(), path: path.to_path_buf(), pre })
+    }
+
+    fn cached_compile(&self, bytes: &[u8]) -> Result<Component, String> {
+        use sha2::{Digest, Sha256};
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let key = format!("{:x}-{:016x}", Sha256::digest(bytes), h.finish());
+        let file = self.cache_dir.as_ref().map(|d| d.join("components").join(format!("{key}.cwasm")));
+        if let Some(f) = file.as_ref().filter(|f| f.is_file()) {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash (part of its name) into
+            // the user's own cache directory.
+            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, f) } {
+                return Ok(c);
+            }
+        }
+        let compiled = self.engine.precompile_component(bytes).map_err(|e| format!("not a valid component: {e}"))?;
+        if let Some(f) = &file {
+            if let Some(dir) = f.parent() {
+                let _ = std::fs::create_dir_all(dir);
+                let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, &compiled).is_ok() {
+                    let _ = std::fs::rename(&tmp, f);
+                }
+            }
+        }
+        // SAFETY: `compiled` was produced just above by this engine.
+        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| e.to_string())
+    }
+
+    /// A fresh instance of `skill` serving `ctx`.
+    pub fn instantiate(&self, skill: &SkillComponent, ctx: Arc<SkillContext>) -> Result<SkillInstance, SandboxError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(4)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new(), limits, ctx };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let fuel = self.limits.fuel_per_call;
+        let _ = store.set_fuel(fuel);
+        let memory_limit = self.limits.memory_bytes;
+        let bindings = skill
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&skill.name, fuel, memory_limit, e))?;
+        Ok(SkillInstance { skill: skill.name.clone(), store, bindings, fuel, memory_limit, poisoned: false })
+    }
+}
+
+/// `$HOST_CACHE_DIR`, else `$XDG_CACHE_HOME/wasm-skill-host`, else
+/// `~/.cache/wasm-skill-host`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("HOST_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("wasm-skill-host"));
+    }
+    std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache").join("wasm-skill-host"))
+}
+
+impl SkillInstance {
+    /// Whether a trap made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn classify(&mut self, e: wasmtime::Error) -> SandboxError {
+        self.poisoned = true;
+        classify(&self.skill, self.fuel, self.memory_limit, e)
+    }
+
+    fn refuel(&mut self) {
+        let _ = self.store.set_fuel(self.fuel);
+    }
+
+    pub fn describe(&mut self) -> Result<SkillInfo, SandboxError> {
+        self.refuel();
+        let r = self.bindings.call_describe(&mut self.store);
+        r.map_err(|e| self.classify(e))
+    }
+
+    pub fn load(&mut self) -> Result<Result<(), WitError>, SandboxError> {
+        self.refuel();
+        let r = self.bindings.call_load(&mut self.store);
+        r.map_err(|e| self.classify(e))
+    }
+
+    pub fn handle(&mut self, batch: &[String]) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
+        self.refuel();
+        let r = self.bindings.call_handle(&mut self.store, batch);
+        r.map_err(|e| self.classify(e))
+    }
+}
+
+/// Maps a wasmtime error to a typed sandbox error.
+fn classify(skill: &str, fuel: u64, memory_limit: usize, e: wasmtime::Error) -> SandboxError {
+    let skill = skill.to_string();
+    let text = format!("{e:?}");
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => SandboxError::CpuBudget { skill, fuel },
+        _ if text.contains("forcing a memory growth failure") || text.contains("memory minimum size") => {
+            SandboxError::Memory { skill, limit_mib: memory_limit >> 20, message: first_line(&text) }
+        }
+        _ => SandboxError::Trap { skill, message: first_line(&text) },
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let mut lines = s.lines().filter(|l| !l.trim().is_empty());
+    let head = lines.next().unwrap_or("").trim().to_string();
+    match lines.find(|l| l.contains("trap") || l.contains("memory") || l.contains("error")) {
+        Some(more) if !head.contains(more.trim()) => format!("{head}: {}", more.trim()),
+        _ => head,
+    }
+}

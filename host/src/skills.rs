@@ -1,0 +1,69 @@
+//! Finding skill components by name.
+//!
+//! `host run text-embedding` looks for `text_embedding.wasm` in, in order:
+//! the directories of `HOST_SKILLS_DIR` (colon-separated), `skills/` next to
+//! the executable, and the cargo output `target/wasm32-wasip2/release/` of
+//! the checkout the executable was built in. A SKILL argument that ends in
+//! `.wasm` or contains a `/` is a path.
+
+use std::path::{Path, PathBuf};
+
+use crate::HostError;
+
+/// Directories searched for skills.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var("HOST_SKILLS_DIR")
+        .map(|v| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+        .unwrap_or_default();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        dirs.push(exe_dir.join("skills"));
+        // target/<profile>/host -> target/wasm32-wasip2/release
+        if let Some(target) = exe_dir.parent() {
+            dirs.push(target.join("wasm32-wasip2").join("release"));
+        }
+    }
+    dirs
+}
+
+/// Resolves a skill name or path to (name, component path).
+pub fn resolve(spec: &str) -> Result<(String, PathBuf), HostError> {
+    if spec.ends_with(".wasm") || spec.contains('/') {
+        let p = PathBuf::from(spec);
+        let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or(spec).replace('_', "-");
+        if !p.is_file() {
+            return Err(HostError::SkillNotFound { name: spec.into(), file: spec.into(), searched: "(a path)".into() });
+        }
+        return Ok((name, p));
+    }
+    let file = format!("{}.wasm", spec.replace('-', "_"));
+    let dirs = search_dirs();
+    for d in &dirs {
+        let p = d.join(&file);
+        if p.is_file() {
+            return Ok((spec.to_string(), p));
+        }
+    }
+    Err(HostError::SkillNotFound {
+        name: spec.into(),
+        file,
+        searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Every `.wasm` file in the search directories: (name, path).
+pub fn discover() -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for d in search_dirs() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut found: Vec<PathBuf> =
+            rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
+        found.sort();
+        for p in found {
+            let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("").replace('_', "-");
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, p));
+            }
+        }
+    }
+    out
+}

