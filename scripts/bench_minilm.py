@@ -205,6 +205,8 @@ def versions() -> dict:
 
 
 def max_cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float(np.max(1.0 - np.sum(a * b, axis=1)))

@@ -17,9 +17,13 @@ pub fn search_dirs() -> Vec<PathBuf> {
         .unwrap_or_default();
     if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         dirs.push(exe_dir.join("skills"));
-        // target/<profile>/host -> target/wasm32-wasip2/release
-        if let Some(target) = exe_dir.parent() {
-            dirs.push(target.join("wasm32-wasip2").join("release"));
+        // target/<profile>/host (or target/<profile>/deps/...) ->
+        // target/wasm32-wasip2/release
+        for a in exe_dir.ancestors().skip(1).take(2) {
+            let d = a.join("wasm32-wasip2").join("release");
+            if d.is_dir() {
+                dirs.push(d);
+            }
         }
     }
     dirs

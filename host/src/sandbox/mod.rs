@@ -239,7 +239,7 @@ fn classify(skill: &str, fuel: u64, memory_limit: usize, e: wasmtime::Error) -> 
     let text = format!("{e:?}");
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => SandboxError::CpuBudget { skill, fuel },
-        _ if text.contains("forcing a memory growth failure") || text.contains("memory minimum size") => {
+        _ if text.contains("growing memory") || text.contains("memory growth") || text.contains("memory minimum size") => {
             SandboxError::Memory { skill, limit_mib: memory_limit >> 20, message: first_line(&text) }
         }
         _ => SandboxError::Trap { skill, message: first_line(&text) },

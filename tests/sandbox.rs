@@ -1,0 +1,101 @@
+//! Hostile skills: each misbehaviour gives a typed error, the instance is
+//! replaced, and the host then serves a normal request.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use host::backend::{registry, Precision};
+use host::runner::Runner;
+use host::sandbox::{Sandbox, SandboxLimits};
+
+fn hostile() -> Option<Runner> {
+    if !available("cpu") {
+        return None;
+    }
+    // Small budgets keep the test fast: ~0.1 s of guest CPU, 64 MiB memory.
+    let limits = SandboxLimits { memory_bytes: 64 << 20, fuel_per_call: 3_000_000_000 };
+    let sb = Arc::new(Sandbox::new(limits).expect("engine"));
+    let devices = registry::parse_list("cpu").unwrap();
+    let skill = skill("hostile");
+    let model = fixture("tiny-bert");
+    Some(Runner::open(sb, skill.to_str().unwrap(), model.to_str().unwrap(), &devices, Precision::F32).expect("load"))
+}
+
+fn ask(r: &mut Runner, what: &str) -> Result<String, (String, String)> {
+    let req = serde_json::json!({ "do": what }).to_string();
+    let mut out = r.handle(&[req]);
+    assert_eq!(out.len(), 1);
+    out.remove(0).map(|o| o.to_json_line().unwrap()).map_err(|e| (e.kind.to_string(), e.message))
+}
+
+fn assert_serves(r: &mut Runner) {
+    let ok = ask(r, "ok").expect("the host must serve after a hostile request");
+    assert_eq!(ok, r#"{"ok":true,"device":"cpu","precision":"f32"}"#);
+}
+
+#[test]
+fn infinite_loop_is_stopped_by_the_cpu_budget() {
+    let Some(mut r) = hostile() else { return };
+    let (kind, msg) = ask(&mut r, "loop").unwrap_err();
+    assert_eq!(kind, "resource-exhausted", "{msg}");
+    assert!(msg.contains("CPU budget"), "{msg}");
+    assert_serves(&mut r);
+    assert_eq!(r.traps, 1);
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    let Some(mut r) = hostile() else { return };
+    let (kind, msg) = ask(&mut r, "memory").unwrap_err();
+    assert_eq!(kind, "resource-exhausted", "{msg}");
+    assert!(msg.contains("memory limit"), "{msg}");
+    assert_serves(&mut r);
+}
+
+#[test]
+fn huge_tensor_graph_is_refused_before_allocation() {
+    let Some(mut r) = hostile() else { return };
+    let (kind, msg) = ask(&mut r, "huge-graph").unwrap_err();
+    assert_eq!(kind, "resource-exhausted", "{msg}");
+    assert!(msg.contains("1000000000000 elements"), "{msg}");
+    assert_serves(&mut r);
+}
+
+#[test]
+fn undefined_node_is_a_graph_error() {
+    let Some(mut r) = hostile() else { return };
+    let (kind, msg) = ask(&mut r, "unknown-op").unwrap_err();
+    assert_eq!(kind, "graph", "{msg}");
+    assert!(msg.contains("unknown node id 4242"), "{msg}");
+    assert_serves(&mut r);
+}
+
+#[test]
+fn unknown_weight_is_a_graph_error() {
+    let Some(mut r) = hostile() else { return };
+    let (kind, msg) = ask(&mut r, "unknown-weight").unwrap_err();
+    assert_eq!(kind, "graph", "{msg}");
+    assert!(msg.contains("unknown weight `no.such.weight`"), "{msg}");
+    assert_serves(&mut r);
+}
+
+#[test]
+fn panicking_skill_traps_and_is_replaced() {
+    let Some(mut r) = hostile() else { return };
+    let (kind, msg) = ask(&mut r, "trap").unwrap_err();
+    assert_eq!(kind, "internal", "{msg}");
+    assert!(msg.contains("trapped"), "{msg}");
+    assert_serves(&mut r);
+}
+
+#[test]
+fn a_batch_mixing_good_and_bad_json_keeps_order() {
+    let Some(mut r) = hostile() else { return };
+    let batch = vec![r#"{"do":"ok"}"#.to_string(), "not json".to_string(), "[1]".to_string(), r#"{"do":"ok"}"#.to_string()];
+    let out = r.handle(&batch);
+    assert!(out[0].is_ok() && out[3].is_ok());
+    assert_eq!(out[1].as_ref().unwrap_err().kind, "invalid-request");
+    assert_eq!(out[2].as_ref().unwrap_err().kind, "invalid-request");
+}
