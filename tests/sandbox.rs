@@ -99,3 +99,27 @@ fn a_batch_mixing_good_and_bad_json_keeps_order() {
     assert_eq!(out[1].as_ref().unwrap_err().kind, "invalid-request");
     assert_eq!(out[2].as_ref().unwrap_err().kind, "invalid-request");
 }
+
+#[test]
+fn second_load_uses_the_compiled_component_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Sandbox::with_cache_dir(SandboxLimits::default(), Some(dir.path().to_path_buf())).unwrap();
+    let first = sb.load("hostile", &skill("hostile")).unwrap();
+    assert!(!first.from_cache);
+    let second = sb.load("hostile", &skill("hostile")).unwrap();
+    assert!(second.from_cache, "the second load must deserialize the cached artifact");
+    let corrupt = std::fs::read_dir(dir.path().join("components")).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&corrupt, b"not a compiled component").unwrap();
+    let third = sb.load("hostile", &skill("hostile")).unwrap();
+    assert!(!third.from_cache, "a corrupt cache entry is recompiled, not trusted");
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_a_load_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm garbage").unwrap();
+    let sb = Sandbox::with_cache_dir(SandboxLimits::default(), None).unwrap();
+    let e = sb.load("bogus", &bogus).err().expect("must fail");
+    assert!(e.to_string().contains("not a valid component"), "{e}");
+}

@@ -100,6 +100,8 @@ pub struct SkillComponent {
     pub name: String,
     pub path: PathBuf,
     pre: SkillPre<HostState>,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
 }
 
 /// A live skill instance.
@@ -113,7 +115,13 @@ pub struct SkillInstance {
 }
 
 impl Sandbox {
+    /// An engine caching compiled components under [`cache_dir`].
     pub fn new(limits: SandboxLimits) -> Result<Self, SandboxError> {
+        Self::with_cache_dir(limits, cache_dir())
+    }
+
+    /// An engine caching compiled components under `cache` (`None`: no cache).
+    pub fn with_cache_dir(limits: SandboxLimits, cache: Option<PathBuf>) -> Result<Self, SandboxError> {
         let err = |e: wasmtime::Error| SandboxError::Load { skill: "<engine>".into(), message: e.to_string() };
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
@@ -122,32 +130,33 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
         Skill::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
-        Ok(Sandbox { engine, linker, cache_dir: cache_dir(), limits })
+        Ok(Sandbox { engine, linker, cache_dir: cache, limits })
     }
 
     /// Compiles (or loads from the on-disk cache) the component at `path`.
     pub fn load(&self, name: &str, path: &Path) -> Result<SkillComponent, SandboxError> {
         let fail = |message: String| SandboxError::Load { skill: name.to_string(), message };
         let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        let component = self.cached_compile(&bytes).map_err(fail)?;
+        let (component, cached) = self.cached_compile(&bytes).map_err(fail)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| fail(format!("imports do not match the host: {e}")))?;
         let pre = SkillPre::new(pre).map_err(|e| fail(format!("not a `skill` world component: {e}")))?;
-        Ok(SkillComponent { name: name.to_string(), path: path.to_path_buf(), pre })
+        Ok(SkillComponent { name: name.to_string(), path: path.to_path_buf(), pre, from_cache: cached })
     }
 
-    fn cached_compile(&self, bytes: &[u8]) -> Result<Component, String> {
+    fn cached_compile(&self, bytes: &[u8]) -> Result<(Component, bool), String> {
         use sha2::{Digest, Sha256};
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let key = format!("{:x}-{:016x}", Sha256::digest(bytes), h.finish());
         let file = self.cache_dir.as_ref().map(|d| d.join("components").join(format!("{key}.cwasm")));
-        if let Some(f) = file.as_ref().filter(|f| f.is_file()) {
+        if let Some(data) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
             // SAFETY: the file was written by `precompile_component` of an
             // engine with the same compatibility hash (part of its name) into
-            // the user's own cache directory.
-            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, f) } {
-                return Ok(c);
+            // the user's own cache directory; it is read into memory (not
+            // mapped), so a concurrent rewrite cannot change code in use.
+            if let Ok(c) = unsafe { Component::deserialize(&self.engine, &data) } {
+                return Ok((c, true));
             }
         }
         let compiled = self.engine.precompile_component(bytes).map_err(|e| format!("not a valid component: {e}"))?;
@@ -161,7 +170,7 @@ impl Sandbox {
             }
         }
         // SAFETY: `compiled` was produced just above by this engine.
-        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| e.to_string())
+        unsafe { Component::deserialize(&self.engine, &compiled) }.map(|c| (c, false)).map_err(|e| e.to_string())
     }
 
     /// A fresh instance of `skill` serving `ctx`.
