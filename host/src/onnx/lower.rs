@@ -52,13 +52,12 @@ fn scalar_bytes(dtype: DType, v: f64) -> Vec<u8> {
     }
 }
 
-/// The most negative finite value of a float dtype (masked attention scores).
-fn lowest(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => -65504.0,
-        DType::BF16 => -3.3895313892515355e38,
-        _ => f32::MIN as f64,
-    }
+/// The score given to masked attention positions. It is finite in every
+/// float dtype (f16's lowest, which bf16 and f32 also hold), so backends that
+/// compute in reduced precision never see -inf, and exp() of it underflows
+/// to exactly 0 in all of them, as the finfo.min of transformers does.
+fn masked_score(_dtype: DType) -> f64 {
+    -65504.0
 }
 
 impl<'g> Lowering<'g> {
@@ -412,7 +411,7 @@ impl<'g> Lowering<'g> {
             });
         }
         if let Some(a) = allowed {
-            let low = self.scalar(dt, lowest(dt));
+            let low = self.scalar(dt, masked_score(dt));
             scores = self.tmp("Where", &[&a, &scores, &low], vec![]);
         }
         let probs = self.tmp("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);

@@ -1,0 +1,277 @@
+//! OpenVINO backend: the emitted ONNX compiled by OpenVINO (`openvino` crate,
+//! runtime linking against `libopenvino_c` from the `openvino` wheel).
+//!
+//! OpenVINO reads ONNX external data only from files inside the model's
+//! directory (symbolic links that leave it are refused), so each compiled
+//! graph gets a directory in the cache holding `model.onnx` and hard links
+//! `weights<i>.safetensors` to the model's own files: the weights are not
+//! copied. Across filesystems, where hard links are impossible, the file is
+//! copied once into the cache. Inference precision is explicit
+//! (`INFERENCE_PRECISION_HINT`), never the plugin's default (bf16 on CPUs
+//! with AVX512-BF16), and read back after compilation: a device that would
+//! compute in another precision is an error, not a silent substitution.
+//! OpenVINO's own blob cache (`CACHE_DIR`) is kept per graph directory.
+
+mod convert;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use openvino::{CompiledModel, Core, DeviceType, InferRequest, PropertyKey, RwPropertyKey};
+
+use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
+use crate::ir::{Graph, Op};
+use crate::model::Model;
+use crate::onnx::{emit, ExternalLocation};
+
+static LIBRARY: OnceLock<Result<String, String>> = OnceLock::new();
+
+/// Loads `libopenvino_c` once; returns its path or why it failed.
+fn library() -> Result<&'static str, String> {
+    LIBRARY
+        .get_or_init(|| {
+            let path = crate::runtime_libs::openvino_c()?;
+            openvino_sys::library::load_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            Ok(path.display().to_string())
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+fn core() -> Result<Core, String> {
+    library()?;
+    Core::new().map_err(|e| format!("cannot create the OpenVINO core: {e}"))
+}
+
+fn device_type(name: &str) -> DeviceType<'static> {
+    match name {
+        "CPU" => DeviceType::CPU,
+        "GPU" => DeviceType::GPU,
+        "NPU" => DeviceType::NPU,
+        other => DeviceType::Other(other.to_string().into()),
+    }
+}
+
+/// Device names OpenVINO reports (`CPU`, `GPU.0`, ...).
+pub fn reported_devices() -> Result<Vec<String>, String> {
+    let core = core()?;
+    let list = core.available_devices().map_err(|e| format!("cannot list OpenVINO devices: {e}"))?;
+    Ok(list.iter().map(|d| d.as_ref().to_string()).collect())
+}
+
+/// One status line per OpenVINO device kind we name.
+pub fn probe() -> Vec<DeviceStatus> {
+    let path = match library() {
+        Ok(p) => p,
+        Err(reason) => {
+            return vec![DeviceStatus { device: "openvino".into(), available: false, detail: reason }];
+        }
+    };
+    let devices = match reported_devices() {
+        Ok(d) => d,
+        Err(reason) => return vec![DeviceStatus { device: "openvino".into(), available: false, detail: reason }],
+    };
+    let mut out = Vec::new();
+    for (name, ov) in [("openvino", "CPU"), ("openvino:GPU", "GPU"), ("openvino:NPU", "NPU")] {
+        let found = devices.iter().any(|d| d == ov || d.starts_with(&format!("{ov}.")));
+        out.push(DeviceStatus {
+            device: name.into(),
+            available: found,
+            detail: if found {
+                format!("OpenVINO {ov} from {path}; precision f32 (default), bf16, f16")
+            } else {
+                format!("OpenVINO reports no {ov} device (reported: {})", devices.join(", "))
+            },
+        });
+    }
+    out
+}
+
+/// OpenVINO on one device at one precision.
+pub struct OpenVinoBackend {
+    device: String,
+    precision: Precision,
+    core: Mutex<Core>,
+}
+
+impl OpenVinoBackend {
+    pub fn new(device: &str, precision: Precision) -> Result<Self, BackendError> {
+        let name = if device == "CPU" { "openvino".to_string() } else { format!("openvino:{device}") };
+        let unavailable = |reason: String| BackendError::Unavailable { device: name.clone(), reason };
+        let devices = reported_devices().map_err(unavailable)?;
+        if !devices.iter().any(|d| d == device || d.starts_with(&format!("{device}."))) {
+            return Err(unavailable(format!("OpenVINO reports only: {}", devices.join(", "))));
+        }
+        let mut core = core().map_err(unavailable)?;
+        let dt = device_type(device);
+        let hint = match precision {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+        };
+        let perf = std::env::var("HOST_OPENVINO_HINT").unwrap_or_else(|_| "LATENCY".into());
+        let props = [(RwPropertyKey::HintInferencePrecision, hint.to_string()), (RwPropertyKey::HintPerformanceMode, perf)];
+        for (k, v) in &props {
+            core.set_property(&dt, k, v).map_err(|e| BackendError::Precision {
+                device: name.clone(),
+                precision: precision.to_string(),
+                supported: format!("(setting {} = {v} failed: {e})", k.as_ref()),
+            })?;
+        }
+        Ok(OpenVinoBackend { device: device.to_string(), precision, core: Mutex::new(core) })
+    }
+
+    fn name(&self) -> String {
+        if self.device == "CPU" {
+            "openvino".into()
+        } else {
+            format!("openvino:{}", self.device)
+        }
+    }
+}
+
+/// A compiled OpenVINO model and one infer request; runs are serialised.
+struct OpenVinoExecutable {
+    device: String,
+    graph: Arc<Graph>,
+    state: Mutex<(InferRequest, CompiledModel)>,
+}
+
+/// The weight files a graph references, by index.
+fn used_files(graph: &Graph, model: &Model) -> Vec<usize> {
+    let mut v: Vec<usize> = graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Weight { name } => model.weights.index.get(name).map(|e| e.file),
+            _ => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Writes `model.onnx` and weight links into a fresh directory for this
+/// graph and model; returns the model path.
+fn stage(graph: &Graph, model: &Model, onnx: &[u8]) -> Result<PathBuf, String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(graph.fingerprint());
+    for f in &model.weights.files {
+        h.update(f.path.display().to_string());
+        if let Ok(m) = std::fs::metadata(&f.path) {
+            h.update(m.len().to_le_bytes());
+            h.update(format!("{:?}", m.modified().ok()));
+        }
+    }
+    let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let base = crate::sandbox::cache_dir().unwrap_or_else(std::env::temp_dir).join("openvino").join("graphs");
+    let dir = base.join(key);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for i in used_files(graph, model) {
+        link_weights(&model.weights.files[i].path, &dir.join(file_key(i)))?;
+    }
+    let path = dir.join("model.onnx");
+    let tmp = dir.join(format!("model.onnx.tmp{}", std::process::id()));
+    std::fs::write(&tmp, onnx).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Makes `link` the same file as `target`: a hard link (same inode, no
+/// copy) where the filesystem allows, else a one-time copy. OpenVINO refuses
+/// symbolic links that leave the model's directory.
+fn link_weights(target: &Path, link: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let t = std::fs::metadata(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
+        let _ = std::fs::remove_file(link);
+    }
+    if let Ok(l) = std::fs::symlink_metadata(link) {
+        if (l.dev(), l.ino()) == (t.dev(), t.ino()) || (l.len() == t.len() && l.modified().ok() >= t.modified().ok()) {
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(link);
+    }
+    if std::fs::hard_link(target, link).is_ok() {
+        return Ok(());
+    }
+    let tmp = link.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(target, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, link))
+        .map(|_| ())
+        .map_err(|e| format!("cannot link or copy {} to {}: {e}", target.display(), link.display()))
+}
+
+fn file_key(i: usize) -> String {
+    format!("weights{i}.safetensors")
+}
+
+fn path_str(p: &Path) -> Result<&str, String> {
+    p.to_str().ok_or_else(|| format!("path {} is not UTF-8", p.display()))
+}
+
+impl Backend for OpenVinoBackend {
+    fn device(&self) -> String {
+        self.name()
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError> {
+        let fail = |message: String| BackendError::Compile { device: self.name(), graph: graph.name.clone(), message };
+        let store = &model.weights;
+        let locate = |name: &str| {
+            let e = store.index.get(name)?;
+            Some(ExternalLocation { location: file_key(e.file), offset: e.offset, length: e.length })
+        };
+        let onnx = emit(&graph, &locate).map_err(|e| fail(e.to_string()))?;
+        let path = stage(&graph, model, &onnx).map_err(&fail)?;
+        let mut core = self.core.lock().map_err(|_| fail("the OpenVINO core lock is poisoned".into()))?;
+        // OpenVINO's blob cache lives inside this graph's own directory, whose
+        // name hashes the graph and the weight files: a blob is never reused
+        // for other weights of the same shapes.
+        let blobs = path.with_file_name(format!("blobs-{}", self.precision));
+        let dt = device_type(&self.device);
+        core.set_property(&dt, &RwPropertyKey::CacheDir, path_str(&blobs).map_err(&fail)?)
+            .map_err(|e| fail(format!("setting CACHE_DIR: {e}")))?;
+        let ov_model = core.read_model_from_file(path_str(&path).map_err(&fail)?, "").map_err(|e| fail(format!("reading ONNX: {e}")))?;
+        let mut compiled = core.compile_model(&ov_model, dt).map_err(|e| fail(e.to_string()))?;
+        let used = compiled
+            .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        if !used.is_empty() && used != self.precision.name() {
+            return Err(BackendError::Precision {
+                device: self.name(),
+                precision: self.precision.to_string(),
+                supported: format!("this device computes in {used} instead"),
+            });
+        }
+        let request = compiled.create_infer_request().map_err(|e| fail(e.to_string()))?;
+        Ok(Arc::new(OpenVinoExecutable { device: self.name(), graph, state: Mutex::new((request, compiled)) }))
+    }
+}
+
+impl Executable for OpenVinoExecutable {
+    fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
+        let fail = |message: String| BackendError::Run { device: self.device.clone(), graph: self.graph.name.clone(), message };
+        let mut state = self.state.lock().map_err(|_| fail("a previous run panicked".into()))?;
+        let request = &mut state.0;
+        for (name, t) in &inputs {
+            let ov = convert::to_tensor(t).map_err(&fail)?;
+            request.set_tensor(name, &ov).map_err(|e| fail(format!("input `{name}`: {e}")))?;
+        }
+        request.infer().map_err(|e| fail(e.to_string()))?;
+        self.graph
+            .outputs
+            .iter()
+            .map(|(name, _)| {
+                let t = request.get_tensor(name).map_err(|e| fail(format!("output `{name}`: {e}")))?;
+                convert::from_tensor(&t).map(|t| (name.clone(), t)).map_err(&fail)
+            })
+            .collect()
+    }
+}
