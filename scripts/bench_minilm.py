@@ -193,6 +193,28 @@ def machine_info() -> dict:
     }
 
 
+def cpu_busy_fraction(interval: float = 1.0) -> float | None:
+    """Fraction of all CPU time spent non-idle over ``interval`` seconds.
+
+    Sampled from /proc/stat while this script is idle, so it measures other
+    load on the machine (a load average would still include our own past runs).
+    """
+    def sample():
+        with open("/proc/stat", encoding="utf-8") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    dt = total1 - total0
+    return (dt - (idle1 - idle0)) / dt if dt > 0 else None
+
+
 def versions() -> dict:
     out = {}
     for mod in ("torch", "transformers", "sentence_transformers", "tokenizers",
@@ -474,6 +496,10 @@ def compute_ratios(rows: list[dict]) -> dict:
     return ratios
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def write_markdown(path: Path, report: dict) -> None:
     rows = report["results"]
     sizes = report["workload"]["batch_sizes"]
@@ -490,7 +516,9 @@ def write_markdown(path: Path, report: dict) -> None:
         f"{report['workload']['max_tokens']} tokens), median of "
         f"{report['workload']['reps']} runs after {report['workload']['warmup']} warm-up",
         "- end to end incl. tokenization and pooling, excl. model load",
-        f"- 1-min load average at start: {m['loadavg_1_5_15_at_start'][0]:.2f}",
+        "- CPU busy with other processes before/after: "
+        f"{_pct(m['other_cpu_busy_fraction_at_start'])} / "
+        f"{_pct(m['other_cpu_busy_fraction_at_end'])}",
         f"- date: {report['date']}",
         "",
         "| system | " + " | ".join(f"bs={b} sent/s" for b in sizes) + " | max cos dist vs ST |",
@@ -546,9 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = (args.model_dir or find_model_dir()).resolve()
     texts = make_workload(args.sentences)
     load_start = os.getloadavg()
-    if load_start[0] > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: machine is busy (1-min load average {load_start[0]:.2f} on "
-            f"{os.cpu_count()} cores); numbers will be noisy")
+    busy_start = cpu_busy_fraction()
+    if busy_start is not None and busy_start > 0.2:
+        log(f"warning: machine is busy ({busy_start:.0%} of CPU time used by other "
+            "processes before start); numbers will be noisy")
 
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -573,8 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": MODEL_NAME,
         "model_dir": str(model_dir),
-        "machine": {**machine_info(), "loadavg_1_5_15_at_start": list(load_start),
-                    "loadavg_1_5_15_at_end": list(os.getloadavg())},
+        "machine": {**machine_info(),
+                    "other_cpu_busy_fraction_at_start": busy_start,
+                    "other_cpu_busy_fraction_at_end": cpu_busy_fraction(),
+                    "loadavg_1_5_15_at_start": list(load_start)},
         "versions": versions(),
         "workload": {
             "sentences": len(texts),
