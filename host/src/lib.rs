@@ -7,6 +7,7 @@
 //! ([`runner`]).
 
 pub mod backend;
+pub mod endpoint;
 pub mod error;
 pub mod ir;
 pub mod model;

@@ -113,9 +113,20 @@ impl Runner {
         devices: &[Device],
         precision: Precision,
     ) -> Result<Runner, HostError> {
+        let model = Arc::new(Model::open(model)?);
+        Self::open_model(sandbox, skill, model, devices, precision)
+    }
+
+    /// Like [`Runner::open`] with a model already opened (shared by instances).
+    pub fn open_model(
+        sandbox: Arc<Sandbox>,
+        skill: &str,
+        model: Arc<Model>,
+        devices: &[Device],
+        precision: Precision,
+    ) -> Result<Runner, HostError> {
         let (name, path) = crate::skills::resolve(skill)?;
         let component = sandbox.load(&name, &path)?;
-        let model = Arc::new(Model::open(model)?);
         let mut reasons = Vec::new();
         for device in devices {
             let backend = match registry::open(device, precision) {
@@ -169,7 +180,18 @@ impl Runner {
     }
 
     /// Serves a batch of JSON requests; one result per request, in order.
+    /// A failure of the whole batch becomes the same error for each request.
     pub fn handle(&mut self, batch: &[String]) -> Vec<Result<Output, RequestError>> {
+        match self.try_handle(batch) {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); batch.len()],
+        }
+    }
+
+    /// Like [`Runner::handle`], but a failure of the whole batch (a trap, a
+    /// skill that cannot restart, a backend error for every request) is
+    /// returned as `Err` so the caller can retry it elsewhere.
+    pub fn try_handle(&mut self, batch: &[String]) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
         let mut results: Vec<Option<Result<Output, RequestError>>> = vec![None; batch.len()];
         let mut valid_idx = Vec::new();
         let mut valid = Vec::new();
@@ -184,29 +206,31 @@ impl Runner {
         }
         if !valid.is_empty() {
             let (device, precision) = (self.device.clone(), self.precision.to_string());
-            let answers = match self.instance() {
-                Err(e) => vec![Err(e); valid.len()],
-                Ok(inst) => match inst.handle(&valid) {
-                    Err(e) => {
-                        self.traps += 1;
-                        let kind = sandbox_kind(&e);
-                        vec![Err(RequestError { kind, message: e.to_string() }); valid.len()]
-                    }
-                    Ok(list) if list.len() != valid.len() => {
-                        let message = format!("skill returned {} results for {} requests", list.len(), valid.len());
-                        vec![Err(RequestError { kind: "internal", message }); valid.len()]
-                    }
-                    Ok(list) => list.into_iter().map(|r| convert_response(r, &device, &precision)).collect(),
-                },
+            let inst = self.instance()?;
+            let answers: Vec<Result<Output, RequestError>> = match inst.handle(&valid) {
+                Err(e) => {
+                    self.traps += 1;
+                    return Err(RequestError { kind: sandbox_kind(&e), message: e.to_string() });
+                }
+                Ok(list) if list.len() != valid.len() => {
+                    let message = format!("skill returned {} results for {} requests", list.len(), valid.len());
+                    return Err(RequestError { kind: "internal", message });
+                }
+                Ok(list) => list.into_iter().map(|r| convert_response(r, &device, &precision)).collect(),
             };
+            if let Some(Err(first)) = answers.first() {
+                if first.kind == "backend" && answers.iter().all(|a| a.as_ref().is_err_and(|e| e.kind == "backend")) {
+                    return Err(first.clone());
+                }
+            }
             for (i, a) in valid_idx.into_iter().zip(answers) {
                 results[i] = Some(a);
             }
         }
-        results
+        Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(RequestError { kind: "internal", message: "request lost".into() })))
-            .collect()
+            .collect())
     }
 }
 

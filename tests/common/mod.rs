@@ -143,4 +143,18 @@ fn assert_close(name: &str, reference: &Reference, got: &[(Vec<f32>, u32)], min_
     }
     assert_eq!(got.len(), reference.embeddings.len());
     eprintln!("{name}: {} texts, worst cosine {:.9}, worst max-abs {:.3e}", got.len(), worst.0, worst.1);
+    record(serde_json::json!({
+        "case": name, "texts": got.len(), "worst_cosine": worst.0, "worst_max_abs": worst.1,
+        "min_cosine": min_cos, "max_abs_limit": max_abs,
+    }));
+}
+
+/// Appends one result line to `$HOST_FIDELITY_OUT` when set
+/// (scripts/fidelity_report.sh renders them into results/).
+pub fn record(line: serde_json::Value) {
+    let Ok(path) = std::env::var("HOST_FIDELITY_OUT") else { return };
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
 }

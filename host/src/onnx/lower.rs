@@ -411,8 +411,12 @@ impl<'g> Lowering<'g> {
             });
         }
         if let Some(a) = allowed {
-            let low = self.scalar(dt, masked_score(dt));
-            scores = self.tmp("Where", &[&a, &scores, &low], vec![]);
+            // An additive bias (0 or the masked score) built on the small mask
+            // tensor, then added: the MatMul-Add-Softmax-MatMul shape that
+            // ONNX Runtime and OpenVINO recognise as attention.
+            let (zero, low) = (self.scalar(dt, 0.0), self.scalar(dt, masked_score(dt)));
+            let bias = self.tmp("Where", &[&a, &zero, &low], vec![]);
+            scores = self.tmp("Add", &[&scores, &bias], vec![]);
         }
         let probs = self.tmp("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
         self.node("MatMul", &[&probs, &vn], out, vec![]);

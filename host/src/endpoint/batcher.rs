@@ -1,0 +1,92 @@
+//! The per-endpoint batcher: takes queued requests, waits at most
+//! `max_wait` for companions, groups them by estimated length and cuts
+//! batches under the size and padded-token budgets.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
+
+use super::worker::{Batch, Pool};
+use super::{EndpointConfig, Metrics, Pending};
+
+/// Cuts a length-sorted window into batches: at most `max_size` requests and
+/// at most `max_tokens` padded tokens (longest x count) each; a single
+/// request over the budget still gets its own batch.
+pub(crate) fn cut(mut window: Vec<Pending>, max_size: usize, max_tokens: usize) -> Vec<Batch> {
+    window.sort_by_key(|p| p.cost);
+    let mut out = Vec::new();
+    let mut cur: Batch = Vec::new();
+    for p in window {
+        let longest = cur.last().map(|q: &Pending| q.cost).unwrap_or(0).max(p.cost);
+        if !cur.is_empty() && (cur.len() == max_size || longest * (cur.len() + 1) > max_tokens) {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(p);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+pub(crate) async fn run(config: EndpointConfig, mut rx: mpsc::Receiver<Pending>, pool: Pool, metrics: Arc<Metrics>) {
+    let policy = config.batching.clone();
+    let depth = metrics.queue_depth.with_label_values(&[&config.name]);
+    while let Some(first) = rx.recv().await {
+        let mut window = vec![first];
+        let deadline = Instant::now() + policy.max_wait();
+        while window.len() < policy.max_batch_size {
+            match rx.try_recv() {
+                Ok(p) => window.push(p),
+                Err(_) if policy.max_wait_ms == 0 => break,
+                Err(_) => match timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => window.push(p),
+                    _ => break,
+                },
+            }
+        }
+        // Whatever else is already queued joins the window, so that length
+        // grouping has more to choose from.
+        while window.len() < policy.max_batch_size * 4 {
+            match rx.try_recv() {
+                Ok(p) => window.push(p),
+                Err(_) => break,
+            }
+        }
+        depth.sub(window.len() as i64);
+        for batch in cut(window, policy.max_batch_size, policy.max_batch_tokens) {
+            if let Err(mpsc::error::SendError(batch)) = pool.tx.send(batch).await {
+                for p in batch {
+                    let _ = p.reply.send(Err(crate::runner::RequestError {
+                        kind: "unavailable",
+                        message: format!("endpoint `{}` has no running workers", config.name),
+                    }));
+                }
+            }
+        }
+    }
+    // Queue closed and drained: dropping `pool` ends the workers after the
+    // batches already handed to them.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(cost: usize) -> Pending {
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        Pending { request: String::new(), cost, enqueued: std::time::Instant::now(), reply }
+    }
+
+    #[test]
+    fn cuts_by_size_and_token_budget() {
+        let w: Vec<Pending> = [5, 1, 3, 100, 2, 4].into_iter().map(pending).collect();
+        let b = cut(w, 4, 12);
+        let costs: Vec<Vec<usize>> = b.iter().map(|x| x.iter().map(|p| p.cost).collect()).collect();
+        // sorted 1 2 3 4 | 5 (4*3=12 fits 1..3 plus 4 -> 16 > 12) ...
+        assert_eq!(costs, vec![vec![1, 2, 3], vec![4], vec![5], vec![100]]);
+        let b = cut((0..10).map(|_| pending(1)).collect(), 4, 1000);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+    }
+}

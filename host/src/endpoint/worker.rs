@@ -1,0 +1,164 @@
+//! Worker threads: each owns a skill instance per device it has used and
+//! runs batches, retrying a failed batch on the next device of the list.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::{EndpointConfig, Metrics, Pending};
+use crate::backend::Device;
+use crate::model::Model;
+use crate::runner::{RequestError, Runner};
+use crate::sandbox::Sandbox;
+use crate::tokenizer::{HostTokenizer, TokenizerOptions};
+use crate::HostError;
+
+/// Estimates a request's token count for grouping and the token budget:
+/// the model's tokenizer on the request's text when there is one, else a
+/// quarter of its bytes.
+pub(crate) struct CostModel {
+    tokenizer: Option<HostTokenizer>,
+}
+
+impl CostModel {
+    fn new(model: &Model) -> Self {
+        let opts = TokenizerOptions { max_length: None, add_special_tokens: true, pad_to_multiple_of: None };
+        CostModel { tokenizer: HostTokenizer::open(&model.tokenizer_path(), &opts).ok() }
+    }
+
+    pub(crate) fn estimate(&self, request: &str) -> usize {
+        let fallback = request.len() / 4 + 1;
+        let Some(tok) = &self.tokenizer else { return fallback };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else { return fallback };
+        match ["text", "prompt", "input"].iter().find_map(|k| v.get(*k).and_then(|t| t.as_str())) {
+            Some(text) if text.len() <= 1 << 16 => tok.count_tokens(text).max(1),
+            _ => fallback,
+        }
+    }
+}
+
+/// A batch of queued requests.
+pub(crate) type Batch = Vec<Pending>;
+
+/// The sending side of the worker pool.
+pub(crate) struct Pool {
+    pub tx: mpsc::Sender<Batch>,
+}
+
+/// What `start` hands back.
+pub(crate) struct Started {
+    pub pool: Pool,
+    pub cost: Arc<CostModel>,
+    pub device: String,
+    pub precision: String,
+}
+
+/// Loads the model once and every instance (each falls through the device
+/// list), then starts one worker thread per instance.
+pub(crate) fn start(sandbox: Arc<Sandbox>, config: &EndpointConfig, metrics: Arc<Metrics>) -> Result<Started, HostError> {
+    let model = Arc::new(Model::open(&config.model)?);
+    let cost = Arc::new(CostModel::new(&model));
+    let (tx, rx) = mpsc::channel::<Batch>(config.instances);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut first: Option<(String, String)> = None;
+    for i in 0..config.instances {
+        let runner = Runner::open_model(sandbox.clone(), &config.skill, model.clone(), &config.devices, config.precision)?;
+        let at = config.devices.iter().position(|d| d.to_string() == runner.device).unwrap_or(0);
+        first.get_or_insert((runner.device.clone(), runner.precision.to_string()));
+        let mut w = Worker {
+            endpoint: config.name.clone(),
+            sandbox: sandbox.clone(),
+            skill: config.skill.clone(),
+            model: model.clone(),
+            devices: config.devices.clone(),
+            precision: config.precision,
+            runners: (0..config.devices.len()).map(|_| None).collect(),
+            home: at,
+            metrics: metrics.clone(),
+        };
+        w.runners[at] = Some(runner);
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("{}-worker-{i}", config.name))
+            .spawn(move || w.serve(rx))
+            .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
+    }
+    let (device, precision) = first.unwrap_or_default();
+    Ok(Started { pool: Pool { tx }, cost, device, precision })
+}
+
+struct Worker {
+    endpoint: String,
+    sandbox: Arc<Sandbox>,
+    skill: String,
+    model: Arc<Model>,
+    devices: Vec<Device>,
+    precision: crate::backend::Precision,
+    /// One runner per device of the list, made when first needed.
+    runners: Vec<Option<Runner>>,
+    /// The device this worker loaded on.
+    home: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn serve(&mut self, rx: Arc<Mutex<mpsc::Receiver<Batch>>>) {
+        loop {
+            let batch = match rx.lock() {
+                Ok(mut r) => r.blocking_recv(),
+                Err(_) => None,
+            };
+            let Some(batch) = batch else { break };
+            self.run(batch);
+        }
+    }
+
+    fn runner(&mut self, i: usize) -> Result<&mut Runner, RequestError> {
+        if self.runners[i].is_none() {
+            let r = Runner::open_model(self.sandbox.clone(), &self.skill, self.model.clone(), &self.devices[i..i + 1], self.precision)
+                .map_err(|e| RequestError { kind: "backend", message: e.to_string() })?;
+            self.runners[i] = Some(r);
+        }
+        self.runners[i].as_mut().ok_or_else(|| RequestError { kind: "internal", message: "runner missing".into() })
+    }
+
+    /// Runs a batch on the home device; a whole-batch failure moves it to the
+    /// next devices of the list, and finally to a fresh instance at home.
+    fn run(&mut self, batch: Batch) {
+        let requests: Vec<String> = batch.iter().map(|p| p.request.clone()).collect();
+        self.metrics.batch_size.with_label_values(&[&self.endpoint]).observe(requests.len() as f64);
+        let mut order: Vec<usize> = (self.home..self.devices.len()).collect();
+        order.push(self.home);
+        let mut last_err = None;
+        let mut answers = None;
+        let mut tried_from: Option<String> = None;
+        for &i in &order {
+            let attempt = self.runner(i).and_then(|r| r.try_handle(&requests));
+            if let Some(from) = tried_from.take() {
+                self.metrics.fallbacks.with_label_values(&[&self.endpoint, &from, &self.devices[i].to_string()]).inc();
+            }
+            match attempt {
+                Ok(a) => {
+                    answers = Some(a);
+                    break;
+                }
+                Err(e) => {
+                    tried_from = Some(self.devices[i].to_string());
+                    last_err = Some(e);
+                }
+            }
+        }
+        let answers = answers.unwrap_or_else(|| {
+            let e = last_err.unwrap_or(RequestError { kind: "internal", message: "no device ran the batch".into() });
+            vec![Err(e); requests.len()]
+        });
+        for (p, a) in batch.into_iter().zip(answers) {
+            match &a {
+                Ok(o) => self.metrics.requests.with_label_values(&[&self.endpoint, &o.device]).inc(),
+                Err(e) => self.metrics.errors.with_label_values(&[&self.endpoint, e.kind]).inc(),
+            }
+            self.metrics.latency.with_label_values(&[&self.endpoint]).observe(p.enqueued.elapsed().as_secs_f64());
+            let _ = p.reply.send(a);
+        }
+    }
+}
