@@ -22,12 +22,12 @@ Systems
                                 processing.  Skipped if openvino is missing.
 * ``ours``                   -- the Rust ``host`` binary::
 
-      host run text-embedding --model DIR --inputs FILE.jsonl \
-           --batch-size N --stats [--device D] [--precision P]
+      host bench text-embedding --model DIR --inputs FILE.jsonl --batch-size N \
+           --warmup W --reps R --output OUT.jsonl [--device D] [--precision P]
 
-  stdout: one JSON object per input (``{"embedding": [...], ...}``), in order;
-  stderr: last line ``{"stats": {"inputs", "batches", "load_ms", "run_ms",
-  "per_second"}}``.  Throughput uses ``run_ms`` (load excluded).
+  one process, like the peers: W untimed passes, then R timed passes over the
+  same inputs (load excluded); stdout ``{"bench": {"per_second": [...], ...}}``,
+  the last pass's responses in OUT.jsonl (checked against sentence-transformers).
 
 For bs > 1 the Python peers sort inputs by length (longest first) like
 sentence-transformers does, and restore the input order afterwards.  Every
@@ -427,29 +427,25 @@ def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path) -> tuple[lis
 # Our binary
 # --------------------------------------------------------------------------
 
-def run_host_once(args, model_dir: Path, inputs: Path, bs: int, n: int) -> tuple[dict, np.ndarray]:
-    cmd = [str(args.host_bin), "run", "text-embedding", "--model", str(model_dir),
-           "--inputs", str(inputs), "--batch-size", str(bs), "--stats",
-           "--device", args.device]
+def run_host_bench(args, model_dir: Path, inputs: Path, bs: int, n: int, out: Path) -> tuple[dict, np.ndarray]:
+    """One `host bench` process: warm-up passes, then timed passes, in process
+    (as the peers are measured); the last pass's responses go to `out`."""
+    cmd = [str(args.host_bin), "bench", "text-embedding", "--model", str(model_dir),
+           "--inputs", str(inputs), "--batch-size", str(bs), "--device", args.device,
+           "--warmup", str(args.warmup), "--reps", str(args.reps), "--output", str(out)]
     if args.precision:
         cmd += ["--precision", args.precision]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"host failed (exit {proc.returncode}): {' '.join(cmd)}\n"
                          f"{proc.stderr[-4000:]}")
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    if len(lines) != n:
-        raise SystemExit(f"host wrote {len(lines)} results for {n} inputs")
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])["bench"]
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    if len(lines) != n or stats.get("inputs") != n:
+        raise SystemExit(f"host answered {len(lines)} of {n} inputs")
     emb = np.asarray([row["embedding"] for row in lines], dtype=np.float32)
-    err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    if not err_lines:
-        raise SystemExit("host printed no --stats line on stderr")
-    stats = json.loads(err_lines[-1])["stats"]
-    if stats.get("inputs") != n:
-        raise SystemExit(f"host stats report {stats.get('inputs')} inputs, expected {n}")
-    first = lines[0]
-    stats["_device"] = first.get("device")
-    stats["_precision"] = first.get("precision")
+    stats["_device"] = lines[0].get("device")
+    stats["_precision"] = lines[0].get("precision")
     return stats, emb
 
 
@@ -459,24 +455,15 @@ def bench_ours(args, texts: list[str], model_dir: Path, tmp: Path, ref: np.ndarr
         for t in texts:
             f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
     rows = []
-    log(f"[ours] {args.host_bin} --device {args.device}"
+    log(f"[ours] {args.host_bin} bench --device {args.device}"
         + (f" --precision {args.precision}" if args.precision else ""))
     for bs in args.batch_sizes:
-        stats = []
-        emb = None
-        for i in range(args.warmup + args.reps):
-            s, emb = run_host_once(args, model_dir, inputs, bs, len(texts))
-            if i >= args.warmup:
-                stats.append(s)
-        rates = [len(texts) / (s["run_ms"] / 1000.0) for s in stats]
-        rows.append(summarise("ours", bs, rates, emb, ref,
-                              device=stats[-1]["_device"],
-                              precision=stats[-1]["_precision"],
-                              batches=stats[-1].get("batches"),
-                              load_ms_median=statistics.median(s["load_ms"] for s in stats),
-                              run_ms_median=statistics.median(s["run_ms"] for s in stats),
-                              reported_per_second_median=statistics.median(
-                                  s["per_second"] for s in stats)))
+        stats, emb = run_host_bench(args, model_dir, inputs, bs, len(texts), tmp / f"out_{bs}.jsonl")
+        rows.append(summarise("ours", bs, stats["per_second"], emb, ref,
+                              device=stats["_device"],
+                              precision=stats["_precision"],
+                              mean_batch_size=stats.get("mean_batch_size"),
+                              load_ms=stats.get("load_ms")))
     return rows
 
 

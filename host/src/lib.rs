@@ -15,6 +15,7 @@ pub mod onnx;
 pub mod runner;
 pub mod runtime_libs;
 pub mod sandbox;
+pub mod serve;
 pub mod skills;
 pub mod tensor;
 pub mod tokenizer;

@@ -1,6 +1,7 @@
-//! The `host` command line: `host run`, `host devices`, `host skills`.
+//! The `host` command line: `host run`, `host bench`, `host serve`,
+//! `host devices`, `host skills`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,8 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use host::backend::{registry, Precision};
-use host::runner::Runner;
+use host::endpoint::{BatchPolicy, EndpointConfig, Endpoints, EndpointsFile, Handler};
+use host::runner::{Output, RequestError};
 use host::sandbox::{Sandbox, SandboxLimits, SkillContext};
+use host::serve::ServeOptions;
 
 /// Run Hugging Face models through sandboxed WebAssembly skills.
 #[derive(Parser)]
@@ -24,6 +27,10 @@ struct Cli {
 enum Command {
     /// Run a skill on a model: JSON Lines out, one response per input, in input order.
     Run(RunArgs),
+    /// Time a skill on a model in one process (warm-up passes, then timed passes).
+    Bench(BenchArgs),
+    /// Serve endpoints over HTTP (OpenAI /v1/embeddings, TEI /embed, admin, metrics).
+    Serve(ServeArgs),
     /// List devices and why unavailable ones cannot serve.
     Devices {
         /// Print JSON instead of a table.
@@ -65,10 +72,68 @@ struct RunArgs {
     stats: bool,
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Untimed passes over the inputs first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed passes over the inputs.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Write the responses of the last pass here (JSON Lines).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Endpoints file (JSON `{"endpoints": [...]}` or TOML `[[endpoints]]`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Name of an endpoint given by flags.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Skill of an endpoint given by flags.
+    #[arg(long)]
+    skill: Option<String>,
+    /// Model of an endpoint given by flags.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// Skill instances (worker threads) of the endpoint.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    #[arg(long, default_value_t = 32)]
+    max_batch_size: usize,
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
+    /// Requests handled at once; more get HTTP 429.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// Largest request body in bytes; larger gets HTTP 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Endpoint used when a request names none.
+    #[arg(long)]
+    default_endpoint: Option<String>,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Bench(args) => bench(args),
+        Command::Serve(args) => serve(args),
         Command::Devices { json } => devices(json),
         Command::Skills { json } => skills(json),
     };
@@ -123,73 +188,185 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
     Ok(reqs)
 }
 
-fn run(args: RunArgs) -> Result<i32> {
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// An in-process endpoint for `run` and `bench`: every request is queued at
+/// once, so the batcher forms full batches of similar length.
+async fn local_endpoint(args: &RunArgs, queue: usize) -> Result<(Endpoints, Handler)> {
     let devices = registry::parse_list(&args.device)?;
     let precision: Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let requests = read_requests(&args)?;
-    let t0 = Instant::now();
-    let mut runner = Runner::open(sandbox()?, &args.skill, &args.model, &devices, precision)?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let endpoints = Endpoints::new(sandbox()?);
+    let mut config = EndpointConfig::new("run", &args.skill, &args.model, devices, precision);
+    config.batching = BatchPolicy {
+        max_batch_size: args.batch_size,
+        // Requests are queued in a tight loop; a short wait lets batches fill.
+        max_wait_ms: if args.batch_size > 1 { 2 } else { 0 },
+        max_batch_tokens: args.batch_size.saturating_mul(1 << 16),
+        queue_capacity: queue.max(1),
+    };
+    endpoints.add(config).await.map_err(|e| match e {
+        host::endpoint::EndpointError::Load { source, .. } => anyhow::Error::new(source),
+        other => anyhow::Error::new(other),
+    })?;
+    let handler = endpoints.handler("run").context("endpoint vanished")?;
+    Ok((endpoints, handler))
+}
 
-    // Group requests of similar size so batches carry little padding;
-    // answers go back to input order below.
+/// Answers every request, in input order (queued shortest first).
+async fn answer_all(handler: &Handler, requests: &[String]) -> Vec<Result<Output, RequestError>> {
     let mut order: Vec<usize> = (0..requests.len()).collect();
-    if args.batch_size > 1 {
-        order.sort_by_key(|&i| requests[i].len());
+    order.sort_by_cached_key(|&i| handler.estimate(&requests[i]));
+    let mut receivers: Vec<Option<_>> = (0..requests.len()).map(|_| None).collect();
+    for &i in &order {
+        receivers[i] = Some(handler.call_waiting(requests[i].clone()).await);
     }
-    let progress = std::io::stderr().is_terminal() && requests.len() > args.batch_size * 4;
-    let t1 = Instant::now();
-    let mut answers = vec![None; requests.len()];
-    let mut batches = 0;
-    for chunk in order.chunks(args.batch_size) {
-        let batch: Vec<String> = chunk.iter().map(|&i| requests[i].clone()).collect();
-        for (&i, r) in chunk.iter().zip(runner.handle(&batch)) {
-            answers[i] = Some(r);
-        }
-        batches += 1;
-        if progress {
-            eprint!("\rprocessed {}/{}", (batches * args.batch_size).min(requests.len()), requests.len());
-        }
+    let mut out = Vec::with_capacity(requests.len());
+    for rx in receivers.into_iter().flatten() {
+        out.push(rx.await.unwrap_or_else(|_| Err(RequestError { kind: "internal", message: "request lost".into() })));
     }
-    if progress {
-        eprintln!();
-    }
-    let run_ms = t1.elapsed().as_secs_f64() * 1e3;
+    out
+}
 
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+/// Writes one line per answer; returns the number of failures.
+fn write_answers(out: &mut dyn Write, answers: Vec<Result<Output, RequestError>>, report: bool) -> Result<usize> {
     let mut failures = 0;
     for (i, a) in answers.into_iter().enumerate() {
-        let line = match a {
-            Some(Ok(o)) => o.to_json_line(),
-            Some(Err(e)) => Err(e),
-            None => Err(host::runner::RequestError { kind: "internal", message: "request lost".into() }),
-        };
-        match line {
+        match a.and_then(|o| o.to_json_line()) {
             Ok(l) => writeln!(out, "{l}")?,
             Err(e) => {
                 failures += 1;
-                eprintln!("error: input {}: {e}", i + 1);
+                if report {
+                    eprintln!("error: input {}: {e}", i + 1);
+                }
                 writeln!(out, "{}", serde_json::json!({ "error": { "kind": e.kind, "message": e.message } }))?;
             }
         }
     }
     out.flush()?;
-    if args.stats {
-        let n = requests.len() as f64;
-        eprintln!(
+    Ok(failures)
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    let requests = read_requests(&args)?;
+    tokio_runtime()?.block_on(async {
+        let t0 = Instant::now();
+        let (endpoints, handler) = local_endpoint(&args, requests.len()).await?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let answers = answer_all(&handler, &requests).await;
+        let run_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let status = endpoints.status();
+        drop(handler);
+        let stdout = std::io::stdout();
+        let failures = write_answers(&mut std::io::BufWriter::new(stdout.lock()), answers, true)?;
+        if args.stats {
+            let m = &endpoints.metrics;
+            let n = requests.len() as f64;
+            eprintln!(
+                "{}",
+                serde_json::json!({ "stats": {
+                    "inputs": requests.len(), "batches": m.batch_size.with_label_values(&["run"]).get_sample_count(),
+                    "mean_batch_size": m.mean_batch_size("run"), "load_ms": load_ms, "run_ms": run_ms,
+                    "per_second": n / (run_ms / 1e3).max(1e-9),
+                    "device": status.first().map(|s| s.device.clone()), "precision": status.first().map(|s| s.precision.clone()),
+                    "failures": failures,
+                }})
+            );
+        }
+        endpoints.shutdown().await;
+        Ok(if failures > 0 { 1 } else { 0 })
+    })
+}
+
+fn bench(args: BenchArgs) -> Result<i32> {
+    let requests = read_requests(&args.run)?;
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    tokio_runtime()?.block_on(async {
+        let t0 = Instant::now();
+        let (endpoints, handler) = local_endpoint(&args.run, requests.len()).await?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut rates = Vec::new();
+        let mut last = Vec::new();
+        for pass in 0..args.warmup + args.reps {
+            let t = Instant::now();
+            last = answer_all(&handler, &requests).await;
+            if pass >= args.warmup {
+                rates.push(requests.len() as f64 / t.elapsed().as_secs_f64().max(1e-9));
+            }
+        }
+        let failures = last.iter().filter(|a| a.is_err()).count();
+        if let Some(path) = &args.output {
+            let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            write_answers(&mut std::io::BufWriter::new(f), last, false)?;
+        }
+        let mut sorted = rates.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let status = endpoints.status();
+        println!(
             "{}",
-            serde_json::json!({ "stats": {
-                "inputs": requests.len(), "batches": batches, "load_ms": load_ms, "run_ms": run_ms,
-                "per_second": n / (run_ms / 1e3).max(1e-9), "device": runner.device,
-                "precision": runner.precision.to_string(), "failures": failures, "traps": runner.traps,
+            serde_json::json!({ "bench": {
+                "inputs": requests.len(), "batch_size": args.run.batch_size, "warmup": args.warmup,
+                "per_second": rates, "median_per_second": sorted[sorted.len() / 2], "load_ms": load_ms,
+                "mean_batch_size": endpoints.metrics.mean_batch_size("run"),
+                "device": status.first().map(|s| s.device.clone()), "precision": status.first().map(|s| s.precision.clone()),
+                "failures": failures,
             }})
         );
+        drop(handler);
+        endpoints.shutdown().await;
+        Ok(if failures > 0 { 1 } else { 0 })
+    })
+}
+
+fn serve(args: ServeArgs) -> Result<i32> {
+    let mut configs = Vec::new();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --config {}", path.display()))?;
+        configs.extend(EndpointsFile::parse(path, &text).map_err(anyhow::Error::msg)?.endpoints);
     }
-    Ok(if failures > 0 { 1 } else { 0 })
+    match (&args.skill, &args.model) {
+        (Some(skill), Some(model)) => {
+            let devices = registry::parse_list(&args.device)?;
+            let precision: Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
+            let mut c = EndpointConfig::new(&args.name, skill, model, devices, precision);
+            c.instances = args.instances;
+            c.batching = BatchPolicy {
+                max_batch_size: args.max_batch_size,
+                max_wait_ms: args.max_wait_ms,
+                queue_capacity: args.queue_capacity,
+                ..BatchPolicy::default()
+            };
+            configs.push(c);
+        }
+        (None, None) => {}
+        _ => bail!("an endpoint given by flags needs both --skill and --model"),
+    }
+    if configs.is_empty() {
+        eprintln!("note: no endpoints configured; add them with POST /admin/endpoints");
+    }
+    tokio_runtime()?.block_on(async {
+        let endpoints = Arc::new(Endpoints::new(sandbox()?));
+        for c in configs {
+            let name = c.name.clone();
+            eprintln!("loading endpoint `{name}` ({} on {})", c.model, c.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","));
+            endpoints.add(c).await?;
+        }
+        let opts = ServeOptions {
+            addr: args.addr,
+            max_concurrent_requests: args.max_concurrent_requests,
+            max_body_bytes: args.max_body_bytes,
+            default_endpoint: args.default_endpoint.clone(),
+        };
+        host::serve::serve(endpoints, opts, None).await?;
+        Ok(0)
+    })
 }
 
 fn devices(json: bool) -> Result<i32> {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{cpu, openvino, Backend, BackendError};
+use super::{cpu, faulty, openvino, Backend, BackendError};
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -49,6 +49,8 @@ pub enum Device {
     Cpu,
     OpenVino(String),
     Cuda(u32),
+    /// Fault injection (see `backend::faulty`), only with HOST_FAULT_INJECTION=1.
+    Faulty,
 }
 
 impl fmt::Display for Device {
@@ -58,6 +60,7 @@ impl fmt::Display for Device {
             Device::OpenVino(d) if d == "CPU" => f.write_str("openvino"),
             Device::OpenVino(d) => write!(f, "openvino:{d}"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Faulty => f.write_str("faulty"),
         }
     }
 }
@@ -76,6 +79,7 @@ impl FromStr for Device {
             ("openvino", Some(d)) if !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') => {
                 Ok(Device::OpenVino(d.to_ascii_uppercase()))
             }
+            ("faulty", None) if faulty::enabled() => Ok(Device::Faulty),
             ("cuda", None) => Ok(Device::Cuda(0)),
             ("cuda", Some(n)) => n.parse().map(Device::Cuda).map_err(|_| BackendError::UnknownDevice(s.to_string())),
             _ => Err(BackendError::UnknownDevice(s.to_string())),
@@ -117,6 +121,7 @@ pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, B
     match device {
         Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision)?)),
         Device::OpenVino(d) => Ok(Arc::new(openvino::OpenVinoBackend::new(d, precision)?)),
+        Device::Faulty => Ok(Arc::new(faulty::FaultyBackend::new(precision)?)),
         other => Err(BackendError::Unavailable {
             device: other.to_string(),
             reason: "this backend is not part of this build yet (see `host devices`)".into(),

@@ -84,8 +84,8 @@ mod tests {
         let w: Vec<Pending> = [5, 1, 3, 100, 2, 4].into_iter().map(pending).collect();
         let b = cut(w, 4, 12);
         let costs: Vec<Vec<usize>> = b.iter().map(|x| x.iter().map(|p| p.cost).collect()).collect();
-        // sorted 1 2 3 4 | 5 (4*3=12 fits 1..3 plus 4 -> 16 > 12) ...
-        assert_eq!(costs, vec![vec![1, 2, 3], vec![4], vec![5], vec![100]]);
+        // sorted 1 2 3 (3x3=9) | 4 5 (5x2=10) | 100 (alone, over budget)
+        assert_eq!(costs, vec![vec![1, 2, 3], vec![4, 5], vec![100]]);
         let b = cut((0..10).map(|_| pending(1)).collect(), 4, 1000);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
     }

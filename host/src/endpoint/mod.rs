@@ -107,6 +107,11 @@ impl Handler {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The estimated token count the batcher uses for a request.
+    pub fn estimate(&self, request: &str) -> usize {
+        self.cost.estimate(request)
+    }
 }
 
 /// A running endpoint.

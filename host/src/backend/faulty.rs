@@ -1,0 +1,50 @@
+//! A fault-injection device for testing fallback: it loads like `cpu` but
+//! every run fails with a backend error. Only recognised when
+//! `HOST_FAULT_INJECTION=1`, so it cannot be selected by accident.
+
+use std::sync::Arc;
+
+use super::{cpu::CpuBackend, Backend, BackendError, Executable, NamedTensors, Precision};
+use crate::ir::Graph;
+use crate::model::Model;
+
+/// Whether the `faulty` device may be named.
+pub fn enabled() -> bool {
+    std::env::var("HOST_FAULT_INJECTION").is_ok_and(|v| v == "1")
+}
+
+/// Compiles like the CPU backend; runs always fail.
+pub struct FaultyBackend {
+    inner: CpuBackend,
+}
+
+impl FaultyBackend {
+    pub fn new(precision: Precision) -> Result<Self, BackendError> {
+        Ok(FaultyBackend { inner: CpuBackend::new(precision)? })
+    }
+}
+
+struct FaultyExecutable {
+    graph: String,
+}
+
+impl Backend for FaultyBackend {
+    fn device(&self) -> String {
+        "faulty".into()
+    }
+
+    fn precision(&self) -> Precision {
+        self.inner.precision()
+    }
+
+    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError> {
+        self.inner.compile(graph.clone(), model)?;
+        Ok(Arc::new(FaultyExecutable { graph: graph.name.clone() }))
+    }
+}
+
+impl Executable for FaultyExecutable {
+    fn run(&self, _inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
+        Err(BackendError::Run { device: "faulty".into(), graph: self.graph.clone(), message: "injected failure".into() })
+    }
+}

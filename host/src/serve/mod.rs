@@ -1,0 +1,176 @@
+//! `host serve`: the endpoint layer over HTTP (axum).
+//!
+//! Routes: OpenAI-compatible `POST /v1/embeddings`, TEI-compatible
+//! `POST /embed`, a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
+//! response format), `GET /health`, `GET /metrics` (Prometheus), and admin
+//! routes `GET|POST /admin/endpoints`, `DELETE /admin/endpoints/{name}`.
+//! Limits: request body size, concurrent requests (beyond: 429), and each
+//! endpoint's queue (beyond: 429). Shutdown on SIGINT/SIGTERM stops
+//! accepting, finishes in-flight requests, then drains the endpoints.
+
+mod admin;
+mod api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::endpoint::Endpoints;
+use crate::runner::RequestError;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// Requests served at once; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Largest request body, bytes; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Endpoint used when a request names none (`model` / `?endpoint=`).
+    pub default_endpoint: Option<String>,
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    pub endpoints: Arc<Endpoints>,
+    permits: Arc<Semaphore>,
+    default_endpoint: Option<String>,
+}
+
+impl AppState {
+    /// The endpoint a request means: the one it names, the configured
+    /// default, or the only one.
+    fn pick(&self, named: Option<&str>) -> Result<crate::endpoint::Handler, ApiError> {
+        let name = match named.filter(|n| !n.is_empty()).or(self.default_endpoint.as_deref()) {
+            Some(n) => n.to_string(),
+            None => {
+                let names = self.endpoints.names();
+                match names.as_slice() {
+                    [one] => one.clone(),
+                    [] => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no endpoints are loaded")),
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid-request",
+                            format!("several endpoints are loaded ({}); name one with `model`", names.join(", ")),
+                        ))
+                    }
+                }
+            }
+        };
+        self.endpoints.handler(&name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown-endpoint",
+                format!("unknown endpoint `{name}`; loaded: {}", self.endpoints.names().join(", ")),
+            )
+        })
+    }
+
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "too many concurrent requests; retry later")
+        })
+    }
+}
+
+/// An error response: `{"error": {"message", "type"}}` (OpenAI's shape,
+/// which TEI clients also read).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: String,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        ApiError { status, kind: kind.to_string(), message: message.into() }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let status = match e.kind {
+            "invalid-request" | "unsupported" => StatusCode::BAD_REQUEST,
+            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.kind, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "message": self.message, "type": self.kind } });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The router over `endpoints`.
+pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
+    let state = Arc::new(AppState {
+        endpoints,
+        permits: Arc::new(Semaphore::new(opts.max_concurrent_requests.max(1))),
+        default_endpoint: opts.default_endpoint.clone(),
+    });
+    Router::new()
+        .route("/v1/embeddings", post(api::openai_embeddings))
+        .route("/embed", post(api::tei_embed))
+        .route("/v1/endpoints/{name}", post(api::generic))
+        .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .route("/admin/endpoints", get(admin::list).post(admin::add))
+        .route("/admin/endpoints/{name}", delete(admin::remove))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves until SIGINT/SIGTERM, then finishes in-flight requests and drains
+/// every endpoint. `ready` receives the bound address.
+pub async fn serve(
+    endpoints: Arc<Endpoints>,
+    opts: ServeOptions,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.addr).await?;
+    let addr = listener.local_addr()?;
+    eprintln!("host serve: listening on http://{addr} (endpoints: {})", endpoints.names().join(", "));
+    if let Some(r) = ready {
+        let _ = r.send(addr);
+    }
+    let app = router(endpoints.clone(), &opts);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    eprintln!("host serve: shutting down, draining endpoints");
+    endpoints.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
