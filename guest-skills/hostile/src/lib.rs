@@ -4,7 +4,9 @@
 //! `memory` (allocates without bound), `huge-graph` (asks for a 10^12-element
 //! tensor), `unknown-op` (sends an operation outside the host's op set),
 //! `unknown-weight` (names a weight the model lacks), `trap` (panics),
-//! `ok` (answers `{"ok": true}`). `load` succeeds on any model.
+//! `spin` (busy-waits `ms` milliseconds, at most 1000: a slow request for
+//! queueing tests), `ok` (answers `{"ok": true}`, echoing `id` when given).
+//! `load` succeeds on any model.
 
 use skill_sdk::graph::Builder;
 use skill_sdk::{Dim, Dtype, Error, Guest, Response, SkillInfo};
@@ -74,7 +76,21 @@ fn act(req: &str) -> Result<Response, Error> {
             Err(Error::Internal("the host accepted an unknown weight".into()))
         }
         "trap" => panic!("hostile skill panics on purpose"),
-        _ => Ok(Response { json: r#"{"ok":true}"#.into(), tensors: vec![] }),
+        "spin" => {
+            let ms = v.get("ms").and_then(|m| m.as_u64()).unwrap_or(10).min(1000);
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(ms) {
+                std::hint::spin_loop();
+            }
+            Ok(Response { json: r#"{"ok":true}"#.into(), tensors: vec![] })
+        }
+        _ => {
+            let json = match v.get("id") {
+                Some(id) => serde_json::json!({ "ok": true, "id": id }).to_string(),
+                None => r#"{"ok":true}"#.into(),
+            };
+            Ok(Response { json, tensors: vec![] })
+        }
     }
 }
 
