@@ -1,11 +1,15 @@
-//! The per-endpoint batcher: takes queued requests, waits at most
-//! `max_wait` for companions, groups them by estimated length and cuts
-//! batches under the size and padded-token budgets.
+//! The per-endpoint batcher: takes queued requests, groups them by
+//! estimated length and cuts batches under the size and padded-token
+//! budgets. It never holds a request back while a worker is idle; while all
+//! workers are busy it gathers companions until one frees up, the batch is
+//! full, or `max_wait` has passed.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio::time::{timeout_at, Instant};
+use std::sync::atomic::Ordering;
+
+use tokio::time::{sleep_until, Instant};
 
 use super::worker::{Batch, Pool};
 use super::{EndpointConfig, Metrics, Pending};
@@ -37,13 +41,20 @@ pub(crate) async fn run(config: EndpointConfig, mut rx: mpsc::Receiver<Pending>,
         let mut window = vec![first];
         let deadline = Instant::now() + policy.max_wait();
         while window.len() < policy.max_batch_size {
-            match rx.try_recv() {
-                Ok(p) => window.push(p),
-                Err(_) if policy.max_wait_ms == 0 => break,
-                Err(_) => match timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => window.push(p),
-                    _ => break,
+            if let Ok(p) = rx.try_recv() {
+                window.push(p);
+                continue;
+            }
+            if policy.max_wait_ms == 0 || pool.idle.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(p) => window.push(p),
+                    None => break,
                 },
+                _ = pool.freed.notified() => break,
+                _ = sleep_until(deadline) => break,
             }
         }
         // Whatever else is already queued joins the window, so that length

@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, Notify};
 
 use super::{EndpointConfig, Metrics, Pending};
 use crate::backend::Device;
@@ -43,6 +45,10 @@ pub(crate) type Batch = Vec<Pending>;
 /// The sending side of the worker pool.
 pub(crate) struct Pool {
     pub tx: mpsc::Sender<Batch>,
+    /// Workers waiting for a batch.
+    pub idle: Arc<AtomicUsize>,
+    /// Signalled whenever a worker becomes idle.
+    pub freed: Arc<Notify>,
 }
 
 /// What `start` hands back.
@@ -60,6 +66,8 @@ pub(crate) fn start(sandbox: Arc<Sandbox>, config: &EndpointConfig, metrics: Arc
     let cost = Arc::new(CostModel::new(&model));
     let (tx, rx) = mpsc::channel::<Batch>(config.instances);
     let rx = Arc::new(Mutex::new(rx));
+    let idle = Arc::new(AtomicUsize::new(0));
+    let freed = Arc::new(Notify::new());
     let mut first: Option<(String, String)> = None;
     for i in 0..config.instances {
         let runner = Runner::open_model(sandbox.clone(), &config.skill, model.clone(), &config.devices, config.precision)?;
@@ -77,14 +85,14 @@ pub(crate) fn start(sandbox: Arc<Sandbox>, config: &EndpointConfig, metrics: Arc
             metrics: metrics.clone(),
         };
         w.runners[at] = Some(runner);
-        let rx = rx.clone();
+        let (rx, idle, freed) = (rx.clone(), idle.clone(), freed.clone());
         std::thread::Builder::new()
             .name(format!("{}-worker-{i}", config.name))
-            .spawn(move || w.serve(rx))
+            .spawn(move || w.serve(rx, idle, freed))
             .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
     }
     let (device, precision) = first.unwrap_or_default();
-    Ok(Started { pool: Pool { tx }, cost, device, precision })
+    Ok(Started { pool: Pool { tx, idle, freed }, cost, device, precision })
 }
 
 struct Worker {
@@ -102,12 +110,15 @@ struct Worker {
 }
 
 impl Worker {
-    fn serve(&mut self, rx: Arc<Mutex<mpsc::Receiver<Batch>>>) {
+    fn serve(&mut self, rx: Arc<Mutex<mpsc::Receiver<Batch>>>, idle: Arc<AtomicUsize>, freed: Arc<Notify>) {
         loop {
+            idle.fetch_add(1, Ordering::SeqCst);
+            freed.notify_one();
             let batch = match rx.lock() {
                 Ok(mut r) => r.blocking_recv(),
                 Err(_) => None,
             };
+            idle.fetch_sub(1, Ordering::SeqCst);
             let Some(batch) = batch else { break };
             self.run(batch);
         }
