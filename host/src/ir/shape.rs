@@ -176,6 +176,33 @@ pub fn fixed_elements(shape: &[Dim]) -> u128 {
     (f.num / f.den.max(1)).max(1)
 }
 
+/// Whether a symbolic dim is a sum (`past+seq`), checked rather than bound.
+pub fn is_sum(d: &Dim) -> bool {
+    matches!(d, Dim::Sym(s) if s.contains('+'))
+}
+
+/// The length of a concat of `dims` along one axis: fixed when all are,
+/// else the canonical sum name (`past+seq`, parts sorted, fixed parts added).
+pub fn sum_dims(dims: &[Dim]) -> Dim {
+    if let Some(total) = dims.iter().map(Dim::fixed).sum::<Option<u64>>() {
+        return Dim::Fixed(total);
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut fixed = 0u64;
+    for d in dims {
+        match d {
+            Dim::Fixed(n) => fixed += n,
+            Dim::Sym(s) => parts.extend(s.split('+').map(str::to_string)),
+            other => parts.push(other.to_string()),
+        }
+    }
+    if fixed > 0 {
+        parts.push(fixed.to_string());
+    }
+    parts.sort();
+    Dim::Sym(parts.join("+"))
+}
+
 /// Bound values of symbolic axes for one run.
 pub type Bindings = HashMap<String, u64>;
 
@@ -183,6 +210,17 @@ pub type Bindings = HashMap<String, u64>;
 pub fn eval_dim(d: &Dim, b: &Bindings) -> Result<u64, GraphError> {
     match d {
         Dim::Fixed(n) => Ok(*n),
+        Dim::Sym(s) if s.contains('+') => {
+            let mut total: u64 = 0;
+            for part in s.split('+') {
+                let v = match part.parse::<u64>() {
+                    Ok(n) => n,
+                    Err(_) => eval_dim(&Dim::Sym(part.to_string()), b)?,
+                };
+                total = total.saturating_add(v);
+            }
+            Ok(total)
+        }
         Dim::Sym(s) => b
             .get(s)
             .copied()
@@ -263,6 +301,18 @@ mod tests {
         assert!(reshape(&x, &[0, 0, 7, -1]).is_err());
         assert!(reshape(&[Dim::Fixed(6)], &[4]).is_err());
         assert!(reshape(&x, &[-1, -1]).is_err());
+    }
+
+    #[test]
+    fn sums_of_symbols_evaluate() {
+        let d = sum_dims(&[sym("seq"), sym("past")]);
+        assert_eq!(d, sym("past+seq"));
+        assert_eq!(sum_dims(&[d.clone(), Dim::Fixed(1)]), sym("1+past+seq"));
+        let mut b = Bindings::new();
+        b.insert("past".into(), 5);
+        b.insert("seq".into(), 2);
+        assert_eq!(eval_dim(&d, &b).unwrap(), 7);
+        assert!(is_sum(&d));
     }
 
     #[test]

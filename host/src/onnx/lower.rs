@@ -146,7 +146,33 @@ impl<'g> Lowering<'g> {
         let out = self.v(id);
         let dt = node.dtype;
         match &node.op {
-            Op::Input { .. } | Op::Weight { .. } => {}
+            Op::Input { .. } | Op::State { .. } | Op::Weight { .. } => {}
+            Op::Gather { x, indices, axis } => {
+                self.node("Gather", &[&self.v(*x), &self.v(*indices)], &out, vec![("axis", Attr::Int(*axis as i64))])
+            }
+            Op::ArgMax { x, axis, keep_dims } => self.node(
+                "ArgMax",
+                &[&self.v(*x)],
+                &out,
+                vec![("axis", Attr::Int(*axis as i64)), ("keepdims", Attr::Int(*keep_dims as i64))],
+            ),
+            Op::TopKValues { x, k } => {
+                // The builder always places the indices node right after the
+                // values node: one TopK node yields both.
+                let k = self.ints(&[*k as i64]);
+                let mut n = NodeProto::new();
+                n.op_type = "TopK".into();
+                n.name = format!("TopK_{}", self.nodes.len());
+                n.input = vec![self.v(*x), k];
+                n.output = vec![out.clone(), self.v(id + 1)];
+                n.attribute = vec![
+                    attribute("axis", Attr::Int(-1)),
+                    attribute("largest", Attr::Int(1)),
+                    attribute("sorted", Attr::Int(1)),
+                ];
+                self.nodes.push(n);
+            }
+            Op::TopKIndices { .. } => {}
             Op::Constant(c) => {
                 let dims: Vec<i64> = c.shape.iter().map(|&d| d as i64).collect();
                 self.inits.push(raw_initializer(&out, c.dtype, &dims, c.bytes.clone()));
@@ -288,6 +314,8 @@ impl<'g> Lowering<'g> {
             UnaryOp::Relu => Some("Relu"),
             UnaryOp::Erf => Some("Erf"),
             UnaryOp::Not => Some("Not"),
+            UnaryOp::Sin => Some("Sin"),
+            UnaryOp::Cos => Some("Cos"),
             _ => None,
         };
         if let Some(name) = simple {

@@ -116,9 +116,10 @@ pub fn emit(g: &Graph, locate: &dyn Fn(&str) -> Option<ExternalLocation>) -> Res
     let mut low = lower::Lowering::new(g);
     for (id, node) in g.nodes.iter().enumerate() {
         match &node.op {
-            crate::ir::Op::Input { name } => {
-                graph.input.push(value_info(name, node.dtype, &node.shape));
-                low.name_value(id as u32, name.clone());
+            crate::ir::Op::Input { .. } | crate::ir::Op::State { .. } => {
+                let name = g.input_name(id as u32);
+                graph.input.push(value_info(&name, node.dtype, &node.shape));
+                low.name_value(id as u32, name);
             }
             crate::ir::Op::Weight { name } => {
                 let loc = locate(name)

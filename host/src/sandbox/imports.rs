@@ -72,6 +72,15 @@ impl SkillContext {
     }
 }
 
+/// State tensors of one generation batch, kept on the host.
+#[derive(Default)]
+pub struct HostSession {
+    states: HashMap<String, crate::tensor::Tensor>,
+}
+
+/// Most bytes of state one session may hold.
+pub const MAX_SESSION_BYTES: usize = 4 << 30;
+
 /// A graph compiled for the endpoint's backend.
 pub struct CompiledGraph {
     graph: Arc<Graph>,
@@ -232,6 +241,8 @@ impl graph::HostBuilder for HostState {
             W::Silu => UnaryOp::Silu,
             W::Erf => UnaryOp::Erf,
             W::Not => UnaryOp::Not,
+            W::Sin => UnaryOp::Sin,
+            W::Cos => UnaryOp::Cos,
         };
         self.with_builder(&b, |g| g.unary(op, x))
     }
@@ -352,6 +363,26 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.l2_normalize(x, axis, eps))
     }
 
+    fn state(&mut self, b: B, name: String, dtype: types::Dtype, shape: Vec<types::Dim>) -> WResult<Node> {
+        self.with_builder(&b, |g| g.state(&name, dtype_in(dtype), shape.into_iter().map(dim_in).collect()))
+    }
+
+    fn update_state(&mut self, b: B, name: String, x: Node) -> WResult<()> {
+        self.with_builder(&b, |g| g.update_state(&name, x))
+    }
+
+    fn gather(&mut self, b: B, x: Node, indices: Node, axis: i32) -> WResult<Node> {
+        self.with_builder(&b, |g| g.gather(x, indices, axis))
+    }
+
+    fn argmax(&mut self, b: B, x: Node, axis: i32, keep: bool) -> WResult<Node> {
+        self.with_builder(&b, |g| g.argmax(x, axis, keep))
+    }
+
+    fn top_k(&mut self, b: B, x: Node, k: u32) -> WResult<(Node, Node)> {
+        self.with_builder(&b, |g| g.top_k(x, k))
+    }
+
     fn info(&mut self, b: B, x: Node) -> WResult<graph::NodeInfo> {
         self.with_builder(&b, |g| {
             g.get(x).map(|n| graph::NodeInfo { dtype: dtype_out(n.dtype), shape: n.shape.iter().map(dim_out).collect() })
@@ -403,10 +434,85 @@ impl runtime::Host for HostState {
     }
 }
 
+impl runtime::HostSession for HostState {
+    fn new(&mut self) -> wasmtime::Result<Resource<HostSession>> {
+        Ok(self.table.push(HostSession::default())?)
+    }
+
+    fn run(&mut self, s: Resource<HostSession>, g: Resource<CompiledGraph>, inputs: Vec<types::NamedTensor>) -> WResult<Vec<types::NamedTensor>> {
+        let cg = self.table.get(&g)?;
+        let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
+        let mut inputs: Vec<(String, crate::tensor::Tensor)> = inputs.into_iter().map(|n| (n.name, tensor_in(n.value))).collect();
+        if let Some((bad, _)) = inputs.iter().find(|(n, _)| n.starts_with("state.")) {
+            return Ok(Err(WitError::InvalidRequest(format!("input `{bad}`: state is supplied by the session"))));
+        }
+        let session = self.table.get_mut(&s)?;
+        let bindings = crate::backend::bind_partial(&graph, &inputs);
+        for &id in &graph.inputs {
+            let node = graph.node(id);
+            let crate::ir::Op::State { name } = &node.op else { continue };
+            let t = match session.states.remove(name) {
+                Some(t) => t,
+                None => {
+                    // Empty state: axes no input binds are 0.
+                    let shape: Vec<u64> = node
+                        .shape
+                        .iter()
+                        .map(|d| crate::ir::shape::eval_dim(d, &bindings).unwrap_or(0))
+                        .collect();
+                    let bytes = shape.iter().product::<u64>() as usize * node.dtype.size();
+                    if bytes > MAX_SESSION_BYTES {
+                        return Ok(Err(WitError::ResourceExhausted(format!("state `{name}` would need {bytes} bytes"))));
+                    }
+                    crate::tensor::Tensor { dtype: node.dtype, shape, data: vec![0; bytes] }
+                }
+            };
+            inputs.push((crate::ir::state_input_name(name), t));
+        }
+        let result = check_inputs(&graph, inputs).and_then(|(ordered, _)| exe.run(ordered));
+        let outputs = match result {
+            Ok(o) => o,
+            Err(e) => {
+                session.states.clear();
+                return Ok(Err(backend_error(e)));
+            }
+        };
+        let mut visible = Vec::new();
+        let mut held = 0usize;
+        for (name, t) in outputs {
+            match name.strip_prefix("state.").and_then(|n| n.strip_suffix(".next")) {
+                Some(state) => {
+                    held += t.data.len();
+                    session.states.insert(state.to_string(), t);
+                }
+                None => visible.push((name, t)),
+            }
+        }
+        if held > MAX_SESSION_BYTES {
+            session.states.clear();
+            return Ok(Err(WitError::ResourceExhausted(format!("session state of {held} bytes exceeds {MAX_SESSION_BYTES}"))));
+        }
+        Ok(Ok(named_out(visible)))
+    }
+
+    fn reset(&mut self, s: Resource<HostSession>) -> wasmtime::Result<()> {
+        self.table.get_mut(&s)?.states.clear();
+        Ok(())
+    }
+
+    fn drop(&mut self, s: Resource<HostSession>) -> wasmtime::Result<()> {
+        self.table.delete(s)?;
+        Ok(())
+    }
+}
+
 impl runtime::HostCompiledGraph for HostState {
     fn run(&mut self, g: Resource<CompiledGraph>, inputs: Vec<types::NamedTensor>) -> WResult<Vec<types::NamedTensor>> {
         let cg = self.table.get(&g)?;
         let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
+        if !graph.states.is_empty() {
+            return Ok(Err(WitError::Graph(format!("graph `{}` has state; run it in a runtime.session", graph.name))));
+        }
         let inputs = inputs.into_iter().map(|n| (n.name, tensor_in(n.value))).collect();
         let result = check_inputs(&graph, inputs).and_then(|(ordered, _)| exe.run(ordered));
         Ok(result.map(named_out).map_err(backend_error))

@@ -36,6 +36,7 @@ wasmtime::component::bindgen!({
         "accel:skill/graph.builder": crate::ir::GraphBuilder,
         "accel:skill/tokenizer.tokenizer": crate::tokenizer::HostTokenizer,
         "accel:skill/runtime.compiled-graph": imports::CompiledGraph,
+        "accel:skill/runtime.session": imports::HostSession,
     },
 });
 

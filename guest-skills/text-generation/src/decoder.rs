@@ -1,0 +1,235 @@
+//! Decoder graphs (gpt2, opt, llama, qwen2): one graph for prefill and
+//! decode, with the KV cache as session state.
+//!
+//! Inputs: `input_ids` [batch, seq], `position_ids` [batch, seq],
+//! `attention_mask` [batch, past+seq] (1 real, 0 padding), `last_index` [1]
+//! (seq - 1). State: `k<i>`, `v<i>` [batch, kv_heads, past, head_dim].
+//! Outputs: `next_token` [batch] (argmax), `top_values`/`top_indices`
+//! [batch, K] for sampling.
+
+use skill_sdk::config::Json;
+use skill_sdk::graph::{BinaryOp, CompareOp, Node, UnaryOp};
+use skill_sdk::graph_ext::activation;
+use skill_sdk::runtime::CompiledGraph;
+use skill_sdk::tensors::f32_tensor;
+use skill_sdk::{Dim, Dtype, Error, Graph};
+
+/// Candidates returned per step for sampling.
+pub const TOP_K_MAX: u32 = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arch {
+    Gpt2,
+    Opt,
+    Llama,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn from_model_type(t: &str) -> Option<Arch> {
+        Some(match t {
+            "gpt2" => Arch::Gpt2,
+            "opt" => Arch::Opt,
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            _ => return None,
+        })
+    }
+}
+
+/// What the generation loop needs to know about the model.
+pub struct ModelInfo {
+    pub arch: Arch,
+    pub vocab: u64,
+    pub max_positions: u64,
+    pub top_k: u32,
+}
+
+struct Dims {
+    act: UnaryOp,
+    hidden: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    layers: u64,
+    eps: f32,
+}
+
+fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
+    let (hidden, heads, layers) = match arch {
+        Arch::Gpt2 => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
+        _ => (c.u64("hidden_size")?, c.u64("num_attention_heads")?, c.u64("num_hidden_layers")?),
+    };
+    if heads == 0 || hidden % heads != 0 {
+        return Err(Error::Model(format!("config.json: hidden size {hidden} is not a multiple of {heads} heads")));
+    }
+    let kv_heads = c.u64_or("num_key_value_heads", heads)?;
+    let eps = match arch {
+        Arch::Gpt2 => c.f64_or("layer_norm_epsilon", 1e-5)?,
+        Arch::Opt => 1e-5,
+        _ => c.f64_or("rms_norm_eps", 1e-6)?,
+    } as f32;
+    let act = match arch {
+        Arch::Gpt2 => activation(c.str_or("activation_function", "gelu_new")?)?,
+        Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
+        _ => activation(c.str_or("hidden_act", "silu")?)?,
+    };
+    Ok(Dims { act, hidden, heads, kv_heads, head_dim: hidden / heads, layers, eps })
+}
+
+fn sym(s: &str) -> Dim {
+    Dim::Symbolic(s.into())
+}
+
+/// Builds and compiles the decoder graph.
+pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> {
+    let d = dims(arch, c)?;
+    let g = Graph::new(&format!("{arch:?}-decoder").to_lowercase());
+    let bs = [sym("batch"), sym("seq")];
+    let ids = g.input("input_ids", Dtype::I64, &bs)?;
+    let pos = g.input("position_ids", Dtype::I64, &bs)?;
+    let mask = g.input("attention_mask", Dtype::I64, &[sym("batch"), sym("past+seq")])?;
+    let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
+    let zero = g.scalar(0.0, Dtype::I64)?;
+    let keep = g.b.compare(CompareOp::Greater, mask, zero)?;
+    let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
+
+    let (embed_name, mut h) = match arch {
+        Arch::Gpt2 => {
+            let e = g.b.embedding(g.weight("transformer.wte.weight")?, ids)?;
+            let p = g.b.embedding(g.weight("transformer.wpe.weight")?, pos)?;
+            ("transformer.wte.weight", g.add(e, p)?)
+        }
+        Arch::Opt => {
+            let e = g.b.embedding(g.weight("model.decoder.embed_tokens.weight")?, ids)?;
+            let two = g.scalar(2.0, Dtype::I64)?;
+            let shifted = g.b.binary(BinaryOp::Add, pos, two)?;
+            let p = g.b.embedding(g.weight("model.decoder.embed_positions.weight")?, shifted)?;
+            ("model.decoder.embed_tokens.weight", g.add(e, p)?)
+        }
+        Arch::Llama | Arch::Qwen2 => {
+            ("model.embed_tokens.weight", g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?)
+        }
+    };
+    let rope = match arch {
+        Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim)?),
+        _ => None,
+    };
+    for i in 0..d.layers {
+        h = layer(&g, arch, &d, i, h, keys, rope)?;
+    }
+    let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
+    let h = match arch {
+        Arch::Gpt2 => g.layer_norm(h, "transformer.ln_f", d.eps)?,
+        Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
+        _ => g.b.rms_norm(h, g.weight("model.norm.weight")?, d.eps)?,
+    };
+    let head = if g.has("lm_head.weight") { "lm_head.weight" } else { embed_name };
+    let logits = g.b.linear(h, g.weight(head)?, None)?;
+    let vocab = match g.b.info(logits)?.shape.last() {
+        Some(Dim::Fixed(v)) => *v,
+        _ => return Err(Error::Model("the vocabulary size is not fixed".into())),
+    };
+    let next = g.b.argmax(logits, -1, false)?;
+    let top_k = TOP_K_MAX.min(vocab as u32);
+    let (values, indices) = g.b.top_k(logits, top_k)?;
+    let max_positions = match arch {
+        Arch::Gpt2 => c.u64("n_positions")?,
+        _ => c.u64_or("max_position_embeddings", 2048)?,
+    };
+    let graph = g.compile(&[("next_token", next), ("top_values", values), ("top_indices", indices)])?;
+    Ok((graph, ModelInfo { arch, vocab, max_positions, top_k }))
+}
+
+/// cos and sin tables [batch, 1, seq, head_dim] of rotary embeddings.
+fn rope_tables(g: &Graph, c: &Json, pos: Node, head_dim: u64) -> Result<(Node, Node), Error> {
+    let theta = c.f64_or("rope_theta", 10000.0)? as f32;
+    if c.value.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+        return Err(Error::Unsupported("config.json: `rope_scaling` is not supported yet".into()));
+    }
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv = g.b.constant(&f32_tensor(vec![half], &inv))?;
+    let p = g.b.unsqueeze(g.b.cast(pos, Dtype::F32)?, -1)?;
+    let freqs = g.mul(p, inv)?;
+    let emb = g.b.concat(&[freqs, freqs], -1)?;
+    let cos = g.b.unsqueeze(g.unary(UnaryOp::Cos, emb)?, 1)?;
+    let sin = g.b.unsqueeze(g.unary(UnaryOp::Sin, emb)?, 1)?;
+    Ok((cos, sin))
+}
+
+fn rotate(g: &Graph, x: Node, (cos, sin): (Node, Node), head_dim: u64) -> Result<Node, Error> {
+    let half = (head_dim / 2) as i64;
+    let x1 = g.b.slice(x, -1, 0, half)?;
+    let x2 = g.b.slice(x, -1, half, head_dim as i64)?;
+    let rotated = g.b.concat(&[g.unary(UnaryOp::Neg, x2)?, x1], -1)?;
+    g.add(g.mul(x, cos)?, g.mul(rotated, sin)?)
+}
+
+/// x @ W + b with GPT-2's Conv1D layout (W is [in, out]).
+fn conv1d(g: &Graph, x: Node, prefix: &str) -> Result<Node, Error> {
+    let y = g.b.matmul(x, g.weight(&format!("{prefix}.weight"))?)?;
+    g.add(y, g.weight(&format!("{prefix}.bias"))?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer(g: &Graph, arch: Arch, d: &Dims, i: u64, h: Node, keys: Node, rope: Option<(Node, Node)>) -> Result<Node, Error> {
+    let p = match arch {
+        Arch::Gpt2 => format!("transformer.h.{i}"),
+        Arch::Opt => format!("model.decoder.layers.{i}"),
+        _ => format!("model.layers.{i}"),
+    };
+    let x = match arch {
+        Arch::Gpt2 => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
+        Arch::Opt => g.layer_norm(h, &format!("{p}.self_attn_layer_norm"), d.eps)?,
+        _ => g.b.rms_norm(h, g.weight(&format!("{p}.input_layernorm.weight"))?, d.eps)?,
+    };
+    let (q, k, v) = match arch {
+        Arch::Gpt2 => {
+            let qkv = conv1d(g, x, &format!("{p}.attn.c_attn"))?;
+            let w = d.hidden as i64;
+            (g.b.slice(qkv, -1, 0, w)?, g.b.slice(qkv, -1, w, 2 * w)?, g.b.slice(qkv, -1, 2 * w, 3 * w)?)
+        }
+        _ => {
+            let a = format!("{p}.self_attn");
+            (g.linear(x, &format!("{a}.q_proj"))?, g.linear(x, &format!("{a}.k_proj"))?, g.linear(x, &format!("{a}.v_proj"))?)
+        }
+    };
+    let mut q = g.split_heads(q, d.heads, d.head_dim)?;
+    let mut k = g.split_heads(k, d.kv_heads, d.head_dim)?;
+    let v = g.split_heads(v, d.kv_heads, d.head_dim)?;
+    if let Some(r) = rope {
+        q = rotate(g, q, r, d.head_dim)?;
+        k = rotate(g, k, r, d.head_dim)?;
+    }
+    let cache = [sym("batch"), Dim::Fixed(d.kv_heads), sym("past"), Dim::Fixed(d.head_dim)];
+    let (kn, vn) = (format!("k{i}"), format!("v{i}"));
+    let k_all = g.b.concat(&[g.b.state(&kn, Dtype::F32, &cache)?, k], 2)?;
+    let v_all = g.b.concat(&[g.b.state(&vn, Dtype::F32, &cache)?, v], 2)?;
+    g.b.update_state(&kn, k_all)?;
+    g.b.update_state(&vn, v_all)?;
+    let a = g.merge_heads(g.attention(q, k_all, v_all, Some(keys), true)?)?;
+    let a = match arch {
+        Arch::Gpt2 => conv1d(g, a, &format!("{p}.attn.c_proj"))?,
+        Arch::Opt => g.linear(a, &format!("{p}.self_attn.out_proj"))?,
+        _ => g.linear(a, &format!("{p}.self_attn.o_proj"))?,
+    };
+    let h = g.add(h, a)?;
+    let m = match arch {
+        Arch::Gpt2 => {
+            let x = g.layer_norm(h, &format!("{p}.ln_2"), d.eps)?;
+            conv1d(g, g.unary(d.act, conv1d(g, x, &format!("{p}.mlp.c_fc"))?)?, &format!("{p}.mlp.c_proj"))?
+        }
+        Arch::Opt => {
+            let x = g.layer_norm(h, &format!("{p}.final_layer_norm"), d.eps)?;
+            g.linear(g.unary(d.act, g.linear(x, &format!("{p}.fc1"))?)?, &format!("{p}.fc2"))?
+        }
+        _ => {
+            let x = g.b.rms_norm(h, g.weight(&format!("{p}.post_attention_layernorm.weight"))?, d.eps)?;
+            let gate = g.unary(d.act, g.linear(x, &format!("{p}.mlp.gate_proj"))?)?;
+            let up = g.linear(x, &format!("{p}.mlp.up_proj"))?;
+            g.linear(g.mul(gate, up)?, &format!("{p}.mlp.down_proj"))?
+        }
+    };
+    g.add(h, m)
+}

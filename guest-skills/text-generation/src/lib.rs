@@ -1,0 +1,324 @@
+//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, qwen2) with the
+//! KV cache owned by the host (a `runtime.session`).
+//!
+//! Request: `{"prompt": "...", "max_new_tokens": N, "do_sample": false,
+//! "temperature": 1.0, "top_k": 50, "top_p": 1.0, "seed": 0, "stop": ["..."]}`.
+//! Response: `{"text", "token_ids", "finish_reason": "eos"|"length"|"stop",
+//! "timings": {"prefill_ms", "decode_ms", "tokens_per_second"}}` (the host
+//! adds `device` and `precision`). Defaults come from generation_config.json.
+//!
+//! The prompts of a batch are generated together, left-padded; each step
+//! sends one token id per sequence to the host and gets the next one back.
+//! Sampling draws from the graph's top-100 candidates, so `top_k` is capped
+//! at 100. `repetition_penalty` other than 1 is refused.
+
+mod decoder;
+mod sample;
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use skill_sdk::config::Json;
+use skill_sdk::runtime::{CompiledGraph, Session};
+use skill_sdk::tensors::i64_tensor;
+use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
+use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo, Tensor};
+
+use decoder::{Arch, ModelInfo};
+use sample::{Sampler, Sampling};
+
+/// Largest `max_new_tokens` a request may ask for.
+const MAX_NEW_TOKENS: u64 = 4096;
+
+struct Defaults {
+    max_new_tokens: u64,
+    do_sample: bool,
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    eos: Vec<i64>,
+    pad: i64,
+}
+
+struct Loaded {
+    tokenizer: Tokenizer,
+    graph: CompiledGraph,
+    info: ModelInfo,
+    defaults: Defaults,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+struct Request {
+    ids: Vec<i64>,
+    max_new: u64,
+    sampling: Sampling,
+    stop: Vec<String>,
+    warnings: Vec<String>,
+}
+
+struct TextGeneration;
+
+fn ids_of(v: Option<&serde_json::Value>) -> Vec<i64> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Guest for TextGeneration {
+    fn describe() -> SkillInfo {
+        SkillInfo {
+            name: "text-generation".into(),
+            task: "text-generation".into(),
+            architectures: ["gpt2", "opt", "llama", "qwen2"].iter().map(|s| s.to_string()).collect(),
+            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
+            response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn load() -> Result<(), Error> {
+        let config = Json::config()?;
+        let model_type = config.str_or("model_type", "")?.to_string();
+        let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
+            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2)"))
+        })?;
+        let gen = Json::asset("generation_config.json")?;
+        let get = |k: &str| gen.as_ref().and_then(|g| g.value.get(k).cloned()).or_else(|| config.value.get(k).cloned());
+        let mut eos = ids_of(get("eos_token_id").as_ref());
+        eos.sort_unstable();
+        eos.dedup();
+        let pad = ids_of(get("pad_token_id").as_ref()).first().copied().or(eos.first().copied()).unwrap_or(0);
+        let defaults = Defaults {
+            max_new_tokens: get("max_new_tokens").and_then(|v| v.as_u64()).unwrap_or(20),
+            do_sample: get("do_sample").and_then(|v| v.as_bool()).unwrap_or(false),
+            temperature: get("temperature").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
+            top_k: get("top_k").and_then(|v| v.as_u64()).unwrap_or(50) as u32,
+            top_p: get("top_p").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
+            eos,
+            pad,
+        };
+        let tokenizer = Tokenizer::open(TokenizerOptions { max_length: None, add_special_tokens: true, pad_to_multiple_of: None })?;
+        let (graph, info) = decoder::build(arch, &config)?;
+        STATE.with(|s| *s.borrow_mut() = Some(Loaded { tokenizer, graph, info, defaults }));
+        Ok(())
+    }
+
+    fn handle(batch: Vec<String>) -> Vec<Result<Response, Error>> {
+        STATE.with(|s| {
+            let state = s.borrow();
+            let Some(m) = state.as_ref() else {
+                return batch.iter().map(|_| Err(skill_sdk::internal("handle called before load"))).collect();
+            };
+            let parsed: Vec<Result<Request, Error>> = batch.iter().map(|r| parse(m, r)).collect();
+            let ok: Vec<usize> = (0..parsed.len()).filter(|&i| parsed[i].is_ok()).collect();
+            let reqs: Vec<&Request> = ok.iter().filter_map(|&i| parsed[i].as_ref().ok()).collect();
+            let mut out: Vec<Result<Response, Error>> = parsed
+                .iter()
+                .map(|p| match p {
+                    Err(e) => Err(e.clone()),
+                    Ok(_) => Err(skill_sdk::internal("not generated")),
+                })
+                .collect();
+            if !reqs.is_empty() {
+                match generate(m, &reqs) {
+                    Ok(responses) => ok.iter().zip(responses).for_each(|(&i, r)| out[i] = Ok(r)),
+                    Err(e) => ok.iter().for_each(|&i| out[i] = Err(e.clone())),
+                }
+            }
+            out
+        })
+    }
+}
+
+fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
+    let v: serde_json::Value = serde_json::from_str(req).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let prompt = match v.get("prompt") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::String(_)) => return Err(invalid("`prompt` is empty")),
+        Some(_) => return Err(invalid("`prompt` must be a string")),
+        None => return Err(invalid("missing `prompt`")),
+    };
+    let num = |k: &str| v.get(k).filter(|x| !x.is_null());
+    if let Some(p) = num("repetition_penalty") {
+        if p.as_f64() != Some(1.0) {
+            return Err(Error::Unsupported("`repetition_penalty` is not supported yet".into()));
+        }
+    }
+    let d = &m.defaults;
+    let max_new = match num("max_new_tokens") {
+        None => d.max_new_tokens,
+        Some(x) => x.as_u64().ok_or_else(|| invalid("`max_new_tokens` must be a non-negative integer"))?,
+    };
+    if max_new == 0 {
+        return Err(invalid("`max_new_tokens` must be at least 1"));
+    }
+    let ids: Vec<i64> = m.tokenizer.encode_batch(std::slice::from_ref(&prompt))?.input_ids.data.chunks_exact(8).map(|b| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        i64::from_le_bytes(a)
+    }).collect();
+    if ids.is_empty() {
+        return Err(invalid("the prompt tokenizes to nothing"));
+    }
+    let ctx = m.info.max_positions;
+    if ids.len() as u64 >= ctx {
+        return Err(invalid(format!("the prompt has {} tokens; the model's context is {ctx}", ids.len())));
+    }
+    let mut warnings = Vec::new();
+    let cap = (ctx - ids.len() as u64).min(MAX_NEW_TOKENS);
+    let max_new = if max_new > cap {
+        warnings.push(format!("max_new_tokens {max_new} capped at {cap} (context {ctx}, limit {MAX_NEW_TOKENS})"));
+        cap
+    } else {
+        max_new
+    };
+    let f = |k: &str, default: f32| num(k).and_then(|x| x.as_f64()).map(|x| x as f32).unwrap_or(default);
+    let sampling = Sampling {
+        do_sample: num("do_sample").and_then(|x| x.as_bool()).unwrap_or(d.do_sample),
+        temperature: f("temperature", d.temperature),
+        top_k: num("top_k").and_then(|x| x.as_u64()).map(|k| k as u32).unwrap_or(d.top_k),
+        top_p: f("top_p", d.top_p),
+        seed: num("seed").and_then(|x| x.as_u64()).unwrap_or(0),
+    };
+    if !(sampling.temperature > 0.0) || !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+        return Err(invalid("`temperature` must be > 0 and `top_p` in (0, 1]"));
+    }
+    if sampling.do_sample && (sampling.top_k == 0 || sampling.top_k > m.info.top_k) {
+        warnings.push(format!("top_k capped at {} (the candidates the graph returns)", m.info.top_k));
+    }
+    let stop = match v.get("stop") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_string)).filter(|s| !s.is_empty()).collect(),
+        Some(_) => return Err(invalid("`stop` must be a string or a list of strings")),
+    };
+    Ok(Request { ids, max_new, sampling, stop, warnings })
+}
+
+fn i64s(t: &Tensor) -> Vec<i64> {
+    t.data.chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// Generates all requests together (left-padded).
+fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
+    let b = reqs.len();
+    let longest = reqs.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    let mut mask: Vec<Vec<i64>> = reqs.iter().map(|r| [vec![0; longest - r.ids.len()], vec![1; r.ids.len()]].concat()).collect();
+    let mut ids: Vec<i64> = Vec::with_capacity(b * longest);
+    let mut pos: Vec<i64> = Vec::with_capacity(b * longest);
+    for (r, row) in reqs.iter().zip(&mask) {
+        ids.extend(std::iter::repeat_n(m.defaults.pad, longest - r.ids.len()));
+        ids.extend(&r.ids);
+        let mut seen = 0;
+        for &x in row {
+            pos.push(if x == 0 { 1 } else { seen });
+            seen += x;
+        }
+    }
+    let mut next_pos: Vec<i64> = reqs.iter().map(|r| r.ids.len() as i64).collect();
+    let mut samplers: Vec<Sampler> = reqs.iter().map(|r| Sampler::new(r.sampling.clone())).collect();
+    let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
+    let mut finish: Vec<Option<&'static str>> = vec![None; b];
+    let session = Session::new();
+    let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
+    let t0 = Instant::now();
+    let mut prefill_ms = 0.0;
+    let mut seq = longest as u64;
+    for step in 0..max_steps {
+        let cols = mask[0].len() as u64;
+        let inputs = vec![
+            NamedTensor { name: "input_ids".into(), value: i64_tensor(vec![b as u64, seq], &ids) },
+            NamedTensor { name: "position_ids".into(), value: i64_tensor(vec![b as u64, seq], &pos) },
+            NamedTensor { name: "attention_mask".into(), value: i64_tensor(vec![b as u64, cols], &mask.concat()) },
+            NamedTensor { name: "last_index".into(), value: i64_tensor(vec![1], &[seq as i64 - 1]) },
+        ];
+        let outputs = session.run(&m.graph, &inputs)?;
+        let (mut greedy, mut values, mut indices) = (None, None, None);
+        for o in outputs {
+            match o.name.as_str() {
+                "next_token" => greedy = Some(i64s(&o.value)),
+                "top_values" => values = Some(f32s(&o.value)),
+                "top_indices" => indices = Some(i64s(&o.value)),
+                _ => {}
+            }
+        }
+        let (greedy, values, indices) = match (greedy, values, indices) {
+            (Some(g), Some(v), Some(i)) => (g, v, i),
+            _ => return Err(skill_sdk::internal("the decoder graph returned incomplete outputs")),
+        };
+        if step == 0 {
+            prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        }
+        let k = m.info.top_k as usize;
+        let mut step_ids = Vec::with_capacity(b);
+        for i in 0..b {
+            let token = if finish[i].is_some() {
+                m.defaults.pad
+            } else {
+                let t = samplers[i].pick(greedy[i], &values[i * k..(i + 1) * k], &indices[i * k..(i + 1) * k]);
+                out[i].push(t);
+                if m.defaults.eos.contains(&t) {
+                    finish[i] = Some("eos");
+                } else if !reqs[i].stop.is_empty() && stop_hit(m, &out[i], &reqs[i].stop) {
+                    finish[i] = Some("stop");
+                } else if out[i].len() as u64 >= reqs[i].max_new {
+                    finish[i] = Some("length");
+                }
+                t
+            };
+            step_ids.push(token);
+        }
+        if finish.iter().all(Option::is_some) {
+            break;
+        }
+        ids = step_ids;
+        pos = next_pos.clone();
+        next_pos.iter_mut().for_each(|p| *p += 1);
+        mask.iter_mut().for_each(|row| row.push(1));
+        seq = 1;
+    }
+    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let decode_ms = total_ms - prefill_ms;
+    let mut responses = Vec::with_capacity(b);
+    for i in 0..b {
+        let toks: Vec<u32> = out[i].iter().map(|&t| t as u32).collect();
+        let mut text = m.tokenizer.decode(&toks, true)?;
+        if finish[i] == Some("stop") {
+            if let Some(cut) = reqs[i].stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+            }
+        }
+        let decoded = out[i].len().saturating_sub(1) as f64;
+        let mut json = serde_json::json!({
+            "text": text,
+            "token_ids": out[i],
+            "finish_reason": finish[i].unwrap_or("length"),
+            "timings": {
+                "prefill_ms": prefill_ms, "decode_ms": decode_ms,
+                "tokens_per_second": if decode_ms > 0.0 { decoded / (decode_ms / 1e3) } else { 0.0 },
+                "batch_size": b,
+            },
+        });
+        if !reqs[i].warnings.is_empty() {
+            json["warnings"] = serde_json::json!(reqs[i].warnings);
+        }
+        responses.push(Response { json: json.to_string(), tensors: vec![] });
+    }
+    Ok(responses)
+}
+
+fn stop_hit(m: &Loaded, out: &[i64], stop: &[String]) -> bool {
+    let toks: Vec<u32> = out.iter().map(|&t| t as u32).collect();
+    m.tokenizer.decode(&toks, true).is_ok_and(|t| stop.iter().any(|s| t.contains(s.as_str())))
+}
+
+skill_sdk::export_skill!(TextGeneration);
