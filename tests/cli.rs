@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 use common::*;
 
 fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host")).args(args).output().expect("spawn host")
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .output()
+        .expect("spawn host")
 }
 
 fn stderr(o: &Output) -> String {
@@ -16,7 +19,10 @@ fn stderr(o: &Output) -> String {
 }
 
 fn lines(o: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
 }
 
 /// A model directory with `config` and a one-tensor safetensors file.
@@ -38,31 +44,73 @@ fn run_prints_one_line_per_input_in_order() {
         return;
     }
     let model = fixture("tiny-bert");
-    let texts = ["a much longer sentence with quite a few words in it", "short", "", "medium length text here"];
+    let texts = [
+        "a much longer sentence with quite a few words in it",
+        "short",
+        "",
+        "medium length text here",
+    ];
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
-    let body: String = texts.iter().map(|t| serde_json::json!({ "text": t }).to_string() + "\n").collect();
+    let body: String = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+        .collect();
     std::fs::write(&file, body).unwrap();
-    let batched = host(&["run", "text-embedding", "--model", model.to_str().unwrap(), "--inputs", file.to_str().unwrap(), "--batch-size", "3"]);
+    let batched = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        model.to_str().unwrap(),
+        "--inputs",
+        file.to_str().unwrap(),
+        "--batch-size",
+        "3",
+    ]);
     assert!(batched.status.success(), "{}", stderr(&batched));
     let got = lines(&batched);
     assert_eq!(got.len(), texts.len());
     for (t, line) in texts.iter().zip(&got) {
         assert_eq!(line["device"], "cpu");
         assert_eq!(line["precision"], "f32");
-        let single = host(&["run", "text-embedding", "--model", model.to_str().unwrap(), "--input", t]);
+        let single = host(&[
+            "run",
+            "text-embedding",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            t,
+        ]);
         let want = &lines(&single)[0];
-        let a: Vec<f32> = line["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let b: Vec<f32> = want["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let a: Vec<f32> = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let b: Vec<f32> = want["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         let (cos, max) = compare(&a, &b);
-        assert!(cos > 0.999999 && max < 1e-5, "input {t:?} answered out of order or wrongly: cos {cos} max {max}");
+        assert!(
+            cos > 0.999999 && max < 1e-5,
+            "input {t:?} answered out of order or wrongly: cos {cos} max {max}"
+        );
         assert_eq!(line["tokens"], want["tokens"]);
     }
 }
 
 #[test]
 fn empty_input_list_is_an_error() {
-    let o = host(&["run", "text-embedding", "--model", fixture("tiny-bert").to_str().unwrap()]);
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no inputs"), "{}", stderr(&o));
 }
@@ -72,9 +120,20 @@ fn invalid_json_line_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
     std::fs::write(&file, "{\"text\": \"ok\"}\n{not json\n").unwrap();
-    let o = host(&["run", "text-embedding", "--model", fixture("tiny-bert").to_str().unwrap(), "--inputs", file.to_str().unwrap()]);
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--inputs",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("line 2: not valid JSON"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("line 2: not valid JSON"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -85,41 +144,83 @@ fn request_without_text_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
     std::fs::write(&file, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n").unwrap();
-    let o = host(&["run", "text-embedding", "--model", fixture("tiny-bert").to_str().unwrap(), "--inputs", file.to_str().unwrap()]);
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--inputs",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let got = lines(&o);
     assert!(got[0]["embedding"].is_array());
     assert_eq!(got[1]["error"]["kind"], "invalid-request");
-    assert!(stderr(&o).contains("input 2: invalid-request: missing `text`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("input 2: invalid-request: missing `text`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn missing_model_directory_is_explained() {
-    let o = host(&["run", "text-embedding", "--model", "/no/such/model/dir", "--input", "x"]);
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        "/no/such/model/dir",
+        "--input",
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("neither a local directory nor a hub id"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("neither a local directory nor a hub id"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn offline_hub_id_not_in_cache_is_explained() {
     let home = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(["run", "text-embedding", "--model", "someone/some-model", "--input", "x"])
+        .args([
+            "run",
+            "text-embedding",
+            "--model",
+            "someone/some-model",
+            "--input",
+            "x",
+        ])
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", home.path())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("someone/some-model") && e.contains("not in the local cache"), "{e}");
+    assert!(
+        e.contains("someone/some-model") && e.contains("not in the local cache"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_skill_lists_where_it_looked() {
-    let o = host(&["run", "no-such-skill", "--model", fixture("tiny-bert").to_str().unwrap(), "--input", "x"]);
+    let o = host(&[
+        "run",
+        "no-such-skill",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--input",
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("skill `no-such-skill` not found") && e.contains("no_such_skill.wasm"), "{e}");
+    assert!(
+        e.contains("skill `no-such-skill` not found") && e.contains("no_such_skill.wasm"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -129,26 +230,65 @@ fn unsupported_architecture_is_a_typed_error() {
     }
     let dir = tempfile::tempdir().unwrap();
     fake_model(dir.path(), r#"{"model_type": "gpt2"}"#, None);
-    let o = host(&["run", "text-embedding", "--model", dir.path().to_str().unwrap(), "--input", "x"]);
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--input",
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("unsupported") && e.contains("model_type `gpt2` is not served by text-embedding"), "{e}");
+    assert!(
+        e.contains("unsupported")
+            && e.contains("model_type `gpt2` is not served by text-embedding"),
+        "{e}"
+    );
 }
 
 #[test]
 fn corrupt_weights_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    fake_model(dir.path(), r#"{"model_type": "bert"}"#, Some(b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage"));
-    let o = host(&["run", "text-embedding", "--model", dir.path().to_str().unwrap(), "--input", "x"]);
+    fake_model(
+        dir.path(),
+        r#"{"model_type": "bert"}"#,
+        Some(b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage"),
+    );
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--input",
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("invalid safetensors header"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid safetensors header"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn unknown_device_lists_known_ones() {
-    let o = host(&["run", "text-embedding", "--model", fixture("tiny-bert").to_str().unwrap(), "--device", "tpu", "--input", "x"]);
+    let o = host(&[
+        "run",
+        "text-embedding",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--device",
+        "tpu",
+        "--input",
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown device `tpu`; known devices: cpu"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown device `tpu`; known devices: cpu"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -156,10 +296,19 @@ fn devices_and_skills_are_listed() {
     let d = host(&["devices", "--json"]);
     assert!(d.status.success());
     let list: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
-    assert!(list.as_array().unwrap().iter().any(|x| x["device"] == "cpu"));
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["device"] == "cpu"));
     let s = host(&["skills", "--json"]);
     assert!(s.status.success());
     let skills: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
-    let te = skills.as_array().unwrap().iter().find(|x| x["name"] == "text-embedding").expect("text-embedding listed");
+    let te = skills
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "text-embedding")
+        .expect("text-embedding listed");
     assert_eq!(te["task"], "feature-extraction");
 }

@@ -12,7 +12,10 @@ use host::backend::Precision;
 fn minilm() -> Option<std::path::PathBuf> {
     let m = minilm_dir();
     if m.is_none() {
-        assert!(!required("cpu"), "the MiniLM test model is required: run scripts/setup.sh");
+        assert!(
+            !required("cpu"),
+            "the MiniLM test model is required: run scripts/setup.sh"
+        );
         eprintln!("SKIP: MiniLM model not installed (scripts/setup.sh installs it)");
     }
     m
@@ -25,7 +28,10 @@ fn minilm_fp32(device: &str) {
     let Some(model) = minilm() else { return };
     let reference = reference("minilm/reference.json");
     assert!(reference.texts.len() >= 30);
-    assert!(reference.token_counts.iter().any(|&c| c >= 256), "the reference needs a truncated text");
+    assert!(
+        reference.token_counts.iter().any(|&c| c >= 256),
+        "the reference needs a truncated text"
+    );
     let mut r = runner("text-embedding", &model, device, Precision::F32);
     assert_eq!(r.device, device);
     let bs1 = embed(&mut r, &reference.texts, 1);
@@ -34,7 +40,10 @@ fn minilm_fp32(device: &str) {
     assert_fp32(&format!("minilm {device} f32 bs32"), &reference, &bs32);
     for (i, (a, b)) in bs1.iter().zip(&bs32).enumerate() {
         let (cos, max) = compare(&a.0, &b.0);
-        assert!(cos >= 0.999999 && max <= 1e-5, "text {i}: bs1 vs bs32 cosine {cos} max-abs {max}");
+        assert!(
+            cos >= 0.999999 && max <= 1e-5,
+            "text {i}: bs1 vs bs32 cosine {cos} max-abs {max}"
+        );
     }
 }
 
@@ -104,7 +113,10 @@ fn cpu_rejects_reduced_precision_with_a_clear_error() {
     )
     .err()
     .expect("f16 on cpu must fail");
-    assert!(e.to_string().contains("does not support precision f16"), "{e}");
+    assert!(
+        e.to_string().contains("does not support precision f16"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -123,7 +135,10 @@ fn unavailable_openvino_device_lists_what_exists() {
     .err()
     .expect("a missing device must fail");
     let msg = e.to_string();
-    assert!(msg.contains("openvino:NOSUCH") && msg.contains("OpenVINO reports only: CPU"), "{msg}");
+    assert!(
+        msg.contains("openvino:NOSUCH") && msg.contains("OpenVINO reports only: CPU"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -131,7 +146,12 @@ fn fallback_moves_to_the_next_device() {
     if !available("cpu") {
         return;
     }
-    let r = runner("text-embedding", &fixture("tiny-bert"), "openvino:NOSUCH,cpu", Precision::F32);
+    let r = runner(
+        "text-embedding",
+        &fixture("tiny-bert"),
+        "openvino:NOSUCH,cpu",
+        Precision::F32,
+    );
     assert_eq!(r.device, "cpu");
 }
 
@@ -149,7 +169,11 @@ fn openvino_never_reuses_a_compiled_model_for_other_weights() {
         }
     }
     std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
-    std::fs::copy(fixture("tiny-bert/1_Pooling/config.json"), dir.path().join("1_Pooling/config.json")).unwrap();
+    std::fs::copy(
+        fixture("tiny-bert/1_Pooling/config.json"),
+        dir.path().join("1_Pooling/config.json"),
+    )
+    .unwrap();
     let file = dir.path().join("model.safetensors");
     let store = host::model::WeightStore::open(std::slice::from_ref(&file)).unwrap();
     let e = store.index["embeddings.LayerNorm.bias"].clone();
@@ -160,8 +184,24 @@ fn openvino_never_reuses_a_compiled_model_for_other_weights() {
     }
     std::fs::write(&file, bytes).unwrap();
     let texts = vec!["Hello world".to_string()];
-    let a = embed(&mut runner("text-embedding", &fixture("tiny-bert"), "openvino", Precision::F32), &texts, 1);
-    let b = embed(&mut runner("text-embedding", dir.path(), "openvino", Precision::F32), &texts, 1);
+    let a = embed(
+        &mut runner(
+            "text-embedding",
+            &fixture("tiny-bert"),
+            "openvino",
+            Precision::F32,
+        ),
+        &texts,
+        1,
+    );
+    let b = embed(
+        &mut runner("text-embedding", dir.path(), "openvino", Precision::F32),
+        &texts,
+        1,
+    );
     let (cos, _) = compare(&a[0].0, &b[0].0);
-    assert!(cos < 0.9999, "changed weights must change the answer (cosine {cos})");
+    assert!(
+        cos < 0.9999,
+        "changed weights must change the answer (cosine {cos})"
+    );
 }

@@ -25,7 +25,12 @@ fn cases(arch: &str) -> Vec<Case> {
         .iter()
         .map(|c| Case {
             prompt: c["prompt"].as_str().unwrap().to_string(),
-            new_ids: c["new_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
+            new_ids: c["new_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect(),
         })
         .collect()
 }
@@ -39,14 +44,22 @@ fn request(prompt: &str, extra: serde_json::Value) -> String {
 }
 
 fn tokens(r: &serde_json::Value) -> Vec<i64> {
-    r["token_ids"].as_array().expect("token_ids").iter().map(|x| x.as_i64().unwrap()).collect()
+    r["token_ids"]
+        .as_array()
+        .expect("token_ids")
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 fn ask(r: &mut Runner, reqs: &[String]) -> Vec<serde_json::Value> {
     r.handle(reqs)
         .into_iter()
         .map(|o| {
-            let line = o.unwrap_or_else(|e| panic!("generation failed: {e}")).to_json_line().unwrap();
+            let line = o
+                .unwrap_or_else(|e| panic!("generation failed: {e}"))
+                .to_json_line()
+                .unwrap();
             serde_json::from_str(&line).unwrap()
         })
         .collect()
@@ -58,20 +71,40 @@ fn greedy_matches(device: &str) {
     }
     for arch in ARCHS {
         let cases = cases(arch);
-        let mut r = runner("text-generation", &fixture(&format!("tiny-{arch}")), device, Precision::F32);
+        let mut r = runner(
+            "text-generation",
+            &fixture(&format!("tiny-{arch}")),
+            device,
+            Precision::F32,
+        );
         for c in &cases {
             let got = &ask(&mut r, &[request(&c.prompt, serde_json::json!({}))])[0];
-            assert_eq!(tokens(got), c.new_ids, "{arch} on {device}: prompt {:?}", c.prompt);
+            assert_eq!(
+                tokens(got),
+                c.new_ids,
+                "{arch} on {device}: prompt {:?}",
+                c.prompt
+            );
             assert_eq!(got["finish_reason"], "length");
             assert_eq!(got["device"], device);
             assert!(got["timings"]["tokens_per_second"].as_f64().unwrap() > 0.0);
         }
-        let batch: Vec<String> = cases.iter().map(|c| request(&c.prompt, serde_json::json!({}))).collect();
+        let batch: Vec<String> = cases
+            .iter()
+            .map(|c| request(&c.prompt, serde_json::json!({})))
+            .collect();
         for (got, c) in ask(&mut r, &batch).iter().zip(&cases) {
-            assert_eq!(tokens(got), c.new_ids, "{arch} on {device}, batched: prompt {:?}", c.prompt);
+            assert_eq!(
+                tokens(got),
+                c.new_ids,
+                "{arch} on {device}, batched: prompt {:?}",
+                c.prompt
+            );
             assert_eq!(got["timings"]["batch_size"], cases.len());
         }
-        record(serde_json::json!({ "case": format!("generation {arch} {device} f32 greedy"), "prompts": cases.len(), "identical": true }));
+        record(
+            serde_json::json!({ "case": format!("generation {arch} {device} f32 greedy"), "prompts": cases.len(), "identical": true }),
+        );
     }
 }
 
@@ -91,14 +124,35 @@ fn seeded_sampling_repeats_and_top_k_one_is_greedy() {
         return;
     }
     let c = &cases("llama")[0];
-    let mut r = runner("text-generation", &fixture("tiny-llama"), "cpu", Precision::F32);
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-llama"),
+        "cpu",
+        Precision::F32,
+    );
     let sample = serde_json::json!({ "do_sample": true, "temperature": 1.5, "top_k": 50, "top_p": 0.95, "seed": 7 });
     let a = tokens(&ask(&mut r, &[request(&c.prompt, sample.clone())])[0]);
     let b = tokens(&ask(&mut r, &[request(&c.prompt, sample)])[0]);
     assert_eq!(a, b, "the same seed must give the same tokens");
-    let other = tokens(&ask(&mut r, &[request(&c.prompt, serde_json::json!({ "do_sample": true, "temperature": 1.5, "top_k": 50, "seed": 8 }))])[0]);
+    let other = tokens(
+        &ask(
+            &mut r,
+            &[request(
+                &c.prompt,
+                serde_json::json!({ "do_sample": true, "temperature": 1.5, "top_k": 50, "seed": 8 }),
+            )],
+        )[0],
+    );
     assert_ne!(a, other, "another seed should sample differently");
-    let k1 = tokens(&ask(&mut r, &[request(&c.prompt, serde_json::json!({ "do_sample": true, "top_k": 1, "seed": 3 }))])[0]);
+    let k1 = tokens(
+        &ask(
+            &mut r,
+            &[request(
+                &c.prompt,
+                serde_json::json!({ "do_sample": true, "top_k": 1, "seed": 3 }),
+            )],
+        )[0],
+    );
     assert_eq!(k1, c.new_ids, "top_k = 1 is greedy");
 }
 
@@ -107,13 +161,24 @@ fn stop_strings_end_generation() {
     if !available("cpu") {
         return;
     }
-    let mut r = runner("text-generation", &fixture("tiny-llama"), "cpu", Precision::F32);
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-llama"),
+        "cpu",
+        Precision::F32,
+    );
     let c = &cases("llama")[1];
     let full = &ask(&mut r, &[request(&c.prompt, serde_json::json!({}))])[0];
     let text = full["text"].as_str().unwrap().to_string();
     let chars: Vec<char> = text.chars().collect();
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
-    let got = &ask(&mut r, &[request(&c.prompt, serde_json::json!({ "stop": [stop.clone()] }))])[0];
+    let got = &ask(
+        &mut r,
+        &[request(
+            &c.prompt,
+            serde_json::json!({ "stop": [stop.clone()] }),
+        )],
+    )[0];
     assert_eq!(got["finish_reason"], "stop", "{got}");
     assert!(!got["text"].as_str().unwrap().contains(&stop));
     assert!(tokens(got).len() < 24);
@@ -124,22 +189,49 @@ fn bad_generation_requests_are_clear_errors() {
     if !available("cpu") {
         return;
     }
-    let mut r = runner("text-generation", &fixture("tiny-gpt2"), "cpu", Precision::F32);
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-gpt2"),
+        "cpu",
+        Precision::F32,
+    );
     let long = "word ".repeat(400);
     let bad = [
         (r#"{"prompt": ""}"#.to_string(), "`prompt` is empty"),
-        (r#"{"prompt": "hi", "max_new_tokens": 0}"#.to_string(), "at least 1"),
+        (
+            r#"{"prompt": "hi", "max_new_tokens": 0}"#.to_string(),
+            "at least 1",
+        ),
         (r#"{"text": "hi"}"#.to_string(), "missing `prompt`"),
-        (serde_json::json!({ "prompt": long }).to_string(), "the model's context is 128"),
-        (r#"{"prompt": "hi", "repetition_penalty": 1.3}"#.to_string(), "not supported"),
-        (r#"{"prompt": "hi", "temperature": 0}"#.to_string(), "temperature"),
+        (
+            serde_json::json!({ "prompt": long }).to_string(),
+            "the model's context is 128",
+        ),
+        (
+            r#"{"prompt": "hi", "repetition_penalty": 1.3}"#.to_string(),
+            "not supported",
+        ),
+        (
+            r#"{"prompt": "hi", "temperature": 0}"#.to_string(),
+            "temperature",
+        ),
     ];
     for (req, text) in bad {
-        let e = r.handle(&[req.clone()]).remove(0).err().unwrap_or_else(|| panic!("{req} must fail"));
+        let e = r
+            .handle(std::slice::from_ref(&req))
+            .remove(0)
+            .err()
+            .unwrap_or_else(|| panic!("{req} must fail"));
         assert!(e.message.contains(text), "{req}: {e}");
     }
-    let capped = &ask(&mut r, &[r#"{"prompt": "hi", "max_new_tokens": 100000}"#.to_string()])[0];
-    assert!(capped["warnings"][0].as_str().unwrap().contains("capped"), "{capped}");
+    let capped = &ask(
+        &mut r,
+        &[r#"{"prompt": "hi", "max_new_tokens": 100000}"#.to_string()],
+    )[0];
+    assert!(
+        capped["warnings"][0].as_str().unwrap().contains("capped"),
+        "{capped}"
+    );
     assert!(tokens(capped).len() <= 128);
 }
 
@@ -149,8 +241,18 @@ fn unsupported_decoder_is_refused_at_load() {
         return;
     }
     let devices = host::backend::registry::parse_list("cpu").unwrap();
-    let e = Runner::open(sandbox(), skill("text-generation").to_str().unwrap(), fixture("tiny-bert").to_str().unwrap(), &devices, Precision::F32)
-        .err()
-        .expect("bert is not a decoder");
-    assert!(e.to_string().contains("model_type `bert` is not served by text-generation"), "{e}");
+    let e = Runner::open(
+        sandbox(),
+        skill("text-generation").to_str().unwrap(),
+        fixture("tiny-bert").to_str().unwrap(),
+        &devices,
+        Precision::F32,
+    )
+    .err()
+    .expect("bert is not a decoder");
+    assert!(
+        e.to_string()
+            .contains("model_type `bert` is not served by text-generation"),
+        "{e}"
+    );
 }

@@ -15,19 +15,33 @@ fn hostile() -> Option<Runner> {
         return None;
     }
     // Small budgets keep the test fast: ~0.1 s of guest CPU, 64 MiB memory.
-    let limits = SandboxLimits { memory_bytes: 64 << 20, fuel_per_call: 3_000_000_000 };
+    let limits = SandboxLimits {
+        memory_bytes: 64 << 20,
+        fuel_per_call: 3_000_000_000,
+    };
     let sb = Arc::new(Sandbox::new(limits).expect("engine"));
     let devices = registry::parse_list("cpu").unwrap();
     let skill = skill("hostile");
     let model = fixture("tiny-bert");
-    Some(Runner::open(sb, skill.to_str().unwrap(), model.to_str().unwrap(), &devices, Precision::F32).expect("load"))
+    Some(
+        Runner::open(
+            sb,
+            skill.to_str().unwrap(),
+            model.to_str().unwrap(),
+            &devices,
+            Precision::F32,
+        )
+        .expect("load"),
+    )
 }
 
 fn ask(r: &mut Runner, what: &str) -> Result<String, (String, String)> {
     let req = serde_json::json!({ "do": what }).to_string();
     let mut out = r.handle(&[req]);
     assert_eq!(out.len(), 1);
-    out.remove(0).map(|o| o.to_json_line().unwrap()).map_err(|e| (e.kind.to_string(), e.message))
+    out.remove(0)
+        .map(|o| o.to_json_line().unwrap())
+        .map_err(|e| (e.kind.to_string(), e.message))
 }
 
 fn assert_serves(r: &mut Runner) {
@@ -93,7 +107,12 @@ fn panicking_skill_traps_and_is_replaced() {
 #[test]
 fn a_batch_mixing_good_and_bad_json_keeps_order() {
     let Some(mut r) = hostile() else { return };
-    let batch = vec![r#"{"do":"ok"}"#.to_string(), "not json".to_string(), "[1]".to_string(), r#"{"do":"ok"}"#.to_string()];
+    let batch = vec![
+        r#"{"do":"ok"}"#.to_string(),
+        "not json".to_string(),
+        "[1]".to_string(),
+        r#"{"do":"ok"}"#.to_string(),
+    ];
     let out = r.handle(&batch);
     assert!(out[0].is_ok() && out[3].is_ok());
     assert_eq!(out[1].as_ref().unwrap_err().kind, "invalid-request");
@@ -103,15 +122,27 @@ fn a_batch_mixing_good_and_bad_json_keeps_order() {
 #[test]
 fn second_load_uses_the_compiled_component_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let sb = Sandbox::with_cache_dir(SandboxLimits::default(), Some(dir.path().to_path_buf())).unwrap();
+    let sb =
+        Sandbox::with_cache_dir(SandboxLimits::default(), Some(dir.path().to_path_buf())).unwrap();
     let first = sb.load("hostile", &skill("hostile")).unwrap();
     assert!(!first.from_cache);
     let second = sb.load("hostile", &skill("hostile")).unwrap();
-    assert!(second.from_cache, "the second load must deserialize the cached artifact");
-    let corrupt = std::fs::read_dir(dir.path().join("components")).unwrap().next().unwrap().unwrap().path();
+    assert!(
+        second.from_cache,
+        "the second load must deserialize the cached artifact"
+    );
+    let corrupt = std::fs::read_dir(dir.path().join("components"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(&corrupt, b"not a compiled component").unwrap();
     let third = sb.load("hostile", &skill("hostile")).unwrap();
-    assert!(!third.from_cache, "a corrupt cache entry is recompiled, not trusted");
+    assert!(
+        !third.from_cache,
+        "a corrupt cache entry is recompiled, not trusted"
+    );
 }
 
 #[test]

@@ -20,8 +20,13 @@ struct Server {
 }
 
 fn server(configs: Vec<EndpointConfig>, max_concurrent: usize) -> Server {
-    let rt: &'static tokio::runtime::Runtime =
-        Box::leak(Box::new(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()));
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
     let endpoints = Arc::new(Endpoints::new(sandbox()));
     let eps = endpoints.clone();
     let base = rt.block_on(async move {
@@ -40,10 +45,21 @@ fn server(configs: Vec<EndpointConfig>, max_concurrent: usize) -> Server {
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
     });
-    Server { base, endpoints, rt }
+    Server {
+        base,
+        endpoints,
+        rt,
+    }
 }
 
-fn config(name: &str, skill_name: &str, model: &std::path::Path, devices: &str, batching: BatchPolicy, instances: usize) -> EndpointConfig {
+fn config(
+    name: &str,
+    skill_name: &str,
+    model: &std::path::Path,
+    devices: &str,
+    batching: BatchPolicy,
+    instances: usize,
+) -> EndpointConfig {
     let mut c = EndpointConfig::new(
         name,
         skill(skill_name).to_str().unwrap(),
@@ -57,19 +73,27 @@ fn config(name: &str, skill_name: &str, model: &std::path::Path, devices: &str, 
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
 }
 
 /// (status, body) of a POST.
 fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, serde_json::Value) {
-    let r = agent.post(url).set("content-type", "application/json").send_string(body);
+    let r = agent
+        .post(url)
+        .set("content-type", "application/json")
+        .send_string(body);
     let (code, resp) = match r {
         Ok(resp) => (resp.status(), resp),
         Err(ureq::Error::Status(code, resp)) => (code, resp),
         Err(e) => panic!("transport error: {e}"),
     };
     let text = resp.into_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 /// POST over a raw socket that tolerates the server closing early.
@@ -77,22 +101,38 @@ fn raw_post(base: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    let _ = sock.write_all(head.as_bytes()).and_then(|_| sock.write_all(body.as_bytes()));
+    let _ = sock
+        .write_all(head.as_bytes())
+        .and_then(|_| sock.write_all(body.as_bytes()));
     let mut resp = Vec::new();
     let _ = sock.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, text)
 }
 
 fn embedding(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn metric(base: &str, line_prefix: &str) -> f64 {
-    let text = agent().get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
+    let text = agent()
+        .get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
     text.lines()
         .filter(|l| l.starts_with(line_prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -105,12 +145,35 @@ fn concurrent_clients_get_their_own_answers_in_batches() {
         return;
     }
     let model = fixture("tiny-bert");
-    let policy = BatchPolicy { max_batch_size: 32, max_wait_ms: 5, max_batch_tokens: 16384, queue_capacity: 4096 };
-    let s = server(vec![config("emb", "text-embedding", &model, "cpu", policy, 2)], 1024);
+    let policy = BatchPolicy {
+        max_batch_size: 32,
+        max_wait_ms: 5,
+        max_batch_tokens: 16384,
+        queue_capacity: 4096,
+    };
+    let s = server(
+        vec![config("emb", "text-embedding", &model, "cpu", policy, 2)],
+        1024,
+    );
     // Reference answers, one request at a time, straight through a runner.
-    let texts: Vec<String> = (0..64 * 50).map(|i| format!("client {} request {} says word{} twice word{}", i / 50, i % 50, i % 97, i % 31)).collect();
+    let texts: Vec<String> = (0..64 * 50)
+        .map(|i| {
+            format!(
+                "client {} request {} says word{} twice word{}",
+                i / 50,
+                i % 50,
+                i % 97,
+                i % 31
+            )
+        })
+        .collect();
     let mut r = runner("text-embedding", &model, "cpu", Precision::F32);
-    let want: Arc<Vec<Vec<f32>>> = Arc::new(embed(&mut r, &texts, 1).into_iter().map(|(v, _)| v).collect());
+    let want: Arc<Vec<Vec<f32>>> = Arc::new(
+        embed(&mut r, &texts, 1)
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect(),
+    );
     let texts = Arc::new(texts);
     let threads: Vec<_> = (0..64)
         .map(|c| {
@@ -124,7 +187,10 @@ fn concurrent_clients_get_their_own_answers_in_batches() {
                     assert_eq!(code, 200, "{v}");
                     let got = embedding(&v["data"][0]["embedding"]);
                     let (cos, max) = compare(&got, &want[i]);
-                    assert!(cos > 0.99999 && max < 1e-4, "request {i} got another input's answer (cos {cos})");
+                    assert!(
+                        cos > 0.99999 && max < 1e-4,
+                        "request {i} got another input's answer (cos {cos})"
+                    );
                 }
             })
         })
@@ -133,7 +199,11 @@ fn concurrent_clients_get_their_own_answers_in_batches() {
         t.join().expect("client thread");
     }
     let answered = metric(&s.base, "host_requests_total{");
-    assert_eq!(answered as usize, 64 * 50, "every request answered exactly once");
+    assert_eq!(
+        answered as usize,
+        64 * 50,
+        "every request answered exactly once"
+    );
     let mean = s.endpoints.metrics.mean_batch_size("emb");
     eprintln!("mean batch size under 64 concurrent clients: {mean:.2}");
     assert!(mean > 1.0, "batches formed (mean batch size {mean})");
@@ -144,8 +214,23 @@ fn a_burst_beyond_the_queue_gets_429_and_the_rest_is_answered() {
     if !available("cpu") {
         return;
     }
-    let policy = BatchPolicy { max_batch_size: 1, max_wait_ms: 0, max_batch_tokens: 16384, queue_capacity: 4 };
-    let s = server(vec![config("slow", "hostile", &fixture("tiny-bert"), "cpu", policy, 1)], 1024);
+    let policy = BatchPolicy {
+        max_batch_size: 1,
+        max_wait_ms: 0,
+        max_batch_tokens: 16384,
+        queue_capacity: 4,
+    };
+    let s = server(
+        vec![config(
+            "slow",
+            "hostile",
+            &fixture("tiny-bert"),
+            "cpu",
+            policy,
+            1,
+        )],
+        1024,
+    );
     let threads: Vec<_> = (0..48)
         .map(|i| {
             let base = s.base.clone();
@@ -155,11 +240,22 @@ fn a_burst_beyond_the_queue_gets_429_and_the_rest_is_answered() {
             })
         })
         .collect();
-    let results: Vec<(u16, serde_json::Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let results: Vec<(u16, serde_json::Value)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
     let rejected = results.iter().filter(|(c, _)| *c == 429).count();
-    let ok = results.iter().filter(|(c, v)| *c == 200 && v["ok"] == true).count();
-    assert!(rejected > 0, "a burst of 48 over a queue of 4 must be refused in part");
-    assert_eq!(ok + rejected, 48, "every request is answered or refused: {results:?}");
+    let ok = results
+        .iter()
+        .filter(|(c, v)| *c == 200 && v["ok"] == true)
+        .count();
+    assert!(
+        rejected > 0,
+        "a burst of 48 over a queue of 4 must be refused in part"
+    );
+    assert_eq!(
+        ok + rejected,
+        48,
+        "every request is answered or refused: {results:?}"
+    );
     for (c, v) in &results {
         if *c == 429 {
             assert_eq!(v["error"]["type"], "overloaded", "{v}");
@@ -173,14 +269,42 @@ fn a_failing_first_device_falls_back_and_is_counted() {
     if !available("cpu") {
         return;
     }
-    let s = server(vec![config("fb", "text-embedding", &fixture("tiny-bert"), "faulty,cpu", BatchPolicy::default(), 1)], 64);
-    let (code, v) = post(&agent(), &format!("{}/v1/endpoints/fb", s.base), r#"{"text": "hello fallback"}"#);
+    let s = server(
+        vec![config(
+            "fb",
+            "text-embedding",
+            &fixture("tiny-bert"),
+            "faulty,cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let (code, v) = post(
+        &agent(),
+        &format!("{}/v1/endpoints/fb", s.base),
+        r#"{"text": "hello fallback"}"#,
+    );
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["device"], "cpu", "the response names the device that served it");
-    let n = metric(&s.base, "host_fallbacks_total{endpoint=\"fb\",from=\"faulty\",to=\"cpu\"}");
+    assert_eq!(
+        v["device"], "cpu",
+        "the response names the device that served it"
+    );
+    let n = metric(
+        &s.base,
+        "host_fallbacks_total{endpoint=\"fb\",from=\"faulty\",to=\"cpu\"}",
+    );
     assert_eq!(n, 1.0);
-    let status: serde_json::Value = agent().get(&format!("{}/health", s.base)).call().unwrap().into_json().unwrap();
-    assert_eq!(status["endpoints"][0]["device"], "faulty", "the endpoint loaded on its first device");
+    let status: serde_json::Value = agent()
+        .get(&format!("{}/health", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(
+        status["endpoints"][0]["device"], "faulty",
+        "the endpoint loaded on its first device"
+    );
 }
 
 #[test]
@@ -188,20 +312,41 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
     if !available("cpu") {
         return;
     }
-    let s = server(vec![config("emb", "text-embedding", &fixture("tiny-bert"), "cpu", BatchPolicy::default(), 1)], 64);
+    let s = server(
+        vec![config(
+            "emb",
+            "text-embedding",
+            &fixture("tiny-bert"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
     let a = agent();
     let url = format!("{}/v1/embeddings", s.base);
     let cases: Vec<(String, u16, &str)> = vec![
         ("{not json".into(), 400, "not valid JSON"),
-        (r#"{"input": 5}"#.into(), 400, "must be a string or a list of strings"),
+        (
+            r#"{"input": 5}"#.into(),
+            400,
+            "must be a string or a list of strings",
+        ),
         (r#"{"input": []}"#.into(), 400, "is empty"),
         (r#"{"nothing": 1}"#.into(), 400, "missing `input`"),
-        (r#"{"input": "x", "model": "nope"}"#.into(), 404, "unknown endpoint `nope`"),
+        (
+            r#"{"input": "x", "model": "nope"}"#.into(),
+            404,
+            "unknown endpoint `nope`",
+        ),
     ];
     for (body, want, text) in cases {
         let (code, v) = post(&a, &url, &body);
         assert_eq!(code, want, "{v}");
-        assert!(v["error"]["message"].as_str().unwrap_or("").contains(text), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap_or("").contains(text),
+            "{v}"
+        );
     }
     // 10 MB: the server answers 413 from the Content-Length and may close
     // before the body is sent, so this request goes over a raw socket.
@@ -209,7 +354,11 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
     let (code, text) = raw_post(&s.base, "/v1/embeddings", &big);
     assert_eq!(code, 413, "{text}");
     assert!(text.contains("size limit"), "{text}");
-    let (code, v) = post(&a, &format!("{}/embed", s.base), r#"{"inputs": ["one", "two"]}"#);
+    let (code, v) = post(
+        &a,
+        &format!("{}/embed", s.base),
+        r#"{"inputs": ["one", "two"]}"#,
+    );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v.as_array().unwrap().len(), 2);
     let (code, _) = post(&a, &format!("{}/no/such/route", s.base), "{}");
@@ -218,11 +367,26 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
 
 #[test]
 fn removing_an_endpoint_under_load_finishes_or_fails_cleanly() {
-    let policy = BatchPolicy { max_batch_size: 4, max_wait_ms: 1, max_batch_tokens: 16384, queue_capacity: 256 };
+    let policy = BatchPolicy {
+        max_batch_size: 4,
+        max_wait_ms: 1,
+        max_batch_tokens: 16384,
+        queue_capacity: 256,
+    };
     if !available("cpu") {
         return;
     }
-    let s = server(vec![config("busy", "hostile", &fixture("tiny-bert"), "cpu", policy, 1)], 1024);
+    let s = server(
+        vec![config(
+            "busy",
+            "hostile",
+            &fixture("tiny-bert"),
+            "cpu",
+            policy,
+            1,
+        )],
+        1024,
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|_| {
@@ -231,7 +395,11 @@ fn removing_an_endpoint_under_load_finishes_or_fails_cleanly() {
                 let a = agent();
                 let mut codes = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (code, _) = post(&a, &format!("{base}/v1/endpoints/busy"), r#"{"do": "spin", "ms": 2}"#);
+                    let (code, _) = post(
+                        &a,
+                        &format!("{base}/v1/endpoints/busy"),
+                        r#"{"do": "spin", "ms": 2}"#,
+                    );
                     codes.push(code);
                 }
                 codes
@@ -240,16 +408,25 @@ fn removing_an_endpoint_under_load_finishes_or_fails_cleanly() {
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let t = std::time::Instant::now();
-    let del = agent().delete(&format!("{}/admin/endpoints/busy", s.base)).call().unwrap();
+    let del = agent()
+        .delete(&format!("{}/admin/endpoints/busy", s.base))
+        .call()
+        .unwrap();
     assert_eq!(del.status(), 204);
-    assert!(t.elapsed() < Duration::from_secs(20), "removal drained in time");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "removal drained in time"
+    );
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
     for c in clients {
         all.extend(c.join().expect("client"));
     }
-    assert!(all.iter().all(|c| [200, 404, 503].contains(c)), "only clean outcomes: {all:?}");
+    assert!(
+        all.iter().all(|c| [200, 404, 503].contains(c)),
+        "only clean outcomes: {all:?}"
+    );
     assert!(all.contains(&200) && all.contains(&404));
     assert!(s.endpoints.names().is_empty());
     let _ = s.rt;
@@ -270,11 +447,24 @@ fn admin_adds_lists_and_refuses_duplicates() {
     assert_eq!(code, 201, "{v}");
     let (code, v) = post(&agent(), &format!("{}/admin/endpoints", s.base), &cfg);
     assert_eq!(code, 409, "{v}");
-    let (code, v) = post(&agent(), &format!("{}/admin/endpoints", s.base), r#"{"name": "x", "skill": "s"}"#);
+    let (code, v) = post(
+        &agent(),
+        &format!("{}/admin/endpoints", s.base),
+        r#"{"name": "x", "skill": "s"}"#,
+    );
     assert_eq!(code, 400, "{v}");
-    let list: serde_json::Value = agent().get(&format!("{}/admin/endpoints", s.base)).call().unwrap().into_json().unwrap();
+    let list: serde_json::Value = agent()
+        .get(&format!("{}/admin/endpoints", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(list[0]["name"], "added");
-    let (code, v) = post(&agent(), &format!("{}/v1/endpoints/added", s.base), r#"[{"do": "ok", "id": 1}, {"do": "ok", "id": 2}]"#);
+    let (code, v) = post(
+        &agent(),
+        &format!("{}/v1/endpoints/added", s.base),
+        r#"[{"do": "ok", "id": 1}, {"do": "ok", "id": 2}]"#,
+    );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v[1]["id"], 2);
 }
@@ -286,8 +476,23 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         return;
     }
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--name", "slow", "--skill", "hostile"])
-        .args(["--model", fixture("tiny-bert").to_str().unwrap(), "--instances", "4", "--max-batch-size", "1"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--name",
+            "slow",
+            "--skill",
+            "hostile",
+        ])
+        .args([
+            "--model",
+            fixture("tiny-bert").to_str().unwrap(),
+            "--instances",
+            "4",
+            "--max-batch-size",
+            "1",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn host serve");
@@ -301,16 +506,28 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     let inflight: Vec<_> = (0..4)
         .map(|i| {
             let base = base.clone();
-            std::thread::spawn(move || post(&agent(), &format!("{base}/v1/endpoints/slow"), &format!(r#"{{"do": "spin", "ms": 400, "id": {i}}}"#)))
+            std::thread::spawn(move || {
+                post(
+                    &agent(),
+                    &format!("{base}/v1/endpoints/slow"),
+                    &format!(r#"{{"do": "spin", "ms": 400, "id": {i}}}"#),
+                )
+            })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(150));
-    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     for t in inflight {
         let (code, v) = t.join().unwrap();
         assert_eq!(code, 200, "an in-flight request was cut off: {v}");
     }
     let status = child.wait().unwrap();
-    assert!(status.success(), "serve exits cleanly after draining: {status:?}");
+    assert!(
+        status.success(),
+        "serve exits cleanly after draining: {status:?}"
+    );
 }

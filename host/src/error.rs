@@ -14,9 +14,18 @@ pub enum HostError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("skill `{name}` not found; looked for {file} in: {searched}. Build skills with `scripts/setup.sh` or pass a path to a .wasm component")]
-    SkillNotFound { name: String, file: String, searched: String },
+    SkillNotFound {
+        name: String,
+        file: String,
+        searched: String,
+    },
     #[error("skill `{skill}` failed to load model `{model}`: {kind}: {message}")]
-    SkillLoad { skill: String, model: String, kind: &'static str, message: String },
+    SkillLoad {
+        skill: String,
+        model: String,
+        kind: &'static str,
+        message: String,
+    },
     #[error("no device in `{devices}` could serve: {reasons}")]
     NoDevice { devices: String, reasons: String },
     #[error("{0}")]

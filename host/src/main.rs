@@ -162,22 +162,32 @@ fn sandbox() -> Result<Arc<Sandbox>> {
 }
 
 fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
-    let mut reqs: Vec<String> = args.inputs.iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    let mut reqs: Vec<String> = args
+        .inputs
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
     if let Some(path) = &args.inputs_file {
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
             Box::new(std::io::stdin().lock())
         } else {
-            let f = std::fs::File::open(path).with_context(|| format!("cannot open --inputs {}", path.display()))?;
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("cannot open --inputs {}", path.display()))?;
             Box::new(std::io::BufReader::new(f))
         };
         for (n, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("{}: cannot read line {}", path.display(), n + 1))?;
+            let line =
+                line.with_context(|| format!("{}: cannot read line {}", path.display(), n + 1))?;
             if line.trim().is_empty() {
                 continue;
             }
             match serde_json::from_str::<serde_json::Value>(&line) {
                 Ok(serde_json::Value::Object(_)) => reqs.push(line),
-                Ok(_) => bail!("{} line {}: expected a JSON object such as {{\"text\": \"...\"}}", path.display(), n + 1),
+                Ok(_) => bail!(
+                    "{} line {}: expected a JSON object such as {{\"text\": \"...\"}}",
+                    path.display(),
+                    n + 1
+                ),
                 Err(e) => bail!("{} line {}: not valid JSON: {e}", path.display(), n + 1),
             }
         }
@@ -189,7 +199,9 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// An in-process endpoint for `run` and `bench`: every request is queued at
@@ -227,13 +239,22 @@ async fn answer_all(handler: &Handler, requests: &[String]) -> Vec<Result<Output
     }
     let mut out = Vec::with_capacity(requests.len());
     for rx in receivers.into_iter().flatten() {
-        out.push(rx.await.unwrap_or_else(|_| Err(RequestError { kind: "internal", message: "request lost".into() })));
+        out.push(rx.await.unwrap_or_else(|_| {
+            Err(RequestError {
+                kind: "internal",
+                message: "request lost".into(),
+            })
+        }));
     }
     out
 }
 
 /// Writes one line per answer; returns the number of failures.
-fn write_answers(out: &mut dyn Write, answers: Vec<Result<Output, RequestError>>, report: bool) -> Result<usize> {
+fn write_answers(
+    out: &mut dyn Write,
+    answers: Vec<Result<Output, RequestError>>,
+    report: bool,
+) -> Result<usize> {
     let mut failures = 0;
     for (i, a) in answers.into_iter().enumerate() {
         match a.and_then(|o| o.to_json_line()) {
@@ -243,7 +264,11 @@ fn write_answers(out: &mut dyn Write, answers: Vec<Result<Output, RequestError>>
                 if report {
                     eprintln!("error: input {}: {e}", i + 1);
                 }
-                writeln!(out, "{}", serde_json::json!({ "error": { "kind": e.kind, "message": e.message } }))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "error": { "kind": e.kind, "message": e.message } })
+                )?;
             }
         }
     }
@@ -328,8 +353,13 @@ fn bench(args: BenchArgs) -> Result<i32> {
 fn serve(args: ServeArgs) -> Result<i32> {
     let mut configs = Vec::new();
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --config {}", path.display()))?;
-        configs.extend(EndpointsFile::parse(path, &text).map_err(anyhow::Error::msg)?.endpoints);
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --config {}", path.display()))?;
+        configs.extend(
+            EndpointsFile::parse(path, &text)
+                .map_err(anyhow::Error::msg)?
+                .endpoints,
+        );
     }
     match (&args.skill, &args.model) {
         (Some(skill), Some(model)) => {
@@ -355,7 +385,15 @@ fn serve(args: ServeArgs) -> Result<i32> {
         let endpoints = Arc::new(Endpoints::new(sandbox()?));
         for c in configs {
             let name = c.name.clone();
-            eprintln!("loading endpoint `{name}` ({} on {})", c.model, c.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","));
+            eprintln!(
+                "loading endpoint `{name}` ({} on {})",
+                c.model,
+                c.devices
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
             endpoints.add(c).await?;
         }
         let opts = ServeOptions {
@@ -375,7 +413,16 @@ fn devices(json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         for d in &list {
-            println!("{:<12} {:<13} {}", d.device, if d.available { "available" } else { "unavailable" }, d.detail);
+            println!(
+                "{:<12} {:<13} {}",
+                d.device,
+                if d.available {
+                    "available"
+                } else {
+                    "unavailable"
+                },
+                d.detail
+            );
         }
     }
     Ok(0)

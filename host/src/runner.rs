@@ -62,7 +62,10 @@ impl Output {
     /// One JSON line: the skill's keys, its tensors as arrays, then
     /// `device` and `precision`.
     pub fn to_json_line(&self) -> Result<String, RequestError> {
-        let internal = |message: String| RequestError { kind: "internal", message };
+        let internal = |message: String| RequestError {
+            kind: "internal",
+            message,
+        };
         let mut out = String::from("{");
         let mut first = true;
         let mut put = |out: &mut String, k: &str, v: &str| {
@@ -78,10 +81,22 @@ impl Output {
             put(&mut out, k, &v.to_string());
         }
         for (k, t) in &self.tensors {
-            put(&mut out, k, &t.to_json(k).map_err(|e| internal(e.to_string()))?);
+            put(
+                &mut out,
+                k,
+                &t.to_json(k).map_err(|e| internal(e.to_string()))?,
+            );
         }
-        put(&mut out, "device", &serde_json::Value::from(self.device.clone()).to_string());
-        put(&mut out, "precision", &serde_json::Value::from(self.precision.clone()).to_string());
+        put(
+            &mut out,
+            "device",
+            &serde_json::Value::from(self.device.clone()).to_string(),
+        );
+        put(
+            &mut out,
+            "precision",
+            &serde_json::Value::from(self.precision.clone()).to_string(),
+        );
         out.push('}');
         Ok(out)
     }
@@ -136,7 +151,12 @@ impl Runner {
                     continue;
                 }
             };
-            let ctx = Arc::new(SkillContext::new(&name, model.clone(), backend, Arc::new(CompileCache::default())));
+            let ctx = Arc::new(SkillContext::new(
+                &name,
+                model.clone(),
+                backend,
+                Arc::new(CompileCache::default()),
+            ));
             let mut inst = sandbox.instantiate(&component, ctx.clone())?;
             match inst.load()? {
                 Ok(()) => {
@@ -156,19 +176,37 @@ impl Runner {
                         reasons.push(format!("{device}: {kind}: {message}"));
                         continue;
                     }
-                    return Err(HostError::SkillLoad { skill: name, model: model.id.clone(), kind, message });
+                    return Err(HostError::SkillLoad {
+                        skill: name,
+                        model: model.id.clone(),
+                        kind,
+                        message,
+                    });
                 }
             }
         }
-        let devices = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
-        Err(HostError::NoDevice { devices, reasons: reasons.join("; ") })
+        let devices = devices
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        Err(HostError::NoDevice {
+            devices,
+            reasons: reasons.join("; "),
+        })
     }
 
     fn instance(&mut self) -> Result<&mut SkillInstance, RequestError> {
         if self.instance.as_ref().is_none_or(|i| i.is_poisoned()) {
             self.instance = None;
-            let fail = |e: String| RequestError { kind: "internal", message: format!("restarting the skill failed: {e}") };
-            let mut inst = self.sandbox.instantiate(&self.component, self.ctx.clone()).map_err(|e| fail(e.to_string()))?;
+            let fail = |e: String| RequestError {
+                kind: "internal",
+                message: format!("restarting the skill failed: {e}"),
+            };
+            let mut inst = self
+                .sandbox
+                .instantiate(&self.component, self.ctx.clone())
+                .map_err(|e| fail(e.to_string()))?;
             match inst.load() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(fail(wit_error_parts(&e).1)),
@@ -176,7 +214,10 @@ impl Runner {
             }
             self.instance = Some(inst);
         }
-        self.instance.as_mut().ok_or_else(|| RequestError { kind: "internal", message: "no skill instance".into() })
+        self.instance.as_mut().ok_or_else(|| RequestError {
+            kind: "internal",
+            message: "no skill instance".into(),
+        })
     }
 
     /// Serves a batch of JSON requests; one result per request, in order.
@@ -191,7 +232,10 @@ impl Runner {
     /// Like [`Runner::handle`], but a failure of the whole batch (a trap, a
     /// skill that cannot restart, a backend error for every request) is
     /// returned as `Err` so the caller can retry it elsewhere.
-    pub fn try_handle(&mut self, batch: &[String]) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
+    pub fn try_handle(
+        &mut self,
+        batch: &[String],
+    ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
         let mut results: Vec<Option<Result<Output, RequestError>>> = vec![None; batch.len()];
         let mut valid_idx = Vec::new();
         let mut valid = Vec::new();
@@ -210,16 +254,33 @@ impl Runner {
             let answers: Vec<Result<Output, RequestError>> = match inst.handle(&valid) {
                 Err(e) => {
                     self.traps += 1;
-                    return Err(RequestError { kind: sandbox_kind(&e), message: e.to_string() });
+                    return Err(RequestError {
+                        kind: sandbox_kind(&e),
+                        message: e.to_string(),
+                    });
                 }
                 Ok(list) if list.len() != valid.len() => {
-                    let message = format!("skill returned {} results for {} requests", list.len(), valid.len());
-                    return Err(RequestError { kind: "internal", message });
+                    let message = format!(
+                        "skill returned {} results for {} requests",
+                        list.len(),
+                        valid.len()
+                    );
+                    return Err(RequestError {
+                        kind: "internal",
+                        message,
+                    });
                 }
-                Ok(list) => list.into_iter().map(|r| convert_response(r, &device, &precision)).collect(),
+                Ok(list) => list
+                    .into_iter()
+                    .map(|r| convert_response(r, &device, &precision))
+                    .collect(),
             };
             if let Some(Err(first)) = answers.first() {
-                if first.kind == "backend" && answers.iter().all(|a| a.as_ref().is_err_and(|e| e.kind == "backend")) {
+                if first.kind == "backend"
+                    && answers
+                        .iter()
+                        .all(|a| a.as_ref().is_err_and(|e| e.kind == "backend"))
+                {
                     return Err(first.clone());
                 }
             }
@@ -229,15 +290,28 @@ impl Runner {
         }
         Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(RequestError { kind: "internal", message: "request lost".into() })))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(RequestError {
+                        kind: "internal",
+                        message: "request lost".into(),
+                    })
+                })
+            })
             .collect())
     }
 }
 
 fn validate_request(r: &str) -> Result<(), RequestError> {
-    let bad = |message: String| RequestError { kind: "invalid-request", message };
+    let bad = |message: String| RequestError {
+        kind: "invalid-request",
+        message,
+    };
     if r.len() > MAX_REQUEST_BYTES {
-        return Err(bad(format!("request of {} bytes exceeds the limit of {MAX_REQUEST_BYTES}", r.len())));
+        return Err(bad(format!(
+            "request of {} bytes exceeds the limit of {MAX_REQUEST_BYTES}",
+            r.len()
+        )));
     }
     match serde_json::from_str::<serde_json::Value>(r) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
@@ -255,22 +329,36 @@ fn convert_response(
         let (kind, message) = wit_error_parts(&e);
         RequestError { kind, message }
     })?;
-    let internal = |message: String| RequestError { kind: "internal", message: format!("skill response: {message}") };
+    let internal = |message: String| RequestError {
+        kind: "internal",
+        message: format!("skill response: {message}"),
+    };
     let json = match serde_json::from_str::<serde_json::Value>(&resp.json) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => return Err(internal("`json` is not a JSON object".into())),
     };
     if json.contains_key("device") || json.contains_key("precision") {
-        return Err(internal("`device` and `precision` are set by the host".into()));
+        return Err(internal(
+            "`device` and `precision` are set by the host".into(),
+        ));
     }
     let mut tensors = Vec::new();
     for nt in resp.tensors {
         let t = crate::sandbox::tensor_from_wit(nt.value);
         t.check(&nt.name).map_err(|e| internal(e.to_string()))?;
-        if json.contains_key(&nt.name) || tensors.iter().any(|(n, _): &(String, Tensor)| *n == nt.name) {
+        if json.contains_key(&nt.name)
+            || tensors
+                .iter()
+                .any(|(n, _): &(String, Tensor)| *n == nt.name)
+        {
             return Err(internal(format!("key `{}` appears twice", nt.name)));
         }
         tensors.push((nt.name, t));
     }
-    Ok(Output { json, tensors, device: device.to_string(), precision: precision.to_string() })
+    Ok(Output {
+        json,
+        tensors,
+        device: device.to_string(),
+        precision: precision.to_string(),
+    })
 }

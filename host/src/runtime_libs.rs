@@ -36,7 +36,12 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
         .collect();
     hits.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     hits.into_iter().next()
@@ -69,7 +74,11 @@ pub fn onnxruntime() -> Result<PathBuf, String> {
 pub fn openvino_c() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("OPENVINO_LIB_PATH") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("OPENVINO_LIB_PATH={} is not a file", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("OPENVINO_LIB_PATH={} is not a file", p.display()))
+        };
     }
     for r in roots() {
         if let Some(p) = find_prefixed(&r.join("openvino").join("libs"), "libopenvino_c.so") {

@@ -13,9 +13,17 @@ use crate::HostError;
 /// Directories searched for skills.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var("HOST_SKILLS_DIR")
-        .map(|v| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+        .map(|v| {
+            v.split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
         .unwrap_or_default();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("skills"));
         // target/<profile>/host (or target/<profile>/deps/...) ->
         // target/wasm32-wasip2/release
@@ -33,9 +41,17 @@ pub fn search_dirs() -> Vec<PathBuf> {
 pub fn resolve(spec: &str) -> Result<(String, PathBuf), HostError> {
     if spec.ends_with(".wasm") || spec.contains('/') {
         let p = PathBuf::from(spec);
-        let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or(spec).replace('_', "-");
+        let name = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(spec)
+            .replace('_', "-");
         if !p.is_file() {
-            return Err(HostError::SkillNotFound { name: spec.into(), file: spec.into(), searched: "(a path)".into() });
+            return Err(HostError::SkillNotFound {
+                name: spec.into(),
+                file: spec.into(),
+                searched: "(a path)".into(),
+            });
         }
         return Ok((name, p));
     }
@@ -50,7 +66,11 @@ pub fn resolve(spec: &str) -> Result<(String, PathBuf), HostError> {
     Err(HostError::SkillNotFound {
         name: spec.into(),
         file,
-        searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -58,12 +78,21 @@ pub fn resolve(spec: &str) -> Result<(String, PathBuf), HostError> {
 pub fn discover() -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
     for d in search_dirs() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        let mut found: Vec<PathBuf> =
-            rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
         found.sort();
         for p in found {
-            let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("").replace('_', "-");
+            let name = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .replace('_', "-");
             if !out.iter().any(|(n, _)| *n == name) {
                 out.push((name, p));
             }

@@ -14,14 +14,26 @@ pub struct Tensor {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TensorError {
     #[error("tensor `{name}`: shape {shape:?} of {dtype} needs {expected} bytes, got {got}")]
-    ByteCount { name: String, shape: Vec<u64>, dtype: DType, expected: u128, got: usize },
+    ByteCount {
+        name: String,
+        shape: Vec<u64>,
+        dtype: DType,
+        expected: u128,
+        got: usize,
+    },
     #[error("tensor `{name}`: expected {expected}, got {got}")]
-    DType { name: String, expected: DType, got: DType },
+    DType {
+        name: String,
+        expected: DType,
+        got: DType,
+    },
 }
 
 impl Tensor {
     pub fn numel(&self) -> u128 {
-        self.shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128))
+        self.shape
+            .iter()
+            .fold(1u128, |a, &d| a.saturating_mul(d as u128))
     }
 
     /// Checks that the byte count matches the shape.
@@ -40,21 +52,41 @@ impl Tensor {
     }
 
     pub fn from_f32(shape: Vec<u64>, v: &[f32]) -> Self {
-        Tensor { dtype: DType::F32, shape, data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        Tensor {
+            dtype: DType::F32,
+            shape,
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
 
     pub fn from_i64(shape: Vec<u64>, v: &[i64]) -> Self {
-        Tensor { dtype: DType::I64, shape, data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        Tensor {
+            dtype: DType::I64,
+            shape,
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
 
     /// Values widened to f32 (f16/bf16/f32 only).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, TensorError> {
         let c = |n: usize| self.data.chunks_exact(n);
         Ok(match self.dtype {
-            DType::F32 => c(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            DType::F16 => c(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DType::BF16 => c(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            got => return Err(TensorError::DType { name: name.to_string(), expected: DType::F32, got }),
+            DType::F32 => c(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            DType::F16 => c(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            DType::BF16 => c(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            got => {
+                return Err(TensorError::DType {
+                    name: name.to_string(),
+                    expected: DType::F32,
+                    got,
+                })
+            }
         })
     }
 
@@ -62,10 +94,20 @@ impl Tensor {
     pub fn to_i64(&self, name: &str) -> Result<Vec<i64>, TensorError> {
         let c = |n: usize| self.data.chunks_exact(n);
         Ok(match self.dtype {
-            DType::I64 => c(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect(),
-            DType::I32 => c(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
+            DType::I64 => c(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect(),
+            DType::I32 => c(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
             DType::U8 | DType::Bool => self.data.iter().map(|&b| b as i64).collect(),
-            got => return Err(TensorError::DType { name: name.to_string(), expected: DType::I64, got }),
+            got => {
+                return Err(TensorError::DType {
+                    name: name.to_string(),
+                    expected: DType::I64,
+                    got,
+                })
+            }
         })
     }
 
@@ -76,11 +118,14 @@ impl Tensor {
         let mut out = String::with_capacity(self.data.len() * 3);
         if self.dtype.is_float() {
             let v = self.to_f32(name)?;
-            let mut buf = ryu_like::Buffer::default();
-            nest(&mut out, &self.shape, &mut v.iter(), &mut |o, x| buf.push_f32(o, *x));
+            nest(&mut out, &self.shape, &mut v.iter(), &mut |o, x| {
+                push_f32(o, *x)
+            });
         } else {
             let v = self.to_i64(name)?;
-            nest(&mut out, &self.shape, &mut v.iter(), &mut |o, x| o.push_str(&x.to_string()));
+            nest(&mut out, &self.shape, &mut v.iter(), &mut |o, x| {
+                o.push_str(&x.to_string())
+            });
         }
         Ok(out)
     }
@@ -111,19 +156,12 @@ fn nest<'a, T: 'a>(
     }
 }
 
-/// f32 formatting through serde_json, which prints the shortest string
-/// that reads back to the same f32; non-finite values become `null`.
-mod ryu_like {
-    #[derive(Default)]
-    pub struct Buffer;
-
-    impl Buffer {
-        pub fn push_f32(&mut self, out: &mut String, x: f32) {
-            match serde_json::to_string(&x) {
-                Ok(s) => out.push_str(&s),
-                Err(_) => out.push_str("null"),
-            }
-        }
+/// Appends the shortest text that reads back to the same f32 (serde_json
+/// formats f32 with its own width); non-finite values become `null`.
+fn push_f32(out: &mut String, x: f32) {
+    match serde_json::to_string(&x) {
+        Ok(s) => out.push_str(&s),
+        Err(_) => out.push_str("null"),
     }
 }
 
@@ -135,7 +173,11 @@ mod tests {
     fn json_nests_and_keeps_f32_precision() {
         let t = Tensor::from_f32(vec![2, 2], &[0.1, -2.5, 3.0, 1e-8]);
         assert_eq!(t.to_json("t").unwrap(), "[[0.1,-2.5],[3.0,1e-8]]");
-        let bad = Tensor { dtype: DType::F32, shape: vec![3], data: vec![0; 4] };
+        let bad = Tensor {
+            dtype: DType::F32,
+            shape: vec![3],
+            data: vec![0; 4],
+        };
         assert!(matches!(bad.check("x"), Err(TensorError::ByteCount { .. })));
     }
 }

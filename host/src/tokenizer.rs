@@ -43,24 +43,45 @@ pub struct HostTokenizer {
 
 impl HostTokenizer {
     pub fn open(path: &Path, opts: &TokenizerOptions) -> Result<Self, TokenizerError> {
-        let load = |message: String| TokenizerError::Load { path: path.display().to_string(), message };
+        let load = |message: String| TokenizerError::Load {
+            path: path.display().to_string(),
+            message,
+        };
         if !path.is_file() {
-            return Err(load("file not found (the model has no tokenizer.json)".into()));
+            return Err(load(
+                "file not found (the model has no tokenizer.json)".into(),
+            ));
         }
         let mut inner = Tokenizer::from_file(path).map_err(|e| load(e.to_string()))?;
         if let Some(max) = opts.max_length {
-            let params = TruncationParams { max_length: max as usize, ..Default::default() };
-            inner.with_truncation(Some(params)).map_err(|e| load(e.to_string()))?;
+            let params = TruncationParams {
+                max_length: max as usize,
+                ..Default::default()
+            };
+            inner
+                .with_truncation(Some(params))
+                .map_err(|e| load(e.to_string()))?;
         }
         let mut pad = inner.get_padding().cloned().unwrap_or_else(|| {
-            let id = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"].iter().find_map(|t| inner.token_to_id(t).map(|i| (t, i)));
-            let (tok, id) = id.map(|(t, i)| (t.to_string(), i)).unwrap_or(("[PAD]".into(), 0));
-            PaddingParams { pad_id: id, pad_token: tok, ..Default::default() }
+            let id = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"]
+                .iter()
+                .find_map(|t| inner.token_to_id(t).map(|i| (t, i)));
+            let (tok, id) = id
+                .map(|(t, i)| (t.to_string(), i))
+                .unwrap_or(("[PAD]".into(), 0));
+            PaddingParams {
+                pad_id: id,
+                pad_token: tok,
+                ..Default::default()
+            }
         });
         pad.strategy = PaddingStrategy::BatchLongest;
         pad.pad_to_multiple_of = opts.pad_to_multiple_of.map(|m| m as usize);
         inner.with_padding(Some(pad));
-        Ok(HostTokenizer { inner, add_special: opts.add_special_tokens })
+        Ok(HostTokenizer {
+            inner,
+            add_special: opts.add_special_tokens,
+        })
     }
 
     pub fn encode_batch(&self, texts: Vec<String>) -> Result<EncodedBatch, TokenizerError> {
@@ -80,7 +101,9 @@ impl HostTokenizer {
         let mut truncated = Vec::with_capacity(rows);
         for e in &encs {
             if e.get_ids().len() != cols {
-                return Err(TokenizerError::Encode("rows of a padded batch differ in length".into()));
+                return Err(TokenizerError::Encode(
+                    "rows of a padded batch differ in length".into(),
+                ));
             }
             ids.extend(e.get_ids().iter().map(|&x| x as i64));
             mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
@@ -99,7 +122,9 @@ impl HostTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Encode(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
@@ -112,6 +137,9 @@ impl HostTokenizer {
 
     /// Number of tokens of one text (special tokens included, after truncation).
     pub fn count_tokens(&self, text: &str) -> usize {
-        self.inner.encode(text, self.add_special).map(|e| e.get_ids().len()).unwrap_or(0)
+        self.inner
+            .encode(text, self.add_special)
+            .map(|e| e.get_ids().len())
+            .unwrap_or(0)
     }
 }

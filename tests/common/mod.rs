@@ -17,9 +17,18 @@ pub fn root() -> PathBuf {
 
 /// A built skill component.
 pub fn skill(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
-    let p = target.join("wasm32-wasip2").join("release").join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(p.is_file(), "{} is missing: build the skills first (scripts/setup.sh)", p.display());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    let p = target
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the skills first (scripts/setup.sh)",
+        p.display()
+    );
     p
 }
 
@@ -44,11 +53,15 @@ pub fn required(backend: &str) -> bool {
 /// when the environment requires the backend.
 pub fn available(device: &str) -> bool {
     let family = device.split(':').next().unwrap_or(device);
-    let status = registry::probe_all().into_iter().find(|s| s.device == family);
+    let status = registry::probe_all()
+        .into_iter()
+        .find(|s| s.device == family);
     match status {
         Some(s) if s.available => true,
         other => {
-            let why = other.map(|s| s.detail).unwrap_or_else(|| "not in this build".into());
+            let why = other
+                .map(|s| s.detail)
+                .unwrap_or_else(|| "not in this build".into());
             if required(family) {
                 panic!("backend `{family}` is required (REQUIRE_BACKENDS) but unavailable: {why}");
             }
@@ -62,11 +75,22 @@ pub fn sandbox() -> Arc<Sandbox> {
     Arc::new(Sandbox::new(SandboxLimits::default()).expect("engine"))
 }
 
-pub fn runner(skill_name: &str, model: &std::path::Path, device: &str, precision: Precision) -> Runner {
+pub fn runner(
+    skill_name: &str,
+    model: &std::path::Path,
+    device: &str,
+    precision: Precision,
+) -> Runner {
     let devices: Vec<Device> = registry::parse_list(device).expect("device list");
     let s = skill(skill_name);
-    Runner::open(sandbox(), s.to_str().expect("utf-8 path"), model.to_str().expect("utf-8 path"), &devices, precision)
-        .unwrap_or_else(|e| panic!("loading {skill_name} on {device}: {e}"))
+    Runner::open(
+        sandbox(),
+        s.to_str().expect("utf-8 path"),
+        model.to_str().expect("utf-8 path"),
+        &devices,
+        precision,
+    )
+    .unwrap_or_else(|e| panic!("loading {skill_name} on {device}: {e}"))
 }
 
 /// A reference file written by tests/fixtures/gen_*.py.
@@ -79,15 +103,35 @@ pub struct Reference {
 pub fn reference(rel: &str) -> Reference {
     let text = std::fs::read_to_string(fixture(rel)).expect("reference file");
     let v: serde_json::Value = serde_json::from_str(&text).expect("reference JSON");
-    let texts = v["texts"].as_array().expect("texts").iter().map(|t| t.as_str().expect("text").to_string()).collect();
+    let texts = v["texts"]
+        .as_array()
+        .expect("texts")
+        .iter()
+        .map(|t| t.as_str().expect("text").to_string())
+        .collect();
     let embeddings = v["embeddings"]
         .as_array()
         .expect("embeddings")
         .iter()
-        .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("float") as f32).collect())
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("float") as f32)
+                .collect()
+        })
         .collect();
-    let token_counts = v["token_counts"].as_array().expect("counts").iter().map(|c| c.as_u64().expect("int") as u32).collect();
-    Reference { texts, embeddings, token_counts }
+    let token_counts = v["token_counts"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .map(|c| c.as_u64().expect("int") as u32)
+        .collect();
+    Reference {
+        texts,
+        embeddings,
+        token_counts,
+    }
 }
 
 /// (cosine similarity, max absolute difference) of two vectors.
@@ -106,12 +150,19 @@ pub fn compare(a: &[f32], b: &[f32]) -> (f64, f64) {
 
 /// Embeds `texts` in batches of `batch` and returns one vector per text.
 pub fn embed(r: &mut Runner, texts: &[String], batch: usize) -> Vec<(Vec<f32>, u32)> {
-    let reqs: Vec<String> = texts.iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    let reqs: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
     let mut out = Vec::new();
     for chunk in reqs.chunks(batch) {
         for res in r.handle(chunk) {
             let o = res.unwrap_or_else(|e| panic!("request failed: {e}"));
-            let v = o.tensor("embedding").expect("embedding tensor").to_f32("embedding").expect("f32");
+            let v = o
+                .tensor("embedding")
+                .expect("embedding tensor")
+                .to_f32("embedding")
+                .expect("f32");
             let tokens = o.json["tokens"].as_u64().expect("tokens") as u32;
             out.push((v, tokens));
         }
@@ -129,11 +180,20 @@ pub fn assert_reduced(name: &str, reference: &Reference, got: &[(Vec<f32>, u32)]
     assert_close(name, reference, got, 0.999, None);
 }
 
-fn assert_close(name: &str, reference: &Reference, got: &[(Vec<f32>, u32)], min_cos: f64, max_abs: Option<f64>) {
+fn assert_close(
+    name: &str,
+    reference: &Reference,
+    got: &[(Vec<f32>, u32)],
+    min_cos: f64,
+    max_abs: Option<f64>,
+) {
     let mut worst = (1.0f64, 0.0f64);
     for (i, ((v, tokens), want)) in got.iter().zip(&reference.embeddings).enumerate() {
         let (cos, max) = compare(v, want);
-        assert_eq!(*tokens, reference.token_counts[i], "{name}: token count of text {i}");
+        assert_eq!(
+            *tokens, reference.token_counts[i],
+            "{name}: token count of text {i}"
+        );
         assert!(
             cos >= min_cos && max_abs.is_none_or(|m| max <= m),
             "{name}: text {i} ({:?}): cosine {cos}, max-abs {max}",
@@ -142,7 +202,12 @@ fn assert_close(name: &str, reference: &Reference, got: &[(Vec<f32>, u32)], min_
         worst = (worst.0.min(cos), worst.1.max(max));
     }
     assert_eq!(got.len(), reference.embeddings.len());
-    eprintln!("{name}: {} texts, worst cosine {:.9}, worst max-abs {:.3e}", got.len(), worst.0, worst.1);
+    eprintln!(
+        "{name}: {} texts, worst cosine {:.9}, worst max-abs {:.3e}",
+        got.len(),
+        worst.0,
+        worst.1
+    );
     record(serde_json::json!({
         "case": name, "texts": got.len(), "worst_cosine": worst.0, "worst_max_abs": worst.1,
         "min_cosine": min_cos, "max_abs_limit": max_abs,
@@ -152,9 +217,15 @@ fn assert_close(name: &str, reference: &Reference, got: &[(Vec<f32>, u32)], min_
 /// Appends one result line to `$HOST_FIDELITY_OUT` when set
 /// (scripts/fidelity_report.sh renders them into results/).
 pub fn record(line: serde_json::Value) {
-    let Ok(path) = std::env::var("HOST_FIDELITY_OUT") else { return };
+    let Ok(path) = std::env::var("HOST_FIDELITY_OUT") else {
+        return;
+    };
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{line}");
     }
 }

@@ -35,8 +35,13 @@ impl Guest for Hostile {
 }
 
 fn act(req: &str) -> Result<Response, Error> {
-    let v: serde_json::Value = serde_json::from_str(req).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    let what = v.get("do").and_then(|d| d.as_str()).unwrap_or("ok").to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(req).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    let what = v
+        .get("do")
+        .and_then(|d| d.as_str())
+        .unwrap_or("ok")
+        .to_string();
     match what.as_str() {
         "loop" => {
             let mut x: u64 = 0;
@@ -57,7 +62,9 @@ fn act(req: &str) -> Result<Response, Error> {
             let big = b.expand(x, &[Dim::Fixed(1_000_000), Dim::Fixed(1_000_000)])?;
             b.output("y", big)?;
             skill_sdk::runtime::compile(b)?;
-            Err(Error::Internal("the host accepted a 10^12-element graph".into()))
+            Err(Error::Internal(
+                "the host accepted a 10^12-element graph".into(),
+            ))
         }
         "unknown-op" => {
             // The op set is closed (a WIT enum); the nearest a guest gets to an
@@ -66,14 +73,18 @@ fn act(req: &str) -> Result<Response, Error> {
             let y = b.unary(skill_sdk::graph::UnaryOp::Exp, 4242)?;
             b.output("y", y)?;
             skill_sdk::runtime::compile(b)?;
-            Err(Error::Internal("the host accepted an undefined node".into()))
+            Err(Error::Internal(
+                "the host accepted an undefined node".into(),
+            ))
         }
         "unknown-weight" => {
             let b = Builder::new("unknown-weight");
             let w = b.weight("no.such.weight")?;
             b.output("y", w)?;
             skill_sdk::runtime::compile(b)?;
-            Err(Error::Internal("the host accepted an unknown weight".into()))
+            Err(Error::Internal(
+                "the host accepted an unknown weight".into(),
+            ))
         }
         "trap" => panic!("hostile skill panics on purpose"),
         "spin" => {
@@ -82,14 +93,20 @@ fn act(req: &str) -> Result<Response, Error> {
             while start.elapsed() < std::time::Duration::from_millis(ms) {
                 std::hint::spin_loop();
             }
-            Ok(Response { json: r#"{"ok":true}"#.into(), tensors: vec![] })
+            Ok(Response {
+                json: r#"{"ok":true}"#.into(),
+                tensors: vec![],
+            })
         }
         _ => {
             let json = match v.get("id") {
                 Some(id) => serde_json::json!({ "ok": true, "id": id }).to_string(),
                 None => r#"{"ok":true}"#.into(),
             };
-            Ok(Response { json, tensors: vec![] })
+            Ok(Response {
+                json,
+                tensors: vec![],
+            })
         }
     }
 }

@@ -13,8 +13,12 @@ pub struct Json {
 impl Json {
     /// Parses `text` read from `file`.
     pub fn parse(file: &str, text: &str) -> Result<Json, Error> {
-        let value = serde_json::from_str(text).map_err(|e| Error::Model(format!("{file}: not valid JSON: {e}")))?;
-        Ok(Json { file: file.to_string(), value })
+        let value = serde_json::from_str(text)
+            .map_err(|e| Error::Model(format!("{file}: not valid JSON: {e}")))?;
+        Ok(Json {
+            file: file.to_string(),
+            value,
+        })
     }
 
     /// The model's config.json.
@@ -24,7 +28,9 @@ impl Json {
 
     /// An optional asset of the model.
     pub fn asset(path: &str) -> Result<Option<Json>, Error> {
-        crate::model::asset(path)?.map(|t| Json::parse(path, &t)).transpose()
+        crate::model::asset(path)?
+            .map(|t| Json::parse(path, &t))
+            .transpose()
     }
 
     fn missing(&self, key: &str, what: &str) -> Error {
@@ -32,7 +38,10 @@ impl Json {
     }
 
     pub fn u64(&self, key: &str) -> Result<u64, Error> {
-        self.value.get(key).and_then(Value::as_u64).ok_or_else(|| self.missing(key, "a non-negative integer"))
+        self.value
+            .get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| self.missing(key, "a non-negative integer"))
     }
 
     pub fn u64_or(&self, key: &str, default: u64) -> Result<u64, Error> {
@@ -59,7 +68,9 @@ impl Json {
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, Error> {
         match self.value.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.missing(key, "true or false")),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.missing(key, "true or false")),
         }
     }
 }

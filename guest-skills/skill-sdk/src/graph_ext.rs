@@ -13,8 +13,14 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: &str) -> Graph {
-        let names = crate::model::weights().into_iter().map(|w| w.name).collect();
-        Graph { b: Builder::new(name), names }
+        let names = crate::model::weights()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        Graph {
+            b: Builder::new(name),
+            names,
+        }
     }
 
     /// Whether the model has a weight of this name.
@@ -34,7 +40,11 @@ impl Graph {
     pub fn linear(&self, x: Node, prefix: &str) -> Result<Node, Error> {
         let w = self.b.weight(&format!("{prefix}.weight"))?;
         let bias_name = format!("{prefix}.bias");
-        let bias = if self.has(&bias_name) { Some(self.b.weight(&bias_name)?) } else { None };
+        let bias = if self.has(&bias_name) {
+            Some(self.b.weight(&bias_name)?)
+        } else {
+            None
+        };
         self.b.linear(x, w, bias)
     }
 
@@ -46,7 +56,11 @@ impl Graph {
             (format!("{prefix}.gamma"), format!("{prefix}.beta"))
         };
         let scale = self.b.weight(&w)?;
-        let bias = if self.has(&b) { Some(self.b.weight(&b)?) } else { None };
+        let bias = if self.has(&b) {
+            Some(self.b.weight(&b)?)
+        } else {
+            None
+        };
         self.b.layer_norm(x, scale, bias, eps)
     }
 
@@ -86,8 +100,24 @@ impl Graph {
         self.b.reshape(p, &[0, 0, -1])
     }
 
-    pub fn attention(&self, q: Node, k: Node, v: Node, mask: Option<Node>, causal: bool) -> Result<Node, Error> {
-        self.b.attention(q, k, v, mask, AttentionOptions { causal, scale: None })
+    pub fn attention(
+        &self,
+        q: Node,
+        k: Node,
+        v: Node,
+        mask: Option<Node>,
+        causal: bool,
+    ) -> Result<Node, Error> {
+        self.b.attention(
+            q,
+            k,
+            v,
+            mask,
+            AttentionOptions {
+                causal,
+                scale: None,
+            },
+        )
     }
 
     /// Marks outputs and compiles.
@@ -107,6 +137,10 @@ pub fn activation(name: &str) -> Result<UnaryOp, Error> {
         "relu" => UnaryOp::Relu,
         "silu" | "swish" => UnaryOp::Silu,
         "tanh" => UnaryOp::Tanh,
-        other => return Err(Error::Unsupported(format!("activation `{other}` is not supported"))),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "activation `{other}` is not supported"
+            )))
+        }
     })
 }

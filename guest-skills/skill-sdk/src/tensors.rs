@@ -4,27 +4,45 @@ use crate::{Dtype, Error, Tensor};
 
 /// An i64 tensor.
 pub fn i64_tensor(shape: Vec<u64>, values: &[i64]) -> Tensor {
-    Tensor { dtype: Dtype::I64, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    Tensor {
+        dtype: Dtype::I64,
+        shape,
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
 }
 
 /// An f32 tensor.
 pub fn f32_tensor(shape: Vec<u64>, values: &[f32]) -> Tensor {
-    Tensor { dtype: Dtype::F32, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    Tensor {
+        dtype: Dtype::F32,
+        shape,
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
 }
 
 /// Splits an f32 tensor [rows, ...] into one tensor per row.
 pub fn split_rows(t: &Tensor) -> Result<Vec<Tensor>, Error> {
-    let rows = *t.shape.first().ok_or_else(|| crate::internal("expected a tensor of rank >= 1"))? as usize;
+    let rows = *t
+        .shape
+        .first()
+        .ok_or_else(|| crate::internal("expected a tensor of rank >= 1"))? as usize;
     if rows == 0 {
         return Ok(Vec::new());
     }
     let row_bytes = t.data.len() / rows;
     if row_bytes * rows != t.data.len() {
-        return Err(crate::internal(format!("tensor of {} bytes does not split into {rows} rows", t.data.len())));
+        return Err(crate::internal(format!(
+            "tensor of {} bytes does not split into {rows} rows",
+            t.data.len()
+        )));
     }
     Ok(t.data
         .chunks_exact(row_bytes.max(1))
-        .map(|c| Tensor { dtype: t.dtype, shape: t.shape[1..].to_vec(), data: c.to_vec() })
+        .map(|c| Tensor {
+            dtype: t.dtype,
+            shape: t.shape[1..].to_vec(),
+            data: c.to_vec(),
+        })
         .collect())
 }
 

@@ -62,7 +62,9 @@ impl Guest for TextEmbedding {
             )));
         }
         let st = pooling::SentenceTransformersConfig::read()?;
-        let max_len = st.max_seq_length.unwrap_or(config.u64_or("max_position_embeddings", 512)?);
+        let max_len = st
+            .max_seq_length
+            .unwrap_or(config.u64_or("max_position_embeddings", 512)?);
         let tokenizer = Tokenizer::open(TokenizerOptions {
             max_length: Some(max_len as u32),
             add_special_tokens: true,
@@ -74,7 +76,8 @@ impl Guest for TextEmbedding {
     }
 
     fn handle(batch: Vec<String>) -> Vec<Result<Response, Error>> {
-        let mut results: Vec<Option<Result<Response, Error>>> = (0..batch.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Result<Response, Error>>> =
+            (0..batch.len()).map(|_| None).collect();
         let mut texts = Vec::new();
         let mut idx = Vec::new();
         for (i, req) in batch.iter().enumerate() {
@@ -100,12 +103,16 @@ impl Guest for TextEmbedding {
                 }
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(skill_sdk::internal("request lost")))).collect()
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(skill_sdk::internal("request lost"))))
+            .collect()
     }
 }
 
 fn parse_request(req: &str) -> Result<String, Error> {
-    let v: serde_json::Value = serde_json::from_str(req).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(req).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     match v.get("text") {
         Some(serde_json::Value::String(s)) => Ok(s.trim().to_string()),
         Some(_) => Err(invalid("`text` must be a string")),
@@ -116,15 +123,29 @@ fn parse_request(req: &str) -> Result<String, Error> {
 fn embed(texts: Vec<String>) -> Result<Vec<Response>, Error> {
     STATE.with(|s| {
         let state = s.borrow();
-        let loaded = state.as_ref().ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+        let loaded = state
+            .as_ref()
+            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
         let enc = loaded.tokenizer.encode_batch(&texts)?;
         let seq = enc.input_ids.shape.get(1).copied().unwrap_or(0);
         let positions: Vec<i64> = (0..seq as i64).collect();
         let inputs = vec![
-            NamedTensor { name: "input_ids".into(), value: enc.input_ids },
-            NamedTensor { name: "attention_mask".into(), value: enc.attention_mask },
-            NamedTensor { name: "token_type_ids".into(), value: enc.token_type_ids },
-            NamedTensor { name: "position_ids".into(), value: i64_tensor(vec![1, seq], &positions) },
+            NamedTensor {
+                name: "input_ids".into(),
+                value: enc.input_ids,
+            },
+            NamedTensor {
+                name: "attention_mask".into(),
+                value: enc.attention_mask,
+            },
+            NamedTensor {
+                name: "token_type_ids".into(),
+                value: enc.token_type_ids,
+            },
+            NamedTensor {
+                name: "position_ids".into(),
+                value: i64_tensor(vec![1, seq], &positions),
+            },
         ];
         let out = take(loaded.graph.run(&inputs)?, "embedding")?;
         let rows = split_rows(&out)?;
@@ -133,7 +154,10 @@ fn embed(texts: Vec<String>) -> Result<Vec<Response>, Error> {
             .zip(enc.lengths.iter().zip(&enc.truncated))
             .map(|(row, (len, cut))| Response {
                 json: format!(r#"{{"tokens":{len},"truncated":{cut}}}"#),
-                tensors: vec![NamedTensor { name: "embedding".into(), value: row }],
+                tensors: vec![NamedTensor {
+                    name: "embedding".into(),
+                    value: row,
+                }],
             })
             .collect())
     })

@@ -55,11 +55,17 @@ impl SentenceTransformersConfig {
                     ("pooling_mode_max_tokens", Pooling::Max),
                     ("pooling_mode_mean_sqrt_len_tokens", Pooling::MeanSqrtLen),
                 ];
-                let on: Vec<Pooling> =
-                    modes.iter().filter(|(k, _)| p.bool_or(k, false).unwrap_or(false)).map(|(_, m)| *m).collect();
+                let on: Vec<Pooling> = modes
+                    .iter()
+                    .filter(|(k, _)| p.bool_or(k, false).unwrap_or(false))
+                    .map(|(_, m)| *m)
+                    .collect();
                 for k in ["pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"] {
                     if p.bool_or(k, false)? {
-                        return Err(Error::Unsupported(format!("{}: `{k}` is not supported", p.file)));
+                        return Err(Error::Unsupported(format!(
+                            "{}: `{k}` is not supported",
+                            p.file
+                        )));
                     }
                 }
                 match on.as_slice() {
@@ -78,6 +84,10 @@ impl SentenceTransformersConfig {
             Some(c) => c.value.get("max_seq_length").and_then(|v| v.as_u64()),
             None => None,
         };
-        Ok(SentenceTransformersConfig { pooling, normalize, max_seq_length })
+        Ok(SentenceTransformersConfig {
+            pooling,
+            normalize,
+            max_seq_length,
+        })
     }
 }

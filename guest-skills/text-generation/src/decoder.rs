@@ -39,8 +39,6 @@ impl Arch {
 
 /// What the generation loop needs to know about the model.
 pub struct ModelInfo {
-    pub arch: Arch,
-    pub vocab: u64,
     pub max_positions: u64,
     pub top_k: u32,
 }
@@ -58,10 +56,16 @@ struct Dims {
 fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     let (hidden, heads, layers) = match arch {
         Arch::Gpt2 => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
-        _ => (c.u64("hidden_size")?, c.u64("num_attention_heads")?, c.u64("num_hidden_layers")?),
+        _ => (
+            c.u64("hidden_size")?,
+            c.u64("num_attention_heads")?,
+            c.u64("num_hidden_layers")?,
+        ),
     };
     if heads == 0 || hidden % heads != 0 {
-        return Err(Error::Model(format!("config.json: hidden size {hidden} is not a multiple of {heads} heads")));
+        return Err(Error::Model(format!(
+            "config.json: hidden size {hidden} is not a multiple of {heads} heads"
+        )));
     }
     let kv_heads = c.u64_or("num_key_value_heads", heads)?;
     let eps = match arch {
@@ -74,7 +78,15 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
         Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
         _ => activation(c.str_or("hidden_act", "silu")?)?,
     };
-    Ok(Dims { act, hidden, heads, kv_heads, head_dim: hidden / heads, layers, eps })
+    Ok(Dims {
+        act,
+        hidden,
+        heads,
+        kv_heads,
+        head_dim: hidden / heads,
+        layers,
+        eps,
+    })
 }
 
 fn sym(s: &str) -> Dim {
@@ -88,7 +100,11 @@ pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> 
     let bs = [sym("batch"), sym("seq")];
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
-    let mask = g.input("attention_mask", Dtype::I64, &[sym("batch"), sym("past+seq")])?;
+    let mask = g.input(
+        "attention_mask",
+        Dtype::I64,
+        &[sym("batch"), sym("past+seq")],
+    )?;
     let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
     let zero = g.scalar(0.0, Dtype::I64)?;
     let keep = g.b.compare(CompareOp::Greater, mask, zero)?;
@@ -101,15 +117,18 @@ pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> 
             ("transformer.wte.weight", g.add(e, p)?)
         }
         Arch::Opt => {
-            let e = g.b.embedding(g.weight("model.decoder.embed_tokens.weight")?, ids)?;
+            let e =
+                g.b.embedding(g.weight("model.decoder.embed_tokens.weight")?, ids)?;
             let two = g.scalar(2.0, Dtype::I64)?;
             let shifted = g.b.binary(BinaryOp::Add, pos, two)?;
-            let p = g.b.embedding(g.weight("model.decoder.embed_positions.weight")?, shifted)?;
+            let p =
+                g.b.embedding(g.weight("model.decoder.embed_positions.weight")?, shifted)?;
             ("model.decoder.embed_tokens.weight", g.add(e, p)?)
         }
-        Arch::Llama | Arch::Qwen2 => {
-            ("model.embed_tokens.weight", g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?)
-        }
+        Arch::Llama | Arch::Qwen2 => (
+            "model.embed_tokens.weight",
+            g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?,
+        ),
     };
     let rope = match arch {
         Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim)?),
@@ -124,7 +143,11 @@ pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> 
         Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
         _ => g.b.rms_norm(h, g.weight("model.norm.weight")?, d.eps)?,
     };
-    let head = if g.has("lm_head.weight") { "lm_head.weight" } else { embed_name };
+    let head = if g.has("lm_head.weight") {
+        "lm_head.weight"
+    } else {
+        embed_name
+    };
     let logits = g.b.linear(h, g.weight(head)?, None)?;
     let vocab = match g.b.info(logits)?.shape.last() {
         Some(Dim::Fixed(v)) => *v,
@@ -137,18 +160,32 @@ pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> 
         Arch::Gpt2 => c.u64("n_positions")?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
     };
-    let graph = g.compile(&[("next_token", next), ("top_values", values), ("top_indices", indices)])?;
-    Ok((graph, ModelInfo { arch, vocab, max_positions, top_k }))
+    let graph = g.compile(&[
+        ("next_token", next),
+        ("top_values", values),
+        ("top_indices", indices),
+    ])?;
+    Ok((
+        graph,
+        ModelInfo {
+            max_positions,
+            top_k,
+        },
+    ))
 }
 
 /// cos and sin tables [batch, 1, seq, head_dim] of rotary embeddings.
 fn rope_tables(g: &Graph, c: &Json, pos: Node, head_dim: u64) -> Result<(Node, Node), Error> {
     let theta = c.f64_or("rope_theta", 10000.0)? as f32;
     if c.value.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-        return Err(Error::Unsupported("config.json: `rope_scaling` is not supported yet".into()));
+        return Err(Error::Unsupported(
+            "config.json: `rope_scaling` is not supported yet".into(),
+        ));
     }
     let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
     let inv = g.b.constant(&f32_tensor(vec![half], &inv))?;
     let p = g.b.unsqueeze(g.b.cast(pos, Dtype::F32)?, -1)?;
     let freqs = g.mul(p, inv)?;
@@ -173,7 +210,15 @@ fn conv1d(g: &Graph, x: Node, prefix: &str) -> Result<Node, Error> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn layer(g: &Graph, arch: Arch, d: &Dims, i: u64, h: Node, keys: Node, rope: Option<(Node, Node)>) -> Result<Node, Error> {
+fn layer(
+    g: &Graph,
+    arch: Arch,
+    d: &Dims,
+    i: u64,
+    h: Node,
+    keys: Node,
+    rope: Option<(Node, Node)>,
+) -> Result<Node, Error> {
     let p = match arch {
         Arch::Gpt2 => format!("transformer.h.{i}"),
         Arch::Opt => format!("model.decoder.layers.{i}"),
@@ -182,17 +227,27 @@ fn layer(g: &Graph, arch: Arch, d: &Dims, i: u64, h: Node, keys: Node, rope: Opt
     let x = match arch {
         Arch::Gpt2 => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
         Arch::Opt => g.layer_norm(h, &format!("{p}.self_attn_layer_norm"), d.eps)?,
-        _ => g.b.rms_norm(h, g.weight(&format!("{p}.input_layernorm.weight"))?, d.eps)?,
+        _ => {
+            g.b.rms_norm(h, g.weight(&format!("{p}.input_layernorm.weight"))?, d.eps)?
+        }
     };
     let (q, k, v) = match arch {
         Arch::Gpt2 => {
             let qkv = conv1d(g, x, &format!("{p}.attn.c_attn"))?;
             let w = d.hidden as i64;
-            (g.b.slice(qkv, -1, 0, w)?, g.b.slice(qkv, -1, w, 2 * w)?, g.b.slice(qkv, -1, 2 * w, 3 * w)?)
+            (
+                g.b.slice(qkv, -1, 0, w)?,
+                g.b.slice(qkv, -1, w, 2 * w)?,
+                g.b.slice(qkv, -1, 2 * w, 3 * w)?,
+            )
         }
         _ => {
             let a = format!("{p}.self_attn");
-            (g.linear(x, &format!("{a}.q_proj"))?, g.linear(x, &format!("{a}.k_proj"))?, g.linear(x, &format!("{a}.v_proj"))?)
+            (
+                g.linear(x, &format!("{a}.q_proj"))?,
+                g.linear(x, &format!("{a}.k_proj"))?,
+                g.linear(x, &format!("{a}.v_proj"))?,
+            )
         }
     };
     let mut q = g.split_heads(q, d.heads, d.head_dim)?;
@@ -202,7 +257,12 @@ fn layer(g: &Graph, arch: Arch, d: &Dims, i: u64, h: Node, keys: Node, rope: Opt
         q = rotate(g, q, r, d.head_dim)?;
         k = rotate(g, k, r, d.head_dim)?;
     }
-    let cache = [sym("batch"), Dim::Fixed(d.kv_heads), sym("past"), Dim::Fixed(d.head_dim)];
+    let cache = [
+        sym("batch"),
+        Dim::Fixed(d.kv_heads),
+        sym("past"),
+        Dim::Fixed(d.head_dim),
+    ];
     let (kn, vn) = (format!("k{i}"), format!("v{i}"));
     let k_all = g.b.concat(&[g.b.state(&kn, Dtype::F32, &cache)?, k], 2)?;
     let v_all = g.b.concat(&[g.b.state(&vn, Dtype::F32, &cache)?, v], 2)?;
@@ -218,14 +278,25 @@ fn layer(g: &Graph, arch: Arch, d: &Dims, i: u64, h: Node, keys: Node, rope: Opt
     let m = match arch {
         Arch::Gpt2 => {
             let x = g.layer_norm(h, &format!("{p}.ln_2"), d.eps)?;
-            conv1d(g, g.unary(d.act, conv1d(g, x, &format!("{p}.mlp.c_fc"))?)?, &format!("{p}.mlp.c_proj"))?
+            conv1d(
+                g,
+                g.unary(d.act, conv1d(g, x, &format!("{p}.mlp.c_fc"))?)?,
+                &format!("{p}.mlp.c_proj"),
+            )?
         }
         Arch::Opt => {
             let x = g.layer_norm(h, &format!("{p}.final_layer_norm"), d.eps)?;
-            g.linear(g.unary(d.act, g.linear(x, &format!("{p}.fc1"))?)?, &format!("{p}.fc2"))?
+            g.linear(
+                g.unary(d.act, g.linear(x, &format!("{p}.fc1"))?)?,
+                &format!("{p}.fc2"),
+            )?
         }
         _ => {
-            let x = g.b.rms_norm(h, g.weight(&format!("{p}.post_attention_layernorm.weight"))?, d.eps)?;
+            let x = g.b.rms_norm(
+                h,
+                g.weight(&format!("{p}.post_attention_layernorm.weight"))?,
+                d.eps,
+            )?;
             let gate = g.unary(d.act, g.linear(x, &format!("{p}.mlp.gate_proj"))?)?;
             let up = g.linear(x, &format!("{p}.mlp.up_proj"))?;
             g.linear(g.mul(gate, up)?, &format!("{p}.mlp.down_proj"))?

@@ -88,11 +88,19 @@ impl Guest for TextGeneration {
             Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2)"))
         })?;
         let gen = Json::asset("generation_config.json")?;
-        let get = |k: &str| gen.as_ref().and_then(|g| g.value.get(k).cloned()).or_else(|| config.value.get(k).cloned());
+        let get = |k: &str| {
+            gen.as_ref()
+                .and_then(|g| g.value.get(k).cloned())
+                .or_else(|| config.value.get(k).cloned())
+        };
         let mut eos = ids_of(get("eos_token_id").as_ref());
         eos.sort_unstable();
         eos.dedup();
-        let pad = ids_of(get("pad_token_id").as_ref()).first().copied().or(eos.first().copied()).unwrap_or(0);
+        let pad = ids_of(get("pad_token_id").as_ref())
+            .first()
+            .copied()
+            .or(eos.first().copied())
+            .unwrap_or(0);
         let defaults = Defaults {
             max_new_tokens: get("max_new_tokens").and_then(|v| v.as_u64()).unwrap_or(20),
             do_sample: get("do_sample").and_then(|v| v.as_bool()).unwrap_or(false),
@@ -102,9 +110,20 @@ impl Guest for TextGeneration {
             eos,
             pad,
         };
-        let tokenizer = Tokenizer::open(TokenizerOptions { max_length: None, add_special_tokens: true, pad_to_multiple_of: None })?;
+        let tokenizer = Tokenizer::open(TokenizerOptions {
+            max_length: None,
+            add_special_tokens: true,
+            pad_to_multiple_of: None,
+        })?;
         let (graph, info) = decoder::build(arch, &config)?;
-        STATE.with(|s| *s.borrow_mut() = Some(Loaded { tokenizer, graph, info, defaults }));
+        STATE.with(|s| {
+            *s.borrow_mut() = Some(Loaded {
+                tokenizer,
+                graph,
+                info,
+                defaults,
+            })
+        });
         Ok(())
     }
 
@@ -112,7 +131,10 @@ impl Guest for TextGeneration {
         STATE.with(|s| {
             let state = s.borrow();
             let Some(m) = state.as_ref() else {
-                return batch.iter().map(|_| Err(skill_sdk::internal("handle called before load"))).collect();
+                return batch
+                    .iter()
+                    .map(|_| Err(skill_sdk::internal("handle called before load")))
+                    .collect();
             };
             let parsed: Vec<Result<Request, Error>> = batch.iter().map(|r| parse(m, r)).collect();
             let ok: Vec<usize> = (0..parsed.len()).filter(|&i| parsed[i].is_ok()).collect();
@@ -136,7 +158,8 @@ impl Guest for TextGeneration {
 }
 
 fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
-    let v: serde_json::Value = serde_json::from_str(req).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(req).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let prompt = match v.get("prompt") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
         Some(serde_json::Value::String(_)) => return Err(invalid("`prompt` is empty")),
@@ -146,73 +169,125 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
     let num = |k: &str| v.get(k).filter(|x| !x.is_null());
     if let Some(p) = num("repetition_penalty") {
         if p.as_f64() != Some(1.0) {
-            return Err(Error::Unsupported("`repetition_penalty` is not supported yet".into()));
+            return Err(Error::Unsupported(
+                "`repetition_penalty` is not supported yet".into(),
+            ));
         }
     }
     let d = &m.defaults;
     let max_new = match num("max_new_tokens") {
         None => d.max_new_tokens,
-        Some(x) => x.as_u64().ok_or_else(|| invalid("`max_new_tokens` must be a non-negative integer"))?,
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| invalid("`max_new_tokens` must be a non-negative integer"))?,
     };
     if max_new == 0 {
         return Err(invalid("`max_new_tokens` must be at least 1"));
     }
-    let ids: Vec<i64> = m.tokenizer.encode_batch(std::slice::from_ref(&prompt))?.input_ids.data.chunks_exact(8).map(|b| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        i64::from_le_bytes(a)
-    }).collect();
+    let ids: Vec<i64> = m
+        .tokenizer
+        .encode_batch(std::slice::from_ref(&prompt))?
+        .input_ids
+        .data
+        .chunks_exact(8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            i64::from_le_bytes(a)
+        })
+        .collect();
     if ids.is_empty() {
         return Err(invalid("the prompt tokenizes to nothing"));
     }
     let ctx = m.info.max_positions;
     if ids.len() as u64 >= ctx {
-        return Err(invalid(format!("the prompt has {} tokens; the model's context is {ctx}", ids.len())));
+        return Err(invalid(format!(
+            "the prompt has {} tokens; the model's context is {ctx}",
+            ids.len()
+        )));
     }
     let mut warnings = Vec::new();
     let cap = (ctx - ids.len() as u64).min(MAX_NEW_TOKENS);
     let max_new = if max_new > cap {
-        warnings.push(format!("max_new_tokens {max_new} capped at {cap} (context {ctx}, limit {MAX_NEW_TOKENS})"));
+        warnings.push(format!(
+            "max_new_tokens {max_new} capped at {cap} (context {ctx}, limit {MAX_NEW_TOKENS})"
+        ));
         cap
     } else {
         max_new
     };
-    let f = |k: &str, default: f32| num(k).and_then(|x| x.as_f64()).map(|x| x as f32).unwrap_or(default);
+    let f = |k: &str, default: f32| {
+        num(k)
+            .and_then(|x| x.as_f64())
+            .map(|x| x as f32)
+            .unwrap_or(default)
+    };
     let sampling = Sampling {
-        do_sample: num("do_sample").and_then(|x| x.as_bool()).unwrap_or(d.do_sample),
+        do_sample: num("do_sample")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(d.do_sample),
         temperature: f("temperature", d.temperature),
-        top_k: num("top_k").and_then(|x| x.as_u64()).map(|k| k as u32).unwrap_or(d.top_k),
+        top_k: num("top_k")
+            .and_then(|x| x.as_u64())
+            .map(|k| k as u32)
+            .unwrap_or(d.top_k),
         top_p: f("top_p", d.top_p),
         seed: num("seed").and_then(|x| x.as_u64()).unwrap_or(0),
     };
-    if !(sampling.temperature > 0.0) || !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+    let valid = sampling.temperature.is_finite()
+        && sampling.temperature > 0.0
+        && sampling.top_p > 0.0
+        && sampling.top_p <= 1.0;
+    if !valid {
         return Err(invalid("`temperature` must be > 0 and `top_p` in (0, 1]"));
     }
     if sampling.do_sample && (sampling.top_k == 0 || sampling.top_k > m.info.top_k) {
-        warnings.push(format!("top_k capped at {} (the candidates the graph returns)", m.info.top_k));
+        warnings.push(format!(
+            "top_k capped at {} (the candidates the graph returns)",
+            m.info.top_k
+        ));
     }
     let stop = match v.get("stop") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_string)).filter(|s| !s.is_empty()).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .collect(),
         Some(_) => return Err(invalid("`stop` must be a string or a list of strings")),
     };
-    Ok(Request { ids, max_new, sampling, stop, warnings })
+    Ok(Request {
+        ids,
+        max_new,
+        sampling,
+        stop,
+        warnings,
+    })
 }
 
 fn i64s(t: &Tensor) -> Vec<i64> {
-    t.data.chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect()
+    t.data
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect()
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    t.data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Generates all requests together (left-padded).
 fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
     let b = reqs.len();
     let longest = reqs.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-    let mut mask: Vec<Vec<i64>> = reqs.iter().map(|r| [vec![0; longest - r.ids.len()], vec![1; r.ids.len()]].concat()).collect();
+    let mut mask: Vec<Vec<i64>> = reqs
+        .iter()
+        .map(|r| [vec![0; longest - r.ids.len()], vec![1; r.ids.len()]].concat())
+        .collect();
     let mut ids: Vec<i64> = Vec::with_capacity(b * longest);
     let mut pos: Vec<i64> = Vec::with_capacity(b * longest);
     for (r, row) in reqs.iter().zip(&mask) {
@@ -225,7 +300,10 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
         }
     }
     let mut next_pos: Vec<i64> = reqs.iter().map(|r| r.ids.len() as i64).collect();
-    let mut samplers: Vec<Sampler> = reqs.iter().map(|r| Sampler::new(r.sampling.clone())).collect();
+    let mut samplers: Vec<Sampler> = reqs
+        .iter()
+        .map(|r| Sampler::new(r.sampling.clone()))
+        .collect();
     let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
     let mut finish: Vec<Option<&'static str>> = vec![None; b];
     let session = Session::new();
@@ -236,10 +314,22 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
     for step in 0..max_steps {
         let cols = mask[0].len() as u64;
         let inputs = vec![
-            NamedTensor { name: "input_ids".into(), value: i64_tensor(vec![b as u64, seq], &ids) },
-            NamedTensor { name: "position_ids".into(), value: i64_tensor(vec![b as u64, seq], &pos) },
-            NamedTensor { name: "attention_mask".into(), value: i64_tensor(vec![b as u64, cols], &mask.concat()) },
-            NamedTensor { name: "last_index".into(), value: i64_tensor(vec![1], &[seq as i64 - 1]) },
+            NamedTensor {
+                name: "input_ids".into(),
+                value: i64_tensor(vec![b as u64, seq], &ids),
+            },
+            NamedTensor {
+                name: "position_ids".into(),
+                value: i64_tensor(vec![b as u64, seq], &pos),
+            },
+            NamedTensor {
+                name: "attention_mask".into(),
+                value: i64_tensor(vec![b as u64, cols], &mask.concat()),
+            },
+            NamedTensor {
+                name: "last_index".into(),
+                value: i64_tensor(vec![1], &[seq as i64 - 1]),
+            },
         ];
         let outputs = session.run(&m.graph, &inputs)?;
         let (mut greedy, mut values, mut indices) = (None, None, None);
@@ -253,7 +343,11 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
         }
         let (greedy, values, indices) = match (greedy, values, indices) {
             (Some(g), Some(v), Some(i)) => (g, v, i),
-            _ => return Err(skill_sdk::internal("the decoder graph returned incomplete outputs")),
+            _ => {
+                return Err(skill_sdk::internal(
+                    "the decoder graph returned incomplete outputs",
+                ))
+            }
         };
         if step == 0 {
             prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -264,7 +358,11 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
             let token = if finish[i].is_some() {
                 m.defaults.pad
             } else {
-                let t = samplers[i].pick(greedy[i], &values[i * k..(i + 1) * k], &indices[i * k..(i + 1) * k]);
+                let t = samplers[i].pick(
+                    greedy[i],
+                    &values[i * k..(i + 1) * k],
+                    &indices[i * k..(i + 1) * k],
+                );
                 out[i].push(t);
                 if m.defaults.eos.contains(&t) {
                     finish[i] = Some("eos");
@@ -293,7 +391,12 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
         let toks: Vec<u32> = out[i].iter().map(|&t| t as u32).collect();
         let mut text = m.tokenizer.decode(&toks, true)?;
         if finish[i] == Some("stop") {
-            if let Some(cut) = reqs[i].stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if let Some(cut) = reqs[i]
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
                 text.truncate(cut);
             }
         }
@@ -311,14 +414,19 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
         if !reqs[i].warnings.is_empty() {
             json["warnings"] = serde_json::json!(reqs[i].warnings);
         }
-        responses.push(Response { json: json.to_string(), tensors: vec![] });
+        responses.push(Response {
+            json: json.to_string(),
+            tensors: vec![],
+        });
     }
     Ok(responses)
 }
 
 fn stop_hit(m: &Loaded, out: &[i64], stop: &[String]) -> bool {
     let toks: Vec<u32> = out.iter().map(|&t| t as u32).collect();
-    m.tokenizer.decode(&toks, true).is_ok_and(|t| stop.iter().any(|s| t.contains(s.as_str())))
+    m.tokenizer
+        .decode(&toks, true)
+        .is_ok_and(|t| stop.iter().any(|s| t.contains(s.as_str())))
 }
 
 skill_sdk::export_skill!(TextGeneration);

@@ -35,7 +35,10 @@ impl Sampler {
         let k = (self.cfg.top_k as usize).clamp(1, values.len());
         let t = self.cfg.temperature.max(1e-6);
         let max = values[0] / t;
-        let mut probs: Vec<f64> = values[..k].iter().map(|&v| ((v / t - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = values[..k]
+            .iter()
+            .map(|&v| ((v / t - max) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if self.cfg.top_p < 1.0 {
@@ -73,9 +76,21 @@ mod tests {
     fn top_k_one_is_greedy_and_seeds_repeat() {
         let vals = [3.0, 2.5, 1.0];
         let idx = [7, 3, 9];
-        let mut s = Sampler::new(Sampling { do_sample: true, temperature: 1.0, top_k: 1, top_p: 1.0, seed: 1 });
+        let mut s = Sampler::new(Sampling {
+            do_sample: true,
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 1,
+        });
         assert_eq!(s.pick(7, &vals, &idx), 7);
-        let cfg = Sampling { do_sample: true, temperature: 1.0, top_k: 3, top_p: 1.0, seed: 42 };
+        let cfg = Sampling {
+            do_sample: true,
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            seed: 42,
+        };
         let (mut a, mut b) = (Sampler::new(cfg.clone()), Sampler::new(cfg));
         let xa: Vec<i64> = (0..20).map(|_| a.pick(7, &vals, &idx)).collect();
         let xb: Vec<i64> = (0..20).map(|_| b.pick(7, &vals, &idx)).collect();

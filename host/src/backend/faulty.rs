@@ -20,7 +20,9 @@ pub struct FaultyBackend {
 
 impl FaultyBackend {
     pub fn new(precision: Precision) -> Result<Self, BackendError> {
-        Ok(FaultyBackend { inner: CpuBackend::new(precision)? })
+        Ok(FaultyBackend {
+            inner: CpuBackend::new(precision)?,
+        })
     }
 }
 
@@ -37,14 +39,24 @@ impl Backend for FaultyBackend {
         self.inner.precision()
     }
 
-    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError> {
+    fn compile(
+        &self,
+        graph: Arc<Graph>,
+        model: &Model,
+    ) -> Result<Arc<dyn Executable>, BackendError> {
         self.inner.compile(graph.clone(), model)?;
-        Ok(Arc::new(FaultyExecutable { graph: graph.name.clone() }))
+        Ok(Arc::new(FaultyExecutable {
+            graph: graph.name.clone(),
+        }))
     }
 }
 
 impl Executable for FaultyExecutable {
     fn run(&self, _inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
-        Err(BackendError::Run { device: "faulty".into(), graph: self.graph.clone(), message: "injected failure".into() })
+        Err(BackendError::Run {
+            device: "faulty".into(),
+            graph: self.graph.clone(),
+            message: "injected failure".into(),
+        })
     }
 }

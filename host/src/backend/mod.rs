@@ -28,11 +28,23 @@ pub enum BackendError {
     #[error("unknown device `{0}`; known devices: cpu, openvino, openvino:GPU, openvino:NPU, cuda, cuda:N (see `host devices`)")]
     UnknownDevice(String),
     #[error("device `{device}` does not support precision {precision}; supported: {supported}")]
-    Precision { device: String, precision: String, supported: String },
+    Precision {
+        device: String,
+        precision: String,
+        supported: String,
+    },
     #[error("{device}: compiling graph `{graph}` failed: {message}")]
-    Compile { device: String, graph: String, message: String },
+    Compile {
+        device: String,
+        graph: String,
+        message: String,
+    },
     #[error("{device}: running graph `{graph}` failed: {message}")]
-    Run { device: String, graph: String, message: String },
+    Run {
+        device: String,
+        graph: String,
+        message: String,
+    },
     #[error("graph `{graph}` input: {message}")]
     Input { graph: String, message: String },
     #[error(transparent)]
@@ -49,7 +61,11 @@ pub trait Backend: Send + Sync {
     /// Precision graphs compute in.
     fn precision(&self) -> Precision;
     /// Compiles a validated graph whose weights live in `model`.
-    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError>;
+    fn compile(
+        &self,
+        graph: Arc<Graph>,
+        model: &Model,
+    ) -> Result<Arc<dyn Executable>, BackendError>;
 }
 
 /// A graph compiled for one device.
@@ -64,8 +80,14 @@ pub const MAX_RUN_ELEMENTS: u64 = 1 << 31;
 /// Checks `inputs` against the graph's declared inputs, binds the symbolic
 /// axes and checks every tensor of the run against [`MAX_RUN_ELEMENTS`].
 /// Returns the inputs in declaration order.
-pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors, Bindings), BackendError> {
-    let err = |message: String| BackendError::Input { graph: g.name.clone(), message };
+pub fn check_inputs(
+    g: &Graph,
+    mut inputs: NamedTensors,
+) -> Result<(NamedTensors, Bindings), BackendError> {
+    let err = |message: String| BackendError::Input {
+        graph: g.name.clone(),
+        message,
+    };
     let mut bindings: Bindings = HashMap::new();
     let mut ordered = Vec::with_capacity(g.inputs.len());
     for &id in &g.inputs {
@@ -78,20 +100,33 @@ pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors
         let (_, t) = inputs.swap_remove(pos);
         t.check(&name).map_err(|e| err(e.to_string()))?;
         if t.dtype != node.dtype {
-            return Err(err(format!("input `{name}`: expected {}, got {}", node.dtype, t.dtype)));
+            return Err(err(format!(
+                "input `{name}`: expected {}, got {}",
+                node.dtype, t.dtype
+            )));
         }
         if t.shape.len() != node.shape.len() {
-            return Err(err(format!("input `{name}`: expected shape {}, got {:?}", shape_str(&node.shape), t.shape)));
+            return Err(err(format!(
+                "input `{name}`: expected shape {}, got {:?}",
+                shape_str(&node.shape),
+                t.shape
+            )));
         }
         for (d, &got) in node.shape.iter().zip(&t.shape) {
             match d {
                 Dim::Fixed(n) if *n != got => {
-                    return Err(err(format!("input `{name}`: expected shape {}, got {:?}", shape_str(&node.shape), t.shape)))
+                    return Err(err(format!(
+                        "input `{name}`: expected shape {}, got {:?}",
+                        shape_str(&node.shape),
+                        t.shape
+                    )))
                 }
                 Dim::Sym(s) if !is_sum(d) => {
                     if let Some(&prev) = bindings.get(s) {
                         if prev != got {
-                            return Err(err(format!("axis `{s}` is {prev} in one input and {got} in `{name}`")));
+                            return Err(err(format!(
+                                "axis `{s}` is {prev} in one input and {got} in `{name}`"
+                            )));
                         }
                     }
                     bindings.insert(s.clone(), got);
@@ -110,7 +145,9 @@ pub fn check_inputs(g: &Graph, mut inputs: NamedTensors) -> Result<(NamedTensors
             if is_sum(d) {
                 let want = eval_dim(d, &bindings)?;
                 if want != got {
-                    return Err(err(format!("input `{name}`: axis {d} must be {want}, got {got}")));
+                    return Err(err(format!(
+                        "input `{name}`: axis {d} must be {want}, got {got}"
+                    )));
                 }
             }
         }

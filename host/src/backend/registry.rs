@@ -38,7 +38,9 @@ impl FromStr for Precision {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "f16" | "fp16" | "float16" => Ok(Precision::F16),
             "bf16" | "bfloat16" => Ok(Precision::BF16),
-            _ => Err(format!("unknown precision `{s}`; expected f32, f16 or bf16")),
+            _ => Err(format!(
+                "unknown precision `{s}`; expected f32, f16 or bf16"
+            )),
         }
     }
 }
@@ -76,12 +78,17 @@ impl FromStr for Device {
         match (kind.to_ascii_lowercase().as_str(), sub) {
             ("cpu", None) => Ok(Device::Cpu),
             ("openvino", None) => Ok(Device::OpenVino("CPU".into())),
-            ("openvino", Some(d)) if !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') => {
+            ("openvino", Some(d))
+                if !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') =>
+            {
                 Ok(Device::OpenVino(d.to_ascii_uppercase()))
             }
             ("faulty", None) if faulty::enabled() => Ok(Device::Faulty),
             ("cuda", None) => Ok(Device::Cuda(0)),
-            ("cuda", Some(n)) => n.parse().map(Device::Cuda).map_err(|_| BackendError::UnknownDevice(s.to_string())),
+            ("cuda", Some(n)) => n
+                .parse()
+                .map(Device::Cuda)
+                .map_err(|_| BackendError::UnknownDevice(s.to_string())),
             _ => Err(BackendError::UnknownDevice(s.to_string())),
         }
     }
@@ -89,7 +96,11 @@ impl FromStr for Device {
 
 /// Parses a comma-separated device list such as `cuda:0,openvino,cpu`.
 pub fn parse_list(s: &str) -> Result<Vec<Device>, BackendError> {
-    let list: Vec<Device> = s.split(',').filter(|p| !p.trim().is_empty()).map(str::parse).collect::<Result<_, _>>()?;
+    let list: Vec<Device> = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     if list.is_empty() {
         return Err(BackendError::UnknownDevice(s.to_string()));
     }
@@ -136,7 +147,15 @@ mod tests {
     #[test]
     fn parses_device_lists() {
         let l = parse_list("cuda:1, openvino ,cpu,openvino:gpu").unwrap();
-        assert_eq!(l, vec![Device::Cuda(1), Device::OpenVino("CPU".into()), Device::Cpu, Device::OpenVino("GPU".into())]);
+        assert_eq!(
+            l,
+            vec![
+                Device::Cuda(1),
+                Device::OpenVino("CPU".into()),
+                Device::Cpu,
+                Device::OpenVino("GPU".into())
+            ]
+        );
         assert_eq!(l[1].to_string(), "openvino");
         assert!(parse_list("tpu").is_err());
         assert!(parse_list("cuda:x").is_err());

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
 
 use tokio::time::{sleep_until, Instant};
 
@@ -22,7 +22,11 @@ pub(crate) fn cut(mut window: Vec<Pending>, max_size: usize, max_tokens: usize) 
     let mut out = Vec::new();
     let mut cur: Batch = Vec::new();
     for p in window {
-        let longest = cur.last().map(|q: &Pending| q.cost).unwrap_or(0).max(p.cost);
+        let longest = cur
+            .last()
+            .map(|q: &Pending| q.cost)
+            .unwrap_or(0)
+            .max(p.cost);
         if !cur.is_empty() && (cur.len() == max_size || longest * (cur.len() + 1) > max_tokens) {
             out.push(std::mem::take(&mut cur));
         }
@@ -34,7 +38,12 @@ pub(crate) fn cut(mut window: Vec<Pending>, max_size: usize, max_tokens: usize) 
     out
 }
 
-pub(crate) async fn run(config: EndpointConfig, mut rx: mpsc::Receiver<Pending>, pool: Pool, metrics: Arc<Metrics>) {
+pub(crate) async fn run(
+    config: EndpointConfig,
+    mut rx: mpsc::Receiver<Pending>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+) {
     let policy = config.batching.clone();
     let depth = metrics.queue_depth.with_label_values(&[&config.name]);
     while let Some(first) = rx.recv().await {
@@ -87,14 +96,22 @@ mod tests {
 
     fn pending(cost: usize) -> Pending {
         let (reply, _rx) = tokio::sync::oneshot::channel();
-        Pending { request: String::new(), cost, enqueued: std::time::Instant::now(), reply }
+        Pending {
+            request: String::new(),
+            cost,
+            enqueued: std::time::Instant::now(),
+            reply,
+        }
     }
 
     #[test]
     fn cuts_by_size_and_token_budget() {
         let w: Vec<Pending> = [5, 1, 3, 100, 2, 4].into_iter().map(pending).collect();
         let b = cut(w, 4, 12);
-        let costs: Vec<Vec<usize>> = b.iter().map(|x| x.iter().map(|p| p.cost).collect()).collect();
+        let costs: Vec<Vec<usize>> = b
+            .iter()
+            .map(|x| x.iter().map(|p| p.cost).collect())
+            .collect();
         // sorted 1 2 3 (3x3=9) | 4 5 (5x2=10) | 100 (alone, over budget)
         assert_eq!(costs, vec![vec![1, 2, 3], vec![4, 5], vec![100]]);
         let b = cut((0..10).map(|_| pending(1)).collect(), 4, 1000);

@@ -23,7 +23,12 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        BatchPolicy { max_batch_size: 32, max_wait_ms: 5, max_batch_tokens: 16_384, queue_capacity: 1024 }
+        BatchPolicy {
+            max_batch_size: 32,
+            max_wait_ms: 5,
+            max_batch_tokens: 16_384,
+            queue_capacity: 1024,
+        }
     }
 }
 
@@ -34,7 +39,11 @@ impl BatchPolicy {
 
     /// No batching: one request per skill call.
     pub fn unbatched() -> Self {
-        BatchPolicy { max_batch_size: 1, max_wait_ms: 0, ..Default::default() }
+        BatchPolicy {
+            max_batch_size: 1,
+            max_wait_ms: 0,
+            ..Default::default()
+        }
     }
 }
 
@@ -86,12 +95,20 @@ fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
 }
 
 fn precision<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
-    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 impl EndpointConfig {
     /// A config with defaults for everything but the essentials.
-    pub fn new(name: &str, skill: &str, model: &str, devices: Vec<Device>, precision: Precision) -> Self {
+    pub fn new(
+        name: &str,
+        skill: &str,
+        model: &str,
+        devices: Vec<Device>,
+        precision: Precision,
+    ) -> Self {
         EndpointConfig {
             name: name.into(),
             skill: skill.into(),
@@ -104,25 +121,45 @@ impl EndpointConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), EndpointError> {
-        let bad = |message: String| EndpointError::Config { name: self.name.clone(), message };
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        let bad = |message: String| EndpointError::Config {
+            name: self.name.clone(),
+            message,
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(bad("names use letters, digits, '-', '_' and '.'".into()));
         }
         let b = &self.batching;
         if b.max_batch_size == 0 || b.max_batch_size > 4096 {
-            return Err(bad(format!("max_batch_size must be 1..=4096, got {}", b.max_batch_size)));
+            return Err(bad(format!(
+                "max_batch_size must be 1..=4096, got {}",
+                b.max_batch_size
+            )));
         }
         if b.queue_capacity == 0 || b.queue_capacity > 1_000_000 {
-            return Err(bad(format!("queue_capacity must be 1..=1000000, got {}", b.queue_capacity)));
+            return Err(bad(format!(
+                "queue_capacity must be 1..=1000000, got {}",
+                b.queue_capacity
+            )));
         }
         if b.max_wait_ms > 10_000 {
-            return Err(bad(format!("max_wait_ms must be at most 10000, got {}", b.max_wait_ms)));
+            return Err(bad(format!(
+                "max_wait_ms must be at most 10000, got {}",
+                b.max_wait_ms
+            )));
         }
         if b.max_batch_tokens == 0 {
             return Err(bad("max_batch_tokens must be positive".into()));
         }
         if self.instances == 0 || self.instances > 64 {
-            return Err(bad(format!("instances must be 1..=64, got {}", self.instances)));
+            return Err(bad(format!(
+                "instances must be 1..=64, got {}",
+                self.instances
+            )));
         }
         if self.devices.is_empty() {
             return Err(bad("the device list is empty".into()));
@@ -164,8 +201,16 @@ mod tests {
         let t = "[[endpoints]]\nname = \"e\"\nskill = \"s\"\nmodel = \"m\"\ndevices = [\"cpu\"]\nprecision = \"f32\"\n";
         let f = EndpointsFile::parse(std::path::Path::new("x.toml"), t).unwrap();
         assert_eq!(f.endpoints[0].devices, vec![Device::Cpu]);
-        assert!(EndpointsFile::parse(std::path::Path::new("x.json"), r#"{"endpoints":[{"name":"e","skill":"s","model":"m","devices":"tpu"}]}"#).is_err());
-        assert!(EndpointsFile::parse(std::path::Path::new("x.json"), r#"{"endpoints":[{"name":"e","skill":"s","model":"m","typo":1}]}"#).is_err());
+        assert!(EndpointsFile::parse(
+            std::path::Path::new("x.json"),
+            r#"{"endpoints":[{"name":"e","skill":"s","model":"m","devices":"tpu"}]}"#
+        )
+        .is_err());
+        assert!(EndpointsFile::parse(
+            std::path::Path::new("x.json"),
+            r#"{"endpoints":[{"name":"e","skill":"s","model":"m","typo":1}]}"#
+        )
+        .is_err());
     }
 
     #[test]

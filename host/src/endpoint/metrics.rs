@@ -16,17 +16,35 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(Opts::new("host_requests_total", "Requests answered, by endpoint and device"), &["endpoint", "device"])
-            .expect("static metric definition");
-        let errors = IntCounterVec::new(Opts::new("host_errors_total", "Failed requests, by endpoint and error kind"), &["endpoint", "kind"])
-            .expect("static metric definition");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "host_requests_total",
+                "Requests answered, by endpoint and device",
+            ),
+            &["endpoint", "device"],
+        )
+        .expect("static metric definition");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "host_errors_total",
+                "Failed requests, by endpoint and error kind",
+            ),
+            &["endpoint", "kind"],
+        )
+        .expect("static metric definition");
         let fallbacks = IntCounterVec::new(
-            Opts::new("host_fallbacks_total", "Batches retried on another device or a fresh instance"),
+            Opts::new(
+                "host_fallbacks_total",
+                "Batches retried on another device or a fresh instance",
+            ),
             &["endpoint", "from", "to"],
         )
         .expect("static metric definition");
-        let queue_depth = IntGaugeVec::new(Opts::new("host_queue_depth", "Requests waiting in the endpoint queue"), &["endpoint"])
-            .expect("static metric definition");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("host_queue_depth", "Requests waiting in the endpoint queue"),
+            &["endpoint"],
+        )
+        .expect("static metric definition");
         let batch_size = HistogramVec::new(
             HistogramOpts::new("host_batch_size", "Requests per executed batch")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
@@ -34,8 +52,11 @@ impl Metrics {
         )
         .expect("static metric definition");
         let latency = HistogramVec::new(
-            HistogramOpts::new("host_request_duration_seconds", "Time from enqueue to answer")
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("static buckets")),
+            HistogramOpts::new(
+                "host_request_duration_seconds",
+                "Time from enqueue to answer",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("static buckets")),
             &["endpoint"],
         )
         .expect("static metric definition");
@@ -49,7 +70,15 @@ impl Metrics {
         ] {
             registry.register(m).expect("unique metric names");
         }
-        Metrics { registry, requests, errors, fallbacks, queue_depth, batch_size, latency }
+        Metrics {
+            registry,
+            requests,
+            errors,
+            fallbacks,
+            queue_depth,
+            batch_size,
+            latency,
+        }
     }
 
     /// Text exposition format.

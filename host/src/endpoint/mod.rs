@@ -47,24 +47,44 @@ pub struct Handler {
 
 impl Handler {
     fn overloaded(&self) -> RequestError {
-        RequestError { kind: "overloaded", message: format!("endpoint `{}`: queue is full, retry later", self.name) }
+        RequestError {
+            kind: "overloaded",
+            message: format!("endpoint `{}`: queue is full, retry later", self.name),
+        }
     }
 
     fn closed(&self) -> RequestError {
-        RequestError { kind: "unavailable", message: format!("endpoint `{}` was removed", self.name) }
+        RequestError {
+            kind: "unavailable",
+            message: format!("endpoint `{}` was removed", self.name),
+        }
     }
 
-    fn enqueue(&self, request: String) -> Result<oneshot::Receiver<Result<Output, RequestError>>, RequestError> {
+    fn enqueue(
+        &self,
+        request: String,
+    ) -> Result<oneshot::Receiver<Result<Output, RequestError>>, RequestError> {
         let (reply, rx) = oneshot::channel();
         let cost = self.cost.estimate(&request);
-        let p = Pending { request, cost, enqueued: std::time::Instant::now(), reply };
+        let p = Pending {
+            request,
+            cost,
+            enqueued: std::time::Instant::now(),
+            reply,
+        };
         match self.tx.try_send(p) {
             Ok(()) => {
-                self.metrics.queue_depth.with_label_values(&[&self.name]).inc();
+                self.metrics
+                    .queue_depth
+                    .with_label_values(&[&self.name])
+                    .inc();
                 Ok(rx)
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.errors.with_label_values(&[&self.name, "overloaded"]).inc();
+                self.metrics
+                    .errors
+                    .with_label_values(&[&self.name, "overloaded"])
+                    .inc();
                 Err(self.overloaded())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed()),
@@ -94,12 +114,23 @@ impl Handler {
 
     /// Queues a request, waiting for room instead of failing when the queue
     /// is full (for batch jobs such as `host run`).
-    pub async fn call_waiting(&self, request: String) -> oneshot::Receiver<Result<Output, RequestError>> {
+    pub async fn call_waiting(
+        &self,
+        request: String,
+    ) -> oneshot::Receiver<Result<Output, RequestError>> {
         let (reply, rx) = oneshot::channel();
         let cost = self.cost.estimate(&request);
-        let p = Pending { request, cost, enqueued: std::time::Instant::now(), reply };
+        let p = Pending {
+            request,
+            cost,
+            enqueued: std::time::Instant::now(),
+            reply,
+        };
         if self.tx.send(p).await.is_ok() {
-            self.metrics.queue_depth.with_label_values(&[&self.name]).inc();
+            self.metrics
+                .queue_depth
+                .with_label_values(&[&self.name])
+                .inc();
         }
         rx
     }
@@ -160,7 +191,11 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn new(sandbox: Arc<Sandbox>) -> Self {
-        Endpoints { sandbox, map: RwLock::new(HashMap::new()), metrics: Arc::new(Metrics::new()) }
+        Endpoints {
+            sandbox,
+            map: RwLock::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
+        }
     }
 
     /// The seed's `init_endpoints`: adds every endpoint of a config list.
@@ -175,7 +210,12 @@ impl Endpoints {
     /// and starts serving it.
     pub async fn add(&self, config: EndpointConfig) -> Result<(), EndpointError> {
         config.validate()?;
-        if self.map.read().map(|m| m.contains_key(&config.name)).unwrap_or(false) {
+        if self
+            .map
+            .read()
+            .map(|m| m.contains_key(&config.name))
+            .unwrap_or(false)
+        {
             return Err(EndpointError::Exists(config.name.clone()));
         }
         let sandbox = self.sandbox.clone();
@@ -183,8 +223,14 @@ impl Endpoints {
         let metrics = self.metrics.clone();
         let started = tokio::task::spawn_blocking(move || worker::start(sandbox, &c, metrics))
             .await
-            .map_err(|e| EndpointError::Config { name: config.name.clone(), message: format!("loader panicked: {e}") })?
-            .map_err(|source| EndpointError::Load { name: config.name.clone(), source })?;
+            .map_err(|e| EndpointError::Config {
+                name: config.name.clone(),
+                message: format!("loader panicked: {e}"),
+            })?
+            .map_err(|source| EndpointError::Load {
+                name: config.name.clone(),
+                source,
+            })?;
         let (tx, rx) = mpsc::channel(config.batching.queue_capacity);
         let handler = Handler {
             name: config.name.clone(),
@@ -192,9 +238,23 @@ impl Endpoints {
             cost: started.cost.clone(),
             metrics: self.metrics.clone(),
         };
-        let batcher = tokio::spawn(batcher::run(config.clone(), rx, started.pool, self.metrics.clone()));
-        let ep = Endpoint { handler, device: started.device, precision: started.precision, config: config.clone(), batcher };
-        let mut map = self.map.write().map_err(|_| EndpointError::Config { name: config.name.clone(), message: "registry lock poisoned".into() })?;
+        let batcher = tokio::spawn(batcher::run(
+            config.clone(),
+            rx,
+            started.pool,
+            self.metrics.clone(),
+        ));
+        let ep = Endpoint {
+            handler,
+            device: started.device,
+            precision: started.precision,
+            config: config.clone(),
+            batcher,
+        };
+        let mut map = self.map.write().map_err(|_| EndpointError::Config {
+            name: config.name.clone(),
+            message: "registry lock poisoned".into(),
+        })?;
         if map.contains_key(&config.name) {
             return Err(EndpointError::Exists(config.name));
         }
@@ -215,7 +275,9 @@ impl Endpoints {
         // Dropping our sender closes the queue once in-flight callers drop
         // their handler clones; the batcher drains what is queued, hands it
         // to the workers and ends, which ends them and frees their instances.
-        let Endpoint { handler, batcher, .. } = ep;
+        let Endpoint {
+            handler, batcher, ..
+        } = ep;
         drop(handler);
         let _ = batcher.await;
         Ok(())
@@ -228,7 +290,11 @@ impl Endpoints {
 
     /// Names of all endpoints.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.map.read().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<String> = self
+            .map
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -249,7 +315,11 @@ impl Endpoints {
                 device: e.device.clone(),
                 precision: e.precision.clone(),
                 instances: e.config.instances,
-                queue_depth: self.metrics.queue_depth.with_label_values(&[&e.config.name]).get(),
+                queue_depth: self
+                    .metrics
+                    .queue_depth
+                    .with_label_values(&[&e.config.name])
+                    .get(),
                 max_batch_size: e.config.batching.max_batch_size,
             })
             .collect();

@@ -24,15 +24,28 @@ pub(crate) struct CostModel {
 
 impl CostModel {
     fn new(model: &Model) -> Self {
-        let opts = TokenizerOptions { max_length: None, add_special_tokens: true, pad_to_multiple_of: None };
-        CostModel { tokenizer: HostTokenizer::open(&model.tokenizer_path(), &opts).ok() }
+        let opts = TokenizerOptions {
+            max_length: None,
+            add_special_tokens: true,
+            pad_to_multiple_of: None,
+        };
+        CostModel {
+            tokenizer: HostTokenizer::open(&model.tokenizer_path(), &opts).ok(),
+        }
     }
 
     pub(crate) fn estimate(&self, request: &str) -> usize {
         let fallback = request.len() / 4 + 1;
-        let Some(tok) = &self.tokenizer else { return fallback };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else { return fallback };
-        match ["text", "prompt", "input"].iter().find_map(|k| v.get(*k).and_then(|t| t.as_str())) {
+        let Some(tok) = &self.tokenizer else {
+            return fallback;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else {
+            return fallback;
+        };
+        match ["text", "prompt", "input"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(|t| t.as_str()))
+        {
             Some(text) if text.len() <= 1 << 16 => tok.count_tokens(text).max(1),
             _ => fallback,
         }
@@ -61,7 +74,11 @@ pub(crate) struct Started {
 
 /// Loads the model once and every instance (each falls through the device
 /// list), then starts one worker thread per instance.
-pub(crate) fn start(sandbox: Arc<Sandbox>, config: &EndpointConfig, metrics: Arc<Metrics>) -> Result<Started, HostError> {
+pub(crate) fn start(
+    sandbox: Arc<Sandbox>,
+    config: &EndpointConfig,
+    metrics: Arc<Metrics>,
+) -> Result<Started, HostError> {
     let model = Arc::new(Model::open(&config.model)?);
     let cost = Arc::new(CostModel::new(&model));
     let (tx, rx) = mpsc::channel::<Batch>(config.instances);
@@ -70,8 +87,18 @@ pub(crate) fn start(sandbox: Arc<Sandbox>, config: &EndpointConfig, metrics: Arc
     let freed = Arc::new(Notify::new());
     let mut first: Option<(String, String)> = None;
     for i in 0..config.instances {
-        let runner = Runner::open_model(sandbox.clone(), &config.skill, model.clone(), &config.devices, config.precision)?;
-        let at = config.devices.iter().position(|d| d.to_string() == runner.device).unwrap_or(0);
+        let runner = Runner::open_model(
+            sandbox.clone(),
+            &config.skill,
+            model.clone(),
+            &config.devices,
+            config.precision,
+        )?;
+        let at = config
+            .devices
+            .iter()
+            .position(|d| d.to_string() == runner.device)
+            .unwrap_or(0);
         first.get_or_insert((runner.device.clone(), runner.precision.to_string()));
         let mut w = Worker {
             endpoint: config.name.clone(),
@@ -92,7 +119,12 @@ pub(crate) fn start(sandbox: Arc<Sandbox>, config: &EndpointConfig, metrics: Arc
             .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
     }
     let (device, precision) = first.unwrap_or_default();
-    Ok(Started { pool: Pool { tx, idle, freed }, cost, device, precision })
+    Ok(Started {
+        pool: Pool { tx, idle, freed },
+        cost,
+        device,
+        precision,
+    })
 }
 
 struct Worker {
@@ -110,7 +142,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn serve(&mut self, rx: Arc<Mutex<mpsc::Receiver<Batch>>>, idle: Arc<AtomicUsize>, freed: Arc<Notify>) {
+    fn serve(
+        &mut self,
+        rx: Arc<Mutex<mpsc::Receiver<Batch>>>,
+        idle: Arc<AtomicUsize>,
+        freed: Arc<Notify>,
+    ) {
         loop {
             idle.fetch_add(1, Ordering::SeqCst);
             freed.notify_one();
@@ -126,18 +163,33 @@ impl Worker {
 
     fn runner(&mut self, i: usize) -> Result<&mut Runner, RequestError> {
         if self.runners[i].is_none() {
-            let r = Runner::open_model(self.sandbox.clone(), &self.skill, self.model.clone(), &self.devices[i..i + 1], self.precision)
-                .map_err(|e| RequestError { kind: "backend", message: e.to_string() })?;
+            let r = Runner::open_model(
+                self.sandbox.clone(),
+                &self.skill,
+                self.model.clone(),
+                &self.devices[i..i + 1],
+                self.precision,
+            )
+            .map_err(|e| RequestError {
+                kind: "backend",
+                message: e.to_string(),
+            })?;
             self.runners[i] = Some(r);
         }
-        self.runners[i].as_mut().ok_or_else(|| RequestError { kind: "internal", message: "runner missing".into() })
+        self.runners[i].as_mut().ok_or_else(|| RequestError {
+            kind: "internal",
+            message: "runner missing".into(),
+        })
     }
 
     /// Runs a batch on the home device; a whole-batch failure moves it to the
     /// next devices of the list, and finally to a fresh instance at home.
     fn run(&mut self, batch: Batch) {
         let requests: Vec<String> = batch.iter().map(|p| p.request.clone()).collect();
-        self.metrics.batch_size.with_label_values(&[&self.endpoint]).observe(requests.len() as f64);
+        self.metrics
+            .batch_size
+            .with_label_values(&[&self.endpoint])
+            .observe(requests.len() as f64);
         let mut order: Vec<usize> = (self.home..self.devices.len()).collect();
         order.push(self.home);
         let mut last_err = None;
@@ -146,7 +198,10 @@ impl Worker {
         for &i in &order {
             let attempt = self.runner(i).and_then(|r| r.try_handle(&requests));
             if let Some(from) = tried_from.take() {
-                self.metrics.fallbacks.with_label_values(&[&self.endpoint, &from, &self.devices[i].to_string()]).inc();
+                self.metrics
+                    .fallbacks
+                    .with_label_values(&[&self.endpoint, &from, &self.devices[i].to_string()])
+                    .inc();
             }
             match attempt {
                 Ok(a) => {
@@ -160,15 +215,29 @@ impl Worker {
             }
         }
         let answers = answers.unwrap_or_else(|| {
-            let e = last_err.unwrap_or(RequestError { kind: "internal", message: "no device ran the batch".into() });
+            let e = last_err.unwrap_or(RequestError {
+                kind: "internal",
+                message: "no device ran the batch".into(),
+            });
             vec![Err(e); requests.len()]
         });
         for (p, a) in batch.into_iter().zip(answers) {
             match &a {
-                Ok(o) => self.metrics.requests.with_label_values(&[&self.endpoint, &o.device]).inc(),
-                Err(e) => self.metrics.errors.with_label_values(&[&self.endpoint, e.kind]).inc(),
+                Ok(o) => self
+                    .metrics
+                    .requests
+                    .with_label_values(&[&self.endpoint, &o.device])
+                    .inc(),
+                Err(e) => self
+                    .metrics
+                    .errors
+                    .with_label_values(&[&self.endpoint, e.kind])
+                    .inc(),
             }
-            self.metrics.latency.with_label_values(&[&self.endpoint]).observe(p.enqueued.elapsed().as_secs_f64());
+            self.metrics
+                .latency
+                .with_label_values(&[&self.endpoint])
+                .observe(p.enqueued.elapsed().as_secs_f64());
             let _ = p.reply.send(a);
         }
     }

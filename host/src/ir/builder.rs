@@ -22,7 +22,12 @@ pub struct BuilderLimits {
 
 impl Default for BuilderLimits {
     fn default() -> Self {
-        BuilderLimits { max_nodes: 200_000, max_elements: 1 << 31, max_constant_bytes: 1 << 20, max_rank: 8 }
+        BuilderLimits {
+            max_nodes: 200_000,
+            max_elements: 1 << 31,
+            max_constant_bytes: 1 << 20,
+            max_rank: 8,
+        }
     }
 }
 
@@ -64,7 +69,11 @@ impl GraphBuilder {
     }
 
     fn err(&self, op: &str, message: impl Into<String>) -> GraphError {
-        GraphError::Invalid { graph: self.name.clone(), op: op.to_string(), message: message.into() }
+        GraphError::Invalid {
+            graph: self.name.clone(),
+            op: op.to_string(),
+            message: message.into(),
+        }
     }
 
     /// The node behind an id.
@@ -84,7 +93,14 @@ impl GraphBuilder {
             });
         }
         if shape.len() > self.limits.max_rank {
-            return Err(self.err(op.kind(), format!("rank {} exceeds the limit of {}", shape.len(), self.limits.max_rank)));
+            return Err(self.err(
+                op.kind(),
+                format!(
+                    "rank {} exceeds the limit of {}",
+                    shape.len(),
+                    self.limits.max_rank
+                ),
+            ));
         }
         let elements = fixed_elements(&shape);
         if elements > self.limits.max_elements as u128 {
@@ -100,7 +116,11 @@ impl GraphBuilder {
     }
 
     fn axis(&self, op: &str, axis: i32, rank: usize) -> Result<usize, GraphError> {
-        let a = if axis < 0 { axis as i64 + rank as i64 } else { axis as i64 };
+        let a = if axis < 0 {
+            axis as i64 + rank as i64
+        } else {
+            axis as i64
+        };
         if a < 0 || a >= rank as i64 {
             return Err(self.err(op, format!("axis {axis} is out of range for rank {rank}")));
         }
@@ -110,23 +130,44 @@ impl GraphBuilder {
     fn float(&self, op: &str, id: NodeId) -> Result<&Node, GraphError> {
         let n = self.get(id)?;
         if !n.dtype.is_float() {
-            return Err(self.err(op, format!("expected a floating-point operand, got {} (node {id})", n.dtype)));
+            return Err(self.err(
+                op,
+                format!(
+                    "expected a floating-point operand, got {} (node {id})",
+                    n.dtype
+                ),
+            ));
         }
         Ok(n)
     }
 
     fn same_dtype(&self, op: &str, a: &Node, b: &Node) -> Result<(), GraphError> {
         if a.dtype != b.dtype {
-            return Err(self.err(op, format!("operand dtypes differ: {} vs {} (cast one first)", a.dtype, b.dtype)));
+            return Err(self.err(
+                op,
+                format!(
+                    "operand dtypes differ: {} vs {} (cast one first)",
+                    a.dtype, b.dtype
+                ),
+            ));
         }
         Ok(())
     }
 
     pub fn input(&mut self, name: &str, dtype: DType, shape: Shape) -> R {
         if name.is_empty() || !self.names.insert(format!("in:{name}")) {
-            return Err(self.err("input", format!("input name `{name}` is empty or already used")));
+            return Err(self.err(
+                "input",
+                format!("input name `{name}` is empty or already used"),
+            ));
         }
-        let id = self.push(Op::Input { name: name.to_string() }, dtype, shape)?;
+        let id = self.push(
+            Op::Input {
+                name: name.to_string(),
+            },
+            dtype,
+            shape,
+        )?;
         self.inputs.push(id);
         Ok(id)
     }
@@ -134,10 +175,20 @@ impl GraphBuilder {
     /// A session-held tensor.
     pub fn state(&mut self, name: &str, dtype: DType, shape: Shape) -> R {
         if name.is_empty() || name.contains('.') || self.state_types.contains_key(name) {
-            return Err(self.err("state", format!("state name `{name}` is empty, contains '.', or is already used")));
+            return Err(self.err(
+                "state",
+                format!("state name `{name}` is empty, contains '.', or is already used"),
+            ));
         }
-        self.state_types.insert(name.to_string(), (dtype, shape.len()));
-        let id = self.push(Op::State { name: name.to_string() }, dtype, shape)?;
+        self.state_types
+            .insert(name.to_string(), (dtype, shape.len()));
+        let id = self.push(
+            Op::State {
+                name: name.to_string(),
+            },
+            dtype,
+            shape,
+        )?;
         self.inputs.push(id);
         Ok(id)
     }
@@ -149,8 +200,14 @@ impl GraphBuilder {
             return Err(self.err("update-state", format!("no state named `{name}`")));
         };
         if n.dtype != dtype || n.shape.len() != rank {
-            return Err(self.err("update-state", format!(
-                "state `{name}` is {dtype} of rank {rank}, got {} {}", n.dtype, shape_str(&n.shape))));
+            return Err(self.err(
+                "update-state",
+                format!(
+                    "state `{name}` is {dtype} of rank {rank}, got {} {}",
+                    n.dtype,
+                    shape_str(&n.shape)
+                ),
+            ));
         }
         if self.states.iter().any(|(s, _)| s == name) {
             return Err(self.err("update-state", format!("state `{name}` is already updated")));
@@ -163,7 +220,10 @@ impl GraphBuilder {
     pub fn gather(&mut self, x: NodeId, indices: NodeId, axis: i32) -> R {
         let (nx, ni) = (self.get(x)?.clone(), self.get(indices)?.clone());
         if !matches!(ni.dtype, DType::I64 | DType::I32) {
-            return Err(self.err("gather", format!("indices must be i64 or i32, got {}", ni.dtype)));
+            return Err(self.err(
+                "gather",
+                format!("indices must be i64 or i32, got {}", ni.dtype),
+            ));
         }
         let axis = self.axis("gather", axis, nx.shape.len())?;
         let mut shape = nx.shape[..axis].to_vec();
@@ -190,7 +250,11 @@ impl GraphBuilder {
     /// (values, indices) of the `k` largest along the last axis.
     pub fn top_k(&mut self, x: NodeId, k: u32) -> Result<(NodeId, NodeId), GraphError> {
         let n = self.get(x)?.clone();
-        let last = n.shape.last().cloned().ok_or_else(|| self.err("top-k", "x must have rank >= 1"))?;
+        let last = n
+            .shape
+            .last()
+            .cloned()
+            .ok_or_else(|| self.err("top-k", "x must have rank >= 1"))?;
         if k == 0 || last.fixed().is_some_and(|l| (k as u64) > l) {
             return Err(self.err("top-k", format!("k = {k} must be in 1..={last}")));
         }
@@ -213,7 +277,11 @@ impl GraphBuilder {
                 .take(3)
                 .collect();
             close.sort();
-            let hint = if close.is_empty() { String::new() } else { format!(" (similar: {close:?})") };
+            let hint = if close.is_empty() {
+                String::new()
+            } else {
+                format!(" (similar: {close:?})")
+            };
             return Err(GraphError::UnknownWeight {
                 graph: self.name.clone(),
                 name: name.to_string(),
@@ -221,7 +289,13 @@ impl GraphBuilder {
                 hint,
             });
         };
-        let id = self.push(Op::Weight { name: name.to_string() }, dtype, shape.into_iter().map(Dim::Fixed).collect())?;
+        let id = self.push(
+            Op::Weight {
+                name: name.to_string(),
+            },
+            dtype,
+            shape.into_iter().map(Dim::Fixed).collect(),
+        )?;
         self.weight_nodes.insert(name.to_string(), id);
         Ok(id)
     }
@@ -230,14 +304,27 @@ impl GraphBuilder {
         if c.bytes.len() > self.limits.max_constant_bytes {
             return Err(self.err(
                 "constant",
-                format!("{} bytes exceed the limit of {} (use a weight)", c.bytes.len(), self.limits.max_constant_bytes),
+                format!(
+                    "{} bytes exceed the limit of {} (use a weight)",
+                    c.bytes.len(),
+                    self.limits.max_constant_bytes
+                ),
             ));
         }
-        let count = c.shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
+        let count = c
+            .shape
+            .iter()
+            .fold(1u128, |a, &d| a.saturating_mul(d as u128));
         if count.saturating_mul(c.dtype.size() as u128) != c.bytes.len() as u128 {
             return Err(self.err(
                 "constant",
-                format!("shape {:?} of {} needs {} bytes, got {}", c.shape, c.dtype, count * c.dtype.size() as u128, c.bytes.len()),
+                format!(
+                    "shape {:?} of {} needs {} bytes, got {}",
+                    c.shape,
+                    c.dtype,
+                    count * c.dtype.size() as u128,
+                    c.bytes.len()
+                ),
             ));
         }
         let (dtype, shape) = (c.dtype, c.shape.iter().map(|&d| Dim::Fixed(d)).collect());
@@ -254,7 +341,11 @@ impl GraphBuilder {
             DType::U8 => vec![value as u8],
             DType::Bool => vec![(value != 0.0) as u8],
         };
-        self.constant(ConstData { dtype, shape: vec![], bytes })
+        self.constant(ConstData {
+            dtype,
+            shape: vec![],
+            bytes,
+        })
     }
 
     pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> R {
@@ -290,16 +381,26 @@ impl GraphBuilder {
     pub fn and(&mut self, a: NodeId, b: NodeId) -> R {
         let (na, nb) = (self.get(a)?.clone(), self.get(b)?.clone());
         if na.dtype != DType::Bool || nb.dtype != DType::Bool {
-            return Err(self.err("logical-and", format!("expected bool operands, got {} and {}", na.dtype, nb.dtype)));
+            return Err(self.err(
+                "logical-and",
+                format!("expected bool operands, got {} and {}", na.dtype, nb.dtype),
+            ));
         }
         let shape = broadcast(&na.shape, &nb.shape).map_err(|m| self.err("logical-and", m))?;
         self.push(Op::And(a, b), DType::Bool, shape)
     }
 
     pub fn select(&mut self, cond: NodeId, a: NodeId, b: NodeId) -> R {
-        let (nc, na, nb) = (self.get(cond)?.clone(), self.get(a)?.clone(), self.get(b)?.clone());
+        let (nc, na, nb) = (
+            self.get(cond)?.clone(),
+            self.get(a)?.clone(),
+            self.get(b)?.clone(),
+        );
         if nc.dtype != DType::Bool {
-            return Err(self.err("select", format!("condition must be bool, got {}", nc.dtype)));
+            return Err(self.err(
+                "select",
+                format!("condition must be bool, got {}", nc.dtype),
+            ));
         }
         self.same_dtype("select", &na, &nb)?;
         let s = broadcast(&na.shape, &nb.shape).map_err(|m| self.err("select", m))?;
@@ -313,43 +414,79 @@ impl GraphBuilder {
     }
 
     pub fn matmul(&mut self, a: NodeId, b: NodeId) -> R {
-        let (na, nb) = (self.float("matmul", a)?.clone(), self.float("matmul", b)?.clone());
+        let (na, nb) = (
+            self.float("matmul", a)?.clone(),
+            self.float("matmul", b)?.clone(),
+        );
         self.same_dtype("matmul", &na, &nb)?;
         if na.shape.len() < 2 || nb.shape.len() < 2 {
-            return Err(self.err("matmul", format!(
-                "operands need rank >= 2, got {} and {}", shape_str(&na.shape), shape_str(&nb.shape))));
+            return Err(self.err(
+                "matmul",
+                format!(
+                    "operands need rank >= 2, got {} and {}",
+                    shape_str(&na.shape),
+                    shape_str(&nb.shape)
+                ),
+            ));
         }
         let (ra, rb) = (na.shape.len(), nb.shape.len());
         if !same_dim(&na.shape[ra - 1], &nb.shape[rb - 2]) {
-            return Err(self.err("matmul", format!(
-                "inner axes differ: {} x {}", shape_str(&na.shape), shape_str(&nb.shape))));
+            return Err(self.err(
+                "matmul",
+                format!(
+                    "inner axes differ: {} x {}",
+                    shape_str(&na.shape),
+                    shape_str(&nb.shape)
+                ),
+            ));
         }
-        let mut shape = broadcast(&na.shape[..ra - 2], &nb.shape[..rb - 2]).map_err(|m| self.err("matmul", m))?;
+        let mut shape = broadcast(&na.shape[..ra - 2], &nb.shape[..rb - 2])
+            .map_err(|m| self.err("matmul", m))?;
         shape.push(na.shape[ra - 2].clone());
         shape.push(nb.shape[rb - 1].clone());
         self.push(Op::MatMul(a, b), na.dtype, shape)
     }
 
     pub fn linear(&mut self, x: NodeId, weight: NodeId, bias: Option<NodeId>) -> R {
-        let (nx, nw) = (self.float("linear", x)?.clone(), self.float("linear", weight)?.clone());
+        let (nx, nw) = (
+            self.float("linear", x)?.clone(),
+            self.float("linear", weight)?.clone(),
+        );
         self.same_dtype("linear", &nx, &nw)?;
         if nw.shape.len() != 2 || nx.shape.is_empty() {
-            return Err(self.err("linear", format!(
-                "expected weight [out, in] and x [..., in], got weight {} and x {}",
-                shape_str(&nw.shape), shape_str(&nx.shape))));
+            return Err(self.err(
+                "linear",
+                format!(
+                    "expected weight [out, in] and x [..., in], got weight {} and x {}",
+                    shape_str(&nw.shape),
+                    shape_str(&nx.shape)
+                ),
+            ));
         }
         let last = &nx.shape[nx.shape.len() - 1];
         if !same_dim(last, &nw.shape[1]) {
-            return Err(self.err("linear", format!(
-                "x {} has {last} input features, weight {} expects {}",
-                shape_str(&nx.shape), shape_str(&nw.shape), nw.shape[1])));
+            return Err(self.err(
+                "linear",
+                format!(
+                    "x {} has {last} input features, weight {} expects {}",
+                    shape_str(&nx.shape),
+                    shape_str(&nw.shape),
+                    nw.shape[1]
+                ),
+            ));
         }
         if let Some(b) = bias {
             let nb = self.get(b)?.clone();
             self.same_dtype("linear", &nx, &nb)?;
             if nb.shape.len() != 1 || !same_dim(&nb.shape[0], &nw.shape[0]) {
-                return Err(self.err("linear", format!(
-                    "bias must be [{}], got {}", nw.shape[0], shape_str(&nb.shape))));
+                return Err(self.err(
+                    "linear",
+                    format!(
+                        "bias must be [{}], got {}",
+                        nw.shape[0],
+                        shape_str(&nb.shape)
+                    ),
+                ));
             }
         }
         let mut shape = nx.shape.clone();
@@ -360,9 +497,15 @@ impl GraphBuilder {
     fn norm_param(&self, op: &str, x: &Node, p: NodeId) -> Result<(), GraphError> {
         let np = self.get(p)?;
         self.same_dtype(op, x, np)?;
-        let last = x.shape.last().ok_or_else(|| self.err(op, "x must have rank >= 1"))?;
+        let last = x
+            .shape
+            .last()
+            .ok_or_else(|| self.err(op, "x must have rank >= 1"))?;
         if np.shape.len() != 1 || !same_dim(&np.shape[0], last) {
-            return Err(self.err(op, format!("parameter must be [{last}], got {}", shape_str(&np.shape))));
+            return Err(self.err(
+                op,
+                format!("parameter must be [{last}], got {}", shape_str(&np.shape)),
+            ));
         }
         Ok(())
     }
@@ -374,18 +517,41 @@ impl GraphBuilder {
             self.norm_param("layer-norm", &nx, b)?;
         }
         if !(eps.is_finite() && eps >= 0.0) {
-            return Err(self.err("layer-norm", format!("epsilon must be finite and >= 0, got {eps}")));
+            return Err(self.err(
+                "layer-norm",
+                format!("epsilon must be finite and >= 0, got {eps}"),
+            ));
         }
-        self.push(Op::LayerNorm { x, scale, bias, eps_bits: eps.to_bits() }, nx.dtype, nx.shape)
+        self.push(
+            Op::LayerNorm {
+                x,
+                scale,
+                bias,
+                eps_bits: eps.to_bits(),
+            },
+            nx.dtype,
+            nx.shape,
+        )
     }
 
     pub fn rms_norm(&mut self, x: NodeId, scale: NodeId, eps: f32) -> R {
         let nx = self.float("rms-norm", x)?.clone();
         self.norm_param("rms-norm", &nx, scale)?;
         if !(eps.is_finite() && eps >= 0.0) {
-            return Err(self.err("rms-norm", format!("epsilon must be finite and >= 0, got {eps}")));
+            return Err(self.err(
+                "rms-norm",
+                format!("epsilon must be finite and >= 0, got {eps}"),
+            ));
         }
-        self.push(Op::RmsNorm { x, scale, eps_bits: eps.to_bits() }, nx.dtype, nx.shape)
+        self.push(
+            Op::RmsNorm {
+                x,
+                scale,
+                eps_bits: eps.to_bits(),
+            },
+            nx.dtype,
+            nx.shape,
+        )
     }
 
     pub fn softmax(&mut self, x: NodeId, axis: i32) -> R {
@@ -394,7 +560,15 @@ impl GraphBuilder {
         self.push(Op::Softmax { x, axis }, n.dtype, n.shape)
     }
 
-    pub fn attention(&mut self, q: NodeId, k: NodeId, v: NodeId, mask: Option<NodeId>, causal: bool, scale: Option<f32>) -> R {
+    pub fn attention(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        mask: Option<NodeId>,
+        causal: bool,
+        scale: Option<f32>,
+    ) -> R {
         let (nq, nk, nv) = (
             self.float("attention", q)?.clone(),
             self.float("attention", k)?.clone(),
@@ -403,33 +577,70 @@ impl GraphBuilder {
         self.same_dtype("attention", &nq, &nk)?;
         self.same_dtype("attention", &nq, &nv)?;
         if nq.shape.len() != 4 || nk.shape.len() != 4 || nv.shape.len() != 4 {
-            return Err(self.err("attention", format!(
-                "q, k, v must be [batch, heads, seq, head_dim], got {} {} {}",
-                shape_str(&nq.shape), shape_str(&nk.shape), shape_str(&nv.shape))));
+            return Err(self.err(
+                "attention",
+                format!(
+                    "q, k, v must be [batch, heads, seq, head_dim], got {} {} {}",
+                    shape_str(&nq.shape),
+                    shape_str(&nk.shape),
+                    shape_str(&nv.shape)
+                ),
+            ));
         }
-        if !same_dim(&nq.shape[3], &nk.shape[3]) || !same_dim(&nk.shape[2], &nv.shape[2]) || !same_dim(&nk.shape[1], &nv.shape[1]) {
-            return Err(self.err("attention", format!(
-                "head_dim/seq_k/kv_heads of q {} k {} v {} disagree",
-                shape_str(&nq.shape), shape_str(&nk.shape), shape_str(&nv.shape))));
+        if !same_dim(&nq.shape[3], &nk.shape[3])
+            || !same_dim(&nk.shape[2], &nv.shape[2])
+            || !same_dim(&nk.shape[1], &nv.shape[1])
+        {
+            return Err(self.err(
+                "attention",
+                format!(
+                    "head_dim/seq_k/kv_heads of q {} k {} v {} disagree",
+                    shape_str(&nq.shape),
+                    shape_str(&nk.shape),
+                    shape_str(&nv.shape)
+                ),
+            ));
         }
         match (nq.shape[1].fixed(), nk.shape[1].fixed()) {
             (Some(h), Some(kv)) if kv > 0 && h % kv == 0 => {}
             _ => {
-                return Err(self.err("attention", format!(
-                    "heads ({}) must be a fixed multiple of kv_heads ({})", nq.shape[1], nk.shape[1])))
+                return Err(self.err(
+                    "attention",
+                    format!(
+                        "heads ({}) must be a fixed multiple of kv_heads ({})",
+                        nq.shape[1], nk.shape[1]
+                    ),
+                ))
             }
         }
-        let head_dim = nq.shape[3].fixed().ok_or_else(|| self.err("attention", "head_dim must be fixed"))?;
+        let head_dim = nq.shape[3]
+            .fixed()
+            .ok_or_else(|| self.err("attention", "head_dim must be fixed"))?;
         if let Some(m) = mask {
             let nm = self.get(m)?.clone();
             if nm.dtype != DType::Bool && nm.dtype != nq.dtype {
-                return Err(self.err("attention", format!("mask must be bool or {}, got {}", nq.dtype, nm.dtype)));
+                return Err(self.err(
+                    "attention",
+                    format!("mask must be bool or {}, got {}", nq.dtype, nm.dtype),
+                ));
             }
-            let scores = vec![nq.shape[0].clone(), nq.shape[1].clone(), nq.shape[2].clone(), nk.shape[2].clone()];
-            let b = broadcast(&nm.shape, &scores).map_err(|e| self.err("attention", format!("mask: {e}")))?;
+            let scores = vec![
+                nq.shape[0].clone(),
+                nq.shape[1].clone(),
+                nq.shape[2].clone(),
+                nk.shape[2].clone(),
+            ];
+            let b = broadcast(&nm.shape, &scores)
+                .map_err(|e| self.err("attention", format!("mask: {e}")))?;
             if b.len() != 4 || !b.iter().zip(&scores).all(|(x, y)| same_dim(x, y)) {
-                return Err(self.err("attention", format!(
-                    "mask {} does not broadcast to scores {}", shape_str(&nm.shape), shape_str(&scores))));
+                return Err(self.err(
+                    "attention",
+                    format!(
+                        "mask {} does not broadcast to scores {}",
+                        shape_str(&nm.shape),
+                        shape_str(&scores)
+                    ),
+                ));
             }
         }
         let scale = scale.unwrap_or(1.0 / (head_dim.max(1) as f32).sqrt());
@@ -438,16 +649,33 @@ impl GraphBuilder {
         }
         let mut shape = nq.shape.clone();
         shape[3] = nv.shape[3].clone();
-        self.push(Op::Attention { q, k, v, mask, causal, scale_bits: scale.to_bits() }, nq.dtype, shape)
+        self.push(
+            Op::Attention {
+                q,
+                k,
+                v,
+                mask,
+                causal,
+                scale_bits: scale.to_bits(),
+            },
+            nq.dtype,
+            shape,
+        )
     }
 
     pub fn embedding(&mut self, table: NodeId, ids: NodeId) -> R {
         let (nt, ni) = (self.get(table)?.clone(), self.get(ids)?.clone());
         if nt.shape.len() != 2 {
-            return Err(self.err("embedding", format!("table must be [vocab, width], got {}", shape_str(&nt.shape))));
+            return Err(self.err(
+                "embedding",
+                format!("table must be [vocab, width], got {}", shape_str(&nt.shape)),
+            ));
         }
         if !matches!(ni.dtype, DType::I64 | DType::I32) {
-            return Err(self.err("embedding", format!("ids must be i64 or i32, got {}", ni.dtype)));
+            return Err(self.err(
+                "embedding",
+                format!("ids must be i64 or i32, got {}", ni.dtype),
+            ));
         }
         let mut shape = ni.shape.clone();
         shape.push(nt.shape[1].clone());
@@ -464,9 +692,14 @@ impl GraphBuilder {
         let n = self.get(x)?.clone();
         let mut seen = vec![false; n.shape.len()];
         let ok = perm.len() == n.shape.len()
-            && perm.iter().all(|&p| (p as usize) < seen.len() && !std::mem::replace(&mut seen[p as usize], true));
+            && perm.iter().all(|&p| {
+                (p as usize) < seen.len() && !std::mem::replace(&mut seen[p as usize], true)
+            });
         if !ok {
-            return Err(self.err("permute", format!("{perm:?} is not a permutation of {} axes", n.shape.len())));
+            return Err(self.err(
+                "permute",
+                format!("{perm:?} is not a permutation of {} axes", n.shape.len()),
+            ));
         }
         let perm: Vec<usize> = perm.into_iter().map(|p| p as usize).collect();
         let shape = perm.iter().map(|&p| n.shape[p].clone()).collect();
@@ -477,7 +710,10 @@ impl GraphBuilder {
         let n = self.get(x)?.clone();
         let axis = self.axis("slice", axis, n.shape.len())?;
         if start < 0 || end < start {
-            return Err(self.err("slice", format!("need 0 <= start <= end, got {start}..{end}")));
+            return Err(self.err(
+                "slice",
+                format!("need 0 <= start <= end, got {start}..{end}"),
+            ));
         }
         let mut shape = n.shape.clone();
         shape[axis] = match &n.shape[axis] {
@@ -488,21 +724,45 @@ impl GraphBuilder {
                 Dim::Fixed((end - start) as u64)
             }
         };
-        self.push(Op::Slice { x, axis, start, end }, n.dtype, shape)
+        self.push(
+            Op::Slice {
+                x,
+                axis,
+                start,
+                end,
+            },
+            n.dtype,
+            shape,
+        )
     }
 
     pub fn concat(&mut self, xs: Vec<NodeId>, axis: i32) -> R {
-        let first = self.get(*xs.first().ok_or_else(|| self.err("concat", "needs at least one operand"))?)?.clone();
+        let first = self
+            .get(
+                *xs.first()
+                    .ok_or_else(|| self.err("concat", "needs at least one operand"))?,
+            )?
+            .clone();
         let axis = self.axis("concat", axis, first.shape.len())?;
         let mut total: Vec<Dim> = Vec::new();
         for &x in &xs {
             let n = self.get(x)?;
             self.same_dtype("concat", &first, n)?;
             let same_rest = n.shape.len() == first.shape.len()
-                && n.shape.iter().zip(&first.shape).enumerate().all(|(i, (a, b))| i == axis || same_dim(a, b));
+                && n.shape
+                    .iter()
+                    .zip(&first.shape)
+                    .enumerate()
+                    .all(|(i, (a, b))| i == axis || same_dim(a, b));
             if !same_rest {
-                return Err(self.err("concat", format!(
-                    "{} and {} differ outside axis {axis}", shape_str(&first.shape), shape_str(&n.shape))));
+                return Err(self.err(
+                    "concat",
+                    format!(
+                        "{} and {} differ outside axis {axis}",
+                        shape_str(&first.shape),
+                        shape_str(&n.shape)
+                    ),
+                ));
             }
             total.push(n.shape[axis].clone());
         }
@@ -523,7 +783,10 @@ impl GraphBuilder {
         let n = self.get(x)?.clone();
         let axis = self.axis("squeeze", axis, n.shape.len())?;
         if n.shape[axis] != Dim::Fixed(1) {
-            return Err(self.err("squeeze", format!("axis {axis} of {} is not 1", shape_str(&n.shape))));
+            return Err(self.err(
+                "squeeze",
+                format!("axis {axis} of {} is not 1", shape_str(&n.shape)),
+            ));
         }
         let mut shape = n.shape.clone();
         shape.remove(axis);
@@ -534,8 +797,14 @@ impl GraphBuilder {
         let n = self.get(x)?.clone();
         let shape = broadcast(&n.shape, &target).map_err(|m| self.err("expand", m))?;
         if shape.len() != target.len() || !shape.iter().zip(&target).all(|(a, b)| same_dim(a, b)) {
-            return Err(self.err("expand", format!(
-                "{} does not expand to {}", shape_str(&n.shape), shape_str(&target))));
+            return Err(self.err(
+                "expand",
+                format!(
+                    "{} does not expand to {}",
+                    shape_str(&n.shape),
+                    shape_str(&target)
+                ),
+            ));
         }
         self.push(Op::Expand { x, shape: target }, n.dtype, shape)
     }
@@ -545,7 +814,10 @@ impl GraphBuilder {
         if n.dtype == DType::Bool {
             return Err(self.err("reduce", "does not accept bool (cast first)"));
         }
-        let mut ax: Vec<usize> = axes.iter().map(|&a| self.axis("reduce", a, n.shape.len())).collect::<Result<_, _>>()?;
+        let mut ax: Vec<usize> = axes
+            .iter()
+            .map(|&a| self.axis("reduce", a, n.shape.len()))
+            .collect::<Result<_, _>>()?;
         ax.sort_unstable();
         ax.dedup();
         if ax.is_empty() {
@@ -561,19 +833,39 @@ impl GraphBuilder {
                 (true, false) => None,
             })
             .collect();
-        self.push(Op::Reduce { op, x, axes: ax, keep_dims }, n.dtype, shape)
+        self.push(
+            Op::Reduce {
+                op,
+                x,
+                axes: ax,
+                keep_dims,
+            },
+            n.dtype,
+            shape,
+        )
     }
 
     pub fn l2_normalize(&mut self, x: NodeId, axis: i32, eps: f32) -> R {
         let n = self.float("l2-normalize", x)?.clone();
         let axis = self.axis("l2-normalize", axis, n.shape.len())?;
-        self.push(Op::L2Normalize { x, axis, eps_bits: eps.to_bits() }, n.dtype, n.shape)
+        self.push(
+            Op::L2Normalize {
+                x,
+                axis,
+                eps_bits: eps.to_bits(),
+            },
+            n.dtype,
+            n.shape,
+        )
     }
 
     pub fn output(&mut self, name: &str, x: NodeId) -> Result<(), GraphError> {
         self.get(x)?;
         if name.is_empty() || !self.names.insert(format!("out:{name}")) {
-            return Err(self.err("output", format!("output name `{name}` is empty or already used")));
+            return Err(self.err(
+                "output",
+                format!("output name `{name}` is empty or already used"),
+            ));
         }
         self.outputs.push((name.to_string(), x));
         Ok(())
@@ -583,7 +875,10 @@ impl GraphBuilder {
     /// shadowed by output names.
     pub fn finish(self) -> Result<Graph, GraphError> {
         if self.outputs.is_empty() {
-            return Err(GraphError::Structure { graph: self.name, message: "a graph needs at least one output".into() });
+            return Err(GraphError::Structure {
+                graph: self.name,
+                message: "a graph needs at least one output".into(),
+            });
         }
         Ok(Graph {
             name: self.name,
@@ -610,20 +905,30 @@ mod tests {
     #[test]
     fn linear_infers_and_checks() {
         let mut g = builder();
-        let x = g.input("x", DType::F32, vec![Dim::Sym("b".into()), Dim::Fixed(4)]).unwrap();
+        let x = g
+            .input("x", DType::F32, vec![Dim::Sym("b".into()), Dim::Fixed(4)])
+            .unwrap();
         let (w, b) = (g.weight("w").unwrap(), g.weight("b").unwrap());
         let y = g.linear(x, w, Some(b)).unwrap();
-        assert_eq!(g.get(y).unwrap().shape, vec![Dim::Sym("b".into()), Dim::Fixed(8)]);
+        assert_eq!(
+            g.get(y).unwrap().shape,
+            vec![Dim::Sym("b".into()), Dim::Fixed(8)]
+        );
         let bad = g.linear(y, w, None).unwrap_err();
         assert!(bad.to_string().contains("input features"), "{bad}");
-        assert!(matches!(g.weight("nope"), Err(GraphError::UnknownWeight { .. })));
+        assert!(matches!(
+            g.weight("nope"),
+            Err(GraphError::UnknownWeight { .. })
+        ));
     }
 
     #[test]
     fn huge_tensor_is_rejected_before_allocation() {
         let mut g = builder();
         let x = g.input("x", DType::F32, vec![Dim::Fixed(1)]).unwrap();
-        let e = g.expand(x, vec![Dim::Fixed(1_000_000), Dim::Fixed(1_000_000)]).unwrap_err();
+        let e = g
+            .expand(x, vec![Dim::Fixed(1_000_000), Dim::Fixed(1_000_000)])
+            .unwrap_err();
         assert!(matches!(e, GraphError::TooLarge { .. }), "{e}");
     }
 
@@ -632,7 +937,11 @@ mod tests {
         let mut g = builder();
         let x = g.input("x", DType::F32, vec![Dim::Fixed(2)]).unwrap();
         let i = g.input("i", DType::I64, vec![Dim::Fixed(2)]).unwrap();
-        assert!(g.binary(BinaryOp::Add, x, i).unwrap_err().to_string().contains("dtypes differ"));
+        assert!(g
+            .binary(BinaryOp::Add, x, i)
+            .unwrap_err()
+            .to_string()
+            .contains("dtypes differ"));
         assert!(g.softmax(x, 3).is_err());
         assert!(g.permute(x, vec![0, 0]).is_err());
         assert!(matches!(g.get(999), Err(GraphError::UnknownNode { .. })));

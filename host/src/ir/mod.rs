@@ -182,39 +182,121 @@ pub struct ConstData {
 /// An operation. Operands are [`NodeId`]s of earlier nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Op {
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A session-held tensor (see [`Graph::states`]).
-    State { name: String },
-    Weight { name: String },
+    State {
+        name: String,
+    },
+    Weight {
+        name: String,
+    },
     Constant(ConstData),
     Unary(UnaryOp, NodeId),
     Binary(BinaryOp, NodeId, NodeId),
     Compare(CompareOp, NodeId, NodeId),
     And(NodeId, NodeId),
-    Select { cond: NodeId, a: NodeId, b: NodeId },
+    Select {
+        cond: NodeId,
+        a: NodeId,
+        b: NodeId,
+    },
     Cast(NodeId, DType),
     MatMul(NodeId, NodeId),
-    Linear { x: NodeId, weight: NodeId, bias: Option<NodeId> },
-    LayerNorm { x: NodeId, scale: NodeId, bias: Option<NodeId>, eps_bits: u32 },
-    RmsNorm { x: NodeId, scale: NodeId, eps_bits: u32 },
-    Softmax { x: NodeId, axis: usize },
-    Attention { q: NodeId, k: NodeId, v: NodeId, mask: Option<NodeId>, causal: bool, scale_bits: u32 },
-    Embedding { table: NodeId, ids: NodeId },
-    Reshape { x: NodeId, shape: Vec<i64> },
-    Permute { x: NodeId, perm: Vec<usize> },
-    Slice { x: NodeId, axis: usize, start: i64, end: i64 },
-    Concat { xs: Vec<NodeId>, axis: usize },
-    Unsqueeze { x: NodeId, axis: usize },
-    Squeeze { x: NodeId, axis: usize },
-    Expand { x: NodeId, shape: Shape },
-    Reduce { op: ReduceOp, x: NodeId, axes: Vec<usize>, keep_dims: bool },
-    L2Normalize { x: NodeId, axis: usize, eps_bits: u32 },
-    Gather { x: NodeId, indices: NodeId, axis: usize },
-    ArgMax { x: NodeId, axis: usize, keep_dims: bool },
+    Linear {
+        x: NodeId,
+        weight: NodeId,
+        bias: Option<NodeId>,
+    },
+    LayerNorm {
+        x: NodeId,
+        scale: NodeId,
+        bias: Option<NodeId>,
+        eps_bits: u32,
+    },
+    RmsNorm {
+        x: NodeId,
+        scale: NodeId,
+        eps_bits: u32,
+    },
+    Softmax {
+        x: NodeId,
+        axis: usize,
+    },
+    Attention {
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        mask: Option<NodeId>,
+        causal: bool,
+        scale_bits: u32,
+    },
+    Embedding {
+        table: NodeId,
+        ids: NodeId,
+    },
+    Reshape {
+        x: NodeId,
+        shape: Vec<i64>,
+    },
+    Permute {
+        x: NodeId,
+        perm: Vec<usize>,
+    },
+    Slice {
+        x: NodeId,
+        axis: usize,
+        start: i64,
+        end: i64,
+    },
+    Concat {
+        xs: Vec<NodeId>,
+        axis: usize,
+    },
+    Unsqueeze {
+        x: NodeId,
+        axis: usize,
+    },
+    Squeeze {
+        x: NodeId,
+        axis: usize,
+    },
+    Expand {
+        x: NodeId,
+        shape: Shape,
+    },
+    Reduce {
+        op: ReduceOp,
+        x: NodeId,
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    L2Normalize {
+        x: NodeId,
+        axis: usize,
+        eps_bits: u32,
+    },
+    Gather {
+        x: NodeId,
+        indices: NodeId,
+        axis: usize,
+    },
+    ArgMax {
+        x: NodeId,
+        axis: usize,
+        keep_dims: bool,
+    },
     /// The values of a top-k along the last axis.
-    TopKValues { x: NodeId, k: u32 },
+    TopKValues {
+        x: NodeId,
+        k: u32,
+    },
     /// The indices of a top-k along the last axis.
-    TopKIndices { x: NodeId, k: u32 },
+    TopKIndices {
+        x: NodeId,
+        k: u32,
+    },
 }
 
 impl Op {
@@ -316,13 +398,31 @@ impl Graph {
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum GraphError {
     #[error("graph `{graph}`: {op}: {message}")]
-    Invalid { graph: String, op: String, message: String },
+    Invalid {
+        graph: String,
+        op: String,
+        message: String,
+    },
     #[error("graph `{graph}`: unknown node id {id} (the builder has {count} nodes)")]
-    UnknownNode { graph: String, id: u32, count: usize },
+    UnknownNode {
+        graph: String,
+        id: u32,
+        count: usize,
+    },
     #[error("graph `{graph}`: unknown weight `{name}`; the model has {available} weights{hint}")]
-    UnknownWeight { graph: String, name: String, available: usize, hint: String },
+    UnknownWeight {
+        graph: String,
+        name: String,
+        available: usize,
+        hint: String,
+    },
     #[error("graph `{graph}`: {what} would hold {elements} elements, over the limit of {limit}")]
-    TooLarge { graph: String, what: String, elements: u128, limit: u64 },
+    TooLarge {
+        graph: String,
+        what: String,
+        elements: u128,
+        limit: u64,
+    },
     #[error("graph `{graph}`: {message}")]
     Structure { graph: String, message: String },
     #[error("graph run: {0}")]

@@ -15,7 +15,11 @@ struct Factors {
 
 impl Factors {
     fn one() -> Self {
-        Factors { syms: Vec::new(), num: 1, den: 1 }
+        Factors {
+            syms: Vec::new(),
+            num: 1,
+            den: 1,
+        }
     }
 
     fn push(&mut self, d: &Dim) {
@@ -60,7 +64,10 @@ impl Factors {
         if self.num != 1 {
             num.push(Dim::Fixed(self.num.min(u64::MAX as u128) as u64));
         }
-        Dim::Expr(Box::new(DimExpr { num, den: self.den.min(u64::MAX as u128) as u64 }))
+        Dim::Expr(Box::new(DimExpr {
+            num,
+            den: self.den.min(u64::MAX as u128) as u64,
+        }))
     }
 }
 
@@ -84,8 +91,16 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Shape, String> {
     let n = a.len().max(b.len());
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let da = if i + a.len() >= n { Some(&a[i + a.len() - n]) } else { None };
-        let db = if i + b.len() >= n { Some(&b[i + b.len() - n]) } else { None };
+        let da = if i + a.len() >= n {
+            Some(&a[i + a.len() - n])
+        } else {
+            None
+        };
+        let db = if i + b.len() >= n {
+            Some(&b[i + b.len() - n])
+        } else {
+            None
+        };
         let d = match (da, db) {
             (Some(x), None) | (None, Some(x)) => x.clone(),
             (Some(x), Some(y)) => {
@@ -115,9 +130,12 @@ pub fn reshape(input: &[Dim], spec: &[i64]) -> Result<Shape, String> {
     for (i, &s) in spec.iter().enumerate() {
         match s {
             0 => {
-                let d = input
-                    .get(i)
-                    .ok_or_else(|| format!("0 at index {i} copies an axis the input (rank {}) lacks", input.len()))?;
+                let d = input.get(i).ok_or_else(|| {
+                    format!(
+                        "0 at index {i} copies an axis the input (rank {}) lacks",
+                        input.len()
+                    )
+                })?;
                 out.push(Some(d.clone()));
             }
             -1 => {
@@ -221,17 +239,18 @@ pub fn eval_dim(d: &Dim, b: &Bindings) -> Result<u64, GraphError> {
             }
             Ok(total)
         }
-        Dim::Sym(s) => b
-            .get(s)
-            .copied()
-            .ok_or_else(|| GraphError::Binding(format!("symbolic axis `{s}` is not bound by any input"))),
+        Dim::Sym(s) => b.get(s).copied().ok_or_else(|| {
+            GraphError::Binding(format!("symbolic axis `{s}` is not bound by any input"))
+        }),
         Dim::Expr(e) => {
             let mut p: u128 = 1;
             for x in &e.num {
                 p = p.saturating_mul(eval_dim(x, b)? as u128);
             }
-            if e.den == 0 || p % e.den as u128 != 0 {
-                return Err(GraphError::Binding(format!("axis {d} is not a whole number for this input")));
+            if e.den == 0 || !p.is_multiple_of(e.den as u128) {
+                return Err(GraphError::Binding(format!(
+                    "axis {d} is not a whole number for this input"
+                )));
             }
             Ok((p / e.den as u128).min(u64::MAX as u128) as u64)
         }
@@ -249,7 +268,10 @@ pub fn check_sizes(g: &Graph, b: &Bindings, limit: u64) -> Result<u64, GraphErro
     for (d, min) in &g.min_lengths {
         let got = eval_dim(d, b)?;
         if got < *min {
-            return Err(GraphError::Binding(format!("axis {d} is {got} long; graph `{}` slices it up to {min}", g.name)));
+            return Err(GraphError::Binding(format!(
+                "axis {d} is {got} long; graph `{}` slices it up to {min}",
+                g.name
+            )));
         }
     }
     let mut largest = 0u64;
@@ -281,7 +303,10 @@ mod tests {
     fn broadcasts_symbolic_and_ones() {
         let a = vec![sym("b"), Dim::Fixed(1), sym("s")];
         let b = vec![Dim::Fixed(4), Dim::Fixed(1)];
-        assert_eq!(broadcast(&a, &b).unwrap(), vec![sym("b"), Dim::Fixed(4), sym("s")]);
+        assert_eq!(
+            broadcast(&a, &b).unwrap(),
+            vec![sym("b"), Dim::Fixed(4), sym("s")]
+        );
         assert!(broadcast(&[sym("b")], &[sym("c")]).is_err());
         assert!(broadcast(&[Dim::Fixed(3)], &[Dim::Fixed(4)]).is_err());
     }
@@ -290,7 +315,10 @@ mod tests {
     fn reshape_infers_over_symbols() {
         let x = vec![sym("b"), sym("s"), Dim::Fixed(384)];
         let heads = reshape(&x, &[0, 0, 12, -1]).unwrap();
-        assert_eq!(heads, vec![sym("b"), sym("s"), Dim::Fixed(12), Dim::Fixed(32)]);
+        assert_eq!(
+            heads,
+            vec![sym("b"), sym("s"), Dim::Fixed(12), Dim::Fixed(32)]
+        );
         let back = reshape(&heads, &[0, 0, -1]).unwrap();
         assert_eq!(back, vec![sym("b"), sym("s"), Dim::Fixed(384)]);
         let flat = reshape(&x, &[-1, 384]).unwrap();

@@ -18,13 +18,19 @@ const FILES: &[&str] = &[
 ];
 
 fn offline() -> bool {
-    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").as_deref(),
+        Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
+    )
 }
 
 /// Returns the snapshot directory of `id`, downloading what is missing
 /// unless offline.
 pub(super) fn fetch(id: &str) -> Result<PathBuf, ModelError> {
-    let err = |message: String| ModelError::Hub { model: id.to_string(), message };
+    let err = |message: String| ModelError::Hub {
+        model: id.to_string(),
+        message,
+    };
     if offline() {
         let repo = hf_hub::Cache::from_env().model(id.to_string());
         let config = repo.get("config.json").ok_or_else(|| {
@@ -33,7 +39,10 @@ pub(super) fn fetch(id: &str) -> Result<PathBuf, ModelError> {
                 hf_hub::Cache::from_env().path().display()
             ))
         })?;
-        return config.parent().map(|p| p.to_path_buf()).ok_or_else(|| err("bad cache layout".into()));
+        return config
+            .parent()
+            .map(|p| p.to_path_buf())
+            .ok_or_else(|| err("bad cache layout".into()));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
@@ -52,15 +61,24 @@ pub(super) fn fetch(id: &str) -> Result<PathBuf, ModelError> {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         let mut shards: Vec<String> = v["weight_map"]
             .as_object()
-            .map(|m| m.values().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         shards.sort();
         shards.dedup();
         for s in shards {
-            repo.get(&s).map_err(|e| err(format!("cannot fetch {s}: {e}")))?;
+            repo.get(&s)
+                .map_err(|e| err(format!("cannot fetch {s}: {e}")))?;
         }
     } else {
-        repo.get("model.safetensors").map_err(|e| err(format!("cannot fetch model.safetensors: {e}")))?;
+        repo.get("model.safetensors")
+            .map_err(|e| err(format!("cannot fetch model.safetensors: {e}")))?;
     }
-    config.parent().map(|p| p.to_path_buf()).ok_or_else(|| err("bad cache layout".into()))
+    config
+        .parent()
+        .map(|p| p.to_path_buf())
+        .ok_or_else(|| err("bad cache layout".into()))
 }

@@ -52,35 +52,55 @@ impl Model {
             return Err(ModelError::NotFound(spec.to_string()));
         };
         let config_path = root.join("config.json");
-        let config = std::fs::read_to_string(&config_path)
-            .map_err(|_| ModelError::MissingFile { dir: root.clone(), file: "config.json".into() })?;
+        let config =
+            std::fs::read_to_string(&config_path).map_err(|_| ModelError::MissingFile {
+                dir: root.clone(),
+                file: "config.json".into(),
+            })?;
         serde_json::from_str::<serde_json::Value>(&config).map_err(|e| ModelError::Weights {
             path: config_path.clone(),
             message: format!("not valid JSON: {e}"),
         })?;
         let files = weight_files(&root)?;
         let weights = Arc::new(WeightStore::open(&files)?);
-        let file_copies = (0..weights.files.len()).map(|_| std::sync::OnceLock::new()).collect();
-        Ok(Model { id: spec.to_string(), root, config, weights, file_copies })
+        let file_copies = (0..weights.files.len())
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
+        Ok(Model {
+            id: spec.to_string(),
+            root,
+            config,
+            weights,
+            file_copies,
+        })
     }
 
     /// Reads a JSON text asset by relative path; `None` when absent.
     /// Paths that leave the model directory are refused.
     pub fn asset(&self, rel: &str) -> Result<Option<String>, ModelError> {
-        let bad = |message: &str| ModelError::Asset { path: rel.to_string(), message: message.to_string() };
+        let bad = |message: &str| ModelError::Asset {
+            path: rel.to_string(),
+            message: message.to_string(),
+        };
         let p = Path::new(rel);
         if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(bad("must be a relative path inside the model directory"));
         }
         let full = self.root.join(p);
-        let Ok(meta) = std::fs::metadata(&full) else { return Ok(None) };
+        let Ok(meta) = std::fs::metadata(&full) else {
+            return Ok(None);
+        };
         if !meta.is_file() {
             return Ok(None);
         }
         if meta.len() > MAX_ASSET_BYTES {
-            return Err(bad(&format!("{} bytes exceed the limit of {MAX_ASSET_BYTES}", meta.len())));
+            return Err(bad(&format!(
+                "{} bytes exceed the limit of {MAX_ASSET_BYTES}",
+                meta.len()
+            )));
         }
-        let text = std::fs::read_to_string(&full).map_err(|e| bad(&format!("cannot read as UTF-8 text: {e}")))?;
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| bad(&format!("cannot read as UTF-8 text: {e}")))?;
         Ok(Some(text))
     }
 
@@ -110,7 +130,11 @@ impl Model {
 fn looks_like_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     (parts.len() == 1 || parts.len() == 2)
-        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
         && !s.starts_with('.')
 }
 
@@ -119,21 +143,38 @@ fn looks_like_hub_id(s: &str) -> bool {
 fn weight_files(root: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index = root.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| ModelError::Weights { path: index.clone(), message: e.to_string() })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Weights { path: index.clone(), message: format!("not valid JSON: {e}") })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Weights {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Weights {
             path: index.clone(),
-            message: "no `weight_map` object".into(),
+            message: e.to_string(),
         })?;
-        let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+                path: index.clone(),
+                message: format!("not valid JSON: {e}"),
+            })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Weights {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let mut shards: Vec<String> = map
+            .values()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
         shards.sort();
         shards.dedup();
         let mut out = Vec::new();
         for s in shards {
-            if Path::new(&s).components().any(|c| !matches!(c, Component::Normal(_))) {
-                return Err(ModelError::Weights { path: index.clone(), message: format!("shard `{s}` leaves the directory") });
+            if Path::new(&s)
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_)))
+            {
+                return Err(ModelError::Weights {
+                    path: index.clone(),
+                    message: format!("shard `{s}` leaves the directory"),
+                });
             }
             out.push(root.join(s));
         }

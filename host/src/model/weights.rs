@@ -55,20 +55,30 @@ impl WeightStore {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
-            let bad = |message: String| ModelError::Weights { path: path.clone(), message };
+            let bad = |message: String| ModelError::Weights {
+                path: path.clone(),
+                message,
+            };
             let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
             // SAFETY: the file is opened read-only and the map is only read;
             // a model file truncated underneath a running process is outside
             // what any reader of mapped weights can defend against.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(format!("cannot map: {e}")))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map)
+                .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
             let data_start = 8 + header_len as u64;
             for (name, info) in meta.tensors() {
-                let dtype = map_dtype(info.dtype)
-                    .ok_or_else(|| bad(format!("weight `{name}` has unsupported dtype {:?}", info.dtype)))?;
+                let dtype = map_dtype(info.dtype).ok_or_else(|| {
+                    bad(format!(
+                        "weight `{name}` has unsupported dtype {:?}",
+                        info.dtype
+                    ))
+                })?;
                 let (start, end) = info.data_offsets;
                 let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
-                let count = shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
+                let count = shape
+                    .iter()
+                    .fold(1u128, |a, &d| a.saturating_mul(d as u128));
                 let length = (end as u64).saturating_sub(start as u64);
                 if end < start
                     || data_start + end as u64 > map.len() as u64
@@ -79,19 +89,35 @@ impl WeightStore {
                         map.len()
                     )));
                 }
-                let entry = WeightEntry { file: files.len(), dtype, shape, offset: data_start + start as u64, length };
+                let entry = WeightEntry {
+                    file: files.len(),
+                    dtype,
+                    shape,
+                    offset: data_start + start as u64,
+                    length,
+                };
                 if index.insert(name.clone(), entry).is_some() {
-                    return Err(bad(format!("weight `{name}` appears in more than one file")));
+                    return Err(bad(format!(
+                        "weight `{name}` appears in more than one file"
+                    )));
                 }
             }
-            files.push(WeightFile { path: path.clone(), map });
+            files.push(WeightFile {
+                path: path.clone(),
+                map,
+            });
         }
         Ok(WeightStore { files, index })
     }
 
     /// Name -> (dtype, shape), for graph building.
     pub fn types(&self) -> crate::ir::builder::WeightTypes {
-        Arc::new(self.index.iter().map(|(k, v)| (k.clone(), (v.dtype, v.shape.clone()))).collect())
+        Arc::new(
+            self.index
+                .iter()
+                .map(|(k, v)| (k.clone(), (v.dtype, v.shape.clone())))
+                .collect(),
+        )
     }
 
     /// The bytes of one weight.
@@ -103,6 +129,9 @@ impl WeightStore {
 
     /// Path of the file holding `name`.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.index.get(name).and_then(|e| self.files.get(e.file)).map(|f| f.path.as_path())
+        self.index
+            .get(name)
+            .and_then(|e| self.files.get(e.file))
+            .map(|f| f.path.as_path())
     }
 }

@@ -63,7 +63,13 @@ fn masked_score(_dtype: DType) -> f64 {
 impl<'g> Lowering<'g> {
     pub(super) fn new(g: &'g Graph) -> Self {
         let names = (0..g.nodes.len()).map(|i| format!("v{i}")).collect();
-        Lowering { g, names, nodes: Vec::new(), inits: Vec::new(), temp: 0 }
+        Lowering {
+            g,
+            names,
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            temp: 0,
+        }
     }
 
     pub(super) fn name_value(&mut self, id: NodeId, name: String) {
@@ -102,14 +108,16 @@ impl<'g> Lowering<'g> {
 
     fn scalar(&mut self, dtype: DType, v: f64) -> String {
         let name = self.fresh("c");
-        self.inits.push(raw_initializer(&name, dtype, &[], scalar_bytes(dtype, v)));
+        self.inits
+            .push(raw_initializer(&name, dtype, &[], scalar_bytes(dtype, v)));
         name
     }
 
     fn ints(&mut self, v: &[i64]) -> String {
         let name = self.fresh("i");
         let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.inits.push(raw_initializer(&name, DType::I64, &[v.len() as i64], bytes));
+        self.inits
+            .push(raw_initializer(&name, DType::I64, &[v.len() as i64], bytes));
         name
     }
 
@@ -119,7 +127,10 @@ impl<'g> Lowering<'g> {
     }
 
     fn unsupported(&self, message: String) -> EmitError {
-        EmitError::Unsupported { graph: self.g.name.clone(), message }
+        EmitError::Unsupported {
+            graph: self.g.name.clone(),
+            message,
+        }
     }
 
     /// A 1-element i64 tensor holding the run-time length of symbolic `dim`,
@@ -135,9 +146,13 @@ impl<'g> Lowering<'g> {
                         return Ok(self.tmp("Slice", &[&shape, &st, &en], vec![]));
                     }
                 }
-                Err(self.unsupported(format!("symbolic axis `{s}` is not an axis of any graph input")))
+                Err(self.unsupported(format!(
+                    "symbolic axis `{s}` is not an axis of any graph input"
+                )))
             }
-            Dim::Expr(_) => Err(self.unsupported(format!("computed axis {dim} cannot be used as a target length"))),
+            Dim::Expr(_) => Err(self.unsupported(format!(
+                "computed axis {dim} cannot be used as a target length"
+            ))),
         }
     }
 
@@ -147,14 +162,20 @@ impl<'g> Lowering<'g> {
         let dt = node.dtype;
         match &node.op {
             Op::Input { .. } | Op::State { .. } | Op::Weight { .. } => {}
-            Op::Gather { x, indices, axis } => {
-                self.node("Gather", &[&self.v(*x), &self.v(*indices)], &out, vec![("axis", Attr::Int(*axis as i64))])
-            }
+            Op::Gather { x, indices, axis } => self.node(
+                "Gather",
+                &[&self.v(*x), &self.v(*indices)],
+                &out,
+                vec![("axis", Attr::Int(*axis as i64))],
+            ),
             Op::ArgMax { x, axis, keep_dims } => self.node(
                 "ArgMax",
                 &[&self.v(*x)],
                 &out,
-                vec![("axis", Attr::Int(*axis as i64)), ("keepdims", Attr::Int(*keep_dims as i64))],
+                vec![
+                    ("axis", Attr::Int(*axis as i64)),
+                    ("keepdims", Attr::Int(*keep_dims as i64)),
+                ],
             ),
             Op::TopKValues { x, k } => {
                 // The builder always places the indices node right after the
@@ -175,7 +196,8 @@ impl<'g> Lowering<'g> {
             Op::TopKIndices { .. } => {}
             Op::Constant(c) => {
                 let dims: Vec<i64> = c.shape.iter().map(|&d| d as i64).collect();
-                self.inits.push(raw_initializer(&out, c.dtype, &dims, c.bytes.clone()));
+                self.inits
+                    .push(raw_initializer(&out, c.dtype, &dims, c.bytes.clone()));
             }
             Op::Unary(op, x) => self.unary(*op, &self.v(*x), &out, dt),
             Op::Binary(op, a, b) => {
@@ -201,11 +223,25 @@ impl<'g> Lowering<'g> {
                 self.node(name, &[&self.v(*a), &self.v(*b)], &out, vec![]);
             }
             Op::And(a, b) => self.node("And", &[&self.v(*a), &self.v(*b)], &out, vec![]),
-            Op::Select { cond, a, b } => self.node("Where", &[&self.v(*cond), &self.v(*a), &self.v(*b)], &out, vec![]),
-            Op::Cast(x, to) => self.node("Cast", &[&self.v(*x)], &out, vec![("to", Attr::Int(super::onnx_type(*to) as i64))]),
+            Op::Select { cond, a, b } => self.node(
+                "Where",
+                &[&self.v(*cond), &self.v(*a), &self.v(*b)],
+                &out,
+                vec![],
+            ),
+            Op::Cast(x, to) => self.node(
+                "Cast",
+                &[&self.v(*x)],
+                &out,
+                vec![("to", Attr::Int(super::onnx_type(*to) as i64))],
+            ),
             Op::MatMul(a, b) => self.node("MatMul", &[&self.v(*a), &self.v(*b)], &out, vec![]),
             Op::Linear { x, weight, bias } => {
-                let wt = self.tmp("Transpose", &[&self.v(*weight)], vec![("perm", Attr::Ints(vec![1, 0]))]);
+                let wt = self.tmp(
+                    "Transpose",
+                    &[&self.v(*weight)],
+                    vec![("perm", Attr::Ints(vec![1, 0]))],
+                );
                 match bias {
                     Some(b) => {
                         let mm = self.tmp("MatMul", &[&self.v(*x), &wt], vec![]);
@@ -214,49 +250,102 @@ impl<'g> Lowering<'g> {
                     None => self.node("MatMul", &[&self.v(*x), &wt], &out, vec![]),
                 }
             }
-            Op::LayerNorm { x, scale, bias, eps_bits } => {
+            Op::LayerNorm {
+                x,
+                scale,
+                bias,
+                eps_bits,
+            } => {
                 let mut ins = vec![self.v(*x), self.v(*scale)];
                 if let Some(b) = bias {
                     ins.push(self.v(*b));
                 }
                 let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
-                let attrs = vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(f32::from_bits(*eps_bits)))];
+                let attrs = vec![
+                    ("axis", Attr::Int(-1)),
+                    ("epsilon", Attr::Float(f32::from_bits(*eps_bits))),
+                ];
                 self.node("LayerNormalization", &refs, &out, attrs);
             }
             Op::RmsNorm { x, scale, eps_bits } => {
                 let x = self.v(*x);
                 let sq = self.tmp("Mul", &[&x, &x], vec![]);
                 let axes = self.ints(&[-1]);
-                let ms = self.tmp("ReduceMean", &[&sq, &axes], vec![("keepdims", Attr::Int(1))]);
+                let ms = self.tmp(
+                    "ReduceMean",
+                    &[&sq, &axes],
+                    vec![("keepdims", Attr::Int(1))],
+                );
                 let eps = self.scalar(dt, f32::from_bits(*eps_bits) as f64);
                 let var = self.tmp("Add", &[&ms, &eps], vec![]);
                 let rt = self.tmp("Sqrt", &[&var], vec![]);
                 let normed = self.tmp("Div", &[&x, &rt], vec![]);
                 self.node("Mul", &[&normed, &self.v(*scale)], &out, vec![]);
             }
-            Op::Softmax { x, axis } => self.node("Softmax", &[&self.v(*x)], &out, vec![("axis", Attr::Int(*axis as i64))]),
-            Op::Attention { q, k, v, mask, causal, scale_bits } => {
-                self.attention(*q, *k, *v, *mask, *causal, f32::from_bits(*scale_bits), &out, dt)?
-            }
-            Op::Embedding { table, ids } => {
-                self.node("Gather", &[&self.v(*table), &self.v(*ids)], &out, vec![("axis", Attr::Int(0))])
-            }
+            Op::Softmax { x, axis } => self.node(
+                "Softmax",
+                &[&self.v(*x)],
+                &out,
+                vec![("axis", Attr::Int(*axis as i64))],
+            ),
+            Op::Attention {
+                q,
+                k,
+                v,
+                mask,
+                causal,
+                scale_bits,
+            } => self.attention(
+                *q,
+                *k,
+                *v,
+                *mask,
+                *causal,
+                f32::from_bits(*scale_bits),
+                &out,
+                dt,
+            )?,
+            Op::Embedding { table, ids } => self.node(
+                "Gather",
+                &[&self.v(*table), &self.v(*ids)],
+                &out,
+                vec![("axis", Attr::Int(0))],
+            ),
             Op::Reshape { x, shape } => {
                 let s = self.ints(shape);
                 self.node("Reshape", &[&self.v(*x), &s], &out, vec![]);
             }
             Op::Permute { x, perm } => {
                 let perm = perm.iter().map(|&p| p as i64).collect();
-                self.node("Transpose", &[&self.v(*x)], &out, vec![("perm", Attr::Ints(perm))]);
+                self.node(
+                    "Transpose",
+                    &[&self.v(*x)],
+                    &out,
+                    vec![("perm", Attr::Ints(perm))],
+                );
             }
-            Op::Slice { x, axis, start, end } => {
-                let (s, e, a) = (self.ints(&[*start]), self.ints(&[*end]), self.ints(&[*axis as i64]));
+            Op::Slice {
+                x,
+                axis,
+                start,
+                end,
+            } => {
+                let (s, e, a) = (
+                    self.ints(&[*start]),
+                    self.ints(&[*end]),
+                    self.ints(&[*axis as i64]),
+                );
                 self.node("Slice", &[&self.v(*x), &s, &e, &a], &out, vec![]);
             }
             Op::Concat { xs, axis } => {
                 let ins: Vec<String> = xs.iter().map(|&x| self.v(x)).collect();
                 let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
-                self.node("Concat", &refs, &out, vec![("axis", Attr::Int(*axis as i64))]);
+                self.node(
+                    "Concat",
+                    &refs,
+                    &out,
+                    vec![("axis", Attr::Int(*axis as i64))],
+                );
             }
             Op::Unsqueeze { x, axis } => {
                 let a = self.ints(&[*axis as i64]);
@@ -272,13 +361,22 @@ impl<'g> Lowering<'g> {
                 let mut parts = Vec::new();
                 for (i, d) in shape.iter().enumerate() {
                     let keep = i >= offset && xs[i - offset] == *d;
-                    parts.push(if keep { self.ints(&[1]) } else { self.dim_value(d)? });
+                    parts.push(if keep {
+                        self.ints(&[1])
+                    } else {
+                        self.dim_value(d)?
+                    });
                 }
                 let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
                 let target = self.tmp("Concat", &refs, vec![("axis", Attr::Int(0))]);
                 self.node("Expand", &[&self.v(*x), &target], &out, vec![]);
             }
-            Op::Reduce { op, x, axes, keep_dims } => {
+            Op::Reduce {
+                op,
+                x,
+                axes,
+                keep_dims,
+            } => {
                 let name = match op {
                     ReduceOp::Sum => "ReduceSum",
                     ReduceOp::Mean => "ReduceMean",
@@ -287,7 +385,12 @@ impl<'g> Lowering<'g> {
                 };
                 let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
                 let a = self.ints(&axes);
-                self.node(name, &[&self.v(*x), &a], &out, vec![("keepdims", Attr::Int(*keep_dims as i64))]);
+                self.node(
+                    name,
+                    &[&self.v(*x), &a],
+                    &out,
+                    vec![("keepdims", Attr::Int(*keep_dims as i64))],
+                );
             }
             Op::L2Normalize { x, axis, eps_bits } => {
                 let x = self.v(*x);
@@ -394,7 +497,11 @@ impl<'g> Lowering<'g> {
                 *t = self.tmp("Reshape", &[&tiled, &shape], vec![]);
             }
         }
-        let kt = self.tmp("Transpose", &[&kn], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+        let kt = self.tmp(
+            "Transpose",
+            &[&kn],
+            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
         let qk = self.tmp("MatMul", &[&self.v(q), &kt], vec![]);
         let sc = self.scalar(dt, scale as f64);
         let mut scores = self.tmp("Mul", &[&qk, &sc], vec![]);
@@ -422,7 +529,12 @@ impl<'g> Lowering<'g> {
                 let mut a = AttributeProto::new();
                 a.name = "value".into();
                 a.type_ = protobuf::EnumOrUnknown::new(AttributeType::TENSOR);
-                a.t = protobuf::MessageField::some(raw_initializer("", DType::F32, &[1], 1f32.to_le_bytes().to_vec()));
+                a.t = protobuf::MessageField::some(raw_initializer(
+                    "",
+                    DType::F32,
+                    &[1],
+                    1f32.to_le_bytes().to_vec(),
+                ));
                 n.attribute = vec![a];
                 self.nodes.push(n);
                 o

@@ -10,8 +10,8 @@
 mod lower;
 
 use onnx_protobuf::{
-    tensor_proto, tensor_shape_proto, type_proto, GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_proto, tensor_shape_proto, type_proto, GraphProto, ModelProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use protobuf::Message;
 
@@ -78,11 +78,19 @@ fn value_info(name: &str, dtype: DType, shape: &[Dim]) -> ValueInfoProto {
     vi
 }
 
-fn external_initializer(name: &str, dtype: DType, shape: &[Dim], loc: &ExternalLocation) -> TensorProto {
+fn external_initializer(
+    name: &str,
+    dtype: DType,
+    shape: &[Dim],
+    loc: &ExternalLocation,
+) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.to_string();
     t.data_type = onnx_type(dtype);
-    t.dims = shape.iter().map(|d| d.fixed().unwrap_or(0) as i64).collect();
+    t.dims = shape
+        .iter()
+        .map(|d| d.fixed().unwrap_or(0) as i64)
+        .collect();
     t.data_location = protobuf::EnumOrUnknown::new(tensor_proto::DataLocation::EXTERNAL);
     let entry = |k: &str, v: String| {
         let mut e = StringStringEntryProto::new();
@@ -99,7 +107,12 @@ fn external_initializer(name: &str, dtype: DType, shape: &[Dim], loc: &ExternalL
 }
 
 /// Raw-data initializer.
-pub(crate) fn raw_initializer(name: &str, dtype: DType, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
+pub(crate) fn raw_initializer(
+    name: &str,
+    dtype: DType,
+    dims: &[i64],
+    bytes: Vec<u8>,
+) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.to_string();
     t.data_type = onnx_type(dtype);
@@ -110,7 +123,10 @@ pub(crate) fn raw_initializer(name: &str, dtype: DType, dims: &[i64], bytes: Vec
 
 /// Emits `g` as serialized ONNX bytes. `locate` maps a weight name to its
 /// external byte range.
-pub fn emit(g: &Graph, locate: &dyn Fn(&str) -> Option<ExternalLocation>) -> Result<Vec<u8>, EmitError> {
+pub fn emit(
+    g: &Graph,
+    locate: &dyn Fn(&str) -> Option<ExternalLocation>,
+) -> Result<Vec<u8>, EmitError> {
     let mut graph = GraphProto::new();
     graph.name = g.name.clone();
     let mut low = lower::Lowering::new(g);
@@ -122,9 +138,13 @@ pub fn emit(g: &Graph, locate: &dyn Fn(&str) -> Option<ExternalLocation>) -> Res
                 low.name_value(id as u32, name);
             }
             crate::ir::Op::Weight { name } => {
-                let loc = locate(name)
-                    .ok_or_else(|| EmitError::MissingWeight { graph: g.name.clone(), name: name.clone() })?;
-                graph.initializer.push(external_initializer(name, node.dtype, &node.shape, &loc));
+                let loc = locate(name).ok_or_else(|| EmitError::MissingWeight {
+                    graph: g.name.clone(),
+                    name: name.clone(),
+                })?;
+                graph
+                    .initializer
+                    .push(external_initializer(name, node.dtype, &node.shape, &loc));
                 low.name_value(id as u32, name.clone());
             }
             _ => low.lower(id as u32)?,
@@ -148,5 +168,7 @@ pub fn emit(g: &Graph, locate: &dyn Fn(&str) -> Option<ExternalLocation>) -> Res
     opset.version = 18;
     model.opset_import = vec![opset];
     model.graph = protobuf::MessageField::some(graph);
-    model.write_to_bytes().map_err(|e| EmitError::Encode(e.to_string()))
+    model
+        .write_to_bytes()
+        .map_err(|e| EmitError::Encode(e.to_string()))
 }

@@ -1,6 +1,8 @@
 //! Conversions between WIT types and host types.
 
-use super::accel::skill::types::{Dim as WDim, Dtype, Error as WitError, NamedTensor, Tensor as WTensor};
+use super::accel::skill::types::{
+    Dim as WDim, Dtype, Error as WitError, NamedTensor, Tensor as WTensor,
+};
 use crate::backend::BackendError;
 use crate::ir::{DType, Dim, GraphError};
 use crate::tensor::Tensor;
@@ -44,15 +46,28 @@ pub(super) fn dim_out(d: &Dim) -> WDim {
 }
 
 pub(super) fn tensor_in(t: WTensor) -> Tensor {
-    Tensor { dtype: dtype_in(t.dtype), shape: t.shape, data: t.data }
+    Tensor {
+        dtype: dtype_in(t.dtype),
+        shape: t.shape,
+        data: t.data,
+    }
 }
 
 pub(super) fn tensor_out(t: Tensor) -> WTensor {
-    WTensor { dtype: dtype_out(t.dtype), shape: t.shape, data: t.data }
+    WTensor {
+        dtype: dtype_out(t.dtype),
+        shape: t.shape,
+        data: t.data,
+    }
 }
 
 pub(super) fn named_out(list: Vec<(String, Tensor)>) -> Vec<NamedTensor> {
-    list.into_iter().map(|(name, t)| NamedTensor { name, value: tensor_out(t) }).collect()
+    list.into_iter()
+        .map(|(name, t)| NamedTensor {
+            name,
+            value: tensor_out(t),
+        })
+        .collect()
 }
 
 pub(super) fn graph_error(e: GraphError) -> WitError {

@@ -10,7 +10,9 @@ use super::convert::*;
 use super::HostState;
 use crate::backend::{check_inputs, Backend, Executable};
 use crate::ir::builder::{BuilderLimits, WeightTypes};
-use crate::ir::{BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp};
+use crate::ir::{
+    BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp,
+};
 use crate::model::Model;
 use crate::tokenizer::{HostTokenizer, TokenizerOptions};
 use types::Error as WitError;
@@ -49,7 +51,12 @@ impl SkillContext {
     }
 
     /// A context serving `model` on `backend`.
-    pub fn new(skill: &str, model: Arc<Model>, backend: Arc<dyn Backend>, cache: Arc<CompileCache>) -> Self {
+    pub fn new(
+        skill: &str,
+        model: Arc<Model>,
+        backend: Arc<dyn Backend>,
+        cache: Arc<CompileCache>,
+    ) -> Self {
         let log_level = match std::env::var("HOST_LOG").as_deref() {
             Ok("trace") => 0,
             Ok("debug") => 1,
@@ -68,7 +75,9 @@ impl SkillContext {
     }
 
     fn model(&self) -> Result<&Arc<Model>, WitError> {
-        self.model.as_ref().ok_or_else(|| WitError::Model("no model is loaded in this context (describe only)".into()))
+        self.model.as_ref().ok_or_else(|| {
+            WitError::Model("no model is loaded in this context (describe only)".into())
+        })
     }
 }
 
@@ -109,7 +118,12 @@ impl log::Host for HostState {
 
 impl model::Host for HostState {
     fn id(&mut self) -> wasmtime::Result<String> {
-        Ok(self.ctx.model.as_ref().map(|m| m.id.clone()).unwrap_or_default())
+        Ok(self
+            .ctx
+            .model
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default())
     }
 
     fn config(&mut self) -> WResult<String> {
@@ -117,7 +131,10 @@ impl model::Host for HostState {
     }
 
     fn asset(&mut self, path: String) -> WResult<Option<String>> {
-        Ok(self.ctx.model().and_then(|m| m.asset(&path).map_err(|e| WitError::Model(e.to_string()))))
+        Ok(self
+            .ctx
+            .model()
+            .and_then(|m| m.asset(&path).map_err(|e| WitError::Model(e.to_string()))))
     }
 
     fn weights(&mut self) -> wasmtime::Result<Vec<model::WeightInfo>> {
@@ -125,7 +142,11 @@ impl model::Host for HostState {
             .ctx
             .weight_types
             .iter()
-            .map(|(name, (d, s))| model::WeightInfo { name: name.clone(), dtype: dtype_out(*d), shape: s.clone() })
+            .map(|(name, (d, s))| model::WeightInfo {
+                name: name.clone(),
+                dtype: dtype_out(*d),
+                shape: s.clone(),
+            })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
@@ -151,7 +172,11 @@ impl tokenizer::HostTokenizer for HostState {
         }
     }
 
-    fn encode_batch(&mut self, t: Resource<HostTokenizer>, texts: Vec<String>) -> WResult<tokenizer::EncodedBatch> {
+    fn encode_batch(
+        &mut self,
+        t: Resource<HostTokenizer>,
+        texts: Vec<String>,
+    ) -> WResult<tokenizer::EncodedBatch> {
         let tok = self.table.get(&t)?;
         Ok(tok
             .encode_batch(texts)
@@ -166,10 +191,18 @@ impl tokenizer::HostTokenizer for HostState {
     }
 
     fn decode(&mut self, t: Resource<HostTokenizer>, ids: Vec<u32>, skip: bool) -> WResult<String> {
-        Ok(self.table.get(&t)?.decode(&ids, skip).map_err(|e| WitError::InvalidRequest(e.to_string())))
+        Ok(self
+            .table
+            .get(&t)?
+            .decode(&ids, skip)
+            .map_err(|e| WitError::InvalidRequest(e.to_string())))
     }
 
-    fn token_to_id(&mut self, t: Resource<HostTokenizer>, token: String) -> wasmtime::Result<Option<u32>> {
+    fn token_to_id(
+        &mut self,
+        t: Resource<HostTokenizer>,
+        token: String,
+    ) -> wasmtime::Result<Option<u32>> {
         Ok(self.table.get(&t)?.token_to_id(&token))
     }
 
@@ -202,12 +235,28 @@ impl graph::Host for HostState {}
 impl graph::HostBuilder for HostState {
     fn new(&mut self, name: String) -> wasmtime::Result<B> {
         let name: String = name.chars().take(128).collect();
-        let b = GraphBuilder::new(&name, self.ctx.weight_types.clone(), BuilderLimits::default());
+        let b = GraphBuilder::new(
+            &name,
+            self.ctx.weight_types.clone(),
+            BuilderLimits::default(),
+        );
         Ok(self.table.push(b)?)
     }
 
-    fn input(&mut self, b: B, name: String, dtype: types::Dtype, shape: Vec<types::Dim>) -> WResult<Node> {
-        self.with_builder(&b, |g| g.input(&name, dtype_in(dtype), shape.into_iter().map(dim_in).collect()))
+    fn input(
+        &mut self,
+        b: B,
+        name: String,
+        dtype: types::Dtype,
+        shape: Vec<types::Dim>,
+    ) -> WResult<Node> {
+        self.with_builder(&b, |g| {
+            g.input(
+                &name,
+                dtype_in(dtype),
+                shape.into_iter().map(dim_in).collect(),
+            )
+        })
     }
 
     fn weight(&mut self, b: B, name: String) -> WResult<Node> {
@@ -216,7 +265,13 @@ impl graph::HostBuilder for HostState {
 
     fn constant(&mut self, b: B, value: types::Tensor) -> WResult<Node> {
         let t = tensor_in(value);
-        self.with_builder(&b, |g| g.constant(ConstData { dtype: t.dtype, shape: t.shape, bytes: t.data }))
+        self.with_builder(&b, |g| {
+            g.constant(ConstData {
+                dtype: t.dtype,
+                shape: t.shape,
+                bytes: t.data,
+            })
+        })
     }
 
     fn scalar(&mut self, b: B, value: f64, dtype: types::Dtype) -> WResult<Node> {
@@ -293,7 +348,14 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.linear(x, w, bias))
     }
 
-    fn layer_norm(&mut self, b: B, x: Node, scale: Node, bias: Option<Node>, eps: f32) -> WResult<Node> {
+    fn layer_norm(
+        &mut self,
+        b: B,
+        x: Node,
+        scale: Node,
+        bias: Option<Node>,
+        eps: f32,
+    ) -> WResult<Node> {
         self.with_builder(&b, |g| g.layer_norm(x, scale, bias, eps))
     }
 
@@ -349,7 +411,14 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.expand(x, shape.into_iter().map(dim_in).collect()))
     }
 
-    fn reduce(&mut self, b: B, op: graph::ReduceOp, x: Node, axes: Vec<i32>, keep: bool) -> WResult<Node> {
+    fn reduce(
+        &mut self,
+        b: B,
+        op: graph::ReduceOp,
+        x: Node,
+        axes: Vec<i32>,
+        keep: bool,
+    ) -> WResult<Node> {
         let op = match op {
             graph::ReduceOp::Sum => ReduceOp::Sum,
             graph::ReduceOp::Mean => ReduceOp::Mean,
@@ -363,8 +432,20 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.l2_normalize(x, axis, eps))
     }
 
-    fn state(&mut self, b: B, name: String, dtype: types::Dtype, shape: Vec<types::Dim>) -> WResult<Node> {
-        self.with_builder(&b, |g| g.state(&name, dtype_in(dtype), shape.into_iter().map(dim_in).collect()))
+    fn state(
+        &mut self,
+        b: B,
+        name: String,
+        dtype: types::Dtype,
+        shape: Vec<types::Dim>,
+    ) -> WResult<Node> {
+        self.with_builder(&b, |g| {
+            g.state(
+                &name,
+                dtype_in(dtype),
+                shape.into_iter().map(dim_in).collect(),
+            )
+        })
     }
 
     fn update_state(&mut self, b: B, name: String, x: Node) -> WResult<()> {
@@ -385,7 +466,10 @@ impl graph::HostBuilder for HostState {
 
     fn info(&mut self, b: B, x: Node) -> WResult<graph::NodeInfo> {
         self.with_builder(&b, |g| {
-            g.get(x).map(|n| graph::NodeInfo { dtype: dtype_out(n.dtype), shape: n.shape.iter().map(dim_out).collect() })
+            g.get(x).map(|n| graph::NodeInfo {
+                dtype: dtype_out(n.dtype),
+                shape: n.shape.iter().map(dim_out).collect(),
+            })
         })
     }
 
@@ -406,11 +490,20 @@ impl runtime::Host for HostState {
             Ok(g) => Arc::new(g),
             Err(e) => return Ok(Err(graph_error(e))),
         };
-        let (Some(model), Some(backend)) = (self.ctx.model.clone(), self.ctx.backend.clone()) else {
-            return Ok(Err(WitError::Backend("no backend in this context (describe only)".into())));
+        let (Some(model), Some(backend)) = (self.ctx.model.clone(), self.ctx.backend.clone())
+        else {
+            return Ok(Err(WitError::Backend(
+                "no backend in this context (describe only)".into(),
+            )));
         };
         let key = graph.fingerprint();
-        let cached = self.ctx.cache.map.lock().ok().and_then(|m| m.get(&key).cloned());
+        let cached = self
+            .ctx
+            .cache
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
         let exe = match cached {
             Some(e) => e,
             None => match backend.compile(graph.clone(), &model) {
@@ -428,8 +521,14 @@ impl runtime::Host for HostState {
 
     fn device(&mut self) -> wasmtime::Result<runtime::DeviceInfo> {
         Ok(match &self.ctx.backend {
-            Some(b) => runtime::DeviceInfo { device: b.device(), precision: b.precision().to_string() },
-            None => runtime::DeviceInfo { device: String::new(), precision: String::new() },
+            Some(b) => runtime::DeviceInfo {
+                device: b.device(),
+                precision: b.precision().to_string(),
+            },
+            None => runtime::DeviceInfo {
+                device: String::new(),
+                precision: String::new(),
+            },
         })
     }
 }
@@ -439,18 +538,30 @@ impl runtime::HostSession for HostState {
         Ok(self.table.push(HostSession::default())?)
     }
 
-    fn run(&mut self, s: Resource<HostSession>, g: Resource<CompiledGraph>, inputs: Vec<types::NamedTensor>) -> WResult<Vec<types::NamedTensor>> {
+    fn run(
+        &mut self,
+        s: Resource<HostSession>,
+        g: Resource<CompiledGraph>,
+        inputs: Vec<types::NamedTensor>,
+    ) -> WResult<Vec<types::NamedTensor>> {
         let cg = self.table.get(&g)?;
         let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
-        let mut inputs: Vec<(String, crate::tensor::Tensor)> = inputs.into_iter().map(|n| (n.name, tensor_in(n.value))).collect();
+        let mut inputs: Vec<(String, crate::tensor::Tensor)> = inputs
+            .into_iter()
+            .map(|n| (n.name, tensor_in(n.value)))
+            .collect();
         if let Some((bad, _)) = inputs.iter().find(|(n, _)| n.starts_with("state.")) {
-            return Ok(Err(WitError::InvalidRequest(format!("input `{bad}`: state is supplied by the session"))));
+            return Ok(Err(WitError::InvalidRequest(format!(
+                "input `{bad}`: state is supplied by the session"
+            ))));
         }
         let session = self.table.get_mut(&s)?;
         let bindings = crate::backend::bind_partial(&graph, &inputs);
         for &id in &graph.inputs {
             let node = graph.node(id);
-            let crate::ir::Op::State { name } = &node.op else { continue };
+            let crate::ir::Op::State { name } = &node.op else {
+                continue;
+            };
             let t = match session.states.remove(name) {
                 Some(t) => t,
                 None => {
@@ -462,9 +573,15 @@ impl runtime::HostSession for HostState {
                         .collect();
                     let bytes = shape.iter().product::<u64>() as usize * node.dtype.size();
                     if bytes > MAX_SESSION_BYTES {
-                        return Ok(Err(WitError::ResourceExhausted(format!("state `{name}` would need {bytes} bytes"))));
+                        return Ok(Err(WitError::ResourceExhausted(format!(
+                            "state `{name}` would need {bytes} bytes"
+                        ))));
                     }
-                    crate::tensor::Tensor { dtype: node.dtype, shape, data: vec![0; bytes] }
+                    crate::tensor::Tensor {
+                        dtype: node.dtype,
+                        shape,
+                        data: vec![0; bytes],
+                    }
                 }
             };
             inputs.push((crate::ir::state_input_name(name), t));
@@ -480,7 +597,10 @@ impl runtime::HostSession for HostState {
         let mut visible = Vec::new();
         let mut held = 0usize;
         for (name, t) in outputs {
-            match name.strip_prefix("state.").and_then(|n| n.strip_suffix(".next")) {
+            match name
+                .strip_prefix("state.")
+                .and_then(|n| n.strip_suffix(".next"))
+            {
                 Some(state) => {
                     held += t.data.len();
                     session.states.insert(state.to_string(), t);
@@ -490,7 +610,9 @@ impl runtime::HostSession for HostState {
         }
         if held > MAX_SESSION_BYTES {
             session.states.clear();
-            return Ok(Err(WitError::ResourceExhausted(format!("session state of {held} bytes exceeds {MAX_SESSION_BYTES}"))));
+            return Ok(Err(WitError::ResourceExhausted(format!(
+                "session state of {held} bytes exceeds {MAX_SESSION_BYTES}"
+            ))));
         }
         Ok(Ok(named_out(visible)))
     }
@@ -507,24 +629,46 @@ impl runtime::HostSession for HostState {
 }
 
 impl runtime::HostCompiledGraph for HostState {
-    fn run(&mut self, g: Resource<CompiledGraph>, inputs: Vec<types::NamedTensor>) -> WResult<Vec<types::NamedTensor>> {
+    fn run(
+        &mut self,
+        g: Resource<CompiledGraph>,
+        inputs: Vec<types::NamedTensor>,
+    ) -> WResult<Vec<types::NamedTensor>> {
         let cg = self.table.get(&g)?;
         let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
         if !graph.states.is_empty() {
-            return Ok(Err(WitError::Graph(format!("graph `{}` has state; run it in a runtime.session", graph.name))));
+            return Ok(Err(WitError::Graph(format!(
+                "graph `{}` has state; run it in a runtime.session",
+                graph.name
+            ))));
         }
-        let inputs = inputs.into_iter().map(|n| (n.name, tensor_in(n.value))).collect();
+        let inputs = inputs
+            .into_iter()
+            .map(|n| (n.name, tensor_in(n.value)))
+            .collect();
         let result = check_inputs(&graph, inputs).and_then(|(ordered, _)| exe.run(ordered));
         Ok(result.map(named_out).map_err(backend_error))
     }
 
     fn input_names(&mut self, g: Resource<CompiledGraph>) -> wasmtime::Result<Vec<String>> {
         let cg = self.table.get(&g)?;
-        Ok(cg.graph.inputs.iter().map(|&i| cg.graph.input_name(i).to_string()).collect())
+        Ok(cg
+            .graph
+            .inputs
+            .iter()
+            .map(|&i| cg.graph.input_name(i).to_string())
+            .collect())
     }
 
     fn output_names(&mut self, g: Resource<CompiledGraph>) -> wasmtime::Result<Vec<String>> {
-        Ok(self.table.get(&g)?.graph.outputs.iter().map(|(n, _)| n.clone()).collect())
+        Ok(self
+            .table
+            .get(&g)?
+            .graph
+            .outputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect())
     }
 
     fn drop(&mut self, g: Resource<CompiledGraph>) -> wasmtime::Result<()> {

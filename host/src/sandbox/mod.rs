@@ -56,7 +56,10 @@ pub struct SandboxLimits {
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxLimits { memory_bytes: 512 << 20, fuel_per_call: 50_000_000_000 }
+        SandboxLimits {
+            memory_bytes: 512 << 20,
+            fuel_per_call: 50_000_000_000,
+        }
     }
 }
 
@@ -65,8 +68,14 @@ impl Default for SandboxLimits {
 pub enum SandboxError {
     #[error("skill `{skill}` exceeded its CPU budget ({fuel} fuel units) and was stopped")]
     CpuBudget { skill: String, fuel: u64 },
-    #[error("skill `{skill}` exceeded its memory limit of {limit_mib} MiB and was stopped: {message}")]
-    Memory { skill: String, limit_mib: usize, message: String },
+    #[error(
+        "skill `{skill}` exceeded its memory limit of {limit_mib} MiB and was stopped: {message}"
+    )]
+    Memory {
+        skill: String,
+        limit_mib: usize,
+        message: String,
+    },
     #[error("skill `{skill}` trapped: {message}")]
     Trap { skill: String, message: String },
     #[error("skill `{skill}` could not be loaded: {message}")]
@@ -83,7 +92,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -122,26 +134,54 @@ impl Sandbox {
     }
 
     /// An engine caching compiled components under `cache` (`None`: no cache).
-    pub fn with_cache_dir(limits: SandboxLimits, cache: Option<PathBuf>) -> Result<Self, SandboxError> {
-        let err = |e: wasmtime::Error| SandboxError::Load { skill: "<engine>".into(), message: e.to_string() };
+    pub fn with_cache_dir(
+        limits: SandboxLimits,
+        cache: Option<PathBuf>,
+    ) -> Result<Self, SandboxError> {
+        let err = |e: wasmtime::Error| SandboxError::Load {
+            skill: "<engine>".into(),
+            message: e.to_string(),
+        };
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.consume_fuel(true);
         let engine = Engine::new(&config).map_err(err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
-        Skill::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
-        Ok(Sandbox { engine, linker, cache_dir: cache, limits })
+        Skill::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(err)?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            cache_dir: cache,
+            limits,
+        })
     }
 
     /// Compiles (or loads from the on-disk cache) the component at `path`.
     pub fn load(&self, name: &str, path: &Path) -> Result<SkillComponent, SandboxError> {
-        let fail = |message: String| SandboxError::Load { skill: name.to_string(), message };
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let fail = |message: String| SandboxError::Load {
+            skill: name.to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         let (component, cached) = self.cached_compile(&bytes).map_err(fail)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| fail(format!("imports do not match the host: {e}")))?;
-        let pre = SkillPre::new(pre).map_err(|e| fail(format!("not a `skill` world component: {e}")))?;
-        Ok(SkillComponent { name: name.to_string(), path: path.to_path_buf(), pre, from_cache: cached })
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(format!("imports do not match the host: {e}")))?;
+        let pre =
+            SkillPre::new(pre).map_err(|e| fail(format!("not a `skill` world component: {e}")))?;
+        Ok(SkillComponent {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            pre,
+            from_cache: cached,
+        })
     }
 
     fn cached_compile(&self, bytes: &[u8]) -> Result<(Component, bool), String> {
@@ -150,7 +190,10 @@ impl Sandbox {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let key = format!("{:x}-{:016x}", Sha256::digest(bytes), h.finish());
-        let file = self.cache_dir.as_ref().map(|d| d.join("components").join(format!("{key}.cwasm")));
+        let file = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join("components").join(format!("{key}.cwasm")));
         if let Some(data) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
             // SAFETY: the file was written by `precompile_component` of an
             // engine with the same compatibility hash (part of its name) into
@@ -160,7 +203,10 @@ impl Sandbox {
                 return Ok((c, true));
             }
         }
-        let compiled = self.engine.precompile_component(bytes).map_err(|e| format!("not a valid component: {e}"))?;
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| format!("not a valid component: {e}"))?;
         if let Some(f) = &file {
             if let Some(dir) = f.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -171,11 +217,17 @@ impl Sandbox {
             }
         }
         // SAFETY: `compiled` was produced just above by this engine.
-        unsafe { Component::deserialize(&self.engine, &compiled) }.map(|c| (c, false)).map_err(|e| e.to_string())
+        unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map(|c| (c, false))
+            .map_err(|e| e.to_string())
     }
 
     /// A fresh instance of `skill` serving `ctx`.
-    pub fn instantiate(&self, skill: &SkillComponent, ctx: Arc<SkillContext>) -> Result<SkillInstance, SandboxError> {
+    pub fn instantiate(
+        &self,
+        skill: &SkillComponent,
+        ctx: Arc<SkillContext>,
+    ) -> Result<SkillInstance, SandboxError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(4)
@@ -183,7 +235,12 @@ impl Sandbox {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new(), limits, ctx };
+        let state = HostState {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limits,
+            ctx,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let fuel = self.limits.fuel_per_call;
@@ -193,7 +250,14 @@ impl Sandbox {
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(&skill.name, fuel, memory_limit, e))?;
-        Ok(SkillInstance { skill: skill.name.clone(), store, bindings, fuel, memory_limit, poisoned: false })
+        Ok(SkillInstance {
+            skill: skill.name.clone(),
+            store,
+            bindings,
+            fuel,
+            memory_limit,
+            poisoned: false,
+        })
     }
 }
 
@@ -206,7 +270,9 @@ pub fn cache_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
         return Some(PathBuf::from(d).join("wasm-skill-host"));
     }
-    std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache").join("wasm-skill-host"))
+    std::env::var("HOME")
+        .ok()
+        .map(|h| PathBuf::from(h).join(".cache").join("wasm-skill-host"))
 }
 
 impl SkillInstance {
@@ -236,7 +302,10 @@ impl SkillInstance {
         r.map_err(|e| self.classify(e))
     }
 
-    pub fn handle(&mut self, batch: &[String]) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
+    pub fn handle(
+        &mut self,
+        batch: &[String],
+    ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
         self.refuel();
         let r = self.bindings.call_handle(&mut self.store, batch);
         r.map_err(|e| self.classify(e))
@@ -249,10 +318,20 @@ fn classify(skill: &str, fuel: u64, memory_limit: usize, e: wasmtime::Error) -> 
     let text = format!("{e:?}");
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => SandboxError::CpuBudget { skill, fuel },
-        _ if text.contains("growing memory") || text.contains("memory growth") || text.contains("memory minimum size") => {
-            SandboxError::Memory { skill, limit_mib: memory_limit >> 20, message: first_line(&text) }
+        _ if text.contains("growing memory")
+            || text.contains("memory growth")
+            || text.contains("memory minimum size") =>
+        {
+            SandboxError::Memory {
+                skill,
+                limit_mib: memory_limit >> 20,
+                message: first_line(&text),
+            }
         }
-        _ => SandboxError::Trap { skill, message: first_line(&text) },
+        _ => SandboxError::Trap {
+            skill,
+            message: first_line(&text),
+        },
     }
 }
 

@@ -28,18 +28,33 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `POST /admin/endpoints` with one endpoint config.
-pub(super) async fn add(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(super) async fn add(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let v = json_body(body)?;
-    let config: EndpointConfig = serde_json::from_value(v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", format!("invalid endpoint config: {e}")))?;
+    let config: EndpointConfig = serde_json::from_value(v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            format!("invalid endpoint config: {e}"),
+        )
+    })?;
     let name = config.name.clone();
     state.endpoints.add(config).await.map_err(map)?;
-    let status = state.endpoints.status().into_iter().find(|s| s.name == name);
+    let status = state
+        .endpoints
+        .status()
+        .into_iter()
+        .find(|s| s.name == name);
     Ok((StatusCode::CREATED, axum::Json(status)).into_response())
 }
 
 /// `DELETE /admin/endpoints/{name}`: drains, then frees the endpoint.
-pub(super) async fn remove(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     state.endpoints.remove(&name).await.map_err(map)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

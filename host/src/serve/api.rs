@@ -24,7 +24,13 @@ pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Ap
         };
         ApiError::new(status, "invalid-request", msg)
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", format!("body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            format!("body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// `input`/`inputs` as a list of strings.
@@ -34,17 +40,30 @@ fn texts(v: &Value, key: &str) -> Result<Vec<String>, ApiError> {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
-            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{key}` must be a string or a list of strings"))))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(format!("`{key}` must be a string or a list of strings")))
+            })
             .collect(),
         Some(Value::Array(_)) => Err(bad(format!("`{key}` is empty"))),
-        Some(_) => Err(bad(format!("`{key}` must be a string or a list of strings"))),
+        Some(_) => Err(bad(format!(
+            "`{key}` must be a string or a list of strings"
+        ))),
         None => Err(bad(format!("missing `{key}`"))),
     }
 }
 
-async fn embed_all(state: &AppState, endpoint: Option<&str>, inputs: Vec<String>) -> Result<(String, Vec<Output>), ApiError> {
+async fn embed_all(
+    state: &AppState,
+    endpoint: Option<&str>,
+    inputs: Vec<String>,
+) -> Result<(String, Vec<Output>), ApiError> {
     let handler = state.pick(endpoint)?;
-    let requests = inputs.into_iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    let requests = inputs
+        .into_iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
     let mut outs = Vec::new();
     for r in handler.call_many(requests).await {
         outs.push(r?);
@@ -54,8 +73,12 @@ async fn embed_all(state: &AppState, endpoint: Option<&str>, inputs: Vec<String>
 
 fn embedding_json(o: &Output) -> Result<Box<RawValue>, ApiError> {
     let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m);
-    let t = o.tensor("embedding").ok_or_else(|| internal("the endpoint's skill returned no `embedding`".into()))?;
-    let text = t.to_json("embedding").map_err(|e| internal(e.to_string()))?;
+    let t = o
+        .tensor("embedding")
+        .ok_or_else(|| internal("the endpoint's skill returned no `embedding`".into()))?;
+    let text = t
+        .to_json("embedding")
+        .map_err(|e| internal(e.to_string()))?;
     RawValue::from_string(text).map_err(|e| internal(e.to_string()))
 }
 
@@ -64,16 +87,27 @@ fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 /// OpenAI `POST /v1/embeddings`: `{"input": str | [str], "model": endpoint}`.
-pub(super) async fn openai_embeddings(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(super) async fn openai_embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let _permit = state.permit()?;
     let v = json_body(body)?;
     if let Some(f) = v.get("encoding_format").and_then(Value::as_str) {
         if f != "float" {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "unsupported", format!("encoding_format `{f}` is not supported; use `float`")));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported",
+                format!("encoding_format `{f}` is not supported; use `float`"),
+            ));
         }
     }
     if v.get("dimensions").is_some_and(|d| !d.is_null()) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "unsupported", "`dimensions` is not supported"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported",
+            "`dimensions` is not supported",
+        ));
     }
     let inputs = texts(&v, "input")?;
     let (name, outs) = embed_all(&state, v.get("model").and_then(Value::as_str), inputs).await?;
@@ -91,7 +125,10 @@ pub(super) async fn openai_embeddings(State(state): State<Arc<AppState>>, body: 
 }
 
 /// TEI `POST /embed`: `{"inputs": str | [str], "normalize": true}` -> `[[...]]`.
-pub(super) async fn tei_embed(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(super) async fn tei_embed(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let _permit = state.permit()?;
     let v = json_body(body)?;
     if v.get("normalize").and_then(Value::as_bool) == Some(false) {
@@ -103,8 +140,14 @@ pub(super) async fn tei_embed(State(state): State<Arc<AppState>>, body: Result<B
     }
     let inputs = texts(&v, "inputs")?;
     let (_, outs) = embed_all(&state, v.get("model").and_then(Value::as_str), inputs).await?;
-    let rows = outs.iter().map(embedding_json).collect::<Result<Vec<_>, _>>()?;
-    Ok(json_response(StatusCode::OK, serde_json::to_string(&rows).unwrap_or_default()))
+    let rows = outs
+        .iter()
+        .map(embedding_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&rows).unwrap_or_default(),
+    ))
 }
 
 /// `POST /v1/endpoints/{name}`: one request object, or a list of them; the
@@ -120,30 +163,51 @@ pub(super) async fn generic(
     let (list, requests) = match v {
         Value::Array(a) if !a.is_empty() => (true, a.iter().map(Value::to_string).collect()),
         Value::Object(_) => (false, vec![v.to_string()]),
-        _ => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", "send a request object or a non-empty list of them")),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "send a request object or a non-empty list of them",
+            ))
+        }
     };
     let mut lines = Vec::new();
     for r in handler.call_many(requests).await {
         let line = match r.and_then(|o| o.to_json_line()) {
             Ok(l) => l,
             Err(e) if !list => return Err(e.into()),
-            Err(e) => serde_json::json!({ "error": { "type": e.kind, "message": e.message } }).to_string(),
+            Err(e) => {
+                serde_json::json!({ "error": { "type": e.kind, "message": e.message } }).to_string()
+            }
         };
         lines.push(line);
     }
-    let body = if list { format!("[{}]", lines.join(",")) } else { lines.pop().unwrap_or_default() };
+    let body = if list {
+        format!("[{}]", lines.join(","))
+    } else {
+        lines.pop().unwrap_or_default()
+    };
     Ok(json_response(StatusCode::OK, body))
 }
 
 /// `GET /health`.
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> Response {
     let status = state.endpoints.status();
-    let code = if status.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if status.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (code, axum::Json(serde_json::json!({ "status": if status.is_empty() { "no endpoints" } else { "ok" }, "endpoints": status })))
         .into_response()
 }
 
 /// `GET /metrics` (Prometheus text format).
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.endpoints.metrics.render()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.endpoints.metrics.render(),
+    )
+        .into_response()
 }

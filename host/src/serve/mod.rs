@@ -47,18 +47,30 @@ impl AppState {
     /// The endpoint a request means: the one it names, the configured
     /// default, or the only one.
     fn pick(&self, named: Option<&str>) -> Result<crate::endpoint::Handler, ApiError> {
-        let name = match named.filter(|n| !n.is_empty()).or(self.default_endpoint.as_deref()) {
+        let name = match named
+            .filter(|n| !n.is_empty())
+            .or(self.default_endpoint.as_deref())
+        {
             Some(n) => n.to_string(),
             None => {
                 let names = self.endpoints.names();
                 match names.as_slice() {
                     [one] => one.clone(),
-                    [] => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no endpoints are loaded")),
+                    [] => {
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "no endpoints are loaded",
+                        ))
+                    }
                     _ => {
                         return Err(ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid-request",
-                            format!("several endpoints are loaded ({}); name one with `model`", names.join(", ")),
+                            format!(
+                                "several endpoints are loaded ({}); name one with `model`",
+                                names.join(", ")
+                            ),
                         ))
                     }
                 }
@@ -68,14 +80,21 @@ impl AppState {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown-endpoint",
-                format!("unknown endpoint `{name}`; loaded: {}", self.endpoints.names().join(", ")),
+                format!(
+                    "unknown endpoint `{name}`; loaded: {}",
+                    self.endpoints.names().join(", ")
+                ),
             )
         })
     }
 
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "too many concurrent requests; retry later")
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "too many concurrent requests; retry later",
+            )
         })
     }
 }
@@ -91,7 +110,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
-        ApiError { status, kind: kind.to_string(), message: message.into() }
+        ApiError {
+            status,
+            kind: kind.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -143,12 +166,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.addr).await?;
     let addr = listener.local_addr()?;
-    eprintln!("host serve: listening on http://{addr} (endpoints: {})", endpoints.names().join(", "));
+    eprintln!(
+        "host serve: listening on http://{addr} (endpoints: {})",
+        endpoints.names().join(", ")
+    );
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
     let app = router(endpoints.clone(), &opts);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     eprintln!("host serve: shutting down, draining endpoints");
     endpoints.shutdown().await;
     Ok(())

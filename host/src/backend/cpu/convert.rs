@@ -21,19 +21,61 @@ fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
 pub(super) fn to_value(t: &Tensor) -> Result<DynValue, String> {
     let s = shape_i64(t);
     let r = match t.dtype {
-        DType::F32 => OrtTensor::from_array((s, chunks::<4>(&t.data).map(f32::from_le_bytes).collect::<Vec<_>>())).map(|v| v.into_dyn()),
-        DType::F16 => OrtTensor::from_array((s, chunks::<2>(&t.data).map(half::f16::from_le_bytes).collect::<Vec<_>>())).map(|v| v.into_dyn()),
-        DType::BF16 => OrtTensor::from_array((s, chunks::<2>(&t.data).map(half::bf16::from_le_bytes).collect::<Vec<_>>())).map(|v| v.into_dyn()),
-        DType::I64 => OrtTensor::from_array((s, chunks::<8>(&t.data).map(i64::from_le_bytes).collect::<Vec<_>>())).map(|v| v.into_dyn()),
-        DType::I32 => OrtTensor::from_array((s, chunks::<4>(&t.data).map(i32::from_le_bytes).collect::<Vec<_>>())).map(|v| v.into_dyn()),
+        DType::F32 => OrtTensor::from_array((
+            s,
+            chunks::<4>(&t.data)
+                .map(f32::from_le_bytes)
+                .collect::<Vec<_>>(),
+        ))
+        .map(|v| v.into_dyn()),
+        DType::F16 => OrtTensor::from_array((
+            s,
+            chunks::<2>(&t.data)
+                .map(half::f16::from_le_bytes)
+                .collect::<Vec<_>>(),
+        ))
+        .map(|v| v.into_dyn()),
+        DType::BF16 => OrtTensor::from_array((
+            s,
+            chunks::<2>(&t.data)
+                .map(half::bf16::from_le_bytes)
+                .collect::<Vec<_>>(),
+        ))
+        .map(|v| v.into_dyn()),
+        DType::I64 => OrtTensor::from_array((
+            s,
+            chunks::<8>(&t.data)
+                .map(i64::from_le_bytes)
+                .collect::<Vec<_>>(),
+        ))
+        .map(|v| v.into_dyn()),
+        DType::I32 => OrtTensor::from_array((
+            s,
+            chunks::<4>(&t.data)
+                .map(i32::from_le_bytes)
+                .collect::<Vec<_>>(),
+        ))
+        .map(|v| v.into_dyn()),
         DType::U8 => OrtTensor::from_array((s, t.data.clone())).map(|v| v.into_dyn()),
-        DType::Bool => OrtTensor::from_array((s, t.data.iter().map(|&b| b != 0).collect::<Vec<bool>>())).map(|v| v.into_dyn()),
+        DType::Bool => {
+            OrtTensor::from_array((s, t.data.iter().map(|&b| b != 0).collect::<Vec<bool>>()))
+                .map(|v| v.into_dyn())
+        }
     };
     r.map_err(|e| format!("cannot create a {} input: {e}", t.dtype))
 }
 
-fn pack<T: Copy, const N: usize>(shape: &[i64], v: &[T], dtype: DType, f: impl Fn(T) -> [u8; N]) -> Tensor {
-    Tensor { dtype, shape: shape.iter().map(|&d| d.max(0) as u64).collect(), data: v.iter().flat_map(|&x| f(x)).collect() }
+fn pack<T: Copy, const N: usize>(
+    shape: &[i64],
+    v: &[T],
+    dtype: DType,
+    f: impl Fn(T) -> [u8; N],
+) -> Tensor {
+    Tensor {
+        dtype,
+        shape: shape.iter().map(|&d| d.max(0) as u64).collect(),
+        data: v.iter().flat_map(|&x| f(x)).collect(),
+    }
 }
 
 /// An ONNX Runtime output as a host tensor.

@@ -41,9 +41,16 @@ pub fn probe() -> DeviceStatus {
         Ok((_, path)) => DeviceStatus {
             device: "cpu".into(),
             available: true,
-            detail: format!("ONNX Runtime from {path}; precision f32; {} threads", threads()),
+            detail: format!(
+                "ONNX Runtime from {path}; precision f32; {} threads",
+                threads()
+            ),
         },
-        Err(reason) => DeviceStatus { device: "cpu".into(), available: false, detail: reason },
+        Err(reason) => DeviceStatus {
+            device: "cpu".into(),
+            available: false,
+            detail: reason,
+        },
     }
 }
 
@@ -52,7 +59,11 @@ fn threads() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }
 
 /// ONNX Runtime on the CPU.
@@ -62,7 +73,10 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(precision: Precision) -> Result<Self, BackendError> {
-        environment().map_err(|reason| BackendError::Unavailable { device: "cpu".into(), reason })?;
+        environment().map_err(|reason| BackendError::Unavailable {
+            device: "cpu".into(),
+            reason,
+        })?;
         if precision != Precision::F32 {
             return Err(BackendError::Precision {
                 device: "cpu".into(),
@@ -90,13 +104,25 @@ impl Backend for CpuBackend {
         self.precision
     }
 
-    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError> {
-        let fail = |message: String| BackendError::Compile { device: "cpu".into(), graph: graph.name.clone(), message };
+    fn compile(
+        &self,
+        graph: Arc<Graph>,
+        model: &Model,
+    ) -> Result<Arc<dyn Executable>, BackendError> {
+        let fail = |message: String| BackendError::Compile {
+            device: "cpu".into(),
+            graph: graph.name.clone(),
+            message,
+        };
         let (env, _) = environment().map_err(&fail)?;
         let store = &model.weights;
         let locate = |name: &str| {
             let e = store.index.get(name)?;
-            Some(ExternalLocation { location: file_key(e.file), offset: e.offset, length: e.length })
+            Some(ExternalLocation {
+                location: file_key(e.file),
+                offset: e.offset,
+                length: e.length,
+            })
         };
         let bytes = emit(&graph, &locate).map_err(|e| fail(e.to_string()))?;
         let e2s = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
@@ -121,8 +147,13 @@ impl Backend for CpuBackend {
                 .with_external_initializer_file_in_memory(file_key(file), model.file_bytes(file))
                 .map_err(e2s)?;
         }
-        let session = builder.commit_from_memory(&bytes).map_err(|e| fail(e.to_string()))?;
-        Ok(Arc::new(CpuExecutable { graph, session: Mutex::new(session) }))
+        let session = builder
+            .commit_from_memory(&bytes)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Arc::new(CpuExecutable {
+            graph,
+            session: Mutex::new(session),
+        }))
     }
 }
 
@@ -133,20 +164,31 @@ fn file_key(i: usize) -> String {
 
 impl Executable for CpuExecutable {
     fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
-        let fail = |message: String| BackendError::Run { device: "cpu".into(), graph: self.graph.name.clone(), message };
+        let fail = |message: String| BackendError::Run {
+            device: "cpu".into(),
+            graph: self.graph.name.clone(),
+            message,
+        };
         let values = inputs
             .iter()
             .map(|(n, t)| convert::to_value(t).map(|v| (n.clone(), v)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(fail)?;
-        let mut session = self.session.lock().map_err(|_| fail("a previous run panicked".into()))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| fail("a previous run panicked".into()))?;
         let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
         self.graph
             .outputs
             .iter()
             .map(|(name, _)| {
-                let v = outputs.get(name).ok_or_else(|| fail(format!("output `{name}` missing")))?;
-                convert::from_value(v).map(|t| (name.clone(), t)).map_err(fail)
+                let v = outputs
+                    .get(name)
+                    .ok_or_else(|| fail(format!("output `{name}` missing")))?;
+                convert::from_value(v)
+                    .map(|t| (name.clone(), t))
+                    .map_err(fail)
             })
             .collect()
     }

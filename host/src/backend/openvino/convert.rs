@@ -37,7 +37,11 @@ pub(super) fn to_tensor(t: &Tensor) -> Result<OvTensor, String> {
     let mut ov = OvTensor::new(element(t.dtype), &shape).map_err(|e| e.to_string())?;
     let dst = ov.get_raw_data_mut().map_err(|e| e.to_string())?;
     if dst.len() != t.data.len() {
-        return Err(format!("tensor of {} bytes for {} bytes of data", dst.len(), t.data.len()));
+        return Err(format!(
+            "tensor of {} bytes for {} bytes of data",
+            dst.len(),
+            t.data.len()
+        ));
     }
     dst.copy_from_slice(&t.data);
     Ok(ov)
@@ -47,7 +51,15 @@ pub(super) fn to_tensor(t: &Tensor) -> Result<OvTensor, String> {
 pub(super) fn from_tensor(ov: &OvTensor) -> Result<Tensor, String> {
     let d = dtype(ov.get_element_type().map_err(|e| e.to_string())?)?;
     let shape = ov.get_shape().map_err(|e| e.to_string())?;
-    let dims = shape.get_dimensions().iter().map(|&x| x.max(0) as u64).collect();
+    let dims = shape
+        .get_dimensions()
+        .iter()
+        .map(|&x| x.max(0) as u64)
+        .collect();
     let data = ov.get_raw_data().map_err(|e| e.to_string())?.to_vec();
-    Ok(Tensor { dtype: d, shape: dims, data })
+    Ok(Tensor {
+        dtype: d,
+        shape: dims,
+        data,
+    })
 }

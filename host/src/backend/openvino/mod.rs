@@ -31,7 +31,8 @@ fn library() -> Result<&'static str, String> {
     LIBRARY
         .get_or_init(|| {
             let path = crate::runtime_libs::openvino_c()?;
-            openvino_sys::library::load_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            openvino_sys::library::load_from(&path)
+                .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
             Ok(path.display().to_string())
         })
         .as_deref()
@@ -55,7 +56,9 @@ fn device_type(name: &str) -> DeviceType<'static> {
 /// Device names OpenVINO reports (`CPU`, `GPU.0`, ...).
 pub fn reported_devices() -> Result<Vec<String>, String> {
     let core = core()?;
-    let list = core.available_devices().map_err(|e| format!("cannot list OpenVINO devices: {e}"))?;
+    let list = core
+        .available_devices()
+        .map_err(|e| format!("cannot list OpenVINO devices: {e}"))?;
     Ok(list.iter().map(|d| d.as_ref().to_string()).collect())
 }
 
@@ -64,23 +67,42 @@ pub fn probe() -> Vec<DeviceStatus> {
     let path = match library() {
         Ok(p) => p,
         Err(reason) => {
-            return vec![DeviceStatus { device: "openvino".into(), available: false, detail: reason }];
+            return vec![DeviceStatus {
+                device: "openvino".into(),
+                available: false,
+                detail: reason,
+            }];
         }
     };
     let devices = match reported_devices() {
         Ok(d) => d,
-        Err(reason) => return vec![DeviceStatus { device: "openvino".into(), available: false, detail: reason }],
+        Err(reason) => {
+            return vec![DeviceStatus {
+                device: "openvino".into(),
+                available: false,
+                detail: reason,
+            }]
+        }
     };
     let mut out = Vec::new();
-    for (name, ov) in [("openvino", "CPU"), ("openvino:GPU", "GPU"), ("openvino:NPU", "NPU")] {
-        let found = devices.iter().any(|d| d == ov || d.starts_with(&format!("{ov}.")));
+    for (name, ov) in [
+        ("openvino", "CPU"),
+        ("openvino:GPU", "GPU"),
+        ("openvino:NPU", "NPU"),
+    ] {
+        let found = devices
+            .iter()
+            .any(|d| d == ov || d.starts_with(&format!("{ov}.")));
         out.push(DeviceStatus {
             device: name.into(),
             available: found,
             detail: if found {
                 format!("OpenVINO {ov} from {path}; precision f32 (default), bf16, f16")
             } else {
-                format!("OpenVINO reports no {ov} device (reported: {})", devices.join(", "))
+                format!(
+                    "OpenVINO reports no {ov} device (reported: {})",
+                    devices.join(", ")
+                )
             },
         });
     }
@@ -96,11 +118,24 @@ pub struct OpenVinoBackend {
 
 impl OpenVinoBackend {
     pub fn new(device: &str, precision: Precision) -> Result<Self, BackendError> {
-        let name = if device == "CPU" { "openvino".to_string() } else { format!("openvino:{device}") };
-        let unavailable = |reason: String| BackendError::Unavailable { device: name.clone(), reason };
+        let name = if device == "CPU" {
+            "openvino".to_string()
+        } else {
+            format!("openvino:{device}")
+        };
+        let unavailable = |reason: String| BackendError::Unavailable {
+            device: name.clone(),
+            reason,
+        };
         let devices = reported_devices().map_err(unavailable)?;
-        if !devices.iter().any(|d| d == device || d.starts_with(&format!("{device}."))) {
-            return Err(unavailable(format!("OpenVINO reports only: {}", devices.join(", "))));
+        if !devices
+            .iter()
+            .any(|d| d == device || d.starts_with(&format!("{device}.")))
+        {
+            return Err(unavailable(format!(
+                "OpenVINO reports only: {}",
+                devices.join(", ")
+            )));
         }
         let mut core = core().map_err(unavailable)?;
         let dt = device_type(device);
@@ -110,15 +145,23 @@ impl OpenVinoBackend {
             Precision::BF16 => "bf16",
         };
         let perf = std::env::var("HOST_OPENVINO_HINT").unwrap_or_else(|_| "LATENCY".into());
-        let props = [(RwPropertyKey::HintInferencePrecision, hint.to_string()), (RwPropertyKey::HintPerformanceMode, perf)];
+        let props = [
+            (RwPropertyKey::HintInferencePrecision, hint.to_string()),
+            (RwPropertyKey::HintPerformanceMode, perf),
+        ];
         for (k, v) in &props {
-            core.set_property(&dt, k, v).map_err(|e| BackendError::Precision {
-                device: name.clone(),
-                precision: precision.to_string(),
-                supported: format!("(setting {} = {v} failed: {e})", k.as_ref()),
-            })?;
+            core.set_property(&dt, k, v)
+                .map_err(|e| BackendError::Precision {
+                    device: name.clone(),
+                    precision: precision.to_string(),
+                    supported: format!("(setting {} = {v} failed: {e})", k.as_ref()),
+                })?;
         }
-        Ok(OpenVinoBackend { device: device.to_string(), precision, core: Mutex::new(core) })
+        Ok(OpenVinoBackend {
+            device: device.to_string(),
+            precision,
+            core: Mutex::new(core),
+        })
     }
 
     fn name(&self) -> String {
@@ -165,8 +208,16 @@ fn stage(graph: &Graph, model: &Model, onnx: &[u8]) -> Result<PathBuf, String> {
             h.update(format!("{:?}", m.modified().ok()));
         }
     }
-    let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let base = crate::sandbox::cache_dir().unwrap_or_else(std::env::temp_dir).join("openvino").join("graphs");
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = crate::sandbox::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("openvino")
+        .join("graphs");
     let dir = base.join(key);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for i in used_files(graph, model) {
@@ -174,7 +225,9 @@ fn stage(graph: &Graph, model: &Model, onnx: &[u8]) -> Result<PathBuf, String> {
     }
     let path = dir.join("model.onnx");
     let tmp = dir.join(format!("model.onnx.tmp{}", std::process::id()));
-    std::fs::write(&tmp, onnx).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&tmp, onnx)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -188,7 +241,9 @@ fn link_weights(target: &Path, link: &Path) -> Result<(), String> {
         let _ = std::fs::remove_file(link);
     }
     if let Ok(l) = std::fs::symlink_metadata(link) {
-        if (l.dev(), l.ino()) == (t.dev(), t.ino()) || (l.len() == t.len() && l.modified().ok() >= t.modified().ok()) {
+        if (l.dev(), l.ino()) == (t.dev(), t.ino())
+            || (l.len() == t.len() && l.modified().ok() >= t.modified().ok())
+        {
             return Ok(());
         }
         let _ = std::fs::remove_file(link);
@@ -200,7 +255,13 @@ fn link_weights(target: &Path, link: &Path) -> Result<(), String> {
     std::fs::copy(target, &tmp)
         .and_then(|_| std::fs::rename(&tmp, link))
         .map(|_| ())
-        .map_err(|e| format!("cannot link or copy {} to {}: {e}", target.display(), link.display()))
+        .map_err(|e| {
+            format!(
+                "cannot link or copy {} to {}: {e}",
+                target.display(),
+                link.display()
+            )
+        })
 }
 
 fn file_key(i: usize) -> String {
@@ -208,7 +269,8 @@ fn file_key(i: usize) -> String {
 }
 
 fn path_str(p: &Path) -> Result<&str, String> {
-    p.to_str().ok_or_else(|| format!("path {} is not UTF-8", p.display()))
+    p.to_str()
+        .ok_or_else(|| format!("path {} is not UTF-8", p.display()))
 }
 
 impl Backend for OpenVinoBackend {
@@ -220,25 +282,48 @@ impl Backend for OpenVinoBackend {
         self.precision
     }
 
-    fn compile(&self, graph: Arc<Graph>, model: &Model) -> Result<Arc<dyn Executable>, BackendError> {
-        let fail = |message: String| BackendError::Compile { device: self.name(), graph: graph.name.clone(), message };
+    fn compile(
+        &self,
+        graph: Arc<Graph>,
+        model: &Model,
+    ) -> Result<Arc<dyn Executable>, BackendError> {
+        let fail = |message: String| BackendError::Compile {
+            device: self.name(),
+            graph: graph.name.clone(),
+            message,
+        };
         let store = &model.weights;
         let locate = |name: &str| {
             let e = store.index.get(name)?;
-            Some(ExternalLocation { location: file_key(e.file), offset: e.offset, length: e.length })
+            Some(ExternalLocation {
+                location: file_key(e.file),
+                offset: e.offset,
+                length: e.length,
+            })
         };
         let onnx = emit(&graph, &locate).map_err(|e| fail(e.to_string()))?;
         let path = stage(&graph, model, &onnx).map_err(&fail)?;
-        let mut core = self.core.lock().map_err(|_| fail("the OpenVINO core lock is poisoned".into()))?;
+        let mut core = self
+            .core
+            .lock()
+            .map_err(|_| fail("the OpenVINO core lock is poisoned".into()))?;
         // OpenVINO's blob cache lives inside this graph's own directory, whose
         // name hashes the graph and the weight files: a blob is never reused
         // for other weights of the same shapes.
         let blobs = path.with_file_name(format!("blobs-{}", self.precision));
         let dt = device_type(&self.device);
-        core.set_property(&dt, &RwPropertyKey::CacheDir, path_str(&blobs).map_err(&fail)?)
-            .map_err(|e| fail(format!("setting CACHE_DIR: {e}")))?;
-        let ov_model = core.read_model_from_file(path_str(&path).map_err(&fail)?, "").map_err(|e| fail(format!("reading ONNX: {e}")))?;
-        let mut compiled = core.compile_model(&ov_model, dt).map_err(|e| fail(e.to_string()))?;
+        core.set_property(
+            &dt,
+            &RwPropertyKey::CacheDir,
+            path_str(&blobs).map_err(&fail)?,
+        )
+        .map_err(|e| fail(format!("setting CACHE_DIR: {e}")))?;
+        let ov_model = core
+            .read_model_from_file(path_str(&path).map_err(&fail)?, "")
+            .map_err(|e| fail(format!("reading ONNX: {e}")))?;
+        let mut compiled = core
+            .compile_model(&ov_model, dt)
+            .map_err(|e| fail(e.to_string()))?;
         let used = compiled
             .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
             .map(|v| v.to_string())
@@ -250,27 +335,46 @@ impl Backend for OpenVinoBackend {
                 supported: format!("this device computes in {used} instead"),
             });
         }
-        let request = compiled.create_infer_request().map_err(|e| fail(e.to_string()))?;
-        Ok(Arc::new(OpenVinoExecutable { device: self.name(), graph, state: Mutex::new((request, compiled)) }))
+        let request = compiled
+            .create_infer_request()
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Arc::new(OpenVinoExecutable {
+            device: self.name(),
+            graph,
+            state: Mutex::new((request, compiled)),
+        }))
     }
 }
 
 impl Executable for OpenVinoExecutable {
     fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
-        let fail = |message: String| BackendError::Run { device: self.device.clone(), graph: self.graph.name.clone(), message };
-        let mut state = self.state.lock().map_err(|_| fail("a previous run panicked".into()))?;
+        let fail = |message: String| BackendError::Run {
+            device: self.device.clone(),
+            graph: self.graph.name.clone(),
+            message,
+        };
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| fail("a previous run panicked".into()))?;
         let request = &mut state.0;
         for (name, t) in &inputs {
             let ov = convert::to_tensor(t).map_err(&fail)?;
-            request.set_tensor(name, &ov).map_err(|e| fail(format!("input `{name}`: {e}")))?;
+            request
+                .set_tensor(name, &ov)
+                .map_err(|e| fail(format!("input `{name}`: {e}")))?;
         }
         request.infer().map_err(|e| fail(e.to_string()))?;
         self.graph
             .outputs
             .iter()
             .map(|(name, _)| {
-                let t = request.get_tensor(name).map_err(|e| fail(format!("output `{name}`: {e}")))?;
-                convert::from_tensor(&t).map(|t| (name.clone(), t)).map_err(&fail)
+                let t = request
+                    .get_tensor(name)
+                    .map_err(|e| fail(format!("output `{name}`: {e}")))?;
+                convert::from_tensor(&t)
+                    .map(|t| (name.clone(), t))
+                    .map_err(&fail)
             })
             .collect()
     }
