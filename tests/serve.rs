@@ -531,3 +531,58 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         "serve exits cleanly after draining: {status:?}"
     );
 }
+
+#[test]
+fn completions_stream_token_by_token_and_match_the_full_answer() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "llama",
+            "text-generation",
+            &fixture("tiny-llama"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let url = format!("{}/v1/completions", s.base);
+    let (code, full) = post(
+        &agent(),
+        &url,
+        r#"{"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0}"#,
+    );
+    assert_eq!(code, 200, "{full}");
+    assert_eq!(full["usage"]["completion_tokens"], 12);
+    assert_eq!(full["choices"][0]["finish_reason"], "length");
+    let text = full["choices"][0]["text"].as_str().unwrap().to_string();
+    let body = agent()
+        .post(&url)
+        .send_string(r#"{"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "stream": true}"#)
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    assert_eq!(
+        events.len(),
+        12 + 2,
+        "one event per token, a final one, then [DONE]: {body}"
+    );
+    let mut joined = String::new();
+    for e in &events[..events.len() - 1] {
+        let v: serde_json::Value = serde_json::from_str(e).unwrap();
+        joined.push_str(v["choices"][0]["text"].as_str().unwrap());
+    }
+    assert_eq!(
+        joined, text,
+        "streamed pieces add up to the full completion"
+    );
+    let (code, v) = post(&agent(), &url, r#"{"prompt": "x", "n": 2}"#);
+    assert_eq!(code, 400, "{v}");
+}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use crate::backend::{registry, Device, Precision};
 use crate::model::Model;
 use crate::sandbox::imports_api::{CompileCache, SkillContext};
-use crate::sandbox::{Sandbox, SandboxError, SkillComponent, SkillInstance, WitError};
+use crate::sandbox::{
+    Sandbox, SandboxError, SkillComponent, SkillInstance, StreamSender, WitError,
+};
 use crate::tensor::Tensor;
 use crate::HostError;
 
@@ -236,14 +238,26 @@ impl Runner {
         &mut self,
         batch: &[String],
     ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
+        self.try_handle_streaming(batch, &[])
+    }
+
+    /// Like [`Runner::try_handle`]; partial results of request `i` go to
+    /// `streams[i]` when present.
+    pub fn try_handle_streaming(
+        &mut self,
+        batch: &[String],
+        streams: &[Option<StreamSender>],
+    ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
         let mut results: Vec<Option<Result<Output, RequestError>>> = vec![None; batch.len()];
         let mut valid_idx = Vec::new();
         let mut valid = Vec::new();
+        let mut valid_streams = Vec::new();
         for (i, r) in batch.iter().enumerate() {
             match validate_request(r) {
                 Ok(()) => {
                     valid_idx.push(i);
                     valid.push(r.clone());
+                    valid_streams.push(streams.get(i).cloned().flatten());
                 }
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -251,30 +265,31 @@ impl Runner {
         if !valid.is_empty() {
             let (device, precision) = (self.device.clone(), self.precision.to_string());
             let inst = self.instance()?;
-            let answers: Vec<Result<Output, RequestError>> = match inst.handle(&valid) {
-                Err(e) => {
-                    self.traps += 1;
-                    return Err(RequestError {
-                        kind: sandbox_kind(&e),
-                        message: e.to_string(),
-                    });
-                }
-                Ok(list) if list.len() != valid.len() => {
-                    let message = format!(
-                        "skill returned {} results for {} requests",
-                        list.len(),
-                        valid.len()
-                    );
-                    return Err(RequestError {
-                        kind: "internal",
-                        message,
-                    });
-                }
-                Ok(list) => list
-                    .into_iter()
-                    .map(|r| convert_response(r, &device, &precision))
-                    .collect(),
-            };
+            let answers: Vec<Result<Output, RequestError>> =
+                match inst.handle_streaming(&valid, valid_streams) {
+                    Err(e) => {
+                        self.traps += 1;
+                        return Err(RequestError {
+                            kind: sandbox_kind(&e),
+                            message: e.to_string(),
+                        });
+                    }
+                    Ok(list) if list.len() != valid.len() => {
+                        let message = format!(
+                            "skill returned {} results for {} requests",
+                            list.len(),
+                            valid.len()
+                        );
+                        return Err(RequestError {
+                            kind: "internal",
+                            message,
+                        });
+                    }
+                    Ok(list) => list
+                        .into_iter()
+                        .map(|r| convert_response(r, &device, &precision))
+                        .collect(),
+                };
             if let Some(Err(first)) = answers.first() {
                 if first.kind == "backend"
                     && answers

@@ -30,7 +30,7 @@ pub mod tensors;
 
 pub use bindings::accel::skill::api::{Response, SkillInfo};
 pub use bindings::accel::skill::types::{Dim, Dtype, Error, NamedTensor, Tensor};
-pub use bindings::accel::skill::{graph, log, model, runtime, tokenizer};
+pub use bindings::accel::skill::{graph, log, model, partial, runtime, tokenizer};
 pub use bindings::export_skill;
 pub use bindings::Guest;
 pub use graph_ext::Graph;

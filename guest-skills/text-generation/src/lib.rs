@@ -147,7 +147,8 @@ impl Guest for TextGeneration {
                 })
                 .collect();
             if !reqs.is_empty() {
-                match generate(m, &reqs) {
+                let index: Vec<u32> = ok.iter().map(|&i| i as u32).collect();
+                match generate(m, &reqs, &index) {
                     Ok(responses) => ok.iter().zip(responses).for_each(|(&i, r)| out[i] = Ok(r)),
                     Err(e) => ok.iter().for_each(|&i| out[i] = Err(e.clone())),
                 }
@@ -280,8 +281,14 @@ fn f32s(t: &Tensor) -> Vec<f32> {
         .collect()
 }
 
-/// Generates all requests together (left-padded).
-fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
+/// Generates all requests together (left-padded). `index[i]` is request i's
+/// position in the batch, for streamed partial results.
+fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response>, Error> {
+    let wanted: Vec<bool> = index
+        .iter()
+        .map(|&i| skill_sdk::partial::wanted(i))
+        .collect();
+    let mut streamed: Vec<usize> = vec![0; reqs.len()];
     let b = reqs.len();
     let longest = reqs.iter().map(|r| r.ids.len()).max().unwrap_or(0);
     let mut mask: Vec<Vec<i64>> = reqs
@@ -364,6 +371,20 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
                     &indices[i * k..(i + 1) * k],
                 );
                 out[i].push(t);
+                if wanted[i] {
+                    let toks: Vec<u32> = out[i].iter().map(|&x| x as u32).collect();
+                    let text = m.tokenizer.decode(&toks, true).unwrap_or_default();
+                    // Only whole characters: a token may end inside one.
+                    let upto = if text.ends_with('\u{fffd}') {
+                        streamed[i]
+                    } else {
+                        text.len()
+                    };
+                    let delta = text.get(streamed[i]..upto).unwrap_or("");
+                    let chunk = serde_json::json!({ "token_id": t, "text": delta });
+                    skill_sdk::partial::emit(index[i], &chunk.to_string());
+                    streamed[i] = upto.max(streamed[i]);
+                }
                 if m.defaults.eos.contains(&t) {
                     finish[i] = Some("eos");
                 } else if !reqs[i].stop.is_empty() && stop_hit(m, &out[i], &reqs[i].stop) {
@@ -404,6 +425,7 @@ fn generate(m: &Loaded, reqs: &[&Request]) -> Result<Vec<Response>, Error> {
         let mut json = serde_json::json!({
             "text": text,
             "token_ids": out[i],
+            "prompt_tokens": reqs[i].ids.len(),
             "finish_reason": finish[i].unwrap_or("length"),
             "timings": {
                 "prefill_ms": prefill_ms, "decode_ms": decode_ms,

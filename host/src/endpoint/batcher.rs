@@ -101,6 +101,7 @@ mod tests {
             cost,
             enqueued: std::time::Instant::now(),
             reply,
+            stream: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct Pending {
     pub cost: usize,
     pub enqueued: std::time::Instant,
     pub reply: oneshot::Sender<Result<Output, RequestError>>,
+    /// Partial results, when the caller streams.
+    pub stream: Option<crate::sandbox::StreamSender>,
 }
 
 /// The async callable of one endpoint.
@@ -64,6 +66,14 @@ impl Handler {
         &self,
         request: String,
     ) -> Result<oneshot::Receiver<Result<Output, RequestError>>, RequestError> {
+        self.enqueue_with(request, None)
+    }
+
+    fn enqueue_with(
+        &self,
+        request: String,
+        stream: Option<crate::sandbox::StreamSender>,
+    ) -> Result<oneshot::Receiver<Result<Output, RequestError>>, RequestError> {
         let (reply, rx) = oneshot::channel();
         let cost = self.cost.estimate(&request);
         let p = Pending {
@@ -71,6 +81,7 @@ impl Handler {
             cost,
             enqueued: std::time::Instant::now(),
             reply,
+            stream,
         };
         match self.tx.try_send(p) {
             Ok(()) => {
@@ -96,6 +107,24 @@ impl Handler {
     pub async fn call(&self, request: String) -> Result<Output, RequestError> {
         let rx = self.enqueue(request)?;
         rx.await.unwrap_or_else(|_| Err(self.closed()))
+    }
+
+    /// Serves one request, streaming its partial results (JSON texts) to the
+    /// returned receiver; the final answer comes through the oneshot.
+    #[allow(clippy::type_complexity)]
+    pub fn call_streaming(
+        &self,
+        request: String,
+    ) -> Result<
+        (
+            mpsc::UnboundedReceiver<String>,
+            oneshot::Receiver<Result<Output, RequestError>>,
+        ),
+        RequestError,
+    > {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let done = self.enqueue_with(request, Some(tx))?;
+        Ok((rx, done))
     }
 
     /// Serves several requests, answers in order. All are queued before any
@@ -125,6 +154,7 @@ impl Handler {
             cost,
             enqueued: std::time::Instant::now(),
             reply,
+            stream: None,
         };
         if self.tx.send(p).await.is_ok() {
             self.metrics

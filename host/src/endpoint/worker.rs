@@ -186,6 +186,8 @@ impl Worker {
     /// next devices of the list, and finally to a fresh instance at home.
     fn run(&mut self, batch: Batch) {
         let requests: Vec<String> = batch.iter().map(|p| p.request.clone()).collect();
+        let streams: Vec<Option<crate::sandbox::StreamSender>> =
+            batch.iter().map(|p| p.stream.clone()).collect();
         self.metrics
             .batch_size
             .with_label_values(&[&self.endpoint])
@@ -196,7 +198,9 @@ impl Worker {
         let mut answers = None;
         let mut tried_from: Option<String> = None;
         for &i in &order {
-            let attempt = self.runner(i).and_then(|r| r.try_handle(&requests));
+            let attempt = self
+                .runner(i)
+                .and_then(|r| r.try_handle_streaming(&requests, &streams));
             if let Some(from) = tried_from.take() {
                 self.metrics
                     .fallbacks

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::component::Resource;
 
-use super::accel::skill::{api, graph, log, model, runtime, tokenizer, types};
+use super::accel::skill::{api, graph, log, model, partial, runtime, tokenizer, types};
 use super::convert::*;
 use super::HostState;
 use crate::backend::{check_inputs, Backend, Executable};
@@ -113,6 +113,19 @@ impl log::Host for HostState {
             eprintln!("[{tag}] skill {}: {text}", self.ctx.skill);
         }
         Ok(())
+    }
+}
+
+impl partial::Host for HostState {
+    fn emit(&mut self, index: u32, chunk: String) -> wasmtime::Result<()> {
+        if let Some(Some(tx)) = self.streams.get(index as usize) {
+            let _ = tx.send(chunk);
+        }
+        Ok(())
+    }
+
+    fn wanted(&mut self, index: u32) -> wasmtime::Result<bool> {
+        Ok(matches!(self.streams.get(index as usize), Some(Some(_))))
     }
 }
 

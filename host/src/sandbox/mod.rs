@@ -88,7 +88,12 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     pub(crate) ctx: Arc<SkillContext>,
+    /// Stream senders of the batch being handled, by request index.
+    pub(crate) streams: Vec<Option<StreamSender>>,
 }
+
+/// Where a request's partial results go.
+pub type StreamSender = tokio::sync::mpsc::UnboundedSender<String>;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -240,6 +245,7 @@ impl Sandbox {
             table: ResourceTable::new(),
             limits,
             ctx,
+            streams: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -306,8 +312,20 @@ impl SkillInstance {
         &mut self,
         batch: &[String],
     ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
+        self.handle_streaming(batch, Vec::new())
+    }
+
+    /// Like `handle`, forwarding the skill's partial results of request `i`
+    /// to `streams[i]` when present.
+    pub fn handle_streaming(
+        &mut self,
+        batch: &[String],
+        streams: Vec<Option<StreamSender>>,
+    ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
         self.refuel();
+        self.store.data_mut().streams = streams;
         let r = self.bindings.call_handle(&mut self.store, batch);
+        self.store.data_mut().streams = Vec::new();
         r.map_err(|e| self.classify(e))
     }
 }

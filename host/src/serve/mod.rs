@@ -1,6 +1,7 @@
 //! `host serve`: the endpoint layer over HTTP (axum).
 //!
-//! Routes: OpenAI-compatible `POST /v1/embeddings`, TEI-compatible
+//! Routes: OpenAI-compatible `POST /v1/embeddings` and `POST /v1/completions`
+//! (with `stream: true` as server-sent events), TEI-compatible
 //! `POST /embed`, a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
 //! response format), `GET /health`, `GET /metrics` (Prometheus), and admin
 //! routes `GET|POST /admin/endpoints`, `DELETE /admin/endpoints/{name}`.
@@ -147,6 +148,7 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
     Router::new()
         .route("/v1/embeddings", post(api::openai_embeddings))
         .route("/embed", post(api::tei_embed))
+        .route("/v1/completions", post(api::openai_completions))
         .route("/v1/endpoints/{name}", post(api::generic))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
