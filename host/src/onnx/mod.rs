@@ -172,3 +172,38 @@ pub fn emit(
         .write_to_bytes()
         .map_err(|e| EmitError::Encode(e.to_string()))
 }
+
+/// The file name under which weight file `i` of a model is referenced by
+/// emitted models (`weights<i>.safetensors`).
+pub fn weight_file_name(i: usize) -> String {
+    format!("weights{i}.safetensors")
+}
+
+/// Emits `g` with its weights pointing into the model's safetensors files,
+/// named by [`weight_file_name`].
+pub fn emit_for_model(g: &Graph, model: &crate::model::Model) -> Result<Vec<u8>, EmitError> {
+    let locate = |name: &str| {
+        let e = model.weights.index.get(name)?;
+        Some(ExternalLocation {
+            location: weight_file_name(e.file),
+            offset: e.offset,
+            length: e.length,
+        })
+    };
+    emit(g, &locate)
+}
+
+/// Indices of the model's weight files that `g` references, ascending.
+pub fn used_weight_files(g: &Graph, model: &crate::model::Model) -> Vec<usize> {
+    let mut v: Vec<usize> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            crate::ir::Op::Weight { name } => model.weights.index.get(name).map(|e| e.file),
+            _ => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}

@@ -16,7 +16,7 @@ use ort::session::Session;
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
 use crate::ir::Graph;
 use crate::model::Model;
-use crate::onnx::{emit, ExternalLocation};
+use crate::onnx::{emit_for_model, used_weight_files, weight_file_name};
 
 static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = OnceLock::new();
 
@@ -115,16 +115,7 @@ impl Backend for CpuBackend {
             message,
         };
         let (env, _) = environment().map_err(&fail)?;
-        let store = &model.weights;
-        let locate = |name: &str| {
-            let e = store.index.get(name)?;
-            Some(ExternalLocation {
-                location: file_key(e.file),
-                offset: e.offset,
-                length: e.length,
-            })
-        };
-        let bytes = emit(&graph, &locate).map_err(|e| fail(e.to_string()))?;
+        let bytes = emit_for_model(&graph, model).map_err(|e| fail(e.to_string()))?;
         let e2s = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
         let mut builder = Session::builder(env)
             .map_err(|e| fail(e.to_string()))?
@@ -134,17 +125,12 @@ impl Backend for CpuBackend {
             .map_err(e2s)?
             .with_inter_threads(1)
             .map_err(e2s)?;
-        let used: std::collections::BTreeSet<usize> = graph
-            .nodes
-            .iter()
-            .filter_map(|n| match &n.op {
-                crate::ir::Op::Weight { name } => store.index.get(name).map(|e| e.file),
-                _ => None,
-            })
-            .collect();
-        for file in used {
+        for file in used_weight_files(&graph, model) {
             builder = builder
-                .with_external_initializer_file_in_memory(file_key(file), model.file_bytes(file))
+                .with_external_initializer_file_in_memory(
+                    weight_file_name(file),
+                    model.file_bytes(file),
+                )
                 .map_err(e2s)?;
         }
         let session = builder
@@ -155,11 +141,6 @@ impl Backend for CpuBackend {
             session: Mutex::new(session),
         }))
     }
-}
-
-/// The name under which weight file `i` is handed to ONNX Runtime.
-fn file_key(i: usize) -> String {
-    format!("weights{i}.safetensors")
 }
 
 impl Executable for CpuExecutable {

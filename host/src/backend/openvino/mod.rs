@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use openvino::{CompiledModel, Core, DeviceType, InferRequest, PropertyKey, RwPropertyKey};
 
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
-use crate::ir::{Graph, Op};
+use crate::ir::Graph;
 use crate::model::Model;
-use crate::onnx::{emit, ExternalLocation};
+use crate::onnx::{emit_for_model, used_weight_files, weight_file_name};
 
 static LIBRARY: OnceLock<Result<String, String>> = OnceLock::new();
 
@@ -180,21 +180,6 @@ struct OpenVinoExecutable {
     state: Mutex<(InferRequest, CompiledModel)>,
 }
 
-/// The weight files a graph references, by index.
-fn used_files(graph: &Graph, model: &Model) -> Vec<usize> {
-    let mut v: Vec<usize> = graph
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.op {
-            Op::Weight { name } => model.weights.index.get(name).map(|e| e.file),
-            _ => None,
-        })
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
 /// Writes `model.onnx` and weight links into a fresh directory for this
 /// graph and model; returns the model path.
 fn stage(graph: &Graph, model: &Model, onnx: &[u8]) -> Result<PathBuf, String> {
@@ -220,8 +205,8 @@ fn stage(graph: &Graph, model: &Model, onnx: &[u8]) -> Result<PathBuf, String> {
         .join("graphs");
     let dir = base.join(key);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    for i in used_files(graph, model) {
-        link_weights(&model.weights.files[i].path, &dir.join(file_key(i)))?;
+    for i in used_weight_files(graph, model) {
+        link_weights(&model.weights.files[i].path, &dir.join(weight_file_name(i)))?;
     }
     let path = dir.join("model.onnx");
     let tmp = dir.join(format!("model.onnx.tmp{}", std::process::id()));
@@ -264,10 +249,6 @@ fn link_weights(target: &Path, link: &Path) -> Result<(), String> {
         })
 }
 
-fn file_key(i: usize) -> String {
-    format!("weights{i}.safetensors")
-}
-
 fn path_str(p: &Path) -> Result<&str, String> {
     p.to_str()
         .ok_or_else(|| format!("path {} is not UTF-8", p.display()))
@@ -292,16 +273,7 @@ impl Backend for OpenVinoBackend {
             graph: graph.name.clone(),
             message,
         };
-        let store = &model.weights;
-        let locate = |name: &str| {
-            let e = store.index.get(name)?;
-            Some(ExternalLocation {
-                location: file_key(e.file),
-                offset: e.offset,
-                length: e.length,
-            })
-        };
-        let onnx = emit(&graph, &locate).map_err(|e| fail(e.to_string()))?;
+        let onnx = emit_for_model(&graph, model).map_err(|e| fail(e.to_string()))?;
         let path = stage(&graph, model, &onnx).map_err(&fail)?;
         let mut core = self
             .core
