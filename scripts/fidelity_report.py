@@ -1,10 +1,11 @@
 """Runs the fidelity tests and renders their measured numbers.
 
-Usage: python3 scripts/fidelity_report.py [--out-prefix results/fidelity_cpu]
+Usage: python3 scripts/fidelity_report.py [--out-prefix results/fidelity]
 
-It runs `cargo test --release -p host --test fidelity` with HOST_FIDELITY_OUT
+It runs the `fidelity` and `generation` tests with HOST_FIDELITY_OUT
 pointing at a temporary file (each passing comparison appends one JSON line:
-case, texts, worst cosine, worst max-abs, thresholds), then writes
+embeddings: case, texts, worst cosine, worst max-abs, thresholds;
+generation: case, prompts, token-identical), then writes
 <prefix>.json and <prefix>.md with the machine named.
 """
 
@@ -31,13 +32,14 @@ def cpu_name() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-prefix", default="results/fidelity_cpu")
+    ap.add_argument("--out-prefix", default="results/fidelity")
     args = ap.parse_args()
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as tmp:
         path = tmp.name
     env = dict(os.environ, HOST_FIDELITY_OUT=path)
     proc = subprocess.run(
-        ["cargo", "test", "--release", "-p", "host", "--test", "fidelity", "--", "--test-threads=1"], env=env
+        ["cargo", "test", "--release", "-p", "host", "--test", "fidelity", "--test", "generation", "--", "--test-threads=1"],
+        env=env,
     )
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -54,7 +56,7 @@ def main() -> int:
     with open(args.out_prefix + ".json", "w") as f:
         json.dump(report, f, indent=2)
     lines = [
-        "# Fidelity vs sentence-transformers",
+        "# Fidelity vs sentence-transformers and transformers",
         "",
         f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['os']}",
         f"- date: {report['date']}",
@@ -63,9 +65,14 @@ def main() -> int:
         "| case | texts | worst cosine | worst max-abs | threshold |",
         "|---|---:|---:|---:|---|",
     ]
-    for r in rows:
+    for r in (r for r in rows if "texts" in r):
         limit = f"cos >= {r['min_cosine']}" + (f", max-abs <= {r['max_abs_limit']}" if r["max_abs_limit"] else "")
         lines.append(f"| {r['case']} | {r['texts']} | {r['worst_cosine']:.9f} | {r['worst_max_abs']:.2e} | {limit} |")
+    gen = [r for r in rows if "prompts" in r]
+    if gen:
+        lines += ["", "Greedy generation vs transformers `generate` (fp32, 24 new tokens, each prompt alone and all in one left-padded batch):", "",
+                  "| case | prompts | token-identical |", "|---|---:|---|"]
+        lines += [f"| {r['case']} | {r['prompts']} | {'yes' if r['identical'] else 'no'} |" for r in gen]
     with open(args.out_prefix + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
