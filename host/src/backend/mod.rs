@@ -6,6 +6,7 @@
 //! the data. [`registry`] parses device names and reports availability.
 
 pub mod cpu;
+pub mod cuda;
 pub mod faulty;
 pub mod openvino;
 pub mod registry;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{cpu, faulty, openvino, Backend, BackendError};
+use super::{cpu, cuda, faulty, openvino, Backend, BackendError};
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -119,11 +119,7 @@ pub struct DeviceStatus {
 pub fn probe_all() -> Vec<DeviceStatus> {
     let mut out = vec![cpu::probe()];
     out.extend(openvino::probe());
-    out.push(DeviceStatus {
-        device: "cuda".into(),
-        available: false,
-        detail: "the CUDA backend is not part of this build yet".into(),
-    });
+    out.extend(cuda::probe());
     out
 }
 
@@ -133,10 +129,7 @@ pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, B
         Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision)?)),
         Device::OpenVino(d) => Ok(Arc::new(openvino::OpenVinoBackend::new(d, precision)?)),
         Device::Faulty => Ok(Arc::new(faulty::FaultyBackend::new(precision)?)),
-        other => Err(BackendError::Unavailable {
-            device: other.to_string(),
-            reason: "this backend is not part of this build yet (see `host devices`)".into(),
-        }),
+        Device::Cuda(n) => Err(cuda::open(*n)),
     }
 }
 
