@@ -71,8 +71,8 @@ def main() -> int:
     gen = [r for r in rows if "prompts" in r]
     if gen:
         lines += ["", "Greedy generation vs transformers `generate` (fp32, 24 new tokens, each prompt alone and all in one left-padded batch):", "",
-                  "| case | prompts | token-identical |", "|---|---:|---|"]
-        lines += [f"| {r['case']} | {r['prompts']} | {'yes' if r['identical'] else 'no'} |" for r in gen]
+                  "| case | prompts | token-identical | prefill logits max-abs (limit 1e-4) |", "|---|---:|---|---:|"]
+        lines += [f"| {r['case']} | {r['prompts']} | {'yes' if r['identical'] else 'no'} | {r.get('prefill_logits_max_abs', float('nan')):.2e} |" for r in gen]
     with open(args.out_prefix + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -14,6 +14,7 @@ const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2"];
 struct Case {
     prompt: String,
     new_ids: Vec<i64>,
+    prefill_logits: Vec<f32>,
 }
 
 fn cases(arch: &str) -> Vec<Case> {
@@ -30,6 +31,12 @@ fn cases(arch: &str) -> Vec<Case> {
                 .unwrap()
                 .iter()
                 .map(|x| x.as_i64().unwrap())
+                .collect(),
+            prefill_logits: c["prefill_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
                 .collect(),
         })
         .collect()
@@ -77,6 +84,7 @@ fn greedy_matches(device: &str) {
             device,
             Precision::F32,
         );
+        let mut worst_logits = 0f64;
         for c in &cases {
             let got = &ask(&mut r, &[request(&c.prompt, serde_json::json!({}))])[0];
             assert_eq!(
@@ -88,6 +96,22 @@ fn greedy_matches(device: &str) {
             assert_eq!(got["finish_reason"], "length");
             assert_eq!(got["device"], device);
             assert!(got["timings"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+            let req = request(
+                &c.prompt,
+                serde_json::json!({ "return_logits": true, "max_new_tokens": 1 }),
+            );
+            let out = r.handle(&[req]).remove(0).expect("logits request");
+            let logits = out
+                .tensor("prefill_logits")
+                .expect("prefill_logits")
+                .to_f32("logits")
+                .unwrap();
+            let (_, max) = compare(&logits, &c.prefill_logits);
+            assert!(
+                max <= 1e-4,
+                "{arch} on {device}: prefill logits differ by {max}"
+            );
+            worst_logits = worst_logits.max(max);
         }
         let batch: Vec<String> = cases
             .iter()
@@ -103,7 +127,7 @@ fn greedy_matches(device: &str) {
             assert_eq!(got["timings"]["batch_size"], cases.len());
         }
         record(
-            serde_json::json!({ "case": format!("generation {arch} {device} f32 greedy"), "prompts": cases.len(), "identical": true }),
+            serde_json::json!({ "case": format!("generation {arch} {device} f32 greedy"), "prompts": cases.len(), "identical": true, "prefill_logits_max_abs": worst_logits }),
         );
     }
 }

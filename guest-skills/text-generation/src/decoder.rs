@@ -93,10 +93,16 @@ fn sym(s: &str) -> Dim {
     Dim::Symbolic(s.into())
 }
 
-/// Builds and compiles the decoder graph.
-pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> {
+/// Builds and compiles the decoder graph; `with_logits` adds a `logits`
+/// output [batch, vocab] (for `return_logits` requests only: it is large).
+pub fn build(arch: Arch, c: &Json, with_logits: bool) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = dims(arch, c)?;
-    let g = Graph::new(&format!("{arch:?}-decoder").to_lowercase());
+    let name = if with_logits {
+        format!("{arch:?}-decoder-logits")
+    } else {
+        format!("{arch:?}-decoder")
+    };
+    let g = Graph::new(&name.to_lowercase());
     let bs = [sym("batch"), sym("seq")];
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
@@ -160,11 +166,15 @@ pub fn build(arch: Arch, c: &Json) -> Result<(CompiledGraph, ModelInfo), Error> 
         Arch::Gpt2 => c.u64("n_positions")?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
     };
-    let graph = g.compile(&[
+    let mut outputs = vec![
         ("next_token", next),
         ("top_values", values),
         ("top_indices", indices),
-    ])?;
+    ];
+    if with_logits {
+        outputs.push(("logits", logits));
+    }
+    let graph = g.compile(&outputs)?;
     Ok((
         graph,
         ModelInfo {

@@ -10,7 +10,9 @@
 //! The prompts of a batch are generated together, left-padded; each step
 //! sends one token id per sequence to the host and gets the next one back.
 //! Sampling draws from the graph's top-100 candidates, so `top_k` is capped
-//! at 100. `repetition_penalty` other than 1 is refused.
+//! at 100. `repetition_penalty` other than 1 is refused. `"return_logits":
+//! true` adds `prefill_logits` (the last prompt position's logits) to the
+//! response, for fidelity checks.
 
 mod decoder;
 mod sample;
@@ -43,6 +45,10 @@ struct Defaults {
 struct Loaded {
     tokenizer: Tokenizer,
     graph: CompiledGraph,
+    /// The same graph with a `logits` output, built on first use.
+    logits_graph: RefCell<Option<CompiledGraph>>,
+    arch: Arch,
+    config: Json,
     info: ModelInfo,
     defaults: Defaults,
 }
@@ -53,6 +59,8 @@ thread_local! {
 
 struct Request {
     ids: Vec<i64>,
+    /// Return the prefill step's last-position logits (large; for checks).
+    return_logits: bool,
     max_new: u64,
     sampling: Sampling,
     stop: Vec<String>,
@@ -115,10 +123,13 @@ impl Guest for TextGeneration {
             add_special_tokens: true,
             pad_to_multiple_of: None,
         })?;
-        let (graph, info) = decoder::build(arch, &config)?;
+        let (graph, info) = decoder::build(arch, &config, false)?;
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
                 tokenizer,
+                logits_graph: RefCell::new(None),
+                arch,
+                config,
                 graph,
                 info,
                 defaults,
@@ -258,8 +269,12 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
             .collect(),
         Some(_) => return Err(invalid("`stop` must be a string or a list of strings")),
     };
+    let return_logits = num("return_logits")
+        .and_then(|x| x.as_bool())
+        .unwrap_or(false);
     Ok(Request {
         ids,
+        return_logits,
         max_new,
         sampling,
         stop,
@@ -317,6 +332,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
     let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
     let t0 = Instant::now();
     let mut prefill_ms = 0.0;
+    let mut prefill_logits: Vec<Tensor> = Vec::new();
     let mut seq = longest as u64;
     for step in 0..max_steps {
         let cols = mask[0].len() as u64;
@@ -338,10 +354,23 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 value: i64_tensor(vec![1], &[seq as i64 - 1]),
             },
         ];
-        let outputs = session.run(&m.graph, &inputs)?;
+        let want_logits = step == 0 && reqs.iter().any(|r| r.return_logits);
+        let outputs = if want_logits {
+            let mut lg = m.logits_graph.borrow_mut();
+            if lg.is_none() {
+                *lg = Some(decoder::build(m.arch, &m.config, true)?.0);
+            }
+            match lg.as_ref() {
+                Some(g) => session.run(g, &inputs)?,
+                None => return Err(skill_sdk::internal("logits graph missing")),
+            }
+        } else {
+            session.run(&m.graph, &inputs)?
+        };
         let (mut greedy, mut values, mut indices) = (None, None, None);
         for o in outputs {
             match o.name.as_str() {
+                "logits" => prefill_logits = skill_sdk::tensors::split_rows(&o.value)?,
                 "next_token" => greedy = Some(i64s(&o.value)),
                 "top_values" => values = Some(f32s(&o.value)),
                 "top_indices" => indices = Some(i64s(&o.value)),
@@ -436,9 +465,16 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         if !reqs[i].warnings.is_empty() {
             json["warnings"] = serde_json::json!(reqs[i].warnings);
         }
+        let tensors = match prefill_logits.get(i) {
+            Some(t) if reqs[i].return_logits => vec![NamedTensor {
+                name: "prefill_logits".into(),
+                value: t.clone(),
+            }],
+            _ => vec![],
+        };
         responses.push(Response {
             json: json.to_string(),
-            tensors: vec![],
+            tensors,
         });
     }
     Ok(responses)
