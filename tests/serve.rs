@@ -150,6 +150,7 @@ fn concurrent_clients_get_their_own_answers_in_batches() {
         max_wait_ms: 5,
         max_batch_tokens: 16384,
         queue_capacity: 4096,
+        dispatch_when_idle: true,
     };
     let s = server(
         vec![config("emb", "text-embedding", &model, "cpu", policy, 2)],
@@ -219,6 +220,7 @@ fn a_burst_beyond_the_queue_gets_429_and_the_rest_is_answered() {
         max_wait_ms: 0,
         max_batch_tokens: 16384,
         queue_capacity: 4,
+        dispatch_when_idle: true,
     };
     let s = server(
         vec![config(
@@ -372,6 +374,7 @@ fn removing_an_endpoint_under_load_finishes_or_fails_cleanly() {
         max_wait_ms: 1,
         max_batch_tokens: 16384,
         queue_capacity: 256,
+        dispatch_when_idle: true,
     };
     if !available("cpu") {
         return;

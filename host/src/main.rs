@@ -220,6 +220,9 @@ async fn local_endpoint(args: &RunArgs, queue: usize) -> Result<(Endpoints, Hand
         max_wait_ms: if args.batch_size > 1 { 2 } else { 0 },
         max_batch_tokens: args.batch_size.saturating_mul(1 << 16),
         queue_capacity: queue.max(1),
+        // Every request is queued up front: fill batches rather than start
+        // the first one with a single request.
+        dispatch_when_idle: false,
     };
     endpoints.add(config).await.map_err(|e| match e {
         host::endpoint::EndpointError::Load { source, .. } => anyhow::Error::new(source),

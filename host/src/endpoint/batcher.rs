@@ -54,7 +54,9 @@ pub(crate) async fn run(
                 window.push(p);
                 continue;
             }
-            if policy.max_wait_ms == 0 || pool.idle.load(Ordering::SeqCst) > 0 {
+            if policy.max_wait_ms == 0
+                || (policy.dispatch_when_idle && pool.idle.load(Ordering::SeqCst) > 0)
+            {
                 break;
             }
             tokio::select! {
@@ -62,7 +64,7 @@ pub(crate) async fn run(
                     Some(p) => window.push(p),
                     None => break,
                 },
-                _ = pool.freed.notified() => break,
+                _ = pool.freed.notified(), if policy.dispatch_when_idle => break,
                 _ = sleep_until(deadline) => break,
             }
         }

@@ -19,6 +19,10 @@ pub struct BatchPolicy {
     pub max_batch_tokens: usize,
     /// Most requests waiting; beyond it calls fail at once with `overloaded`.
     pub queue_capacity: usize,
+    /// Start a batch at once when a worker is idle (best latency for
+    /// servers). Off, a batch waits up to `max_wait_ms` to fill (best for
+    /// batch jobs whose requests are all queued at once).
+    pub dispatch_when_idle: bool,
 }
 
 impl Default for BatchPolicy {
@@ -28,6 +32,7 @@ impl Default for BatchPolicy {
             max_wait_ms: 5,
             max_batch_tokens: 16_384,
             queue_capacity: 1024,
+            dispatch_when_idle: true,
         }
     }
 }
