@@ -69,11 +69,12 @@ impl Handler {
         self.enqueue_with(request, None)
     }
 
-    fn enqueue_with(
+    /// A queue entry for `request` and the receiver of its answer.
+    fn pending(
         &self,
         request: String,
         stream: Option<crate::sandbox::StreamSender>,
-    ) -> Result<oneshot::Receiver<Result<Output, RequestError>>, RequestError> {
+    ) -> (Pending, oneshot::Receiver<Result<Output, RequestError>>) {
         let (reply, rx) = oneshot::channel();
         let cost = self.cost.estimate(&request);
         let p = Pending {
@@ -83,6 +84,15 @@ impl Handler {
             reply,
             stream,
         };
+        (p, rx)
+    }
+
+    fn enqueue_with(
+        &self,
+        request: String,
+        stream: Option<crate::sandbox::StreamSender>,
+    ) -> Result<oneshot::Receiver<Result<Output, RequestError>>, RequestError> {
+        let (p, rx) = self.pending(request, stream);
         match self.tx.try_send(p) {
             Ok(()) => {
                 self.metrics
@@ -147,15 +157,7 @@ impl Handler {
         &self,
         request: String,
     ) -> oneshot::Receiver<Result<Output, RequestError>> {
-        let (reply, rx) = oneshot::channel();
-        let cost = self.cost.estimate(&request);
-        let p = Pending {
-            request,
-            cost,
-            enqueued: std::time::Instant::now(),
-            reply,
-            stream: None,
-        };
+        let (p, rx) = self.pending(request, None);
         if self.tx.send(p).await.is_ok() {
             self.metrics
                 .queue_depth
