@@ -14,6 +14,8 @@ const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2"];
 struct Case {
     prompt: String,
     new_ids: Vec<i64>,
+    /// Greedy with repetition_penalty = 1.3.
+    new_ids_penalty: Vec<i64>,
     prefill_logits: Vec<f32>,
 }
 
@@ -27,6 +29,12 @@ fn cases(arch: &str) -> Vec<Case> {
         .map(|c| Case {
             prompt: c["prompt"].as_str().unwrap().to_string(),
             new_ids: c["new_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect(),
+            new_ids_penalty: c["new_ids_repetition_penalty_1_3"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -112,6 +120,19 @@ fn greedy_matches(device: &str) {
                 "{arch} on {device}: prefill logits differ by {max}"
             );
             worst_logits = worst_logits.max(max);
+            let pen = &ask(
+                &mut r,
+                &[request(
+                    &c.prompt,
+                    serde_json::json!({ "repetition_penalty": 1.3 }),
+                )],
+            )[0];
+            assert_eq!(
+                tokens(pen),
+                c.new_ids_penalty,
+                "{arch} on {device} with repetition_penalty 1.3: {:?}",
+                c.prompt
+            );
         }
         let batch: Vec<String> = cases
             .iter()
@@ -125,6 +146,18 @@ fn greedy_matches(device: &str) {
                 c.prompt
             );
             assert_eq!(got["timings"]["batch_size"], cases.len());
+        }
+        let batch: Vec<String> = cases
+            .iter()
+            .map(|c| request(&c.prompt, serde_json::json!({ "repetition_penalty": 1.3 })))
+            .collect();
+        for (got, c) in ask(&mut r, &batch).iter().zip(&cases) {
+            assert_eq!(
+                tokens(got),
+                c.new_ids_penalty,
+                "{arch} on {device}, batched with penalty: {:?}",
+                c.prompt
+            );
         }
         record(
             serde_json::json!({ "case": format!("generation {arch} {device} f32 greedy"), "prompts": cases.len(), "identical": true, "prefill_logits_max_abs": worst_logits }),
@@ -232,8 +265,8 @@ fn bad_generation_requests_are_clear_errors() {
             "the model's context is 128",
         ),
         (
-            r#"{"prompt": "hi", "repetition_penalty": 1.3}"#.to_string(),
-            "not supported",
+            r#"{"prompt": "hi", "repetition_penalty": 0}"#.to_string(),
+            "must be a positive number",
         ),
         (
             r#"{"prompt": "hi", "temperature": 0}"#.to_string(),

@@ -39,6 +39,7 @@ impl Arch {
 
 /// What the generation loop needs to know about the model.
 pub struct ModelInfo {
+    pub vocab: u64,
     pub max_positions: u64,
     pub top_k: u32,
 }
@@ -95,13 +96,13 @@ fn sym(s: &str) -> Dim {
 
 /// Builds and compiles the decoder graph; `with_logits` adds a `logits`
 /// output [batch, vocab] (for `return_logits` requests only: it is large).
-pub fn build(arch: Arch, c: &Json, with_logits: bool) -> Result<(CompiledGraph, ModelInfo), Error> {
+pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = dims(arch, c)?;
-    let name = if with_logits {
-        format!("{arch:?}-decoder-logits")
-    } else {
-        format!("{arch:?}-decoder")
-    };
+    let name = format!(
+        "{arch:?}-decoder{}{}",
+        if variant.logits { "-logits" } else { "" },
+        if variant.penalty { "-penalty" } else { "" }
+    );
     let g = Graph::new(&name.to_lowercase());
     let bs = [sym("batch"), sym("seq")];
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
@@ -159,9 +160,14 @@ pub fn build(arch: Arch, c: &Json, with_logits: bool) -> Result<(CompiledGraph, 
         Some(Dim::Fixed(v)) => *v,
         _ => return Err(Error::Model("the vocabulary size is not fixed".into())),
     };
-    let next = g.b.argmax(logits, -1, false)?;
+    let scores = if variant.penalty {
+        penalize(&g, logits, vocab)?
+    } else {
+        logits
+    };
+    let next = g.b.argmax(scores, -1, false)?;
     let top_k = TOP_K_MAX.min(vocab as u32);
-    let (values, indices) = g.b.top_k(logits, top_k)?;
+    let (values, indices) = g.b.top_k(scores, top_k)?;
     let max_positions = match arch {
         Arch::Gpt2 => c.u64("n_positions")?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
@@ -171,17 +177,40 @@ pub fn build(arch: Arch, c: &Json, with_logits: bool) -> Result<(CompiledGraph, 
         ("top_values", values),
         ("top_indices", indices),
     ];
-    if with_logits {
+    if variant.logits {
         outputs.push(("logits", logits));
     }
     let graph = g.compile(&outputs)?;
     Ok((
         graph,
         ModelInfo {
+            vocab,
             max_positions,
             top_k,
         },
     ))
+}
+
+/// Which optional parts a decoder graph has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Output the raw last-position `logits` [batch, vocab].
+    pub logits: bool,
+    /// Inputs `seen` (bool [batch, vocab]: tokens already in the sequence)
+    /// and `penalty` (f32 [batch, 1]) apply transformers' repetition penalty
+    /// before argmax and top-k: seen logits below 0 are multiplied by the
+    /// penalty, others divided by it.
+    pub penalty: bool,
+}
+
+fn penalize(g: &Graph, logits: Node, vocab: u64) -> Result<Node, Error> {
+    let seen = g.input("seen", Dtype::Boolean, &[sym("batch"), Dim::Fixed(vocab)])?;
+    let penalty = g.input("penalty", Dtype::F32, &[sym("batch"), Dim::Fixed(1)])?;
+    let zero = g.scalar(0.0, Dtype::F32)?;
+    let negative = g.b.compare(CompareOp::Less, logits, zero)?;
+    let scaled =
+        g.b.select(negative, g.mul(logits, penalty)?, g.div(logits, penalty)?)?;
+    g.b.select(seen, scaled, logits)
 }
 
 /// cos and sin tables [batch, 1, seq, head_dim] of rotary embeddings.

@@ -10,7 +10,8 @@
 //! The prompts of a batch are generated together, left-padded; each step
 //! sends one token id per sequence to the host and gets the next one back.
 //! Sampling draws from the graph's top-100 candidates, so `top_k` is capped
-//! at 100. `repetition_penalty` other than 1 is refused. `"return_logits":
+//! at 100. `repetition_penalty` follows transformers (seen tokens' logits
+//! scaled before sampling; the seen-set crosses once per step). `"return_logits":
 //! true` adds `prefill_logits` (the last prompt position's logits) to the
 //! response, for fidelity checks.
 
@@ -22,11 +23,11 @@ use std::time::Instant;
 
 use skill_sdk::config::Json;
 use skill_sdk::runtime::{CompiledGraph, Session};
-use skill_sdk::tensors::i64_tensor;
+use skill_sdk::tensors::{f32_tensor, i64_tensor};
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo, Tensor};
 
-use decoder::{Arch, ModelInfo};
+use decoder::{Arch, ModelInfo, Variant};
 use sample::{Sampler, Sampling};
 
 /// Largest `max_new_tokens` a request may ask for.
@@ -38,6 +39,7 @@ struct Defaults {
     temperature: f32,
     top_k: u32,
     top_p: f32,
+    repetition_penalty: f32,
     eos: Vec<i64>,
     pad: i64,
 }
@@ -45,8 +47,8 @@ struct Defaults {
 struct Loaded {
     tokenizer: Tokenizer,
     graph: CompiledGraph,
-    /// The same graph with a `logits` output, built on first use.
-    logits_graph: RefCell<Option<CompiledGraph>>,
+    /// Graph variants (logits output, repetition penalty), built on first use.
+    variants: RefCell<std::collections::HashMap<Variant, CompiledGraph>>,
     arch: Arch,
     config: Json,
     info: ModelInfo,
@@ -61,6 +63,8 @@ struct Request {
     ids: Vec<i64>,
     /// Return the prefill step's last-position logits (large; for checks).
     return_logits: bool,
+    /// transformers' repetition penalty (1 = off).
+    repetition_penalty: f32,
     max_new: u64,
     sampling: Sampling,
     stop: Vec<String>,
@@ -115,6 +119,9 @@ impl Guest for TextGeneration {
             temperature: get("temperature").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
             top_k: get("top_k").and_then(|v| v.as_u64()).unwrap_or(50) as u32,
             top_p: get("top_p").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
+            repetition_penalty: get("repetition_penalty")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1.0) as f32,
             eos,
             pad,
         };
@@ -123,11 +130,11 @@ impl Guest for TextGeneration {
             add_special_tokens: true,
             pad_to_multiple_of: None,
         })?;
-        let (graph, info) = decoder::build(arch, &config, false)?;
+        let (graph, info) = decoder::build(arch, &config, Variant::default())?;
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
                 tokenizer,
-                logits_graph: RefCell::new(None),
+                variants: RefCell::new(std::collections::HashMap::new()),
                 arch,
                 config,
                 graph,
@@ -179,13 +186,13 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
         None => return Err(invalid("missing `prompt`")),
     };
     let num = |k: &str| v.get(k).filter(|x| !x.is_null());
-    if let Some(p) = num("repetition_penalty") {
-        if p.as_f64() != Some(1.0) {
-            return Err(Error::Unsupported(
-                "`repetition_penalty` is not supported yet".into(),
-            ));
-        }
-    }
+    let repetition_penalty = match num("repetition_penalty") {
+        None => m.defaults.repetition_penalty,
+        Some(p) => match p.as_f64() {
+            Some(p) if p.is_finite() && p > 0.0 => p as f32,
+            _ => return Err(invalid("`repetition_penalty` must be a positive number")),
+        },
+    };
     let d = &m.defaults;
     let max_new = match num("max_new_tokens") {
         None => d.max_new_tokens,
@@ -275,6 +282,7 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
     Ok(Request {
         ids,
         return_logits,
+        repetition_penalty,
         max_new,
         sampling,
         stop,
@@ -329,6 +337,22 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
     let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
     let mut finish: Vec<Option<&'static str>> = vec![None; b];
     let session = Session::new();
+    // Tokens each row has seen (prompt, padding, generated), for the
+    // repetition penalty, as transformers counts them.
+    let vocab = m.info.vocab as usize;
+    let penalize = reqs.iter().any(|r| r.repetition_penalty != 1.0);
+    let mut seen: Vec<Vec<bool>> = Vec::new();
+    if penalize {
+        for row in ids.chunks(longest.max(1)) {
+            let mut v = vec![false; vocab];
+            for &t in row {
+                if let Some(x) = v.get_mut(t as usize) {
+                    *x = true;
+                }
+            }
+            seen.push(v);
+        }
+    }
     let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
     let t0 = Instant::now();
     let mut prefill_ms = 0.0;
@@ -354,18 +378,38 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 value: i64_tensor(vec![1], &[seq as i64 - 1]),
             },
         ];
-        let want_logits = step == 0 && reqs.iter().any(|r| r.return_logits);
-        let outputs = if want_logits {
-            let mut lg = m.logits_graph.borrow_mut();
-            if lg.is_none() {
-                *lg = Some(decoder::build(m.arch, &m.config, true)?.0);
-            }
-            match lg.as_ref() {
-                Some(g) => session.run(g, &inputs)?,
-                None => return Err(skill_sdk::internal("logits graph missing")),
-            }
-        } else {
+        let variant = Variant {
+            logits: step == 0 && reqs.iter().any(|r| r.return_logits),
+            penalty: penalize,
+        };
+        let mut inputs = inputs;
+        if penalize {
+            let flat: Vec<u8> = seen.iter().flatten().map(|&x| x as u8).collect();
+            inputs.push(NamedTensor {
+                name: "seen".into(),
+                value: Tensor {
+                    dtype: skill_sdk::Dtype::Boolean,
+                    shape: vec![b as u64, vocab as u64],
+                    data: flat,
+                },
+            });
+            let p: Vec<f32> = reqs.iter().map(|r| r.repetition_penalty).collect();
+            inputs.push(NamedTensor {
+                name: "penalty".into(),
+                value: f32_tensor(vec![b as u64, 1], &p),
+            });
+        }
+        let outputs = if variant == Variant::default() {
             session.run(&m.graph, &inputs)?
+        } else {
+            let mut cache = m.variants.borrow_mut();
+            let graph = match cache.entry(variant) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(decoder::build(m.arch, &m.config, variant)?.0)
+                }
+            };
+            session.run(graph, &inputs)?
         };
         let (mut greedy, mut values, mut indices) = (None, None, None);
         for o in outputs {
@@ -427,6 +471,13 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         }
         if finish.iter().all(Option::is_some) {
             break;
+        }
+        if penalize {
+            for (row, &t) in seen.iter_mut().zip(&step_ids) {
+                if let Some(x) = row.get_mut(t as usize) {
+                    *x = true;
+                }
+            }
         }
         ids = step_ids;
         pos = next_pos.clone();
