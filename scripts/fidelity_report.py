@@ -70,7 +70,7 @@ def main() -> int:
         lines.append(f"| {r['case']} | {r['texts']} | {r['worst_cosine']:.9f} | {r['worst_max_abs']:.2e} | {limit} |")
     gen = [r for r in rows if "prompts" in r]
     if gen:
-        lines += ["", "Greedy generation vs transformers `generate` (fp32, 24 new tokens, each prompt alone and all in one left-padded batch):", "",
+        lines += ["", "Greedy generation vs transformers `generate` (fp32, 24 new tokens, each prompt alone and all in one left-padded batch; also with repetition_penalty 1.3):", "",
                   "| case | prompts | token-identical | prefill logits max-abs (limit 1e-4) |", "|---|---:|---|---:|"]
         lines += [f"| {r['case']} | {r['prompts']} | {'yes' if r['identical'] else 'no'} | {r.get('prefill_logits_max_abs', float('nan')):.2e} |" for r in gen]
     with open(args.out_prefix + ".md", "w") as f:

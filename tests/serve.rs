@@ -589,3 +589,37 @@ fn completions_stream_token_by_token_and_match_the_full_answer() {
     let (code, v) = post(&agent(), &url, r#"{"prompt": "x", "n": 2}"#);
     assert_eq!(code, 400, "{v}");
 }
+
+#[test]
+fn completions_refuse_options_they_would_ignore() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "gpt2",
+            "text-generation",
+            &fixture("tiny-gpt2"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let url = format!("{}/v1/completions", s.base);
+    for body in [
+        r#"{"prompt": "x", "presence_penalty": 0.5}"#,
+        r#"{"prompt": "x", "logprobs": 3}"#,
+        r#"{"prompt": "x", "echo": true}"#,
+    ] {
+        let (code, v) = post(&agent(), &url, body);
+        assert_eq!(code, 400, "{body}: {v}");
+        assert_eq!(v["error"]["type"], "unsupported");
+    }
+    let (code, v) = post(
+        &agent(),
+        &url,
+        r#"{"prompt": "x", "max_tokens": 3, "repetition_penalty": 1.3, "echo": false}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+}

@@ -228,7 +228,27 @@ fn completion_request(v: &Value, prompt: &str) -> Result<String, ApiError> {
         }
         None => {}
     }
-    for k in ["top_p", "top_k", "seed", "stop"] {
+    for k in ["frequency_penalty", "presence_penalty"] {
+        if v.get(k).and_then(Value::as_f64).is_some_and(|x| x != 0.0) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported",
+                format!("`{k}` is not supported; use `repetition_penalty`"),
+            ));
+        }
+    }
+    for k in ["logprobs", "echo", "suffix", "best_of", "logit_bias"] {
+        if v.get(k)
+            .is_some_and(|x| !x.is_null() && x != &Value::Bool(false))
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported",
+                format!("`{k}` is not supported"),
+            ));
+        }
+    }
+    for k in ["top_p", "top_k", "seed", "stop", "repetition_penalty"] {
         if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
             req[k] = x.clone();
         }
