@@ -9,7 +9,7 @@ use common::*;
 use host::backend::Precision;
 use host::runner::Runner;
 
-const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2"];
+const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2", "bloom"];
 
 struct Case {
     prompt: String,

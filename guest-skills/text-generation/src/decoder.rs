@@ -23,6 +23,7 @@ pub enum Arch {
     Opt,
     Llama,
     Qwen2,
+    Bloom,
 }
 
 impl Arch {
@@ -32,6 +33,7 @@ impl Arch {
             "opt" => Arch::Opt,
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "bloom" => Arch::Bloom,
             _ => return None,
         })
     }
@@ -57,6 +59,7 @@ struct Dims {
 fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     let (hidden, heads, layers) = match arch {
         Arch::Gpt2 => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
+        Arch::Bloom => (c.u64("hidden_size")?, c.u64("n_head")?, c.u64("n_layer")?),
         _ => (
             c.u64("hidden_size")?,
             c.u64("num_attention_heads")?,
@@ -70,13 +73,15 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     }
     let kv_heads = c.u64_or("num_key_value_heads", heads)?;
     let eps = match arch {
-        Arch::Gpt2 => c.f64_or("layer_norm_epsilon", 1e-5)?,
+        Arch::Gpt2 | Arch::Bloom => c.f64_or("layer_norm_epsilon", 1e-5)?,
         Arch::Opt => 1e-5,
         _ => c.f64_or("rms_norm_eps", 1e-6)?,
     } as f32;
     let act = match arch {
         Arch::Gpt2 => activation(c.str_or("activation_function", "gelu_new")?)?,
         Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
+        // BLOOM's gelu is the tanh approximation.
+        Arch::Bloom => UnaryOp::GeluTanh,
         _ => activation(c.str_or("hidden_act", "silu")?)?,
     };
     Ok(Dims {
@@ -136,6 +141,18 @@ pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, M
             "model.embed_tokens.weight",
             g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?,
         ),
+        Arch::Bloom => {
+            let e =
+                g.b.embedding(g.weight("transformer.word_embeddings.weight")?, ids)?;
+            let e = g.layer_norm(e, "transformer.word_embeddings_layernorm", d.eps)?;
+            ("transformer.word_embeddings.weight", e)
+        }
+    };
+    // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
+    let keys = if arch == Arch::Bloom {
+        alibi_mask(&g, d.heads, keys)?
+    } else {
+        keys
     };
     let rope = match arch {
         Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim)?),
@@ -146,7 +163,7 @@ pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, M
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
-        Arch::Gpt2 => g.layer_norm(h, "transformer.ln_f", d.eps)?,
+        Arch::Gpt2 | Arch::Bloom => g.layer_norm(h, "transformer.ln_f", d.eps)?,
         Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
         _ => g.b.rms_norm(h, g.weight("model.norm.weight")?, d.eps)?,
     };
@@ -170,6 +187,8 @@ pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, M
     let (values, indices) = g.b.top_k(scores, top_k)?;
     let max_positions = match arch {
         Arch::Gpt2 => c.u64("n_positions")?,
+        // ALiBi has no learned positions; cap at a conventional context.
+        Arch::Bloom => c.u64_or("seq_length", 2048)?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
     };
     let mut outputs = vec![
@@ -211,6 +230,38 @@ fn penalize(g: &Graph, logits: Node, vocab: u64) -> Result<Node, Error> {
     let scaled =
         g.b.select(negative, g.mul(logits, penalty)?, g.div(logits, penalty)?)?;
     g.b.select(seen, scaled, logits)
+}
+
+/// ALiBi slopes of `heads` heads, as transformers computes them.
+fn alibi_slopes(heads: u64) -> Vec<f32> {
+    let closest = 1u64 << (63 - heads.leading_zeros()); // largest power of 2 <= heads
+    let base = 2f32.powf(-(2f32.powf(-((closest as f32).log2() - 3.0))));
+    let mut slopes: Vec<f32> = (1..=closest).map(|p| base.powi(p as i32)).collect();
+    if closest != heads {
+        let extra = 2f32.powf(-(2f32.powf(-((2 * closest) as f32).log2() + 3.0)));
+        let n = (heads - closest).min(closest);
+        slopes.extend((0..n).map(|i| extra.powi((1 + 2 * i) as i32)));
+    }
+    slopes
+}
+
+/// [batch, heads, 1, past+seq] additive mask: slope x key position where
+/// attending, the masked score elsewhere. Key positions come as an input
+/// (`key_positions`, i64 [batch, past+seq]: (cumsum(mask) - 1) x mask).
+fn alibi_mask(g: &Graph, heads: u64, keys: Node) -> Result<Node, Error> {
+    let kp = g.input(
+        "key_positions",
+        Dtype::I64,
+        &[sym("batch"), sym("past+seq")],
+    )?;
+    let kp =
+        g.b.unsqueeze(g.b.unsqueeze(g.b.cast(kp, Dtype::F32)?, 1)?, 1)?;
+    let slopes =
+        g.b.constant(&f32_tensor(vec![heads, 1, 1], &alibi_slopes(heads)))?;
+    let alibi = g.mul(slopes, kp)?;
+    let (zero, low) = (g.scalar(0.0, Dtype::F32)?, g.scalar(-65504.0, Dtype::F32)?);
+    let pad = g.b.select(keys, zero, low)?;
+    g.add(alibi, pad)
 }
 
 /// cos and sin tables [batch, 1, seq, head_dim] of rotary embeddings.
@@ -259,13 +310,14 @@ fn layer(
     rope: Option<(Node, Node)>,
 ) -> Result<Node, Error> {
     let p = match arch {
-        Arch::Gpt2 => format!("transformer.h.{i}"),
+        Arch::Gpt2 | Arch::Bloom => format!("transformer.h.{i}"),
         Arch::Opt => format!("model.decoder.layers.{i}"),
         _ => format!("model.layers.{i}"),
     };
     let x = match arch {
         Arch::Gpt2 => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
         Arch::Opt => g.layer_norm(h, &format!("{p}.self_attn_layer_norm"), d.eps)?,
+        Arch::Bloom => g.layer_norm(h, &format!("{p}.input_layernorm"), d.eps)?,
         _ => {
             g.b.rms_norm(h, g.weight(&format!("{p}.input_layernorm.weight"))?, d.eps)?
         }
@@ -279,6 +331,17 @@ fn layer(
                 g.b.slice(qkv, -1, w, 2 * w)?,
                 g.b.slice(qkv, -1, 2 * w, 3 * w)?,
             )
+        }
+        Arch::Bloom => {
+            // Fused per head: [batch, seq, heads, 3, head_dim].
+            let qkv = g.linear(x, &format!("{p}.self_attention.query_key_value"))?;
+            let r =
+                g.b.reshape(qkv, &[0, 0, d.heads as i64, 3, d.head_dim as i64])?;
+            let part = |j: i64| -> Result<Node, Error> {
+                let one = g.b.squeeze(g.b.slice(r, 3, j, j + 1)?, 3)?;
+                g.b.reshape(one, &[0, 0, -1])
+            };
+            (part(0)?, part(1)?, part(2)?)
         }
         _ => {
             let a = format!("{p}.self_attn");
@@ -311,10 +374,16 @@ fn layer(
     let a = match arch {
         Arch::Gpt2 => conv1d(g, a, &format!("{p}.attn.c_proj"))?,
         Arch::Opt => g.linear(a, &format!("{p}.self_attn.out_proj"))?,
+        Arch::Bloom => g.linear(a, &format!("{p}.self_attention.dense"))?,
         _ => g.linear(a, &format!("{p}.self_attn.o_proj"))?,
     };
     let h = g.add(h, a)?;
     let m = match arch {
+        Arch::Bloom => {
+            let x = g.layer_norm(h, &format!("{p}.post_attention_layernorm"), d.eps)?;
+            let up = g.unary(d.act, g.linear(x, &format!("{p}.mlp.dense_h_to_4h"))?)?;
+            g.linear(up, &format!("{p}.mlp.dense_4h_to_h"))?
+        }
         Arch::Gpt2 => {
             let x = g.layer_norm(h, &format!("{p}.ln_2"), d.eps)?;
             conv1d(

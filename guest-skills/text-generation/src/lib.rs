@@ -1,4 +1,4 @@
-//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, qwen2) with the
+//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, qwen2, bloom) with the
 //! KV cache owned by the host (a `runtime.session`).
 //!
 //! Request: `{"prompt": "...", "max_new_tokens": N, "do_sample": false,
@@ -86,7 +86,7 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "qwen2"].iter().map(|s| s.to_string()).collect(),
+            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom"].iter().map(|s| s.to_string()).collect(),
             request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -97,7 +97,7 @@ impl Guest for TextGeneration {
         let config = Json::config()?;
         let model_type = config.str_or("model_type", "")?.to_string();
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
-            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2)"))
+            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom)"))
         })?;
         let gen = Json::asset("generation_config.json")?;
         let get = |k: &str| {
@@ -360,7 +360,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
     let mut seq = longest as u64;
     for step in 0..max_steps {
         let cols = mask[0].len() as u64;
-        let inputs = vec![
+        let mut inputs = vec![
             NamedTensor {
                 name: "input_ids".into(),
                 value: i64_tensor(vec![b as u64, seq], &ids),
@@ -378,11 +378,25 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 value: i64_tensor(vec![1], &[seq as i64 - 1]),
             },
         ];
+        if m.arch == Arch::Bloom {
+            // ALiBi key positions: (cumsum(mask) - 1) x mask, per row.
+            let mut kp = Vec::with_capacity(b * cols as usize);
+            for row in &mask {
+                let mut seen = 0i64;
+                for &x in row {
+                    seen += x;
+                    kp.push((seen - 1) * x);
+                }
+            }
+            inputs.push(NamedTensor {
+                name: "key_positions".into(),
+                value: i64_tensor(vec![b as u64, cols], &kp),
+            });
+        }
         let variant = Variant {
             logits: step == 0 && reqs.iter().any(|r| r.return_logits),
             penalty: penalize,
         };
-        let mut inputs = inputs;
         if penalize {
             let flat: Vec<u8> = seen.iter().flatten().map(|&x| x as u8).collect();
             inputs.push(NamedTensor {
