@@ -286,9 +286,9 @@ def export_onnx(model_dir: Path, path: Path, tokenizer) -> dict:
                              token_type_ids=token_type_ids).last_hidden_state
 
     wrapper = LastHidden(model).eval()
-    dummy = tokenizer(["a short one", "a slightly longer example sentence"],
+    sample = tokenizer(["a short one", "a slightly longer example sentence"],
                       padding=True, return_tensors="pt")
-    args = tuple(dummy[k] for k in INPUT_NAMES)
+    args = tuple(sample[k] for k in INPUT_NAMES)
     common = dict(input_names=INPUT_NAMES, output_names=["last_hidden_state"],
                   opset_version=17)
     info = {"opset_requested": 17}
