@@ -18,6 +18,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `host run text-embedding --model MODEL EXTRA...`
+fn run_embedding(model: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "text-embedding", "--model", model];
+    args.extend_from_slice(extra);
+    host(&args)
+}
+
+/// Asserts an exit code and a piece of the stderr message.
+fn assert_fails(o: &Output, code: i32, text: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    assert!(
+        stderr(o).contains(text),
+        "expected {text:?} in: {}",
+        stderr(o)
+    );
+}
+
 fn lines(o: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -57,30 +74,17 @@ fn run_prints_one_line_per_input_in_order() {
         .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
         .collect();
     std::fs::write(&file, body).unwrap();
-    let batched = host(&[
-        "run",
-        "text-embedding",
-        "--model",
+    let batched = run_embedding(
         model.to_str().unwrap(),
-        "--inputs",
-        file.to_str().unwrap(),
-        "--batch-size",
-        "3",
-    ]);
+        &["--inputs", file.to_str().unwrap(), "--batch-size", "3"],
+    );
     assert!(batched.status.success(), "{}", stderr(&batched));
     let got = lines(&batched);
     assert_eq!(got.len(), texts.len());
     for (t, line) in texts.iter().zip(&got) {
         assert_eq!(line["device"], "cpu");
         assert_eq!(line["precision"], "f32");
-        let single = host(&[
-            "run",
-            "text-embedding",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            t,
-        ]);
+        let single = run_embedding(model.to_str().unwrap(), &["--input", t]);
         let want = &lines(&single)[0];
         let a: Vec<f32> = line["embedding"]
             .as_array()
@@ -105,14 +109,8 @@ fn run_prints_one_line_per_input_in_order() {
 
 #[test]
 fn empty_input_list_is_an_error() {
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
-        fixture("tiny-bert").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("no inputs"), "{}", stderr(&o));
+    let o = run_embedding(fixture("tiny-bert").to_str().unwrap(), &[]);
+    assert_fails(&o, 2, "no inputs");
 }
 
 #[test]
@@ -120,20 +118,11 @@ fn invalid_json_line_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
     std::fs::write(&file, "{\"text\": \"ok\"}\n{not json\n").unwrap();
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
+    let o = run_embedding(
         fixture("tiny-bert").to_str().unwrap(),
-        "--inputs",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("line 2: not valid JSON"),
-        "{}",
-        stderr(&o)
+        &["--inputs", file.to_str().unwrap()],
     );
+    assert_fails(&o, 2, "line 2: not valid JSON");
 }
 
 #[test]
@@ -144,14 +133,10 @@ fn request_without_text_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
     std::fs::write(&file, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n").unwrap();
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
+    let o = run_embedding(
         fixture("tiny-bert").to_str().unwrap(),
-        "--inputs",
-        file.to_str().unwrap(),
-    ]);
+        &["--inputs", file.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1));
     let got = lines(&o);
     assert!(got[0]["embedding"].is_array());
@@ -165,20 +150,8 @@ fn request_without_text_fails_alone() {
 
 #[test]
 fn missing_model_directory_is_explained() {
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
-        "/no/such/model/dir",
-        "--input",
-        "x",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("neither a local directory nor a hub id"),
-        "{}",
-        stderr(&o)
-    );
+    let o = run_embedding("/no/such/model/dir", &["--input", "x"]);
+    assert_fails(&o, 2, "neither a local directory nor a hub id");
 }
 
 #[test]
@@ -230,14 +203,7 @@ fn unsupported_architecture_is_a_typed_error() {
     }
     let dir = tempfile::tempdir().unwrap();
     fake_model(dir.path(), r#"{"model_type": "gpt2"}"#, None);
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
-        dir.path().to_str().unwrap(),
-        "--input",
-        "x",
-    ]);
+    let o = run_embedding(dir.path().to_str().unwrap(), &["--input", "x"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
@@ -255,40 +221,17 @@ fn corrupt_weights_are_rejected() {
         r#"{"model_type": "bert"}"#,
         Some(b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage"),
     );
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
-        dir.path().to_str().unwrap(),
-        "--input",
-        "x",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("invalid safetensors header"),
-        "{}",
-        stderr(&o)
-    );
+    let o = run_embedding(dir.path().to_str().unwrap(), &["--input", "x"]);
+    assert_fails(&o, 2, "invalid safetensors header");
 }
 
 #[test]
 fn unknown_device_lists_known_ones() {
-    let o = host(&[
-        "run",
-        "text-embedding",
-        "--model",
+    let o = run_embedding(
         fixture("tiny-bert").to_str().unwrap(),
-        "--device",
-        "tpu",
-        "--input",
-        "x",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("unknown device `tpu`; known devices: cpu"),
-        "{}",
-        stderr(&o)
+        &["--device", "tpu", "--input", "x"],
     );
+    assert_fails(&o, 2, "unknown device `tpu`; known devices: cpu");
 }
 
 #[test]

@@ -161,13 +161,18 @@ impl GraphBuilder {
                 format!("input name `{name}` is empty or already used"),
             ));
         }
-        let id = self.push(
+        self.push_input(
             Op::Input {
                 name: name.to_string(),
             },
             dtype,
             shape,
-        )?;
+        )
+    }
+
+    /// Adds a node fed at run time (an input or a state) to the inputs.
+    fn push_input(&mut self, op: Op, dtype: DType, shape: Shape) -> R {
+        let id = self.push(op, dtype, shape)?;
         self.inputs.push(id);
         Ok(id)
     }
@@ -182,15 +187,13 @@ impl GraphBuilder {
         }
         self.state_types
             .insert(name.to_string(), (dtype, shape.len()));
-        let id = self.push(
+        self.push_input(
             Op::State {
                 name: name.to_string(),
             },
             dtype,
             shape,
-        )?;
-        self.inputs.push(id);
-        Ok(id)
+        )
     }
 
     /// The next value of state `name`.
