@@ -129,7 +129,7 @@ pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, B
         Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision)?)),
         Device::OpenVino(d) => Ok(Arc::new(openvino::OpenVinoBackend::new(d, precision)?)),
         Device::Faulty => Ok(Arc::new(faulty::FaultyBackend::new(precision)?)),
-        Device::Cuda(n) => Err(cuda::open(*n)),
+        Device::Cuda(n) => cuda::open(*n, precision),
     }
 }
 

@@ -1,0 +1,498 @@
+//! The CUDA executor: weights uploaded once per model and precision,
+//! plans cached per input-shape bucket, one arena allocation reused across
+//! runs, kernels launched from the plan's argument lists and GEMMs on
+//! cuBLAS with f32 accumulation.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
+use cudarc::driver::{
+    result as dr, sys as dsys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+
+use super::convert::convert;
+use super::kernels::Kernels;
+use super::lower::{storage, Planner};
+use super::plan::{Arg, AttnParam, Buf, GemmStep, IdxParam, Plan, Ref, Step};
+use crate::backend::{bind_partial, Backend, BackendError, Executable, NamedTensors, Precision};
+use crate::ir::{DType, Graph, NodeId, Op};
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+// SAFETY: both are #[repr(C)] plain data laid out like the kernels' structs.
+unsafe impl DeviceRepr for IdxParam {}
+unsafe impl DeviceRepr for AttnParam {}
+
+/// A raw device allocation, freed on drop.
+pub struct DeviceBuffer {
+    ptr: u64,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl DeviceBuffer {
+    fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Self, String> {
+        ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        // SAFETY: plain allocation on the bound context.
+        let ptr = unsafe { dr::malloc_sync(bytes.max(256)) }
+            .map_err(|e| format!("cannot allocate {bytes} bytes on the GPU: {e}"))?;
+        Ok(DeviceBuffer {
+            ptr,
+            bytes,
+            ctx: ctx.clone(),
+        })
+    }
+
+    fn upload(ctx: &Arc<CudaContext>, data: &[u8]) -> Result<Self, String> {
+        let b = DeviceBuffer::new(ctx, data.len())?;
+        if !data.is_empty() {
+            // SAFETY: the buffer holds data.len() bytes.
+            unsafe { dr::memcpy_htod_sync(b.ptr, data) }
+                .map_err(|e| format!("copy to the GPU failed: {e}"))?;
+        }
+        Ok(b)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_sync and freed once.
+        let _ = unsafe { dr::free_sync(self.ptr) };
+    }
+}
+
+/// One GPU: its context, kernels and the weights uploaded so far (shared
+/// by every graph and endpoint using the same model at the same precision).
+pub struct Gpu {
+    pub ordinal: usize,
+    pub name: String,
+    ctx: Arc<CudaContext>,
+    kernels: Kernels,
+    weights: Mutex<HashMap<(String, String, DType), Arc<DeviceBuffer>>>,
+}
+
+static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+
+/// The process-wide handle of GPU `ordinal` (created on first use).
+pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
+    let map = GPUS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().map_err(|_| "GPU table poisoned".to_string())?;
+    if let Some(g) = map.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open cuda:{ordinal}: {e}"))?;
+    // Streams are synchronised explicitly; raw pointers carry no events.
+    // SAFETY: called before any allocation on this context.
+    unsafe { ctx.disable_event_tracking() };
+    let kernels = Kernels::load(&ctx)?;
+    let g = Arc::new(Gpu {
+        ordinal,
+        name: ctx.name().unwrap_or_default(),
+        ctx,
+        kernels,
+        weights: Mutex::new(HashMap::new()),
+    });
+    map.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+/// The CUDA backend of one GPU at one precision.
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    precision: Precision,
+}
+
+impl CudaBackend {
+    pub fn new(gpu: Arc<Gpu>, precision: Precision) -> Self {
+        CudaBackend { gpu, precision }
+    }
+
+    fn device_name(&self) -> String {
+        format!("cuda:{}", self.gpu.ordinal)
+    }
+
+    /// Uploads weight `name` of `model` as `dtype`, once per process.
+    fn weight(&self, model: &Model, name: &str, dtype: DType) -> Result<Arc<DeviceBuffer>, String> {
+        let key = (model.root.display().to_string(), name.to_string(), dtype);
+        let mut map = self
+            .gpu
+            .weights
+            .lock()
+            .map_err(|_| "weight table poisoned".to_string())?;
+        if let Some(b) = map.get(&key) {
+            return Ok(b.clone());
+        }
+        let entry = model
+            .weights
+            .index
+            .get(name)
+            .ok_or_else(|| format!("weight `{name}` is not in the model"))?;
+        let bytes = model
+            .weights
+            .bytes(name)
+            .ok_or_else(|| format!("weight `{name}` has no bytes"))?;
+        let data = convert(bytes, entry.dtype, dtype);
+        let b = Arc::new(DeviceBuffer::upload(&self.gpu.ctx, &data)?);
+        map.insert(key, b.clone());
+        Ok(b)
+    }
+}
+
+/// A plan with its kernels resolved.
+struct Prepared {
+    plan: Plan,
+    functions: Vec<Option<CudaFunction>>,
+}
+
+struct RunState {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    arena: Option<DeviceBuffer>,
+    plans: HashMap<Vec<Vec<u64>>, Arc<Prepared>>,
+}
+
+// SAFETY: the state is only touched under the executable's mutex, with the
+// context bound to the running thread first.
+unsafe impl Send for RunState {}
+
+struct CudaExecutable {
+    graph: Arc<Graph>,
+    gpu: Arc<Gpu>,
+    device: String,
+    precision: Precision,
+    persistent: Vec<Arc<DeviceBuffer>>,
+    persistent_index: HashMap<NodeId, usize>,
+    state: Mutex<RunState>,
+}
+
+/// Most shape buckets kept per graph before the cache is cleared.
+const MAX_PLANS: usize = 64;
+
+impl Backend for CudaBackend {
+    fn device(&self) -> String {
+        self.device_name()
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn compile(
+        &self,
+        graph: Arc<Graph>,
+        model: &Model,
+    ) -> Result<Arc<dyn Executable>, BackendError> {
+        let fail = |message: String| BackendError::Compile {
+            device: self.device_name(),
+            graph: graph.name.clone(),
+            message,
+        };
+        let mut persistent = Vec::new();
+        let mut persistent_index = HashMap::new();
+        for (id, node) in graph.nodes.iter().enumerate() {
+            let dtype = storage(node.dtype, self.precision);
+            let buf = match &node.op {
+                Op::Weight { name } => self.weight(model, name, dtype).map_err(&fail)?,
+                Op::Constant(c) => Arc::new(
+                    DeviceBuffer::upload(&self.gpu.ctx, &convert(&c.bytes, c.dtype, dtype))
+                        .map_err(&fail)?,
+                ),
+                _ => continue,
+            };
+            persistent_index.insert(id as NodeId, persistent.len());
+            persistent.push(buf);
+        }
+        let stream = self
+            .gpu
+            .ctx
+            .new_stream()
+            .map_err(|e| fail(format!("cannot create a stream: {e}")))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| fail(format!("cuBLAS: {e}")))?;
+        Ok(Arc::new(CudaExecutable {
+            graph,
+            gpu: self.gpu.clone(),
+            device: self.device_name(),
+            precision: self.precision,
+            persistent,
+            persistent_index,
+            state: Mutex::new(RunState {
+                stream,
+                blas,
+                arena: None,
+                plans: HashMap::new(),
+            }),
+        }))
+    }
+}
+
+/// Kernel arguments with their values resolved, kept alive for the launch.
+enum Owned {
+    U64(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    Idx(IdxParam),
+    Attn(AttnParam),
+}
+
+fn data_type(dt: DType) -> Option<bsys::cudaDataType> {
+    match dt {
+        DType::F32 => Some(bsys::cudaDataType::CUDA_R_32F),
+        DType::F16 => Some(bsys::cudaDataType::CUDA_R_16F),
+        DType::BF16 => Some(bsys::cudaDataType::CUDA_R_16BF),
+        _ => None,
+    }
+}
+
+fn op(trans: bool) -> bsys::cublasOperation_t {
+    if trans {
+        bsys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        bsys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+impl CudaExecutable {
+    fn fail(&self, message: String) -> BackendError {
+        BackendError::Run {
+            device: self.device.clone(),
+            graph: self.graph.name.clone(),
+            message,
+        }
+    }
+
+    fn prepare(&self, inputs: &NamedTensors) -> Result<Arc<Prepared>, BackendError> {
+        let bindings = bind_partial(&self.graph, inputs);
+        let plan = Planner::plan(
+            &self.graph,
+            self.precision,
+            &bindings,
+            &self.persistent_index,
+        )
+        .map_err(|e| self.fail(format!("planning: {e}")))?;
+        let mut functions = Vec::with_capacity(plan.steps.len());
+        for step in &plan.steps {
+            functions.push(match step {
+                Step::Kernel { name, shared, .. } => {
+                    let f = self.gpu.kernels.function(name).map_err(|e| self.fail(e))?;
+                    if *shared > 48 * 1024 {
+                        // SAFETY: sets a launch limit on a loaded function.
+                        unsafe {
+                            dsys::cuFuncSetAttribute(
+                                f.cu_function(),
+                                dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                *shared as i32,
+                            )
+                        }
+                        .result()
+                        .map_err(|e| self.fail(format!("shared memory of {shared} bytes: {e}")))?;
+                    }
+                    Some(f)
+                }
+                Step::Gemm(_) => None,
+            });
+        }
+        Ok(Arc::new(Prepared { plan, functions }))
+    }
+}
+
+fn resolve(plan: &Plan, base: u64, persistent: &[Arc<DeviceBuffer>], r: &Ref) -> u64 {
+    match r.buf {
+        Buf::Arena(i) => base + plan.offsets.get(i).copied().unwrap_or(0) as u64 + r.offset as u64,
+        Buf::Persistent(i) => persistent.get(i).map(|b| b.ptr).unwrap_or(0) + r.offset as u64,
+    }
+}
+
+impl Executable for CudaExecutable {
+    fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| self.fail(e.to_string()))?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| self.fail("a previous run panicked".into()))?;
+        let key: Vec<Vec<u64>> = inputs.iter().map(|(_, t)| t.shape.clone()).collect();
+        let prepared = match st.plans.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.prepare(&inputs)?;
+                if st.plans.len() >= MAX_PLANS {
+                    st.plans.clear();
+                }
+                st.plans.insert(key, p.clone());
+                p
+            }
+        };
+        let plan = &prepared.plan;
+        if st.arena.as_ref().is_none_or(|a| a.bytes < plan.arena_bytes) {
+            st.arena = None;
+            st.arena =
+                Some(DeviceBuffer::new(&self.gpu.ctx, plan.arena_bytes).map_err(|e| self.fail(e))?);
+        }
+        let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
+        let stream = st.stream.clone();
+        let cu = stream.cu_stream();
+        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
+        let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
+        // SAFETY: every address below is inside the arena sized by the plan
+        // or a persistent buffer; host slices outlive the synchronisation.
+        unsafe {
+            dr::memset_d8_async(at(&plan.error_flag), 0, 4, cu).map_err(|x| e("memset", x))?;
+        }
+        let mut staged: Vec<Vec<u8>> = Vec::new();
+        for u in &plan.uploads {
+            let t = &inputs
+                .get(u.input)
+                .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?
+                .1;
+            let src: &[u8] = if t.dtype == u.dtype {
+                &t.data
+            } else {
+                staged.push(convert(&t.data, t.dtype, u.dtype));
+                staged.last().map(|v| v.as_slice()).unwrap_or(&[])
+            };
+            if !src.is_empty() {
+                // SAFETY: see above.
+                unsafe { dr::memcpy_htod_async(at(&u.at), src, cu) }.map_err(|x| e("upload", x))?;
+            }
+        }
+        for (step, f) in plan.steps.iter().zip(&prepared.functions) {
+            match (step, f) {
+                (
+                    Step::Kernel {
+                        grid,
+                        block,
+                        shared,
+                        args,
+                        name,
+                    },
+                    Some(f),
+                ) => {
+                    let owned: Vec<Owned> = args
+                        .iter()
+                        .map(|a| match a {
+                            Arg::Ptr(r) => Owned::U64(at(r)),
+                            Arg::Null => Owned::U64(0),
+                            Arg::I32(v) => Owned::I32(*v),
+                            Arg::I64(v) => Owned::I64(*v),
+                            Arg::F32(v) => Owned::F32(*v),
+                            Arg::Idx(p) => Owned::Idx(**p),
+                            Arg::Attn(p) => Owned::Attn(**p),
+                        })
+                        .collect();
+                    let mut b = stream.launch_builder(f);
+                    for o in &owned {
+                        match o {
+                            Owned::U64(v) => b.arg(v),
+                            Owned::I32(v) => b.arg(v),
+                            Owned::I64(v) => b.arg(v),
+                            Owned::F32(v) => b.arg(v),
+                            Owned::Idx(v) => b.arg(v),
+                            Owned::Attn(v) => b.arg(v),
+                        };
+                    }
+                    let cfg = LaunchConfig {
+                        grid_dim: (*grid, 1, 1),
+                        block_dim: (*block, 1, 1),
+                        shared_mem_bytes: *shared,
+                    };
+                    // SAFETY: argument lists are built by the planner to
+                    // match each kernel's signature.
+                    unsafe { b.launch(cfg) }.map_err(|x| e(name, x))?;
+                }
+                (Step::Gemm(g), _) => self.gemm(&st.blas, g, &at)?,
+                (Step::Kernel { name, .. }, None) => {
+                    return Err(self.fail(format!("kernel `{name}` was not resolved")))
+                }
+            }
+        }
+        let mut outputs = Vec::with_capacity(plan.downloads.len());
+        let mut host: Vec<Vec<u8>> = Vec::with_capacity(plan.downloads.len());
+        for d in &plan.downloads {
+            let n: usize = d.shape.iter().product();
+            let mut buf = vec![0u8; n * d.device_dtype.size()];
+            if !buf.is_empty() {
+                // SAFETY: see above.
+                unsafe { dr::memcpy_dtoh_async(&mut buf, at(&d.at), cu) }
+                    .map_err(|x| e("download", x))?;
+            }
+            host.push(buf);
+        }
+        let mut flag = [0i32; 1];
+        // SAFETY: see above.
+        unsafe { dr::memcpy_dtoh_async(&mut flag, at(&plan.error_flag), cu) }
+            .map_err(|x| e("download", x))?;
+        stream.synchronize().map_err(|x| e("synchronize", x))?;
+        drop(staged);
+        if flag[0] != 0 {
+            return Err(
+                self.fail("an embedding or gather index is out of range for its table".into())
+            );
+        }
+        for (d, buf) in plan.downloads.iter().zip(host) {
+            outputs.push((
+                d.name.clone(),
+                Tensor {
+                    dtype: d.dtype,
+                    shape: d.shape.iter().map(|&x| x as u64).collect(),
+                    data: convert(&buf, d.device_dtype, d.dtype),
+                },
+            ));
+        }
+        Ok(outputs)
+    }
+}
+
+impl CudaExecutable {
+    fn gemm(
+        &self,
+        handle: &CudaBlas,
+        g: &GemmStep,
+        at: &dyn Fn(&Ref) -> u64,
+    ) -> Result<(), BackendError> {
+        let dt = data_type(g.dtype)
+            .ok_or_else(|| self.fail(format!("matmul of {} is not supported on cuda", g.dtype)))?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: operand addresses and strides come from the plan, which
+        // sized every buffer for them.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *handle.handle(),
+                op(g.trans_a),
+                op(g.trans_b),
+                g.m,
+                g.n,
+                g.k,
+                &alpha as *const f32 as *const c_void,
+                at(&g.a) as *const c_void,
+                dt,
+                g.lda,
+                g.stride_a,
+                at(&g.b) as *const c_void,
+                dt,
+                g.ldb,
+                g.stride_b,
+                &beta as *const f32 as *const c_void,
+                at(&g.c) as *mut c_void,
+                dt,
+                g.ldc,
+                g.stride_c,
+                g.batch,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|x| {
+            self.fail(format!(
+                "cuBLAS GEMM {}x{}x{} (batch {}): {x}",
+                g.m, g.n, g.k, g.batch
+            ))
+        })
+    }
+}

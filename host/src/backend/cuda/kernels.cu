@@ -1,0 +1,560 @@
+// Kernels of the CUDA backend, compiled at run time by NVRTC (see kernels.rs).
+// No CUDA headers are included, so NVRTC needs no include path: half and
+// bfloat16 values are stored as 16-bit words and converted with PTX `cvt`
+// (f16) or bit arithmetic with round-to-nearest-even (bf16).
+// Float math accumulates in f32 whatever the storage type; integer math in i64.
+// Op codes are the order of the Rust enums UnaryOp, BinaryOp, CompareOp,
+// ReduceOp (see kernels.rs, which checks the names it loads exist).
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned char u8;
+struct h16 { unsigned short x; };
+struct b16 { unsigned short x; };
+
+__device__ __forceinline__ float h2f(unsigned short h) {
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+  unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
+}
+__device__ __forceinline__ float b2f(unsigned short b) {
+  return __uint_as_float(((unsigned)b) << 16);
+}
+__device__ __forceinline__ unsigned short f2b(float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (unsigned short)(u >> 16);
+}
+
+// Load/store between storage types and the accumulation type A.
+template <typename T> struct N;
+template <> struct N<float> {
+  typedef float A;
+  static __device__ __forceinline__ float ld(float v) { return v; }
+  static __device__ __forceinline__ float st(float a) { return a; }
+};
+template <> struct N<h16> {
+  typedef float A;
+  static __device__ __forceinline__ float ld(h16 v) { return h2f(v.x); }
+  static __device__ __forceinline__ h16 st(float a) { h16 r; r.x = f2h(a); return r; }
+};
+template <> struct N<b16> {
+  typedef float A;
+  static __device__ __forceinline__ float ld(b16 v) { return b2f(v.x); }
+  static __device__ __forceinline__ b16 st(float a) { b16 r; r.x = f2b(a); return r; }
+};
+template <> struct N<i64> {
+  typedef i64 A;
+  static __device__ __forceinline__ i64 ld(i64 v) { return v; }
+  static __device__ __forceinline__ i64 st(i64 a) { return a; }
+};
+template <> struct N<int> {
+  typedef i64 A;
+  static __device__ __forceinline__ i64 ld(int v) { return v; }
+  static __device__ __forceinline__ int st(i64 a) { return (int)a; }
+};
+template <> struct N<u8> {
+  typedef i64 A;
+  static __device__ __forceinline__ i64 ld(u8 v) { return v; }
+  static __device__ __forceinline__ u8 st(i64 a) { return (u8)a; }
+};
+
+#define MAXR 8
+// Shape of an iteration space and up to three operands' element strides.
+struct Idx {
+  int rank;
+  i64 n;
+  i64 shape[MAXR];
+  i64 s0[MAXR];
+  i64 s1[MAXR];
+  i64 s2[MAXR];
+};
+
+__device__ __forceinline__ void offsets(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
+  o0 = 0; o1 = 0; o2 = 0;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    i64 c = i % p.shape[d];
+    i /= p.shape[d];
+    o0 += c * p.s0[d]; o1 += c * p.s1[d]; o2 += c * p.s2[d];
+  }
+}
+
+#define GRID_LOOP(i, n) \
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// ---- unary ----
+__device__ __forceinline__ float un_f(int op, float x) {
+  switch (op) {
+    case 0: return -x;
+    case 1: return fabsf(x);
+    case 2: return expf(x);
+    case 3: return logf(x);
+    case 4: return sqrtf(x);
+    case 5: return 1.0f / sqrtf(x);
+    case 6: return 1.0f / x;
+    case 7: return tanhf(x);
+    case 8: return 1.0f / (1.0f + expf(-x));
+    case 9: return x > 0.0f ? x : 0.0f;
+    case 10: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 11: {
+      float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.0f + tanhf(inner));
+    }
+    case 12: return x / (1.0f + expf(-x));
+    case 13: return erff(x);
+    case 15: return sinf(x);
+    case 16: return cosf(x);
+    default: return x;
+  }
+}
+__device__ __forceinline__ i64 un_i(int op, i64 x) {
+  switch (op) {
+    case 0: return -x;
+    case 1: return x < 0 ? -x : x;
+    case 9: return x > 0 ? x : 0;
+    default: return x;
+  }
+}
+__device__ __forceinline__ float un(int op, float x) { return un_f(op, x); }
+__device__ __forceinline__ i64 un(int op, i64 x) { return un_i(op, x); }
+
+template <typename T>
+__device__ void unary_t(int op, i64 n, const T* x, T* y) {
+  GRID_LOOP(i, n) { y[i] = N<T>::st(un(op, N<T>::ld(x[i]))); }
+}
+
+// ---- binary / compare / and / select over broadcast strides ----
+__device__ __forceinline__ float bin(int op, float a, float b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    case 4: return powf(a, b);
+    case 5: return fmaxf(a, b);
+    case 6: return fminf(a, b);
+    default: return a;
+  }
+}
+__device__ __forceinline__ i64 bin(int op, i64 a, i64 b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return b == 0 ? 0 : a / b;
+    case 4: return (i64)pow((double)a, (double)b);
+    case 5: return a > b ? a : b;
+    case 6: return a < b ? a : b;
+    default: return a;
+  }
+}
+template <typename A>
+__device__ __forceinline__ bool cmp(int op, A a, A b) {
+  switch (op) {
+    case 0: return a == b;
+    case 1: return a < b;
+    case 2: return a <= b;
+    case 3: return a > b;
+    case 4: return a >= b;
+    default: return false;
+  }
+}
+
+template <typename T>
+__device__ void binary_t(int op, Idx p, const T* a, const T* b, T* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
+    y[oy] = N<T>::st(bin(op, N<T>::ld(a[oa]), N<T>::ld(b[ob])));
+  }
+}
+template <typename T>
+__device__ void compare_t(int op, Idx p, const T* a, const T* b, u8* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
+    y[oy] = cmp(op, N<T>::ld(a[oa]), N<T>::ld(b[ob])) ? 1 : 0;
+  }
+}
+extern "C" __global__ void and_bool(Idx p, const u8* a, const u8* b, u8* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
+    y[oy] = (a[oa] && b[ob]) ? 1 : 0;
+  }
+}
+extern "C" __global__ void not_bool(i64 n, const u8* x, u8* y) {
+  GRID_LOOP(i, n) { y[i] = x[i] ? 0 : 1; }
+}
+// s0 = cond, s1 = a, s2 = b; y contiguous.
+template <typename E>
+__device__ void select_t(Idx p, const u8* c, const E* a, const E* b, E* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oc, oa, ob; offsets(p, i, oc, oa, ob);
+    y[i] = c[oc] ? a[oa] : b[ob];
+  }
+}
+// s0 = source strides, s1 = destination strides.
+template <typename E>
+__device__ void copy_t(Idx p, const E* x, E* y) {
+  GRID_LOOP(i, p.n) {
+    i64 ox, oy, unused; offsets(p, i, ox, oy, unused);
+    y[oy] = x[ox];
+  }
+}
+
+// ---- casts ----
+template <typename T> __device__ __forceinline__ double to_d(T v) { return (double)N<T>::ld(v); }
+template <typename T> __device__ __forceinline__ T from_d(double v);
+template <> __device__ __forceinline__ float from_d<float>(double v) { return (float)v; }
+template <> __device__ __forceinline__ h16 from_d<h16>(double v) { return N<h16>::st((float)v); }
+template <> __device__ __forceinline__ b16 from_d<b16>(double v) { return N<b16>::st((float)v); }
+template <> __device__ __forceinline__ i64 from_d<i64>(double v) { return (i64)v; }
+template <> __device__ __forceinline__ int from_d<int>(double v) { return (int)v; }
+template <> __device__ __forceinline__ u8 from_d<u8>(double v) { return (u8)(int)v; }
+template <typename S, typename D>
+__device__ void cast_t(i64 n, const S* x, D* y) {
+  GRID_LOOP(i, n) { y[i] = from_d<D>(to_d<S>(x[i])); }
+}
+template <typename S>
+__device__ void cast_bool_t(i64 n, const S* x, u8* y) {
+  GRID_LOOP(i, n) { y[i] = to_d<S>(x[i]) != 0.0 ? 1 : 0; }
+}
+// Integer to integer keeps all 64 bits.
+__device__ __forceinline__ i64 to_i(i64 v) { return v; }
+template <typename S, typename D>
+__device__ void cast_int_t(i64 n, const S* x, D* y) {
+  GRID_LOOP(i, n) { y[i] = (D)(i64)x[i]; }
+}
+
+// ---- block reductions ----
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Sum (kind 0) or max (kind 1) over the block; every thread gets the result.
+__device__ float block_reduce(float v, int kind) {
+  __shared__ float part[32];
+  __shared__ float result;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = kind ? warp_max(v) : warp_sum(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = (blockDim.x + 31) >> 5;
+    float w = lane < nw ? part[lane] : (kind ? -3.402823466e38f : 0.0f);
+    w = kind ? warp_max(w) : warp_sum(w);
+    if (lane == 0) result = w;
+  }
+  __syncthreads();
+  return result;
+}
+
+// ---- normalisation ----
+template <typename T>
+__device__ void layer_norm_t(i64 rows, int width, const T* x, const T* scale, const T* bias, float eps, T* y) {
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * width;
+    T* yr = y + r * width;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) s += N<T>::ld(xr[c]);
+    float mean = block_reduce(s, 0) / width;
+    float v = 0.0f;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+      float d = N<T>::ld(xr[c]) - mean;
+      v += d * d;
+    }
+    float rstd = 1.0f / sqrtf(block_reduce(v, 0) / width + eps);
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+      float o = (N<T>::ld(xr[c]) - mean) * rstd * N<T>::ld(scale[c]);
+      if (bias) o += N<T>::ld(bias[c]);
+      yr[c] = N<T>::st(o);
+    }
+  }
+}
+template <typename T>
+__device__ void rms_norm_t(i64 rows, int width, const T* x, const T* scale, float eps, T* y) {
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * width;
+    T* yr = y + r * width;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+      float v = N<T>::ld(xr[c]);
+      s += v * v;
+    }
+    float den = sqrtf(block_reduce(s, 0) / width + eps);
+    for (int c = threadIdx.x; c < width; c += blockDim.x)
+      yr[c] = N<T>::st(N<T>::ld(xr[c]) / den * N<T>::ld(scale[c]));
+  }
+}
+// Rows are (outer, inner) pairs; a row's elements are `len` apart by `inner`.
+template <typename T>
+__device__ void softmax_t(i64 outer, int len, i64 inner, const T* x, T* y) {
+  for (i64 r = blockIdx.x; r < outer * inner; r += gridDim.x) {
+    i64 base = (r / inner) * len * inner + (r % inner);
+    float m = -3.402823466e38f;
+    for (int c = threadIdx.x; c < len; c += blockDim.x) m = fmaxf(m, N<T>::ld(x[base + c * inner]));
+    m = block_reduce(m, 1);
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < len; c += blockDim.x) s += expf(N<T>::ld(x[base + c * inner]) - m);
+    s = block_reduce(s, 0);
+    for (int c = threadIdx.x; c < len; c += blockDim.x)
+      y[base + c * inner] = N<T>::st(expf(N<T>::ld(x[base + c * inner]) - m) / s);
+  }
+}
+template <typename T>
+__device__ void l2_norm_t(i64 outer, int len, i64 inner, float eps, const T* x, T* y) {
+  for (i64 r = blockIdx.x; r < outer * inner; r += gridDim.x) {
+    i64 base = (r / inner) * len * inner + (r % inner);
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < len; c += blockDim.x) {
+      float v = N<T>::ld(x[base + c * inner]);
+      s += v * v;
+    }
+    float den = fmaxf(sqrtf(block_reduce(s, 0)), eps);
+    for (int c = threadIdx.x; c < len; c += blockDim.x)
+      y[base + c * inner] = N<T>::st(N<T>::ld(x[base + c * inner]) / den);
+  }
+}
+
+// ---- reductions over the last (contiguous) axis: 0 sum, 1 mean, 2 max, 3 min ----
+template <typename T>
+__device__ void reduce_float_t(int op, i64 rows, i64 len, const T* x, T* y) {
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * len;
+    float acc = op == 2 ? -3.402823466e38f : (op == 3 ? 3.402823466e38f : 0.0f);
+    for (i64 c = threadIdx.x; c < len; c += blockDim.x) {
+      float v = N<T>::ld(xr[c]);
+      acc = op == 2 ? fmaxf(acc, v) : (op == 3 ? fminf(acc, v) : acc + v);
+    }
+    float out;
+    if (op == 3) out = -block_reduce(-acc, 1);
+    else if (op == 2) out = block_reduce(acc, 1);
+    else out = block_reduce(acc, 0);
+    if (op == 1) out /= (float)len;
+    if (threadIdx.x == 0) y[r] = N<T>::st(out);
+  }
+}
+// Integer reductions are small (masks, lengths): one thread per row.
+template <typename T>
+__device__ void reduce_int_t(int op, i64 rows, i64 len, const T* x, T* y) {
+  GRID_LOOP(r, rows) {
+    i64 acc = N<T>::ld(x[r * len]);
+    for (i64 c = 1; c < len; ++c) {
+      i64 v = N<T>::ld(x[r * len + c]);
+      acc = op == 2 ? (v > acc ? v : acc) : (op == 3 ? (v < acc ? v : acc) : acc + v);
+    }
+    if (op == 1) acc /= len;
+    y[r] = N<T>::st(acc);
+  }
+}
+
+// ---- gather along an axis: x [outer, axis_len, inner], idx [nidx] ----
+template <typename E, typename I>
+__device__ void gather_t(i64 outer, i64 nidx, i64 axis_len, i64 inner, const E* x, const I* idx, E* y, int* err) {
+  i64 n = outer * nidx * inner;
+  GRID_LOOP(i, n) {
+    i64 t = i % inner, j = (i / inner) % nidx, o = i / (inner * nidx);
+    i64 id = (i64)idx[j];
+    if (id < 0) id += axis_len;
+    if (id < 0 || id >= axis_len) {
+      atomicExch(err, 1);
+      y[i] = E();
+    } else {
+      y[i] = x[(o * axis_len + id) * inner + t];
+    }
+  }
+}
+
+// ---- argmax over (outer, len, inner); first index of the maximum ----
+template <typename T>
+__device__ void argmax_t(i64 outer, i64 len, i64 inner, const T* x, i64* y) {
+  __shared__ float bv[256];
+  __shared__ i64 bi[256];
+  for (i64 r = blockIdx.x; r < outer * inner; r += gridDim.x) {
+    i64 base = (r / inner) * len * inner + (r % inner);
+    float best = -3.402823466e38f; i64 bidx = len;
+    for (i64 c = threadIdx.x; c < len; c += blockDim.x) {
+      float v = (float)N<T>::ld(x[base + c * inner]);
+      if (v > best || bidx == len) { best = v; bidx = c; }
+    }
+    bv[threadIdx.x] = best; bi[threadIdx.x] = bidx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) {
+        float v = bv[threadIdx.x + s]; i64 k = bi[threadIdx.x + s];
+        if (k < len && (bi[threadIdx.x] == len || v > bv[threadIdx.x] || (v == bv[threadIdx.x] && k < bi[threadIdx.x]))) {
+          bv[threadIdx.x] = v; bi[threadIdx.x] = k;
+        }
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) y[r] = bi[0];
+    __syncthreads();
+  }
+}
+
+// ---- top-k along the last axis, sorted descending, ties to the lower index ----
+// Selection by k passes: each pass takes the best element strictly after the
+// previous one in the order (value desc, index asc).
+template <typename T>
+__device__ void top_k_t(i64 rows, i64 len, int k, const T* x, T* vals, i64* idx) {
+  __shared__ float bv[256];
+  __shared__ i64 bi[256];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * len;
+    float pv = 3.402823466e38f; i64 pi = -1;
+    bool first = true;
+    for (int q = 0; q < k; ++q) {
+      float best = 0.0f; i64 bidx = len;
+      for (i64 c = threadIdx.x; c < len; c += blockDim.x) {
+        float v = (float)N<T>::ld(xr[c]);
+        bool after = first || v < pv || (v == pv && c > pi);
+        if (after && (bidx == len || v > best || (v == best && c < bidx))) { best = v; bidx = c; }
+      }
+      bv[threadIdx.x] = best; bi[threadIdx.x] = bidx;
+      __syncthreads();
+      for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+          float v = bv[threadIdx.x + s]; i64 kk = bi[threadIdx.x + s];
+          if (kk < len && (bi[threadIdx.x] == len || v > bv[threadIdx.x] || (v == bv[threadIdx.x] && kk < bi[threadIdx.x]))) {
+            bv[threadIdx.x] = v; bi[threadIdx.x] = kk;
+          }
+        }
+        __syncthreads();
+      }
+      pv = bv[0]; pi = bi[0]; first = false;
+      if (threadIdx.x == 0) { vals[r * k + q] = xr[pi]; idx[r * k + q] = pi; }
+      __syncthreads();
+    }
+  }
+}
+
+// ---- bias add: y [rows, n] += bias [n] ----
+template <typename T>
+__device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias) {
+  GRID_LOOP(i, rows * n) { y[i] = N<T>::st(N<T>::ld(y[i]) + N<T>::ld(bias[i % n])); }
+}
+
+// ---- fused attention ----
+// q [b, h, sq, d], k [b, kvh, sk, d], v [b, kvh, sk, dv] with element strides;
+// mask broadcast to [b, h, sq, sk] by strides (0 on broadcast axes);
+// y [b, h, sq, dv] contiguous. One block per (b, h, query row); scores in
+// dynamic shared memory (sk floats) followed by the query row (d floats).
+struct Attn {
+  int b, h, kvh, sq, sk, d, dv, causal, mask_kind;  // mask_kind: 0 none, 1 additive, 2 bool
+  float scale;
+  i64 qs[4], ks[4], vs[4], ms[4];
+};
+template <typename T>
+__device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  extern __shared__ float sh[];
+  float* scores = sh;
+  float* qrow = sh + p.sk;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * p.sq; blk += gridDim.x) {
+    int i = (int)(blk % p.sq);
+    int hh = (int)((blk / p.sq) % p.h);
+    int bb = (int)(blk / ((i64)p.sq * p.h));
+    int kh = hh / (p.h / p.kvh);
+    const T* qp = q + bb * p.qs[0] + hh * p.qs[1] + i * p.qs[2];
+    for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
+    __syncthreads();
+    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
+    for (int j = warp; j < p.sk; j += nw) {
+      const T* kp = kb + j * p.ks[2];
+      float dot = 0.0f;
+      for (int t = lane; t < p.d; t += 32) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
+      dot = warp_sum(dot);
+      if (lane == 0) {
+        float s = dot * p.scale;
+        bool allowed = true;
+        i64 mo = bb * p.ms[0] + hh * p.ms[1] + i * p.ms[2] + j * p.ms[3];
+        if (p.mask_kind == 1) s += N<T>::ld(((const T*)mask)[mo]);
+        if (p.mask_kind == 2) allowed = ((const u8*)mask)[mo] != 0;
+        if (p.causal && j > i + (p.sk - p.sq)) allowed = false;
+        if (!allowed) s += -65504.0f;
+        scores[j] = s;
+      }
+    }
+    __syncthreads();
+    float m = -3.402823466e38f;
+    for (int j = threadIdx.x; j < p.sk; j += blockDim.x) m = fmaxf(m, scores[j]);
+    m = block_reduce(m, 1);
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
+      float e = expf(scores[j] - m);
+      scores[j] = e;
+      s += e;
+    }
+    s = block_reduce(s, 0);
+    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
+    T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
+    for (int t = threadIdx.x; t < p.dv; t += blockDim.x) {
+      float acc = 0.0f;
+      for (int j = 0; j < p.sk; ++j) acc += scores[j] * N<T>::ld(vb[j * p.vs[2] + t * p.vs[3]]);
+      yp[t] = N<T>::st(acc / s);
+    }
+    __syncthreads();
+  }
+}
+
+// ---- instantiations: extern "C" names `<kernel>_<dtype>` ----
+#define FLOATS(X) X(f32, float) X(f16, h16) X(bf16, b16)
+#define INTS(X) X(i64, i64) X(i32, int) X(u8, u8)
+#define NUMS(X) FLOATS(X) INTS(X)
+
+#define UNARY(n, T) extern "C" __global__ void unary_##n(int op, i64 c, const T* x, T* y) { unary_t<T>(op, c, x, y); }
+NUMS(UNARY)
+#define BINARY(n, T) \
+  extern "C" __global__ void binary_##n(int op, Idx p, const T* a, const T* b, T* y) { binary_t<T>(op, p, a, b, y); } \
+  extern "C" __global__ void compare_##n(int op, Idx p, const T* a, const T* b, u8* y) { compare_t<T>(op, p, a, b, y); }
+NUMS(BINARY)
+extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b, u8* y) { compare_t<u8>(op, p, a, b, y); }
+
+#define BYSIZE(X) X(1, u8) X(2, unsigned short) X(4, unsigned) X(8, u64)
+#define SIZED(s, E) \
+  extern "C" __global__ void select_##s(Idx p, const u8* c, const E* a, const E* b, E* y) { select_t<E>(p, c, a, b, y); } \
+  extern "C" __global__ void copy_##s(Idx p, const E* x, E* y) { copy_t<E>(p, x, y); } \
+  extern "C" __global__ void gather_##s##_i64(i64 o, i64 ni, i64 al, i64 in, const E* x, const i64* idx, E* y, int* err) { gather_t<E, i64>(o, ni, al, in, x, idx, y, err); } \
+  extern "C" __global__ void gather_##s##_i32(i64 o, i64 ni, i64 al, i64 in, const E* x, const int* idx, E* y, int* err) { gather_t<E, int>(o, ni, al, in, x, idx, y, err); }
+BYSIZE(SIZED)
+
+#define FLOAT_KERNELS(n, T) \
+  extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { layer_norm_t<T>(r, w, x, s, b, e, y); } \
+  extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
+  extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \
+  extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { l2_norm_t<T>(o, l, in, e, x, y); } \
+  extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { reduce_float_t<T>(op, r, l, x, y); } \
+  extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b) { bias_add_t<T>(r, c, y, b); } \
+  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { attention_t<T>(p, q, k, v, m, y); }
+FLOATS(FLOAT_KERNELS)
+#define INT_KERNELS(n, T) \
+  extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { reduce_int_t<T>(op, r, l, x, y); }
+INTS(INT_KERNELS)
+#define ARG_KERNELS(n, T) \
+  extern "C" __global__ void argmax_##n(i64 o, i64 l, i64 in, const T* x, i64* y) { argmax_t<T>(o, l, in, x, y); } \
+  extern "C" __global__ void top_k_##n(i64 r, i64 l, int k, const T* x, T* v, i64* i) { top_k_t<T>(r, l, k, x, v, i); }
+NUMS(ARG_KERNELS)
+
+// Casts: every numeric pair, to bool from every numeric type; bool reads as u8.
+#define CAST_TO(sn, S) \
+  extern "C" __global__ void cast_##sn##_f32(i64 n, const S* x, float* y) { cast_t<S, float>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_f16(i64 n, const S* x, h16* y) { cast_t<S, h16>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_bf16(i64 n, const S* x, b16* y) { cast_t<S, b16>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_bool(i64 n, const S* x, u8* y) { cast_bool_t<S>(n, x, y); }
+NUMS(CAST_TO)
+#define CAST_FLOAT_TO_INT(sn, S) \
+  extern "C" __global__ void cast_##sn##_i64(i64 n, const S* x, i64* y) { cast_t<S, i64>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { cast_t<S, int>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { cast_t<S, u8>(n, x, y); }
+FLOATS(CAST_FLOAT_TO_INT)
+#define CAST_INT_TO_INT(sn, S) \
+  extern "C" __global__ void cast_##sn##_i64(i64 n, const S* x, i64* y) { cast_int_t<S, i64>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { cast_int_t<S, int>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { cast_int_t<S, u8>(n, x, y); }
+INTS(CAST_INT_TO_INT)
