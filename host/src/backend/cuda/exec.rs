@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
 use cudarc::driver::{
-    result as dr, sys as dsys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    result as dr, sys as dsys, CudaContext, CudaFunction, CudaGraph, CudaStream, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 
 use super::convert::convert;
@@ -151,8 +151,16 @@ struct Prepared {
 struct RunState {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS workspace, set explicitly so GEMMs can be captured in graphs.
+    _workspace: DeviceBuffer,
     arena: Option<DeviceBuffer>,
     plans: HashMap<Vec<Vec<u64>>, Arc<Prepared>>,
+    /// Captured CUDA graphs per shape bucket, valid for the arena they were
+    /// captured on; the number of runs seen per bucket (capture on the second).
+    graphs: HashMap<Vec<Vec<u64>>, CudaGraph>,
+    runs: HashMap<Vec<Vec<u64>>, u32>,
+    /// Set when a capture failed: this executable launches directly.
+    graphs_off: bool,
 }
 
 // SAFETY: the state is only touched under the executable's mutex, with the
@@ -171,6 +179,13 @@ struct CudaExecutable {
 
 /// Most shape buckets kept per graph before the cache is cleared.
 const MAX_PLANS: usize = 64;
+/// cuBLAS workspace per executable.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// CUDA graphs are on unless `HOST_CUDA_GRAPHS=0`.
+fn graphs_enabled() -> bool {
+    std::env::var("HOST_CUDA_GRAPHS").map_or(true, |v| v != "0")
+}
 
 impl Backend for CudaBackend {
     fn device(&self) -> String {
@@ -212,6 +227,17 @@ impl Backend for CudaBackend {
             .new_stream()
             .map_err(|e| fail(format!("cannot create a stream: {e}")))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| fail(format!("cuBLAS: {e}")))?;
+        let workspace = DeviceBuffer::new(&self.gpu.ctx, WORKSPACE_BYTES).map_err(&fail)?;
+        // SAFETY: the workspace outlives the handle (both live in RunState).
+        unsafe {
+            bsys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                workspace.ptr as *mut c_void,
+                WORKSPACE_BYTES,
+            )
+        }
+        .result()
+        .map_err(|e| fail(format!("cuBLAS workspace: {e}")))?;
         Ok(Arc::new(CudaExecutable {
             graph,
             gpu: self.gpu.clone(),
@@ -222,8 +248,12 @@ impl Backend for CudaBackend {
             state: Mutex::new(RunState {
                 stream,
                 blas,
+                _workspace: workspace,
                 arena: None,
                 plans: HashMap::new(),
+                graphs: HashMap::new(),
+                runs: HashMap::new(),
+                graphs_off: !graphs_enabled(),
             }),
         }))
     }
@@ -324,13 +354,17 @@ impl Executable for CudaExecutable {
                 let p = self.prepare(&inputs)?;
                 if st.plans.len() >= MAX_PLANS {
                     st.plans.clear();
+                    st.graphs.clear();
+                    st.runs.clear();
                 }
-                st.plans.insert(key, p.clone());
+                st.plans.insert(key.clone(), p.clone());
                 p
             }
         };
         let plan = &prepared.plan;
         if st.arena.as_ref().is_none_or(|a| a.bytes < plan.arena_bytes) {
+            // Captured graphs point into the old arena.
+            st.graphs.clear();
             st.arena = None;
             st.arena =
                 Some(DeviceBuffer::new(&self.gpu.ctx, plan.arena_bytes).map_err(|e| self.fail(e))?);
@@ -362,6 +396,98 @@ impl Executable for CudaExecutable {
                 unsafe { dr::memcpy_htod_async(at(&u.at), src, cu) }.map_err(|x| e("upload", x))?;
             }
         }
+        self.execute(&mut st, &key, &prepared, base, &stream)?;
+        let mut outputs = Vec::with_capacity(plan.downloads.len());
+        let mut host: Vec<Vec<u8>> = Vec::with_capacity(plan.downloads.len());
+        for d in &plan.downloads {
+            let n: usize = d.shape.iter().product();
+            let mut buf = vec![0u8; n * d.device_dtype.size()];
+            if !buf.is_empty() {
+                // SAFETY: see above.
+                unsafe { dr::memcpy_dtoh_async(&mut buf, at(&d.at), cu) }
+                    .map_err(|x| e("download", x))?;
+            }
+            host.push(buf);
+        }
+        let mut flag = [0i32; 1];
+        // SAFETY: see above.
+        unsafe { dr::memcpy_dtoh_async(&mut flag, at(&plan.error_flag), cu) }
+            .map_err(|x| e("download", x))?;
+        stream.synchronize().map_err(|x| e("synchronize", x))?;
+        drop(staged);
+        if flag[0] != 0 {
+            return Err(
+                self.fail("an embedding or gather index is out of range for its table".into())
+            );
+        }
+        for (d, buf) in plan.downloads.iter().zip(host) {
+            outputs.push((
+                d.name.clone(),
+                Tensor {
+                    dtype: d.dtype,
+                    shape: d.shape.iter().map(|&x| x as u64).collect(),
+                    data: convert(&buf, d.device_dtype, d.dtype),
+                },
+            ));
+        }
+        Ok(outputs)
+    }
+}
+
+impl CudaExecutable {
+    /// Runs the plan's steps: replays the bucket's CUDA graph when there is
+    /// one, captures it on the bucket's second run, else launches directly.
+    fn execute(
+        &self,
+        st: &mut RunState,
+        key: &Vec<Vec<u64>>,
+        prepared: &Prepared,
+        base: u64,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), BackendError> {
+        if let Some(g) = st.graphs.get(key) {
+            return g
+                .launch()
+                .map_err(|x| self.fail(format!("graph launch: {x}")));
+        }
+        let runs = st.runs.entry(key.clone()).or_insert(0);
+        *runs += 1;
+        if st.graphs_off || *runs < 2 {
+            return self.enqueue(&st.blas, prepared, base, stream);
+        }
+        let mode = dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        stream
+            .begin_capture(mode)
+            .map_err(|x| self.fail(format!("graph capture: {x}")))?;
+        let enqueued = self.enqueue(&st.blas, prepared, base, stream);
+        let captured = stream.end_capture(dsys::CUgraphInstantiate_flags(0));
+        match (enqueued, captured) {
+            (Ok(()), Ok(Some(g))) => {
+                g.launch()
+                    .map_err(|x| self.fail(format!("graph launch: {x}")))?;
+                st.graphs.insert(key.clone(), g);
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+            (Ok(()), _) => {
+                // Capture is an optimisation: launch directly from now on.
+                st.graphs_off = true;
+                self.enqueue(&st.blas, prepared, base, stream)
+            }
+        }
+    }
+
+    /// Enqueues every step of the plan on `stream`.
+    fn enqueue(
+        &self,
+        blas: &CudaBlas,
+        prepared: &Prepared,
+        base: u64,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), BackendError> {
+        let plan = &prepared.plan;
+        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
+        let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
         for (step, f) in plan.steps.iter().zip(&prepared.functions) {
             match (step, f) {
                 (
@@ -406,50 +532,15 @@ impl Executable for CudaExecutable {
                     // match each kernel's signature.
                     unsafe { b.launch(cfg) }.map_err(|x| e(name, x))?;
                 }
-                (Step::Gemm(g), _) => self.gemm(&st.blas, g, &at)?,
+                (Step::Gemm(g), _) => self.gemm(blas, g, &at)?,
                 (Step::Kernel { name, .. }, None) => {
                     return Err(self.fail(format!("kernel `{name}` was not resolved")))
                 }
             }
         }
-        let mut outputs = Vec::with_capacity(plan.downloads.len());
-        let mut host: Vec<Vec<u8>> = Vec::with_capacity(plan.downloads.len());
-        for d in &plan.downloads {
-            let n: usize = d.shape.iter().product();
-            let mut buf = vec![0u8; n * d.device_dtype.size()];
-            if !buf.is_empty() {
-                // SAFETY: see above.
-                unsafe { dr::memcpy_dtoh_async(&mut buf, at(&d.at), cu) }
-                    .map_err(|x| e("download", x))?;
-            }
-            host.push(buf);
-        }
-        let mut flag = [0i32; 1];
-        // SAFETY: see above.
-        unsafe { dr::memcpy_dtoh_async(&mut flag, at(&plan.error_flag), cu) }
-            .map_err(|x| e("download", x))?;
-        stream.synchronize().map_err(|x| e("synchronize", x))?;
-        drop(staged);
-        if flag[0] != 0 {
-            return Err(
-                self.fail("an embedding or gather index is out of range for its table".into())
-            );
-        }
-        for (d, buf) in plan.downloads.iter().zip(host) {
-            outputs.push((
-                d.name.clone(),
-                Tensor {
-                    dtype: d.dtype,
-                    shape: d.shape.iter().map(|&x| x as u64).collect(),
-                    data: convert(&buf, d.device_dtype, d.dtype),
-                },
-            ));
-        }
-        Ok(outputs)
+        Ok(())
     }
-}
 
-impl CudaExecutable {
     fn gemm(
         &self,
         handle: &CudaBlas,
