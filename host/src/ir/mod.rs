@@ -7,6 +7,7 @@
 //! run so absurd sizes fail before any allocation.
 
 pub mod builder;
+pub mod eval;
 pub mod shape;
 
 use std::fmt;

@@ -1,0 +1,491 @@
+//! Cases for matmul, linear, norms, softmax, attention, embedding,
+//! reductions, l2-normalize, gather, argmax and top-k.
+
+use super::{count, fixed, int_tensor, Built, Case, WeightSpec};
+use host::ir::{DType, NodeId, ReduceOp};
+use host::tensor::Tensor;
+
+pub fn cases() -> Vec<Built> {
+    let mut v = Vec::new();
+    v.extend(matmul());
+    v.extend(linear());
+    v.extend(norms());
+    v.extend(softmax());
+    v.extend(attention());
+    v.extend(embedding());
+    v.extend(reduce());
+    v.extend(l2_normalize());
+    v.extend(gather());
+    v.extend(argmax_top_k());
+    v
+}
+
+fn matmul() -> Vec<Built> {
+    let shapes: [(&str, &[u64], &[u64]); 5] = [
+        ("2d", &[5, 7], &[7, 3]),
+        ("3d", &[3, 5, 7], &[3, 7, 4]),
+        ("4d", &[2, 3, 4, 5], &[2, 3, 5, 6]),
+        ("broadcast-2d", &[2, 3, 4, 5], &[5, 6]),
+        ("broadcast-batch", &[1, 3, 4, 5], &[2, 1, 5, 6]),
+    ];
+    let mut v: Vec<Built> = shapes
+        .iter()
+        .map(|(name, sa, sb)| {
+            let mut c = Case::new(&format!("matmul/{name}"));
+            let a = c.uniform("a", sa, -2., 2.)?;
+            let b = c.uniform("b", sb, -2., 2.)?;
+            let y = c.b.matmul(a, b)?;
+            c.output("y", y)?;
+            c.finish()
+        })
+        .collect();
+    v.push((|| {
+        // a @ b^T with b given as [n, k] and permuted.
+        let mut c = Case::new("matmul/permuted-operand");
+        let a = c.uniform("a", &[2, 4, 5], -2., 2.)?;
+        let b = c.uniform("b", &[2, 6, 5], -2., 2.)?;
+        let bt = c.b.permute(b, vec![0, 2, 1])?;
+        let y = c.b.matmul(a, bt)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v
+}
+
+fn linear() -> Vec<Built> {
+    let mut v = Vec::new();
+    for (name, x, out, bias) in [
+        ("linear/bias/2x5x16-24", &[2u64, 5, 16][..], 24u64, true),
+        ("linear/no-bias/3x16-8", &[3, 16], 8, false),
+        ("linear/bias/1x64-96", &[1, 64], 96, true),
+    ] {
+        v.push((|| {
+            let inf = *x.last().unwrap_or(&1);
+            let r = 1.0 / (inf as f32).sqrt();
+            let mut c = Case::with_weights(
+                name,
+                &[
+                    WeightSpec("proj.weight", &[out, inf], -r, r),
+                    WeightSpec("proj.bias", &[out], -0.5, 0.5),
+                ],
+            );
+            let xs = c.uniform("x", x, -2., 2.)?;
+            let w = c.weight("proj.weight")?;
+            let b = if bias {
+                Some(c.weight("proj.bias")?)
+            } else {
+                None
+            };
+            let y = c.b.linear(xs, w, b)?;
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
+    v
+}
+
+fn norms() -> Vec<Built> {
+    let mut v = Vec::new();
+    for (name, shape, bias, eps) in [
+        ("layer-norm/bias/2x5x32", &[2u64, 5, 32][..], true, 1e-5f32),
+        ("layer-norm/no-bias/3x64", &[3, 64], false, 1e-12),
+        ("rms-norm/2x5x32", &[2, 5, 32], false, 1e-6),
+        ("rms-norm/4x48", &[4, 48], false, 1e-5),
+    ] {
+        v.push((|| {
+            let w = *shape.last().unwrap_or(&1);
+            let mut c = Case::with_weights(
+                name,
+                &[
+                    WeightSpec("norm.weight", &[w], 0.5, 1.5),
+                    WeightSpec("norm.bias", &[w], -0.5, 0.5),
+                ],
+            );
+            let x = c.uniform("x", shape, -2., 3.)?;
+            let s = c.weight("norm.weight")?;
+            let y = if name.starts_with("rms") {
+                c.b.rms_norm(x, s, eps)?
+            } else {
+                let b = if bias {
+                    Some(c.weight("norm.bias")?)
+                } else {
+                    None
+                };
+                c.b.layer_norm(x, s, b, eps)?
+            };
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
+    v
+}
+
+fn softmax() -> Vec<Built> {
+    [
+        ("softmax/last/2x3x17", &[2u64, 3, 17][..], -1, 4f32),
+        ("softmax/middle/2x5x3", &[2, 5, 3], 1, 4.),
+        ("softmax/first/4x6", &[4, 6], 0, 4.),
+        ("softmax/wide-range/3x40", &[3, 40], -1, 12.),
+    ]
+    .into_iter()
+    .map(|(name, shape, axis, r)| {
+        let mut c = Case::new(name);
+        let x = c.uniform("x", shape, -r, r)?;
+        let y = c.b.softmax(x, axis)?;
+        c.output("y", y)?;
+        c.finish()
+    })
+    .collect()
+}
+
+/// Mask kinds of an attention case.
+#[derive(Clone, Copy, PartialEq)]
+enum Mask {
+    None,
+    /// `[b, 1, 1, sk]` with 0 or -10000 (padding at the end of later rows).
+    PadFloat,
+    /// `[b, 1, 1, sk]` bool padding mask.
+    PadBool,
+    /// `[b, h, sq, sk]` random float bias (ALiBi-like).
+    Bias,
+    /// `[b, 1, sq, sk]` random bool mask that keeps the diagonal allowed.
+    RandomBool,
+}
+
+struct Attn {
+    name: &'static str,
+    b: u64,
+    h: u64,
+    kvh: u64,
+    sq: u64,
+    sk: u64,
+    d: u64,
+    mask: Mask,
+    causal: bool,
+    scale: Option<f32>,
+}
+
+fn attention() -> Vec<Built> {
+    let a = |name, b, h, kvh, sq, sk, d, mask, causal| Attn {
+        name,
+        b,
+        h,
+        kvh,
+        sq,
+        sk,
+        d,
+        mask,
+        causal,
+        scale: None,
+    };
+    let list = [
+        a("attention/plain/d8", 2, 4, 4, 7, 7, 8, Mask::None, false),
+        a(
+            "attention/pad-float/d32",
+            2,
+            2,
+            2,
+            9,
+            9,
+            32,
+            Mask::PadFloat,
+            false,
+        ),
+        a(
+            "attention/pad-bool/d32",
+            3,
+            2,
+            2,
+            6,
+            6,
+            32,
+            Mask::PadBool,
+            false,
+        ),
+        a(
+            "attention/causal/sq3-sk10/d16",
+            2,
+            2,
+            2,
+            3,
+            10,
+            16,
+            Mask::None,
+            true,
+        ),
+        a(
+            "attention/gqa-causal/h4-kv2/d64",
+            1,
+            4,
+            2,
+            5,
+            5,
+            64,
+            Mask::None,
+            true,
+        ),
+        a(
+            "attention/gqa-pad-bool/h4-kv2/d8",
+            2,
+            4,
+            2,
+            6,
+            6,
+            8,
+            Mask::PadBool,
+            false,
+        ),
+        a(
+            "attention/causal-pad-float/d32",
+            2,
+            2,
+            2,
+            8,
+            8,
+            32,
+            Mask::PadFloat,
+            true,
+        ),
+        a(
+            "attention/long/sk300/d64",
+            1,
+            2,
+            2,
+            4,
+            300,
+            64,
+            Mask::Bias,
+            true,
+        ),
+        a(
+            "attention/long-prefill/sk256/d32",
+            1,
+            2,
+            1,
+            256,
+            256,
+            32,
+            Mask::None,
+            true,
+        ),
+        a(
+            "attention/bool-and-causal/d16",
+            2,
+            2,
+            2,
+            6,
+            6,
+            16,
+            Mask::RandomBool,
+            true,
+        ),
+        Attn {
+            scale: Some(0.3),
+            ..a("attention/scale/d8", 1, 2, 2, 4, 6, 8, Mask::Bias, false)
+        },
+    ];
+    list.iter().map(attention_case).collect()
+}
+
+fn attention_case(t: &Attn) -> Built {
+    let mut c = Case::new(t.name);
+    let q = c.uniform("q", &[t.b, t.h, t.sq, t.d], -2., 2.)?;
+    let k = c.uniform("k", &[t.b, t.kvh, t.sk, t.d], -2., 2.)?;
+    let v = c.uniform("v", &[t.b, t.kvh, t.sk, t.d], -2., 2.)?;
+    // Row r of the batch keeps its first sk - 2r keys (at least one).
+    let pad = |bi: u64, j: u64| j + 2 * bi < t.sk || j == 0;
+    let mask: Option<NodeId> = match t.mask {
+        Mask::None => None,
+        Mask::PadFloat | Mask::PadBool => {
+            let keep: Vec<i64> = (0..t.b)
+                .flat_map(|bi| (0..t.sk).map(move |j| pad(bi, j) as i64))
+                .collect();
+            let shape = [t.b, 1, 1, t.sk];
+            Some(if t.mask == Mask::PadBool {
+                c.input(
+                    "mask",
+                    fixed(&shape),
+                    int_tensor(DType::Bool, shape.to_vec(), &keep),
+                )?
+            } else {
+                let vals: Vec<f32> = keep
+                    .iter()
+                    .map(|&k| if k == 1 { 0.0 } else { -10000.0 })
+                    .collect();
+                c.values("mask", &shape, &vals)?
+            })
+        }
+        Mask::Bias => Some(c.uniform("mask", &[t.b, t.h, t.sq, t.sk], -3., 3.)?),
+        Mask::RandomBool => {
+            let shape = [t.b, 1, t.sq, t.sk];
+            let mut keep = c.rng.ints(count(&shape), 0, 1);
+            for (n, k) in keep.iter_mut().enumerate() {
+                if (n as u64 % t.sk) == (n as u64 / t.sk) % t.sq {
+                    *k = 1;
+                }
+            }
+            Some(c.input(
+                "mask",
+                fixed(&shape),
+                int_tensor(DType::Bool, shape.to_vec(), &keep),
+            )?)
+        }
+    };
+    let y = c.b.attention(q, k, v, mask, t.causal, t.scale)?;
+    c.output("y", y)?;
+    c.finish()
+}
+
+fn embedding() -> Vec<Built> {
+    [DType::I64, DType::I32]
+        .into_iter()
+        .map(|dtype| {
+            let mut c = Case::with_weights(
+                &format!("embedding/{dtype}"),
+                &[WeightSpec("embed.weight", &[50, 16], -1., 1.)],
+            );
+            let ids = c.ints("ids", dtype, &[2, 5], 0, 49)?;
+            let table = c.weight("embed.weight")?;
+            let y = c.b.embedding(table, ids)?;
+            c.output("y", y)?;
+            c.finish()
+        })
+        .collect()
+}
+
+fn reduce() -> Vec<Built> {
+    use ReduceOp::*;
+    let configs: [(&[i32], bool); 4] = [
+        (&[-1], false),
+        (&[0, 2], true),
+        (&[1], true),
+        (&[0, 1, 2], false),
+    ];
+    let mut v = Vec::new();
+    for (i, op) in [Sum, Mean, Max, Min].into_iter().enumerate() {
+        for (axes, keep) in [configs[i], configs[(i + 1) % 4], configs[(i + 2) % 4]] {
+            v.push((|| {
+                let name = format!("reduce/{op:?}/axes{axes:?}/keep-{keep}").to_lowercase();
+                let mut c = Case::new(&name);
+                let x = c.uniform("x", &[3, 4, 5], -2., 2.)?;
+                let y = c.b.reduce(op, x, axes.to_vec(), keep)?;
+                c.output("y", y)?;
+                c.finish()
+            })());
+        }
+    }
+    for op in [Sum, Max] {
+        v.push((|| {
+            let mut c = Case::new(&format!("reduce/{op:?}/i64").to_lowercase());
+            let x = c.ints("x", DType::I64, &[4, 6], -1000, 1000)?;
+            let y = c.b.reduce(op, x, vec![1], false)?;
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
+    v.push((|| {
+        let mut c = Case::new("reduce/sum/long-row");
+        let x = c.uniform("x", &[2, 1000], -2., 2.)?;
+        let y = c.b.reduce(Sum, x, vec![1], true)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v
+}
+
+fn l2_normalize() -> Vec<Built> {
+    [
+        ("l2-normalize/last/3x16", &[3u64, 16][..], -1),
+        ("l2-normalize/middle/2x5x4", &[2, 5, 4], 1),
+    ]
+    .into_iter()
+    .map(|(name, shape, axis)| {
+        let mut c = Case::new(name);
+        let x = c.uniform("x", shape, -2., 2.)?;
+        let y = c.b.l2_normalize(x, axis, 1e-12)?;
+        c.output("y", y)?;
+        c.finish()
+    })
+    .collect()
+}
+
+fn gather() -> Vec<Built> {
+    let mut v = Vec::new();
+    v.push((|| {
+        let mut c = Case::new("gather/axis0/negative/i64");
+        let x = c.uniform("x", &[6, 5], -2., 2.)?;
+        let idx = c.input(
+            "idx",
+            fixed(&[4]),
+            Tensor::from_i64(vec![4], &[0, -1, 3, -6]),
+        )?;
+        let y = c.b.gather(x, idx, 0)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v.push((|| {
+        let mut c = Case::new("gather/axis1/negative/i32/2d-indices");
+        let x = c.uniform("x", &[3, 7, 2], -2., 2.)?;
+        let idx = c.input(
+            "idx",
+            fixed(&[2, 2]),
+            int_tensor(DType::I32, vec![2, 2], &[6, -2, 0, 3]),
+        )?;
+        let y = c.b.gather(x, idx, 1)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v.push((|| {
+        // The last position of each sequence, as pooling does.
+        let mut c = Case::new("gather/axis1/scalar-index");
+        let x = c.uniform("x", &[2, 5, 3], -2., 2.)?;
+        let idx = c.input("idx", vec![], Tensor::from_i64(vec![], &[-1]))?;
+        let y = c.b.gather(x, idx, 1)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v
+}
+
+fn argmax_top_k() -> Vec<Built> {
+    let mut v = Vec::new();
+    for (name, shape, axis, keep, grid) in [
+        ("argmax/last/4x37", &[4u64, 37][..], -1, false, false),
+        ("argmax/first/keep/5x6", &[5, 6], 0, true, false),
+        ("argmax/middle/ties/3x8x4", &[3, 8, 4], 1, false, true),
+    ] {
+        v.push((|| {
+            let mut c = Case::new(name);
+            let x = if grid {
+                let vals = c.rng.grid(count(shape), -2., 2., 1.);
+                c.values("x", shape, &vals)?
+            } else {
+                c.uniform("x", shape, -2., 2.)?
+            };
+            let y = c.b.argmax(x, axis, keep)?;
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
+    for (name, shape, k, grid) in [
+        ("top-k/k1/2x1000", &[2u64, 1000][..], 1u32, false),
+        ("top-k/k5/1000", &[1000], 5, false),
+        ("top-k/k5/3x1000", &[3, 1000], 5, false),
+        ("top-k/k4/ties/3x12", &[3, 12], 4, true),
+    ] {
+        v.push((|| {
+            let mut c = Case::new(name);
+            let x = if grid {
+                let vals = c.rng.grid(count(shape), 0., 5., 1.);
+                c.values("x", shape, &vals)?
+            } else {
+                c.uniform("x", shape, -2., 2.)?
+            };
+            let (values, indices) = c.b.top_k(x, k)?;
+            c.output("values", values)?;
+            c.output("indices", indices)?;
+            c.finish()
+        })());
+    }
+    v
+}
