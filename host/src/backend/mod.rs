@@ -69,10 +69,45 @@ pub trait Backend: Send + Sync {
     ) -> Result<Arc<dyn Executable>, BackendError>;
 }
 
+/// A tensor a backend keeps in its device memory between runs (session
+/// state such as a KV cache), opaque to the rest of the host.
+pub trait DeviceTensor: Send + Sync {
+    fn dtype(&self) -> crate::ir::DType;
+    fn shape(&self) -> &[u64];
+    fn bytes(&self) -> usize;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Device tensors by input or output name.
+pub type NamedDeviceTensors = Vec<(String, Arc<dyn DeviceTensor>)>;
+
 /// A graph compiled for one device.
 pub trait Executable: Send + Sync {
     /// Runs with inputs already checked by [`check_inputs`], in graph input order.
     fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError>;
+
+    /// Whether [`Executable::run_resident`] keeps tensors on the device.
+    fn device_resident(&self) -> bool {
+        false
+    }
+
+    /// Like [`Executable::run`], but the inputs named in `resident` come
+    /// from device tensors of an earlier run (their entries in `inputs` are
+    /// empty placeholders from [`check_inputs_resident`]), and the outputs
+    /// named in `keep` stay on the device. Only backends whose
+    /// [`Executable::device_resident`] is true implement it.
+    fn run_resident(
+        &self,
+        inputs: NamedTensors,
+        resident: NamedDeviceTensors,
+        keep: &[String],
+    ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
+        let _ = (inputs, resident, keep);
+        Err(BackendError::Input {
+            graph: String::new(),
+            message: "this backend keeps no tensors on a device".into(),
+        })
+    }
 }
 
 /// Largest tensor any run may create, in elements (2^31: 8 GiB of f32).
@@ -83,8 +118,29 @@ pub const MAX_RUN_ELEMENTS: u64 = 1 << 31;
 /// Returns the inputs in declaration order.
 pub fn check_inputs(
     g: &Graph,
-    mut inputs: NamedTensors,
+    inputs: NamedTensors,
 ) -> Result<(NamedTensors, Bindings), BackendError> {
+    check_inputs_resident(g, inputs, &[])
+}
+
+/// [`check_inputs`] where the inputs named in `resident` are device tensors:
+/// their dtype and shape are checked, and an empty placeholder takes their
+/// place in the returned inputs.
+pub fn check_inputs_resident(
+    g: &Graph,
+    mut inputs: NamedTensors,
+    resident: &[(String, Arc<dyn DeviceTensor>)],
+) -> Result<(NamedTensors, Bindings), BackendError> {
+    for (name, d) in resident {
+        inputs.push((
+            name.clone(),
+            Tensor {
+                dtype: d.dtype(),
+                shape: d.shape().to_vec(),
+                data: Vec::new(),
+            },
+        ));
+    }
     let err = |message: String| BackendError::Input {
         graph: g.name.clone(),
         message,
@@ -99,7 +155,9 @@ pub fn check_inputs(
             .position(|(n, _)| *n == name)
             .ok_or_else(|| err(format!("missing input `{name}`")))?;
         let (_, t) = inputs.swap_remove(pos);
-        t.check(&name).map_err(|e| err(e.to_string()))?;
+        if !resident.iter().any(|(n, _)| *n == name) {
+            t.check(&name).map_err(|e| err(e.to_string()))?;
+        }
         if t.dtype != node.dtype {
             return Err(err(format!(
                 "input `{name}`: expected {}, got {}",

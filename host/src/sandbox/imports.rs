@@ -8,7 +8,7 @@ use wasmtime::component::Resource;
 use super::accel::skill::{api, graph, log, model, partial, runtime, tokenizer, types};
 use super::convert::*;
 use super::HostState;
-use crate::backend::{check_inputs, Backend, Executable};
+use crate::backend::{check_inputs, check_inputs_resident, Backend, Executable};
 use crate::ir::builder::{BuilderLimits, WeightTypes};
 use crate::ir::{
     BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp,
@@ -81,10 +81,19 @@ impl SkillContext {
     }
 }
 
-/// State tensors of one generation batch, kept on the host.
+/// State tensors of one generation batch: on the host, or on the device
+/// for backends that keep them there ([`Executable::device_resident`]).
 #[derive(Default)]
 pub struct HostSession {
     states: HashMap<String, crate::tensor::Tensor>,
+    device: HashMap<String, Arc<dyn crate::backend::DeviceTensor>>,
+}
+
+impl HostSession {
+    fn clear(&mut self) {
+        self.states.clear();
+        self.device.clear();
+    }
 }
 
 /// Most bytes of state one session may hold.
@@ -570,11 +579,24 @@ impl runtime::HostSession for HostState {
         }
         let session = self.table.get_mut(&s)?;
         let bindings = crate::backend::bind_partial(&graph, &inputs);
+        let resident_mode = exe.device_resident();
+        let mut resident = Vec::new();
         for &id in &graph.inputs {
             let node = graph.node(id);
             let crate::ir::Op::State { name } = &node.op else {
                 continue;
             };
+            if let Some(d) = session.device.remove(name) {
+                if !resident_mode {
+                    session.clear();
+                    return Ok(Err(WitError::InvalidRequest(format!(
+                        "state `{name}` lives on another device than graph `{}`",
+                        graph.name
+                    ))));
+                }
+                resident.push((crate::ir::state_input_name(name), d));
+                continue;
+            }
             let t = match session.states.remove(name) {
                 Some(t) => t,
                 None => {
@@ -599,16 +621,37 @@ impl runtime::HostSession for HostState {
             };
             inputs.push((crate::ir::state_input_name(name), t));
         }
-        let result = check_inputs(&graph, inputs).and_then(|(ordered, _)| exe.run(ordered));
-        let outputs = match result {
+        let result = if resident_mode {
+            let keep: Vec<String> = graph
+                .states
+                .iter()
+                .map(|(n, _)| crate::ir::state_output_name(n))
+                .collect();
+            check_inputs_resident(&graph, inputs, &resident)
+                .and_then(|(ordered, _)| exe.run_resident(ordered, resident, &keep))
+        } else {
+            check_inputs(&graph, inputs)
+                .and_then(|(ordered, _)| exe.run(ordered))
+                .map(|o| (o, Vec::new()))
+        };
+        let (outputs, on_device) = match result {
             Ok(o) => o,
             Err(e) => {
-                session.states.clear();
+                session.clear();
                 return Ok(Err(backend_error(e)));
             }
         };
         let mut visible = Vec::new();
         let mut held = 0usize;
+        for (name, d) in on_device {
+            if let Some(state) = name
+                .strip_prefix("state.")
+                .and_then(|n| n.strip_suffix(".next"))
+            {
+                held += d.bytes();
+                session.device.insert(state.to_string(), d);
+            }
+        }
         for (name, t) in outputs {
             match name
                 .strip_prefix("state.")
@@ -622,7 +665,7 @@ impl runtime::HostSession for HostState {
             }
         }
         if held > MAX_SESSION_BYTES {
-            session.states.clear();
+            session.clear();
             return Ok(Err(WitError::ResourceExhausted(format!(
                 "session state of {held} bytes exceeds {MAX_SESSION_BYTES}"
             ))));
@@ -631,7 +674,7 @@ impl runtime::HostSession for HostState {
     }
 
     fn reset(&mut self, s: Resource<HostSession>) -> wasmtime::Result<()> {
-        self.table.get_mut(&s)?.states.clear();
+        self.table.get_mut(&s)?.clear();
         Ok(())
     }
 

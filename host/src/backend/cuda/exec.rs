@@ -17,7 +17,10 @@ use super::convert::convert;
 use super::kernels::Kernels;
 use super::lower::{storage, Planner};
 use super::plan::{Arg, AttnParam, Buf, GemmStep, IdxParam, Plan, Ref, Step};
-use crate::backend::{bind_partial, Backend, BackendError, Executable, NamedTensors, Precision};
+use crate::backend::{
+    bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
+    NamedTensors, Precision,
+};
 use crate::ir::{DType, Graph, NodeId, Op};
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -31,6 +34,8 @@ pub struct DeviceBuffer {
     ptr: u64,
     bytes: usize,
     ctx: Arc<CudaContext>,
+    /// Stream-ordered allocations are freed on this stream.
+    free_on: Option<Arc<CudaStream>>,
 }
 
 impl DeviceBuffer {
@@ -43,6 +48,28 @@ impl DeviceBuffer {
             ptr,
             bytes,
             ctx: ctx.clone(),
+            free_on: None,
+        })
+    }
+
+    /// A stream-ordered allocation from the driver's pool (no device-wide
+    /// synchronisation on free): for buffers made every step, such as
+    /// session state. Usable on `stream` in order; freed on `free_on`.
+    fn pooled(
+        ctx: &Arc<CudaContext>,
+        stream: &CudaStream,
+        free_on: &Arc<CudaStream>,
+        bytes: usize,
+    ) -> Result<Self, String> {
+        ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        // SAFETY: stream-ordered allocation on a live stream.
+        let ptr = unsafe { dr::malloc_async(stream.cu_stream(), bytes.max(256)) }
+            .map_err(|e| format!("cannot allocate {bytes} bytes on the GPU: {e}"))?;
+        Ok(DeviceBuffer {
+            ptr,
+            bytes,
+            ctx: ctx.clone(),
+            free_on: Some(free_on.clone()),
         })
     }
 
@@ -60,8 +87,14 @@ impl DeviceBuffer {
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
-        // SAFETY: allocated by malloc_sync and freed once.
-        let _ = unsafe { dr::free_sync(self.ptr) };
+        // SAFETY: freed once, by the call matching its allocation. Users of
+        // pooled buffers synchronise their streams before dropping them.
+        let _ = unsafe {
+            match &self.free_on {
+                Some(s) => dr::free_async(self.ptr, s.cu_stream()),
+                None => dr::free_sync(self.ptr),
+            }
+        };
     }
 }
 
@@ -71,6 +104,8 @@ pub struct Gpu {
     pub ordinal: usize,
     pub name: String,
     ctx: Arc<CudaContext>,
+    /// Frees pooled buffers (their users synchronise before dropping).
+    free_stream: Arc<CudaStream>,
     kernels: Kernels,
     weights: Mutex<HashMap<(String, String, DType), Arc<DeviceBuffer>>>,
 }
@@ -89,9 +124,13 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
     // SAFETY: called before any allocation on this context.
     unsafe { ctx.disable_event_tracking() };
     let kernels = Kernels::load(&ctx)?;
+    let free_stream = ctx
+        .new_stream()
+        .map_err(|e| format!("cannot create a stream: {e}"))?;
     let g = Arc::new(Gpu {
         ordinal,
         name: ctx.name().unwrap_or_default(),
+        free_stream,
         ctx,
         kernels,
         weights: Mutex::new(HashMap::new()),
@@ -339,6 +378,58 @@ fn resolve(plan: &Plan, base: u64, persistent: &[Arc<DeviceBuffer>], r: &Ref) ->
 
 impl Executable for CudaExecutable {
     fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
+        self.run_impl(inputs, &[], &[]).map(|(host, _)| host)
+    }
+
+    fn device_resident(&self) -> bool {
+        true
+    }
+
+    fn run_resident(
+        &self,
+        inputs: NamedTensors,
+        resident: NamedDeviceTensors,
+        keep: &[String],
+    ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
+        self.run_impl(inputs, &resident, keep)
+    }
+}
+
+/// A tensor kept in GPU memory between runs (session state).
+pub struct CudaTensor {
+    buf: DeviceBuffer,
+    ordinal: usize,
+    /// Dtype the graph declares.
+    dtype: DType,
+    /// Dtype of the bytes on the device.
+    device_dtype: DType,
+    shape: Vec<u64>,
+}
+
+impl DeviceTensor for CudaTensor {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+    fn bytes(&self) -> usize {
+        self.buf.bytes
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl CudaExecutable {
+    /// One run: `resident` inputs are copied device to device, outputs named
+    /// in `keep` are returned as [`CudaTensor`]s, the rest downloaded.
+    fn run_impl(
+        &self,
+        inputs: NamedTensors,
+        resident: &[(String, Arc<dyn DeviceTensor>)],
+        keep: &[String],
+    ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
         self.gpu
             .ctx
             .bind_to_thread()
@@ -363,28 +454,48 @@ impl Executable for CudaExecutable {
         };
         let plan = &prepared.plan;
         if st.arena.as_ref().is_none_or(|a| a.bytes < plan.arena_bytes) {
-            // Captured graphs point into the old arena.
+            // Captured graphs point into the old arena. Growing by a quarter
+            // more than asked spares most regrowths as a KV cache lengthens.
             st.graphs.clear();
             st.arena = None;
-            st.arena =
-                Some(DeviceBuffer::new(&self.gpu.ctx, plan.arena_bytes).map_err(|e| self.fail(e))?);
+            let bytes = plan.arena_bytes + plan.arena_bytes / 4;
+            st.arena = Some(DeviceBuffer::new(&self.gpu.ctx, bytes).map_err(|e| self.fail(e))?);
         }
         let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
         let stream = st.stream.clone();
         let cu = stream.cu_stream();
         let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
         let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
-        // SAFETY: every address below is inside the arena sized by the plan
-        // or a persistent buffer; host slices outlive the synchronisation.
+        // SAFETY: every address below is inside the arena sized by the plan,
+        // a persistent buffer or a resident tensor of the checked size; host
+        // slices outlive the synchronisation at the end.
         unsafe {
             dr::memset_d8_async(at(&plan.error_flag), 0, 4, cu).map_err(|x| e("memset", x))?;
         }
         let mut staged: Vec<Vec<u8>> = Vec::new();
         for u in &plan.uploads {
-            let t = &inputs
+            let (name, t) = inputs
                 .get(u.input)
-                .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?
-                .1;
+                .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?;
+            if let Some((_, d)) = resident.iter().find(|(n, _)| n == name) {
+                let src = d
+                    .as_any()
+                    .downcast_ref::<CudaTensor>()
+                    .filter(|c| c.ordinal == self.gpu.ordinal && c.device_dtype == u.dtype)
+                    .ok_or_else(|| {
+                        self.fail(format!(
+                            "input `{name}` lives on another device or precision"
+                        ))
+                    })?;
+                let n: usize = src.shape.iter().product::<u64>() as usize * u.dtype.size();
+                if n > 0 {
+                    // SAFETY: see above; both ranges hold n bytes.
+                    unsafe { dsys::cuMemcpyDtoDAsync_v2(at(&u.at), src.buf.ptr, n, cu) }
+                        .result()
+                        .map_err(|x| e("device copy", x))?;
+                }
+                continue;
+            }
             let src: &[u8] = if t.dtype == u.dtype {
                 &t.data
             } else {
@@ -397,17 +508,40 @@ impl Executable for CudaExecutable {
             }
         }
         self.execute(&mut st, &key, &prepared, base, &stream)?;
-        let mut outputs = Vec::with_capacity(plan.downloads.len());
-        let mut host: Vec<Vec<u8>> = Vec::with_capacity(plan.downloads.len());
+        let mut host: Vec<Option<Vec<u8>>> = Vec::with_capacity(plan.downloads.len());
+        let mut kept: NamedDeviceTensors = Vec::new();
         for d in &plan.downloads {
-            let n: usize = d.shape.iter().product();
-            let mut buf = vec![0u8; n * d.device_dtype.size()];
+            let bytes = d.shape.iter().product::<usize>() * d.device_dtype.size();
+            if keep.contains(&d.name) {
+                let buf =
+                    DeviceBuffer::pooled(&self.gpu.ctx, &stream, &self.gpu.free_stream, bytes)
+                        .map_err(|x| self.fail(x))?;
+                if bytes > 0 {
+                    // SAFETY: see above.
+                    unsafe { dsys::cuMemcpyDtoDAsync_v2(buf.ptr, at(&d.at), bytes, cu) }
+                        .result()
+                        .map_err(|x| e("device copy", x))?;
+                }
+                kept.push((
+                    d.name.clone(),
+                    Arc::new(CudaTensor {
+                        buf,
+                        ordinal: self.gpu.ordinal,
+                        dtype: d.dtype,
+                        device_dtype: d.device_dtype,
+                        shape: d.shape.iter().map(|&x| x as u64).collect(),
+                    }),
+                ));
+                host.push(None);
+                continue;
+            }
+            let mut buf = vec![0u8; bytes];
             if !buf.is_empty() {
                 // SAFETY: see above.
                 unsafe { dr::memcpy_dtoh_async(&mut buf, at(&d.at), cu) }
                     .map_err(|x| e("download", x))?;
             }
-            host.push(buf);
+            host.push(Some(buf));
         }
         let mut flag = [0i32; 1];
         // SAFETY: see above.
@@ -420,17 +554,20 @@ impl Executable for CudaExecutable {
                 self.fail("an embedding or gather index is out of range for its table".into())
             );
         }
+        let mut outputs = Vec::with_capacity(plan.downloads.len());
         for (d, buf) in plan.downloads.iter().zip(host) {
-            outputs.push((
-                d.name.clone(),
-                Tensor {
-                    dtype: d.dtype,
-                    shape: d.shape.iter().map(|&x| x as u64).collect(),
-                    data: convert(&buf, d.device_dtype, d.dtype),
-                },
-            ));
+            if let Some(buf) = buf {
+                outputs.push((
+                    d.name.clone(),
+                    Tensor {
+                        dtype: d.dtype,
+                        shape: d.shape.iter().map(|&x| x as u64).collect(),
+                        data: convert(&buf, d.device_dtype, d.dtype),
+                    },
+                ));
+            }
         }
-        Ok(outputs)
+        Ok((outputs, kept))
     }
 }
 

@@ -274,35 +274,76 @@ fn align(n: usize) -> usize {
 }
 
 /// Places buffers in one arena so that buffers alive at the same time never
-/// overlap. Largest first, each at the lowest offset that fits between the
-/// already placed buffers it conflicts with. Returns offsets and total size.
+/// overlap: a linear scan in order of first use, releasing buffers whose
+/// last use has passed into a coalescing free list and taking the best-fit
+/// free block (or growing the arena). O(n log n + n * free blocks), fast
+/// enough to plan every decode step. Returns offsets and total size.
 pub fn assign_offsets(buffers: &[BufferLife]) -> (Vec<usize>, usize) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     let mut order: Vec<usize> = (0..buffers.len()).collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(buffers[i].bytes), i));
+    order.sort_by_key(|&i| (buffers[i].first, i));
     let mut offsets = vec![0usize; buffers.len()];
-    let mut placed: Vec<usize> = Vec::new();
-    let mut total = 0usize;
+    let mut active: BinaryHeap<Reverse<(usize, usize)>> = BinaryHeap::new();
+    // Free blocks (offset, size), sorted by offset, never adjacent.
+    let mut free: Vec<(usize, usize)> = Vec::new();
+    let mut top = 0usize;
     for i in order {
         let b = &buffers[i];
-        let size = align(b.bytes);
-        let mut busy: Vec<(usize, usize)> = placed
-            .iter()
-            .filter(|&&j| buffers[j].first <= b.last && b.first <= buffers[j].last)
-            .map(|&j| (offsets[j], offsets[j] + align(buffers[j].bytes)))
-            .collect();
-        busy.sort_unstable();
-        let mut at = 0usize;
-        for (start, end) in busy {
-            if at + size <= start {
+        while let Some(&Reverse((last, j))) = active.peek() {
+            if last >= b.first {
                 break;
             }
-            at = at.max(end);
+            active.pop();
+            release(&mut free, offsets[j], align(buffers[j].bytes));
         }
-        offsets[i] = at;
-        total = total.max(at + size);
-        placed.push(i);
+        let size = align(b.bytes);
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.1 >= size)
+            .min_by_key(|(_, f)| f.1)
+            .map(|(k, _)| k);
+        offsets[i] = match best {
+            Some(k) => {
+                let (at, len) = free[k];
+                if len == size {
+                    free.remove(k);
+                } else {
+                    free[k] = (at + size, len - size);
+                }
+                at
+            }
+            None => match free.last() {
+                // The block at the end of the arena grows into new space.
+                Some(&(at, len)) if at + len == top => {
+                    free.pop();
+                    top = at + size;
+                    at
+                }
+                _ => {
+                    top += size;
+                    top - size
+                }
+            },
+        };
+        active.push(Reverse((b.last, i)));
     }
-    (offsets, total)
+    (offsets, top)
+}
+
+/// Returns `[at, at + len)` to the free list, merging with its neighbours.
+fn release(free: &mut Vec<(usize, usize)>, at: usize, len: usize) {
+    let k = free.partition_point(|f| f.0 < at);
+    free.insert(k, (at, len));
+    if k + 1 < free.len() && free[k].0 + free[k].1 == free[k + 1].0 {
+        free[k].1 += free[k + 1].1;
+        free.remove(k + 1);
+    }
+    if k > 0 && free[k - 1].0 + free[k - 1].1 == free[k].0 {
+        free[k - 1].1 += free[k].1;
+        free.remove(k);
+    }
 }
 
 #[cfg(test)]
