@@ -218,8 +218,18 @@ struct CudaExecutable {
 
 /// Most shape buckets kept per graph before the cache is cleared.
 const MAX_PLANS: usize = 64;
+/// A bucket's launches are captured as a CUDA graph on its run number
+/// `CAPTURE_AFTER`: capture and instantiation cost about a millisecond, so
+/// only shapes that recur are worth it.
+const CAPTURE_AFTER: u32 = 3;
 /// cuBLAS workspace per executable.
 const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr.
+fn trace() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HOST_CUDA_TRACE").is_ok_and(|v| v == "1"))
+}
 
 /// CUDA graphs are on unless `HOST_CUDA_GRAPHS=0`.
 fn graphs_enabled() -> bool {
@@ -335,6 +345,7 @@ impl CudaExecutable {
     }
 
     fn prepare(&self, inputs: &NamedTensors) -> Result<Arc<Prepared>, BackendError> {
+        let started = std::time::Instant::now();
         let bindings = bind_partial(&self.graph, inputs);
         let plan = Planner::plan(
             &self.graph,
@@ -364,6 +375,16 @@ impl CudaExecutable {
                 }
                 Step::Gemm(_) => None,
             });
+        }
+        if trace() {
+            eprintln!(
+                "cuda: planned `{}` ({} nodes) in {:.3} ms: {} steps, arena {} KiB",
+                self.graph.name,
+                self.graph.nodes.len(),
+                started.elapsed().as_secs_f64() * 1e3,
+                plan.steps.len(),
+                plan.arena_bytes >> 10
+            );
         }
         Ok(Arc::new(Prepared { plan, functions }))
     }
@@ -507,7 +528,9 @@ impl CudaExecutable {
                 unsafe { dr::memcpy_htod_async(at(&u.at), src, cu) }.map_err(|x| e("upload", x))?;
             }
         }
+        let launched = std::time::Instant::now();
         self.execute(&mut st, &key, &prepared, base, &stream)?;
+        let enqueued = launched.elapsed();
         let mut host: Vec<Option<Vec<u8>>> = Vec::with_capacity(plan.downloads.len());
         let mut kept: NamedDeviceTensors = Vec::new();
         for d in &plan.downloads {
@@ -548,6 +571,19 @@ impl CudaExecutable {
         unsafe { dr::memcpy_dtoh_async(&mut flag, at(&plan.error_flag), cu) }
             .map_err(|x| e("download", x))?;
         stream.synchronize().map_err(|x| e("synchronize", x))?;
+        if trace() {
+            eprintln!(
+                "cuda: ran `{}`: enqueue {:.3} ms, until synchronised {:.3} ms{}",
+                self.graph.name,
+                enqueued.as_secs_f64() * 1e3,
+                launched.elapsed().as_secs_f64() * 1e3,
+                if st.graphs.contains_key(&key) {
+                    " (graph)"
+                } else {
+                    ""
+                }
+            );
+        }
         drop(staged);
         if flag[0] != 0 {
             return Err(
@@ -573,7 +609,8 @@ impl CudaExecutable {
 
 impl CudaExecutable {
     /// Runs the plan's steps: replays the bucket's CUDA graph when there is
-    /// one, captures it on the bucket's second run, else launches directly.
+    /// one, captures it on the bucket's [`CAPTURE_AFTER`]th run, else
+    /// launches directly.
     fn execute(
         &self,
         st: &mut RunState,
@@ -589,7 +626,7 @@ impl CudaExecutable {
         }
         let runs = st.runs.entry(key.clone()).or_insert(0);
         *runs += 1;
-        if st.graphs_off || *runs < 2 {
+        if st.graphs_off || *runs < CAPTURE_AFTER {
             return self.enqueue(&st.blas, prepared, base, stream);
         }
         let mode = dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
