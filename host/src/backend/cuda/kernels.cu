@@ -400,37 +400,80 @@ __device__ void argmax_t(i64 outer, i64 len, i64 inner, const T* x, i64* y) {
 
 // ---- top-k along the last axis, sorted descending, ties to the lower index ----
 // Selection by k passes: each pass takes the best element strictly after the
-// previous one in the order (value desc, index asc).
-template <typename T>
-__device__ void top_k_t(i64 rows, i64 len, int k, const T* x, T* vals, i64* idx) {
+// previous one in the order (value desc, index asc). Two stages so that long
+// rows (a vocabulary) spread over many blocks: each of `chunks` blocks per
+// row selects the top k of its slice into f32/i64 candidates; one block per
+// row then selects the top k of the candidates.
+__device__ __forceinline__ bool better(float v, i64 i, float bv, i64 bi, i64 none) {
+  return bi == none || v > bv || (v == bv && i < bi);
+}
+template <typename V>
+__device__ void select_k(i64 n, int k, const V* vals, const i64* ids, float* out_v, i64* out_i) {
   __shared__ float bv[256];
   __shared__ i64 bi[256];
-  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* xr = x + r * len;
-    float pv = 3.402823466e38f; i64 pi = -1;
-    bool first = true;
-    for (int q = 0; q < k; ++q) {
-      float best = 0.0f; i64 bidx = len;
-      for (i64 c = threadIdx.x; c < len; c += blockDim.x) {
-        float v = (float)N<T>::ld(xr[c]);
-        bool after = first || v < pv || (v == pv && c > pi);
-        if (after && (bidx == len || v > best || (v == best && c < bidx))) { best = v; bidx = c; }
+  const i64 none = -1;
+  float pv = 0.0f; i64 pi = none;
+  for (int q = 0; q < k; ++q) {
+    float best = 0.0f; i64 bidx = none;
+    for (i64 c = threadIdx.x; c < n; c += blockDim.x) {
+      float v = (float)vals[c];
+      i64 id = ids ? ids[c] : c;
+      if (id < 0) continue;
+      bool after = pi == none || v < pv || (v == pv && id > pi);
+      if (after && better(v, id, best, bidx, none)) { best = v; bidx = id; }
+    }
+    bv[threadIdx.x] = best; bi[threadIdx.x] = bidx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s && bi[threadIdx.x + s] != none &&
+          better(bv[threadIdx.x + s], bi[threadIdx.x + s], bv[threadIdx.x], bi[threadIdx.x], none)) {
+        bv[threadIdx.x] = bv[threadIdx.x + s]; bi[threadIdx.x] = bi[threadIdx.x + s];
       }
-      bv[threadIdx.x] = best; bi[threadIdx.x] = bidx;
-      __syncthreads();
-      for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-          float v = bv[threadIdx.x + s]; i64 kk = bi[threadIdx.x + s];
-          if (kk < len && (bi[threadIdx.x] == len || v > bv[threadIdx.x] || (v == bv[threadIdx.x] && kk < bi[threadIdx.x]))) {
-            bv[threadIdx.x] = v; bi[threadIdx.x] = kk;
-          }
-        }
-        __syncthreads();
-      }
-      pv = bv[0]; pi = bi[0]; first = false;
-      if (threadIdx.x == 0) { vals[r * k + q] = xr[pi]; idx[r * k + q] = pi; }
       __syncthreads();
     }
+    pv = bv[0]; pi = bi[0];
+    if (threadIdx.x == 0) { out_v[q] = pv; out_i[q] = pi; }
+    __syncthreads();
+  }
+}
+// Stage 1: grid (rows * chunks); candidates [rows, chunks, k] (index -1 = none).
+template <typename T>
+__device__ void top_k_partial_t(i64 rows, i64 len, int k, int chunks, const T* x, float* cv, i64* ci) {
+  __shared__ float fv[1024];
+  for (i64 blk = blockIdx.x; blk < rows * chunks; blk += gridDim.x) {
+    i64 r = blk / chunks, c = blk % chunks;
+    i64 span = (len + chunks - 1) / chunks;
+    i64 lo = c * span, hi = lo + span < len ? lo + span : len;
+    float* ov = cv + blk * k;
+    i64* oi = ci + blk * k;
+    for (int q = threadIdx.x; q < k; q += blockDim.x) { ov[q] = 0.0f; oi[q] = -1; }
+    __syncthreads();
+    i64 n = hi > lo ? hi - lo : 0;
+    // Slices are at most 1024 long: stage them as f32 with their ids.
+    for (i64 t = threadIdx.x; t < n; t += blockDim.x) fv[t] = (float)N<T>::ld(x[r * len + lo + t]);
+    __syncthreads();
+    int kk = n < k ? (int)n : k;
+    if (kk > 0) {
+      // ids are lo + t: select on the staged values, then offset.
+      select_k<float>(n, kk, fv, (const i64*)0, ov, oi);
+      for (int q = threadIdx.x; q < kk; q += blockDim.x) oi[q] += lo;
+    }
+    __syncthreads();
+  }
+}
+// Stage 2: one block per row over chunks * k candidates.
+template <typename T>
+__device__ void top_k_merge_t(i64 rows, i64 n, int k, const float* cv, const i64* ci, const T* x, i64 len, T* vals, i64* idx) {
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    __shared__ float ov[128];
+    __shared__ i64 oi[128];
+    select_k<float>(n, k, cv + r * n, ci + r * n, ov, oi);
+    for (int q = threadIdx.x; q < k; q += blockDim.x) {
+      i64 id = oi[q];
+      vals[r * k + q] = x[r * len + id];
+      idx[r * k + q] = id;
+    }
+    __syncthreads();
   }
 }
 
@@ -538,7 +581,8 @@ FLOATS(FLOAT_KERNELS)
 INTS(INT_KERNELS)
 #define ARG_KERNELS(n, T) \
   extern "C" __global__ void argmax_##n(i64 o, i64 l, i64 in, const T* x, i64* y) { argmax_t<T>(o, l, in, x, y); } \
-  extern "C" __global__ void top_k_##n(i64 r, i64 l, int k, const T* x, T* v, i64* i) { top_k_t<T>(r, l, k, x, v, i); }
+  extern "C" __global__ void top_k_partial_##n(i64 r, i64 l, int k, int c, const T* x, float* cv, i64* ci) { top_k_partial_t<T>(r, l, k, c, x, cv, ci); } \
+  extern "C" __global__ void top_k_merge_##n(i64 r, i64 m, int k, const float* cv, const i64* ci, const T* x, i64 l, T* v, i64* i) { top_k_merge_t<T>(r, m, k, cv, ci, x, l, v, i); }
 NUMS(ARG_KERNELS)
 
 // Casts: every numeric pair, to bool from every numeric type; bool reads as u8.

@@ -41,6 +41,10 @@ pub fn suffix(dt: DType) -> &'static str {
 }
 
 const BLOCK: u32 = 256;
+/// Largest k of the top-k kernels (their merge buffer in shared memory).
+const TOP_K_MAX: usize = 128;
+/// Longest row slice one top-k block stages in shared memory.
+const TOP_K_SLICE: usize = 1024;
 
 fn elementwise_grid(n: usize) -> u32 {
     (n.div_ceil(BLOCK as usize)).clamp(1, 1 << 16) as u32
@@ -545,20 +549,53 @@ impl<'g> Planner<'g> {
                 let x = self.contiguous(x)?;
                 let len = *x.shape.last().unwrap_or(&1);
                 let rows = x.numel() / len.max(1);
+                let k = *k as usize;
+                if k > TOP_K_MAX {
+                    return Err(self.err(format!(
+                        "k = {k}: the cuda top-k selects at most {TOP_K_MAX}"
+                    )));
+                }
                 let vals = self.fresh(dt, shape.clone());
                 let idx = self.fresh(DType::I64, shape);
                 if n > 0 {
+                    // Stage 1 over slices of at most TOP_K_SLICE, stage 2
+                    // over the slices' candidates.
+                    let chunks = len.div_ceil(TOP_K_SLICE).max(1);
+                    let cand = rows * chunks * k;
+                    let cv = self.fresh(DType::F32, vec![cand]);
                     self.use_val(&x);
+                    let ci = self.fresh(DType::I64, vec![cand]);
                     self.kernel(
-                        format!("top_k_{}", suffix(x.dtype)),
-                        rows_grid(rows),
+                        format!("top_k_partial_{}", suffix(x.dtype)),
+                        rows_grid(rows * chunks),
                         256,
                         0,
                         vec![
                             Arg::I64(rows as i64),
                             Arg::I64(len as i64),
-                            Arg::I32(*k as i32),
+                            Arg::I32(k as i32),
+                            Arg::I32(chunks as i32),
                             Arg::Ptr(x.at),
+                            Arg::Ptr(cv.at),
+                            Arg::Ptr(ci.at),
+                        ],
+                    );
+                    self.use_val(&x);
+                    self.use_val(&cv);
+                    self.use_val(&ci);
+                    self.kernel(
+                        format!("top_k_merge_{}", suffix(x.dtype)),
+                        rows_grid(rows),
+                        256,
+                        0,
+                        vec![
+                            Arg::I64(rows as i64),
+                            Arg::I64((chunks * k) as i64),
+                            Arg::I32(k as i32),
+                            Arg::Ptr(cv.at),
+                            Arg::Ptr(ci.at),
+                            Arg::Ptr(x.at),
+                            Arg::I64(len as i64),
                             Arg::Ptr(vals.at),
                             Arg::Ptr(idx.at),
                         ],
