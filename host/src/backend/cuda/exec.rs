@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
 use cudarc::driver::{
-    result as dr, sys as dsys, CudaContext, CudaFunction, CudaGraph, CudaStream, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    result as dr, sys as dsys, CudaFunction, CudaGraph, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 
 use super::convert::convert;
-use super::kernels::Kernels;
+use super::device::{CudaTensor, DeviceBuffer, Gpu};
 use super::lower::{storage, Planner};
 use super::plan::{Arg, AttnParam, Buf, GemmStep, IdxParam, Plan, Ref, Step};
 use crate::backend::{
@@ -28,116 +28,6 @@ use crate::tensor::Tensor;
 // SAFETY: both are #[repr(C)] plain data laid out like the kernels' structs.
 unsafe impl DeviceRepr for IdxParam {}
 unsafe impl DeviceRepr for AttnParam {}
-
-/// A raw device allocation, freed on drop.
-pub struct DeviceBuffer {
-    ptr: u64,
-    bytes: usize,
-    ctx: Arc<CudaContext>,
-    /// Stream-ordered allocations are freed on this stream.
-    free_on: Option<Arc<CudaStream>>,
-}
-
-impl DeviceBuffer {
-    fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Self, String> {
-        ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        // SAFETY: plain allocation on the bound context.
-        let ptr = unsafe { dr::malloc_sync(bytes.max(256)) }
-            .map_err(|e| format!("cannot allocate {bytes} bytes on the GPU: {e}"))?;
-        Ok(DeviceBuffer {
-            ptr,
-            bytes,
-            ctx: ctx.clone(),
-            free_on: None,
-        })
-    }
-
-    /// A stream-ordered allocation from the driver's pool (no device-wide
-    /// synchronisation on free): for buffers made every step, such as
-    /// session state. Usable on `stream` in order; freed on `free_on`.
-    fn pooled(
-        ctx: &Arc<CudaContext>,
-        stream: &CudaStream,
-        free_on: &Arc<CudaStream>,
-        bytes: usize,
-    ) -> Result<Self, String> {
-        ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        // SAFETY: stream-ordered allocation on a live stream.
-        let ptr = unsafe { dr::malloc_async(stream.cu_stream(), bytes.max(256)) }
-            .map_err(|e| format!("cannot allocate {bytes} bytes on the GPU: {e}"))?;
-        Ok(DeviceBuffer {
-            ptr,
-            bytes,
-            ctx: ctx.clone(),
-            free_on: Some(free_on.clone()),
-        })
-    }
-
-    fn upload(ctx: &Arc<CudaContext>, data: &[u8]) -> Result<Self, String> {
-        let b = DeviceBuffer::new(ctx, data.len())?;
-        if !data.is_empty() {
-            // SAFETY: the buffer holds data.len() bytes.
-            unsafe { dr::memcpy_htod_sync(b.ptr, data) }
-                .map_err(|e| format!("copy to the GPU failed: {e}"))?;
-        }
-        Ok(b)
-    }
-}
-
-impl Drop for DeviceBuffer {
-    fn drop(&mut self) {
-        let _ = self.ctx.bind_to_thread();
-        // SAFETY: freed once, by the call matching its allocation. Users of
-        // pooled buffers synchronise their streams before dropping them.
-        let _ = unsafe {
-            match &self.free_on {
-                Some(s) => dr::free_async(self.ptr, s.cu_stream()),
-                None => dr::free_sync(self.ptr),
-            }
-        };
-    }
-}
-
-/// One GPU: its context, kernels and the weights uploaded so far (shared
-/// by every graph and endpoint using the same model at the same precision).
-pub struct Gpu {
-    pub ordinal: usize,
-    pub name: String,
-    ctx: Arc<CudaContext>,
-    /// Frees pooled buffers (their users synchronise before dropping).
-    free_stream: Arc<CudaStream>,
-    kernels: Kernels,
-    weights: Mutex<HashMap<(String, String, DType), Arc<DeviceBuffer>>>,
-}
-
-static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
-
-/// The process-wide handle of GPU `ordinal` (created on first use).
-pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
-    let map = GPUS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map.lock().map_err(|_| "GPU table poisoned".to_string())?;
-    if let Some(g) = map.get(&ordinal) {
-        return Ok(g.clone());
-    }
-    let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open cuda:{ordinal}: {e}"))?;
-    // Streams are synchronised explicitly; raw pointers carry no events.
-    // SAFETY: called before any allocation on this context.
-    unsafe { ctx.disable_event_tracking() };
-    let kernels = Kernels::load(&ctx)?;
-    let free_stream = ctx
-        .new_stream()
-        .map_err(|e| format!("cannot create a stream: {e}"))?;
-    let g = Arc::new(Gpu {
-        ordinal,
-        name: ctx.name().unwrap_or_default(),
-        free_stream,
-        ctx,
-        kernels,
-        weights: Mutex::new(HashMap::new()),
-    });
-    map.insert(ordinal, g.clone());
-    Ok(g)
-}
 
 /// The CUDA backend of one GPU at one precision.
 pub struct CudaBackend {
@@ -413,32 +303,6 @@ impl Executable for CudaExecutable {
         keep: &[String],
     ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
         self.run_impl(inputs, &resident, keep)
-    }
-}
-
-/// A tensor kept in GPU memory between runs (session state).
-pub struct CudaTensor {
-    buf: DeviceBuffer,
-    ordinal: usize,
-    /// Dtype the graph declares.
-    dtype: DType,
-    /// Dtype of the bytes on the device.
-    device_dtype: DType,
-    shape: Vec<u64>,
-}
-
-impl DeviceTensor for CudaTensor {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn shape(&self) -> &[u64] {
-        &self.shape
-    }
-    fn bytes(&self) -> usize {
-        self.buf.bytes
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

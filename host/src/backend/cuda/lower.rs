@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use super::gemm;
+use super::lower_ops::split3;
 use super::plan::*;
 use crate::backend::Precision;
 use crate::ir::shape::{eval_shape, Bindings};
-use crate::ir::{DType, Graph, NodeId, Op, ReduceOp};
+use crate::ir::{DType, Graph, NodeId, Op};
 
 /// Why a graph cannot be planned for these shapes.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -40,17 +40,17 @@ pub fn suffix(dt: DType) -> &'static str {
     }
 }
 
-const BLOCK: u32 = 256;
+pub(super) const BLOCK: u32 = 256;
 /// Largest k of the top-k kernels (their merge buffer in shared memory).
 const TOP_K_MAX: usize = 128;
 /// Longest row slice one top-k block stages in shared memory.
 const TOP_K_SLICE: usize = 1024;
 
-fn elementwise_grid(n: usize) -> u32 {
+pub(super) fn elementwise_grid(n: usize) -> u32 {
     (n.div_ceil(BLOCK as usize)).clamp(1, 1 << 16) as u32
 }
 
-fn rows_grid(rows: usize) -> u32 {
+pub(super) fn rows_grid(rows: usize) -> u32 {
     rows.clamp(1, 1 << 16) as u32
 }
 
@@ -58,9 +58,9 @@ fn rows_grid(rows: usize) -> u32 {
 pub struct Planner<'g> {
     g: &'g Graph,
     precision: Precision,
-    vals: Vec<Option<Val>>,
-    buffers: Vec<BufferLife>,
-    steps: Vec<Step>,
+    pub(super) vals: Vec<Option<Val>>,
+    pub(super) buffers: Vec<BufferLife>,
+    pub(super) steps: Vec<Step>,
     node: NodeId,
 }
 
@@ -148,7 +148,7 @@ impl<'g> Planner<'g> {
         })
     }
 
-    fn err(&self, message: impl Into<String>) -> PlanError {
+    pub(super) fn err(&self, message: impl Into<String>) -> PlanError {
         PlanError::Node {
             node: self.node,
             op: self.g.node(self.node).op.kind(),
@@ -163,7 +163,7 @@ impl<'g> Planner<'g> {
             .collect())
     }
 
-    fn val(&self, id: NodeId) -> Result<Val, PlanError> {
+    pub(super) fn val(&self, id: NodeId) -> Result<Val, PlanError> {
         self.vals
             .get(id as usize)
             .and_then(|v| v.clone())
@@ -171,7 +171,7 @@ impl<'g> Planner<'g> {
     }
 
     /// A fresh contiguous arena value, written by the next step.
-    fn fresh(&mut self, dtype: DType, shape: Vec<usize>) -> Val {
+    pub(super) fn fresh(&mut self, dtype: DType, shape: Vec<usize>) -> Val {
         let bytes = shape.iter().product::<usize>() * dtype.size();
         let at = self.alloc(bytes);
         Val {
@@ -196,14 +196,21 @@ impl<'g> Planner<'g> {
     }
 
     /// Marks `v` as read by the next step.
-    fn use_val(&mut self, v: &Val) {
+    pub(super) fn use_val(&mut self, v: &Val) {
         if let Buf::Arena(i) = v.at.buf {
             let now = self.steps.len();
             self.buffers[i].last = self.buffers[i].last.max(now);
         }
     }
 
-    fn kernel(&mut self, name: String, grid: u32, block: u32, shared: u32, args: Vec<Arg>) {
+    pub(super) fn kernel(
+        &mut self,
+        name: String,
+        grid: u32,
+        block: u32,
+        shared: u32,
+        args: Vec<Arg>,
+    ) {
         self.steps.push(Step::Kernel {
             name,
             grid,
@@ -224,7 +231,12 @@ impl<'g> Planner<'g> {
     }
 
     /// Copies the view `src` element-wise to `dst` laid out by `dst_strides`.
-    fn copy_into(&mut self, src: &Val, dst: &Ref, dst_strides: &[i64]) -> Result<(), PlanError> {
+    pub(super) fn copy_into(
+        &mut self,
+        src: &Val,
+        dst: &Ref,
+        dst_strides: &[i64],
+    ) -> Result<(), PlanError> {
         let n = src.numel();
         if n == 0 {
             return Ok(());
@@ -369,72 +381,9 @@ impl<'g> Planner<'g> {
                 scale,
                 bias,
                 eps_bits,
-            } => {
-                let x = self.val(*x)?;
-                let x = self.contiguous(x)?;
-                let s = self.val(*scale)?;
-                let s = self.contiguous(s)?;
-                let b = match bias {
-                    Some(b) => {
-                        let v = self.val(*b)?;
-                        Some(self.contiguous(v)?)
-                    }
-                    None => None,
-                };
-                let width = *shape.last().unwrap_or(&1);
-                let rows = n / width.max(1);
-                let y = self.fresh(dt, shape);
-                if n > 0 {
-                    self.use_val(&x);
-                    self.use_val(&s);
-                    if let Some(b) = &b {
-                        self.use_val(b);
-                    }
-                    self.kernel(
-                        format!("layer_norm_{}", suffix(dt)),
-                        rows_grid(rows),
-                        row_block(width),
-                        0,
-                        vec![
-                            Arg::I64(rows as i64),
-                            Arg::I32(width as i32),
-                            Arg::Ptr(x.at),
-                            Arg::Ptr(s.at),
-                            b.map(|b| Arg::Ptr(b.at)).unwrap_or(Arg::Null),
-                            Arg::F32(f32::from_bits(*eps_bits)),
-                            Arg::Ptr(y.at),
-                        ],
-                    );
-                }
-                Ok(y)
-            }
+            } => self.norm("layer_norm", *x, *scale, Some(*bias), *eps_bits, dt, shape),
             Op::RmsNorm { x, scale, eps_bits } => {
-                let x = self.val(*x)?;
-                let x = self.contiguous(x)?;
-                let s = self.val(*scale)?;
-                let s = self.contiguous(s)?;
-                let width = *shape.last().unwrap_or(&1);
-                let rows = n / width.max(1);
-                let y = self.fresh(dt, shape);
-                if n > 0 {
-                    self.use_val(&x);
-                    self.use_val(&s);
-                    self.kernel(
-                        format!("rms_norm_{}", suffix(dt)),
-                        rows_grid(rows),
-                        row_block(width),
-                        0,
-                        vec![
-                            Arg::I64(rows as i64),
-                            Arg::I32(width as i32),
-                            Arg::Ptr(x.at),
-                            Arg::Ptr(s.at),
-                            Arg::F32(f32::from_bits(*eps_bits)),
-                            Arg::Ptr(y.at),
-                        ],
-                    );
-                }
-                Ok(y)
+                self.norm("rms_norm", *x, *scale, None, *eps_bits, dt, shape)
             }
             Op::Softmax { x, axis } => self.along_axis("softmax", *x, *axis, None, dt, shape),
             Op::L2Normalize { x, axis, eps_bits } => self.along_axis(
@@ -609,290 +558,5 @@ impl<'g> Planner<'g> {
             }
             Op::TopKIndices { .. } => Err(self.err("indices without a top-k values node")),
         }
-    }
-
-    /// Two broadcast operands, one contiguous output.
-    fn strided2(
-        &mut self,
-        name: String,
-        op: Option<i32>,
-        a: NodeId,
-        b: NodeId,
-        out: DType,
-        shape: Vec<usize>,
-    ) -> Result<Val, PlanError> {
-        let (a, b) = (self.val(a)?, self.val(b)?);
-        let y = self.fresh(out, shape.clone());
-        let n = y.numel();
-        if n > 0 {
-            let (sa, sb) = (a.broadcast_strides(&shape), b.broadcast_strides(&shape));
-            let p = index_param(&shape, [&sa, &sb, &y.strides])
-                .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
-            self.use_val(&a);
-            self.use_val(&b);
-            let mut args: Vec<Arg> = op.map(Arg::I32).into_iter().collect();
-            args.extend([
-                Arg::Idx(Box::new(p)),
-                Arg::Ptr(a.at),
-                Arg::Ptr(b.at),
-                Arg::Ptr(y.at),
-            ]);
-            self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
-        }
-        Ok(y)
-    }
-
-    fn along_axis(
-        &mut self,
-        kernel: &str,
-        x: NodeId,
-        axis: usize,
-        eps: Option<f32>,
-        dt: DType,
-        shape: Vec<usize>,
-    ) -> Result<Val, PlanError> {
-        let x = self.val(x)?;
-        let x = self.contiguous(x)?;
-        let (outer, len, inner) = split3(&x.shape, axis);
-        let y = self.fresh(dt, shape);
-        if y.numel() > 0 {
-            self.use_val(&x);
-            let mut args = vec![
-                Arg::I64(outer as i64),
-                Arg::I32(len as i32),
-                Arg::I64(inner as i64),
-            ];
-            args.extend(eps.map(Arg::F32));
-            args.extend([Arg::Ptr(x.at), Arg::Ptr(y.at)]);
-            self.kernel(
-                format!("{kernel}_{}", suffix(dt)),
-                rows_grid(outer * inner),
-                row_block(len),
-                0,
-                args,
-            );
-        }
-        Ok(y)
-    }
-
-    fn reduce(
-        &mut self,
-        op: ReduceOp,
-        x: NodeId,
-        axes: &[usize],
-        dt: DType,
-        shape: Vec<usize>,
-    ) -> Result<Val, PlanError> {
-        let x = self.val(x)?;
-        // Move the reduced axes last (a free view), then make it dense.
-        let mut perm: Vec<usize> = (0..x.shape.len()).filter(|a| !axes.contains(a)).collect();
-        perm.extend(axes.iter().copied());
-        let moved = Val {
-            at: x.at,
-            dtype: x.dtype,
-            shape: perm.iter().map(|&p| x.shape[p]).collect(),
-            strides: perm.iter().map(|&p| x.strides[p]).collect(),
-        };
-        let moved = self.contiguous(moved)?;
-        let len: usize = axes.iter().map(|&a| x.shape[a]).product();
-        let rows = moved.numel() / len.max(1);
-        let y = self.fresh(dt, shape);
-        if y.numel() > 0 {
-            if len == 0 {
-                return Err(self.err("reducing an empty axis"));
-            }
-            self.use_val(&moved);
-            let grid = if dt.is_float() {
-                rows_grid(rows)
-            } else {
-                elementwise_grid(rows)
-            };
-            self.kernel(
-                format!("reduce_{}", suffix(dt)),
-                grid,
-                if dt.is_float() { row_block(len) } else { BLOCK },
-                0,
-                vec![
-                    Arg::I32(op as i32),
-                    Arg::I64(rows as i64),
-                    Arg::I64(len as i64),
-                    Arg::Ptr(moved.at),
-                    Arg::Ptr(y.at),
-                ],
-            );
-        }
-        Ok(y)
-    }
-
-    fn gather(
-        &mut self,
-        x: NodeId,
-        indices: NodeId,
-        axis: usize,
-        dt: DType,
-        shape: Vec<usize>,
-    ) -> Result<Val, PlanError> {
-        let (x, idx) = (self.val(x)?, self.val(indices)?);
-        let x = self.contiguous(x)?;
-        let idx = self.contiguous(idx)?;
-        let (outer, axis_len, inner) = split3(&x.shape, axis);
-        let y = self.fresh(dt, shape);
-        let n = y.numel();
-        if n > 0 {
-            let flag = Ref {
-                buf: Buf::Arena(0),
-                offset: 0,
-            };
-            self.use_val(&x);
-            self.use_val(&idx);
-            self.kernel(
-                format!("gather_{}_{}", dt.size(), suffix(idx.dtype)),
-                elementwise_grid(n),
-                BLOCK,
-                0,
-                vec![
-                    Arg::I64(outer as i64),
-                    Arg::I64(idx.numel() as i64),
-                    Arg::I64(axis_len as i64),
-                    Arg::I64(inner as i64),
-                    Arg::Ptr(x.at),
-                    Arg::Ptr(idx.at),
-                    Arg::Ptr(y.at),
-                    Arg::Ptr(flag),
-                ],
-            );
-        }
-        Ok(y)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &mut self,
-        q: Val,
-        k: Val,
-        v: Val,
-        mask: Option<Val>,
-        causal: bool,
-        scale: f32,
-        shape: Vec<usize>,
-    ) -> Result<Val, PlanError> {
-        let dt = q.dtype;
-        let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-        let (kvh, sk, dv) = (k.shape[1], k.shape[2], v.shape[3]);
-        let y = self.fresh(dt, shape);
-        if y.numel() == 0 {
-            return Ok(y);
-        }
-        let shared = (sk + d) * 4;
-        if shared > 200 * 1024 {
-            return Err(self.err(format!(
-                "{sk} keys of head_dim {d} exceed the fused kernel's shared memory"
-            )));
-        }
-        let four = |s: &[i64]| -> [i64; 4] { [s[0], s[1], s[2], s[3]] };
-        let (mask_kind, ms, mref) = match &mask {
-            None => (0, [0; 4], Arg::Null),
-            Some(m) => {
-                let s = m.broadcast_strides(&[b, h, sq, sk]);
-                let kind = if m.dtype == DType::Bool { 2 } else { 1 };
-                (kind, four(&s), Arg::Ptr(m.at))
-            }
-        };
-        let p = AttnParam {
-            b: b as i32,
-            h: h as i32,
-            kvh: kvh.max(1) as i32,
-            sq: sq as i32,
-            sk: sk as i32,
-            d: d as i32,
-            dv: dv as i32,
-            causal: causal as i32,
-            mask_kind,
-            scale,
-            qs: four(&q.strides),
-            ks: four(&k.strides),
-            vs: four(&v.strides),
-            ms,
-        };
-        for val in [Some(&q), Some(&k), Some(&v), mask.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            self.use_val(val);
-        }
-        self.kernel(
-            format!("attention_{}", suffix(dt)),
-            rows_grid(b * h * sq),
-            128,
-            shared as u32,
-            vec![
-                Arg::Attn(Box::new(p)),
-                Arg::Ptr(q.at),
-                Arg::Ptr(k.at),
-                Arg::Ptr(v.at),
-                mref,
-                Arg::Ptr(y.at),
-            ],
-        );
-        Ok(y)
-    }
-
-    /// `a [.., m, k] @ b [.., k, n]` into a fresh dense `[.., m, n]`.
-    fn matmul(&mut self, a: Val, b: Val, shape: Vec<usize>) -> Result<Val, PlanError> {
-        let y = self.fresh(a.dtype, shape);
-        if y.numel() == 0 {
-            return Ok(y);
-        }
-        let step = match gemm::plan_gemm(&a, &b, &y) {
-            Some(s) => s,
-            None => {
-                // Layout cuBLAS cannot walk: densify both operands over the
-                // full batch shape, which always fits one strided batch.
-                let rank = y.shape.len();
-                let full = |v: &Val, last2: [usize; 2]| {
-                    let mut s = y.shape[..rank - 2].to_vec();
-                    s.extend(last2);
-                    Val {
-                        at: v.at,
-                        dtype: v.dtype,
-                        strides: v.broadcast_strides(&s),
-                        shape: s,
-                    }
-                };
-                let ra = a.shape.len();
-                let rb = b.shape.len();
-                let ea = full(&a, [a.shape[ra - 2], a.shape[ra - 1]]);
-                let eb = full(&b, [b.shape[rb - 2], b.shape[rb - 1]]);
-                let da = self.contiguous(ea)?;
-                let db = self.contiguous(eb)?;
-                gemm::plan_gemm(&da, &db, &y)
-                    .ok_or_else(|| self.err("no cuBLAS layout for dense operands"))?
-            }
-        };
-        for r in [&step.a, &step.b] {
-            if let Buf::Arena(i) = r.buf {
-                let now = self.steps.len();
-                self.buffers[i].last = self.buffers[i].last.max(now);
-            }
-        }
-        self.steps.push(Step::Gemm(step));
-        Ok(y)
-    }
-}
-
-/// (outer, len, inner) of `shape` around `axis`.
-pub fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    let outer = shape[..axis].iter().product();
-    let len = shape.get(axis).copied().unwrap_or(1);
-    let inner = shape[axis + 1..].iter().product();
-    (outer, len, inner)
-}
-
-/// Threads per block for kernels that reduce a row of `width`.
-fn row_block(width: usize) -> u32 {
-    match width {
-        0..=128 => 64,
-        129..=1024 => 128,
-        _ => 256,
     }
 }

@@ -6,14 +6,17 @@
 //! - [`plan`] / [`lower`] / [`gemm`]: CPU-side planning per shape bucket
 //!   (strided views, one arena with lifetime-based reuse, GEMM layouts).
 //! - [`kernels`]: the `kernels.cu` module and its on-disk PTX cache.
-//! - [`exec`]: weights upload, plan cache, launches.
+//! - [`device`]: allocations, the per-GPU handle, device-resident tensors.
+//! - [`exec`]: the backend and executables: weights, plan cache, launches.
 //! - [`convert`]: f32/f16/bf16 conversion of tensor bytes on the host.
 
 pub mod convert;
+pub mod device;
 pub mod exec;
 pub mod gemm;
 pub mod kernels;
 pub mod lower;
+mod lower_ops;
 pub mod plan;
 
 use std::sync::Arc;
@@ -159,7 +162,7 @@ pub fn open(ordinal: u32, precision: Precision) -> Result<Arc<dyn Backend>, Back
     if let Some(m) = missing_library(&r) {
         return Err(unavailable(m));
     }
-    let gpu = std::panic::catch_unwind(|| exec::gpu(ordinal as usize))
+    let gpu = std::panic::catch_unwind(|| device::gpu(ordinal as usize))
         .unwrap_or_else(|_| Err("cudarc panicked while opening the device".into()))
         .map_err(unavailable)?;
     Ok(Arc::new(exec::CudaBackend::new(gpu, precision)))

@@ -1,0 +1,348 @@
+//! Lowering of the op families that need more than a line or two: broadcast
+//! element-wise, norms, per-axis kernels, reductions, gathers, attention and
+//! matmul (layouts from [`super::gemm`]).
+
+use super::gemm;
+use super::lower::{elementwise_grid, rows_grid, suffix, PlanError, Planner, BLOCK};
+use super::plan::*;
+use crate::ir::{DType, NodeId, ReduceOp};
+
+impl Planner<'_> {
+    /// Two broadcast operands, one contiguous output.
+    pub(super) fn strided2(
+        &mut self,
+        name: String,
+        op: Option<i32>,
+        a: NodeId,
+        b: NodeId,
+        out: DType,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let (a, b) = (self.val(a)?, self.val(b)?);
+        let y = self.fresh(out, shape.clone());
+        let n = y.numel();
+        if n > 0 {
+            let (sa, sb) = (a.broadcast_strides(&shape), b.broadcast_strides(&shape));
+            let p = index_param(&shape, [&sa, &sb, &y.strides])
+                .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+            self.use_val(&a);
+            self.use_val(&b);
+            let mut args: Vec<Arg> = op.map(Arg::I32).into_iter().collect();
+            args.extend([
+                Arg::Idx(Box::new(p)),
+                Arg::Ptr(a.at),
+                Arg::Ptr(b.at),
+                Arg::Ptr(y.at),
+            ]);
+            self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
+        }
+        Ok(y)
+    }
+
+    /// Layer-norm (`bias` is `Some(optional bias)`) or rms-norm (`None`)
+    /// over the last axis, one block per row.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn norm(
+        &mut self,
+        kernel: &str,
+        x: NodeId,
+        scale: NodeId,
+        bias: Option<Option<NodeId>>,
+        eps_bits: u32,
+        dt: DType,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let x = self.val(x)?;
+        let x = self.contiguous(x)?;
+        let s = self.val(scale)?;
+        let s = self.contiguous(s)?;
+        let b = match bias.flatten() {
+            Some(b) => {
+                let v = self.val(b)?;
+                Some(self.contiguous(v)?)
+            }
+            None => None,
+        };
+        let width = *shape.last().unwrap_or(&1);
+        let y = self.fresh(dt, shape);
+        let n = y.numel();
+        if n > 0 {
+            let rows = n / width.max(1);
+            for v in [Some(&x), Some(&s), b.as_ref()].into_iter().flatten() {
+                self.use_val(v);
+            }
+            let mut args = vec![
+                Arg::I64(rows as i64),
+                Arg::I32(width as i32),
+                Arg::Ptr(x.at),
+                Arg::Ptr(s.at),
+            ];
+            if bias.is_some() {
+                args.push(b.map(|b| Arg::Ptr(b.at)).unwrap_or(Arg::Null));
+            }
+            args.extend([Arg::F32(f32::from_bits(eps_bits)), Arg::Ptr(y.at)]);
+            self.kernel(
+                format!("{kernel}_{}", suffix(dt)),
+                rows_grid(rows),
+                row_block(width),
+                0,
+                args,
+            );
+        }
+        Ok(y)
+    }
+
+    pub(super) fn along_axis(
+        &mut self,
+        kernel: &str,
+        x: NodeId,
+        axis: usize,
+        eps: Option<f32>,
+        dt: DType,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let x = self.val(x)?;
+        let x = self.contiguous(x)?;
+        let (outer, len, inner) = split3(&x.shape, axis);
+        let y = self.fresh(dt, shape);
+        if y.numel() > 0 {
+            self.use_val(&x);
+            let mut args = vec![
+                Arg::I64(outer as i64),
+                Arg::I32(len as i32),
+                Arg::I64(inner as i64),
+            ];
+            args.extend(eps.map(Arg::F32));
+            args.extend([Arg::Ptr(x.at), Arg::Ptr(y.at)]);
+            self.kernel(
+                format!("{kernel}_{}", suffix(dt)),
+                rows_grid(outer * inner),
+                row_block(len),
+                0,
+                args,
+            );
+        }
+        Ok(y)
+    }
+
+    pub(super) fn reduce(
+        &mut self,
+        op: ReduceOp,
+        x: NodeId,
+        axes: &[usize],
+        dt: DType,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let x = self.val(x)?;
+        // Move the reduced axes last (a free view), then make it dense.
+        let mut perm: Vec<usize> = (0..x.shape.len()).filter(|a| !axes.contains(a)).collect();
+        perm.extend(axes.iter().copied());
+        let moved = Val {
+            at: x.at,
+            dtype: x.dtype,
+            shape: perm.iter().map(|&p| x.shape[p]).collect(),
+            strides: perm.iter().map(|&p| x.strides[p]).collect(),
+        };
+        let moved = self.contiguous(moved)?;
+        let len: usize = axes.iter().map(|&a| x.shape[a]).product();
+        let rows = moved.numel() / len.max(1);
+        let y = self.fresh(dt, shape);
+        if y.numel() > 0 {
+            if len == 0 {
+                return Err(self.err("reducing an empty axis"));
+            }
+            self.use_val(&moved);
+            let grid = if dt.is_float() {
+                rows_grid(rows)
+            } else {
+                elementwise_grid(rows)
+            };
+            self.kernel(
+                format!("reduce_{}", suffix(dt)),
+                grid,
+                if dt.is_float() { row_block(len) } else { BLOCK },
+                0,
+                vec![
+                    Arg::I32(op as i32),
+                    Arg::I64(rows as i64),
+                    Arg::I64(len as i64),
+                    Arg::Ptr(moved.at),
+                    Arg::Ptr(y.at),
+                ],
+            );
+        }
+        Ok(y)
+    }
+
+    pub(super) fn gather(
+        &mut self,
+        x: NodeId,
+        indices: NodeId,
+        axis: usize,
+        dt: DType,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let (x, idx) = (self.val(x)?, self.val(indices)?);
+        let x = self.contiguous(x)?;
+        let idx = self.contiguous(idx)?;
+        let (outer, axis_len, inner) = split3(&x.shape, axis);
+        let y = self.fresh(dt, shape);
+        let n = y.numel();
+        if n > 0 {
+            let flag = Ref {
+                buf: Buf::Arena(0),
+                offset: 0,
+            };
+            self.use_val(&x);
+            self.use_val(&idx);
+            self.kernel(
+                format!("gather_{}_{}", dt.size(), suffix(idx.dtype)),
+                elementwise_grid(n),
+                BLOCK,
+                0,
+                vec![
+                    Arg::I64(outer as i64),
+                    Arg::I64(idx.numel() as i64),
+                    Arg::I64(axis_len as i64),
+                    Arg::I64(inner as i64),
+                    Arg::Ptr(x.at),
+                    Arg::Ptr(idx.at),
+                    Arg::Ptr(y.at),
+                    Arg::Ptr(flag),
+                ],
+            );
+        }
+        Ok(y)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention(
+        &mut self,
+        q: Val,
+        k: Val,
+        v: Val,
+        mask: Option<Val>,
+        causal: bool,
+        scale: f32,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let dt = q.dtype;
+        let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+        let (kvh, sk, dv) = (k.shape[1], k.shape[2], v.shape[3]);
+        let y = self.fresh(dt, shape);
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        let shared = (sk + d) * 4;
+        if shared > 200 * 1024 {
+            return Err(self.err(format!(
+                "{sk} keys of head_dim {d} exceed the fused kernel's shared memory"
+            )));
+        }
+        let four = |s: &[i64]| -> [i64; 4] { [s[0], s[1], s[2], s[3]] };
+        let (mask_kind, ms, mref) = match &mask {
+            None => (0, [0; 4], Arg::Null),
+            Some(m) => {
+                let s = m.broadcast_strides(&[b, h, sq, sk]);
+                let kind = if m.dtype == DType::Bool { 2 } else { 1 };
+                (kind, four(&s), Arg::Ptr(m.at))
+            }
+        };
+        let p = AttnParam {
+            b: b as i32,
+            h: h as i32,
+            kvh: kvh.max(1) as i32,
+            sq: sq as i32,
+            sk: sk as i32,
+            d: d as i32,
+            dv: dv as i32,
+            causal: causal as i32,
+            mask_kind,
+            scale,
+            qs: four(&q.strides),
+            ks: four(&k.strides),
+            vs: four(&v.strides),
+            ms,
+        };
+        for val in [Some(&q), Some(&k), Some(&v), mask.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            self.use_val(val);
+        }
+        self.kernel(
+            format!("attention_{}", suffix(dt)),
+            rows_grid(b * h * sq),
+            128,
+            shared as u32,
+            vec![
+                Arg::Attn(Box::new(p)),
+                Arg::Ptr(q.at),
+                Arg::Ptr(k.at),
+                Arg::Ptr(v.at),
+                mref,
+                Arg::Ptr(y.at),
+            ],
+        );
+        Ok(y)
+    }
+
+    /// `a [.., m, k] @ b [.., k, n]` into a fresh dense `[.., m, n]`.
+    pub(super) fn matmul(&mut self, a: Val, b: Val, shape: Vec<usize>) -> Result<Val, PlanError> {
+        let y = self.fresh(a.dtype, shape);
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        let step = match gemm::plan_gemm(&a, &b, &y) {
+            Some(s) => s,
+            None => {
+                // Layout cuBLAS cannot walk: densify both operands over the
+                // full batch shape, which always fits one strided batch.
+                let rank = y.shape.len();
+                let full = |v: &Val, last2: [usize; 2]| {
+                    let mut s = y.shape[..rank - 2].to_vec();
+                    s.extend(last2);
+                    Val {
+                        at: v.at,
+                        dtype: v.dtype,
+                        strides: v.broadcast_strides(&s),
+                        shape: s,
+                    }
+                };
+                let ra = a.shape.len();
+                let rb = b.shape.len();
+                let ea = full(&a, [a.shape[ra - 2], a.shape[ra - 1]]);
+                let eb = full(&b, [b.shape[rb - 2], b.shape[rb - 1]]);
+                let da = self.contiguous(ea)?;
+                let db = self.contiguous(eb)?;
+                gemm::plan_gemm(&da, &db, &y)
+                    .ok_or_else(|| self.err("no cuBLAS layout for dense operands"))?
+            }
+        };
+        for r in [&step.a, &step.b] {
+            if let Buf::Arena(i) = r.buf {
+                let now = self.steps.len();
+                self.buffers[i].last = self.buffers[i].last.max(now);
+            }
+        }
+        self.steps.push(Step::Gemm(step));
+        Ok(y)
+    }
+}
+
+/// (outer, len, inner) of `shape` around `axis`.
+pub fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = shape[..axis].iter().product();
+    let len = shape.get(axis).copied().unwrap_or(1);
+    let inner = shape[axis + 1..].iter().product();
+    (outer, len, inner)
+}
+
+/// Threads per block for kernels that reduce a row of `width`.
+pub(super) fn row_block(width: usize) -> u32 {
+    match width {
+        0..=128 => 64,
+        129..=1024 => 128,
+        _ => 256,
+    }
+}
