@@ -92,8 +92,8 @@ pub trait Executable: Send + Sync {
     }
 
     /// Like [`Executable::run`], but the inputs named in `resident` come
-    /// from device tensors of an earlier run (their entries in `inputs` are
-    /// empty placeholders from [`check_inputs_resident`]), and the outputs
+    /// from device tensors of an earlier run (their entries in `inputs` carry
+    /// dtype and shape only, see [`check_inputs_resident`]), and the outputs
     /// named in `keep` stay on the device. Only backends whose
     /// [`Executable::device_resident`] is true implement it.
     fn run_resident(
@@ -124,8 +124,9 @@ pub fn check_inputs(
 }
 
 /// [`check_inputs`] where the inputs named in `resident` are device tensors:
-/// their dtype and shape are checked, and an empty placeholder takes their
-/// place in the returned inputs.
+/// their dtype and shape are checked like any input's, and in the returned
+/// inputs they appear as host tensors with that dtype and shape but no data
+/// (the backend reads the device tensor instead).
 pub fn check_inputs_resident(
     g: &Graph,
     mut inputs: NamedTensors,

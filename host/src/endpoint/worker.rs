@@ -24,10 +24,6 @@ use crate::HostError;
 pub(crate) struct CostModel;
 
 impl CostModel {
-    fn new(_model: &Model) -> Self {
-        CostModel
-    }
-
     pub(crate) fn estimate(&self, request: &str) -> usize {
         let fallback = request.len() / 4 + 1;
         let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else {
@@ -95,7 +91,7 @@ pub(crate) fn start(
     metrics: Arc<Metrics>,
 ) -> Result<Started, HostError> {
     let model = Arc::new(Model::open(&config.model)?);
-    let cost = Arc::new(CostModel::new(&model));
+    let cost = Arc::new(CostModel);
     let (tx, rx) = mpsc::channel::<Batch>(config.instances);
     let rx = Arc::new(Mutex::new(rx));
     let idle = Arc::new(AtomicUsize::new(0));

@@ -4,6 +4,14 @@
 
 use crate::ir::DType;
 
+/// [`convert`] for owned bytes: no copy when nothing changes.
+pub fn convert_owned(bytes: Vec<u8>, from: DType, to: DType) -> Vec<u8> {
+    if from == to || !from.is_float() || !to.is_float() {
+        return bytes;
+    }
+    convert(&bytes, from, to)
+}
+
 /// Converts little-endian `bytes` of float dtype `from` to float dtype `to`.
 /// Non-float or equal dtypes are returned unchanged.
 pub fn convert(bytes: &[u8], from: DType, to: DType) -> Vec<u8> {

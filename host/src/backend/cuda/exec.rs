@@ -13,7 +13,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use super::convert::convert;
+use super::convert::{convert, convert_owned};
 use super::device::{CudaTensor, DeviceBuffer, Gpu};
 use super::lower::{storage, Planner};
 use super::plan::{Arg, AttnParam, Buf, GemmStep, IdxParam, Plan, Ref, Step};
@@ -462,7 +462,7 @@ impl CudaExecutable {
                     Tensor {
                         dtype: d.dtype,
                         shape: d.shape.iter().map(|&x| x as u64).collect(),
-                        data: convert(&buf, d.device_dtype, d.dtype),
+                        data: convert_owned(buf, d.device_dtype, d.dtype),
                     },
                 ));
             }

@@ -220,7 +220,6 @@ __device__ void cast_bool_t(i64 n, const S* x, u8* y) {
   GRID_LOOP(i, n) { y[i] = to_d<S>(x[i]) != 0.0 ? 1 : 0; }
 }
 // Integer to integer keeps all 64 bits.
-__device__ __forceinline__ i64 to_i(i64 v) { return v; }
 template <typename S, typename D>
 __device__ void cast_int_t(i64 n, const S* x, D* y) {
   GRID_LOOP(i, n) { y[i] = (D)(i64)x[i]; }

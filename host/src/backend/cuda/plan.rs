@@ -259,16 +259,6 @@ pub struct Plan {
     pub error_flag: Ref,
 }
 
-impl Plan {
-    /// Absolute arena byte offset of `r` (persistent refs: their own offset).
-    pub fn arena_offset(&self, r: &Ref) -> Option<usize> {
-        match r.buf {
-            Buf::Arena(i) => self.offsets.get(i).map(|o| o + r.offset),
-            Buf::Persistent(_) => None,
-        }
-    }
-}
-
 fn align(n: usize) -> usize {
     n.div_ceil(ALIGN).max(1) * ALIGN
 }
