@@ -132,6 +132,13 @@ if [ "$MODE" = fidelity ] || [ "$MODE" = all ]; then
         --models "$MODELS_DIR" --out "$OUT/embed_fidelity" --device "$DEVICE" ${EMBED_EXTRA[@]+"${EMBED_EXTRA[@]}"}
     step gen_fidelity "$PYTHON" scripts/gpu/gen_fidelity.py --host "$HOST_BIN" \
         --out "$OUT/gen_fidelity" --device "$DEVICE" ${GEN_EXTRA[@]+"${GEN_EXTRA[@]}"}
+    if [ "$DEVICE" = cuda ]; then
+        for p in f16 bf16; do
+            step "gen_fidelity_$p" "$PYTHON" scripts/gpu/gen_fidelity.py --host "$HOST_BIN" \
+                --out "$OUT/gen_fidelity_$p" --device "$DEVICE" --precision "$p" \
+                ${GEN_EXTRA[@]+"${GEN_EXTRA[@]}"}
+        done
+    fi
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
