@@ -1,11 +1,21 @@
 //! Decoder graphs (gpt2, opt, llama, qwen2): one graph for prefill and
 //! decode, with the KV cache as session state.
 //!
-//! Inputs: `input_ids` [batch, seq], `position_ids` [batch, seq],
-//! `attention_mask` [batch, past+seq] (1 real, 0 padding), `last_index` [1]
-//! (seq - 1). State: `k<i>`, `v<i>` [batch, kv_heads, past, head_dim].
-//! Outputs: `next_token` [batch] (argmax), `top_values`/`top_indices`
-//! [batch, K] for sampling.
+//! The KV cache has a fixed number of slots per graph (`cache`, chosen by
+//! the generation loop), so every decode step of a generation has the same
+//! shapes and a backend can replay it (CUDA graphs). Attention is
+//! indifferent to the order of its keys once positions are applied (rotary
+//! before caching, ALiBi from explicit key positions), so slots need no
+//! particular order: each run prepends its new keys and keeps the first
+//! `cache` slots, dropping the oldest, which are free slots as long as the
+//! sequence fits. A mask says which slots hold tokens.
+//!
+//! Inputs: `input_ids`, `position_ids` and `attention_mask` (1 real, 0
+//! padding) [batch, seq], `cache_mask` [batch, cache] (1 where a slot holds
+//! a token), `last_index` [1] (seq - 1); BLOOM also `cache_positions`
+//! [batch, cache] (each slot's token position). State: `k<i>`, `v<i>`
+//! [batch, kv_heads, cache, head_dim]. Outputs: `next_token` [batch]
+//! (argmax), `top_values`/`top_indices` [batch, K] for sampling.
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::{BinaryOp, CompareOp, Node, UnaryOp};
@@ -99,27 +109,32 @@ fn sym(s: &str) -> Dim {
     Dim::Symbolic(s.into())
 }
 
-/// Builds and compiles the decoder graph; `with_logits` adds a `logits`
-/// output [batch, vocab] (for `return_logits` requests only: it is large).
-pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, ModelInfo), Error> {
+/// Builds and compiles the decoder graph with `cache` KV slots; a
+/// `variant` may add outputs or inputs.
+pub fn build(
+    arch: Arch,
+    c: &Json,
+    variant: Variant,
+    cache: u64,
+) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = dims(arch, c)?;
     let name = format!(
-        "{arch:?}-decoder{}{}",
+        "{arch:?}-decoder-c{cache}{}{}",
         if variant.logits { "-logits" } else { "" },
         if variant.penalty { "-penalty" } else { "" }
     );
     let g = Graph::new(&name.to_lowercase());
     let bs = [sym("batch"), sym("seq")];
+    let slots = [sym("batch"), Dim::Fixed(cache)];
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
-    let mask = g.input(
-        "attention_mask",
-        Dtype::I64,
-        &[sym("batch"), sym("past+seq")],
-    )?;
+    let mask = g.input("attention_mask", Dtype::I64, &bs)?;
+    let cache_mask = g.input("cache_mask", Dtype::I64, &slots)?;
     let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
     let zero = g.scalar(0.0, Dtype::I64)?;
-    let keep = g.b.compare(CompareOp::Greater, mask, zero)?;
+    // Keys are ordered [cache slots, new tokens], so causal masking holds.
+    let all = g.b.concat(&[cache_mask, mask], 1)?;
+    let keep = g.b.compare(CompareOp::Greater, all, zero)?;
     let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
 
     let (embed_name, mut h) = match arch {
@@ -150,7 +165,9 @@ pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, M
     };
     // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
     let keys = if arch == Arch::Bloom {
-        alibi_mask(&g, d.heads, keys)?
+        let slot_pos = g.input("cache_positions", Dtype::I64, &slots)?;
+        let key_pos = g.b.concat(&[slot_pos, pos], 1)?;
+        alibi_mask(&g, d.heads, keys, keep, key_pos)?
     } else {
         keys
     };
@@ -159,7 +176,7 @@ pub fn build(arch: Arch, c: &Json, variant: Variant) -> Result<(CompiledGraph, M
         _ => None,
     };
     for i in 0..d.layers {
-        h = layer(&g, arch, &d, i, h, keys, rope)?;
+        h = layer(&g, arch, &d, i, h, keys, rope, cache)?;
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
@@ -245,15 +262,13 @@ fn alibi_slopes(heads: u64) -> Vec<f32> {
     slopes
 }
 
-/// [batch, heads, 1, past+seq] additive mask: slope x key position where
-/// attending, the masked score elsewhere. Key positions come as an input
-/// (`key_positions`, i64 [batch, past+seq]: (cumsum(mask) - 1) x mask).
-fn alibi_mask(g: &Graph, heads: u64, keys: Node) -> Result<Node, Error> {
-    let kp = g.input(
-        "key_positions",
-        Dtype::I64,
-        &[sym("batch"), sym("past+seq")],
-    )?;
+/// [batch, heads, 1, keys] additive mask: slope x key position where
+/// attending, the masked score elsewhere. `key_pos` [batch, keys] holds each
+/// key's token position; masked keys count as position 0, as transformers'
+/// `(cumsum(mask) - 1) * mask` has it.
+fn alibi_mask(g: &Graph, heads: u64, keys: Node, keep: Node, key_pos: Node) -> Result<Node, Error> {
+    let zero_pos = g.scalar(0.0, Dtype::I64)?;
+    let kp = g.b.select(keep, key_pos, zero_pos)?;
     let kp =
         g.b.unsqueeze(g.b.unsqueeze(g.b.cast(kp, Dtype::F32)?, 1)?, 1)?;
     let slopes =
@@ -308,6 +323,7 @@ fn layer(
     h: Node,
     keys: Node,
     rope: Option<(Node, Node)>,
+    cache: u64,
 ) -> Result<Node, Error> {
     let p = match arch {
         Arch::Gpt2 | Arch::Bloom => format!("transformer.h.{i}"),
@@ -359,17 +375,21 @@ fn layer(
         q = rotate(g, q, r, d.head_dim)?;
         k = rotate(g, k, r, d.head_dim)?;
     }
-    let cache = [
+    let shape = [
         sym("batch"),
         Dim::Fixed(d.kv_heads),
-        sym("past"),
+        Dim::Fixed(cache),
         Dim::Fixed(d.head_dim),
     ];
-    let (kn, vn) = (format!("k{i}"), format!("v{i}"));
-    let k_all = g.b.concat(&[g.b.state(&kn, Dtype::F32, &cache)?, k], 2)?;
-    let v_all = g.b.concat(&[g.b.state(&vn, Dtype::F32, &cache)?, v], 2)?;
-    g.b.update_state(&kn, k_all)?;
-    g.b.update_state(&vn, v_all)?;
+    let mut kv = Vec::with_capacity(2);
+    for (name, new) in [(format!("k{i}"), k), (format!("v{i}"), v)] {
+        let old = g.b.state(&name, Dtype::F32, &shape)?;
+        // Newest first; the last slots (free ones) fall off the end.
+        let kept = g.b.slice(g.b.concat(&[new, old], 2)?, 2, 0, cache as i64)?;
+        g.b.update_state(&name, kept)?;
+        kv.push(g.b.concat(&[old, new], 2)?);
+    }
+    let (k_all, v_all) = (kv[0], kv[1]);
     let a = g.merge_heads(g.attention(q, k_all, v_all, Some(keys), true)?)?;
     let a = match arch {
         Arch::Gpt2 => conv1d(g, a, &format!("{p}.attn.c_proj"))?,

@@ -32,6 +32,19 @@ use sample::{Sampler, Sampling};
 
 /// Largest `max_new_tokens` a request may ask for.
 const MAX_NEW_TOKENS: u64 = 4096;
+/// Fewest KV-cache slots; caches grow in powers of two from here so that
+/// generations of similar length share graphs (and replayable shapes).
+const MIN_CACHE: u64 = 64;
+
+/// KV-cache slots for `tokens` tokens: the next power of two, at least
+/// [`MIN_CACHE`], at most the model's context (never less than `tokens`).
+fn cache_slots(tokens: u64, context: u64) -> u64 {
+    tokens
+        .max(MIN_CACHE)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .min(context.max(tokens))
+}
 
 struct Defaults {
     max_new_tokens: u64,
@@ -46,9 +59,9 @@ struct Defaults {
 
 struct Loaded {
     tokenizer: Tokenizer,
-    graph: CompiledGraph,
-    /// Graph variants (logits output, repetition penalty), built on first use.
-    variants: RefCell<std::collections::HashMap<Variant, CompiledGraph>>,
+    /// Decoder graphs per variant (logits output, repetition penalty) and
+    /// KV-cache size, built on first use.
+    graphs: RefCell<std::collections::HashMap<(Variant, u64), CompiledGraph>>,
     arch: Arch,
     config: Json,
     info: ModelInfo,
@@ -130,14 +143,15 @@ impl Guest for TextGeneration {
             add_special_tokens: true,
             pad_to_multiple_of: None,
         })?;
-        let (graph, info) = decoder::build(arch, &config, Variant::default())?;
+        // Build the common graph now: a bad config fails at load.
+        let (graph, info) = decoder::build(arch, &config, Variant::default(), MIN_CACHE)?;
+        let graphs = std::collections::HashMap::from([((Variant::default(), MIN_CACHE), graph)]);
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
                 tokenizer,
-                variants: RefCell::new(std::collections::HashMap::new()),
+                graphs: RefCell::new(graphs),
                 arch,
                 config,
-                graph,
                 info,
                 defaults,
             })
@@ -329,6 +343,13 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             seen += x;
         }
     }
+    let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
+    // Every token fed to the model takes a slot: the prompt (padded) and all
+    // generated tokens but the last.
+    let cache = cache_slots(longest as u64 + max_steps - 1, m.info.max_positions) as usize;
+    // Per row: which slots hold a token, and its position (for ALiBi).
+    let mut cache_mask: Vec<Vec<i64>> = vec![vec![0; cache]; b];
+    let mut cache_pos: Vec<Vec<i64>> = vec![vec![0; cache]; b];
     let mut next_pos: Vec<i64> = reqs.iter().map(|r| r.ids.len() as i64).collect();
     let mut samplers: Vec<Sampler> = reqs
         .iter()
@@ -353,13 +374,11 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             seen.push(v);
         }
     }
-    let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
     let t0 = Instant::now();
     let mut prefill_ms = 0.0;
     let mut prefill_logits: Vec<Tensor> = Vec::new();
     let mut seq = longest as u64;
     for step in 0..max_steps {
-        let cols = mask[0].len() as u64;
         let mut inputs = vec![
             NamedTensor {
                 name: "input_ids".into(),
@@ -371,7 +390,11 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             },
             NamedTensor {
                 name: "attention_mask".into(),
-                value: i64_tensor(vec![b as u64, cols], &mask.concat()),
+                value: i64_tensor(vec![b as u64, seq], &mask.concat()),
+            },
+            NamedTensor {
+                name: "cache_mask".into(),
+                value: i64_tensor(vec![b as u64, cache as u64], &cache_mask.concat()),
             },
             NamedTensor {
                 name: "last_index".into(),
@@ -379,18 +402,9 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             },
         ];
         if m.arch == Arch::Bloom {
-            // ALiBi key positions: (cumsum(mask) - 1) x mask, per row.
-            let mut kp = Vec::with_capacity(b * cols as usize);
-            for row in &mask {
-                let mut seen = 0i64;
-                for &x in row {
-                    seen += x;
-                    kp.push((seen - 1) * x);
-                }
-            }
             inputs.push(NamedTensor {
-                name: "key_positions".into(),
-                value: i64_tensor(vec![b as u64, cols], &kp),
+                name: "cache_positions".into(),
+                value: i64_tensor(vec![b as u64, cache as u64], &cache_pos.concat()),
             });
         }
         let variant = Variant {
@@ -413,18 +427,28 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 value: f32_tensor(vec![b as u64, 1], &p),
             });
         }
-        let outputs = if variant == Variant::default() {
-            session.run(&m.graph, &inputs)?
-        } else {
-            let mut cache = m.variants.borrow_mut();
-            let graph = match cache.entry(variant) {
+        let outputs = {
+            let mut graphs = m.graphs.borrow_mut();
+            let graph = match graphs.entry((variant, cache as u64)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(decoder::build(m.arch, &m.config, variant)?.0)
+                    e.insert(decoder::build(m.arch, &m.config, variant, cache as u64)?.0)
                 }
             };
             session.run(graph, &inputs)?
         };
+        // The run prepended this step's tokens to the cache slots.
+        let row = seq as usize;
+        for i in 0..b {
+            let (cm, cp) = (&mut cache_mask[i], &mut cache_pos[i]);
+            cm.splice(0..0, mask[i].iter().copied());
+            cp.splice(0..0, pos[i * row..(i + 1) * row].iter().copied());
+            if cm[cache..].contains(&1) {
+                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
+            }
+            cm.truncate(cache);
+            cp.truncate(cache);
+        }
         let (mut greedy, mut values, mut indices) = (None, None, None);
         for o in outputs {
             match o.name.as_str() {
@@ -496,7 +520,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         ids = step_ids;
         pos = next_pos.clone();
         next_pos.iter_mut().for_each(|p| *p += 1);
-        mask.iter_mut().for_each(|row| row.push(1));
+        mask = vec![vec![1]; b];
         seq = 1;
     }
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
