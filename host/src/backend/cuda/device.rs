@@ -121,15 +121,25 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
     Ok(g)
 }
 
-/// A tensor kept in GPU memory between runs (session state).
+/// A tensor kept in GPU memory between runs (session state): `bytes` at
+/// `offset` of a buffer that the outputs of one run share.
 pub struct CudaTensor {
-    pub(super) buf: DeviceBuffer,
+    pub(super) buf: Arc<DeviceBuffer>,
+    pub(super) offset: usize,
+    pub(super) bytes: usize,
     pub(super) ordinal: usize,
     /// Dtype the graph declares.
     pub(super) dtype: DType,
     /// Dtype of the bytes on the device.
     pub(super) device_dtype: DType,
     pub(super) shape: Vec<u64>,
+}
+
+impl CudaTensor {
+    /// Device address of the first byte.
+    pub(super) fn ptr(&self) -> u64 {
+        self.buf.ptr + self.offset as u64
+    }
 }
 
 impl DeviceTensor for CudaTensor {
@@ -140,7 +150,7 @@ impl DeviceTensor for CudaTensor {
         &self.shape
     }
     fn bytes(&self) -> usize {
-        self.buf.bytes
+        self.bytes
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

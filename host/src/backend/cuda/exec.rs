@@ -7,16 +7,17 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
-use cudarc::driver::{
-    result as dr, sys as dsys, CudaFunction, CudaGraph, CudaStream, DeviceRepr, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::cublas::{sys as bsys, CudaBlas};
+use cudarc::driver::{sys as dsys, CudaFunction, CudaGraph, CudaStream, DeviceRepr};
 
 use super::convert::{convert, convert_owned};
 use super::device::{CudaTensor, DeviceBuffer, Gpu};
+use super::io::{Dst, Src, Transfers};
+
+#[path = "launch.rs"]
+mod launch;
 use super::lower::{storage, Planner};
-use super::plan::{Arg, AttnParam, Buf, GemmStep, IdxParam, Plan, Ref, Step};
+use super::plan::{AttnParam, Buf, IdxParam, Plan, Ref, Step};
 use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, Precision,
@@ -90,6 +91,8 @@ struct RunState {
     runs: HashMap<Vec<Vec<u64>>, u32>,
     /// Set when a capture failed: this executable launches directly.
     graphs_off: bool,
+    /// Device side of each run's bulk transfers (see `io`).
+    staging: Option<DeviceBuffer>,
 }
 
 // SAFETY: the state is only touched under the executable's mutex, with the
@@ -108,10 +111,6 @@ struct CudaExecutable {
 
 /// Most shape buckets kept per graph before the cache is cleared.
 const MAX_PLANS: usize = 64;
-/// A bucket's launches are captured as a CUDA graph on its run number
-/// `CAPTURE_AFTER`: capture and instantiation cost about a millisecond, so
-/// only shapes that recur are worth it.
-const CAPTURE_AFTER: u32 = 3;
 /// cuBLAS workspace per executable.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
@@ -193,35 +192,9 @@ impl Backend for CudaBackend {
                 graphs: HashMap::new(),
                 runs: HashMap::new(),
                 graphs_off: !graphs_enabled(),
+                staging: None,
             }),
         }))
-    }
-}
-
-/// Kernel arguments with their values resolved, kept alive for the launch.
-enum Owned {
-    U64(u64),
-    I32(i32),
-    I64(i64),
-    F32(f32),
-    Idx(IdxParam),
-    Attn(AttnParam),
-}
-
-fn data_type(dt: DType) -> Option<bsys::cudaDataType> {
-    match dt {
-        DType::F32 => Some(bsys::cudaDataType::CUDA_R_32F),
-        DType::F16 => Some(bsys::cudaDataType::CUDA_R_16F),
-        DType::BF16 => Some(bsys::cudaDataType::CUDA_R_16BF),
-        _ => None,
-    }
-}
-
-fn op(trans: bool) -> bsys::cublasOperation_t {
-    if trans {
-        bsys::cublasOperation_t::CUBLAS_OP_T
-    } else {
-        bsys::cublasOperation_t::CUBLAS_OP_N
     }
 }
 
@@ -348,18 +321,17 @@ impl CudaExecutable {
         }
         let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
         let stream = st.stream.clone();
-        let cu = stream.cu_stream();
         let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
-        let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
-        // SAFETY: every address below is inside the arena sized by the plan,
-        // a persistent buffer or a resident tensor of the checked size; host
-        // slices outlive the synchronisation at the end.
-        unsafe {
-            dr::memset_d8_async(at(&plan.error_flag), 0, 4, cu).map_err(|x| e("memset", x))?;
-        }
-        let mut staged: Vec<Vec<u8>> = Vec::new();
+        let copy = self
+            .gpu
+            .kernels
+            .function("copy_many")
+            .map_err(|e| self.fail(e))?;
+        let mut t = Transfers::default();
+        let zero = t.stage(&[0; 4]);
+        t.input(Src::Staged(zero), at(&plan.error_flag), 4);
         for u in &plan.uploads {
-            let (name, t) = inputs
+            let (name, tensor) = inputs
                 .get(u.input)
                 .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?;
             if let Some((_, d)) = resident.iter().find(|(n, _)| n == name) {
@@ -372,69 +344,89 @@ impl CudaExecutable {
                             "input `{name}` lives on another device or precision"
                         ))
                     })?;
-                let n: usize = src.shape.iter().product::<u64>() as usize * u.dtype.size();
-                if n > 0 {
-                    // SAFETY: see above; both ranges hold n bytes.
-                    unsafe { dsys::cuMemcpyDtoDAsync_v2(at(&u.at), src.buf.ptr, n, cu) }
-                        .result()
-                        .map_err(|x| e("device copy", x))?;
-                }
+                let n = src.shape.iter().product::<u64>() as usize * u.dtype.size();
+                t.input(Src::Device(src.ptr()), at(&u.at), n.min(src.bytes));
                 continue;
             }
-            let src: &[u8] = if t.dtype == u.dtype {
-                &t.data
+            let off = if tensor.dtype == u.dtype {
+                t.stage(&tensor.data)
             } else {
-                staged.push(convert(&t.data, t.dtype, u.dtype));
-                staged.last().map(|v| v.as_slice()).unwrap_or(&[])
+                t.stage(&convert(&tensor.data, tensor.dtype, u.dtype))
             };
-            if !src.is_empty() {
-                // SAFETY: see above.
-                unsafe { dr::memcpy_htod_async(at(&u.at), src, cu) }.map_err(|x| e("upload", x))?;
+            let n = tensor.data.len() / tensor.dtype.size().max(1) * u.dtype.size();
+            t.input(Src::Staged(off), at(&u.at), n);
+        }
+        // Kept outputs share one pooled allocation; the rest are downloaded.
+        let sizes: Vec<usize> = plan
+            .downloads
+            .iter()
+            .map(|d| d.shape.iter().product::<usize>() * d.device_dtype.size())
+            .collect();
+        let mut kept_bytes = 0usize;
+        let kept_at: Vec<Option<usize>> = plan
+            .downloads
+            .iter()
+            .zip(&sizes)
+            .map(|(d, &n)| {
+                keep.contains(&d.name).then(|| {
+                    let o = kept_bytes;
+                    kept_bytes += n.div_ceil(256) * 256;
+                    o
+                })
+            })
+            .collect();
+        let pool = if kept_bytes > 0 {
+            Some(Arc::new(
+                DeviceBuffer::pooled(&self.gpu.ctx, &stream, &self.gpu.free_stream, kept_bytes)
+                    .map_err(|x| self.fail(x))?,
+            ))
+        } else {
+            None
+        };
+        let mut host_at: Vec<Option<usize>> = Vec::with_capacity(sizes.len());
+        for ((d, &n), k) in plan.downloads.iter().zip(&sizes).zip(&kept_at) {
+            match (k, &pool) {
+                (Some(o), Some(p)) => {
+                    t.output(at(&d.at), Dst::Device(p.ptr + *o as u64), n);
+                    host_at.push(None);
+                }
+                _ => {
+                    let o = t.reserve_download(n);
+                    t.output(at(&d.at), Dst::Download(o), n);
+                    host_at.push(Some(o));
+                }
             }
         }
+        let flag_at = t.reserve_download(4);
+        t.output(at(&plan.error_flag), Dst::Download(flag_at), 4);
+        let need = t.staging_bytes();
+        if st.staging.as_ref().is_none_or(|b| b.bytes < need) {
+            st.staging = None;
+            st.staging = Some(
+                DeviceBuffer::new(&self.gpu.ctx, need.max(64 << 10)).map_err(|e| self.fail(e))?,
+            );
+        }
+        let staging = st
+            .staging
+            .as_ref()
+            .ok_or_else(|| self.fail("no staging buffer".into()))?;
+        // SAFETY: every address above is inside the arena sized by the plan,
+        // a persistent buffer, a resident tensor of the checked size, the
+        // pooled output buffer or the staging buffer sized for `t`; the
+        // stream is synchronised before any of them is released or read.
+        let pending =
+            unsafe { t.upload_and_copy_in(&stream, &copy, staging) }.map_err(|x| self.fail(x))?;
         let launched = std::time::Instant::now();
         self.execute(&mut st, &key, &prepared, base, &stream)?;
         let enqueued = launched.elapsed();
-        let mut host: Vec<Option<Vec<u8>>> = Vec::with_capacity(plan.downloads.len());
-        let mut kept: NamedDeviceTensors = Vec::new();
-        for d in &plan.downloads {
-            let bytes = d.shape.iter().product::<usize>() * d.device_dtype.size();
-            if keep.contains(&d.name) {
-                let buf =
-                    DeviceBuffer::pooled(&self.gpu.ctx, &stream, &self.gpu.free_stream, bytes)
-                        .map_err(|x| self.fail(x))?;
-                if bytes > 0 {
-                    // SAFETY: see above.
-                    unsafe { dsys::cuMemcpyDtoDAsync_v2(buf.ptr, at(&d.at), bytes, cu) }
-                        .result()
-                        .map_err(|x| e("device copy", x))?;
-                }
-                kept.push((
-                    d.name.clone(),
-                    Arc::new(CudaTensor {
-                        buf,
-                        ordinal: self.gpu.ordinal,
-                        dtype: d.dtype,
-                        device_dtype: d.device_dtype,
-                        shape: d.shape.iter().map(|&x| x as u64).collect(),
-                    }),
-                ));
-                host.push(None);
-                continue;
-            }
-            let mut buf = vec![0u8; bytes];
-            if !buf.is_empty() {
-                // SAFETY: see above.
-                unsafe { dr::memcpy_dtoh_async(&mut buf, at(&d.at), cu) }
-                    .map_err(|x| e("download", x))?;
-            }
-            host.push(Some(buf));
-        }
-        let mut flag = [0i32; 1];
-        // SAFETY: see above.
-        unsafe { dr::memcpy_dtoh_async(&mut flag, at(&plan.error_flag), cu) }
-            .map_err(|x| e("download", x))?;
-        stream.synchronize().map_err(|x| e("synchronize", x))?;
+        let mut down = Vec::new();
+        // SAFETY: see above; `down` is read only after synchronising.
+        let blob =
+            unsafe { pending.copy_out(&stream, &copy, &mut down) }.map_err(|x| self.fail(x))?;
+        stream
+            .synchronize()
+            .map_err(|x| self.fail(format!("synchronize: {x}")))?;
+        drop(blob);
         if trace() {
             eprintln!(
                 "cuda: ran `{}`: enqueue {:.3} ms, until synchronised {:.3} ms{}",
@@ -448,180 +440,50 @@ impl CudaExecutable {
                 }
             );
         }
-        drop(staged);
-        if flag[0] != 0 {
+        let flag = down
+            .get(flag_at..flag_at + 4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        if flag != 0 {
             return Err(
                 self.fail("an embedding or gather index is out of range for its table".into())
             );
         }
+        let mut kept: NamedDeviceTensors = Vec::new();
         let mut outputs = Vec::with_capacity(plan.downloads.len());
-        for (d, buf) in plan.downloads.iter().zip(host) {
-            if let Some(buf) = buf {
-                outputs.push((
+        for ((d, &n), (k, h)) in plan
+            .downloads
+            .iter()
+            .zip(&sizes)
+            .zip(kept_at.iter().zip(&host_at))
+        {
+            match (k, h, &pool) {
+                (Some(o), _, Some(p)) => kept.push((
                     d.name.clone(),
-                    Tensor {
+                    Arc::new(CudaTensor {
+                        buf: p.clone(),
+                        offset: *o,
+                        bytes: n,
+                        ordinal: self.gpu.ordinal,
                         dtype: d.dtype,
+                        device_dtype: d.device_dtype,
                         shape: d.shape.iter().map(|&x| x as u64).collect(),
-                        data: convert_owned(buf, d.device_dtype, d.dtype),
-                    },
-                ));
+                    }),
+                )),
+                (_, Some(o), _) => {
+                    let bytes = down.get(*o..*o + n).unwrap_or(&[]).to_vec();
+                    outputs.push((
+                        d.name.clone(),
+                        Tensor {
+                            dtype: d.dtype,
+                            shape: d.shape.iter().map(|&x| x as u64).collect(),
+                            data: convert_owned(bytes, d.device_dtype, d.dtype),
+                        },
+                    ));
+                }
+                _ => return Err(self.fail(format!("output `{}` was not copied", d.name))),
             }
         }
         Ok((outputs, kept))
-    }
-}
-
-impl CudaExecutable {
-    /// Runs the plan's steps: replays the bucket's CUDA graph when there is
-    /// one, captures it on the bucket's [`CAPTURE_AFTER`]th run, else
-    /// launches directly.
-    fn execute(
-        &self,
-        st: &mut RunState,
-        key: &Vec<Vec<u64>>,
-        prepared: &Prepared,
-        base: u64,
-        stream: &Arc<CudaStream>,
-    ) -> Result<(), BackendError> {
-        if let Some(g) = st.graphs.get(key) {
-            return g
-                .launch()
-                .map_err(|x| self.fail(format!("graph launch: {x}")));
-        }
-        let runs = st.runs.entry(key.clone()).or_insert(0);
-        *runs += 1;
-        if st.graphs_off || *runs < CAPTURE_AFTER {
-            return self.enqueue(&st.blas, prepared, base, stream);
-        }
-        let mode = dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-        stream
-            .begin_capture(mode)
-            .map_err(|x| self.fail(format!("graph capture: {x}")))?;
-        let enqueued = self.enqueue(&st.blas, prepared, base, stream);
-        let captured = stream.end_capture(dsys::CUgraphInstantiate_flags(0));
-        match (enqueued, captured) {
-            (Ok(()), Ok(Some(g))) => {
-                g.launch()
-                    .map_err(|x| self.fail(format!("graph launch: {x}")))?;
-                st.graphs.insert(key.clone(), g);
-                Ok(())
-            }
-            (Err(e), _) => Err(e),
-            (Ok(()), _) => {
-                // Capture is an optimisation: launch directly from now on.
-                st.graphs_off = true;
-                self.enqueue(&st.blas, prepared, base, stream)
-            }
-        }
-    }
-
-    /// Enqueues every step of the plan on `stream`.
-    fn enqueue(
-        &self,
-        blas: &CudaBlas,
-        prepared: &Prepared,
-        base: u64,
-        stream: &Arc<CudaStream>,
-    ) -> Result<(), BackendError> {
-        let plan = &prepared.plan;
-        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
-        let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
-        for (step, f) in plan.steps.iter().zip(&prepared.functions) {
-            match (step, f) {
-                (
-                    Step::Kernel {
-                        grid,
-                        block,
-                        shared,
-                        args,
-                        name,
-                    },
-                    Some(f),
-                ) => {
-                    let owned: Vec<Owned> = args
-                        .iter()
-                        .map(|a| match a {
-                            Arg::Ptr(r) => Owned::U64(at(r)),
-                            Arg::Null => Owned::U64(0),
-                            Arg::I32(v) => Owned::I32(*v),
-                            Arg::I64(v) => Owned::I64(*v),
-                            Arg::F32(v) => Owned::F32(*v),
-                            Arg::Idx(p) => Owned::Idx(**p),
-                            Arg::Attn(p) => Owned::Attn(**p),
-                        })
-                        .collect();
-                    let mut b = stream.launch_builder(f);
-                    for o in &owned {
-                        match o {
-                            Owned::U64(v) => b.arg(v),
-                            Owned::I32(v) => b.arg(v),
-                            Owned::I64(v) => b.arg(v),
-                            Owned::F32(v) => b.arg(v),
-                            Owned::Idx(v) => b.arg(v),
-                            Owned::Attn(v) => b.arg(v),
-                        };
-                    }
-                    let cfg = LaunchConfig {
-                        grid_dim: (*grid, 1, 1),
-                        block_dim: (*block, 1, 1),
-                        shared_mem_bytes: *shared,
-                    };
-                    // SAFETY: argument lists are built by the planner to
-                    // match each kernel's signature.
-                    unsafe { b.launch(cfg) }.map_err(|x| e(name, x))?;
-                }
-                (Step::Gemm(g), _) => self.gemm(blas, g, &at)?,
-                (Step::Kernel { name, .. }, None) => {
-                    return Err(self.fail(format!("kernel `{name}` was not resolved")))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn gemm(
-        &self,
-        handle: &CudaBlas,
-        g: &GemmStep,
-        at: &dyn Fn(&Ref) -> u64,
-    ) -> Result<(), BackendError> {
-        let dt = data_type(g.dtype)
-            .ok_or_else(|| self.fail(format!("matmul of {} is not supported on cuda", g.dtype)))?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: operand addresses and strides come from the plan, which
-        // sized every buffer for them.
-        unsafe {
-            blas::gemm_strided_batched_ex(
-                *handle.handle(),
-                op(g.trans_a),
-                op(g.trans_b),
-                g.m,
-                g.n,
-                g.k,
-                &alpha as *const f32 as *const c_void,
-                at(&g.a) as *const c_void,
-                dt,
-                g.lda,
-                g.stride_a,
-                at(&g.b) as *const c_void,
-                dt,
-                g.ldb,
-                g.stride_b,
-                &beta as *const f32 as *const c_void,
-                at(&g.c) as *mut c_void,
-                dt,
-                g.ldc,
-                g.stride_c,
-                g.batch,
-                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|x| {
-            self.fail(format!(
-                "cuBLAS GEMM {}x{}x{} (batch {}): {x}",
-                g.m, g.n, g.k, g.batch
-            ))
-        })
     }
 }

@@ -601,3 +601,27 @@ FLOATS(CAST_FLOAT_TO_INT)
   extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { cast_int_t<S, int>(n, x, y); } \
   extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { cast_int_t<S, u8>(n, x, y); }
 INTS(CAST_INT_TO_INT)
+
+// ---------------------------------------------------------------------------
+// Batched copies: one launch moves every input into the arena (and every
+// output out of it) instead of one driver call per tensor. Entry y of the
+// table is copied by the blocks of grid row y.
+struct CopyEntry { u64 src; u64 dst; u64 bytes; };
+struct __align__(16) W16 { unsigned a, b, c, d; };
+
+extern "C" __global__ void copy_many(const CopyEntry* table, int n) {
+  int e = blockIdx.y;
+  if (e >= n) return;
+  CopyEntry c = table[e];
+  u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+  u64 stride = (u64)gridDim.x * blockDim.x;
+  if (((c.src | c.dst | c.bytes) & 15) == 0) {
+    const W16* s = (const W16*)c.src;
+    W16* d = (W16*)c.dst;
+    for (u64 i = t; i < c.bytes / 16; i += stride) d[i] = s[i];
+  } else {
+    const u8* s = (const u8*)c.src;
+    u8* d = (u8*)c.dst;
+    for (u64 i = t; i < c.bytes; i += stride) d[i] = s[i];
+  }
+}

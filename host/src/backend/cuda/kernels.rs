@@ -148,6 +148,7 @@ mod tests {
             "gather",
             "argmax",
             "top_k",
+            "copy_many",
         ] {
             assert!(
                 SOURCE.contains(&format!("void {family}")),

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod device;
 pub mod exec;
 pub mod gemm;
+mod io;
 pub mod kernels;
 pub mod lower;
 mod lower_ops;

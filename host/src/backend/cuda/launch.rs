@@ -1,0 +1,200 @@
+//! Enqueueing a plan's steps: kernel launches from the plan's argument
+//! lists, GEMMs on cuBLAS, and CUDA graph capture and replay per shape
+//! bucket.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
+use cudarc::driver::{result as dr, sys as dsys, CudaStream, LaunchConfig, PushKernelArg};
+
+use super::{resolve, BackendError, CudaExecutable, Prepared, RunState};
+use crate::backend::cuda::plan::{Arg, AttnParam, GemmStep, IdxParam, Ref, Step};
+use crate::ir::DType;
+
+/// A bucket's launches are captured as a CUDA graph on its run number
+/// `CAPTURE_AFTER`: capture and instantiation cost about a millisecond, so
+/// only shapes that recur are worth it.
+const CAPTURE_AFTER: u32 = 3;
+
+/// Kernel arguments with their values resolved, kept alive for the launch.
+enum Owned {
+    U64(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    Idx(IdxParam),
+    Attn(AttnParam),
+}
+
+fn data_type(dt: DType) -> Option<bsys::cudaDataType> {
+    match dt {
+        DType::F32 => Some(bsys::cudaDataType::CUDA_R_32F),
+        DType::F16 => Some(bsys::cudaDataType::CUDA_R_16F),
+        DType::BF16 => Some(bsys::cudaDataType::CUDA_R_16BF),
+        _ => None,
+    }
+}
+
+fn op(trans: bool) -> bsys::cublasOperation_t {
+    if trans {
+        bsys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        bsys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+impl CudaExecutable {
+    /// Runs the plan's steps: replays the bucket's CUDA graph when there is
+    /// one, captures it on the bucket's [`CAPTURE_AFTER`]th run, else
+    /// launches directly.
+    pub(super) fn execute(
+        &self,
+        st: &mut RunState,
+        key: &Vec<Vec<u64>>,
+        prepared: &Prepared,
+        base: u64,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), BackendError> {
+        if let Some(g) = st.graphs.get(key) {
+            return g
+                .launch()
+                .map_err(|x| self.fail(format!("graph launch: {x}")));
+        }
+        let runs = st.runs.entry(key.clone()).or_insert(0);
+        *runs += 1;
+        if st.graphs_off || *runs < CAPTURE_AFTER {
+            return self.enqueue(&st.blas, prepared, base, stream);
+        }
+        let mode = dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        stream
+            .begin_capture(mode)
+            .map_err(|x| self.fail(format!("graph capture: {x}")))?;
+        let enqueued = self.enqueue(&st.blas, prepared, base, stream);
+        let captured = stream.end_capture(dsys::CUgraphInstantiate_flags(0));
+        match (enqueued, captured) {
+            (Ok(()), Ok(Some(g))) => {
+                g.launch()
+                    .map_err(|x| self.fail(format!("graph launch: {x}")))?;
+                st.graphs.insert(key.clone(), g);
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+            (Ok(()), _) => {
+                // Capture is an optimisation: launch directly from now on.
+                st.graphs_off = true;
+                self.enqueue(&st.blas, prepared, base, stream)
+            }
+        }
+    }
+
+    /// Enqueues every step of the plan on `stream`.
+    fn enqueue(
+        &self,
+        blas: &CudaBlas,
+        prepared: &Prepared,
+        base: u64,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), BackendError> {
+        let plan = &prepared.plan;
+        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
+        let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
+        for (step, f) in plan.steps.iter().zip(&prepared.functions) {
+            match (step, f) {
+                (
+                    Step::Kernel {
+                        grid,
+                        block,
+                        shared,
+                        args,
+                        name,
+                    },
+                    Some(f),
+                ) => {
+                    let owned: Vec<Owned> = args
+                        .iter()
+                        .map(|a| match a {
+                            Arg::Ptr(r) => Owned::U64(at(r)),
+                            Arg::Null => Owned::U64(0),
+                            Arg::I32(v) => Owned::I32(*v),
+                            Arg::I64(v) => Owned::I64(*v),
+                            Arg::F32(v) => Owned::F32(*v),
+                            Arg::Idx(p) => Owned::Idx(**p),
+                            Arg::Attn(p) => Owned::Attn(**p),
+                        })
+                        .collect();
+                    let mut b = stream.launch_builder(f);
+                    for o in &owned {
+                        match o {
+                            Owned::U64(v) => b.arg(v),
+                            Owned::I32(v) => b.arg(v),
+                            Owned::I64(v) => b.arg(v),
+                            Owned::F32(v) => b.arg(v),
+                            Owned::Idx(v) => b.arg(v),
+                            Owned::Attn(v) => b.arg(v),
+                        };
+                    }
+                    let cfg = LaunchConfig {
+                        grid_dim: (*grid, 1, 1),
+                        block_dim: (*block, 1, 1),
+                        shared_mem_bytes: *shared,
+                    };
+                    // SAFETY: argument lists are built by the planner to
+                    // match each kernel's signature.
+                    unsafe { b.launch(cfg) }.map_err(|x| e(name, x))?;
+                }
+                (Step::Gemm(g), _) => self.gemm(blas, g, &at)?,
+                (Step::Kernel { name, .. }, None) => {
+                    return Err(self.fail(format!("kernel `{name}` was not resolved")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        handle: &CudaBlas,
+        g: &GemmStep,
+        at: &dyn Fn(&Ref) -> u64,
+    ) -> Result<(), BackendError> {
+        let dt = data_type(g.dtype)
+            .ok_or_else(|| self.fail(format!("matmul of {} is not supported on cuda", g.dtype)))?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: operand addresses and strides come from the plan, which
+        // sized every buffer for them.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *handle.handle(),
+                op(g.trans_a),
+                op(g.trans_b),
+                g.m,
+                g.n,
+                g.k,
+                &alpha as *const f32 as *const c_void,
+                at(&g.a) as *const c_void,
+                dt,
+                g.lda,
+                g.stride_a,
+                at(&g.b) as *const c_void,
+                dt,
+                g.ldb,
+                g.stride_b,
+                &beta as *const f32 as *const c_void,
+                at(&g.c) as *mut c_void,
+                dt,
+                g.ldc,
+                g.stride_c,
+                g.batch,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|x| {
+            self.fail(format!(
+                "cuBLAS GEMM {}x{}x{} (batch {}): {x}",
+                g.m, g.n, g.k, g.batch
+            ))
+        })
+    }
+}
