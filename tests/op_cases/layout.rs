@@ -121,6 +121,20 @@ fn slice_concat() -> Vec<Built> {
         })());
     }
     v.push((|| {
+        // Slabs along axis 0: inputs read only by the concat are uploaded in
+        // place (CUDA); `shared` is read twice, `new` is computed.
+        let mut c = Case::new("concat/axis0/inputs-in-place");
+        let new = c.uniform("x", &[1, 2, 3], -2., 2.)?;
+        let new = c.b.unary(host::ir::UnaryOp::Neg, new)?;
+        let cache = c.uniform("cache", &[5, 2, 3], -2., 2.)?;
+        let shared = c.uniform("shared", &[2, 2, 3], -2., 2.)?;
+        let y = c.b.concat(vec![new, cache, shared], 0)?;
+        c.output("y", y)?;
+        let twice = c.b.binary(BinaryOp::Add, shared, shared)?;
+        c.output("twice", twice)?;
+        c.finish()
+    })());
+    v.push((|| {
         // Rotate-half as RoPE does: concat(-x2, x1) of the two halves.
         let mut c = Case::new("concat/rotate-half");
         let x = c.uniform("x", &[2, 3, 8], -2., 2.)?;

@@ -1,5 +1,6 @@
-//! Decoder graphs (gpt2, opt, llama, qwen2): one graph for prefill and
-//! decode, with the KV cache as session state.
+//! Decoder graphs (gpt2, opt, llama, qwen2, bloom) with the KV cache as
+//! session state: a prefill graph (any number of new tokens) and a decode
+//! graph (one new token per sequence).
 //!
 //! The KV cache has a fixed number of slots per graph (`cache`, chosen by
 //! the generation loop), so every decode step of a generation has the same
@@ -8,14 +9,18 @@
 //! before caching, ALiBi from explicit key positions), so slots need no
 //! particular order: each run prepends its new keys and keeps the first
 //! `cache` slots, dropping the oldest, which are free slots as long as the
-//! sequence fits. A mask says which slots hold tokens.
+//! sequence fits. A mask says which slots hold tokens. The cache is laid out
+//! slot-major, [cache, batch, kv_heads, head_dim], so that prepending is one
+//! contiguous copy (a backend may even upload the old slots in place). In
+//! prefill the keys are ordered [cache, new] so causal masking holds; in
+//! decode (no causality among one token) the prepended state is the keys.
 //!
 //! Inputs: `input_ids`, `position_ids` and `attention_mask` (1 real, 0
-//! padding) [batch, seq], `cache_mask` [batch, cache] (1 where a slot holds
-//! a token), `last_index` [1] (seq - 1); BLOOM also `cache_positions`
-//! [batch, cache] (each slot's token position). State: `k<i>`, `v<i>`
-//! [batch, kv_heads, cache, head_dim]. Outputs: `next_token` [batch]
-//! (argmax), `top_values`/`top_indices` [batch, K] for sampling.
+//! padding) [batch, seq] (seq is 1 in decode), `cache_mask` [batch, cache]
+//! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM also
+//! `cache_positions` [batch, cache] (each slot's token position). State:
+//! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim]. Outputs: `next_token`
+//! [batch] (argmax), `top_values`/`top_indices` [batch, K] for sampling.
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::{BinaryOp, CompareOp, Node, UnaryOp};
@@ -119,12 +124,18 @@ pub fn build(
 ) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = dims(arch, c)?;
     let name = format!(
-        "{arch:?}-decoder-c{cache}{}{}",
+        "{arch:?}-{}-c{cache}{}{}",
+        if variant.decode { "decode" } else { "prefill" },
         if variant.logits { "-logits" } else { "" },
         if variant.penalty { "-penalty" } else { "" }
     );
     let g = Graph::new(&name.to_lowercase());
-    let bs = [sym("batch"), sym("seq")];
+    let seq = if variant.decode {
+        Dim::Fixed(1)
+    } else {
+        sym("seq")
+    };
+    let bs = [sym("batch"), seq];
     let slots = [sym("batch"), Dim::Fixed(cache)];
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
@@ -132,8 +143,13 @@ pub fn build(
     let cache_mask = g.input("cache_mask", Dtype::I64, &slots)?;
     let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
     let zero = g.scalar(0.0, Dtype::I64)?;
-    // Keys are ordered [cache slots, new tokens], so causal masking holds.
-    let all = g.b.concat(&[cache_mask, mask], 1)?;
+    let order = |cached: Node, new: Node| -> Result<Node, Error> {
+        match variant.decode {
+            true => g.b.concat(&[new, cached], 1),
+            false => g.b.concat(&[cached, new], 1),
+        }
+    };
+    let all = order(cache_mask, mask)?;
     let keep = g.b.compare(CompareOp::Greater, all, zero)?;
     let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
 
@@ -166,7 +182,7 @@ pub fn build(
     // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
     let keys = if arch == Arch::Bloom {
         let slot_pos = g.input("cache_positions", Dtype::I64, &slots)?;
-        let key_pos = g.b.concat(&[slot_pos, pos], 1)?;
+        let key_pos = order(slot_pos, pos)?;
         alibi_mask(&g, d.heads, keys, keep, key_pos)?
     } else {
         keys
@@ -176,7 +192,7 @@ pub fn build(
         _ => None,
     };
     for i in 0..d.layers {
-        h = layer(&g, arch, &d, i, h, keys, rope, cache)?;
+        h = layer(&g, arch, &d, i, h, keys, rope, cache, variant.decode)?;
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
@@ -230,6 +246,8 @@ pub fn build(
 /// Which optional parts a decoder graph has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Variant {
+    /// One new token per sequence (else a prompt of any length).
+    pub decode: bool,
     /// Output the raw last-position `logits` [batch, vocab].
     pub logits: bool,
     /// Inputs `seen` (bool [batch, vocab]: tokens already in the sequence)
@@ -324,6 +342,7 @@ fn layer(
     keys: Node,
     rope: Option<(Node, Node)>,
     cache: u64,
+    decode: bool,
 ) -> Result<Node, Error> {
     let p = match arch {
         Arch::Gpt2 | Arch::Bloom => format!("transformer.h.{i}"),
@@ -376,18 +395,25 @@ fn layer(
         k = rotate(g, k, r, d.head_dim)?;
     }
     let shape = [
+        Dim::Fixed(cache),
         sym("batch"),
         Dim::Fixed(d.kv_heads),
-        Dim::Fixed(cache),
         Dim::Fixed(d.head_dim),
     ];
     let mut kv = Vec::with_capacity(2);
     for (name, new) in [(format!("k{i}"), k), (format!("v{i}"), v)] {
         let old = g.b.state(&name, Dtype::F32, &shape)?;
+        // [batch, kv_heads, seq, head_dim] -> slot-major [seq, batch, ...].
+        let new = g.b.permute(new, &[2, 0, 1, 3])?;
         // Newest first; the last slots (free ones) fall off the end.
-        let kept = g.b.slice(g.b.concat(&[new, old], 2)?, 2, 0, cache as i64)?;
-        g.b.update_state(&name, kept)?;
-        kv.push(g.b.concat(&[old, new], 2)?);
+        let prepended = g.b.concat(&[new, old], 0)?;
+        g.b.update_state(&name, g.b.slice(prepended, 0, 0, cache as i64)?)?;
+        let keys = if decode {
+            prepended
+        } else {
+            g.b.concat(&[old, new], 0)?
+        };
+        kv.push(g.b.permute(keys, &[1, 2, 0, 3])?);
     }
     let (k_all, v_all) = (kv[0], kv[1]);
     let a = g.merge_heads(g.attention(q, k_all, v_all, Some(keys), true)?)?;

@@ -408,6 +408,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             });
         }
         let variant = Variant {
+            decode: step > 0,
             logits: step == 0 && reqs.iter().any(|r| r.return_logits),
             penalty: penalize,
         };

@@ -312,7 +312,7 @@ fn reachable(g: &Graph) -> Result<Vec<bool>, EvalError> {
         if !needed[i] {
             continue;
         }
-        for x in operands(&g.nodes[i].op) {
+        for x in g.nodes[i].op.operands() {
             if x as usize >= i {
                 return Err(GraphError::Structure {
                     graph: g.name.clone(),
@@ -327,46 +327,6 @@ fn reachable(g: &Graph) -> Result<Vec<bool>, EvalError> {
 }
 
 /// The operand node ids of an op.
-fn operands(op: &Op) -> Vec<NodeId> {
-    match op {
-        Op::Input { .. } | Op::State { .. } | Op::Weight { .. } | Op::Constant(_) => vec![],
-        Op::Unary(_, x)
-        | Op::Cast(x, _)
-        | Op::Softmax { x, .. }
-        | Op::Reshape { x, .. }
-        | Op::Permute { x, .. }
-        | Op::Slice { x, .. }
-        | Op::Unsqueeze { x, .. }
-        | Op::Squeeze { x, .. }
-        | Op::Expand { x, .. }
-        | Op::Reduce { x, .. }
-        | Op::L2Normalize { x, .. }
-        | Op::ArgMax { x, .. }
-        | Op::TopKValues { x, .. }
-        | Op::TopKIndices { x, .. } => vec![*x],
-        Op::Binary(_, a, b) | Op::Compare(_, a, b) | Op::And(a, b) | Op::MatMul(a, b) => {
-            vec![*a, *b]
-        }
-        Op::Select { cond, a, b } => vec![*cond, *a, *b],
-        Op::Linear { x, weight, bias } => [Some(*x), Some(*weight), *bias]
-            .into_iter()
-            .flatten()
-            .collect(),
-        Op::LayerNorm { x, scale, bias, .. } => [Some(*x), Some(*scale), *bias]
-            .into_iter()
-            .flatten()
-            .collect(),
-        Op::RmsNorm { x, scale, .. } => vec![*x, *scale],
-        Op::Attention { q, k, v, mask, .. } => [Some(*q), Some(*k), Some(*v), *mask]
-            .into_iter()
-            .flatten()
-            .collect(),
-        Op::Embedding { table, ids } => vec![*table, *ids],
-        Op::Gather { x, indices, .. } => vec![*x, *indices],
-        Op::Concat { xs, .. } => xs.clone(),
-    }
-}
-
 /// Checks the fed tensors against the graph's inputs and binds the symbolic
 /// axes, as a backend run does.
 fn bind_inputs(

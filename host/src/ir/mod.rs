@@ -301,6 +301,47 @@ pub enum Op {
 }
 
 impl Op {
+    /// The nodes this op reads.
+    pub fn operands(&self) -> Vec<NodeId> {
+        match self {
+            Op::Input { .. } | Op::State { .. } | Op::Weight { .. } | Op::Constant(_) => vec![],
+            Op::Unary(_, x)
+            | Op::Cast(x, _)
+            | Op::Softmax { x, .. }
+            | Op::Reshape { x, .. }
+            | Op::Permute { x, .. }
+            | Op::Slice { x, .. }
+            | Op::Unsqueeze { x, .. }
+            | Op::Squeeze { x, .. }
+            | Op::Expand { x, .. }
+            | Op::Reduce { x, .. }
+            | Op::L2Normalize { x, .. }
+            | Op::ArgMax { x, .. }
+            | Op::TopKValues { x, .. }
+            | Op::TopKIndices { x, .. } => vec![*x],
+            Op::Binary(_, a, b) | Op::Compare(_, a, b) | Op::And(a, b) | Op::MatMul(a, b) => {
+                vec![*a, *b]
+            }
+            Op::Select { cond, a, b } => vec![*cond, *a, *b],
+            Op::Linear { x, weight, bias } => [Some(*x), Some(*weight), *bias]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::LayerNorm { x, scale, bias, .. } => [Some(*x), Some(*scale), *bias]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::RmsNorm { x, scale, .. } => vec![*x, *scale],
+            Op::Attention { q, k, v, mask, .. } => [Some(*q), Some(*k), Some(*v), *mask]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::Embedding { table, ids } => vec![*table, *ids],
+            Op::Gather { x, indices, .. } => vec![*x, *indices],
+            Op::Concat { xs, .. } => xs.clone(),
+        }
+    }
+
     /// Short name used in errors.
     pub fn kind(&self) -> &'static str {
         match self {

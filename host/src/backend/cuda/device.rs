@@ -105,6 +105,7 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
     // Streams are synchronised explicitly; raw pointers carry no events.
     // SAFETY: called before any allocation on this context.
     unsafe { ctx.disable_event_tracking() };
+    keep_pool_memory(&ctx);
     let kernels = Kernels::load(&ctx)?;
     let free_stream = ctx
         .new_stream()
@@ -119,6 +120,30 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
     });
     map.insert(ordinal, g.clone());
     Ok(g)
+}
+
+/// Keeps freed memory of the default stream-ordered pool cached instead of
+/// returning it to the driver at every synchronisation (the default), which
+/// made each decode step's state allocation a fresh mapping. Best effort: a
+/// driver without pools just allocates slower.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: queries the default pool of the context's device into `pool`
+    // and sets one attribute of it from a live u64.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .is_ok()
+        {
+            let mut threshold = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
 }
 
 /// A tensor kept in GPU memory between runs (session state): `bytes` at

@@ -114,10 +114,20 @@ const MAX_PLANS: usize = 64;
 /// cuBLAS workspace per executable.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr.
+/// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr; `2` also
+/// launches directly and prints a per-kernel profile of each bucket's 4th run.
+fn trace_level() -> u8 {
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        std::env::var("HOST_CUDA_TRACE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 fn trace() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HOST_CUDA_TRACE").is_ok_and(|v| v == "1"))
+    trace_level() >= 1
 }
 
 /// CUDA graphs are on unless `HOST_CUDA_GRAPHS=0`.

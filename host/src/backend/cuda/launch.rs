@@ -16,6 +16,8 @@ use crate::ir::DType;
 /// `CAPTURE_AFTER`: capture and instantiation cost about a millisecond, so
 /// only shapes that recur are worth it.
 const CAPTURE_AFTER: u32 = 3;
+/// With `HOST_CUDA_TRACE=2`, the run of a bucket whose profile is printed.
+const PROFILE_RUN: u32 = 4;
 
 /// Kernel arguments with their values resolved, kept alive for the launch.
 enum Owned {
@@ -63,6 +65,10 @@ impl CudaExecutable {
         }
         let runs = st.runs.entry(key.clone()).or_insert(0);
         *runs += 1;
+        if super::trace_level() >= 2 {
+            let print = *runs == PROFILE_RUN;
+            return self.profile(&st.blas, prepared, base, stream, print);
+        }
         if st.graphs_off || *runs < CAPTURE_AFTER {
             return self.enqueue(&st.blas, prepared, base, stream);
         }
@@ -96,10 +102,80 @@ impl CudaExecutable {
         base: u64,
         stream: &Arc<CudaStream>,
     ) -> Result<(), BackendError> {
+        for i in 0..prepared.plan.steps.len() {
+            self.enqueue_step(blas, prepared, i, base, stream)?;
+        }
+        Ok(())
+    }
+
+    /// `HOST_CUDA_TRACE=2`: launches directly, times every step with events
+    /// and, when `print`, prints the time per kernel (or GEMM shape) to
+    /// stderr, largest first.
+    fn profile(
+        &self,
+        blas: &CudaBlas,
+        prepared: &Prepared,
+        base: u64,
+        stream: &Arc<CudaStream>,
+        print: bool,
+    ) -> Result<(), BackendError> {
+        if !print {
+            return self.enqueue(blas, prepared, base, stream);
+        }
+        let e = |err: dr::DriverError| self.fail(format!("profile: {err}"));
+        let ctx = stream.context();
+        let timing = Some(dsys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut marks = Vec::with_capacity(prepared.plan.steps.len());
+        for i in 0..prepared.plan.steps.len() {
+            let (a, b) = (
+                ctx.new_event(timing).map_err(e)?,
+                ctx.new_event(timing).map_err(e)?,
+            );
+            a.record(stream).map_err(e)?;
+            self.enqueue_step(blas, prepared, i, base, stream)?;
+            b.record(stream).map_err(e)?;
+            marks.push((a, b));
+        }
+        let mut by: std::collections::BTreeMap<String, (u32, f64)> = Default::default();
+        let mut total = 0.0;
+        for (step, (a, b)) in prepared.plan.steps.iter().zip(&marks) {
+            let ms = a.elapsed_ms(b).map_err(e)? as f64;
+            let label = match step {
+                Step::Kernel { name, .. } => name.clone(),
+                Step::Gemm(g) => format!("gemm {}x{}x{} b{}", g.m, g.n, g.k, g.batch),
+            };
+            let x = by.entry(label).or_default();
+            x.0 += 1;
+            x.1 += ms;
+            total += ms;
+        }
+        let mut rows: Vec<_> = by.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        eprintln!(
+            "cuda profile `{}`: {} steps, {:.3} ms of kernels",
+            self.graph.name,
+            prepared.plan.steps.len(),
+            total
+        );
+        for (label, (n, ms)) in rows.iter().take(30) {
+            eprintln!("  {ms:9.3} ms {n:5}x  {label}");
+        }
+        Ok(())
+    }
+
+    /// Enqueues step `i` of the plan on `stream`.
+    fn enqueue_step(
+        &self,
+        blas: &CudaBlas,
+        prepared: &Prepared,
+        i: usize,
+        base: u64,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), BackendError> {
         let plan = &prepared.plan;
         let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
         let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
-        for (step, f) in plan.steps.iter().zip(&prepared.functions) {
+        if let (Some(step), Some(f)) = (plan.steps.get(i), prepared.functions.get(i)) {
             match (step, f) {
                 (
                     Step::Kernel {

@@ -62,6 +62,11 @@ pub struct Planner<'g> {
     pub(super) buffers: Vec<BufferLife>,
     pub(super) steps: Vec<Step>,
     node: NodeId,
+    uploads: Vec<Upload>,
+    /// Index in `uploads` of each input node.
+    upload_of: HashMap<NodeId, usize>,
+    /// How many times each node is read (operands and graph outputs).
+    uses: Vec<u32>,
 }
 
 impl<'g> Planner<'g> {
@@ -73,6 +78,17 @@ impl<'g> Planner<'g> {
         bindings: &Bindings,
         persistent: &HashMap<NodeId, usize>,
     ) -> Result<Plan, PlanError> {
+        let mut uses = vec![0u32; g.nodes.len()];
+        for x in g.nodes.iter().flat_map(|n| n.op.operands()) {
+            if let Some(u) = uses.get_mut(x as usize) {
+                *u += 1;
+            }
+        }
+        for (_, id) in &g.outputs {
+            if let Some(u) = uses.get_mut(*id as usize) {
+                *u += 1;
+            }
+        }
         let mut p = Planner {
             g,
             precision,
@@ -80,15 +96,18 @@ impl<'g> Planner<'g> {
             buffers: Vec::new(),
             steps: Vec::new(),
             node: 0,
+            uploads: Vec::new(),
+            upload_of: HashMap::new(),
+            uses,
         };
         let flag = p.alloc(4);
-        let mut uploads = Vec::new();
         for (pos, &id) in g.inputs.iter().enumerate() {
             let node = g.node(id);
             let shape = p.shape_of(id, bindings)?;
             let dtype = storage(node.dtype, precision);
             let v = p.fresh(dtype, shape);
-            uploads.push(Upload {
+            p.upload_of.insert(id, p.uploads.len());
+            p.uploads.push(Upload {
                 input: pos,
                 at: v.at,
                 dtype,
@@ -140,7 +159,7 @@ impl<'g> Planner<'g> {
         let (offsets, arena_bytes) = assign_offsets(&p.buffers);
         Ok(Plan {
             steps: p.steps,
-            uploads,
+            uploads: p.uploads,
             downloads,
             offsets,
             arena_bytes,
@@ -193,6 +212,25 @@ impl<'g> Planner<'g> {
             buf: Buf::Arena(self.buffers.len() - 1),
             offset: 0,
         }
+    }
+
+    /// Uploads input `id` (value `v`) straight to `dst` when the input is
+    /// read only there and `v` is dense, instead of copying it on the device
+    /// (a KV-cache state concatenated with the new keys). `dst`'s buffer then
+    /// lives from the start of the run, when uploads land.
+    fn upload_in_place(&mut self, id: NodeId, v: &Val, dst: Ref) -> bool {
+        let Some(&u) = self.upload_of.get(&id) else {
+            return false;
+        };
+        let only_here = self.uses.get(id as usize) == Some(&1);
+        if !only_here || !v.is_contiguous() || self.uploads[u].at != v.at {
+            return false;
+        }
+        if let Buf::Arena(i) = dst.buf {
+            self.buffers[i].first = 0;
+        }
+        self.uploads[u].at = dst;
+        true
     }
 
     /// Marks `v` as read by the next step.
@@ -436,6 +474,9 @@ impl<'g> Planner<'g> {
             }
             Op::Concat { xs, axis } => {
                 let y = self.fresh(dt, shape);
+                // Pieces are whole slabs of y when no axis before `axis` is
+                // longer than 1.
+                let slabs = y.shape[..*axis].iter().all(|&d| d == 1);
                 let mut at = 0usize;
                 for &piece in xs {
                     let v = self.val(piece)?;
@@ -443,8 +484,11 @@ impl<'g> Planner<'g> {
                         buf: y.at.buf,
                         offset: y.at.offset + at * y.strides[*axis] as usize * dt.size(),
                     };
-                    self.copy_into(&v, &dst, &y.strides)?;
                     at += v.shape[*axis];
+                    if slabs && self.upload_in_place(piece, &v, dst) {
+                        continue;
+                    }
+                    self.copy_into(&v, &dst, &y.strides)?;
                 }
                 Ok(y)
             }
