@@ -11,6 +11,7 @@ pub fn cases() -> Vec<Built> {
     v.extend(linear());
     v.extend(norms());
     v.extend(softmax());
+    v.extend(rotary());
     v.extend(attention());
     v.extend(embedding());
     v.extend(reduce());
@@ -163,6 +164,31 @@ struct Attn {
     mask: Mask,
     causal: bool,
     scale: Option<f32>,
+}
+
+/// Rotary embedding: rotate-half and interleaved, full and partial, on a
+/// permuted (strided) x with cos/sin broadcast over heads.
+fn rotary() -> Vec<Built> {
+    let mut v = Vec::new();
+    for (name, d, r, interleaved) in [
+        ("rotary/half", 8u64, 8u64, false),
+        ("rotary/interleaved", 8, 8, true),
+        ("rotary/half-partial", 12, 4, false),
+        ("rotary/interleaved-partial", 12, 6, true),
+    ] {
+        v.push((|| {
+            let mut c = Case::new(name);
+            // [batch 2, seq 3, heads 2, d] seen as [batch, heads, seq, d].
+            let x = c.uniform("x", &[2, 3, 2, d], -2., 2.)?;
+            let x = c.b.permute(x, vec![0, 2, 1, 3])?;
+            let cos = c.uniform("cos", &[2, 1, 3, r], -1., 1.)?;
+            let sin = c.uniform("sin", &[2, 1, 3, r], -1., 1.)?;
+            let y = c.b.rotary(x, cos, sin, interleaved)?;
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
+    v
 }
 
 fn attention() -> Vec<Built> {

@@ -20,7 +20,8 @@
 //! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM also
 //! `cache_positions` [batch, cache] (each slot's token position). State:
 //! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim]. Outputs: `next_token`
-//! [batch] (argmax), `top_values`/`top_indices` [batch, K] for sampling.
+//! [batch] (argmax) and, when sampling, `top_values`/`top_indices`
+//! [batch, K].
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::{BinaryOp, CompareOp, Node, UnaryOp};
@@ -124,8 +125,9 @@ pub fn build(
 ) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = dims(arch, c)?;
     let name = format!(
-        "{arch:?}-{}-c{cache}{}{}",
+        "{arch:?}-{}-c{cache}{}{}{}",
         if variant.decode { "decode" } else { "prefill" },
+        if variant.sample { "-sample" } else { "" },
         if variant.logits { "-logits" } else { "" },
         if variant.penalty { "-penalty" } else { "" }
     );
@@ -217,18 +219,18 @@ pub fn build(
     };
     let next = g.b.argmax(scores, -1, false)?;
     let top_k = TOP_K_MAX.min(vocab as u32);
-    let (values, indices) = g.b.top_k(scores, top_k)?;
     let max_positions = match arch {
         Arch::Gpt2 => c.u64("n_positions")?,
         // ALiBi has no learned positions; cap at a conventional context.
         Arch::Bloom => c.u64_or("seq_length", 2048)?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
     };
-    let mut outputs = vec![
-        ("next_token", next),
-        ("top_values", values),
-        ("top_indices", indices),
-    ];
+    let mut outputs = vec![("next_token", next)];
+    if variant.sample {
+        let (values, indices) = g.b.top_k(scores, top_k)?;
+        outputs.push(("top_values", values));
+        outputs.push(("top_indices", indices));
+    }
     if variant.logits {
         outputs.push(("logits", logits));
     }
@@ -248,6 +250,9 @@ pub fn build(
 pub struct Variant {
     /// One new token per sequence (else a prompt of any length).
     pub decode: bool,
+    /// Outputs `top_values`/`top_indices` [batch, K] for sampling (greedy
+    /// generation needs only `next_token`).
+    pub sample: bool,
     /// Output the raw last-position `logits` [batch, vocab].
     pub logits: bool,
     /// Inputs `seen` (bool [batch, vocab]: tokens already in the sequence)
@@ -318,14 +323,6 @@ fn rope_tables(g: &Graph, c: &Json, pos: Node, head_dim: u64) -> Result<(Node, N
     Ok((cos, sin))
 }
 
-fn rotate(g: &Graph, x: Node, (cos, sin): (Node, Node), head_dim: u64) -> Result<Node, Error> {
-    let half = (head_dim / 2) as i64;
-    let x1 = g.b.slice(x, -1, 0, half)?;
-    let x2 = g.b.slice(x, -1, half, head_dim as i64)?;
-    let rotated = g.b.concat(&[g.unary(UnaryOp::Neg, x2)?, x1], -1)?;
-    g.add(g.mul(x, cos)?, g.mul(rotated, sin)?)
-}
-
 /// x @ W + b with GPT-2's Conv1D layout (W is [in, out]).
 fn conv1d(g: &Graph, x: Node, prefix: &str) -> Result<Node, Error> {
     let y = g.b.matmul(x, g.weight(&format!("{prefix}.weight"))?)?;
@@ -391,8 +388,8 @@ fn layer(
     let mut k = g.split_heads(k, d.kv_heads, d.head_dim)?;
     let v = g.split_heads(v, d.kv_heads, d.head_dim)?;
     if let Some(r) = rope {
-        q = rotate(g, q, r, d.head_dim)?;
-        k = rotate(g, k, r, d.head_dim)?;
+        q = g.b.rotary(q, r.0, r.1, false)?;
+        k = g.b.rotary(k, r.0, r.1, false)?;
     }
     let shape = [
         Dim::Fixed(cache),

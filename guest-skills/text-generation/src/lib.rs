@@ -374,6 +374,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             seen.push(v);
         }
     }
+    let sampling = reqs.iter().any(|r| r.sampling.do_sample);
     let t0 = Instant::now();
     let mut prefill_ms = 0.0;
     let mut prefill_logits: Vec<Tensor> = Vec::new();
@@ -409,6 +410,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         }
         let variant = Variant {
             decode: step > 0,
+            sample: sampling,
             logits: step == 0 && reqs.iter().any(|r| r.return_logits),
             penalty: penalize,
         };
@@ -462,6 +464,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         }
         let (greedy, values, indices) = match (greedy, values, indices) {
             (Some(g), Some(v), Some(i)) => (g, v, i),
+            (Some(g), None, None) if !sampling => (g, Vec::new(), Vec::new()),
             _ => {
                 return Err(skill_sdk::internal(
                     "the decoder graph returned incomplete outputs",
@@ -479,8 +482,8 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             } else {
                 let t = samplers[i].pick(
                     greedy[i],
-                    &values[i * k..(i + 1) * k],
-                    &indices[i * k..(i + 1) * k],
+                    values.get(i * k..(i + 1) * k).unwrap_or(&[]),
+                    indices.get(i * k..(i + 1) * k).unwrap_or(&[]),
                 );
                 out[i].push(t);
                 if wanted[i] {

@@ -557,6 +557,68 @@ impl GraphBuilder {
         )
     }
 
+    /// Rotary position embedding: the first `r` elements of x's last axis
+    /// (`r`, even, is cos's last axis) become `x * cos + rotate(x) * sin`;
+    /// the rest pass through. `rotate` pairs element i with i + r/2 (the
+    /// halves, LLaMA) or 2i with 2i+1 (`interleaved`, GPT-J), giving
+    /// (-second, first). cos and sin have one shape that broadcasts to x's
+    /// leading axes.
+    pub fn rotary(&mut self, x: NodeId, cos: NodeId, sin: NodeId, interleaved: bool) -> R {
+        let nx = self.float("rotary", x)?.clone();
+        let nc = self.float("rotary", cos)?.clone();
+        let ns = self.float("rotary", sin)?.clone();
+        self.same_dtype("rotary", &nx, &nc)?;
+        self.same_dtype("rotary", &nx, &ns)?;
+        let (d, r) = match (nx.shape.last(), nc.shape.last()) {
+            (Some(Dim::Fixed(d)), Some(Dim::Fixed(r))) => (*d, *r),
+            _ => {
+                return Err(self.err(
+                    "rotary",
+                    format!(
+                        "x and cos need fixed last axes, got {} and {}",
+                        shape_str(&nx.shape),
+                        shape_str(&nc.shape)
+                    ),
+                ))
+            }
+        };
+        let same = nc.shape.len() == ns.shape.len()
+            && nc.shape.iter().zip(&ns.shape).all(|(a, b)| same_dim(a, b));
+        if !same || r == 0 || r % 2 != 0 || r > d {
+            return Err(self.err(
+                "rotary",
+                format!(
+                    "cos and sin need one shape whose last axis is even and at most {d}, got {} and {}",
+                    shape_str(&nc.shape),
+                    shape_str(&ns.shape)
+                ),
+            ));
+        }
+        let lead = |s: &[Dim]| s[..s.len() - 1].to_vec();
+        let fits = broadcast(&lead(&nx.shape), &lead(&nc.shape))
+            .is_ok_and(|b| b.len() == nx.shape.len() - 1 && b.iter().zip(&nx.shape).all(|(a, b)| same_dim(a, b)));
+        if !fits {
+            return Err(self.err(
+                "rotary",
+                format!(
+                    "cos {} does not broadcast to x {}",
+                    shape_str(&nc.shape),
+                    shape_str(&nx.shape)
+                ),
+            ));
+        }
+        self.push(
+            Op::Rotary {
+                x,
+                cos,
+                sin,
+                interleaved,
+            },
+            nx.dtype,
+            nx.shape,
+        )
+    }
+
     pub fn softmax(&mut self, x: NodeId, axis: i32) -> R {
         let n = self.float("softmax", x)?.clone();
         let axis = self.axis("softmax", axis, n.shape.len())?;

@@ -213,6 +213,12 @@ impl Eval<'_> {
                 nn::rms_norm(self.arg(*x)?, self.arg(*scale)?, eps)
             }
             Op::Softmax { x, axis } => nn::softmax(self.arg(*x)?, *axis),
+            Op::Rotary {
+                x,
+                cos,
+                sin,
+                interleaved,
+            } => nn::rotary(self.arg(*x)?, self.arg(*cos)?, self.arg(*sin)?, *interleaved),
             Op::Attention {
                 q,
                 k,

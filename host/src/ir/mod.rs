@@ -225,6 +225,13 @@ pub enum Op {
         x: NodeId,
         axis: usize,
     },
+    /// Rotary position embedding over the last axis (see the builder).
+    Rotary {
+        x: NodeId,
+        cos: NodeId,
+        sin: NodeId,
+        interleaved: bool,
+    },
     Attention {
         q: NodeId,
         k: NodeId,
@@ -332,6 +339,7 @@ impl Op {
                 .flatten()
                 .collect(),
             Op::RmsNorm { x, scale, .. } => vec![*x, *scale],
+            Op::Rotary { x, cos, sin, .. } => vec![*x, *cos, *sin],
             Op::Attention { q, k, v, mask, .. } => [Some(*q), Some(*k), Some(*v), *mask]
                 .into_iter()
                 .flatten()
@@ -358,6 +366,7 @@ impl Op {
             Op::Linear { .. } => "linear",
             Op::LayerNorm { .. } => "layer-norm",
             Op::RmsNorm { .. } => "rms-norm",
+            Op::Rotary { .. } => "rotary",
             Op::Softmax { .. } => "softmax",
             Op::Attention { .. } => "attention",
             Op::Embedding { .. } => "embedding",

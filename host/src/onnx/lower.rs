@@ -282,6 +282,12 @@ impl<'g> Lowering<'g> {
                 let normed = self.tmp("Div", &[&x, &rt], vec![]);
                 self.node("Mul", &[&normed, &self.v(*scale)], &out, vec![]);
             }
+            Op::Rotary {
+                x,
+                cos,
+                sin,
+                interleaved,
+            } => self.rotary(*x, *cos, *sin, *interleaved, &out)?,
             Op::Softmax { x, axis } => self.node(
                 "Softmax",
                 &[&self.v(*x)],
@@ -468,6 +474,60 @@ impl<'g> Lowering<'g> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Rotary embedding from Slice, Neg, Concat, Mul and Add (and Reshape
+    /// to pair neighbours when `interleaved`).
+    fn rotary(
+        &mut self,
+        x: NodeId,
+        cos: NodeId,
+        sin: NodeId,
+        interleaved: bool,
+        out: &str,
+    ) -> Result<(), EmitError> {
+        let fixed_last = |id: NodeId| match self.g.node(id).shape.last() {
+            Some(Dim::Fixed(n)) => Some(*n as i64),
+            _ => None,
+        };
+        let (Some(d), Some(r)) = (fixed_last(x), fixed_last(cos)) else {
+            return Err(self.unsupported("rotary needs fixed last axes".into()));
+        };
+        let rank = self.g.node(x).shape.len();
+        let xv = self.v(x);
+        let slice = |this: &mut Self, v: &str, a: i64, b: i64| {
+            let (st, en, ax) = (this.ints(&[a]), this.ints(&[b]), this.ints(&[-1]));
+            this.tmp("Slice", &[v, &st, &en, &ax], vec![])
+        };
+        let xr = if r < d { slice(self, &xv, 0, r) } else { xv.clone() };
+        let concat_last = || vec![("axis", Attr::Int(-1))];
+        let rot = if interleaved {
+            let mut pairs = vec![0i64; rank - 1];
+            pairs.extend([r / 2, 2]);
+            let pairs = self.ints(&pairs);
+            let p = self.tmp("Reshape", &[&xr, &pairs], vec![]);
+            let (even, odd) = (slice(self, &p, 0, 1), slice(self, &p, 1, 2));
+            let neg = self.tmp("Neg", &[&odd], vec![]);
+            let rot = self.tmp("Concat", &[&neg, &even], concat_last());
+            let mut back = vec![0i64; rank - 1];
+            back.push(r);
+            let back = self.ints(&back);
+            self.tmp("Reshape", &[&rot, &back], vec![])
+        } else {
+            let (first, second) = (slice(self, &xr, 0, r / 2), slice(self, &xr, r / 2, r));
+            let neg = self.tmp("Neg", &[&second], vec![]);
+            self.tmp("Concat", &[&neg, &first], concat_last())
+        };
+        let a = self.tmp("Mul", &[&xr, &self.v(cos)], vec![]);
+        let b = self.tmp("Mul", &[&rot, &self.v(sin)], vec![]);
+        if r < d {
+            let y = self.tmp("Add", &[&a, &b], vec![]);
+            let rest = slice(self, &xv, r, d);
+            self.node("Concat", &[&y, &rest], out, concat_last());
+        } else {
+            self.node("Add", &[&a, &b], out, vec![]);
+        }
+        Ok(())
+    }
+
     fn attention(
         &mut self,
         q: NodeId,

@@ -385,6 +385,17 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.rms_norm(x, scale, eps))
     }
 
+    fn rotary(
+        &mut self,
+        b: B,
+        x: Node,
+        cos: Node,
+        sin: Node,
+        interleaved: bool,
+    ) -> WResult<Node> {
+        self.with_builder(&b, |g| g.rotary(x, cos, sin, interleaved))
+    }
+
     fn softmax(&mut self, b: B, x: Node, axis: i32) -> WResult<Node> {
         self.with_builder(&b, |g| g.softmax(x, axis))
     }

@@ -202,6 +202,25 @@ __device__ void copy_t(Idx p, const E* x, E* y) {
   }
 }
 
+// Rotary embedding; y contiguous [..., d]. s0 = x, s1 = cos, s2 = sin
+// strides over x's shape (cos/sin only read for the first r elements of a
+// row); `xl` is x's last-axis stride (to reach the partner element).
+template <typename T>
+__device__ void rotary_t(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) {
+  GRID_LOOP(i, p.n) {
+    i64 ox, oc, os; offsets(p, i, ox, oc, os);
+    int j = (int)(i % d);
+    float v = N<T>::ld(x[ox]);
+    if (j < r) {
+      float other;
+      if (inter) other = (j & 1) ? N<T>::ld(x[ox - xl]) : -N<T>::ld(x[ox + xl]);
+      else other = j < r / 2 ? -N<T>::ld(x[ox + (r / 2) * xl]) : N<T>::ld(x[ox - (r / 2) * xl]);
+      v = v * N<T>::ld(c[oc]) + other * N<T>::ld(s[os]);
+    }
+    y[i] = N<T>::st(v);
+  }
+}
+
 // ---- casts ----
 template <typename T> __device__ __forceinline__ double to_d(T v) { return (double)N<T>::ld(v); }
 template <typename T> __device__ __forceinline__ T from_d(double v);
@@ -492,11 +511,15 @@ struct Attn {
   float scale;
   i64 qs[4], ks[4], vs[4], ms[4];
 };
+#define ATTN_DV_PER_LANE 8
+// One block per (batch, head, query) row. Shared memory: scores [sk], the
+// query row [d] and per-warp partial outputs [warps x dv].
 template <typename T>
 __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   extern __shared__ float sh[];
   float* scores = sh;
   float* qrow = sh + p.sk;
+  float* part = qrow + p.d;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * p.sq; blk += gridDim.x) {
     int i = (int)(blk % p.sq);
@@ -536,10 +559,27 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
     s = block_reduce(s, 0);
     const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
     T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
+    // Weighted values: warps split the keys, lanes the value dims (at most
+    // ATTN_DV_PER_LANE x 32), then the warps' partial sums are added.
+    float acc[ATTN_DV_PER_LANE];
+    for (int c = 0; c < ATTN_DV_PER_LANE; ++c) acc[c] = 0.0f;
+    for (int j = warp; j < p.sk; j += nw) {
+      float w = scores[j];
+      const T* vp = vb + j * p.vs[2];
+      for (int c = 0; c < ATTN_DV_PER_LANE; ++c) {
+        int t = lane + 32 * c;
+        if (t < p.dv) acc[c] += w * N<T>::ld(vp[t * p.vs[3]]);
+      }
+    }
+    for (int c = 0; c < ATTN_DV_PER_LANE; ++c) {
+      int t = lane + 32 * c;
+      if (t < p.dv) part[warp * p.dv + t] = acc[c];
+    }
+    __syncthreads();
     for (int t = threadIdx.x; t < p.dv; t += blockDim.x) {
-      float acc = 0.0f;
-      for (int j = 0; j < p.sk; ++j) acc += scores[j] * N<T>::ld(vb[j * p.vs[2] + t * p.vs[3]]);
-      yp[t] = N<T>::st(acc / s);
+      float a = 0.0f;
+      for (int w = 0; w < nw; ++w) a += part[w * p.dv + t];
+      yp[t] = N<T>::st(a / s);
     }
     __syncthreads();
   }
@@ -569,6 +609,7 @@ BYSIZE(SIZED)
 #define FLOAT_KERNELS(n, T) \
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
+  extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { l2_norm_t<T>(o, l, in, e, x, y); } \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { reduce_float_t<T>(op, r, l, x, y); } \

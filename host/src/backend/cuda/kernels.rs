@@ -140,6 +140,7 @@ mod tests {
             "cast",
             "layer_norm",
             "rms_norm",
+            "rotary",
             "softmax",
             "l2_norm",
             "reduce",

@@ -327,6 +327,47 @@ impl<'g> Planner<'g> {
                 self.strided2(name, Some(*op as i32), *a, *b, DType::Bool, shape)
             }
             Op::And(a, b) => self.strided2("and_bool".into(), None, *a, *b, DType::Bool, shape),
+            Op::Rotary {
+                x,
+                cos,
+                sin,
+                interleaved,
+            } => {
+                let (x, c, s) = (self.val(*x)?, self.val(*cos)?, self.val(*sin)?);
+                let y = self.fresh(dt, shape.clone());
+                let (Some(&d), Some(&r)) = (shape.last(), c.shape.last()) else {
+                    return Err(self.err("rotary needs rank >= 1"));
+                };
+                if n > 0 {
+                    // cos/sin strides over x's shape with their own last axis.
+                    let mut target = shape.clone();
+                    target[shape.len() - 1] = r;
+                    let (sc, ss) = (c.broadcast_strides(&target), s.broadcast_strides(&target));
+                    let p = index_param(&shape, [&x.strides, &sc, &ss])
+                        .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+                    for v in [&x, &c, &s] {
+                        self.use_val(v);
+                    }
+                    self.kernel(
+                        format!("rotary_{}", suffix(dt)),
+                        elementwise_grid(n),
+                        BLOCK,
+                        0,
+                        vec![
+                            Arg::Idx(Box::new(p)),
+                            Arg::Ptr(x.at),
+                            Arg::Ptr(c.at),
+                            Arg::Ptr(s.at),
+                            Arg::Ptr(y.at),
+                            Arg::I32(d as i32),
+                            Arg::I32(r as i32),
+                            Arg::I64(x.strides[shape.len() - 1]),
+                            Arg::I32(*interleaved as i32),
+                        ],
+                    );
+                }
+                Ok(y)
+            }
             Op::Select { cond, a, b } => {
                 let (c, a, b) = (self.val(*cond)?, self.val(*a)?, self.val(*b)?);
                 let y = self.fresh(dt, shape.clone());

@@ -7,6 +7,12 @@ use super::lower::{elementwise_grid, rows_grid, suffix, PlanError, Planner, BLOC
 use super::plan::*;
 use crate::ir::{DType, NodeId, ReduceOp};
 
+/// Threads per block of the attention kernel.
+const ATTN_BLOCK: u32 = 256;
+/// Largest value head_dim of the attention kernel (32 lanes x
+/// `ATTN_DV_PER_LANE` in kernels.cu).
+const ATTN_MAX_DV: usize = 256;
+
 impl Planner<'_> {
     /// Two broadcast operands, one contiguous output.
     pub(super) fn strided2(
@@ -215,6 +221,7 @@ impl Planner<'_> {
         Ok(y)
     }
 
+    /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &mut self,
@@ -233,7 +240,13 @@ impl Planner<'_> {
         if y.numel() == 0 {
             return Ok(y);
         }
-        let shared = (sk + d) * 4;
+        if dv > ATTN_MAX_DV {
+            return Err(self.err(format!(
+                "value head_dim {dv} exceeds the fused kernel's {ATTN_MAX_DV}"
+            )));
+        }
+        let warps = ATTN_BLOCK as usize / 32;
+        let shared = (sk + d + warps * dv) * 4;
         if shared > 200 * 1024 {
             return Err(self.err(format!(
                 "{sk} keys of head_dim {d} exceed the fused kernel's shared memory"
@@ -273,7 +286,7 @@ impl Planner<'_> {
         self.kernel(
             format!("attention_{}", suffix(dt)),
             rows_grid(b * h * sq),
-            128,
+            ATTN_BLOCK,
             shared as u32,
             vec![
                 Arg::Attn(Box::new(p)),

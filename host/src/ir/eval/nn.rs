@@ -172,6 +172,50 @@ pub(crate) fn rms_norm(x: &Value, scale: &Value, eps: f64) -> Result<Value, Stri
     })
 }
 
+/// Rotary embedding of the first `r` elements (cos's last axis) of x's last
+/// axis: `x * cos + rotate(x) * sin`, rotate pairing i with i + r/2 (or 2i
+/// with 2i+1 when `interleaved`) as (-second, first).
+pub(crate) fn rotary(
+    x: &Value,
+    cos: &Value,
+    sin: &Value,
+    interleaved: bool,
+) -> Result<Value, String> {
+    let (Some(&d), Some(&r)) = (x.shape.last(), cos.shape.last()) else {
+        return Err("x and cos must have rank >= 1".into());
+    };
+    if sin.shape != cos.shape || r % 2 != 0 || r > d {
+        return Err(format!(
+            "cos {:?} and sin {:?} must match with an even last axis <= {d}",
+            cos.shape, sin.shape
+        ));
+    }
+    let mut target = x.shape.clone();
+    if let Some(last) = target.last_mut() {
+        *last = r;
+    }
+    if broadcast_shapes(&target, &cos.shape)? != target {
+        return Err(format!("cos {:?} does not broadcast to {target:?}", cos.shape));
+    }
+    let at = broadcast_index(&target, &cos.shape);
+    let (xv, c, s) = (x.data.floats()?, cos.data.floats()?, sin.data.floats()?);
+    let mut out = xv.to_vec();
+    for row in 0..numel(&x.shape) / d.max(1) {
+        let base = row * d;
+        for j in 0..r {
+            let partner = match (interleaved, j) {
+                (true, j) if j % 2 == 0 => -xv[base + j + 1],
+                (true, j) => xv[base + j - 1],
+                (false, j) if j < r / 2 => -xv[base + j + r / 2],
+                (false, j) => xv[base + j - r / 2],
+            };
+            let k = at[row * r + j];
+            out[base + j] = xv[base + j] * c[k] + partner * s[k];
+        }
+    }
+    Value::new(x.shape.clone(), Data::F(out))
+}
+
 fn softmax_lane(lane: &mut [f64]) {
     let max = lane.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut sum = 0.0;
