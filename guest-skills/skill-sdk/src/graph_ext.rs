@@ -48,6 +48,48 @@ impl Graph {
         self.b.linear(x, w, bias)
     }
 
+    /// Several linear layers of one input as one: their weights (and
+    /// biases, when all have one) concatenated into a single projection
+    /// whose output is sliced back. Backends fold the weight concat once
+    /// (constant folding), so this is one matrix product instead of several.
+    /// Falls back to separate layers when only some have a bias.
+    pub fn fused_linear(&self, x: Node, prefixes: &[&str]) -> Result<Vec<Node>, Error> {
+        let biased: Vec<bool> = prefixes
+            .iter()
+            .map(|p| self.has(&format!("{p}.bias")))
+            .collect();
+        if prefixes.len() < 2 || biased.iter().any(|&b| b != biased[0]) {
+            return prefixes.iter().map(|p| self.linear(x, p)).collect();
+        }
+        let mut weights = Vec::with_capacity(prefixes.len());
+        let mut widths = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            let w = self.b.weight(&format!("{p}.weight"))?;
+            match self.b.info(w)?.shape.first() {
+                Some(Dim::Fixed(n)) => widths.push(*n as i64),
+                _ => return Err(Error::Model(format!("`{p}.weight` has no fixed shape"))),
+            }
+            weights.push(w);
+        }
+        let bias = if biased[0] {
+            let b: Vec<Node> = prefixes
+                .iter()
+                .map(|p| self.b.weight(&format!("{p}.bias")))
+                .collect::<Result<_, _>>()?;
+            Some(self.b.concat(&b, 0)?)
+        } else {
+            None
+        };
+        let y = self.b.linear(x, self.b.concat(&weights, 0)?, bias)?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(widths.len());
+        for w in widths {
+            out.push(self.b.slice(y, -1, at, at + w)?);
+            at += w;
+        }
+        Ok(out)
+    }
+
     /// Layer norm with `prefix.weight` / `prefix.bias` (or `gamma`/`beta`).
     pub fn layer_norm(&self, x: Node, prefix: &str, eps: f32) -> Result<Node, Error> {
         let (w, b) = if self.has(&format!("{prefix}.weight")) {

@@ -377,11 +377,15 @@ fn layer(
         }
         _ => {
             let a = format!("{p}.self_attn");
-            (
-                g.linear(x, &format!("{a}.q_proj"))?,
-                g.linear(x, &format!("{a}.k_proj"))?,
-                g.linear(x, &format!("{a}.v_proj"))?,
-            )
+            let (q, k, v) = (
+                format!("{a}.q_proj"),
+                format!("{a}.k_proj"),
+                format!("{a}.v_proj"),
+            );
+            match g.fused_linear(x, &[&q, &k, &v])?[..] {
+                [q, k, v] => (q, k, v),
+                _ => return Err(skill_sdk::internal("fused q/k/v projection")),
+            }
         }
     };
     let mut q = g.split_heads(q, d.heads, d.head_dim)?;
@@ -448,8 +452,12 @@ fn layer(
                 g.weight(&format!("{p}.post_attention_layernorm.weight"))?,
                 d.eps,
             )?;
-            let gate = g.unary(d.act, g.linear(x, &format!("{p}.mlp.gate_proj"))?)?;
-            let up = g.linear(x, &format!("{p}.mlp.up_proj"))?;
+            let (gate, up) = (format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj"));
+            let (gate, up) = match g.fused_linear(x, &[&gate, &up])?[..] {
+                [gate, up] => (gate, up),
+                _ => return Err(skill_sdk::internal("fused gate/up projection")),
+            };
+            let gate = g.unary(d.act, gate)?;
             g.linear(g.mul(gate, up)?, &format!("{p}.mlp.down_proj"))?
         }
     };

@@ -595,8 +595,9 @@ impl GraphBuilder {
             ));
         }
         let lead = |s: &[Dim]| s[..s.len() - 1].to_vec();
-        let fits = broadcast(&lead(&nx.shape), &lead(&nc.shape))
-            .is_ok_and(|b| b.len() == nx.shape.len() - 1 && b.iter().zip(&nx.shape).all(|(a, b)| same_dim(a, b)));
+        let fits = broadcast(&lead(&nx.shape), &lead(&nc.shape)).is_ok_and(|b| {
+            b.len() == nx.shape.len() - 1 && b.iter().zip(&nx.shape).all(|(a, b)| same_dim(a, b))
+        });
         if !fits {
             return Err(self.err(
                 "rotary",

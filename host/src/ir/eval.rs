@@ -218,7 +218,12 @@ impl Eval<'_> {
                 cos,
                 sin,
                 interleaved,
-            } => nn::rotary(self.arg(*x)?, self.arg(*cos)?, self.arg(*sin)?, *interleaved),
+            } => nn::rotary(
+                self.arg(*x)?,
+                self.arg(*cos)?,
+                self.arg(*sin)?,
+                *interleaved,
+            ),
             Op::Attention {
                 q,
                 k,

@@ -473,7 +473,6 @@ impl<'g> Lowering<'g> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Rotary embedding from Slice, Neg, Concat, Mul and Add (and Reshape
     /// to pair neighbours when `interleaved`).
     fn rotary(
@@ -497,7 +496,11 @@ impl<'g> Lowering<'g> {
             let (st, en, ax) = (this.ints(&[a]), this.ints(&[b]), this.ints(&[-1]));
             this.tmp("Slice", &[v, &st, &en, &ax], vec![])
         };
-        let xr = if r < d { slice(self, &xv, 0, r) } else { xv.clone() };
+        let xr = if r < d {
+            slice(self, &xv, 0, r)
+        } else {
+            xv.clone()
+        };
         let concat_last = || vec![("axis", Attr::Int(-1))];
         let rot = if interleaved {
             let mut pairs = vec![0i64; rank - 1];
@@ -528,6 +531,7 @@ impl<'g> Lowering<'g> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,
         q: NodeId,

@@ -385,14 +385,7 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.rms_norm(x, scale, eps))
     }
 
-    fn rotary(
-        &mut self,
-        b: B,
-        x: Node,
-        cos: Node,
-        sin: Node,
-        interleaved: bool,
-    ) -> WResult<Node> {
+    fn rotary(&mut self, b: B, x: Node, cos: Node, sin: Node, interleaved: bool) -> WResult<Node> {
         self.with_builder(&b, |g| g.rotary(x, cos, sin, interleaved))
     }
 

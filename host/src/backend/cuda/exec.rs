@@ -16,15 +16,18 @@ use super::io::{Dst, Src, Transfers};
 
 #[path = "launch.rs"]
 mod launch;
+#[path = "weights.rs"]
+mod weights;
 use super::lower::{storage, Planner};
 use super::plan::{AttnParam, Buf, IdxParam, Plan, Ref, Step};
 use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, Precision,
 };
-use crate::ir::{DType, Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op};
 use crate::model::Model;
 use crate::tensor::Tensor;
+use weights::foldable;
 
 // SAFETY: both are #[repr(C)] plain data laid out like the kernels' structs.
 unsafe impl DeviceRepr for IdxParam {}
@@ -43,32 +46,6 @@ impl CudaBackend {
 
     fn device_name(&self) -> String {
         format!("cuda:{}", self.gpu.ordinal)
-    }
-
-    /// Uploads weight `name` of `model` as `dtype`, once per process.
-    fn weight(&self, model: &Model, name: &str, dtype: DType) -> Result<Arc<DeviceBuffer>, String> {
-        let key = (model.root.display().to_string(), name.to_string(), dtype);
-        let mut map = self
-            .gpu
-            .weights
-            .lock()
-            .map_err(|_| "weight table poisoned".to_string())?;
-        if let Some(b) = map.get(&key) {
-            return Ok(b.clone());
-        }
-        let entry = model
-            .weights
-            .index
-            .get(name)
-            .ok_or_else(|| format!("weight `{name}` is not in the model"))?;
-        let bytes = model
-            .weights
-            .bytes(name)
-            .ok_or_else(|| format!("weight `{name}` has no bytes"))?;
-        let data = convert(bytes, entry.dtype, dtype);
-        let b = Arc::new(DeviceBuffer::upload(&self.gpu.ctx, &data)?);
-        map.insert(key, b.clone());
-        Ok(b)
     }
 }
 
@@ -156,14 +133,36 @@ impl Backend for CudaBackend {
         };
         let mut persistent = Vec::new();
         let mut persistent_index = HashMap::new();
+        let folded = foldable(&graph);
+        // Persistent values read by a node that runs (or an output); the
+        // operands of a folded concat are not uploaded on their own.
+        let mut needed = vec![false; graph.nodes.len()];
         for (id, node) in graph.nodes.iter().enumerate() {
+            if folded[id].is_none() {
+                node.op
+                    .operands()
+                    .iter()
+                    .for_each(|&x| needed[x as usize] = true);
+            }
+        }
+        graph
+            .outputs
+            .iter()
+            .for_each(|(_, id)| needed[*id as usize] = true);
+        for (id, node) in graph.nodes.iter().enumerate() {
+            if !needed[id] {
+                continue;
+            }
             let dtype = storage(node.dtype, self.precision);
-            let buf = match &node.op {
-                Op::Weight { name } => self.weight(model, name, dtype).map_err(&fail)?,
-                Op::Constant(c) => Arc::new(
+            let buf = match (&node.op, &folded[id]) {
+                (Op::Weight { name }, _) => self.weight(model, name, dtype).map_err(&fail)?,
+                (Op::Constant(c), _) => Arc::new(
                     DeviceBuffer::upload(&self.gpu.ctx, &convert(&c.bytes, c.dtype, dtype))
                         .map_err(&fail)?,
                 ),
+                (Op::Concat { .. }, Some(key)) => self
+                    .folded_concat(model, &graph, id as NodeId, key, dtype)
+                    .map_err(&fail)?,
                 _ => continue,
             };
             persistent_index.insert(id as NodeId, persistent.len());

@@ -492,6 +492,14 @@ impl<'g> Planner<'g> {
             Op::Gather { x, indices, axis } => self.gather(*x, *indices, *axis, dt, shape),
             Op::Reshape { x, .. } => {
                 let x = self.val(*x)?;
+                if let Some(strides) = reshape_strides(&x.shape, &x.strides, &shape) {
+                    return Ok(Val {
+                        at: x.at,
+                        dtype: x.dtype,
+                        shape,
+                        strides,
+                    });
+                }
                 let x = self.contiguous(x)?;
                 Ok(x.reshaped(shape))
             }

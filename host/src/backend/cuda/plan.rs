@@ -54,6 +54,54 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     s
 }
 
+/// Strides that show a view of `shape`/`strides` as `new` without moving
+/// data, when they exist: each group of axes merged or split must walk
+/// memory evenly (as NumPy's no-copy reshape).
+pub fn reshape_strides(shape: &[usize], strides: &[i64], new: &[usize]) -> Option<Vec<i64>> {
+    if shape.iter().product::<usize>() != new.iter().product::<usize>() {
+        return None;
+    }
+    if new.contains(&0) {
+        return Some(contiguous_strides(new));
+    }
+    let old: Vec<(usize, i64)> = shape
+        .iter()
+        .zip(strides)
+        .filter(|(&n, _)| n != 1)
+        .map(|(&n, &s)| (n, s))
+        .collect();
+    let mut out = vec![0i64; new.len()];
+    let (mut oi, mut ni) = (0usize, 0usize);
+    while ni < new.len() {
+        if new[ni] == 1 {
+            ni += 1;
+            continue;
+        }
+        let (o0, n0) = (oi, ni);
+        let (mut op, mut np) = (old.get(oi)?.0, new[ni]);
+        while op != np {
+            if op < np {
+                oi += 1;
+                op *= old.get(oi)?.0;
+            } else {
+                ni += 1;
+                np *= *new.get(ni)?;
+            }
+        }
+        if (o0..oi).any(|k| old[k].1 != old[k + 1].1 * old[k + 1].0 as i64) {
+            return None;
+        }
+        let mut st = old[oi].1;
+        for k in (n0..=ni).rev() {
+            out[k] = st;
+            st *= new[k] as i64;
+        }
+        oi += 1;
+        ni += 1;
+    }
+    (oi == old.len()).then_some(out)
+}
+
 impl Val {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -339,6 +387,26 @@ fn release(free: &mut Vec<(usize, usize)>, at: usize, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reshape_views_when_memory_allows() {
+        // Dense: any reshape is a view with dense strides.
+        assert_eq!(reshape_strides(&[2, 6], &[6, 1], &[3, 4]), Some(vec![4, 1]));
+        // A column slice [b=2, 4 of 12] split into heads [2, 2, 2].
+        assert_eq!(
+            reshape_strides(&[2, 4], &[12, 1], &[2, 2, 2]),
+            Some(vec![12, 2, 1])
+        );
+        // Merging a batch and a sliced axis cannot be a view.
+        assert_eq!(reshape_strides(&[2, 4], &[12, 1], &[8]), None);
+        // Transposed axes do not merge; unit axes are free.
+        assert_eq!(reshape_strides(&[3, 2], &[1, 3], &[6]), None);
+        assert_eq!(
+            reshape_strides(&[1, 3, 1], &[9, 3, 1], &[3, 1, 1]),
+            Some(vec![3, 0, 0])
+        );
+        assert_eq!(reshape_strides(&[2, 3], &[3, 1], &[7]), None);
+    }
 
     fn life(bytes: usize, first: usize, last: usize) -> BufferLife {
         BufferLife { bytes, first, last }

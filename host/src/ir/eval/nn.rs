@@ -195,7 +195,10 @@ pub(crate) fn rotary(
         *last = r;
     }
     if broadcast_shapes(&target, &cos.shape)? != target {
-        return Err(format!("cos {:?} does not broadcast to {target:?}", cos.shape));
+        return Err(format!(
+            "cos {:?} does not broadcast to {target:?}",
+            cos.shape
+        ));
     }
     let at = broadcast_index(&target, &cos.shape);
     let (xv, c, s) = (x.data.floats()?, cos.data.floats()?, sin.data.floats()?);
