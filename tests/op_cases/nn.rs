@@ -82,6 +82,33 @@ fn linear() -> Vec<Built> {
             c.finish()
         })());
     }
+    v.push((|| {
+        // Concats of weights only (a fused q/k/v projection) are folded at
+        // compile time on CUDA; an axis-1 concat interleaves rows.
+        let mut c = Case::with_weights(
+            "linear/fused-weight-concat",
+            &[
+                WeightSpec("a.weight", &[4, 6], -0.4, 0.4),
+                WeightSpec("a.bias", &[4], -0.5, 0.5),
+                WeightSpec("b.weight", &[3, 6], -0.4, 0.4),
+                WeightSpec("b.bias", &[3], -0.5, 0.5),
+                WeightSpec("c.weight", &[4, 2], -1., 1.),
+            ],
+        );
+        let xs = c.uniform("x", &[2, 5, 6], -2., 2.)?;
+        let (wa, wb) = (c.weight("a.weight")?, c.weight("b.weight")?);
+        let (ba, bb) = (c.weight("a.bias")?, c.weight("b.bias")?);
+        let w = c.b.concat(vec![wa, wb], 0)?;
+        let bias = c.b.concat(vec![ba, bb], 0)?;
+        let y = c.b.linear(xs, w, Some(bias))?;
+        let (ya, yb) = (c.b.slice(y, -1, 0, 4)?, c.b.slice(y, -1, 4, 7)?);
+        c.output("a", ya)?;
+        c.output("b", yb)?;
+        let wc = c.weight("c.weight")?;
+        let side = c.b.concat(vec![wa, wc], 1)?;
+        c.output("side", side)?;
+        c.finish()
+    })());
     v
 }
 

@@ -119,6 +119,12 @@ impl<'g> Planner<'g> {
             if p.vals[id as usize].is_some() {
                 continue;
             }
+            let node = g.node(id);
+            let stored = matches!(node.op, Op::Weight { .. } | Op::Constant(_));
+            if stored && !persistent.contains_key(&id) {
+                // Read only by a concat folded at compile time.
+                continue;
+            }
             let shape = p.shape_of(id, bindings)?;
             if let Some(&idx) = persistent.get(&id) {
                 let dtype = storage(g.node(id).dtype, precision);
