@@ -96,6 +96,12 @@ impl HostSession {
     }
 }
 
+/// `HOST_TRACE_SESSIONS=1` prints the host time of every session run.
+fn trace_sessions() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HOST_TRACE_SESSIONS").is_ok_and(|v| v == "1"))
+}
+
 /// Most bytes of state one session may hold.
 pub const MAX_SESSION_BYTES: usize = 4 << 30;
 
@@ -570,6 +576,7 @@ impl runtime::HostSession for HostState {
         g: Resource<CompiledGraph>,
         inputs: Vec<types::NamedTensor>,
     ) -> WResult<Vec<types::NamedTensor>> {
+        let started = std::time::Instant::now();
         let cg = self.table.get(&g)?;
         let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
         let mut inputs: Vec<(String, crate::tensor::Tensor)> = inputs
@@ -674,7 +681,15 @@ impl runtime::HostSession for HostState {
                 "session state of {held} bytes exceeds {MAX_SESSION_BYTES}"
             ))));
         }
-        Ok(Ok(named_out(visible)))
+        let out = named_out(visible);
+        if trace_sessions() {
+            eprintln!(
+                "session: ran `{}` in {:.3} ms",
+                graph.name,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(Ok(out))
     }
 
     fn reset(&mut self, s: Resource<HostSession>) -> wasmtime::Result<()> {

@@ -297,6 +297,7 @@ impl CudaExecutable {
         resident: &[(String, Arc<dyn DeviceTensor>)],
         keep: &[String],
     ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
+        let entered = std::time::Instant::now();
         self.gpu
             .ctx
             .bind_to_thread()
@@ -438,8 +439,9 @@ impl CudaExecutable {
         drop(blob);
         if trace() {
             eprintln!(
-                "cuda: ran `{}`: enqueue {:.3} ms, until synchronised {:.3} ms{}",
+                "cuda: ran `{}`: prepare {:.3} ms, enqueue {:.3} ms, until synchronised {:.3} ms{}",
                 self.graph.name,
+                (launched - entered).as_secs_f64() * 1e3,
                 enqueued.as_secs_f64() * 1e3,
                 launched.elapsed().as_secs_f64() * 1e3,
                 if st.graphs.contains_key(&key) {

@@ -511,9 +511,20 @@ struct Attn {
   float scale;
   i64 qs[4], ks[4], vs[4], ms[4];
 };
-#define ATTN_DV_PER_LANE 8
+// Scaled score of key j for query i of (batch bb, head hh), masked.
+template <typename T>
+__device__ __forceinline__ float attn_score(const Attn& p, const void* mask, float dot, int bb, int hh, int i, int j) {
+  float s = dot * p.scale;
+  bool allowed = true;
+  i64 mo = bb * p.ms[0] + hh * p.ms[1] + i * p.ms[2] + j * p.ms[3];
+  if (p.mask_kind == 1) s += N<T>::ld(((const T*)mask)[mo]);
+  if (p.mask_kind == 2) allowed = ((const u8*)mask)[mo] != 0;
+  if (p.causal && j > i + (p.sk - p.sq)) allowed = false;
+  if (!allowed) s += -65504.0f;
+  return s;
+}
 // One block per (batch, head, query) row. Shared memory: scores [sk], the
-// query row [d] and per-warp partial outputs [warps x dv].
+// query row [d] and per-group partial outputs [at most warps x dv].
 template <typename T>
 __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   extern __shared__ float sh[];
@@ -530,20 +541,23 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
     for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
     __syncthreads();
     const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
-    for (int j = warp; j < p.sk; j += nw) {
-      const T* kp = kb + j * p.ks[2];
-      float dot = 0.0f;
-      for (int t = lane; t < p.d; t += 32) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
-      dot = warp_sum(dot);
-      if (lane == 0) {
-        float s = dot * p.scale;
-        bool allowed = true;
-        i64 mo = bb * p.ms[0] + hh * p.ms[1] + i * p.ms[2] + j * p.ms[3];
-        if (p.mask_kind == 1) s += N<T>::ld(((const T*)mask)[mo]);
-        if (p.mask_kind == 2) allowed = ((const u8*)mask)[mo] != 0;
-        if (p.causal && j > i + (p.sk - p.sq)) allowed = false;
-        if (!allowed) s += -65504.0f;
-        scores[j] = s;
+    if (p.sq == 1) {
+      // Decode: a thread per key, so all keys' loads are in flight at once.
+      for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
+        const T* kp = kb + j * p.ks[2];
+        float dot = 0.0f;
+#pragma unroll 8
+        for (int t = 0; t < p.d; ++t) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
+        scores[j] = attn_score<T>(p, mask, dot, bb, hh, i, j);
+      }
+    } else {
+      // A warp per key, lanes over the head dim (coalesced rows).
+      for (int j = warp; j < p.sk; j += nw) {
+        const T* kp = kb + j * p.ks[2];
+        float dot = 0.0f;
+        for (int t = lane; t < p.d; t += 32) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
+        dot = warp_sum(dot);
+        if (lane == 0) scores[j] = attn_score<T>(p, mask, dot, bb, hh, i, j);
       }
     }
     __syncthreads();
@@ -559,29 +573,90 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
     s = block_reduce(s, 0);
     const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
     T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
-    // Weighted values: warps split the keys, lanes the value dims (at most
-    // ATTN_DV_PER_LANE x 32), then the warps' partial sums are added.
-    float acc[ATTN_DV_PER_LANE];
-    for (int c = 0; c < ATTN_DV_PER_LANE; ++c) acc[c] = 0.0f;
-    for (int j = warp; j < p.sk; j += nw) {
-      float w = scores[j];
-      const T* vp = vb + j * p.vs[2];
-      for (int c = 0; c < ATTN_DV_PER_LANE; ++c) {
-        int t = lane + 32 * c;
-        if (t < p.dv) acc[c] += w * N<T>::ld(vp[t * p.vs[3]]);
-      }
-    }
-    for (int c = 0; c < ATTN_DV_PER_LANE; ++c) {
-      int t = lane + 32 * c;
-      if (t < p.dv) part[warp * p.dv + t] = acc[c];
+    // Weighted values: groups of threads split the keys, a group's threads
+    // the value dims (coalesced), then the groups' partial sums are added.
+    int width = (p.dv + 31) & ~31;
+    int groups = blockDim.x / width;
+    if (groups < 1) groups = 1;
+    int g = threadIdx.x / width, t = threadIdx.x % width;
+    if (g < groups && t < p.dv) {
+      float acc = 0.0f;
+#pragma unroll 4
+      for (int j = g; j < p.sk; j += groups) acc += scores[j] * N<T>::ld(vb[j * p.vs[2] + t * p.vs[3]]);
+      part[g * p.dv + t] = acc;
     }
     __syncthreads();
     for (int t = threadIdx.x; t < p.dv; t += blockDim.x) {
       float a = 0.0f;
-      for (int w = 0; w < nw; ++w) a += part[w * p.dv + t];
+      for (int w = 0; w < groups; ++w) a += part[w * p.dv + t];
       yp[t] = N<T>::st(a / s);
     }
     __syncthreads();
+  }
+}
+
+// ---- matrix-vector products (decode) ----
+struct __align__(16) W16 { unsigned a, b, c, d; };
+// 16 bytes of T widened to floats.
+template <typename T> struct Wide;
+template <> struct Wide<float> {
+  enum { n = 4 };
+  static __device__ __forceinline__ void ld(const float* p, float* o) {
+    W16 w = *(const W16*)p;
+    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
+    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
+  }
+};
+template <> struct Wide<h16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void ld(const h16* p, float* o) {
+    W16 w = *(const W16*)p;
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
+  }
+};
+template <> struct Wide<b16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void ld(const b16* p, float* o) {
+    W16 w = *(const W16*)p;
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
+  }
+};
+#define GEMV_MAX_M 16
+// y[m, n] = x[m, :] . w[n, :] (+ bias[n]) for M <= GEMV_MAX_M rows: a warp
+// per output column reads its weight row once, 16 bytes per lane per step.
+// K is a multiple of 16 bytes of T; w rows are 16-byte aligned.
+template <typename T>
+__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y) {
+  const int V = Wide<T>::n;
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int n = blockIdx.x * (blockDim.x >> 5) + warp;
+  if (n >= cols) return;
+  float acc[GEMV_MAX_M];
+#pragma unroll
+  for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
+  const T* wr = w + (i64)n * K;
+  for (int k = lane * V; k < K; k += 32 * V) {
+    float wv[8];
+    Wide<T>::ld(wr + k, wv);
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) {
+      if (m < M) {
+        const T* xr = x + (i64)m * K + k;
+        float s = 0.0f;
+#pragma unroll
+        for (int e = 0; e < V; ++e) s += wv[e] * N<T>::ld(xr[e]);
+        acc[m] += s;
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < GEMV_MAX_M; ++m) {
+    if (m < M) {
+      float v = warp_sum(acc[m]);
+      if (lane == 0) y[(i64)m * cols + n] = N<T>::st(v + (bias ? N<T>::ld(bias[n]) : 0.0f));
+    }
   }
 }
 
@@ -609,6 +684,7 @@ BYSIZE(SIZED)
 #define FLOAT_KERNELS(n, T) \
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
+  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y) { gemv_t<T>(m, nn, k, x, w, b, y); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { l2_norm_t<T>(o, l, in, e, x, y); } \
@@ -648,7 +724,6 @@ INTS(CAST_INT_TO_INT)
 // output out of it) instead of one driver call per tensor. Entry y of the
 // table is copied by the blocks of grid row y.
 struct CopyEntry { u64 src; u64 dst; u64 bytes; };
-struct __align__(16) W16 { unsigned a, b, c, d; };
 
 extern "C" __global__ void copy_many(const CopyEntry* table, int n) {
   int e = blockIdx.y;

@@ -430,6 +430,10 @@ impl<'g> Planner<'g> {
             }
             Op::Linear { x, weight, bias } => {
                 let (x, w) = (self.val(*x)?, self.val(*weight)?);
+                let b = bias.map(|b| self.val(b)).transpose()?;
+                if let Some(y) = self.gemv(&x, &w, b.as_ref(), &shape) {
+                    return Ok(y);
+                }
                 // x @ W^T: the transpose is a free view.
                 let wt = Val {
                     at: w.at,

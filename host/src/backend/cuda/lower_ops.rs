@@ -7,6 +7,8 @@ use super::lower::{elementwise_grid, rows_grid, suffix, PlanError, Planner, BLOC
 use super::plan::*;
 use crate::ir::{DType, NodeId, ReduceOp};
 
+/// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
+const GEMV_MAX_M: usize = 16;
 /// Threads per block of the attention kernel.
 const ATTN_BLOCK: u32 = 256;
 /// Largest value head_dim of the attention kernel (32 lanes x
@@ -301,6 +303,52 @@ impl Planner<'_> {
     }
 
     /// `a [.., m, k] @ b [.., k, n]` into a fresh dense `[.., m, n]`.
+    /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
+    /// [`GEMV_MAX_M`] dense rows and w is a dense [N, K] matrix whose rows
+    /// are whole 16-byte words (decode steps); `None` leaves it to cuBLAS.
+    pub(super) fn gemv(
+        &mut self,
+        x: &Val,
+        w: &Val,
+        bias: Option<&Val>,
+        shape: &[usize],
+    ) -> Option<Val> {
+        let dt = x.dtype;
+        if !matches!(dt, DType::F32 | DType::F16 | DType::BF16) || w.shape.len() != 2 {
+            return None;
+        }
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let rows = x.numel() / k.max(1);
+        let dense_bias = bias.is_none_or(|b| b.is_contiguous() && b.numel() == n);
+        let aligned = (k * dt.size()) % 16 == 0 && w.at.offset % 16 == 0;
+        if rows == 0 || rows > GEMV_MAX_M || !x.is_contiguous() || !w.is_contiguous()
+            || !aligned || !dense_bias || n == 0
+        {
+            return None;
+        }
+        let y = self.fresh(dt, shape.to_vec());
+        for v in [Some(x), Some(w), bias].into_iter().flatten() {
+            self.use_val(v);
+        }
+        let warps = (BLOCK / 32) as usize;
+        self.kernel(
+            format!("gemv_{}", suffix(dt)),
+            n.div_ceil(warps).clamp(1, 1 << 30) as u32,
+            BLOCK,
+            0,
+            vec![
+                Arg::I32(rows as i32),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::Ptr(x.at),
+                Arg::Ptr(w.at),
+                bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
+                Arg::Ptr(y.at),
+            ],
+        );
+        Some(y)
+    }
+
     pub(super) fn matmul(&mut self, a: Val, b: Val, shape: Vec<usize>) -> Result<Val, PlanError> {
         let y = self.fresh(a.dtype, shape);
         if y.numel() == 0 {
