@@ -320,9 +320,14 @@ impl Planner<'_> {
         let (n, k) = (w.shape[0], w.shape[1]);
         let rows = x.numel() / k.max(1);
         let dense_bias = bias.is_none_or(|b| b.is_contiguous() && b.numel() == n);
-        let aligned = (k * dt.size()) % 16 == 0 && w.at.offset % 16 == 0;
-        if rows == 0 || rows > GEMV_MAX_M || !x.is_contiguous() || !w.is_contiguous()
-            || !aligned || !dense_bias || n == 0
+        let aligned = (k * dt.size()).is_multiple_of(16) && w.at.offset.is_multiple_of(16);
+        if rows == 0
+            || rows > GEMV_MAX_M
+            || !x.is_contiguous()
+            || !w.is_contiguous()
+            || !aligned
+            || !dense_bias
+            || n == 0
         {
             return None;
         }
