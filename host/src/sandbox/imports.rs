@@ -632,6 +632,7 @@ impl runtime::HostSession for HostState {
             };
             inputs.push((crate::ir::state_input_name(name), t));
         }
+        let backend_started = std::time::Instant::now();
         let result = if resident_mode {
             let keep: Vec<String> = graph
                 .states
@@ -645,6 +646,7 @@ impl runtime::HostSession for HostState {
                 .and_then(|(ordered, _)| exe.run(ordered))
                 .map(|o| (o, Vec::new()))
         };
+        let backend_ms = backend_started.elapsed().as_secs_f64() * 1e3;
         let (outputs, on_device) = match result {
             Ok(o) => o,
             Err(e) => {
@@ -684,7 +686,7 @@ impl runtime::HostSession for HostState {
         let out = named_out(visible);
         if trace_sessions() {
             eprintln!(
-                "session: ran `{}` in {:.3} ms",
+                "session: ran `{}` in {:.3} ms (backend {backend_ms:.3} ms)",
                 graph.name,
                 started.elapsed().as_secs_f64() * 1e3
             );

@@ -623,13 +623,16 @@ template <> struct Wide<b16> {
     for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
   }
 };
-#define GEMV_MAX_M 16
+#define GEMV_MAX_M 4
+#define GEMV_UNROLL 4
 // y[m, n] = x[m, :] . w[n, :] (+ bias[n]) for M <= GEMV_MAX_M rows: a warp
-// per output column reads its weight row once, 16 bytes per lane per step.
-// K is a multiple of 16 bytes of T; w rows are 16-byte aligned.
+// per output column reads its weight row once, 16 bytes per lane per load,
+// GEMV_UNROLL loads in flight. Rows of x and w are 16-byte aligned and K is
+// a multiple of 16 bytes of T.
 template <typename T>
 __device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y) {
   const int V = Wide<T>::n;
+  const int step = 32 * V;
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int n = blockIdx.x * (blockDim.x >> 5) + warp;
   if (n >= cols) return;
@@ -637,17 +640,34 @@ __device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* 
 #pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
   const T* wr = w + (i64)n * K;
-  for (int k = lane * V; k < K; k += 32 * V) {
+  int k = lane * V;
+  for (; k + (GEMV_UNROLL - 1) * step < K; k += GEMV_UNROLL * step) {
+    float wv[GEMV_UNROLL][8];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) Wide<T>::ld(wr + k + u * step, wv[u]);
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) {
+      if (m < M) {
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+          float xv[8];
+          Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[m] += wv[u][e] * xv[e];
+        }
+      }
+    }
+  }
+  for (; k < K; k += step) {
     float wv[8];
     Wide<T>::ld(wr + k, wv);
 #pragma unroll
     for (int m = 0; m < GEMV_MAX_M; ++m) {
       if (m < M) {
-        const T* xr = x + (i64)m * K + k;
-        float s = 0.0f;
+        float xv[8];
+        Wide<T>::ld(x + (i64)m * K + k, xv);
 #pragma unroll
-        for (int e = 0; e < V; ++e) s += wv[e] * N<T>::ld(xr[e]);
-        acc[m] += s;
+        for (int e = 0; e < V; ++e) acc[m] += wv[e] * xv[e];
       }
     }
   }

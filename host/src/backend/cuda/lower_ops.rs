@@ -8,7 +8,7 @@ use super::plan::*;
 use crate::ir::{DType, NodeId, ReduceOp};
 
 /// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
-const GEMV_MAX_M: usize = 16;
+const GEMV_MAX_M: usize = 4;
 /// Threads per block of the attention kernel.
 const ATTN_BLOCK: u32 = 256;
 /// Largest value head_dim of the attention kernel (32 lanes x
@@ -320,7 +320,9 @@ impl Planner<'_> {
         let (n, k) = (w.shape[0], w.shape[1]);
         let rows = x.numel() / k.max(1);
         let dense_bias = bias.is_none_or(|b| b.is_contiguous() && b.numel() == n);
-        let aligned = (k * dt.size()).is_multiple_of(16) && w.at.offset.is_multiple_of(16);
+        let aligned = (k * dt.size()).is_multiple_of(16)
+            && w.at.offset.is_multiple_of(16)
+            && x.at.offset.is_multiple_of(16);
         if rows == 0
             || rows > GEMV_MAX_M
             || !x.is_contiguous()
