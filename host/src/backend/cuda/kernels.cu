@@ -169,6 +169,15 @@ __device__ void binary_t(int op, Idx p, const T* a, const T* b, T* y) {
     y[oy] = N<T>::st(bin(op, N<T>::ld(a[oa]), N<T>::ld(b[ob])));
   }
 }
+// bop(uop(a), b) over dense same-shape operands; uop's result is rounded to
+// T as the unfused kernel would store it.
+template <typename T>
+__device__ void unary_binary_t(int uop, int bop, i64 n, const T* a, const T* b, T* y) {
+  GRID_LOOP(i, n) {
+    float u = N<T>::ld(N<T>::st(un(uop, N<T>::ld(a[i]))));
+    y[i] = N<T>::st(bin(bop, u, N<T>::ld(b[i])));
+  }
+}
 template <typename T>
 __device__ void compare_t(int op, Idx p, const T* a, const T* b, u8* y) {
   GRID_LOOP(i, p.n) {
@@ -307,6 +316,43 @@ __device__ void rms_norm_t(i64 rows, int width, const T* x, const T* scale, floa
     float den = sqrtf(block_reduce(s, 0) / width + eps);
     for (int c = threadIdx.x; c < width; c += blockDim.x)
       yr[c] = N<T>::st(N<T>::ld(xr[c]) / den * N<T>::ld(scale[c]));
+  }
+}
+// A residual add fused with the norm after it: sum = a + b (stored in T, as
+// the unfused add would), then layer-norm (rms = 0) or rms-norm of the sum.
+template <typename T>
+__device__ void add_norm_t(int rms, i64 rows, int width, const T* a, const T* b, T* sum,
+                           const T* scale, const T* bias, float eps, T* y) {
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* ar = a + r * width;
+    const T* br = b + r * width;
+    T* sr = sum + r * width;
+    T* yr = y + r * width;
+    float tot = 0.0f, sq = 0.0f;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+      T v = N<T>::st(N<T>::ld(ar[c]) + N<T>::ld(br[c]));
+      sr[c] = v;
+      float f = N<T>::ld(v);
+      tot += f;
+      sq += f * f;
+    }
+    float mean = rms ? 0.0f : block_reduce(tot, 0) / width;
+    float den;
+    if (rms) {
+      den = sqrtf(block_reduce(sq, 0) / width + eps);
+    } else {
+      float var = 0.0f;
+      for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        float d = N<T>::ld(sr[c]) - mean;
+        var += d * d;
+      }
+      den = sqrtf(block_reduce(var, 0) / width + eps);
+    }
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+      float o = (N<T>::ld(sr[c]) - mean) / den * N<T>::ld(scale[c]);
+      if (bias) o += N<T>::ld(bias[c]);
+      yr[c] = N<T>::st(o);
+    }
   }
 }
 // Rows are (outer, inner) pairs; a row's elements are `len` apart by `inner`.
@@ -704,6 +750,8 @@ BYSIZE(SIZED)
 #define FLOAT_KERNELS(n, T) \
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
+  extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { unary_binary_t<T>(u, o, c, a, b, y); } \
+  extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
   extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y) { gemv_t<T>(m, nn, k, x, w, b, y); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \

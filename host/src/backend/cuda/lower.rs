@@ -62,11 +62,11 @@ pub struct Planner<'g> {
     pub(super) buffers: Vec<BufferLife>,
     pub(super) steps: Vec<Step>,
     node: NodeId,
-    uploads: Vec<Upload>,
+    pub(super) uploads: Vec<Upload>,
     /// Index in `uploads` of each input node.
-    upload_of: HashMap<NodeId, usize>,
+    pub(super) upload_of: HashMap<NodeId, usize>,
     /// How many times each node is read (operands and graph outputs).
-    uses: Vec<u32>,
+    pub(super) uses: Vec<u32>,
 }
 
 impl<'g> Planner<'g> {
@@ -220,25 +220,6 @@ impl<'g> Planner<'g> {
         }
     }
 
-    /// Uploads input `id` (value `v`) straight to `dst` when the input is
-    /// read only there and `v` is dense, instead of copying it on the device
-    /// (a KV-cache state concatenated with the new keys). `dst`'s buffer then
-    /// lives from the start of the run, when uploads land.
-    fn upload_in_place(&mut self, id: NodeId, v: &Val, dst: Ref) -> bool {
-        let Some(&u) = self.upload_of.get(&id) else {
-            return false;
-        };
-        let only_here = self.uses.get(id as usize) == Some(&1);
-        if !only_here || !v.is_contiguous() || self.uploads[u].at != v.at {
-            return false;
-        }
-        if let Buf::Arena(i) = dst.buf {
-            self.buffers[i].first = 0;
-        }
-        self.uploads[u].at = dst;
-        true
-    }
-
     /// Marks `v` as read by the next step.
     pub(super) fn use_val(&mut self, v: &Val) {
         if let Buf::Arena(i) = v.at.buf {
@@ -324,6 +305,9 @@ impl<'g> Planner<'g> {
                 Ok(y)
             }
             Op::Binary(op, a, b) => {
+                if let Some(y) = self.unary_then_binary(*op, *a, *b, &shape)? {
+                    return Ok(y);
+                }
                 let name = format!("binary_{}", suffix(dt));
                 self.strided2(name, Some(*op as i32), *a, *b, dt, shape)
             }
@@ -338,42 +322,7 @@ impl<'g> Planner<'g> {
                 cos,
                 sin,
                 interleaved,
-            } => {
-                let (x, c, s) = (self.val(*x)?, self.val(*cos)?, self.val(*sin)?);
-                let y = self.fresh(dt, shape.clone());
-                let (Some(&d), Some(&r)) = (shape.last(), c.shape.last()) else {
-                    return Err(self.err("rotary needs rank >= 1"));
-                };
-                if n > 0 {
-                    // cos/sin strides over x's shape with their own last axis.
-                    let mut target = shape.clone();
-                    target[shape.len() - 1] = r;
-                    let (sc, ss) = (c.broadcast_strides(&target), s.broadcast_strides(&target));
-                    let p = index_param(&shape, [&x.strides, &sc, &ss])
-                        .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
-                    for v in [&x, &c, &s] {
-                        self.use_val(v);
-                    }
-                    self.kernel(
-                        format!("rotary_{}", suffix(dt)),
-                        elementwise_grid(n),
-                        BLOCK,
-                        0,
-                        vec![
-                            Arg::Idx(Box::new(p)),
-                            Arg::Ptr(x.at),
-                            Arg::Ptr(c.at),
-                            Arg::Ptr(s.at),
-                            Arg::Ptr(y.at),
-                            Arg::I32(d as i32),
-                            Arg::I32(r as i32),
-                            Arg::I64(x.strides[shape.len() - 1]),
-                            Arg::I32(*interleaved as i32),
-                        ],
-                    );
-                }
-                Ok(y)
-            }
+            } => self.rotary(*x, *cos, *sin, *interleaved, shape),
             Op::Select { cond, a, b } => {
                 let (c, a, b) = (self.val(*cond)?, self.val(*a)?, self.val(*b)?);
                 let y = self.fresh(dt, shape.clone());

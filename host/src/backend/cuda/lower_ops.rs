@@ -7,8 +7,6 @@ use super::lower::{elementwise_grid, rows_grid, suffix, PlanError, Planner, BLOC
 use super::plan::*;
 use crate::ir::{DType, NodeId, ReduceOp};
 
-/// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
-const GEMV_MAX_M: usize = 4;
 /// Threads per block of the attention kernel.
 const ATTN_BLOCK: u32 = 256;
 /// Largest value head_dim of the attention kernel (32 lanes x
@@ -78,6 +76,29 @@ impl Planner<'_> {
             let rows = n / width.max(1);
             for v in [Some(&x), Some(&s), b.as_ref()].into_iter().flatten() {
                 self.use_val(v);
+            }
+            if let Some((lhs, rhs)) = self.take_dense_add(&x) {
+                // The residual add just planned, fused: its sum is still
+                // written (the residual stream reads it later).
+                self.kernel(
+                    format!("add_norm_{}", suffix(dt)),
+                    rows_grid(rows),
+                    row_block(width),
+                    0,
+                    vec![
+                        Arg::I32(bias.is_none() as i32),
+                        Arg::I64(rows as i64),
+                        Arg::I32(width as i32),
+                        Arg::Ptr(lhs),
+                        Arg::Ptr(rhs),
+                        Arg::Ptr(x.at),
+                        Arg::Ptr(s.at),
+                        b.map(|b| Arg::Ptr(b.at)).unwrap_or(Arg::Null),
+                        Arg::F32(f32::from_bits(eps_bits)),
+                        Arg::Ptr(y.at),
+                    ],
+                );
+                return Ok(y);
             }
             let mut args = vec![
                 Arg::I64(rows as i64),
@@ -303,59 +324,6 @@ impl Planner<'_> {
     }
 
     /// `a [.., m, k] @ b [.., k, n]` into a fresh dense `[.., m, n]`.
-    /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
-    /// [`GEMV_MAX_M`] dense rows and w is a dense [N, K] matrix whose rows
-    /// are whole 16-byte words (decode steps); `None` leaves it to cuBLAS.
-    pub(super) fn gemv(
-        &mut self,
-        x: &Val,
-        w: &Val,
-        bias: Option<&Val>,
-        shape: &[usize],
-    ) -> Option<Val> {
-        let dt = x.dtype;
-        if !matches!(dt, DType::F32 | DType::F16 | DType::BF16) || w.shape.len() != 2 {
-            return None;
-        }
-        let (n, k) = (w.shape[0], w.shape[1]);
-        let rows = x.numel() / k.max(1);
-        let dense_bias = bias.is_none_or(|b| b.is_contiguous() && b.numel() == n);
-        let aligned = (k * dt.size()).is_multiple_of(16)
-            && w.at.offset.is_multiple_of(16)
-            && x.at.offset.is_multiple_of(16);
-        if rows == 0
-            || rows > GEMV_MAX_M
-            || !x.is_contiguous()
-            || !w.is_contiguous()
-            || !aligned
-            || !dense_bias
-            || n == 0
-        {
-            return None;
-        }
-        let y = self.fresh(dt, shape.to_vec());
-        for v in [Some(x), Some(w), bias].into_iter().flatten() {
-            self.use_val(v);
-        }
-        let warps = (BLOCK / 32) as usize;
-        self.kernel(
-            format!("gemv_{}", suffix(dt)),
-            n.div_ceil(warps).clamp(1, 1 << 30) as u32,
-            BLOCK,
-            0,
-            vec![
-                Arg::I32(rows as i32),
-                Arg::I32(n as i32),
-                Arg::I32(k as i32),
-                Arg::Ptr(x.at),
-                Arg::Ptr(w.at),
-                bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
-                Arg::Ptr(y.at),
-            ],
-        );
-        Some(y)
-    }
-
     pub(super) fn matmul(&mut self, a: Val, b: Val, shape: Vec<usize>) -> Result<Val, PlanError> {
         let y = self.fresh(a.dtype, shape);
         if y.numel() == 0 {

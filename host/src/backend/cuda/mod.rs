@@ -17,6 +17,7 @@ pub mod gemm;
 mod io;
 pub mod kernels;
 pub mod lower;
+mod lower_fused;
 mod lower_ops;
 pub mod plan;
 

@@ -1,0 +1,213 @@
+//! Fused and specialised lowerings: the rotary embedding, matrix-vector
+//! products for decode (`gemv`), and peepholes that merge a step just
+//! planned into the next (residual add + norm, activation + product),
+//! and inputs uploaded straight into the concat that reads them.
+
+use super::lower::{elementwise_grid, suffix, PlanError, Planner, BLOCK};
+use super::plan::*;
+use crate::ir::{DType, NodeId};
+
+/// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
+const GEMV_MAX_M: usize = 4;
+
+impl Planner<'_> {
+    /// Rotary embedding: one element-wise kernel over x's (strided) shape.
+    pub(super) fn rotary(
+        &mut self,
+        x: NodeId,
+        cos: NodeId,
+        sin: NodeId,
+        interleaved: bool,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let (x, c, s) = (self.val(x)?, self.val(cos)?, self.val(sin)?);
+        let (dt, n) = (x.dtype, shape.iter().product::<usize>());
+        let y = self.fresh(dt, shape.clone());
+        let (Some(&d), Some(&r)) = (shape.last(), c.shape.last()) else {
+            return Err(self.err("rotary needs rank >= 1"));
+        };
+        if n > 0 {
+            // cos/sin strides over x's shape with their own last axis.
+            let mut target = shape.clone();
+            target[shape.len() - 1] = r;
+            let (sc, ss) = (c.broadcast_strides(&target), s.broadcast_strides(&target));
+            let p = index_param(&shape, [&x.strides, &sc, &ss])
+                .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+            for v in [&x, &c, &s] {
+                self.use_val(v);
+            }
+            self.kernel(
+                format!("rotary_{}", suffix(dt)),
+                elementwise_grid(n),
+                BLOCK,
+                0,
+                vec![
+                    Arg::Idx(Box::new(p)),
+                    Arg::Ptr(x.at),
+                    Arg::Ptr(c.at),
+                    Arg::Ptr(s.at),
+                    Arg::Ptr(y.at),
+                    Arg::I32(d as i32),
+                    Arg::I32(r as i32),
+                    Arg::I64(x.strides[shape.len() - 1]),
+                    Arg::I32(interleaved as i32),
+                ],
+            );
+        }
+        Ok(y)
+    }
+
+    /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
+    /// [`GEMV_MAX_M`] dense rows and w is a dense [N, K] matrix whose rows
+    /// are whole 16-byte words (decode steps); `None` leaves it to cuBLAS.
+    pub(super) fn gemv(
+        &mut self,
+        x: &Val,
+        w: &Val,
+        bias: Option<&Val>,
+        shape: &[usize],
+    ) -> Option<Val> {
+        let dt = x.dtype;
+        if !matches!(dt, DType::F32 | DType::F16 | DType::BF16) || w.shape.len() != 2 {
+            return None;
+        }
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let rows = x.numel() / k.max(1);
+        let dense_bias = bias.is_none_or(|b| b.is_contiguous() && b.numel() == n);
+        let aligned = (k * dt.size()).is_multiple_of(16)
+            && w.at.offset.is_multiple_of(16)
+            && x.at.offset.is_multiple_of(16);
+        if rows == 0
+            || rows > GEMV_MAX_M
+            || !x.is_contiguous()
+            || !w.is_contiguous()
+            || !aligned
+            || !dense_bias
+            || n == 0
+        {
+            return None;
+        }
+        let y = self.fresh(dt, shape.to_vec());
+        for v in [Some(x), Some(w), bias].into_iter().flatten() {
+            self.use_val(v);
+        }
+        let warps = (BLOCK / 32) as usize;
+        self.kernel(
+            format!("gemv_{}", suffix(dt)),
+            n.div_ceil(warps).clamp(1, 1 << 30) as u32,
+            BLOCK,
+            0,
+            vec![
+                Arg::I32(rows as i32),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::Ptr(x.at),
+                Arg::Ptr(w.at),
+                bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
+                Arg::Ptr(y.at),
+            ],
+        );
+        Some(y)
+    }
+
+    /// `op(f(a), b)` as one kernel when the last planned step is the unary
+    /// `f` that wrote `a`, `a` is read only here and `b` is dense of the same
+    /// shape (SwiGLU's `silu(gate) * up`).
+    pub(super) fn unary_then_binary(
+        &mut self,
+        op: crate::ir::BinaryOp,
+        a: NodeId,
+        b: NodeId,
+        shape: &[usize],
+    ) -> Result<Option<Val>, PlanError> {
+        let (va, vb) = (self.val(a)?, self.val(b)?);
+        let dt = va.dtype;
+        let single = self.uses.get(a as usize) == Some(&1);
+        let same =
+            va.shape == shape && vb.shape == shape && vb.is_contiguous() && va.is_contiguous();
+        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+            return Ok(None);
+        };
+        let (f, x) = match args.as_slice() {
+            [Arg::I32(f), Arg::I64(_), Arg::Ptr(x), Arg::Ptr(y)]
+                if *y == va.at && name == &format!("unary_{}", suffix(dt)) =>
+            {
+                (*f, *x)
+            }
+            _ => return Ok(None),
+        };
+        let float = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
+        if !single || !same || vb.dtype != dt || !float {
+            return Ok(None);
+        }
+        self.steps.pop();
+        let y = self.fresh(dt, shape.to_vec());
+        let n = y.numel();
+        self.use_val(&vb);
+        if let Buf::Arena(i) = x.buf {
+            let now = self.steps.len();
+            self.buffers[i].last = self.buffers[i].last.max(now);
+        }
+        self.kernel(
+            format!("unary_binary_{}", suffix(dt)),
+            elementwise_grid(n),
+            BLOCK,
+            0,
+            vec![
+                Arg::I32(f),
+                Arg::I32(op as i32),
+                Arg::I64(n as i64),
+                Arg::Ptr(x),
+                Arg::Ptr(vb.at),
+                Arg::Ptr(y.at),
+            ],
+        );
+        Ok(Some(y))
+    }
+
+    /// When the last planned step is a same-shape (unbroadcast) add that
+    /// wrote `x`, removes it and returns its operands, for a fused kernel.
+    pub(super) fn take_dense_add(&mut self, x: &Val) -> Option<(Ref, Ref)> {
+        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+            return None;
+        };
+        let add = Arg::I32(crate::ir::BinaryOp::Add as i32);
+        let dense = match args.as_slice() {
+            [op, Arg::Idx(p), Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(y)]
+                if *op == add && *y == x.at && name == &format!("binary_{}", suffix(x.dtype)) =>
+            {
+                let unit = |s: &[i64; 8]| s[0] == 1;
+                (p.rank == 1
+                    && p.n as usize == x.numel()
+                    && unit(&p.s0)
+                    && unit(&p.s1)
+                    && unit(&p.s2))
+                .then_some((*a, *b))
+            }
+            _ => None,
+        };
+        if dense.is_some() {
+            self.steps.pop();
+        }
+        dense
+    }
+
+    /// Uploads input `id` (value `v`) straight to `dst` when the input is
+    /// read only there and `v` is dense, instead of copying it on the device
+    /// (a KV-cache state concatenated with the new keys). `dst`'s buffer then
+    /// lives from the start of the run, when uploads land.
+    pub(super) fn upload_in_place(&mut self, id: NodeId, v: &Val, dst: Ref) -> bool {
+        let Some(&u) = self.upload_of.get(&id) else {
+            return false;
+        };
+        let only_here = self.uses.get(id as usize) == Some(&1);
+        if !only_here || !v.is_contiguous() || self.uploads[u].at != v.at {
+            return false;
+        }
+        if let Buf::Arena(i) = dst.buf {
+            self.buffers[i].first = 0;
+        }
+        self.uploads[u].at = dst;
+        true
+    }
+}
