@@ -79,7 +79,12 @@ impl Planner<'_> {
             }
             if let Some((lhs, rhs)) = self.take_dense_add(&x) {
                 // The residual add just planned, fused: its sum is still
-                // written (the residual stream reads it later).
+                // written (the residual stream reads it later). y is now
+                // written one step earlier than planned: its buffer must not
+                // share memory with anything that step reads.
+                if let Buf::Arena(i) = y.at.buf {
+                    self.buffers[i].first = self.steps.len();
+                }
                 self.kernel(
                     format!("add_norm_{}", suffix(dt)),
                     rows_grid(rows),
