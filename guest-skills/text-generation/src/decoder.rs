@@ -2,9 +2,12 @@
 //! session state: a prefill graph (any number of new tokens) and a decode
 //! graph (one new token per sequence).
 //!
-//! The KV cache has a fixed number of slots per graph (`cache`, chosen by
-//! the generation loop), so every decode step of a generation has the same
-//! shapes and a backend can replay it (CUDA graphs). Attention is
+//! The KV cache either grows by the new tokens each run (oldest first: no
+//! padded slots to copy or attend over, best where every run pays for its
+//! shapes anyway, cpu and openvino) or has a fixed number of slots per graph
+//! ([`Cache::Slots`], chosen by the generation loop), so every decode step of
+//! a generation has the same shapes and a backend can replay it (CUDA
+//! graphs). With slots: Attention is
 //! indifferent to the order of its keys once positions are applied (rotary
 //! before caching, ALiBi from explicit key positions), so slots need no
 //! particular order: each run prepends its new keys and keeps the first
@@ -17,6 +20,7 @@
 //!
 //! Inputs: `input_ids`, `position_ids` and `attention_mask` (1 real, 0
 //! padding) [batch, seq] (seq is 1 in decode), `cache_mask` [batch, cache]
+//! (`cache` is the symbolic `past` when growing)
 //! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM also
 //! `cache_positions` [batch, cache] (each slot's token position). State:
 //! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim]. Outputs: `next_token`
@@ -115,17 +119,39 @@ fn sym(s: &str) -> Dim {
     Dim::Symbolic(s.into())
 }
 
-/// Builds and compiles the decoder graph with `cache` KV slots; a
-/// `variant` may add outputs or inputs.
+/// How the KV cache is kept between runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cache {
+    /// Appended to each run, oldest first.
+    Growing,
+    /// This many slots, newest first, the oldest (free) ones dropped.
+    Slots(u64),
+}
+
+impl Cache {
+    fn dim(self) -> Dim {
+        match self {
+            Cache::Growing => sym("past"),
+            Cache::Slots(n) => Dim::Fixed(n),
+        }
+    }
+}
+
+/// Builds and compiles the decoder graph with its KV `cache`; a `variant`
+/// may add outputs or inputs.
 pub fn build(
     arch: Arch,
     c: &Json,
     variant: Variant,
-    cache: u64,
+    cache: Cache,
 ) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = dims(arch, c)?;
+    let kept = match cache {
+        Cache::Growing => "grow".to_string(),
+        Cache::Slots(n) => format!("c{n}"),
+    };
     let name = format!(
-        "{arch:?}-{}-c{cache}{}{}{}",
+        "{arch:?}-{}-{kept}{}{}{}",
         if variant.decode { "decode" } else { "prefill" },
         if variant.sample { "-sample" } else { "" },
         if variant.logits { "-logits" } else { "" },
@@ -138,7 +164,8 @@ pub fn build(
         sym("seq")
     };
     let bs = [sym("batch"), seq];
-    let slots = [sym("batch"), Dim::Fixed(cache)];
+    let slots = [sym("batch"), cache.dim()];
+    let newest_first = variant.decode && cache != Cache::Growing;
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
     let mask = g.input("attention_mask", Dtype::I64, &bs)?;
@@ -146,7 +173,7 @@ pub fn build(
     let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
     let zero = g.scalar(0.0, Dtype::I64)?;
     let order = |cached: Node, new: Node| -> Result<Node, Error> {
-        match variant.decode {
+        match newest_first {
             true => g.b.concat(&[new, cached], 1),
             false => g.b.concat(&[cached, new], 1),
         }
@@ -194,7 +221,7 @@ pub fn build(
         _ => None,
     };
     for i in 0..d.layers {
-        h = layer(&g, arch, &d, i, h, keys, rope, cache, variant.decode)?;
+        h = layer(&g, arch, &d, i, h, keys, rope, cache, newest_first)?;
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
@@ -338,8 +365,8 @@ fn layer(
     h: Node,
     keys: Node,
     rope: Option<(Node, Node)>,
-    cache: u64,
-    decode: bool,
+    cache: Cache,
+    newest_first: bool,
 ) -> Result<Node, Error> {
     let p = match arch {
         Arch::Gpt2 | Arch::Bloom => format!("transformer.h.{i}"),
@@ -396,7 +423,7 @@ fn layer(
         k = g.b.rotary(k, r.0, r.1, false)?;
     }
     let shape = [
-        Dim::Fixed(cache),
+        cache.dim(),
         sym("batch"),
         Dim::Fixed(d.kv_heads),
         Dim::Fixed(d.head_dim),
@@ -406,13 +433,22 @@ fn layer(
         let old = g.b.state(&name, Dtype::F32, &shape)?;
         // [batch, kv_heads, seq, head_dim] -> slot-major [seq, batch, ...].
         let new = g.b.permute(new, &[2, 0, 1, 3])?;
-        // Newest first; the last slots (free ones) fall off the end.
-        let prepended = g.b.concat(&[new, old], 0)?;
-        g.b.update_state(&name, g.b.slice(prepended, 0, 0, cache as i64)?)?;
-        let keys = if decode {
-            prepended
-        } else {
-            g.b.concat(&[old, new], 0)?
+        let appended = g.b.concat(&[old, new], 0)?;
+        let keys = match cache {
+            Cache::Growing => {
+                g.b.update_state(&name, appended)?;
+                appended
+            }
+            Cache::Slots(n) => {
+                // Newest first; the last slots (free ones) fall off the end.
+                let prepended = g.b.concat(&[new, old], 0)?;
+                g.b.update_state(&name, g.b.slice(prepended, 0, 0, n as i64)?)?;
+                if newest_first {
+                    prepended
+                } else {
+                    appended
+                }
+            }
         };
         kv.push(g.b.permute(keys, &[1, 2, 0, 3])?);
     }

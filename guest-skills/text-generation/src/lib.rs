@@ -27,7 +27,7 @@ use skill_sdk::tensors::{f32_tensor, i64_tensor};
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo, Tensor};
 
-use decoder::{Arch, ModelInfo, Variant};
+use decoder::{Arch, Cache, ModelInfo, Variant};
 use sample::{Sampler, Sampling};
 
 /// Largest `max_new_tokens` a request may ask for.
@@ -61,7 +61,9 @@ struct Loaded {
     tokenizer: Tokenizer,
     /// Decoder graphs per variant (logits output, repetition penalty) and
     /// KV-cache size, built on first use.
-    graphs: RefCell<std::collections::HashMap<(Variant, u64), CompiledGraph>>,
+    graphs: RefCell<std::collections::HashMap<(Variant, Cache), CompiledGraph>>,
+    /// Fixed-slot caches (CUDA: replayable decode steps) or growing ones.
+    slots: bool,
     arch: Arch,
     config: Json,
     info: ModelInfo,
@@ -144,12 +146,19 @@ impl Guest for TextGeneration {
             pad_to_multiple_of: None,
         })?;
         // Build the common graph now: a bad config fails at load.
-        let (graph, info) = decoder::build(arch, &config, Variant::default(), MIN_CACHE)?;
-        let graphs = std::collections::HashMap::from([((Variant::default(), MIN_CACHE), graph)]);
+        let slots = skill_sdk::runtime::device().device.starts_with("cuda");
+        let cache = if slots {
+            Cache::Slots(MIN_CACHE)
+        } else {
+            Cache::Growing
+        };
+        let (graph, info) = decoder::build(arch, &config, Variant::default(), cache)?;
+        let graphs = std::collections::HashMap::from([((Variant::default(), cache), graph)]);
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
                 tokenizer,
                 graphs: RefCell::new(graphs),
+                slots,
                 arch,
                 config,
                 info,
@@ -346,7 +355,15 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
     let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
     // Every token fed to the model takes a slot: the prompt (padded) and all
     // generated tokens but the last.
-    let cache = cache_slots(longest as u64 + max_steps - 1, m.info.max_positions) as usize;
+    let kind = if m.slots {
+        Cache::Slots(cache_slots(longest as u64 + max_steps - 1, m.info.max_positions))
+    } else {
+        Cache::Growing
+    };
+    let cache = match kind {
+        Cache::Slots(n) => n as usize,
+        Cache::Growing => 0,
+    };
     // Per row: which slots hold a token, and its position (for ALiBi).
     let mut cache_mask: Vec<Vec<i64>> = vec![vec![0; cache]; b];
     let mut cache_pos: Vec<Vec<i64>> = vec![vec![0; cache]; b];
@@ -395,7 +412,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             },
             NamedTensor {
                 name: "cache_mask".into(),
-                value: i64_tensor(vec![b as u64, cache as u64], &cache_mask.concat()),
+                value: i64_tensor(vec![b as u64, cache_mask[0].len() as u64], &cache_mask.concat()),
             },
             NamedTensor {
                 name: "last_index".into(),
@@ -405,7 +422,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         if m.arch == Arch::Bloom {
             inputs.push(NamedTensor {
                 name: "cache_positions".into(),
-                value: i64_tensor(vec![b as u64, cache as u64], &cache_pos.concat()),
+                value: i64_tensor(vec![b as u64, cache_pos[0].len() as u64], &cache_pos.concat()),
             });
         }
         let variant = Variant {
@@ -432,20 +449,26 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         }
         let outputs = {
             let mut graphs = m.graphs.borrow_mut();
-            let graph = match graphs.entry((variant, cache as u64)) {
+            let graph = match graphs.entry((variant, kind)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(decoder::build(m.arch, &m.config, variant, cache as u64)?.0)
+                    e.insert(decoder::build(m.arch, &m.config, variant, kind)?.0)
                 }
             };
             session.run(graph, &inputs)?
         };
-        // The run prepended this step's tokens to the cache slots.
+        // The run appended (growing) or prepended (slots) this step's tokens.
         let row = seq as usize;
         for i in 0..b {
             let (cm, cp) = (&mut cache_mask[i], &mut cache_pos[i]);
+            let new_pos = pos[i * row..(i + 1) * row].iter().copied();
+            if kind == Cache::Growing {
+                cm.extend(mask[i].iter().copied());
+                cp.extend(new_pos);
+                continue;
+            }
             cm.splice(0..0, mask[i].iter().copied());
-            cp.splice(0..0, pos[i * row..(i + 1) * row].iter().copied());
+            cp.splice(0..0, new_pos);
             if cm[cache..].contains(&1) {
                 return Err(skill_sdk::internal("the KV cache overflowed its slots"));
             }
