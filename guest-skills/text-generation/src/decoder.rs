@@ -44,6 +44,8 @@ pub enum Arch {
     Llama,
     Qwen2,
     Bloom,
+    /// GPT-J: partial interleaved rotary, attention and MLP in parallel.
+    GptJ,
 }
 
 impl Arch {
@@ -54,6 +56,7 @@ impl Arch {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "bloom" => Arch::Bloom,
+            "gptj" => Arch::GptJ,
             _ => return None,
         })
     }
@@ -78,7 +81,7 @@ struct Dims {
 
 fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     let (hidden, heads, layers) = match arch {
-        Arch::Gpt2 => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
+        Arch::Gpt2 | Arch::GptJ => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
         Arch::Bloom => (c.u64("hidden_size")?, c.u64("n_head")?, c.u64("n_layer")?),
         _ => (
             c.u64("hidden_size")?,
@@ -93,12 +96,12 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     }
     let kv_heads = c.u64_or("num_key_value_heads", heads)?;
     let eps = match arch {
-        Arch::Gpt2 | Arch::Bloom => c.f64_or("layer_norm_epsilon", 1e-5)?,
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ => c.f64_or("layer_norm_epsilon", 1e-5)?,
         Arch::Opt => 1e-5,
         _ => c.f64_or("rms_norm_eps", 1e-6)?,
     } as f32;
     let act = match arch {
-        Arch::Gpt2 => activation(c.str_or("activation_function", "gelu_new")?)?,
+        Arch::Gpt2 | Arch::GptJ => activation(c.str_or("activation_function", "gelu_new")?)?,
         Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
         // BLOOM's gelu is the tanh approximation.
         Arch::Bloom => UnaryOp::GeluTanh,
@@ -201,6 +204,10 @@ pub fn build(
             "model.embed_tokens.weight",
             g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?,
         ),
+        Arch::GptJ => (
+            "transformer.wte.weight",
+            g.b.embedding(g.weight("transformer.wte.weight")?, ids)?,
+        ),
         Arch::Bloom => {
             let e =
                 g.b.embedding(g.weight("transformer.word_embeddings.weight")?, ids)?;
@@ -217,7 +224,11 @@ pub fn build(
         keys
     };
     let rope = match arch {
-        Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim)?),
+        Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim, false)?),
+        Arch::GptJ => {
+            let dim = c.u64_or("rotary_dim", d.head_dim)?;
+            Some(rope_tables(&g, c, pos, dim, true)?)
+        }
         _ => None,
     };
     for i in 0..d.layers {
@@ -225,7 +236,7 @@ pub fn build(
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
-        Arch::Gpt2 | Arch::Bloom => g.layer_norm(h, "transformer.ln_f", d.eps)?,
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ => g.layer_norm(h, "transformer.ln_f", d.eps)?,
         Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
         _ => g.b.rms_norm(h, g.weight("model.norm.weight")?, d.eps)?,
     };
@@ -234,7 +245,11 @@ pub fn build(
     } else {
         embed_name
     };
-    let logits = g.b.linear(h, g.weight(head)?, None)?;
+    let head_bias = match g.has("lm_head.bias") && head == "lm_head.weight" {
+        true => Some(g.weight("lm_head.bias")?),
+        false => None,
+    };
+    let logits = g.b.linear(h, g.weight(head)?, head_bias)?;
     let vocab = match g.b.info(logits)?.shape.last() {
         Some(Dim::Fixed(v)) => *v,
         _ => return Err(Error::Model("the vocabulary size is not fixed".into())),
@@ -247,7 +262,7 @@ pub fn build(
     let next = g.b.argmax(scores, -1, false)?;
     let top_k = TOP_K_MAX.min(vocab as u32);
     let max_positions = match arch {
-        Arch::Gpt2 => c.u64("n_positions")?,
+        Arch::Gpt2 | Arch::GptJ => c.u64("n_positions")?,
         // ALiBi has no learned positions; cap at a conventional context.
         Arch::Bloom => c.u64_or("seq_length", 2048)?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
@@ -329,22 +344,37 @@ fn alibi_mask(g: &Graph, heads: u64, keys: Node, keep: Node, key_pos: Node) -> R
     g.add(alibi, pad)
 }
 
-/// cos and sin tables [batch, 1, seq, head_dim] of rotary embeddings.
-fn rope_tables(g: &Graph, c: &Json, pos: Node, head_dim: u64) -> Result<(Node, Node), Error> {
+/// cos and sin tables [batch, 1, seq, dim] of rotary embeddings over the
+/// first `dim` dims of a head: the frequencies repeated as two halves
+/// (LLaMA's rotate-half) or each twice in a row (`interleaved`, GPT-J).
+fn rope_tables(
+    g: &Graph,
+    c: &Json,
+    pos: Node,
+    dim: u64,
+    interleaved: bool,
+) -> Result<(Node, Node), Error> {
     let theta = c.f64_or("rope_theta", 10000.0)? as f32;
     if c.value.get("rope_scaling").is_some_and(|v| !v.is_null()) {
         return Err(Error::Unsupported(
             "config.json: `rope_scaling` is not supported yet".into(),
         ));
     }
-    let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    let inv = g.b.constant(&f32_tensor(vec![half], &inv))?;
+    if dim == 0 || dim % 2 != 0 {
+        return Err(Error::Model(format!(
+            "config.json: rotary dim {dim} is not a positive even number"
+        )));
+    }
+    let half = dim / 2;
+    let freq = |i: u64| 1.0 / theta.powf((2 * i) as f32 / dim as f32);
+    let inv: Vec<f32> = if interleaved {
+        (0..dim).map(|j| freq(j / 2)).collect()
+    } else {
+        (0..dim).map(|j| freq(j % half)).collect()
+    };
+    let inv = g.b.constant(&f32_tensor(vec![dim], &inv))?;
     let p = g.b.unsqueeze(g.b.cast(pos, Dtype::F32)?, -1)?;
-    let freqs = g.mul(p, inv)?;
-    let emb = g.b.concat(&[freqs, freqs], -1)?;
+    let emb = g.mul(p, inv)?;
     let cos = g.b.unsqueeze(g.unary(UnaryOp::Cos, emb)?, 1)?;
     let sin = g.b.unsqueeze(g.unary(UnaryOp::Sin, emb)?, 1)?;
     Ok((cos, sin))
@@ -369,12 +399,12 @@ fn layer(
     newest_first: bool,
 ) -> Result<Node, Error> {
     let p = match arch {
-        Arch::Gpt2 | Arch::Bloom => format!("transformer.h.{i}"),
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ => format!("transformer.h.{i}"),
         Arch::Opt => format!("model.decoder.layers.{i}"),
         _ => format!("model.layers.{i}"),
     };
     let x = match arch {
-        Arch::Gpt2 => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
+        Arch::Gpt2 | Arch::GptJ => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
         Arch::Opt => g.layer_norm(h, &format!("{p}.self_attn_layer_norm"), d.eps)?,
         Arch::Bloom => g.layer_norm(h, &format!("{p}.input_layernorm"), d.eps)?,
         _ => {
@@ -403,7 +433,10 @@ fn layer(
             (part(0)?, part(1)?, part(2)?)
         }
         _ => {
-            let a = format!("{p}.self_attn");
+            let a = match arch {
+                Arch::GptJ => format!("{p}.attn"),
+                _ => format!("{p}.self_attn"),
+            };
             let (q, k, v) = (
                 format!("{a}.q_proj"),
                 format!("{a}.k_proj"),
@@ -419,8 +452,9 @@ fn layer(
     let mut k = g.split_heads(k, d.kv_heads, d.head_dim)?;
     let v = g.split_heads(v, d.kv_heads, d.head_dim)?;
     if let Some(r) = rope {
-        q = g.b.rotary(q, r.0, r.1, false)?;
-        k = g.b.rotary(k, r.0, r.1, false)?;
+        let interleaved = arch == Arch::GptJ;
+        q = g.b.rotary(q, r.0, r.1, interleaved)?;
+        k = g.b.rotary(k, r.0, r.1, interleaved)?;
     }
     let shape = [
         cache.dim(),
@@ -458,8 +492,15 @@ fn layer(
         Arch::Gpt2 => conv1d(g, a, &format!("{p}.attn.c_proj"))?,
         Arch::Opt => g.linear(a, &format!("{p}.self_attn.out_proj"))?,
         Arch::Bloom => g.linear(a, &format!("{p}.self_attention.dense"))?,
+        Arch::GptJ => g.linear(a, &format!("{p}.attn.out_proj"))?,
         _ => g.linear(a, &format!("{p}.self_attn.o_proj"))?,
     };
+    if arch == Arch::GptJ {
+        // Attention and MLP both read ln_1(h) and add to the residual.
+        let up = g.unary(d.act, g.linear(x, &format!("{p}.mlp.fc_in"))?)?;
+        let m = g.linear(up, &format!("{p}.mlp.fc_out"))?;
+        return g.add(g.add(h, a)?, m);
+    }
     let h = g.add(h, a)?;
     let m = match arch {
         Arch::Bloom => {

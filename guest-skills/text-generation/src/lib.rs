@@ -1,4 +1,4 @@
-//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, qwen2, bloom) with the
+//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, qwen2, bloom, gptj) with the
 //! KV cache owned by the host (a `runtime.session`).
 //!
 //! Request: `{"prompt": "...", "max_new_tokens": N, "do_sample": false,
@@ -101,7 +101,7 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom"].iter().map(|s| s.to_string()).collect(),
+            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj"].iter().map(|s| s.to_string()).collect(),
             request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -112,7 +112,7 @@ impl Guest for TextGeneration {
         let config = Json::config()?;
         let model_type = config.str_or("model_type", "")?.to_string();
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
-            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom)"))
+            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom, gptj)"))
         })?;
         let gen = Json::asset("generation_config.json")?;
         let get = |k: &str| {
