@@ -356,7 +356,10 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
     // Every token fed to the model takes a slot: the prompt (padded) and all
     // generated tokens but the last.
     let kind = if m.slots {
-        Cache::Slots(cache_slots(longest as u64 + max_steps - 1, m.info.max_positions))
+        Cache::Slots(cache_slots(
+            longest as u64 + max_steps - 1,
+            m.info.max_positions,
+        ))
     } else {
         Cache::Growing
     };
@@ -412,7 +415,10 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             },
             NamedTensor {
                 name: "cache_mask".into(),
-                value: i64_tensor(vec![b as u64, cache_mask[0].len() as u64], &cache_mask.concat()),
+                value: i64_tensor(
+                    vec![b as u64, cache_mask[0].len() as u64],
+                    &cache_mask.concat(),
+                ),
             },
             NamedTensor {
                 name: "last_index".into(),
@@ -422,7 +428,10 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         if m.arch == Arch::Bloom {
             inputs.push(NamedTensor {
                 name: "cache_positions".into(),
-                value: i64_tensor(vec![b as u64, cache_pos[0].len() as u64], &cache_pos.concat()),
+                value: i64_tensor(
+                    vec![b as u64, cache_pos[0].len() as u64],
+                    &cache_pos.concat(),
+                ),
             });
         }
         let variant = Variant {

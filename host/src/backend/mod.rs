@@ -108,6 +108,18 @@ pub trait Executable: Send + Sync {
             message: "this backend keeps no tensors on a device".into(),
         })
     }
+
+    /// A zero-filled device tensor for input use by [`Executable::run_resident`]
+    /// (a session's empty state), made on the device instead of uploaded.
+    /// `None` where the backend keeps no tensors on a device.
+    fn zeros(
+        &self,
+        dtype: crate::ir::DType,
+        shape: &[u64],
+    ) -> Option<Result<Arc<dyn DeviceTensor>, BackendError>> {
+        let _ = (dtype, shape);
+        None
+    }
 }
 
 /// Largest tensor any run may create, in elements (2^31: 8 GiB of f32).

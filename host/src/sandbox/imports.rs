@@ -623,6 +623,22 @@ impl runtime::HostSession for HostState {
                             "state `{name}` would need {bytes} bytes"
                         ))));
                     }
+                    // Device backends zero it in place (no upload).
+                    if let Some(made) = resident_mode
+                        .then(|| exe.zeros(node.dtype, &shape))
+                        .flatten()
+                    {
+                        match made {
+                            Ok(d) => {
+                                resident.push((crate::ir::state_input_name(name), d));
+                                continue;
+                            }
+                            Err(e) => {
+                                session.clear();
+                                return Ok(Err(backend_error(e)));
+                            }
+                        }
+                    }
                     crate::tensor::Tensor {
                         dtype: node.dtype,
                         shape,

@@ -24,7 +24,7 @@ use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, Precision,
 };
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{DType, Graph, NodeId, Op};
 use crate::model::Model;
 use crate::tensor::Tensor;
 use weights::foldable;
@@ -285,6 +285,62 @@ impl Executable for CudaExecutable {
         keep: &[String],
     ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
         self.run_impl(inputs, &resident, keep)
+    }
+
+    fn zeros(
+        &self,
+        dtype: DType,
+        shape: &[u64],
+    ) -> Option<Result<Arc<dyn DeviceTensor>, BackendError>> {
+        Some(self.zeros_impl(dtype, shape))
+    }
+}
+
+impl CudaExecutable {
+    /// A zeroed pooled tensor, set on this executable's stream and waited
+    /// for (it is made once per session, before its first run).
+    fn zeros_impl(
+        &self,
+        dtype: DType,
+        shape: &[u64],
+    ) -> Result<Arc<dyn DeviceTensor>, BackendError> {
+        let device_dtype = storage(dtype, self.precision);
+        let count = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| self.fail(format!("zero tensor {shape:?} is too large")))?;
+        let bytes = (count as usize)
+            .checked_mul(device_dtype.size())
+            .ok_or_else(|| self.fail(format!("zero tensor {shape:?} is too large")))?;
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| self.fail(e.to_string()))?;
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| self.fail("a previous run panicked".into()))?;
+        let buf = DeviceBuffer::pooled(&self.gpu.ctx, &st.stream, &self.gpu.free_stream, bytes)
+            .map_err(|e| self.fail(e))?;
+        if bytes > 0 {
+            // SAFETY: the allocation holds `bytes` bytes, ordered on the stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(buf.ptr, 0, bytes, st.stream.cu_stream())
+            }
+            .map_err(|e| self.fail(format!("memset: {e}")))?;
+        }
+        st.stream
+            .synchronize()
+            .map_err(|e| self.fail(format!("synchronize: {e}")))?;
+        Ok(Arc::new(CudaTensor {
+            buf: Arc::new(buf),
+            offset: 0,
+            bytes,
+            ordinal: self.gpu.ordinal,
+            dtype,
+            device_dtype,
+            shape: shape.to_vec(),
+        }))
     }
 }
 
