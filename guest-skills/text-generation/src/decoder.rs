@@ -23,7 +23,8 @@
 //! (`cache` is the symbolic `past` when growing)
 //! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM also
 //! `cache_positions` [batch, cache] (each slot's token position). State:
-//! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim]. Outputs: `next_token`
+//! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim] with slots, [batch,
+//! kv_heads, past, head_dim] when growing. Outputs: `next_token`
 //! [batch] (argmax) and, when sampling, `top_values`/`top_indices`
 //! [batch, K].
 
@@ -70,6 +71,8 @@ pub struct ModelInfo {
 }
 
 struct Dims {
+    /// One projection for q/k/v and for gate/up (weights concatenated).
+    fuse: bool,
     act: UnaryOp,
     hidden: u64,
     heads: u64,
@@ -108,6 +111,7 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
         _ => activation(c.str_or("hidden_act", "silu")?)?,
     };
     Ok(Dims {
+        fuse: false,
         act,
         hidden,
         heads,
@@ -141,14 +145,20 @@ impl Cache {
 }
 
 /// Builds and compiles the decoder graph with its KV `cache`; a `variant`
-/// may add outputs or inputs.
+/// may add outputs or inputs. `fuse` concatenates the q/k/v and gate/up
+/// weights into one projection each (fewer, larger products: a win for
+/// small-batch GPU decode; CPU runtimes prefer separate ones).
 pub fn build(
     arch: Arch,
     c: &Json,
     variant: Variant,
     cache: Cache,
+    fuse: bool,
 ) -> Result<(CompiledGraph, ModelInfo), Error> {
-    let d = dims(arch, c)?;
+    let d = Dims {
+        fuse,
+        ..dims(arch, c)?
+    };
     let kept = match cache {
         Cache::Growing => "grow".to_string(),
         Cache::Slots(n) => format!("c{n}"),
@@ -442,7 +452,11 @@ fn layer(
                 format!("{a}.k_proj"),
                 format!("{a}.v_proj"),
             );
-            match g.fused_linear(x, &[&q, &k, &v])?[..] {
+            let parts = match d.fuse {
+                true => g.fused_linear(x, &[&q, &k, &v])?,
+                false => vec![g.linear(x, &q)?, g.linear(x, &k)?, g.linear(x, &v)?],
+            };
+            match parts[..] {
                 [q, k, v] => (q, k, v),
                 _ => return Err(skill_sdk::internal("fused q/k/v projection")),
             }
@@ -456,35 +470,41 @@ fn layer(
         q = g.b.rotary(q, r.0, r.1, interleaved)?;
         k = g.b.rotary(k, r.0, r.1, interleaved)?;
     }
-    let shape = [
-        cache.dim(),
-        sym("batch"),
-        Dim::Fixed(d.kv_heads),
-        Dim::Fixed(d.head_dim),
-    ];
+    // Growing caches are batch-major [batch, kv_heads, past, head_dim] (the
+    // attention layout: no transposes); slot caches slot-major.
+    let (shape, axis) = match cache {
+        Cache::Growing => (
+            [sym("batch"), Dim::Fixed(d.kv_heads), cache.dim(), Dim::Fixed(d.head_dim)],
+            2,
+        ),
+        Cache::Slots(_) => (
+            [cache.dim(), sym("batch"), Dim::Fixed(d.kv_heads), Dim::Fixed(d.head_dim)],
+            0,
+        ),
+    };
     let mut kv = Vec::with_capacity(2);
     for (name, new) in [(format!("k{i}"), k), (format!("v{i}"), v)] {
         let old = g.b.state(&name, Dtype::F32, &shape)?;
-        // [batch, kv_heads, seq, head_dim] -> slot-major [seq, batch, ...].
-        let new = g.b.permute(new, &[2, 0, 1, 3])?;
-        let appended = g.b.concat(&[old, new], 0)?;
         let keys = match cache {
             Cache::Growing => {
+                let appended = g.b.concat(&[old, new], axis)?;
                 g.b.update_state(&name, appended)?;
                 appended
             }
             Cache::Slots(n) => {
+                // [batch, kv_heads, seq, head_dim] -> [seq, batch, ...].
+                let new = g.b.permute(new, &[2, 0, 1, 3])?;
                 // Newest first; the last slots (free ones) fall off the end.
-                let prepended = g.b.concat(&[new, old], 0)?;
-                g.b.update_state(&name, g.b.slice(prepended, 0, 0, n as i64)?)?;
-                if newest_first {
-                    prepended
-                } else {
-                    appended
-                }
+                let prepended = g.b.concat(&[new, old], axis)?;
+                g.b.update_state(&name, g.b.slice(prepended, axis as i32, 0, n as i64)?)?;
+                let keys = match newest_first {
+                    true => prepended,
+                    false => g.b.concat(&[old, new], axis)?,
+                };
+                g.b.permute(keys, &[1, 2, 0, 3])?
             }
         };
-        kv.push(g.b.permute(keys, &[1, 2, 0, 3])?);
+        kv.push(keys);
     }
     let (k_all, v_all) = (kv[0], kv[1]);
     let a = g.merge_heads(g.attention(q, k_all, v_all, Some(keys), true)?)?;
@@ -530,7 +550,11 @@ fn layer(
                 d.eps,
             )?;
             let (gate, up) = (format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj"));
-            let (gate, up) = match g.fused_linear(x, &[&gate, &up])?[..] {
+            let parts = match d.fuse {
+                true => g.fused_linear(x, &[&gate, &up])?,
+                false => vec![g.linear(x, &gate)?, g.linear(x, &up)?],
+            };
+            let (gate, up) = match parts[..] {
                 [gate, up] => (gate, up),
                 _ => return Err(skill_sdk::internal("fused gate/up projection")),
             };

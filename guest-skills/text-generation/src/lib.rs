@@ -62,7 +62,8 @@ struct Loaded {
     /// Decoder graphs per variant (logits output, repetition penalty) and
     /// KV-cache size, built on first use.
     graphs: RefCell<std::collections::HashMap<(Variant, Cache), CompiledGraph>>,
-    /// Fixed-slot caches (CUDA: replayable decode steps) or growing ones.
+    /// CUDA: fixed-slot caches (replayable decode steps) and fused
+    /// projections; elsewhere growing caches and separate projections.
     slots: bool,
     arch: Arch,
     config: Json,
@@ -152,7 +153,7 @@ impl Guest for TextGeneration {
         } else {
             Cache::Growing
         };
-        let (graph, info) = decoder::build(arch, &config, Variant::default(), cache)?;
+        let (graph, info) = decoder::build(arch, &config, Variant::default(), cache, slots)?;
         let graphs = std::collections::HashMap::from([((Variant::default(), cache), graph)]);
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
@@ -461,7 +462,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
             let graph = match graphs.entry((variant, kind)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(decoder::build(m.arch, &m.config, variant, kind)?.0)
+                    e.insert(decoder::build(m.arch, &m.config, variant, kind, m.slots)?.0)
                 }
             };
             session.run(graph, &inputs)?
