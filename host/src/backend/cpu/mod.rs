@@ -24,9 +24,19 @@ static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = 
 fn environment() -> Result<&'static (ort::environment::Environment, String), String> {
     ORT.get_or_init(|| {
         let path = crate::runtime_libs::onnxruntime()?;
-        let env = ort::init_from(&path)
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+        let builder = ort::init_from(&path)
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        // One thread pool for every session (embedding graphs, prefill and
+        // decode graphs...): per-session pools would multiply the threads,
+        // and idle pools spinning steal cores from the busy one. (Created
+        // after `init_from`, which points ort at the library.)
+        let pool = ort::environment::GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads())
+            .and_then(|o| o.with_inter_threads(1))
+            .map_err(|e| format!("ONNX Runtime thread pool: {e}"))?;
+        let env = builder
             .with_name("host")
+            .with_global_thread_pool(pool)
             .build()
             .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
         Ok((env, path.display().to_string()))
@@ -120,10 +130,6 @@ impl Backend for CpuBackend {
         let mut builder = Session::builder(env)
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(e2s)?
-            .with_intra_threads(threads())
-            .map_err(e2s)?
-            .with_inter_threads(1)
             .map_err(e2s)?;
         for file in used_weight_files(&graph, model) {
             builder = builder
