@@ -474,11 +474,21 @@ fn layer(
     // attention layout: no transposes); slot caches slot-major.
     let (shape, axis) = match cache {
         Cache::Growing => (
-            [sym("batch"), Dim::Fixed(d.kv_heads), cache.dim(), Dim::Fixed(d.head_dim)],
+            [
+                sym("batch"),
+                Dim::Fixed(d.kv_heads),
+                cache.dim(),
+                Dim::Fixed(d.head_dim),
+            ],
             2,
         ),
         Cache::Slots(_) => (
-            [cache.dim(), sym("batch"), Dim::Fixed(d.kv_heads), Dim::Fixed(d.head_dim)],
+            [
+                cache.dim(),
+                sym("batch"),
+                Dim::Fixed(d.kv_heads),
+                Dim::Fixed(d.head_dim),
+            ],
             0,
         ),
     };

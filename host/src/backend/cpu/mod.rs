@@ -24,8 +24,8 @@ static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = 
 fn environment() -> Result<&'static (ort::environment::Environment, String), String> {
     ORT.get_or_init(|| {
         let path = crate::runtime_libs::onnxruntime()?;
-        let builder = ort::init_from(&path)
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         // One thread pool for every session (embedding graphs, prefill and
         // decode graphs...): per-session pools would multiply the threads,
         // and idle pools spinning steal cores from the busy one. (Created

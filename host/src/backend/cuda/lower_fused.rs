@@ -211,3 +211,69 @@ impl Planner<'_> {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::Precision;
+    use crate::ir::builder::{BuilderLimits, GraphBuilder};
+    use crate::ir::{BinaryOp, Dim};
+
+    /// Byte range of a planned reference holding `bytes`.
+    fn range(plan: &Plan, r: &Ref, bytes: usize) -> Option<(usize, usize)> {
+        match r.buf {
+            Buf::Arena(i) => {
+                let at = plan.offsets[i] + r.offset;
+                Some((at, at + bytes))
+            }
+            Buf::Persistent(_) => None,
+        }
+    }
+
+    /// A residual add followed by rms-norm plans as one `add_norm` kernel,
+    /// and its output never shares memory with its operands.
+    #[test]
+    fn residual_add_and_norm_fuse_without_aliasing() {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let (rows, width) = (5u64, 8u64);
+        let shape = vec![Dim::Fixed(rows), Dim::Fixed(width)];
+        let x = b.input("x", DType::F32, shape.clone()).unwrap();
+        let r = b.input("r", DType::F32, shape).unwrap();
+        let scale = b
+            .input("scale", DType::F32, vec![Dim::Fixed(width)])
+            .unwrap();
+        let h = b.binary(BinaryOp::Add, x, r).unwrap();
+        let y = b.rms_norm(h, scale, 1e-6).unwrap();
+        let z = b.binary(BinaryOp::Add, h, y).unwrap();
+        b.output("z", z).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+        let fused: Vec<&Vec<Arg>> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel { name, args, .. } if name == "add_norm_f32" => Some(args),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fused.len(), 1, "one fused add + norm: {:?}", plan.steps);
+        let bytes = (rows * width * 4) as usize;
+        let Arg::Ptr(out) = &fused[0][9] else {
+            panic!("argument 9 is the output")
+        };
+        let out = range(&plan, out, bytes).unwrap();
+        for k in [3, 4] {
+            let Arg::Ptr(input) = &fused[0][k] else {
+                panic!("argument {k} is an operand")
+            };
+            let input = range(&plan, input, bytes).unwrap();
+            assert!(
+                out.1 <= input.0 || input.1 <= out.0,
+                "output {out:?} overlaps operand {input:?}"
+            );
+        }
+    }
+}
