@@ -370,7 +370,7 @@ fn rope_tables(
             "config.json: `rope_scaling` is not supported yet".into(),
         ));
     }
-    if dim == 0 || dim % 2 != 0 {
+    if dim == 0 || !dim.is_multiple_of(2) {
         return Err(Error::Model(format!(
             "config.json: rotary dim {dim} is not a positive even number"
         )));
@@ -506,7 +506,7 @@ fn layer(
                 let new = g.b.permute(new, &[2, 0, 1, 3])?;
                 // Newest first; the last slots (free ones) fall off the end.
                 let prepended = g.b.concat(&[new, old], axis)?;
-                g.b.update_state(&name, g.b.slice(prepended, axis as i32, 0, n as i64)?)?;
+                g.b.update_state(&name, g.b.slice(prepended, axis, 0, n as i64)?)?;
                 let keys = match newest_first {
                     true => prepended,
                     false => g.b.concat(&[old, new], axis)?,
