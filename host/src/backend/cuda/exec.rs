@@ -83,6 +83,8 @@ struct CudaExecutable {
     precision: Precision,
     persistent: Vec<Arc<DeviceBuffer>>,
     persistent_index: HashMap<NodeId, usize>,
+    /// The batched-copy kernel of every run's transfers.
+    copy: CudaFunction,
     state: Mutex<RunState>,
 }
 
@@ -155,13 +157,12 @@ impl Backend for CudaBackend {
             }
             let dtype = storage(node.dtype, self.precision);
             let buf = match (&node.op, &folded[id]) {
-                (Op::Weight { name }, _) => self.weight(model, name, dtype).map_err(&fail)?,
                 (Op::Constant(c), _) => Arc::new(
                     DeviceBuffer::upload(&self.gpu.ctx, &convert(&c.bytes, c.dtype, dtype))
                         .map_err(&fail)?,
                 ),
-                (Op::Concat { .. }, Some(key)) => self
-                    .folded_concat(model, &graph, id as NodeId, key, dtype)
+                (_, Some(key)) => self
+                    .stored(model, &graph, id as NodeId, key, dtype)
                     .map_err(&fail)?,
                 _ => continue,
             };
@@ -185,6 +186,7 @@ impl Backend for CudaBackend {
         }
         .result()
         .map_err(|e| fail(format!("cuBLAS workspace: {e}")))?;
+        let copy = self.gpu.kernels.function("copy_many").map_err(&fail)?;
         Ok(Arc::new(CudaExecutable {
             graph,
             gpu: self.gpu.clone(),
@@ -192,6 +194,7 @@ impl Backend for CudaBackend {
             precision: self.precision,
             persistent,
             persistent_index,
+            copy,
             state: Mutex::new(RunState {
                 stream,
                 blas,
@@ -388,11 +391,7 @@ impl CudaExecutable {
         let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
         let stream = st.stream.clone();
         let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
-        let copy = self
-            .gpu
-            .kernels
-            .function("copy_many")
-            .map_err(|e| self.fail(e))?;
+        let copy = &self.copy;
         let mut t = Transfers::default();
         let zero = t.stage(&[0; 4]);
         t.input(Src::Staged(zero), at(&plan.error_flag), 4);
@@ -481,14 +480,14 @@ impl CudaExecutable {
         // pooled output buffer or the staging buffer sized for `t`; the
         // stream is synchronised before any of them is released or read.
         let pending =
-            unsafe { t.upload_and_copy_in(&stream, &copy, staging) }.map_err(|x| self.fail(x))?;
+            unsafe { t.upload_and_copy_in(&stream, copy, staging) }.map_err(|x| self.fail(x))?;
         let launched = std::time::Instant::now();
         self.execute(&mut st, &key, &prepared, base, &stream)?;
         let enqueued = launched.elapsed();
         let mut down = Vec::new();
         // SAFETY: see above; `down` is read only after synchronising.
         let blob =
-            unsafe { pending.copy_out(&stream, &copy, &mut down) }.map_err(|x| self.fail(x))?;
+            unsafe { pending.copy_out(&stream, copy, &mut down) }.map_err(|x| self.fail(x))?;
         stream
             .synchronize()
             .map_err(|x| self.fail(format!("synchronize: {x}")))?;

@@ -9,30 +9,9 @@ use crate::ir::{DType, Graph, NodeId, Op};
 use crate::model::Model;
 
 impl CudaBackend {
-    /// Uploads weight `name` of `model` as `dtype`, once per process.
-    pub(super) fn weight(
-        &self,
-        model: &Model,
-        name: &str,
-        dtype: DType,
-    ) -> Result<Arc<DeviceBuffer>, String> {
-        let key = (model.root.display().to_string(), name.to_string(), dtype);
-        let mut map = self
-            .gpu
-            .weights
-            .lock()
-            .map_err(|_| "weight table poisoned".to_string())?;
-        if let Some(b) = map.get(&key) {
-            return Ok(b.clone());
-        }
-        let data = weight_bytes(model, name, dtype)?;
-        let b = Arc::new(DeviceBuffer::upload(&self.gpu.ctx, &data)?);
-        map.insert(key, b.clone());
-        Ok(b)
-    }
-
-    /// Uploads folded concat `id` (cache `key`), once per model and dtype.
-    pub(super) fn folded_concat(
+    /// Uploads weight-only value `id` (a weight or a folded concat of
+    /// weights, cache `key` from [`foldable`]) as `dtype`, once per model.
+    pub(super) fn stored(
         &self,
         model: &Model,
         g: &Graph,
@@ -41,28 +20,24 @@ impl CudaBackend {
         dtype: DType,
     ) -> Result<Arc<DeviceBuffer>, String> {
         let cache = (model.root.display().to_string(), key.to_string(), dtype);
-        if let Some(b) = self
+        let mut map = self
             .gpu
             .weights
             .lock()
-            .map_err(|_| "weight table poisoned")?
-            .get(&cache)
-        {
+            .map_err(|_| "weight table poisoned".to_string())?;
+        if let Some(b) = map.get(&cache) {
             return Ok(b.clone());
         }
         let bytes = host_value(model, g, id, dtype)?;
         let b = Arc::new(DeviceBuffer::upload(&self.gpu.ctx, &bytes)?);
-        self.gpu
-            .weights
-            .lock()
-            .map_err(|_| "weight table poisoned")?
-            .insert(cache, b.clone());
+        map.insert(cache, b.clone());
         Ok(b)
     }
 }
 
-/// For each node, a cache key when it is a concat of weights only (folded
-/// once on the host at compile time: fused QKV or gate/up projections).
+/// For each node, a cache key when it is a weight or a concat of weights
+/// only (folded once on the host at compile time: fused QKV or gate/up
+/// projections).
 pub(super) fn foldable(g: &Graph) -> Vec<Option<String>> {
     let mut keys: Vec<Option<String>> = vec![None; g.nodes.len()];
     for (id, node) in g.nodes.iter().enumerate() {
@@ -75,11 +50,6 @@ pub(super) fn foldable(g: &Graph) -> Vec<Option<String>> {
                 .map(|parts| format!("concat{axis}({})", parts.join(","))),
             _ => None,
         };
-    }
-    for (id, node) in g.nodes.iter().enumerate() {
-        if matches!(node.op, Op::Weight { .. }) {
-            keys[id] = None;
-        }
     }
     keys
 }
