@@ -2,7 +2,7 @@
 //! reductions, l2-normalize, gather, argmax and top-k.
 
 use super::{count, fixed, int_tensor, Built, Case, WeightSpec};
-use host::ir::{DType, NodeId, ReduceOp};
+use host::ir::{DType, NodeId, ReduceOp, UnaryOp};
 use host::tensor::Tensor;
 
 pub fn cases() -> Vec<Built> {
@@ -82,6 +82,28 @@ fn linear() -> Vec<Built> {
             c.finish()
         })());
     }
+    for (name, act) in [
+        ("linear/relu-epilogue/2x64-96", UnaryOp::Relu),
+        ("linear/gelu-epilogue/1x64-96", UnaryOp::Gelu),
+    ] {
+        v.push((|| {
+            // Decode-sized rows: CUDA folds the activation into its gemv.
+            let rows = if act == UnaryOp::Relu { 2 } else { 1 };
+            let mut c = Case::with_weights(
+                name,
+                &[
+                    WeightSpec("fc.weight", &[96, 64], -0.125, 0.125),
+                    WeightSpec("fc.bias", &[96], -0.5, 0.5),
+                ],
+            );
+            let xs = c.uniform("x", &[rows, 1, 64], -2., 2.)?;
+            let (w, b) = (c.weight("fc.weight")?, c.weight("fc.bias")?);
+            let y = c.b.linear(xs, w, Some(b))?;
+            let y = c.b.unary(act, y)?;
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
     v.push((|| {
         // Concats of weights only (a fused q/k/v projection) are folded at
         // compile time on CUDA; an axis-1 concat interleaves rows.
@@ -119,6 +141,10 @@ fn norms() -> Vec<Built> {
         ("layer-norm/no-bias/3x64", &[3, 64], false, 1e-12),
         ("rms-norm/2x5x32", &[2, 5, 32], false, 1e-6),
         ("rms-norm/4x48", &[4, 48], false, 1e-5),
+        // Rows held in registers on CUDA (up to 4096 wide) and past them.
+        ("layer-norm/bias/3x768", &[3, 768], true, 1e-5),
+        ("rms-norm/2x2048", &[2, 2048], false, 1e-6),
+        ("rms-norm/2x5000", &[2, 5000], false, 1e-6),
     ] {
         v.push((|| {
             let w = *shape.last().unwrap_or(&1);
@@ -332,6 +358,29 @@ fn attention() -> Vec<Built> {
             Mask::RandomBool,
             true,
         ),
+        // Decode rows (one query): the vector-load path on CUDA.
+        a(
+            "attention/decode-gqa/h8-kv2/sk128/d64",
+            2,
+            8,
+            2,
+            1,
+            128,
+            64,
+            Mask::PadBool,
+            false,
+        ),
+        a(
+            "attention/decode/sk77/d32",
+            1,
+            4,
+            4,
+            1,
+            77,
+            32,
+            Mask::PadFloat,
+            false,
+        ),
         Attn {
             scale: Some(0.3),
             ..a("attention/scale/d8", 1, 2, 2, 4, 6, 8, Mask::Bias, false)
@@ -506,6 +555,9 @@ fn argmax_top_k() -> Vec<Built> {
         ("argmax/last/4x37", &[4u64, 37][..], -1, false, false),
         ("argmax/first/keep/5x6", &[5, 6], 0, true, false),
         ("argmax/middle/ties/3x8x4", &[3, 8, 4], 1, false, true),
+        // Vocabulary-long rows (a 1024-thread block on CUDA), with ties.
+        ("argmax/last/vocab/3x50257", &[3, 50257], -1, false, false),
+        ("argmax/last/vocab-ties/2x9001", &[2, 9001], -1, false, true),
     ] {
         v.push((|| {
             let mut c = Case::new(name);

@@ -282,11 +282,68 @@ __device__ float block_reduce(float v, int kind) {
 }
 
 // ---- normalisation ----
+// Elements of a row one thread keeps in registers on the fast path: rows of
+// up to blockDim x NORM_PER elements are read once, with all loads in flight.
+#define NORM_PER 16
+// One row: y = norm(a (+ b)) * scale (+ bias); the sum a + b is rounded to T
+// (as an unfused add stores it) and written to `sr` when given. Layer norm
+// (rms = 0) subtracts the mean; rms norm does not. Registers hold the row,
+// so loads are issued before any store.
+template <typename T>
+__device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar, const T* br, T* sr,
+                                                const T* scale, const T* bias, float eps, T* yr) {
+  float v[NORM_PER];
+  float tot = 0.0f, sq = 0.0f;
+#pragma unroll
+  for (int u = 0; u < NORM_PER; ++u) {
+    int c = threadIdx.x + u * blockDim.x;
+    float f = 0.0f;
+    if (c < width) f = br ? N<T>::ld(N<T>::st(N<T>::ld(ar[c]) + N<T>::ld(br[c]))) : N<T>::ld(ar[c]);
+    v[u] = f;
+  }
+#pragma unroll
+  for (int u = 0; u < NORM_PER; ++u) { tot += v[u]; sq += v[u] * v[u]; }
+  float mean = 0.0f, den;
+  if (rms) {
+    den = sqrtf(block_reduce(sq, 0) / width + eps);
+  } else {
+    mean = block_reduce(tot, 0) / width;
+    float var = 0.0f;
+#pragma unroll
+    for (int u = 0; u < NORM_PER; ++u) {
+      int c = threadIdx.x + u * blockDim.x;
+      float d = v[u] - mean;
+      if (c < width) var += d * d;
+    }
+    den = sqrtf(block_reduce(var, 0) / width + eps);
+  }
+  float sc[NORM_PER], bi[NORM_PER];
+#pragma unroll
+  for (int u = 0; u < NORM_PER; ++u) {
+    int c = threadIdx.x + u * blockDim.x;
+    sc[u] = c < width ? N<T>::ld(scale[c]) : 0.0f;
+    bi[u] = (bias && c < width) ? N<T>::ld(bias[c]) : 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < NORM_PER; ++u) {
+    int c = threadIdx.x + u * blockDim.x;
+    if (c < width) {
+      if (sr) sr[c] = N<T>::st(v[u]);
+      float o = (v[u] - mean) / den * sc[u];
+      if (bias) o += bi[u];
+      yr[c] = N<T>::st(o);
+    }
+  }
+}
 template <typename T>
 __device__ void layer_norm_t(i64 rows, int width, const T* x, const T* scale, const T* bias, float eps, T* y) {
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * width;
     T* yr = y + r * width;
+    if (width <= (int)blockDim.x * NORM_PER) {
+      norm_row_cached<T>(0, width, xr, (const T*)0, (T*)0, scale, bias, eps, yr);
+      continue;
+    }
     float s = 0.0f;
     for (int c = threadIdx.x; c < width; c += blockDim.x) s += N<T>::ld(xr[c]);
     float mean = block_reduce(s, 0) / width;
@@ -308,6 +365,10 @@ __device__ void rms_norm_t(i64 rows, int width, const T* x, const T* scale, floa
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * width;
     T* yr = y + r * width;
+    if (width <= (int)blockDim.x * NORM_PER) {
+      norm_row_cached<T>(1, width, xr, (const T*)0, (T*)0, scale, (const T*)0, eps, yr);
+      continue;
+    }
     float s = 0.0f;
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
       float v = N<T>::ld(xr[c]);
@@ -328,6 +389,10 @@ __device__ void add_norm_t(int rms, i64 rows, int width, const T* a, const T* b,
     const T* br = b + r * width;
     T* sr = sum + r * width;
     T* yr = y + r * width;
+    if (width <= (int)blockDim.x * NORM_PER) {
+      norm_row_cached<T>(rms, width, ar, br, sr, scale, bias, eps, yr);
+      continue;
+    }
     float tot = 0.0f, sq = 0.0f;
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
       T v = N<T>::st(N<T>::ld(ar[c]) + N<T>::ld(br[c]));
@@ -435,29 +500,47 @@ __device__ void gather_t(i64 outer, i64 nidx, i64 axis_len, i64 inner, const E* 
 }
 
 // ---- argmax over (outer, len, inner); first index of the maximum ----
+// (value, index) pairs: `none` (= len) loses to anything; ties go to the
+// lower index.
+__device__ __forceinline__ void arg_better(float v, i64 i, float& bv, i64& bi, i64 none) {
+  if (i < none && (bi == none || v > bv || (v == bv && i < bi))) { bv = v; bi = i; }
+}
+// One block per row (any multiple of 32 threads up to 1024); each thread
+// scans its strided elements eight loads at a time, then warp shuffles and
+// one warp merge the threads' bests.
 template <typename T>
 __device__ void argmax_t(i64 outer, i64 len, i64 inner, const T* x, i64* y) {
-  __shared__ float bv[256];
-  __shared__ i64 bi[256];
+  __shared__ float wv[32];
+  __shared__ i64 wi[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  const i64 stride = blockDim.x;
   for (i64 r = blockIdx.x; r < outer * inner; r += gridDim.x) {
-    i64 base = (r / inner) * len * inner + (r % inner);
+    const T* xr = x + (r / inner) * len * inner + (r % inner);
     float best = -3.402823466e38f; i64 bidx = len;
-    for (i64 c = threadIdx.x; c < len; c += blockDim.x) {
-      float v = (float)N<T>::ld(x[base + c * inner]);
+    i64 c = threadIdx.x;
+    for (; c + 7 * stride < len; c += 8 * stride) {
+      float v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = (float)N<T>::ld(xr[(c + u * stride) * inner]);
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+        if (v[u] > best || bidx == len) { best = v[u]; bidx = c + u * stride; }
+    }
+    for (; c < len; c += stride) {
+      float v = (float)N<T>::ld(xr[c * inner]);
       if (v > best || bidx == len) { best = v; bidx = c; }
     }
-    bv[threadIdx.x] = best; bi[threadIdx.x] = bidx;
+    for (int o = 16; o > 0; o >>= 1)
+      arg_better(__shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bidx, o), best, bidx, len);
+    if (lane == 0) { wv[warp] = best; wi[warp] = bidx; }
     __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-      if (threadIdx.x < s) {
-        float v = bv[threadIdx.x + s]; i64 k = bi[threadIdx.x + s];
-        if (k < len && (bi[threadIdx.x] == len || v > bv[threadIdx.x] || (v == bv[threadIdx.x] && k < bi[threadIdx.x]))) {
-          bv[threadIdx.x] = v; bi[threadIdx.x] = k;
-        }
-      }
-      __syncthreads();
+    if (warp == 0) {
+      best = lane < nw ? wv[lane] : 0.0f;
+      bidx = lane < nw ? wi[lane] : len;
+      for (int o = 16; o > 0; o >>= 1)
+        arg_better(__shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bidx, o), best, bidx, len);
+      if (lane == 0) y[r] = bidx;
     }
-    if (threadIdx.x == 0) y[r] = bi[0];
     __syncthreads();
   }
 }
@@ -547,11 +630,42 @@ __device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias) {
   GRID_LOOP(i, rows * n) { y[i] = N<T>::st(N<T>::ld(y[i]) + N<T>::ld(bias[i % n])); }
 }
 
+// ---- 16-byte loads (attention, matrix-vector products) ----
+struct __align__(16) W16 { unsigned a, b, c, d; };
+// 16 bytes of T widened to floats.
+template <typename T> struct Wide;
+template <> struct Wide<float> {
+  enum { n = 4 };
+  static __device__ __forceinline__ void ld(const float* p, float* o) {
+    W16 w = *(const W16*)p;
+    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
+    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
+  }
+};
+template <> struct Wide<h16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void ld(const h16* p, float* o) {
+    W16 w = *(const W16*)p;
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
+  }
+};
+template <> struct Wide<b16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void ld(const b16* p, float* o) {
+    W16 w = *(const W16*)p;
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
+  }
+};
 // ---- fused attention ----
 // q [b, h, sq, d], k [b, kvh, sk, d], v [b, kvh, sk, dv] with element strides;
 // mask broadcast to [b, h, sq, sk] by strides (0 on broadcast axes);
 // y [b, h, sq, dv] contiguous. One block per (b, h, query row); scores in
 // dynamic shared memory (sk floats) followed by the query row (d floats).
+// Most key groups of the vector decode path (its partial sums in shared
+// memory: ATTN_GROUPS x dv floats; lower_ops.rs sizes them).
+#define ATTN_GROUPS 32
 struct Attn {
   int b, h, kvh, sq, sk, d, dv, causal, mask_kind;  // mask_kind: 0 none, 1 additive, 2 bool
   float scale;
@@ -578,6 +692,12 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
   float* qrow = sh + p.sk;
   float* part = qrow + p.d;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  // Decode over dense, 16-byte aligned key and value rows: vector loads.
+  const int V = Wide<T>::n;
+  const bool vec = p.sq == 1 && p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
+                   p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
+                   p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
+                   ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * p.sq; blk += gridDim.x) {
     int i = (int)(blk % p.sq);
     int hh = (int)((blk / p.sq) % p.h);
@@ -587,7 +707,21 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
     for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
     __syncthreads();
     const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
-    if (p.sq == 1) {
+    if (vec) {
+      // Decode, dense rows: a thread per key, 16-byte loads.
+      for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
+        const T* kp = kb + j * p.ks[2];
+        float dot = 0.0f;
+#pragma unroll 4
+        for (int t = 0; t < p.d; t += V) {
+          float w[8];
+          Wide<T>::ld(kp + t, w);
+#pragma unroll
+          for (int e = 0; e < V; ++e) dot += qrow[t + e] * w[e];
+        }
+        scores[j] = attn_score<T>(p, mask, dot, bb, hh, i, j);
+      }
+    } else if (p.sq == 1) {
       // Decode: a thread per key, so all keys' loads are in flight at once.
       for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
         const T* kp = kb + j * p.ks[2];
@@ -619,6 +753,37 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
     s = block_reduce(s, 0);
     const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
     T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
+    if (vec) {
+      // Weighted values: groups of dv / V threads split the keys (at most
+      // ATTN_GROUPS groups), a thread V value dims by one 16-byte load.
+      int per = p.dv / V;
+      int groups = blockDim.x / per;
+      if (groups > ATTN_GROUPS) groups = ATTN_GROUPS;
+      int g = threadIdx.x / per, t = (threadIdx.x % per) * V;
+      if (g < groups) {
+        float acc[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
+#pragma unroll 4
+        for (int j = g; j < p.sk; j += groups) {
+          float w[8];
+          Wide<T>::ld(vb + j * p.vs[2] + t, w);
+          float sc = scores[j];
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[e] += sc * w[e];
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) part[g * p.dv + t + e] = acc[e];
+      }
+      __syncthreads();
+      for (int t2 = threadIdx.x; t2 < p.dv; t2 += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < groups; ++w) a += part[w * p.dv + t2];
+        yp[t2] = N<T>::st(a / s);
+      }
+      __syncthreads();
+      continue;
+    }
     // Weighted values: groups of threads split the keys, a group's threads
     // the value dims (coalesced), then the groups' partial sums are added.
     int width = (p.dv + 31) & ~31;
@@ -642,41 +807,14 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
 }
 
 // ---- matrix-vector products (decode) ----
-struct __align__(16) W16 { unsigned a, b, c, d; };
-// 16 bytes of T widened to floats.
-template <typename T> struct Wide;
-template <> struct Wide<float> {
-  enum { n = 4 };
-  static __device__ __forceinline__ void ld(const float* p, float* o) {
-    W16 w = *(const W16*)p;
-    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
-    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
-  }
-};
-template <> struct Wide<h16> {
-  enum { n = 8 };
-  static __device__ __forceinline__ void ld(const h16* p, float* o) {
-    W16 w = *(const W16*)p;
-    unsigned u[4] = {w.a, w.b, w.c, w.d};
-    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
-  }
-};
-template <> struct Wide<b16> {
-  enum { n = 8 };
-  static __device__ __forceinline__ void ld(const b16* p, float* o) {
-    W16 w = *(const W16*)p;
-    unsigned u[4] = {w.a, w.b, w.c, w.d};
-    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
-  }
-};
 #define GEMV_MAX_M 4
 #define GEMV_UNROLL 4
-// y[m, n] = x[m, :] . w[n, :] (+ bias[n]) for M <= GEMV_MAX_M rows: a warp
+// y[m, n] = act(x[m, :] . w[n, :] (+ bias[n])) for M <= GEMV_MAX_M rows: a warp
 // per output column reads its weight row once, 16 bytes per lane per load,
 // GEMV_UNROLL loads in flight. Rows of x and w are 16-byte aligned and K is
-// a multiple of 16 bytes of T.
+// a multiple of 16 bytes of T. `act` is a unary op code, or -1 for none.
 template <typename T>
-__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y) {
+__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act) {
   const int V = Wide<T>::n;
   const int step = 32 * V;
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -721,7 +859,12 @@ __device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* 
   for (int m = 0; m < GEMV_MAX_M; ++m) {
     if (m < M) {
       float v = warp_sum(acc[m]);
-      if (lane == 0) y[(i64)m * cols + n] = N<T>::st(v + (bias ? N<T>::ld(bias[n]) : 0.0f));
+      if (lane == 0) {
+        T out = N<T>::st(v + (bias ? N<T>::ld(bias[n]) : 0.0f));
+        // A fused activation reads the product as stored, as unfused.
+        if (act >= 0) out = N<T>::st(un_f(act, N<T>::ld(out)));
+        y[(i64)m * cols + n] = out;
+      }
     }
   }
 }
@@ -752,7 +895,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
   extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { unary_binary_t<T>(u, o, c, a, b, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
-  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y) { gemv_t<T>(m, nn, k, x, w, b, y); } \
+  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { gemv_t<T>(m, nn, k, x, w, b, y, a); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { l2_norm_t<T>(o, l, in, e, x, y); } \

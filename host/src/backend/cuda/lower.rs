@@ -56,7 +56,7 @@ pub(super) fn rows_grid(rows: usize) -> u32 {
 
 /// Builds a [`Plan`] for one graph and one set of bindings.
 pub struct Planner<'g> {
-    g: &'g Graph,
+    pub(super) g: &'g Graph,
     precision: Precision,
     pub(super) vals: Vec<Option<Val>>,
     pub(super) buffers: Vec<BufferLife>,
@@ -289,6 +289,9 @@ impl<'g> Planner<'g> {
                 Err(self.err("has no uploaded value"))
             }
             Op::Unary(op, x) => {
+                if let Some(y) = self.gemv_then_unary(*op, *x, &shape)? {
+                    return Ok(y);
+                }
                 let x = self.val(*x)?;
                 let x = self.contiguous(x)?;
                 let y = self.fresh(dt, shape);
@@ -493,7 +496,10 @@ impl<'g> Planner<'g> {
                         offset: y.at.offset + at * y.strides[*axis] as usize * dt.size(),
                     };
                     at += v.shape[*axis];
-                    if slabs && self.upload_in_place(piece, &v, dst) {
+                    if slabs
+                        && (self.upload_in_place(piece, &v, dst)
+                            || self.write_in_place(piece, &v, dst))
+                    {
                         continue;
                     }
                     self.copy_into(&v, &dst, &y.strides)?;
@@ -532,7 +538,8 @@ impl<'g> Planner<'g> {
                     self.kernel(
                         format!("argmax_{}", suffix(x.dtype)),
                         rows_grid(outer * inner),
-                        256,
+                        // Long rows (a vocabulary) get a block of 1024.
+                        if len >= 4096 { 1024 } else { BLOCK },
                         0,
                         vec![
                             Arg::I64(outer as i64),

@@ -105,9 +105,55 @@ impl Planner<'_> {
                 Arg::Ptr(w.at),
                 bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
                 Arg::Ptr(y.at),
+                Arg::I32(-1),
             ],
         );
         Some(y)
+    }
+
+    /// A float unary `op` applied to `x` becomes the epilogue of the `gemv`
+    /// just planned when that wrote `x` and nothing else reads it (OPT's
+    /// `relu(fc1(h))`); the result takes `x`'s buffer.
+    pub(super) fn gemv_then_unary(
+        &mut self,
+        op: crate::ir::UnaryOp,
+        x: NodeId,
+        shape: &[usize],
+    ) -> Result<Option<Val>, PlanError> {
+        let v = self.val(x)?;
+        let float = matches!(v.dtype, DType::F32 | DType::F16 | DType::BF16);
+        if op == crate::ir::UnaryOp::Not || !float || !v.is_contiguous() || !self.sole_reader(x) {
+            return Ok(None);
+        }
+        let gemv = format!("gemv_{}", suffix(v.dtype));
+        let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
+            return Ok(None);
+        };
+        match args.as_mut_slice() {
+            [.., Arg::Ptr(y), act @ Arg::I32(-1)] if *name == gemv && *y == v.at => {
+                *act = Arg::I32(op as i32);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(v.reshaped(shape.to_vec())))
+    }
+
+    /// Whether `id` is read only by the node being planned, through a chain
+    /// of views each read once, down to the node that wrote its buffer: then
+    /// nothing else ever reads that buffer.
+    pub(super) fn sole_reader(&self, mut id: NodeId) -> bool {
+        loop {
+            if self.uses.get(id as usize) != Some(&1) {
+                return false;
+            }
+            match &self.g.node(id).op {
+                crate::ir::Op::Reshape { x, .. }
+                | crate::ir::Op::Permute { x, .. }
+                | crate::ir::Op::Unsqueeze { x, .. }
+                | crate::ir::Op::Squeeze { x, .. } => id = *x,
+                _ => return true,
+            }
+        }
     }
 
     /// `op(f(a), b)` as one kernel when the last planned step is the unary
@@ -190,6 +236,52 @@ impl Planner<'_> {
             self.steps.pop();
         }
         dense
+    }
+
+    /// Makes the one kernel that wrote `v` (dense, its whole buffer) write
+    /// at `dst` instead, when nothing else reads `v` (node `id`): a decode
+    /// step's rotated keys land in their cache slot, no copy. `dst`'s buffer
+    /// then lives from that kernel on.
+    pub(super) fn write_in_place(&mut self, id: NodeId, v: &Val, dst: Ref) -> bool {
+        let Buf::Arena(i) = v.at.buf else {
+            return false;
+        };
+        let whole = v.at.offset == 0 && self.buffers[i].bytes == v.numel() * v.dtype.size();
+        if !whole || !v.is_contiguous() || !self.sole_reader(id) {
+            return false;
+        }
+        let first = self.buffers[i].first;
+        let refers = |step: &Step| match step {
+            Step::Kernel { args, .. } => args
+                .iter()
+                .any(|a| matches!(a, Arg::Ptr(r) if r.buf == v.at.buf)),
+            Step::Gemm(_) => true,
+        };
+        let writer_only = self
+            .steps
+            .get(first)
+            .is_some_and(|s| matches!(s, Step::Kernel { .. }))
+            && self.steps[first + 1..].iter().all(|s| !refers(s));
+        if !writer_only {
+            return false;
+        }
+        if let Some(Step::Kernel { args, .. }) = self.steps.get_mut(first) {
+            for a in args.iter_mut() {
+                if let Arg::Ptr(r) = a {
+                    if r.buf == v.at.buf {
+                        *r = Ref {
+                            buf: dst.buf,
+                            offset: dst.offset + r.offset,
+                        };
+                    }
+                }
+            }
+        }
+        if let Buf::Arena(j) = dst.buf {
+            self.buffers[j].first = self.buffers[j].first.min(first);
+        }
+        self.buffers[i].last = self.buffers[i].first;
+        true
     }
 
     /// Uploads input `id` (value `v`) straight to `dst` when the input is
@@ -275,5 +367,43 @@ mod tests {
                 "output {out:?} overlaps operand {input:?}"
             );
         }
+    }
+
+    /// A decode step's rotated keys are written straight into their slot of
+    /// the concatenated cache: no copy kernel, and the rotary's output is
+    /// the concat's first slab.
+    #[test]
+    fn rotary_writes_into_the_concat() {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+        let x = b.input("x", DType::F32, f(&[1, 2, 1, 4])).unwrap();
+        let cos = b.input("cos", DType::F32, f(&[1, 1, 1, 4])).unwrap();
+        let sin = b.input("sin", DType::F32, f(&[1, 1, 1, 4])).unwrap();
+        let old = b.input("old", DType::F32, f(&[3, 1, 2, 4])).unwrap();
+        let r = b.rotary(x, cos, sin, false).unwrap();
+        let p = b.permute(r, vec![2, 0, 1, 3]).unwrap();
+        let c = b.concat(vec![p, old], 0).unwrap();
+        let y = b.unary(crate::ir::UnaryOp::Neg, c).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+        let names: Vec<&str> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["rotary_f32", "unary_f32"], "{:?}", plan.steps);
+        let (Step::Kernel { args: rot, .. }, Step::Kernel { args: neg, .. }) =
+            (&plan.steps[0], &plan.steps[1])
+        else {
+            panic!("two kernels")
+        };
+        let (Arg::Ptr(written), Arg::Ptr(read)) = (&rot[4], &neg[2]) else {
+            panic!("pointer arguments")
+        };
+        assert_eq!(range(&plan, written, 32), range(&plan, read, 32));
     }
 }
