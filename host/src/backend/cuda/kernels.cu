@@ -292,14 +292,17 @@ __device__ float block_reduce(float v, int kind) {
 template <typename T>
 __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar, const T* br, T* sr,
                                                 const T* scale, const T* bias, float eps, T* yr) {
-  float v[NORM_PER];
+  float v[NORM_PER], sc[NORM_PER], bi[NORM_PER];
   float tot = 0.0f, sq = 0.0f;
+  // Every load (row, scale, bias) is issued before the first reduction.
 #pragma unroll
   for (int u = 0; u < NORM_PER; ++u) {
     int c = threadIdx.x + u * blockDim.x;
     float f = 0.0f;
     if (c < width) f = br ? N<T>::ld(N<T>::st(N<T>::ld(ar[c]) + N<T>::ld(br[c]))) : N<T>::ld(ar[c]);
     v[u] = f;
+    sc[u] = c < width ? N<T>::ld(scale[c]) : 0.0f;
+    bi[u] = (bias && c < width) ? N<T>::ld(bias[c]) : 0.0f;
   }
 #pragma unroll
   for (int u = 0; u < NORM_PER; ++u) { tot += v[u]; sq += v[u] * v[u]; }
@@ -316,13 +319,6 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
       if (c < width) var += d * d;
     }
     den = sqrtf(block_reduce(var, 0) / width + eps);
-  }
-  float sc[NORM_PER], bi[NORM_PER];
-#pragma unroll
-  for (int u = 0; u < NORM_PER; ++u) {
-    int c = threadIdx.x + u * blockDim.x;
-    sc[u] = c < width ? N<T>::ld(scale[c]) : 0.0f;
-    bi[u] = (bias && c < width) ? N<T>::ld(bias[c]) : 0.0f;
   }
 #pragma unroll
   for (int u = 0; u < NORM_PER; ++u) {

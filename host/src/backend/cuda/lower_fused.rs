@@ -130,7 +130,9 @@ impl Planner<'_> {
             return Ok(None);
         };
         match args.as_mut_slice() {
-            [.., Arg::Ptr(y), act @ Arg::I32(-1)] if *name == gemv && *y == v.at => {
+            [Arg::I32(m), Arg::I32(n), .., Arg::Ptr(y), act @ Arg::I32(-1)]
+                if *name == gemv && *y == v.at && (*m * *n) as usize == v.numel() =>
+            {
                 *act = Arg::I32(op as i32);
             }
             _ => return Ok(None),
@@ -151,6 +153,8 @@ impl Planner<'_> {
                 | crate::ir::Op::Permute { x, .. }
                 | crate::ir::Op::Unsqueeze { x, .. }
                 | crate::ir::Op::Squeeze { x, .. } => id = *x,
+                // Views of part of a buffer: others may read the rest.
+                crate::ir::Op::Slice { .. } | crate::ir::Op::Expand { .. } => return false,
                 _ => return true,
             }
         }
@@ -405,5 +409,46 @@ mod tests {
             panic!("pointer arguments")
         };
         assert_eq!(range(&plan, written, 32), range(&plan, read, 32));
+    }
+
+    /// An activation of part of a decode linear's output (SwiGLU's gate
+    /// slice) is not folded into the gemv, which would apply it to every
+    /// column; an activation of the whole output is.
+    #[test]
+    fn gemv_epilogue_only_for_whole_outputs() {
+        let plan_of = |slice: bool| {
+            let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+            let x = b
+                .input("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(4)])
+                .unwrap();
+            let wn = b
+                .input("w", DType::F32, vec![Dim::Fixed(8), Dim::Fixed(4)])
+                .unwrap();
+            let y = b.linear(x, wn, None).unwrap();
+            let a = if slice {
+                b.slice(y, 1, 0, 4).unwrap()
+            } else {
+                y
+            };
+            let s = b.unary(crate::ir::UnaryOp::Silu, a).unwrap();
+            b.output("s", s).unwrap();
+            if slice {
+                let up = b.slice(y, 1, 4, 8).unwrap();
+                b.output("up", up).unwrap();
+            }
+            let g = b.finish().unwrap();
+            Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap()
+        };
+        let kernels = |p: &Plan| -> Vec<String> {
+            p.steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Kernel { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(kernels(&plan_of(false)), ["gemv_f32"]);
+        assert_eq!(kernels(&plan_of(true)), ["gemv_f32", "unary_f32"]);
     }
 }
