@@ -14,6 +14,34 @@ pub fn cases() -> Vec<Built> {
     v.push(and_not());
     v.extend(select());
     v.extend(cast());
+    v.extend(gated());
+    v
+}
+
+/// Activations of strided slices, alone and times another slice (SwiGLU
+/// over a fused gate/up projection of several rows): read in place on CUDA.
+fn gated() -> Vec<Built> {
+    let mut v = Vec::new();
+    for (name, rows, times) in [
+        ("unary/silu/strided-slice/4x2x10", 4u64, false),
+        ("gated/silu-mul/strided-slices/4x2x10", 4, true),
+        ("gated/silu-mul/dense-slices/1x1x10", 1, true),
+    ] {
+        v.push((|| {
+            let mut c = Case::new(name);
+            let x = c.uniform("x", &[rows, if rows == 1 { 1 } else { 2 }, 10], -4., 4.)?;
+            let gate = c.b.slice(x, -1, 0, 5)?;
+            let a = c.b.unary(UnaryOp::Silu, gate)?;
+            let y = if times {
+                let up = c.b.slice(x, -1, 5, 10)?;
+                c.b.binary(BinaryOp::Mul, a, up)?
+            } else {
+                a
+            };
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
     v
 }
 

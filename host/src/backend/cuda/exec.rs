@@ -19,7 +19,7 @@ mod launch;
 #[path = "weights.rs"]
 mod weights;
 use super::lower::{storage, Planner};
-use super::plan::{AttnParam, Buf, IdxParam, Plan, Ref, Step};
+use super::plan::{Arg, AttnParam, Buf, IdxParam, Plan, Ref, Step};
 use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, Precision,
@@ -94,7 +94,8 @@ const MAX_PLANS: usize = 64;
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr; `2` also
-/// launches directly and prints a per-kernel profile of each bucket's 4th run.
+/// launches directly and prints a per-kernel profile of each bucket's 4th run;
+/// `3` also lists every planned step.
 fn trace_level() -> u8 {
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -251,6 +252,11 @@ impl CudaExecutable {
                 Step::Gemm(_) => None,
             });
         }
+        if trace_level() >= 3 {
+            for (i, step) in plan.steps.iter().enumerate() {
+                eprintln!("cuda: step {i}: {}", describe(step));
+            }
+        }
         if trace() {
             eprintln!(
                 "cuda: planned `{}` ({} nodes) in {:.3} ms: {} steps, arena {} KiB",
@@ -262,6 +268,29 @@ impl CudaExecutable {
             );
         }
         Ok(Arc::new(Prepared { plan, functions }))
+    }
+}
+
+/// One step for `HOST_CUDA_TRACE=3`: kernel, grid and index shapes, or the
+/// GEMM's sizes.
+fn describe(step: &Step) -> String {
+    match step {
+        Step::Kernel {
+            name, grid, args, ..
+        } => {
+            let shapes: Vec<String> = args
+                .iter()
+                .filter_map(|a| match a {
+                    Arg::Idx(p) => {
+                        let r = p.rank.clamp(0, 8) as usize;
+                        Some(format!("{:?}", &p.shape[..r]))
+                    }
+                    _ => None,
+                })
+                .collect();
+            format!("{name} grid {grid} {}", shapes.join(" "))
+        }
+        Step::Gemm(g) => format!("gemm {}x{}x{} batch {}", g.m, g.n, g.k, g.batch),
     }
 }
 

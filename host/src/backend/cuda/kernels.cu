@@ -178,6 +178,23 @@ __device__ void unary_binary_t(int uop, int bop, i64 n, const T* a, const T* b, 
     y[i] = N<T>::st(bin(bop, u, N<T>::ld(b[i])));
   }
 }
+// The same over strided operands (s0 = a, s1 = b); y dense.
+template <typename T>
+__device__ void unary_binary_s_t(int uop, int bop, Idx p, const T* a, const T* b, T* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, unused; offsets(p, i, oa, ob, unused);
+    float u = N<T>::ld(N<T>::st(un(uop, N<T>::ld(a[oa]))));
+    y[i] = N<T>::st(bin(bop, u, N<T>::ld(b[ob])));
+  }
+}
+// A unary op over a strided operand (s0 = x); y dense.
+template <typename T>
+__device__ void unary_s_t(int op, Idx p, const T* x, T* y) {
+  GRID_LOOP(i, p.n) {
+    i64 ox, u1, u2; offsets(p, i, ox, u1, u2);
+    y[i] = N<T>::st(un(op, N<T>::ld(x[ox])));
+  }
+}
 template <typename T>
 __device__ void compare_t(int op, Idx p, const T* a, const T* b, u8* y) {
   GRID_LOOP(i, p.n) {
@@ -215,18 +232,30 @@ __device__ void copy_t(Idx p, const E* x, E* y) {
 // strides over x's shape (cos/sin only read for the first r elements of a
 // row); `xl` is x's last-axis stride (to reach the partner element).
 template <typename T>
+__device__ __forceinline__ void rotary_at(const Idx& p, i64 i, const T* x, const T* c, const T* s, T* y,
+                                          int d, int r, i64 xl, int inter) {
+  i64 ox, oc, os; offsets(p, i, ox, oc, os);
+  int j = (int)(i % d);
+  float v = N<T>::ld(x[ox]);
+  if (j < r) {
+    float other;
+    if (inter) other = (j & 1) ? N<T>::ld(x[ox - xl]) : -N<T>::ld(x[ox + xl]);
+    else other = j < r / 2 ? -N<T>::ld(x[ox + (r / 2) * xl]) : N<T>::ld(x[ox - (r / 2) * xl]);
+    v = v * N<T>::ld(c[oc]) + other * N<T>::ld(s[os]);
+  }
+  y[i] = N<T>::st(v);
+}
+template <typename T>
 __device__ void rotary_t(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) {
-  GRID_LOOP(i, p.n) {
-    i64 ox, oc, os; offsets(p, i, ox, oc, os);
-    int j = (int)(i % d);
-    float v = N<T>::ld(x[ox]);
-    if (j < r) {
-      float other;
-      if (inter) other = (j & 1) ? N<T>::ld(x[ox - xl]) : -N<T>::ld(x[ox + xl]);
-      else other = j < r / 2 ? -N<T>::ld(x[ox + (r / 2) * xl]) : N<T>::ld(x[ox - (r / 2) * xl]);
-      v = v * N<T>::ld(c[oc]) + other * N<T>::ld(s[os]);
-    }
-    y[i] = N<T>::st(v);
+  GRID_LOOP(i, p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+}
+// Two rotary embeddings with the same tables in one launch (queries and keys).
+template <typename T>
+__device__ void rotary2_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2,
+                          const T* c, const T* s, int d, int r, int inter) {
+  GRID_LOOP(i, p.n + p2.n) {
+    if (i < p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+    else rotary_at(p2, i - p.n, x2, c, s, y2, d, r, xl2, inter);
   }
 }
 
@@ -659,7 +688,7 @@ template <> struct Wide<b16> {
 // mask broadcast to [b, h, sq, sk] by strides (0 on broadcast axes);
 // y [b, h, sq, dv] contiguous. One block per (b, h, query row); scores in
 // dynamic shared memory (sk floats) followed by the query row (d floats).
-// Most key groups of the vector decode path (its partial sums in shared
+// Most key groups of the vector-load path (its partial sums in shared
 // memory: ATTN_GROUPS x dv floats; lower_ops.rs sizes them).
 #define ATTN_GROUPS 32
 struct Attn {
@@ -688,9 +717,10 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
   float* qrow = sh + p.sk;
   float* part = qrow + p.d;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  // Decode over dense, 16-byte aligned key and value rows: vector loads.
+  // Dense, 16-byte aligned key and value rows: a thread per key and
+  // vector loads (for every query row: later rows find the keys in L2).
   const int V = Wide<T>::n;
-  const bool vec = p.sq == 1 && p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
+  const bool vec = p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
                    p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
                    p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
                    ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
@@ -704,7 +734,7 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
     __syncthreads();
     const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
     if (vec) {
-      // Decode, dense rows: a thread per key, 16-byte loads.
+      // Dense rows: a thread per key, 16-byte loads.
       for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
         const T* kp = kb + j * p.ks[2];
         float dot = 0.0f;
@@ -890,9 +920,12 @@ BYSIZE(SIZED)
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
   extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { unary_binary_t<T>(u, o, c, a, b, y); } \
+  extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { unary_binary_s_t<T>(u, o, p, a, b, y); } \
+  extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { unary_s_t<T>(u, p, x, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
   extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { gemv_t<T>(m, nn, k, x, w, b, y, a); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
+  extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { l2_norm_t<T>(o, l, in, e, x, y); } \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { reduce_float_t<T>(op, r, l, x, y); } \

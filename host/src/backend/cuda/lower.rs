@@ -293,6 +293,11 @@ impl<'g> Planner<'g> {
                     return Ok(y);
                 }
                 let x = self.val(*x)?;
+                let float = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
+                if float && !x.is_contiguous() {
+                    // Strided float operands (a gate slice) are read in place.
+                    return self.strided_unary(*op, x, shape);
+                }
                 let x = self.contiguous(x)?;
                 let y = self.fresh(dt, shape);
                 if n > 0 {

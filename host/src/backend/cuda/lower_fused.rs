@@ -53,8 +53,60 @@ impl Planner<'_> {
                     Arg::I32(interleaved as i32),
                 ],
             );
+            self.merge_rotary_pair();
         }
         Ok(y)
+    }
+
+    /// Two rotary steps in a row with the same tables (queries, then keys)
+    /// become one `rotary2` launch, unless the second reads the first's
+    /// output.
+    fn merge_rotary_pair(&mut self) {
+        let [.., Step::Kernel {
+            name: n1, args: a1, ..
+        }, Step::Kernel {
+            name: n2, args: a2, ..
+        }] = self.steps.as_slice()
+        else {
+            return;
+        };
+        if n1 != n2 || !n1.starts_with("rotary_") {
+            return;
+        }
+        let merged = match (a1.as_slice(), a2.as_slice()) {
+            (
+                [Arg::Idx(p1), Arg::Ptr(x1), c1, s1, Arg::Ptr(y1), d1, r1, xl1, i1],
+                [Arg::Idx(p2), Arg::Ptr(x2), c2, s2, Arg::Ptr(y2), d2, r2, xl2, i2],
+            ) if (c1, s1, d1, r1, i1) == (c2, s2, d2, r2, i2) && x2.buf != y1.buf => {
+                let n = (p1.n + p2.n).max(0) as usize;
+                let args = vec![
+                    Arg::Idx(p1.clone()),
+                    Arg::Ptr(*x1),
+                    Arg::Ptr(*y1),
+                    xl1.clone(),
+                    Arg::Idx(p2.clone()),
+                    Arg::Ptr(*x2),
+                    Arg::Ptr(*y2),
+                    xl2.clone(),
+                    c1.clone(),
+                    s1.clone(),
+                    d1.clone(),
+                    r1.clone(),
+                    i1.clone(),
+                ];
+                (n1.replacen("rotary_", "rotary2_", 1), n, args, y2.buf)
+            }
+            _ => return,
+        };
+        let (name, n, args, second) = merged;
+        self.steps.pop();
+        self.steps.pop();
+        let at = self.steps.len();
+        // The second output is now written one step earlier.
+        if let Buf::Arena(i) = second {
+            self.buffers[i].first = self.buffers[i].first.min(at);
+        }
+        self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
     }
 
     /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
@@ -160,9 +212,39 @@ impl Planner<'_> {
         }
     }
 
-    /// `op(f(a), b)` as one kernel when the last planned step is the unary
-    /// `f` that wrote `a`, `a` is read only here and `b` is dense of the same
-    /// shape (SwiGLU's `silu(gate) * up`).
+    /// A float unary op over a strided `x`, read in place (no dense copy).
+    pub(super) fn strided_unary(
+        &mut self,
+        op: crate::ir::UnaryOp,
+        x: Val,
+        shape: Vec<usize>,
+    ) -> Result<Val, PlanError> {
+        let y = self.fresh(x.dtype, shape);
+        let n = y.numel();
+        if n > 0 {
+            let zeros = vec![0i64; y.shape.len()];
+            let p = index_param(&y.shape, [&x.strides, &zeros, &zeros])
+                .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+            self.use_val(&x);
+            self.kernel(
+                format!("unary_s_{}", suffix(x.dtype)),
+                elementwise_grid(n),
+                BLOCK,
+                0,
+                vec![
+                    Arg::I32(op as i32),
+                    Arg::Idx(Box::new(p)),
+                    Arg::Ptr(x.at),
+                    Arg::Ptr(y.at),
+                ],
+            );
+        }
+        Ok(y)
+    }
+
+    /// `op(f(x), b)` as one kernel when the last planned step is the unary
+    /// `f` that wrote `a = f(x)`, `a` is read only here and `x` and `b` have
+    /// the result's shape (SwiGLU's `silu(gate) * up`; dense or strided).
     pub(super) fn unary_then_binary(
         &mut self,
         op: crate::ir::BinaryOp,
@@ -170,48 +252,50 @@ impl Planner<'_> {
         b: NodeId,
         shape: &[usize],
     ) -> Result<Option<Val>, PlanError> {
-        let (va, vb) = (self.val(a)?, self.val(b)?);
+        let crate::ir::Op::Unary(f, xa) = self.g.node(a).op else {
+            return Ok(None);
+        };
+        let (va, vb, vx) = (self.val(a)?, self.val(b)?, self.val(xa)?);
         let dt = va.dtype;
         let single = self.uses.get(a as usize) == Some(&1);
-        let same =
-            va.shape == shape && vb.shape == shape && vb.is_contiguous() && va.is_contiguous();
+        let float = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
+        let same = vx.shape == shape && vb.shape == shape;
+        if !single || !same || vb.dtype != dt || vx.dtype != dt || !float {
+            return Ok(None);
+        }
         let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
             return Ok(None);
         };
-        let (f, x) = match args.as_slice() {
-            [Arg::I32(f), Arg::I64(_), Arg::Ptr(x), Arg::Ptr(y)]
-                if *y == va.at && name == &format!("unary_{}", suffix(dt)) =>
-            {
-                (*f, *x)
-            }
+        let (dense, strided) = (
+            format!("unary_{}", suffix(dt)),
+            format!("unary_s_{}", suffix(dt)),
+        );
+        match args.as_slice() {
+            [Arg::I32(g), _, Arg::Ptr(x), Arg::Ptr(y)]
+                if *y == va.at
+                    && *x == vx.at
+                    && *g == f as i32
+                    && (*name == dense || *name == strided) => {}
             _ => return Ok(None),
-        };
-        let float = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
-        if !single || !same || vb.dtype != dt || !float {
-            return Ok(None);
         }
         self.steps.pop();
         let y = self.fresh(dt, shape.to_vec());
         let n = y.numel();
         self.use_val(&vb);
-        if let Buf::Arena(i) = x.buf {
-            let now = self.steps.len();
-            self.buffers[i].last = self.buffers[i].last.max(now);
-        }
-        self.kernel(
-            format!("unary_binary_{}", suffix(dt)),
-            elementwise_grid(n),
-            BLOCK,
-            0,
-            vec![
-                Arg::I32(f),
-                Arg::I32(op as i32),
-                Arg::I64(n as i64),
-                Arg::Ptr(x),
-                Arg::Ptr(vb.at),
-                Arg::Ptr(y.at),
-            ],
-        );
+        self.use_val(&vx);
+        let mut args = vec![Arg::I32(f as i32), Arg::I32(op as i32)];
+        let name = if vx.is_contiguous() && vb.is_contiguous() {
+            args.push(Arg::I64(n as i64));
+            format!("unary_binary_{}", suffix(dt))
+        } else {
+            let zeros = vec![0i64; shape.len()];
+            let p = index_param(shape, [&vx.strides, &vb.strides, &zeros])
+                .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+            args.push(Arg::Idx(Box::new(p)));
+            format!("unary_binary_s_{}", suffix(dt))
+        };
+        args.extend([Arg::Ptr(vx.at), Arg::Ptr(vb.at), Arg::Ptr(y.at)]);
+        self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
         Ok(Some(y))
     }
 
@@ -374,7 +458,7 @@ mod tests {
     }
 
     /// A decode step's rotated keys are written straight into their slot of
-    /// the concatenated cache: no copy kernel, and the rotary's output is
+    /// the concatenated cache: no copy kernel, and the keys' rotary output is
     /// the concat's first slab.
     #[test]
     fn rotary_writes_into_the_concat() {
@@ -384,6 +468,9 @@ mod tests {
         let cos = b.input("cos", DType::F32, f(&[1, 1, 1, 4])).unwrap();
         let sin = b.input("sin", DType::F32, f(&[1, 1, 1, 4])).unwrap();
         let old = b.input("old", DType::F32, f(&[3, 1, 2, 4])).unwrap();
+        let xq = b.input("xq", DType::F32, f(&[1, 3, 1, 4])).unwrap();
+        let q = b.rotary(xq, cos, sin, false).unwrap();
+        b.output("q", q).unwrap();
         let r = b.rotary(x, cos, sin, false).unwrap();
         let p = b.permute(r, vec![2, 0, 1, 3]).unwrap();
         let c = b.concat(vec![p, old], 0).unwrap();
@@ -399,13 +486,14 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(names, ["rotary_f32", "unary_f32"], "{:?}", plan.steps);
+        // Queries and keys rotate in one launch.
+        assert_eq!(names, ["rotary2_f32", "unary_f32"], "{:?}", plan.steps);
         let (Step::Kernel { args: rot, .. }, Step::Kernel { args: neg, .. }) =
             (&plan.steps[0], &plan.steps[1])
         else {
             panic!("two kernels")
         };
-        let (Arg::Ptr(written), Arg::Ptr(read)) = (&rot[4], &neg[2]) else {
+        let (Arg::Ptr(written), Arg::Ptr(read)) = (&rot[6], &neg[2]) else {
             panic!("pointer arguments")
         };
         assert_eq!(range(&plan, written, 32), range(&plan, read, 32));

@@ -9,8 +9,8 @@ use crate::ir::{DType, NodeId, ReduceOp};
 
 /// Threads per block of the attention kernel.
 const ATTN_BLOCK: u32 = 256;
-/// Most key groups of the attention kernel's decode path (`ATTN_GROUPS` in
-/// kernels.cu).
+/// Most key groups of the attention kernel's vector-load path
+/// (`ATTN_GROUPS` in kernels.cu).
 const ATTN_GROUPS: usize = 32;
 /// Largest value head_dim of the attention kernel (32 lanes x
 /// `ATTN_DV_PER_LANE` in kernels.cu).
@@ -276,14 +276,8 @@ impl Planner<'_> {
                 "value head_dim {dv} exceeds the fused kernel's {ATTN_MAX_DV}"
             )));
         }
-        // Partial sums: a warp's (prefill) or up to ATTN_GROUPS key groups'
-        // (decode) per value dim.
-        let groups = if sq == 1 {
-            ATTN_GROUPS
-        } else {
-            ATTN_BLOCK as usize / 32
-        };
-        let shared = (sk + d + groups * dv) * 4;
+        // Partial sums: up to ATTN_GROUPS key groups' per value dim.
+        let shared = (sk + d + ATTN_GROUPS * dv) * 4;
         if shared > 200 * 1024 {
             return Err(self.err(format!(
                 "{sk} keys of head_dim {d} exceed the fused kernel's shared memory"
