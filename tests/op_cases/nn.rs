@@ -105,6 +105,26 @@ fn linear() -> Vec<Built> {
         })());
     }
     v.push((|| {
+        // SwiGLU over a fused gate/up projection of decode rows: one gated
+        // gemv on CUDA.
+        let mut c = Case::with_weights(
+            "linear/swiglu-fused/2x1x64-2x48",
+            &[
+                WeightSpec("gate.weight", &[48, 64], -0.125, 0.125),
+                WeightSpec("up.weight", &[48, 64], -0.125, 0.125),
+            ],
+        );
+        let xs = c.uniform("x", &[2, 1, 64], -2., 2.)?;
+        let (wg, wu) = (c.weight("gate.weight")?, c.weight("up.weight")?);
+        let w = c.b.concat(vec![wg, wu], 0)?;
+        let y = c.b.linear(xs, w, None)?;
+        let (gate, up) = (c.b.slice(y, -1, 0, 48)?, c.b.slice(y, -1, 48, 96)?);
+        let a = c.b.unary(UnaryOp::Silu, gate)?;
+        let m = c.b.binary(host::ir::BinaryOp::Mul, a, up)?;
+        c.output("y", m)?;
+        c.finish()
+    })());
+    v.push((|| {
         // Concats of weights only (a fused q/k/v projection) are folded at
         // compile time on CUDA; an axis-1 concat interleaves rows.
         let mut c = Case::with_weights(

@@ -839,17 +839,15 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
 // per output column reads its weight row once, 16 bytes per lane per load,
 // GEMV_UNROLL loads in flight. Rows of x and w are 16-byte aligned and K is
 // a multiple of 16 bytes of T. `act` is a unary op code, or -1 for none.
+// One warp's dot products of weight row `wr` with the M rows of x; every
+// lane gets the sums.
 template <typename T>
-__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act) {
+__device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, float* acc) {
   const int V = Wide<T>::n;
   const int step = 32 * V;
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int n = blockIdx.x * (blockDim.x >> 5) + warp;
-  if (n >= cols) return;
-  float acc[GEMV_MAX_M];
+  int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
-  const T* wr = w + (i64)n * K;
   int k = lane * V;
   for (; k + (GEMV_UNROLL - 1) * step < K; k += GEMV_UNROLL * step) {
     float wv[GEMV_UNROLL][8];
@@ -882,16 +880,52 @@ __device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* 
     }
   }
 #pragma unroll
+  for (int m = 0; m < GEMV_MAX_M; ++m)
+    if (m < M) acc[m] = warp_sum(acc[m]);
+}
+template <typename T>
+__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act) {
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int n = blockIdx.x * (blockDim.x >> 5) + warp;
+  if (n >= cols) return;
+  float acc[GEMV_MAX_M];
+  gemv_dot<T>(M, K, x, w + (i64)n * K, acc);
+#pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) {
-    if (m < M) {
-      float v = warp_sum(acc[m]);
-      if (lane == 0) {
-        T out = N<T>::st(v + (bias ? N<T>::ld(bias[n]) : 0.0f));
-        // A fused activation reads the product as stored, as unfused.
-        if (act >= 0) out = N<T>::st(un_f(act, N<T>::ld(out)));
-        y[(i64)m * cols + n] = out;
-      }
+    if (m < M && lane == 0) {
+      T out = N<T>::st(acc[m] + (bias ? N<T>::ld(bias[n]) : 0.0f));
+      // A fused activation reads the product as stored, as unfused.
+      if (act >= 0) out = N<T>::st(un_f(act, N<T>::ld(out)));
+      y[(i64)m * cols + n] = out;
     }
+  }
+}
+// Gated projection: g = x . w[j], u = x . w[half + j] (+ bias), then
+// y[m, j] = op(act(g), u) with g, act(g) and u rounded to T as the unfused
+// gemv and unary would store them (SwiGLU over a fused gate/up weight).
+// Blocks of 8 warps: warps 0-3 take 4 gate columns, warps 4-7 the matching
+// up columns.
+template <typename T>
+__device__ void gemv_glu_t(int M, int half, int K, const T* x, const T* w, const T* bias, T* y, int act, int op) {
+  __shared__ float res[8][GEMV_MAX_M];
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int j = blockIdx.x * 4 + (warp & 3);
+  int row = j + (warp >= 4 ? half : 0);
+  if (j < half) {
+    float acc[GEMV_MAX_M];
+    gemv_dot<T>(M, K, x, w + (i64)row * K, acc);
+    if (lane == 0) {
+#pragma unroll
+      for (int m = 0; m < GEMV_MAX_M; ++m)
+        if (m < M) res[warp][m] = N<T>::ld(N<T>::st(acc[m] + (bias ? N<T>::ld(bias[row]) : 0.0f)));
+    }
+  }
+  __syncthreads();
+  int c = threadIdx.x & 3, m = threadIdx.x >> 2;
+  int jj = blockIdx.x * 4 + c;
+  if (m < M && jj < half) {
+    float g = N<T>::ld(N<T>::st(un_f(act, res[c][m])));
+    y[(i64)m * half + jj] = N<T>::st(bin(op, g, res[c + 4][m]));
   }
 }
 
@@ -924,6 +958,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { unary_s_t<T>(u, p, x, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
   extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { gemv_t<T>(m, nn, k, x, w, b, y, a); } \
+  extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o) { gemv_glu_t<T>(m, h, k, x, w, b, y, a, o); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \

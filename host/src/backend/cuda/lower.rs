@@ -313,6 +313,9 @@ impl<'g> Planner<'g> {
                 Ok(y)
             }
             Op::Binary(op, a, b) => {
+                if let Some(y) = self.gemv_glu(*op, *a, *b, &shape)? {
+                    return Ok(y);
+                }
                 if let Some(y) = self.unary_then_binary(*op, *a, *b, &shape)? {
                     return Ok(y);
                 }

@@ -192,6 +192,113 @@ impl Planner<'_> {
         Ok(Some(v.reshaped(shape.to_vec())))
     }
 
+    /// `op(f(gate), up)` over the two halves of a decode linear's output
+    /// (a fused gate/up projection) as one `gemv_glu` kernel, when the last
+    /// two steps are that `gemv` and the unary `f` of its gate half, and
+    /// nothing else reads the projection. The full projection is never
+    /// stored.
+    pub(super) fn gemv_glu(
+        &mut self,
+        op: crate::ir::BinaryOp,
+        a: NodeId,
+        b: NodeId,
+        shape: &[usize],
+    ) -> Result<Option<Val>, PlanError> {
+        use crate::ir::Op;
+        let Op::Unary(f, gate) = self.g.node(a).op else {
+            return Ok(None);
+        };
+        let (
+            Op::Slice {
+                x: l,
+                axis: ga,
+                start: 0,
+                end: h,
+            },
+            Op::Slice {
+                x: l2,
+                axis: ua,
+                start: h2,
+                end: e2,
+            },
+        ) = (&self.g.node(gate).op, &self.g.node(b).op)
+        else {
+            return Ok(None);
+        };
+        let once = |n: NodeId| self.uses.get(n as usize) == Some(&1);
+        let pair = l == l2 && ga == ua && h == h2 && *e2 == 2 * h;
+        let last = self.g.node(*l).shape.len().checked_sub(1);
+        if !pair
+            || Some(*ga) != last
+            || !once(a)
+            || !once(gate)
+            || !once(b)
+            || self.uses.get(*l as usize) != Some(&2)
+        {
+            return Ok(None);
+        }
+        let (vl, va) = (self.val(*l)?, self.val(a)?);
+        let dt = vl.dtype;
+        let (gemv, dense, strided) = (
+            format!("gemv_{}", suffix(dt)),
+            format!("unary_{}", suffix(dt)),
+            format!("unary_s_{}", suffix(dt)),
+        );
+        let n = self.steps.len();
+        let fused = match self.steps.get(n.saturating_sub(2)..) {
+            Some(
+                [Step::Kernel {
+                    name: gn, args: ga, ..
+                }, Step::Kernel {
+                    name: un, args: ua, ..
+                }],
+            ) => match (ga.as_slice(), ua.as_slice()) {
+                (
+                    [Arg::I32(m), Arg::I32(cols), k, x, w, bias, Arg::Ptr(y), Arg::I32(-1)],
+                    [Arg::I32(g), _, Arg::Ptr(ux), Arg::Ptr(uy)],
+                ) if *gn == gemv
+                    && (*un == dense || *un == strided)
+                    && *y == vl.at
+                    && *ux == vl.at
+                    && *uy == va.at
+                    && *g == f as i32
+                    && *cols as i64 == 2 * h =>
+                {
+                    Some((*m, *h as i32, k.clone(), x.clone(), w.clone(), bias.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((m, half, k, x, w, bias)) = fused else {
+            return Ok(None);
+        };
+        self.steps.truncate(n - 2);
+        let y = self.fresh(dt, shape.to_vec());
+        if y.numel() != (m * half) as usize {
+            return Err(self.err("gated projection: output size mismatch"));
+        }
+        let args = vec![
+            Arg::I32(m),
+            Arg::I32(half),
+            k,
+            x,
+            w,
+            bias,
+            Arg::Ptr(y.at),
+            Arg::I32(f as i32),
+            Arg::I32(op as i32),
+        ];
+        self.kernel(
+            format!("gemv_glu_{}", suffix(dt)),
+            (half as u32).div_ceil(4).max(1),
+            BLOCK,
+            0,
+            args,
+        );
+        Ok(Some(y))
+    }
+
     /// Whether `id` is read only by the node being planned, through a chain
     /// of views each read once, down to the node that wrote its buffer: then
     /// nothing else ever reads that buffer.
@@ -393,150 +500,5 @@ impl Planner<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::backend::Precision;
-    use crate::ir::builder::{BuilderLimits, GraphBuilder};
-    use crate::ir::{BinaryOp, Dim};
-
-    /// Byte range of a planned reference holding `bytes`.
-    fn range(plan: &Plan, r: &Ref, bytes: usize) -> Option<(usize, usize)> {
-        match r.buf {
-            Buf::Arena(i) => {
-                let at = plan.offsets[i] + r.offset;
-                Some((at, at + bytes))
-            }
-            Buf::Persistent(_) => None,
-        }
-    }
-
-    /// A residual add followed by rms-norm plans as one `add_norm` kernel,
-    /// and its output never shares memory with its operands.
-    #[test]
-    fn residual_add_and_norm_fuse_without_aliasing() {
-        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
-        let (rows, width) = (5u64, 8u64);
-        let shape = vec![Dim::Fixed(rows), Dim::Fixed(width)];
-        let x = b.input("x", DType::F32, shape.clone()).unwrap();
-        let r = b.input("r", DType::F32, shape).unwrap();
-        let scale = b
-            .input("scale", DType::F32, vec![Dim::Fixed(width)])
-            .unwrap();
-        let h = b.binary(BinaryOp::Add, x, r).unwrap();
-        let y = b.rms_norm(h, scale, 1e-6).unwrap();
-        let z = b.binary(BinaryOp::Add, h, y).unwrap();
-        b.output("z", z).unwrap();
-        let g = b.finish().unwrap();
-        let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
-        let fused: Vec<&Vec<Arg>> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Kernel { name, args, .. } if name == "add_norm_f32" => Some(args),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(fused.len(), 1, "one fused add + norm: {:?}", plan.steps);
-        let bytes = (rows * width * 4) as usize;
-        let Arg::Ptr(out) = &fused[0][9] else {
-            panic!("argument 9 is the output")
-        };
-        let out = range(&plan, out, bytes).unwrap();
-        for k in [3, 4] {
-            let Arg::Ptr(input) = &fused[0][k] else {
-                panic!("argument {k} is an operand")
-            };
-            let input = range(&plan, input, bytes).unwrap();
-            assert!(
-                out.1 <= input.0 || input.1 <= out.0,
-                "output {out:?} overlaps operand {input:?}"
-            );
-        }
-    }
-
-    /// A decode step's rotated keys are written straight into their slot of
-    /// the concatenated cache: no copy kernel, and the keys' rotary output is
-    /// the concat's first slab.
-    #[test]
-    fn rotary_writes_into_the_concat() {
-        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
-        let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
-        let x = b.input("x", DType::F32, f(&[1, 2, 1, 4])).unwrap();
-        let cos = b.input("cos", DType::F32, f(&[1, 1, 1, 4])).unwrap();
-        let sin = b.input("sin", DType::F32, f(&[1, 1, 1, 4])).unwrap();
-        let old = b.input("old", DType::F32, f(&[3, 1, 2, 4])).unwrap();
-        let xq = b.input("xq", DType::F32, f(&[1, 3, 1, 4])).unwrap();
-        let q = b.rotary(xq, cos, sin, false).unwrap();
-        b.output("q", q).unwrap();
-        let r = b.rotary(x, cos, sin, false).unwrap();
-        let p = b.permute(r, vec![2, 0, 1, 3]).unwrap();
-        let c = b.concat(vec![p, old], 0).unwrap();
-        let y = b.unary(crate::ir::UnaryOp::Neg, c).unwrap();
-        b.output("y", y).unwrap();
-        let g = b.finish().unwrap();
-        let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
-        let names: Vec<&str> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Kernel { name, .. } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        // Queries and keys rotate in one launch.
-        assert_eq!(names, ["rotary2_f32", "unary_f32"], "{:?}", plan.steps);
-        let (Step::Kernel { args: rot, .. }, Step::Kernel { args: neg, .. }) =
-            (&plan.steps[0], &plan.steps[1])
-        else {
-            panic!("two kernels")
-        };
-        let (Arg::Ptr(written), Arg::Ptr(read)) = (&rot[6], &neg[2]) else {
-            panic!("pointer arguments")
-        };
-        assert_eq!(range(&plan, written, 32), range(&plan, read, 32));
-    }
-
-    /// An activation of part of a decode linear's output (SwiGLU's gate
-    /// slice) is not folded into the gemv, which would apply it to every
-    /// column; an activation of the whole output is.
-    #[test]
-    fn gemv_epilogue_only_for_whole_outputs() {
-        let plan_of = |slice: bool| {
-            let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
-            let x = b
-                .input("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(4)])
-                .unwrap();
-            let wn = b
-                .input("w", DType::F32, vec![Dim::Fixed(8), Dim::Fixed(4)])
-                .unwrap();
-            let y = b.linear(x, wn, None).unwrap();
-            let a = if slice {
-                b.slice(y, 1, 0, 4).unwrap()
-            } else {
-                y
-            };
-            let s = b.unary(crate::ir::UnaryOp::Silu, a).unwrap();
-            b.output("s", s).unwrap();
-            if slice {
-                let up = b.slice(y, 1, 4, 8).unwrap();
-                b.output("up", up).unwrap();
-            }
-            let g = b.finish().unwrap();
-            Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap()
-        };
-        let kernels = |p: &Plan| -> Vec<String> {
-            p.steps
-                .iter()
-                .filter_map(|s| match s {
-                    Step::Kernel { name, .. } => Some(name.clone()),
-                    _ => None,
-                })
-                .collect()
-        };
-        assert_eq!(kernels(&plan_of(false)), ["gemv_f32"]);
-        assert_eq!(kernels(&plan_of(true)), ["gemv_f32", "unary_f32"]);
-    }
-}
+#[path = "lower_fused_tests.rs"]
+mod tests;

@@ -1,0 +1,178 @@
+//! Planner tests for the fused and specialised lowerings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::super::lower::Planner;
+use super::super::plan::*;
+use crate::backend::Precision;
+use crate::ir::builder::{BuilderLimits, GraphBuilder};
+use crate::ir::DType;
+use crate::ir::{BinaryOp, Dim};
+
+/// Byte range of a planned reference holding `bytes`.
+fn range(plan: &Plan, r: &Ref, bytes: usize) -> Option<(usize, usize)> {
+    match r.buf {
+        Buf::Arena(i) => {
+            let at = plan.offsets[i] + r.offset;
+            Some((at, at + bytes))
+        }
+        Buf::Persistent(_) => None,
+    }
+}
+
+/// A residual add followed by rms-norm plans as one `add_norm` kernel,
+/// and its output never shares memory with its operands.
+#[test]
+fn residual_add_and_norm_fuse_without_aliasing() {
+    let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+    let (rows, width) = (5u64, 8u64);
+    let shape = vec![Dim::Fixed(rows), Dim::Fixed(width)];
+    let x = b.input("x", DType::F32, shape.clone()).unwrap();
+    let r = b.input("r", DType::F32, shape).unwrap();
+    let scale = b
+        .input("scale", DType::F32, vec![Dim::Fixed(width)])
+        .unwrap();
+    let h = b.binary(BinaryOp::Add, x, r).unwrap();
+    let y = b.rms_norm(h, scale, 1e-6).unwrap();
+    let z = b.binary(BinaryOp::Add, h, y).unwrap();
+    b.output("z", z).unwrap();
+    let g = b.finish().unwrap();
+    let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+    let fused: Vec<&Vec<Arg>> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { name, args, .. } if name == "add_norm_f32" => Some(args),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fused.len(), 1, "one fused add + norm: {:?}", plan.steps);
+    let bytes = (rows * width * 4) as usize;
+    let Arg::Ptr(out) = &fused[0][9] else {
+        panic!("argument 9 is the output")
+    };
+    let out = range(&plan, out, bytes).unwrap();
+    for k in [3, 4] {
+        let Arg::Ptr(input) = &fused[0][k] else {
+            panic!("argument {k} is an operand")
+        };
+        let input = range(&plan, input, bytes).unwrap();
+        assert!(
+            out.1 <= input.0 || input.1 <= out.0,
+            "output {out:?} overlaps operand {input:?}"
+        );
+    }
+}
+
+/// A decode step's rotated keys are written straight into their slot of
+/// the concatenated cache: no copy kernel, and the keys' rotary output is
+/// the concat's first slab.
+#[test]
+fn rotary_writes_into_the_concat() {
+    let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+    let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+    let x = b.input("x", DType::F32, f(&[1, 2, 1, 4])).unwrap();
+    let cos = b.input("cos", DType::F32, f(&[1, 1, 1, 4])).unwrap();
+    let sin = b.input("sin", DType::F32, f(&[1, 1, 1, 4])).unwrap();
+    let old = b.input("old", DType::F32, f(&[3, 1, 2, 4])).unwrap();
+    let xq = b.input("xq", DType::F32, f(&[1, 3, 1, 4])).unwrap();
+    let q = b.rotary(xq, cos, sin, false).unwrap();
+    b.output("q", q).unwrap();
+    let r = b.rotary(x, cos, sin, false).unwrap();
+    let p = b.permute(r, vec![2, 0, 1, 3]).unwrap();
+    let c = b.concat(vec![p, old], 0).unwrap();
+    let y = b.unary(crate::ir::UnaryOp::Neg, c).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.finish().unwrap();
+    let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+    let names: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Queries and keys rotate in one launch.
+    assert_eq!(names, ["rotary2_f32", "unary_f32"], "{:?}", plan.steps);
+    let (Step::Kernel { args: rot, .. }, Step::Kernel { args: neg, .. }) =
+        (&plan.steps[0], &plan.steps[1])
+    else {
+        panic!("two kernels")
+    };
+    let (Arg::Ptr(written), Arg::Ptr(read)) = (&rot[6], &neg[2]) else {
+        panic!("pointer arguments")
+    };
+    assert_eq!(range(&plan, written, 32), range(&plan, read, 32));
+}
+
+/// An activation of part of a decode linear's output (SwiGLU's gate
+/// slice) is not folded into the gemv, which would apply it to every
+/// column; an activation of the whole output is.
+#[test]
+fn gemv_epilogue_only_for_whole_outputs() {
+    let plan_of = |slice: bool| {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let x = b
+            .input("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(4)])
+            .unwrap();
+        let wn = b
+            .input("w", DType::F32, vec![Dim::Fixed(8), Dim::Fixed(4)])
+            .unwrap();
+        let y = b.linear(x, wn, None).unwrap();
+        let a = if slice {
+            b.slice(y, 1, 0, 4).unwrap()
+        } else {
+            y
+        };
+        let s = b.unary(crate::ir::UnaryOp::Silu, a).unwrap();
+        b.output("s", s).unwrap();
+        if slice {
+            let up = b.slice(y, 1, 4, 8).unwrap();
+            b.output("up", up).unwrap();
+        }
+        let g = b.finish().unwrap();
+        Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap()
+    };
+    let kernels = |p: &Plan| -> Vec<String> {
+        p.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(kernels(&plan_of(false)), ["gemv_f32"]);
+    assert_eq!(kernels(&plan_of(true)), ["gemv_f32", "unary_f32"]);
+}
+
+/// SwiGLU over a fused gate/up decode projection plans as one `gemv_glu`.
+#[test]
+fn gated_projection_is_one_kernel() {
+    let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+    let x = b
+        .input("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(8)])
+        .unwrap();
+    let w = b
+        .input("w", DType::F32, vec![Dim::Fixed(6), Dim::Fixed(8)])
+        .unwrap();
+    let y = b.linear(x, w, None).unwrap();
+    let gate = b.slice(y, 1, 0, 3).unwrap();
+    let up = b.slice(y, 1, 3, 6).unwrap();
+    let a = b.unary(crate::ir::UnaryOp::Silu, gate).unwrap();
+    let m = b.binary(BinaryOp::Mul, a, up).unwrap();
+    b.output("m", m).unwrap();
+    let g = b.finish().unwrap();
+    let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+    let names: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["gemv_glu_f32"], "{:?}", plan.steps);
+}
