@@ -178,20 +178,28 @@ pub fn build(
     };
     let bs = [sym("batch"), seq];
     let slots = [sym("batch"), cache.dim()];
-    let newest_first = variant.decode && cache != Cache::Growing;
+    // A prefill always starts a session: its cache is empty, so it attends
+    // to its own tokens only (and takes no cache_mask/cache_positions).
+    let order = match (variant.decode, cache) {
+        (false, _) => Keys::New,
+        (true, Cache::Growing) => Keys::OldThenNew,
+        (true, Cache::Slots(_)) => Keys::NewThenOld,
+    };
     let ids = g.input("input_ids", Dtype::I64, &bs)?;
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
     let mask = g.input("attention_mask", Dtype::I64, &bs)?;
-    let cache_mask = g.input("cache_mask", Dtype::I64, &slots)?;
     let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
     let zero = g.scalar(0.0, Dtype::I64)?;
-    let order = |cached: Node, new: Node| -> Result<Node, Error> {
-        match newest_first {
-            true => g.b.concat(&[new, cached], 1),
-            false => g.b.concat(&[cached, new], 1),
+    // Per-key values (mask, positions) of the cache, then ordered like the
+    // keys with the new tokens' values.
+    let with_cache = |input: &str, new: Node| -> Result<Node, Error> {
+        match order {
+            Keys::New => Ok(new),
+            Keys::OldThenNew => g.b.concat(&[g.input(input, Dtype::I64, &slots)?, new], 1),
+            Keys::NewThenOld => g.b.concat(&[new, g.input(input, Dtype::I64, &slots)?], 1),
         }
     };
-    let all = order(cache_mask, mask)?;
+    let all = with_cache("cache_mask", mask)?;
     let keep = g.b.compare(CompareOp::Greater, all, zero)?;
     let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
 
@@ -227,8 +235,7 @@ pub fn build(
     };
     // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
     let keys = if arch == Arch::Bloom {
-        let slot_pos = g.input("cache_positions", Dtype::I64, &slots)?;
-        let key_pos = order(slot_pos, pos)?;
+        let key_pos = with_cache("cache_positions", pos)?;
         alibi_mask(&g, d.heads, keys, keep, key_pos)?
     } else {
         keys
@@ -242,7 +249,7 @@ pub fn build(
         _ => None,
     };
     for i in 0..d.layers {
-        h = layer(&g, arch, &d, i, h, keys, rope, cache, newest_first)?;
+        h = layer(&g, arch, &d, i, h, keys, rope, cache, order)?;
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
@@ -295,6 +302,18 @@ pub fn build(
             top_k,
         },
     ))
+}
+
+/// Which keys a layer attends to, in which order (the key mask and, for
+/// ALiBi, the key positions follow the same order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keys {
+    /// A prefill: its own tokens only (the session's cache is empty).
+    New,
+    /// The cache, then the new tokens (growing caches).
+    OldThenNew,
+    /// The new tokens, then the cache (slot caches).
+    NewThenOld,
 }
 
 /// Which optional parts a decoder graph has.
@@ -406,7 +425,7 @@ fn layer(
     keys: Node,
     rope: Option<(Node, Node)>,
     cache: Cache,
-    newest_first: bool,
+    order: Keys,
 ) -> Result<Node, Error> {
     let p = match arch {
         Arch::Gpt2 | Arch::Bloom | Arch::GptJ => format!("transformer.h.{i}"),
@@ -499,19 +518,25 @@ fn layer(
             Cache::Growing => {
                 let appended = g.b.concat(&[old, new], axis)?;
                 g.b.update_state(&name, appended)?;
-                appended
+                match order {
+                    Keys::New => new,
+                    _ => appended,
+                }
             }
             Cache::Slots(n) => {
                 // [batch, kv_heads, seq, head_dim] -> [seq, batch, ...].
-                let new = g.b.permute(new, &[2, 0, 1, 3])?;
+                let slot_major = g.b.permute(new, &[2, 0, 1, 3])?;
                 // Newest first; the last slots (free ones) fall off the end.
-                let prepended = g.b.concat(&[new, old], axis)?;
+                let prepended = g.b.concat(&[slot_major, old], axis)?;
                 g.b.update_state(&name, g.b.slice(prepended, axis, 0, n as i64)?)?;
-                let keys = match newest_first {
-                    true => prepended,
-                    false => g.b.concat(&[old, new], axis)?,
-                };
-                g.b.permute(keys, &[1, 2, 0, 3])?
+                match order {
+                    Keys::New => new,
+                    Keys::NewThenOld => g.b.permute(prepended, &[1, 2, 0, 3])?,
+                    Keys::OldThenNew => {
+                        let appended = g.b.concat(&[old, slot_major], axis)?;
+                        g.b.permute(appended, &[1, 2, 0, 3])?
+                    }
+                }
             }
         };
         kv.push(keys);

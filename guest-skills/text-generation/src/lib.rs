@@ -415,18 +415,21 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 value: i64_tensor(vec![b as u64, seq], &mask.concat()),
             },
             NamedTensor {
+                name: "last_index".into(),
+                value: i64_tensor(vec![1], &[seq as i64 - 1]),
+            },
+        ];
+        // The prefill starts the session: its cache is empty and unread.
+        if step > 0 {
+            inputs.push(NamedTensor {
                 name: "cache_mask".into(),
                 value: i64_tensor(
                     vec![b as u64, cache_mask[0].len() as u64],
                     &cache_mask.concat(),
                 ),
-            },
-            NamedTensor {
-                name: "last_index".into(),
-                value: i64_tensor(vec![1], &[seq as i64 - 1]),
-            },
-        ];
-        if m.arch == Arch::Bloom {
+            });
+        }
+        if m.arch == Arch::Bloom && step > 0 {
             inputs.push(NamedTensor {
                 name: "cache_positions".into(),
                 value: i64_tensor(

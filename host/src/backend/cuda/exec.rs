@@ -316,7 +316,16 @@ impl Executable for CudaExecutable {
         resident: NamedDeviceTensors,
         keep: &[String],
     ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
-        self.run_impl(inputs, &resident, keep)
+        let out = self.run_impl(inputs, &resident, keep);
+        let started = std::time::Instant::now();
+        drop(resident);
+        if trace() {
+            eprintln!(
+                "cuda: released resident inputs in {:.3} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        out
     }
 
     fn zeros(
@@ -521,20 +530,20 @@ impl CudaExecutable {
             .synchronize()
             .map_err(|x| self.fail(format!("synchronize: {x}")))?;
         drop(blob);
-        if trace() {
+        let synchronised = launched.elapsed();
+        let graph = st.graphs.contains_key(&key);
+        drop(st);
+        let trace_run = |outputs_ms: f64| {
             eprintln!(
-                "cuda: ran `{}`: prepare {:.3} ms, enqueue {:.3} ms, until synchronised {:.3} ms{}",
+                "cuda: ran `{}`: prepare {:.3} ms, enqueue {:.3} ms, until synchronised {:.3} ms, outputs {outputs_ms:.3} ms{}",
                 self.graph.name,
                 (launched - entered).as_secs_f64() * 1e3,
                 enqueued.as_secs_f64() * 1e3,
-                launched.elapsed().as_secs_f64() * 1e3,
-                if st.graphs.contains_key(&key) {
-                    " (graph)"
-                } else {
-                    ""
-                }
+                synchronised.as_secs_f64() * 1e3,
+                if graph { " (graph)" } else { "" }
             );
-        }
+        };
+        let finished = std::time::Instant::now();
         let flag = down
             .get(flag_at..flag_at + 4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -578,6 +587,9 @@ impl CudaExecutable {
                 }
                 _ => return Err(self.fail(format!("output `{}` was not copied", d.name))),
             }
+        }
+        if trace() {
+            trace_run(finished.elapsed().as_secs_f64() * 1e3);
         }
         Ok((outputs, kept))
     }
