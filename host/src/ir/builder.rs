@@ -946,8 +946,14 @@ impl GraphBuilder {
                 message: "a graph needs at least one output".into(),
             });
         }
+        let mut seen = HashSet::new();
+        let shape_firsts = (0..self.nodes.len())
+            .filter(|&i| seen.insert(&self.nodes[i].shape))
+            .map(|i| i as NodeId)
+            .collect();
         Ok(Graph {
             name: self.name,
+            shape_firsts,
             nodes: self.nodes,
             inputs: self.inputs,
             outputs: self.outputs,

@@ -409,6 +409,10 @@ pub struct Graph {
     /// State updates: (state name, node whose value the state takes next).
     /// Their values are also outputs, named by [`state_output_name`].
     pub states: Vec<(String, NodeId)>,
+    /// The first node of each distinct shape (run-time size checks evaluate
+    /// each shape once, not once per node).
+    #[serde(skip)]
+    pub shape_firsts: Vec<NodeId>,
 }
 
 /// The graph input name of state `name`.

@@ -275,7 +275,8 @@ pub fn check_sizes(g: &Graph, b: &Bindings, limit: u64) -> Result<u64, GraphErro
         }
     }
     let mut largest = 0u64;
-    for (i, n) in g.nodes.iter().enumerate() {
+    for &i in &g.shape_firsts {
+        let n = g.node(i);
         let dims = eval_shape(&n.shape, b)?;
         let count = dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
         if count > limit as u128 {

@@ -125,21 +125,38 @@ impl CudaExecutable {
         let e = |err: dr::DriverError| self.fail(format!("profile: {err}"));
         let ctx = stream.context();
         let timing = Some(dsys::CUevent_flags::CU_EVENT_DEFAULT);
-        let mut marks = Vec::with_capacity(prepared.plan.steps.len());
-        for i in 0..prepared.plan.steps.len() {
-            let (a, b) = (
-                ctx.new_event(timing).map_err(e)?,
-                ctx.new_event(timing).map_err(e)?,
-            );
-            a.record(stream).map_err(e)?;
+        let steps = prepared.plan.steps.len();
+        let marks = (0..=steps)
+            .map(|_| ctx.new_event(timing))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e)?;
+        // The GPU first sleeps while every step is enqueued, so the steps
+        // then run back to back and the times are the GPU's, not the pace
+        // of launches.
+        let sleep = self
+            .gpu
+            .kernels
+            .function("sleep_ns")
+            .map_err(|x| self.fail(x))?;
+        let ns: u64 = 20_000_000 + steps as u64 * 30_000;
+        let mut b = stream.launch_builder(&sleep);
+        b.arg(&ns);
+        let one = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sleep_ns takes one u64 and touches no memory.
+        unsafe { b.launch(one) }.map_err(e)?;
+        marks[0].record(stream).map_err(e)?;
+        for (i, mark) in marks[1..].iter().enumerate() {
             self.enqueue_step(blas, prepared, i, base, stream)?;
-            b.record(stream).map_err(e)?;
-            marks.push((a, b));
+            mark.record(stream).map_err(e)?;
         }
         let mut by: std::collections::BTreeMap<String, (u32, f64)> = Default::default();
         let mut total = 0.0;
-        for (step, (a, b)) in prepared.plan.steps.iter().zip(&marks) {
-            let ms = a.elapsed_ms(b).map_err(e)? as f64;
+        for (step, pair) in prepared.plan.steps.iter().zip(marks.windows(2)) {
+            let ms = pair[0].elapsed_ms(&pair[1]).map_err(e)? as f64;
             let label = match step {
                 Step::Kernel { name, .. } => name.clone(),
                 Step::Gemm(g) => format!("gemm {}x{}x{} b{}", g.m, g.n, g.k, g.batch),
