@@ -61,6 +61,18 @@ template <> struct N<u8> {
   static __device__ __forceinline__ u8 st(i64 a) { return (u8)a; }
 };
 
+// Programmatic dependent launch (sm_90 and later): a kernel launched with
+// programmatic stream serialization may be scheduled before the previous
+// kernel has finished. Every kernel first waits for the previous one's
+// results (a no-op when launched normally) and then lets the next one be
+// scheduled, so launch latency overlaps the previous kernel's tail.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 #define MAXR 8
 // Shape of an iteration space and up to three operands' element strides.
 struct Idx {
@@ -203,12 +215,14 @@ __device__ void compare_t(int op, Idx p, const T* a, const T* b, u8* y) {
   }
 }
 extern "C" __global__ void and_bool(Idx p, const u8* a, const u8* b, u8* y) {
+  pdl_enter();
   GRID_LOOP(i, p.n) {
     i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
     y[oy] = (a[oa] && b[ob]) ? 1 : 0;
   }
 }
 extern "C" __global__ void not_bool(i64 n, const u8* x, u8* y) {
+  pdl_enter();
   GRID_LOOP(i, n) { y[i] = x[i] ? 0 : 1; }
 }
 // s0 = cond, s1 = a, s2 = b; y contiguous.
@@ -944,64 +958,64 @@ extern "C" __global__ void sleep_ns(unsigned long long ns) {
 #define INTS(X) X(i64, i64) X(i32, int) X(u8, u8)
 #define NUMS(X) FLOATS(X) INTS(X)
 
-#define UNARY(n, T) extern "C" __global__ void unary_##n(int op, i64 c, const T* x, T* y) { unary_t<T>(op, c, x, y); }
+#define UNARY(n, T) extern "C" __global__ void unary_##n(int op, i64 c, const T* x, T* y) { pdl_enter(); unary_t<T>(op, c, x, y); }
 NUMS(UNARY)
 #define BINARY(n, T) \
-  extern "C" __global__ void binary_##n(int op, Idx p, const T* a, const T* b, T* y) { binary_t<T>(op, p, a, b, y); } \
-  extern "C" __global__ void compare_##n(int op, Idx p, const T* a, const T* b, u8* y) { compare_t<T>(op, p, a, b, y); }
+  extern "C" __global__ void binary_##n(int op, Idx p, const T* a, const T* b, T* y) { pdl_enter(); binary_t<T>(op, p, a, b, y); } \
+  extern "C" __global__ void compare_##n(int op, Idx p, const T* a, const T* b, u8* y) { pdl_enter(); compare_t<T>(op, p, a, b, y); }
 NUMS(BINARY)
-extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b, u8* y) { compare_t<u8>(op, p, a, b, y); }
+extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b, u8* y) { pdl_enter(); compare_t<u8>(op, p, a, b, y); }
 
 #define BYSIZE(X) X(1, u8) X(2, unsigned short) X(4, unsigned) X(8, u64)
 #define SIZED(s, E) \
-  extern "C" __global__ void select_##s(Idx p, const u8* c, const E* a, const E* b, E* y) { select_t<E>(p, c, a, b, y); } \
-  extern "C" __global__ void copy_##s(Idx p, const E* x, E* y) { copy_t<E>(p, x, y); } \
-  extern "C" __global__ void gather_##s##_i64(i64 o, i64 ni, i64 al, i64 in, const E* x, const i64* idx, E* y, int* err) { gather_t<E, i64>(o, ni, al, in, x, idx, y, err); } \
-  extern "C" __global__ void gather_##s##_i32(i64 o, i64 ni, i64 al, i64 in, const E* x, const int* idx, E* y, int* err) { gather_t<E, int>(o, ni, al, in, x, idx, y, err); }
+  extern "C" __global__ void select_##s(Idx p, const u8* c, const E* a, const E* b, E* y) { pdl_enter(); select_t<E>(p, c, a, b, y); } \
+  extern "C" __global__ void copy_##s(Idx p, const E* x, E* y) { pdl_enter(); copy_t<E>(p, x, y); } \
+  extern "C" __global__ void gather_##s##_i64(i64 o, i64 ni, i64 al, i64 in, const E* x, const i64* idx, E* y, int* err) { pdl_enter(); gather_t<E, i64>(o, ni, al, in, x, idx, y, err); } \
+  extern "C" __global__ void gather_##s##_i32(i64 o, i64 ni, i64 al, i64 in, const E* x, const int* idx, E* y, int* err) { pdl_enter(); gather_t<E, int>(o, ni, al, in, x, idx, y, err); }
 BYSIZE(SIZED)
 
 #define FLOAT_KERNELS(n, T) \
-  extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { layer_norm_t<T>(r, w, x, s, b, e, y); } \
-  extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { rms_norm_t<T>(r, w, x, s, e, y); } \
-  extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { unary_binary_t<T>(u, o, c, a, b, y); } \
-  extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { unary_binary_s_t<T>(u, o, p, a, b, y); } \
-  extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { unary_s_t<T>(u, p, x, y); } \
-  extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
-  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { gemv_t<T>(m, nn, k, x, w, b, y, a); } \
-  extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o) { gemv_glu_t<T>(m, h, k, x, w, b, y, a, o); } \
-  extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
-  extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
-  extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { softmax_t<T>(o, l, in, x, y); } \
-  extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { l2_norm_t<T>(o, l, in, e, x, y); } \
-  extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { reduce_float_t<T>(op, r, l, x, y); } \
-  extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b) { bias_add_t<T>(r, c, y, b); } \
-  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { attention_t<T>(p, q, k, v, m, y); }
+  extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { pdl_enter(); layer_norm_t<T>(r, w, x, s, b, e, y); } \
+  extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { pdl_enter(); rms_norm_t<T>(r, w, x, s, e, y); } \
+  extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_t<T>(u, o, c, a, b, y); } \
+  extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_s_t<T>(u, o, p, a, b, y); } \
+  extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { pdl_enter(); unary_s_t<T>(u, p, x, y); } \
+  extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
+  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { pdl_enter(); gemv_t<T>(m, nn, k, x, w, b, y, a); } \
+  extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o) { pdl_enter(); gemv_glu_t<T>(m, h, k, x, w, b, y, a, o); } \
+  extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { pdl_enter(); rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
+  extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { pdl_enter(); rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
+  extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { pdl_enter(); softmax_t<T>(o, l, in, x, y); } \
+  extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { pdl_enter(); l2_norm_t<T>(o, l, in, e, x, y); } \
+  extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \
+  extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b) { pdl_enter(); bias_add_t<T>(r, c, y, b); } \
+  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); }
 FLOATS(FLOAT_KERNELS)
 #define INT_KERNELS(n, T) \
-  extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { reduce_int_t<T>(op, r, l, x, y); }
+  extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_int_t<T>(op, r, l, x, y); }
 INTS(INT_KERNELS)
 #define ARG_KERNELS(n, T) \
-  extern "C" __global__ void argmax_##n(i64 o, i64 l, i64 in, const T* x, i64* y) { argmax_t<T>(o, l, in, x, y); } \
-  extern "C" __global__ void top_k_partial_##n(i64 r, i64 l, int k, int c, const T* x, float* cv, i64* ci) { top_k_partial_t<T>(r, l, k, c, x, cv, ci); } \
-  extern "C" __global__ void top_k_merge_##n(i64 r, i64 m, int k, const float* cv, const i64* ci, const T* x, i64 l, T* v, i64* i) { top_k_merge_t<T>(r, m, k, cv, ci, x, l, v, i); }
+  extern "C" __global__ void argmax_##n(i64 o, i64 l, i64 in, const T* x, i64* y) { pdl_enter(); argmax_t<T>(o, l, in, x, y); } \
+  extern "C" __global__ void top_k_partial_##n(i64 r, i64 l, int k, int c, const T* x, float* cv, i64* ci) { pdl_enter(); top_k_partial_t<T>(r, l, k, c, x, cv, ci); } \
+  extern "C" __global__ void top_k_merge_##n(i64 r, i64 m, int k, const float* cv, const i64* ci, const T* x, i64 l, T* v, i64* i) { pdl_enter(); top_k_merge_t<T>(r, m, k, cv, ci, x, l, v, i); }
 NUMS(ARG_KERNELS)
 
 // Casts: every numeric pair, to bool from every numeric type; bool reads as u8.
 #define CAST_TO(sn, S) \
-  extern "C" __global__ void cast_##sn##_f32(i64 n, const S* x, float* y) { cast_t<S, float>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_f16(i64 n, const S* x, h16* y) { cast_t<S, h16>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_bf16(i64 n, const S* x, b16* y) { cast_t<S, b16>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_bool(i64 n, const S* x, u8* y) { cast_bool_t<S>(n, x, y); }
+  extern "C" __global__ void cast_##sn##_f32(i64 n, const S* x, float* y) { pdl_enter(); cast_t<S, float>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_f16(i64 n, const S* x, h16* y) { pdl_enter(); cast_t<S, h16>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_bf16(i64 n, const S* x, b16* y) { pdl_enter(); cast_t<S, b16>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_bool(i64 n, const S* x, u8* y) { pdl_enter(); cast_bool_t<S>(n, x, y); }
 NUMS(CAST_TO)
 #define CAST_FLOAT_TO_INT(sn, S) \
-  extern "C" __global__ void cast_##sn##_i64(i64 n, const S* x, i64* y) { cast_t<S, i64>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { cast_t<S, int>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { cast_t<S, u8>(n, x, y); }
+  extern "C" __global__ void cast_##sn##_i64(i64 n, const S* x, i64* y) { pdl_enter(); cast_t<S, i64>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { pdl_enter(); cast_t<S, int>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { pdl_enter(); cast_t<S, u8>(n, x, y); }
 FLOATS(CAST_FLOAT_TO_INT)
 #define CAST_INT_TO_INT(sn, S) \
-  extern "C" __global__ void cast_##sn##_i64(i64 n, const S* x, i64* y) { cast_int_t<S, i64>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { cast_int_t<S, int>(n, x, y); } \
-  extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { cast_int_t<S, u8>(n, x, y); }
+  extern "C" __global__ void cast_##sn##_i64(i64 n, const S* x, i64* y) { pdl_enter(); cast_int_t<S, i64>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_i32(i64 n, const S* x, int* y) { pdl_enter(); cast_int_t<S, int>(n, x, y); } \
+  extern "C" __global__ void cast_##sn##_u8(i64 n, const S* x, u8* y) { pdl_enter(); cast_int_t<S, u8>(n, x, y); }
 INTS(CAST_INT_TO_INT)
 
 // ---------------------------------------------------------------------------
@@ -1011,6 +1025,7 @@ INTS(CAST_INT_TO_INT)
 struct CopyEntry { u64 src; u64 dst; u64 bytes; };
 
 extern "C" __global__ void copy_many(const CopyEntry* table, int n) {
+  pdl_enter();
   int e = blockIdx.y;
   if (e >= n) return;
   CopyEntry c = table[e];

@@ -22,6 +22,11 @@ pub struct Kernels {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Where the PTX came from (`compiled in N ms` or `cache <path>`).
     pub origin: String,
+    /// Launch with programmatic dependent launch (compute capability 9.0
+    /// and later, unless `HOST_CUDA_PDL=0`): a kernel may be scheduled while
+    /// the previous one finishes (each waits for its predecessor's results
+    /// first, see `pdl_enter` in kernels.cu).
+    pub pdl: bool,
 }
 
 /// The cache key of the kernels for `arch` under NVRTC `version`.
@@ -163,10 +168,12 @@ impl Kernels {
         let module = ctx
             .load_module(ptx)
             .map_err(|e| format!("cannot load the kernel module: {e}"))?;
+        let pdl = major >= 9 && std::env::var("HOST_CUDA_PDL").map_or(true, |v| v != "0");
         Ok(Kernels {
             module,
             functions: Mutex::new(HashMap::new()),
             origin,
+            pdl,
         })
     }
 

@@ -6,7 +6,9 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
-use cudarc::driver::{result as dr, sys as dsys, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    result as dr, sys as dsys, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
 
 use super::{resolve, BackendError, CudaExecutable, Prepared, RunState};
 use crate::backend::cuda::plan::{Arg, AttnParam, GemmStep, IdxParam, Ref, Step};
@@ -216,6 +218,12 @@ impl CudaExecutable {
                             Arg::Attn(p) => Owned::Attn(**p),
                         })
                         .collect();
+                    if self.gpu.kernels.pdl {
+                        // SAFETY: as below; the parameters point into `owned`,
+                        // alive for the call.
+                        return unsafe { launch_pdl(stream, f, &owned, *grid, *block, *shared) }
+                            .map_err(|x| e(name, x));
+                    }
                     let mut b = stream.launch_builder(f);
                     for o in &owned {
                         match o {
@@ -290,4 +298,58 @@ impl CudaExecutable {
             ))
         })
     }
+}
+
+/// Launches `f` with programmatic stream serialization (see
+/// [`super::kernels::Kernels::pdl`]).
+///
+/// # Safety
+/// `owned` must match the kernel's parameter list.
+unsafe fn launch_pdl(
+    stream: &Arc<CudaStream>,
+    f: &CudaFunction,
+    owned: &[Owned],
+    grid: u32,
+    block: u32,
+    shared: u32,
+) -> Result<(), dr::DriverError> {
+    let mut params: Vec<*mut c_void> = owned
+        .iter()
+        .map(|o| match o {
+            Owned::U64(v) => v as *const u64 as *mut c_void,
+            Owned::I32(v) => v as *const i32 as *mut c_void,
+            Owned::I64(v) => v as *const i64 as *mut c_void,
+            Owned::F32(v) => v as *const f32 as *mut c_void,
+            Owned::Idx(v) => v as *const IdxParam as *mut c_void,
+            Owned::Attn(v) => v as *const AttnParam as *mut c_void,
+        })
+        .collect();
+    // SAFETY: a zeroed attribute is a valid plain-data value; id and the
+    // union's field are set next.
+    let mut attr: dsys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = dsys::CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: shared,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: the caller vouches for the parameters; config and attribute
+    // live across the call.
+    unsafe {
+        dsys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
 }
