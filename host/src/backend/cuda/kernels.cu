@@ -671,31 +671,38 @@ __device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias) {
 
 // ---- 16-byte loads (attention, matrix-vector products) ----
 struct __align__(16) W16 { unsigned a, b, c, d; };
+// 16 bytes of read-only data streamed past L1 (weights read once per step).
+__device__ __forceinline__ W16 ld_stream(const void* p) {
+  W16 w;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
+  return w;
+}
 // 16 bytes of T widened to floats.
 template <typename T> struct Wide;
 template <> struct Wide<float> {
   enum { n = 4 };
-  static __device__ __forceinline__ void ld(const float* p, float* o) {
-    W16 w = *(const W16*)p;
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
     o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
     o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
   }
+  static __device__ __forceinline__ void ld(const float* p, float* o) { cvt(*(const W16*)p, o); }
 };
 template <> struct Wide<h16> {
   enum { n = 8 };
-  static __device__ __forceinline__ void ld(const h16* p, float* o) {
-    W16 w = *(const W16*)p;
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
     unsigned u[4] = {w.a, w.b, w.c, w.d};
     for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
   }
+  static __device__ __forceinline__ void ld(const h16* p, float* o) { cvt(*(const W16*)p, o); }
 };
 template <> struct Wide<b16> {
   enum { n = 8 };
-  static __device__ __forceinline__ void ld(const b16* p, float* o) {
-    W16 w = *(const W16*)p;
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
     unsigned u[4] = {w.a, w.b, w.c, w.d};
     for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
   }
+  static __device__ __forceinline__ void ld(const b16* p, float* o) { cvt(*(const W16*)p, o); }
 };
 // ---- fused attention ----
 // q [b, h, sq, d], k [b, kvh, sk, d], v [b, kvh, sk, dv] with element strides;
@@ -848,10 +855,10 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
 
 // ---- matrix-vector products (decode) ----
 #define GEMV_MAX_M 4
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 8
 // y[m, n] = act(x[m, :] . w[n, :] (+ bias[n])) for M <= GEMV_MAX_M rows: a warp
 // per output column reads its weight row once, 16 bytes per lane per load,
-// GEMV_UNROLL loads in flight. Rows of x and w are 16-byte aligned and K is
+// up to GEMV_UNROLL loads in flight. Rows of x and w are 16-byte aligned and K is
 // a multiple of 16 bytes of T. `act` is a unary op code, or -1 for none.
 // One warp's dot products of weight row `wr` with the M rows of x; every
 // lane gets the sums.
@@ -862,34 +869,31 @@ __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, 
   int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
-  int k = lane * V;
-  for (; k + (GEMV_UNROLL - 1) * step < K; k += GEMV_UNROLL * step) {
+  // Each pass issues up to GEMV_UNROLL 16-byte weight loads per lane at
+  // once (the row's tail predicated), so a row of K <= 32 x V x GEMV_UNROLL
+  // elements costs one memory round trip.
+  for (int k = lane * V; k < K; k += GEMV_UNROLL * step) {
+    W16 raw[GEMV_UNROLL];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) {
+      if (k + u * step < K) raw[u] = ld_stream(wr + k + u * step);
+      else raw[u] = W16{0u, 0u, 0u, 0u};
+    }
     float wv[GEMV_UNROLL][8];
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; ++u) Wide<T>::ld(wr + k + u * step, wv[u]);
+    for (int u = 0; u < GEMV_UNROLL; ++u) Wide<T>::cvt(raw[u], wv[u]);
 #pragma unroll
     for (int m = 0; m < GEMV_MAX_M; ++m) {
       if (m < M) {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
-          float xv[8];
-          Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
+          if (k + u * step < K) {
+            float xv[8];
+            Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
 #pragma unroll
-          for (int e = 0; e < V; ++e) acc[m] += wv[u][e] * xv[e];
+            for (int e = 0; e < V; ++e) acc[m] += wv[u][e] * xv[e];
+          }
         }
-      }
-    }
-  }
-  for (; k < K; k += step) {
-    float wv[8];
-    Wide<T>::ld(wr + k, wv);
-#pragma unroll
-    for (int m = 0; m < GEMV_MAX_M; ++m) {
-      if (m < M) {
-        float xv[8];
-        Wide<T>::ld(x + (i64)m * K + k, xv);
-#pragma unroll
-        for (int e = 0; e < V; ++e) acc[m] += wv[e] * xv[e];
       }
     }
   }
