@@ -9,7 +9,7 @@ use common::*;
 use host::backend::Precision;
 use host::runner::Runner;
 
-const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2", "bloom", "gptj"];
+const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo"];
 
 struct Case {
     prompt: String,

@@ -1,4 +1,4 @@
-//! Decoder graphs (gpt2, opt, llama, qwen2, bloom) with the KV cache as
+//! Decoder graphs (gpt2, gpt_neo, opt, llama, qwen2, bloom, gptj) with the KV cache as
 //! session state: a prefill graph (any number of new tokens) and a decode
 //! graph (one new token per sequence).
 //!
@@ -21,19 +21,22 @@
 //! Inputs: `input_ids`, `position_ids` and `attention_mask` (1 real, 0
 //! padding) [batch, seq] (seq is 1 in decode), `cache_mask` [batch, cache]
 //! (`cache` is the symbolic `past` when growing)
-//! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM also
-//! `cache_positions` [batch, cache] (each slot's token position). State:
+//! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM and
+//! GPT-Neo also `cache_positions` [batch, cache] (each slot's token
+//! position). A prefill starts its session, so it takes neither cache input. State:
 //! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim] with slots, [batch,
 //! kv_heads, past, head_dim] when growing. Outputs: `next_token`
 //! [batch] (argmax) and, when sampling, `top_values`/`top_indices`
 //! [batch, K].
 
 use skill_sdk::config::Json;
+use skill_sdk::graph::AttentionOptions;
 use skill_sdk::graph::{BinaryOp, CompareOp, Node, UnaryOp};
 use skill_sdk::graph_ext::activation;
 use skill_sdk::runtime::CompiledGraph;
-use skill_sdk::tensors::f32_tensor;
 use skill_sdk::{Dim, Dtype, Error, Graph};
+
+use crate::positions::{alibi_mask, rope_tables, window_mask};
 
 /// Candidates returned per step for sampling.
 pub const TOP_K_MAX: u32 = 100;
@@ -47,9 +50,17 @@ pub enum Arch {
     Bloom,
     /// GPT-J: partial interleaved rotary, attention and MLP in parallel.
     GptJ,
+    /// GPT-Neo: unscaled attention, local (sliding-window) layers.
+    GptNeo,
 }
 
 impl Arch {
+    /// Whether the graphs read each cached key's position
+    /// (`cache_positions`): ALiBi and sliding windows.
+    pub fn key_positions(self) -> bool {
+        matches!(self, Arch::Bloom | Arch::GptNeo)
+    }
+
     pub fn from_model_type(t: &str) -> Option<Arch> {
         Some(match t {
             "gpt2" => Arch::Gpt2,
@@ -58,6 +69,7 @@ impl Arch {
             "qwen2" => Arch::Qwen2,
             "bloom" => Arch::Bloom,
             "gptj" => Arch::GptJ,
+            "gpt_neo" => Arch::GptNeo,
             _ => return None,
         })
     }
@@ -80,12 +92,22 @@ struct Dims {
     head_dim: u64,
     layers: u64,
     eps: f32,
+    /// Per layer: attends within a sliding window of `window` positions.
+    local: Vec<bool>,
+    window: u64,
+    /// Factor on q·k (`None`: 1/sqrt(head_dim)).
+    scale: Option<f32>,
 }
 
 fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     let (hidden, heads, layers) = match arch {
         Arch::Gpt2 | Arch::GptJ => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
         Arch::Bloom => (c.u64("hidden_size")?, c.u64("n_head")?, c.u64("n_layer")?),
+        Arch::GptNeo => (
+            c.u64("hidden_size")?,
+            c.u64("num_heads")?,
+            c.u64("num_layers")?,
+        ),
         _ => (
             c.u64("hidden_size")?,
             c.u64("num_attention_heads")?,
@@ -99,16 +121,28 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     }
     let kv_heads = c.u64_or("num_key_value_heads", heads)?;
     let eps = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ => c.f64_or("layer_norm_epsilon", 1e-5)?,
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo => {
+            c.f64_or("layer_norm_epsilon", 1e-5)?
+        }
         Arch::Opt => 1e-5,
         _ => c.f64_or("rms_norm_eps", 1e-6)?,
     } as f32;
     let act = match arch {
-        Arch::Gpt2 | Arch::GptJ => activation(c.str_or("activation_function", "gelu_new")?)?,
+        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => {
+            activation(c.str_or("activation_function", "gelu_new")?)?
+        }
         Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
         // BLOOM's gelu is the tanh approximation.
         Arch::Bloom => UnaryOp::GeluTanh,
         _ => activation(c.str_or("hidden_act", "silu")?)?,
+    };
+    let (local, window, scale) = match arch {
+        Arch::GptNeo => (
+            attention_layers(c, layers)?,
+            c.u64("window_size")?,
+            Some(1.0),
+        ),
+        _ => (vec![false; layers as usize], 0, None),
     };
     Ok(Dims {
         fuse: false,
@@ -119,7 +153,48 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
         head_dim: hidden / heads,
         layers,
         eps,
+        local,
+        window,
+        scale,
     })
+}
+
+/// GPT-Neo's per-layer attention kinds from `attention_types`
+/// (`[[["global", "local"], n], ...]`: the pattern repeated n times): true
+/// where a layer is local.
+fn attention_layers(c: &Json, layers: u64) -> Result<Vec<bool>, Error> {
+    let bad = || Error::Model("config.json: malformed `attention_types`".into());
+    let mut out = Vec::new();
+    let groups = c
+        .value
+        .get("attention_types")
+        .and_then(|v| v.as_array())
+        .ok_or_else(bad)?;
+    for group in groups {
+        let (kinds, times) = match group.as_array().map(|g| g.as_slice()) {
+            Some([kinds, times]) => (
+                kinds.as_array().ok_or_else(bad)?,
+                times.as_u64().ok_or_else(bad)?,
+            ),
+            _ => return Err(bad()),
+        };
+        for _ in 0..times.min(layers) {
+            for k in kinds {
+                match k.as_str() {
+                    Some("global") => out.push(false),
+                    Some("local") => out.push(true),
+                    _ => return Err(bad()),
+                }
+            }
+        }
+    }
+    if out.len() as u64 != layers {
+        return Err(Error::Model(format!(
+            "config.json: `attention_types` describes {} layers, the model has {layers}",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 fn sym(s: &str) -> Dim {
@@ -204,7 +279,7 @@ pub fn build(
     let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
 
     let (embed_name, mut h) = match arch {
-        Arch::Gpt2 => {
+        Arch::Gpt2 | Arch::GptNeo => {
             let e = g.b.embedding(g.weight("transformer.wte.weight")?, ids)?;
             let p = g.b.embedding(g.weight("transformer.wpe.weight")?, pos)?;
             ("transformer.wte.weight", g.add(e, p)?)
@@ -234,11 +309,16 @@ pub fn build(
         }
     };
     // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
-    let keys = if arch == Arch::Bloom {
-        let key_pos = with_cache("cache_positions", pos)?;
-        alibi_mask(&g, d.heads, keys, keep, key_pos)?
-    } else {
-        keys
+    let key_pos = match arch.key_positions() {
+        true => Some(with_cache("cache_positions", pos)?),
+        false => None,
+    };
+    let (keys, local) = match (arch, key_pos) {
+        (Arch::Bloom, Some(kp)) => (alibi_mask(&g, d.heads, keys, keep, kp)?, None),
+        (Arch::GptNeo, Some(kp)) if d.local.contains(&true) => {
+            (keys, Some(window_mask(&g, pos, kp, keys, d.window)?))
+        }
+        _ => (keys, None),
     };
     let rope = match arch {
         Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim, false)?),
@@ -249,11 +329,17 @@ pub fn build(
         _ => None,
     };
     for i in 0..d.layers {
-        h = layer(&g, arch, &d, i, h, keys, rope, cache, order)?;
+        let mask = match (d.local.get(i as usize), local) {
+            (Some(true), Some(l)) => l,
+            _ => keys,
+        };
+        h = layer(&g, arch, &d, i, h, mask, rope, cache, order)?;
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ => g.layer_norm(h, "transformer.ln_f", d.eps)?,
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo => {
+            g.layer_norm(h, "transformer.ln_f", d.eps)?
+        }
         Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
         _ => g.b.rms_norm(h, g.weight("model.norm.weight")?, d.eps)?,
     };
@@ -343,72 +429,6 @@ fn penalize(g: &Graph, logits: Node, vocab: u64) -> Result<Node, Error> {
     g.b.select(seen, scaled, logits)
 }
 
-/// ALiBi slopes of `heads` heads, as transformers computes them.
-fn alibi_slopes(heads: u64) -> Vec<f32> {
-    let closest = 1u64 << (63 - heads.leading_zeros()); // largest power of 2 <= heads
-    let base = 2f32.powf(-(2f32.powf(-((closest as f32).log2() - 3.0))));
-    let mut slopes: Vec<f32> = (1..=closest).map(|p| base.powi(p as i32)).collect();
-    if closest != heads {
-        let extra = 2f32.powf(-(2f32.powf(-((2 * closest) as f32).log2() + 3.0)));
-        let n = (heads - closest).min(closest);
-        slopes.extend((0..n).map(|i| extra.powi((1 + 2 * i) as i32)));
-    }
-    slopes
-}
-
-/// [batch, heads, 1, keys] additive mask: slope x key position where
-/// attending, the masked score elsewhere. `key_pos` [batch, keys] holds each
-/// key's token position; masked keys count as position 0, as transformers'
-/// `(cumsum(mask) - 1) * mask` has it.
-fn alibi_mask(g: &Graph, heads: u64, keys: Node, keep: Node, key_pos: Node) -> Result<Node, Error> {
-    let zero_pos = g.scalar(0.0, Dtype::I64)?;
-    let kp = g.b.select(keep, key_pos, zero_pos)?;
-    let kp =
-        g.b.unsqueeze(g.b.unsqueeze(g.b.cast(kp, Dtype::F32)?, 1)?, 1)?;
-    let slopes =
-        g.b.constant(&f32_tensor(vec![heads, 1, 1], &alibi_slopes(heads)))?;
-    let alibi = g.mul(slopes, kp)?;
-    let (zero, low) = (g.scalar(0.0, Dtype::F32)?, g.scalar(-65504.0, Dtype::F32)?);
-    let pad = g.b.select(keys, zero, low)?;
-    g.add(alibi, pad)
-}
-
-/// cos and sin tables [batch, 1, seq, dim] of rotary embeddings over the
-/// first `dim` dims of a head: the frequencies repeated as two halves
-/// (LLaMA's rotate-half) or each twice in a row (`interleaved`, GPT-J).
-fn rope_tables(
-    g: &Graph,
-    c: &Json,
-    pos: Node,
-    dim: u64,
-    interleaved: bool,
-) -> Result<(Node, Node), Error> {
-    let theta = c.f64_or("rope_theta", 10000.0)? as f32;
-    if c.value.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-        return Err(Error::Unsupported(
-            "config.json: `rope_scaling` is not supported yet".into(),
-        ));
-    }
-    if dim == 0 || !dim.is_multiple_of(2) {
-        return Err(Error::Model(format!(
-            "config.json: rotary dim {dim} is not a positive even number"
-        )));
-    }
-    let half = dim / 2;
-    let freq = |i: u64| 1.0 / theta.powf((2 * i) as f32 / dim as f32);
-    let inv: Vec<f32> = if interleaved {
-        (0..dim).map(|j| freq(j / 2)).collect()
-    } else {
-        (0..dim).map(|j| freq(j % half)).collect()
-    };
-    let inv = g.b.constant(&f32_tensor(vec![dim], &inv))?;
-    let p = g.b.unsqueeze(g.b.cast(pos, Dtype::F32)?, -1)?;
-    let emb = g.mul(p, inv)?;
-    let cos = g.b.unsqueeze(g.unary(UnaryOp::Cos, emb)?, 1)?;
-    let sin = g.b.unsqueeze(g.unary(UnaryOp::Sin, emb)?, 1)?;
-    Ok((cos, sin))
-}
-
 /// x @ W + b with GPT-2's Conv1D layout (W is [in, out]).
 fn conv1d(g: &Graph, x: Node, prefix: &str) -> Result<Node, Error> {
     let y = g.b.matmul(x, g.weight(&format!("{prefix}.weight"))?)?;
@@ -428,12 +448,12 @@ fn layer(
     order: Keys,
 ) -> Result<Node, Error> {
     let p = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ => format!("transformer.h.{i}"),
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo => format!("transformer.h.{i}"),
         Arch::Opt => format!("model.decoder.layers.{i}"),
         _ => format!("model.layers.{i}"),
     };
     let x = match arch {
-        Arch::Gpt2 | Arch::GptJ => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
+        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
         Arch::Opt => g.layer_norm(h, &format!("{p}.self_attn_layer_norm"), d.eps)?,
         Arch::Bloom => g.layer_norm(h, &format!("{p}.input_layernorm"), d.eps)?,
         _ => {
@@ -464,6 +484,7 @@ fn layer(
         _ => {
             let a = match arch {
                 Arch::GptJ => format!("{p}.attn"),
+                Arch::GptNeo => format!("{p}.attn.attention"),
                 _ => format!("{p}.self_attn"),
             };
             let (q, k, v) = (
@@ -542,12 +563,17 @@ fn layer(
         kv.push(keys);
     }
     let (k_all, v_all) = (kv[0], kv[1]);
-    let a = g.merge_heads(g.attention(q, k_all, v_all, Some(keys), true)?)?;
+    let options = AttentionOptions {
+        causal: true,
+        scale: d.scale,
+    };
+    let a = g.merge_heads(g.b.attention(q, k_all, v_all, Some(keys), options)?)?;
     let a = match arch {
         Arch::Gpt2 => conv1d(g, a, &format!("{p}.attn.c_proj"))?,
         Arch::Opt => g.linear(a, &format!("{p}.self_attn.out_proj"))?,
         Arch::Bloom => g.linear(a, &format!("{p}.self_attention.dense"))?,
         Arch::GptJ => g.linear(a, &format!("{p}.attn.out_proj"))?,
+        Arch::GptNeo => g.linear(a, &format!("{p}.attn.attention.out_proj"))?,
         _ => g.linear(a, &format!("{p}.self_attn.o_proj"))?,
     };
     if arch == Arch::GptJ {
@@ -570,6 +596,11 @@ fn layer(
                 g.unary(d.act, conv1d(g, x, &format!("{p}.mlp.c_fc"))?)?,
                 &format!("{p}.mlp.c_proj"),
             )?
+        }
+        Arch::GptNeo => {
+            let x = g.layer_norm(h, &format!("{p}.ln_2"), d.eps)?;
+            let up = g.unary(d.act, g.linear(x, &format!("{p}.mlp.c_fc"))?)?;
+            g.linear(up, &format!("{p}.mlp.c_proj"))?
         }
         Arch::Opt => {
             let x = g.layer_norm(h, &format!("{p}.final_layer_norm"), d.eps)?;

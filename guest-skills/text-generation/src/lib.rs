@@ -16,6 +16,7 @@
 //! response, for fidelity checks.
 
 mod decoder;
+mod positions;
 mod sample;
 
 use std::cell::RefCell;
@@ -429,7 +430,7 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 ),
             });
         }
-        if m.arch == Arch::Bloom && step > 0 {
+        if m.arch.key_positions() && step > 0 {
             inputs.push(NamedTensor {
                 name: "cache_positions".into(),
                 value: i64_tensor(
