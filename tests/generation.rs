@@ -9,7 +9,9 @@ use common::*;
 use host::backend::Precision;
 use host::runner::Runner;
 
-const ARCHS: &[&str] = &["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo"];
+const ARCHS: &[&str] = &[
+    "gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen",
+];
 
 struct Case {
     prompt: String,

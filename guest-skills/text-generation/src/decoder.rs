@@ -1,4 +1,4 @@
-//! Decoder graphs (gpt2, gpt_neo, opt, llama, qwen2, bloom, gptj) with the KV cache as
+//! Decoder graphs (gpt2, gpt_neo, opt, llama, qwen2, bloom, gptj, codegen) with the KV cache as
 //! session state: a prefill graph (any number of new tokens) and a decode
 //! graph (one new token per sequence).
 //!
@@ -52,6 +52,9 @@ pub enum Arch {
     GptJ,
     /// GPT-Neo: unscaled attention, local (sliding-window) layers.
     GptNeo,
+    /// CodeGen: GPT-J's block with a q/v/k projection fused across four
+    /// shards.
+    CodeGen,
 }
 
 impl Arch {
@@ -70,6 +73,7 @@ impl Arch {
             "bloom" => Arch::Bloom,
             "gptj" => Arch::GptJ,
             "gpt_neo" => Arch::GptNeo,
+            "codegen" => Arch::CodeGen,
             _ => return None,
         })
     }
@@ -101,7 +105,9 @@ struct Dims {
 
 fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     let (hidden, heads, layers) = match arch {
-        Arch::Gpt2 | Arch::GptJ => (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?),
+        Arch::Gpt2 | Arch::GptJ | Arch::CodeGen => {
+            (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?)
+        }
         Arch::Bloom => (c.u64("hidden_size")?, c.u64("n_head")?, c.u64("n_layer")?),
         Arch::GptNeo => (
             c.u64("hidden_size")?,
@@ -119,16 +125,21 @@ fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
             "config.json: hidden size {hidden} is not a multiple of {heads} heads"
         )));
     }
+    if arch == Arch::CodeGen && !heads.is_multiple_of(4) {
+        return Err(Error::Model(format!(
+            "config.json: CodeGen's q/k/v projection is split in 4 shards; {heads} heads do not divide"
+        )));
+    }
     let kv_heads = c.u64_or("num_key_value_heads", heads)?;
     let eps = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo => {
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
             c.f64_or("layer_norm_epsilon", 1e-5)?
         }
         Arch::Opt => 1e-5,
         _ => c.f64_or("rms_norm_eps", 1e-6)?,
     } as f32;
     let act = match arch {
-        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => {
+        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
             activation(c.str_or("activation_function", "gelu_new")?)?
         }
         Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
@@ -297,7 +308,7 @@ pub fn build(
             "model.embed_tokens.weight",
             g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?,
         ),
-        Arch::GptJ => (
+        Arch::GptJ | Arch::CodeGen => (
             "transformer.wte.weight",
             g.b.embedding(g.weight("transformer.wte.weight")?, ids)?,
         ),
@@ -322,7 +333,7 @@ pub fn build(
     };
     let rope = match arch {
         Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim, false)?),
-        Arch::GptJ => {
+        Arch::GptJ | Arch::CodeGen => {
             let dim = c.u64_or("rotary_dim", d.head_dim)?;
             Some(rope_tables(&g, c, pos, dim, true)?)
         }
@@ -337,7 +348,7 @@ pub fn build(
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo => {
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
             g.layer_norm(h, "transformer.ln_f", d.eps)?
         }
         Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
@@ -365,7 +376,7 @@ pub fn build(
     let next = g.b.argmax(scores, -1, false)?;
     let top_k = TOP_K_MAX.min(vocab as u32);
     let max_positions = match arch {
-        Arch::Gpt2 | Arch::GptJ => c.u64("n_positions")?,
+        Arch::Gpt2 | Arch::GptJ | Arch::CodeGen => c.u64("n_positions")?,
         // ALiBi has no learned positions; cap at a conventional context.
         Arch::Bloom => c.u64_or("seq_length", 2048)?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
@@ -448,12 +459,16 @@ fn layer(
     order: Keys,
 ) -> Result<Node, Error> {
     let p = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo => format!("transformer.h.{i}"),
+        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
+            format!("transformer.h.{i}")
+        }
         Arch::Opt => format!("model.decoder.layers.{i}"),
         _ => format!("model.layers.{i}"),
     };
     let x = match arch {
-        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?,
+        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
+            g.layer_norm(h, &format!("{p}.ln_1"), d.eps)?
+        }
         Arch::Opt => g.layer_norm(h, &format!("{p}.self_attn_layer_norm"), d.eps)?,
         Arch::Bloom => g.layer_norm(h, &format!("{p}.input_layernorm"), d.eps)?,
         _ => {
@@ -469,6 +484,16 @@ fn layer(
                 g.b.slice(qkv, -1, w, 2 * w)?,
                 g.b.slice(qkv, -1, 2 * w, 3 * w)?,
             )
+        }
+        Arch::CodeGen => {
+            // Four shards, each [q | v | k] of width hidden / 4.
+            let qkv = g.linear(x, &format!("{p}.attn.qkv_proj"))?;
+            let w = (d.hidden / 4) as i64;
+            let r = g.b.reshape(qkv, &[0, 0, 4, 3 * w])?;
+            let part = |j: i64| {
+                g.b.reshape(g.b.slice(r, 3, j * w, (j + 1) * w)?, &[0, 0, -1])
+            };
+            (part(0)?, part(2)?, part(1)?)
         }
         Arch::Bloom => {
             // Fused per head: [batch, seq, heads, 3, head_dim].
@@ -506,7 +531,7 @@ fn layer(
     let mut k = g.split_heads(k, d.kv_heads, d.head_dim)?;
     let v = g.split_heads(v, d.kv_heads, d.head_dim)?;
     if let Some(r) = rope {
-        let interleaved = arch == Arch::GptJ;
+        let interleaved = matches!(arch, Arch::GptJ | Arch::CodeGen);
         q = g.b.rotary(q, r.0, r.1, interleaved)?;
         k = g.b.rotary(k, r.0, r.1, interleaved)?;
     }
@@ -572,11 +597,11 @@ fn layer(
         Arch::Gpt2 => conv1d(g, a, &format!("{p}.attn.c_proj"))?,
         Arch::Opt => g.linear(a, &format!("{p}.self_attn.out_proj"))?,
         Arch::Bloom => g.linear(a, &format!("{p}.self_attention.dense"))?,
-        Arch::GptJ => g.linear(a, &format!("{p}.attn.out_proj"))?,
+        Arch::GptJ | Arch::CodeGen => g.linear(a, &format!("{p}.attn.out_proj"))?,
         Arch::GptNeo => g.linear(a, &format!("{p}.attn.attention.out_proj"))?,
         _ => g.linear(a, &format!("{p}.self_attn.o_proj"))?,
     };
-    if arch == Arch::GptJ {
+    if matches!(arch, Arch::GptJ | Arch::CodeGen) {
         // Attention and MLP both read ln_1(h) and add to the residual.
         let up = g.unary(d.act, g.linear(x, &format!("{p}.mlp.fc_in"))?)?;
         let m = g.linear(up, &format!("{p}.mlp.fc_out"))?;
