@@ -126,6 +126,21 @@ impl<'g> Lowering<'g> {
         self.node("Identity", &[&x], output, vec![]);
     }
 
+    /// `output` = value `id` (a scalar) as a one-element vector.
+    pub(super) fn scalar_out(&mut self, id: NodeId, output: &str) {
+        let x = self.v(id);
+        let one = self.ints(&[1]);
+        self.node("Reshape", &[&x, &one], output, vec![]);
+    }
+
+    /// Names value `id` the scalar in graph input `input` (a one-element
+    /// vector).
+    pub(super) fn scalar_in(&mut self, id: NodeId, input: &str) {
+        let none = self.ints(&[]);
+        let x = self.tmp("Reshape", &[input, &none], vec![]);
+        self.name_value(id, x);
+    }
+
     fn unsupported(&self, message: String) -> EmitError {
         EmitError::Unsupported {
             graph: self.g.name.clone(),

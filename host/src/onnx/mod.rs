@@ -127,6 +127,18 @@ pub fn emit(
     g: &Graph,
     locate: &dyn Fn(&str) -> Option<ExternalLocation>,
 ) -> Result<Vec<u8>, EmitError> {
+    emit_with(g, locate, false)
+}
+
+/// As [`emit`]; with `scalars_as_vectors`, rank-0 graph inputs and outputs
+/// are declared as one-element vectors (for runtimes whose API cannot make
+/// rank-0 tensors: OpenVINO's C API).
+pub fn emit_with(
+    g: &Graph,
+    locate: &dyn Fn(&str) -> Option<ExternalLocation>,
+    scalars_as_vectors: bool,
+) -> Result<Vec<u8>, EmitError> {
+    let vector = [Dim::Fixed(1)];
     let mut graph = GraphProto::new();
     graph.name = g.name.clone();
     let mut low = lower::Lowering::new(g);
@@ -134,6 +146,11 @@ pub fn emit(
         match &node.op {
             crate::ir::Op::Input { .. } | crate::ir::Op::State { .. } => {
                 let name = g.input_name(id as u32);
+                if scalars_as_vectors && node.shape.is_empty() {
+                    graph.input.push(value_info(&name, node.dtype, &vector));
+                    low.scalar_in(id as u32, &name);
+                    continue;
+                }
                 graph.input.push(value_info(&name, node.dtype, &node.shape));
                 low.name_value(id as u32, name);
             }
@@ -152,6 +169,11 @@ pub fn emit(
     }
     for (name, id) in &g.outputs {
         let n = g.node(*id);
+        if scalars_as_vectors && n.shape.is_empty() {
+            low.scalar_out(*id, name);
+            graph.output.push(value_info(name, n.dtype, &vector));
+            continue;
+        }
         low.identity(*id, name);
         graph.output.push(value_info(name, n.dtype, &n.shape));
     }
@@ -181,7 +203,11 @@ pub fn weight_file_name(i: usize) -> String {
 
 /// Emits `g` with its weights pointing into the model's safetensors files,
 /// named by [`weight_file_name`].
-pub fn emit_for_model(g: &Graph, model: &crate::model::Model) -> Result<Vec<u8>, EmitError> {
+pub fn emit_for_model(
+    g: &Graph,
+    model: &crate::model::Model,
+    scalars_as_vectors: bool,
+) -> Result<Vec<u8>, EmitError> {
     let locate = |name: &str| {
         let e = model.weights.index.get(name)?;
         Some(ExternalLocation {
@@ -190,7 +216,7 @@ pub fn emit_for_model(g: &Graph, model: &crate::model::Model) -> Result<Vec<u8>,
             length: e.length,
         })
     };
-    emit(g, &locate)
+    emit_with(g, &locate, scalars_as_vectors)
 }
 
 /// Indices of the model's weight files that `g` references, ascending.

@@ -125,7 +125,7 @@ impl Backend for CpuBackend {
             message,
         };
         let (env, _) = environment().map_err(&fail)?;
-        let bytes = emit_for_model(&graph, model).map_err(|e| fail(e.to_string()))?;
+        let bytes = emit_for_model(&graph, model, false).map_err(|e| fail(e.to_string()))?;
         let e2s = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
         let mut builder = Session::builder(env)
             .map_err(|e| fail(e.to_string()))?

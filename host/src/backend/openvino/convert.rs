@@ -30,9 +30,13 @@ fn dtype(e: ElementType) -> Result<DType, String> {
     })
 }
 
-/// A host tensor copied into a new OpenVINO tensor.
+/// A host tensor copied into a new OpenVINO tensor (a scalar as [1]: the
+/// C API makes no rank-0 shapes, and the emitted model takes scalars so).
 pub(super) fn to_tensor(t: &Tensor) -> Result<OvTensor, String> {
-    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    let mut dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    if dims.is_empty() {
+        dims.push(1);
+    }
     let shape = Shape::new(&dims).map_err(|e| e.to_string())?;
     let mut ov = OvTensor::new(element(t.dtype), &shape).map_err(|e| e.to_string())?;
     let dst = ov.get_raw_data_mut().map_err(|e| e.to_string())?;

@@ -273,7 +273,8 @@ impl Backend for OpenVinoBackend {
             graph: graph.name.clone(),
             message,
         };
-        let onnx = emit_for_model(&graph, model).map_err(|e| fail(e.to_string()))?;
+        // OpenVINO's C API makes no rank-0 tensors: scalars cross as [1].
+        let onnx = emit_for_model(&graph, model, true).map_err(|e| fail(e.to_string()))?;
         let path = stage(&graph, model, &onnx).map_err(&fail)?;
         let mut core = self
             .core
@@ -340,13 +341,15 @@ impl Executable for OpenVinoExecutable {
         self.graph
             .outputs
             .iter()
-            .map(|(name, _)| {
+            .map(|(name, id)| {
                 let t = request
                     .get_tensor(name)
                     .map_err(|e| fail(format!("output `{name}`: {e}")))?;
-                convert::from_tensor(&t)
-                    .map(|t| (name.clone(), t))
-                    .map_err(&fail)
+                let mut t = convert::from_tensor(&t).map_err(&fail)?;
+                if self.graph.node(*id).shape.is_empty() {
+                    t.shape.clear();
+                }
+                Ok((name.clone(), t))
             })
             .collect()
     }
