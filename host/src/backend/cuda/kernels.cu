@@ -242,6 +242,22 @@ __device__ void copy_t(Idx p, const E* x, E* y) {
   }
 }
 
+// Element i of a copy: s0 = source strides, s1 = destination strides.
+template <typename E>
+__device__ __forceinline__ void copy_at(const Idx& p, i64 i, const E* x, E* y) {
+  i64 ox, oy, unused; offsets(p, i, ox, oy, unused);
+  y[oy] = x[ox];
+}
+// Two independent copies in one launch (a step's new keys and values into
+// their caches).
+template <typename E>
+__device__ void copy_pair_t(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2) {
+  GRID_LOOP(i, p.n + p2.n) {
+    if (i < p.n) copy_at(p, i, x, y);
+    else copy_at(p2, i - p.n, x2, y2);
+  }
+}
+
 // Rotary embedding; y contiguous [..., d]. s0 = x, s1 = cos, s2 = sin
 // strides over x's shape (cos/sin only read for the first r elements of a
 // row); `xl` is x's last-axis stride (to reach the partner element).
@@ -270,6 +286,16 @@ __device__ void rotary2_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, 
   GRID_LOOP(i, p.n + p2.n) {
     if (i < p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
     else rotary_at(p2, i - p.n, x2, c, s, y2, d, r, xl2, inter);
+  }
+}
+// rotary2 and an independent copy (the step's new values into their cache).
+template <typename T>
+__device__ void rotary2_copy_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2,
+                               const T* c, const T* s, int d, int r, int inter, Idx p3, const T* x3, T* y3) {
+  GRID_LOOP(i, p.n + p2.n + p3.n) {
+    if (i < p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+    else if (i < p.n + p2.n) rotary_at(p2, i - p.n, x2, c, s, y2, d, r, xl2, inter);
+    else copy_at(p3, i - p.n - p2.n, x3, y3);
   }
 }
 
@@ -974,6 +1000,7 @@ extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b,
 #define SIZED(s, E) \
   extern "C" __global__ void select_##s(Idx p, const u8* c, const E* a, const E* b, E* y) { pdl_enter(); select_t<E>(p, c, a, b, y); } \
   extern "C" __global__ void copy_##s(Idx p, const E* x, E* y) { pdl_enter(); copy_t<E>(p, x, y); } \
+  extern "C" __global__ void copy_pair_##s(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2) { pdl_enter(); copy_pair_t<E>(p, x, y, p2, x2, y2); } \
   extern "C" __global__ void gather_##s##_i64(i64 o, i64 ni, i64 al, i64 in, const E* x, const i64* idx, E* y, int* err) { pdl_enter(); gather_t<E, i64>(o, ni, al, in, x, idx, y, err); } \
   extern "C" __global__ void gather_##s##_i32(i64 o, i64 ni, i64 al, i64 in, const E* x, const int* idx, E* y, int* err) { pdl_enter(); gather_t<E, int>(o, ni, al, in, x, idx, y, err); }
 BYSIZE(SIZED)
@@ -989,6 +1016,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o) { pdl_enter(); gemv_glu_t<T>(m, h, k, x, w, b, y, a, o); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { pdl_enter(); rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { pdl_enter(); rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
+  extern "C" __global__ void rotary2_copy_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter, Idx p3, const T* x3, T* y3) { pdl_enter(); rotary2_copy_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter, p3, x3, y3); } \
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { pdl_enter(); softmax_t<T>(o, l, in, x, y); } \
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { pdl_enter(); l2_norm_t<T>(o, l, in, e, x, y); } \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \

@@ -277,6 +277,7 @@ impl<'g> Planner<'g> {
             0,
             vec![Arg::Idx(Box::new(p)), Arg::Ptr(src.at), Arg::Ptr(*dst)],
         );
+        self.merge_copy();
         Ok(())
     }
 

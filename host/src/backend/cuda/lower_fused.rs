@@ -58,6 +58,79 @@ impl Planner<'_> {
         Ok(y)
     }
 
+    /// The copy just planned joins the step before it in one launch when
+    /// that step neither reads what the copy writes nor writes what it
+    /// reads, and is a copy of the same element size (`copy_pair`) or a
+    /// `rotary2` of that element size (`rotary2_copy`): a decode step's new
+    /// keys and values reach their caches in one kernel.
+    pub(super) fn merge_copy(&mut self) {
+        let n = self.steps.len();
+        let (
+            Some(Step::Kernel {
+                name: pn, args: pa, ..
+            }),
+            Some(Step::Kernel {
+                name: ln, args: la, ..
+            }),
+        ) = (
+            n.checked_sub(2).and_then(|i| self.steps.get(i)),
+            self.steps.last(),
+        )
+        else {
+            return;
+        };
+        let ([Arg::Idx(p3), Arg::Ptr(x3), Arg::Ptr(y3)], Some(size)) =
+            (la.as_slice(), ln.strip_prefix("copy_"))
+        else {
+            return;
+        };
+        let apart = |reads: &[&Ref], writes: &[&Ref]| {
+            reads.iter().all(|r| r.buf != y3.buf) && writes.iter().all(|w| w.buf != x3.buf)
+        };
+        let copy = [Arg::Idx(p3.clone()), Arg::Ptr(*x3), Arg::Ptr(*y3)];
+        let merged = match (pa.as_slice(), pn.strip_prefix("rotary2_")) {
+            ([Arg::Idx(p1), Arg::Ptr(x1), Arg::Ptr(y1)], None)
+                if pn == ln && apart(&[x1], &[y1]) =>
+            {
+                let mut args = pa.clone();
+                args.extend(copy);
+                Some((format!("copy_pair_{size}"), args, p1.n + p3.n))
+            }
+            (
+                [Arg::Idx(p1), Arg::Ptr(x1), Arg::Ptr(y1), _, Arg::Idx(p2), Arg::Ptr(x2), Arg::Ptr(y2), _, Arg::Ptr(c), Arg::Ptr(s), ..],
+                Some(dt),
+            ) if pa.len() == 13
+                && Some(size)
+                    == match dt {
+                        "f32" => Some("4"),
+                        "f16" | "bf16" => Some("2"),
+                        _ => None,
+                    }
+                && apart(&[x1, x2, c, s], &[y1, y2]) =>
+            {
+                let mut args = pa.clone();
+                args.extend(copy);
+                Some((format!("rotary2_copy_{dt}"), args, p1.n + p2.n + p3.n))
+            }
+            _ => None,
+        };
+        let Some((name, args, total)) = merged else {
+            return;
+        };
+        let dst = y3.buf;
+        self.steps.truncate(n - 2);
+        if let Buf::Arena(j) = dst {
+            self.buffers[j].first = self.buffers[j].first.min(n - 2);
+        }
+        self.kernel(
+            name,
+            elementwise_grid(total.max(0) as usize),
+            BLOCK,
+            0,
+            args,
+        );
+    }
+
     /// Two rotary steps in a row with the same tables (queries, then keys)
     /// become one `rotary2` launch, unless the second reads the first's
     /// output.

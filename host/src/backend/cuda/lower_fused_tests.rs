@@ -176,3 +176,39 @@ fn gated_projection_is_one_kernel() {
         .collect();
     assert_eq!(names, ["gemv_glu_f32"], "{:?}", plan.steps);
 }
+
+/// Slices of one projection copied into two caches (a decode step's keys
+/// and values) are one `copy_pair` launch; both land where the concats read.
+#[test]
+fn cache_copies_share_a_launch() {
+    let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+    let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+    let x = b.input("x", DType::F32, f(&[1, 2, 8])).unwrap();
+    let y = b.unary(crate::ir::UnaryOp::Neg, x).unwrap();
+    let mut caches = Vec::new();
+    for (i, name) in ["k", "v"].iter().enumerate() {
+        let old = b.input(name, DType::F32, f(&[3, 2, 4])).unwrap();
+        let new = b.slice(y, 2, 4 * i as i64, 4 * (i as i64 + 1)).unwrap();
+        caches.push(b.concat(vec![new, old], 0).unwrap());
+    }
+    for (c, name) in caches.into_iter().zip(["k", "v"]) {
+        let out = b.unary(crate::ir::UnaryOp::Abs, c).unwrap();
+        b.output(name, out).unwrap();
+    }
+    let g = b.finish().unwrap();
+    let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+    let names: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["unary_f32", "copy_pair_4", "unary_f32", "unary_f32"],
+        "{:?}",
+        plan.steps
+    );
+}
