@@ -10,6 +10,17 @@ use crate::ir::builder::{BuilderLimits, GraphBuilder};
 use crate::ir::DType;
 use crate::ir::{BinaryOp, Dim};
 
+/// The names of a plan's kernels, in order (GEMMs left out).
+fn kernel_names(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Byte range of a planned reference holding `bytes`.
 fn range(plan: &Plan, r: &Ref, bytes: usize) -> Option<(usize, usize)> {
     match r.buf {
@@ -86,14 +97,7 @@ fn rotary_writes_into_the_concat() {
     b.output("y", y).unwrap();
     let g = b.finish().unwrap();
     let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
-    let names: Vec<&str> = plan
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Kernel { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names = kernel_names(&plan);
     // Queries and keys rotate in one launch.
     assert_eq!(names, ["rotary2_f32", "unary_f32"], "{:?}", plan.steps);
     let (Step::Kernel { args: rot, .. }, Step::Kernel { args: neg, .. }) =
@@ -135,17 +139,8 @@ fn gemv_epilogue_only_for_whole_outputs() {
         let g = b.finish().unwrap();
         Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap()
     };
-    let kernels = |p: &Plan| -> Vec<String> {
-        p.steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Kernel { name, .. } => Some(name.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(kernels(&plan_of(false)), ["gemv_f32"]);
-    assert_eq!(kernels(&plan_of(true)), ["gemv_f32", "unary_f32"]);
+    assert_eq!(kernel_names(&plan_of(false)), ["gemv_f32"]);
+    assert_eq!(kernel_names(&plan_of(true)), ["gemv_f32", "unary_f32"]);
 }
 
 /// SwiGLU over a fused gate/up decode projection plans as one `gemv_glu`.
@@ -166,14 +161,7 @@ fn gated_projection_is_one_kernel() {
     b.output("m", m).unwrap();
     let g = b.finish().unwrap();
     let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
-    let names: Vec<&str> = plan
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Kernel { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names = kernel_names(&plan);
     assert_eq!(names, ["gemv_glu_f32"], "{:?}", plan.steps);
 }
 
@@ -197,14 +185,7 @@ fn cache_copies_share_a_launch() {
     }
     let g = b.finish().unwrap();
     let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
-    let names: Vec<&str> = plan
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Kernel { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names = kernel_names(&plan);
     assert_eq!(
         names,
         ["unary_f32", "copy_pair_4", "unary_f32", "unary_f32"],
