@@ -360,7 +360,8 @@ __device__ float block_reduce(float v, int kind) {
 // so loads are issued before any store.
 template <typename T>
 __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar, const T* br, T* sr,
-                                                const T* scale, const T* bias, float eps, T* yr) {
+                                                const T* scale, const T* bias, float eps, T* yr,
+                                                const T* pre) {
   float v[NORM_PER], sc[NORM_PER], bi[NORM_PER];
   float tot = 0.0f, sq = 0.0f;
   // Every load (row, scale, bias) is issued before the first reduction.
@@ -368,7 +369,12 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
   for (int u = 0; u < NORM_PER; ++u) {
     int c = threadIdx.x + u * blockDim.x;
     float f = 0.0f;
-    if (c < width) f = br ? N<T>::ld(N<T>::st(N<T>::ld(ar[c]) + N<T>::ld(br[c]))) : N<T>::ld(ar[c]);
+    if (c < width) {
+      f = N<T>::ld(ar[c]);
+      // `pre` (a linear's bias) is added to `a` first, rounded as stored.
+      if (pre) f = N<T>::ld(N<T>::st(f + N<T>::ld(pre[c])));
+      if (br) f = N<T>::ld(N<T>::st(f + N<T>::ld(br[c])));
+    }
     v[u] = f;
     sc[u] = c < width ? N<T>::ld(scale[c]) : 0.0f;
     bi[u] = (bias && c < width) ? N<T>::ld(bias[c]) : 0.0f;
@@ -406,7 +412,7 @@ __device__ void layer_norm_t(i64 rows, int width, const T* x, const T* scale, co
     const T* xr = x + r * width;
     T* yr = y + r * width;
     if (width <= (int)blockDim.x * NORM_PER) {
-      norm_row_cached<T>(0, width, xr, (const T*)0, (T*)0, scale, bias, eps, yr);
+      norm_row_cached<T>(0, width, xr, (const T*)0, (T*)0, scale, bias, eps, yr, (const T*)0);
       continue;
     }
     float s = 0.0f;
@@ -431,7 +437,7 @@ __device__ void rms_norm_t(i64 rows, int width, const T* x, const T* scale, floa
     const T* xr = x + r * width;
     T* yr = y + r * width;
     if (width <= (int)blockDim.x * NORM_PER) {
-      norm_row_cached<T>(1, width, xr, (const T*)0, (T*)0, scale, (const T*)0, eps, yr);
+      norm_row_cached<T>(1, width, xr, (const T*)0, (T*)0, scale, (const T*)0, eps, yr, (const T*)0);
       continue;
     }
     float s = 0.0f;
@@ -446,21 +452,25 @@ __device__ void rms_norm_t(i64 rows, int width, const T* x, const T* scale, floa
 }
 // A residual add fused with the norm after it: sum = a + b (stored in T, as
 // the unfused add would), then layer-norm (rms = 0) or rms-norm of the sum.
+// `pre` (or null): a per-column bias added to `a` first (the linear that
+// produced `a`), rounded to T as the unfused bias add stores it.
 template <typename T>
 __device__ void add_norm_t(int rms, i64 rows, int width, const T* a, const T* b, T* sum,
-                           const T* scale, const T* bias, float eps, T* y) {
+                           const T* scale, const T* bias, float eps, T* y, const T* pre) {
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* ar = a + r * width;
     const T* br = b + r * width;
     T* sr = sum + r * width;
     T* yr = y + r * width;
     if (width <= (int)blockDim.x * NORM_PER) {
-      norm_row_cached<T>(rms, width, ar, br, sr, scale, bias, eps, yr);
+      norm_row_cached<T>(rms, width, ar, br, sr, scale, bias, eps, yr, pre);
       continue;
     }
     float tot = 0.0f, sq = 0.0f;
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
-      T v = N<T>::st(N<T>::ld(ar[c]) + N<T>::ld(br[c]));
+      float av = N<T>::ld(ar[c]);
+      if (pre) av = N<T>::ld(N<T>::st(av + N<T>::ld(pre[c])));
+      T v = N<T>::st(av + N<T>::ld(br[c]));
       sr[c] = v;
       float f = N<T>::ld(v);
       tot += f;
@@ -689,10 +699,15 @@ __device__ void top_k_merge_t(i64 rows, i64 n, int k, const float* cv, const i64
   }
 }
 
-// ---- bias add: y [rows, n] += bias [n] ----
+// ---- bias add: y [rows, n] = act(y + bias [n]) (act -1: none) ----
 template <typename T>
-__device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias) {
-  GRID_LOOP(i, rows * n) { y[i] = N<T>::st(N<T>::ld(y[i]) + N<T>::ld(bias[i % n])); }
+__device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias, int act) {
+  GRID_LOOP(i, rows * n) {
+    T out = N<T>::st(N<T>::ld(y[i]) + N<T>::ld(bias[i % n]));
+    // A fused activation reads the sum as stored, as unfused.
+    if (act >= 0) out = N<T>::st(un_f(act, N<T>::ld(out)));
+    y[i] = out;
+  }
 }
 
 // ---- 16-byte loads (attention, matrix-vector products) ----
@@ -1011,7 +1026,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_t<T>(u, o, c, a, b, y); } \
   extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_s_t<T>(u, o, p, a, b, y); } \
   extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { pdl_enter(); unary_s_t<T>(u, p, x, y); } \
-  extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y); } \
+  extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y, const T* pre) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y, pre); } \
   extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { pdl_enter(); gemv_t<T>(m, nn, k, x, w, b, y, a); } \
   extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o) { pdl_enter(); gemv_glu_t<T>(m, h, k, x, w, b, y, a, o); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { pdl_enter(); rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
@@ -1020,7 +1035,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void softmax_##n(i64 o, int l, i64 in, const T* x, T* y) { pdl_enter(); softmax_t<T>(o, l, in, x, y); } \
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { pdl_enter(); l2_norm_t<T>(o, l, in, e, x, y); } \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \
-  extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b) { pdl_enter(); bias_add_t<T>(r, c, y, b); } \
+  extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b, int a) { pdl_enter(); bias_add_t<T>(r, c, y, b, a); } \
   extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); }
 FLOATS(FLOAT_KERNELS)
 #define INT_KERNELS(n, T) \

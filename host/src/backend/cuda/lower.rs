@@ -420,6 +420,7 @@ impl<'g> Planner<'g> {
                                 Arg::I64(cols as i64),
                                 Arg::Ptr(y.at),
                                 Arg::Ptr(b.at),
+                                Arg::I32(-1),
                             ],
                         );
                     }

@@ -237,8 +237,9 @@ impl Planner<'_> {
     }
 
     /// A float unary `op` applied to `x` becomes the epilogue of the `gemv`
-    /// just planned when that wrote `x` and nothing else reads it (OPT's
-    /// `relu(fc1(h))`); the result takes `x`'s buffer.
+    /// or `bias_add` just planned when that wrote all of `x` and nothing else
+    /// reads it (OPT's `relu(fc1(h))`, BERT's `gelu(intermediate)`); the
+    /// result takes `x`'s buffer.
     pub(super) fn gemv_then_unary(
         &mut self,
         op: crate::ir::UnaryOp,
@@ -251,12 +252,18 @@ impl Planner<'_> {
             return Ok(None);
         }
         let gemv = format!("gemv_{}", suffix(v.dtype));
+        let bias_add = format!("bias_add_{}", suffix(v.dtype));
         let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
             return Ok(None);
         };
         match args.as_mut_slice() {
             [Arg::I32(m), Arg::I32(n), .., Arg::Ptr(y), act @ Arg::I32(-1)]
                 if *name == gemv && *y == v.at && (*m * *n) as usize == v.numel() =>
+            {
+                *act = Arg::I32(op as i32);
+            }
+            [Arg::I64(r), Arg::I64(c), Arg::Ptr(y), Arg::Ptr(_), act @ Arg::I32(-1)]
+                if *name == bias_add && *y == v.at && (*r * *c) as usize == v.numel() =>
             {
                 *act = Arg::I32(op as i32);
             }
@@ -370,6 +377,50 @@ impl Planner<'_> {
             args,
         );
         Ok(Some(y))
+    }
+
+    /// After [`Planner::take_dense_add`] removed the residual add `add`
+    /// (operands at `lhs`, `rhs`, rows of `width`): when the step before it
+    /// is the `bias_add` of a linear that wrote all of one operand, read
+    /// only by that add, removes it too and returns (biased operand, other
+    /// operand, bias) for `add_norm` to add the bias itself.
+    pub(super) fn take_bias_add(
+        &mut self,
+        add: NodeId,
+        lhs: Ref,
+        rhs: Ref,
+        width: usize,
+    ) -> Option<(Ref, Ref, Ref)> {
+        let crate::ir::Op::Binary(crate::ir::BinaryOp::Add, a, b) = self.g.node(add).op else {
+            return None;
+        };
+        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+            return None;
+        };
+        let [Arg::I64(rows), Arg::I64(cols), Arg::Ptr(y), Arg::Ptr(bias), Arg::I32(-1)] =
+            args.as_slice()
+        else {
+            return None;
+        };
+        let dt = self.val(add).ok()?.dtype;
+        let whole =
+            *cols as usize == width && (*rows * *cols) as usize == self.val(add).ok()?.numel();
+        if *name != format!("bias_add_{}", suffix(dt)) || !whole {
+            return None;
+        }
+        let (biased, other, node) = if *y == lhs {
+            (lhs, rhs, a)
+        } else if *y == rhs {
+            (rhs, lhs, b)
+        } else {
+            return None;
+        };
+        if !self.sole_reader(node) || self.val(node).ok()?.at != *y {
+            return None;
+        }
+        let bias = *bias;
+        self.steps.pop();
+        Some((biased, other, bias))
     }
 
     /// Whether `id` is read only by the node being planned, through a chain

@@ -193,3 +193,31 @@ fn cache_copies_share_a_launch() {
         plan.steps
     );
 }
+
+/// Above gemv's rows, a linear's bias add takes the activation after it,
+/// and a residual add + norm takes the bias add of the linear before it.
+#[test]
+fn bias_adds_fuse_forward() {
+    let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+    let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+    let x = b.input("x", DType::F32, f(&[8, 4])).unwrap();
+    let w1 = b.input("w1", DType::F32, f(&[4, 4])).unwrap();
+    let b1 = b.input("b1", DType::F32, f(&[4])).unwrap();
+    let w2 = b.input("w2", DType::F32, f(&[4, 4])).unwrap();
+    let b2 = b.input("b2", DType::F32, f(&[4])).unwrap();
+    let scale = b.input("scale", DType::F32, f(&[4])).unwrap();
+    let up = b.linear(x, w1, Some(b1)).unwrap();
+    let up = b.unary(crate::ir::UnaryOp::Gelu, up).unwrap();
+    let down = b.linear(up, w2, Some(b2)).unwrap();
+    let r = b.binary(BinaryOp::Add, down, x).unwrap();
+    let y = b.layer_norm(r, scale, None, 1e-5).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.finish().unwrap();
+    let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+    assert_eq!(
+        kernel_names(&plan),
+        ["bias_add_f32", "add_norm_f32"],
+        "{:?}",
+        plan.steps
+    );
+}

@@ -61,6 +61,7 @@ impl Planner<'_> {
         dt: DType,
         shape: Vec<usize>,
     ) -> Result<Val, PlanError> {
+        let x_id = x;
         let x = self.val(x)?;
         let x = self.contiguous(x)?;
         let s = self.val(scale)?;
@@ -82,11 +83,19 @@ impl Planner<'_> {
             }
             if let Some((lhs, rhs)) = self.take_dense_add(&x) {
                 // The residual add just planned, fused: its sum is still
-                // written (the residual stream reads it later). y is now
-                // written one step earlier than planned: its buffer must not
-                // share memory with anything that step reads.
-                if let Buf::Arena(i) = y.at.buf {
-                    self.buffers[i].first = self.steps.len();
+                // written (the residual stream reads it later), and so is
+                // the bias add of the linear before it when it can go too.
+                // y and the sum are now written earlier than planned: their
+                // buffers must not share memory with anything that step
+                // reads.
+                let (lhs, rhs, pre) = match self.take_bias_add(x_id, lhs, rhs, width) {
+                    Some((a, b, bias)) => (a, b, Arg::Ptr(bias)),
+                    None => (lhs, rhs, Arg::Null),
+                };
+                for r in [&y.at, &x.at] {
+                    if let Buf::Arena(i) = r.buf {
+                        self.buffers[i].first = self.buffers[i].first.min(self.steps.len());
+                    }
                 }
                 self.kernel(
                     format!("add_norm_{}", suffix(dt)),
@@ -104,6 +113,7 @@ impl Planner<'_> {
                         b.map(|b| Arg::Ptr(b.at)).unwrap_or(Arg::Null),
                         Arg::F32(f32::from_bits(eps_bits)),
                         Arg::Ptr(y.at),
+                        pre,
                     ],
                 );
                 return Ok(y);
