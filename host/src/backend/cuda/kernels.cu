@@ -714,10 +714,14 @@ __device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias, int act) {
 struct __align__(16) W16 { unsigned a, b, c, d; };
 // 16 bytes of read-only data streamed past L1 (weights read once per step).
 __device__ __forceinline__ W16 ld_stream(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
   W16 w;
   asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
   return w;
+#else
+  return *(const W16*)p;
+#endif
 }
 // 16 bytes of T widened to floats.
 template <typename T> struct Wide;
@@ -993,7 +997,9 @@ extern "C" __global__ void sleep_ns(unsigned long long ns) {
   unsigned long long t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
     __nanosleep(1000);
+#endif
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   } while (t - t0 < ns);
 }
