@@ -100,12 +100,7 @@ fn cubin(sm: &str, origin: &mut String) -> Option<Ptx> {
     let path = cache_path(&cache_key(sm, nvrtc_version()), "cubin");
     if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         if !bytes.is_empty() {
-            *origin = format!(
-                "cache {}",
-                path.as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            );
+            *origin = cached_at(&path);
             return Some(Ptx::from_binary(bytes));
         }
     }
@@ -116,7 +111,14 @@ fn cubin(sm: &str, origin: &mut String) -> Option<Ptx> {
     Some(Ptx::from_binary(bytes))
 }
 
-fn nvrtc_version() -> (i32, i32) {
+/// The module's origin when read from the cache at `path`.
+fn cached_at(path: &Option<PathBuf>) -> String {
+    let shown = path.as_ref().map(|p| p.display().to_string());
+    format!("cache {}", shown.unwrap_or_default())
+}
+
+/// NVRTC's (major, minor) version; NVRTC must be present.
+pub(super) fn nvrtc_version() -> (i32, i32) {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: the caller checked that NVRTC is present; writes two ints.
     unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
@@ -131,12 +133,7 @@ fn ptx(arch: &str, origin: &mut String) -> Result<Ptx, String> {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .filter(|s| s.contains(".entry"));
     if let Some(src) = cached {
-        *origin = format!(
-            "cache {}",
-            path.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
+        *origin = cached_at(&path);
         return Ok(Ptx::from_src(src));
     }
     let started = std::time::Instant::now();

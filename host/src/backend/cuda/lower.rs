@@ -290,7 +290,7 @@ impl<'g> Planner<'g> {
                 Err(self.err("has no uploaded value"))
             }
             Op::Unary(op, x) => {
-                if let Some(y) = self.gemv_then_unary(*op, *x, &shape)? {
+                if let Some(y) = self.unary_epilogue(*op, *x, &shape)? {
                     return Ok(y);
                 }
                 let x = self.val(*x)?;

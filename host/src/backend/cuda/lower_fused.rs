@@ -240,7 +240,7 @@ impl Planner<'_> {
     /// or `bias_add` just planned when that wrote all of `x` and nothing else
     /// reads it (OPT's `relu(fc1(h))`, BERT's `gelu(intermediate)`); the
     /// result takes `x`'s buffer.
-    pub(super) fn gemv_then_unary(
+    pub(super) fn unary_epilogue(
         &mut self,
         op: crate::ir::UnaryOp,
         x: NodeId,
@@ -402,10 +402,9 @@ impl Planner<'_> {
         else {
             return None;
         };
-        let dt = self.val(add).ok()?.dtype;
-        let whole =
-            *cols as usize == width && (*rows * *cols) as usize == self.val(add).ok()?.numel();
-        if *name != format!("bias_add_{}", suffix(dt)) || !whole {
+        let sum = self.val(add).ok()?;
+        let whole = *cols as usize == width && (*rows * *cols) as usize == sum.numel();
+        if *name != format!("bias_add_{}", suffix(sum.dtype)) || !whole {
             return None;
         }
         let (biased, other, node) = if *y == lhs {

@@ -65,12 +65,7 @@ pub fn report() -> Result<CudaReport, String> {
         // SAFETY: cuDriverGetVersion writes one int; the driver is loaded.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
         // SAFETY: dlopen probes only.
-        let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() }.then(|| {
-            let (mut major, mut minor) = (0, 0);
-            // SAFETY: nvrtcVersion writes two ints; the library is present.
-            unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-            (major, minor)
-        });
+        let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() }.then(kernels::nvrtc_version);
         // SAFETY: dlopen probes only.
         let cublas = unsafe {
             cudarc::cublas::sys::is_culib_present() && cudarc::cublaslt::sys::is_culib_present()
