@@ -16,6 +16,8 @@
 mod composite;
 #[path = "op_cases/elementwise.rs"]
 mod elementwise;
+#[path = "op_cases/fused.rs"]
+mod fused;
 #[path = "op_cases/layout.rs"]
 mod layout;
 #[path = "op_cases/nn.rs"]
@@ -44,7 +46,8 @@ pub fn cases() -> Vec<OpCase> {
         .into_iter()
         .chain(nn::cases())
         .chain(layout::cases())
-        .chain(composite::cases());
+        .chain(composite::cases())
+        .chain(fused::cases());
     let all: Vec<OpCase> = built
         .map(|c| c.unwrap_or_else(|e| panic!("an op case does not build: {e}")))
         .collect();

@@ -358,15 +358,15 @@ __device__ float block_reduce(float v, int kind) {
 // (as an unfused add stores it) and written to `sr` when given. Layer norm
 // (rms = 0) subtracts the mean; rms norm does not. Registers hold the row,
 // so loads are issued before any store.
-template <typename T>
+template <typename T, int PER = NORM_PER>
 __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar, const T* br, T* sr,
                                                 const T* scale, const T* bias, float eps, T* yr,
                                                 const T* pre) {
-  float v[NORM_PER], sc[NORM_PER], bi[NORM_PER];
+  float v[PER], sc[PER], bi[PER];
   float tot = 0.0f, sq = 0.0f;
   // Every load (row, scale, bias) is issued before the first reduction.
 #pragma unroll
-  for (int u = 0; u < NORM_PER; ++u) {
+  for (int u = 0; u < PER; ++u) {
     int c = threadIdx.x + u * blockDim.x;
     float f = 0.0f;
     if (c < width) {
@@ -380,7 +380,7 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     bi[u] = (bias && c < width) ? N<T>::ld(bias[c]) : 0.0f;
   }
 #pragma unroll
-  for (int u = 0; u < NORM_PER; ++u) { tot += v[u]; sq += v[u] * v[u]; }
+  for (int u = 0; u < PER; ++u) { tot += v[u]; sq += v[u] * v[u]; }
   float mean = 0.0f, den;
   if (rms) {
     den = sqrtf(block_reduce(sq, 0) / width + eps);
@@ -388,7 +388,7 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     mean = block_reduce(tot, 0) / width;
     float var = 0.0f;
 #pragma unroll
-    for (int u = 0; u < NORM_PER; ++u) {
+    for (int u = 0; u < PER; ++u) {
       int c = threadIdx.x + u * blockDim.x;
       float d = v[u] - mean;
       if (c < width) var += d * d;
@@ -396,7 +396,7 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     den = sqrtf(block_reduce(var, 0) / width + eps);
   }
 #pragma unroll
-  for (int u = 0; u < NORM_PER; ++u) {
+  for (int u = 0; u < PER; ++u) {
     int c = threadIdx.x + u * blockDim.x;
     if (c < width) {
       if (sr) sr[c] = N<T>::st(v[u]);
@@ -907,36 +907,45 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
 // a multiple of 16 bytes of T. `act` is a unary op code, or -1 for none.
 // One warp's dot products of weight row `wr` with the M rows of x; every
 // lane gets the sums.
+// Issues one pass of GEMV_UNROLL 16-byte loads of weight row `wr` from
+// element `k` (the row's tail predicated).
 template <typename T>
-__device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, float* acc) {
+__device__ __forceinline__ void gemv_load(int K, const T* wr, int k, W16* raw) {
+  const int step = 32 * Wide<T>::n;
+#pragma unroll
+  for (int u = 0; u < GEMV_UNROLL; ++u) {
+    if (k + u * step < K) raw[u] = ld_stream(wr + k + u * step);
+    else raw[u] = W16{0u, 0u, 0u, 0u};
+  }
+}
+// One warp's dot products of weight row `wr` with the M rows of x (global
+// or shared memory); every lane gets the sums. `raw` holds the row's first
+// pass (gemv_load from element lane x V).
+template <typename T>
+__device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, W16* raw, float* acc) {
   const int V = Wide<T>::n;
   const int step = 32 * V;
   int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
-  // Each pass issues up to GEMV_UNROLL 16-byte weight loads per lane at
-  // once (the row's tail predicated), so a row of K <= 32 x V x GEMV_UNROLL
-  // elements costs one memory round trip.
+  // Each pass has up to GEMV_UNROLL 16-byte weight loads per lane in
+  // flight, so a row of K <= 32 x V x GEMV_UNROLL elements costs one memory
+  // round trip.
   for (int k = lane * V; k < K; k += GEMV_UNROLL * step) {
-    W16 raw[GEMV_UNROLL];
+    if (k != lane * V) gemv_load<T>(K, wr, k, raw);
+    // One load's 8 weights widened at a time (few live registers).
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; ++u) {
-      if (k + u * step < K) raw[u] = ld_stream(wr + k + u * step);
-      else raw[u] = W16{0u, 0u, 0u, 0u};
-    }
-    float wv[GEMV_UNROLL][8];
+      if (k + u * step < K) {
+        float wv[8];
+        Wide<T>::cvt(raw[u], wv);
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; ++u) Wide<T>::cvt(raw[u], wv[u]);
-#pragma unroll
-    for (int m = 0; m < GEMV_MAX_M; ++m) {
-      if (m < M) {
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-          if (k + u * step < K) {
+        for (int m = 0; m < GEMV_MAX_M; ++m) {
+          if (m < M) {
             float xv[8];
             Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
 #pragma unroll
-            for (int e = 0; e < V; ++e) acc[m] += wv[u][e] * xv[e];
+            for (int e = 0; e < V; ++e) acc[m] += wv[e] * xv[e];
           }
         }
       }
@@ -946,13 +955,98 @@ __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, 
   for (int m = 0; m < GEMV_MAX_M; ++m)
     if (m < M) acc[m] = warp_sum(acc[m]);
 }
-template <typename T>
-__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act) {
+// Widest row the norm prologue takes: blockDim x 16 bytes x GEMV_NORM_PASSES.
+#define GEMV_NORM_PASSES 2
+// 16 bytes of T from floats, each rounded to T.
+template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
+template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
+  return W16{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])};
+}
+template <> __device__ __forceinline__ W16 pack16<h16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2h(f[2 * i]) | ((unsigned)f2h(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2b(f[2 * i]) | ((unsigned)f2b(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+// The input rows of a gemv. Without a norm they are `x`. With one (NORM)
+// they are norm(a (+ pre) (+ b)) * scale (+ nbias), layer norm or rms norm
+// (`rms`), computed by every block into dynamic shared memory (M x K of T,
+// rounded as the unfused norm stores it), 16 bytes per thread and pass;
+// block 0 also writes the sum to `sum` when given, as the unfused residual
+// add + norm would. The block's first weight loads are in flight meanwhile.
+template <typename T, bool NORM>
+__device__ __forceinline__ const T* gemv_input(int M, int K, const T* x, int rms, const T* a, const T* b,
+                                               const T* pre, T* sum, const T* scale, const T* nbias,
+                                               float eps) {
+  if (!NORM) return x;
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
+  T* xs = (T*)gemv_smem;
+  const int V = Wide<T>::n;
+  for (int m = 0; m < M; ++m) {
+    i64 o = (i64)m * K;
+    float v[GEMV_NORM_PASSES][8];
+    float tot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < GEMV_NORM_PASSES; ++j) {
+      int c = (threadIdx.x + j * blockDim.x) * V;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[j][e] = 0.0f;
+      if (c < K) {
+        Wide<T>::ld(a + o + c, v[j]);
+        float t[8];
+        if (pre) {
+          Wide<T>::ld(pre + c, t);
+          for (int e = 0; e < V; ++e) v[j][e] = N<T>::ld(N<T>::st(v[j][e] + t[e]));
+        }
+        if (b) {
+          Wide<T>::ld(b + o + c, t);
+          for (int e = 0; e < V; ++e) v[j][e] = N<T>::ld(N<T>::st(v[j][e] + t[e]));
+        }
+        for (int e = 0; e < V; ++e) tot += v[j][e];
+      }
+    }
+    float mean = rms ? 0.0f : block_reduce(tot, 0) / K;
+    float sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < GEMV_NORM_PASSES; ++j) {
+      int c = (threadIdx.x + j * blockDim.x) * V;
+      if (c < K)
+        for (int e = 0; e < V; ++e) sq += (v[j][e] - mean) * (v[j][e] - mean);
+    }
+    float den = sqrtf(block_reduce(sq, 0) / K + eps);
+#pragma unroll
+    for (int j = 0; j < GEMV_NORM_PASSES; ++j) {
+      int c = (threadIdx.x + j * blockDim.x) * V;
+      if (c < K) {
+        if (sum && blockIdx.x == 0) *(W16*)(sum + o + c) = pack16<T>(v[j]);
+        float sc[8], bi[8], y[8];
+        Wide<T>::ld(scale + c, sc);
+        if (nbias) Wide<T>::ld(nbias + c, bi);
+        for (int e = 0; e < V; ++e) y[e] = (v[j][e] - mean) / den * sc[e] + (nbias ? bi[e] : 0.0f);
+        *(W16*)(xs + o + c) = pack16<T>(y);
+      }
+    }
+  }
+  __syncthreads();
+  return xs;
+}
+#define GEMV_NORM_PARAMS(T) int rms, const T* na, const T* nb, const T* npre, T* nsum, const T* nscale, const T* nbias, float eps
+#define GEMV_NORM_ARGS rms, na, nb, npre, nsum, nscale, nbias, eps
+template <typename T, bool NORM>
+__device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act,
+                       GEMV_NORM_PARAMS(T)) {
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int n = blockIdx.x * (blockDim.x >> 5) + warp;
+  W16 raw[GEMV_UNROLL];
+  if (n < cols) gemv_load<T>(K, w + (i64)n * K, lane * Wide<T>::n, raw);
+  const T* xin = gemv_input<T, NORM>(M, K, x, GEMV_NORM_ARGS);
   if (n >= cols) return;
   float acc[GEMV_MAX_M];
-  gemv_dot<T>(M, K, x, w + (i64)n * K, acc);
+  gemv_dot<T>(M, K, xin, w + (i64)n * K, raw, acc);
 #pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) {
     if (m < M && lane == 0) {
@@ -967,16 +1061,20 @@ __device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* 
 // y[m, j] = op(act(g), u) with g, act(g) and u rounded to T as the unfused
 // gemv and unary would store them (SwiGLU over a fused gate/up weight).
 // Blocks of 8 warps: warps 0-3 take 4 gate columns, warps 4-7 the matching
-// up columns.
-template <typename T>
-__device__ void gemv_glu_t(int M, int half, int K, const T* x, const T* w, const T* bias, T* y, int act, int op) {
+// up columns. The input rows as in gemv_t.
+template <typename T, bool NORM>
+__device__ void gemv_glu_t(int M, int half, int K, const T* x, const T* w, const T* bias, T* y, int act, int op,
+                           GEMV_NORM_PARAMS(T)) {
   __shared__ float res[8][GEMV_MAX_M];
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int j = blockIdx.x * 4 + (warp & 3);
   int row = j + (warp >= 4 ? half : 0);
+  W16 raw[GEMV_UNROLL];
+  if (j < half) gemv_load<T>(K, w + (i64)row * K, lane * Wide<T>::n, raw);
+  const T* xin = gemv_input<T, NORM>(M, K, x, GEMV_NORM_ARGS);
   if (j < half) {
     float acc[GEMV_MAX_M];
-    gemv_dot<T>(M, K, x, w + (i64)row * K, acc);
+    gemv_dot<T>(M, K, xin, w + (i64)row * K, raw, acc);
     if (lane == 0) {
 #pragma unroll
       for (int m = 0; m < GEMV_MAX_M; ++m)
@@ -1033,8 +1131,10 @@ BYSIZE(SIZED)
   extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_s_t<T>(u, o, p, a, b, y); } \
   extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { pdl_enter(); unary_s_t<T>(u, p, x, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y, const T* pre) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y, pre); } \
-  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a) { pdl_enter(); gemv_t<T>(m, nn, k, x, w, b, y, a); } \
-  extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o) { pdl_enter(); gemv_glu_t<T>(m, h, k, x, w, b, y, a, o); } \
+  extern "C" __global__ void __launch_bounds__(256) gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, false>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void __launch_bounds__(256) gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, false>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void __launch_bounds__(256) gemv_norm_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, true>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void __launch_bounds__(256) gemv_glu_norm_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, true>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { pdl_enter(); rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { pdl_enter(); rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
   extern "C" __global__ void rotary2_copy_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter, Idx p3, const T* x3, T* y3) { pdl_enter(); rotary2_copy_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter, p3, x3, y3); } \

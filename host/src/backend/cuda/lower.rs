@@ -390,9 +390,10 @@ impl<'g> Planner<'g> {
                 self.matmul(a, b, shape)
             }
             Op::Linear { x, weight, bias } => {
+                let x_id = *x;
                 let (x, w) = (self.val(*x)?, self.val(*weight)?);
                 let b = bias.map(|b| self.val(b)).transpose()?;
-                if let Some(y) = self.gemv(&x, &w, b.as_ref(), &shape) {
+                if let Some(y) = self.gemv(x_id, &x, &w, b.as_ref(), &shape) {
                     return Ok(y);
                 }
                 // x @ W^T: the transpose is a free view.

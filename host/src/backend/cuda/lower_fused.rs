@@ -10,6 +10,20 @@ use crate::ir::{DType, NodeId};
 /// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
 const GEMV_MAX_M: usize = 4;
 
+/// The `gemv` kernels' norm-prologue arguments when there is none.
+fn no_norm() -> [Arg; 8] {
+    [
+        Arg::I32(0),
+        Arg::Null,
+        Arg::Null,
+        Arg::Null,
+        Arg::Null,
+        Arg::Null,
+        Arg::Null,
+        Arg::F32(0.0),
+    ]
+}
+
 impl Planner<'_> {
     /// Rotary embedding: one element-wise kernel over x's (strided) shape.
     pub(super) fn rotary(
@@ -185,8 +199,11 @@ impl Planner<'_> {
     /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
     /// [`GEMV_MAX_M`] dense rows and w is a dense [N, K] matrix whose rows
     /// are whole 16-byte words (decode steps); `None` leaves it to cuBLAS.
+    /// A norm planned just before that only this product reads becomes the
+    /// kernel's prologue (`gemv_norm`, see [`Planner::take_norm`]).
     pub(super) fn gemv(
         &mut self,
+        x_id: NodeId,
         x: &Val,
         w: &Val,
         bias: Option<&Val>,
@@ -212,28 +229,82 @@ impl Planner<'_> {
         {
             return None;
         }
+        let norm = self.take_norm(x_id, x, rows, k);
         let y = self.fresh(dt, shape.to_vec());
         for v in [Some(x), Some(w), bias].into_iter().flatten() {
             self.use_val(v);
         }
         let warps = (BLOCK / 32) as usize;
+        let (name, xin, shared, norm) = match norm {
+            Some(args) => ("gemv_norm", Arg::Null, (k * dt.size()) as u32, args),
+            None => ("gemv", Arg::Ptr(x.at), 0, no_norm().to_vec()),
+        };
+        let mut args = vec![
+            Arg::I32(rows as i32),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            xin,
+            Arg::Ptr(w.at),
+            bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
+            Arg::Ptr(y.at),
+            Arg::I32(-1),
+        ];
+        args.extend(norm);
         self.kernel(
-            format!("gemv_{}", suffix(dt)),
+            format!("{name}_{}", suffix(dt)),
             n.div_ceil(warps).clamp(1, 1 << 30) as u32,
             BLOCK,
-            0,
-            vec![
-                Arg::I32(rows as i32),
-                Arg::I32(n as i32),
-                Arg::I32(k as i32),
-                Arg::Ptr(x.at),
-                Arg::Ptr(w.at),
-                bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
-                Arg::Ptr(y.at),
-                Arg::I32(-1),
-            ],
+            shared,
+            args,
         );
         Some(y)
+    }
+
+    /// The norm kernel planned last, when it wrote exactly `x` (`rows` = 1
+    /// row of `k`, at most 2 x BLOCK x 16 bytes) and only the product being
+    /// planned reads it: removed, and returned as the `gemv_norm` prologue's
+    /// arguments (rms, a, b, pre, sum, scale, bias, eps). Every block then
+    /// computes the norm itself while its weights load, which saves the
+    /// norm's launch at decode (one row; with more rows the repeated work
+    /// costs more than it saves).
+    fn take_norm(&mut self, x_id: NodeId, x: &Val, rows: usize, k: usize) -> Option<Vec<Arg>> {
+        let dt = x.dtype;
+        if rows != 1 || k * dt.size() > 2 * BLOCK as usize * 16 || !self.sole_reader(x_id) {
+            return None;
+        }
+        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+            return None;
+        };
+        let sfx = suffix(dt);
+        let one = |r: &i64, w: &i32| *r == 1 && *w as usize == k;
+        let prologue = match args.as_slice() {
+            [Arg::I32(rms), Arg::I64(r), Arg::I32(w), a, b, sum, s, bias, eps @ Arg::F32(_), Arg::Ptr(y), pre]
+                if *name == format!("add_norm_{sfx}") && one(r, w) && *y == x.at =>
+            {
+                vec![Arg::I32(*rms), a.clone(), b.clone(), pre.clone(), sum.clone(), s.clone(), bias.clone(), eps.clone()]
+            }
+            [Arg::I64(r), Arg::I32(w), a, s, bias, eps @ Arg::F32(_), Arg::Ptr(y)]
+                if *name == format!("layer_norm_{sfx}") && one(r, w) && *y == x.at =>
+            {
+                vec![Arg::I32(0), a.clone(), Arg::Null, Arg::Null, Arg::Null, s.clone(), bias.clone(), eps.clone()]
+            }
+            [Arg::I64(r), Arg::I32(w), a, s, eps @ Arg::F32(_), Arg::Ptr(y)]
+                if *name == format!("rms_norm_{sfx}") && one(r, w) && *y == x.at =>
+            {
+                vec![Arg::I32(1), a.clone(), Arg::Null, Arg::Null, Arg::Null, s.clone(), Arg::Null, eps.clone()]
+            }
+            _ => return None,
+        };
+        // The prologue reads and writes 16 bytes at a time.
+        let aligned = prologue.iter().all(|a| match a {
+            Arg::Ptr(r) => r.offset.is_multiple_of(16),
+            _ => true,
+        });
+        if !aligned {
+            return None;
+        }
+        self.steps.pop();
+        Some(prologue)
     }
 
     /// A float unary `op` applied to `x` becomes the epilogue of the `gemv`
@@ -251,14 +322,17 @@ impl Planner<'_> {
         if op == crate::ir::UnaryOp::Not || !float || !v.is_contiguous() || !self.sole_reader(x) {
             return Ok(None);
         }
-        let gemv = format!("gemv_{}", suffix(v.dtype));
+        let gemv = [
+            format!("gemv_{}", suffix(v.dtype)),
+            format!("gemv_norm_{}", suffix(v.dtype)),
+        ];
         let bias_add = format!("bias_add_{}", suffix(v.dtype));
         let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
             return Ok(None);
         };
         match args.as_mut_slice() {
-            [Arg::I32(m), Arg::I32(n), .., Arg::Ptr(y), act @ Arg::I32(-1)]
-                if *name == gemv && *y == v.at && (*m * *n) as usize == v.numel() =>
+            [Arg::I32(m), Arg::I32(n), _, _, _, _, Arg::Ptr(y), act @ Arg::I32(-1), ..]
+                if gemv.contains(name) && *y == v.at && (*m * *n) as usize == v.numel() =>
             {
                 *act = Arg::I32(op as i32);
             }
@@ -319,8 +393,9 @@ impl Planner<'_> {
         }
         let (vl, va) = (self.val(*l)?, self.val(a)?);
         let dt = vl.dtype;
-        let (gemv, dense, strided) = (
+        let (gemv, gemv_norm, dense, strided) = (
             format!("gemv_{}", suffix(dt)),
+            format!("gemv_norm_{}", suffix(dt)),
             format!("unary_{}", suffix(dt)),
             format!("unary_s_{}", suffix(dt)),
         );
@@ -328,15 +403,18 @@ impl Planner<'_> {
         let fused = match self.steps.get(n.saturating_sub(2)..) {
             Some(
                 [Step::Kernel {
-                    name: gn, args: ga, ..
+                    name: gn,
+                    args: ga,
+                    shared,
+                    ..
                 }, Step::Kernel {
                     name: un, args: ua, ..
                 }],
             ) => match (ga.as_slice(), ua.as_slice()) {
                 (
-                    [Arg::I32(m), Arg::I32(cols), k, x, w, bias, Arg::Ptr(y), Arg::I32(-1)],
+                    [Arg::I32(m), Arg::I32(cols), k, x, w, bias, Arg::Ptr(y), Arg::I32(-1), norm @ ..],
                     [Arg::I32(g), _, Arg::Ptr(ux), Arg::Ptr(uy)],
-                ) if *gn == gemv
+                ) if (*gn == gemv || *gn == gemv_norm)
                     && (*un == dense || *un == strided)
                     && *y == vl.at
                     && *ux == vl.at
@@ -344,13 +422,15 @@ impl Planner<'_> {
                     && *g == f as i32
                     && *cols as i64 == 2 * h =>
                 {
-                    Some((*m, *h as i32, k.clone(), x.clone(), w.clone(), bias.clone()))
+                    let name = if *gn == gemv { "gemv_glu" } else { "gemv_glu_norm" };
+                    let front = [k, x, w, bias].map(Arg::clone);
+                    Some((*m, *h as i32, front, norm.to_vec(), name, *shared))
                 }
                 _ => None,
             },
             _ => None,
         };
-        let Some((m, half, k, x, w, bias)) = fused else {
+        let Some((m, half, [k, x, w, bias], norm, name, shared)) = fused else {
             return Ok(None);
         };
         self.steps.truncate(n - 2);
@@ -358,7 +438,7 @@ impl Planner<'_> {
         if y.numel() != (m * half) as usize {
             return Err(self.err("gated projection: output size mismatch"));
         }
-        let args = vec![
+        let mut args = vec![
             Arg::I32(m),
             Arg::I32(half),
             k,
@@ -369,11 +449,12 @@ impl Planner<'_> {
             Arg::I32(f as i32),
             Arg::I32(op as i32),
         ];
+        args.extend(norm);
         self.kernel(
-            format!("gemv_glu_{}", suffix(dt)),
+            format!("{name}_{}", suffix(dt)),
             (half as u32).div_ceil(4).max(1),
             BLOCK,
-            0,
+            shared,
             args,
         );
         Ok(Some(y))

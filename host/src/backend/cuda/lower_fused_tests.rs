@@ -221,3 +221,32 @@ fn bias_adds_fuse_forward() {
         plan.steps
     );
 }
+
+/// An rms norm read only by a one-row decode linear becomes the gemv's
+/// prologue; with two rows, or with another reader, it stays a kernel.
+#[test]
+fn norm_folds_into_one_row_gemv() {
+    let plan_of = |rows: u64, shared_norm: bool| {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let x = b
+            .input("x", DType::F32, vec![Dim::Fixed(rows), Dim::Fixed(8)])
+            .unwrap();
+        let s = b.input("s", DType::F32, vec![Dim::Fixed(8)]).unwrap();
+        let w = b
+            .input("w", DType::F32, vec![Dim::Fixed(4), Dim::Fixed(8)])
+            .unwrap();
+        let n = b.rms_norm(x, s, 1e-6).unwrap();
+        let y = b.linear(n, w, None).unwrap();
+        b.output("y", y).unwrap();
+        if shared_norm {
+            b.output("n", n).unwrap();
+        }
+        let g = b.finish().unwrap();
+        Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap()
+    };
+    assert_eq!(kernel_names(&plan_of(1, false)), ["gemv_norm_f32"]);
+    assert_eq!(kernel_names(&plan_of(2, false)), ["rms_norm_f32", "gemv_f32"]);
+    let shared = kernel_names(&plan_of(1, true));
+    assert_eq!(shared.first().map(String::as_str), Some("rms_norm_f32"));
+    assert!(shared.contains(&"gemv_f32".to_string()), "{shared:?}");
+}
