@@ -921,7 +921,7 @@ __device__ __forceinline__ void gemv_load(int K, const T* wr, int k, W16* raw) {
 // One warp's dot products of weight row `wr` with the M rows of x (global
 // or shared memory); every lane gets the sums. `raw` holds the row's first
 // pass (gemv_load from element lane x V).
-template <typename T>
+template <typename T, bool LEAN>
 __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, W16* raw, float* acc) {
   const int V = Wide<T>::n;
   const int step = 32 * V;
@@ -933,19 +933,41 @@ __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, 
   // round trip.
   for (int k = lane * V; k < K; k += GEMV_UNROLL * step) {
     if (k != lane * V) gemv_load<T>(K, wr, k, raw);
-    // One load's 8 weights widened at a time (few live registers).
+    if (LEAN) {
+      // One load's weights widened at a time: fewer live registers (more
+      // blocks per SM), for the kernels with a norm prologue.
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; ++u) {
-      if (k + u * step < K) {
-        float wv[8];
-        Wide<T>::cvt(raw[u], wv);
+      for (int u = 0; u < GEMV_UNROLL; ++u) {
+        if (k + u * step < K) {
+          float wv[8];
+          Wide<T>::cvt(raw[u], wv);
 #pragma unroll
-        for (int m = 0; m < GEMV_MAX_M; ++m) {
-          if (m < M) {
-            float xv[8];
-            Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
+          for (int m = 0; m < GEMV_MAX_M; ++m) {
+            if (m < M) {
+              float xv[8];
+              Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
 #pragma unroll
-            for (int e = 0; e < V; ++e) acc[m] += wv[e] * xv[e];
+              for (int e = 0; e < V; ++e) acc[m] += wv[e] * xv[e];
+            }
+          }
+        }
+      }
+    } else {
+      // Every load's weights widened first (faster for the plain kernels).
+      float wv[GEMV_UNROLL][8];
+#pragma unroll
+      for (int u = 0; u < GEMV_UNROLL; ++u) Wide<T>::cvt(raw[u], wv[u]);
+#pragma unroll
+      for (int m = 0; m < GEMV_MAX_M; ++m) {
+        if (m < M) {
+#pragma unroll
+          for (int u = 0; u < GEMV_UNROLL; ++u) {
+            if (k + u * step < K) {
+              float xv[8];
+              Wide<T>::ld(x + (i64)m * K + k + u * step, xv);
+#pragma unroll
+              for (int e = 0; e < V; ++e) acc[m] += wv[u][e] * xv[e];
+            }
           }
         }
       }
@@ -956,7 +978,7 @@ __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, 
     if (m < M) acc[m] = warp_sum(acc[m]);
 }
 // Widest row the norm prologue takes: blockDim x 16 bytes x GEMV_NORM_PASSES.
-#define GEMV_NORM_PASSES 2
+#define GEMV_NORM_PASSES 1
 // 16 bytes of T from floats, each rounded to T.
 template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
 template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
@@ -1046,7 +1068,7 @@ __device__ void gemv_t(int M, int cols, int K, const T* x, const T* w, const T* 
   const T* xin = gemv_input<T, NORM>(M, K, x, GEMV_NORM_ARGS);
   if (n >= cols) return;
   float acc[GEMV_MAX_M];
-  gemv_dot<T>(M, K, xin, w + (i64)n * K, raw, acc);
+  gemv_dot<T, NORM>(M, K, xin, w + (i64)n * K, raw, acc);
 #pragma unroll
   for (int m = 0; m < GEMV_MAX_M; ++m) {
     if (m < M && lane == 0) {
@@ -1074,7 +1096,7 @@ __device__ void gemv_glu_t(int M, int half, int K, const T* x, const T* w, const
   const T* xin = gemv_input<T, NORM>(M, K, x, GEMV_NORM_ARGS);
   if (j < half) {
     float acc[GEMV_MAX_M];
-    gemv_dot<T>(M, K, xin, w + (i64)row * K, raw, acc);
+    gemv_dot<T, NORM>(M, K, xin, w + (i64)row * K, raw, acc);
     if (lane == 0) {
 #pragma unroll
       for (int m = 0; m < GEMV_MAX_M; ++m)
@@ -1131,10 +1153,10 @@ BYSIZE(SIZED)
   extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_s_t<T>(u, o, p, a, b, y); } \
   extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { pdl_enter(); unary_s_t<T>(u, p, x, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y, const T* pre) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y, pre); } \
-  extern "C" __global__ void __launch_bounds__(256) gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, false>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
-  extern "C" __global__ void __launch_bounds__(256) gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, false>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
-  extern "C" __global__ void __launch_bounds__(256) gemv_norm_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, true>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
-  extern "C" __global__ void __launch_bounds__(256) gemv_glu_norm_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, true>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, false>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, false>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, true>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void __launch_bounds__(256, 3) gemv_glu_norm_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, true>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
   extern "C" __global__ void rotary_##n(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) { pdl_enter(); rotary_t<T>(p, x, c, s, y, d, r, xl, inter); } \
   extern "C" __global__ void rotary2_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter) { pdl_enter(); rotary2_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter); } \
   extern "C" __global__ void rotary2_copy_##n(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2, const T* c, const T* s, int d, int r, int inter, Idx p3, const T* x3, T* y3) { pdl_enter(); rotary2_copy_t<T>(p, x, y, xl, p2, x2, y2, xl2, c, s, d, r, inter, p3, x3, y3); } \

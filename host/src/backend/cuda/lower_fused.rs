@@ -261,7 +261,7 @@ impl Planner<'_> {
     }
 
     /// The norm kernel planned last, when it wrote exactly `x` (`rows` = 1
-    /// row of `k`, at most 2 x BLOCK x 16 bytes) and only the product being
+    /// row of `k`, at most BLOCK x 16 bytes) and only the product being
     /// planned reads it: removed, and returned as the `gemv_norm` prologue's
     /// arguments (rms, a, b, pre, sum, scale, bias, eps). Every block then
     /// computes the norm itself while its weights load, which saves the
@@ -269,7 +269,7 @@ impl Planner<'_> {
     /// costs more than it saves).
     fn take_norm(&mut self, x_id: NodeId, x: &Val, rows: usize, k: usize) -> Option<Vec<Arg>> {
         let dt = x.dtype;
-        if rows != 1 || k * dt.size() > 2 * BLOCK as usize * 16 || !self.sole_reader(x_id) {
+        if rows != 1 || k * dt.size() > BLOCK as usize * 16 || !self.sole_reader(x_id) {
             return None;
         }
         let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
@@ -281,17 +281,44 @@ impl Planner<'_> {
             [Arg::I32(rms), Arg::I64(r), Arg::I32(w), a, b, sum, s, bias, eps @ Arg::F32(_), Arg::Ptr(y), pre]
                 if *name == format!("add_norm_{sfx}") && one(r, w) && *y == x.at =>
             {
-                vec![Arg::I32(*rms), a.clone(), b.clone(), pre.clone(), sum.clone(), s.clone(), bias.clone(), eps.clone()]
+                vec![
+                    Arg::I32(*rms),
+                    a.clone(),
+                    b.clone(),
+                    pre.clone(),
+                    sum.clone(),
+                    s.clone(),
+                    bias.clone(),
+                    eps.clone(),
+                ]
             }
             [Arg::I64(r), Arg::I32(w), a, s, bias, eps @ Arg::F32(_), Arg::Ptr(y)]
                 if *name == format!("layer_norm_{sfx}") && one(r, w) && *y == x.at =>
             {
-                vec![Arg::I32(0), a.clone(), Arg::Null, Arg::Null, Arg::Null, s.clone(), bias.clone(), eps.clone()]
+                vec![
+                    Arg::I32(0),
+                    a.clone(),
+                    Arg::Null,
+                    Arg::Null,
+                    Arg::Null,
+                    s.clone(),
+                    bias.clone(),
+                    eps.clone(),
+                ]
             }
             [Arg::I64(r), Arg::I32(w), a, s, eps @ Arg::F32(_), Arg::Ptr(y)]
                 if *name == format!("rms_norm_{sfx}") && one(r, w) && *y == x.at =>
             {
-                vec![Arg::I32(1), a.clone(), Arg::Null, Arg::Null, Arg::Null, s.clone(), Arg::Null, eps.clone()]
+                vec![
+                    Arg::I32(1),
+                    a.clone(),
+                    Arg::Null,
+                    Arg::Null,
+                    Arg::Null,
+                    s.clone(),
+                    Arg::Null,
+                    eps.clone(),
+                ]
             }
             _ => return None,
         };
@@ -422,7 +449,11 @@ impl Planner<'_> {
                     && *g == f as i32
                     && *cols as i64 == 2 * h =>
                 {
-                    let name = if *gn == gemv { "gemv_glu" } else { "gemv_glu_norm" };
+                    let name = if *gn == gemv {
+                        "gemv_glu"
+                    } else {
+                        "gemv_glu_norm"
+                    };
                     let front = [k, x, w, bias].map(Arg::clone);
                     Some((*m, *h as i32, front, norm.to_vec(), name, *shared))
                 }

@@ -245,7 +245,10 @@ fn norm_folds_into_one_row_gemv() {
         Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap()
     };
     assert_eq!(kernel_names(&plan_of(1, false)), ["gemv_norm_f32"]);
-    assert_eq!(kernel_names(&plan_of(2, false)), ["rms_norm_f32", "gemv_f32"]);
+    assert_eq!(
+        kernel_names(&plan_of(2, false)),
+        ["rms_norm_f32", "gemv_f32"]
+    );
     let shared = kernel_names(&plan_of(1, true));
     assert_eq!(shared.first().map(String::as_str), Some("rms_norm_f32"));
     assert!(shared.contains(&"gemv_f32".to_string()), "{shared:?}");
