@@ -14,6 +14,13 @@ use crate::runner::{RequestError, Runner};
 use crate::sandbox::Sandbox;
 use crate::HostError;
 
+/// Stack of a worker thread. Skills run on it, and under their frames the
+/// host calls they make: graph planning, CUDA graph capture, cuBLAS, NVRTC
+/// and the tokenizer. Rust's 2 MiB default is the suspected cause of an
+/// intermittent SIGSEGV seen on CUDA (1 in 8 runs; none in 8 with a larger
+/// stack). Only the pages used are committed.
+const WORKER_STACK_BYTES: usize = 64 << 20;
+
 /// Estimates a request's token count for grouping and the token budget
 /// from its text (`text`, `prompt` or `input`), else from its bytes.
 ///
@@ -126,6 +133,7 @@ pub(crate) fn start(
         let (rx, idle, freed) = (rx.clone(), idle.clone(), freed.clone());
         std::thread::Builder::new()
             .name(format!("{}-worker-{i}", config.name))
+            .stack_size(WORKER_STACK_BYTES)
             .spawn(move || w.serve(rx, idle, freed))
             .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
     }
