@@ -137,6 +137,11 @@ fn main() {
         Command::Devices { json } => devices(json),
         Command::Skills { json } => skills(json),
     };
+    // Every endpoint is gone with its command's runtime; let the workers
+    // release their skills (and device memory) before the process exits.
+    if !host::endpoint::wait_for_workers(std::time::Duration::from_secs(30)) {
+        eprintln!("warning: worker threads still busy at exit");
+    }
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {

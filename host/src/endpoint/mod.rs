@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::{BatchPolicy, EndpointConfig, EndpointsFile};
 pub use metrics::Metrics;
+pub use worker::wait_for_workers;
 
 use crate::runner::{Output, RequestError};
 use crate::sandbox::Sandbox;

@@ -1,7 +1,8 @@
 //! Worker threads: each owns a skill instance per device it has used and
 //! runs batches, retrying a failed batch on the next device of the list.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,6 +21,55 @@ use crate::HostError;
 /// intermittent SIGSEGV seen on CUDA (1 in 8 runs; none in 8 with a larger
 /// stack). Only the pages used are committed.
 const WORKER_STACK_BYTES: usize = 64 << 20;
+
+/// Worker threads of this process that have not yet dropped their skill
+/// instances (and with them their device memory, streams and handles).
+static LIVE: Mutex<usize> = Mutex::new(0);
+static GONE: Condvar = Condvar::new();
+
+/// Counts a worker thread as live until dropped (also when it panics).
+struct Live;
+
+impl Live {
+    fn new() -> Live {
+        if let Ok(mut n) = LIVE.lock() {
+            *n += 1;
+        }
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Ok(mut n) = LIVE.lock() {
+            *n = n.saturating_sub(1);
+        }
+        GONE.notify_all();
+    }
+}
+
+/// Waits until every worker thread has finished and released its skill
+/// instances, at most `timeout`; returns whether they all did. Call it
+/// before the process exits, once every endpoint is dropped (their queues
+/// closed): a worker still releasing CUDA resources while the driver is
+/// torn down at exit can crash the process.
+pub fn wait_for_workers(timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    let Ok(mut n) = LIVE.lock() else {
+        return false;
+    };
+    while *n > 0 {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        n = match GONE.wait_timeout(n, left) {
+            Ok((g, _)) => g,
+            Err(_) => return false,
+        };
+    }
+    true
+}
 
 /// Estimates a request's token count for grouping and the token budget
 /// from its text (`text`, `prompt` or `input`), else from its bytes.
@@ -134,7 +184,15 @@ pub(crate) fn start(
         std::thread::Builder::new()
             .name(format!("{}-worker-{i}", config.name))
             .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || w.serve(rx, idle, freed))
+            .spawn({
+                let live = Live::new();
+                move || {
+                    w.serve(rx, idle, freed);
+                    // The skill instances go before the worker counts as gone.
+                    drop(w);
+                    drop(live);
+                }
+            })
             .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
     }
     let (device, precision) = first.unwrap_or_default();
