@@ -15,13 +15,6 @@ use crate::runner::{RequestError, Runner};
 use crate::sandbox::Sandbox;
 use crate::HostError;
 
-/// Stack of a worker thread. Skills run on it, and under their frames the
-/// host calls they make: graph planning, CUDA graph capture, cuBLAS, NVRTC
-/// and the tokenizer. Rust's 2 MiB default is the suspected cause of an
-/// intermittent SIGSEGV seen on CUDA (1 in 8 runs; none in 8 with a larger
-/// stack). Only the pages used are committed.
-const WORKER_STACK_BYTES: usize = 64 << 20;
-
 /// Worker threads of this process that have not yet dropped their skill
 /// instances (and with them their device memory, streams and handles).
 static LIVE: Mutex<usize> = Mutex::new(0);
@@ -183,7 +176,6 @@ pub(crate) fn start(
         let (rx, idle, freed) = (rx.clone(), idle.clone(), freed.clone());
         std::thread::Builder::new()
             .name(format!("{}-worker-{i}", config.name))
-            .stack_size(WORKER_STACK_BYTES)
             .spawn({
                 let live = Live::new();
                 move || {
