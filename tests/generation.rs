@@ -315,3 +315,59 @@ fn unsupported_decoder_is_refused_at_load() {
         "{e}"
     );
 }
+
+/// A sequence that stops before the rest of its batch is answered then
+/// (`partial.complete`), before the longer one, and a bad request at once;
+/// the early answers equal the batch's own results.
+#[test]
+fn finished_sequences_are_answered_before_the_batch_ends() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-llama"),
+        "cpu",
+        Precision::F32,
+    );
+    let c = &cases("llama")[0];
+    let batch = [
+        request(&c.prompt, serde_json::json!({ "max_new_tokens": 20 })),
+        request(&c.prompt, serde_json::json!({ "max_new_tokens": 2 })),
+        request("", serde_json::json!({})),
+    ];
+    let early: std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>> = Default::default();
+    let sink = early.clone();
+    let answer: host::runner::EarlyAnswer = std::sync::Arc::new(move |i, a| {
+        let line = match a {
+            Ok(o) => o.to_json_line().unwrap(),
+            Err(e) => format!("error: {}", e.kind),
+        };
+        sink.lock().unwrap().push((i, line));
+    });
+    let results = r
+        .try_handle_streaming(&batch, &[], Some(answer))
+        .expect("batch runs");
+    let early = early.lock().unwrap().clone();
+    let order: Vec<usize> = early.iter().map(|(i, _)| *i).collect();
+    assert_eq!(order, [2, 1, 0], "bad request first, then by length");
+    assert_eq!(early[0].1, "error: invalid-request");
+    for (i, line) in &early[1..] {
+        let full = results[*i]
+            .as_ref()
+            .expect("generated")
+            .to_json_line()
+            .unwrap();
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(line).unwrap(),
+            serde_json::from_str(&full).unwrap(),
+        );
+        assert_eq!(tokens(&a), tokens(&b), "request {i}");
+        assert_eq!(a["finish_reason"], "length");
+    }
+    assert_eq!(tokens(&serde_json::from_str(&early[1].1).unwrap()).len(), 2);
+    assert_eq!(
+        tokens(&serde_json::from_str(&early[2].1).unwrap()).len(),
+        20
+    );
+}

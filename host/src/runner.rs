@@ -13,6 +13,9 @@ use crate::sandbox::{
 use crate::tensor::Tensor;
 use crate::HostError;
 
+/// Receives answers given before the batch ends: (request index, answer).
+pub type EarlyAnswer = Arc<dyn Fn(usize, Result<Output, RequestError>) + Send + Sync>;
+
 /// Largest request accepted, in bytes of JSON.
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
@@ -238,15 +241,19 @@ impl Runner {
         &mut self,
         batch: &[String],
     ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
-        self.try_handle_streaming(batch, &[])
+        self.try_handle_streaming(batch, &[], None)
     }
 
     /// Like [`Runner::try_handle`]; partial results of request `i` go to
-    /// `streams[i]` when present.
+    /// `streams[i]` when present, and answers the skill gives before the
+    /// batch ends (`partial.complete`) to `early` as `(i, answer)`. The
+    /// returned list still holds an entry for every request; the caller
+    /// keeps the first answer of each.
     pub fn try_handle_streaming(
         &mut self,
         batch: &[String],
         streams: &[Option<StreamSender>],
+        early: Option<EarlyAnswer>,
     ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
         let mut results: Vec<Option<Result<Output, RequestError>>> = vec![None; batch.len()];
         let mut valid_idx = Vec::new();
@@ -264,9 +271,20 @@ impl Runner {
         }
         if !valid.is_empty() {
             let (device, precision) = (self.device.clone(), self.precision.to_string());
+            let completer = early.map(|early| {
+                let (index, device, precision) =
+                    (valid_idx.clone(), device.clone(), precision.clone());
+                Box::new(
+                    move |i: u32, r: Result<crate::sandbox::WitResponse, WitError>| {
+                        if let Some(&at) = index.get(i as usize) {
+                            early(at, convert_response(r, &device, &precision));
+                        }
+                    },
+                ) as crate::sandbox::Completer
+            });
             let inst = self.instance()?;
             let answers: Vec<Result<Output, RequestError>> =
-                match inst.handle_streaming(&valid, valid_streams) {
+                match inst.handle_streaming(&valid, valid_streams, completer) {
                     Err(e) => {
                         self.traps += 1;
                         return Err(RequestError {

@@ -17,6 +17,7 @@
 
 mod decoder;
 mod positions;
+mod respond;
 mod sample;
 
 use std::cell::RefCell;
@@ -180,6 +181,12 @@ impl Guest for TextGeneration {
                     .collect();
             };
             let parsed: Vec<Result<Request, Error>> = batch.iter().map(|r| parse(m, r)).collect();
+            // Bad requests are answered at once, not after the batch.
+            for (i, p) in parsed.iter().enumerate() {
+                if let Err(e) = p {
+                    skill_sdk::partial::complete(i as u32, Err(e));
+                }
+            }
             let ok: Vec<usize> = (0..parsed.len()).filter(|&i| parsed[i].is_ok()).collect();
             let reqs: Vec<&Request> = ok.iter().filter_map(|&i| parsed[i].as_ref().ok()).collect();
             let mut out: Vec<Result<Response, Error>> = parsed
@@ -379,6 +386,8 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         .collect();
     let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
     let mut finish: Vec<Option<&'static str>> = vec![None; b];
+    // Responses of the rows that stopped, handed to the host as they stop.
+    let mut done: Vec<Option<Response>> = vec![None; b];
     let session = Session::new();
     // Tokens each row has seen (prompt, padding, generated), for the
     // repetition penalty, as transformers counts them.
@@ -544,6 +553,16 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
                 } else if out[i].len() as u64 >= reqs[i].max_new {
                     finish[i] = Some("length");
                 }
+                if let Some(f) = finish[i] {
+                    let t = respond::Timings {
+                        prefill_ms,
+                        decode_ms: t0.elapsed().as_secs_f64() * 1e3 - prefill_ms,
+                        batch_size: b,
+                    };
+                    let r = respond::response(m, reqs[i], &out[i], f, &t, prefill_logits.get(i))?;
+                    skill_sdk::partial::complete(index[i], Ok(&r));
+                    done[i] = Some(r);
+                }
                 t
             };
             step_ids.push(token);
@@ -564,50 +583,29 @@ fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response
         mask = vec![vec![1]; b];
         seq = 1;
     }
-    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let decode_ms = total_ms - prefill_ms;
-    let mut responses = Vec::with_capacity(b);
+    // Rows still running when the loop ended stopped for length.
+    let decode_ms = t0.elapsed().as_secs_f64() * 1e3 - prefill_ms;
     for i in 0..b {
-        let toks: Vec<u32> = out[i].iter().map(|&t| t as u32).collect();
-        let mut text = m.tokenizer.decode(&toks, true)?;
-        if finish[i] == Some("stop") {
-            if let Some(cut) = reqs[i]
-                .stop
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                text.truncate(cut);
-            }
+        if done[i].is_none() {
+            let t = respond::Timings {
+                prefill_ms,
+                decode_ms,
+                batch_size: b,
+            };
+            let f = finish[i].unwrap_or("length");
+            done[i] = Some(respond::response(
+                m,
+                reqs[i],
+                &out[i],
+                f,
+                &t,
+                prefill_logits.get(i),
+            )?);
         }
-        let decoded = out[i].len().saturating_sub(1) as f64;
-        let mut json = serde_json::json!({
-            "text": text,
-            "token_ids": out[i],
-            "prompt_tokens": reqs[i].ids.len(),
-            "finish_reason": finish[i].unwrap_or("length"),
-            "timings": {
-                "prefill_ms": prefill_ms, "decode_ms": decode_ms,
-                "tokens_per_second": if decode_ms > 0.0 { decoded / (decode_ms / 1e3) } else { 0.0 },
-                "batch_size": b,
-            },
-        });
-        if !reqs[i].warnings.is_empty() {
-            json["warnings"] = serde_json::json!(reqs[i].warnings);
-        }
-        let tensors = match prefill_logits.get(i) {
-            Some(t) if reqs[i].return_logits => vec![NamedTensor {
-                name: "prefill_logits".into(),
-                value: t.clone(),
-            }],
-            _ => vec![],
-        };
-        responses.push(Response {
-            json: json.to_string(),
-            tensors,
-        });
     }
-    Ok(responses)
+    done.into_iter()
+        .map(|r| r.ok_or_else(|| skill_sdk::internal("a sequence has no response")))
+        .collect()
 }
 
 fn stop_hit(m: &Loaded, out: &[i64], stop: &[String]) -> bool {

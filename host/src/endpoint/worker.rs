@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Notify};
 use super::{EndpointConfig, Metrics, Pending};
 use crate::backend::Device;
 use crate::model::Model;
-use crate::runner::{RequestError, Runner};
+use crate::runner::{Output, RequestError, Runner};
 use crate::sandbox::Sandbox;
 use crate::HostError;
 
@@ -253,6 +253,8 @@ impl Worker {
 
     /// Runs a batch on the home device; a whole-batch failure moves it to the
     /// next devices of the list, and finally to a fresh instance at home.
+    /// A request the skill answers early (`partial.complete`) is answered
+    /// then; later answers of it are dropped.
     fn run(&mut self, batch: Batch) {
         let requests: Vec<String> = batch.iter().map(|p| p.request.clone()).collect();
         let streams: Vec<Option<crate::sandbox::StreamSender>> =
@@ -261,6 +263,20 @@ impl Worker {
             .batch_size
             .with_label_values(&[&self.endpoint])
             .observe(requests.len() as f64);
+        let replies = Arc::new(Replies {
+            slots: Mutex::new(
+                batch
+                    .into_iter()
+                    .map(|p| Some((p.reply, p.enqueued)))
+                    .collect(),
+            ),
+            metrics: self.metrics.clone(),
+            endpoint: self.endpoint.clone(),
+        });
+        let early: crate::runner::EarlyAnswer = {
+            let replies = replies.clone();
+            Arc::new(move |i, a| replies.answer(i, a))
+        };
         let mut order: Vec<usize> = (self.home..self.devices.len()).collect();
         order.push(self.home);
         let mut last_err = None;
@@ -269,7 +285,7 @@ impl Worker {
         for &i in &order {
             let attempt = self
                 .runner(i)
-                .and_then(|r| r.try_handle_streaming(&requests, &streams));
+                .and_then(|r| r.try_handle_streaming(&requests, &streams, Some(early.clone())));
             if let Some(from) = tried_from.take() {
                 self.metrics
                     .fallbacks
@@ -294,25 +310,49 @@ impl Worker {
             });
             vec![Err(e); requests.len()]
         });
-        for (p, a) in batch.into_iter().zip(answers) {
-            match &a {
-                Ok(o) => self
-                    .metrics
-                    .requests
-                    .with_label_values(&[&self.endpoint, &o.device])
-                    .inc(),
-                Err(e) => self
-                    .metrics
-                    .errors
-                    .with_label_values(&[&self.endpoint, e.kind])
-                    .inc(),
-            }
-            self.metrics
-                .latency
-                .with_label_values(&[&self.endpoint])
-                .observe(p.enqueued.elapsed().as_secs_f64());
-            let _ = p.reply.send(a);
+        for (i, a) in answers.into_iter().enumerate() {
+            replies.answer(i, a);
         }
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Output, RequestError>>;
+
+/// Where the answers of one batch go: each request's reply channel, used
+/// once (by an early answer or by the batch's result).
+struct Replies {
+    slots: Mutex<Vec<Option<(Reply, Instant)>>>,
+    metrics: Arc<Metrics>,
+    endpoint: String,
+}
+
+impl Replies {
+    /// Answers request `i` unless it was answered already.
+    fn answer(&self, i: usize, a: Result<Output, RequestError>) {
+        let slot = match self.slots.lock() {
+            Ok(mut s) => s.get_mut(i).and_then(Option::take),
+            Err(_) => None,
+        };
+        let Some((reply, enqueued)) = slot else {
+            return;
+        };
+        match &a {
+            Ok(o) => self
+                .metrics
+                .requests
+                .with_label_values(&[&self.endpoint, &o.device])
+                .inc(),
+            Err(e) => self
+                .metrics
+                .errors
+                .with_label_values(&[&self.endpoint, e.kind])
+                .inc(),
+        }
+        self.metrics
+            .latency
+            .with_label_values(&[&self.endpoint])
+            .observe(enqueued.elapsed().as_secs_f64());
+        let _ = reply.send(a);
     }
 }
 

@@ -142,6 +142,17 @@ impl partial::Host for HostState {
     fn wanted(&mut self, index: u32) -> wasmtime::Result<bool> {
         Ok(matches!(self.streams.get(index as usize), Some(Some(_))))
     }
+
+    fn complete(
+        &mut self,
+        index: u32,
+        answer: Result<api::Response, types::Error>,
+    ) -> wasmtime::Result<()> {
+        if let Some(c) = self.completer.as_mut() {
+            c(index, answer);
+        }
+        Ok(())
+    }
 }
 
 impl model::Host for HostState {

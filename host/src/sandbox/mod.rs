@@ -90,7 +90,14 @@ pub struct HostState {
     pub(crate) ctx: Arc<SkillContext>,
     /// Stream senders of the batch being handled, by request index.
     pub(crate) streams: Vec<Option<StreamSender>>,
+    /// Takes the early answers (`partial.complete`) of the batch being
+    /// handled, by request index.
+    pub(crate) completer: Option<Completer>,
 }
+
+/// Receives a request's answer given before `handle` returns
+/// (`partial.complete`): request index in the batch, and the answer.
+pub type Completer = Box<dyn FnMut(u32, Result<WitResponse, WitError>) + Send>;
 
 /// Where a request's partial results go.
 pub type StreamSender = tokio::sync::mpsc::UnboundedSender<String>;
@@ -246,6 +253,7 @@ impl Sandbox {
             limits,
             ctx,
             streams: Vec::new(),
+            completer: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -312,7 +320,7 @@ impl SkillInstance {
         &mut self,
         batch: &[String],
     ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
-        self.handle_streaming(batch, Vec::new())
+        self.handle_streaming(batch, Vec::new(), None)
     }
 
     /// Like `handle`, forwarding the skill's partial results of request `i`
@@ -321,11 +329,14 @@ impl SkillInstance {
         &mut self,
         batch: &[String],
         streams: Vec<Option<StreamSender>>,
+        completer: Option<Completer>,
     ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
         self.refuel();
         self.store.data_mut().streams = streams;
+        self.store.data_mut().completer = completer;
         let r = self.bindings.call_handle(&mut self.store, batch);
         self.store.data_mut().streams = Vec::new();
+        self.store.data_mut().completer = None;
         r.map_err(|e| self.classify(e))
     }
 }
