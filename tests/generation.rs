@@ -346,7 +346,7 @@ fn finished_sequences_are_answered_before_the_batch_ends() {
         sink.lock().unwrap().push((i, line));
     });
     let results = r
-        .try_handle_streaming(&batch, &[], Some(answer))
+        .try_handle_streaming(&batch, &[], Some(answer), None)
         .expect("batch runs");
     let early = early.lock().unwrap().clone();
     let order: Vec<usize> = early.iter().map(|(i, _)| *i).collect();
@@ -369,5 +369,94 @@ fn finished_sequences_are_answered_before_the_batch_ends() {
     assert_eq!(
         tokens(&serde_json::from_str(&early[2].1).unwrap()).len(),
         20
+    );
+}
+
+/// Queued requests join a running batch in the rows of stopped sequences
+/// (growing caches): a joined prompt is prefilled next to the others' next
+/// token, and every sequence, joined or not, still matches transformers
+/// token for token; a bad joiner is answered with its error.
+#[test]
+fn queued_requests_join_a_running_batch_on_cpu() {
+    if available("cpu") {
+        ARCHS.iter().for_each(|a| join_matches(a, "cpu"));
+    }
+}
+
+#[test]
+fn queued_requests_join_a_running_batch_on_openvino() {
+    if available("openvino") {
+        ["gpt2", "llama", "bloom", "gpt_neo"]
+            .iter()
+            .for_each(|a| join_matches(a, "openvino"));
+    }
+}
+
+/// Early answers in arrival order: (index, JSON or error kind).
+type Answers = std::sync::Arc<std::sync::Mutex<Vec<(usize, Result<serde_json::Value, String>)>>>;
+
+fn join_matches(arch: &str, device: &str) {
+    let mut r = runner(
+        "text-generation",
+        &fixture(&format!("tiny-{arch}")),
+        device,
+        Precision::F32,
+    );
+    let cs = cases(arch);
+    let lengths = [20usize, 3, 5];
+    let ask_for = |i: usize| {
+        request(
+            &cs[i].prompt,
+            serde_json::json!({ "max_new_tokens": lengths[i] }),
+        )
+    };
+    let batch = [ask_for(0), ask_for(1)];
+    let queued = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        (10usize, ask_for(2)),
+        (11, request("", serde_json::json!({}))),
+    ]));
+    let early: Answers = Default::default();
+    let sink = early.clone();
+    let answer: host::runner::EarlyAnswer = std::sync::Arc::new(move |i, a| {
+        let v = a
+            .map(|o| serde_json::from_str(&o.to_json_line().unwrap()).unwrap())
+            .map_err(|e| e.kind.to_string());
+        sink.lock().unwrap().push((i, v));
+    });
+    let source = queued.clone();
+    let queue: host::runner::JoinQueue = Box::new(move |max| {
+        let mut q = source.lock().unwrap();
+        let n = max.min(q.len());
+        q.drain(..n).map(|(i, req)| (i, req, None)).collect()
+    });
+    r.try_handle_streaming(&batch, &[], Some(answer), Some(queue))
+        .expect("batch runs");
+    assert!(
+        queued.lock().unwrap().is_empty(),
+        "both queued requests joined"
+    );
+    let early = early.lock().unwrap();
+    let got = |i: usize| {
+        early
+            .iter()
+            .find(|(j, _)| *j == i)
+            .unwrap_or_else(|| panic!("request {i} was not answered"))
+            .1
+            .clone()
+    };
+    for (i, at) in [(0usize, 0usize), (1, 1), (2, 10)] {
+        let v = got(at).unwrap_or_else(|e| panic!("{arch} on {device}, request {i}: {e}"));
+        assert_eq!(
+            tokens(&v),
+            cs[i].new_ids[..lengths[i]],
+            "{arch} on {device}, request {i}"
+        );
+    }
+    assert_eq!(got(11), Err("invalid-request".to_string()));
+    let order: Vec<usize> = early.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        order,
+        [1, 10, 11, 0],
+        "{arch} on {device}: answered as they stop"
     );
 }

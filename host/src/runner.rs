@@ -16,6 +16,10 @@ use crate::HostError;
 /// Receives answers given before the batch ends: (request index, answer).
 pub type EarlyAnswer = Arc<dyn Fn(usize, Result<Output, RequestError>) + Send + Sync>;
 
+/// Hands a running batch at most `max` queued requests: (the caller's index
+/// for answering it through [`EarlyAnswer`], request, stream sender).
+pub type JoinQueue = Box<dyn FnMut(usize) -> Vec<(usize, String, Option<StreamSender>)> + Send>;
+
 /// Largest request accepted, in bytes of JSON.
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
@@ -241,19 +245,22 @@ impl Runner {
         &mut self,
         batch: &[String],
     ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
-        self.try_handle_streaming(batch, &[], None)
+        self.try_handle_streaming(batch, &[], None, None)
     }
 
     /// Like [`Runner::try_handle`]; partial results of request `i` go to
     /// `streams[i]` when present, and answers the skill gives before the
     /// batch ends (`partial.complete`) to `early` as `(i, answer)`. The
     /// returned list still holds an entry for every request; the caller
-    /// keeps the first answer of each.
+    /// keeps the first answer of each. With `early`, `queue` lets the skill
+    /// take queued requests into the running batch (`partial.take-queued`);
+    /// they are answered through `early` only, by the index `queue` gave.
     pub fn try_handle_streaming(
         &mut self,
         batch: &[String],
         streams: &[Option<StreamSender>],
         early: Option<EarlyAnswer>,
+        queue: Option<JoinQueue>,
     ) -> Result<Vec<Result<Output, RequestError>>, RequestError> {
         let mut results: Vec<Option<Result<Output, RequestError>>> = vec![None; batch.len()];
         let mut valid_idx = Vec::new();
@@ -271,20 +278,44 @@ impl Runner {
         }
         if !valid.is_empty() {
             let (device, precision) = (self.device.clone(), self.precision.to_string());
-            let completer = early.map(|early| {
-                let (index, device, precision) =
-                    (valid_idx.clone(), device.clone(), precision.clone());
+            // The skill's request numbers -> the caller's (joiners append).
+            let index = Arc::new(std::sync::Mutex::new(valid_idx.clone()));
+            let completer = early.clone().map(|early| {
+                let (index, device, precision) = (index.clone(), device.clone(), precision.clone());
                 Box::new(
                     move |i: u32, r: Result<crate::sandbox::WitResponse, WitError>| {
-                        if let Some(&at) = index.get(i as usize) {
+                        let at = index.lock().ok().and_then(|ix| ix.get(i as usize).copied());
+                        if let Some(at) = at {
                             early(at, convert_response(r, &device, &precision));
                         }
                     },
                 ) as crate::sandbox::Completer
             });
+            let queue = match (early, queue) {
+                (Some(early), Some(mut queue)) => {
+                    let index = index.clone();
+                    Some(Box::new(move |max: usize| {
+                        let mut taken = Vec::new();
+                        for (at, request, stream) in queue(max) {
+                            // Invalid joiners are answered here; the skill
+                            // never sees them.
+                            if let Err(e) = validate_request(&request) {
+                                early(at, Err(e));
+                                continue;
+                            }
+                            if let Ok(mut ix) = index.lock() {
+                                ix.push(at);
+                                taken.push((request, stream));
+                            }
+                        }
+                        taken
+                    }) as crate::sandbox::Queue)
+                }
+                _ => None,
+            };
             let inst = self.instance()?;
             let answers: Vec<Result<Output, RequestError>> =
-                match inst.handle_streaming(&valid, valid_streams, completer) {
+                match inst.handle_streaming(&valid, valid_streams, completer, queue) {
                     Err(e) => {
                         self.traps += 1;
                         return Err(RequestError {

@@ -251,13 +251,22 @@ pub fn build(
     };
     let name = format!(
         "{arch:?}-{}-{kept}{}{}{}",
-        if variant.decode { "decode" } else { "prefill" },
+        match (variant.decode, variant.extend) {
+            (true, true) => "extend",
+            (true, false) => "decode",
+            _ => "prefill",
+        },
         if variant.sample { "-sample" } else { "" },
         if variant.logits { "-logits" } else { "" },
         if variant.penalty { "-penalty" } else { "" }
     );
     let g = Graph::new(&name.to_lowercase());
-    let seq = if variant.decode {
+    if variant.extend && (!variant.decode || cache != Cache::Growing) {
+        return Err(skill_sdk::internal(
+            "an extend step needs a decode graph with a growing cache",
+        ));
+    }
+    let seq = if variant.decode && !variant.extend {
         Dim::Fixed(1)
     } else {
         sym("seq")
@@ -416,8 +425,13 @@ enum Keys {
 /// Which optional parts a decoder graph has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Variant {
-    /// One new token per sequence (else a prompt of any length).
+    /// With the session's cache: one new token per sequence (else a prompt
+    /// of any length that starts the session).
     pub decode: bool,
+    /// With `decode`: any number of new tokens per sequence, causal among
+    /// themselves after the cache (a queued prompt joining a running batch;
+    /// growing caches only).
+    pub extend: bool,
     /// Outputs `top_values`/`top_indices` [batch, K] for sampling (greedy
     /// generation needs only `next_token`).
     pub sample: bool,

@@ -16,21 +16,20 @@
 //! response, for fidelity checks.
 
 mod decoder;
+mod generate;
 mod positions;
 mod respond;
 mod sample;
 
 use std::cell::RefCell;
-use std::time::Instant;
 
 use skill_sdk::config::Json;
-use skill_sdk::runtime::{CompiledGraph, Session};
-use skill_sdk::tensors::{f32_tensor, i64_tensor};
+use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
-use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo, Tensor};
+use skill_sdk::{invalid, Error, Guest, Response, SkillInfo, Tensor};
 
 use decoder::{Arch, Cache, ModelInfo, Variant};
-use sample::{Sampler, Sampling};
+use sample::Sampling;
 
 /// Largest `max_new_tokens` a request may ask for.
 const MAX_NEW_TOKENS: u64 = 4096;
@@ -77,6 +76,7 @@ thread_local! {
     static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
 }
 
+#[derive(Clone)]
 struct Request {
     ids: Vec<i64>,
     /// Return the prefill step's last-position logits (large; for checks).
@@ -104,7 +104,7 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj"].iter().map(|s| s.to_string()).collect(),
+            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen"].iter().map(|s| s.to_string()).collect(),
             request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -115,7 +115,7 @@ impl Guest for TextGeneration {
         let config = Json::config()?;
         let model_type = config.str_or("model_type", "")?.to_string();
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
-            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom, gptj)"))
+            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom, gptj, gpt_neo, codegen)"))
         })?;
         let gen = Json::asset("generation_config.json")?;
         let get = |k: &str| {
@@ -198,7 +198,7 @@ impl Guest for TextGeneration {
                 .collect();
             if !reqs.is_empty() {
                 let index: Vec<u32> = ok.iter().map(|&i| i as u32).collect();
-                match generate(m, &reqs, &index) {
+                match generate::generate(m, &reqs, &index, batch.len() as u32) {
                     Ok(responses) => ok.iter().zip(responses).for_each(|(&i, r)| out[i] = Ok(r)),
                     Err(e) => ok.iter().for_each(|&i| out[i] = Err(e.clone())),
                 }
@@ -333,278 +333,6 @@ fn f32s(t: &Tensor) -> Vec<f32> {
     t.data
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-/// Generates all requests together (left-padded). `index[i]` is request i's
-/// position in the batch, for streamed partial results.
-fn generate(m: &Loaded, reqs: &[&Request], index: &[u32]) -> Result<Vec<Response>, Error> {
-    let wanted: Vec<bool> = index
-        .iter()
-        .map(|&i| skill_sdk::partial::wanted(i))
-        .collect();
-    let mut streamed: Vec<usize> = vec![0; reqs.len()];
-    let b = reqs.len();
-    let longest = reqs.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-    let mut mask: Vec<Vec<i64>> = reqs
-        .iter()
-        .map(|r| [vec![0; longest - r.ids.len()], vec![1; r.ids.len()]].concat())
-        .collect();
-    let mut ids: Vec<i64> = Vec::with_capacity(b * longest);
-    let mut pos: Vec<i64> = Vec::with_capacity(b * longest);
-    for (r, row) in reqs.iter().zip(&mask) {
-        ids.extend(std::iter::repeat_n(m.defaults.pad, longest - r.ids.len()));
-        ids.extend(&r.ids);
-        let mut seen = 0;
-        for &x in row {
-            pos.push(if x == 0 { 1 } else { seen });
-            seen += x;
-        }
-    }
-    let max_steps = reqs.iter().map(|r| r.max_new).max().unwrap_or(0);
-    // Every token fed to the model takes a slot: the prompt (padded) and all
-    // generated tokens but the last.
-    let kind = if m.slots {
-        Cache::Slots(cache_slots(
-            longest as u64 + max_steps - 1,
-            m.info.max_positions,
-        ))
-    } else {
-        Cache::Growing
-    };
-    let cache = match kind {
-        Cache::Slots(n) => n as usize,
-        Cache::Growing => 0,
-    };
-    // Per row: which slots hold a token, and its position (for ALiBi).
-    let mut cache_mask: Vec<Vec<i64>> = vec![vec![0; cache]; b];
-    let mut cache_pos: Vec<Vec<i64>> = vec![vec![0; cache]; b];
-    let mut next_pos: Vec<i64> = reqs.iter().map(|r| r.ids.len() as i64).collect();
-    let mut samplers: Vec<Sampler> = reqs
-        .iter()
-        .map(|r| Sampler::new(r.sampling.clone()))
-        .collect();
-    let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
-    let mut finish: Vec<Option<&'static str>> = vec![None; b];
-    // Responses of the rows that stopped, handed to the host as they stop.
-    let mut done: Vec<Option<Response>> = vec![None; b];
-    let session = Session::new();
-    // Tokens each row has seen (prompt, padding, generated), for the
-    // repetition penalty, as transformers counts them.
-    let vocab = m.info.vocab as usize;
-    let penalize = reqs.iter().any(|r| r.repetition_penalty != 1.0);
-    let mut seen: Vec<Vec<bool>> = Vec::new();
-    if penalize {
-        for row in ids.chunks(longest.max(1)) {
-            let mut v = vec![false; vocab];
-            for &t in row {
-                if let Some(x) = v.get_mut(t as usize) {
-                    *x = true;
-                }
-            }
-            seen.push(v);
-        }
-    }
-    let sampling = reqs.iter().any(|r| r.sampling.do_sample);
-    let t0 = Instant::now();
-    let mut prefill_ms = 0.0;
-    let mut prefill_logits: Vec<Tensor> = Vec::new();
-    let mut seq = longest as u64;
-    for step in 0..max_steps {
-        let mut inputs = vec![
-            NamedTensor {
-                name: "input_ids".into(),
-                value: i64_tensor(vec![b as u64, seq], &ids),
-            },
-            NamedTensor {
-                name: "position_ids".into(),
-                value: i64_tensor(vec![b as u64, seq], &pos),
-            },
-            NamedTensor {
-                name: "attention_mask".into(),
-                value: i64_tensor(vec![b as u64, seq], &mask.concat()),
-            },
-            NamedTensor {
-                name: "last_index".into(),
-                value: i64_tensor(vec![1], &[seq as i64 - 1]),
-            },
-        ];
-        // The prefill starts the session: its cache is empty and unread.
-        if step > 0 {
-            inputs.push(NamedTensor {
-                name: "cache_mask".into(),
-                value: i64_tensor(
-                    vec![b as u64, cache_mask[0].len() as u64],
-                    &cache_mask.concat(),
-                ),
-            });
-        }
-        if m.arch.key_positions() && step > 0 {
-            inputs.push(NamedTensor {
-                name: "cache_positions".into(),
-                value: i64_tensor(
-                    vec![b as u64, cache_pos[0].len() as u64],
-                    &cache_pos.concat(),
-                ),
-            });
-        }
-        let variant = Variant {
-            decode: step > 0,
-            sample: sampling,
-            logits: step == 0 && reqs.iter().any(|r| r.return_logits),
-            penalty: penalize,
-        };
-        if penalize {
-            let flat: Vec<u8> = seen.iter().flatten().map(|&x| x as u8).collect();
-            inputs.push(NamedTensor {
-                name: "seen".into(),
-                value: Tensor {
-                    dtype: skill_sdk::Dtype::Boolean,
-                    shape: vec![b as u64, vocab as u64],
-                    data: flat,
-                },
-            });
-            let p: Vec<f32> = reqs.iter().map(|r| r.repetition_penalty).collect();
-            inputs.push(NamedTensor {
-                name: "penalty".into(),
-                value: f32_tensor(vec![b as u64, 1], &p),
-            });
-        }
-        let outputs = {
-            let mut graphs = m.graphs.borrow_mut();
-            let graph = match graphs.entry((variant, kind)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(decoder::build(m.arch, &m.config, variant, kind, m.slots)?.0)
-                }
-            };
-            session.run(graph, &inputs)?
-        };
-        // The run appended (growing) or prepended (slots) this step's tokens.
-        let row = seq as usize;
-        for i in 0..b {
-            let (cm, cp) = (&mut cache_mask[i], &mut cache_pos[i]);
-            let new_pos = pos[i * row..(i + 1) * row].iter().copied();
-            if kind == Cache::Growing {
-                cm.extend(mask[i].iter().copied());
-                cp.extend(new_pos);
-                continue;
-            }
-            cm.splice(0..0, mask[i].iter().copied());
-            cp.splice(0..0, new_pos);
-            if cm[cache..].contains(&1) {
-                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
-            }
-            cm.truncate(cache);
-            cp.truncate(cache);
-        }
-        let (mut greedy, mut values, mut indices) = (None, None, None);
-        for o in outputs {
-            match o.name.as_str() {
-                "logits" => prefill_logits = skill_sdk::tensors::split_rows(&o.value)?,
-                "next_token" => greedy = Some(i64s(&o.value)),
-                "top_values" => values = Some(f32s(&o.value)),
-                "top_indices" => indices = Some(i64s(&o.value)),
-                _ => {}
-            }
-        }
-        let (greedy, values, indices) = match (greedy, values, indices) {
-            (Some(g), Some(v), Some(i)) => (g, v, i),
-            (Some(g), None, None) if !sampling => (g, Vec::new(), Vec::new()),
-            _ => {
-                return Err(skill_sdk::internal(
-                    "the decoder graph returned incomplete outputs",
-                ))
-            }
-        };
-        if step == 0 {
-            prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        }
-        let k = m.info.top_k as usize;
-        let mut step_ids = Vec::with_capacity(b);
-        for i in 0..b {
-            let token = if finish[i].is_some() {
-                m.defaults.pad
-            } else {
-                let t = samplers[i].pick(
-                    greedy[i],
-                    values.get(i * k..(i + 1) * k).unwrap_or(&[]),
-                    indices.get(i * k..(i + 1) * k).unwrap_or(&[]),
-                );
-                out[i].push(t);
-                if wanted[i] {
-                    let toks: Vec<u32> = out[i].iter().map(|&x| x as u32).collect();
-                    let text = m.tokenizer.decode(&toks, true).unwrap_or_default();
-                    // Only whole characters: a token may end inside one.
-                    let upto = if text.ends_with('\u{fffd}') {
-                        streamed[i]
-                    } else {
-                        text.len()
-                    };
-                    let delta = text.get(streamed[i]..upto).unwrap_or("");
-                    let chunk = serde_json::json!({ "token_id": t, "text": delta });
-                    skill_sdk::partial::emit(index[i], &chunk.to_string());
-                    streamed[i] = upto.max(streamed[i]);
-                }
-                if m.defaults.eos.contains(&t) {
-                    finish[i] = Some("eos");
-                } else if !reqs[i].stop.is_empty() && stop_hit(m, &out[i], &reqs[i].stop) {
-                    finish[i] = Some("stop");
-                } else if out[i].len() as u64 >= reqs[i].max_new {
-                    finish[i] = Some("length");
-                }
-                if let Some(f) = finish[i] {
-                    let t = respond::Timings {
-                        prefill_ms,
-                        decode_ms: t0.elapsed().as_secs_f64() * 1e3 - prefill_ms,
-                        batch_size: b,
-                    };
-                    let r = respond::response(m, reqs[i], &out[i], f, &t, prefill_logits.get(i))?;
-                    skill_sdk::partial::complete(index[i], Ok(&r));
-                    done[i] = Some(r);
-                }
-                t
-            };
-            step_ids.push(token);
-        }
-        if finish.iter().all(Option::is_some) {
-            break;
-        }
-        if penalize {
-            for (row, &t) in seen.iter_mut().zip(&step_ids) {
-                if let Some(x) = row.get_mut(t as usize) {
-                    *x = true;
-                }
-            }
-        }
-        ids = step_ids;
-        pos = next_pos.clone();
-        next_pos.iter_mut().for_each(|p| *p += 1);
-        mask = vec![vec![1]; b];
-        seq = 1;
-    }
-    // Rows still running when the loop ended stopped for length.
-    let decode_ms = t0.elapsed().as_secs_f64() * 1e3 - prefill_ms;
-    for i in 0..b {
-        if done[i].is_none() {
-            let t = respond::Timings {
-                prefill_ms,
-                decode_ms,
-                batch_size: b,
-            };
-            let f = finish[i].unwrap_or("length");
-            done[i] = Some(respond::response(
-                m,
-                reqs[i],
-                &out[i],
-                f,
-                &t,
-                prefill_logits.get(i),
-            )?);
-        }
-    }
-    done.into_iter()
-        .map(|r| r.ok_or_else(|| skill_sdk::internal("a sequence has no response")))
         .collect()
 }
 

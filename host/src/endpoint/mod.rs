@@ -13,6 +13,7 @@
 mod batcher;
 mod config;
 mod metrics;
+mod running;
 mod worker;
 
 use std::collections::HashMap;

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, Notify};
 
+use super::running::{joiners, Replies, Shared, Stash};
 use super::{EndpointConfig, Metrics, Pending};
 use crate::backend::Device;
 use crate::model::Model;
-use crate::runner::{Output, RequestError, Runner};
+use crate::runner::{RequestError, Runner};
 use crate::sandbox::Sandbox;
 use crate::HostError;
 
@@ -171,6 +172,7 @@ pub(crate) fn start(
             runners: (0..config.devices.len()).map(|_| None).collect(),
             home: at,
             metrics: metrics.clone(),
+            stash: Stash::default(),
         };
         w.runners[at] = Some(runner);
         let (rx, idle, freed) = (rx.clone(), idle.clone(), freed.clone());
@@ -208,16 +210,18 @@ struct Worker {
     /// The device this worker loaded on.
     home: usize,
     metrics: Arc<Metrics>,
+    /// Queued requests taken off the channel but not yet run (the rest of
+    /// a batch part of which joined a running one); they run next.
+    stash: Stash,
 }
 
 impl Worker {
-    fn serve(
-        &mut self,
-        rx: Arc<Mutex<mpsc::Receiver<Batch>>>,
-        idle: Arc<AtomicUsize>,
-        freed: Arc<Notify>,
-    ) {
+    fn serve(&mut self, rx: Shared, idle: Arc<AtomicUsize>, freed: Arc<Notify>) {
         loop {
+            if let Some(batch) = self.stash.take_all() {
+                self.run(batch, &rx);
+                continue;
+            }
             idle.fetch_add(1, Ordering::SeqCst);
             freed.notify_one();
             let batch = match rx.lock() {
@@ -226,7 +230,7 @@ impl Worker {
             };
             idle.fetch_sub(1, Ordering::SeqCst);
             let Some(batch) = batch else { break };
-            self.run(batch);
+            self.run(batch, &rx);
         }
     }
 
@@ -255,7 +259,7 @@ impl Worker {
     /// next devices of the list, and finally to a fresh instance at home.
     /// A request the skill answers early (`partial.complete`) is answered
     /// then; later answers of it are dropped.
-    fn run(&mut self, batch: Batch) {
+    fn run(&mut self, batch: Batch, rx: &Shared) {
         let requests: Vec<String> = batch.iter().map(|p| p.request.clone()).collect();
         let streams: Vec<Option<crate::sandbox::StreamSender>> =
             batch.iter().map(|p| p.stream.clone()).collect();
@@ -263,16 +267,11 @@ impl Worker {
             .batch_size
             .with_label_values(&[&self.endpoint])
             .observe(requests.len() as f64);
-        let replies = Arc::new(Replies {
-            slots: Mutex::new(
-                batch
-                    .into_iter()
-                    .map(|p| Some((p.reply, p.enqueued)))
-                    .collect(),
-            ),
-            metrics: self.metrics.clone(),
-            endpoint: self.endpoint.clone(),
-        });
+        let replies = Arc::new(Replies::new(
+            batch,
+            self.metrics.clone(),
+            self.endpoint.clone(),
+        ));
         let early: crate::runner::EarlyAnswer = {
             let replies = replies.clone();
             Arc::new(move |i, a| replies.answer(i, a))
@@ -283,9 +282,10 @@ impl Worker {
         let mut answers = None;
         let mut tried_from: Option<String> = None;
         for &i in &order {
-            let attempt = self
-                .runner(i)
-                .and_then(|r| r.try_handle_streaming(&requests, &streams, Some(early.clone())));
+            let queue = joiners(rx.clone(), replies.clone(), self.stash.clone());
+            let attempt = self.runner(i).and_then(|r| {
+                r.try_handle_streaming(&requests, &streams, Some(early.clone()), Some(queue))
+            });
             if let Some(from) = tried_from.take() {
                 self.metrics
                     .fallbacks
@@ -313,46 +313,13 @@ impl Worker {
         for (i, a) in answers.into_iter().enumerate() {
             replies.answer(i, a);
         }
-    }
-}
-
-type Reply = tokio::sync::oneshot::Sender<Result<Output, RequestError>>;
-
-/// Where the answers of one batch go: each request's reply channel, used
-/// once (by an early answer or by the batch's result).
-struct Replies {
-    slots: Mutex<Vec<Option<(Reply, Instant)>>>,
-    metrics: Arc<Metrics>,
-    endpoint: String,
-}
-
-impl Replies {
-    /// Answers request `i` unless it was answered already.
-    fn answer(&self, i: usize, a: Result<Output, RequestError>) {
-        let slot = match self.slots.lock() {
-            Ok(mut s) => s.get_mut(i).and_then(Option::take),
-            Err(_) => None,
-        };
-        let Some((reply, enqueued)) = slot else {
-            return;
-        };
-        match &a {
-            Ok(o) => self
-                .metrics
-                .requests
-                .with_label_values(&[&self.endpoint, &o.device])
-                .inc(),
-            Err(e) => self
-                .metrics
-                .errors
-                .with_label_values(&[&self.endpoint, e.kind])
-                .inc(),
-        }
-        self.metrics
-            .latency
-            .with_label_values(&[&self.endpoint])
-            .observe(enqueued.elapsed().as_secs_f64());
-        let _ = reply.send(a);
+        // Requests that joined the batch are answered through `complete`
+        // only; one the skill left unanswered still gets an answer.
+        replies.answer_rest(RequestError {
+            kind: "internal",
+            message: "the skill took this request into a running batch and did not answer it"
+                .into(),
+        });
     }
 }
 

@@ -153,6 +153,19 @@ impl partial::Host for HostState {
         }
         Ok(())
     }
+
+    fn take_queued(&mut self, max: u32) -> wasmtime::Result<Vec<String>> {
+        let Some(q) = self.queue.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let taken = q(max as usize);
+        let mut out = Vec::with_capacity(taken.len());
+        for (request, stream) in taken {
+            self.streams.push(stream);
+            out.push(request);
+        }
+        Ok(out)
+    }
 }
 
 impl model::Host for HostState {

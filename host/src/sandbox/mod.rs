@@ -93,7 +93,13 @@ pub struct HostState {
     /// Takes the early answers (`partial.complete`) of the batch being
     /// handled, by request index.
     pub(crate) completer: Option<Completer>,
+    /// Hands queued requests to the batch being handled (`take-queued`).
+    pub(crate) queue: Option<Queue>,
 }
+
+/// Gives a running batch at most `max` queued requests (`take-queued`),
+/// each with its stream sender; they are numbered after the batch's.
+pub type Queue = Box<dyn FnMut(usize) -> Vec<(String, Option<StreamSender>)> + Send>;
 
 /// Receives a request's answer given before `handle` returns
 /// (`partial.complete`): request index in the batch, and the answer.
@@ -254,6 +260,7 @@ impl Sandbox {
             ctx,
             streams: Vec::new(),
             completer: None,
+            queue: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -320,7 +327,7 @@ impl SkillInstance {
         &mut self,
         batch: &[String],
     ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
-        self.handle_streaming(batch, Vec::new(), None)
+        self.handle_streaming(batch, Vec::new(), None, None)
     }
 
     /// Like `handle`, forwarding the skill's partial results of request `i`
@@ -330,13 +337,16 @@ impl SkillInstance {
         batch: &[String],
         streams: Vec<Option<StreamSender>>,
         completer: Option<Completer>,
+        queue: Option<Queue>,
     ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
         self.refuel();
         self.store.data_mut().streams = streams;
         self.store.data_mut().completer = completer;
+        self.store.data_mut().queue = queue;
         let r = self.bindings.call_handle(&mut self.store, batch);
         self.store.data_mut().streams = Vec::new();
         self.store.data_mut().completer = None;
+        self.store.data_mut().queue = None;
         r.map_err(|e| self.classify(e))
     }
 }

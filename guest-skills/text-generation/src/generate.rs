@@ -1,0 +1,385 @@
+//! The generation loop. A batch is prefilled together (left-padded), then
+//! each decode step feeds one token per row; the KV cache lives in a
+//! session. A row stops on its own (eos, a stop string, its
+//! `max_new_tokens`) and is answered then (`partial.complete`). On growing
+//! caches (cpu, openvino) requests queued for the endpoint take the rows of
+//! stopped ones (`partial.take-queued`): their prompts go through the model
+//! in an *extend* step, together with the other rows' next token (left
+//! padded to the longest new prompt; the cache keeps the padding masked),
+//! so sequences join and leave a running batch. Fixed-slot caches (cuda)
+//! keep the batch they started with: a prompt there would need as many
+//! free slots in every row.
+
+use std::time::Instant;
+
+use skill_sdk::runtime::Session;
+use skill_sdk::tensors::{f32_tensor, i64_tensor};
+use skill_sdk::{Error, NamedTensor, Response, Tensor};
+
+use crate::decoder::{self, Cache, Variant};
+use crate::respond::{self, Timings};
+use crate::sample::Sampler;
+use crate::{cache_slots, f32s, i64s, parse, stop_hit, Loaded, Request};
+
+/// Steps after which a batch takes no more queued requests (a `handle`
+/// call's CPU time is bounded; the queue's requests then start a batch).
+const JOIN_STEPS_MAX: u64 = 2048;
+
+/// One sequence of the running batch.
+struct Row {
+    req: Request,
+    /// The request's index in the host's numbering of this batch.
+    index: u32,
+    /// Its position in `handle`'s result (`None`: joined while running).
+    result: Option<usize>,
+    wanted: bool,
+    /// Bytes of text already streamed.
+    streamed: usize,
+    sampler: Sampler,
+    out: Vec<i64>,
+    finish: Option<&'static str>,
+    /// Answered (its row may take a queued request).
+    answered: bool,
+    /// Its prompt goes through the model in the next step.
+    fresh: bool,
+    next_pos: i64,
+    /// Tokens seen (prompt, padding, generated) for the repetition penalty,
+    /// as transformers counts them; empty until a row penalises.
+    seen: Vec<bool>,
+    /// Milliseconds since the loop began: its prompt's step started, and its
+    /// first token came.
+    started_ms: f64,
+    first_ms: f64,
+    logits: Option<Tensor>,
+}
+
+impl Row {
+    fn new(req: Request, index: u32, result: Option<usize>, now_ms: f64) -> Row {
+        Row {
+            wanted: skill_sdk::partial::wanted(index),
+            sampler: Sampler::new(req.sampling.clone()),
+            next_pos: req.ids.len() as i64,
+            req,
+            index,
+            result,
+            streamed: 0,
+            out: Vec::new(),
+            finish: None,
+            answered: false,
+            fresh: true,
+            seen: Vec::new(),
+            started_ms: now_ms,
+            first_ms: now_ms,
+            logits: None,
+        }
+    }
+
+    /// This step's tokens, mask and positions, `len` long (left padded).
+    fn feed(&self, len: usize, pad: i64) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let real: Vec<i64> = if self.fresh {
+            self.req.ids.clone()
+        } else {
+            vec![self.out.last().copied().unwrap_or(pad)]
+        };
+        let pads = len - real.len();
+        let first = if self.fresh { 0 } else { self.next_pos };
+        let ids = [vec![pad; pads], real.clone()].concat();
+        let mask = [vec![0; pads], vec![1; real.len()]].concat();
+        let pos = [vec![1; pads], (first..first + real.len() as i64).collect()].concat();
+        (ids, mask, pos)
+    }
+}
+
+/// Generates `reqs` (batch indices `index`; the batch has `batch_len`
+/// requests, so joiners are numbered from there) and any requests that
+/// join; returns the responses of `reqs`, in order.
+pub fn generate(
+    m: &Loaded,
+    reqs: &[&Request],
+    index: &[u32],
+    batch_len: u32,
+) -> Result<Vec<Response>, Error> {
+    let t0 = Instant::now();
+    let ms = || t0.elapsed().as_secs_f64() * 1e3;
+    let mut rows: Vec<Row> = reqs
+        .iter()
+        .zip(index)
+        .enumerate()
+        .map(|(i, (r, &ix))| Row::new((*r).clone(), ix, Some(i), 0.0))
+        .collect();
+    let b = rows.len();
+    let mut results: Vec<Option<Response>> = vec![None; b];
+    let longest = rows.iter().map(|r| r.req.ids.len()).max().unwrap_or(0);
+    let max_steps = rows.iter().map(|r| r.req.max_new).max().unwrap_or(0);
+    // Every token fed to the model takes a slot: the prompt (padded) and all
+    // generated tokens but the last.
+    let kind = match m.slots {
+        true => Cache::Slots(cache_slots(
+            longest as u64 + max_steps - 1,
+            m.info.max_positions,
+        )),
+        false => Cache::Growing,
+    };
+    let slots = match kind {
+        Cache::Slots(n) => n as usize,
+        Cache::Growing => 0,
+    };
+    // Per row: which cache entries hold a token, and its position (ALiBi,
+    // windows).
+    let mut cache_mask: Vec<Vec<i64>> = vec![vec![0; slots]; b];
+    let mut cache_pos: Vec<Vec<i64>> = vec![vec![0; slots]; b];
+    let vocab = m.info.vocab as usize;
+    let mut penalize = false;
+    let session = Session::new();
+    let mut next_id = batch_len;
+    let mut step: u64 = 0;
+    loop {
+        let prefill = step == 0;
+        let len = rows
+            .iter()
+            .filter(|r| r.fresh)
+            .map(|r| r.req.ids.len())
+            .max()
+            .unwrap_or(1);
+        let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &rows {
+            let (i, k, p) = r.feed(len, m.defaults.pad);
+            ids.extend(i);
+            mask.push(k);
+            pos.extend(p);
+        }
+        // Rows that penalise track what they have seen from their prompt on.
+        if !penalize
+            && rows
+                .iter()
+                .any(|r| r.fresh && r.req.repetition_penalty != 1.0)
+        {
+            penalize = true;
+        }
+        for (r, row_ids) in rows.iter_mut().zip(ids.chunks(len)) {
+            if penalize && (r.fresh || r.seen.is_empty()) {
+                r.seen = vec![false; vocab];
+                if r.fresh {
+                    for &t in row_ids {
+                        if let Some(x) = r.seen.get_mut(t as usize) {
+                            *x = true;
+                        }
+                    }
+                }
+            }
+        }
+        let mut inputs = vec![
+            named("input_ids", i64_tensor(vec![b as u64, len as u64], &ids)),
+            named("position_ids", i64_tensor(vec![b as u64, len as u64], &pos)),
+            named(
+                "attention_mask",
+                i64_tensor(vec![b as u64, len as u64], &mask.concat()),
+            ),
+            named("last_index", i64_tensor(vec![1], &[len as i64 - 1])),
+        ];
+        // The prefill starts the session: its cache is empty and unread.
+        if !prefill {
+            let width = cache_mask[0].len() as u64;
+            inputs.push(named(
+                "cache_mask",
+                i64_tensor(vec![b as u64, width], &cache_mask.concat()),
+            ));
+            if m.arch.key_positions() {
+                inputs.push(named(
+                    "cache_positions",
+                    i64_tensor(vec![b as u64, width], &cache_pos.concat()),
+                ));
+            }
+        }
+        let active = |r: &&Row| r.finish.is_none();
+        let variant = Variant {
+            decode: !prefill,
+            extend: !prefill && len > 1,
+            sample: rows.iter().filter(active).any(|r| r.req.sampling.do_sample),
+            logits: rows.iter().any(|r| r.fresh && r.req.return_logits),
+            penalty: penalize,
+        };
+        if penalize {
+            let flat: Vec<u8> = rows
+                .iter()
+                .flat_map(|r| r.seen.iter().map(|&x| x as u8))
+                .collect();
+            inputs.push(named(
+                "seen",
+                Tensor {
+                    dtype: skill_sdk::Dtype::Boolean,
+                    shape: vec![b as u64, vocab as u64],
+                    data: flat,
+                },
+            ));
+            let p: Vec<f32> = rows.iter().map(|r| r.req.repetition_penalty).collect();
+            inputs.push(named("penalty", f32_tensor(vec![b as u64, 1], &p)));
+        }
+        let step_ms = ms();
+        let outputs = {
+            let mut graphs = m.graphs.borrow_mut();
+            let graph = match graphs.entry((variant, kind)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(decoder::build(m.arch, &m.config, variant, kind, m.slots)?.0)
+                }
+            };
+            session.run(graph, &inputs)?
+        };
+        // The run appended (growing) or prepended (slots) this step's tokens.
+        for (i, row_mask) in mask.iter().enumerate() {
+            let (cm, cp) = (&mut cache_mask[i], &mut cache_pos[i]);
+            let new_pos = pos[i * len..(i + 1) * len].iter().copied();
+            if kind == Cache::Growing {
+                cm.extend(row_mask.iter().copied());
+                cp.extend(new_pos);
+                continue;
+            }
+            cm.splice(0..0, row_mask.iter().copied());
+            cp.splice(0..0, new_pos);
+            if cm[slots..].contains(&1) {
+                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
+            }
+            cm.truncate(slots);
+            cp.truncate(slots);
+        }
+        let (mut greedy, mut values, mut indices, mut logits) = (None, None, None, Vec::new());
+        for o in outputs {
+            match o.name.as_str() {
+                "logits" => logits = skill_sdk::tensors::split_rows(&o.value)?,
+                "next_token" => greedy = Some(i64s(&o.value)),
+                "top_values" => values = Some(f32s(&o.value)),
+                "top_indices" => indices = Some(i64s(&o.value)),
+                _ => {}
+            }
+        }
+        let (greedy, values, indices) = match (greedy, values, indices) {
+            (Some(g), Some(v), Some(i)) => (g, v, i),
+            (Some(g), None, None) if !variant.sample => (g, Vec::new(), Vec::new()),
+            _ => {
+                return Err(skill_sdk::internal(
+                    "the decoder graph returned incomplete outputs",
+                ))
+            }
+        };
+        let now = ms();
+        let k = m.info.top_k as usize;
+        for (i, r) in rows.iter_mut().enumerate() {
+            if r.finish.is_some() {
+                continue;
+            }
+            if r.fresh {
+                r.fresh = false;
+                r.started_ms = step_ms;
+                r.first_ms = now;
+                r.logits = logits.get(i).cloned();
+            } else {
+                r.next_pos += 1;
+            }
+            let t = r.sampler.pick(
+                greedy[i],
+                values.get(i * k..(i + 1) * k).unwrap_or(&[]),
+                indices.get(i * k..(i + 1) * k).unwrap_or(&[]),
+            );
+            r.out.push(t);
+            if let Some(x) = r.seen.get_mut(t as usize) {
+                *x = true;
+            }
+            if r.wanted {
+                stream(m, r, t);
+            }
+            if m.defaults.eos.contains(&t) {
+                r.finish = Some("eos");
+            } else if !r.req.stop.is_empty() && stop_hit(m, &r.out, &r.req.stop) {
+                r.finish = Some("stop");
+            } else if r.out.len() as u64 >= r.req.max_new {
+                r.finish = Some("length");
+            }
+            if r.finish.is_some() {
+                answer(m, r, now, b, &mut results)?;
+            }
+        }
+        step += 1;
+        // Stopped rows take queued requests while the cache may grow.
+        let free: Vec<usize> = (0..b).filter(|&i| rows[i].answered).collect();
+        let joinable = kind == Cache::Growing
+            && step < JOIN_STEPS_MAX
+            && (cache_mask[0].len() as u64) < m.info.max_positions;
+        if joinable && !free.is_empty() {
+            let taken = skill_sdk::partial::take_queued(free.len() as u32);
+            let mut slot = free.into_iter();
+            for text in taken {
+                let ix = next_id;
+                next_id += 1;
+                match parse(m, &text) {
+                    Err(e) => skill_sdk::partial::complete(ix, Err(&e)),
+                    Ok(req) => {
+                        let Some(i) = slot.next() else {
+                            let e = skill_sdk::internal("no free row for a queued request");
+                            skill_sdk::partial::complete(ix, Err(&e));
+                            continue;
+                        };
+                        rows[i] = Row::new(req, ix, None, now);
+                        // The row's old cache entries are not its tokens.
+                        cache_mask[i].iter_mut().for_each(|x| *x = 0);
+                    }
+                }
+            }
+        }
+        if rows.iter().all(|r| r.finish.is_some()) {
+            break;
+        }
+    }
+    // Rows are answered when they stop; every row stops by its max_new.
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| skill_sdk::internal("a sequence has no response")))
+        .collect()
+}
+
+fn named(name: &str, value: Tensor) -> NamedTensor {
+    NamedTensor {
+        name: name.into(),
+        value,
+    }
+}
+
+/// Streams the text `t` completes (whole characters only: a token may end
+/// inside one).
+fn stream(m: &Loaded, r: &mut Row, t: i64) {
+    let toks: Vec<u32> = r.out.iter().map(|&x| x as u32).collect();
+    let text = m.tokenizer.decode(&toks, true).unwrap_or_default();
+    let upto = if text.ends_with('\u{fffd}') {
+        r.streamed
+    } else {
+        text.len()
+    };
+    let delta = text.get(r.streamed..upto).unwrap_or("");
+    let chunk = serde_json::json!({ "token_id": t, "text": delta });
+    skill_sdk::partial::emit(r.index, &chunk.to_string());
+    r.streamed = upto.max(r.streamed);
+}
+
+/// Answers a row that stopped now; a row of the original batch also keeps
+/// its response for `handle`'s result.
+fn answer(
+    m: &Loaded,
+    r: &mut Row,
+    now: f64,
+    batch_size: usize,
+    results: &mut [Option<Response>],
+) -> Result<(), Error> {
+    let t = Timings {
+        prefill_ms: r.first_ms - r.started_ms,
+        decode_ms: now - r.first_ms,
+        batch_size,
+    };
+    let f = r.finish.unwrap_or("length");
+    let resp = respond::response(m, &r.req, &r.out, f, &t, r.logits.as_ref())?;
+    skill_sdk::partial::complete(r.index, Ok(&resp));
+    if let Some(slot) = r.result.and_then(|i| results.get_mut(i)) {
+        *slot = Some(resp);
+    }
+    r.answered = true;
+    Ok(())
+}
