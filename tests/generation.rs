@@ -69,6 +69,18 @@ fn tokens(r: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
+/// The tiny Llama on cpu, or `None` (skipped) when cpu is unavailable.
+fn llama_on_cpu() -> Option<Runner> {
+    available("cpu").then(|| {
+        runner(
+            "text-generation",
+            &fixture("tiny-llama"),
+            "cpu",
+            Precision::F32,
+        )
+    })
+}
+
 fn ask(r: &mut Runner, reqs: &[String]) -> Vec<serde_json::Value> {
     r.handle(reqs)
         .into_iter()
@@ -217,15 +229,9 @@ fn seeded_sampling_repeats_and_top_k_one_is_greedy() {
 
 #[test]
 fn stop_strings_end_generation() {
-    if !available("cpu") {
+    let Some(mut r) = llama_on_cpu() else {
         return;
-    }
-    let mut r = runner(
-        "text-generation",
-        &fixture("tiny-llama"),
-        "cpu",
-        Precision::F32,
-    );
+    };
     let c = &cases("llama")[1];
     let full = &ask(&mut r, &[request(&c.prompt, serde_json::json!({}))])[0];
     let text = full["text"].as_str().unwrap().to_string();
@@ -321,15 +327,9 @@ fn unsupported_decoder_is_refused_at_load() {
 /// the early answers equal the batch's own results.
 #[test]
 fn finished_sequences_are_answered_before_the_batch_ends() {
-    if !available("cpu") {
+    let Some(mut r) = llama_on_cpu() else {
         return;
-    }
-    let mut r = runner(
-        "text-generation",
-        &fixture("tiny-llama"),
-        "cpu",
-        Precision::F32,
-    );
+    };
     let c = &cases("llama")[0];
     let batch = [
         request(&c.prompt, serde_json::json!({ "max_new_tokens": 20 })),

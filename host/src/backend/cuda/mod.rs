@@ -18,6 +18,7 @@ mod io;
 pub mod kernels;
 pub mod lower;
 mod lower_fused;
+mod lower_gemv;
 mod lower_ops;
 pub mod plan;
 
