@@ -129,7 +129,7 @@ pub fn generate(
     let mut cache_mask: Vec<Vec<i64>> = vec![vec![0; slots]; b];
     let mut cache_pos: Vec<Vec<i64>> = vec![vec![0; slots]; b];
     let vocab = m.info.vocab as usize;
-    let mut penalize = false;
+    let (mut sampling, mut penalize) = (false, false);
     let session = Session::new();
     let mut next_id = batch_len;
     let mut step: u64 = 0;
@@ -148,14 +148,13 @@ pub fn generate(
             mask.push(k);
             pos.extend(p);
         }
-        // Rows that penalise track what they have seen from their prompt on.
-        if !penalize
-            && rows
-                .iter()
-                .any(|r| r.fresh && r.req.repetition_penalty != 1.0)
-        {
-            penalize = true;
-        }
+        // Once a row samples or penalises, the batch's graph variant keeps
+        // that part (a change of variant is a new graph, on cuda a capture);
+        // rows that penalise track what they have seen from their prompt on.
+        sampling |= rows.iter().any(|r| r.fresh && r.req.sampling.do_sample);
+        penalize |= rows
+            .iter()
+            .any(|r| r.fresh && r.req.repetition_penalty != 1.0);
         for (r, row_ids) in rows.iter_mut().zip(ids.chunks(len)) {
             if penalize && (r.fresh || r.seen.is_empty()) {
                 r.seen = vec![false; vocab];
@@ -191,11 +190,10 @@ pub fn generate(
                 ));
             }
         }
-        let active = |r: &&Row| r.finish.is_none();
         let variant = Variant {
             decode: !prefill,
             extend: !prefill && len > 1,
-            sample: rows.iter().filter(active).any(|r| r.req.sampling.do_sample),
+            sample: sampling,
             logits: rows.iter().any(|r| r.fresh && r.req.return_logits),
             penalty: penalize,
         };
