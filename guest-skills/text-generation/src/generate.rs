@@ -298,9 +298,12 @@ pub fn generate(
             }
         }
         step += 1;
-        // Stopped rows take queued requests while the cache may grow.
+        // Stopped rows take queued requests while others still run (a
+        // drained batch ends: the queue starts a new one with a fresh
+        // cache) and the cache may grow.
         let free: Vec<usize> = (0..b).filter(|&i| rows[i].answered).collect();
         let joinable = kind == Cache::Growing
+            && rows.iter().any(|r| r.finish.is_none())
             && step < JOIN_STEPS_MAX
             && (cache_mask[0].len() as u64) < m.info.max_positions;
         if joinable && !free.is_empty() {
