@@ -358,15 +358,15 @@ __device__ float block_reduce(float v, int kind) {
 // (as an unfused add stores it) and written to `sr` when given. Layer norm
 // (rms = 0) subtracts the mean; rms norm does not. Registers hold the row,
 // so loads are issued before any store.
-template <typename T, int PER = NORM_PER>
+template <typename T>
 __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar, const T* br, T* sr,
                                                 const T* scale, const T* bias, float eps, T* yr,
                                                 const T* pre) {
-  float v[PER], sc[PER], bi[PER];
+  float v[NORM_PER], sc[NORM_PER], bi[NORM_PER];
   float tot = 0.0f, sq = 0.0f;
   // Every load (row, scale, bias) is issued before the first reduction.
 #pragma unroll
-  for (int u = 0; u < PER; ++u) {
+  for (int u = 0; u < NORM_PER; ++u) {
     int c = threadIdx.x + u * blockDim.x;
     float f = 0.0f;
     if (c < width) {
@@ -380,7 +380,7 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     bi[u] = (bias && c < width) ? N<T>::ld(bias[c]) : 0.0f;
   }
 #pragma unroll
-  for (int u = 0; u < PER; ++u) { tot += v[u]; sq += v[u] * v[u]; }
+  for (int u = 0; u < NORM_PER; ++u) { tot += v[u]; sq += v[u] * v[u]; }
   float mean = 0.0f, den;
   if (rms) {
     den = sqrtf(block_reduce(sq, 0) / width + eps);
@@ -388,7 +388,7 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     mean = block_reduce(tot, 0) / width;
     float var = 0.0f;
 #pragma unroll
-    for (int u = 0; u < PER; ++u) {
+    for (int u = 0; u < NORM_PER; ++u) {
       int c = threadIdx.x + u * blockDim.x;
       float d = v[u] - mean;
       if (c < width) var += d * d;
@@ -396,7 +396,7 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     den = sqrtf(block_reduce(var, 0) / width + eps);
   }
 #pragma unroll
-  for (int u = 0; u < PER; ++u) {
+  for (int u = 0; u < NORM_PER; ++u) {
     int c = threadIdx.x + u * blockDim.x;
     if (c < width) {
       if (sr) sr[c] = N<T>::st(v[u]);
@@ -905,8 +905,6 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
 // per output column reads its weight row once, 16 bytes per lane per load,
 // up to GEMV_UNROLL loads in flight. Rows of x and w are 16-byte aligned and K is
 // a multiple of 16 bytes of T. `act` is a unary op code, or -1 for none.
-// One warp's dot products of weight row `wr` with the M rows of x; every
-// lane gets the sums.
 // Issues one pass of GEMV_UNROLL 16-byte loads of weight row `wr` from
 // element `k` (the row's tail predicated).
 template <typename T>
@@ -977,8 +975,8 @@ __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, 
   for (int m = 0; m < GEMV_MAX_M; ++m)
     if (m < M) acc[m] = warp_sum(acc[m]);
 }
-// Widest row the norm prologue takes: blockDim x 16 bytes x GEMV_NORM_PASSES.
-#define GEMV_NORM_PASSES 1
+// Widest row the norm prologue takes: blockDim x 16 bytes (one load per
+// thread).
 // 16 bytes of T from floats, each rounded to T.
 template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
 template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
@@ -997,9 +995,10 @@ template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
 // The input rows of a gemv. Without a norm they are `x`. With one (NORM)
 // they are norm(a (+ pre) (+ b)) * scale (+ nbias), layer norm or rms norm
 // (`rms`), computed by every block into dynamic shared memory (M x K of T,
-// rounded as the unfused norm stores it), 16 bytes per thread and pass;
-// block 0 also writes the sum to `sum` when given, as the unfused residual
-// add + norm would. The block's first weight loads are in flight meanwhile.
+// rounded as the unfused norm stores it), 16 bytes per thread (K <=
+// blockDim x 16 bytes); block 0 also writes the sum to `sum` when given,
+// as the unfused residual add + norm would. The block's first weight loads
+// are in flight meanwhile.
 template <typename T, bool NORM>
 __device__ __forceinline__ const T* gemv_input(int M, int K, const T* x, int rms, const T* a, const T* b,
                                                const T* pre, T* sum, const T* scale, const T* nbias,
@@ -1008,49 +1007,36 @@ __device__ __forceinline__ const T* gemv_input(int M, int K, const T* x, int rms
   extern __shared__ __align__(16) unsigned char gemv_smem[];
   T* xs = (T*)gemv_smem;
   const int V = Wide<T>::n;
+  const int c = threadIdx.x * V;
   for (int m = 0; m < M; ++m) {
     i64 o = (i64)m * K;
-    float v[GEMV_NORM_PASSES][8];
+    float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     float tot = 0.0f;
-#pragma unroll
-    for (int j = 0; j < GEMV_NORM_PASSES; ++j) {
-      int c = (threadIdx.x + j * blockDim.x) * V;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[j][e] = 0.0f;
-      if (c < K) {
-        Wide<T>::ld(a + o + c, v[j]);
-        float t[8];
-        if (pre) {
-          Wide<T>::ld(pre + c, t);
-          for (int e = 0; e < V; ++e) v[j][e] = N<T>::ld(N<T>::st(v[j][e] + t[e]));
-        }
-        if (b) {
-          Wide<T>::ld(b + o + c, t);
-          for (int e = 0; e < V; ++e) v[j][e] = N<T>::ld(N<T>::st(v[j][e] + t[e]));
-        }
-        for (int e = 0; e < V; ++e) tot += v[j][e];
+    if (c < K) {
+      Wide<T>::ld(a + o + c, v);
+      float t[8];
+      if (pre) {
+        Wide<T>::ld(pre + c, t);
+        for (int e = 0; e < V; ++e) v[e] = N<T>::ld(N<T>::st(v[e] + t[e]));
       }
+      if (b) {
+        Wide<T>::ld(b + o + c, t);
+        for (int e = 0; e < V; ++e) v[e] = N<T>::ld(N<T>::st(v[e] + t[e]));
+      }
+      for (int e = 0; e < V; ++e) tot += v[e];
     }
     float mean = rms ? 0.0f : block_reduce(tot, 0) / K;
     float sq = 0.0f;
-#pragma unroll
-    for (int j = 0; j < GEMV_NORM_PASSES; ++j) {
-      int c = (threadIdx.x + j * blockDim.x) * V;
-      if (c < K)
-        for (int e = 0; e < V; ++e) sq += (v[j][e] - mean) * (v[j][e] - mean);
-    }
+    if (c < K)
+      for (int e = 0; e < V; ++e) sq += (v[e] - mean) * (v[e] - mean);
     float den = sqrtf(block_reduce(sq, 0) / K + eps);
-#pragma unroll
-    for (int j = 0; j < GEMV_NORM_PASSES; ++j) {
-      int c = (threadIdx.x + j * blockDim.x) * V;
-      if (c < K) {
-        if (sum && blockIdx.x == 0) *(W16*)(sum + o + c) = pack16<T>(v[j]);
-        float sc[8], bi[8], y[8];
-        Wide<T>::ld(scale + c, sc);
-        if (nbias) Wide<T>::ld(nbias + c, bi);
-        for (int e = 0; e < V; ++e) y[e] = (v[j][e] - mean) / den * sc[e] + (nbias ? bi[e] : 0.0f);
-        *(W16*)(xs + o + c) = pack16<T>(y);
-      }
+    if (c < K) {
+      if (sum && blockIdx.x == 0) *(W16*)(sum + o + c) = pack16<T>(v);
+      float sc[8], bi[8], y[8];
+      Wide<T>::ld(scale + c, sc);
+      if (nbias) Wide<T>::ld(nbias + c, bi);
+      for (int e = 0; e < V; ++e) y[e] = (v[e] - mean) / den * sc[e] + (nbias ? bi[e] : 0.0f);
+      *(W16*)(xs + o + c) = pack16<T>(y);
     }
   }
   __syncthreads();

@@ -65,7 +65,7 @@ impl Planner<'_> {
         }
         let warps = (BLOCK / 32) as usize;
         let (name, xin, shared, norm) = match norm {
-            Some(args) => ("gemv_norm", Arg::Null, (k * dt.size()) as u32, args),
+            Some(args) => ("gemv_norm", Arg::Null, (rows * k * dt.size()) as u32, args),
             None => ("gemv", Arg::Ptr(x.at), 0, no_norm().to_vec()),
         };
         let mut args = vec![
@@ -106,51 +106,29 @@ impl Planner<'_> {
         };
         let sfx = suffix(dt);
         let one = |r: &i64, w: &i32| *r == 1 && *w as usize == k;
-        let prologue = match args.as_slice() {
+        // (rms, [a, b, pre, sum, scale, bias, eps]) of the norm step.
+        let null = &Arg::Null;
+        let (rms, rest) = match args.as_slice() {
             [Arg::I32(rms), Arg::I64(r), Arg::I32(w), a, b, sum, s, bias, eps @ Arg::F32(_), Arg::Ptr(y), pre]
                 if *name == format!("add_norm_{sfx}") && one(r, w) && *y == x.at =>
             {
-                vec![
-                    Arg::I32(*rms),
-                    a.clone(),
-                    b.clone(),
-                    pre.clone(),
-                    sum.clone(),
-                    s.clone(),
-                    bias.clone(),
-                    eps.clone(),
-                ]
+                (*rms, [a, b, pre, sum, s, bias, eps])
             }
             [Arg::I64(r), Arg::I32(w), a, s, bias, eps @ Arg::F32(_), Arg::Ptr(y)]
                 if *name == format!("layer_norm_{sfx}") && one(r, w) && *y == x.at =>
             {
-                vec![
-                    Arg::I32(0),
-                    a.clone(),
-                    Arg::Null,
-                    Arg::Null,
-                    Arg::Null,
-                    s.clone(),
-                    bias.clone(),
-                    eps.clone(),
-                ]
+                (0, [a, null, null, null, s, bias, eps])
             }
             [Arg::I64(r), Arg::I32(w), a, s, eps @ Arg::F32(_), Arg::Ptr(y)]
                 if *name == format!("rms_norm_{sfx}") && one(r, w) && *y == x.at =>
             {
-                vec![
-                    Arg::I32(1),
-                    a.clone(),
-                    Arg::Null,
-                    Arg::Null,
-                    Arg::Null,
-                    s.clone(),
-                    Arg::Null,
-                    eps.clone(),
-                ]
+                (1, [a, null, null, null, s, null, eps])
             }
             _ => return None,
         };
+        let prologue: Vec<Arg> = std::iter::once(Arg::I32(rms))
+            .chain(rest.into_iter().cloned())
+            .collect();
         // The prologue reads and writes 16 bytes at a time.
         let aligned = prologue.iter().all(|a| match a {
             Arg::Ptr(r) => r.offset.is_multiple_of(16),
