@@ -1,9 +1,12 @@
 //! Decode-step fusions: a norm folded into the matrix-vector product that
 //! reads it (CUDA's `gemv_norm` / `gemv_glu_norm` for one row), with and
-//! without a residual add, a linear's bias before it and an activation after.
+//! without a residual add, a linear's bias before it and an activation after;
+//! a decode step's cache writes (and rotary) folded into its attention
+//! (`attention_kv` / `attention_rope`).
 
-use super::{Built, Case, WeightSpec};
-use host::ir::{BinaryOp, UnaryOp};
+use super::{tensor_bool, Built, Case, WeightSpec};
+use host::ir::{BinaryOp, Dim, GraphError, NodeId, UnaryOp};
+use host::tensor::Tensor;
 
 pub fn cases() -> Vec<Built> {
     vec![
@@ -11,6 +14,8 @@ pub fn cases() -> Vec<Built> {
         norm_then_linear(true, false),
         norm_then_linear(true, true),
         norm_then_swiglu(),
+        decode_attention_slots(false),
+        decode_attention_slots(true),
     ]
 }
 
@@ -79,6 +84,80 @@ fn norm_then_swiglu() -> Built {
         let a = c.b.unary(UnaryOp::Silu, gate)?;
         let m = c.b.binary(BinaryOp::Mul, a, up)?;
         c.output("y", m)
+    })()?;
+    c.finish()
+}
+
+/// A decode step over slot-major caches as text-generation builds it for
+/// CUDA: q/k/v slices of one projection (two rows), RoPE on q and k
+/// (`rope`, with 4 query heads over 2 kv heads) or none (2 and 2), the new
+/// key and value prepended to their caches (newest first, the oldest slot
+/// falls off), attention with key padding over new + cached keys.
+fn decode_attention_slots(rope: bool) -> Built {
+    let (batch, heads, hd, slots) = (2u64, 4u64, 8u64, 3u64);
+    let kvh = if rope { 2 } else { heads };
+    let width = (heads + 2 * kvh) * hd;
+    let name = match rope {
+        true => "fused/decode-attention-slots/rope-gqa",
+        false => "fused/decode-attention-slots/plain",
+    };
+    let mut c = Case::with_weights(
+        name,
+        &[WeightSpec("qkv.weight", &[width, H], -0.125, 0.125)],
+    );
+    let fixed = |s: &[u64]| s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
+    (|| {
+        let x = c.uniform("x", &[batch, 1, H], -2., 2.)?;
+        let w = c.weight("qkv.weight")?;
+        let y = c.b.linear(x, w, None)?;
+        // [b, 1, n x hd] slice -> [b, n, 1, hd].
+        let heads_of = |c: &mut Case, from: u64, n: u64| -> Result<NodeId, GraphError> {
+            let s =
+                c.b.slice(y, -1, (from * hd) as i64, ((from + n) * hd) as i64)?;
+            let r = c.b.reshape(s, vec![0, 0, n as i64, -1])?;
+            c.b.permute(r, vec![0, 2, 1, 3])
+        };
+        let mut q = heads_of(&mut c, 0, heads)?;
+        let mut k = heads_of(&mut c, heads, kvh)?;
+        let v = heads_of(&mut c, heads + kvh, kvh)?;
+        if rope {
+            // Each row at its own position.
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for pos in [5.0f64, 2.0] {
+                for i in 0..hd {
+                    let freq = 1.0 / 10000f64.powf((i % (hd / 2)) as f64 * 2.0 / hd as f64);
+                    cos.push((pos * freq).cos() as f32);
+                    sin.push((pos * freq).sin() as f32);
+                }
+            }
+            let cos = c.values("cos", &[batch, 1, 1, hd], &cos)?;
+            let sin = c.values("sin", &[batch, 1, 1, hd], &sin)?;
+            q = c.b.rotary(q, cos, sin, false)?;
+            k = c.b.rotary(k, cos, sin, false)?;
+        }
+        let mut all = Vec::new();
+        for (name, new) in [("k0", k), ("v0", v)] {
+            let shape = [slots, batch, kvh, hd];
+            let old = c.rng.floats((slots * batch * kvh * hd) as usize, -2., 2.);
+            let old = c.state(name, fixed(&shape), Tensor::from_f32(shape.to_vec(), &old))?;
+            let slot_major = c.b.permute(new, vec![2, 0, 1, 3])?;
+            let prepended = c.b.concat(vec![slot_major, old], 0)?;
+            let kept = c.b.slice(prepended, 0, 0, slots as i64)?;
+            c.b.update_state(name, kept)?;
+            all.push(c.b.permute(prepended, vec![1, 2, 0, 3])?);
+        }
+        // The second row's oldest slot is free (masked).
+        let keep: Vec<i64> = (0..batch * (slots + 1))
+            .map(|i| (i != 2 * (slots + 1) - 1) as i64)
+            .collect();
+        let total = slots + 1;
+        let keys = c.input(
+            "key_mask",
+            fixed(&[batch, 1, 1, total]),
+            tensor_bool(vec![batch, 1, 1, total], &keep),
+        )?;
+        let a = c.b.attention(q, all[0], all[1], Some(keys), true, None)?;
+        c.output("attention", a)
     })()?;
     c.finish()
 }

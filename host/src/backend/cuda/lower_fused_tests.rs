@@ -253,3 +253,59 @@ fn norm_folds_into_one_row_gemv() {
     assert_eq!(shared.first().map(String::as_str), Some("rms_norm_f32"));
     assert!(shared.contains(&"gemv_f32".to_string()), "{shared:?}");
 }
+
+/// A decode step's cache writes over slot-major caches (the new key and
+/// value prepended, as text-generation builds them for CUDA) fold into the
+/// attention that reads them: `attention_kv`, or with RoPE on queries and
+/// keys `attention_rope`; the new key is index 0.
+#[test]
+fn decode_cache_writes_fold_into_attention() {
+    for rope in [false, true] {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+        let (heads, kvh, hd, slots) = (4i64, 2i64, 4u64, 3u64);
+        let x = b.input("x", DType::F32, f(&[2, 1, 32])).unwrap();
+        let y = b.unary(crate::ir::UnaryOp::Neg, x).unwrap();
+        let part = |b: &mut GraphBuilder, from: i64, n: i64| {
+            let s = b.slice(y, -1, from * 4, (from + n) * 4).unwrap();
+            let r = b.reshape(s, vec![0, 0, n, -1]).unwrap();
+            b.permute(r, vec![0, 2, 1, 3]).unwrap()
+        };
+        let (mut q, mut k) = (part(&mut b, 0, heads), part(&mut b, heads, kvh));
+        let v = part(&mut b, heads + kvh, kvh);
+        if rope {
+            let cos = b.input("cos", DType::F32, f(&[2, 1, 1, hd])).unwrap();
+            let sin = b.input("sin", DType::F32, f(&[2, 1, 1, hd])).unwrap();
+            q = b.rotary(q, cos, sin, false).unwrap();
+            k = b.rotary(k, cos, sin, false).unwrap();
+        }
+        let mut all = Vec::new();
+        for (name, new) in [("k", k), ("v", v)] {
+            let old = b.state(name, DType::F32, f(&[slots, 2, 2, hd])).unwrap();
+            let slot_major = b.permute(new, vec![2, 0, 1, 3]).unwrap();
+            let prepended = b.concat(vec![slot_major, old], 0).unwrap();
+            let kept = b.slice(prepended, 0, 0, slots as i64).unwrap();
+            b.update_state(name, kept).unwrap();
+            all.push(b.permute(prepended, vec![1, 2, 0, 3]).unwrap());
+        }
+        let a = b.attention(q, all[0], all[1], None, true, None).unwrap();
+        b.output("a", a).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
+        let fused = if rope {
+            "attention_rope_f32"
+        } else {
+            "attention_kv_f32"
+        };
+        assert_eq!(
+            kernel_names(&plan),
+            ["unary_f32", fused],
+            "{:?}",
+            plan.steps
+        );
+        let Some(Step::Kernel { args, .. }) = plan.steps.last() else {
+            panic!("a kernel")
+        };
+        assert_eq!(args[6], Arg::I32(0), "the new key is index 0");
+    }
+}
