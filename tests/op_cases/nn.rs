@@ -59,6 +59,9 @@ fn linear() -> Vec<Built> {
         ("linear/bias/2x5x16-24", &[2u64, 5, 16][..], 24u64, true),
         ("linear/no-bias/3x16-8", &[3, 16], 8, false),
         ("linear/bias/1x64-96", &[1, 64], 96, true),
+        // More gemv blocks than an H100 has multiprocessors, and rows of
+        // several load passes: CUDA's two-blocks-per-SM gemv.
+        ("linear/bias/1x2560-1200", &[1, 2560], 1200, true),
     ] {
         v.push((|| {
             let inf = *x.last().unwrap_or(&1);

@@ -233,8 +233,12 @@ impl CudaExecutable {
         let mut functions = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             functions.push(match step {
-                Step::Kernel { name, shared, .. } => {
-                    let f = self.gpu.kernels.function(name).map_err(|e| self.fail(e))?;
+                Step::Kernel {
+                    name, shared, grid, ..
+                } => {
+                    let f = (self.gpu.kernels)
+                        .for_step(name, *grid)
+                        .map_err(|e| self.fail(e))?;
                     if *shared > 48 * 1024 {
                         // SAFETY: sets a launch limit on a loaded function.
                         unsafe {

@@ -763,22 +763,39 @@ template <> struct Wide<b16> {
 // Most key groups of the vector-load path (its partial sums in shared
 // memory: ATTN_GROUPS x dv floats; lower_ops.rs sizes them).
 #define ATTN_GROUPS 32
+// Decode (one query row, dense rows): each thread loads its first key row
+// (at most ATTN_KPRE x 16 bytes) and its first ATTN_VPRE value slices
+// before the query row is ready, so the keys, values and query arrive in
+// one memory round trip instead of three.
+#define ATTN_KPRE 8
+#define ATTN_VPRE 4
 struct Attn {
   int b, h, kvh, sq, sk, d, dv, causal, mask_kind;  // mask_kind: 0 none, 1 additive, 2 bool
   float scale;
   i64 qs[4], ks[4], vs[4], ms[4];
 };
-// Scaled score of key j for query i of (batch bb, head hh), masked.
+// Mask entry of key j for query i of (batch bb, head hh): the additive
+// value (mask_kind 1), 1 or 0 (kind 2), else 0.
 template <typename T>
-__device__ __forceinline__ float attn_score(const Attn& p, const void* mask, float dot, int bb, int hh, int i, int j) {
+__device__ __forceinline__ float attn_mask(const Attn& p, const void* mask, int bb, int hh, int i, int j) {
+  i64 mo = bb * p.ms[0] + hh * p.ms[1] + i * p.ms[2] + j * p.ms[3];
+  if (p.mask_kind == 1) return N<T>::ld(((const T*)mask)[mo]);
+  if (p.mask_kind == 2) return ((const u8*)mask)[mo] != 0 ? 1.0f : 0.0f;
+  return 0.0f;
+}
+// Scaled score of key j for query i with its mask entry m.
+__device__ __forceinline__ float attn_scored(const Attn& p, float dot, float m, int i, int j) {
   float s = dot * p.scale;
   bool allowed = true;
-  i64 mo = bb * p.ms[0] + hh * p.ms[1] + i * p.ms[2] + j * p.ms[3];
-  if (p.mask_kind == 1) s += N<T>::ld(((const T*)mask)[mo]);
-  if (p.mask_kind == 2) allowed = ((const u8*)mask)[mo] != 0;
+  if (p.mask_kind == 1) s += m;
+  if (p.mask_kind == 2) allowed = m != 0.0f;
   if (p.causal && j > i + (p.sk - p.sq)) allowed = false;
   if (!allowed) s += -65504.0f;
   return s;
+}
+template <typename T>
+__device__ __forceinline__ float attn_score(const Attn& p, const void* mask, float dot, int bb, int hh, int i, int j) {
+  return attn_scored(p, dot, attn_mask<T>(p, mask, bb, hh, i, j), i, j);
 }
 // The step's new key and value (decode, MODE 1 and 2): key `jnew` of k and
 // v is the slot that the step before attention would have written. Fused
@@ -819,41 +836,71 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
     int bb = (int)(blk / ((i64)p.sq * p.h));
     int kh = hh / (p.h / p.kvh);
     const T* qp = q + bb * p.qs[0] + hh * p.qs[1] + i * p.qs[2];
-    if (MODE == 2) {
-      for (int t = threadIdx.x; t < p.d; t += blockDim.x) {
-        i64 f = ((i64)bb * p.h + hh) * p.d + t;
-        T val = rotary_val(pa, f, xa, rc, rs, rd, rr, xla, inter);
-        ya[f] = val;
-        qrow[t] = N<T>::ld(val);
+    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
+    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
+    // The value phase's thread layout (vector path): groups of dv / V
+    // threads split the keys, a thread takes V value dims.
+    const int per = p.dv / V;
+    const int groups = vec && per > 0 ? min((int)blockDim.x / per, ATTN_GROUPS) : 0;
+    const int g = vec ? (int)threadIdx.x / per : 0, tv = vec ? ((int)threadIdx.x % per) * V : 0;
+    const bool pre = vec && p.sq == 1 && p.d * (int)sizeof(T) <= 16 * ATTN_KPRE;
+    W16 kraw[ATTN_KPRE], vraw[ATTN_VPRE];
+    float mpre = 0.0f;
+    if (pre) {
+      int j = threadIdx.x;
+      if (j < p.sk) mpre = attn_mask<T>(p, mask, bb, hh, i, j);
+      if (j < p.sk && !(MODE != 0 && j == jnew)) {
+#pragma unroll
+        for (int u = 0; u < ATTN_KPRE; ++u)
+          if (u * V < p.d) kraw[u] = *(const W16*)(kb + j * p.ks[2] + u * V);
       }
-    } else {
-      for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
+#pragma unroll
+      for (int u = 0; u < ATTN_VPRE; ++u) {
+        int jv = g + u * groups;
+        if (g < groups && jv < p.sk && !(MODE != 0 && jv == jnew))
+          vraw[u] = *(const W16*)(vb + jv * p.vs[2] + tv);
+      }
     }
-    if (MODE != 0) {
+    if (MODE == 0) {
+      for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
+    } else {
+      // The query row, the new key and the new value side by side: thread
+      // t takes element t of [query | key | value].
       bool writer = hh % (p.h / p.kvh) == 0;
-      for (int t = threadIdx.x; t < p.d; t += blockDim.x) {
-        i64 f = ((i64)bb * p.kvh + kh) * p.d + t;
-        T val;
-        if (MODE == 2) {
-          val = rotary_val(pb, f, xb, rc, rs, rd, rr, xlb, inter);
-          if (writer) yb[f] = val;
+      for (int t = threadIdx.x; t < 2 * p.d + p.dv; t += blockDim.x) {
+        if (t < p.d) {
+          if (MODE == 2) {
+            i64 f = ((i64)bb * p.h + hh) * p.d + t;
+            T val = rotary_val(pa, f, xa, rc, rs, rd, rr, xla, inter);
+            ya[f] = val;
+            qrow[t] = N<T>::ld(val);
+          } else {
+            qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
+          }
+        } else if (t < 2 * p.d) {
+          int e = t - p.d;
+          i64 f = ((i64)bb * p.kvh + kh) * p.d + e;
+          T val;
+          if (MODE == 2) {
+            val = rotary_val(pb, f, xb, rc, rs, rd, rr, xlb, inter);
+            if (writer) yb[f] = val;
+          } else {
+            i64 ox, oy, unused; offsets(pa, f, ox, oy, unused);
+            val = xa[ox];
+            if (writer) ya[oy] = val;
+          }
+          knew[e] = N<T>::ld(val);
         } else {
-          i64 ox, oy, unused; offsets(pa, f, ox, oy, unused);
-          val = xa[ox];
-          if (writer) ya[oy] = val;
+          int e = t - 2 * p.d;
+          i64 f = ((i64)bb * p.kvh + kh) * p.dv + e;
+          i64 ox, oy, unused; offsets(pv, f, ox, oy, unused);
+          T val = xv[ox];
+          if (writer) yv[oy] = val;
+          vnew[e] = N<T>::ld(val);
         }
-        knew[t] = N<T>::ld(val);
-      }
-      for (int t = threadIdx.x; t < p.dv; t += blockDim.x) {
-        i64 f = ((i64)bb * p.kvh + kh) * p.dv + t;
-        i64 ox, oy, unused; offsets(pv, f, ox, oy, unused);
-        T val = xv[ox];
-        if (writer) yv[oy] = val;
-        vnew[t] = N<T>::ld(val);
       }
     }
     __syncthreads();
-    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
     if (vec) {
       // Dense rows: a thread per key, 16-byte loads.
       for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
@@ -861,6 +908,16 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
         float dot = 0.0f;
         if (MODE != 0 && j == jnew) {
           for (int t = 0; t < p.d; ++t) dot += qrow[t] * knew[t];
+        } else if (pre && j == (int)threadIdx.x) {
+#pragma unroll
+          for (int u = 0; u < ATTN_KPRE; ++u) {
+            if (u * V < p.d) {
+              float w[8];
+              Wide<T>::cvt(kraw[u], w);
+#pragma unroll
+              for (int e = 0; e < V; ++e) dot += qrow[u * V + e] * w[e];
+            }
+          }
         } else {
 #pragma unroll 4
           for (int t = 0; t < p.d; t += V) {
@@ -870,7 +927,8 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
             for (int e = 0; e < V; ++e) dot += qrow[t + e] * w[e];
           }
         }
-        scores[j] = attn_score<T>(p, mask, dot, bb, hh, i, j);
+        scores[j] = pre && j == (int)threadIdx.x ? attn_scored(p, dot, mpre, i, j)
+                                                 : attn_score<T>(p, mask, dot, bb, hh, i, j);
       }
     } else if (p.sq == 1) {
       // Decode: a thread per key, so all keys' loads are in flight at once.
@@ -907,21 +965,38 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
       s += e;
     }
     s = block_reduce(s, 0);
-    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
     T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
     if (vec) {
       // Weighted values: groups of dv / V threads split the keys (at most
       // ATTN_GROUPS groups), a thread V value dims by one 16-byte load.
-      int per = p.dv / V;
-      int groups = blockDim.x / per;
-      if (groups > ATTN_GROUPS) groups = ATTN_GROUPS;
-      int g = threadIdx.x / per, t = (threadIdx.x % per) * V;
+      const int t = tv;
       if (g < groups) {
         float acc[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
+        int from = g;
+        if (pre) {
+          // The prefetched keys first, in the same order.
+#pragma unroll
+          for (int u = 0; u < ATTN_VPRE; ++u) {
+            int j = g + u * groups;
+            if (j < p.sk) {
+              float w[8];
+              if (MODE != 0 && j == jnew) {
+#pragma unroll
+                for (int e = 0; e < V; ++e) w[e] = vnew[t + e];
+              } else {
+                Wide<T>::cvt(vraw[u], w);
+              }
+              float sc = scores[j];
+#pragma unroll
+              for (int e = 0; e < V; ++e) acc[e] += sc * w[e];
+            }
+          }
+          from = g + ATTN_VPRE * groups;
+        }
 #pragma unroll 4
-        for (int j = g; j < p.sk; j += groups) {
+        for (int j = from; j < p.sk; j += groups) {
           float w[8];
           if (MODE != 0 && j == jnew) {
 #pragma unroll
@@ -948,20 +1023,20 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
     // Weighted values: groups of threads split the keys, a group's threads
     // the value dims (coalesced), then the groups' partial sums are added.
     int width = (p.dv + 31) & ~31;
-    int groups = blockDim.x / width;
-    if (groups < 1) groups = 1;
-    int g = threadIdx.x / width, t = threadIdx.x % width;
-    if (g < groups && t < p.dv) {
+    int ngroups = blockDim.x / width;
+    if (ngroups < 1) ngroups = 1;
+    int gi = threadIdx.x / width, t = threadIdx.x % width;
+    if (gi < ngroups && t < p.dv) {
       float acc = 0.0f;
 #pragma unroll 4
-      for (int j = g; j < p.sk; j += groups)
+      for (int j = gi; j < p.sk; j += ngroups)
         acc += scores[j] * (MODE != 0 && j == jnew ? vnew[t] : N<T>::ld(vb[j * p.vs[2] + t * p.vs[3]]));
-      part[g * p.dv + t] = acc;
+      part[gi * p.dv + t] = acc;
     }
     __syncthreads();
     for (int t = threadIdx.x; t < p.dv; t += blockDim.x) {
       float a = 0.0f;
-      for (int w = 0; w < groups; ++w) a += part[w * p.dv + t];
+      for (int w = 0; w < ngroups; ++w) a += part[w * p.dv + t];
       yp[t] = N<T>::st(a / s);
     }
     __syncthreads();
@@ -1202,6 +1277,9 @@ extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b,
   extern "C" __global__ void gather_##s##_i32(i64 o, i64 ni, i64 al, i64 in, const E* x, const int* idx, E* y, int* err) { pdl_enter(); gather_t<E, int>(o, ni, al, in, x, idx, y, err); }
 BYSIZE(SIZED)
 
+// gemv_2b: the plain gemv capped at 128 registers (two blocks of 256
+// threads per multiprocessor, a few bytes spilled); the launcher takes it
+// for grids of more than one block per multiprocessor (kernels.rs).
 #define FLOAT_KERNELS(n, T) \
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { pdl_enter(); layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { pdl_enter(); rms_norm_t<T>(r, w, x, s, e, y); } \
@@ -1210,6 +1288,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { pdl_enter(); unary_s_t<T>(u, p, x, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y, const T* pre) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y, pre); } \
   extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, false>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
+  extern "C" __global__ void __launch_bounds__(256, 2) gemv_2b_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, false>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
   extern "C" __global__ void gemv_glu_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, false>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \
   extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, true>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \
   extern "C" __global__ void __launch_bounds__(256, 3) gemv_glu_norm_##n(int m, int h, int k, const T* x, const T* w, const T* b, T* y, int a, int o, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_glu_t<T, true>(m, h, k, x, w, b, y, a, o, GEMV_NORM_ARGS); } \

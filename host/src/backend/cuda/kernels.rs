@@ -27,6 +27,8 @@ pub struct Kernels {
     /// the previous one finishes (each waits for its predecessor's results
     /// first, see `pdl_enter` in kernels.cu).
     pub pdl: bool,
+    /// The device's multiprocessors.
+    pub sms: u32,
 }
 
 /// The cache key of the kernels for `arch` under NVRTC `version`.
@@ -166,12 +168,34 @@ impl Kernels {
             .load_module(ptx)
             .map_err(|e| format!("cannot load the kernel module: {e}"))?;
         let pdl = major >= 9 && std::env::var("HOST_CUDA_PDL").map_or(true, |v| v != "0");
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| format!("cannot read the multiprocessor count: {e}"))?
+            .max(1) as u32;
         Ok(Kernels {
             module,
             functions: Mutex::new(HashMap::new()),
             origin,
             pdl,
+            sms,
         })
+    }
+
+    /// The kernel that runs step `name` over `grid` blocks: `name`, but
+    /// for a plain `gemv` whose grid is more than one block per
+    /// multiprocessor, which gets `gemv_2b` (at most 128 registers, so two
+    /// blocks of 256 threads fit on one; TinyLlama's o-proj and down
+    /// projections). One-wave grids keep the kernel that uses more
+    /// registers and spills none (OPT-125m's 96-block products).
+    pub fn for_step(&self, name: &str, grid: u32) -> Result<CudaFunction, String> {
+        match name.strip_prefix("gemv_") {
+            Some(dt) if !dt.contains('_') && grid > self.sms => {
+                self.function(&format!("gemv_2b_{dt}"))
+            }
+            _ => self.function(name),
+        }
     }
 
     /// The kernel called `name`.
@@ -217,13 +241,24 @@ mod tests {
             "reduce",
             "bias_add",
             "attention",
+            "attention_kv",
+            "attention_rope",
+            "gemv",
+            "gemv_2b",
+            "gemv_norm",
+            "gemv_glu",
+            "gemv_glu_norm",
             "gather",
             "argmax",
             "top_k",
             "copy_many",
         ] {
+            // A family instantiated per type (`name_##n(`, `name_part_##n(`)
+            // or on its own.
             assert!(
-                SOURCE.contains(&format!("void {family}")),
+                [format!(" {family}_"), format!("void {family}(")]
+                    .iter()
+                    .any(|s| SOURCE.contains(s.as_str())),
                 "no kernel family `{family}`"
             );
         }

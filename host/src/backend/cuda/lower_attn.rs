@@ -25,7 +25,9 @@ struct Geo {
 
 /// A reference's buffer and element offset.
 fn at(r: &Ref, esize: usize) -> Option<(Buf, i64)> {
-    r.offset.is_multiple_of(esize).then_some((r.buf, (r.offset / esize) as i64))
+    r.offset
+        .is_multiple_of(esize)
+        .then_some((r.buf, (r.offset / esize) as i64))
 }
 
 /// Every (a, b, c) below (na, nb, nc).

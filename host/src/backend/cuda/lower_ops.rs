@@ -296,7 +296,8 @@ impl Planner<'_> {
         }
         // A decode step's new key and value written just before: fused
         // (the new rows take another d + dv floats of shared memory).
-        let fused = if sq == 1 && shared + (d + dv) * 4 <= ATTN_MAX_SHARED {
+        let fuse = std::env::var("HOST_CUDA_FUSE_ATTN").map_or(true, |v| v != "0");
+        let fused = if fuse && sq == 1 && shared + (d + dv) * 4 <= ATTN_MAX_SHARED {
             self.take_new_kv(&q, &k, &v, mask.as_ref())
         } else {
             None
