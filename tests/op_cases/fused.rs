@@ -1,8 +1,8 @@
 //! Decode-step fusions: a norm folded into the matrix-vector product that
 //! reads it (CUDA's `gemv_norm` / `gemv_glu_norm` for one row), with and
 //! without a residual add, a linear's bias before it and an activation after;
-//! a decode step's cache writes (and rotary) folded into its attention
-//! (`attention_kv` / `attention_rope`).
+//! a decode step over slot-major caches (its cache writes in one launch,
+//! `copy_pair` / `rotary2_copy`, then the decode attention).
 
 use super::{tensor_bool, Built, Case, WeightSpec};
 use host::ir::{BinaryOp, Dim, GraphError, NodeId, UnaryOp};

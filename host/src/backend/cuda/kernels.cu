@@ -261,10 +261,9 @@ __device__ void copy_pair_t(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2)
 // Rotary embedding; y contiguous [..., d]. s0 = x, s1 = cos, s2 = sin
 // strides over x's shape (cos/sin only read for the first r elements of a
 // row); `xl` is x's last-axis stride (to reach the partner element).
-// Element i of a rotary embedding, rounded to T as stored.
 template <typename T>
-__device__ __forceinline__ T rotary_val(const Idx& p, i64 i, const T* x, const T* c, const T* s,
-                                        int d, int r, i64 xl, int inter) {
+__device__ __forceinline__ void rotary_at(const Idx& p, i64 i, const T* x, const T* c, const T* s, T* y,
+                                          int d, int r, i64 xl, int inter) {
   i64 ox, oc, os; offsets(p, i, ox, oc, os);
   int j = (int)(i % d);
   float v = N<T>::ld(x[ox]);
@@ -274,12 +273,7 @@ __device__ __forceinline__ T rotary_val(const Idx& p, i64 i, const T* x, const T
     else other = j < r / 2 ? -N<T>::ld(x[ox + (r / 2) * xl]) : N<T>::ld(x[ox - (r / 2) * xl]);
     v = v * N<T>::ld(c[oc]) + other * N<T>::ld(s[os]);
   }
-  return N<T>::st(v);
-}
-template <typename T>
-__device__ __forceinline__ void rotary_at(const Idx& p, i64 i, const T* x, const T* c, const T* s, T* y,
-                                          int d, int r, i64 xl, int inter) {
-  y[i] = rotary_val(p, i, x, c, s, d, r, xl, inter);
+  y[i] = N<T>::st(v);
 }
 template <typename T>
 __device__ void rotary_t(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) {
@@ -797,31 +791,14 @@ template <typename T>
 __device__ __forceinline__ float attn_score(const Attn& p, const void* mask, float dot, int bb, int hh, int i, int j) {
   return attn_scored(p, dot, attn_mask<T>(p, mask, bb, hh, i, j), i, j);
 }
-// The step's new key and value (decode, MODE 1 and 2): key `jnew` of k and
-// v is the slot that the step before attention would have written. Fused
-// attention computes it itself: MODE 1 copies the key (pa) and the value
-// (pv) into their slots, MODE 2 also applies the rotary embedding to the
-// query (pa, written to ya as well) and to the key (pb), as rotary2_copy
-// with the same arguments would. Element f of the new key of (batch bb,
-// kv head kh) is flat index (bb x kvh + kh) x d + t of its copy or rotary,
-// the query's (bb x h + hh) x d + t; lower_attn.rs checks that these land
-// where attention reads them. The first head of each kv group writes the
-// slots; every block reads the new row from shared memory, never the slot.
-#define ATTN_NEW_PARAMS(T) int jnew, Idx pa, const T* xa, T* ya, i64 xla, Idx pb, const T* xb, T* yb, \
-    i64 xlb, const T* rc, const T* rs, int rd, int rr, int inter, Idx pv, const T* xv, T* yv
-#define ATTN_NEW_ARGS jnew, pa, xa, ya, xla, pb, xb, yb, xlb, rc, rs, rd, rr, inter, pv, xv, yv
 // One block per (batch, head, query) row. Shared memory: scores [sk], the
-// query row [d], per-group partial outputs [at most ATTN_GROUPS x dv], and
-// with a new key (MODE 1, 2) its key [d] and value [dv] rows.
-template <typename T, int MODE>
-__device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y,
-                                            ATTN_NEW_PARAMS(T)) {
+// query row [d] and per-group partial outputs [at most ATTN_GROUPS x dv].
+template <typename T>
+__device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   extern __shared__ float sh[];
   float* scores = sh;
   float* qrow = sh + p.sk;
   float* part = qrow + p.d;
-  float* knew = part + ATTN_GROUPS * p.dv;
-  float* vnew = knew + p.d;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   // Dense, 16-byte aligned key and value rows: a thread per key and
   // vector loads (for every query row: later rows find the keys in L2).
@@ -848,8 +825,8 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
     float mpre = 0.0f;
     if (pre) {
       int j = threadIdx.x;
-      if (j < p.sk) mpre = attn_mask<T>(p, mask, bb, hh, i, j);
-      if (j < p.sk && !(MODE != 0 && j == jnew)) {
+      if (j < p.sk) {
+        mpre = attn_mask<T>(p, mask, bb, hh, i, j);
 #pragma unroll
         for (int u = 0; u < ATTN_KPRE; ++u)
           if (u * V < p.d) kraw[u] = *(const W16*)(kb + j * p.ks[2] + u * V);
@@ -857,58 +834,18 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
 #pragma unroll
       for (int u = 0; u < ATTN_VPRE; ++u) {
         int jv = g + u * groups;
-        if (g < groups && jv < p.sk && !(MODE != 0 && jv == jnew))
+        if (g < groups && jv < p.sk)
           vraw[u] = *(const W16*)(vb + jv * p.vs[2] + tv);
       }
     }
-    if (MODE == 0) {
-      for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
-    } else {
-      // The query row, the new key and the new value side by side: thread
-      // t takes element t of [query | key | value].
-      bool writer = hh % (p.h / p.kvh) == 0;
-      for (int t = threadIdx.x; t < 2 * p.d + p.dv; t += blockDim.x) {
-        if (t < p.d) {
-          if (MODE == 2) {
-            i64 f = ((i64)bb * p.h + hh) * p.d + t;
-            T val = rotary_val(pa, f, xa, rc, rs, rd, rr, xla, inter);
-            ya[f] = val;
-            qrow[t] = N<T>::ld(val);
-          } else {
-            qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
-          }
-        } else if (t < 2 * p.d) {
-          int e = t - p.d;
-          i64 f = ((i64)bb * p.kvh + kh) * p.d + e;
-          T val;
-          if (MODE == 2) {
-            val = rotary_val(pb, f, xb, rc, rs, rd, rr, xlb, inter);
-            if (writer) yb[f] = val;
-          } else {
-            i64 ox, oy, unused; offsets(pa, f, ox, oy, unused);
-            val = xa[ox];
-            if (writer) ya[oy] = val;
-          }
-          knew[e] = N<T>::ld(val);
-        } else {
-          int e = t - 2 * p.d;
-          i64 f = ((i64)bb * p.kvh + kh) * p.dv + e;
-          i64 ox, oy, unused; offsets(pv, f, ox, oy, unused);
-          T val = xv[ox];
-          if (writer) yv[oy] = val;
-          vnew[e] = N<T>::ld(val);
-        }
-      }
-    }
+    for (int t = threadIdx.x; t < p.d; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
     __syncthreads();
     if (vec) {
       // Dense rows: a thread per key, 16-byte loads.
       for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
         const T* kp = kb + j * p.ks[2];
         float dot = 0.0f;
-        if (MODE != 0 && j == jnew) {
-          for (int t = 0; t < p.d; ++t) dot += qrow[t] * knew[t];
-        } else if (pre && j == (int)threadIdx.x) {
+        if (pre && j == (int)threadIdx.x) {
 #pragma unroll
           for (int u = 0; u < ATTN_KPRE; ++u) {
             if (u * V < p.d) {
@@ -935,12 +872,8 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
       for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
         const T* kp = kb + j * p.ks[2];
         float dot = 0.0f;
-        if (MODE != 0 && j == jnew) {
-          for (int t = 0; t < p.d; ++t) dot += qrow[t] * knew[t];
-        } else {
 #pragma unroll 8
-          for (int t = 0; t < p.d; ++t) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
-        }
+        for (int t = 0; t < p.d; ++t) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
         scores[j] = attn_score<T>(p, mask, dot, bb, hh, i, j);
       }
     } else {
@@ -948,8 +881,7 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
       for (int j = warp; j < p.sk; j += nw) {
         const T* kp = kb + j * p.ks[2];
         float dot = 0.0f;
-        for (int t = lane; t < p.d; t += 32)
-          dot += qrow[t] * (MODE != 0 && j == jnew ? knew[t] : N<T>::ld(kp[t * p.ks[3]]));
+        for (int t = lane; t < p.d; t += 32) dot += qrow[t] * N<T>::ld(kp[t * p.ks[3]]);
         dot = warp_sum(dot);
         if (lane == 0) scores[j] = attn_score<T>(p, mask, dot, bb, hh, i, j);
       }
@@ -982,12 +914,7 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
             int j = g + u * groups;
             if (j < p.sk) {
               float w[8];
-              if (MODE != 0 && j == jnew) {
-#pragma unroll
-                for (int e = 0; e < V; ++e) w[e] = vnew[t + e];
-              } else {
-                Wide<T>::cvt(vraw[u], w);
-              }
+              Wide<T>::cvt(vraw[u], w);
               float sc = scores[j];
 #pragma unroll
               for (int e = 0; e < V; ++e) acc[e] += sc * w[e];
@@ -998,12 +925,7 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
 #pragma unroll 4
         for (int j = from; j < p.sk; j += groups) {
           float w[8];
-          if (MODE != 0 && j == jnew) {
-#pragma unroll
-            for (int e = 0; e < V; ++e) w[e] = vnew[t + e];
-          } else {
-            Wide<T>::ld(vb + j * p.vs[2] + t, w);
-          }
+          Wide<T>::ld(vb + j * p.vs[2] + t, w);
           float sc = scores[j];
 #pragma unroll
           for (int e = 0; e < V; ++e) acc[e] += sc * w[e];
@@ -1029,8 +951,7 @@ __device__ __forceinline__ void attention_t(Attn p, const T* q, const T* k, cons
     if (gi < ngroups && t < p.dv) {
       float acc = 0.0f;
 #pragma unroll 4
-      for (int j = gi; j < p.sk; j += ngroups)
-        acc += scores[j] * (MODE != 0 && j == jnew ? vnew[t] : N<T>::ld(vb[j * p.vs[2] + t * p.vs[3]]));
+      for (int j = gi; j < p.sk; j += ngroups) acc += scores[j] * N<T>::ld(vb[j * p.vs[2] + t * p.vs[3]]);
       part[gi * p.dv + t] = acc;
     }
     __syncthreads();
@@ -1299,15 +1220,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { pdl_enter(); l2_norm_t<T>(o, l, in, e, x, y); } \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \
   extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b, int a) { pdl_enter(); bias_add_t<T>(r, c, y, b, a); } \
-  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { \
-    pdl_enter(); Idx z = {}; \
-    attention_t<T, 0>(p, q, k, v, m, y, -1, z, nullptr, nullptr, 0, z, nullptr, nullptr, 0, nullptr, nullptr, 0, 0, 0, z, nullptr, nullptr); } \
-  extern "C" __global__ void attention_kv_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y, int jnew, \
-                                              Idx pa, const T* xa, T* ya, Idx pv, const T* xv, T* yv) { \
-    pdl_enter(); Idx z = {}; \
-    attention_t<T, 1>(p, q, k, v, m, y, jnew, pa, xa, ya, 0, z, nullptr, nullptr, 0, nullptr, nullptr, 0, 0, 0, pv, xv, yv); } \
-  extern "C" __global__ void attention_rope_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y, ATTN_NEW_PARAMS(T)) { \
-    pdl_enter(); attention_t<T, 2>(p, q, k, v, m, y, ATTN_NEW_ARGS); }
+  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); }
 FLOATS(FLOAT_KERNELS)
 #define INT_KERNELS(n, T) \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_int_t<T>(op, r, l, x, y); }

@@ -241,8 +241,6 @@ mod tests {
             "reduce",
             "bias_add",
             "attention",
-            "attention_kv",
-            "attention_rope",
             "gemv",
             "gemv_2b",
             "gemv_norm",

@@ -15,8 +15,6 @@ const ATTN_GROUPS: usize = 32;
 /// Largest value head_dim of the attention kernel (32 lanes x
 /// `ATTN_DV_PER_LANE` in kernels.cu).
 const ATTN_MAX_DV: usize = 256;
-/// Most dynamic shared memory the attention kernel asks for.
-const ATTN_MAX_SHARED: usize = 200 * 1024;
 
 impl Planner<'_> {
     /// Two broadcast operands, one contiguous output.
@@ -279,8 +277,9 @@ impl Planner<'_> {
         let dt = q.dtype;
         let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
         let (kvh, sk, dv) = (k.shape[1], k.shape[2], v.shape[3]);
-        if shape.iter().product::<usize>() == 0 {
-            return Ok(self.fresh(dt, shape));
+        let y = self.fresh(dt, shape);
+        if y.numel() == 0 {
+            return Ok(y);
         }
         if dv > ATTN_MAX_DV {
             return Err(self.err(format!(
@@ -288,24 +287,12 @@ impl Planner<'_> {
             )));
         }
         // Partial sums: up to ATTN_GROUPS key groups' per value dim.
-        let mut shared = (sk + d + ATTN_GROUPS * dv) * 4;
-        if shared > ATTN_MAX_SHARED {
+        let shared = (sk + d + ATTN_GROUPS * dv) * 4;
+        if shared > 200 * 1024 {
             return Err(self.err(format!(
                 "{sk} keys of head_dim {d} exceed the fused kernel's shared memory"
             )));
         }
-        // A decode step's new key and value written just before: fused
-        // (the new rows take another d + dv floats of shared memory).
-        let fuse = std::env::var("HOST_CUDA_FUSE_ATTN").map_or(true, |v| v != "0");
-        let fused = if fuse && sq == 1 && shared + (d + dv) * 4 <= ATTN_MAX_SHARED {
-            self.take_new_kv(&q, &k, &v, mask.as_ref())
-        } else {
-            None
-        };
-        if fused.is_some() {
-            shared += (d + dv) * 4;
-        }
-        let y = self.fresh(dt, shape);
         let four = |s: &[i64]| -> [i64; 4] { [s[0], s[1], s[2], s[3]] };
         let (mask_kind, ms, mref) = match &mask {
             None => (0, [0; 4], Arg::Null),
@@ -337,22 +324,20 @@ impl Planner<'_> {
         {
             self.use_val(val);
         }
-        let mut args = vec![
-            Arg::Attn(Box::new(p)),
-            Arg::Ptr(q.at),
-            Arg::Ptr(k.at),
-            Arg::Ptr(v.at),
-            mref,
-            Arg::Ptr(y.at),
-        ];
-        let name = match fused {
-            Some((name, extra)) => {
-                args.extend(extra);
-                name
-            }
-            None => format!("attention_{}", suffix(dt)),
-        };
-        self.kernel(name, rows_grid(b * h * sq), ATTN_BLOCK, shared as u32, args);
+        self.kernel(
+            format!("attention_{}", suffix(dt)),
+            rows_grid(b * h * sq),
+            ATTN_BLOCK,
+            shared as u32,
+            vec![
+                Arg::Attn(Box::new(p)),
+                Arg::Ptr(q.at),
+                Arg::Ptr(k.at),
+                Arg::Ptr(v.at),
+                mref,
+                Arg::Ptr(y.at),
+            ],
+        );
         Ok(y)
     }
 

@@ -17,7 +17,6 @@ pub mod gemm;
 mod io;
 pub mod kernels;
 pub mod lower;
-mod lower_attn;
 mod lower_fused;
 mod lower_gemv;
 mod lower_ops;

@@ -158,23 +158,6 @@ pub struct IdxParam {
     pub s2: [i64; MAX_RANK],
 }
 
-impl IdxParam {
-    /// The three operands' element offsets of flat index `i`, as the
-    /// kernels' `offsets` computes them.
-    pub fn offsets(&self, mut i: i64) -> [i64; 3] {
-        let mut o = [0i64; 3];
-        for d in (0..(self.rank.clamp(0, MAX_RANK as i32) as usize)).rev() {
-            let len = self.shape[d].max(1);
-            let c = i % len;
-            i /= len;
-            o[0] += c * self.s0[d];
-            o[1] += c * self.s1[d];
-            o[2] += c * self.s2[d];
-        }
-        o
-    }
-}
-
 /// Merges axes that every operand walks contiguously and drops axes of
 /// length 1, so that most element-wise launches become rank 1 or 2.
 /// `None` when more than [`MAX_RANK`] axes remain.
