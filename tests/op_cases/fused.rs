@@ -4,8 +4,8 @@
 //! a decode step over slot-major caches (its cache writes in one launch,
 //! `copy_pair` / `rotary2_copy`, then the decode attention).
 
-use super::{tensor_bool, Built, Case, WeightSpec};
-use host::ir::{BinaryOp, Dim, GraphError, NodeId, UnaryOp};
+use super::{fixed, tensor_bool, Built, Case, WeightSpec};
+use host::ir::{BinaryOp, GraphError, NodeId, UnaryOp};
 use host::tensor::Tensor;
 
 pub fn cases() -> Vec<Built> {
@@ -105,7 +105,6 @@ fn decode_attention_slots(rope: bool) -> Built {
         name,
         &[WeightSpec("qkv.weight", &[width, H], -0.125, 0.125)],
     );
-    let fixed = |s: &[u64]| s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
     (|| {
         let x = c.uniform("x", &[batch, 1, H], -2., 2.)?;
         let w = c.weight("qkv.weight")?;

@@ -27,8 +27,8 @@ pub struct Kernels {
     /// the previous one finishes (each waits for its predecessor's results
     /// first, see `pdl_enter` in kernels.cu).
     pub pdl: bool,
-    /// The device's multiprocessors.
-    pub sms: u32,
+    /// The device's multiprocessors (see [`kernel_for`]).
+    sms: u32,
 }
 
 /// The cache key of the kernels for `arch` under NVRTC `version`.
