@@ -25,7 +25,9 @@
 //! GPT-Neo also `cache_positions` [batch, cache] (each slot's token
 //! position). A prefill starts its session, so it takes neither cache input. State:
 //! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim] with slots, [batch,
-//! kv_heads, past, head_dim] when growing. Outputs: `next_token`
+//! kv_heads, past, head_dim] when growing; `token` [batch, 1], the last
+//! run's `next_token`, which a *fed* decode step takes instead of
+//! `input_ids`. Outputs: `next_token`
 //! [batch] (argmax) and, when sampling, `top_values`/`top_indices`
 //! [batch, K].
 
@@ -250,7 +252,7 @@ pub fn build(
         Cache::Slots(n) => format!("c{n}"),
     };
     let name = format!(
-        "{arch:?}-{}-{kept}{}{}{}",
+        "{arch:?}-{}-{kept}{}{}{}{}",
         match (variant.decode, variant.extend) {
             (true, true) => "extend",
             (true, false) => "decode",
@@ -258,12 +260,18 @@ pub fn build(
         },
         if variant.sample { "-sample" } else { "" },
         if variant.logits { "-logits" } else { "" },
-        if variant.penalty { "-penalty" } else { "" }
+        if variant.penalty { "-penalty" } else { "" },
+        if variant.fed { "-fed" } else { "" }
     );
     let g = Graph::new(&name.to_lowercase());
     if variant.extend && (!variant.decode || cache != Cache::Growing) {
         return Err(skill_sdk::internal(
             "an extend step needs a decode graph with a growing cache",
+        ));
+    }
+    if variant.fed && (!variant.decode || variant.extend) {
+        return Err(skill_sdk::internal(
+            "a fed step is a decode step of one token per row",
         ));
     }
     let seq = if variant.decode && !variant.extend {
@@ -280,7 +288,15 @@ pub fn build(
         (true, Cache::Growing) => Keys::OldThenNew,
         (true, Cache::Slots(_)) => Keys::NewThenOld,
     };
-    let ids = g.input("input_ids", Dtype::I64, &bs)?;
+    // Every run keeps its chosen tokens as state `token` [batch, 1]; a fed
+    // decode step reads its ids from there.
+    let token = g
+        .b
+        .state("token", Dtype::I64, &[sym("batch"), Dim::Fixed(1)])?;
+    let ids = match variant.fed {
+        true => token,
+        false => g.input("input_ids", Dtype::I64, &bs)?,
+    };
     let pos = g.input("position_ids", Dtype::I64, &bs)?;
     let mask = g.input("attention_mask", Dtype::I64, &bs)?;
     let last = g.input("last_index", Dtype::I64, &[Dim::Fixed(1)])?;
@@ -390,6 +406,7 @@ pub fn build(
         Arch::Bloom => c.u64_or("seq_length", 2048)?,
         _ => c.u64_or("max_position_embeddings", 2048)?,
     };
+    g.b.update_state("token", g.b.unsqueeze(next, 1)?)?;
     let mut outputs = vec![("next_token", next)];
     if variant.sample {
         let (values, indices) = g.b.top_k(scores, top_k)?;
@@ -442,6 +459,10 @@ pub struct Variant {
     /// before argmax and top-k: seen logits below 0 are multiplied by the
     /// penalty, others divided by it.
     pub penalty: bool,
+    /// With `decode` (not `extend`): no `input_ids`; each row's token is the
+    /// previous run's `next_token`, kept as state `token`, so the step can
+    /// be submitted before that run's outputs are read.
+    pub fed: bool,
 }
 
 fn penalize(g: &Graph, logits: Node, vocab: u64) -> Result<Node, Error> {

@@ -10,6 +10,7 @@
 //! keep the batch they started with: a prompt there would need as many
 //! free slots in every row.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use skill_sdk::runtime::Session;
@@ -90,18 +91,276 @@ impl Row {
     }
 }
 
+/// A step submitted to the session and not yet read back.
+struct InFlight {
+    variant: Variant,
+    /// Rows whose prompt this step fed.
+    fresh: Vec<bool>,
+    /// Milliseconds since the loop began when it was submitted.
+    at_ms: f64,
+}
+
+/// The running batch and its cache bookkeeping.
+struct Batch<'a> {
+    m: &'a Loaded,
+    rows: Vec<Row>,
+    kind: Cache,
+    /// Per row: which cache entries hold a token, and its position (ALiBi,
+    /// windows).
+    cache_mask: Vec<Vec<i64>>,
+    cache_pos: Vec<Vec<i64>>,
+    /// Once a row samples or penalises, the batch's graph variant keeps
+    /// that part (a change of variant is a new graph, on cuda a capture).
+    sampling: bool,
+    penalize: bool,
+    session: Session,
+    submitted: u64,
+    t0: Instant,
+}
+
+impl Batch<'_> {
+    fn ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Whether the next step can be submitted before the one in flight is
+    /// read: its tokens are exactly the greedy tokens of the step before
+    /// (kept by the graph as state `token`), some row still needs it, and
+    /// no row of a growing cache is free to take a queued request (joins
+    /// happen with nothing in flight).
+    fn can_run_ahead(&self, in_flight: usize) -> bool {
+        in_flight == 1
+            && !self.sampling
+            && !self.penalize
+            && self.rows.iter().all(|r| !r.fresh)
+            && !(self.kind == Cache::Growing && self.rows.iter().any(|r| r.answered))
+            && self.rows.iter().any(|r| {
+                r.finish.is_none() && (r.out.len() + in_flight) < r.req.max_new as usize
+            })
+    }
+
+    /// Builds and submits the next step; `fed` takes each row's token from
+    /// the previous step's state instead of an input.
+    fn submit(&mut self, fed: bool) -> Result<InFlight, Error> {
+        let m = self.m;
+        let b = self.rows.len();
+        let prefill = self.submitted == 0;
+        let len = self
+            .rows
+            .iter()
+            .filter(|r| r.fresh)
+            .map(|r| r.req.ids.len())
+            .max()
+            .unwrap_or(1);
+        let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &self.rows {
+            let (i, k, p) = r.feed(len, m.defaults.pad);
+            ids.extend(i);
+            mask.push(k);
+            pos.extend(p);
+        }
+        self.sampling |= self
+            .rows
+            .iter()
+            .any(|r| r.fresh && r.req.sampling.do_sample);
+        self.penalize |= self
+            .rows
+            .iter()
+            .any(|r| r.fresh && r.req.repetition_penalty != 1.0);
+        // Rows that penalise track what they have seen from their prompt on.
+        let vocab = m.info.vocab as usize;
+        for (r, row_ids) in self.rows.iter_mut().zip(ids.chunks(len)) {
+            if self.penalize && (r.fresh || r.seen.is_empty()) {
+                r.seen = vec![false; vocab];
+                if r.fresh {
+                    for &t in row_ids {
+                        if let Some(x) = r.seen.get_mut(t as usize) {
+                            *x = true;
+                        }
+                    }
+                }
+            }
+        }
+        let (bu, lu) = (b as u64, len as u64);
+        let mut inputs = vec![
+            named("position_ids", i64_tensor(vec![bu, lu], &pos)),
+            named("attention_mask", i64_tensor(vec![bu, lu], &mask.concat())),
+            named("last_index", i64_tensor(vec![1], &[len as i64 - 1])),
+        ];
+        if !fed {
+            inputs.push(named("input_ids", i64_tensor(vec![bu, lu], &ids)));
+        }
+        // The prefill starts the session: its cache is empty and unread.
+        if !prefill {
+            let width = self.cache_mask[0].len() as u64;
+            inputs.push(named(
+                "cache_mask",
+                i64_tensor(vec![bu, width], &self.cache_mask.concat()),
+            ));
+            if m.arch.key_positions() {
+                inputs.push(named(
+                    "cache_positions",
+                    i64_tensor(vec![bu, width], &self.cache_pos.concat()),
+                ));
+            }
+        }
+        let variant = Variant {
+            decode: !prefill,
+            extend: !prefill && len > 1,
+            sample: self.sampling,
+            logits: self.rows.iter().any(|r| r.fresh && r.req.return_logits),
+            penalty: self.penalize,
+            fed,
+        };
+        if self.penalize {
+            let flat: Vec<u8> = self
+                .rows
+                .iter()
+                .flat_map(|r| r.seen.iter().map(|&x| x as u8))
+                .collect();
+            inputs.push(named(
+                "seen",
+                Tensor {
+                    dtype: skill_sdk::Dtype::Boolean,
+                    shape: vec![bu, vocab as u64],
+                    data: flat,
+                },
+            ));
+            let p: Vec<f32> = self.rows.iter().map(|r| r.req.repetition_penalty).collect();
+            inputs.push(named("penalty", f32_tensor(vec![bu, 1], &p)));
+        }
+        let at_ms = self.ms();
+        {
+            let mut graphs = m.graphs.borrow_mut();
+            let graph = match graphs.entry((variant, self.kind)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(decoder::build(m.arch, &m.config, variant, self.kind, m.slots)?.0)
+                }
+            };
+            self.session.submit(graph, &inputs)?;
+        }
+        self.submitted += 1;
+        // The run appends (growing) or prepends (slots) this step's tokens.
+        let slots = match self.kind {
+            Cache::Slots(n) => n as usize,
+            Cache::Growing => 0,
+        };
+        for (i, row_mask) in mask.iter().enumerate() {
+            let (cm, cp) = (&mut self.cache_mask[i], &mut self.cache_pos[i]);
+            let new_pos = pos[i * len..(i + 1) * len].iter().copied();
+            if self.kind == Cache::Growing {
+                cm.extend(row_mask.iter().copied());
+                cp.extend(new_pos);
+                continue;
+            }
+            cm.splice(0..0, row_mask.iter().copied());
+            cp.splice(0..0, new_pos);
+            if cm[slots..].contains(&1) {
+                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
+            }
+            cm.truncate(slots);
+            cp.truncate(slots);
+        }
+        // A fed prompt's next token goes at its length (set when the row
+        // was made); a row that runs on moves one position on.
+        let fresh: Vec<bool> = self.rows.iter().map(|r| r.fresh).collect();
+        for r in &mut self.rows {
+            if r.fresh {
+                r.fresh = false;
+            } else if r.finish.is_none() {
+                r.next_pos += 1;
+            }
+        }
+        Ok(InFlight {
+            variant,
+            fresh,
+            at_ms,
+        })
+    }
+
+    /// Reads back the oldest step in flight: each running row takes its
+    /// token, streams it, and is answered when it stops.
+    fn absorb(&mut self, s: InFlight, results: &mut [Option<Response>]) -> Result<(), Error> {
+        let m = self.m;
+        let outputs = self.session.collect()?;
+        let (mut greedy, mut values, mut indices, mut logits) = (None, None, None, Vec::new());
+        for o in outputs {
+            match o.name.as_str() {
+                "logits" => logits = skill_sdk::tensors::split_rows(&o.value)?,
+                "next_token" => greedy = Some(i64s(&o.value)),
+                "top_values" => values = Some(f32s(&o.value)),
+                "top_indices" => indices = Some(i64s(&o.value)),
+                _ => {}
+            }
+        }
+        let (greedy, values, indices) = match (greedy, values, indices) {
+            (Some(g), Some(v), Some(i)) => (g, v, i),
+            (Some(g), None, None) if !s.variant.sample => (g, Vec::new(), Vec::new()),
+            _ => {
+                return Err(skill_sdk::internal(
+                    "the decoder graph returned incomplete outputs",
+                ))
+            }
+        };
+        let now = self.ms();
+        let k = m.info.top_k as usize;
+        let b = self.rows.len();
+        for (i, r) in self.rows.iter_mut().enumerate() {
+            if r.finish.is_some() {
+                continue;
+            }
+            if s.fresh.get(i).copied().unwrap_or(false) {
+                r.started_ms = s.at_ms;
+                r.first_ms = now;
+                r.logits = logits.get(i).cloned();
+            }
+            let g = greedy
+                .get(i)
+                .copied()
+                .ok_or_else(|| skill_sdk::internal("the decoder graph returned too few tokens"))?;
+            let t = r.sampler.pick(
+                g,
+                values.get(i * k..(i + 1) * k).unwrap_or(&[]),
+                indices.get(i * k..(i + 1) * k).unwrap_or(&[]),
+            );
+            r.out.push(t);
+            if let Some(x) = r.seen.get_mut(t as usize) {
+                *x = true;
+            }
+            if r.wanted {
+                stream(m, r, t);
+            }
+            if m.defaults.eos.contains(&t) {
+                r.finish = Some("eos");
+            } else if !r.req.stop.is_empty() && stop_hit(m, &r.out, &r.req.stop) {
+                r.finish = Some("stop");
+            } else if r.out.len() as u64 >= r.req.max_new {
+                r.finish = Some("length");
+            }
+            if r.finish.is_some() {
+                answer(m, r, now, b, results)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Generates `reqs` (batch indices `index`; the batch has `batch_len`
 /// requests, so joiners are numbered from there) and any requests that
 /// join; returns the responses of `reqs`, in order.
+///
+/// Greedy steps run one ahead: the next step is submitted (its tokens taken
+/// on the device from the last step's argmax) before the last step is read,
+/// so the device never waits for the sandbox. A row that stops makes at
+/// most one step's work wasted.
 pub fn generate(
     m: &Loaded,
     reqs: &[&Request],
     index: &[u32],
     batch_len: u32,
 ) -> Result<Vec<Response>, Error> {
-    let t0 = Instant::now();
-    let ms = || t0.elapsed().as_secs_f64() * 1e3;
-    let mut rows: Vec<Row> = reqs
+    let rows: Vec<Row> = reqs
         .iter()
         .zip(index)
         .enumerate()
@@ -124,189 +383,49 @@ pub fn generate(
         Cache::Slots(n) => n as usize,
         Cache::Growing => 0,
     };
-    // Per row: which cache entries hold a token, and its position (ALiBi,
-    // windows).
-    let mut cache_mask: Vec<Vec<i64>> = vec![vec![0; slots]; b];
-    let mut cache_pos: Vec<Vec<i64>> = vec![vec![0; slots]; b];
-    let vocab = m.info.vocab as usize;
-    let (mut sampling, mut penalize) = (false, false);
-    let session = Session::new();
+    let mut batch = Batch {
+        m,
+        rows,
+        kind,
+        cache_mask: vec![vec![0; slots]; b],
+        cache_pos: vec![vec![0; slots]; b],
+        sampling: false,
+        penalize: false,
+        session: Session::new(),
+        submitted: 0,
+        t0: Instant::now(),
+    };
     let mut next_id = batch_len;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut step: u64 = 0;
     loop {
-        let prefill = step == 0;
-        let len = rows
-            .iter()
-            .filter(|r| r.fresh)
-            .map(|r| r.req.ids.len())
-            .max()
-            .unwrap_or(1);
-        let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-        for r in &rows {
-            let (i, k, p) = r.feed(len, m.defaults.pad);
-            ids.extend(i);
-            mask.push(k);
-            pos.extend(p);
+        if in_flight.is_empty() {
+            let s = batch.submit(false)?;
+            in_flight.push_back(s);
         }
-        // Once a row samples or penalises, the batch's graph variant keeps
-        // that part (a change of variant is a new graph, on cuda a capture);
-        // rows that penalise track what they have seen from their prompt on.
-        sampling |= rows.iter().any(|r| r.fresh && r.req.sampling.do_sample);
-        penalize |= rows
-            .iter()
-            .any(|r| r.fresh && r.req.repetition_penalty != 1.0);
-        for (r, row_ids) in rows.iter_mut().zip(ids.chunks(len)) {
-            if penalize && (r.fresh || r.seen.is_empty()) {
-                r.seen = vec![false; vocab];
-                if r.fresh {
-                    for &t in row_ids {
-                        if let Some(x) = r.seen.get_mut(t as usize) {
-                            *x = true;
-                        }
-                    }
-                }
-            }
+        if batch.can_run_ahead(in_flight.len()) {
+            let s = batch.submit(true)?;
+            in_flight.push_back(s);
         }
-        let mut inputs = vec![
-            named("input_ids", i64_tensor(vec![b as u64, len as u64], &ids)),
-            named("position_ids", i64_tensor(vec![b as u64, len as u64], &pos)),
-            named(
-                "attention_mask",
-                i64_tensor(vec![b as u64, len as u64], &mask.concat()),
-            ),
-            named("last_index", i64_tensor(vec![1], &[len as i64 - 1])),
-        ];
-        // The prefill starts the session: its cache is empty and unread.
-        if !prefill {
-            let width = cache_mask[0].len() as u64;
-            inputs.push(named(
-                "cache_mask",
-                i64_tensor(vec![b as u64, width], &cache_mask.concat()),
-            ));
-            if m.arch.key_positions() {
-                inputs.push(named(
-                    "cache_positions",
-                    i64_tensor(vec![b as u64, width], &cache_pos.concat()),
-                ));
-            }
-        }
-        let variant = Variant {
-            decode: !prefill,
-            extend: !prefill && len > 1,
-            sample: sampling,
-            logits: rows.iter().any(|r| r.fresh && r.req.return_logits),
-            penalty: penalize,
+        let Some(s) = in_flight.pop_front() else {
+            return Err(skill_sdk::internal("no step in flight"));
         };
-        if penalize {
-            let flat: Vec<u8> = rows
-                .iter()
-                .flat_map(|r| r.seen.iter().map(|&x| x as u8))
-                .collect();
-            inputs.push(named(
-                "seen",
-                Tensor {
-                    dtype: skill_sdk::Dtype::Boolean,
-                    shape: vec![b as u64, vocab as u64],
-                    data: flat,
-                },
-            ));
-            let p: Vec<f32> = rows.iter().map(|r| r.req.repetition_penalty).collect();
-            inputs.push(named("penalty", f32_tensor(vec![b as u64, 1], &p)));
-        }
-        let step_ms = ms();
-        let outputs = {
-            let mut graphs = m.graphs.borrow_mut();
-            let graph = match graphs.entry((variant, kind)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(decoder::build(m.arch, &m.config, variant, kind, m.slots)?.0)
-                }
-            };
-            session.run(graph, &inputs)?
-        };
-        // The run appended (growing) or prepended (slots) this step's tokens.
-        for (i, row_mask) in mask.iter().enumerate() {
-            let (cm, cp) = (&mut cache_mask[i], &mut cache_pos[i]);
-            let new_pos = pos[i * len..(i + 1) * len].iter().copied();
-            if kind == Cache::Growing {
-                cm.extend(row_mask.iter().copied());
-                cp.extend(new_pos);
-                continue;
-            }
-            cm.splice(0..0, row_mask.iter().copied());
-            cp.splice(0..0, new_pos);
-            if cm[slots..].contains(&1) {
-                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
-            }
-            cm.truncate(slots);
-            cp.truncate(slots);
-        }
-        let (mut greedy, mut values, mut indices, mut logits) = (None, None, None, Vec::new());
-        for o in outputs {
-            match o.name.as_str() {
-                "logits" => logits = skill_sdk::tensors::split_rows(&o.value)?,
-                "next_token" => greedy = Some(i64s(&o.value)),
-                "top_values" => values = Some(f32s(&o.value)),
-                "top_indices" => indices = Some(i64s(&o.value)),
-                _ => {}
-            }
-        }
-        let (greedy, values, indices) = match (greedy, values, indices) {
-            (Some(g), Some(v), Some(i)) => (g, v, i),
-            (Some(g), None, None) if !variant.sample => (g, Vec::new(), Vec::new()),
-            _ => {
-                return Err(skill_sdk::internal(
-                    "the decoder graph returned incomplete outputs",
-                ))
-            }
-        };
-        let now = ms();
-        let k = m.info.top_k as usize;
-        for (i, r) in rows.iter_mut().enumerate() {
-            if r.finish.is_some() {
-                continue;
-            }
-            if r.fresh {
-                r.fresh = false;
-                r.started_ms = step_ms;
-                r.first_ms = now;
-                r.logits = logits.get(i).cloned();
-            } else {
-                r.next_pos += 1;
-            }
-            let t = r.sampler.pick(
-                greedy[i],
-                values.get(i * k..(i + 1) * k).unwrap_or(&[]),
-                indices.get(i * k..(i + 1) * k).unwrap_or(&[]),
-            );
-            r.out.push(t);
-            if let Some(x) = r.seen.get_mut(t as usize) {
-                *x = true;
-            }
-            if r.wanted {
-                stream(m, r, t);
-            }
-            if m.defaults.eos.contains(&t) {
-                r.finish = Some("eos");
-            } else if !r.req.stop.is_empty() && stop_hit(m, &r.out, &r.req.stop) {
-                r.finish = Some("stop");
-            } else if r.out.len() as u64 >= r.req.max_new {
-                r.finish = Some("length");
-            }
-            if r.finish.is_some() {
-                answer(m, r, now, b, &mut results)?;
-            }
-        }
+        batch.absorb(s, &mut results)?;
         step += 1;
+        if batch.rows.iter().all(|r| r.finish.is_some()) {
+            // A step still in flight is dropped with the session.
+            break;
+        }
         // Stopped rows take queued requests while others still run (a
         // drained batch ends: the queue starts a new one with a fresh
         // cache) and the cache may grow.
-        let free: Vec<usize> = (0..b).filter(|&i| rows[i].answered).collect();
+        let free: Vec<usize> = (0..b).filter(|&i| batch.rows[i].answered).collect();
         let joinable = kind == Cache::Growing
-            && rows.iter().any(|r| r.finish.is_none())
+            && in_flight.is_empty()
             && step < JOIN_STEPS_MAX
-            && (cache_mask[0].len() as u64) < m.info.max_positions;
+            && (batch.cache_mask[0].len() as u64) < m.info.max_positions;
         if joinable && !free.is_empty() {
+            let now = batch.ms();
             let taken = skill_sdk::partial::take_queued(free.len() as u32);
             let mut slot = free.into_iter();
             for text in taken {
@@ -320,15 +439,12 @@ pub fn generate(
                             skill_sdk::partial::complete(ix, Err(&e));
                             continue;
                         };
-                        rows[i] = Row::new(req, ix, None, now);
+                        batch.rows[i] = Row::new(req, ix, None, now);
                         // The row's old cache entries are not its tokens.
-                        cache_mask[i].iter_mut().for_each(|x| *x = 0);
+                        batch.cache_mask[i].iter_mut().for_each(|x| *x = 0);
                     }
                 }
             }
-        }
-        if rows.iter().all(|r| r.finish.is_some()) {
-            break;
         }
     }
     // Rows are answered when they stop; every row stops by its max_new.

@@ -109,6 +109,20 @@ pub trait Executable: Send + Sync {
         })
     }
 
+    /// [`Executable::run_resident`] without waiting for the device: returns
+    /// the kept outputs (valid inputs of a later run on this device, which
+    /// orders itself after this one) and the pending rest. The default runs
+    /// to completion first; backends that queue work override it.
+    fn submit(
+        &self,
+        inputs: NamedTensors,
+        resident: NamedDeviceTensors,
+        keep: &[String],
+    ) -> Result<(NamedDeviceTensors, Box<dyn PendingRun>), BackendError> {
+        let (outputs, kept) = self.run_resident(inputs, resident, keep)?;
+        Ok((kept, Box::new(Finished(outputs))))
+    }
+
     /// A zero-filled device tensor for input use by [`Executable::run_resident`]
     /// (a session's empty state), made on the device instead of uploaded.
     /// `None` where the backend keeps no tensors on a device.
@@ -119,6 +133,22 @@ pub trait Executable: Send + Sync {
     ) -> Option<Result<Arc<dyn DeviceTensor>, BackendError>> {
         let _ = (dtype, shape);
         None
+    }
+}
+
+/// A run queued on a device by [`Executable::submit`]. Dropping it without
+/// waiting still waits for the device before its buffers are released.
+pub trait PendingRun: Send {
+    /// Waits for the run and returns its host outputs.
+    fn wait(self: Box<Self>) -> Result<NamedTensors, BackendError>;
+}
+
+/// A run that was complete when it was submitted.
+pub struct Finished(pub NamedTensors);
+
+impl PendingRun for Finished {
+    fn wait(self: Box<Self>) -> Result<NamedTensors, BackendError> {
+        Ok(self.0)
     }
 }
 

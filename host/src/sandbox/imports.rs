@@ -8,7 +8,7 @@ use wasmtime::component::Resource;
 use super::accel::skill::{api, graph, log, model, partial, runtime, tokenizer, types};
 use super::convert::*;
 use super::HostState;
-use crate::backend::{check_inputs, check_inputs_resident, Backend, Executable};
+use crate::backend::{check_inputs, Backend, Executable};
 use crate::ir::builder::{BuilderLimits, WeightTypes};
 use crate::ir::{
     BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp,
@@ -81,34 +81,10 @@ impl SkillContext {
     }
 }
 
-/// State tensors of one generation batch: on the host, or on the device
-/// for backends that keep them there ([`Executable::device_resident`]).
-#[derive(Default)]
-pub struct HostSession {
-    states: HashMap<String, crate::tensor::Tensor>,
-    device: HashMap<String, Arc<dyn crate::backend::DeviceTensor>>,
-}
-
-impl HostSession {
-    fn clear(&mut self) {
-        self.states.clear();
-        self.device.clear();
-    }
-}
-
-/// `HOST_TRACE_SESSIONS=1` prints the host time of every session run.
-fn trace_sessions() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HOST_TRACE_SESSIONS").is_ok_and(|v| v == "1"))
-}
-
-/// Most bytes of state one session may hold.
-pub const MAX_SESSION_BYTES: usize = 4 << 30;
-
 /// A graph compiled for the endpoint's backend.
 pub struct CompiledGraph {
-    graph: Arc<Graph>,
-    exe: Arc<dyn Executable>,
+    pub(super) graph: Arc<Graph>,
+    pub(super) exe: Arc<dyn Executable>,
 }
 
 impl types::Host for HostState {}
@@ -586,165 +562,6 @@ impl runtime::Host for HostState {
                 precision: String::new(),
             },
         })
-    }
-}
-
-impl runtime::HostSession for HostState {
-    fn new(&mut self) -> wasmtime::Result<Resource<HostSession>> {
-        Ok(self.table.push(HostSession::default())?)
-    }
-
-    fn run(
-        &mut self,
-        s: Resource<HostSession>,
-        g: Resource<CompiledGraph>,
-        inputs: Vec<types::NamedTensor>,
-    ) -> WResult<Vec<types::NamedTensor>> {
-        let started = std::time::Instant::now();
-        let cg = self.table.get(&g)?;
-        let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
-        let mut inputs: Vec<(String, crate::tensor::Tensor)> = inputs
-            .into_iter()
-            .map(|n| (n.name, tensor_in(n.value)))
-            .collect();
-        if let Some((bad, _)) = inputs.iter().find(|(n, _)| n.starts_with("state.")) {
-            return Ok(Err(WitError::InvalidRequest(format!(
-                "input `{bad}`: state is supplied by the session"
-            ))));
-        }
-        let session = self.table.get_mut(&s)?;
-        let bindings = crate::backend::bind_partial(&graph, &inputs);
-        let resident_mode = exe.device_resident();
-        let mut resident = Vec::new();
-        for &id in &graph.inputs {
-            let node = graph.node(id);
-            let crate::ir::Op::State { name } = &node.op else {
-                continue;
-            };
-            if let Some(d) = session.device.remove(name) {
-                if !resident_mode {
-                    session.clear();
-                    return Ok(Err(WitError::InvalidRequest(format!(
-                        "state `{name}` lives on another device than graph `{}`",
-                        graph.name
-                    ))));
-                }
-                resident.push((crate::ir::state_input_name(name), d));
-                continue;
-            }
-            let t = match session.states.remove(name) {
-                Some(t) => t,
-                None => {
-                    // Empty state: axes no input binds are 0.
-                    let shape: Vec<u64> = node
-                        .shape
-                        .iter()
-                        .map(|d| crate::ir::shape::eval_dim(d, &bindings).unwrap_or(0))
-                        .collect();
-                    let bytes = shape.iter().product::<u64>() as usize * node.dtype.size();
-                    if bytes > MAX_SESSION_BYTES {
-                        return Ok(Err(WitError::ResourceExhausted(format!(
-                            "state `{name}` would need {bytes} bytes"
-                        ))));
-                    }
-                    // Device backends zero it in place (no upload).
-                    if let Some(made) = resident_mode
-                        .then(|| exe.zeros(node.dtype, &shape))
-                        .flatten()
-                    {
-                        match made {
-                            Ok(d) => {
-                                resident.push((crate::ir::state_input_name(name), d));
-                                continue;
-                            }
-                            Err(e) => {
-                                session.clear();
-                                return Ok(Err(backend_error(e)));
-                            }
-                        }
-                    }
-                    crate::tensor::Tensor {
-                        dtype: node.dtype,
-                        shape,
-                        data: vec![0; bytes],
-                    }
-                }
-            };
-            inputs.push((crate::ir::state_input_name(name), t));
-        }
-        let backend_started = std::time::Instant::now();
-        let mut checked_ms = 0.0;
-        let result = if resident_mode {
-            let keep: Vec<String> = graph
-                .states
-                .iter()
-                .map(|(n, _)| crate::ir::state_output_name(n))
-                .collect();
-            check_inputs_resident(&graph, inputs, &resident).and_then(|(ordered, _)| {
-                checked_ms = backend_started.elapsed().as_secs_f64() * 1e3;
-                exe.run_resident(ordered, resident, &keep)
-            })
-        } else {
-            check_inputs(&graph, inputs)
-                .and_then(|(ordered, _)| exe.run(ordered))
-                .map(|o| (o, Vec::new()))
-        };
-        let backend_ms = backend_started.elapsed().as_secs_f64() * 1e3;
-        let (outputs, on_device) = match result {
-            Ok(o) => o,
-            Err(e) => {
-                session.clear();
-                return Ok(Err(backend_error(e)));
-            }
-        };
-        let mut visible = Vec::new();
-        let mut held = 0usize;
-        for (name, d) in on_device {
-            if let Some(state) = name
-                .strip_prefix("state.")
-                .and_then(|n| n.strip_suffix(".next"))
-            {
-                held += d.bytes();
-                session.device.insert(state.to_string(), d);
-            }
-        }
-        for (name, t) in outputs {
-            match name
-                .strip_prefix("state.")
-                .and_then(|n| n.strip_suffix(".next"))
-            {
-                Some(state) => {
-                    held += t.data.len();
-                    session.states.insert(state.to_string(), t);
-                }
-                None => visible.push((name, t)),
-            }
-        }
-        if held > MAX_SESSION_BYTES {
-            session.clear();
-            return Ok(Err(WitError::ResourceExhausted(format!(
-                "session state of {held} bytes exceeds {MAX_SESSION_BYTES}"
-            ))));
-        }
-        let out = named_out(visible);
-        if trace_sessions() {
-            eprintln!(
-                "session: ran `{}` in {:.3} ms (backend {backend_ms:.3} ms, of which input checks {checked_ms:.3} ms)",
-                graph.name,
-                started.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        Ok(Ok(out))
-    }
-
-    fn reset(&mut self, s: Resource<HostSession>) -> wasmtime::Result<()> {
-        self.table.get_mut(&s)?.clear();
-        Ok(())
-    }
-
-    fn drop(&mut self, s: Resource<HostSession>) -> wasmtime::Result<()> {
-        self.table.delete(s)?;
-        Ok(())
     }
 }
 

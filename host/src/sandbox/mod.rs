@@ -8,6 +8,7 @@
 
 mod convert;
 mod imports;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ wasmtime::component::bindgen!({
         "accel:skill/graph.builder": crate::ir::GraphBuilder,
         "accel:skill/tokenizer.tokenizer": crate::tokenizer::HostTokenizer,
         "accel:skill/runtime.compiled-graph": imports::CompiledGraph,
-        "accel:skill/runtime.session": imports::HostSession,
+        "accel:skill/runtime.session": session::HostSession,
     },
 });
 

@@ -146,9 +146,59 @@ fn keep_pool_memory(ctx: &CudaContext) {
     }
 }
 
+/// Page-locked host memory: device-to-host copies into it are truly
+/// asynchronous (into pageable memory they wait for the stream).
+pub struct Pinned {
+    ptr: *mut u8,
+    pub(super) len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: plain host memory owned by this value; the driver call that frees
+// it binds the context first.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    pub(super) fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self, String> {
+        ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        // SAFETY: a plain allocation; freed in Drop.
+        let ptr = unsafe { dr::malloc_host(len.max(1), 0) }
+            .map_err(|e| format!("cannot allocate {len} bytes of page-locked memory: {e}"))?;
+        Ok(Pinned {
+            ptr: ptr as *mut u8,
+            len,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The bytes; the caller makes sure no copy into them is in flight.
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes were allocated at `ptr` and live as long as self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_host and freed once.
+        let _ = unsafe { dr::free_host(self.ptr as *mut std::ffi::c_void) };
+    }
+}
+
+/// The end of one run on its stream: an event recorded after its last copy.
+pub struct RunDone {
+    pub(super) event: cudarc::driver::CudaEvent,
+    /// The stream it was recorded on (a reader there needs no wait).
+    pub(super) stream: usize,
+}
+
 /// A tensor kept in GPU memory between runs (session state): `bytes` at
 /// `offset` of a buffer that the outputs of one run share.
 pub struct CudaTensor {
+    /// The run that writes it, when it was made on a stream without waiting
+    /// (a reader on another stream waits for it first).
+    pub(super) ready: Option<Arc<RunDone>>,
     pub(super) buf: Arc<DeviceBuffer>,
     pub(super) offset: usize,
     pub(super) bytes: usize,

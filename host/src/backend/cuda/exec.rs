@@ -11,18 +11,20 @@ use cudarc::cublas::{sys as bsys, CudaBlas};
 use cudarc::driver::{sys as dsys, CudaFunction, CudaGraph, CudaStream, DeviceRepr};
 
 use super::convert::{convert, convert_owned};
-use super::device::{CudaTensor, DeviceBuffer, Gpu};
+use super::device::{CudaTensor, DeviceBuffer, Gpu, Pinned, RunDone};
 use super::io::{Dst, Src, Transfers};
 
 #[path = "launch.rs"]
 mod launch;
+#[path = "run.rs"]
+mod run;
 #[path = "weights.rs"]
 mod weights;
 use super::lower::{storage, Planner};
 use super::plan::{Arg, AttnParam, Buf, IdxParam, Plan, Ref, Step};
 use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
-    NamedTensors, Precision,
+    NamedTensors, PendingRun, Precision,
 };
 use crate::ir::{DType, Graph, NodeId, Op};
 use crate::model::Model;
@@ -86,6 +88,8 @@ struct CudaExecutable {
     /// The batched-copy kernel of every run's transfers.
     copy: CudaFunction,
     state: Mutex<RunState>,
+    /// Page-locked download buffers, one per run in flight.
+    pinned: Arc<Mutex<Vec<Pinned>>>,
 }
 
 /// Most shape buckets kept per graph before the cache is cleared.
@@ -207,6 +211,7 @@ impl Backend for CudaBackend {
                 graphs_off: !graphs_enabled(),
                 staging: None,
             }),
+            pinned: Arc::new(Mutex::new(Vec::new())),
         }))
     }
 }
@@ -307,7 +312,8 @@ fn resolve(plan: &Plan, base: u64, persistent: &[Arc<DeviceBuffer>], r: &Ref) ->
 
 impl Executable for CudaExecutable {
     fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
-        self.run_impl(inputs, &[], &[]).map(|(host, _)| host)
+        let (_, run) = self.start_run(inputs, Vec::new(), &[])?;
+        Box::new(run).wait()
     }
 
     fn device_resident(&self) -> bool {
@@ -320,16 +326,18 @@ impl Executable for CudaExecutable {
         resident: NamedDeviceTensors,
         keep: &[String],
     ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
-        let out = self.run_impl(inputs, &resident, keep);
-        let started = std::time::Instant::now();
-        drop(resident);
-        if trace() {
-            eprintln!(
-                "cuda: released resident inputs in {:.3} ms",
-                started.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        out
+        let (kept, run) = self.start_run(inputs, resident, keep)?;
+        Ok((Box::new(run).wait()?, kept))
+    }
+
+    fn submit(
+        &self,
+        inputs: NamedTensors,
+        resident: NamedDeviceTensors,
+        keep: &[String],
+    ) -> Result<(NamedDeviceTensors, Box<dyn PendingRun>), BackendError> {
+        let (kept, run) = self.start_run(inputs, resident, keep)?;
+        Ok((kept, Box::new(run)))
     }
 
     fn zeros(
@@ -378,6 +386,7 @@ impl CudaExecutable {
             .synchronize()
             .map_err(|e| self.fail(format!("synchronize: {e}")))?;
         Ok(Arc::new(CudaTensor {
+            ready: None,
             buf: Arc::new(buf),
             offset: 0,
             bytes,
@@ -386,215 +395,5 @@ impl CudaExecutable {
             device_dtype,
             shape: shape.to_vec(),
         }))
-    }
-}
-
-impl CudaExecutable {
-    /// One run: `resident` inputs are copied device to device, outputs named
-    /// in `keep` are returned as [`CudaTensor`]s, the rest downloaded.
-    fn run_impl(
-        &self,
-        inputs: NamedTensors,
-        resident: &[(String, Arc<dyn DeviceTensor>)],
-        keep: &[String],
-    ) -> Result<(NamedTensors, NamedDeviceTensors), BackendError> {
-        let entered = std::time::Instant::now();
-        self.gpu
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| self.fail(e.to_string()))?;
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| self.fail("a previous run panicked".into()))?;
-        let key: Vec<Vec<u64>> = inputs.iter().map(|(_, t)| t.shape.clone()).collect();
-        let prepared = match st.plans.get(&key) {
-            Some(p) => p.clone(),
-            None => {
-                let p = self.prepare(&inputs)?;
-                if st.plans.len() >= MAX_PLANS {
-                    st.plans.clear();
-                    st.graphs.clear();
-                    st.runs.clear();
-                }
-                st.plans.insert(key.clone(), p.clone());
-                p
-            }
-        };
-        let plan = &prepared.plan;
-        if st.arena.as_ref().is_none_or(|a| a.bytes < plan.arena_bytes) {
-            // Captured graphs point into the old arena. Growing by a quarter
-            // more than asked spares most regrowths as a KV cache lengthens.
-            st.graphs.clear();
-            st.arena = None;
-            let bytes = plan.arena_bytes + plan.arena_bytes / 4;
-            st.arena = Some(DeviceBuffer::new(&self.gpu.ctx, bytes).map_err(|e| self.fail(e))?);
-        }
-        let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
-        let stream = st.stream.clone();
-        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
-        let copy = &self.copy;
-        let mut t = Transfers::default();
-        let zero = t.stage(&[0; 4]);
-        t.input(Src::Staged(zero), at(&plan.error_flag), 4);
-        for u in &plan.uploads {
-            let (name, tensor) = inputs
-                .get(u.input)
-                .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?;
-            if let Some((_, d)) = resident.iter().find(|(n, _)| n == name) {
-                let src = d
-                    .as_any()
-                    .downcast_ref::<CudaTensor>()
-                    .filter(|c| c.ordinal == self.gpu.ordinal && c.device_dtype == u.dtype)
-                    .ok_or_else(|| {
-                        self.fail(format!(
-                            "input `{name}` lives on another device or precision"
-                        ))
-                    })?;
-                let n = src.shape.iter().product::<u64>() as usize * u.dtype.size();
-                t.input(Src::Device(src.ptr()), at(&u.at), n.min(src.bytes));
-                continue;
-            }
-            let off = if tensor.dtype == u.dtype {
-                t.stage(&tensor.data)
-            } else {
-                t.stage(&convert(&tensor.data, tensor.dtype, u.dtype))
-            };
-            let n = tensor.data.len() / tensor.dtype.size().max(1) * u.dtype.size();
-            t.input(Src::Staged(off), at(&u.at), n);
-        }
-        // Kept outputs share one pooled allocation; the rest are downloaded.
-        let sizes: Vec<usize> = plan
-            .downloads
-            .iter()
-            .map(|d| d.shape.iter().product::<usize>() * d.device_dtype.size())
-            .collect();
-        let mut kept_bytes = 0usize;
-        let kept_at: Vec<Option<usize>> = plan
-            .downloads
-            .iter()
-            .zip(&sizes)
-            .map(|(d, &n)| {
-                keep.contains(&d.name).then(|| {
-                    let o = kept_bytes;
-                    kept_bytes += n.div_ceil(256) * 256;
-                    o
-                })
-            })
-            .collect();
-        let pool = if kept_bytes > 0 {
-            Some(Arc::new(
-                DeviceBuffer::pooled(&self.gpu.ctx, &stream, &self.gpu.free_stream, kept_bytes)
-                    .map_err(|x| self.fail(x))?,
-            ))
-        } else {
-            None
-        };
-        let mut host_at: Vec<Option<usize>> = Vec::with_capacity(sizes.len());
-        for ((d, &n), k) in plan.downloads.iter().zip(&sizes).zip(&kept_at) {
-            match (k, &pool) {
-                (Some(o), Some(p)) => {
-                    t.output(at(&d.at), Dst::Device(p.ptr + *o as u64), n);
-                    host_at.push(None);
-                }
-                _ => {
-                    let o = t.reserve_download(n);
-                    t.output(at(&d.at), Dst::Download(o), n);
-                    host_at.push(Some(o));
-                }
-            }
-        }
-        let flag_at = t.reserve_download(4);
-        t.output(at(&plan.error_flag), Dst::Download(flag_at), 4);
-        let need = t.staging_bytes();
-        if st.staging.as_ref().is_none_or(|b| b.bytes < need) {
-            st.staging = None;
-            st.staging = Some(
-                DeviceBuffer::new(&self.gpu.ctx, need.max(64 << 10)).map_err(|e| self.fail(e))?,
-            );
-        }
-        let staging = st
-            .staging
-            .as_ref()
-            .ok_or_else(|| self.fail("no staging buffer".into()))?;
-        // SAFETY: every address above is inside the arena sized by the plan,
-        // a persistent buffer, a resident tensor of the checked size, the
-        // pooled output buffer or the staging buffer sized for `t`; the
-        // stream is synchronised before any of them is released or read.
-        let pending =
-            unsafe { t.upload_and_copy_in(&stream, copy, staging) }.map_err(|x| self.fail(x))?;
-        let launched = std::time::Instant::now();
-        self.execute(&mut st, &key, &prepared, base, &stream)?;
-        let enqueued = launched.elapsed();
-        let mut down = Vec::new();
-        // SAFETY: see above; `down` is read only after synchronising.
-        let blob =
-            unsafe { pending.copy_out(&stream, copy, &mut down) }.map_err(|x| self.fail(x))?;
-        stream
-            .synchronize()
-            .map_err(|x| self.fail(format!("synchronize: {x}")))?;
-        drop(blob);
-        let synchronised = launched.elapsed();
-        let graph = st.graphs.contains_key(&key);
-        drop(st);
-        let trace_run = |outputs_ms: f64| {
-            eprintln!(
-                "cuda: ran `{}`: prepare {:.3} ms, enqueue {:.3} ms, until synchronised {:.3} ms, outputs {outputs_ms:.3} ms{}",
-                self.graph.name,
-                (launched - entered).as_secs_f64() * 1e3,
-                enqueued.as_secs_f64() * 1e3,
-                synchronised.as_secs_f64() * 1e3,
-                if graph { " (graph)" } else { "" }
-            );
-        };
-        let finished = std::time::Instant::now();
-        let flag = down
-            .get(flag_at..flag_at + 4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .unwrap_or(0);
-        if flag != 0 {
-            return Err(
-                self.fail("an embedding or gather index is out of range for its table".into())
-            );
-        }
-        let mut kept: NamedDeviceTensors = Vec::new();
-        let mut outputs = Vec::with_capacity(plan.downloads.len());
-        for ((d, &n), (k, h)) in plan
-            .downloads
-            .iter()
-            .zip(&sizes)
-            .zip(kept_at.iter().zip(&host_at))
-        {
-            match (k, h, &pool) {
-                (Some(o), _, Some(p)) => kept.push((
-                    d.name.clone(),
-                    Arc::new(CudaTensor {
-                        buf: p.clone(),
-                        offset: *o,
-                        bytes: n,
-                        ordinal: self.gpu.ordinal,
-                        dtype: d.dtype,
-                        device_dtype: d.device_dtype,
-                        shape: d.shape.iter().map(|&x| x as u64).collect(),
-                    }),
-                )),
-                (_, Some(o), _) => {
-                    let bytes = down.get(*o..*o + n).unwrap_or(&[]).to_vec();
-                    outputs.push((
-                        d.name.clone(),
-                        Tensor {
-                            dtype: d.dtype,
-                            shape: d.shape.iter().map(|&x| x as u64).collect(),
-                            data: convert_owned(bytes, d.device_dtype, d.dtype),
-                        },
-                    ));
-                }
-                _ => return Err(self.fail(format!("output `{}` was not copied", d.name))),
-            }
-        }
-        if trace() {
-            trace_run(finished.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok((outputs, kept))
     }
 }

@@ -96,6 +96,11 @@ impl Transfers {
         self.tables_at() + (self.ins.len() + self.outs.len()) * std::mem::size_of::<CopyEntry>()
     }
 
+    /// Bytes the download area holds (the host buffer `copy_out` needs).
+    pub fn download_bytes(&self) -> usize {
+        self.down
+    }
+
     /// Bytes the device staging buffer needs.
     pub fn staging_bytes(&self) -> usize {
         align(self.down_at()) + self.down
@@ -163,7 +168,7 @@ impl Transfers {
 
 /// The output half of a [`Transfers`], after the steps are enqueued.
 pub struct Pending {
-    /// Kept alive until the stream is synchronised (pageable upload source).
+    /// The upload source, returned by `copy_out` for the caller to keep.
     blob: Vec<u8>,
     table_out: u64,
     outs: Vec<CopyEntry>,
@@ -173,23 +178,26 @@ pub struct Pending {
 
 impl Pending {
     /// Launches the output copies and downloads the download area into
-    /// `host` (resized); the caller synchronises the stream before reading
-    /// it.
+    /// `host` (its first [`Transfers::download_bytes`] bytes). Returns the
+    /// upload source, to be kept until the stream has passed this point.
     ///
     /// # Safety
-    /// As for [`Transfers::upload_and_copy_in`]; `host` must not be touched
-    /// until the stream is synchronised.
+    /// As for [`Transfers::upload_and_copy_in`]; `host` must be page-locked
+    /// (or the call waits for the stream), at least as long as the download
+    /// area, and neither read nor freed until the stream has passed this
+    /// point.
     pub unsafe fn copy_out(
         self,
         stream: &Arc<CudaStream>,
         f: &CudaFunction,
-        host: &mut Vec<u8>,
+        host: Option<&mut [u8]>,
     ) -> Result<Vec<u8>, String> {
         // SAFETY: see above.
         unsafe { launch(stream, f, self.table_out, &self.outs) }?;
-        host.clear();
-        host.resize(self.down_bytes, 0);
-        if !host.is_empty() {
+        if self.down_bytes > 0 {
+            let host = host
+                .and_then(|h| h.get_mut(..self.down_bytes))
+                .ok_or_else(|| format!("no host buffer for a {}-byte download", self.down_bytes))?;
             // SAFETY: the download area holds down_bytes bytes.
             unsafe {
                 cudarc::driver::result::memcpy_dtoh_async(host, self.down, stream.cu_stream())

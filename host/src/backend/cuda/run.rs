@@ -1,0 +1,360 @@
+//! One run of a compiled graph: inputs staged and copied in, the plan's
+//! steps enqueued (or its CUDA graph replayed), outputs copied to kept
+//! device tensors or downloaded into page-locked memory, and an event
+//! recorded after the last copy. Nothing here waits for the GPU:
+//! the run's `wait` does, so a session can queue its next decode step
+//! while the skill reads the last one ([`crate::backend::Executable::submit`]).
+//! Tensors a run keeps carry its event, and a run on another stream that
+//! reads them waits for it on the device first.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+/// Download buffers kept per executable (more runs in flight allocate).
+const PINNED_KEPT: usize = 4;
+
+/// A host output's place in the download.
+struct HostOut {
+    name: String,
+    dtype: DType,
+    device_dtype: DType,
+    shape: Vec<u64>,
+    at: usize,
+    bytes: usize,
+}
+
+/// A run queued on the GPU; [`PendingRun::wait`] returns its host outputs.
+/// Dropped without waiting, it still waits before releasing its buffers.
+pub(super) struct Enqueued {
+    device: String,
+    graph: String,
+    done: Arc<RunDone>,
+    down: Option<Pinned>,
+    pool: Arc<Mutex<Vec<Pinned>>>,
+    outputs: Vec<HostOut>,
+    flag_at: usize,
+    /// Released only after the run: the upload source and the resident
+    /// inputs it copies from.
+    _blob: Vec<u8>,
+    _resident: NamedDeviceTensors,
+    waited: bool,
+    /// For `HOST_CUDA_TRACE`: host time before the launch, of the enqueue,
+    /// and the launch instant.
+    trace: Option<(f64, f64, std::time::Instant, bool)>,
+}
+
+impl Enqueued {
+    fn fail(&self, message: String) -> BackendError {
+        BackendError::Run {
+            device: self.device.clone(),
+            graph: self.graph.clone(),
+            message,
+        }
+    }
+}
+
+impl Drop for Enqueued {
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = self.done.event.synchronize();
+        }
+        if let (Some(p), Ok(mut pool)) = (self.down.take(), self.pool.lock()) {
+            if pool.len() < PINNED_KEPT {
+                pool.push(p);
+            }
+        }
+    }
+}
+
+impl PendingRun for Enqueued {
+    fn wait(mut self: Box<Self>) -> Result<NamedTensors, BackendError> {
+        let waited = std::time::Instant::now();
+        self.done
+            .event
+            .synchronize()
+            .map_err(|x| self.fail(format!("synchronize: {x}")))?;
+        self.waited = true;
+        let synchronised = waited.elapsed();
+        let mut buf = self.down.take();
+        let down: &[u8] = match buf.as_mut() {
+            Some(p) => p.bytes(),
+            None => &[],
+        };
+        let flag = down
+            .get(self.flag_at..self.flag_at + 4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        let outputs: NamedTensors = self
+            .outputs
+            .iter()
+            .map(|o| {
+                let bytes = down.get(o.at..o.at + o.bytes).unwrap_or(&[]).to_vec();
+                let data = convert_owned(bytes, o.device_dtype, o.dtype);
+                let shape = o.shape.clone();
+                (o.name.clone(), Tensor { dtype: o.dtype, shape, data })
+            })
+            .collect();
+        // Back to the pool when this run drops.
+        self.down = buf;
+        if flag != 0 {
+            return Err(
+                self.fail("an embedding or gather index is out of range for its table".into())
+            );
+        }
+        if let Some((prepare_ms, enqueue_ms, launched, graph)) = self.trace {
+            eprintln!(
+                "cuda: ran `{}`: prepare {prepare_ms:.3} ms, enqueue {enqueue_ms:.3} ms, until synchronised {:.3} ms (waited {:.3} ms), outputs {:.3} ms{}",
+                self.graph,
+                (waited - launched + synchronised).as_secs_f64() * 1e3,
+                synchronised.as_secs_f64() * 1e3,
+                (waited.elapsed() - synchronised).as_secs_f64() * 1e3,
+                if graph { " (graph)" } else { "" }
+            );
+        }
+        Ok(outputs)
+    }
+}
+
+impl CudaExecutable {
+    /// Queues one run: `resident` inputs are copied device to device (after
+    /// the runs that write them), outputs named in `keep` are returned as
+    /// [`CudaTensor`]s, the rest come from the returned run's `wait`.
+    pub(super) fn start_run(
+        &self,
+        inputs: NamedTensors,
+        resident: NamedDeviceTensors,
+        keep: &[String],
+    ) -> Result<(NamedDeviceTensors, Enqueued), BackendError> {
+        let entered = std::time::Instant::now();
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| self.fail(e.to_string()))?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| self.fail("a previous run panicked".into()))?;
+        let key: Vec<Vec<u64>> = inputs.iter().map(|(_, t)| t.shape.clone()).collect();
+        let prepared = match st.plans.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.prepare(&inputs)?;
+                if st.plans.len() >= MAX_PLANS {
+                    st.plans.clear();
+                    st.graphs.clear();
+                    st.runs.clear();
+                }
+                st.plans.insert(key.clone(), p.clone());
+                p
+            }
+        };
+        let plan = &prepared.plan;
+        let stream = st.stream.clone();
+        if st.arena.as_ref().is_none_or(|a| a.bytes < plan.arena_bytes) {
+            // Runs still queued use the old arena; captured graphs point
+            // into it. Growing by a quarter more than asked spares most
+            // regrowths as a KV cache lengthens.
+            stream
+                .synchronize()
+                .map_err(|x| self.fail(format!("synchronize: {x}")))?;
+            st.graphs.clear();
+            st.arena = None;
+            let bytes = plan.arena_bytes + plan.arena_bytes / 4;
+            st.arena = Some(DeviceBuffer::new(&self.gpu.ctx, bytes).map_err(|e| self.fail(e))?);
+        }
+        let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
+        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
+        let mut t = Transfers::default();
+        let zero = t.stage(&[0; 4]);
+        t.input(Src::Staged(zero), at(&plan.error_flag), 4);
+        for u in &plan.uploads {
+            let (name, tensor) = inputs
+                .get(u.input)
+                .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?;
+            if let Some((_, d)) = resident.iter().find(|(n, _)| n == name) {
+                let src = d
+                    .as_any()
+                    .downcast_ref::<CudaTensor>()
+                    .filter(|c| c.ordinal == self.gpu.ordinal && c.device_dtype == u.dtype)
+                    .ok_or_else(|| {
+                        self.fail(format!(
+                            "input `{name}` lives on another device or precision"
+                        ))
+                    })?;
+                if let Some(r) = src.ready.as_ref() {
+                    if r.stream != stream.cu_stream() as usize {
+                        stream
+                            .wait(&r.event)
+                            .map_err(|x| self.fail(format!("wait for `{name}`: {x}")))?;
+                    }
+                }
+                let n = src.shape.iter().product::<u64>() as usize * u.dtype.size();
+                t.input(Src::Device(src.ptr()), at(&u.at), n.min(src.bytes));
+                continue;
+            }
+            let off = if tensor.dtype == u.dtype {
+                t.stage(&tensor.data)
+            } else {
+                t.stage(&convert(&tensor.data, tensor.dtype, u.dtype))
+            };
+            let n = tensor.data.len() / tensor.dtype.size().max(1) * u.dtype.size();
+            t.input(Src::Staged(off), at(&u.at), n);
+        }
+        // Kept outputs share one pooled allocation; the rest are downloaded.
+        let sizes: Vec<usize> = plan
+            .downloads
+            .iter()
+            .map(|d| d.shape.iter().product::<usize>() * d.device_dtype.size())
+            .collect();
+        let mut kept_bytes = 0usize;
+        let kept_at: Vec<Option<usize>> = plan
+            .downloads
+            .iter()
+            .zip(&sizes)
+            .map(|(d, &n)| {
+                keep.contains(&d.name).then(|| {
+                    let o = kept_bytes;
+                    kept_bytes += n.div_ceil(256) * 256;
+                    o
+                })
+            })
+            .collect();
+        let pool = if kept_bytes > 0 {
+            Some(Arc::new(
+                DeviceBuffer::pooled(&self.gpu.ctx, &stream, &self.gpu.free_stream, kept_bytes)
+                    .map_err(|x| self.fail(x))?,
+            ))
+        } else {
+            None
+        };
+        let mut outputs = Vec::new();
+        let mut kept_meta = Vec::new();
+        for ((d, &n), k) in plan.downloads.iter().zip(&sizes).zip(&kept_at) {
+            let shape: Vec<u64> = d.shape.iter().map(|&x| x as u64).collect();
+            match (k, &pool) {
+                (Some(o), Some(p)) => {
+                    t.output(at(&d.at), Dst::Device(p.ptr + *o as u64), n);
+                    kept_meta.push((d.name.clone(), *o, n, d.dtype, d.device_dtype, shape));
+                }
+                _ => {
+                    let o = t.reserve_download(n);
+                    t.output(at(&d.at), Dst::Download(o), n);
+                    outputs.push(HostOut {
+                        name: d.name.clone(),
+                        dtype: d.dtype,
+                        device_dtype: d.device_dtype,
+                        shape,
+                        at: o,
+                        bytes: n,
+                    });
+                }
+            }
+        }
+        let flag_at = t.reserve_download(4);
+        t.output(at(&plan.error_flag), Dst::Download(flag_at), 4);
+        let need = t.staging_bytes();
+        if st.staging.as_ref().is_none_or(|b| b.bytes < need) {
+            // Runs still queued copy through the old staging buffer.
+            stream
+                .synchronize()
+                .map_err(|x| self.fail(format!("synchronize: {x}")))?;
+            st.staging = None;
+            st.staging = Some(
+                DeviceBuffer::new(&self.gpu.ctx, need.max(64 << 10)).map_err(|e| self.fail(e))?,
+            );
+        }
+        let staging = st
+            .staging
+            .as_ref()
+            .ok_or_else(|| self.fail("no staging buffer".into()))?;
+        let mut down = self.pinned_for(t.download_bytes())?;
+        // SAFETY: every address above is inside the arena sized by the plan,
+        // a persistent buffer, a resident tensor of the checked size, the
+        // pooled output buffer or the staging buffer sized for `t`; all of
+        // them (and `down`) outlive the run: the arena and staging buffer
+        // are only replaced after synchronising the stream, resident inputs
+        // and `down` are held by the returned run until its event.
+        let pending = unsafe { t.upload_and_copy_in(&stream, &self.copy, staging) }
+            .map_err(|x| self.fail(x))?;
+        let launched = std::time::Instant::now();
+        self.execute(&mut st, &key, &prepared, base, &stream)?;
+        let enqueued = launched.elapsed();
+        // SAFETY: see above.
+        let blob = unsafe { pending.copy_out(&stream, &self.copy, down.as_mut().map(|p| p.bytes())) }
+            .map_err(|x| self.fail(x))?;
+        let event = self
+            .gpu
+            .ctx
+            .new_event(None)
+            .map_err(|x| self.fail(format!("event: {x}")))?;
+        event
+            .record(&stream)
+            .map_err(|x| self.fail(format!("event: {x}")))?;
+        let done = Arc::new(RunDone {
+            event,
+            stream: stream.cu_stream() as usize,
+        });
+        let graph = st.graphs.contains_key(&key);
+        drop(st);
+        let kept: NamedDeviceTensors = match &pool {
+            Some(p) => kept_meta
+                .into_iter()
+                .map(|(name, offset, bytes, dtype, device_dtype, shape)| {
+                    let t: Arc<dyn DeviceTensor> = Arc::new(CudaTensor {
+                        ready: Some(done.clone()),
+                        buf: p.clone(),
+                        offset,
+                        bytes,
+                        ordinal: self.gpu.ordinal,
+                        dtype,
+                        device_dtype,
+                        shape,
+                    });
+                    (name, t)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let run = Enqueued {
+            device: self.device.clone(),
+            graph: self.graph.name.clone(),
+            done,
+            down,
+            pool: self.pinned.clone(),
+            outputs,
+            flag_at,
+            _blob: blob,
+            _resident: resident,
+            waited: false,
+            trace: trace().then(|| {
+                (
+                    (launched - entered).as_secs_f64() * 1e3,
+                    enqueued.as_secs_f64() * 1e3,
+                    launched,
+                    graph,
+                )
+            }),
+        };
+        Ok((kept, run))
+    }
+
+    /// A page-locked buffer of at least `bytes` from the pool, or a new one.
+    fn pinned_for(&self, bytes: usize) -> Result<Option<Pinned>, BackendError> {
+        if bytes == 0 {
+            return Ok(None);
+        }
+        let mut pool = self
+            .pinned
+            .lock()
+            .map_err(|_| self.fail("a previous run panicked".into()))?;
+        if let Some(i) = pool.iter().position(|p| p.len >= bytes) {
+            return Ok(Some(pool.swap_remove(i)));
+        }
+        drop(pool);
+        let len = bytes.next_power_of_two().max(64 << 10);
+        Pinned::new(&self.gpu.ctx, len)
+            .map(Some)
+            .map_err(|x| self.fail(x))
+    }
+}
