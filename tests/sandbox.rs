@@ -154,3 +154,20 @@ fn a_file_that_is_not_a_component_is_a_load_error() {
     let e = sb.load("bogus", &bogus).err().expect("must fail");
     assert!(e.to_string().contains("not a valid component"), "{e}");
 }
+
+#[test]
+fn submitted_runs_keep_state_order_and_misuse_is_an_error() {
+    let Some(mut r) = hostile() else { return };
+    let out = ask(&mut r, "pipeline").expect("pipeline");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Four may wait; the fifth submit is refused and leaves the rest intact.
+    assert_eq!(
+        v["submits"],
+        serde_json::json!(["ok", "ok", "ok", "ok", "ResourceExhausted"]),
+        "{out}"
+    );
+    assert_eq!(v["run_while_pending"], "InvalidRequest", "{out}");
+    assert_eq!(v["values"], serde_json::json!([1.0, 2.0, 3.0, 4.0]), "{out}");
+    assert_eq!(v["empty_collect"], "InvalidRequest", "{out}");
+    assert_serves(&mut r);
+}

@@ -5,7 +5,8 @@
 //! tensor), `unknown-op` (sends an operation outside the host's op set),
 //! `unknown-weight` (names a weight the model lacks), `trap` (panics),
 //! `spin` (busy-waits `ms` milliseconds, at most 1000: a slow request for
-//! queueing tests), `ok` (answers `{"ok": true}`, echoing `id` when given).
+//! queueing tests), `pipeline` (submits runs of a counter graph ahead of
+//! collecting them, and misuses `collect`/`run`; answers what it saw), `ok` (answers `{"ok": true}`, echoing `id` when given).
 //! `load` succeeds on any model.
 
 use skill_sdk::graph::Builder;
@@ -87,6 +88,7 @@ fn act(req: &str) -> Result<Response, Error> {
             ))
         }
         "trap" => panic!("hostile skill panics on purpose"),
+        "pipeline" => pipeline(),
         "spin" => {
             let ms = v.get("ms").and_then(|m| m.as_u64()).unwrap_or(10).min(1000);
             let start = std::time::Instant::now();
@@ -109,6 +111,53 @@ fn act(req: &str) -> Result<Response, Error> {
             })
         }
     }
+}
+
+/// A session counter `n` (+1 per run, output `n`): four runs submitted
+/// before any is collected must still see each other's state in order;
+/// a fifth submit, `run` while runs wait and `collect` with nothing
+/// waiting are errors, whose kinds are reported.
+fn pipeline() -> Result<Response, Error> {
+    use skill_sdk::runtime::{compile, Session};
+    let b = Builder::new("counter");
+    let n = b.state("n", Dtype::F32, &[Dim::Fixed(1)])?;
+    let one = b.scalar(1.0, Dtype::F32)?;
+    let next = b.binary(skill_sdk::graph::BinaryOp::Add, n, one)?;
+    b.update_state("n", next)?;
+    b.output("n", next)?;
+    let g = compile(b)?;
+    let s = Session::new();
+    let kind = |r: Result<(), Error>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => {
+            let debug = format!("{e:?}");
+            let name = debug.split('(').next().unwrap_or("");
+            name.trim_start_matches("Error::").to_string()
+        }
+    };
+    let mut submits = Vec::new();
+    for _ in 0..5 {
+        submits.push(kind(s.submit(&g, &[])));
+    }
+    let run_while_pending = kind(s.run(&g, &[]).map(|_| ()));
+    let mut values = Vec::new();
+    for _ in 0..4 {
+        let out = s.collect()?;
+        let v = out.first().map(|o| o.value.data.clone()).unwrap_or_default();
+        let v: [u8; 4] = v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]);
+        values.push(f32::from_le_bytes(v));
+    }
+    let empty_collect = kind(s.collect().map(|_| ()));
+    let json = serde_json::json!({
+        "submits": submits,
+        "run_while_pending": run_while_pending,
+        "values": values,
+        "empty_collect": empty_collect,
+    });
+    Ok(Response {
+        json: json.to_string(),
+        tensors: vec![],
+    })
 }
 
 skill_sdk::export_skill!(Hostile);
