@@ -167,7 +167,11 @@ fn submitted_runs_keep_state_order_and_misuse_is_an_error() {
         "{out}"
     );
     assert_eq!(v["run_while_pending"], "InvalidRequest", "{out}");
-    assert_eq!(v["values"], serde_json::json!([1.0, 2.0, 3.0, 4.0]), "{out}");
+    assert_eq!(
+        v["values"],
+        serde_json::json!([1.0, 2.0, 3.0, 4.0]),
+        "{out}"
+    );
     assert_eq!(v["empty_collect"], "InvalidRequest", "{out}");
     assert_serves(&mut r);
 }

@@ -143,7 +143,10 @@ fn pipeline() -> Result<Response, Error> {
     let mut values = Vec::new();
     for _ in 0..4 {
         let out = s.collect()?;
-        let v = out.first().map(|o| o.value.data.clone()).unwrap_or_default();
+        let v = out
+            .first()
+            .map(|o| o.value.data.clone())
+            .unwrap_or_default();
         let v: [u8; 4] = v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]);
         values.push(f32::from_le_bytes(v));
     }

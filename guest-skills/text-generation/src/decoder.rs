@@ -290,9 +290,8 @@ pub fn build(
     };
     // Every run keeps its chosen tokens as state `token` [batch, 1]; a fed
     // decode step reads its ids from there.
-    let token = g
-        .b
-        .state("token", Dtype::I64, &[sym("batch"), Dim::Fixed(1)])?;
+    let token =
+        g.b.state("token", Dtype::I64, &[sym("batch"), Dim::Fixed(1)])?;
     let ids = match variant.fed {
         true => token,
         false => g.input("input_ids", Dtype::I64, &bs)?,

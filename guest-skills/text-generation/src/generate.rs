@@ -134,9 +134,10 @@ impl Batch<'_> {
             && !self.penalize
             && self.rows.iter().all(|r| !r.fresh)
             && !(self.kind == Cache::Growing && self.rows.iter().any(|r| r.answered))
-            && self.rows.iter().any(|r| {
-                r.finish.is_none() && (r.out.len() + in_flight) < r.req.max_new as usize
-            })
+            && self
+                .rows
+                .iter()
+                .any(|r| r.finish.is_none() && (r.out.len() + in_flight) < r.req.max_new as usize)
     }
 
     /// Builds and submits the next step; `fed` takes each row's token from

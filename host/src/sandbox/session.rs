@@ -169,7 +169,10 @@ impl HostState {
                         }
                     }
                     session.states.extend(kept);
-                    (Vec::new(), Box::new(Finished(visible)) as Box<dyn PendingRun>)
+                    (
+                        Vec::new(),
+                        Box::new(Finished(visible)) as Box<dyn PendingRun>,
+                    )
                 })
         };
         let backend_ms = backend_started.elapsed().as_secs_f64() * 1e3;

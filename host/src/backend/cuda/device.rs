@@ -210,6 +210,18 @@ pub struct CudaTensor {
     pub(super) shape: Vec<u64>,
 }
 
+impl Drop for CudaTensor {
+    fn drop(&mut self) {
+        // The last tensor of a run's buffer frees it on the free stream:
+        // order that after the run that writes it.
+        if Arc::strong_count(&self.buf) == 1 {
+            if let (Some(r), Some(s)) = (&self.ready, &self.buf.free_on) {
+                let _ = s.wait(&r.event);
+            }
+        }
+    }
+}
+
 impl CudaTensor {
     /// Device address of the first byte.
     pub(super) fn ptr(&self) -> u64 {

@@ -96,6 +96,11 @@ impl Transfers {
         self.tables_at() + (self.ins.len() + self.outs.len()) * std::mem::size_of::<CopyEntry>()
     }
 
+    /// Bytes uploaded: the staged data and the copy tables.
+    pub fn upload_bytes(&self) -> usize {
+        self.down_at()
+    }
+
     /// Bytes the download area holds (the host buffer `copy_out` needs).
     pub fn download_bytes(&self) -> usize {
         self.down
@@ -107,17 +112,20 @@ impl Transfers {
     }
 
     /// Uploads the blob and the tables to `staging` (at least
-    /// [`Transfers::staging_bytes`] long) and launches the input copies.
-    /// Returns the launcher of the output copies.
+    /// [`Transfers::staging_bytes`] long), through `pinned` (page-locked,
+    /// at least [`Transfers::upload_bytes`] long) when given, and launches
+    /// the input copies. Returns the launcher of the output copies.
     ///
     /// # Safety
     /// Every device address given must be valid for its byte count until
-    /// the stream is synchronised; `staging` must be large enough.
+    /// the stream is synchronised; `staging` must be large enough; `pinned`
+    /// must not be touched until the stream has passed this point.
     pub unsafe fn upload_and_copy_in(
         mut self,
         stream: &Arc<CudaStream>,
         f: &CudaFunction,
         staging: &DeviceBuffer,
+        pinned: Option<&mut [u8]>,
     ) -> Result<Pending, String> {
         let base = staging.ptr;
         let down = base + align(self.down_at()) as u64;
@@ -147,8 +155,16 @@ impl Transfers {
         }
         let cu = stream.cu_stream();
         if !self.blob.is_empty() {
+            // From page-locked memory the copy is queued without a wait.
+            let src: &[u8] = match pinned.and_then(|p| p.get_mut(..self.blob.len())) {
+                Some(p) => {
+                    p.copy_from_slice(&self.blob);
+                    p
+                }
+                None => &self.blob,
+            };
             // SAFETY: the caller sized `staging` for the blob.
-            unsafe { cudarc::driver::result::memcpy_htod_async(base, &self.blob, cu) }
+            unsafe { cudarc::driver::result::memcpy_htod_async(base, src, cu) }
                 .map_err(|e| format!("upload: {e}"))?;
         }
         let table_in = base + tables as u64;

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 
-/// Download buffers kept per executable (more runs in flight allocate).
-const PINNED_KEPT: usize = 4;
+/// Page-locked buffers kept per executable, two per run in flight (more
+/// runs in flight allocate).
+const PINNED_KEPT: usize = 8;
 
 /// A host output's place in the download.
 struct HostOut {
@@ -30,6 +31,7 @@ pub(super) struct Enqueued {
     device: String,
     graph: String,
     done: Arc<RunDone>,
+    up: Option<Pinned>,
     down: Option<Pinned>,
     pool: Arc<Mutex<Vec<Pinned>>>,
     outputs: Vec<HostOut>,
@@ -59,9 +61,11 @@ impl Drop for Enqueued {
         if !self.waited {
             let _ = self.done.event.synchronize();
         }
-        if let (Some(p), Ok(mut pool)) = (self.down.take(), self.pool.lock()) {
-            if pool.len() < PINNED_KEPT {
-                pool.push(p);
+        if let Ok(mut pool) = self.pool.lock() {
+            for p in [self.up.take(), self.down.take()].into_iter().flatten() {
+                if pool.len() < PINNED_KEPT {
+                    pool.push(p);
+                }
             }
         }
     }
@@ -92,7 +96,14 @@ impl PendingRun for Enqueued {
                 let bytes = down.get(o.at..o.at + o.bytes).unwrap_or(&[]).to_vec();
                 let data = convert_owned(bytes, o.device_dtype, o.dtype);
                 let shape = o.shape.clone();
-                (o.name.clone(), Tensor { dtype: o.dtype, shape, data })
+                (
+                    o.name.clone(),
+                    Tensor {
+                        dtype: o.dtype,
+                        shape,
+                        data,
+                    },
+                )
             })
             .collect();
         // Back to the pool when this run drops.
@@ -268,21 +279,26 @@ impl CudaExecutable {
             .staging
             .as_ref()
             .ok_or_else(|| self.fail("no staging buffer".into()))?;
+        let mut up = self.pinned_for(t.upload_bytes())?;
         let mut down = self.pinned_for(t.download_bytes())?;
         // SAFETY: every address above is inside the arena sized by the plan,
         // a persistent buffer, a resident tensor of the checked size, the
         // pooled output buffer or the staging buffer sized for `t`; all of
-        // them (and `down`) outlive the run: the arena and staging buffer
-        // are only replaced after synchronising the stream, resident inputs
-        // and `down` are held by the returned run until its event.
-        let pending = unsafe { t.upload_and_copy_in(&stream, &self.copy, staging) }
-            .map_err(|x| self.fail(x))?;
+        // them (and `up`, `down`) outlive the run: the arena and staging
+        // buffer are only replaced after synchronising the stream; resident
+        // inputs, `up` and `down` are held by the returned run until its
+        // event.
+        let pending = unsafe {
+            t.upload_and_copy_in(&stream, &self.copy, staging, up.as_mut().map(|p| p.bytes()))
+        }
+        .map_err(|x| self.fail(x))?;
         let launched = std::time::Instant::now();
         self.execute(&mut st, &key, &prepared, base, &stream)?;
         let enqueued = launched.elapsed();
         // SAFETY: see above.
-        let blob = unsafe { pending.copy_out(&stream, &self.copy, down.as_mut().map(|p| p.bytes())) }
-            .map_err(|x| self.fail(x))?;
+        let blob =
+            unsafe { pending.copy_out(&stream, &self.copy, down.as_mut().map(|p| p.bytes())) }
+                .map_err(|x| self.fail(x))?;
         let event = self
             .gpu
             .ctx
@@ -320,6 +336,7 @@ impl CudaExecutable {
             device: self.device.clone(),
             graph: self.graph.name.clone(),
             done,
+            up,
             down,
             pool: self.pinned.clone(),
             outputs,
