@@ -964,6 +964,98 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
   }
 }
 
+// Many query rows (prefill, extend): a block takes ATTN_ROWS query rows of
+// one (batch, head), a warp per row, and walks the keys in chunks of
+// ATTN_CHUNK staged in shared memory once for all its rows (the row-per-
+// block kernel above reloads every key for every row). Softmax is online:
+// per chunk the row's running maximum, sum and weighted values are rescaled.
+// Scores follow attn_score (masked keys get -65504 added, as above); keys
+// past the end of the last chunk take no part. Shared memory: keys
+// transposed [d][ATTN_CHUNK + 1] (padded: conflict-free both ways), values
+// [ATTN_CHUNK][dv], query rows [ATTN_ROWS][d] and probabilities
+// [ATTN_ROWS][ATTN_CHUNK], all float.
+#define ATTN_ROWS 8
+#define ATTN_CHUNK 32
+#define ATTN_DV_LANE 8
+template <typename T>
+__device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  extern __shared__ float sh[];
+  const int KP = ATTN_CHUNK + 1;
+  float* kt = sh;
+  float* vs = kt + p.d * KP;
+  float* qs = vs + ATTN_CHUNK * p.dv;
+  float* ps = qs + ATTN_ROWS * p.d;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tiles = (p.sq + ATTN_ROWS - 1) / ATTN_ROWS;
+  const int per = (p.dv + 31) / 32;
+  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * tiles; blk += gridDim.x) {
+    const int tile = (int)(blk % tiles);
+    const int hh = (int)((blk / tiles) % p.h);
+    const int bb = (int)(blk / ((i64)tiles * p.h));
+    const int kh = hh / (p.h / p.kvh);
+    const int i = tile * ATTN_ROWS + warp;
+    const bool row = warp < ATTN_ROWS && i < p.sq;
+    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
+    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
+    if (row) {
+      const T* qp = q + bb * p.qs[0] + hh * p.qs[1] + i * p.qs[2];
+      for (int t = lane; t < p.d; t += 32) qs[warp * p.d + t] = N<T>::ld(qp[t * p.qs[3]]);
+    }
+    float m = -3.402823466e38f, l = 0.0f;
+    float acc[ATTN_DV_LANE];
+#pragma unroll
+    for (int r = 0; r < ATTN_DV_LANE; ++r) acc[r] = 0.0f;
+    for (int c0 = 0; c0 < p.sk; c0 += ATTN_CHUNK) {
+      const int n = min(ATTN_CHUNK, p.sk - c0);
+      __syncthreads();  // the previous chunk is consumed
+      for (int e = threadIdx.x; e < n * p.d; e += blockDim.x) {
+        int j = e / p.d, t = e % p.d;
+        kt[t * KP + j] = N<T>::ld(kb[(i64)(c0 + j) * p.ks[2] + t * p.ks[3]]);
+      }
+      for (int e = threadIdx.x; e < n * p.dv; e += blockDim.x) {
+        int j = e / p.dv, t = e % p.dv;
+        vs[j * p.dv + t] = N<T>::ld(vb[(i64)(c0 + j) * p.vs[2] + t * p.vs[3]]);
+      }
+      __syncthreads();
+      if (!row) continue;
+      // Lane j scores key c0 + j.
+      float sc = -3.402823466e38f;
+      if (lane < n) {
+        float dot = 0.0f;
+        const float* qr = qs + warp * p.d;
+        for (int t = 0; t < p.d; ++t) dot += qr[t] * kt[t * KP + lane];
+        sc = attn_score<T>(p, mask, dot, bb, hh, i, c0 + lane);
+      }
+      float mn = fmaxf(m, warp_max(sc));
+      float pj = lane < n ? expf(sc - mn) : 0.0f;
+      float alpha = expf(m - mn);
+      l = l * alpha + warp_sum(pj);
+      m = mn;
+      ps[warp * ATTN_CHUNK + lane] = pj;
+      __syncwarp();
+#pragma unroll
+      for (int r = 0; r < ATTN_DV_LANE; ++r) {
+        if (r < per) {
+          int t = lane + 32 * r;
+          float a = acc[r] * alpha;
+          if (t < p.dv)
+            for (int j = 0; j < n; ++j) a += ps[warp * ATTN_CHUNK + j] * vs[j * p.dv + t];
+          acc[r] = a;
+        }
+      }
+      __syncwarp();
+    }
+    if (row) {
+      T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
+#pragma unroll
+      for (int r = 0; r < ATTN_DV_LANE; ++r) {
+        int t = lane + 32 * r;
+        if (r < per && t < p.dv) yp[t] = N<T>::st(acc[r] / l);
+      }
+    }
+  }
+}
+
 // ---- matrix-vector products (decode) ----
 #define GEMV_MAX_M 4
 #define GEMV_UNROLL 8
@@ -1220,7 +1312,8 @@ BYSIZE(SIZED)
   extern "C" __global__ void l2_norm_##n(i64 o, int l, i64 in, float e, const T* x, T* y) { pdl_enter(); l2_norm_t<T>(o, l, in, e, x, y); } \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \
   extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b, int a) { pdl_enter(); bias_add_t<T>(r, c, y, b, a); } \
-  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); }
+  extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); } \
+  extern "C" __global__ void attention_rows_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_rows_t<T>(p, q, k, v, m, y); }
 FLOATS(FLOAT_KERNELS)
 #define INT_KERNELS(n, T) \
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_int_t<T>(op, r, l, x, y); }

@@ -12,9 +12,15 @@ const ATTN_BLOCK: u32 = 256;
 /// Most key groups of the attention kernel's vector-load path
 /// (`ATTN_GROUPS` in kernels.cu).
 const ATTN_GROUPS: usize = 32;
-/// Largest value head_dim of the attention kernel (32 lanes x
-/// `ATTN_DV_PER_LANE` in kernels.cu).
+/// Largest value head_dim of the attention kernels (32 lanes x
+/// `ATTN_DV_LANE` in kernels.cu).
 const ATTN_MAX_DV: usize = 256;
+/// Query rows per block of the many-row attention kernel (`ATTN_ROWS`).
+const ATTN_ROWS: usize = 8;
+/// Keys per shared-memory chunk of the many-row kernel (`ATTN_CHUNK`).
+const ATTN_CHUNK: usize = 32;
+// A warp per query row of the many-row kernel.
+const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize);
 
 impl Planner<'_> {
     /// Two broadcast operands, one contiguous output.
@@ -262,7 +268,9 @@ impl Planner<'_> {
         Ok(y)
     }
 
-    /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row.
+    /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row
+    /// for one query row per (batch, head) (decode), else a block per
+    /// [`ATTN_ROWS`] rows that shares each chunk of keys among them.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &mut self,
@@ -286,8 +294,14 @@ impl Planner<'_> {
                 "value head_dim {dv} exceeds the fused kernel's {ATTN_MAX_DV}"
             )));
         }
-        // Partial sums: up to ATTN_GROUPS key groups' per value dim.
-        let shared = (sk + d + ATTN_GROUPS * dv) * 4;
+        let rows = sq > 1;
+        let shared = match rows {
+            // Keys transposed (padded), values, query rows, probabilities.
+            true => (d * (ATTN_CHUNK + 1) + ATTN_CHUNK * dv + ATTN_ROWS * (d + ATTN_CHUNK)) * 4,
+            // Scores, the query row, up to ATTN_GROUPS key groups' partial
+            // sums per value dim.
+            false => (sk + d + ATTN_GROUPS * dv) * 4,
+        };
         if shared > 200 * 1024 {
             return Err(self.err(format!(
                 "{sk} keys of head_dim {d} exceed the fused kernel's shared memory"
@@ -324,9 +338,13 @@ impl Planner<'_> {
         {
             self.use_val(val);
         }
+        let (name, blocks) = match rows {
+            true => ("attention_rows", b * h * sq.div_ceil(ATTN_ROWS)),
+            false => ("attention", b * h * sq),
+        };
         self.kernel(
-            format!("attention_{}", suffix(dt)),
-            rows_grid(b * h * sq),
+            format!("{name}_{}", suffix(dt)),
+            rows_grid(blocks),
             ATTN_BLOCK,
             shared as u32,
             vec![
