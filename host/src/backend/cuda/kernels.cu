@@ -964,17 +964,20 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
   }
 }
 
-// Many query rows (prefill, extend): a block takes ATTN_ROWS query rows of
-// one (batch, head), a warp per row, and walks the keys in chunks of
-// ATTN_CHUNK staged in shared memory once for all its rows (the row-per-
-// block kernel above reloads every key for every row). Softmax is online:
-// per chunk the row's running maximum, sum and weighted values are rescaled.
-// Scores follow attn_score (masked keys get -65504 added, as above); keys
-// past the end of the last chunk take no part. Shared memory: keys
-// transposed [d][ATTN_CHUNK + 1] (padded: conflict-free both ways), values
-// [ATTN_CHUNK][dv], query rows [ATTN_ROWS][d] and probabilities
-// [ATTN_ROWS][ATTN_CHUNK], all float.
-#define ATTN_ROWS 8
+// Many query rows (prefill, extend, encoders): a block takes ATTN_ROWS
+// query rows of one (batch, head), ATTN_RPW per warp, and walks the keys in
+// chunks of ATTN_CHUNK staged in shared memory once for all its rows (the
+// row-per-block kernel above reloads every key for every row). A lane
+// scores one key of the chunk for each of its warp's rows; softmax is
+// online: per chunk a row's running maximum, sum and weighted values are
+// rescaled. Scores follow attn_score (masked keys get -65504 added, as
+// above); keys past the last one take no part. Shared memory (floats):
+// keys transposed [d][ATTN_CHUNK + 1] (padded: conflict-free both ways),
+// values [ATTN_CHUNK][dv], query rows [ATTN_ROWS][d] and probabilities
+// [ATTN_ROWS][ATTN_CHUNK]. Dense 16-byte aligned key/value rows are
+// staged with 16-byte loads.
+#define ATTN_RPW 2
+#define ATTN_ROWS (8 * ATTN_RPW)
 #define ATTN_CHUNK 32
 #define ATTN_DV_LANE 8
 template <typename T>
@@ -988,69 +991,123 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tiles = (p.sq + ATTN_ROWS - 1) / ATTN_ROWS;
   const int per = (p.dv + 31) / 32;
+  const int V = Wide<T>::n;
+  const bool vec = p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
+                   p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
+                   p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
+                   ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * tiles; blk += gridDim.x) {
     const int tile = (int)(blk % tiles);
     const int hh = (int)((blk / tiles) % p.h);
     const int bb = (int)(blk / ((i64)tiles * p.h));
     const int kh = hh / (p.h / p.kvh);
-    const int i = tile * ATTN_ROWS + warp;
-    const bool row = warp < ATTN_ROWS && i < p.sq;
     const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
     const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
-    if (row) {
-      const T* qp = q + bb * p.qs[0] + hh * p.qs[1] + i * p.qs[2];
-      for (int t = lane; t < p.d; t += 32) qs[warp * p.d + t] = N<T>::ld(qp[t * p.qs[3]]);
-    }
-    float m = -3.402823466e38f, l = 0.0f;
-    float acc[ATTN_DV_LANE];
+    int ri[ATTN_RPW];
+    bool live[ATTN_RPW];
 #pragma unroll
-    for (int r = 0; r < ATTN_DV_LANE; ++r) acc[r] = 0.0f;
+    for (int w = 0; w < ATTN_RPW; ++w) {
+      ri[w] = tile * ATTN_ROWS + warp * ATTN_RPW + w;
+      live[w] = ri[w] < p.sq;
+      if (live[w]) {
+        const T* qp = q + bb * p.qs[0] + hh * p.qs[1] + ri[w] * p.qs[2];
+        for (int t = lane; t < p.d; t += 32)
+          qs[(warp * ATTN_RPW + w) * p.d + t] = N<T>::ld(qp[t * p.qs[3]]);
+      }
+    }
+    float m[ATTN_RPW], l[ATTN_RPW], acc[ATTN_RPW][ATTN_DV_LANE];
+#pragma unroll
+    for (int w = 0; w < ATTN_RPW; ++w) {
+      m[w] = -3.402823466e38f;
+      l[w] = 0.0f;
+#pragma unroll
+      for (int r = 0; r < ATTN_DV_LANE; ++r) acc[w][r] = 0.0f;
+    }
     for (int c0 = 0; c0 < p.sk; c0 += ATTN_CHUNK) {
       const int n = min(ATTN_CHUNK, p.sk - c0);
       __syncthreads();  // the previous chunk is consumed
-      for (int e = threadIdx.x; e < n * p.d; e += blockDim.x) {
-        int j = e / p.d, t = e % p.d;
-        kt[t * KP + j] = N<T>::ld(kb[(i64)(c0 + j) * p.ks[2] + t * p.ks[3]]);
-      }
-      for (int e = threadIdx.x; e < n * p.dv; e += blockDim.x) {
-        int j = e / p.dv, t = e % p.dv;
-        vs[j * p.dv + t] = N<T>::ld(vb[(i64)(c0 + j) * p.vs[2] + t * p.vs[3]]);
+      if (vec) {
+        const int kg = p.d / V, vg = p.dv / V;
+        for (int e = threadIdx.x; e < n * kg; e += blockDim.x) {
+          int j = e / kg, t = (e - j * kg) * V;
+          float w8[8];
+          Wide<T>::ld(kb + (i64)(c0 + j) * p.ks[2] + t, w8);
+#pragma unroll
+          for (int u = 0; u < V; ++u) kt[(t + u) * KP + j] = w8[u];
+        }
+        for (int e = threadIdx.x; e < n * vg; e += blockDim.x) {
+          int j = e / vg, t = (e - j * vg) * V;
+          float w8[8];
+          Wide<T>::ld(vb + (i64)(c0 + j) * p.vs[2] + t, w8);
+#pragma unroll
+          for (int u = 0; u < V; ++u) vs[j * p.dv + t + u] = w8[u];
+        }
+      } else {
+        for (int e = threadIdx.x; e < n * p.d; e += blockDim.x) {
+          int j = e / p.d, t = e - j * p.d;
+          kt[t * KP + j] = N<T>::ld(kb[(i64)(c0 + j) * p.ks[2] + t * p.ks[3]]);
+        }
+        for (int e = threadIdx.x; e < n * p.dv; e += blockDim.x) {
+          int j = e / p.dv, t = e - j * p.dv;
+          vs[j * p.dv + t] = N<T>::ld(vb[(i64)(c0 + j) * p.vs[2] + t * p.vs[3]]);
+        }
       }
       __syncthreads();
-      if (!row) continue;
-      // Lane j scores key c0 + j.
-      float sc = -3.402823466e38f;
+      if (!live[0]) continue;
+      // Lane j scores key c0 + j for each of the warp's rows.
+      float dot[ATTN_RPW];
+#pragma unroll
+      for (int w = 0; w < ATTN_RPW; ++w) dot[w] = 0.0f;
       if (lane < n) {
-        float dot = 0.0f;
-        const float* qr = qs + warp * p.d;
-        for (int t = 0; t < p.d; ++t) dot += qr[t] * kt[t * KP + lane];
-        sc = attn_score<T>(p, mask, dot, bb, hh, i, c0 + lane);
+        const float* qr = qs + warp * ATTN_RPW * p.d;
+        for (int t = 0; t < p.d; ++t) {
+          float kv = kt[t * KP + lane];
+#pragma unroll
+          for (int w = 0; w < ATTN_RPW; ++w) dot[w] += qr[w * p.d + t] * kv;
+        }
       }
-      float mn = fmaxf(m, warp_max(sc));
-      float pj = lane < n ? expf(sc - mn) : 0.0f;
-      float alpha = expf(m - mn);
-      l = l * alpha + warp_sum(pj);
-      m = mn;
-      ps[warp * ATTN_CHUNK + lane] = pj;
+      float alpha[ATTN_RPW];
+#pragma unroll
+      for (int w = 0; w < ATTN_RPW; ++w) {
+        float sc = -3.402823466e38f;
+        if (lane < n && live[w]) sc = attn_score<T>(p, mask, dot[w], bb, hh, ri[w], c0 + lane);
+        float mn = fmaxf(m[w], warp_max(sc));
+        float pj = lane < n ? expf(sc - mn) : 0.0f;
+        alpha[w] = expf(m[w] - mn);
+        l[w] = l[w] * alpha[w] + warp_sum(pj);
+        m[w] = mn;
+        ps[(warp * ATTN_RPW + w) * ATTN_CHUNK + lane] = pj;
+      }
       __syncwarp();
+      const float* pr = ps + warp * ATTN_RPW * ATTN_CHUNK;
 #pragma unroll
       for (int r = 0; r < ATTN_DV_LANE; ++r) {
         if (r < per) {
           int t = lane + 32 * r;
-          float a = acc[r] * alpha;
-          if (t < p.dv)
-            for (int j = 0; j < n; ++j) a += ps[warp * ATTN_CHUNK + j] * vs[j * p.dv + t];
-          acc[r] = a;
+          float a[ATTN_RPW];
+#pragma unroll
+          for (int w = 0; w < ATTN_RPW; ++w) a[w] = acc[w][r] * alpha[w];
+          if (t < p.dv) {
+            for (int j = 0; j < n; ++j) {
+              float vv = vs[j * p.dv + t];
+#pragma unroll
+              for (int w = 0; w < ATTN_RPW; ++w) a[w] += pr[w * ATTN_CHUNK + j] * vv;
+            }
+          }
+#pragma unroll
+          for (int w = 0; w < ATTN_RPW; ++w) acc[w][r] = a[w];
         }
       }
       __syncwarp();
     }
-    if (row) {
-      T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + i) * p.dv;
+#pragma unroll
+    for (int w = 0; w < ATTN_RPW; ++w) {
+      if (!live[w]) continue;
+      T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + ri[w]) * p.dv;
 #pragma unroll
       for (int r = 0; r < ATTN_DV_LANE; ++r) {
         int t = lane + 32 * r;
-        if (r < per && t < p.dv) yp[t] = N<T>::st(acc[r] / l);
+        if (r < per && t < p.dv) yp[t] = N<T>::st(acc[w][r] / l[w]);
       }
     }
   }

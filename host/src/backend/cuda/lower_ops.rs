@@ -15,12 +15,14 @@ const ATTN_GROUPS: usize = 32;
 /// Largest value head_dim of the attention kernels (32 lanes x
 /// `ATTN_DV_LANE` in kernels.cu).
 const ATTN_MAX_DV: usize = 256;
-/// Query rows per block of the many-row attention kernel (`ATTN_ROWS`).
-const ATTN_ROWS: usize = 8;
+/// Query rows per warp and per block of the many-row attention kernel
+/// (`ATTN_RPW`, `ATTN_ROWS`).
+const ATTN_RPW: usize = 2;
+const ATTN_ROWS: usize = 8 * ATTN_RPW;
 /// Keys per shared-memory chunk of the many-row kernel (`ATTN_CHUNK`).
 const ATTN_CHUNK: usize = 32;
-// A warp per query row of the many-row kernel.
-const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize);
+// ATTN_RPW query rows per warp of the many-row kernel.
+const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize * ATTN_RPW);
 
 impl Planner<'_> {
     /// Two broadcast operands, one contiguous output.
