@@ -393,6 +393,19 @@ fn attention() -> Vec<Built> {
             Mask::PadBool,
             false,
         ),
+        // Decode of 16 rows with groups of 4 heads: the many-row kernel on
+        // CUDA (a block per batch row and kv head).
+        a(
+            "attention/decode-gqa/b16-h8-kv2/sk96/d64",
+            16,
+            8,
+            2,
+            1,
+            96,
+            64,
+            Mask::PadBool,
+            false,
+        ),
         a(
             "attention/decode/sk77/d32",
             1,
