@@ -393,8 +393,8 @@ fn attention() -> Vec<Built> {
             Mask::PadBool,
             false,
         ),
-        // Decode of 16 rows with groups of 4 heads: the many-row kernel on
-        // CUDA (a block per batch row and kv head).
+        // Decode of 16 batch rows with groups of 4 heads (a shape where a
+        // block per kv head was tried on CUDA and dropped).
         a(
             "attention/decode-gqa/b16-h8-kv2/sk96/d64",
             16,

@@ -964,9 +964,9 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
   }
 }
 
-// Many query rows (prefill, extend, encoders; decode of grouped-query
-// heads): a block takes ATTN_ROWS query rows of one (batch, kv head), that
-// is of the heads that share its keys, ATTN_RPW per warp, and walks the keys in
+// Many query rows (prefill, extend, encoders): a block takes ATTN_ROWS
+// query rows of one (batch, kv head), that is of the heads that share its
+// keys, ATTN_RPW per warp, and walks the keys in
 // chunks of ATTN_CHUNK staged in shared memory once for all its rows (the
 // row-per-block kernel above reloads every key for every row). A lane
 // scores one key of the chunk for each of its warp's rows; softmax is

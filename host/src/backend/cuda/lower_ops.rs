@@ -21,13 +21,6 @@ const ATTN_RPW: usize = 2;
 const ATTN_ROWS: usize = 8 * ATTN_RPW;
 /// Keys per shared-memory chunk of the many-row kernel (`ATTN_CHUNK`).
 const ATTN_CHUNK: usize = 32;
-/// Decode attention runs the many-row kernel (a block per batch row and kv
-/// head, its group's heads as the rows) for groups of at least this many
-/// heads ...
-const GQA_ROWS_GROUP: usize = 4;
-/// ... and at least this many (batch row, kv head) blocks (fewer leave the
-/// GPU idle; the row-per-block kernel has a block per head).
-const GQA_ROWS_BLOCKS: usize = 32;
 // ATTN_RPW query rows per warp of the many-row kernel.
 const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize * ATTN_RPW);
 
@@ -280,7 +273,7 @@ impl Planner<'_> {
     /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row
     /// for one query row per (batch, head) (decode), else a block per
     /// [`ATTN_ROWS`] rows of a (batch, kv head) that shares each chunk of
-    /// keys among them (also decode with large, many head groups).
+    /// keys among them.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &mut self,
@@ -304,10 +297,12 @@ impl Planner<'_> {
                 "value head_dim {dv} exceeds the fused kernel's {ATTN_MAX_DV}"
             )));
         }
-        // One query row per head shares its keys only within a head group:
-        // worth a block per group when groups are large and many.
+        // Decode keeps a block per head even with grouped-query heads: the
+        // many-row kernel with a group's heads as its rows walks the keys
+        // chunk after chunk and was 2.3x slower there (TinyLlama bs16,
+        // 256 slots: 56 against 25 us a layer).
         let group = h / kvh.max(1);
-        let rows = sq > 1 || (group >= GQA_ROWS_GROUP && b * kvh >= GQA_ROWS_BLOCKS);
+        let rows = sq > 1;
         let shared = match rows {
             // Keys transposed (padded), values, query rows, probabilities.
             true => (d * (ATTN_CHUNK + 1) + ATTN_CHUNK * dv + ATTN_ROWS * (d + ATTN_CHUNK)) * 4,
