@@ -965,8 +965,7 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
 }
 
 // Many query rows (prefill, extend, encoders): a block takes ATTN_ROWS
-// query rows of one (batch, kv head), that is of the heads that share its
-// keys, ATTN_RPW per warp, and walks the keys in
+// query rows of one (batch, head), ATTN_RPW per warp, and walks the keys in
 // chunks of ATTN_CHUNK staged in shared memory once for all its rows (the
 // row-per-block kernel above reloads every key for every row). A lane
 // scores one key of the chunk for each of its warp's rows; softmax is
@@ -990,31 +989,28 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
   float* qs = vs + ATTN_CHUNK * p.dv;
   float* ps = qs + ATTN_ROWS * p.d;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  // The rows of one (batch, kv head): every query of each head of its group.
-  const int group = p.h / p.kvh, grows = group * p.sq;
-  const int tiles = (grows + ATTN_ROWS - 1) / ATTN_ROWS;
+  const int tiles = (p.sq + ATTN_ROWS - 1) / ATTN_ROWS;
   const int per = (p.dv + 31) / 32;
   const int V = Wide<T>::n;
   const bool vec = p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
                    p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
                    p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
                    ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
-  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.kvh * tiles; blk += gridDim.x) {
+  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * tiles; blk += gridDim.x) {
     const int tile = (int)(blk % tiles);
-    const int kh = (int)((blk / tiles) % p.kvh);
-    const int bb = (int)(blk / ((i64)tiles * p.kvh));
+    const int hh = (int)((blk / tiles) % p.h);
+    const int bb = (int)(blk / ((i64)tiles * p.h));
+    const int kh = hh / (p.h / p.kvh);
     const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
     const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
-    int ri[ATTN_RPW], hr[ATTN_RPW];
+    int ri[ATTN_RPW];
     bool live[ATTN_RPW];
 #pragma unroll
     for (int w = 0; w < ATTN_RPW; ++w) {
-      int r = tile * ATTN_ROWS + warp * ATTN_RPW + w;
-      live[w] = r < grows;
-      hr[w] = kh * group + (live[w] ? r / p.sq : 0);
-      ri[w] = live[w] ? r % p.sq : 0;
+      ri[w] = tile * ATTN_ROWS + warp * ATTN_RPW + w;
+      live[w] = ri[w] < p.sq;
       if (live[w]) {
-        const T* qp = q + bb * p.qs[0] + hr[w] * p.qs[1] + ri[w] * p.qs[2];
+        const T* qp = q + bb * p.qs[0] + hh * p.qs[1] + ri[w] * p.qs[2];
         for (int t = lane; t < p.d; t += 32)
           qs[(warp * ATTN_RPW + w) * p.d + t] = N<T>::ld(qp[t * p.qs[3]]);
       }
@@ -1074,7 +1070,7 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
 #pragma unroll
       for (int w = 0; w < ATTN_RPW; ++w) {
         float sc = -3.402823466e38f;
-        if (lane < n && live[w]) sc = attn_score<T>(p, mask, dot[w], bb, hr[w], ri[w], c0 + lane);
+        if (lane < n && live[w]) sc = attn_score<T>(p, mask, dot[w], bb, hh, ri[w], c0 + lane);
         float mn = fmaxf(m[w], warp_max(sc));
         float pj = lane < n ? expf(sc - mn) : 0.0f;
         alpha[w] = expf(m[w] - mn);
@@ -1107,7 +1103,7 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
 #pragma unroll
     for (int w = 0; w < ATTN_RPW; ++w) {
       if (!live[w]) continue;
-      T* yp = y + ((((i64)bb * p.h + hr[w]) * p.sq) + ri[w]) * p.dv;
+      T* yp = y + ((((i64)bb * p.h + hh) * p.sq) + ri[w]) * p.dv;
 #pragma unroll
       for (int r = 0; r < ATTN_DV_LANE; ++r) {
         int t = lane + 32 * r;

@@ -272,8 +272,7 @@ impl Planner<'_> {
 
     /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row
     /// for one query row per (batch, head) (decode), else a block per
-    /// [`ATTN_ROWS`] rows of a (batch, kv head) that shares each chunk of
-    /// keys among them.
+    /// [`ATTN_ROWS`] rows that shares each chunk of keys among them.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &mut self,
@@ -297,11 +296,11 @@ impl Planner<'_> {
                 "value head_dim {dv} exceeds the fused kernel's {ATTN_MAX_DV}"
             )));
         }
-        // Decode keeps a block per head even with grouped-query heads: the
-        // many-row kernel with a group's heads as its rows walks the keys
-        // chunk after chunk and was 2.3x slower there (TinyLlama bs16,
-        // 256 slots: 56 against 25 us a layer).
-        let group = h / kvh.max(1);
+        // Decode keeps a block per head even with grouped-query heads: a
+        // many-row variant with a block per (batch row, kv head) and the
+        // group's heads as its rows walks the keys chunk after chunk and was
+        // 2.3x slower there (TinyLlama bs16, 256 slots: 56 against 25 us a
+        // layer; results/ab_cuda_decode_h100.md).
         let rows = sq > 1;
         let shared = match rows {
             // Keys transposed (padded), values, query rows, probabilities.
@@ -347,7 +346,7 @@ impl Planner<'_> {
             self.use_val(val);
         }
         let (name, blocks) = match rows {
-            true => ("attention_rows", b * kvh * (group * sq).div_ceil(ATTN_ROWS)),
+            true => ("attention_rows", b * h * sq.div_ceil(ATTN_ROWS)),
             false => ("attention", b * h * sq),
         };
         self.kernel(
