@@ -460,3 +460,39 @@ fn join_matches(arch: &str, device: &str) {
         "{arch} on {device}: answered as they stop"
     );
 }
+
+/// A sequence that reaches the model's context (its max_new_tokens capped)
+/// stops there while a shorter prompt in its batch runs on, with steps
+/// submitted ahead: no position past the context is ever fed (GPT-2 looks
+/// positions up in a table), and both match their runs alone.
+#[test]
+fn a_sequence_at_the_context_end_stops_while_its_batch_runs_on() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-gpt2"),
+        "cpu",
+        Precision::F32,
+    );
+    // About 120 tokens of the fixture's 128 (its tokenizer is nearly one
+    // token per character), so at most 8 new tokens fit.
+    let long = "the quick brown fox ".repeat(20)[..215].to_string();
+    let batch = [
+        request(&long, serde_json::json!({ "max_new_tokens": 64 })),
+        request("the quick brown fox", serde_json::json!({})),
+    ];
+    let together = ask(&mut r, &batch);
+    let context = 128;
+    let prompt = together[0]["prompt_tokens"]
+        .as_i64()
+        .expect("prompt_tokens");
+    assert!(context - prompt < 20, "the long prompt has {prompt} tokens");
+    assert_eq!(tokens(&together[0]).len() as i64, context - prompt);
+    assert_eq!(tokens(&together[1]).len(), 24);
+    for (i, req) in batch.iter().enumerate() {
+        let alone = ask(&mut r, std::slice::from_ref(req));
+        assert_eq!(tokens(&alone[0]), tokens(&together[i]), "request {i}");
+    }
+}

@@ -264,12 +264,15 @@ impl Batch<'_> {
             cp.truncate(slots);
         }
         // A fed prompt's next token goes at its length (set when the row
-        // was made); a row that runs on moves one position on.
+        // was made); a row that runs on moves one position on, but never
+        // past its last token's (P + max_new - 1 < the context): a step
+        // submitted ahead may still feed a row that has just stopped.
         let fresh: Vec<bool> = self.rows.iter().map(|r| r.fresh).collect();
         for r in &mut self.rows {
+            let last = (r.req.ids.len() as u64 + r.req.max_new).saturating_sub(1) as i64;
             if r.fresh {
                 r.fresh = false;
-            } else if r.finish.is_none() {
+            } else if r.finish.is_none() && r.next_pos < last {
                 r.next_pos += 1;
             }
         }
