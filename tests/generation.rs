@@ -69,16 +69,22 @@ fn tokens(r: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
-/// The tiny Llama on cpu, or `None` (skipped) when cpu is unavailable.
-fn llama_on_cpu() -> Option<Runner> {
+/// A tiny fixture (`tiny-<arch>`) on cpu, or `None` (skipped) when cpu is
+/// unavailable.
+fn on_cpu(arch: &str) -> Option<Runner> {
     available("cpu").then(|| {
         runner(
             "text-generation",
-            &fixture("tiny-llama"),
+            &fixture(&format!("tiny-{arch}")),
             "cpu",
             Precision::F32,
         )
     })
+}
+
+/// The tiny Llama on cpu, or `None` (skipped).
+fn llama_on_cpu() -> Option<Runner> {
+    on_cpu("llama")
 }
 
 fn ask(r: &mut Runner, reqs: &[String]) -> Vec<serde_json::Value> {
@@ -251,15 +257,9 @@ fn stop_strings_end_generation() {
 
 #[test]
 fn bad_generation_requests_are_clear_errors() {
-    if !available("cpu") {
+    let Some(mut r) = on_cpu("gpt2") else {
         return;
-    }
-    let mut r = runner(
-        "text-generation",
-        &fixture("tiny-gpt2"),
-        "cpu",
-        Precision::F32,
-    );
+    };
     let long = "word ".repeat(400);
     let bad = [
         (r#"{"prompt": ""}"#.to_string(), "`prompt` is empty"),
@@ -467,15 +467,9 @@ fn join_matches(arch: &str, device: &str) {
 /// positions up in a table), and both match their runs alone.
 #[test]
 fn a_sequence_at_the_context_end_stops_while_its_batch_runs_on() {
-    if !available("cpu") {
+    let Some(mut r) = on_cpu("gpt2") else {
         return;
-    }
-    let mut r = runner(
-        "text-generation",
-        &fixture("tiny-gpt2"),
-        "cpu",
-        Precision::F32,
-    );
+    };
     // About 120 tokens of the fixture's 128 (its tokenizer is nearly one
     // token per character), so at most 8 new tokens fit.
     let long = "the quick brown fox ".repeat(20)[..215].to_string();
