@@ -288,25 +288,33 @@ impl CudaExecutable {
         // buffer are only replaced after synchronising the stream; resident
         // inputs, `up` and `down` are held by the returned run until its
         // event.
+        // Once anything is queued, a failure waits for the stream before the
+        // buffers the queued work uses (resident inputs, the kept pool, `up`,
+        // `down`) are released.
+        let queued = |e: BackendError| {
+            let _ = stream.synchronize();
+            e
+        };
         let pending = unsafe {
             t.upload_and_copy_in(&stream, &self.copy, staging, up.as_mut().map(|p| p.bytes()))
         }
-        .map_err(|x| self.fail(x))?;
+        .map_err(|x| queued(self.fail(x)))?;
         let launched = std::time::Instant::now();
-        self.execute(&mut st, &key, &prepared, base, &stream)?;
+        self.execute(&mut st, &key, &prepared, base, &stream)
+            .map_err(queued)?;
         let enqueued = launched.elapsed();
         // SAFETY: see above.
         let blob =
             unsafe { pending.copy_out(&stream, &self.copy, down.as_mut().map(|p| p.bytes())) }
-                .map_err(|x| self.fail(x))?;
+                .map_err(|x| queued(self.fail(x)))?;
         let event = self
             .gpu
             .ctx
             .new_event(None)
-            .map_err(|x| self.fail(format!("event: {x}")))?;
+            .map_err(|x| queued(self.fail(format!("event: {x}"))))?;
         event
             .record(&stream)
-            .map_err(|x| self.fail(format!("event: {x}")))?;
+            .map_err(|x| queued(self.fail(format!("event: {x}"))))?;
         let done = Arc::new(RunDone {
             event,
             stream: stream.cu_stream() as usize,
