@@ -224,6 +224,14 @@ pub enum Cache {
 }
 
 impl Cache {
+    /// Slots per row (0 for a growing cache).
+    pub fn slots(self) -> usize {
+        match self {
+            Cache::Growing => 0,
+            Cache::Slots(n) => n as usize,
+        }
+    }
+
     fn dim(self) -> Dim {
         match self {
             Cache::Growing => sym("past"),

@@ -243,10 +243,7 @@ impl Batch<'_> {
         }
         self.submitted += 1;
         // The run appends (growing) or prepends (slots) this step's tokens.
-        let slots = match self.kind {
-            Cache::Slots(n) => n as usize,
-            Cache::Growing => 0,
-        };
+        let slots = self.kind.slots();
         for (i, row_mask) in mask.iter().enumerate() {
             let (cm, cp) = (&mut self.cache_mask[i], &mut self.cache_pos[i]);
             let new_pos = pos[i * len..(i + 1) * len].iter().copied();
@@ -383,10 +380,7 @@ pub fn generate(
         )),
         false => Cache::Growing,
     };
-    let slots = match kind {
-        Cache::Slots(n) => n as usize,
-        Cache::Growing => 0,
-    };
+    let slots = kind.slots();
     let mut batch = Batch {
         m,
         rows,
