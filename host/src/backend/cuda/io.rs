@@ -112,9 +112,10 @@ impl Transfers {
     }
 
     /// Uploads the blob and the tables to `staging` (at least
-    /// [`Transfers::staging_bytes`] long), through `pinned` (page-locked,
-    /// at least [`Transfers::upload_bytes`] long) when given, and launches
-    /// the input copies. Returns the launcher of the output copies.
+    /// [`Transfers::staging_bytes`] long) through `pinned` (page-locked, at
+    /// least [`Transfers::upload_bytes`] long; needed unless nothing is
+    /// uploaded), and launches the input copies. Returns the launcher of
+    /// the output copies.
     ///
     /// # Safety
     /// Every device address given must be valid for its byte count until
@@ -156,13 +157,15 @@ impl Transfers {
         let cu = stream.cu_stream();
         if !self.blob.is_empty() {
             // From page-locked memory the copy is queued without a wait.
-            let src: &[u8] = match pinned.and_then(|p| p.get_mut(..self.blob.len())) {
-                Some(p) => {
-                    p.copy_from_slice(&self.blob);
-                    p
-                }
-                None => &self.blob,
-            };
+            let src = pinned
+                .and_then(|p| p.get_mut(..self.blob.len()))
+                .ok_or_else(|| {
+                    format!(
+                        "no page-locked buffer for a {}-byte upload",
+                        self.blob.len()
+                    )
+                })?;
+            src.copy_from_slice(&self.blob);
             // SAFETY: the caller sized `staging` for the blob.
             unsafe { cudarc::driver::result::memcpy_htod_async(base, src, cu) }
                 .map_err(|e| format!("upload: {e}"))?;
@@ -173,7 +176,6 @@ impl Transfers {
         // addresses in it.
         unsafe { launch(stream, f, table_in, &ins) }?;
         Ok(Pending {
-            blob: self.blob,
             table_out,
             outs,
             down,
@@ -184,8 +186,6 @@ impl Transfers {
 
 /// The output half of a [`Transfers`], after the steps are enqueued.
 pub struct Pending {
-    /// The upload source, returned by `copy_out` for the caller to keep.
-    blob: Vec<u8>,
     table_out: u64,
     outs: Vec<CopyEntry>,
     down: u64,
@@ -194,8 +194,7 @@ pub struct Pending {
 
 impl Pending {
     /// Launches the output copies and downloads the download area into
-    /// `host` (its first [`Transfers::download_bytes`] bytes). Returns the
-    /// upload source, to be kept until the stream has passed this point.
+    /// `host` (its first [`Transfers::download_bytes`] bytes).
     ///
     /// # Safety
     /// As for [`Transfers::upload_and_copy_in`]; `host` must be page-locked
@@ -207,7 +206,7 @@ impl Pending {
         stream: &Arc<CudaStream>,
         f: &CudaFunction,
         host: Option<&mut [u8]>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<(), String> {
         // SAFETY: see above.
         unsafe { launch(stream, f, self.table_out, &self.outs) }?;
         if self.down_bytes > 0 {
@@ -220,7 +219,7 @@ impl Pending {
             }
             .map_err(|e| format!("download: {e}"))?;
         }
-        Ok(self.blob)
+        Ok(())
     }
 }
 

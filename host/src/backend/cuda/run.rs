@@ -36,11 +36,8 @@ pub(super) struct Enqueued {
     pool: Arc<Mutex<Vec<Pinned>>>,
     outputs: Vec<HostOut>,
     flag_at: usize,
-    /// Released only after the run: the upload source and the resident
-    /// inputs it copies from.
-    _blob: Vec<u8>,
+    /// Released only after the run: the resident inputs it copies from.
     _resident: NamedDeviceTensors,
-    waited: bool,
     /// For `HOST_CUDA_TRACE`: host time before the launch, of the enqueue,
     /// and the launch instant.
     trace: Option<(f64, f64, std::time::Instant, bool)>,
@@ -58,9 +55,8 @@ impl Enqueued {
 
 impl Drop for Enqueued {
     fn drop(&mut self) {
-        if !self.waited {
-            let _ = self.done.event.synchronize();
-        }
+        // Immediate when the run was waited for.
+        let _ = self.done.event.synchronize();
         if let Ok(mut pool) = self.pool.lock() {
             for p in [self.up.take(), self.down.take()].into_iter().flatten() {
                 if pool.len() < PINNED_KEPT {
@@ -78,7 +74,6 @@ impl PendingRun for Enqueued {
             .event
             .synchronize()
             .map_err(|x| self.fail(format!("synchronize: {x}")))?;
-        self.waited = true;
         let synchronised = waited.elapsed();
         let mut buf = self.down.take();
         let down: &[u8] = match buf.as_mut() {
@@ -304,9 +299,8 @@ impl CudaExecutable {
             .map_err(queued)?;
         let enqueued = launched.elapsed();
         // SAFETY: see above.
-        let blob =
-            unsafe { pending.copy_out(&stream, &self.copy, down.as_mut().map(|p| p.bytes())) }
-                .map_err(|x| queued(self.fail(x)))?;
+        unsafe { pending.copy_out(&stream, &self.copy, down.as_mut().map(|p| p.bytes())) }
+            .map_err(|x| queued(self.fail(x)))?;
         let event = self
             .gpu
             .ctx
@@ -349,9 +343,7 @@ impl CudaExecutable {
             pool: self.pinned.clone(),
             outputs,
             flag_at,
-            _blob: blob,
             _resident: resident,
-            waited: false,
             trace: trace().then(|| {
                 (
                     (launched - entered).as_secs_f64() * 1e3,
