@@ -791,6 +791,16 @@ template <typename T>
 __device__ __forceinline__ float attn_score(const Attn& p, const void* mask, float dot, int bb, int hh, int i, int j) {
   return attn_scored(p, dot, attn_mask<T>(p, mask, bb, hh, i, j), i, j);
 }
+// Whether key and value rows are dense and 16-byte aligned (read with
+// 16-byte loads of Wide<T>::n elements).
+template <typename T>
+__device__ __forceinline__ bool attn_dense(const Attn& p, const T* k, const T* v) {
+  const int V = Wide<T>::n;
+  return p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
+         p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
+         p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
+         ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
+}
 // One block per (batch, head, query) row. Shared memory: scores [sk], the
 // query row [d] and per-group partial outputs [at most ATTN_GROUPS x dv].
 template <typename T>
@@ -803,10 +813,7 @@ __device__ void attention_t(Attn p, const T* q, const T* k, const T* v, const vo
   // Dense, 16-byte aligned key and value rows: a thread per key and
   // vector loads (for every query row: later rows find the keys in L2).
   const int V = Wide<T>::n;
-  const bool vec = p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
-                   p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
-                   p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
-                   ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
+  const bool vec = attn_dense<T>(p, k, v);
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * p.sq; blk += gridDim.x) {
     int i = (int)(blk % p.sq);
     int hh = (int)((blk / p.sq) % p.h);
@@ -992,10 +999,7 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
   const int tiles = (p.sq + ATTN_ROWS - 1) / ATTN_ROWS;
   const int per = (p.dv + 31) / 32;
   const int V = Wide<T>::n;
-  const bool vec = p.ks[3] == 1 && p.vs[3] == 1 && p.d % V == 0 && p.dv % V == 0 &&
-                   p.ks[0] % V == 0 && p.ks[1] % V == 0 && p.ks[2] % V == 0 &&
-                   p.vs[0] % V == 0 && p.vs[1] % V == 0 && p.vs[2] % V == 0 &&
-                   ((unsigned long long)k & 15) == 0 && ((unsigned long long)v & 15) == 0;
+  const bool vec = attn_dense<T>(p, k, v);
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * tiles; blk += gridDim.x) {
     const int tile = (int)(blk % tiles);
     const int hh = (int)((blk / tiles) % p.h);
