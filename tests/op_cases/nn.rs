@@ -240,6 +240,9 @@ struct Attn {
     mask: Mask,
     causal: bool,
     scale: Option<f32>,
+    /// Keys and values stored slot-major, `[sk, b, kvh, d]`, and read as a
+    /// permuted view (text-generation's CUDA caches).
+    slot_major: bool,
 }
 
 /// Rotary embedding: rotate-half and interleaved, full and partial, on a
@@ -279,6 +282,7 @@ fn attention() -> Vec<Built> {
         mask,
         causal,
         scale: None,
+        slot_major: false,
     };
     let list = [
         a("attention/plain/d8", 2, 4, 4, 7, 7, 8, Mask::None, false),
@@ -421,6 +425,62 @@ fn attention() -> Vec<Built> {
             scale: Some(0.3),
             ..a("attention/scale/d8", 1, 2, 2, 4, 6, 8, Mask::Bias, false)
         },
+        // Decode over slot-major caches longer than one chunk per warp
+        // (the CUDA decode kernel's warps loop), random bool mask, causal.
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-slots/b3-h4-kv2/sk300/d64",
+                3,
+                4,
+                2,
+                1,
+                300,
+                64,
+                Mask::RandomBool,
+                true,
+            )
+        },
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-slots/b4-h3/sk300/d64",
+                4,
+                3,
+                3,
+                1,
+                300,
+                64,
+                Mask::PadBool,
+                false,
+            )
+        },
+        // The largest group the grouped-query decode kernel takes (8).
+        a(
+            "attention/decode-gqa/b2-h16-kv2/sk70/d64",
+            2,
+            16,
+            2,
+            1,
+            70,
+            64,
+            Mask::PadFloat,
+            false,
+        ),
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-slots/b2-h2-kv1/sk33/d32",
+                2,
+                2,
+                1,
+                1,
+                33,
+                32,
+                Mask::PadFloat,
+                false,
+            )
+        },
     ];
     list.iter().map(attention_case).collect()
 }
@@ -428,8 +488,19 @@ fn attention() -> Vec<Built> {
 fn attention_case(t: &Attn) -> Built {
     let mut c = Case::new(t.name);
     let q = c.uniform("q", &[t.b, t.h, t.sq, t.d], -2., 2.)?;
-    let k = c.uniform("k", &[t.b, t.kvh, t.sk, t.d], -2., 2.)?;
-    let v = c.uniform("v", &[t.b, t.kvh, t.sk, t.d], -2., 2.)?;
+    let (k, v) = if t.slot_major {
+        let k = c.uniform("k", &[t.sk, t.b, t.kvh, t.d], -2., 2.)?;
+        let v = c.uniform("v", &[t.sk, t.b, t.kvh, t.d], -2., 2.)?;
+        (
+            c.b.permute(k, vec![1, 2, 0, 3])?,
+            c.b.permute(v, vec![1, 2, 0, 3])?,
+        )
+    } else {
+        (
+            c.uniform("k", &[t.b, t.kvh, t.sk, t.d], -2., 2.)?,
+            c.uniform("v", &[t.b, t.kvh, t.sk, t.d], -2., 2.)?,
+        )
+    };
     // Row r of the batch keeps its first sk - 2r keys (at least one).
     let pad = |bi: u64, j: u64| j + 2 * bi < t.sk || j == 0;
     let mask: Option<NodeId> = match t.mask {

@@ -350,6 +350,61 @@ __device__ float block_reduce(float v, int kind) {
   return result;
 }
 
+// ---- 16-byte loads (attention, matrix-vector products) ----
+struct __align__(16) W16 { unsigned a, b, c, d; };
+// 16 bytes of read-only data streamed past L1 (weights read once per step).
+__device__ __forceinline__ W16 ld_stream(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  W16 w;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
+  return w;
+#else
+  return *(const W16*)p;
+#endif
+}
+// 16 bytes of T widened to floats.
+template <typename T> struct Wide;
+template <> struct Wide<float> {
+  enum { n = 4 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
+    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
+  }
+  static __device__ __forceinline__ void ld(const float* p, float* o) { cvt(*(const W16*)p, o); }
+};
+template <> struct Wide<h16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
+  }
+  static __device__ __forceinline__ void ld(const h16* p, float* o) { cvt(*(const W16*)p, o); }
+};
+template <> struct Wide<b16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
+  }
+  static __device__ __forceinline__ void ld(const b16* p, float* o) { cvt(*(const W16*)p, o); }
+};
+// 16 bytes of T from floats, each rounded to T.
+template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
+template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
+  return W16{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])};
+}
+template <> __device__ __forceinline__ W16 pack16<h16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2h(f[2 * i]) | ((unsigned)f2h(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2b(f[2 * i]) | ((unsigned)f2b(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+
 // ---- normalisation ----
 // Elements of a row one thread keeps in registers on the fast path: rows of
 // up to blockDim x NORM_PER elements are read once, with all loads in flight.
@@ -406,13 +461,110 @@ __device__ __forceinline__ void norm_row_cached(int rms, int width, const T* ar,
     }
   }
 }
+// Sum over the block with one barrier: each warp's sum goes to `part`
+// (ATTN-free scratch of 32 floats; a second reduction uses another), then
+// every thread adds them up.
+__device__ __forceinline__ float block_sum1(float v, float* part) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float t = 0.0f;
+  for (int w = 0; w < nw; ++w) t += part[w];
+  return t;
+}
+// Rows of at most NORM_VW 16-byte words per thread, 16-byte aligned: the
+// same result as norm_row_cached with 16-byte loads and stores and one
+// barrier per reduction (a decode step's few rows are latency-bound).
+#define NORM_VW 2
+template <typename T>
+__device__ __forceinline__ bool norm_vec_ok(int width, const void* const* ptrs, int n) {
+  const int V = Wide<T>::n;
+  if (width % V != 0 || width > (int)blockDim.x * V * NORM_VW) return false;
+  for (int i = 0; i < n; ++i)
+    if (((unsigned long long)ptrs[i] & 15) != 0) return false;
+  return true;
+}
+template <typename T>
+__device__ __forceinline__ void norm_row_vec(int rms, int width, const T* ar, const T* br, T* sr,
+                                             const T* scale, const T* bias, float eps, T* yr,
+                                             const T* pre) {
+  __shared__ float part[2][32];
+  const int V = Wide<T>::n;
+  float v[NORM_VW][8];
+  float tot = 0.0f, sq = 0.0f;
+#pragma unroll
+  for (int u = 0; u < NORM_VW; ++u) {
+    int c = (threadIdx.x + u * blockDim.x) * V;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[u][e] = 0.0f;
+    if (c < width) {
+      Wide<T>::ld(ar + c, v[u]);
+      float t[8];
+      if (pre) {
+        Wide<T>::ld(pre + c, t);
+#pragma unroll
+        for (int e = 0; e < V; ++e) v[u][e] = N<T>::ld(N<T>::st(v[u][e] + t[e]));
+      }
+      if (br) {
+        Wide<T>::ld(br + c, t);
+#pragma unroll
+        for (int e = 0; e < V; ++e) v[u][e] = N<T>::ld(N<T>::st(v[u][e] + t[e]));
+      }
+#pragma unroll
+      for (int e = 0; e < V; ++e) { tot += v[u][e]; sq += v[u][e] * v[u][e]; }
+    }
+  }
+  float mean = 0.0f, den;
+  if (rms) {
+    den = sqrtf(block_sum1(sq, part[0]) / width + eps);
+  } else {
+    mean = block_sum1(tot, part[0]) / width;
+    float var = 0.0f;
+#pragma unroll
+    for (int u = 0; u < NORM_VW; ++u) {
+      int c = (threadIdx.x + u * blockDim.x) * V;
+      if (c < width) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) var += (v[u][e] - mean) * (v[u][e] - mean);
+      }
+    }
+    den = sqrtf(block_sum1(var, part[1]) / width + eps);
+  }
+#pragma unroll
+  for (int u = 0; u < NORM_VW; ++u) {
+    int c = (threadIdx.x + u * blockDim.x) * V;
+    if (c < width) {
+      if (sr) *(W16*)(sr + c) = pack16<T>(v[u]);
+      float sc[8], bi[8], o[8];
+      Wide<T>::ld(scale + c, sc);
+      if (bias) Wide<T>::ld(bias + c, bi);
+#pragma unroll
+      for (int e = 0; e < V; ++e) o[e] = (v[u][e] - mean) / den * sc[e] + (bias ? bi[e] : 0.0f);
+      *(W16*)(yr + c) = pack16<T>(o);
+    }
+  }
+  // `part` is reused by the block's next row.
+  __syncthreads();
+}
+// One row of at most blockDim x NORM_PER elements: 16-byte words when
+// every row pointer allows (the same for all threads of the block).
+template <typename T>
+__device__ __forceinline__ void norm_row(int rms, int width, const T* ar, const T* br, T* sr,
+                                         const T* scale, const T* bias, float eps, T* yr, const T* pre) {
+  const void* ptrs[7] = {ar, br ? br : ar, sr ? sr : yr, scale, bias ? bias : scale, yr, pre ? pre : scale};
+  if (norm_vec_ok<T>(width, ptrs, 7))
+    norm_row_vec<T>(rms, width, ar, br, sr, scale, bias, eps, yr, pre);
+  else
+    norm_row_cached<T>(rms, width, ar, br, sr, scale, bias, eps, yr, pre);
+}
 template <typename T>
 __device__ void layer_norm_t(i64 rows, int width, const T* x, const T* scale, const T* bias, float eps, T* y) {
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * width;
     T* yr = y + r * width;
     if (width <= (int)blockDim.x * NORM_PER) {
-      norm_row_cached<T>(0, width, xr, (const T*)0, (T*)0, scale, bias, eps, yr, (const T*)0);
+      norm_row<T>(0, width, xr, (const T*)0, (T*)0, scale, bias, eps, yr, (const T*)0);
       continue;
     }
     float s = 0.0f;
@@ -437,7 +589,7 @@ __device__ void rms_norm_t(i64 rows, int width, const T* x, const T* scale, floa
     const T* xr = x + r * width;
     T* yr = y + r * width;
     if (width <= (int)blockDim.x * NORM_PER) {
-      norm_row_cached<T>(1, width, xr, (const T*)0, (T*)0, scale, (const T*)0, eps, yr, (const T*)0);
+      norm_row<T>(1, width, xr, (const T*)0, (T*)0, scale, (const T*)0, eps, yr, (const T*)0);
       continue;
     }
     float s = 0.0f;
@@ -463,7 +615,7 @@ __device__ void add_norm_t(int rms, i64 rows, int width, const T* a, const T* b,
     T* sr = sum + r * width;
     T* yr = y + r * width;
     if (width <= (int)blockDim.x * NORM_PER) {
-      norm_row_cached<T>(rms, width, ar, br, sr, scale, bias, eps, yr, pre);
+      norm_row<T>(rms, width, ar, br, sr, scale, bias, eps, yr, pre);
       continue;
     }
     float tot = 0.0f, sq = 0.0f;
@@ -710,45 +862,6 @@ __device__ void bias_add_t(i64 rows, i64 n, T* y, const T* bias, int act) {
   }
 }
 
-// ---- 16-byte loads (attention, matrix-vector products) ----
-struct __align__(16) W16 { unsigned a, b, c, d; };
-// 16 bytes of read-only data streamed past L1 (weights read once per step).
-__device__ __forceinline__ W16 ld_stream(const void* p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-  W16 w;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
-  return w;
-#else
-  return *(const W16*)p;
-#endif
-}
-// 16 bytes of T widened to floats.
-template <typename T> struct Wide;
-template <> struct Wide<float> {
-  enum { n = 4 };
-  static __device__ __forceinline__ void cvt(W16 w, float* o) {
-    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
-    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
-  }
-  static __device__ __forceinline__ void ld(const float* p, float* o) { cvt(*(const W16*)p, o); }
-};
-template <> struct Wide<h16> {
-  enum { n = 8 };
-  static __device__ __forceinline__ void cvt(W16 w, float* o) {
-    unsigned u[4] = {w.a, w.b, w.c, w.d};
-    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
-  }
-  static __device__ __forceinline__ void ld(const h16* p, float* o) { cvt(*(const W16*)p, o); }
-};
-template <> struct Wide<b16> {
-  enum { n = 8 };
-  static __device__ __forceinline__ void cvt(W16 w, float* o) {
-    unsigned u[4] = {w.a, w.b, w.c, w.d};
-    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
-  }
-  static __device__ __forceinline__ void ld(const b16* p, float* o) { cvt(*(const W16*)p, o); }
-};
 // ---- fused attention ----
 // q [b, h, sq, d], k [b, kvh, sk, d], v [b, kvh, sk, dv] with element strides;
 // mask broadcast to [b, h, sq, sk] by strides (0 on broadcast axes);
@@ -1117,6 +1230,295 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
   }
 }
 
+// ---- decode attention ----
+// One query row per (batch, head) over dense, 16-byte aligned key and value
+// rows (a decode step): each warp of the block takes chunks of 32 keys
+// (warp w: chunks w, w + 8, ...) with a lane per key, keeps a running max,
+// sum and weighted value sum (lane l holds value dims l x VL .. + VL), and
+// the warps combine once at the end (shared memory: D + 2 x warps + warps
+// x D floats, within attention_t's).
+// A 16-bit float type from its bits (unused for float).
+template <typename T> __device__ __forceinline__ T bits16(unsigned u) { T t; t.x = (unsigned short)u; return t; }
+template <> __device__ __forceinline__ float bits16<float>(unsigned u) { return 0.0f; }
+// VL contiguous elements of T as floats (VL x sizeof(T) bytes aligned).
+template <typename T, int VL>
+__device__ __forceinline__ void ld_vl(const T* p, float* o) {
+  if (VL * sizeof(T) == 16) {
+    float w[8];
+    Wide<T>::ld(p, w);
+#pragma unroll
+    for (int e = 0; e < VL; ++e) o[e] = w[e];
+  } else if (VL * sizeof(T) == 8 && sizeof(T) == 2) {
+    uint2 w = *(const uint2*)p;
+    unsigned u[2] = {w.x, w.y};
+#pragma unroll
+    for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(bits16<T>((u[e >> 1] >> (16 * (e & 1))) & 0xffffu));
+  } else if (VL * sizeof(T) == 4 && sizeof(T) == 2) {
+    unsigned w = *(const unsigned*)p;
+#pragma unroll
+    for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(bits16<T>((w >> (16 * (e & 1))) & 0xffffu));
+  } else {
+#pragma unroll
+    for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(p[e]);
+  }
+}
+template <typename T, int D>
+__device__ void attention_dec_d(const Attn& p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  extern __shared__ float sh[];
+  const int V = Wide<T>::n, KW = D / Wide<T>::n, VL = D / 32;
+  const int nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* qrow = sh;                 // [D]
+  float* wm = qrow + D;             // [nw] running max per warp
+  float* wl = wm + nw;              // [nw] running sum per warp
+  float* wacc = wl + nw;            // [nw][D]
+  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h; blk += gridDim.x) {
+    int hh = (int)(blk % p.h), bb = (int)(blk / p.h);
+    int kh = hh / (p.h / p.kvh);
+    const T* qp = q + bb * p.qs[0] + hh * p.qs[1];
+    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
+    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
+    // The first chunk's key row is in flight before the query row is read.
+    W16 kraw[KW];
+    int j0 = warp * 32 + lane;
+    if (j0 < p.sk) {
+#pragma unroll
+      for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j0 * p.ks[2] + u * V);
+    }
+    for (int t = threadIdx.x; t < D; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
+    __syncthreads();
+    float m = -3.402823466e38f, l = 0.0f, acc[VL];
+#pragma unroll
+    for (int e = 0; e < VL; ++e) acc[e] = 0.0f;
+    for (int c0 = warp * 32; c0 < p.sk; c0 += nw * 32) {
+      int j = c0 + lane;
+      bool live = j < p.sk;
+      if (live && c0 != warp * 32) {
+#pragma unroll
+        for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j * p.ks[2] + u * V);
+      }
+      int n = min(32, p.sk - c0);
+      // The first half's value slices are in flight while the dot products run.
+      float vv[16][VL];
+#pragma unroll
+      for (int jj = 0; jj < 16; ++jj) {
+        if (jj < n) ld_vl<T, VL>(vb + (i64)(c0 + jj) * p.vs[2] + lane * VL, vv[jj]);
+      }
+      float dot = 0.0f;
+#pragma unroll
+      for (int u = 0; u < KW; ++u) {
+        float w[8];
+        Wide<T>::cvt(kraw[u], w);
+#pragma unroll
+        for (int e = 0; e < V; ++e) dot += qrow[u * V + e] * w[e];
+      }
+      float sc = live ? attn_score<T>(p, mask, dot, bb, hh, 0, j) : -3.402823466e38f;
+      float mn = fmaxf(m, warp_max(sc));
+      float pj = live ? expf(sc - mn) : 0.0f;
+      float alpha = expf(m - mn);
+      l = l * alpha + warp_sum(pj);
+      m = mn;
+#pragma unroll
+      for (int e = 0; e < VL; ++e) acc[e] *= alpha;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        if (half == 1) {
+#pragma unroll
+          for (int jj = 0; jj < 16; ++jj) {
+            if (16 + jj < n) ld_vl<T, VL>(vb + (i64)(c0 + 16 + jj) * p.vs[2] + lane * VL, vv[jj]);
+          }
+        }
+#pragma unroll
+        for (int jj = 0; jj < 16; ++jj) {
+          float pv = __shfl_sync(0xffffffffu, pj, half * 16 + jj);
+          if (half * 16 + jj < n) {
+#pragma unroll
+            for (int e = 0; e < VL; ++e) acc[e] += pv * vv[jj][e];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < VL; ++e) wacc[warp * D + lane * VL + e] = acc[e];
+    if (lane == 0) {
+      wm[warp] = m;
+      wl[warp] = l;
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < D; t += blockDim.x) {
+      float mx = -3.402823466e38f;
+      for (int w = 0; w < nw; ++w)
+        if (wl[w] > 0.0f) mx = fmaxf(mx, wm[w]);
+      float num = 0.0f, den = 0.0f;
+      for (int w = 0; w < nw; ++w) {
+        if (wl[w] > 0.0f) {
+          float f = expf(wm[w] - mx);
+          num += wacc[w * D + t] * f;
+          den += wl[w] * f;
+        }
+      }
+      y[((i64)bb * p.h + hh) * D + t] = N<T>::st(num / den);
+    }
+    __syncthreads();
+  }
+}
+// Grouped-query decode: one block per (batch, kv head) takes the group's
+// G <= ATTN_GMAX heads, so each key and value row is read once for all of
+// them (a block per head reads it G times). Warps split the keys as in
+// attention_dec_d and keep running max, sum and value sums per head.
+// Shared memory: G x D query floats, 2 x warps x G, warps x G x D floats.
+#define ATTN_GMAX 8
+template <typename T, int D>
+__device__ void attention_gqa_d(const Attn& p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  extern __shared__ float sh[];
+  const int V = Wide<T>::n, KW = D / Wide<T>::n, VL = D / 32;
+  const int nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int G = p.h / p.kvh;
+  float* qs = sh;                   // [G][D]
+  float* wm = qs + G * D;           // [nw][G]
+  float* wl = wm + nw * G;          // [nw][G]
+  float* wacc = wl + nw * G;        // [nw][G][D]
+  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.kvh; blk += gridDim.x) {
+    int kh = (int)(blk % p.kvh), bb = (int)(blk / p.kvh);
+    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
+    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
+    W16 kraw[KW];
+    int j0 = warp * 32 + lane;
+    if (j0 < p.sk) {
+#pragma unroll
+      for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j0 * p.ks[2] + u * V);
+    }
+    for (int t = threadIdx.x; t < G * D; t += blockDim.x) {
+      int g = t / D, e = t - g * D;
+      qs[t] = N<T>::ld(q[bb * p.qs[0] + (kh * G + g) * p.qs[1] + e * p.qs[3]]);
+    }
+    __syncthreads();
+    float m[ATTN_GMAX], l[ATTN_GMAX], acc[ATTN_GMAX][VL];
+#pragma unroll
+    for (int g = 0; g < ATTN_GMAX; ++g) {
+      m[g] = -3.402823466e38f;
+      l[g] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < VL; ++e) acc[g][e] = 0.0f;
+    }
+    for (int c0 = warp * 32; c0 < p.sk; c0 += nw * 32) {
+      int j = c0 + lane;
+      bool live = j < p.sk;
+      if (live && c0 != warp * 32) {
+#pragma unroll
+        for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j * p.ks[2] + u * V);
+      }
+      int n = min(32, p.sk - c0);
+      float dot[ATTN_GMAX];
+#pragma unroll
+      for (int g = 0; g < ATTN_GMAX; ++g) dot[g] = 0.0f;
+#pragma unroll
+      for (int u = 0; u < KW; ++u) {
+        float w[8];
+        Wide<T>::cvt(kraw[u], w);
+#pragma unroll
+        for (int g = 0; g < ATTN_GMAX; ++g) {
+          if (g < G) {
+#pragma unroll
+            for (int e = 0; e < V; ++e) dot[g] += qs[g * D + u * V + e] * w[e];
+          }
+        }
+      }
+      float pj[ATTN_GMAX];
+#pragma unroll
+      for (int g = 0; g < ATTN_GMAX; ++g) {
+        pj[g] = 0.0f;
+        if (g < G) {
+          float sc = live ? attn_score<T>(p, mask, dot[g], bb, kh * G + g, 0, j) : -3.402823466e38f;
+          float mn = fmaxf(m[g], warp_max(sc));
+          pj[g] = live ? expf(sc - mn) : 0.0f;
+          float alpha = expf(m[g] - mn);
+          l[g] = l[g] * alpha + warp_sum(pj[g]);
+          m[g] = mn;
+#pragma unroll
+          for (int e = 0; e < VL; ++e) acc[g][e] *= alpha;
+        }
+      }
+      // Values 8 keys at a time, each used by every head of the group.
+#pragma unroll
+      for (int q8 = 0; q8 < 4; ++q8) {
+        float vv[8][VL];
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          if (q8 * 8 + jj < n) ld_vl<T, VL>(vb + (i64)(c0 + q8 * 8 + jj) * p.vs[2] + lane * VL, vv[jj]);
+          else {
+#pragma unroll
+            for (int e = 0; e < VL; ++e) vv[jj][e] = 0.0f;
+          }
+        }
+#pragma unroll
+        for (int g = 0; g < ATTN_GMAX; ++g) {
+          if (g < G) {
+#pragma unroll
+            for (int jj = 0; jj < 8; ++jj) {
+              float pv = __shfl_sync(0xffffffffu, pj[g], q8 * 8 + jj);
+#pragma unroll
+              for (int e = 0; e < VL; ++e) acc[g][e] += pv * vv[jj][e];
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < ATTN_GMAX; ++g) {
+      if (g < G) {
+#pragma unroll
+        for (int e = 0; e < VL; ++e) wacc[(warp * G + g) * D + lane * VL + e] = acc[g][e];
+        if (lane == 0) {
+          wm[warp * G + g] = m[g];
+          wl[warp * G + g] = l[g];
+        }
+      }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < G * D; t += blockDim.x) {
+      int g = t / D, e = t - g * D;
+      float mx = -3.402823466e38f;
+      for (int w = 0; w < nw; ++w)
+        if (wl[w * G + g] > 0.0f) mx = fmaxf(mx, wm[w * G + g]);
+      float num = 0.0f, den = 0.0f;
+      for (int w = 0; w < nw; ++w) {
+        if (wl[w * G + g] > 0.0f) {
+          float f = expf(wm[w * G + g] - mx);
+          num += wacc[(w * G + g) * D + e] * f;
+          den += wl[w * G + g] * f;
+        }
+      }
+      y[((i64)bb * p.h + kh * G + g) * D + e] = N<T>::st(num / den);
+    }
+    __syncthreads();
+  }
+}
+template <typename T>
+__device__ __noinline__ void attention_any(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  attention_t<T>(p, q, k, v, mask, y);
+}
+// Decode attention for head dim D (keys and values); the planner takes it
+// for dense rows only, any other input falls back to attention_t.
+template <typename T, int D>
+__device__ void attention_dec_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  if (p.sq == 1 && p.d == D && p.dv == D && attn_dense<T>(p, k, v) && (blockDim.x & 31) == 0)
+    attention_dec_d<T, D>(p, q, k, v, mask, y);
+  else
+    attention_any<T>(p, q, k, v, mask, y);
+}
+// The grouped-query kernel (grid over (batch, kv head)); a shape it does
+// not take falls back to attention_t (grid over rows, as the planner sizes
+// it only for shapes this takes).
+template <typename T, int D>
+__device__ void attention_gqa_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
+  int g = p.kvh > 0 ? p.h / p.kvh : 0;
+  if (p.sq == 1 && p.d == D && p.dv == D && g >= 1 && g <= ATTN_GMAX && g * p.kvh == p.h &&
+      attn_dense<T>(p, k, v) && (blockDim.x & 31) == 0)
+    attention_gqa_d<T, D>(p, q, k, v, mask, y);
+  else
+    attention_any<T>(p, q, k, v, mask, y);
+}
+
 // ---- matrix-vector products (decode) ----
 #define GEMV_MAX_M 4
 #define GEMV_UNROLL 8
@@ -1196,21 +1598,6 @@ __device__ __forceinline__ void gemv_dot(int M, int K, const T* x, const T* wr, 
 }
 // Widest row the norm prologue takes: blockDim x 16 bytes (one load per
 // thread).
-// 16 bytes of T from floats, each rounded to T.
-template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
-template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
-  return W16{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])};
-}
-template <> __device__ __forceinline__ W16 pack16<h16>(const float* f) {
-  unsigned u[4];
-  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2h(f[2 * i]) | ((unsigned)f2h(f[2 * i + 1]) << 16);
-  return W16{u[0], u[1], u[2], u[3]};
-}
-template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
-  unsigned u[4];
-  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2b(f[2 * i]) | ((unsigned)f2b(f[2 * i + 1]) << 16);
-  return W16{u[0], u[1], u[2], u[3]};
-}
 // The input rows of a gemv. Without a norm they are `x`. With one (NORM)
 // they are norm(a (+ pre) (+ b)) * scale (+ nbias), layer norm or rms norm
 // (`rms`), computed by every block into dynamic shared memory (M x K of T,
@@ -1374,6 +1761,10 @@ BYSIZE(SIZED)
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \
   extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b, int a) { pdl_enter(); bias_add_t<T>(r, c, y, b, a); } \
   extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); } \
+  extern "C" __global__ void __launch_bounds__(256, 2) attention_gqa32_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_gqa_t<T, 32>(p, q, k, v, m, y); } \
+  extern "C" __global__ void __launch_bounds__(256, 2) attention_gqa64_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_gqa_t<T, 64>(p, q, k, v, m, y); } \
+  extern "C" __global__ void __launch_bounds__(256, 2) attention_dec32_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_dec_t<T, 32>(p, q, k, v, m, y); } \
+  extern "C" __global__ void __launch_bounds__(256, 2) attention_dec64_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_dec_t<T, 64>(p, q, k, v, m, y); } \
   extern "C" __global__ void attention_rows_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_rows_t<T>(p, q, k, v, m, y); }
 FLOATS(FLOAT_KERNELS)
 #define INT_KERNELS(n, T) \

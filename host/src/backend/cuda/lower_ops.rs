@@ -15,6 +15,9 @@ const ATTN_GROUPS: usize = 32;
 /// Largest value head_dim of the attention kernels (32 lanes x
 /// `ATTN_DV_LANE` in kernels.cu).
 const ATTN_MAX_DV: usize = 256;
+/// Most query heads per kv head of the grouped-query decode kernel
+/// (`ATTN_GMAX`).
+const ATTN_GMAX: usize = 8;
 /// Query rows per warp and per block of the many-row attention kernel
 /// (`ATTN_RPW`, `ATTN_ROWS`).
 const ATTN_RPW: usize = 2;
@@ -271,8 +274,11 @@ impl Planner<'_> {
     }
 
     /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row
-    /// for one query row per (batch, head) (decode), else a block per
-    /// [`ATTN_ROWS`] rows that shares each chunk of keys among them.
+    /// for one query row per (batch, head) (decode: warps over 32-key
+    /// chunks for dense rows of head dim 32 or 64, with a block per kv head
+    /// for groups of 2 to [`ATTN_GMAX`] query heads; else a thread per key),
+    /// else a block per [`ATTN_ROWS`] rows that shares each chunk of keys
+    /// among them.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &mut self,
@@ -345,9 +351,23 @@ impl Planner<'_> {
         {
             self.use_val(val);
         }
-        let (name, blocks) = match rows {
-            true => ("attention_rows", b * h * sq.div_ceil(ATTN_ROWS)),
-            false => ("attention", b * h * sq),
+        let warps = (ATTN_BLOCK / 32) as usize;
+        let group = h / kvh.max(1);
+        let grouped = group * kvh == h && (2..=ATTN_GMAX).contains(&group);
+        let (name, blocks, shared) = match rows {
+            true => (
+                "attention_rows".to_string(),
+                b * h * sq.div_ceil(ATTN_ROWS),
+                shared,
+            ),
+            // Query heads, per-warp maxima and sums, per-warp value sums.
+            false if grouped && decode_dense(&k, &v) => (
+                format!("attention_gqa{d}"),
+                b * kvh,
+                shared.max((group * d + (2 + d) * warps * group) * 4),
+            ),
+            false if decode_dense(&k, &v) => (format!("attention_dec{d}"), b * h, shared),
+            false => ("attention".to_string(), b * h * sq, shared),
         };
         self.kernel(
             format!("{name}_{}", suffix(dt)),
@@ -407,6 +427,21 @@ impl Planner<'_> {
         self.steps.push(Step::Gemm(step));
         Ok(y)
     }
+}
+
+/// Whether a one-row attention can take the `attention_dec{32,64}` kernel:
+/// key and value head dims equal and 32 or 64, both read as whole 16-byte
+/// words (unit element stride, other strides and offsets on 16-byte
+/// boundaries; arena and weight buffers start aligned).
+fn decode_dense(k: &Val, v: &Val) -> bool {
+    let d = k.shape[3];
+    let words = 16 / k.dtype.size().max(1);
+    let dense = |x: &Val| {
+        x.strides[3] == 1
+            && x.strides[..3].iter().all(|&s| s % words as i64 == 0)
+            && x.at.offset.is_multiple_of(16)
+    };
+    matches!(d, 32 | 64) && v.shape[3] == d && k.dtype == v.dtype && dense(k) && dense(v)
 }
 
 /// (outer, len, inner) of `shape` around `axis`.
