@@ -3,14 +3,15 @@
 // shapes), as the host runs them: PDL launches captured in a CUDA graph, one
 // launch per layer with each layer's own buffers (the KV caches do not fit
 // in L2 together). Compares attention_f16 (a block per query row, a thread
-// per key) with attention_dec64_f16 (warps over 32-key chunks, one combine)
-// and attention_gqa64_f16 (the same with a block per kv head and its group),
-// and add_norm_f16 on 16-byte-aligned rows (16-byte path) with the same
-// rows one element off (scalar path). Checks the new attention against the
-// old. Results: results/ab_cuda_decode_h100.md.
+// per key) with attention_dec64_f16 (warps over 32-key chunks, one combine;
+// blocks of 256 and 128 threads), add_norm_f16 on 16-byte-aligned rows
+// (16-byte path) with the same rows one element off (scalar path), and the
+// step's linears (16 rows) through cuBLAS (cublasGemmEx, as the host runs
+// them) with gemv_mma_f16. Checks each new kernel against the old one.
+// Results: results/ab_cuda_decode_h100.md.
 //
 // On the GPU machine, from the repository root:
-//   nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/decode_kernels scripts/gpu/decode_kernels.cu && /tmp/decode_kernels
+//   nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/decode_kernels scripts/gpu/decode_kernels.cu -lcublas && /tmp/decode_kernels
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include <vector>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
+#include <cublas_v2.h>
 #include "../../host/src/backend/cuda/kernels.cu"
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
 template <typename... P, typename... A>
@@ -63,16 +65,17 @@ template <typename F> double timed(int launches, F step) {
   cudaGraphExecDestroy(ge); cudaGraphDestroy(g); cudaStreamDestroy(s);
   return ms[ms.size() / 2] * 1000.0 / launches;
 }
-int main() {
+int main(int argc, char** argv) {
+  const bool only_linears = argc > 1 && strcmp(argv[1], "linears") == 0;
   cudaFuncSetAttribute(attention_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10);
   cudaFuncSetAttribute(attention_dec64_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10);
-  cudaFuncSetAttribute(attention_gqa64_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10);
   struct Cfg { const char* name; int layers, b, h, kvh, slots, H; bool rms; int nblock; } cfgs[] = {
     {"tinyllama bs16", 22, 16, 32, 4, 256, 2048, true, 256},
     {"opt-125m bs16", 12, 16, 12, 12, 256, 768, false, 128},
     {"tinyllama bs1", 22, 1, 32, 4, 256, 2048, true, 256},
     {"tinyllama bs16 1024 slots", 22, 16, 32, 4, 1024, 2048, true, 256}};
   for (auto& c : cfgs) {
+    if (only_linears) break;
     const int d = 64, sk = c.slots + 1, b = c.b, h = c.h, kvh = c.kvh;
     // Slot-major caches [sk, b, kvh, d] read as [b, kvh, sk, d].
     std::vector<h16*> K, V, Q, Y, Y2;
@@ -97,23 +100,16 @@ int main() {
     double t_new = timed(c.layers, [&](cudaStream_t s) {
       for (int l = 0; l < c.layers; ++l) L(s, attention_dec64_f16, b * h, 256, smem, p, Q[l], K[l], V[l], (const void*)M[l], Y2[l]);
     });
-    const int G = h / kvh;
-    size_t gsmem = std::max(smem, (size_t)(G * d + (2 + d) * 8 * G) * 4);
-    std::vector<h16*> Y3;
-    for (int l = 0; l < c.layers; ++l) Y3.push_back(rnd((size_t)b * h * d));
-    double t_gqa = timed(c.layers, [&](cudaStream_t s) {
-      for (int l = 0; l < c.layers; ++l) L(s, attention_gqa64_f16, b * kvh, 256, gsmem, p, Q[l], K[l], V[l], (const void*)M[l], Y3[l]);
+    double t_128 = timed(c.layers, [&](cudaStream_t s) {
+      for (int l = 0; l < c.layers; ++l) L(s, attention_dec64_f16, b * h, 128, smem, p, Q[l], K[l], V[l], (const void*)M[l], Y2[l]);
     });
     CK(cudaDeviceSynchronize());
-    std::vector<unsigned short> y1((size_t)b * h * d), y2(y1.size()), y3(y1.size());
-    CK(cudaMemcpy(y3.data(), Y3[0], y3.size() * 2, cudaMemcpyDeviceToHost));
+    std::vector<unsigned short> y1((size_t)b * h * d), y2(y1.size());
     CK(cudaMemcpy(y1.data(), Y[0], y1.size() * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(y2.data(), Y2[0], y2.size() * 2, cudaMemcpyDeviceToHost));
     double diff = 0.0;
     for (size_t i = 0; i < y1.size(); ++i) diff = std::max(diff, (double)fabsf(hf(y1[i]) - hf(y2[i])));
-    double gd = 0.0;
-    for (size_t i = 0; i < y1.size(); ++i) gd = std::max(gd, (double)fabsf(hf(y1[i]) - hf(y3[i])));
-    printf("%-26s attention: old %.2f us, dec %.2f us, gqa %.2f us per layer (max |diff| %.2e, %.2e)\n", c.name, t_old, t_new, t_gqa, diff, gd);
+    printf("%-26s attention: old %.2f us, dec (256 threads) %.2f us, dec (128 threads) %.2f us per layer (max |diff| %.2e)\n", c.name, t_old, t_new, t_128, diff);
     // Residual add + norm: 2 per layer.
     const int rows = b, H = c.H, n = 2 * c.layers;
     std::vector<h16*> A, B, S, O;
@@ -143,6 +139,59 @@ int main() {
     printf("%-26s add_norm paths max |diff| %.2e\n", c.name, nd);
     for (auto x : K) cudaFree(x);
     for (auto x : V) cudaFree(x);
+  }
+  // The linears of a 16-row decode step: cuBLAS against gemv_mma, weights
+  // of every layer distinct (not in L2).
+  cublasHandle_t blas; cublasCreate(&blas);
+  void* ws; CK(cudaMalloc(&ws, 32 << 20)); cublasSetWorkspace(blas, ws, 32 << 20);
+  struct Lin { const char* name; int layers, M; std::vector<std::pair<int, int>> nk; } lins[] = {
+    {"tinyllama bs16", 22, 16, {{2560, 2048}, {2048, 2048}, {11264, 2048}, {2048, 5632}}},
+    {"opt-125m bs16", 12, 16, {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}}},
+    {"tinyllama bs8", 22, 8, {{2560, 2048}, {2048, 2048}, {11264, 2048}, {2048, 5632}}}};
+  for (auto& c : lins) {
+    const int M = c.M;
+    std::vector<std::vector<h16*>> W(c.nk.size());
+    std::vector<h16*> X, Y1, Y2;
+    double wbytes = 0;
+    for (size_t i = 0; i < c.nk.size(); ++i) {
+      int n = c.nk[i].first, k = c.nk[i].second;
+      for (int l = 0; l < c.layers; ++l) W[i].push_back(rnd((size_t)n * k));
+      X.push_back(rnd((size_t)M * k)); Y1.push_back(rnd((size_t)M * n)); Y2.push_back(rnd((size_t)M * n));
+      wbytes += 2.0 * n * k * c.layers;
+    }
+    float one = 1.0f, zero = 0.0f;
+    double t_blas = timed(1, [&](cudaStream_t s) {
+      cublasSetStream(blas, s);
+      for (int l = 0; l < c.layers; ++l)
+        for (size_t i = 0; i < c.nk.size(); ++i) {
+          int n = c.nk[i].first, k = c.nk[i].second;
+          cublasStatus_t st = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, M, k, &one, W[i][l], CUDA_R_16F, k, X[i], CUDA_R_16F, k,
+                                           &zero, Y1[i], CUDA_R_16F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+          if (st != CUBLAS_STATUS_SUCCESS) { printf("cublas %d\n", (int)st); exit(1); }
+        }
+    });
+    double t_mma = timed(1, [&](cudaStream_t s) {
+      for (int l = 0; l < c.layers; ++l)
+        for (size_t i = 0; i < c.nk.size(); ++i) {
+          int n = c.nk[i].first, k = c.nk[i].second;
+          const h16* Z = 0;
+          L(s, gemv_mma_f16, (n + 7) / 8, 256, 0, M, n, k, (const h16*)X[i], (const h16*)W[i][l], Z, Y2[i], -1,
+            0, Z, Z, Z, (h16*)0, Z, Z, 0.0f);
+        }
+    });
+    CK(cudaDeviceSynchronize());
+    double md = 0.0, mref = 0.0;
+    for (size_t i = 0; i < c.nk.size(); ++i) {
+      size_t cnt = (size_t)M * c.nk[i].first;
+      std::vector<unsigned short> a(cnt), b2(cnt);
+      CK(cudaMemcpy(a.data(), Y1[i], cnt * 2, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(b2.data(), Y2[i], cnt * 2, cudaMemcpyDeviceToHost));
+      for (size_t e = 0; e < cnt; ++e) { md = std::max(md, (double)fabsf(hf(a[e]) - hf(b2[e]))); mref = std::max(mref, (double)fabsf(hf(a[e]))); }
+    }
+    printf("MMA_UNROLL %d: ", MMA_UNROLL);
+    printf("%-26s linears per step: cuBLAS %.1f us (%.2f TB/s), gemv_mma %.1f us (%.2f TB/s); max |diff| %.2e of max |y| %.2e\n", c.name,
+           t_blas, wbytes / t_blas / 1e6, t_mma, wbytes / t_mma / 1e6, md, mref);
+    for (auto& v : W) for (auto x : v) cudaFree(x);
   }
   return 0;
 }

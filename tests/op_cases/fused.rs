@@ -16,7 +16,44 @@ pub fn cases() -> Vec<Built> {
         norm_then_swiglu(),
         decode_attention_slots(false),
         decode_attention_slots(true),
+        small_batch_linear(
+            "fused/linear-mma-bias-relu/16x64-20",
+            &[16, 1, 64],
+            20,
+            true,
+        ),
+        small_batch_linear("fused/linear-mma/7x96-48", &[7, 96], 48, false),
+        small_batch_linear("fused/linear-mma/5x3x32-16", &[5, 3, 32], 16, true),
+        small_batch_linear("fused/linear-mma-k48/8x48-16", &[8, 48], 16, true),
     ]
+}
+
+/// A linear over 5-16 rows (a decode batch): CUDA's tensor-core `gemv_mma`
+/// in f16/bf16 when K is a multiple of 32 (its column tail when `n` is not
+/// a multiple of 8), cuBLAS otherwise; `bias` also adds a bias and a ReLU
+/// (folded into the kernel).
+fn small_batch_linear(name: &str, x_shape: &[u64], n: u64, bias: bool) -> Built {
+    let k = *x_shape.last().unwrap_or(&1);
+    let mut c = Case::with_weights(
+        name,
+        &[
+            WeightSpec("fc.weight", &[n, k], -0.25, 0.25),
+            WeightSpec("fc.bias", &[n], -0.5, 0.5),
+        ],
+    );
+    (|| {
+        let x = c.uniform("x", x_shape, -2., 2.)?;
+        let w = c.weight("fc.weight")?;
+        let y = if bias {
+            let b = c.weight("fc.bias")?;
+            let y = c.b.linear(x, w, Some(b))?;
+            c.b.unary(UnaryOp::Relu, y)?
+        } else {
+            c.b.linear(x, w, None)?
+        };
+        c.output("y", y)
+    })()?;
+    c.finish()
 }
 
 const H: u64 = 64;

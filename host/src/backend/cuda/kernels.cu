@@ -1262,27 +1262,40 @@ __device__ __forceinline__ void ld_vl(const T* p, float* o) {
     for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(p[e]);
   }
 }
+// The mask entry at element offset `o` (see attn_mask).
+template <typename T>
+__device__ __forceinline__ float attn_mask_at(const Attn& p, const void* mask, i64 o) {
+  if (p.mask_kind == 1) return N<T>::ld(((const T*)mask)[o]);
+  if (p.mask_kind == 2) return ((const u8*)mask)[o] != 0 ? 1.0f : 0.0f;
+  return 0.0f;
+}
 template <typename T, int D>
 __device__ void attention_dec_d(const Attn& p, const T* q, const T* k, const T* v, const void* mask, T* y) {
-  extern __shared__ float sh[];
+  extern __shared__ __align__(16) float sh[];
   const int V = Wide<T>::n, KW = D / Wide<T>::n, VL = D / 32;
   const int nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* qrow = sh;                 // [D]
   float* wm = qrow + D;             // [nw] running max per warp
   float* wl = wm + nw;              // [nw] running sum per warp
   float* wacc = wl + nw;            // [nw][D]
+  const i64 ks2 = p.ks[2], vs2 = p.vs[2], ms3 = p.ms[3];
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h; blk += gridDim.x) {
     int hh = (int)(blk % p.h), bb = (int)(blk / p.h);
     int kh = hh / (p.h / p.kvh);
     const T* qp = q + bb * p.qs[0] + hh * p.qs[1];
     const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
-    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
-    // The first chunk's key row is in flight before the query row is read.
+    const T* vb = v + bb * p.vs[0] + kh * p.vs[1] + lane * VL;
+    const i64 mb = bb * p.ms[0] + hh * p.ms[1];
+    // The first chunk's key row and mask entry are in flight before the
+    // query row is read.
     W16 kraw[KW];
     int j0 = warp * 32 + lane;
+    float mv = 0.0f;
     if (j0 < p.sk) {
+      const T* kr = kb + j0 * ks2;
 #pragma unroll
-      for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j0 * p.ks[2] + u * V);
+      for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kr + u * V);
+      mv = attn_mask_at<T>(p, mask, mb + j0 * ms3);
     }
     for (int t = threadIdx.x; t < D; t += blockDim.x) qrow[t] = N<T>::ld(qp[t * p.qs[3]]);
     __syncthreads();
@@ -1293,15 +1306,19 @@ __device__ void attention_dec_d(const Attn& p, const T* q, const T* k, const T* 
       int j = c0 + lane;
       bool live = j < p.sk;
       if (live && c0 != warp * 32) {
+        const T* kr = kb + j * ks2;
 #pragma unroll
-        for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j * p.ks[2] + u * V);
+        for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kr + u * V);
+        mv = attn_mask_at<T>(p, mask, mb + j * ms3);
       }
       int n = min(32, p.sk - c0);
+      const T* vp = vb + c0 * vs2;
       // The first half's value slices are in flight while the dot products run.
       float vv[16][VL];
 #pragma unroll
       for (int jj = 0; jj < 16; ++jj) {
-        if (jj < n) ld_vl<T, VL>(vb + (i64)(c0 + jj) * p.vs[2] + lane * VL, vv[jj]);
+        if (jj < n) ld_vl<T, VL>(vp, vv[jj]);
+        vp += vs2;
       }
       float dot = 0.0f;
 #pragma unroll
@@ -1309,9 +1326,12 @@ __device__ void attention_dec_d(const Attn& p, const T* q, const T* k, const T* 
         float w[8];
         Wide<T>::cvt(kraw[u], w);
 #pragma unroll
-        for (int e = 0; e < V; ++e) dot += qrow[u * V + e] * w[e];
+        for (int e = 0; e < V; e += 4) {
+          float4 qv = *(const float4*)(qrow + u * V + e);
+          dot += qv.x * w[e] + qv.y * w[e + 1] + qv.z * w[e + 2] + qv.w * w[e + 3];
+        }
       }
-      float sc = live ? attn_score<T>(p, mask, dot, bb, hh, 0, j) : -3.402823466e38f;
+      float sc = live ? attn_scored(p, dot, mv, 0, j) : -3.402823466e38f;
       float mn = fmaxf(m, warp_max(sc));
       float pj = live ? expf(sc - mn) : 0.0f;
       float alpha = expf(m - mn);
@@ -1324,7 +1344,8 @@ __device__ void attention_dec_d(const Attn& p, const T* q, const T* k, const T* 
         if (half == 1) {
 #pragma unroll
           for (int jj = 0; jj < 16; ++jj) {
-            if (16 + jj < n) ld_vl<T, VL>(vb + (i64)(c0 + 16 + jj) * p.vs[2] + lane * VL, vv[jj]);
+            if (16 + jj < n) ld_vl<T, VL>(vp, vv[jj]);
+            vp += vs2;
           }
         }
 #pragma unroll
@@ -1361,138 +1382,6 @@ __device__ void attention_dec_d(const Attn& p, const T* q, const T* k, const T* 
     __syncthreads();
   }
 }
-// Grouped-query decode: one block per (batch, kv head) takes the group's
-// G <= ATTN_GMAX heads, so each key and value row is read once for all of
-// them (a block per head reads it G times). Warps split the keys as in
-// attention_dec_d and keep running max, sum and value sums per head.
-// Shared memory: G x D query floats, 2 x warps x G, warps x G x D floats.
-#define ATTN_GMAX 8
-template <typename T, int D>
-__device__ void attention_gqa_d(const Attn& p, const T* q, const T* k, const T* v, const void* mask, T* y) {
-  extern __shared__ float sh[];
-  const int V = Wide<T>::n, KW = D / Wide<T>::n, VL = D / 32;
-  const int nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int G = p.h / p.kvh;
-  float* qs = sh;                   // [G][D]
-  float* wm = qs + G * D;           // [nw][G]
-  float* wl = wm + nw * G;          // [nw][G]
-  float* wacc = wl + nw * G;        // [nw][G][D]
-  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.kvh; blk += gridDim.x) {
-    int kh = (int)(blk % p.kvh), bb = (int)(blk / p.kvh);
-    const T* kb = k + bb * p.ks[0] + kh * p.ks[1];
-    const T* vb = v + bb * p.vs[0] + kh * p.vs[1];
-    W16 kraw[KW];
-    int j0 = warp * 32 + lane;
-    if (j0 < p.sk) {
-#pragma unroll
-      for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j0 * p.ks[2] + u * V);
-    }
-    for (int t = threadIdx.x; t < G * D; t += blockDim.x) {
-      int g = t / D, e = t - g * D;
-      qs[t] = N<T>::ld(q[bb * p.qs[0] + (kh * G + g) * p.qs[1] + e * p.qs[3]]);
-    }
-    __syncthreads();
-    float m[ATTN_GMAX], l[ATTN_GMAX], acc[ATTN_GMAX][VL];
-#pragma unroll
-    for (int g = 0; g < ATTN_GMAX; ++g) {
-      m[g] = -3.402823466e38f;
-      l[g] = 0.0f;
-#pragma unroll
-      for (int e = 0; e < VL; ++e) acc[g][e] = 0.0f;
-    }
-    for (int c0 = warp * 32; c0 < p.sk; c0 += nw * 32) {
-      int j = c0 + lane;
-      bool live = j < p.sk;
-      if (live && c0 != warp * 32) {
-#pragma unroll
-        for (int u = 0; u < KW; ++u) kraw[u] = *(const W16*)(kb + j * p.ks[2] + u * V);
-      }
-      int n = min(32, p.sk - c0);
-      float dot[ATTN_GMAX];
-#pragma unroll
-      for (int g = 0; g < ATTN_GMAX; ++g) dot[g] = 0.0f;
-#pragma unroll
-      for (int u = 0; u < KW; ++u) {
-        float w[8];
-        Wide<T>::cvt(kraw[u], w);
-#pragma unroll
-        for (int g = 0; g < ATTN_GMAX; ++g) {
-          if (g < G) {
-#pragma unroll
-            for (int e = 0; e < V; ++e) dot[g] += qs[g * D + u * V + e] * w[e];
-          }
-        }
-      }
-      float pj[ATTN_GMAX];
-#pragma unroll
-      for (int g = 0; g < ATTN_GMAX; ++g) {
-        pj[g] = 0.0f;
-        if (g < G) {
-          float sc = live ? attn_score<T>(p, mask, dot[g], bb, kh * G + g, 0, j) : -3.402823466e38f;
-          float mn = fmaxf(m[g], warp_max(sc));
-          pj[g] = live ? expf(sc - mn) : 0.0f;
-          float alpha = expf(m[g] - mn);
-          l[g] = l[g] * alpha + warp_sum(pj[g]);
-          m[g] = mn;
-#pragma unroll
-          for (int e = 0; e < VL; ++e) acc[g][e] *= alpha;
-        }
-      }
-      // Values 8 keys at a time, each used by every head of the group.
-#pragma unroll
-      for (int q8 = 0; q8 < 4; ++q8) {
-        float vv[8][VL];
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
-          if (q8 * 8 + jj < n) ld_vl<T, VL>(vb + (i64)(c0 + q8 * 8 + jj) * p.vs[2] + lane * VL, vv[jj]);
-          else {
-#pragma unroll
-            for (int e = 0; e < VL; ++e) vv[jj][e] = 0.0f;
-          }
-        }
-#pragma unroll
-        for (int g = 0; g < ATTN_GMAX; ++g) {
-          if (g < G) {
-#pragma unroll
-            for (int jj = 0; jj < 8; ++jj) {
-              float pv = __shfl_sync(0xffffffffu, pj[g], q8 * 8 + jj);
-#pragma unroll
-              for (int e = 0; e < VL; ++e) acc[g][e] += pv * vv[jj][e];
-            }
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int g = 0; g < ATTN_GMAX; ++g) {
-      if (g < G) {
-#pragma unroll
-        for (int e = 0; e < VL; ++e) wacc[(warp * G + g) * D + lane * VL + e] = acc[g][e];
-        if (lane == 0) {
-          wm[warp * G + g] = m[g];
-          wl[warp * G + g] = l[g];
-        }
-      }
-    }
-    __syncthreads();
-    for (int t = threadIdx.x; t < G * D; t += blockDim.x) {
-      int g = t / D, e = t - g * D;
-      float mx = -3.402823466e38f;
-      for (int w = 0; w < nw; ++w)
-        if (wl[w * G + g] > 0.0f) mx = fmaxf(mx, wm[w * G + g]);
-      float num = 0.0f, den = 0.0f;
-      for (int w = 0; w < nw; ++w) {
-        if (wl[w * G + g] > 0.0f) {
-          float f = expf(wm[w * G + g] - mx);
-          num += wacc[(w * G + g) * D + e] * f;
-          den += wl[w * G + g] * f;
-        }
-      }
-      y[((i64)bb * p.h + kh * G + g) * D + e] = N<T>::st(num / den);
-    }
-    __syncthreads();
-  }
-}
 template <typename T>
 __device__ __noinline__ void attention_any(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   attention_t<T>(p, q, k, v, mask, y);
@@ -1506,19 +1395,6 @@ __device__ void attention_dec_t(Attn p, const T* q, const T* k, const T* v, cons
   else
     attention_any<T>(p, q, k, v, mask, y);
 }
-// The grouped-query kernel (grid over (batch, kv head)); a shape it does
-// not take falls back to attention_t (grid over rows, as the planner sizes
-// it only for shapes this takes).
-template <typename T, int D>
-__device__ void attention_gqa_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
-  int g = p.kvh > 0 ? p.h / p.kvh : 0;
-  if (p.sq == 1 && p.d == D && p.dv == D && g >= 1 && g <= ATTN_GMAX && g * p.kvh == p.h &&
-      attn_dense<T>(p, k, v) && (blockDim.x & 31) == 0)
-    attention_gqa_d<T, D>(p, q, k, v, mask, y);
-  else
-    attention_any<T>(p, q, k, v, mask, y);
-}
-
 // ---- matrix-vector products (decode) ----
 #define GEMV_MAX_M 4
 #define GEMV_UNROLL 8
@@ -1704,6 +1580,92 @@ __device__ void gemv_glu_t(int M, int half, int K, const T* x, const T* w, const
   }
 }
 
+// ---- small-batch products on tensor cores (decode of 5-16 rows) ----
+// y[m, n] = act(x[m, :] . w[n, :] (+ bias[n])) for M <= 16 rows of f16 or
+// bf16 with mma.sync m16n8k16 (f32 accumulation). A block of 8 warps takes
+// 8 output columns and its warps split K. Per 32-element chunk of K, lane l
+// loads 16 bytes of weight row n0 + l/4 and of x rows l/4 and l/4 + 8, at
+// k0 + 8 (l % 4); both fragments of an mma then hold the same k positions
+// (a permutation of the chunk, which the dot product does not see).
+// K is a multiple of 32 and rows are 16-byte aligned (the planner checks).
+#ifndef MMA_UNROLL
+#define MMA_UNROLL 4
+#endif
+template <typename T>
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<h16>(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                              unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+template <>
+__device__ __forceinline__ void mma16816<b16>(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                              unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+template <typename T>
+__device__ void gemv_mma_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act) {
+  __shared__ float red[8][32][4];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * 8;
+  const int chunks = K / 32, per = (chunks + nw - 1) / nw;
+  const int c0 = warp * per, c1 = min(chunks, c0 + per);
+  const bool wlive = n0 + g < cols, la = g < M, lb = g + 8 < M;
+  const T* wr = w + (i64)(wlive ? n0 + g : 0) * K + 8 * t;
+  const T* xa = x + (i64)(la ? g : 0) * K + 8 * t;
+  const T* xb = x + (i64)(lb ? g + 8 : 0) * K + 8 * t;
+  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int cc = c0; cc < c1; cc += MMA_UNROLL) {
+    W16 wv[MMA_UNROLL], va[MMA_UNROLL], vb[MMA_UNROLL];
+#pragma unroll
+    for (int u = 0; u < MMA_UNROLL; ++u) {
+      const W16 z = {0u, 0u, 0u, 0u};
+      const bool in = cc + u < c1;
+      const int o = (cc + u) * 32;
+      wv[u] = in && wlive ? ld_stream(wr + o) : z;
+      va[u] = in && la ? *(const W16*)(xa + o) : z;
+      vb[u] = in && lb ? *(const W16*)(xb + o) : z;
+    }
+#pragma unroll
+    for (int u = 0; u < MMA_UNROLL; ++u) {
+      mma16816<T>(c, va[u].a, vb[u].a, va[u].b, vb[u].b, wv[u].a, wv[u].b);
+      mma16816<T>(c, va[u].c, vb[u].c, va[u].d, vb[u].d, wv[u].c, wv[u].d);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) red[warp][lane][r] = c[r];
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    // Output (row, col) of the tile sits in lane (row % 8) x 4 + col / 2,
+    // register (row / 8) x 2 + col % 2 of every warp.
+    const int row = threadIdx.x >> 3, col = threadIdx.x & 7;
+    const int l = (row & 7) * 4 + (col >> 1), r = (row >> 3) * 2 + (col & 1);
+    float sum = 0.0f;
+    for (int v = 0; v < nw; ++v) sum += red[v][l][r];
+    const int n = n0 + col;
+    if (row < M && n < cols) {
+      T out = N<T>::st(sum + (bias ? N<T>::ld(bias[n]) : 0.0f));
+      // A fused activation reads the product as stored, as unfused.
+      if (act >= 0) out = N<T>::st(un_f(act, N<T>::ld(out)));
+      y[(i64)row * cols + n] = out;
+    }
+  }
+}
+#define MMA_KERNELS(n, T) \
+  extern "C" __global__ void gemv_mma_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_mma_t<T>(m, nn, k, x, w, b, y, a); }
+MMA_KERNELS(f16, h16)
+MMA_KERNELS(bf16, b16)
+
 // Holds the stream for `ns` nanoseconds (the profiler enqueues behind it).
 extern "C" __global__ void sleep_ns(unsigned long long ns) {
   unsigned long long t0, t;
@@ -1761,8 +1723,6 @@ BYSIZE(SIZED)
   extern "C" __global__ void reduce_##n(int op, i64 r, i64 l, const T* x, T* y) { pdl_enter(); reduce_float_t<T>(op, r, l, x, y); } \
   extern "C" __global__ void bias_add_##n(i64 r, i64 c, T* y, const T* b, int a) { pdl_enter(); bias_add_t<T>(r, c, y, b, a); } \
   extern "C" __global__ void attention_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_t<T>(p, q, k, v, m, y); } \
-  extern "C" __global__ void __launch_bounds__(256, 2) attention_gqa32_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_gqa_t<T, 32>(p, q, k, v, m, y); } \
-  extern "C" __global__ void __launch_bounds__(256, 2) attention_gqa64_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_gqa_t<T, 64>(p, q, k, v, m, y); } \
   extern "C" __global__ void __launch_bounds__(256, 2) attention_dec32_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_dec_t<T, 32>(p, q, k, v, m, y); } \
   extern "C" __global__ void __launch_bounds__(256, 2) attention_dec64_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_dec_t<T, 64>(p, q, k, v, m, y); } \
   extern "C" __global__ void attention_rows_##n(Attn p, const T* q, const T* k, const T* v, const void* m, T* y) { pdl_enter(); attention_rows_t<T>(p, q, k, v, m, y); }

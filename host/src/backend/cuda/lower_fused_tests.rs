@@ -305,3 +305,31 @@ fn decode_cache_writes_take_one_launch() {
         );
     }
 }
+
+/// A linear over 5-16 rows in f16 is one tensor-core `gemv_mma` with its
+/// bias and ReLU folded in, when K is a multiple of 32; f32, more rows or
+/// another K stay with cuBLAS (and a separate bias add).
+#[test]
+fn small_batch_linears_take_tensor_cores() {
+    let plan_of = |rows: u64, k: u64, precision: Precision| {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let f = |d: &[u64]| d.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+        let x = b.input("x", DType::F32, f(&[rows, k])).unwrap();
+        let w = b.input("w", DType::F32, f(&[24, k])).unwrap();
+        let bias = b.input("b", DType::F32, f(&[24])).unwrap();
+        let y = b.linear(x, w, Some(bias)).unwrap();
+        let y = b.unary(crate::ir::UnaryOp::Relu, y).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, precision, &HashMap::new(), &HashMap::new()).unwrap();
+        kernel_names(&plan)
+            .into_iter()
+            .filter(|n| !n.starts_with("cast_"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(plan_of(16, 64, Precision::F16), ["gemv_mma_f16"]);
+    assert_eq!(plan_of(5, 32, Precision::BF16), ["gemv_mma_bf16"]);
+    assert_eq!(plan_of(16, 64, Precision::F32), ["bias_add_f32"]);
+    assert_eq!(plan_of(17, 64, Precision::F16), ["bias_add_f16"]);
+    assert_eq!(plan_of(8, 48, Precision::F16), ["bias_add_f16"]);
+}

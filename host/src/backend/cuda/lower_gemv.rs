@@ -1,7 +1,9 @@
 //! Matrix-vector products for decode (`gemv`): a linear of at most
 //! [`GEMV_MAX_M`] rows, with the peepholes that fold into it the norm
 //! before it (`gemv_norm`), the activation after it (its epilogue), and
-//! SwiGLU over a fused gate/up projection (`gemv_glu`).
+//! SwiGLU over a fused gate/up projection (`gemv_glu`); up to
+//! [`MMA_MAX_M`] rows of f16/bf16 on tensor cores (`gemv_mma`, bias and
+//! activation folded in the same way).
 
 use super::lower::{suffix, PlanError, Planner, BLOCK};
 use super::plan::*;
@@ -9,6 +11,8 @@ use crate::ir::{DType, NodeId};
 
 /// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
 const GEMV_MAX_M: usize = 4;
+/// Most rows the tensor-core `gemv_mma` kernel takes (one m16n8k16 tile).
+const MMA_MAX_M: usize = 16;
 
 /// The `gemv` kernels' norm-prologue arguments when there is none.
 fn no_norm() -> [Arg; 8] {
@@ -49,7 +53,7 @@ impl Planner<'_> {
             && w.at.offset.is_multiple_of(16)
             && x.at.offset.is_multiple_of(16);
         if rows == 0
-            || rows > GEMV_MAX_M
+            || rows > MMA_MAX_M
             || !x.is_contiguous()
             || !w.is_contiguous()
             || !aligned
@@ -57,6 +61,9 @@ impl Planner<'_> {
             || n == 0
         {
             return None;
+        }
+        if rows > GEMV_MAX_M {
+            return self.gemv_mma(x, w, bias, shape, rows, n, k);
         }
         let norm = self.take_norm(x_id, x, rows, k);
         let y = self.fresh(dt, shape.to_vec());
@@ -84,6 +91,51 @@ impl Planner<'_> {
             n.div_ceil(warps).clamp(1, 1 << 30) as u32,
             BLOCK,
             shared,
+            args,
+        );
+        Some(y)
+    }
+
+    /// `x @ w^T (+ bias)` for [`GEMV_MAX_M`] < rows <= [`MMA_MAX_M`] of
+    /// f16 or bf16 on tensor cores (`gemv_mma`: a block per 8 columns, its
+    /// warps splitting K in 32-element chunks); `None` (cuBLAS) for other
+    /// dtypes or a K that is not a multiple of 32. Arguments as `gemv`'s,
+    /// so an activation folds into it the same way.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_mma(
+        &mut self,
+        x: &Val,
+        w: &Val,
+        bias: Option<&Val>,
+        shape: &[usize],
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Option<Val> {
+        let dt = x.dtype;
+        if !matches!(dt, DType::F16 | DType::BF16) || !k.is_multiple_of(32) {
+            return None;
+        }
+        let y = self.fresh(dt, shape.to_vec());
+        for v in [Some(x), Some(w), bias].into_iter().flatten() {
+            self.use_val(v);
+        }
+        let mut args = vec![
+            Arg::I32(rows as i32),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::Ptr(x.at),
+            Arg::Ptr(w.at),
+            bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
+            Arg::Ptr(y.at),
+            Arg::I32(-1),
+        ];
+        args.extend(no_norm());
+        self.kernel(
+            format!("gemv_mma_{}", suffix(dt)),
+            n.div_ceil(8).clamp(1, 1 << 30) as u32,
+            BLOCK,
+            0,
             args,
         );
         Some(y)
@@ -159,6 +211,7 @@ impl Planner<'_> {
         let gemv = [
             format!("gemv_{}", suffix(v.dtype)),
             format!("gemv_norm_{}", suffix(v.dtype)),
+            format!("gemv_mma_{}", suffix(v.dtype)),
         ];
         let bias_add = format!("bias_add_{}", suffix(v.dtype));
         let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {

@@ -15,9 +15,6 @@ const ATTN_GROUPS: usize = 32;
 /// Largest value head_dim of the attention kernels (32 lanes x
 /// `ATTN_DV_LANE` in kernels.cu).
 const ATTN_MAX_DV: usize = 256;
-/// Most query heads per kv head of the grouped-query decode kernel
-/// (`ATTN_GMAX`).
-const ATTN_GMAX: usize = 8;
 /// Query rows per warp and per block of the many-row attention kernel
 /// (`ATTN_RPW`, `ATTN_ROWS`).
 const ATTN_RPW: usize = 2;
@@ -275,8 +272,7 @@ impl Planner<'_> {
 
     /// Fused attention: one block of [`ATTN_BLOCK`] threads per query row
     /// for one query row per (batch, head) (decode: warps over 32-key
-    /// chunks for dense rows of head dim 32 or 64, with a block per kv head
-    /// for groups of 2 to [`ATTN_GMAX`] query heads; else a thread per key),
+    /// chunks for dense rows of head dim 32 or 64, else a thread per key),
     /// else a block per [`ATTN_ROWS`] rows that shares each chunk of keys
     /// among them.
     #[allow(clippy::too_many_arguments)]
@@ -351,28 +347,28 @@ impl Planner<'_> {
         {
             self.use_val(val);
         }
-        let warps = (ATTN_BLOCK / 32) as usize;
-        let group = h / kvh.max(1);
-        let grouped = group * kvh == h && (2..=ATTN_GMAX).contains(&group);
-        let (name, blocks, shared) = match rows {
+        // The warp-split decode kernel runs two blocks of 256 threads per
+        // multiprocessor (128 registers): past ~2 blocks per SM of an H100
+        // (more than 256 rows), blocks of 128 threads fit the rows in one
+        // wave (TinyLlama bs16, 512 rows: 15.3 against 19.2 us a layer;
+        // 192 or 32 rows are faster with 256; results/ab_cuda_decode_h100.md).
+        let (name, blocks, threads) = match rows {
             true => (
                 "attention_rows".to_string(),
                 b * h * sq.div_ceil(ATTN_ROWS),
-                shared,
+                ATTN_BLOCK,
             ),
-            // Query heads, per-warp maxima and sums, per-warp value sums.
-            false if grouped && decode_dense(&k, &v) => (
-                format!("attention_gqa{d}"),
-                b * kvh,
-                shared.max((group * d + (2 + d) * warps * group) * 4),
+            false if decode_dense(&k, &v) => (
+                format!("attention_dec{d}"),
+                b * h,
+                if b * h > 256 { 128 } else { ATTN_BLOCK },
             ),
-            false if decode_dense(&k, &v) => (format!("attention_dec{d}"), b * h, shared),
-            false => ("attention".to_string(), b * h * sq, shared),
+            false => ("attention".to_string(), b * h * sq, ATTN_BLOCK),
         };
         self.kernel(
             format!("{name}_{}", suffix(dt)),
             rows_grid(blocks),
-            ATTN_BLOCK,
+            threads,
             shared as u32,
             vec![
                 Arg::Attn(Box::new(p)),
