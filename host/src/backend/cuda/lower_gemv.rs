@@ -13,6 +13,11 @@ use crate::ir::{DType, NodeId};
 const GEMV_MAX_M: usize = 4;
 /// Most rows the tensor-core `gemv_mma` kernel takes (one m16n8k16 tile).
 const MMA_MAX_M: usize = 16;
+/// Weights of this many elements or more stay with cuBLAS: on an H100 at
+/// 16 rows `gemv_mma` streamed OPT-125m's products (0.6-2.4M elements) 9%
+/// faster than cuBLAS but TinyLlama's (4.2-23M) 12% slower
+/// (results/ab_cuda_decode_h100.md).
+const MMA_MAX_WEIGHT: usize = 4 << 20;
 
 /// The `gemv` kernels' norm-prologue arguments when there is none.
 fn no_norm() -> [Arg; 8] {
@@ -99,7 +104,8 @@ impl Planner<'_> {
     /// `x @ w^T (+ bias)` for [`GEMV_MAX_M`] < rows <= [`MMA_MAX_M`] of
     /// f16 or bf16 on tensor cores (`gemv_mma`: a block per 8 columns, its
     /// warps splitting K in 32-element chunks); `None` (cuBLAS) for other
-    /// dtypes or a K that is not a multiple of 32. Arguments as `gemv`'s,
+    /// dtypes, a K that is not a multiple of 32 or a weight of
+    /// [`MMA_MAX_WEIGHT`] elements or more. Arguments as `gemv`'s,
     /// so an activation folds into it the same way.
     #[allow(clippy::too_many_arguments)]
     fn gemv_mma(
@@ -113,7 +119,10 @@ impl Planner<'_> {
         k: usize,
     ) -> Option<Val> {
         let dt = x.dtype;
-        if !matches!(dt, DType::F16 | DType::BF16) || !k.is_multiple_of(32) {
+        if !matches!(dt, DType::F16 | DType::BF16)
+            || !k.is_multiple_of(32)
+            || n.saturating_mul(k) >= MMA_MAX_WEIGHT
+        {
             return None;
         }
         let y = self.fresh(dt, shape.to_vec());
