@@ -12,6 +12,8 @@
 //! that wants the cases): `#[path = "op_cases.rs"] mod op_cases;`.
 #![allow(dead_code)]
 
+#[path = "op_cases/attention.rs"]
+mod attention;
 #[path = "op_cases/composite.rs"]
 mod composite;
 #[path = "op_cases/elementwise.rs"]

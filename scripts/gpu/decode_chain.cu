@@ -11,7 +11,11 @@
 #include <cstdlib>
 #include <vector>
 #include <cuda_runtime.h>
-#include "../../host/src/backend/cuda/kernels.cu"
+#include "../../host/src/backend/cuda/kernels/base.cu"
+#include "../../host/src/backend/cuda/kernels/norm.cu"
+#include "../../host/src/backend/cuda/kernels/attention.cu"
+#include "../../host/src/backend/cuda/kernels/gemv.cu"
+#include "../../host/src/backend/cuda/kernels/instances.cu"
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
 static bool g_pdl = true;
 template <typename... P, typename... A>

@@ -21,7 +21,11 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cublas_v2.h>
-#include "../../host/src/backend/cuda/kernels.cu"
+#include "../../host/src/backend/cuda/kernels/base.cu"
+#include "../../host/src/backend/cuda/kernels/norm.cu"
+#include "../../host/src/backend/cuda/kernels/attention.cu"
+#include "../../host/src/backend/cuda/kernels/gemv.cu"
+#include "../../host/src/backend/cuda/kernels/instances.cu"
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
 template <typename... P, typename... A>
 void L(cudaStream_t s, void (*k)(P...), int grid, int block, size_t smem, A... a) {

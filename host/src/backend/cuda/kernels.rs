@@ -1,4 +1,4 @@
-//! The kernel module: `kernels.cu` compiled by NVRTC to machine code
+//! The kernel module: `kernels/*.cu` (one source, in parts) compiled by NVRTC to machine code
 //! (CUBIN) for the device's architecture, cached on disk keyed by the
 //! SHA-256 of the source, the architecture and the NVRTC version, so only the
 //! first run on a machine pays the compile. Loading PTX instead would make
@@ -14,7 +14,13 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 /// CUDA C source of every kernel.
-pub const SOURCE: &str = include_str!("kernels.cu");
+pub const SOURCE: &str = concat!(
+    include_str!("kernels/base.cu"),
+    include_str!("kernels/norm.cu"),
+    include_str!("kernels/attention.cu"),
+    include_str!("kernels/gemv.cu"),
+    include_str!("kernels/instances.cu"),
+);
 
 /// Loaded kernels of one device.
 pub struct Kernels {
@@ -25,7 +31,7 @@ pub struct Kernels {
     /// Launch with programmatic dependent launch (compute capability 9.0
     /// and later, unless `HOST_CUDA_PDL=0`): a kernel may be scheduled while
     /// the previous one finishes (each waits for its predecessor's results
-    /// first, see `pdl_enter` in kernels.cu).
+    /// first, see `pdl_enter` in kernels/base.cu).
     pub pdl: bool,
     /// The device's multiprocessors (see [`kernel_for`]).
     sms: u32,

@@ -9,7 +9,7 @@ use super::lower::{suffix, PlanError, Planner, BLOCK};
 use super::plan::*;
 use crate::ir::{DType, NodeId};
 
-/// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels.cu).
+/// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels/gemv.cu).
 const GEMV_MAX_M: usize = 4;
 /// Most rows the tensor-core `gemv_mma` kernel takes (one m16n8k16 tile).
 const MMA_MAX_M: usize = 16;

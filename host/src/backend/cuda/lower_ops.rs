@@ -10,10 +10,10 @@ use crate::ir::{DType, NodeId, ReduceOp};
 /// Threads per block of the attention kernel.
 const ATTN_BLOCK: u32 = 256;
 /// Most key groups of the attention kernel's vector-load path
-/// (`ATTN_GROUPS` in kernels.cu).
+/// (`ATTN_GROUPS` in kernels/attention.cu).
 const ATTN_GROUPS: usize = 32;
 /// Largest value head_dim of the attention kernels (32 lanes x
-/// `ATTN_DV_LANE` in kernels.cu).
+/// `ATTN_DV_LANE` in kernels/attention.cu).
 const ATTN_MAX_DV: usize = 256;
 /// Query rows per warp and per block of the many-row attention kernel
 /// (`ATTN_RPW`, `ATTN_ROWS`).

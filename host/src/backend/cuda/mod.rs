@@ -5,7 +5,7 @@
 //!
 //! - [`plan`] / [`lower`] / [`gemm`]: CPU-side planning per shape bucket
 //!   (strided views, one arena with lifetime-based reuse, GEMM layouts).
-//! - [`kernels`]: the `kernels.cu` module and its on-disk PTX cache.
+//! - [`kernels`]: the `kernels/*.cu` module and its on-disk PTX cache.
 //! - [`device`]: allocations, the per-GPU handle, device-resident tensors.
 //! - [`exec`]: the backend and executables: weights, plan cache, launches.
 //! - [`convert`]: f32/f16/bf16 conversion of tensor bytes on the host.

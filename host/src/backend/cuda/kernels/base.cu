@@ -1,0 +1,408 @@
+// Kernels of the CUDA backend, compiled at run time by NVRTC (see kernels.rs),
+// part 1 of 5: types, conversions, element-wise ops, casts, block reductions
+// and 16-byte loads.
+// No CUDA headers are included, so NVRTC needs no include path: half and
+// bfloat16 values are stored as 16-bit words and converted with PTX `cvt`
+// (f16) or bit arithmetic with round-to-nearest-even (bf16).
+// Float math accumulates in f32 whatever the storage type; integer math in i64.
+// Op codes are the order of the Rust enums UnaryOp, BinaryOp, CompareOp,
+// ReduceOp (see kernels.rs, which checks the names it loads exist).
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned char u8;
+struct h16 { unsigned short x; };
+struct b16 { unsigned short x; };
+
+__device__ __forceinline__ float h2f(unsigned short h) {
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+  unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
+}
+__device__ __forceinline__ float b2f(unsigned short b) {
+  return __uint_as_float(((unsigned)b) << 16);
+}
+__device__ __forceinline__ unsigned short f2b(float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (unsigned short)(u >> 16);
+}
+
+// Load/store between storage types and the accumulation type A.
+template <typename T> struct N;
+template <> struct N<float> {
+  typedef float A;
+  static __device__ __forceinline__ float ld(float v) { return v; }
+  static __device__ __forceinline__ float st(float a) { return a; }
+};
+template <> struct N<h16> {
+  typedef float A;
+  static __device__ __forceinline__ float ld(h16 v) { return h2f(v.x); }
+  static __device__ __forceinline__ h16 st(float a) { h16 r; r.x = f2h(a); return r; }
+};
+template <> struct N<b16> {
+  typedef float A;
+  static __device__ __forceinline__ float ld(b16 v) { return b2f(v.x); }
+  static __device__ __forceinline__ b16 st(float a) { b16 r; r.x = f2b(a); return r; }
+};
+template <> struct N<i64> {
+  typedef i64 A;
+  static __device__ __forceinline__ i64 ld(i64 v) { return v; }
+  static __device__ __forceinline__ i64 st(i64 a) { return a; }
+};
+template <> struct N<int> {
+  typedef i64 A;
+  static __device__ __forceinline__ i64 ld(int v) { return v; }
+  static __device__ __forceinline__ int st(i64 a) { return (int)a; }
+};
+template <> struct N<u8> {
+  typedef i64 A;
+  static __device__ __forceinline__ i64 ld(u8 v) { return v; }
+  static __device__ __forceinline__ u8 st(i64 a) { return (u8)a; }
+};
+
+// Programmatic dependent launch (sm_90 and later): a kernel launched with
+// programmatic stream serialization may be scheduled before the previous
+// kernel has finished. Every kernel first waits for the previous one's
+// results (a no-op when launched normally) and then lets the next one be
+// scheduled, so launch latency overlaps the previous kernel's tail.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+#define MAXR 8
+// Shape of an iteration space and up to three operands' element strides.
+struct Idx {
+  int rank;
+  i64 n;
+  i64 shape[MAXR];
+  i64 s0[MAXR];
+  i64 s1[MAXR];
+  i64 s2[MAXR];
+};
+
+__device__ __forceinline__ void offsets(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
+  o0 = 0; o1 = 0; o2 = 0;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    i64 c = i % p.shape[d];
+    i /= p.shape[d];
+    o0 += c * p.s0[d]; o1 += c * p.s1[d]; o2 += c * p.s2[d];
+  }
+}
+
+#define GRID_LOOP(i, n) \
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// ---- unary ----
+__device__ __forceinline__ float un_f(int op, float x) {
+  switch (op) {
+    case 0: return -x;
+    case 1: return fabsf(x);
+    case 2: return expf(x);
+    case 3: return logf(x);
+    case 4: return sqrtf(x);
+    case 5: return 1.0f / sqrtf(x);
+    case 6: return 1.0f / x;
+    case 7: return tanhf(x);
+    case 8: return 1.0f / (1.0f + expf(-x));
+    case 9: return x > 0.0f ? x : 0.0f;
+    case 10: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 11: {
+      float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.0f + tanhf(inner));
+    }
+    case 12: return x / (1.0f + expf(-x));
+    case 13: return erff(x);
+    case 15: return sinf(x);
+    case 16: return cosf(x);
+    default: return x;
+  }
+}
+__device__ __forceinline__ i64 un_i(int op, i64 x) {
+  switch (op) {
+    case 0: return -x;
+    case 1: return x < 0 ? -x : x;
+    case 9: return x > 0 ? x : 0;
+    default: return x;
+  }
+}
+__device__ __forceinline__ float un(int op, float x) { return un_f(op, x); }
+__device__ __forceinline__ i64 un(int op, i64 x) { return un_i(op, x); }
+
+template <typename T>
+__device__ void unary_t(int op, i64 n, const T* x, T* y) {
+  GRID_LOOP(i, n) { y[i] = N<T>::st(un(op, N<T>::ld(x[i]))); }
+}
+
+// ---- binary / compare / and / select over broadcast strides ----
+__device__ __forceinline__ float bin(int op, float a, float b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    case 4: return powf(a, b);
+    case 5: return fmaxf(a, b);
+    case 6: return fminf(a, b);
+    default: return a;
+  }
+}
+__device__ __forceinline__ i64 bin(int op, i64 a, i64 b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return b == 0 ? 0 : a / b;
+    case 4: return (i64)pow((double)a, (double)b);
+    case 5: return a > b ? a : b;
+    case 6: return a < b ? a : b;
+    default: return a;
+  }
+}
+template <typename A>
+__device__ __forceinline__ bool cmp(int op, A a, A b) {
+  switch (op) {
+    case 0: return a == b;
+    case 1: return a < b;
+    case 2: return a <= b;
+    case 3: return a > b;
+    case 4: return a >= b;
+    default: return false;
+  }
+}
+
+template <typename T>
+__device__ void binary_t(int op, Idx p, const T* a, const T* b, T* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
+    y[oy] = N<T>::st(bin(op, N<T>::ld(a[oa]), N<T>::ld(b[ob])));
+  }
+}
+// bop(uop(a), b) over dense same-shape operands; uop's result is rounded to
+// T as the unfused kernel would store it.
+template <typename T>
+__device__ void unary_binary_t(int uop, int bop, i64 n, const T* a, const T* b, T* y) {
+  GRID_LOOP(i, n) {
+    float u = N<T>::ld(N<T>::st(un(uop, N<T>::ld(a[i]))));
+    y[i] = N<T>::st(bin(bop, u, N<T>::ld(b[i])));
+  }
+}
+// The same over strided operands (s0 = a, s1 = b); y dense.
+template <typename T>
+__device__ void unary_binary_s_t(int uop, int bop, Idx p, const T* a, const T* b, T* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, unused; offsets(p, i, oa, ob, unused);
+    float u = N<T>::ld(N<T>::st(un(uop, N<T>::ld(a[oa]))));
+    y[i] = N<T>::st(bin(bop, u, N<T>::ld(b[ob])));
+  }
+}
+// A unary op over a strided operand (s0 = x); y dense.
+template <typename T>
+__device__ void unary_s_t(int op, Idx p, const T* x, T* y) {
+  GRID_LOOP(i, p.n) {
+    i64 ox, u1, u2; offsets(p, i, ox, u1, u2);
+    y[i] = N<T>::st(un(op, N<T>::ld(x[ox])));
+  }
+}
+template <typename T>
+__device__ void compare_t(int op, Idx p, const T* a, const T* b, u8* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
+    y[oy] = cmp(op, N<T>::ld(a[oa]), N<T>::ld(b[ob])) ? 1 : 0;
+  }
+}
+extern "C" __global__ void and_bool(Idx p, const u8* a, const u8* b, u8* y) {
+  pdl_enter();
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, oy; offsets(p, i, oa, ob, oy);
+    y[oy] = (a[oa] && b[ob]) ? 1 : 0;
+  }
+}
+extern "C" __global__ void not_bool(i64 n, const u8* x, u8* y) {
+  pdl_enter();
+  GRID_LOOP(i, n) { y[i] = x[i] ? 0 : 1; }
+}
+// s0 = cond, s1 = a, s2 = b; y contiguous.
+template <typename E>
+__device__ void select_t(Idx p, const u8* c, const E* a, const E* b, E* y) {
+  GRID_LOOP(i, p.n) {
+    i64 oc, oa, ob; offsets(p, i, oc, oa, ob);
+    y[i] = c[oc] ? a[oa] : b[ob];
+  }
+}
+// s0 = source strides, s1 = destination strides.
+template <typename E>
+__device__ void copy_t(Idx p, const E* x, E* y) {
+  GRID_LOOP(i, p.n) {
+    i64 ox, oy, unused; offsets(p, i, ox, oy, unused);
+    y[oy] = x[ox];
+  }
+}
+
+// Element i of a copy: s0 = source strides, s1 = destination strides.
+template <typename E>
+__device__ __forceinline__ void copy_at(const Idx& p, i64 i, const E* x, E* y) {
+  i64 ox, oy, unused; offsets(p, i, ox, oy, unused);
+  y[oy] = x[ox];
+}
+// Two independent copies in one launch (a step's new keys and values into
+// their caches).
+template <typename E>
+__device__ void copy_pair_t(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2) {
+  GRID_LOOP(i, p.n + p2.n) {
+    if (i < p.n) copy_at(p, i, x, y);
+    else copy_at(p2, i - p.n, x2, y2);
+  }
+}
+
+// Rotary embedding; y contiguous [..., d]. s0 = x, s1 = cos, s2 = sin
+// strides over x's shape (cos/sin only read for the first r elements of a
+// row); `xl` is x's last-axis stride (to reach the partner element).
+template <typename T>
+__device__ __forceinline__ void rotary_at(const Idx& p, i64 i, const T* x, const T* c, const T* s, T* y,
+                                          int d, int r, i64 xl, int inter) {
+  i64 ox, oc, os; offsets(p, i, ox, oc, os);
+  int j = (int)(i % d);
+  float v = N<T>::ld(x[ox]);
+  if (j < r) {
+    float other;
+    if (inter) other = (j & 1) ? N<T>::ld(x[ox - xl]) : -N<T>::ld(x[ox + xl]);
+    else other = j < r / 2 ? -N<T>::ld(x[ox + (r / 2) * xl]) : N<T>::ld(x[ox - (r / 2) * xl]);
+    v = v * N<T>::ld(c[oc]) + other * N<T>::ld(s[os]);
+  }
+  y[i] = N<T>::st(v);
+}
+template <typename T>
+__device__ void rotary_t(Idx p, const T* x, const T* c, const T* s, T* y, int d, int r, i64 xl, int inter) {
+  GRID_LOOP(i, p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+}
+// Two rotary embeddings with the same tables in one launch (queries and keys).
+template <typename T>
+__device__ void rotary2_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2,
+                          const T* c, const T* s, int d, int r, int inter) {
+  GRID_LOOP(i, p.n + p2.n) {
+    if (i < p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+    else rotary_at(p2, i - p.n, x2, c, s, y2, d, r, xl2, inter);
+  }
+}
+// rotary2 and an independent copy (the step's new values into their cache).
+template <typename T>
+__device__ void rotary2_copy_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2,
+                               const T* c, const T* s, int d, int r, int inter, Idx p3, const T* x3, T* y3) {
+  GRID_LOOP(i, p.n + p2.n + p3.n) {
+    if (i < p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+    else if (i < p.n + p2.n) rotary_at(p2, i - p.n, x2, c, s, y2, d, r, xl2, inter);
+    else copy_at(p3, i - p.n - p2.n, x3, y3);
+  }
+}
+
+// ---- casts ----
+template <typename T> __device__ __forceinline__ double to_d(T v) { return (double)N<T>::ld(v); }
+template <typename T> __device__ __forceinline__ T from_d(double v);
+template <> __device__ __forceinline__ float from_d<float>(double v) { return (float)v; }
+template <> __device__ __forceinline__ h16 from_d<h16>(double v) { return N<h16>::st((float)v); }
+template <> __device__ __forceinline__ b16 from_d<b16>(double v) { return N<b16>::st((float)v); }
+template <> __device__ __forceinline__ i64 from_d<i64>(double v) { return (i64)v; }
+template <> __device__ __forceinline__ int from_d<int>(double v) { return (int)v; }
+template <> __device__ __forceinline__ u8 from_d<u8>(double v) { return (u8)(int)v; }
+template <typename S, typename D>
+__device__ void cast_t(i64 n, const S* x, D* y) {
+  GRID_LOOP(i, n) { y[i] = from_d<D>(to_d<S>(x[i])); }
+}
+template <typename S>
+__device__ void cast_bool_t(i64 n, const S* x, u8* y) {
+  GRID_LOOP(i, n) { y[i] = to_d<S>(x[i]) != 0.0 ? 1 : 0; }
+}
+// Integer to integer keeps all 64 bits.
+template <typename S, typename D>
+__device__ void cast_int_t(i64 n, const S* x, D* y) {
+  GRID_LOOP(i, n) { y[i] = (D)(i64)x[i]; }
+}
+
+// ---- block reductions ----
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Sum (kind 0) or max (kind 1) over the block; every thread gets the result.
+__device__ float block_reduce(float v, int kind) {
+  __shared__ float part[32];
+  __shared__ float result;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = kind ? warp_max(v) : warp_sum(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = (blockDim.x + 31) >> 5;
+    float w = lane < nw ? part[lane] : (kind ? -3.402823466e38f : 0.0f);
+    w = kind ? warp_max(w) : warp_sum(w);
+    if (lane == 0) result = w;
+  }
+  __syncthreads();
+  return result;
+}
+
+// ---- 16-byte loads (attention, matrix-vector products) ----
+struct __align__(16) W16 { unsigned a, b, c, d; };
+// 16 bytes of read-only data streamed past L1 (weights read once per step).
+__device__ __forceinline__ W16 ld_stream(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  W16 w;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
+  return w;
+#else
+  return *(const W16*)p;
+#endif
+}
+// 16 bytes of T widened to floats.
+template <typename T> struct Wide;
+template <> struct Wide<float> {
+  enum { n = 4 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
+    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
+  }
+  static __device__ __forceinline__ void ld(const float* p, float* o) { cvt(*(const W16*)p, o); }
+};
+template <> struct Wide<h16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
+  }
+  static __device__ __forceinline__ void ld(const h16* p, float* o) { cvt(*(const W16*)p, o); }
+};
+template <> struct Wide<b16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
+  }
+  static __device__ __forceinline__ void ld(const b16* p, float* o) { cvt(*(const W16*)p, o); }
+};
+// 16 bytes of T from floats, each rounded to T.
+template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
+template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
+  return W16{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])};
+}
+template <> __device__ __forceinline__ W16 pack16<h16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2h(f[2 * i]) | ((unsigned)f2h(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2b(f[2 * i]) | ((unsigned)f2b(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
