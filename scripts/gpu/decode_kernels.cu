@@ -21,22 +21,7 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cublas_v2.h>
-#include "../../host/src/backend/cuda/kernels/base.cu"
-#include "../../host/src/backend/cuda/kernels/norm.cu"
-#include "../../host/src/backend/cuda/kernels/attention.cu"
-#include "../../host/src/backend/cuda/kernels/gemv.cu"
-#include "../../host/src/backend/cuda/kernels/instances.cu"
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
-template <typename... P, typename... A>
-void L(cudaStream_t s, void (*k)(P...), int grid, int block, size_t smem, A... a) {
-  cudaLaunchConfig_t c = {};
-  c.gridDim = dim3(grid); c.blockDim = dim3(block); c.dynamicSmemBytes = smem; c.stream = s;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
-  c.attrs = at; c.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&c, k, ((P)a)...));
-}
+#include "bench_common.cuh"
 static unsigned g_seed = 1;
 // Random halves in [-1, 1) (deterministic).
 h16* rnd(size_t n) {
