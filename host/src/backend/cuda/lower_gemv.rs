@@ -35,8 +35,9 @@ fn no_norm() -> [Arg; 8] {
 
 impl Planner<'_> {
     /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
-    /// [`GEMV_MAX_M`] dense rows and w is a dense [N, K] matrix whose rows
-    /// are whole 16-byte words (decode steps); `None` leaves it to cuBLAS.
+    /// [`GEMV_MAX_M`] dense rows (`gemv_mma` up to [`MMA_MAX_M`]) and w is
+    /// a dense [N, K] matrix whose rows are whole 16-byte words (decode
+    /// steps); `None` leaves it to cuBLAS.
     /// A norm planned just before that only this product reads becomes the
     /// kernel's prologue (`gemv_norm`, see [`Planner::take_norm`]).
     pub(super) fn gemv(
@@ -67,19 +68,31 @@ impl Planner<'_> {
         {
             return None;
         }
-        if rows > GEMV_MAX_M {
-            return self.gemv_mma(x, w, bias, shape, rows, n, k);
+        // 5-16 rows: tensor cores (`gemv_mma`, a block per 8 columns, its
+        // warps splitting K in 32-element chunks) for f16/bf16, K a multiple
+        // of 32 and weights under MMA_MAX_WEIGHT elements; else cuBLAS.
+        let mma = rows > GEMV_MAX_M;
+        let mma_fits = matches!(dt, DType::F16 | DType::BF16)
+            && k.is_multiple_of(32)
+            && n.saturating_mul(k) < MMA_MAX_WEIGHT;
+        if mma && !mma_fits {
+            return None;
         }
-        let norm = self.take_norm(x_id, x, rows, k);
+        let norm = match mma {
+            true => None,
+            false => self.take_norm(x_id, x, rows, k),
+        };
         let y = self.fresh(dt, shape.to_vec());
         for v in [Some(x), Some(w), bias].into_iter().flatten() {
             self.use_val(v);
         }
-        let warps = (BLOCK / 32) as usize;
         let (name, xin, shared, norm) = match norm {
             Some(args) => ("gemv_norm", Arg::Null, (rows * k * dt.size()) as u32, args),
+            None if mma => ("gemv_mma", Arg::Ptr(x.at), 0, no_norm().to_vec()),
             None => ("gemv", Arg::Ptr(x.at), 0, no_norm().to_vec()),
         };
+        // Output columns per block: a warp each (gemv), 8 (gemv_mma).
+        let columns = if mma { 8 } else { (BLOCK / 32) as usize };
         let mut args = vec![
             Arg::I32(rows as i32),
             Arg::I32(n as i32),
@@ -93,58 +106,9 @@ impl Planner<'_> {
         args.extend(norm);
         self.kernel(
             format!("{name}_{}", suffix(dt)),
-            n.div_ceil(warps).clamp(1, 1 << 30) as u32,
+            n.div_ceil(columns).clamp(1, 1 << 30) as u32,
             BLOCK,
             shared,
-            args,
-        );
-        Some(y)
-    }
-
-    /// `x @ w^T (+ bias)` for [`GEMV_MAX_M`] < rows <= [`MMA_MAX_M`] of
-    /// f16 or bf16 on tensor cores (`gemv_mma`: a block per 8 columns, its
-    /// warps splitting K in 32-element chunks); `None` (cuBLAS) for other
-    /// dtypes, a K that is not a multiple of 32 or a weight of
-    /// [`MMA_MAX_WEIGHT`] elements or more. Arguments as `gemv`'s,
-    /// so an activation folds into it the same way.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv_mma(
-        &mut self,
-        x: &Val,
-        w: &Val,
-        bias: Option<&Val>,
-        shape: &[usize],
-        rows: usize,
-        n: usize,
-        k: usize,
-    ) -> Option<Val> {
-        let dt = x.dtype;
-        if !matches!(dt, DType::F16 | DType::BF16)
-            || !k.is_multiple_of(32)
-            || n.saturating_mul(k) >= MMA_MAX_WEIGHT
-        {
-            return None;
-        }
-        let y = self.fresh(dt, shape.to_vec());
-        for v in [Some(x), Some(w), bias].into_iter().flatten() {
-            self.use_val(v);
-        }
-        let mut args = vec![
-            Arg::I32(rows as i32),
-            Arg::I32(n as i32),
-            Arg::I32(k as i32),
-            Arg::Ptr(x.at),
-            Arg::Ptr(w.at),
-            bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
-            Arg::Ptr(y.at),
-            Arg::I32(-1),
-        ];
-        args.extend(no_norm());
-        self.kernel(
-            format!("gemv_mma_{}", suffix(dt)),
-            n.div_ceil(8).clamp(1, 1 << 30) as u32,
-            BLOCK,
-            0,
             args,
         );
         Some(y)

@@ -378,23 +378,14 @@ __device__ void attention_rows_t(Attn p, const T* q, const T* k, const T* v, con
 // A 16-bit float type from its bits (unused for float).
 template <typename T> __device__ __forceinline__ T bits16(unsigned u) { T t; t.x = (unsigned short)u; return t; }
 template <> __device__ __forceinline__ float bits16<float>(unsigned u) { return 0.0f; }
-// VL contiguous elements of T as floats (VL x sizeof(T) bytes aligned).
+// VL (1 or 2) contiguous elements of T as floats: two 16-bit values in
+// one 4-byte load (aligned), else element by element.
 template <typename T, int VL>
 __device__ __forceinline__ void ld_vl(const T* p, float* o) {
-  if (VL * sizeof(T) == 16) {
-    float w[8];
-    Wide<T>::ld(p, w);
-#pragma unroll
-    for (int e = 0; e < VL; ++e) o[e] = w[e];
-  } else if (VL * sizeof(T) == 8 && sizeof(T) == 2) {
-    uint2 w = *(const uint2*)p;
-    unsigned u[2] = {w.x, w.y};
-#pragma unroll
-    for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(bits16<T>((u[e >> 1] >> (16 * (e & 1))) & 0xffffu));
-  } else if (VL * sizeof(T) == 4 && sizeof(T) == 2) {
+  if (VL == 2 && sizeof(T) == 2) {
     unsigned w = *(const unsigned*)p;
-#pragma unroll
-    for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(bits16<T>((w >> (16 * (e & 1))) & 0xffffu));
+    o[0] = N<T>::ld(bits16<T>(w & 0xffffu));
+    o[VL - 1] = N<T>::ld(bits16<T>(w >> 16));
   } else {
 #pragma unroll
     for (int e = 0; e < VL; ++e) o[e] = N<T>::ld(p[e]);
