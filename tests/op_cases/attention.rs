@@ -1,7 +1,8 @@
 //! Fused attention cases: plain, padded (float and bool masks), causal with
 //! a KV-cache offset, grouped-query heads, long key ranges, random bool
 //! masks, a custom scale, and decode rows (one query) over contiguous and
-//! slot-major caches, which CUDA runs with its decode kernels.
+//! slot-major caches, which CUDA runs with its decode kernels, and many
+//! rows of head dim 64 or 128 (CUDA's tensor-core kernel in f16 and bf16).
 
 use super::{count, fixed, int_tensor, Built, Case};
 use host::ir::{DType, NodeId};
@@ -247,6 +248,53 @@ pub fn cases() -> Vec<Built> {
                 false,
             )
         },
+        // Many rows of head dim 64 or 128: CUDA's tensor-core kernel in
+        // f16 and bf16 (two 128-row tiles, a key chunk tail, causal with an
+        // offset, float and bool masks, grouped-query heads).
+        a(
+            "attention/rows-mma/b2-h4-kv2/sq150/d64",
+            2,
+            4,
+            2,
+            150,
+            150,
+            64,
+            Mask::PadBool,
+            true,
+        ),
+        a(
+            "attention/rows-mma/sq40-sk70/d64",
+            1,
+            3,
+            3,
+            40,
+            70,
+            64,
+            Mask::Bias,
+            true,
+        ),
+        a(
+            "attention/rows-mma/b3-sq33/d64",
+            3,
+            2,
+            1,
+            33,
+            33,
+            64,
+            Mask::PadFloat,
+            false,
+        ),
+        a(
+            "attention/rows-mma/sq20-sk45/d128",
+            2,
+            2,
+            2,
+            20,
+            45,
+            128,
+            Mask::RandomBool,
+            false,
+        ),
     ];
     list.iter().map(attention_case).collect()
 }

@@ -108,26 +108,35 @@ fn linear() -> Vec<Built> {
             c.finish()
         })());
     }
-    v.push((|| {
-        // SwiGLU over a fused gate/up projection of decode rows: one gated
-        // gemv on CUDA.
-        let mut c = Case::with_weights(
-            "linear/swiglu-fused/2x1x64-2x48",
-            &[
-                WeightSpec("gate.weight", &[48, 64], -0.125, 0.125),
-                WeightSpec("up.weight", &[48, 64], -0.125, 0.125),
-            ],
-        );
-        let xs = c.uniform("x", &[2, 1, 64], -2., 2.)?;
-        let (wg, wu) = (c.weight("gate.weight")?, c.weight("up.weight")?);
-        let w = c.b.concat(vec![wg, wu], 0)?;
-        let y = c.b.linear(xs, w, None)?;
-        let (gate, up) = (c.b.slice(y, -1, 0, 48)?, c.b.slice(y, -1, 48, 96)?);
-        let a = c.b.unary(UnaryOp::Silu, gate)?;
-        let m = c.b.binary(host::ir::BinaryOp::Mul, a, up)?;
-        c.output("y", m)?;
-        c.finish()
-    })());
+    // SwiGLU over a fused gate/up projection: of decode rows (one gated
+    // gemv on CUDA) and of many rows (CUDA's strided SwiGLU kernel: a
+    // 16-byte word per thread from 2^20 elements, else an element each).
+    for (name, lead, f) in [
+        ("linear/swiglu-fused/2x1x64-2x48", [2u64, 1], 48u64),
+        ("linear/swiglu-fused/16x128x64-2x512", [16, 128], 512),
+        ("linear/swiglu-fused/20x3x64-2x48", [20, 3], 48),
+        ("linear/swiglu-fused/20x3x64-2x44", [20, 3], 44),
+    ] {
+        v.push((|| {
+            let mut c = Case::with_weights(
+                name,
+                &[
+                    WeightSpec("gate.weight", &[f, 64], -0.125, 0.125),
+                    WeightSpec("up.weight", &[f, 64], -0.125, 0.125),
+                ],
+            );
+            let xs = c.uniform("x", &[lead[0], lead[1], 64], -2., 2.)?;
+            let (wg, wu) = (c.weight("gate.weight")?, c.weight("up.weight")?);
+            let w = c.b.concat(vec![wg, wu], 0)?;
+            let y = c.b.linear(xs, w, None)?;
+            let f = f as i64;
+            let (gate, up) = (c.b.slice(y, -1, 0, f)?, c.b.slice(y, -1, f, 2 * f)?);
+            let a = c.b.unary(UnaryOp::Silu, gate)?;
+            let m = c.b.binary(host::ir::BinaryOp::Mul, a, up)?;
+            c.output("y", m)?;
+            c.finish()
+        })());
+    }
     v.push((|| {
         // Concats of weights only (a fused q/k/v projection) are folded at
         // compile time on CUDA; an axis-1 concat interleaves rows.

@@ -254,6 +254,8 @@ mod tests {
             "attention_rows",
             "attention_dec32",
             "attention_dec64",
+            "attention_mma64",
+            "attention_mma128",
             "gemv",
             "gemv_2b",
             "gemv_norm",

@@ -7,6 +7,12 @@ use super::lower::{elementwise_grid, suffix, PlanError, Planner, BLOCK};
 use super::plan::*;
 use crate::ir::{DType, NodeId};
 
+/// Elements from which a strided SwiGLU over rows of 16-byte words runs a
+/// word per thread (`unary_binary_s`'s `vec`; 16 x 5632, a batch-16
+/// decode step, ran in 2.0 us an element per thread and 3.9 us a word per
+/// thread; 2320 x 5632 in 123 and 93 us before the grid matched).
+const VEC_MIN_ELEMENTS: usize = 1 << 20;
+
 impl Planner<'_> {
     /// Rotary embedding: one element-wise kernel over x's (strided) shape.
     pub(super) fn rotary(
@@ -314,6 +320,7 @@ impl Planner<'_> {
         self.use_val(&vb);
         self.use_val(&vx);
         let mut args = vec![Arg::I32(f as i32), Arg::I32(op as i32)];
+        let mut grid_n = n;
         let name = if vx.is_contiguous() && vb.is_contiguous() {
             args.push(Arg::I64(n as i64));
             format!("unary_binary_{}", suffix(dt))
@@ -321,11 +328,32 @@ impl Planner<'_> {
             let zeros = vec![0i64; shape.len()];
             let p = index_param(shape, [&vx.strides, &vb.strides, &zeros])
                 .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+            // Large rows of 16-byte words (a prefill's SwiGLU over gate/up
+            // slices) go a word per thread, the grid sized to match: a
+            // thread per element spent more time scheduling blocks than
+            // moving bytes (TinyLlama, 2320 x 5632: 123 us). Small ones
+            // stay an element per thread (more loads in flight).
+            let words = (16 / dt.size()) as i64;
+            let aligned = |r: &Ref| r.offset.is_multiple_of(16);
+            let vec = n >= VEC_MIN_ELEMENTS
+                && p.rank == 2
+                && p.s0[1] == 1
+                && p.s1[1] == 1
+                && [p.shape[1], p.s0[0], p.s1[0]]
+                    .iter()
+                    .all(|x| x % words == 0)
+                && aligned(&vx.at)
+                && aligned(&vb.at)
+                && aligned(&y.at);
             args.push(Arg::Idx(Box::new(p)));
+            if vec {
+                grid_n = n / words as usize;
+            }
+            args.push(Arg::I32(vec as i32));
             format!("unary_binary_s_{}", suffix(dt))
         };
         args.extend([Arg::Ptr(vx.at), Arg::Ptr(vb.at), Arg::Ptr(y.at)]);
-        self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
+        self.kernel(name, elementwise_grid(grid_n), BLOCK, 0, args);
         Ok(Some(y))
     }
 

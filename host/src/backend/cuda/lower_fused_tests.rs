@@ -333,3 +333,61 @@ fn small_batch_linears_take_tensor_cores() {
     assert_eq!(plan_of(17, 64, Precision::F16), ["bias_add_f16"]);
     assert_eq!(plan_of(8, 48, Precision::F16), ["bias_add_f16"]);
 }
+
+/// A strided SwiGLU of 2^20 elements or more over 16-byte aligned rows goes
+/// a word per thread with the grid sized for words; smaller ones an
+/// element per thread.
+#[test]
+fn large_swiglu_goes_a_word_per_thread() {
+    let plan_of = |rows: u64, f: u64| {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let d = |v: &[u64]| v.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+        let x = b.input("x", DType::F32, d(&[rows, 64])).unwrap();
+        let w = b.input("w", DType::F32, d(&[2 * f, 64])).unwrap();
+        let y = b.linear(x, w, None).unwrap();
+        let gate = b.slice(y, 1, 0, f as i64).unwrap();
+        let up = b.slice(y, 1, f as i64, 2 * f as i64).unwrap();
+        let a = b.unary(crate::ir::UnaryOp::Silu, gate).unwrap();
+        let m = b.binary(BinaryOp::Mul, a, up).unwrap();
+        b.output("m", m).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, Precision::F16, &HashMap::new(), &HashMap::new()).unwrap();
+        plan.steps
+            .into_iter()
+            .find_map(|s| match s {
+                Step::Kernel {
+                    name, grid, args, ..
+                } if name == "unary_binary_s_f16" => Some((grid, args[3].clone())),
+                _ => None,
+            })
+            .expect("a strided SwiGLU kernel")
+    };
+    assert_eq!(plan_of(2048, 512), ((1 << 20) / 8 / 256, Arg::I32(1)));
+    assert_eq!(plan_of(2048, 500), (2048 * 500 / 256, Arg::I32(0)));
+    assert_eq!(plan_of(20, 48), (4, Arg::I32(0)));
+}
+
+/// Many-row attention in f16/bf16 over dense rows of head dim 64 or 128
+/// runs on tensor cores; f32 and other head dims keep `attention_rows`.
+#[test]
+fn many_row_attention_takes_tensor_cores() {
+    let plan_of = |d: u64, precision: Precision| {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let dims = |v: &[u64]| v.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+        let q = b.input("q", DType::F32, dims(&[2, 4, 20, d])).unwrap();
+        let k = b.input("k", DType::F32, dims(&[2, 2, 20, d])).unwrap();
+        let v = b.input("v", DType::F32, dims(&[2, 2, 20, d])).unwrap();
+        let y = b.attention(q, k, v, None, true, None).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, precision, &HashMap::new(), &HashMap::new()).unwrap();
+        kernel_names(&plan)
+            .into_iter()
+            .find(|n| n.starts_with("attention"))
+            .expect("an attention kernel")
+    };
+    assert_eq!(plan_of(64, Precision::F16), "attention_mma64_f16");
+    assert_eq!(plan_of(128, Precision::BF16), "attention_mma128_bf16");
+    assert_eq!(plan_of(64, Precision::F32), "attention_rows_f32");
+    assert_eq!(plan_of(32, Precision::F16), "attention_rows_f16");
+}

@@ -21,6 +21,8 @@ const ATTN_RPW: usize = 2;
 const ATTN_ROWS: usize = 8 * ATTN_RPW;
 /// Keys per shared-memory chunk of the many-row kernel (`ATTN_CHUNK`).
 const ATTN_CHUNK: usize = 32;
+/// Query rows per block of the tensor-core kernel (`AMMA_ROWS`).
+const AMMA_ROWS: usize = 128;
 // ATTN_RPW query rows per warp of the many-row kernel.
 const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize * ATTN_RPW);
 
@@ -304,9 +306,13 @@ impl Planner<'_> {
         // 2.3x slower there (TinyLlama bs16, 256 slots: 56 against 25 us a
         // layer; results/ab_cuda_decode_h100.md).
         let rows = sq > 1;
+        let mma = rows && mma_dense(&q, &k, &v);
         let shared = match rows {
-            // Keys transposed (padded), values, query rows, probabilities.
-            true => (d * (ATTN_CHUNK + 1) + ATTN_CHUNK * dv + ATTN_ROWS * (d + ATTN_CHUNK)) * 4,
+            // Keys transposed (padded), values, query rows, probabilities;
+            // the tensor-core kernel's value chunk (rows padded by 16 bytes)
+            // in the same space.
+            true => ((d * (ATTN_CHUNK + 1) + ATTN_CHUNK * dv + ATTN_ROWS * (d + ATTN_CHUNK)) * 4)
+                .max(ATTN_CHUNK * (dv + 8) * 2),
             // Scores, the query row, up to ATTN_GROUPS key groups' partial
             // sums per value dim.
             false => (sk + d + ATTN_GROUPS * dv) * 4,
@@ -353,6 +359,11 @@ impl Planner<'_> {
         // wave (TinyLlama bs16, 512 rows: 15.3 against 19.2 us a layer;
         // 192 or 32 rows are faster with 256; results/ab_cuda_decode_h100.md).
         let (name, blocks, threads) = match rows {
+            true if mma => (
+                format!("attention_mma{d}"),
+                b * h * sq.div_ceil(AMMA_ROWS),
+                ATTN_BLOCK,
+            ),
             true => (
                 "attention_rows".to_string(),
                 b * h * sq.div_ceil(ATTN_ROWS),
@@ -431,13 +442,29 @@ impl Planner<'_> {
 /// boundaries; arena and weight buffers start aligned).
 fn decode_dense(k: &Val, v: &Val) -> bool {
     let d = k.shape[3];
-    let words = 16 / k.dtype.size().max(1);
-    let dense = |x: &Val| {
-        x.strides[3] == 1
-            && x.strides[..3].iter().all(|&s| s % words as i64 == 0)
-            && x.at.offset.is_multiple_of(16)
-    };
-    matches!(d, 32 | 64) && v.shape[3] == d && k.dtype == v.dtype && dense(k) && dense(v)
+    matches!(d, 32 | 64) && v.shape[3] == d && k.dtype == v.dtype && dense16(k) && dense16(v)
+}
+
+/// Whether the tensor-core many-row kernel (`attention_mma{64,128}`, f16
+/// and bf16) takes these operands: head dims 64 or 128 (keys and values)
+/// over dense, 16-byte aligned rows of queries, keys and values.
+fn mma_dense(q: &Val, k: &Val, v: &Val) -> bool {
+    let d = q.shape[3];
+    matches!(q.dtype, DType::F16 | DType::BF16)
+        && matches!(d, 64 | 128)
+        && k.shape[3] == d
+        && v.shape[3] == d
+        && q.dtype == k.dtype
+        && k.dtype == v.dtype
+        && [q, k, v].into_iter().all(dense16)
+}
+
+/// Rows of 16-byte aligned, contiguous elements (16-byte loads).
+fn dense16(x: &Val) -> bool {
+    let words = 16 / x.dtype.size().max(1);
+    x.strides[3] == 1
+        && x.strides[..3].iter().all(|&s| s % words as i64 == 0)
+        && x.at.offset.is_multiple_of(16)
 }
 
 /// (outer, len, inner) of `shape` around `axis`.

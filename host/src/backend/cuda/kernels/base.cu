@@ -63,6 +63,61 @@ template <> struct N<u8> {
   static __device__ __forceinline__ u8 st(i64 a) { return (u8)a; }
 };
 
+// ---- 16-byte loads (attention, matrix-vector products) ----
+struct __align__(16) W16 { unsigned a, b, c, d; };
+// 16 bytes of read-only data streamed past L1 (weights read once per step).
+__device__ __forceinline__ W16 ld_stream(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  W16 w;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
+  return w;
+#else
+  return *(const W16*)p;
+#endif
+}
+// 16 bytes of T widened to floats.
+template <typename T> struct Wide;
+template <> struct Wide<float> {
+  enum { n = 4 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
+    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
+  }
+  static __device__ __forceinline__ void ld(const float* p, float* o) { cvt(*(const W16*)p, o); }
+};
+template <> struct Wide<h16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
+  }
+  static __device__ __forceinline__ void ld(const h16* p, float* o) { cvt(*(const W16*)p, o); }
+};
+template <> struct Wide<b16> {
+  enum { n = 8 };
+  static __device__ __forceinline__ void cvt(W16 w, float* o) {
+    unsigned u[4] = {w.a, w.b, w.c, w.d};
+    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
+  }
+  static __device__ __forceinline__ void ld(const b16* p, float* o) { cvt(*(const W16*)p, o); }
+};
+// 16 bytes of T from floats, each rounded to T.
+template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
+template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
+  return W16{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])};
+}
+template <> __device__ __forceinline__ W16 pack16<h16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2h(f[2 * i]) | ((unsigned)f2h(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
+  unsigned u[4];
+  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2b(f[2 * i]) | ((unsigned)f2b(f[2 * i + 1]) << 16);
+  return W16{u[0], u[1], u[2], u[3]};
+}
+
 // Programmatic dependent launch (sm_90 and later): a kernel launched with
 // programmatic stream serialization may be scheduled before the previous
 // kernel has finished. Every kernel first waits for the previous one's
@@ -86,8 +141,20 @@ struct Idx {
   i64 s2[MAXR];
 };
 
+// Offsets of element i (row-major over p.shape) in each operand. Index
+// spaces under 2^31 elements divide in 32 bits (a 64-bit division is
+// emulated in many instructions; strided kernels were bound by it).
 __device__ __forceinline__ void offsets(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
   o0 = 0; o1 = 0; o2 = 0;
+  if (p.n <= 0x7fffffffLL) {
+    unsigned u = (unsigned)i;
+    for (int d = p.rank - 1; d >= 0; --d) {
+      const unsigned s = (unsigned)p.shape[d], q = u / s, c = u - q * s;
+      u = q;
+      o0 += (i64)c * p.s0[d]; o1 += (i64)c * p.s1[d]; o2 += (i64)c * p.s2[d];
+    }
+    return;
+  }
   for (int d = p.rank - 1; d >= 0; --d) {
     i64 c = i % p.shape[d];
     i /= p.shape[d];
@@ -194,7 +261,25 @@ __device__ void unary_binary_t(int uop, int bop, i64 n, const T* a, const T* b, 
 }
 // The same over strided operands (s0 = a, s1 = b); y dense.
 template <typename T>
-__device__ void unary_binary_s_t(int uop, int bop, Idx p, const T* a, const T* b, T* y) {
+__device__ void unary_binary_s_t(int uop, int bop, Idx p, int vec, const T* a, const T* b, T* y) {
+  // `vec`: rows of 16-byte words (a prefill's SwiGLU over slices of a fused
+  // gate/up projection), a word per thread (the grid sized for that):
+  // 16-byte loads and stores, one division per word.
+  const int V = Wide<T>::n;
+  if (vec && p.rank == 2 && p.s0[1] == 1 && p.s1[1] == 1 && p.shape[1] % V == 0 && p.s0[0] % V == 0 &&
+      p.s1[0] % V == 0 && p.n <= 0x7fffffffLL && (((unsigned long long)a | (unsigned long long)b | (unsigned long long)y) & 15) == 0) {
+    const unsigned w = (unsigned)(p.shape[1] / V);
+    GRID_LOOP(e, p.n / V) {
+      const unsigned r = (unsigned)e / w, c = ((unsigned)e - r * w) * V;
+      float fa[8], fb[8], o[8];
+      Wide<T>::ld(a + r * p.s0[0] + c, fa);
+      Wide<T>::ld(b + r * p.s1[0] + c, fb);
+#pragma unroll
+      for (int k = 0; k < V; ++k) o[k] = bin(bop, N<T>::ld(N<T>::st(un(uop, fa[k]))), fb[k]);
+      *(W16*)(y + (i64)e * V) = pack16<T>(o);
+    }
+    return;
+  }
   GRID_LOOP(i, p.n) {
     i64 oa, ob, unused; offsets(p, i, oa, ob, unused);
     float u = N<T>::ld(N<T>::st(un(uop, N<T>::ld(a[oa]))));
@@ -267,7 +352,7 @@ template <typename T>
 __device__ __forceinline__ void rotary_at(const Idx& p, i64 i, const T* x, const T* c, const T* s, T* y,
                                           int d, int r, i64 xl, int inter) {
   i64 ox, oc, os; offsets(p, i, ox, oc, os);
-  int j = (int)(i % d);
+  int j = p.n <= 0x7fffffffLL ? (int)((unsigned)i % (unsigned)d) : (int)(i % d);
   float v = N<T>::ld(x[ox]);
   if (j < r) {
     float other;
@@ -352,57 +437,50 @@ __device__ float block_reduce(float v, int kind) {
   return result;
 }
 
-// ---- 16-byte loads (attention, matrix-vector products) ----
-struct __align__(16) W16 { unsigned a, b, c, d; };
-// 16 bytes of read-only data streamed past L1 (weights read once per step).
-__device__ __forceinline__ W16 ld_stream(const void* p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-  W16 w;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(w.a), "=r"(w.b), "=r"(w.c), "=r"(w.d) : "l"(p));
-  return w;
+// ---- tensor cores (sm_80+) ----
+// c += a x b for one m16n8k16 tile (f32 accumulators, f16 or bf16 inputs):
+// a0..a3 and b0, b1 in the PTX ISA's fragment layout for lane (g, t) =
+// (lane / 4, lane % 4): a0 (row g, k 2t..2t+1), a1 (row g+8, same k),
+// a2 (row g, k 2t+8..2t+9), a3 (row g+8, same k); b0 (k 2t..2t+1, col g),
+// b1 (k 2t+8..2t+9, col g); c (row g, cols 2t, 2t+1), (row g+8, same).
+// Any permutation of k applied to both a and b leaves the product alone,
+// so callers load 16 bytes per lane and use words (a, b) then (c, d).
+template <typename T>
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MMA16816_ASM(ty)                                                                                     \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ty "." ty ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, " \
+               "{%8, %9}, {%0, %1, %2, %3};"                                                                \
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                             \
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
 #else
-  return *(const W16*)p;
+#define MMA16816_ASM(ty)
 #endif
-}
-// 16 bytes of T widened to floats.
-template <typename T> struct Wide;
-template <> struct Wide<float> {
-  enum { n = 4 };
-  static __device__ __forceinline__ void cvt(W16 w, float* o) {
-    o[0] = __uint_as_float(w.a); o[1] = __uint_as_float(w.b);
-    o[2] = __uint_as_float(w.c); o[3] = __uint_as_float(w.d);
+#define MMA16816(T, ty)                                                                                   \
+  template <>                                                                                            \
+  __device__ __forceinline__ void mma16816<T>(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, \
+                                              unsigned b0, unsigned b1) {                                 \
+    MMA16816_ASM(ty);                                                                                    \
   }
-  static __device__ __forceinline__ void ld(const float* p, float* o) { cvt(*(const W16*)p, o); }
-};
-template <> struct Wide<h16> {
-  enum { n = 8 };
-  static __device__ __forceinline__ void cvt(W16 w, float* o) {
-    unsigned u[4] = {w.a, w.b, w.c, w.d};
-    for (int i = 0; i < 4; ++i) { o[2 * i] = h2f(u[i] & 0xffffu); o[2 * i + 1] = h2f(u[i] >> 16); }
-  }
-  static __device__ __forceinline__ void ld(const h16* p, float* o) { cvt(*(const W16*)p, o); }
-};
-template <> struct Wide<b16> {
-  enum { n = 8 };
-  static __device__ __forceinline__ void cvt(W16 w, float* o) {
-    unsigned u[4] = {w.a, w.b, w.c, w.d};
-    for (int i = 0; i < 4; ++i) { o[2 * i] = b2f(u[i] & 0xffffu); o[2 * i + 1] = b2f(u[i] >> 16); }
-  }
-  static __device__ __forceinline__ void ld(const b16* p, float* o) { cvt(*(const W16*)p, o); }
-};
-// 16 bytes of T from floats, each rounded to T.
-template <typename T> __device__ __forceinline__ W16 pack16(const float* f);
-template <> __device__ __forceinline__ W16 pack16<float>(const float* f) {
-  return W16{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])};
+MMA16816(h16, "f16")
+MMA16816(b16, "bf16")
+// Two floats rounded to T, packed low then high (an mma operand word).
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<h16>(float lo, float hi) {
+  return (unsigned)f2h(lo) | ((unsigned)f2h(hi) << 16);
 }
-template <> __device__ __forceinline__ W16 pack16<h16>(const float* f) {
-  unsigned u[4];
-  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2h(f[2 * i]) | ((unsigned)f2h(f[2 * i + 1]) << 16);
-  return W16{u[0], u[1], u[2], u[3]};
+template <> __device__ __forceinline__ unsigned pack2<b16>(float lo, float hi) {
+  return (unsigned)f2b(lo) | ((unsigned)f2b(hi) << 16);
 }
-template <> __device__ __forceinline__ W16 pack16<b16>(const float* f) {
-  unsigned u[4];
-  for (int i = 0; i < 4; ++i) u[i] = (unsigned)f2b(f[2 * i]) | ((unsigned)f2b(f[2 * i + 1]) << 16);
-  return W16{u[0], u[1], u[2], u[3]};
+// Four 8x8 matrices of 16-bit elements from shared memory, transposed:
+// lanes 8i..8i+7 give the row addresses of matrix i; lane (g, t) receives
+// rows 2t and 2t+1 of column g of each (an mma b operand from row-major rows).
+__device__ __forceinline__ void ldmatrix_t4(const void* row, unsigned* r) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned a;
+  asm volatile("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(a) : "l"(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+#endif
 }

@@ -197,26 +197,6 @@ __device__ void gemv_glu_t(int M, int half, int K, const T* x, const T* w, const
 #define MMA_UNROLL 4
 #endif
 template <typename T>
-__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                         unsigned b0, unsigned b1);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#define MMA16816_ASM(ty)                                                                                     \
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ty "." ty ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, " \
-               "{%8, %9}, {%0, %1, %2, %3};"                                                                \
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                             \
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
-#else
-#define MMA16816_ASM(ty)
-#endif
-#define MMA16816(T, ty)                                                                                   \
-  template <>                                                                                            \
-  __device__ __forceinline__ void mma16816<T>(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, \
-                                              unsigned b0, unsigned b1) {                                 \
-    MMA16816_ASM(ty);                                                                                    \
-  }
-MMA16816(h16, "f16")
-MMA16816(b16, "bf16")
-template <typename T>
 __device__ void gemv_mma_t(int M, int cols, int K, const T* x, const T* w, const T* bias, T* y, int act) {
   __shared__ float red[8][32][4];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;

@@ -28,7 +28,7 @@ BYSIZE(SIZED)
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { pdl_enter(); layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { pdl_enter(); rms_norm_t<T>(r, w, x, s, e, y); } \
   extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_t<T>(u, o, c, a, b, y); } \
-  extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_s_t<T>(u, o, p, a, b, y); } \
+  extern "C" __global__ void unary_binary_s_##n(int u, int o, Idx p, int vec, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_s_t<T>(u, o, p, vec, a, b, y); } \
   extern "C" __global__ void unary_s_##n(int u, Idx p, const T* x, T* y) { pdl_enter(); unary_s_t<T>(u, p, x, y); } \
   extern "C" __global__ void add_norm_##n(int k, i64 r, int w, const T* a, const T* b, T* s, const T* sc, const T* bi, float e, T* y, const T* pre) { pdl_enter(); add_norm_t<T>(k, r, w, a, b, s, sc, bi, e, y, pre); } \
   extern "C" __global__ void gemv_##n(int m, int nn, int k, const T* x, const T* w, const T* b, T* y, int a, GEMV_NORM_PARAMS(T)) { pdl_enter(); gemv_t<T, false>(m, nn, k, x, w, b, y, a, GEMV_NORM_ARGS); } \

@@ -1,0 +1,99 @@
+// Strided element-wise kernels of a TinyLlama batch-16 step (prefill: 16 x
+// 145 tokens; decode: 16 rows): SwiGLU over gate/up slices
+// (unary_binary_s), the value-cache copy into slot-major order (copy_2) and
+// the q/k rotary (rotary2), each with the host's kernels and with the same
+// kernels built on 64-bit index division (the previous `offsets`).
+//
+//   nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/ew scripts/gpu/ew_kernels.cu && /tmp/ew
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+#include <cuda_fp16.h>
+#include "bench_common.cuh"
+__device__ __forceinline__ void offsets64(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
+  o0 = 0; o1 = 0; o2 = 0;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    i64 c = i % p.shape[d];
+    i /= p.shape[d];
+    o0 += c * p.s0[d]; o1 += c * p.s1[d]; o2 += c * p.s2[d];
+  }
+}
+__global__ void ubs_old(int uop, int bop, Idx p, const h16* a, const h16* b, h16* y) {
+  pdl_enter();
+  GRID_LOOP(i, p.n) {
+    i64 oa, ob, unused; offsets64(p, i, oa, ob, unused);
+    float u = N<h16>::ld(N<h16>::st(un(uop, N<h16>::ld(a[oa]))));
+    y[i] = N<h16>::st(bin(bop, u, N<h16>::ld(b[ob])));
+  }
+}
+__global__ void copy_old(Idx p, const unsigned short* x, unsigned short* y) {
+  pdl_enter();
+  GRID_LOOP(i, p.n) { i64 ox, oy, u; offsets64(p, i, ox, oy, u); y[oy] = x[ox]; }
+}
+template <typename F> double timed(int reps, F step) {
+  cudaStream_t s; CK(cudaStreamCreate(&s));
+  cudaGraph_t g; cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int r = 0; r < reps; ++r) step(s);
+  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
+  cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
+  std::vector<float> ms;
+  for (int r = 0; r < 20; ++r) {
+    cudaEventRecord(a, s); CK(cudaGraphLaunch(ge, s)); cudaEventRecord(b, s); CK(cudaEventSynchronize(b));
+    float t; cudaEventElapsedTime(&t, a, b); ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2] * 1000.0 / reps;
+}
+Idx idx(std::vector<long long> shape, std::vector<long long> s0, std::vector<long long> s1, std::vector<long long> s2) {
+  Idx p = {}; p.rank = (int)shape.size(); p.n = 1;
+  for (size_t d = 0; d < shape.size(); ++d) { p.shape[d] = shape[d]; p.s0[d] = s0[d]; p.s1[d] = s1[d]; p.s2[d] = s2[d]; p.n *= shape[d]; }
+  return p;
+}
+int main() {
+  h16 *A, *Y; CK(cudaMalloc(&A, 2320LL * 11264 * 2)); CK(cudaMalloc(&Y, 2320LL * 11264 * 2));
+  CK(cudaMemset(A, 0x21, 2320LL * 11264 * 2));
+  const int B = 256;
+  for (long long rows : {16LL, 2320LL}) {
+    Idx p = idx({rows, 5632}, {11264, 1}, {11264, 1}, {0, 0});
+    int grid = (int)std::min((p.n + B - 1) / B, 65536LL);
+    for (int vec : {0, 1}) {
+      int gv = vec ? (int)std::min((p.n / 8 + B - 1) / B, 65536LL) : grid;
+      double tn = timed(20, [&](cudaStream_t s) { L(s, unary_binary_s_f16, gv, B, 0, 12, 2, p, vec, (const h16*)A, (const h16*)(A + 5632), Y); });
+      printf("swiglu %lld x 5632: host kernel vec %d grid %d: %.2f us\n", rows, vec, gv, tn);
+    }
+    for (int cap : {1 << 30, 132 * 8, 132 * 32}) {
+      int g = std::min(grid, cap);
+      double to = timed(20, [&](cudaStream_t s) { L(s, ubs_old, g, B, 0, 12, 2, p, (const h16*)A, (const h16*)(A + 5632), Y); });
+      double t0 = timed(20, [&](cudaStream_t s) { L(s, unary_binary_s_f16, g, B, 0, 12, 2, p, 0, (const h16*)A, (const h16*)(A + 5632), Y); });
+      printf("swiglu %lld x 5632, grid %d: 64-bit offsets %.2f us, 32-bit %.2f us\n", rows, g, to, t0);
+    }
+  }
+  // Prefill rotary of q [16, 145, 32, 64] and k [16, 145, 4, 64], slices of
+  // the [2320, 2560] projection, cos/sin [16, 145, 64]; grid caps.
+  {
+    h16* CS; CK(cudaMalloc(&CS, 2320 * 64 * 2)); CK(cudaMemset(CS, 0x11, 2320 * 64 * 2));
+    Idx pq = idx({16, 145, 32, 64}, {145 * 2560, 2560, 64, 1}, {145 * 64, 64, 0, 1}, {145 * 64, 64, 0, 1});
+    Idx pk = idx({16, 145, 4, 64}, {145 * 2560, 2560, 64, 1}, {145 * 64, 64, 0, 1}, {145 * 64, 64, 0, 1});
+    long long n = pq.n + pk.n;
+    for (int cap : {1 << 30, 132 * 8, 132 * 32}) {
+      int g = (int)std::min((n + B - 1) / B, (long long)cap);
+      double t = timed(20, [&](cudaStream_t s) {
+        L(s, rotary2_f16, g, B, 0, pq, (const h16*)A, Y, 1LL, pk, (const h16*)(A + 2048), Y + pq.n, 1LL, (const h16*)CS, (const h16*)CS, 64, 64, 0);
+      });
+      printf("rotary2 prefill (%lld elements), grid %d: %.2f us\n", n, g, t);
+    }
+  }
+  // Value cache write: [16, 4, 145, 64] (b, kvh, s, d) from the projection
+  // ([16, 145, 2560] rows, v at column 2304) into slot-major [s, b, kvh, d].
+  {
+    Idx p = idx({16, 4, 145, 64}, {145 * 2560, 64, 2560, 1}, {4 * 64, 64, 16 * 4 * 64, 1}, {0, 0, 0, 0});
+    int grid = (int)((p.n + B - 1) / B);
+    double tn = timed(20, [&](cudaStream_t s) { L(s, copy_2, grid, B, 0, p, (const unsigned short*)(A + 2304), (unsigned short*)Y); });
+    double to = timed(20, [&](cudaStream_t s) { L(s, copy_old, grid, B, 0, p, (const unsigned short*)(A + 2304), (unsigned short*)Y); });
+    printf("value cache copy 16x4x145x64: host kernel %.2f us, 64-bit offsets %.2f us\n", tn, to);
+  }
+  return 0;
+}
