@@ -1,8 +1,9 @@
 // Strided element-wise kernels of a TinyLlama batch-16 step (prefill: 16 x
 // 145 tokens; decode: 16 rows): SwiGLU over gate/up slices
-// (unary_binary_s), the value-cache copy into slot-major order (copy_2) and
-// the q/k rotary (rotary2), each with the host's kernels and with the same
-// kernels built on 64-bit index division (the previous `offsets`).
+// (unary_binary_s, an element or a 16-byte word per thread, and with the
+// grid capped for a grid-stride loop), the value-cache copy into slot-major
+// order (copy_2) and the q/k rotary (rotary2, grid caps).
+// Results: results/ab_cuda_decode_h100.md (stop 15).
 //
 //   nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/ew scripts/gpu/ew_kernels.cu && /tmp/ew
 #include <algorithm>
@@ -10,26 +11,6 @@
 #include <vector>
 #include <cuda_fp16.h>
 #include "bench_common.cuh"
-__device__ __forceinline__ void offsets64(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
-  o0 = 0; o1 = 0; o2 = 0;
-  for (int d = p.rank - 1; d >= 0; --d) {
-    i64 c = i % p.shape[d];
-    i /= p.shape[d];
-    o0 += c * p.s0[d]; o1 += c * p.s1[d]; o2 += c * p.s2[d];
-  }
-}
-__global__ void ubs_old(int uop, int bop, Idx p, const h16* a, const h16* b, h16* y) {
-  pdl_enter();
-  GRID_LOOP(i, p.n) {
-    i64 oa, ob, unused; offsets64(p, i, oa, ob, unused);
-    float u = N<h16>::ld(N<h16>::st(un(uop, N<h16>::ld(a[oa]))));
-    y[i] = N<h16>::st(bin(bop, u, N<h16>::ld(b[ob])));
-  }
-}
-__global__ void copy_old(Idx p, const unsigned short* x, unsigned short* y) {
-  pdl_enter();
-  GRID_LOOP(i, p.n) { i64 ox, oy, u; offsets64(p, i, ox, oy, u); y[oy] = x[ox]; }
-}
 template <typename F> double timed(int reps, F step) {
   cudaStream_t s; CK(cudaStreamCreate(&s));
   cudaGraph_t g; cudaGraphExec_t ge;
@@ -64,11 +45,10 @@ int main() {
       double tn = timed(20, [&](cudaStream_t s) { L(s, unary_binary_s_f16, gv, B, 0, 12, 2, p, vec, (const h16*)A, (const h16*)(A + 5632), Y); });
       printf("swiglu %lld x 5632: host kernel vec %d grid %d: %.2f us\n", rows, vec, gv, tn);
     }
-    for (int cap : {1 << 30, 132 * 8, 132 * 32}) {
+    for (int cap : {132 * 8, 132 * 32}) {
       int g = std::min(grid, cap);
-      double to = timed(20, [&](cudaStream_t s) { L(s, ubs_old, g, B, 0, 12, 2, p, (const h16*)A, (const h16*)(A + 5632), Y); });
       double t0 = timed(20, [&](cudaStream_t s) { L(s, unary_binary_s_f16, g, B, 0, 12, 2, p, 0, (const h16*)A, (const h16*)(A + 5632), Y); });
-      printf("swiglu %lld x 5632, grid %d: 64-bit offsets %.2f us, 32-bit %.2f us\n", rows, g, to, t0);
+      printf("swiglu %lld x 5632, element per thread, grid capped at %d: %.2f us\n", rows, g, t0);
     }
   }
   // Prefill rotary of q [16, 145, 32, 64] and k [16, 145, 4, 64], slices of
@@ -92,8 +72,7 @@ int main() {
     Idx p = idx({16, 4, 145, 64}, {145 * 2560, 64, 2560, 1}, {4 * 64, 64, 16 * 4 * 64, 1}, {0, 0, 0, 0});
     int grid = (int)((p.n + B - 1) / B);
     double tn = timed(20, [&](cudaStream_t s) { L(s, copy_2, grid, B, 0, p, (const unsigned short*)(A + 2304), (unsigned short*)Y); });
-    double to = timed(20, [&](cudaStream_t s) { L(s, copy_old, grid, B, 0, p, (const unsigned short*)(A + 2304), (unsigned short*)Y); });
-    printf("value cache copy 16x4x145x64: host kernel %.2f us, 64-bit offsets %.2f us\n", tn, to);
+    printf("value cache copy 16x4x145x64: %.2f us\n", tn);
   }
   return 0;
 }

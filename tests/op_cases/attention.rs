@@ -19,6 +19,9 @@ enum Mask {
     Bias,
     /// `[b, 1, sq, sk]` random bool mask that keeps the diagonal allowed.
     RandomBool,
+    /// `[b, 1, 1, sk]` bool: row r allows keys `< 3 + r` and `150..170 + r`
+    /// (whole 32-key chunks without an allowed key: free slots, padding).
+    Gaps,
 }
 
 struct Attn {
@@ -248,6 +251,35 @@ pub fn cases() -> Vec<Built> {
                 false,
             )
         },
+        // Decode over whole chunks of 32 keys with no allowed key.
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-gaps/b3-h4-kv2/sk300/d64",
+                3,
+                4,
+                2,
+                1,
+                300,
+                64,
+                Mask::Gaps,
+                false,
+            )
+        },
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-gaps/b3-h2/sk1100/d32",
+                3,
+                2,
+                2,
+                1,
+                1100,
+                32,
+                Mask::Gaps,
+                false,
+            )
+        },
         // Many rows of head dim 64 or 128: CUDA's tensor-core kernel in
         // f16 and bf16 (two 128-row tiles, a key chunk tail, causal with an
         // offset, float and bool masks, grouped-query heads).
@@ -319,6 +351,21 @@ fn attention_case(t: &Attn) -> Built {
     let pad = |bi: u64, j: u64| j + 2 * bi < t.sk || j == 0;
     let mask: Option<NodeId> = match t.mask {
         Mask::None => None,
+        Mask::Gaps => {
+            let keep: Vec<i64> = (0..t.b)
+                .flat_map(|bi| {
+                    (0..t.sk).map(move |j| {
+                        (j < 3 + bi || (150..170 + bi).contains(&j)) as i64
+                    })
+                })
+                .collect();
+            let shape = [t.b, 1, 1, t.sk];
+            Some(c.input(
+                "mask",
+                fixed(&shape),
+                int_tensor(DType::Bool, shape.to_vec(), &keep),
+            )?)
+        }
         Mask::PadFloat | Mask::PadBool => {
             let keep: Vec<i64> = (0..t.b)
                 .flat_map(|bi| (0..t.sk).map(move |j| pad(bi, j) as i64))

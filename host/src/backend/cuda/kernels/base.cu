@@ -141,14 +141,9 @@ struct Idx {
   i64 s2[MAXR];
 };
 
-// Offsets of element i (row-major over p.shape) in each operand. Index
-// spaces under 2^31 elements divide in 32 bits (a 64-bit division is
-// emulated in many instructions; strided kernels were bound by it).
 __device__ __forceinline__ void offsets(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
   o0 = 0; o1 = 0; o2 = 0;
-  if (p.n <= 0x7fffffffLL) {
-    unsigned u = (unsigned)i;
-    for (int d = p.rank - 1; d >= 0; --d) {
+  for (int d = p.rank - 1; d >= 0; --d) {
       const unsigned s = (unsigned)p.shape[d], q = u / s, c = u - q * s;
       u = q;
       o0 += (i64)c * p.s0[d]; o1 += (i64)c * p.s1[d]; o2 += (i64)c * p.s2[d];
@@ -352,7 +347,7 @@ template <typename T>
 __device__ __forceinline__ void rotary_at(const Idx& p, i64 i, const T* x, const T* c, const T* s, T* y,
                                           int d, int r, i64 xl, int inter) {
   i64 ox, oc, os; offsets(p, i, ox, oc, os);
-  int j = p.n <= 0x7fffffffLL ? (int)((unsigned)i % (unsigned)d) : (int)(i % d);
+  int j = (int)(i % d);
   float v = N<T>::ld(x[ox]);
   if (j < r) {
     float other;
