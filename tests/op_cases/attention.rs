@@ -280,6 +280,34 @@ pub fn cases() -> Vec<Built> {
                 false,
             )
         },
+        // Grouped-query decode on CUDA's tensor-core kernel (f16, bf16):
+        // 16 heads per kv head with a per-head float bias at head dim 128,
+        // 7 per kv head (qwen2-like) over slot-major caches.
+        a(
+            "attention/decode-gqa/b2-h16-kv1/sk50/d128",
+            2,
+            16,
+            1,
+            1,
+            50,
+            128,
+            Mask::Bias,
+            false,
+        ),
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-gqa-slots/b3-h14-kv2/sk90/d64",
+                3,
+                14,
+                2,
+                1,
+                90,
+                64,
+                Mask::PadBool,
+                true,
+            )
+        },
         // Many rows of head dim 64 or 128: CUDA's tensor-core kernel in
         // f16 and bf16 (two 128-row tiles, a key chunk tail, causal with an
         // offset, float and bool masks, grouped-query heads).
@@ -354,9 +382,7 @@ fn attention_case(t: &Attn) -> Built {
         Mask::Gaps => {
             let keep: Vec<i64> = (0..t.b)
                 .flat_map(|bi| {
-                    (0..t.sk).map(move |j| {
-                        (j < 3 + bi || (150..170 + bi).contains(&j)) as i64
-                    })
+                    (0..t.sk).map(move |j| (j < 3 + bi || (150..170 + bi).contains(&j)) as i64)
                 })
                 .collect();
             let shape = [t.b, 1, 1, t.sk];

@@ -256,6 +256,8 @@ mod tests {
             "attention_dec64",
             "attention_mma64",
             "attention_mma128",
+            "attention_gdec64",
+            "attention_gdec128",
             "gemv",
             "gemv_2b",
             "gemv_norm",

@@ -391,3 +391,45 @@ fn many_row_attention_takes_tensor_cores() {
     assert_eq!(plan_of(64, Precision::F32), "attention_rows_f32");
     assert_eq!(plan_of(32, Precision::F16), "attention_rows_f16");
 }
+
+/// Decode attention of grouped heads in f16/bf16 runs a block per kv head
+/// on tensor cores; ungrouped heads and f32 keep the per-head kernel.
+#[test]
+fn grouped_decode_takes_tensor_cores() {
+    let plan_of = |h: u64, kvh: u64, precision: Precision| {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let dims = |v: &[u64]| v.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
+        let q = b.input("q", DType::F32, dims(&[2, h, 1, 64])).unwrap();
+        let k = b.input("k", DType::F32, dims(&[2, kvh, 40, 64])).unwrap();
+        let v = b.input("v", DType::F32, dims(&[2, kvh, 40, 64])).unwrap();
+        let y = b.attention(q, k, v, None, true, None).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.finish().unwrap();
+        let plan = Planner::plan(&g, precision, &HashMap::new(), &HashMap::new()).unwrap();
+        plan.steps
+            .into_iter()
+            .find_map(|s| match s {
+                Step::Kernel { name, grid, .. } if name.starts_with("attention") => {
+                    Some((name, grid))
+                }
+                _ => None,
+            })
+            .expect("an attention kernel")
+    };
+    assert_eq!(
+        plan_of(8, 2, Precision::F16),
+        ("attention_gdec64_f16".into(), 4)
+    );
+    assert_eq!(
+        plan_of(32, 2, Precision::BF16),
+        ("attention_gdec64_bf16".into(), 4)
+    );
+    assert_eq!(
+        plan_of(4, 4, Precision::F16),
+        ("attention_dec64_f16".into(), 8)
+    );
+    assert_eq!(
+        plan_of(8, 2, Precision::F32),
+        ("attention_dec64_f32".into(), 16)
+    );
+}

@@ -307,6 +307,8 @@ impl Planner<'_> {
         // layer; results/ab_cuda_decode_h100.md).
         let rows = sq > 1;
         let mma = rows && mma_dense(&q, &k, &v);
+        let group = h / kvh.max(1);
+        let gdec = !rows && (2..=16).contains(&group) && group * kvh == h && mma_dense(&q, &k, &v);
         let shared = match rows {
             // Keys transposed (padded), values, query rows, probabilities;
             // the tensor-core kernel's value chunk (rows padded by 16 bytes)
@@ -314,8 +316,14 @@ impl Planner<'_> {
             true => ((d * (ATTN_CHUNK + 1) + ATTN_CHUNK * dv + ATTN_ROWS * (d + ATTN_CHUNK)) * 4)
                 .max(ATTN_CHUNK * (dv + 8) * 2),
             // Scores, the query row, up to ATTN_GROUPS key groups' partial
-            // sums per value dim.
-            false => (sk + d + ATTN_GROUPS * dv) * 4,
+            // sums per value dim; the grouped kernel's per-warp value chunks,
+            // then per-warp partials (16 maxima, sums and value rows).
+            false => {
+                let warps = ATTN_BLOCK as usize / 32;
+                let gdec_bytes =
+                    (warps * ATTN_CHUNK * (dv + 8) * 2).max(warps * (32 + 16 * dv) * 4);
+                ((sk + d + ATTN_GROUPS * dv) * 4).max(if gdec { gdec_bytes } else { 0 })
+            }
         };
         if shared > 200 * 1024 {
             return Err(self.err(format!(
@@ -369,6 +377,7 @@ impl Planner<'_> {
                 b * h * sq.div_ceil(ATTN_ROWS),
                 ATTN_BLOCK,
             ),
+            false if gdec => (format!("attention_gdec{d}"), b * kvh, ATTN_BLOCK),
             false if decode_dense(&k, &v) => (
                 format!("attention_dec{d}"),
                 b * h,

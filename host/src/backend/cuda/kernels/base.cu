@@ -144,13 +144,6 @@ struct Idx {
 __device__ __forceinline__ void offsets(const Idx& p, i64 i, i64& o0, i64& o1, i64& o2) {
   o0 = 0; o1 = 0; o2 = 0;
   for (int d = p.rank - 1; d >= 0; --d) {
-      const unsigned s = (unsigned)p.shape[d], q = u / s, c = u - q * s;
-      u = q;
-      o0 += (i64)c * p.s0[d]; o1 += (i64)c * p.s1[d]; o2 += (i64)c * p.s2[d];
-    }
-    return;
-  }
-  for (int d = p.rank - 1; d >= 0; --d) {
     i64 c = i % p.shape[d];
     i /= p.shape[d];
     o0 += c * p.s0[d]; o1 += c * p.s1[d]; o2 += c * p.s2[d];
