@@ -280,12 +280,13 @@ pub fn cases() -> Vec<Built> {
                 false,
             )
         },
-        // Grouped-query decode on CUDA's tensor-core kernel (f16, bf16):
-        // 16 heads per kv head with a per-head float bias at head dim 128,
-        // 7 per kv head (qwen2-like) over slot-major caches.
+        // Grouped-query decode on CUDA's tensor-core kernel (f16, bf16;
+        // 64 or more batch rows x kv heads): 16 heads per kv head with a
+        // per-head float bias at head dim 128, 7 per kv head (qwen2-like)
+        // over slot-major caches, 8 per kv head past a chunk of keys.
         a(
-            "attention/decode-gqa/b2-h16-kv1/sk50/d128",
-            2,
+            "attention/decode-gqa/b64-h16-kv1/sk50/d128",
+            64,
             16,
             1,
             1,
@@ -297,8 +298,8 @@ pub fn cases() -> Vec<Built> {
         Attn {
             slot_major: true,
             ..a(
-                "attention/decode-gqa-slots/b3-h14-kv2/sk90/d64",
-                3,
+                "attention/decode-gqa-slots/b32-h14-kv2/sk90/d64",
+                32,
                 14,
                 2,
                 1,
@@ -306,6 +307,20 @@ pub fn cases() -> Vec<Built> {
                 64,
                 Mask::PadBool,
                 true,
+            )
+        },
+        Attn {
+            slot_major: true,
+            ..a(
+                "attention/decode-gqa-slots/b16-h32-kv4/sk300/d64",
+                16,
+                32,
+                4,
+                1,
+                300,
+                64,
+                Mask::Gaps,
+                false,
             )
         },
         // Many rows of head dim 64 or 128: CUDA's tensor-core kernel in

@@ -393,15 +393,20 @@ fn many_row_attention_takes_tensor_cores() {
 }
 
 /// Decode attention of grouped heads in f16/bf16 runs a block per kv head
-/// on tensor cores; ungrouped heads and f32 keep the per-head kernel.
+/// on tensor cores from 64 such blocks; fewer blocks, ungrouped heads and
+/// f32 keep the per-head kernel.
 #[test]
 fn grouped_decode_takes_tensor_cores() {
-    let plan_of = |h: u64, kvh: u64, precision: Precision| {
+    let plan_of = |batch: u64, h: u64, kvh: u64, precision: Precision| {
         let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
         let dims = |v: &[u64]| v.iter().map(|&x| Dim::Fixed(x)).collect::<Vec<_>>();
-        let q = b.input("q", DType::F32, dims(&[2, h, 1, 64])).unwrap();
-        let k = b.input("k", DType::F32, dims(&[2, kvh, 40, 64])).unwrap();
-        let v = b.input("v", DType::F32, dims(&[2, kvh, 40, 64])).unwrap();
+        let q = b.input("q", DType::F32, dims(&[batch, h, 1, 64])).unwrap();
+        let k = b
+            .input("k", DType::F32, dims(&[batch, kvh, 40, 64]))
+            .unwrap();
+        let v = b
+            .input("v", DType::F32, dims(&[batch, kvh, 40, 64]))
+            .unwrap();
         let y = b.attention(q, k, v, None, true, None).unwrap();
         b.output("y", y).unwrap();
         let g = b.finish().unwrap();
@@ -416,20 +421,14 @@ fn grouped_decode_takes_tensor_cores() {
             })
             .expect("an attention kernel")
     };
-    assert_eq!(
-        plan_of(8, 2, Precision::F16),
-        ("attention_gdec64_f16".into(), 4)
-    );
-    assert_eq!(
-        plan_of(32, 2, Precision::BF16),
-        ("attention_gdec64_bf16".into(), 4)
-    );
-    assert_eq!(
-        plan_of(4, 4, Precision::F16),
-        ("attention_dec64_f16".into(), 8)
-    );
-    assert_eq!(
-        plan_of(8, 2, Precision::F32),
-        ("attention_dec64_f32".into(), 16)
-    );
+    let cases = [
+        ((32, 8, 2, Precision::F16), "attention_gdec64_f16", 64),
+        ((16, 64, 4, Precision::BF16), "attention_gdec64_bf16", 64),
+        ((2, 8, 2, Precision::F16), "attention_dec64_f16", 16),
+        ((32, 4, 4, Precision::F16), "attention_dec64_f16", 128),
+        ((32, 8, 2, Precision::F32), "attention_dec64_f32", 256),
+    ];
+    for ((batch, h, kvh, precision), name, grid) in cases {
+        assert_eq!(plan_of(batch, h, kvh, precision), (name.to_string(), grid));
+    }
 }

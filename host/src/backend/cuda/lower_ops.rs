@@ -23,6 +23,11 @@ const ATTN_ROWS: usize = 8 * ATTN_RPW;
 const ATTN_CHUNK: usize = 32;
 /// Query rows per block of the tensor-core kernel (`AMMA_ROWS`).
 const AMMA_ROWS: usize = 128;
+/// Blocks (batch rows x kv heads) from which grouped-query decode runs on
+/// tensor cores: on an H100, TinyLlama's 16 x 4 took a layer's attention
+/// from 17.5 to 13.0 us (ncu), while its 1 x 4 at batch 1 made decode 3.6%
+/// slower than a block per head (results/ab_cuda_decode_h100.md).
+const GDEC_MIN_BLOCKS: usize = 64;
 // ATTN_RPW query rows per warp of the many-row kernel.
 const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize * ATTN_RPW);
 
@@ -308,7 +313,14 @@ impl Planner<'_> {
         let rows = sq > 1;
         let mma = rows && mma_dense(&q, &k, &v);
         let group = h / kvh.max(1);
-        let gdec = !rows && (2..=16).contains(&group) && group * kvh == h && mma_dense(&q, &k, &v);
+        // Grouped-query decode takes the tensor-core kernel (a block per
+        // batch row and kv head) from GDEC_MIN_BLOCKS such blocks; with fewer
+        // the per-head kernel spreads the keys over more multiprocessors.
+        let gdec = !rows
+            && (2..=16).contains(&group)
+            && group * kvh == h
+            && b * kvh >= GDEC_MIN_BLOCKS
+            && mma_dense(&q, &k, &v);
         let shared = match rows {
             // Keys transposed (padded), values, query rows, probabilities;
             // the tensor-core kernel's value chunk (rows padded by 16 bytes)
