@@ -219,9 +219,15 @@ impl CudaExecutable {
                         })
                         .collect();
                     if self.gpu.kernels.pdl {
+                        let cluster = crate::backend::cuda::kernels::cluster_for(
+                            name,
+                            *grid,
+                            self.gpu.kernels.sms,
+                        );
+                        let dims = [*grid, *block, *shared, cluster];
                         // SAFETY: as below; the parameters point into `owned`,
                         // alive for the call.
-                        return unsafe { launch_pdl(stream, f, &owned, *grid, *block, *shared) }
+                        return unsafe { launch_pdl(stream, f, &owned, dims) }
                             .map_err(|x| e(name, x));
                     }
                     let mut b = stream.launch_builder(f);
@@ -301,7 +307,10 @@ impl CudaExecutable {
 }
 
 /// Launches `f` with programmatic stream serialization (see
-/// [`super::kernels::Kernels::pdl`]).
+/// [`crate::backend::cuda::kernels::Kernels::pdl`]); `[grid, block, shared, cluster]`:
+/// with a cluster of more than one block, each of the `grid` blocks the
+/// planner asked for becomes a cluster of that many (sm_90; see
+/// [`crate::backend::cuda::kernels::cluster_for`]).
 ///
 /// # Safety
 /// `owned` must match the kernel's parameter list.
@@ -309,9 +318,7 @@ unsafe fn launch_pdl(
     stream: &Arc<CudaStream>,
     f: &CudaFunction,
     owned: &[Owned],
-    grid: u32,
-    block: u32,
-    shared: u32,
+    [grid, block, shared, cluster]: [u32; 4],
 ) -> Result<(), dr::DriverError> {
     let mut params: Vec<*mut c_void> = owned
         .iter()
@@ -326,11 +333,15 @@ unsafe fn launch_pdl(
         .collect();
     // SAFETY: a zeroed attribute is a valid plain-data value; id and the
     // union's field are set next.
-    let mut attr: dsys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    let mut attrs: [dsys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    attrs[0].id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attrs[0].value.programmaticStreamSerializationAllowed = 1;
+    attrs[1].id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attrs[1].value.clusterDim.x = cluster.max(1);
+    attrs[1].value.clusterDim.y = 1;
+    attrs[1].value.clusterDim.z = 1;
     let config = dsys::CUlaunchConfig {
-        gridDimX: grid,
+        gridDimX: grid * cluster.max(1),
         gridDimY: 1,
         gridDimZ: 1,
         blockDimX: block,
@@ -338,8 +349,8 @@ unsafe fn launch_pdl(
         blockDimZ: 1,
         sharedMemBytes: shared,
         hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: if cluster > 1 { 2 } else { 1 },
     };
     // SAFETY: the caller vouches for the parameters; config and attribute
     // live across the call.
