@@ -34,7 +34,7 @@ pub struct Kernels {
     /// first, see `pdl_enter` in kernels/base.cu).
     pub pdl: bool,
     /// The device's multiprocessors (see [`kernel_for`]).
-    pub sms: u32,
+    sms: u32,
 }
 
 /// The cache key of the kernels for `arch` under NVRTC `version`.
@@ -172,17 +172,6 @@ pub fn kernel_for(name: &str, grid: u32, sms: u32) -> std::borrow::Cow<'_, str> 
     }
 }
 
-/// Blocks per thread block cluster for a kernel launched with `grid`
-/// blocks on `sms` multiprocessors: grouped-query decode attention
-/// (`attention_gdec*`) splits each block's keys over a cluster of two when
-/// twice the grid still fits one wave; everything else 1 (no cluster).
-pub fn cluster_for(name: &str, grid: u32, sms: u32) -> u32 {
-    match name.starts_with("attention_gdec") && grid.saturating_mul(2) <= sms {
-        true => 2,
-        false => 1,
-    }
-}
-
 impl Kernels {
     /// Compiles (or loads from the cache) and loads the module on `ctx`.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, String> {
@@ -303,15 +292,6 @@ mod tests {
         }
         let cubin = compile_cubin("sm_90").expect("NVRTC compiles the kernels for sm_90");
         assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF image");
-    }
-
-    /// Grouped decode attention takes clusters of two only while the
-    /// doubled grid fits one wave.
-    #[test]
-    fn grouped_decode_takes_clusters_of_two_in_one_wave() {
-        assert_eq!(cluster_for("attention_gdec64_f16", 64, 132), 2);
-        assert_eq!(cluster_for("attention_gdec64_f16", 67, 132), 1);
-        assert_eq!(cluster_for("attention_dec64_f16", 64, 132), 1);
     }
 
     /// Only plain gemvs of more than one block per multiprocessor switch

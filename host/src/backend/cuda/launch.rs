@@ -219,15 +219,9 @@ impl CudaExecutable {
                         })
                         .collect();
                     if self.gpu.kernels.pdl {
-                        let cluster = crate::backend::cuda::kernels::cluster_for(
-                            name,
-                            *grid,
-                            self.gpu.kernels.sms,
-                        );
-                        let dims = [*grid, *block, *shared, cluster];
                         // SAFETY: as below; the parameters point into `owned`,
                         // alive for the call.
-                        return unsafe { launch_pdl(stream, f, &owned, dims) }
+                        return unsafe { launch_pdl(stream, f, &owned, *grid, *block, *shared) }
                             .map_err(|x| e(name, x));
                     }
                     let mut b = stream.launch_builder(f);
@@ -307,10 +301,7 @@ impl CudaExecutable {
 }
 
 /// Launches `f` with programmatic stream serialization (see
-/// [`crate::backend::cuda::kernels::Kernels::pdl`]); `[grid, block, shared, cluster]`:
-/// with a cluster of more than one block, each of the `grid` blocks the
-/// planner asked for becomes a cluster of that many (sm_90; see
-/// [`crate::backend::cuda::kernels::cluster_for`]).
+/// [`super::kernels::Kernels::pdl`]).
 ///
 /// # Safety
 /// `owned` must match the kernel's parameter list.
@@ -318,7 +309,9 @@ unsafe fn launch_pdl(
     stream: &Arc<CudaStream>,
     f: &CudaFunction,
     owned: &[Owned],
-    [grid, block, shared, cluster]: [u32; 4],
+    grid: u32,
+    block: u32,
+    shared: u32,
 ) -> Result<(), dr::DriverError> {
     let mut params: Vec<*mut c_void> = owned
         .iter()
@@ -333,15 +326,11 @@ unsafe fn launch_pdl(
         .collect();
     // SAFETY: a zeroed attribute is a valid plain-data value; id and the
     // union's field are set next.
-    let mut attrs: [dsys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
-    attrs[0].id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attrs[0].value.programmaticStreamSerializationAllowed = 1;
-    attrs[1].id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attrs[1].value.clusterDim.x = cluster.max(1);
-    attrs[1].value.clusterDim.y = 1;
-    attrs[1].value.clusterDim.z = 1;
+    let mut attr: dsys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
     let config = dsys::CUlaunchConfig {
-        gridDimX: grid * cluster.max(1),
+        gridDimX: grid,
         gridDimY: 1,
         gridDimZ: 1,
         blockDimX: block,
@@ -349,8 +338,8 @@ unsafe fn launch_pdl(
         blockDimZ: 1,
         sharedMemBytes: shared,
         hStream: stream.cu_stream(),
-        attrs: attrs.as_mut_ptr(),
-        numAttrs: if cluster > 1 { 2 } else { 1 },
+        attrs: &mut attr,
+        numAttrs: 1,
     };
     // SAFETY: the caller vouches for the parameters; config and attribute
     // live across the call.

@@ -329,11 +329,11 @@ impl Planner<'_> {
                 .max(ATTN_CHUNK * (dv + 8) * 2),
             // Scores, the query row, up to ATTN_GROUPS key groups' partial
             // sums per value dim; the grouped kernel's per-warp value chunks,
-            // then per-warp and block partials (16 maxima, sums, value rows).
+            // then per-warp partials (16 maxima, sums and value rows).
             false => {
                 let warps = ATTN_BLOCK as usize / 32;
                 let gdec_bytes =
-                    (warps * ATTN_CHUNK * (dv + 8) * 2).max((warps + 1) * (32 + 16 * dv) * 4);
+                    (warps * ATTN_CHUNK * (dv + 8) * 2).max(warps * (32 + 16 * dv) * 4);
                 ((sk + d + ATTN_GROUPS * dv) * 4).max(if gdec { gdec_bytes } else { 0 })
             }
         };

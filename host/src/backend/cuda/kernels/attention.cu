@@ -662,39 +662,6 @@ __device__ void attention_mma_d(const Attn& p, const T* q, const T* k, const T* 
     }
   }
 }
-// ---- thread block clusters (sm_90) ----
-// This block's rank in its cluster and the cluster's size (0 and 1 when
-// launched without clusters, or before sm_90).
-__device__ __forceinline__ void cluster_rank(unsigned& rank, unsigned& size) {
-  rank = 0; size = 1;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(size));
-#endif
-}
-// Every thread of every block of the cluster arrives (release) and waits
-// (acquire): shared memory written before is visible cluster-wide.
-__device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#else
-  __syncthreads();
-#endif
-}
-// The float at `local`'s offset in the shared memory of cluster block `rank`.
-__device__ __forceinline__ float ld_cluster(const float* local, unsigned rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  unsigned a, r;
-  float v;
-  asm volatile("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(a) : "l"(local));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
-  return v;
-#else
-  return *local;
-#endif
-}
-
 // ---- grouped-query decode on tensor cores (f16, bf16) ----
 // One query row per head (a decode step) with G = h / kvh heads per kv head
 // (2..16): a block per (batch row, kv head) whose G heads are the rows of
@@ -703,10 +670,7 @@ __device__ __forceinline__ float ld_cluster(const float* local, unsigned rank) {
 // softmax as attention_mma_d; the chunk's values staged in the warp's own
 // shared memory, read transposed with ldmatrix), then the warps' running
 // maxima, sums and value sums are combined through shared memory (which
-// then holds, per warp, 16 maxima, 16 sums and 16 x D value sums, and the
-// block's combination after them). Launched in clusters of cs blocks (the
-// launcher's choice, kernels.rs `cluster_for`), the cluster's blocks split
-// the keys and combine their partials through distributed shared memory.
+// then holds, per warp, 16 maxima, 16 sums and 16 x D value sums).
 template <typename T, int D>
 __device__ void attention_gdec_d(const Attn& p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   extern __shared__ __align__(16) float sh[];
@@ -715,13 +679,7 @@ __device__ void attention_gdec_d(const Attn& p, const T* q, const T* k, const T*
   const int G = p.h / p.kvh;
   unsigned short* vsh = (unsigned short*)sh + warp * AMMA_KC * VP;
   const W16 z = {0u, 0u, 0u, 0u};
-  // A cluster of `cs` blocks shares each (batch row, kv head): its
-  // cs x nw warps split the keys.
-  unsigned cr, cs;
-  cluster_rank(cr, cs);
-  const int slice = (int)cr * nw + warp, slices = (int)cs * nw;
-  float* part = sh + nw * RW;  // this block's combined partials (RW floats)
-  for (i64 blk = blockIdx.x / cs; blk < (i64)p.b * p.kvh; blk += gridDim.x / cs) {
+  for (i64 blk = blockIdx.x; blk < (i64)p.b * p.kvh; blk += gridDim.x) {
     const int kh = (int)(blk % p.kvh), bb = (int)(blk / p.kvh);
     // Rows g and g + 8 are heads kh G + g and kh G + g + 8 (zero queries
     // past the group; their outputs are not stored).
@@ -740,7 +698,7 @@ __device__ void attention_gdec_d(const Attn& p, const T* q, const T* k, const T*
 #pragma unroll
     for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
-    for (int c0 = slice * AMMA_KC; c0 < p.sk; c0 += slices * AMMA_KC) {
+    for (int c0 = warp * AMMA_KC; c0 < p.sk; c0 += nw * AMMA_KC) {
       for (int e = lane; e < AMMA_KC * (D / 8); e += 32) {
         const int j = e / (D / 8), d8 = (e - j * (D / 8)) * 8;
         *(W16*)(vsh + j * VP + d8) = c0 + j < p.sk ? *(const W16*)(vb + (i64)(c0 + j) * p.vs[2] + d8) : z;
@@ -829,7 +787,6 @@ __device__ void attention_gdec_d(const Attn& p, const T* q, const T* k, const T*
       r[32 + (g + 8) * D + 8 * d + 2 * t + 1] = o[d][3];
     }
     __syncthreads();
-    // The block's warps combined (sums relative to the block's maximum).
     for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
       const int row = e / D, dd = e - row * D;
       float mx = NEG_INF;
@@ -844,42 +801,16 @@ __device__ void attention_gdec_d(const Attn& p, const T* q, const T* k, const T*
           den += lw * f;
         }
       }
-      part[32 + row * D + dd] = num;
-      if (dd == 0) {
-        part[row] = mx;
-        part[16 + row] = den;
-      }
-    }
-    cluster_sync();  // every block's partials are written
-    // The cluster's blocks combined; block r writes outputs r, r + cs, ...
-    for (int e = (int)cr * blockDim.x + threadIdx.x; e < G * D; e += (int)cs * blockDim.x) {
-      const int row = e / D, dd = e - row * D;
-      float mx = NEG_INF, cm[16], cl[16];
-      for (unsigned c = 0; c < cs; ++c) {
-        cm[c] = ld_cluster(part + row, c);
-        cl[c] = ld_cluster(part + 16 + row, c);
-        if (cl[c] > 0.0f) mx = fmaxf(mx, cm[c]);
-      }
-      float num = 0.0f, den = 0.0f;
-      for (unsigned c = 0; c < cs; ++c) {
-        if (cl[c] > 0.0f) {
-          const float f = expf(cm[c] - mx);
-          num += ld_cluster(part + 32 + row * D + dd, c) * f;
-          den += cl[c] * f;
-        }
-      }
       y[((i64)bb * p.h + kh * G + row) * D + dd] = N<T>::st(num / den);
     }
-    cluster_sync();  // partials read before the next (batch row, kv head)
+    __syncthreads();  // partials read before the next block's values
   }
 }
 template <typename T, int D>
 __device__ void attention_gdec_t(Attn p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   const int G = p.kvh > 0 ? p.h / p.kvh : 0;
-  unsigned cr, cs;
-  cluster_rank(cr, cs);
   const bool qd = p.qs[3] == 1 && p.qs[0] % 8 == 0 && p.qs[1] % 8 == 0 && ((unsigned long long)q & 15) == 0;
-  if (cs <= 16 && p.sq == 1 && p.d == D && p.dv == D && G >= 1 && G <= 16 && G * p.kvh == p.h && qd && attn_dense<T>(p, k, v))
+  if (p.sq == 1 && p.d == D && p.dv == D && G >= 1 && G <= 16 && G * p.kvh == p.h && qd && attn_dense<T>(p, k, v))
     attention_gdec_d<T, D>(p, q, k, v, mask, y);
   else
     attention_any<T>(p, q, k, v, mask, y);
