@@ -2,7 +2,19 @@
 # The project's test command: installs what the tests need (scripts/setup.sh)
 # and runs every test. Backends named in REQUIRE_BACKENDS (e.g. `cpu`) must be
 # available; others are skipped with a printed reason.
+# NVRTC (PyPI wheel nvidia-cuda-nvrtc, no GPU needed) is installed too, so
+# the CUDA kernel source is compiled to sm_90 machine code on every run:
+# a kernel that does not compile fails here, not first on the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+RT=.runtime/py
+NVRTC_VERSION=13.0.88
+if [ ! -f "$RT/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  printf '==> %s\n' "installing nvidia-cuda-nvrtc==$NVRTC_VERSION (the CUDA kernel compiler) into $RT" >&2
+  "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --no-deps --target "$RT" \
+    "nvidia-cuda-nvrtc==$NVRTC_VERSION"
+fi
+export LD_LIBRARY_PATH="$PWD/$RT/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export REQUIRE_NVRTC=1
 cargo test --release -p host "$@"
