@@ -1,5 +1,5 @@
 // Shared by the GPU microbenchmarks (decode_chain.cu, decode_kernels.cu):
-// the host's kernel source (its five parts, in kernels.rs's order), an
+// the host's kernel source (its six parts, in kernels.rs's order), an
 // error check, and a launcher with programmatic dependent launch as the
 // host launches (g_pdl = false launches plainly).
 #pragma once
@@ -9,6 +9,7 @@
 #include "../../host/src/backend/cuda/kernels/base.cu"
 #include "../../host/src/backend/cuda/kernels/norm.cu"
 #include "../../host/src/backend/cuda/kernels/attention.cu"
+#include "../../host/src/backend/cuda/kernels/attention_mma.cu"
 #include "../../host/src/backend/cuda/kernels/gemv.cu"
 #include "../../host/src/backend/cuda/kernels/instances.cu"
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)

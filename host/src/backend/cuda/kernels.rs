@@ -18,6 +18,7 @@ pub const SOURCE: &str = concat!(
     include_str!("kernels/base.cu"),
     include_str!("kernels/norm.cu"),
     include_str!("kernels/attention.cu"),
+    include_str!("kernels/attention_mma.cu"),
     include_str!("kernels/gemv.cu"),
     include_str!("kernels/instances.cu"),
 );

@@ -1,5 +1,5 @@
 // Kernels of the CUDA backend, compiled at run time by NVRTC (see kernels.rs),
-// part 1 of 5: types, conversions, element-wise ops, casts, block reductions
+// part 1 of 6: types, conversions, element-wise ops, casts, block reductions
 // and 16-byte loads.
 // No CUDA headers are included, so NVRTC needs no include path: half and
 // bfloat16 values are stored as 16-bit words and converted with PTX `cvt`

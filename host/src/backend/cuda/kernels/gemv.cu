@@ -1,4 +1,4 @@
-// Kernel source, part 4 of 5 (see kernels.rs): matrix-vector products for
+// Kernel source, part 5 of 6 (see kernels.rs): matrix-vector products for
 // decode (gemv family) and the tensor-core products of 5-16 rows.
 // ---- matrix-vector products (decode) ----
 #define GEMV_MAX_M 4

@@ -1,4 +1,4 @@
-// Kernel source, part 5 of 5 (see kernels.rs): the extern "C" kernels.
+// Kernel source, part 6 of 6 (see kernels.rs): the extern "C" kernels.
 // ---- instantiations: extern "C" names `<kernel>_<dtype>` ----
 #define FLOATS(X) X(f32, float) X(f16, h16) X(bf16, b16)
 #define INTS(X) X(i64, i64) X(i32, int) X(u8, u8)

@@ -1,4 +1,4 @@
-// Kernel source, part 2 of 5 (see kernels.rs): normalisation, reductions,
+// Kernel source, part 2 of 6 (see kernels.rs): normalisation, reductions,
 // gather, argmax, top-k and bias add.
 // ---- normalisation ----
 // Elements of a row one thread keeps in registers on the fast path: rows of
