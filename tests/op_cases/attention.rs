@@ -323,6 +323,18 @@ pub fn cases() -> Vec<Built> {
                 false,
             )
         },
+        // 64 batch rows of ungrouped heads (one head per kv head).
+        a(
+            "attention/decode/b64-h2/sk70/d64",
+            64,
+            2,
+            2,
+            1,
+            70,
+            64,
+            Mask::PadBool,
+            false,
+        ),
         // Many rows of head dim 64 or 128: CUDA's tensor-core kernel in
         // f16 and bf16 (two 128-row tiles, a key chunk tail, causal with an
         // offset, float and bool masks, grouped-query heads).
