@@ -316,8 +316,8 @@ impl Planner<'_> {
         // Grouped-query decode takes the tensor-core kernel (a block per
         // batch row and kv head) from GDEC_MIN_BLOCKS such blocks; with fewer
         // the per-head kernel spreads the keys over more multiprocessors.
-        // Ungrouped heads keep it too (opt-125m bs16: 13% slower decode with
-        // one head per tile).
+        // Ungrouped heads keep the per-head kernel (opt-125m bs16 decode
+        // was 13% slower with one head per tile).
         let gdec = !rows
             && (2..=16).contains(&group)
             && group * kvh == h
