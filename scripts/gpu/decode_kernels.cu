@@ -35,25 +35,6 @@ h16* rnd(size_t n) {
   return p;
 }
 float hf(unsigned short u) { __half_raw r; r.x = u; return __half2float(__half(r)); }
-// Median us per launch of `launches` launches captured in one graph.
-template <typename F> double timed(int launches, F step) {
-  cudaStream_t s; CK(cudaStreamCreate(&s));
-  cudaGraph_t g; cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  step(s);
-  CK(cudaStreamEndCapture(s, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  for (int i = 0; i < 5; ++i) CK(cudaGraphLaunch(ge, s));
-  cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
-  std::vector<float> ms;
-  for (int r = 0; r < 30; ++r) {
-    cudaEventRecord(a, s); CK(cudaGraphLaunch(ge, s)); cudaEventRecord(b, s); CK(cudaEventSynchronize(b));
-    float t; cudaEventElapsedTime(&t, a, b); ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  cudaGraphExecDestroy(ge); cudaGraphDestroy(g); cudaStreamDestroy(s);
-  return ms[ms.size() / 2] * 1000.0 / launches;
-}
 int main(int argc, char** argv) {
   const bool only_linears = argc > 1 && strcmp(argv[1], "linears") == 0;
   cudaFuncSetAttribute(attention_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10);
@@ -83,15 +64,15 @@ int main(int argc, char** argv) {
     i64 qs[4] = {(i64)h * d, d, d, 1}, ks[4] = {(i64)kvh * d, d, (i64)b * kvh * d, 1}, ms[4] = {sk, 0, 0, 1};
     memcpy(p.qs, qs, sizeof qs); memcpy(p.ks, ks, sizeof ks); memcpy(p.vs, ks, sizeof ks); memcpy(p.ms, ms, sizeof ms);
     size_t smem = (size_t)(sk + d + ATTN_GROUPS * d) * 4;
-    double t_old = timed(c.layers, [&](cudaStream_t s) {
+    double t_old = graph_us([&](cudaStream_t s) {
       for (int l = 0; l < c.layers; ++l) L(s, attention_f16, b * h, 256, smem, p, Q[l], K[l], V[l], (const void*)M[l], Y[l]);
-    });
-    double t_new = timed(c.layers, [&](cudaStream_t s) {
+    }, 1, c.layers);
+    double t_new = graph_us([&](cudaStream_t s) {
       for (int l = 0; l < c.layers; ++l) L(s, attention_dec64_f16, b * h, 256, smem, p, Q[l], K[l], V[l], (const void*)M[l], Y2[l]);
-    });
-    double t_128 = timed(c.layers, [&](cudaStream_t s) {
+    }, 1, c.layers);
+    double t_128 = graph_us([&](cudaStream_t s) {
       for (int l = 0; l < c.layers; ++l) L(s, attention_dec64_f16, b * h, 128, smem, p, Q[l], K[l], V[l], (const void*)M[l], Y2[l]);
-    });
+    }, 1, c.layers);
     CK(cudaDeviceSynchronize());
     std::vector<unsigned short> y1((size_t)b * h * d), y2(y1.size());
     CK(cudaMemcpy(y1.data(), Y[0], y1.size() * 2, cudaMemcpyDeviceToHost));
@@ -105,11 +86,11 @@ int main(int argc, char** argv) {
     for (int l = 0; l < n; ++l) { A.push_back(rnd((size_t)rows * H + 8)); B.push_back(rnd((size_t)rows * H + 8)); S.push_back(rnd((size_t)rows * H + 8)); O.push_back(rnd((size_t)rows * H + 8)); }
     h16 *sc = rnd(H + 8), *bi = rnd(H + 8);
     for (int off = 0; off < 2; ++off) {
-      double t = timed(n, [&](cudaStream_t s) {
+      double t = graph_us([&](cudaStream_t s) {
         for (int l = 0; l < n; ++l)
           L(s, add_norm_f16, rows, c.nblock, 0, c.rms ? 1 : 0, (i64)rows, H, (const h16*)A[l] + off, (const h16*)B[l] + off,
             S[l] + off, (const h16*)sc + off, c.rms ? (const h16*)0 : (const h16*)bi + off, 1e-5f, O[l] + off, (const h16*)0);
-      });
+      }, 1, n);
       printf("%-26s add_norm (%s): %.2f us per launch\n", c.name, off ? "scalar path" : "16-byte path", t);
     }
     // Norm outputs of both paths agree.
@@ -149,7 +130,7 @@ int main(int argc, char** argv) {
       wbytes += 2.0 * n * k * c.layers;
     }
     float one = 1.0f, zero = 0.0f;
-    double t_blas = timed(1, [&](cudaStream_t s) {
+    double t_blas = graph_us([&](cudaStream_t s) {
       cublasSetStream(blas, s);
       for (int l = 0; l < c.layers; ++l)
         for (size_t i = 0; i < c.nk.size(); ++i) {
@@ -158,8 +139,8 @@ int main(int argc, char** argv) {
                                            &zero, Y1[i], CUDA_R_16F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
           if (st != CUBLAS_STATUS_SUCCESS) { printf("cublas %d\n", (int)st); exit(1); }
         }
-    });
-    double t_mma = timed(1, [&](cudaStream_t s) {
+    }, 1, 1);
+    double t_mma = graph_us([&](cudaStream_t s) {
       for (int l = 0; l < c.layers; ++l)
         for (size_t i = 0; i < c.nk.size(); ++i) {
           int n = c.nk[i].first, k = c.nk[i].second;
@@ -167,7 +148,7 @@ int main(int argc, char** argv) {
           L(s, gemv_mma_f16, (n + 7) / 8, 256, 0, M, n, k, (const h16*)X[i], (const h16*)W[i][l], Z, Y2[i], -1,
             0, Z, Z, Z, (h16*)0, Z, Z, 0.0f);
         }
-    });
+    }, 1, 1);
     CK(cudaDeviceSynchronize());
     double md = 0.0, mref = 0.0;
     for (size_t i = 0; i < c.nk.size(); ++i) {

@@ -11,23 +11,6 @@
 #include <vector>
 #include <cuda_fp16.h>
 #include "bench_common.cuh"
-template <typename F> double timed(int reps, F step) {
-  cudaStream_t s; CK(cudaStreamCreate(&s));
-  cudaGraph_t g; cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int r = 0; r < reps; ++r) step(s);
-  CK(cudaStreamEndCapture(s, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
-  cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
-  std::vector<float> ms;
-  for (int r = 0; r < 20; ++r) {
-    cudaEventRecord(a, s); CK(cudaGraphLaunch(ge, s)); cudaEventRecord(b, s); CK(cudaEventSynchronize(b));
-    float t; cudaEventElapsedTime(&t, a, b); ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2] * 1000.0 / reps;
-}
 Idx idx(std::vector<long long> shape, std::vector<long long> s0, std::vector<long long> s1, std::vector<long long> s2) {
   Idx p = {}; p.rank = (int)shape.size(); p.n = 1;
   for (size_t d = 0; d < shape.size(); ++d) { p.shape[d] = shape[d]; p.s0[d] = s0[d]; p.s1[d] = s1[d]; p.s2[d] = s2[d]; p.n *= shape[d]; }
@@ -42,12 +25,12 @@ int main() {
     int grid = (int)std::min((p.n + B - 1) / B, 65536LL);
     for (int vec : {0, 1}) {
       int gv = vec ? (int)std::min((p.n / 8 + B - 1) / B, 65536LL) : grid;
-      double tn = timed(20, [&](cudaStream_t s) { L(s, unary_binary_s_f16, gv, B, 0, 12, 2, p, vec, (const h16*)A, (const h16*)(A + 5632), Y); });
+      double tn = graph_us([&](cudaStream_t s) { L(s, unary_binary_s_f16, gv, B, 0, 12, 2, p, vec, (const h16*)A, (const h16*)(A + 5632), Y); }, 20, 20);
       printf("swiglu %lld x 5632: host kernel vec %d grid %d: %.2f us\n", rows, vec, gv, tn);
     }
     for (int cap : {132 * 8, 132 * 32}) {
       int g = std::min(grid, cap);
-      double t0 = timed(20, [&](cudaStream_t s) { L(s, unary_binary_s_f16, g, B, 0, 12, 2, p, 0, (const h16*)A, (const h16*)(A + 5632), Y); });
+      double t0 = graph_us([&](cudaStream_t s) { L(s, unary_binary_s_f16, g, B, 0, 12, 2, p, 0, (const h16*)A, (const h16*)(A + 5632), Y); }, 20, 20);
       printf("swiglu %lld x 5632, element per thread, grid capped at %d: %.2f us\n", rows, g, t0);
     }
   }
@@ -60,9 +43,9 @@ int main() {
     long long n = pq.n + pk.n;
     for (int cap : {1 << 30, 132 * 8, 132 * 32}) {
       int g = (int)std::min((n + B - 1) / B, (long long)cap);
-      double t = timed(20, [&](cudaStream_t s) {
+      double t = graph_us([&](cudaStream_t s) {
         L(s, rotary2_f16, g, B, 0, pq, (const h16*)A, Y, 1LL, pk, (const h16*)(A + 2048), Y + pq.n, 1LL, (const h16*)CS, (const h16*)CS, 64, 64, 0);
-      });
+      }, 20, 20);
       printf("rotary2 prefill (%lld elements), grid %d: %.2f us\n", n, g, t);
     }
   }
@@ -71,7 +54,7 @@ int main() {
   {
     Idx p = idx({16, 4, 145, 64}, {145 * 2560, 64, 2560, 1}, {4 * 64, 64, 16 * 4 * 64, 1}, {0, 0, 0, 0});
     int grid = (int)((p.n + B - 1) / B);
-    double tn = timed(20, [&](cudaStream_t s) { L(s, copy_2, grid, B, 0, p, (const unsigned short*)(A + 2304), (unsigned short*)Y); });
+    double tn = graph_us([&](cudaStream_t s) { L(s, copy_2, grid, B, 0, p, (const unsigned short*)(A + 2304), (unsigned short*)Y); }, 20, 20);
     printf("value cache copy 16x4x145x64: %.2f us\n", tn);
   }
   return 0;

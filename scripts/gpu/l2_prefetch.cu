@@ -32,24 +32,6 @@ __global__ void prefetch_lines(const char* p, unsigned long long bytes) {
   unsigned long long o = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * 256;
   if (o < bytes) asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p + o));
 }
-template <typename F> double timed(F step) {
-  cudaStream_t s; CK(cudaStreamCreate(&s));
-  cudaGraph_t g; cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  step(s);
-  CK(cudaStreamEndCapture(s, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  for (int i = 0; i < 5; ++i) CK(cudaGraphLaunch(ge, s));
-  cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
-  std::vector<float> ms;
-  for (int r = 0; r < 30; ++r) {
-    cudaEventRecord(a, s); CK(cudaGraphLaunch(ge, s)); cudaEventRecord(b, s); CK(cudaEventSynchronize(b));
-    float t; cudaEventElapsedTime(&t, a, b); ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  cudaGraphExecDestroy(ge); cudaGraphDestroy(g); cudaStreamDestroy(s);
-  return ms[ms.size() / 2] * 1000.0;
-}
 int main() {
   cublasHandle_t blas; cublasCreate(&blas);
   void* ws; CK(cudaMalloc(&ws, 32 << 20)); cublasSetWorkspace(blas, ws, 32 << 20);
@@ -65,7 +47,7 @@ int main() {
   float one = 1.0f, zero = 0.0f;
   // mode 0: no prefetch; 1: bulk prefetch; 2: per-line prefetch; 3: spins only; 4: products only.
   auto run = [&](int mode, double budget_mb, unsigned chunk) {
-    return timed([&](cudaStream_t s) {
+    return graph_us([&](cudaStream_t s) {
       cublasSetStream(blas, s);
       for (int l = 0; l < layers; ++l)
         for (int i = 0; i < 4; ++i) {
