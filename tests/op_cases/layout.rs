@@ -1,7 +1,8 @@
 //! Cases for reshape, permute, slice, concat, unsqueeze, squeeze, expand,
-//! symbolic axes and session state (a KV cache growing along `past+seq`).
+//! symbolic axes, session state (a KV cache growing along `past+seq`, and
+//! fixed-slot caches written with `write-rows`).
 
-use super::{count, fixed, sym, Built, Case};
+use super::{count, fixed, int_tensor, sym, Built, Case};
 use host::ir::{BinaryOp, DType, Dim};
 use host::tensor::Tensor;
 
@@ -215,10 +216,67 @@ fn kv_step(name: &str, past: u64, seq: u64) -> Built {
     c.finish()
 }
 
+/// A slot-major cache [slots, batch 2, heads 2, 8] (a state) with a decode
+/// step's keys [batch, heads, 1, 8] written into slot `start` (clamped)
+/// with `write-rows`, then attended to: the decode step of fixed-slot KV
+/// caches.
+fn slot_step(name: &str, slots: u64, start: i64) -> Built {
+    let mut c = Case::new(name);
+    let cache = [slots, 2, 2, 8];
+    let kv = c.rng.floats(count(&cache), -2., 2.);
+    let st = c.state("k", fixed(&cache), Tensor::from_f32(cache.to_vec(), &kv))?;
+    let k = sym_input(&mut c, "k_new", fixed(&[2, 2, 1, 8]), &[2, 2, 1, 8])?;
+    let q = sym_input(&mut c, "q", fixed(&[2, 2, 1, 8]), &[2, 2, 1, 8])?;
+    let at = c.input("slot", fixed(&[1]), int_tensor(DType::I64, vec![1], &[start]))?;
+    let slot_major = c.b.permute(k, vec![2, 0, 1, 3])?;
+    let written = c.b.write_rows(st, slot_major, at)?;
+    c.b.update_state("k", written)?;
+    let keys = c.b.permute(written, vec![1, 2, 0, 3])?;
+    let y = c.b.attention(q, keys, keys, None, false, None)?;
+    c.output("y", y)?;
+    c.finish()
+}
+
+/// `write-rows` on plain inputs: several rows, strided updates, i64 data.
+fn write_rows() -> Vec<Built> {
+    let mut v = Vec::new();
+    for (name, start) in [
+        ("write-rows/middle", 2i64),
+        ("write-rows/clamped-high", 9),
+        ("write-rows/clamped-low", -3),
+    ] {
+        v.push((|| {
+            let mut c = Case::new(name);
+            let x = c.uniform("x", &[6, 3, 4], -2., 2.)?;
+            // A transposed update: [4, 2, 3] seen as [2, 3, 4].
+            let u = c.uniform("u", &[4, 2, 3], -2., 2.)?;
+            let u = c.b.permute(u, vec![1, 2, 0])?;
+            let at = c.input("at", fixed(&[1]), int_tensor(DType::I64, vec![1], &[start]))?;
+            let y = c.b.write_rows(x, u, at)?;
+            c.output("y", y)?;
+            c.finish()
+        })());
+    }
+    v.push((|| {
+        let mut c = Case::new("write-rows/i64-all-rows");
+        let x = c.ints("x", DType::I64, &[3, 5], -9, 9)?;
+        let u = c.ints("u", DType::I64, &[3, 5], -9, 9)?;
+        let at = c.input("at", fixed(&[1]), int_tensor(DType::I64, vec![1], &[1]))?;
+        let y = c.b.write_rows(x, u, at)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v
+}
+
 fn state() -> Vec<Built> {
-    vec![
+    let mut v = vec![
         kv_step("state/kv-cache/past5-seq3", 5, 3),
         kv_step("state/kv-cache/decode-past7", 7, 1),
         kv_step("state/kv-cache/empty-past", 0, 4),
-    ]
+        slot_step("state/slot-cache/write-slot3", 8, 3),
+        slot_step("state/slot-cache/write-last", 5, 4),
+    ];
+    v.extend(write_rows());
+    v
 }

@@ -7,21 +7,22 @@
 //! shapes anyway, cpu and openvino) or has a fixed number of slots per graph
 //! ([`Cache::Slots`], chosen by the generation loop), so every decode step of
 //! a generation has the same shapes and a backend can replay it (CUDA
-//! graphs). With slots: Attention is
+//! graphs). With slots: the prefill fills the first slots with the prompt;
+//! each decode step writes its token's keys and values into the next free
+//! slot (`cache_slot`) with `write-rows`, which a device backend does where
+//! the cache lies, so a step copies one slot, not the cache. Attention is
 //! indifferent to the order of its keys once positions are applied (rotary
-//! before caching, ALiBi from explicit key positions), so slots need no
-//! particular order: each run prepends its new keys and keeps the first
-//! `cache` slots, dropping the oldest, which are free slots as long as the
-//! sequence fits. A mask says which slots hold tokens. The cache is laid out
-//! slot-major, [cache, batch, kv_heads, head_dim], so that prepending is one
-//! contiguous copy (a backend may even upload the old slots in place). In
-//! prefill the keys are ordered [cache, new] so causal masking holds; in
-//! decode (no causality among one token) the prepended state is the keys.
+//! before caching, ALiBi from explicit key positions), and a decode step
+//! (one token, no causality among new tokens) attends to all slots. A mask
+//! says which slots hold tokens. The cache is laid out slot-major,
+//! [cache, batch, kv_heads, head_dim], so that a slot is one contiguous row.
 //!
 //! Inputs: `input_ids`, `position_ids` and `attention_mask` (1 real, 0
 //! padding) [batch, seq] (seq is 1 in decode), `cache_mask` [batch, cache]
 //! (`cache` is the symbolic `past` when growing)
-//! (1 where a slot holds a token), `last_index` [1] (seq - 1); BLOOM and
+//! (1 where a slot holds a token, this step's slot included with slots),
+//! `cache_slot` [1] (the slot a slot-cache decode step writes),
+//! `last_index` [1] (seq - 1); BLOOM and
 //! GPT-Neo also `cache_positions` [batch, cache] (each slot's token
 //! position). A prefill starts its session, so it takes neither cache input. State:
 //! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim] with slots, [batch,
@@ -294,7 +295,9 @@ pub fn build(
     let order = match (variant.decode, cache) {
         (false, _) => Keys::New,
         (true, Cache::Growing) => Keys::OldThenNew,
-        (true, Cache::Slots(_)) => Keys::NewThenOld,
+        (true, Cache::Slots(_)) => {
+            Keys::Written(g.input("cache_slot", Dtype::I64, &[Dim::Fixed(1)])?)
+        }
     };
     // Every run keeps its chosen tokens as state `token` [batch, 1]; a fed
     // decode step reads its ids from there.
@@ -314,7 +317,8 @@ pub fn build(
         match order {
             Keys::New => Ok(new),
             Keys::OldThenNew => g.b.concat(&[g.input(input, Dtype::I64, &slots)?, new], 1),
-            Keys::NewThenOld => g.b.concat(&[new, g.input(input, Dtype::I64, &slots)?], 1),
+            // The skill marks the written slot itself.
+            Keys::Written(_) => g.input(input, Dtype::I64, &slots),
         }
     };
     let all = with_cache("cache_mask", mask)?;
@@ -442,8 +446,9 @@ enum Keys {
     New,
     /// The cache, then the new tokens (growing caches).
     OldThenNew,
-    /// The new tokens, then the cache (slot caches).
-    NewThenOld,
+    /// The cache's slots after this step's token was written into slot
+    /// `cache_slot` (the node) in place (slot caches; one token per row).
+    Written(Node),
 }
 
 /// Which optional parts a decoder graph has.
@@ -614,15 +619,18 @@ fn layer(
             Cache::Slots(n) => {
                 // [batch, kv_heads, seq, head_dim] -> [seq, batch, ...].
                 let slot_major = g.b.permute(new, &[2, 0, 1, 3])?;
-                // Newest first; the last slots (free ones) fall off the end.
-                let prepended = g.b.concat(&[slot_major, old], axis)?;
-                g.b.update_state(&name, g.b.slice(prepended, axis, 0, n as i64)?)?;
                 match order {
-                    Keys::New => new,
-                    Keys::NewThenOld => g.b.permute(prepended, &[1, 2, 0, 3])?,
-                    Keys::OldThenNew => {
-                        let appended = g.b.concat(&[old, slot_major], axis)?;
-                        g.b.permute(appended, &[1, 2, 0, 3])?
+                    // A decode step writes its slot where the cache lies.
+                    Keys::Written(slot) => {
+                        let written = g.b.write_rows(old, slot_major, slot)?;
+                        g.b.update_state(&name, written)?;
+                        g.b.permute(written, &[1, 2, 0, 3])?
+                    }
+                    // A prefill fills the first slots (the cache is empty).
+                    _ => {
+                        let filled = g.b.concat(&[slot_major, old], axis)?;
+                        g.b.update_state(&name, g.b.slice(filled, axis, 0, n as i64)?)?;
+                        new
                     }
                 }
             }

@@ -115,6 +115,8 @@ struct Batch<'a> {
     penalize: bool,
     session: Session,
     submitted: u64,
+    /// Slots in use (slot caches): the next decode step writes slot `filled`.
+    filled: usize,
     t0: Instant,
 }
 
@@ -182,6 +184,19 @@ impl Batch<'_> {
                 }
             }
         }
+        // A slot-cache decode step writes its token into the next free slot,
+        // which its own cache mask already counts.
+        let slots = self.kind.slots();
+        let written = !prefill && self.kind != Cache::Growing;
+        if written {
+            if self.filled >= slots {
+                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
+            }
+            for (i, row_mask) in mask.iter().enumerate() {
+                self.cache_mask[i][self.filled] = row_mask.first().copied().unwrap_or(0);
+                self.cache_pos[i][self.filled] = pos.get(i * len).copied().unwrap_or(0);
+            }
+        }
         let (bu, lu) = (b as u64, len as u64);
         let mut inputs = vec![
             named("position_ids", i64_tensor(vec![bu, lu], &pos)),
@@ -190,6 +205,13 @@ impl Batch<'_> {
         ];
         if !fed {
             inputs.push(named("input_ids", i64_tensor(vec![bu, lu], &ids)));
+        }
+        if written {
+            inputs.push(named(
+                "cache_slot",
+                i64_tensor(vec![1], &[self.filled as i64]),
+            ));
+            self.filled += 1;
         }
         // The prefill starts the session: its cache is empty and unread.
         if !prefill {
@@ -242,9 +264,10 @@ impl Batch<'_> {
             self.session.submit(graph, &inputs)?;
         }
         self.submitted += 1;
-        // The run appends (growing) or prepends (slots) this step's tokens.
-        let slots = self.kind.slots();
-        for (i, row_mask) in mask.iter().enumerate() {
+        // The run appends (growing) or, as a prefill, fills the first slots
+        // with this step's tokens (a decode step's slot is marked above).
+        let rows = if written { 0 } else { mask.len() };
+        for (i, row_mask) in mask.iter().enumerate().take(rows) {
             let (cm, cp) = (&mut self.cache_mask[i], &mut self.cache_pos[i]);
             let new_pos = pos[i * len..(i + 1) * len].iter().copied();
             if self.kind == Cache::Growing {
@@ -259,6 +282,7 @@ impl Batch<'_> {
             }
             cm.truncate(slots);
             cp.truncate(slots);
+            self.filled = len;
         }
         // A fed prompt's next token goes at its length (set when the row
         // was made); a row that runs on moves one position on, but never
@@ -391,6 +415,7 @@ pub fn generate(
         penalize: false,
         session: Session::new(),
         submitted: 0,
+        filled: 0,
         t0: Instant::now(),
     };
     let mut next_id = batch_len;

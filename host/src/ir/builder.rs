@@ -49,7 +49,7 @@ pub struct GraphBuilder {
     state_types: HashMap<String, (DType, usize)>,
 }
 
-type R = Result<NodeId, GraphError>;
+pub(super) type R = Result<NodeId, GraphError>;
 
 impl GraphBuilder {
     pub fn new(name: &str, weights: WeightTypes, limits: BuilderLimits) -> Self {
@@ -68,7 +68,7 @@ impl GraphBuilder {
         }
     }
 
-    fn err(&self, op: &str, message: impl Into<String>) -> GraphError {
+    pub(super) fn err(&self, op: &str, message: impl Into<String>) -> GraphError {
         GraphError::Invalid {
             graph: self.name.clone(),
             op: op.to_string(),
@@ -85,7 +85,7 @@ impl GraphBuilder {
         })
     }
 
-    fn push(&mut self, op: Op, dtype: DType, shape: Shape) -> R {
+    pub(super) fn push(&mut self, op: Op, dtype: DType, shape: Shape) -> R {
         if self.nodes.len() >= self.limits.max_nodes {
             return Err(GraphError::Structure {
                 graph: self.name.clone(),

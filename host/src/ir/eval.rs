@@ -248,6 +248,9 @@ impl Eval<'_> {
             Op::Gather { x, indices, axis } => {
                 kernels::gather(self.arg(*x)?, self.arg(*indices)?, *axis)
             }
+            Op::WriteRows { x, update, start } => {
+                kernels::write_rows(self.arg(*x)?, self.arg(*update)?, self.arg(*start)?)
+            }
             Op::Reshape { x, shape } => kernels::reshape(self.arg(*x)?, shape),
             Op::Permute { x, perm } => kernels::permute(self.arg(*x)?, perm),
             Op::Slice {

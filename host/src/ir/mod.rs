@@ -9,6 +9,7 @@
 pub mod builder;
 pub mod eval;
 pub mod shape;
+mod write_rows;
 
 use std::fmt;
 
@@ -290,6 +291,14 @@ pub enum Op {
         indices: NodeId,
         axis: usize,
     },
+    /// `x` with rows `start..start + rows(update)` of axis 0 replaced by
+    /// `update`; `start` (an i64 `[1]`) is clamped to `[0, rows(x) -
+    /// rows(update)]`. Writes a decode step's keys into a fixed-slot cache.
+    WriteRows {
+        x: NodeId,
+        update: NodeId,
+        start: NodeId,
+    },
     ArgMax {
         x: NodeId,
         axis: usize,
@@ -346,6 +355,7 @@ impl Op {
                 .collect(),
             Op::Embedding { table, ids } => vec![*table, *ids],
             Op::Gather { x, indices, .. } => vec![*x, *indices],
+            Op::WriteRows { x, update, start } => vec![*x, *update, *start],
             Op::Concat { xs, .. } => xs.clone(),
         }
     }
@@ -381,6 +391,7 @@ impl Op {
             Op::L2Normalize { .. } => "l2-normalize",
             Op::State { .. } => "state",
             Op::Gather { .. } => "gather",
+            Op::WriteRows { .. } => "write-rows",
             Op::ArgMax { .. } => "argmax",
             Op::TopKValues { .. } | Op::TopKIndices { .. } => "top-k",
         }

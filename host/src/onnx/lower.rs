@@ -14,7 +14,7 @@ pub(super) struct Lowering<'g> {
     temp: usize,
 }
 
-enum Attr {
+pub(super) enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
@@ -80,7 +80,7 @@ impl<'g> Lowering<'g> {
         (self.nodes, self.inits)
     }
 
-    fn v(&self, id: NodeId) -> String {
+    pub(super) fn v(&self, id: NodeId) -> String {
         self.names[id as usize].clone()
     }
 
@@ -89,7 +89,7 @@ impl<'g> Lowering<'g> {
         format!("t{}_{hint}", self.temp)
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) {
+    pub(super) fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) {
         let mut n = NodeProto::new();
         n.op_type = op.to_string();
         n.name = format!("{op}_{}", self.nodes.len());
@@ -100,7 +100,7 @@ impl<'g> Lowering<'g> {
     }
 
     /// A fresh temp computed by `op`.
-    fn tmp(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+    pub(super) fn tmp(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         let out = self.fresh(&op.to_lowercase());
         self.node(op, inputs, &out, attrs);
         out
@@ -113,7 +113,7 @@ impl<'g> Lowering<'g> {
         name
     }
 
-    fn ints(&mut self, v: &[i64]) -> String {
+    pub(super) fn ints(&mut self, v: &[i64]) -> String {
         let name = self.fresh("i");
         let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.inits
@@ -183,6 +183,7 @@ impl<'g> Lowering<'g> {
                 &out,
                 vec![("axis", Attr::Int(*axis as i64))],
             ),
+            Op::WriteRows { x, update, start } => self.write_rows(*x, *update, *start, &out),
             Op::ArgMax { x, axis, keep_dims } => self.node(
                 "ArgMax",
                 &[&self.v(*x)],

@@ -8,6 +8,7 @@
 //! runtimes' own graph optimizers fuse the common patterns again.
 
 mod lower;
+mod write_rows;
 
 use onnx_protobuf::{
     tensor_proto, tensor_shape_proto, type_proto, GraphProto, ModelProto, OperatorSetIdProto,

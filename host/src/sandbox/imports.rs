@@ -484,6 +484,10 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.update_state(&name, x))
     }
 
+    fn write_rows(&mut self, b: B, x: Node, update: Node, start: Node) -> WResult<Node> {
+        self.with_builder(&b, |g| g.write_rows(x, update, start))
+    }
+
     fn gather(&mut self, b: B, x: Node, indices: Node, axis: i32) -> WResult<Node> {
         self.with_builder(&b, |g| g.gather(x, indices, axis))
     }

@@ -21,7 +21,7 @@ mod run;
 #[path = "weights.rs"]
 mod weights;
 use super::lower::{storage, Planner};
-use super::plan::{Arg, AttnParam, Buf, IdxParam, Plan, Ref, Step};
+use super::plan::{Arg, AttnParam, Buf, Download, IdxParam, Plan, Ref, Step};
 use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, PendingRun, Precision,
@@ -225,14 +225,19 @@ impl CudaExecutable {
         }
     }
 
-    fn prepare(&self, inputs: &NamedTensors) -> Result<Arc<Prepared>, BackendError> {
+    fn prepare(
+        &self,
+        inputs: &NamedTensors,
+        on_device: &[usize],
+    ) -> Result<Arc<Prepared>, BackendError> {
         let started = std::time::Instant::now();
         let bindings = bind_partial(&self.graph, inputs);
-        let plan = Planner::plan(
+        let plan = Planner::plan_resident(
             &self.graph,
             self.precision,
             &bindings,
             &self.persistent_index,
+            on_device,
         )
         .map_err(|e| self.fail(format!("planning: {e}")))?;
         let mut functions = Vec::with_capacity(plan.steps.len());
@@ -303,9 +308,19 @@ fn describe(step: &Step) -> String {
     }
 }
 
-fn resolve(plan: &Plan, base: u64, persistent: &[Arc<DeviceBuffer>], r: &Ref) -> u64 {
+/// Where one run's buffers lie: the arena, and the device tensors bound to
+/// the plan's external inputs.
+struct Bases {
+    arena: u64,
+    external: Vec<u64>,
+}
+
+fn resolve(plan: &Plan, base: &Bases, persistent: &[Arc<DeviceBuffer>], r: &Ref) -> u64 {
     match r.buf {
-        Buf::Arena(i) => base + plan.offsets.get(i).copied().unwrap_or(0) as u64 + r.offset as u64,
+        Buf::Arena(i) => {
+            base.arena + plan.offsets.get(i).copied().unwrap_or(0) as u64 + r.offset as u64
+        }
+        Buf::External(i) => base.external.get(i).copied().unwrap_or(0) + r.offset as u64,
         Buf::Persistent(i) => persistent.get(i).map(|b| b.ptr).unwrap_or(0) + r.offset as u64,
     }
 }

@@ -10,7 +10,7 @@ use cudarc::driver::{
     result as dr, sys as dsys, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
 
-use super::{resolve, BackendError, CudaExecutable, Prepared, RunState};
+use super::{resolve, BackendError, Bases, CudaExecutable, Prepared, RunState};
 use crate::backend::cuda::plan::{Arg, AttnParam, GemmStep, IdxParam, Ref, Step};
 use crate::ir::DType;
 
@@ -57,7 +57,7 @@ impl CudaExecutable {
         st: &mut RunState,
         key: &Vec<Vec<u64>>,
         prepared: &Prepared,
-        base: u64,
+        base: &Bases,
         stream: &Arc<CudaStream>,
     ) -> Result<(), BackendError> {
         if let Some(g) = st.graphs.get(key) {
@@ -101,7 +101,7 @@ impl CudaExecutable {
         &self,
         blas: &CudaBlas,
         prepared: &Prepared,
-        base: u64,
+        base: &Bases,
         stream: &Arc<CudaStream>,
     ) -> Result<(), BackendError> {
         for i in 0..prepared.plan.steps.len() {
@@ -117,7 +117,7 @@ impl CudaExecutable {
         &self,
         blas: &CudaBlas,
         prepared: &Prepared,
-        base: u64,
+        base: &Bases,
         stream: &Arc<CudaStream>,
         print: bool,
     ) -> Result<(), BackendError> {
@@ -188,7 +188,7 @@ impl CudaExecutable {
         blas: &CudaBlas,
         prepared: &Prepared,
         i: usize,
-        base: u64,
+        base: &Bases,
         stream: &Arc<CudaStream>,
     ) -> Result<(), BackendError> {
         let plan = &prepared.plan;

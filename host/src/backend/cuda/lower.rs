@@ -67,6 +67,8 @@ pub struct Planner<'g> {
     pub(super) upload_of: HashMap<NodeId, usize>,
     /// How many times each node is read (operands and graph outputs).
     pub(super) uses: Vec<u32>,
+    /// Input positions bound as [`Buf::External`] so far.
+    externals: Vec<usize>,
 }
 
 impl<'g> Planner<'g> {
@@ -77,6 +79,19 @@ impl<'g> Planner<'g> {
         precision: Precision,
         bindings: &Bindings,
         persistent: &HashMap<NodeId, usize>,
+    ) -> Result<Plan, PlanError> {
+        Self::plan_resident(g, precision, bindings, persistent, &[])
+    }
+
+    /// [`Planner::plan`] for a run given the inputs at positions `resident`
+    /// as device tensors: states among them that a `write-rows` updates are
+    /// read and written where they lie (`lower_rows.rs`).
+    pub fn plan_resident(
+        g: &'g Graph,
+        precision: Precision,
+        bindings: &Bindings,
+        persistent: &HashMap<NodeId, usize>,
+        resident: &[usize],
     ) -> Result<Plan, PlanError> {
         let mut uses = vec![0u32; g.nodes.len()];
         for x in g.nodes.iter().flat_map(|n| n.op.operands()) {
@@ -99,12 +114,27 @@ impl<'g> Planner<'g> {
             uploads: Vec::new(),
             upload_of: HashMap::new(),
             uses,
+            externals: Vec::new(),
         };
         let flag = p.alloc(4);
         for (pos, &id) in g.inputs.iter().enumerate() {
             let node = g.node(id);
             let shape = p.shape_of(id, bindings)?;
             let dtype = storage(node.dtype, precision);
+            if resident.contains(&pos) && p.writable_in_place(id) {
+                let at = Ref {
+                    buf: Buf::External(p.externals.len()),
+                    offset: 0,
+                };
+                p.externals.push(pos);
+                p.vals[id as usize] = Some(Val {
+                    at,
+                    dtype,
+                    strides: contiguous_strides(&shape),
+                    shape,
+                });
+                continue;
+            }
             let v = p.fresh(dtype, shape);
             p.upload_of.insert(id, p.uploads.len());
             p.uploads.push(Upload {
@@ -170,6 +200,7 @@ impl<'g> Planner<'g> {
             offsets,
             arena_bytes,
             error_flag: flag,
+            externals: p.externals,
         })
     }
 
@@ -463,6 +494,7 @@ impl<'g> Planner<'g> {
             }
             Op::Embedding { table, ids } => self.gather(*table, *ids, 0, dt, shape),
             Op::Gather { x, indices, axis } => self.gather(*x, *indices, *axis, dt, shape),
+            Op::WriteRows { x, update, start } => self.write_rows(*x, *update, *start),
             Op::Reshape { x, .. } => {
                 let x = self.val(*x)?;
                 if let Some(strides) = reshape_strides(&x.shape, &x.strides, &shape) {

@@ -28,7 +28,7 @@ fn range(plan: &Plan, r: &Ref, bytes: usize) -> Option<(usize, usize)> {
             let at = plan.offsets[i] + r.offset;
             Some((at, at + bytes))
         }
-        Buf::Persistent(_) => None,
+        Buf::Persistent(_) | Buf::External(_) => None,
     }
 }
 

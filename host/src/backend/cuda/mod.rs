@@ -20,6 +20,7 @@ pub mod lower;
 mod lower_fused;
 mod lower_gemv;
 mod lower_ops;
+mod lower_rows;
 pub mod plan;
 
 use std::sync::Arc;

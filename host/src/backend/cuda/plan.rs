@@ -24,6 +24,9 @@ pub enum Buf {
     /// A weight or constant uploaded at compile time (index into the
     /// executable's persistent buffers).
     Persistent(usize),
+    /// A device tensor a run is given (session state updated in place),
+    /// index into [`Plan::externals`].
+    External(usize),
 }
 
 /// A device address: a buffer plus a byte offset into it.
@@ -305,6 +308,9 @@ pub struct Plan {
     pub arena_bytes: usize,
     /// An i32 the gather kernels set when an index is out of range.
     pub error_flag: Ref,
+    /// Graph input positions read and written where they lie on the device
+    /// ([`Buf::External`]) instead of copied into the arena.
+    pub externals: Vec<usize>,
 }
 
 fn align(n: usize) -> usize {

@@ -122,7 +122,45 @@ impl PendingRun for Enqueued {
     }
 }
 
+/// The external input a download reads from its first byte (a state
+/// output written in place), if any.
+fn external_at(d: &Download) -> Option<usize> {
+    match d.at.buf {
+        Buf::External(k) if d.at.offset == 0 => Some(k),
+        _ => None,
+    }
+}
+
 impl CudaExecutable {
+    /// The resident tensor given for input `name`, checked against this
+    /// device and `dtype`; the stream first waits for the run that writes
+    /// it when that run is on another stream.
+    fn resident_input<'a>(
+        &self,
+        name: &str,
+        dtype: DType,
+        resident: &'a NamedDeviceTensors,
+        stream: &CudaStream,
+    ) -> Result<&'a CudaTensor, BackendError> {
+        let src = (resident.iter())
+            .find(|(n, _)| n == name)
+            .and_then(|(_, d)| d.as_any().downcast_ref::<CudaTensor>())
+            .filter(|c| c.ordinal == self.gpu.ordinal && c.device_dtype == dtype)
+            .ok_or_else(|| {
+                self.fail(format!(
+                    "input `{name}` lives on another device or precision"
+                ))
+            })?;
+        if let Some(r) = src.ready.as_ref() {
+            if r.stream != stream.cu_stream() as usize {
+                stream
+                    .wait(&r.event)
+                    .map_err(|x| self.fail(format!("wait for `{name}`: {x}")))?;
+            }
+        }
+        Ok(src)
+    }
+
     /// Queues one run: `resident` inputs are copied device to device (after
     /// the runs that write them), outputs named in `keep` are returned as
     /// [`CudaTensor`]s, the rest come from the returned run's `wait`.
@@ -141,11 +179,17 @@ impl CudaExecutable {
             .state
             .lock()
             .map_err(|_| self.fail("a previous run panicked".into()))?;
-        let key: Vec<Vec<u64>> = inputs.iter().map(|(_, t)| t.shape.clone()).collect();
+        // Plans differ by input shapes and by which inputs lie on the device.
+        let on_device: Vec<usize> = (inputs.iter().enumerate())
+            .filter(|(_, (n, _))| resident.iter().any(|(r, _)| r == n))
+            .map(|(i, _)| i)
+            .collect();
+        let mut key: Vec<Vec<u64>> = inputs.iter().map(|(_, t)| t.shape.clone()).collect();
+        key.push(on_device.iter().map(|&i| i as u64).collect());
         let prepared = match st.plans.get(&key) {
             Some(p) => p.clone(),
             None => {
-                let p = self.prepare(&inputs)?;
+                let p = self.prepare(&inputs, &on_device)?;
                 if st.plans.len() >= MAX_PLANS {
                     st.plans.clear();
                     st.graphs.clear();
@@ -169,8 +213,30 @@ impl CudaExecutable {
             let bytes = plan.arena_bytes + plan.arena_bytes / 4;
             st.arena = Some(DeviceBuffer::new(&self.gpu.ctx, bytes).map_err(|e| self.fail(e))?);
         }
-        let base = st.arena.as_ref().map(|a| a.ptr).unwrap_or(0);
-        let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
+        // External inputs: the session's tensors, written in place.
+        let mut external = Vec::with_capacity(plan.externals.len());
+        let mut in_place = Vec::with_capacity(plan.externals.len());
+        for &pos in &plan.externals {
+            let (name, tensor) = inputs
+                .get(pos)
+                .ok_or_else(|| self.fail(format!("input {pos} missing")))?;
+            let dtype = storage(tensor.dtype, self.precision);
+            let src = self.resident_input(name, dtype, &resident, &stream)?;
+            let need = tensor.shape.iter().product::<u64>() as usize * dtype.size();
+            if src.bytes < need {
+                return Err(self.fail(format!(
+                    "input `{name}` holds {} bytes, the plan needs {need}",
+                    src.bytes
+                )));
+            }
+            external.push(src.ptr());
+            in_place.push((src.buf.clone(), src.offset));
+        }
+        let base = Bases {
+            arena: st.arena.as_ref().map(|a| a.ptr).unwrap_or(0),
+            external,
+        };
+        let at = |r: &Ref| resolve(plan, &base, &self.persistent, r);
         let mut t = Transfers::default();
         let zero = t.stage(&[0; 4]);
         t.input(Src::Staged(zero), at(&plan.error_flag), 4);
@@ -178,23 +244,8 @@ impl CudaExecutable {
             let (name, tensor) = inputs
                 .get(u.input)
                 .ok_or_else(|| self.fail(format!("input {} missing", u.input)))?;
-            if let Some((_, d)) = resident.iter().find(|(n, _)| n == name) {
-                let src = d
-                    .as_any()
-                    .downcast_ref::<CudaTensor>()
-                    .filter(|c| c.ordinal == self.gpu.ordinal && c.device_dtype == u.dtype)
-                    .ok_or_else(|| {
-                        self.fail(format!(
-                            "input `{name}` lives on another device or precision"
-                        ))
-                    })?;
-                if let Some(r) = src.ready.as_ref() {
-                    if r.stream != stream.cu_stream() as usize {
-                        stream
-                            .wait(&r.event)
-                            .map_err(|x| self.fail(format!("wait for `{name}`: {x}")))?;
-                    }
-                }
+            if resident.iter().any(|(n, _)| n == name) {
+                let src = self.resident_input(name, u.dtype, &resident, &stream)?;
                 let n = src.shape.iter().product::<u64>() as usize * u.dtype.size();
                 t.input(Src::Device(src.ptr()), at(&u.at), n.min(src.bytes));
                 continue;
@@ -219,7 +270,7 @@ impl CudaExecutable {
             .iter()
             .zip(&sizes)
             .map(|(d, &n)| {
-                keep.contains(&d.name).then(|| {
+                (keep.contains(&d.name) && external_at(d).is_none()).then(|| {
                     let o = kept_bytes;
                     kept_bytes += n.div_ceil(256) * 256;
                     o
@@ -238,10 +289,15 @@ impl CudaExecutable {
         let mut kept_meta = Vec::new();
         for ((d, &n), k) in plan.downloads.iter().zip(&sizes).zip(&kept_at) {
             let shape: Vec<u64> = d.shape.iter().map(|&x| x as u64).collect();
-            match (k, &pool) {
-                (Some(o), Some(p)) => {
+            // A kept state written in place is its input's tensor again.
+            let alias = external_at(d).filter(|_| keep.contains(&d.name));
+            match (k, &pool, alias.and_then(|x| in_place.get(x))) {
+                (_, _, Some((buf, offset))) => {
+                    kept_meta.push((d.name.clone(), buf.clone(), *offset, n, d, shape));
+                }
+                (Some(o), Some(p), _) => {
                     t.output(at(&d.at), Dst::Device(p.ptr + *o as u64), n);
-                    kept_meta.push((d.name.clone(), *o, n, d.dtype, d.device_dtype, shape));
+                    kept_meta.push((d.name.clone(), p.clone(), *o, n, d, shape));
                 }
                 _ => {
                     let o = t.reserve_download(n);
@@ -295,7 +351,16 @@ impl CudaExecutable {
         }
         .map_err(|x| queued(self.fail(x)))?;
         let launched = std::time::Instant::now();
-        self.execute(&mut st, &key, &prepared, base, &stream)
+        // Captured graphs hold the external addresses too.
+        let mut graph_key = key;
+        graph_key.push(base.external.clone());
+        if st.runs.len() >= MAX_PLANS * 4 {
+            st.runs.clear();
+        }
+        if !st.graphs.contains_key(&graph_key) && st.graphs.len() >= MAX_PLANS {
+            st.graphs.clear();
+        }
+        self.execute(&mut st, &graph_key, &prepared, &base, &stream)
             .map_err(queued)?;
         let enqueued = launched.elapsed();
         // SAFETY: see above.
@@ -313,27 +378,23 @@ impl CudaExecutable {
             event,
             stream: stream.cu_stream() as usize,
         });
-        let graph = st.graphs.contains_key(&key);
+        let graph = st.graphs.contains_key(&graph_key);
         drop(st);
-        let kept: NamedDeviceTensors = match &pool {
-            Some(p) => kept_meta
-                .into_iter()
-                .map(|(name, offset, bytes, dtype, device_dtype, shape)| {
-                    let t: Arc<dyn DeviceTensor> = Arc::new(CudaTensor {
-                        ready: Some(done.clone()),
-                        buf: p.clone(),
-                        offset,
-                        bytes,
-                        ordinal: self.gpu.ordinal,
-                        dtype,
-                        device_dtype,
-                        shape,
-                    });
-                    (name, t)
-                })
-                .collect(),
-            None => Vec::new(),
+        let tensor = |buf, offset, bytes, d: &Download, shape| -> Arc<dyn DeviceTensor> {
+            Arc::new(CudaTensor {
+                ready: Some(done.clone()),
+                buf,
+                offset,
+                bytes,
+                ordinal: self.gpu.ordinal,
+                dtype: d.dtype,
+                device_dtype: d.device_dtype,
+                shape,
+            })
         };
+        let kept: NamedDeviceTensors = (kept_meta.into_iter())
+            .map(|(name, buf, offset, bytes, d, shape)| (name, tensor(buf, offset, bytes, d, shape)))
+            .collect();
         let run = Enqueued {
             device: self.device.clone(),
             graph: self.graph.name.clone(),

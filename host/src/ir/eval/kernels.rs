@@ -448,6 +448,24 @@ pub(crate) fn expand(x: &Value, target: &[usize]) -> Result<Value, String> {
 }
 
 /// ONNX Gather along `axis`; negative indices count from the end.
+/// `x` with rows `start..` of axis 0 replaced by `update`, `start` clamped
+/// so that the rows fit.
+pub(crate) fn write_rows(x: &Value, update: &Value, start: &Value) -> Result<Value, String> {
+    let rows = *x.shape.first().ok_or("x has no axis 0")? as i64;
+    let new = *update.shape.first().ok_or("update has no axis 0")? as i64;
+    if new > rows {
+        return Err(format!(
+            "update has {new} rows, more than x's {rows}: {:?} into {:?}",
+            update.shape, x.shape
+        ));
+    }
+    let at = *start.data.ints()?.first().ok_or("start is empty")?;
+    let at = at.clamp(0, rows - new);
+    let head = slice(x, 0, 0, at)?;
+    let tail = slice(x, 0, at + new, rows)?;
+    concat(&[&head, update, &tail], 0)
+}
+
 pub(crate) fn gather(x: &Value, indices: &Value, axis: usize) -> Result<Value, String> {
     let n = *x
         .shape

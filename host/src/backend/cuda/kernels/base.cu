@@ -333,6 +333,24 @@ __device__ void copy_pair_t(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2)
   }
 }
 
+// Rows of a write-rows op: `x` (strides s0) into `y` from row
+// clamp(*start, 0, last) on, rows of `row` elements (s1: the update's dense
+// strides). A second update (`p2`, `x2`, `y2`: a step's values next to its
+// keys) may share the launch and the row index.
+__device__ __forceinline__ i64 row_at(const i64* start, i64 last, i64 row) {
+  i64 s = *start;
+  return (s < 0 ? 0 : (s > last ? last : s)) * row;
+}
+template <typename E>
+__device__ void write_rows_t(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2,
+                             const i64* start, i64 last, i64 row) {
+  i64 o = row_at(start, last, row);
+  GRID_LOOP(i, p.n + p2.n) {
+    if (i < p.n) copy_at(p, i, x, y + o);
+    else copy_at(p2, i - p.n, x2, y2 + o);
+  }
+}
+
 // Rotary embedding; y contiguous [..., d]. s0 = x, s1 = cos, s2 = sin
 // strides over x's shape (cos/sin only read for the first r elements of a
 // row); `xl` is x's last-axis stride (to reach the partner element).

@@ -17,6 +17,7 @@ extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b,
   extern "C" __global__ void select_##s(Idx p, const u8* c, const E* a, const E* b, E* y) { pdl_enter(); select_t<E>(p, c, a, b, y); } \
   extern "C" __global__ void copy_##s(Idx p, const E* x, E* y) { pdl_enter(); copy_t<E>(p, x, y); } \
   extern "C" __global__ void copy_pair_##s(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2) { pdl_enter(); copy_pair_t<E>(p, x, y, p2, x2, y2); } \
+  extern "C" __global__ void write_rows_##s(Idx p, const E* x, E* y, Idx p2, const E* x2, E* y2, const i64* st, i64 l, i64 r) { pdl_enter(); write_rows_t<E>(p, x, y, p2, x2, y2, st, l, r); } \
   extern "C" __global__ void gather_##s##_i64(i64 o, i64 ni, i64 al, i64 in, const E* x, const i64* idx, E* y, int* err) { pdl_enter(); gather_t<E, i64>(o, ni, al, in, x, idx, y, err); } \
   extern "C" __global__ void gather_##s##_i32(i64 o, i64 ni, i64 al, i64 in, const E* x, const int* idx, E* y, int* err) { pdl_enter(); gather_t<E, int>(o, ni, al, in, x, idx, y, err); }
 BYSIZE(SIZED)

@@ -1,0 +1,213 @@
+//! Session state updated where it lies. A state input that only a
+//! `write-rows` reads, and that the run is given as a device tensor, is
+//! bound to that tensor ([`Buf::External`]) instead of copied into the
+//! arena, and the write touches only its rows: a decode step writes its
+//! keys and values into a fixed-slot KV cache without copying the cache in
+//! or out.
+
+use super::lower::{elementwise_grid, PlanError, Planner, BLOCK};
+use super::plan::*;
+use crate::ir::{NodeId, Op};
+
+impl Planner<'_> {
+    /// Whether input `id` is a state read by nothing but a `write-rows`
+    /// that replaces its rows, so that the write may go where it lies.
+    pub(super) fn writable_in_place(&self, id: NodeId) -> bool {
+        matches!(self.g.node(id).op, Op::State { .. })
+            && self.uses.get(id as usize) == Some(&1)
+            && self
+                .g
+                .nodes
+                .iter()
+                .any(|n| matches!(n.op, Op::WriteRows { x, .. } if x == id))
+    }
+
+    /// `x` with rows from `start` on replaced by `update`: in place when `x`
+    /// is an external state (see [`Planner::writable_in_place`]), else in
+    /// a copy.
+    pub(super) fn write_rows(
+        &mut self,
+        x: NodeId,
+        update: NodeId,
+        start: NodeId,
+    ) -> Result<Val, PlanError> {
+        let (xv, u, s) = (self.val(x)?, self.val(update)?, self.val(start)?);
+        let rows = xv.shape.first().copied().unwrap_or(0);
+        let new = u.shape.first().copied().unwrap_or(0);
+        if new > rows || xv.dtype != u.dtype {
+            return Err(self.err(format!(
+                "update {:?} {:?} does not fit x {:?} {:?}",
+                u.dtype, u.shape, xv.dtype, xv.shape
+            )));
+        }
+        let y = if matches!(xv.at.buf, Buf::External(_)) && xv.is_contiguous() {
+            xv
+        } else {
+            let y = self.fresh(xv.dtype, xv.shape.clone());
+            self.copy_into(&xv, &y.at, &y.strides)?;
+            y
+        };
+        let n = u.numel();
+        if n == 0 {
+            return Ok(y);
+        }
+        let dense = contiguous_strides(&u.shape);
+        let zeros = vec![0i64; u.shape.len()];
+        let p = index_param(&u.shape, [&u.strides, &dense, &zeros])
+            .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
+        let none = index_param(&[0], [&[0], &[0], &[0]])
+            .ok_or_else(|| self.err("empty index space"))?;
+        let row = (y.numel() / rows.max(1)) as i64;
+        self.use_val(&u);
+        self.use_val(&s);
+        self.use_val(&y);
+        self.kernel(
+            format!("write_rows_{}", y.dtype.size()),
+            elementwise_grid(n),
+            BLOCK,
+            0,
+            vec![
+                Arg::Idx(Box::new(p)),
+                Arg::Ptr(u.at),
+                Arg::Ptr(y.at),
+                Arg::Idx(Box::new(none)),
+                Arg::Null,
+                Arg::Null,
+                Arg::Ptr(s.at),
+                Arg::I64((rows - new) as i64),
+                Arg::I64(row),
+            ],
+        );
+        self.merge_writes();
+        Ok(y)
+    }
+
+    /// A `write_rows` just planned joins a single one before it with the
+    /// same row index and row shape (a step's values after its keys) when
+    /// neither writes what the other reads.
+    fn merge_writes(&mut self) {
+        let n = self.steps.len();
+        let (
+            Some(Step::Kernel {
+                name: pn, args: pa, ..
+            }),
+            Some(Step::Kernel {
+                name: ln, args: la, ..
+            }),
+        ) = (
+            n.checked_sub(2).and_then(|i| self.steps.get(i)),
+            self.steps.last(),
+        )
+        else {
+            return;
+        };
+        let (
+            [Arg::Idx(p1), Arg::Ptr(x1), Arg::Ptr(y1), Arg::Idx(e), Arg::Null, Arg::Null, s1, l1, r1],
+            [Arg::Idx(p2), Arg::Ptr(x2), Arg::Ptr(y2), _, _, _, s2, l2, r2],
+        ) = (pa.as_slice(), la.as_slice())
+        else {
+            return;
+        };
+        let apart = x2.buf != y1.buf && x1.buf != y2.buf && y1.buf != y2.buf;
+        if pn != ln || !pn.starts_with("write_rows_") || e.n != 0 || !apart {
+            return;
+        }
+        if (s1, l1, r1) != (s2, l2, r2) {
+            return;
+        }
+        let args = vec![
+            Arg::Idx(p1.clone()),
+            Arg::Ptr(*x1),
+            Arg::Ptr(*y1),
+            Arg::Idx(p2.clone()),
+            Arg::Ptr(*x2),
+            Arg::Ptr(*y2),
+            s1.clone(),
+            l1.clone(),
+            r1.clone(),
+        ];
+        let (name, total, dst) = (ln.clone(), p1.n + p2.n, y2.buf);
+        self.steps.truncate(n - 2);
+        if let Buf::Arena(j) = dst {
+            self.buffers[j].first = self.buffers[j].first.min(n - 2);
+        }
+        self.kernel(
+            name,
+            elementwise_grid(total.max(0) as usize),
+            BLOCK,
+            0,
+            args,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::super::lower::Planner;
+    use super::super::plan::*;
+    use crate::backend::Precision;
+    use crate::ir::builder::{BuilderLimits, GraphBuilder};
+    use crate::ir::{DType, Dim, Graph};
+
+    /// A decode step over two slot-major caches [8, 2, 2, 4]: keys and
+    /// values of one token written into slot `slot`, then attended to.
+    fn decode_step() -> Graph {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let fixed = |s: &[u64]| s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
+        let q = b.input("q", DType::F32, fixed(&[2, 2, 1, 4])).unwrap();
+        let slot = b.input("slot", DType::I64, fixed(&[1])).unwrap();
+        let mut kv = Vec::new();
+        for name in ["k", "v"] {
+            let old = b.state(name, DType::F32, fixed(&[8, 2, 2, 4])).unwrap();
+            let new = b.input(&format!("{name}_new"), DType::F32, fixed(&[1, 2, 2, 4]));
+            let written = b.write_rows(old, new.unwrap(), slot).unwrap();
+            b.update_state(name, written).unwrap();
+            kv.push(b.permute(written, vec![1, 2, 0, 3]).unwrap());
+        }
+        let y = b.attention(q, kv[0], kv[1], None, false, None).unwrap();
+        b.output("y", y).unwrap();
+        b.finish().unwrap()
+    }
+
+    fn kernels(plan: &Plan) -> Vec<&str> {
+        (plan.steps.iter())
+            .filter_map(|s| match s {
+                Step::Kernel { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Given the caches as device tensors, the step writes both slots in
+    /// one launch where the caches lie and copies no cache; given them as
+    /// host tensors it copies each into the arena first.
+    #[test]
+    fn resident_caches_are_written_in_place() {
+        let g = decode_step();
+        let states: Vec<usize> = (g.inputs.iter().enumerate())
+            .filter(|(_, &id)| matches!(g.node(id).op, crate::ir::Op::State { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        let (none, bind) = (HashMap::new(), HashMap::new());
+        let plan = Planner::plan_resident(&g, Precision::F32, &bind, &none, &states).unwrap();
+        assert_eq!(plan.externals, states);
+        let names = kernels(&plan);
+        assert_eq!(names.iter().filter(|n| n.starts_with("write_rows_")).count(), 1, "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("copy")), "{names:?}");
+        let written: Vec<_> = (plan.downloads.iter())
+            .filter(|d| d.name.starts_with("state."))
+            .map(|d| d.at.buf)
+            .collect();
+        assert_eq!(written, [Buf::External(0), Buf::External(1)]);
+        assert!(plan.uploads.iter().all(|u| !states.contains(&u.input)));
+
+        let copied = Planner::plan(&g, Precision::F32, &bind, &none).unwrap();
+        assert!(copied.externals.is_empty());
+        let names = kernels(&copied);
+        assert_eq!(names.iter().filter(|n| n.starts_with("copy")).count(), 2, "{names:?}");
+        assert!(copied.downloads.iter().all(|d| matches!(d.at.buf, Buf::Arena(_))));
+    }
+}
