@@ -19,14 +19,111 @@
 #define AMMA_ROWS 128
 #define NEG_INF __int_as_float(0xff800000u)
 #define AMMA_KC 32
+// A chunk of AMMA_KC value rows from c0 (zeros past the last key) into
+// `vsh` (rows of D + 8 halves), 16 bytes per step of `first`, `first` +
+// `step`, ... (the block's threads or one warp's lanes).
+template <typename T, int D>
+__device__ __forceinline__ void amma_stage_values(const Attn& p, const T* vb, int c0, unsigned short* vsh, int first, int step) {
+  const W16 z = {0u, 0u, 0u, 0u};
+  for (int e = first; e < AMMA_KC * (D / 8); e += step) {
+    const int j = e / (D / 8), d8 = (e - j * (D / 8)) * 8;
+    *(W16*)(vsh + j * (D + 8) + d8) = c0 + j < p.sk ? *(const W16*)(vb + (i64)(c0 + j) * p.vs[2] + d8) : z;
+  }
+}
+// One chunk of keys for a warp's 16 query rows (fragments qa, qb: rows g and
+// g + 8 of lane (g, t)): scores against keys c0 + 8 nt + (0..7) (lane group
+// g loads key 8 nt + g from kb, already offset by 8 t), scaled and masked as
+// attn_score does (row g's mask entry at head ha, query ia, causal by query
+// ra; row g + 8's at hb, ib, rb), keys past the last excluded; the running
+// maxima m, sums l and value sums o are rescaled to the chunk's maxima and
+// the probabilities returned as the value product's a operands (pa).
+template <typename T, int D>
+__device__ __forceinline__ void amma_scores(const Attn& p, const void* mask, int bb, const W16* qa, const W16* qb,
+                                            const T* kb, int c0, int ha, int hb, int ia, int ib, int ra, int rb,
+                                            float (*o)[4], float& ma, float& mb, float& la, float& lb, unsigned (*pa)[2]) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const W16 z = {0u, 0u, 0u, 0u};
+  float s[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int key = c0 + 8 * nt + g;
+    W16 kw[D / 32];
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) kw[c] = key < p.sk ? *(const W16*)(kb + (i64)key * p.ks[2] + 32 * c) : z;
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) {
+      mma16816<T>(s[nt], qa[c].a, qb[c].a, qa[c].b, qb[c].b, kw[c].a, kw[c].b);
+      mma16816<T>(s[nt], qa[c].c, qb[c].c, qa[c].d, qb[c].d, kw[c].c, kw[c].d);
+    }
+  }
+  float xa = NEG_INF, xb = NEG_INF;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = c0 + 8 * nt + 2 * t + (e & 1);
+      float sc = NEG_INF;
+      if (j < p.sk) {
+        const float mv = p.mask_kind ? attn_mask<T>(p, mask, bb, e < 2 ? ha : hb, e < 2 ? ia : ib, j) : 0.0f;
+        sc = attn_scored(p, s[nt][e], mv, e < 2 ? ra : rb, j);
+      }
+      s[nt][e] = sc;
+      if (e < 2) xa = fmaxf(xa, sc); else xb = fmaxf(xb, sc);
+    }
+  xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
+  xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
+  xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
+  xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
+  const float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
+  const float aa = expf(ma - na), ab = expf(mb - nb);
+  ma = na;
+  mb = nb;
+  la *= aa;
+  lb *= ab;
+#pragma unroll
+  for (int d = 0; d < D / 8; ++d) {
+    o[d][0] *= aa; o[d][1] *= aa; o[d][2] *= ab; o[d][3] *= ab;
+  }
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const float p0 = expf(s[nt][0] - na), p1 = expf(s[nt][1] - na);
+    const float p2 = expf(s[nt][2] - nb), p3 = expf(s[nt][3] - nb);
+    la += p0 + p1;
+    lb += p2 + p3;
+    pa[nt][0] = pack2<T>(p0, p1);
+    pa[nt][1] = pack2<T>(p2, p3);
+  }
+}
+// o += the chunk's probabilities (pa) x its staged values (vsh, read
+// transposed with ldmatrix).
+template <typename T, int D>
+__device__ __forceinline__ void amma_values(const unsigned short* vsh, unsigned (*pa)[2], float (*o)[4]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    // Lane l addresses row l % 8 of matrix l / 8: keys 16 h2 + 8 ((l / 8) & 1), dims 8 (dt + l / 16).
+    const unsigned short* row = vsh + (16 * h2 + 8 * ((lane >> 3) & 1) + (lane & 7)) * (D + 8) + 8 * (lane >> 4);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      unsigned b[4];
+      ldmatrix_t4(row + 8 * dt, b);
+      mma16816<T>(o[dt], pa[2 * h2][0], pa[2 * h2][1], pa[2 * h2 + 1][0], pa[2 * h2 + 1][1], b[0], b[1]);
+      mma16816<T>(o[dt + 1], pa[2 * h2][0], pa[2 * h2][1], pa[2 * h2 + 1][0], pa[2 * h2 + 1][1], b[2], b[3]);
+    }
+  }
+}
+// A row's sum over the four lanes that hold its keys.
+__device__ __forceinline__ float amma_row_sum(float l) {
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  return l + __shfl_xor_sync(0xffffffffu, l, 2);
+}
 template <typename T, int D>
 __device__ void attention_mma_d(const Attn& p, const T* q, const T* k, const T* v, const void* mask, T* y) {
   extern __shared__ __align__(16) float sh[];
   unsigned short* vsh = (unsigned short*)sh;  // [AMMA_KC][D + 8]
-  const int VP = D + 8;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int tiles = (p.sq + AMMA_ROWS - 1) / AMMA_ROWS;
-  const W16 z = {0u, 0u, 0u, 0u};
   for (i64 blk = blockIdx.x; blk < (i64)p.b * p.h * tiles; blk += gridDim.x) {
     const int tile = (int)(blk % tiles);
     const int hh = (int)((blk / tiles) % p.h);
@@ -51,86 +148,18 @@ __device__ void attention_mma_d(const Attn& p, const T* q, const T* k, const T* 
     float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
     for (int c0 = 0; c0 < p.sk; c0 += AMMA_KC) {
       __syncthreads();  // the previous chunk's values are consumed
-      for (int e = threadIdx.x; e < AMMA_KC * (D / 8); e += blockDim.x) {
-        const int j = e / (D / 8), d8 = (e - j * (D / 8)) * 8;
-        *(W16*)(vsh + j * VP + d8) = c0 + j < p.sk ? *(const W16*)(vb + (i64)(c0 + j) * p.vs[2] + d8) : z;
-      }
+      amma_stage_values<T, D>(p, vb, c0, vsh, threadIdx.x, blockDim.x);
       if (!live) {
         __syncthreads();
         continue;
       }
-      // Scores of keys c0 + 8 nt + (0..7): lane group g loads key 8 nt + g.
-      float s[4][4];
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int key = c0 + 8 * nt + g;
-        W16 kw[D / 32];
-#pragma unroll
-        for (int c = 0; c < D / 32; ++c) kw[c] = key < p.sk ? *(const W16*)(kb + (i64)key * p.ks[2] + 32 * c) : z;
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < D / 32; ++c) {
-          mma16816<T>(s[nt], qa[c].a, qb[c].a, qa[c].b, qb[c].b, kw[c].a, kw[c].b);
-          mma16816<T>(s[nt], qa[c].c, qb[c].c, qa[c].d, qb[c].d, kw[c].c, kw[c].d);
-        }
-      }
-      float xa = NEG_INF, xb = NEG_INF;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = c0 + 8 * nt + 2 * t + (e & 1);
-          const int row = e < 2 ? ra : rb, crow = e < 2 ? ca : cb;
-          float sc = NEG_INF;
-          if (j < p.sk) {
-            const float mv = p.mask_kind ? attn_mask<T>(p, mask, bb, hh, crow, j) : 0.0f;
-            sc = attn_scored(p, s[nt][e], mv, row, j);
-          }
-          s[nt][e] = sc;
-          if (e < 2) xa = fmaxf(xa, sc); else xb = fmaxf(xb, sc);
-        }
-      xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
-      xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
-      xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
-      xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
-      const float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
-      const float aa = expf(ma - na), ab = expf(mb - nb);
-      ma = na;
-      mb = nb;
-      la *= aa;
-      lb *= ab;
-#pragma unroll
-      for (int d = 0; d < D / 8; ++d) {
-        o[d][0] *= aa; o[d][1] *= aa; o[d][2] *= ab; o[d][3] *= ab;
-      }
       unsigned pa[4][2];
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const float p0 = expf(s[nt][0] - na), p1 = expf(s[nt][1] - na);
-        const float p2 = expf(s[nt][2] - nb), p3 = expf(s[nt][3] - nb);
-        la += p0 + p1;
-        lb += p2 + p3;
-        pa[nt][0] = pack2<T>(p0, p1);
-        pa[nt][1] = pack2<T>(p2, p3);
-      }
+      amma_scores<T, D>(p, mask, bb, qa, qb, kb, c0, hh, hh, ca, cb, ra, rb, o, ma, mb, la, lb, pa);
       __syncthreads();  // the values are staged
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2) {
-        // Lane l addresses row l % 8 of matrix l / 8: keys 16 h2 + 8 ((l / 8) & 1), dims 8 (dt + l / 16).
-        const unsigned short* row = vsh + (16 * h2 + 8 * ((lane >> 3) & 1) + (lane & 7)) * VP + 8 * (lane >> 4);
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt += 2) {
-          unsigned b[4];
-          ldmatrix_t4(row + 8 * dt, b);
-          mma16816<T>(o[dt], pa[2 * h2][0], pa[2 * h2][1], pa[2 * h2 + 1][0], pa[2 * h2 + 1][1], b[0], b[1]);
-          mma16816<T>(o[dt + 1], pa[2 * h2][0], pa[2 * h2][1], pa[2 * h2 + 1][0], pa[2 * h2 + 1][1], b[2], b[3]);
-        }
-      }
+      amma_values<T, D>(vsh, pa, o);
     }
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    la = amma_row_sum(la);
+    lb = amma_row_sum(lb);
     T* ya = y + (((i64)bb * p.h + hh) * p.sq + ra) * D + 2 * t;
 #pragma unroll
     for (int d = 0; d < D / 8; ++d) {
@@ -176,80 +205,15 @@ __device__ void attention_gdec_d(const Attn& p, const T* q, const T* k, const T*
     for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
     for (int c0 = warp * AMMA_KC; c0 < p.sk; c0 += nw * AMMA_KC) {
-      for (int e = lane; e < AMMA_KC * (D / 8); e += 32) {
-        const int j = e / (D / 8), d8 = (e - j * (D / 8)) * 8;
-        *(W16*)(vsh + j * VP + d8) = c0 + j < p.sk ? *(const W16*)(vb + (i64)(c0 + j) * p.vs[2] + d8) : z;
-      }
-      float s[4][4];
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int key = c0 + 8 * nt + g;
-        W16 kw[D / 32];
-#pragma unroll
-        for (int c = 0; c < D / 32; ++c) kw[c] = key < p.sk ? *(const W16*)(kb + (i64)key * p.ks[2] + 32 * c) : z;
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < D / 32; ++c) {
-          mma16816<T>(s[nt], qa[c].a, qb[c].a, qa[c].b, qb[c].b, kw[c].a, kw[c].b);
-          mma16816<T>(s[nt], qa[c].c, qb[c].c, qa[c].d, qb[c].d, kw[c].c, kw[c].d);
-        }
-      }
-      float xa = NEG_INF, xb = NEG_INF;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = c0 + 8 * nt + 2 * t + (e & 1);
-          float sc = NEG_INF;
-          if (j < p.sk) {
-            const float mv = p.mask_kind ? attn_mask<T>(p, mask, bb, e < 2 ? ha : hb, 0, j) : 0.0f;
-            sc = attn_scored(p, s[nt][e], mv, 0, j);
-          }
-          s[nt][e] = sc;
-          if (e < 2) xa = fmaxf(xa, sc); else xb = fmaxf(xb, sc);
-        }
-      xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
-      xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
-      xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
-      xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
-      const float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
-      const float aa = expf(ma - na), ab = expf(mb - nb);
-      ma = na;
-      mb = nb;
-      la *= aa;
-      lb *= ab;
-#pragma unroll
-      for (int d = 0; d < D / 8; ++d) {
-        o[d][0] *= aa; o[d][1] *= aa; o[d][2] *= ab; o[d][3] *= ab;
-      }
+      amma_stage_values<T, D>(p, vb, c0, vsh, lane, 32);
       unsigned pa[4][2];
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const float p0 = expf(s[nt][0] - na), p1 = expf(s[nt][1] - na);
-        const float p2 = expf(s[nt][2] - nb), p3 = expf(s[nt][3] - nb);
-        la += p0 + p1;
-        lb += p2 + p3;
-        pa[nt][0] = pack2<T>(p0, p1);
-        pa[nt][1] = pack2<T>(p2, p3);
-      }
+      amma_scores<T, D>(p, mask, bb, qa, qb, kb, c0, ha, hb, 0, 0, 0, 0, o, ma, mb, la, lb, pa);
       __syncwarp();  // the warp's values are staged
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2) {
-        const unsigned short* row = vsh + (16 * h2 + 8 * ((lane >> 3) & 1) + (lane & 7)) * VP + 8 * (lane >> 4);
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt += 2) {
-          unsigned b[4];
-          ldmatrix_t4(row + 8 * dt, b);
-          mma16816<T>(o[dt], pa[2 * h2][0], pa[2 * h2][1], pa[2 * h2 + 1][0], pa[2 * h2 + 1][1], b[0], b[1]);
-          mma16816<T>(o[dt + 1], pa[2 * h2][0], pa[2 * h2][1], pa[2 * h2 + 1][0], pa[2 * h2 + 1][1], b[2], b[3]);
-        }
-      }
+      amma_values<T, D>(vsh, pa, o);
       __syncwarp();  // consumed before the next chunk is staged
     }
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    la = amma_row_sum(la);
+    lb = amma_row_sum(lb);
     __syncthreads();  // every warp's values consumed: the space holds partials
     float* r = sh + warp * RW;  // [16] maxima, [16] sums, [16][D] value sums
     if (t == 0) {
