@@ -227,7 +227,11 @@ fn slot_step(name: &str, slots: u64, start: i64) -> Built {
     let st = c.state("k", fixed(&cache), Tensor::from_f32(cache.to_vec(), &kv))?;
     let k = sym_input(&mut c, "k_new", fixed(&[2, 2, 1, 8]), &[2, 2, 1, 8])?;
     let q = sym_input(&mut c, "q", fixed(&[2, 2, 1, 8]), &[2, 2, 1, 8])?;
-    let at = c.input("slot", fixed(&[1]), int_tensor(DType::I64, vec![1], &[start]))?;
+    let at = c.input(
+        "slot",
+        fixed(&[1]),
+        int_tensor(DType::I64, vec![1], &[start]),
+    )?;
     let slot_major = c.b.permute(k, vec![2, 0, 1, 3])?;
     let written = c.b.write_rows(st, slot_major, at)?;
     c.b.update_state("k", written)?;

@@ -29,7 +29,12 @@ impl GraphBuilder {
             ));
         }
         let same_rest = nx.shape.len() == nu.shape.len()
-            && nx.shape.iter().zip(&nu.shape).skip(1).all(|(a, b)| same_dim(a, b));
+            && nx
+                .shape
+                .iter()
+                .zip(&nu.shape)
+                .skip(1)
+                .all(|(a, b)| same_dim(a, b));
         if nx.dtype != nu.dtype || nx.shape.is_empty() || !same_rest {
             return Err(self.err(
                 OP,
@@ -44,10 +49,7 @@ impl GraphBuilder {
         }
         if let (Dim::Fixed(rx), Dim::Fixed(ru)) = (&nx.shape[0], &nu.shape[0]) {
             if ru > rx {
-                return Err(self.err(
-                    OP,
-                    format!("update has {ru} rows, more than x's {rx}"),
-                ));
+                return Err(self.err(OP, format!("update has {ru} rows, more than x's {rx}")));
             }
         }
         self.push(Op::WriteRows { x, update, start }, nx.dtype, nx.shape)

@@ -89,7 +89,13 @@ impl<'g> Lowering<'g> {
         format!("t{}_{hint}", self.temp)
     }
 
-    pub(super) fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) {
+    pub(super) fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<(&str, Attr)>,
+    ) {
         let mut n = NodeProto::new();
         n.op_type = op.to_string();
         n.name = format!("{op}_{}", self.nodes.len());

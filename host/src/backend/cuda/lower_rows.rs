@@ -55,12 +55,16 @@ impl Planner<'_> {
         let zeros = vec![0i64; u.shape.len()];
         let p = index_param(&u.shape, [&u.strides, &dense, &zeros])
             .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
-        let none = index_param(&[0], [&[0], &[0], &[0]])
-            .ok_or_else(|| self.err("empty index space"))?;
+        let none =
+            index_param(&[0], [&[0], &[0], &[0]]).ok_or_else(|| self.err("empty index space"))?;
         let row = (y.numel() / rows.max(1)) as i64;
         self.use_val(&u);
         self.use_val(&s);
         self.use_val(&y);
+        let last = (rows - new) as i64;
+        if self.rotary_writes(update, &u, &y, &s, last, row) {
+            return Ok(y);
+        }
         self.kernel(
             format!("write_rows_{}", y.dtype.size()),
             elementwise_grid(n),
@@ -74,7 +78,7 @@ impl Planner<'_> {
                 Arg::Null,
                 Arg::Null,
                 Arg::Ptr(s.at),
-                Arg::I64((rows - new) as i64),
+                Arg::I64(last),
                 Arg::I64(row),
             ],
         );
@@ -82,10 +86,65 @@ impl Planner<'_> {
         Ok(y)
     }
 
+    /// When `u` is all of the keys output of the `rotary2` just planned
+    /// (contiguous, read by nothing else), that launch writes the rotated
+    /// keys into the cache rows itself (`rotary2_write`).
+    fn rotary_writes(
+        &mut self,
+        update: NodeId,
+        u: &Val,
+        y: &Val,
+        s: &Val,
+        last: i64,
+        row: i64,
+    ) -> bool {
+        let Buf::Arena(i) = u.at.buf else {
+            return false;
+        };
+        let whole = u.at.offset == 0 && self.buffers[i].bytes == u.numel() * u.dtype.size();
+        if !whole || !u.is_contiguous() || !self.sole_reader(update) {
+            return false;
+        }
+        let Some(none) = index_param(&[0], [&[0], &[0], &[0]]) else {
+            return false;
+        };
+        let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
+            return false;
+        };
+        let dt = match name.strip_prefix("rotary2_") {
+            Some(dt) if !dt.contains('_') && args.len() == 13 => dt.to_string(),
+            _ => return false,
+        };
+        let reads_cache = [1, 5, 8, 9]
+            .iter()
+            .any(|&k| matches!(&args[k], Arg::Ptr(r) if r.buf == y.at.buf));
+        match args[6] {
+            Arg::Ptr(y2) if y2 == u.at && !reads_cache => {}
+            _ => return false,
+        }
+        *name = format!("rotary2_write_{dt}");
+        args[6] = Arg::Ptr(y.at);
+        args.extend([
+            Arg::Idx(Box::new(none)),
+            Arg::Null,
+            Arg::Null,
+            Arg::Ptr(s.at),
+            Arg::I64(last),
+            Arg::I64(row),
+        ]);
+        // The keys buffer is no longer written.
+        self.buffers[i].last = self.buffers[i].first;
+        true
+    }
+
     /// A `write_rows` just planned joins a single one before it with the
-    /// same row index and row shape (a step's values after its keys) when
-    /// neither writes what the other reads.
+    /// same row index and row shape (a step's values after its keys), or
+    /// the copy slot of a `rotary2_write` before it, when neither writes
+    /// what the other reads.
     fn merge_writes(&mut self) {
+        if self.merge_rotary_write() {
+            return;
+        }
         let n = self.steps.len();
         let (
             Some(Step::Kernel {
@@ -139,6 +198,69 @@ impl Planner<'_> {
             args,
         );
     }
+    /// The single `write_rows` just planned fills the empty copy slot of
+    /// the `rotary2_write` before it (same row index and element size).
+    fn merge_rotary_write(&mut self) -> bool {
+        let n = self.steps.len();
+        let (
+            Some(Step::Kernel {
+                name: pn, args: pa, ..
+            }),
+            Some(Step::Kernel {
+                name: ln, args: la, ..
+            }),
+        ) = (
+            n.checked_sub(2).and_then(|i| self.steps.get(i)),
+            self.steps.last(),
+        )
+        else {
+            return false;
+        };
+        let size = match pn.strip_prefix("rotary2_write_") {
+            Some("f32") => "4",
+            Some("f16" | "bf16") => "2",
+            _ => return false,
+        };
+        let (
+            [Arg::Idx(p), Arg::Ptr(x), Arg::Ptr(y), Arg::Idx(e), Arg::Null, Arg::Null, s, l, r],
+            [.., Arg::Idx(e3), Arg::Null, Arg::Null, s3, l3, r3],
+        ) = (la.as_slice(), pa.as_slice())
+        else {
+            return false;
+        };
+        let reads = |b: Buf| {
+            [1, 5, 8, 9]
+                .iter()
+                .any(|&k| matches!(&pa[k], Arg::Ptr(q) if q.buf == b))
+        };
+        let keys = matches!(&pa[6], Arg::Ptr(k) if k.buf == x.buf || k.buf == y.buf);
+        if ln.strip_prefix("write_rows_") != Some(size)
+            || e.n != 0
+            || e3.n != 0
+            || (s, l, r) != (s3, l3, r3)
+            || keys
+            || reads(y.buf)
+        {
+            return false;
+        }
+        let total = pa.iter().fold(0i64, |t, a| match a {
+            Arg::Idx(q) => t + q.n,
+            _ => t,
+        }) + p.n;
+        let (p, x, y) = (p.clone(), *x, *y);
+        if let Buf::Arena(j) = y.buf {
+            self.buffers[j].first = self.buffers[j].first.min(n - 2);
+        }
+        let Some(Step::Kernel { args: pa, grid, .. }) = self.steps.get_mut(n - 2) else {
+            return false;
+        };
+        pa[13] = Arg::Idx(p);
+        pa[14] = Arg::Ptr(x);
+        pa[15] = Arg::Ptr(y);
+        *grid = elementwise_grid(total.max(0) as usize);
+        self.steps.truncate(n - 1);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -153,17 +275,27 @@ mod tests {
     use crate::ir::{DType, Dim, Graph};
 
     /// A decode step over two slot-major caches [8, 2, 2, 4]: keys and
-    /// values of one token written into slot `slot`, then attended to.
-    fn decode_step() -> Graph {
+    /// values of one token written into slot `slot`, then attended to;
+    /// with `rotary`, queries and keys rotated first.
+    fn decode_step(rotary: bool) -> Graph {
         let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
         let fixed = |s: &[u64]| s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-        let q = b.input("q", DType::F32, fixed(&[2, 2, 1, 4])).unwrap();
+        let mut q = b.input("q", DType::F32, fixed(&[2, 2, 1, 4])).unwrap();
         let slot = b.input("slot", DType::I64, fixed(&[1])).unwrap();
+        let cos = b.input("cos", DType::F32, fixed(&[2, 1, 1, 4])).unwrap();
+        let sin = b.input("sin", DType::F32, fixed(&[2, 1, 1, 4])).unwrap();
+        if rotary {
+            q = b.rotary(q, cos, sin, false).unwrap();
+        }
         let mut kv = Vec::new();
         for name in ["k", "v"] {
             let old = b.state(name, DType::F32, fixed(&[8, 2, 2, 4])).unwrap();
-            let new = b.input(&format!("{name}_new"), DType::F32, fixed(&[1, 2, 2, 4]));
-            let written = b.write_rows(old, new.unwrap(), slot).unwrap();
+            let mut new = b.input(&format!("{name}_new"), DType::F32, fixed(&[2, 2, 1, 4]));
+            if rotary && name == "k" {
+                new = b.rotary(new.unwrap(), cos, sin, false);
+            }
+            let new = b.permute(new.unwrap(), vec![2, 0, 1, 3]).unwrap();
+            let written = b.write_rows(old, new, slot).unwrap();
             b.update_state(name, written).unwrap();
             kv.push(b.permute(written, vec![1, 2, 0, 3]).unwrap());
         }
@@ -186,7 +318,7 @@ mod tests {
     /// host tensors it copies each into the arena first.
     #[test]
     fn resident_caches_are_written_in_place() {
-        let g = decode_step();
+        let g = decode_step(false);
         let states: Vec<usize> = (g.inputs.iter().enumerate())
             .filter(|(_, &id)| matches!(g.node(id).op, crate::ir::Op::State { .. }))
             .map(|(i, _)| i)
@@ -195,7 +327,14 @@ mod tests {
         let plan = Planner::plan_resident(&g, Precision::F32, &bind, &none, &states).unwrap();
         assert_eq!(plan.externals, states);
         let names = kernels(&plan);
-        assert_eq!(names.iter().filter(|n| n.starts_with("write_rows_")).count(), 1, "{names:?}");
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("write_rows_"))
+                .count(),
+            1,
+            "{names:?}"
+        );
         assert!(!names.iter().any(|n| n.starts_with("copy")), "{names:?}");
         let written: Vec<_> = (plan.downloads.iter())
             .filter(|d| d.name.starts_with("state."))
@@ -207,7 +346,70 @@ mod tests {
         let copied = Planner::plan(&g, Precision::F32, &bind, &none).unwrap();
         assert!(copied.externals.is_empty());
         let names = kernels(&copied);
-        assert_eq!(names.iter().filter(|n| n.starts_with("copy")).count(), 2, "{names:?}");
-        assert!(copied.downloads.iter().all(|d| matches!(d.at.buf, Buf::Arena(_))));
+        assert_eq!(
+            names.iter().filter(|n| n.starts_with("copy")).count(),
+            2,
+            "{names:?}"
+        );
+        assert!(copied
+            .downloads
+            .iter()
+            .all(|d| matches!(d.at.buf, Buf::Arena(_))));
+    }
+
+    /// Rotated keys go from the rotary launch straight into their cache
+    /// slot, and the values join that launch: one kernel writes the step.
+    #[test]
+    fn rotated_keys_are_written_by_the_rotary() {
+        let g = decode_step(true);
+        let states: Vec<usize> = (g.inputs.iter().enumerate())
+            .filter(|(_, &id)| matches!(g.node(id).op, crate::ir::Op::State { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        let (none, bind) = (HashMap::new(), HashMap::new());
+        let plan = Planner::plan_resident(&g, Precision::F32, &bind, &none, &states).unwrap();
+        let names = kernels(&plan);
+        assert_eq!(
+            names.iter().filter(|n| n.starts_with("rotary")).count(),
+            1,
+            "{names:?}"
+        );
+        assert!(names.contains(&"rotary2_write_f32"), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("write_rows") || n.starts_with("copy")),
+            "{names:?}"
+        );
+        let Some(Step::Kernel { args, grid, .. }) = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s, Step::Kernel { name, .. } if name == "rotary2_write_f32"))
+        else {
+            panic!("no rotary2_write");
+        };
+        // Queries, keys and values: 16 elements each.
+        let total: i64 = args
+            .iter()
+            .filter_map(|a| match a {
+                Arg::Idx(p) => Some(p.n),
+                _ => None,
+            })
+            .sum();
+        assert_eq!((total, *grid), (48, 1));
+        assert!(matches!(
+            args[6],
+            Arg::Ptr(Ref {
+                buf: Buf::External(0),
+                ..
+            })
+        ));
+        assert!(matches!(
+            args[15],
+            Arg::Ptr(Ref {
+                buf: Buf::External(1),
+                ..
+            })
+        ));
     }
 }

@@ -393,7 +393,9 @@ impl CudaExecutable {
             })
         };
         let kept: NamedDeviceTensors = (kept_meta.into_iter())
-            .map(|(name, buf, offset, bytes, d, shape)| (name, tensor(buf, offset, bytes, d, shape)))
+            .map(|(name, buf, offset, bytes, d, shape)| {
+                (name, tensor(buf, offset, bytes, d, shape))
+            })
             .collect();
         let run = Enqueued {
             device: self.device.clone(),

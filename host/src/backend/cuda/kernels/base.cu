@@ -381,6 +381,19 @@ __device__ void rotary2_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, 
     else rotary_at(p2, i - p.n, x2, c, s, y2, d, r, xl2, inter);
   }
 }
+// rotary2 whose second output (a decode step's keys) and a copy (its
+// values) go to row clamp(*st, 0, last) of their caches (write-rows).
+template <typename T>
+__device__ void rotary2_write_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2,
+                                const T* c, const T* s, int d, int r, int inter, Idx p3, const T* x3, T* y3,
+                                const i64* st, i64 last, i64 row) {
+  i64 o = row_at(st, last, row);
+  GRID_LOOP(i, p.n + p2.n + p3.n) {
+    if (i < p.n) rotary_at(p, i, x, c, s, y, d, r, xl, inter);
+    else if (i < p.n + p2.n) rotary_at(p2, i - p.n, x2, c, s, y2 + o, d, r, xl2, inter);
+    else copy_at(p3, i - p.n - p2.n, x3, y3 + o);
+  }
+}
 // rotary2 and an independent copy (the step's new values into their cache).
 template <typename T>
 __device__ void rotary2_copy_t(Idx p, const T* x, T* y, i64 xl, Idx p2, const T* x2, T* y2, i64 xl2,
