@@ -15,6 +15,8 @@
 //! except argmax/top-k indices, which may pick another position whose
 //! reference value ties with the expected one within the same tolerance.
 
+#[path = "backend_state.rs"]
+mod backend_state;
 mod common;
 #[path = "op_cases.rs"]
 mod op_cases;

@@ -230,7 +230,11 @@ impl CudaExecutable {
                 )));
             }
             external.push(src.ptr());
-            in_place.push((src.buf.clone(), src.offset));
+            // Only the state's own next value may take its memory.
+            let next = name
+                .strip_prefix("state.")
+                .map(crate::ir::state_output_name);
+            in_place.push((src.buf.clone(), src.offset, next));
         }
         let base = Bases {
             arena: st.arena.as_ref().map(|a| a.ptr).unwrap_or(0),
@@ -264,13 +268,20 @@ impl CudaExecutable {
             .iter()
             .map(|d| d.shape.iter().product::<usize>() * d.device_dtype.size())
             .collect();
+        // A kept state written in place is its input's memory again.
+        let alias = |d: &Download| {
+            external_at(d)
+                .and_then(|x| in_place.get(x))
+                .filter(|e| keep.contains(&d.name) && e.2.as_deref() == Some(d.name.as_str()))
+                .map(|e| (e.0.clone(), e.1))
+        };
         let mut kept_bytes = 0usize;
         let kept_at: Vec<Option<usize>> = plan
             .downloads
             .iter()
             .zip(&sizes)
             .map(|(d, &n)| {
-                (keep.contains(&d.name) && external_at(d).is_none()).then(|| {
+                (keep.contains(&d.name) && alias(d).is_none()).then(|| {
                     let o = kept_bytes;
                     kept_bytes += n.div_ceil(256) * 256;
                     o
@@ -289,11 +300,9 @@ impl CudaExecutable {
         let mut kept_meta = Vec::new();
         for ((d, &n), k) in plan.downloads.iter().zip(&sizes).zip(&kept_at) {
             let shape: Vec<u64> = d.shape.iter().map(|&x| x as u64).collect();
-            // A kept state written in place is its input's tensor again.
-            let alias = external_at(d).filter(|_| keep.contains(&d.name));
-            match (k, &pool, alias.and_then(|x| in_place.get(x))) {
+            match (k, &pool, alias(d)) {
                 (_, _, Some((buf, offset))) => {
-                    kept_meta.push((d.name.clone(), buf.clone(), *offset, n, d, shape));
+                    kept_meta.push((d.name.clone(), buf, offset, n, d, shape));
                 }
                 (Some(o), Some(p), _) => {
                     t.output(at(&d.at), Dst::Device(p.ptr + *o as u64), n);
