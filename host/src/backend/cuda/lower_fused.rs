@@ -67,19 +67,7 @@ impl Planner<'_> {
     /// `rotary2` of that element size (`rotary2_copy`): a decode step's new
     /// keys and values reach their caches in one kernel.
     pub(super) fn merge_copy(&mut self) {
-        let n = self.steps.len();
-        let (
-            Some(Step::Kernel {
-                name: pn, args: pa, ..
-            }),
-            Some(Step::Kernel {
-                name: ln, args: la, ..
-            }),
-        ) = (
-            n.checked_sub(2).and_then(|i| self.steps.get(i)),
-            self.steps.last(),
-        )
-        else {
+        let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
             return;
         };
         let ([Arg::Idx(p3), Arg::Ptr(x3), Arg::Ptr(y3)], Some(size)) =
@@ -121,17 +109,7 @@ impl Planner<'_> {
             return;
         };
         let dst = y3.buf;
-        self.steps.truncate(n - 2);
-        if let Buf::Arena(j) = dst {
-            self.buffers[j].first = self.buffers[j].first.min(n - 2);
-        }
-        self.kernel(
-            name,
-            elementwise_grid(total.max(0) as usize),
-            BLOCK,
-            0,
-            args,
-        );
+        self.replace_last_two(name, args, total, dst);
     }
 
     /// Two rotary steps in a row with the same tables (queries, then keys)

@@ -9,6 +9,23 @@ use super::lower::{elementwise_grid, PlanError, Planner, BLOCK};
 use super::plan::*;
 use crate::ir::{NodeId, Op};
 
+/// The arguments a write launch ends with: an empty second update (filled
+/// by a merge) and the row index `s`, its largest value and the row size.
+fn write_tail(s: &Val, last: i64, row: i64) -> Option<[Arg; 6]> {
+    let none = index_param(&[0], [&[0], &[0], &[0]])?;
+    Some([
+        Arg::Idx(Box::new(none)),
+        Arg::Null,
+        Arg::Null,
+        Arg::Ptr(s.at),
+        Arg::I64(last),
+        Arg::I64(row),
+    ])
+}
+
+/// A planned kernel's name and arguments.
+type KernelRef<'a> = (&'a String, &'a Vec<Arg>);
+
 impl Planner<'_> {
     /// Whether input `id` is a state read by nothing but a `write-rows`
     /// that replaces its rows, so that the write may go where it lies.
@@ -55,8 +72,6 @@ impl Planner<'_> {
         let zeros = vec![0i64; u.shape.len()];
         let p = index_param(&u.shape, [&u.strides, &dense, &zeros])
             .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
-        let none =
-            index_param(&[0], [&[0], &[0], &[0]]).ok_or_else(|| self.err("empty index space"))?;
         let row = (y.numel() / rows.max(1)) as i64;
         self.use_val(&u);
         self.use_val(&s);
@@ -65,22 +80,16 @@ impl Planner<'_> {
         if self.rotary_writes(update, &u, &y, &s, last, row) {
             return Ok(y);
         }
+        let tail = write_tail(&s, last, row).ok_or_else(|| self.err("empty index space"))?;
         self.kernel(
             format!("write_rows_{}", y.dtype.size()),
             elementwise_grid(n),
             BLOCK,
             0,
-            vec![
-                Arg::Idx(Box::new(p)),
-                Arg::Ptr(u.at),
-                Arg::Ptr(y.at),
-                Arg::Idx(Box::new(none)),
-                Arg::Null,
-                Arg::Null,
-                Arg::Ptr(s.at),
-                Arg::I64(last),
-                Arg::I64(row),
-            ],
+            [Arg::Idx(Box::new(p)), Arg::Ptr(u.at), Arg::Ptr(y.at)]
+                .into_iter()
+                .chain(tail)
+                .collect(),
         );
         self.merge_writes();
         Ok(y)
@@ -105,7 +114,7 @@ impl Planner<'_> {
         if !whole || !u.is_contiguous() || !self.sole_reader(update) {
             return false;
         }
-        let Some(none) = index_param(&[0], [&[0], &[0], &[0]]) else {
+        let Some(tail) = write_tail(s, last, row) else {
             return false;
         };
         let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
@@ -124,17 +133,30 @@ impl Planner<'_> {
         }
         *name = format!("rotary2_write_{dt}");
         args[6] = Arg::Ptr(y.at);
-        args.extend([
-            Arg::Idx(Box::new(none)),
-            Arg::Null,
-            Arg::Null,
-            Arg::Ptr(s.at),
-            Arg::I64(last),
-            Arg::I64(row),
-        ]);
+        args.extend(tail);
         // The keys buffer is no longer written.
         self.buffers[i].last = self.buffers[i].first;
         true
+    }
+
+    /// Names and arguments of the last two steps when both are kernels
+    /// (the peepholes that merge a launch into the one before it).
+    pub(super) fn last_two_kernels(&self) -> Option<(KernelRef<'_>, KernelRef<'_>)> {
+        let n = self.steps.len();
+        match (
+            n.checked_sub(2).and_then(|i| self.steps.get(i)),
+            self.steps.last(),
+        ) {
+            (
+                Some(Step::Kernel {
+                    name: pn, args: pa, ..
+                }),
+                Some(Step::Kernel {
+                    name: ln, args: la, ..
+                }),
+            ) => Some(((pn, pa), (ln, la))),
+            _ => None,
+        }
     }
 
     /// A `write_rows` just planned joins a single one before it with the
@@ -145,19 +167,7 @@ impl Planner<'_> {
         if self.merge_rotary_write() {
             return;
         }
-        let n = self.steps.len();
-        let (
-            Some(Step::Kernel {
-                name: pn, args: pa, ..
-            }),
-            Some(Step::Kernel {
-                name: ln, args: la, ..
-            }),
-        ) = (
-            n.checked_sub(2).and_then(|i| self.steps.get(i)),
-            self.steps.last(),
-        )
-        else {
+        let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
             return;
         };
         let (
@@ -186,9 +196,17 @@ impl Planner<'_> {
             r1.clone(),
         ];
         let (name, total, dst) = (ln.clone(), p1.n + p2.n, y2.buf);
-        self.steps.truncate(n - 2);
+        self.replace_last_two(name, args, total, dst);
+    }
+
+    /// Replaces the last two steps with one element-wise launch of `total`
+    /// elements; `dst`, written by the second, is now written a step
+    /// earlier.
+    pub(super) fn replace_last_two(&mut self, name: String, args: Vec<Arg>, total: i64, dst: Buf) {
+        let at = self.steps.len().saturating_sub(2);
+        self.steps.truncate(at);
         if let Buf::Arena(j) = dst {
-            self.buffers[j].first = self.buffers[j].first.min(n - 2);
+            self.buffers[j].first = self.buffers[j].first.min(at);
         }
         self.kernel(
             name,
@@ -202,18 +220,7 @@ impl Planner<'_> {
     /// the `rotary2_write` before it (same row index and element size).
     fn merge_rotary_write(&mut self) -> bool {
         let n = self.steps.len();
-        let (
-            Some(Step::Kernel {
-                name: pn, args: pa, ..
-            }),
-            Some(Step::Kernel {
-                name: ln, args: la, ..
-            }),
-        ) = (
-            n.checked_sub(2).and_then(|i| self.steps.get(i)),
-            self.steps.last(),
-        )
-        else {
+        let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
             return false;
         };
         let size = match pn.strip_prefix("rotary2_write_") {
@@ -304,6 +311,18 @@ mod tests {
         b.finish().unwrap()
     }
 
+    /// The graph planned with its states given as device tensors, and their
+    /// input positions.
+    fn planned_resident(g: &Graph) -> (Plan, Vec<usize>) {
+        let states: Vec<usize> = (g.inputs.iter().enumerate())
+            .filter(|(_, &id)| matches!(g.node(id).op, crate::ir::Op::State { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        let (none, bind) = (HashMap::new(), HashMap::new());
+        let plan = Planner::plan_resident(g, Precision::F32, &bind, &none, &states).unwrap();
+        (plan, states)
+    }
+
     fn kernels(plan: &Plan) -> Vec<&str> {
         (plan.steps.iter())
             .filter_map(|s| match s {
@@ -319,12 +338,7 @@ mod tests {
     #[test]
     fn resident_caches_are_written_in_place() {
         let g = decode_step(false);
-        let states: Vec<usize> = (g.inputs.iter().enumerate())
-            .filter(|(_, &id)| matches!(g.node(id).op, crate::ir::Op::State { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        let (none, bind) = (HashMap::new(), HashMap::new());
-        let plan = Planner::plan_resident(&g, Precision::F32, &bind, &none, &states).unwrap();
+        let (plan, states) = planned_resident(&g);
         assert_eq!(plan.externals, states);
         let names = kernels(&plan);
         assert_eq!(
@@ -343,7 +357,7 @@ mod tests {
         assert_eq!(written, [Buf::External(0), Buf::External(1)]);
         assert!(plan.uploads.iter().all(|u| !states.contains(&u.input)));
 
-        let copied = Planner::plan(&g, Precision::F32, &bind, &none).unwrap();
+        let copied = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
         assert!(copied.externals.is_empty());
         let names = kernels(&copied);
         assert_eq!(
@@ -361,13 +375,7 @@ mod tests {
     /// slot, and the values join that launch: one kernel writes the step.
     #[test]
     fn rotated_keys_are_written_by_the_rotary() {
-        let g = decode_step(true);
-        let states: Vec<usize> = (g.inputs.iter().enumerate())
-            .filter(|(_, &id)| matches!(g.node(id).op, crate::ir::Op::State { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        let (none, bind) = (HashMap::new(), HashMap::new());
-        let plan = Planner::plan_resident(&g, Precision::F32, &bind, &none, &states).unwrap();
+        let (plan, _) = planned_resident(&decode_step(true));
         let names = kernels(&plan);
         assert_eq!(
             names.iter().filter(|n| n.starts_with("rotary")).count(),
