@@ -100,17 +100,29 @@ fn ask(r: &mut Runner, reqs: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn greedy_matches(device: &str) {
+/// Greedy generation (alone, with repetition penalty, batched) and prefill
+/// logits of every architecture against transformers; `fixed_shapes` makes
+/// the skill keep the KV cache in fixed slots written with `write-rows`
+/// (what it does on cuda) instead of the backend's choice.
+fn greedy_matches(device: &str, fixed_shapes: Option<bool>) {
     if !available(device) {
         return;
     }
+    let slots = if fixed_shapes == Some(true) {
+        " (fixed slots)"
+    } else {
+        ""
+    };
+    let device_label = format!("{device}{slots}");
+    let device_label = device_label.as_str();
     for arch in ARCHS {
         let cases = cases(arch);
-        let mut r = runner(
+        let mut r = runner_with(
             "text-generation",
             &fixture(&format!("tiny-{arch}")),
             device,
             Precision::F32,
+            fixed_shapes,
         );
         let mut worst_logits = 0f64;
         for c in &cases {
@@ -118,7 +130,7 @@ fn greedy_matches(device: &str) {
             assert_eq!(
                 tokens(got),
                 c.new_ids,
-                "{arch} on {device}: prompt {:?}",
+                "{arch} on {device_label}: prompt {:?}",
                 c.prompt
             );
             assert_eq!(got["finish_reason"], "length");
@@ -137,7 +149,7 @@ fn greedy_matches(device: &str) {
             let (_, max) = compare(&logits, &c.prefill_logits);
             assert!(
                 max <= 1e-4,
-                "{arch} on {device}: prefill logits differ by {max}"
+                "{arch} on {device_label}: prefill logits differ by {max}"
             );
             worst_logits = worst_logits.max(max);
             let pen = &ask(
@@ -150,7 +162,7 @@ fn greedy_matches(device: &str) {
             assert_eq!(
                 tokens(pen),
                 c.new_ids_penalty,
-                "{arch} on {device} with repetition_penalty 1.3: {:?}",
+                "{arch} on {device_label} with repetition_penalty 1.3: {:?}",
                 c.prompt
             );
         }
@@ -162,7 +174,7 @@ fn greedy_matches(device: &str) {
             assert_eq!(
                 tokens(got),
                 c.new_ids,
-                "{arch} on {device}, batched: prompt {:?}",
+                "{arch} on {device_label}, batched: prompt {:?}",
                 c.prompt
             );
             assert_eq!(got["timings"]["batch_size"], cases.len());
@@ -175,24 +187,31 @@ fn greedy_matches(device: &str) {
             assert_eq!(
                 tokens(got),
                 c.new_ids_penalty,
-                "{arch} on {device}, batched with penalty: {:?}",
+                "{arch} on {device_label}, batched with penalty: {:?}",
                 c.prompt
             );
         }
         record(
-            serde_json::json!({ "case": format!("generation {arch} {device} f32 greedy"), "prompts": cases.len(), "identical": true, "prefill_logits_max_abs": worst_logits }),
+            serde_json::json!({ "case": format!("generation {arch} {device_label} f32 greedy"), "prompts": cases.len(), "identical": true, "prefill_logits_max_abs": worst_logits }),
         );
     }
 }
 
 #[test]
 fn greedy_generation_is_token_identical_on_cpu() {
-    greedy_matches("cpu");
+    greedy_matches("cpu", None);
+}
+
+/// The fixed-slot KV cache that cuda uses (`write-rows` into the next slot,
+/// masks over all slots, run-ahead steps), checked here on the cpu.
+#[test]
+fn greedy_generation_on_fixed_slots_is_token_identical_on_cpu() {
+    greedy_matches("cpu", Some(true));
 }
 
 #[test]
 fn greedy_generation_is_token_identical_on_openvino() {
-    greedy_matches("openvino");
+    greedy_matches("openvino", None);
 }
 
 #[test]

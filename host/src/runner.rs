@@ -149,6 +149,20 @@ impl Runner {
         devices: &[Device],
         precision: Precision,
     ) -> Result<Runner, HostError> {
+        Self::open_model_with(sandbox, skill, model, devices, precision, None)
+    }
+
+    /// [`Runner::open_model`] telling the skill `fixed_shapes` (when given)
+    /// instead of the backend's own answer (`runtime.device`): a test can run
+    /// the fixed-slot KV cache of CUDA on the cpu.
+    pub fn open_model_with(
+        sandbox: Arc<Sandbox>,
+        skill: &str,
+        model: Arc<Model>,
+        devices: &[Device],
+        precision: Precision,
+        fixed_shapes: Option<bool>,
+    ) -> Result<Runner, HostError> {
         let (name, path) = crate::skills::resolve(skill)?;
         let component = sandbox.load(&name, &path)?;
         let mut reasons = Vec::new();
@@ -160,12 +174,14 @@ impl Runner {
                     continue;
                 }
             };
-            let ctx = Arc::new(SkillContext::new(
+            let mut ctx = SkillContext::new(
                 &name,
                 model.clone(),
                 backend,
                 Arc::new(CompileCache::default()),
-            ));
+            );
+            ctx.fixed_shapes = fixed_shapes.or(ctx.fixed_shapes);
+            let ctx = Arc::new(ctx);
             let mut inst = sandbox.instantiate(&component, ctx.clone())?;
             match inst.load()? {
                 Ok(()) => {

@@ -81,14 +81,29 @@ pub fn runner(
     device: &str,
     precision: Precision,
 ) -> Runner {
+    runner_with(skill_name, model, device, precision, None)
+}
+
+/// [`runner`] telling the skill `fixed_shapes` (see `runtime.device`) when
+/// given, instead of the backend's answer.
+pub fn runner_with(
+    skill_name: &str,
+    model: &std::path::Path,
+    device: &str,
+    precision: Precision,
+    fixed_shapes: Option<bool>,
+) -> Runner {
     let devices: Vec<Device> = registry::parse_list(device).expect("device list");
     let s = skill(skill_name);
-    Runner::open(
+    let m = host::model::Model::open(model.to_str().expect("utf-8 path"))
+        .unwrap_or_else(|e| panic!("model {}: {e}", model.display()));
+    Runner::open_model_with(
         sandbox(),
         s.to_str().expect("utf-8 path"),
-        model.to_str().expect("utf-8 path"),
+        std::sync::Arc::new(m),
         &devices,
         precision,
+        fixed_shapes,
     )
     .unwrap_or_else(|e| panic!("loading {skill_name} on {device}: {e}"))
 }

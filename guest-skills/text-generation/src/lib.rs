@@ -149,7 +149,9 @@ impl Guest for TextGeneration {
             pad_to_multiple_of: None,
         })?;
         // Build the common graph now: a bad config fails at load.
-        let slots = skill_sdk::runtime::device().device.starts_with("cuda");
+        // Fixed slots where the backend replays repeated shapes (CUDA
+        // graphs); a growing cache elsewhere.
+        let slots = skill_sdk::runtime::device().fixed_shapes;
         let cache = if slots {
             Cache::Slots(MIN_CACHE)
         } else {

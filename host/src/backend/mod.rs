@@ -61,6 +61,12 @@ pub trait Backend: Send + Sync {
     fn device(&self) -> String;
     /// Precision graphs compute in.
     fn precision(&self) -> Precision;
+    /// Whether runs of repeated input shapes are replayed much faster than
+    /// new shapes (CUDA graphs), so that stateful skills should keep state
+    /// of a fixed size (told to skills by `runtime.device`).
+    fn replays_fixed_shapes(&self) -> bool {
+        false
+    }
     /// Compiles a validated graph whose weights live in `model`.
     fn compile(
         &self,

@@ -35,6 +35,9 @@ pub struct SkillContext {
     pub cache: Arc<CompileCache>,
     /// Minimum level printed (0 trace .. 4 error).
     pub log_level: u8,
+    /// Overrides the backend's [`Backend::replays_fixed_shapes`] in what
+    /// `runtime.device` tells the skill (`HOST_FIXED_SHAPES=1`/`0`).
+    pub fixed_shapes: Option<bool>,
 }
 
 impl SkillContext {
@@ -47,6 +50,7 @@ impl SkillContext {
             weight_types: Arc::new(HashMap::new()),
             cache: Arc::new(CompileCache::default()),
             log_level: 3,
+            fixed_shapes: None,
         }
     }
 
@@ -64,6 +68,11 @@ impl SkillContext {
             Ok("error") => 4,
             _ => 3,
         };
+        let fixed_shapes = match std::env::var("HOST_FIXED_SHAPES").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => None,
+        };
         SkillContext {
             skill: skill.to_string(),
             weight_types: model.weights.types(),
@@ -71,6 +80,7 @@ impl SkillContext {
             backend: Some(backend),
             cache,
             log_level,
+            fixed_shapes,
         }
     }
 
@@ -560,10 +570,15 @@ impl runtime::Host for HostState {
             Some(b) => runtime::DeviceInfo {
                 device: b.device(),
                 precision: b.precision().to_string(),
+                fixed_shapes: self
+                    .ctx
+                    .fixed_shapes
+                    .unwrap_or_else(|| b.replays_fixed_shapes()),
             },
             None => runtime::DeviceInfo {
                 device: String::new(),
                 precision: String::new(),
+                fixed_shapes: false,
             },
         })
     }

@@ -128,6 +128,10 @@ impl Backend for CudaBackend {
         self.precision
     }
 
+    fn replays_fixed_shapes(&self) -> bool {
+        graphs_enabled()
+    }
+
     fn compile(
         &self,
         graph: Arc<Graph>,
