@@ -411,24 +411,72 @@ fn queued_requests_join_a_running_batch_on_openvino() {
     }
 }
 
+/// Joins into a fixed-slot cache (what cuda keeps): the joiner's prompt is
+/// written into the next slots of every row, causal by position; with a
+/// long joiner the cache first grows (the resize graph). Every sequence
+/// still matches transformers (or, the long joiner, its run alone).
+#[test]
+fn queued_requests_join_fixed_slots_on_cpu() {
+    if !available("cpu") {
+        return;
+    }
+    for arch in ARCHS {
+        join_matches_with(arch, "cpu", Some(true), None);
+    }
+    let long = "the quick brown fox jumps over the lazy dog and then ".repeat(2);
+    for arch in ["llama", "opt", "bloom", "gpt_neo"] {
+        join_matches_with(arch, "cpu", Some(true), Some(&long));
+    }
+}
+
+/// The same joins where fixed slots are the backend's own choice (cuda,
+/// on the GPU machine): token-identical in f32.
+#[test]
+fn queued_requests_join_a_running_batch_on_cuda() {
+    if !available("cuda") {
+        return;
+    }
+    for arch in ARCHS {
+        join_matches_with(arch, "cuda", None, None);
+    }
+    let long = "the quick brown fox jumps over the lazy dog and then ".repeat(2);
+    for arch in ["llama", "opt", "bloom", "gpt_neo"] {
+        join_matches_with(arch, "cuda", None, Some(&long));
+    }
+}
+
 /// Early answers in arrival order: (index, JSON or error kind).
 type Answers = std::sync::Arc<std::sync::Mutex<Vec<(usize, Result<serde_json::Value, String>)>>>;
 
 fn join_matches(arch: &str, device: &str) {
-    let mut r = runner(
+    join_matches_with(arch, device, None, None);
+}
+
+/// [`join_matches`] with `fixed_shapes` told to the skill; with `long`, the
+/// joiner is that prompt instead, checked against its run alone (greedy,
+/// the same device).
+fn join_matches_with(arch: &str, device: &str, fixed_shapes: Option<bool>, long: Option<&str>) {
+    let model = fixture(&format!("tiny-{arch}"));
+    let mut r = runner_with(
         "text-generation",
-        &fixture(&format!("tiny-{arch}")),
+        &model,
         device,
         Precision::F32,
+        fixed_shapes,
     );
     let cs = cases(arch);
     let lengths = [20usize, 3, 5];
     let ask_for = |i: usize| {
-        request(
-            &cs[i].prompt,
-            serde_json::json!({ "max_new_tokens": lengths[i] }),
-        )
+        let prompt = match (i, long) {
+            (2, Some(p)) => p,
+            _ => cs[i].prompt.as_str(),
+        };
+        request(prompt, serde_json::json!({ "max_new_tokens": lengths[i] }))
     };
+    let alone = long.map(|_| {
+        let mut solo = runner("text-generation", &model, device, Precision::F32);
+        tokens(&ask(&mut solo, &[ask_for(2)])[0])
+    });
     let batch = [ask_for(0), ask_for(1)];
     let queued = std::sync::Arc::new(std::sync::Mutex::new(vec![
         (10usize, ask_for(2)),
@@ -465,11 +513,11 @@ fn join_matches(arch: &str, device: &str) {
     };
     for (i, at) in [(0usize, 0usize), (1, 1), (2, 10)] {
         let v = got(at).unwrap_or_else(|e| panic!("{arch} on {device}, request {i}: {e}"));
-        assert_eq!(
-            tokens(&v),
-            cs[i].new_ids[..lengths[i]],
-            "{arch} on {device}, request {i}"
-        );
+        let want = match (i, &alone) {
+            (2, Some(ids)) => ids.as_slice(),
+            _ => &cs[i].new_ids[..lengths[i]],
+        };
+        assert_eq!(tokens(&v), want, "{arch} on {device}, request {i}");
     }
     assert_eq!(got(11), Err("invalid-request".to_string()));
     let order: Vec<usize> = early.iter().map(|(i, _)| *i).collect();

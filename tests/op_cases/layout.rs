@@ -179,6 +179,23 @@ fn squeeze_expand() -> Vec<Built> {
         })());
     }
     v.push((|| {
+        // A symbolic target whose axis comes from an input declared later
+        // (the empty slots of a growing KV cache).
+        let mut c = Case::new("expand/axis-of-a-later-input");
+        let zero = c.b.scalar(0.5, DType::F32)?;
+        let empty =
+            c.b.expand(zero, vec![Dim::Fixed(2), sym("batch"), Dim::Fixed(3)])?;
+        let x = sym_input(
+            &mut c,
+            "x",
+            vec![Dim::Fixed(4), sym("batch"), Dim::Fixed(3)],
+            &[4, 5, 3],
+        )?;
+        let y = c.b.concat(vec![x, empty], 0)?;
+        c.output("y", y)?;
+        c.finish()
+    })());
+    v.push((|| {
         // A padding mask [batch, seq] expanded to [batch, heads, seq, seq].
         let mut c = Case::new("expand/symbolic-mask");
         let dims = vec![sym("batch"), sym("seq")];

@@ -87,17 +87,20 @@ pub struct ModelInfo {
     pub vocab: u64,
     pub max_positions: u64,
     pub top_k: u32,
+    /// Bytes of keys and values one token takes in the cache (as declared,
+    /// f32), over all layers.
+    pub kv_bytes: u64,
 }
 
-struct Dims {
+pub(crate) struct Dims {
     /// One projection for q/k/v and for gate/up (weights concatenated).
     fuse: bool,
     act: UnaryOp,
     hidden: u64,
     heads: u64,
-    kv_heads: u64,
-    head_dim: u64,
-    layers: u64,
+    pub(crate) kv_heads: u64,
+    pub(crate) head_dim: u64,
+    pub(crate) layers: u64,
     eps: f32,
     /// Per layer: attends within a sliding window of `window` positions.
     local: Vec<bool>,
@@ -106,7 +109,7 @@ struct Dims {
     scale: Option<f32>,
 }
 
-fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
+pub(crate) fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
     let (hidden, heads, layers) = match arch {
         Arch::Gpt2 | Arch::GptJ | Arch::CodeGen => {
             (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?)
@@ -211,7 +214,7 @@ fn attention_layers(c: &Json, layers: u64) -> Result<Vec<bool>, Error> {
     Ok(out)
 }
 
-fn sym(s: &str) -> Dim {
+pub(crate) fn sym(s: &str) -> Dim {
     Dim::Symbolic(s.into())
 }
 
@@ -273,9 +276,9 @@ pub fn build(
         if variant.fed { "-fed" } else { "" }
     );
     let g = Graph::new(&name.to_lowercase());
-    if variant.extend && (!variant.decode || cache != Cache::Growing) {
+    if variant.extend && !variant.decode {
         return Err(skill_sdk::internal(
-            "an extend step needs a decode graph with a growing cache",
+            "an extend step is a decode graph of several tokens per row",
         ));
     }
     if variant.fed && (!variant.decode || variant.extend) {
@@ -323,7 +326,21 @@ pub fn build(
     };
     let all = with_cache("cache_mask", mask)?;
     let keep = g.b.compare(CompareOp::Greater, all, zero)?;
-    let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
+    let mut keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
+    // Written into slots, an extend step's tokens are not the last keys:
+    // causality comes from positions (a key no later than its query; a
+    // row's positions grow slot by slot).
+    let slot_extend = variant.extend && matches!(order, Keys::Written(_));
+    let key_pos = match arch.key_positions() || slot_extend {
+        true => Some(with_cache("cache_positions", pos)?),
+        false => None,
+    };
+    if let (true, Some(kp)) = (slot_extend, key_pos) {
+        let q = g.b.unsqueeze(g.b.unsqueeze(pos, 1)?, -1)?;
+        let k = g.b.unsqueeze(g.b.unsqueeze(kp, 1)?, 1)?;
+        let earlier = g.b.compare(CompareOp::LessOrEqual, k, q)?;
+        keys = g.b.logical_and(keys, earlier)?;
+    }
 
     let (embed_name, mut h) = match arch {
         Arch::Gpt2 | Arch::GptNeo => {
@@ -356,10 +373,6 @@ pub fn build(
         }
     };
     // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
-    let key_pos = match arch.key_positions() {
-        true => Some(with_cache("cache_positions", pos)?),
-        false => None,
-    };
     let (keys, local) = match (arch, key_pos) {
         (Arch::Bloom, Some(kp)) => (alibi_mask(&g, d.heads, keys, keep, kp)?, None),
         (Arch::GptNeo, Some(kp)) if d.local.contains(&true) => {
@@ -434,6 +447,7 @@ pub fn build(
             vocab,
             max_positions,
             top_k,
+            kv_bytes: d.layers * 2 * d.kv_heads * d.head_dim * 4,
         },
     ))
 }
@@ -446,8 +460,8 @@ enum Keys {
     New,
     /// The cache, then the new tokens (growing caches).
     OldThenNew,
-    /// The cache's slots after this step's token was written into slot
-    /// `cache_slot` (the node) in place (slot caches; one token per row).
+    /// The cache's slots after this step's tokens were written from slot
+    /// `cache_slot` (the node) on, in place (slot caches).
     Written(Node),
 }
 
@@ -639,7 +653,8 @@ fn layer(
     }
     let (k_all, v_all) = (kv[0], kv[1]);
     let options = AttentionOptions {
-        causal: true,
+        // Slot caches mask by slot (and by position in extend steps).
+        causal: !matches!(order, Keys::Written(_)),
         scale: d.scale,
     };
     let a = g.merge_heads(g.b.attention(q, k_all, v_all, Some(keys), options)?)?;

@@ -1,14 +1,15 @@
 //! The generation loop. A batch is prefilled together (left-padded), then
 //! each decode step feeds one token per row; the KV cache lives in a
 //! session. A row stops on its own (eos, a stop string, its
-//! `max_new_tokens`) and is answered then (`partial.complete`). On growing
-//! caches (cpu, openvino) requests queued for the endpoint take the rows of
-//! stopped ones (`partial.take-queued`): their prompts go through the model
-//! in an *extend* step, together with the other rows' next token (left
-//! padded to the longest new prompt; the cache keeps the padding masked),
-//! so sequences join and leave a running batch. Fixed-slot caches (cuda)
-//! keep the batch they started with: a prompt there would need as many
-//! free slots in every row.
+//! `max_new_tokens`) and is answered then (`partial.complete`). Requests
+//! queued for the endpoint take the rows of stopped ones
+//! (`partial.take-queued`): their prompts go through the model in an
+//! *extend* step, together with the other rows' next token (left padded to
+//! the longest new prompt; the cache keeps the padding masked), so
+//! sequences join and leave a running batch. A growing cache (cpu,
+//! openvino) appends the step; a fixed-slot cache (cuda) writes it into the
+//! next slots of every row, with causality from positions, after growing to
+//! the slots the joiners need (`resize.rs`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -25,6 +26,10 @@ use crate::{cache_slots, f32s, i64s, parse, stop_hit, Loaded, Request};
 /// Steps after which a batch takes no more queued requests (a `handle`
 /// call's CPU time is bounded; the queue's requests then start a batch).
 const JOIN_STEPS_MAX: u64 = 2048;
+
+/// Most bytes (as declared, f32) a slot cache may grow to for joiners: the
+/// host's session state limit.
+const SLOT_BYTES_MAX: u64 = 4 << 30;
 
 /// One sequence of the running batch.
 struct Row {
@@ -135,11 +140,59 @@ impl Batch<'_> {
             && !self.sampling
             && !self.penalize
             && self.rows.iter().all(|r| !r.fresh)
-            && !(self.kind == Cache::Growing && self.rows.iter().any(|r| r.answered))
+            && !(self.may_join() && self.rows.iter().any(|r| r.answered))
             && self
                 .rows
                 .iter()
                 .any(|r| r.finish.is_none() && (r.out.len() + in_flight) < r.req.max_new as usize)
+    }
+
+    /// Whether rows that stopped may take queued requests. A growing cache
+    /// takes them while it is shorter than the context. A slot cache takes
+    /// them while its rows have written at most a context of slots, and
+    /// while the most slots a joiner could then need (each request fits the
+    /// context: its prompt and tokens, and the longest running row's, on top
+    /// of the slots written) stay within the session's state limit; the
+    /// cache grows to the slots actually needed when they join (`fit`).
+    fn may_join(&self) -> bool {
+        let context = self.m.info.max_positions;
+        match self.kind {
+            Cache::Growing => (self.cache_mask[0].len() as u64) < context,
+            Cache::Slots(_) => {
+                let worst = (self.filled as u64 + 2 * context).next_power_of_two();
+                let bytes = worst
+                    .saturating_mul(self.rows.len() as u64)
+                    .saturating_mul(self.m.info.kv_bytes);
+                self.filled as u64 <= context && bytes <= SLOT_BYTES_MAX
+            }
+        }
+    }
+
+    /// Grows a slot cache to hold the next step (`len` tokens a row) and
+    /// every row's remaining tokens: runs the resize graph and widens the
+    /// masks. Nothing may be in flight.
+    fn fit(&mut self, len: usize) -> Result<(), Error> {
+        let Cache::Slots(have) = self.kind else {
+            return Ok(());
+        };
+        let rest = (self.rows.iter())
+            .filter(|r| r.finish.is_none())
+            .map(|r| r.req.max_new.saturating_sub(r.out.len() as u64 + 1))
+            .max()
+            .unwrap_or(0);
+        let need = self.filled as u64 + len as u64 + rest;
+        if need <= have {
+            return Ok(());
+        }
+        let to = need.next_power_of_two();
+        let m = self.m;
+        let graph = crate::resize::build(m.arch, &m.config, have, to)?;
+        self.session.run(&graph, &[])?;
+        for row in self.cache_mask.iter_mut().chain(self.cache_pos.iter_mut()) {
+            row.resize(to as usize, 0);
+        }
+        self.kind = Cache::Slots(to);
+        Ok(())
     }
 
     /// Builds and submits the next step; `fed` takes each row's token from
@@ -189,12 +242,13 @@ impl Batch<'_> {
         let slots = self.kind.slots();
         let written = !prefill && self.kind != Cache::Growing;
         if written {
-            if self.filled >= slots {
+            if self.filled + len > slots {
                 return Err(skill_sdk::internal("the KV cache overflowed its slots"));
             }
             for (i, row_mask) in mask.iter().enumerate() {
-                self.cache_mask[i][self.filled] = row_mask.first().copied().unwrap_or(0);
-                self.cache_pos[i][self.filled] = pos.get(i * len).copied().unwrap_or(0);
+                let at = self.filled..self.filled + len;
+                self.cache_mask[i][at.clone()].copy_from_slice(row_mask);
+                self.cache_pos[i][at].copy_from_slice(&pos[i * len..(i + 1) * len]);
             }
         }
         let (bu, lu) = (b as u64, len as u64);
@@ -211,7 +265,7 @@ impl Batch<'_> {
                 "cache_slot",
                 i64_tensor(vec![1], &[self.filled as i64]),
             ));
-            self.filled += 1;
+            self.filled += len;
         }
         // The prefill starts the session: its cache is empty and unread.
         if !prefill {
@@ -220,7 +274,7 @@ impl Batch<'_> {
                 "cache_mask",
                 i64_tensor(vec![bu, width], &self.cache_mask.concat()),
             ));
-            if m.arch.key_positions() {
+            if m.arch.key_positions() || (written && len > 1) {
                 inputs.push(named(
                     "cache_positions",
                     i64_tensor(vec![bu, width], &self.cache_pos.concat()),
@@ -443,10 +497,7 @@ pub fn generate(
         // drained batch ends: the queue starts a new one with a fresh
         // cache) and the cache may grow.
         let free: Vec<usize> = (0..b).filter(|&i| batch.rows[i].answered).collect();
-        let joinable = kind == Cache::Growing
-            && in_flight.is_empty()
-            && step < JOIN_STEPS_MAX
-            && (batch.cache_mask[0].len() as u64) < m.info.max_positions;
+        let joinable = in_flight.is_empty() && step < JOIN_STEPS_MAX && batch.may_join();
         if joinable && !free.is_empty() {
             let now = batch.ms();
             let taken = skill_sdk::partial::take_queued(free.len() as u32);
@@ -468,6 +519,13 @@ pub fn generate(
                     }
                 }
             }
+            // Slots for the joiners' prompts and everyone's remaining tokens.
+            let len = (batch.rows.iter())
+                .filter(|r| r.fresh)
+                .map(|r| r.req.ids.len())
+                .max()
+                .unwrap_or(1);
+            batch.fit(len)?;
         }
     }
     // Rows are answered when they stop; every row stops by its max_new.

@@ -18,6 +18,7 @@
 mod decoder;
 mod generate;
 mod positions;
+mod resize;
 mod respond;
 mod sample;
 

@@ -162,7 +162,9 @@ impl<'g> Lowering<'g> {
             Dim::Sym(s) => {
                 for &inp in &self.g.inputs {
                     if let Some(axis) = self.g.node(inp).shape.iter().position(|d| d == dim) {
-                        let shape = self.tmp("Shape", &[&self.v(inp)], vec![]);
+                        // By its graph-input name: it may be declared after
+                        // the node that asks.
+                        let shape = self.tmp("Shape", &[&self.g.input_name(inp)], vec![]);
                         let (st, en) = (self.ints(&[axis as i64]), self.ints(&[axis as i64 + 1]));
                         return Ok(self.tmp("Slice", &[&shape, &st, &en], vec![]));
                     }
