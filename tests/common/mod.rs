@@ -53,9 +53,13 @@ pub fn required(backend: &str) -> bool {
 /// when the environment requires the backend.
 pub fn available(device: &str) -> bool {
     let family = device.split(':').next().unwrap_or(device);
-    let status = registry::probe_all()
-        .into_iter()
-        .find(|s| s.device == family);
+    // A family's devices are named `cuda:0`, ... when present, `cuda` when not.
+    let statuses: Vec<_> = (registry::probe_all().into_iter())
+        .filter(|s| s.device.split(':').next() == Some(family))
+        .collect();
+    let status = (statuses.iter().find(|s| s.available))
+        .or(statuses.first())
+        .cloned();
     match status {
         Some(s) if s.available => true,
         other => {
