@@ -8,7 +8,13 @@ use the tiny BPE tokenizer of tests/fixtures/tiny-opt. No eos token, so
 every sequence generates exactly --new-tokens tokens in both systems.
 
 Usage: python3 scripts/bench_generation.py [--new-tokens 32] [--reps 3]
-       [--out-prefix results/bench_generation_cpu]
+       [--out-prefix results/bench_generation_cpu] [--device cpu|openvino]
+       [--precision f32|bf16] [--peer-dtype float32|bfloat16]
+
+`--device openvino --precision bf16` runs ours on OpenVINO's CPU plugin with
+bf16 inference (AMX where the CPU has it); `--peer-dtype` sets the dtype
+transformers runs in. Identical sequences are then informational (reduced
+precision changes near-ties).
 """
 
 import argparse
@@ -54,8 +60,9 @@ def make_model(work: Path) -> Path:
     return out
 
 
-def bench_transformers(model_dir: Path, ids: list[list[int]], bs: int, new: int, reps: int) -> tuple[list[float], list[list[int]]]:
-    model = OPTForCausalLM.from_pretrained(model_dir).eval()
+def bench_transformers(model_dir: Path, ids: list[list[int]], bs: int, new: int, reps: int,
+                       dtype: str = "float32") -> tuple[list[float], list[list[int]]]:
+    model = OPTForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     rates, outs = [], []
     for rep in range(reps + 1):
         t = time.perf_counter()
@@ -76,12 +83,14 @@ def bench_transformers(model_dir: Path, ids: list[list[int]], bs: int, new: int,
     return rates, outs
 
 
-def bench_ours(host: str, model_dir: Path, work: Path, bs: int, new: int, reps: int) -> tuple[list[float], list[list[int]]]:
+def bench_ours(host: str, model_dir: Path, work: Path, bs: int, new: int, reps: int,
+               device: str = "cpu", precision: str = "f32") -> tuple[list[float], list[list[int]]]:
     inputs = work / "prompts.jsonl"
     inputs.write_text("".join(json.dumps({"prompt": p, "max_new_tokens": new}) + "\n" for p in PROMPTS))
     out = work / f"out_{bs}.jsonl"
     cmd = [host, "bench", "text-generation", "--model", str(model_dir), "--inputs", str(inputs),
-           "--batch-size", str(bs), "--warmup", "1", "--reps", str(reps), "--output", str(out)]
+           "--batch-size", str(bs), "--warmup", "1", "--reps", str(reps), "--output", str(out),
+           "--device", device, "--precision", precision]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"host failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -98,6 +107,9 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out-prefix", default="results/bench_generation_cpu")
+    ap.add_argument("--device", default="cpu", help="ours: cpu or openvino (its CPU plugin)")
+    ap.add_argument("--precision", default="f32", help="ours: f32 or bf16")
+    ap.add_argument("--peer-dtype", default="float32", help="transformers: float32 or bfloat16")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(args.work)
@@ -107,8 +119,9 @@ def main() -> int:
     ids = [tok.encode(p).ids for p in PROMPTS]
     rows = []
     for bs in (1, 16):
-        hf_rates, hf_out = bench_transformers(model_dir, ids, bs, args.new_tokens, args.reps)
-        our_rates, our_out = bench_ours(args.host_bin, model_dir, work, bs, args.new_tokens, args.reps)
+        hf_rates, hf_out = bench_transformers(model_dir, ids, bs, args.new_tokens, args.reps, args.peer_dtype)
+        our_rates, our_out = bench_ours(args.host_bin, model_dir, work, bs, args.new_tokens, args.reps,
+                                        args.device, args.precision)
         same = sum(a == b for a, b in zip(hf_out, our_out))
         row = {"batch_size": bs, "transformers_tokens_per_s": statistics.median(hf_rates),
                "ours_tokens_per_s": statistics.median(our_rates), "identical_sequences": same,
@@ -119,7 +132,8 @@ def main() -> int:
     report = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform()},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": "opt-125m architecture, random weights, fp32", "new_tokens": args.new_tokens,
+        "model": "opt-125m architecture, random weights", "new_tokens": args.new_tokens,
+        "ours": f"--device {args.device} --precision {args.precision}", "transformers_dtype": args.peer_dtype,
         "versions": {"torch": torch.__version__}, "rows": rows,
     }
     Path(args.out_prefix + ".json").write_text(json.dumps(report, indent=2))
@@ -128,6 +142,7 @@ def main() -> int:
         "",
         f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores",
         f"- model: {report['model']}; {len(PROMPTS)} prompts, {args.new_tokens} new tokens each, greedy",
+        f"- ours: `host bench text-generation {report['ours']}`; transformers `generate` in {args.peer_dtype}",
         f"- date: {report['date']}; median of {args.reps} runs after a warm-up, in process",
         "",
         "| batch | transformers tok/s | ours tok/s | ours/transformers | identical sequences |",
