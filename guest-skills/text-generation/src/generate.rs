@@ -27,6 +27,11 @@ use crate::{cache_slots, f32s, i64s, parse, stop_hit, Loaded, Request};
 /// call's CPU time is bounded; the queue's requests then start a batch).
 const JOIN_STEPS_MAX: u64 = 2048;
 
+/// Steps between looks at the queue while rows are free: each look needs
+/// the step before it read with nothing queued behind it (no run-ahead),
+/// and a queued request waits at most this many steps to join.
+const JOIN_POLL_STEPS: u64 = 8;
+
 /// Most bytes (as declared, f32) a slot cache may grow to for joiners: the
 /// host's session state limit.
 const SLOT_BYTES_MAX: u64 = 4 << 30;
@@ -132,15 +137,15 @@ impl Batch<'_> {
 
     /// Whether the next step can be submitted before the one in flight is
     /// read: its tokens are exactly the greedy tokens of the step before
-    /// (kept by the graph as state `token`), some row still needs it, and
-    /// no row of a growing cache is free to take a queued request (joins
-    /// happen with nothing in flight).
-    fn can_run_ahead(&self, in_flight: usize) -> bool {
+    /// (kept by the graph as state `token`), some row still needs it, and,
+    /// when the loop will `poll` the queue after this step, no row is free
+    /// to take a queued request (joins happen with nothing in flight).
+    fn can_run_ahead(&self, in_flight: usize, poll: bool) -> bool {
         in_flight == 1
             && !self.sampling
             && !self.penalize
             && self.rows.iter().all(|r| !r.fresh)
-            && !(self.may_join() && self.rows.iter().any(|r| r.answered))
+            && !(poll && self.may_join() && self.rows.iter().any(|r| r.answered))
             && self
                 .rows
                 .iter()
@@ -480,7 +485,10 @@ pub fn generate(
             let s = batch.submit(false)?;
             in_flight.push_back(s);
         }
-        if batch.can_run_ahead(in_flight.len()) {
+        // Free rows look for queued requests every JOIN_POLL_STEPS steps;
+        // between those, steps keep running ahead of the sandbox.
+        let poll = (step + 1) % JOIN_POLL_STEPS == 0;
+        if batch.can_run_ahead(in_flight.len(), poll) {
             let s = batch.submit(true)?;
             in_flight.push_back(s);
         }
