@@ -487,7 +487,7 @@ pub fn generate(
         }
         // Free rows look for queued requests every JOIN_POLL_STEPS steps;
         // between those, steps keep running ahead of the sandbox.
-        let poll = (step + 1) % JOIN_POLL_STEPS == 0;
+        let poll = (step + 1).is_multiple_of(JOIN_POLL_STEPS);
         if batch.can_run_ahead(in_flight.len(), poll) {
             let s = batch.submit(true)?;
             in_flight.push_back(s);
