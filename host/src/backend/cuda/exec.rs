@@ -21,7 +21,7 @@ mod run;
 #[path = "weights.rs"]
 mod weights;
 use super::lower::{storage, Planner};
-use super::plan::{Arg, AttnParam, Buf, Download, IdxParam, Plan, Ref, Step};
+use super::plan::{Arg, AttnParam, Buf, IdxParam, Plan, Ref, Step};
 use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, PendingRun, Precision,

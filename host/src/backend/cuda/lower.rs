@@ -68,7 +68,7 @@ pub struct Planner<'g> {
     /// How many times each node is read (operands and graph outputs).
     pub(super) uses: Vec<u32>,
     /// Input positions bound as [`Buf::External`] so far.
-    externals: Vec<usize>,
+    pub(super) externals: Vec<usize>,
 }
 
 impl<'g> Planner<'g> {
@@ -179,6 +179,7 @@ impl<'g> Planner<'g> {
             p.use_val(&v);
             downloads.push(Download {
                 name: name.clone(),
+                in_place: p.state_in_place(name, &v),
                 at: v.at,
                 shape: v.shape.clone(),
                 device_dtype: v.dtype,

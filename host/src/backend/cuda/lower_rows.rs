@@ -39,6 +39,20 @@ impl Planner<'_> {
                 .any(|n| matches!(n.op, Op::WriteRows { x, .. } if x == id))
     }
 
+    /// For graph output `name` at `v`: the external input whose memory `v`
+    /// is all of, when `name` is that state's own next value (another
+    /// state's next value, or any other output, gets a copy).
+    pub(super) fn state_in_place(&self, name: &str, v: &Val) -> Option<usize> {
+        let (Buf::External(k), 0) = (v.at.buf, v.at.offset) else {
+            return None;
+        };
+        let input = self.g.inputs.get(*self.externals.get(k)?)?;
+        let Op::State { name: state } = &self.g.node(*input).op else {
+            return None;
+        };
+        (name == crate::ir::state_output_name(state)).then_some(k)
+    }
+
     /// `x` with rows from `start` on replaced by `update`: in place when `x`
     /// is an external state (see [`Planner::writable_in_place`]), else in
     /// a copy.
@@ -355,6 +369,11 @@ mod tests {
             .map(|d| d.at.buf)
             .collect();
         assert_eq!(written, [Buf::External(0), Buf::External(1)]);
+        let in_place: Vec<_> = (plan.downloads.iter())
+            .filter(|d| d.name.starts_with("state."))
+            .map(|d| d.in_place)
+            .collect();
+        assert_eq!(in_place, [Some(0), Some(1)]);
         assert!(plan.uploads.iter().all(|u| !states.contains(&u.input)));
 
         let copied = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
@@ -419,5 +438,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A state whose next value is another state's written cache is not
+    /// handed that cache's memory: only `k`'s own next value is in place.
+    #[test]
+    fn only_a_states_own_next_value_takes_its_memory() {
+        let mut b = GraphBuilder::new("t", Arc::new(HashMap::new()), BuilderLimits::default());
+        let fixed = |s: &[u64]| s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
+        let k = b.state("k", DType::F32, fixed(&[4, 2])).unwrap();
+        let _v = b.state("v", DType::F32, fixed(&[4, 2])).unwrap();
+        let new = b.input("new", DType::F32, fixed(&[1, 2])).unwrap();
+        let slot = b.input("slot", DType::I64, fixed(&[1])).unwrap();
+        let written = b.write_rows(k, new, slot).unwrap();
+        b.update_state("k", written).unwrap();
+        b.update_state("v", written).unwrap();
+        let (plan, _) = planned_resident(&b.finish().unwrap());
+        let by_name: HashMap<&str, Option<usize>> = (plan.downloads.iter())
+            .map(|d| (d.name.as_str(), d.in_place))
+            .collect();
+        assert_eq!(by_name["state.k.next"], Some(0));
+        assert_eq!(by_name["state.v.next"], None);
     }
 }

@@ -295,6 +295,9 @@ pub struct Download {
     pub device_dtype: DType,
     /// Dtype the graph declares (the host converts).
     pub dtype: DType,
+    /// The next value of the state bound as external input `k`, written in
+    /// place: a kept run hands that tensor's memory back instead of copying.
+    pub in_place: Option<usize>,
 }
 
 /// A graph lowered for concrete input shapes.

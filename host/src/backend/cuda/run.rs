@@ -122,15 +122,6 @@ impl PendingRun for Enqueued {
     }
 }
 
-/// The external input a download reads from its first byte (a state
-/// output written in place), if any.
-fn external_at(d: &Download) -> Option<usize> {
-    match d.at.buf {
-        Buf::External(k) if d.at.offset == 0 => Some(k),
-        _ => None,
-    }
-}
-
 impl CudaExecutable {
     /// The resident tensor given for input `name`, checked against this
     /// device and `dtype`; the stream first waits for the run that writes
@@ -230,11 +221,7 @@ impl CudaExecutable {
                 )));
             }
             external.push(src.ptr());
-            // Only the state's own next value may take its memory.
-            let next = name
-                .strip_prefix("state.")
-                .map(crate::ir::state_output_name);
-            in_place.push((src.buf.clone(), src.offset, next));
+            in_place.push((src.buf.clone(), src.offset));
         }
         let base = Bases {
             arena: st.arena.as_ref().map(|a| a.ptr).unwrap_or(0),
@@ -269,19 +256,21 @@ impl CudaExecutable {
             .map(|d| d.shape.iter().product::<usize>() * d.device_dtype.size())
             .collect();
         // A kept state written in place is its input's memory again.
-        let alias = |d: &Download| {
-            external_at(d)
-                .and_then(|x| in_place.get(x))
-                .filter(|e| keep.contains(&d.name) && e.2.as_deref() == Some(d.name.as_str()))
-                .map(|e| (e.0.clone(), e.1))
-        };
+        let aliases: Vec<Option<&(Arc<DeviceBuffer>, usize)>> = (plan.downloads.iter())
+            .map(|d| {
+                (d.in_place)
+                    .filter(|_| keep.contains(&d.name))
+                    .and_then(|k| in_place.get(k))
+            })
+            .collect();
         let mut kept_bytes = 0usize;
         let kept_at: Vec<Option<usize>> = plan
             .downloads
             .iter()
             .zip(&sizes)
-            .map(|(d, &n)| {
-                (keep.contains(&d.name) && alias(d).is_none()).then(|| {
+            .zip(&aliases)
+            .map(|((d, &n), alias)| {
+                (keep.contains(&d.name) && alias.is_none()).then(|| {
                     let o = kept_bytes;
                     kept_bytes += n.div_ceil(256) * 256;
                     o
@@ -298,11 +287,14 @@ impl CudaExecutable {
         };
         let mut outputs = Vec::new();
         let mut kept_meta = Vec::new();
-        for ((d, &n), k) in plan.downloads.iter().zip(&sizes).zip(&kept_at) {
+        for (((d, &n), k), alias) in (plan.downloads.iter().zip(&sizes))
+            .zip(&kept_at)
+            .zip(&aliases)
+        {
             let shape: Vec<u64> = d.shape.iter().map(|&x| x as u64).collect();
-            match (k, &pool, alias(d)) {
+            match (k, &pool, alias) {
                 (_, _, Some((buf, offset))) => {
-                    kept_meta.push((d.name.clone(), buf, offset, n, d, shape));
+                    kept_meta.push((d.name.clone(), buf.clone(), *offset, n, d, shape));
                 }
                 (Some(o), Some(p), _) => {
                     t.output(at(&d.at), Dst::Device(p.ptr + *o as u64), n);
@@ -389,21 +381,19 @@ impl CudaExecutable {
         });
         let graph = st.graphs.contains_key(&graph_key);
         drop(st);
-        let tensor = |buf, offset, bytes, d: &Download, shape| -> Arc<dyn DeviceTensor> {
-            Arc::new(CudaTensor {
-                ready: Some(done.clone()),
-                buf,
-                offset,
-                bytes,
-                ordinal: self.gpu.ordinal,
-                dtype: d.dtype,
-                device_dtype: d.device_dtype,
-                shape,
-            })
-        };
         let kept: NamedDeviceTensors = (kept_meta.into_iter())
             .map(|(name, buf, offset, bytes, d, shape)| {
-                (name, tensor(buf, offset, bytes, d, shape))
+                let t: Arc<dyn DeviceTensor> = Arc::new(CudaTensor {
+                    ready: Some(done.clone()),
+                    buf,
+                    offset,
+                    bytes,
+                    ordinal: self.gpu.ordinal,
+                    dtype: d.dtype,
+                    device_dtype: d.device_dtype,
+                    shape,
+                });
+                (name, t)
             })
             .collect();
         let run = Enqueued {
