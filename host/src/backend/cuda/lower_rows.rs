@@ -23,6 +23,20 @@ fn write_tail(s: &Val, last: i64, row: i64) -> Option<[Arg; 6]> {
     ])
 }
 
+/// Argument positions of a `rotary2` launch that it reads (both inputs and
+/// the cos/sin tables), and of its second (keys) output.
+const ROTARY2_READS: [usize; 4] = [1, 5, 8, 9];
+const ROTARY2_KEYS: usize = 6;
+/// Where `rotary2_write`'s copy (the values) starts among its arguments.
+const ROTARY2_COPY: usize = 13;
+
+/// Whether the `rotary2` launch with `args` reads buffer `b`.
+fn rotary2_reads(args: &[Arg], b: Buf) -> bool {
+    ROTARY2_READS
+        .iter()
+        .any(|&k| matches!(args.get(k), Some(Arg::Ptr(r)) if r.buf == b))
+}
+
 /// A planned kernel's name and arguments.
 type KernelRef<'a> = (&'a String, &'a Vec<Arg>);
 
@@ -135,18 +149,15 @@ impl Planner<'_> {
             return false;
         };
         let dt = match name.strip_prefix("rotary2_") {
-            Some(dt) if !dt.contains('_') && args.len() == 13 => dt.to_string(),
+            Some(dt) if !dt.contains('_') && args.len() == ROTARY2_COPY => dt.to_string(),
             _ => return false,
         };
-        let reads_cache = [1, 5, 8, 9]
-            .iter()
-            .any(|&k| matches!(&args[k], Arg::Ptr(r) if r.buf == y.at.buf));
-        match args[6] {
-            Arg::Ptr(y2) if y2 == u.at && !reads_cache => {}
+        match args[ROTARY2_KEYS] {
+            Arg::Ptr(y2) if y2 == u.at && !rotary2_reads(args, y.at.buf) => {}
             _ => return false,
         }
         *name = format!("rotary2_write_{dt}");
-        args[6] = Arg::Ptr(y.at);
+        args[ROTARY2_KEYS] = Arg::Ptr(y.at);
         args.extend(tail);
         // The keys buffer is no longer written.
         self.buffers[i].last = self.buffers[i].first;
@@ -233,7 +244,6 @@ impl Planner<'_> {
     /// The single `write_rows` just planned fills the empty copy slot of
     /// the `rotary2_write` before it (same row index and element size).
     fn merge_rotary_write(&mut self) -> bool {
-        let n = self.steps.len();
         let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
             return false;
         };
@@ -249,37 +259,26 @@ impl Planner<'_> {
         else {
             return false;
         };
-        let reads = |b: Buf| {
-            [1, 5, 8, 9]
-                .iter()
-                .any(|&k| matches!(&pa[k], Arg::Ptr(q) if q.buf == b))
-        };
-        let keys = matches!(&pa[6], Arg::Ptr(k) if k.buf == x.buf || k.buf == y.buf);
+        let keys = matches!(&pa[ROTARY2_KEYS], Arg::Ptr(k) if k.buf == x.buf || k.buf == y.buf);
         if ln.strip_prefix("write_rows_") != Some(size)
             || e.n != 0
             || e3.n != 0
             || (s, l, r) != (s3, l3, r3)
             || keys
-            || reads(y.buf)
+            || rotary2_reads(pa, y.buf)
         {
             return false;
         }
-        let total = pa.iter().fold(0i64, |t, a| match a {
+        let total = pa.iter().fold(p.n, |t, a| match a {
             Arg::Idx(q) => t + q.n,
             _ => t,
-        }) + p.n;
-        let (p, x, y) = (p.clone(), *x, *y);
-        if let Buf::Arena(j) = y.buf {
-            self.buffers[j].first = self.buffers[j].first.min(n - 2);
-        }
-        let Some(Step::Kernel { args: pa, grid, .. }) = self.steps.get_mut(n - 2) else {
-            return false;
-        };
-        pa[13] = Arg::Idx(p);
-        pa[14] = Arg::Ptr(x);
-        pa[15] = Arg::Ptr(y);
-        *grid = elementwise_grid(total.max(0) as usize);
-        self.steps.truncate(n - 1);
+        });
+        let mut args = pa.clone();
+        args[ROTARY2_COPY] = Arg::Idx(p.clone());
+        args[ROTARY2_COPY + 1] = Arg::Ptr(*x);
+        args[ROTARY2_COPY + 2] = Arg::Ptr(*y);
+        let (name, dst) = (pn.clone(), y.buf);
+        self.replace_last_two(name, args, total, dst);
         true
     }
 }
