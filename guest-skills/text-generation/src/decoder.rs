@@ -21,7 +21,7 @@
 //! padding) [batch, seq] (seq is 1 in decode), `cache_mask` [batch, cache]
 //! (`cache` is the symbolic `past` when growing)
 //! (1 where a slot holds a token, this step's slot included with slots),
-//! `cache_slot` [1] (the slot a slot-cache decode step writes),
+//! `cache_slot` [1] (the first slot a slot-cache decode or extend step writes),
 //! `last_index` [1] (seq - 1); BLOOM and
 //! GPT-Neo also `cache_positions` [batch, cache] (each slot's token
 //! position). A prefill starts its session, so it takes neither cache input. State:

@@ -242,19 +242,22 @@ impl Batch<'_> {
                 }
             }
         }
-        // A slot-cache decode step writes its token into the next free slot,
-        // which its own cache mask already counts.
+        // On a slot cache every step's tokens take the next `len` slots (a
+        // prefill the first ones), marked before the run: a decode step's
+        // cache mask counts its own tokens.
         let slots = self.kind.slots();
         let written = !prefill && self.kind != Cache::Growing;
-        if written {
-            if self.filled + len > slots {
+        let first_slot = self.filled;
+        if self.kind != Cache::Growing {
+            if first_slot + len > slots {
                 return Err(skill_sdk::internal("the KV cache overflowed its slots"));
             }
             for (i, row_mask) in mask.iter().enumerate() {
-                let at = self.filled..self.filled + len;
+                let at = first_slot..first_slot + len;
                 self.cache_mask[i][at.clone()].copy_from_slice(row_mask);
                 self.cache_pos[i][at].copy_from_slice(&pos[i * len..(i + 1) * len]);
             }
+            self.filled += len;
         }
         let (bu, lu) = (b as u64, len as u64);
         let mut inputs = vec![
@@ -268,9 +271,8 @@ impl Batch<'_> {
         if written {
             inputs.push(named(
                 "cache_slot",
-                i64_tensor(vec![1], &[self.filled as i64]),
+                i64_tensor(vec![1], &[first_slot as i64]),
             ));
-            self.filled += len;
         }
         // The prefill starts the session: its cache is empty and unread.
         if !prefill {
@@ -323,25 +325,12 @@ impl Batch<'_> {
             self.session.submit(graph, &inputs)?;
         }
         self.submitted += 1;
-        // The run appends (growing) or, as a prefill, fills the first slots
-        // with this step's tokens (a decode step's slot is marked above).
-        let rows = if written { 0 } else { mask.len() };
-        for (i, row_mask) in mask.iter().enumerate().take(rows) {
-            let (cm, cp) = (&mut self.cache_mask[i], &mut self.cache_pos[i]);
-            let new_pos = pos[i * len..(i + 1) * len].iter().copied();
-            if self.kind == Cache::Growing {
-                cm.extend(row_mask.iter().copied());
-                cp.extend(new_pos);
-                continue;
+        // A growing cache appends this step's tokens.
+        if self.kind == Cache::Growing {
+            for (i, row_mask) in mask.iter().enumerate() {
+                self.cache_mask[i].extend(row_mask.iter().copied());
+                self.cache_pos[i].extend(pos[i * len..(i + 1) * len].iter().copied());
             }
-            cm.splice(0..0, row_mask.iter().copied());
-            cp.splice(0..0, new_pos);
-            if cm[slots..].contains(&1) {
-                return Err(skill_sdk::internal("the KV cache overflowed its slots"));
-            }
-            cm.truncate(slots);
-            cp.truncate(slots);
-            self.filled = len;
         }
         // A fed prompt's next token goes at its length (set when the row
         // was made); a row that runs on moves one position on, but never
