@@ -73,28 +73,37 @@ struct Outcome {
     problems: Vec<String>,
 }
 
-#[test]
-fn every_op_matches_the_reference() {
+/// The backend under test (`OPS_DEVICE` at `OPS_PRECISION`) with its
+/// device name, or `None` (a printed skip) when it cannot open and is not
+/// required.
+fn backend_under_test() -> Option<(String, Precision, Arc<dyn Backend>)> {
     let device_name = std::env::var("OPS_DEVICE").unwrap_or_else(|_| "cpu".into());
     let precision: Precision = std::env::var("OPS_PRECISION")
         .unwrap_or_else(|_| "f32".into())
         .parse()
         .unwrap_or_else(|e| panic!("OPS_PRECISION: {e}"));
-    let filter = std::env::var("OPS_FILTER").unwrap_or_default();
     let device: Device = device_name
         .parse()
         .unwrap_or_else(|e| panic!("OPS_DEVICE: {e}"));
     let family = device_name.split(':').next().unwrap_or("").to_string();
-    let backend = match registry::open(&device, precision) {
-        Ok(b) => b,
+    match registry::open(&device, precision) {
+        Ok(b) => Some((device_name, precision, b)),
         Err(e) if common::required(&family) => {
             panic!("backend `{family}` is required (REQUIRE_BACKENDS) but cannot open: {e}")
         }
         Err(e) => {
-            eprintln!("SKIP: backend ops on {device_name} {precision}: {e}");
-            return;
+            eprintln!("SKIP: backend tests on {device_name} {precision}: {e}");
+            None
         }
+    }
+}
+
+#[test]
+fn every_op_matches_the_reference() {
+    let Some((device_name, precision, backend)) = backend_under_test() else {
+        return;
     };
+    let filter = std::env::var("OPS_FILTER").unwrap_or_default();
     let tol = tolerance(precision);
     let started = Instant::now();
     let cases: Vec<OpCase> = op_cases::cases()
@@ -145,10 +154,14 @@ fn every_op_matches_the_reference() {
 
 /// A model directory holding the case's weights.
 fn model_for(case: &OpCase) -> Result<(tempfile::TempDir, Model), String> {
+    model_with(&case.weights)
+}
+
+/// A model directory holding `weights` (and an empty config).
+fn model_with(weights: &[(String, Tensor)]) -> Result<(tempfile::TempDir, Model), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     std::fs::write(dir.path().join("config.json"), "{}").map_err(|e| e.to_string())?;
-    let views = case
-        .weights
+    let views = weights
         .iter()
         .map(|(name, t)| {
             let shape = t.shape.iter().map(|&d| d as usize).collect();

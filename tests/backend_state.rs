@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use host::backend::{check_inputs, check_inputs_resident, registry, Device, Precision};
+use host::backend::{check_inputs, check_inputs_resident, Precision};
 use host::ir::builder::{BuilderLimits, GraphBuilder};
 use host::ir::eval::evaluate;
 use host::ir::{state_input_name, state_output_name, BinaryOp, DType, Dim, Graph};
@@ -36,26 +36,11 @@ fn graph() -> Graph {
 
 #[test]
 fn state_written_in_place_matches_the_reference() {
-    let device_name = std::env::var("OPS_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let precision: Precision = std::env::var("OPS_PRECISION")
-        .unwrap_or_else(|_| "f32".into())
-        .parse()
-        .expect("OPS_PRECISION");
-    let device: Device = device_name.parse().expect("OPS_DEVICE");
-    let backend = match registry::open(&device, precision) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP: state steps on {device_name}: {e}");
-            return;
-        }
+    let Some((device_name, precision, backend)) = super::backend_under_test() else {
+        return;
     };
     let g = Arc::new(graph());
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-    let no_weights: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
-    let bytes = safetensors::serialize(no_weights, None).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
-    let model = host::model::Model::open(dir.path().to_str().unwrap()).unwrap();
+    let (_dir, model) = super::model_with(&[]).expect("model");
     let exe = backend.compile(g.clone(), &model).expect("compile");
     let zeros = Tensor::from_f32(vec![6, 2, 4], &[0.0; 48]);
     let mut host_state: HashMap<String, Tensor> =
