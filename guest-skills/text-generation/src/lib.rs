@@ -64,8 +64,9 @@ struct Loaded {
     /// Decoder graphs per variant (logits output, repetition penalty) and
     /// KV-cache size, built on first use.
     graphs: RefCell<std::collections::HashMap<(Variant, Cache), CompiledGraph>>,
-    /// CUDA: fixed-slot caches (replayable decode steps) and fused
-    /// projections; elsewhere growing caches and separate projections.
+    /// Where the backend replays repeated shapes (`fixed-shapes`, cuda):
+    /// fixed-slot caches (replayable decode steps) and fused projections;
+    /// elsewhere growing caches and separate projections.
     slots: bool,
     arch: Arch,
     config: Json,
