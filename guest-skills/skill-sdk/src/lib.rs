@@ -25,7 +25,10 @@ pub mod bindings {
 }
 
 pub mod config;
+pub mod encoder;
 pub mod graph_ext;
+pub mod requests;
+pub mod special_tokens;
 pub mod tensors;
 
 pub use bindings::accel::skill::api::{Response, SkillInfo};

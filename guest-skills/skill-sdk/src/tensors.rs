@@ -54,3 +54,25 @@ pub fn take(outputs: Vec<crate::NamedTensor>, name: &str) -> Result<Tensor, Erro
         .map(|n| n.value)
         .ok_or_else(|| crate::internal(format!("graph output `{name}` missing")))
 }
+
+/// The values of an i64 tensor.
+pub fn i64_values(t: &Tensor) -> Result<Vec<i64>, Error> {
+    if t.dtype != Dtype::I64 {
+        return Err(crate::internal(format!("expected an i64 tensor, got {:?}", t.dtype)));
+    }
+    Ok(t.data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
+/// The values of an f32 tensor.
+pub fn f32_values(t: &Tensor) -> Result<Vec<f32>, Error> {
+    if t.dtype != Dtype::F32 {
+        return Err(crate::internal(format!("expected an f32 tensor, got {:?}", t.dtype)));
+    }
+    Ok(t.data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}

@@ -2,20 +2,13 @@
 //! maximum sequence length, read from the model's files.
 
 use skill_sdk::config::Json;
+use skill_sdk::encoder::heads::Pooling;
 use skill_sdk::Error;
-
-/// How token embeddings become one sentence embedding.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Pooling {
-    Mean,
-    Cls,
-    Max,
-    MeanSqrtLen,
-}
 
 /// What the sentence-transformers files say.
 pub struct SentenceTransformersConfig {
-    pub pooling: Pooling,
+    /// None without sentence-transformers files: the family's default.
+    pub pooling: Option<Pooling>,
     pub normalize: bool,
     pub max_seq_length: Option<u64>,
 }
@@ -47,8 +40,8 @@ impl SentenceTransformersConfig {
             }
         }
         let pooling = match Json::asset(&format!("{pooling_dir}/config.json"))? {
-            None => Pooling::Mean,
-            Some(p) => {
+            None => None,
+            Some(p) => Some({
                 let modes = [
                     ("pooling_mode_cls_token", Pooling::Cls),
                     ("pooling_mode_mean_tokens", Pooling::Mean),
@@ -78,7 +71,7 @@ impl SentenceTransformersConfig {
                         )))
                     }
                 }
-            }
+            }),
         };
         let max_seq_length = match Json::asset("sentence_bert_config.json")? {
             Some(c) => c.value.get("max_seq_length").and_then(|v| v.as_u64()),

@@ -149,6 +149,7 @@ impl Guest for TextGeneration {
             max_length: None,
             add_special_tokens: true,
             pad_to_multiple_of: None,
+            with_offsets: false,
         })?;
         // Build the common graph now: a bad config fails at load.
         // Fixed slots where the backend replays repeated shapes (CUDA

@@ -343,6 +343,7 @@ mod cost_tests {
             max_length: None,
             add_special_tokens: true,
             pad_to_multiple_of: None,
+            with_offsets: false,
         };
         let tok = HostTokenizer::open(&real, &opts).unwrap();
         let reference: serde_json::Value = serde_json::from_str(

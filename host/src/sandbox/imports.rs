@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::component::Resource;
 
-use super::accel::skill::{api, graph, log, model, partial, runtime, tokenizer, types};
+use super::accel::skill::{api, graph, log, model, partial, runtime, types};
 use super::convert::*;
 use super::HostState;
 use crate::backend::{check_inputs, Backend, Executable};
@@ -14,7 +14,6 @@ use crate::ir::{
     BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp,
 };
 use crate::model::Model;
-use crate::tokenizer::{HostTokenizer, TokenizerOptions};
 use types::Error as WitError;
 
 type WResult<T> = wasmtime::Result<Result<T, WitError>>;
@@ -84,7 +83,7 @@ impl SkillContext {
         }
     }
 
-    fn model(&self) -> Result<&Arc<Model>, WitError> {
+    pub(super) fn model(&self) -> Result<&Arc<Model>, WitError> {
         self.model.as_ref().ok_or_else(|| {
             WitError::Model("no model is loaded in this context (describe only)".into())
         })
@@ -188,69 +187,6 @@ impl model::Host for HostState {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
-    }
-}
-
-impl tokenizer::Host for HostState {}
-
-impl tokenizer::HostTokenizer for HostState {
-    fn open(&mut self, options: tokenizer::TokenizerOptions) -> WResult<Resource<HostTokenizer>> {
-        let model = match self.ctx.model() {
-            Ok(m) => m.clone(),
-            Err(e) => return Ok(Err(e)),
-        };
-        let opts = TokenizerOptions {
-            max_length: options.max_length,
-            add_special_tokens: options.add_special_tokens,
-            pad_to_multiple_of: options.pad_to_multiple_of,
-        };
-        match HostTokenizer::open(&model.tokenizer_path(), &opts) {
-            Ok(t) => Ok(Ok(self.table.push(t)?)),
-            Err(e) => Ok(Err(WitError::Model(e.to_string()))),
-        }
-    }
-
-    fn encode_batch(
-        &mut self,
-        t: Resource<HostTokenizer>,
-        texts: Vec<String>,
-    ) -> WResult<tokenizer::EncodedBatch> {
-        let tok = self.table.get(&t)?;
-        Ok(tok
-            .encode_batch(texts)
-            .map(|b| tokenizer::EncodedBatch {
-                input_ids: tensor_out(b.input_ids),
-                attention_mask: tensor_out(b.attention_mask),
-                token_type_ids: tensor_out(b.token_type_ids),
-                lengths: b.lengths,
-                truncated: b.truncated,
-            })
-            .map_err(|e| WitError::InvalidRequest(e.to_string())))
-    }
-
-    fn decode(&mut self, t: Resource<HostTokenizer>, ids: Vec<u32>, skip: bool) -> WResult<String> {
-        Ok(self
-            .table
-            .get(&t)?
-            .decode(&ids, skip)
-            .map_err(|e| WitError::InvalidRequest(e.to_string())))
-    }
-
-    fn token_to_id(
-        &mut self,
-        t: Resource<HostTokenizer>,
-        token: String,
-    ) -> wasmtime::Result<Option<u32>> {
-        Ok(self.table.get(&t)?.token_to_id(&token))
-    }
-
-    fn vocab_size(&mut self, t: Resource<HostTokenizer>) -> wasmtime::Result<u32> {
-        Ok(self.table.get(&t)?.vocab_size())
-    }
-
-    fn drop(&mut self, t: Resource<HostTokenizer>) -> wasmtime::Result<()> {
-        self.table.delete(t)?;
-        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod convert;
 mod imports;
+mod imports_tokenizer;
 mod session;
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,8 @@
 //!
 //! Routes: OpenAI-compatible `POST /v1/embeddings` and `POST /v1/completions`
 //! (with `stream: true` as server-sent events), TEI-compatible
-//! `POST /embed`, a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
+//! `POST /embed`, `POST /rerank` and `POST /predict` (on a
+//! text-classification endpoint), a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
 //! response format), `GET /health`, `GET /metrics` (Prometheus), and admin
 //! routes `GET|POST /admin/endpoints`, `DELETE /admin/endpoints/{name}`.
 //! Limits: request body size, concurrent requests (beyond: 429), and each
@@ -11,6 +12,7 @@
 
 mod admin;
 mod api;
+mod tei;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,6 +150,8 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
     Router::new()
         .route("/v1/embeddings", post(api::openai_embeddings))
         .route("/embed", post(api::tei_embed))
+        .route("/rerank", post(tei::rerank))
+        .route("/predict", post(tei::predict))
         .route("/v1/completions", post(api::openai_completions))
         .route("/v1/endpoints/{name}", post(api::generic))
         .route("/health", get(api::health))

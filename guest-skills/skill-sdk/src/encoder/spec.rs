@@ -1,0 +1,491 @@
+//! Encoder families as data: where each family keeps its weights, which
+//! config keys size it, how it embeds positions and which heads it has.
+//!
+//! Adding a BERT-like family is adding one [`FamilySpec`] to [`FAMILIES`]
+//! (and a fixture). Names are relative: encoder weights are
+//! `{base}{body}{name}`, where `base` is the first of `bases` under which the
+//! checkpoint has the word embeddings (`bert.` in a `BertForMaskedLM`, empty
+//! in a `BertModel`); pooler weights are `{base}{name}`; head weights are
+//! at the checkpoint's root.
+
+/// Config keys that size the encoder (they differ per family).
+#[derive(Debug)]
+pub struct ConfigKeys {
+    pub hidden: &'static str,
+    pub heads: &'static str,
+    pub layers: &'static str,
+    /// Layer-norm epsilon key and its default.
+    pub eps: Option<&'static str>,
+    pub eps_default: f64,
+    /// Activation key and its default.
+    pub act: &'static str,
+    pub act_default: &'static str,
+}
+
+const BERT_KEYS: ConfigKeys = ConfigKeys {
+    hidden: "hidden_size",
+    heads: "num_attention_heads",
+    layers: "num_hidden_layers",
+    eps: Some("layer_norm_eps"),
+    eps_default: 1e-12,
+    act: "hidden_act",
+    act_default: "gelu",
+};
+
+/// How token positions are numbered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Positions {
+    /// 0, 1, 2, ...
+    FromZero,
+    /// `pad_token_id + 1`, ... (RoBERTa and its descendants).
+    AfterPadding,
+}
+
+/// The embedding layer.
+#[derive(Debug)]
+pub struct EmbeddingSpec {
+    pub word: &'static str,
+    /// Absolute position table; a model may leave it out when its
+    /// attention is relative (DeBERTa-v2 with `position_biased_input` off).
+    pub position: &'static str,
+    /// Token-type (segment) table, when the family has one.
+    pub token_type: Option<&'static str>,
+    pub norm: &'static str,
+    /// Linear map from the embedding width to the hidden width, when the
+    /// family factorises its embeddings (ELECTRA, ALBERT) and the weight exists.
+    pub project: Option<&'static str>,
+    /// The projection comes before the norm (DeBERTa-v2), not after it.
+    pub project_before_norm: bool,
+    pub positions: Positions,
+    /// LayoutLM's 2-D box tables (x, y, h, w); text-only requests use the
+    /// all-zero box, as transformers does without `bbox`.
+    pub boxes: Option<[&'static str; 4]>,
+}
+
+/// Which weights make one transformer block, relative to its prefix.
+#[derive(Debug)]
+pub struct BlockSpec {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub out: &'static str,
+    pub attn_norm: &'static str,
+    pub ffn_in: &'static str,
+    pub ffn_out: &'static str,
+    pub ffn_norm: &'static str,
+}
+
+const BERT_BLOCK: BlockSpec = BlockSpec {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    out: "attention.output.dense",
+    attn_norm: "attention.output.LayerNorm",
+    ffn_in: "intermediate.dense",
+    ffn_out: "output.dense",
+    ffn_norm: "output.LayerNorm",
+};
+
+/// How the block prefixes are laid out.
+#[derive(Clone, Copy, Debug)]
+pub enum Layers {
+    /// `{prefix}{l}.` for each layer l.
+    PerLayer(&'static str),
+    /// ALBERT: `num_hidden_groups` groups of `inner_group_num` blocks shared
+    /// across the layers.
+    AlbertGroups,
+}
+
+/// A bias added to the attention scores from relative positions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RelativeBias {
+    None,
+    /// MPNet: a table [buckets, heads] indexed by T5-style bidirectional
+    /// log buckets of key - query, shared by every layer.
+    Buckets { table: &'static str },
+    /// DeBERTa-v2: content-to-position and position-to-content scores from
+    /// a relative embedding table (normalised by `norm` when the config
+    /// says), recomputed in every layer from its projections.
+    Disentangled {
+        table: &'static str,
+        norm: &'static str,
+    },
+}
+
+/// What a family's base model calls its pooled output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PoolerSpec {
+    /// None (ELECTRA, DistilBERT, RoBERTa heads without a pooler).
+    None,
+    /// `tanh(dense(h[:, 0]))` (BERT's pooler), when the weight exists.
+    DenseTanh(&'static str),
+    /// `h[:, 0]`, then a linear projection when the weight exists (DPR).
+    ClsProjection(&'static str),
+}
+
+/// An activation a head uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HeadAct {
+    /// The config's activation (`act` key).
+    Config,
+    /// The config's `pooler_hidden_act` (default gelu).
+    Pooler,
+    Named(&'static str),
+}
+
+/// The masked-LM head: dense, activation, norm, then a decoder tied to the
+/// word embeddings when its weight is not stored.
+#[derive(Debug)]
+pub struct MlmSpec {
+    pub dense: &'static str,
+    pub act: HeadAct,
+    pub norm: &'static str,
+    /// The head norm's epsilon when not the config's.
+    pub norm_eps: Option<f64>,
+    pub decoder: &'static str,
+    /// Where the output bias may be stored (first found wins).
+    pub bias: &'static [&'static str],
+}
+
+/// The sequence-classification head.
+#[derive(Debug)]
+pub struct ClassifierSpec {
+    /// What the head reads: the pooler output or the first token.
+    pub input: ClassifierInput,
+    /// An optional dense layer and its activation before the output layer.
+    pub dense: Option<(&'static str, HeadAct)>,
+    pub out: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ClassifierInput {
+    Pooler,
+    FirstToken,
+}
+
+/// One encoder family.
+#[derive(Debug)]
+pub struct FamilySpec {
+    /// `model_type` values served by this spec.
+    pub model_types: &'static [&'static str],
+    pub bases: &'static [&'static str],
+    pub body: &'static str,
+    pub keys: ConfigKeys,
+    pub embeddings: EmbeddingSpec,
+    pub layers: Layers,
+    pub block: BlockSpec,
+    pub relative: RelativeBias,
+    pub pooler: PoolerSpec,
+    /// How `text-embedding` pools a model without sentence-transformers
+    /// files: true for the pooler output, false for the mean of the tokens.
+    pub embed_with_pooler: bool,
+    pub mlm: Option<MlmSpec>,
+    pub classifier: Option<ClassifierSpec>,
+    /// The token-classification output layer.
+    pub token_classifier: Option<&'static str>,
+}
+
+const BERT_EMBEDDINGS: EmbeddingSpec = EmbeddingSpec {
+    word: "embeddings.word_embeddings",
+    position: "embeddings.position_embeddings",
+    token_type: Some("embeddings.token_type_embeddings"),
+    norm: "embeddings.LayerNorm",
+    project: None,
+    project_before_norm: false,
+    positions: Positions::FromZero,
+    boxes: None,
+};
+
+const BERT_MLM: MlmSpec = MlmSpec {
+    dense: "cls.predictions.transform.dense",
+    act: HeadAct::Config,
+    norm: "cls.predictions.transform.LayerNorm",
+    norm_eps: None,
+    decoder: "cls.predictions.decoder",
+    bias: &["cls.predictions.bias", "cls.predictions.decoder.bias"],
+};
+
+const POOLED_CLASSIFIER: ClassifierSpec = ClassifierSpec {
+    input: ClassifierInput::Pooler,
+    dense: None,
+    out: "classifier",
+};
+
+const ROBERTA_MLM: MlmSpec = MlmSpec {
+    dense: "lm_head.dense",
+    act: HeadAct::Named("gelu"),
+    norm: "lm_head.layer_norm",
+    norm_eps: None,
+    decoder: "lm_head.decoder",
+    bias: &["lm_head.bias", "lm_head.decoder.bias"],
+};
+
+const ROBERTA_CLASSIFIER: ClassifierSpec = ClassifierSpec {
+    input: ClassifierInput::FirstToken,
+    dense: Some(("classifier.dense", HeadAct::Named("tanh"))),
+    out: "classifier.out_proj",
+};
+
+/// Every encoder family served, in no particular order.
+pub static FAMILIES: &[FamilySpec] = &[
+    FamilySpec {
+        model_types: &["bert"],
+        bases: &["bert.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: BERT_EMBEDDINGS,
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BERT_BLOCK,
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(BERT_MLM),
+        classifier: Some(POOLED_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["layoutlm"],
+        bases: &["layoutlm.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            boxes: Some([
+                "embeddings.x_position_embeddings",
+                "embeddings.y_position_embeddings",
+                "embeddings.h_position_embeddings",
+                "embeddings.w_position_embeddings",
+            ]),
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BERT_BLOCK,
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(BERT_MLM),
+        classifier: Some(POOLED_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["roberta", "camembert", "xlm-roberta"],
+        bases: &["roberta.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            positions: Positions::AfterPadding,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BERT_BLOCK,
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(ROBERTA_MLM),
+        classifier: Some(ROBERTA_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["electra"],
+        bases: &["electra.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            project: Some("embeddings_project"),
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BERT_BLOCK,
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::None,
+        embed_with_pooler: false,
+        mlm: Some(MlmSpec {
+            dense: "generator_predictions.dense",
+            act: HeadAct::Named("gelu"),
+            norm: "generator_predictions.LayerNorm",
+            norm_eps: None,
+            decoder: "generator_lm_head",
+            bias: &["generator_lm_head.bias"],
+        }),
+        classifier: Some(ClassifierSpec {
+            input: ClassifierInput::FirstToken,
+            dense: Some(("classifier.dense", HeadAct::Named("gelu"))),
+            out: "classifier.out_proj",
+        }),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["distilbert"],
+        bases: &["distilbert.", ""],
+        body: "",
+        keys: ConfigKeys {
+            hidden: "dim",
+            heads: "n_heads",
+            layers: "n_layers",
+            eps: None,
+            eps_default: 1e-12,
+            act: "activation",
+            act_default: "gelu",
+        },
+        embeddings: EmbeddingSpec {
+            token_type: None,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("transformer.layer."),
+        block: BlockSpec {
+            query: "attention.q_lin",
+            key: "attention.k_lin",
+            value: "attention.v_lin",
+            out: "attention.out_lin",
+            attn_norm: "sa_layer_norm",
+            ffn_in: "ffn.lin1",
+            ffn_out: "ffn.lin2",
+            ffn_norm: "output_layer_norm",
+        },
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::None,
+        embed_with_pooler: false,
+        mlm: Some(MlmSpec {
+            dense: "vocab_transform",
+            act: HeadAct::Config,
+            norm: "vocab_layer_norm",
+            norm_eps: Some(1e-12),
+            decoder: "vocab_projector",
+            bias: &["vocab_projector.bias"],
+        }),
+        classifier: Some(ClassifierSpec {
+            input: ClassifierInput::FirstToken,
+            dense: Some(("pre_classifier", HeadAct::Named("relu"))),
+            out: "classifier",
+        }),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["albert"],
+        bases: &["albert.", ""],
+        body: "",
+        keys: ConfigKeys {
+            act_default: "gelu_new",
+            ..BERT_KEYS
+        },
+        embeddings: EmbeddingSpec {
+            project: Some("encoder.embedding_hidden_mapping_in"),
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::AlbertGroups,
+        block: BlockSpec {
+            query: "attention.query",
+            key: "attention.key",
+            value: "attention.value",
+            out: "attention.dense",
+            attn_norm: "attention.LayerNorm",
+            ffn_in: "ffn",
+            ffn_out: "ffn_output",
+            ffn_norm: "full_layer_layer_norm",
+        },
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::DenseTanh("pooler"),
+        embed_with_pooler: false,
+        mlm: Some(MlmSpec {
+            dense: "predictions.dense",
+            act: HeadAct::Config,
+            norm: "predictions.LayerNorm",
+            norm_eps: None,
+            decoder: "predictions.decoder",
+            bias: &["predictions.bias", "predictions.decoder.bias"],
+        }),
+        classifier: Some(POOLED_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["mpnet"],
+        bases: &["mpnet.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            token_type: None,
+            positions: Positions::AfterPadding,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BlockSpec {
+            query: "attention.attn.q",
+            key: "attention.attn.k",
+            value: "attention.attn.v",
+            out: "attention.attn.o",
+            attn_norm: "attention.LayerNorm",
+            ffn_in: "intermediate.dense",
+            ffn_out: "output.dense",
+            ffn_norm: "output.LayerNorm",
+        },
+        relative: RelativeBias::Buckets {
+            table: "encoder.relative_attention_bias",
+        },
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(ROBERTA_MLM),
+        classifier: Some(ROBERTA_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["deberta-v2"],
+        bases: &["deberta.", ""],
+        body: "",
+        keys: ConfigKeys {
+            eps_default: 1e-7,
+            ..BERT_KEYS
+        },
+        embeddings: EmbeddingSpec {
+            project: Some("embeddings.embed_proj"),
+            project_before_norm: true,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BlockSpec {
+            query: "attention.self.query_proj",
+            key: "attention.self.key_proj",
+            value: "attention.self.value_proj",
+            ..BERT_BLOCK
+        },
+        relative: RelativeBias::Disentangled {
+            table: "encoder.rel_embeddings",
+            norm: "encoder.LayerNorm",
+        },
+        pooler: PoolerSpec::None,
+        embed_with_pooler: false,
+        mlm: Some(BERT_MLM),
+        classifier: Some(ClassifierSpec {
+            input: ClassifierInput::FirstToken,
+            dense: Some(("pooler.dense", HeadAct::Pooler)),
+            out: "classifier",
+        }),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["dpr"],
+        bases: &["question_encoder.", "ctx_encoder."],
+        body: "bert_model.",
+        keys: BERT_KEYS,
+        embeddings: BERT_EMBEDDINGS,
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BERT_BLOCK,
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::ClsProjection("encode_proj"),
+        embed_with_pooler: true,
+        mlm: None,
+        classifier: None,
+        token_classifier: None,
+    },
+];
+
+/// The spec serving `model_type`.
+pub fn family(model_type: &str) -> Option<&'static FamilySpec> {
+    FAMILIES.iter().find(|f| f.model_types.contains(&model_type))
+}
+
+/// Every `model_type` served.
+pub fn model_types() -> Vec<&'static str> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.model_types.iter().copied())
+        .collect()
+}
