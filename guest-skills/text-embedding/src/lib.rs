@@ -30,6 +30,8 @@ use skill_sdk::{invalid, Error, Guest, Graph, NamedTensor, Response, SkillInfo};
 
 struct Loaded {
     tokenizer: Tokenizer,
+    /// Strip texts (sentence-transformers does; transformers does not).
+    strip: bool,
     encoder: Encoder,
     graph: CompiledGraph,
 }
@@ -80,6 +82,7 @@ impl Guest for TextEmbedding {
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
                 tokenizer,
+                strip: st.present,
                 encoder,
                 graph,
             })
@@ -94,7 +97,7 @@ impl Guest for TextEmbedding {
 
 fn parse_request(req: Request) -> Result<String, Error> {
     match req.0.get("text") {
-        Some(serde_json::Value::String(s)) => Ok(s.trim().to_string()),
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(invalid("`text` must be a string")),
         None => Err(invalid("missing `text`: expected {\"text\": \"...\"}")),
     }
@@ -106,6 +109,10 @@ fn embed(texts: Vec<String>) -> Result<Vec<Result<Response, Error>>, Error> {
         let loaded = state
             .as_ref()
             .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+        let texts: Vec<String> = match loaded.strip {
+            true => texts.iter().map(|t| t.trim().to_string()).collect(),
+            false => texts,
+        };
         let enc = loaded.tokenizer.encode_batch(&texts)?;
         let inputs = loaded.encoder.inputs(&enc);
         let out = take(loaded.graph.run(&inputs)?, "embedding")?;

@@ -11,6 +11,9 @@ pub struct SentenceTransformersConfig {
     pub pooling: Option<Pooling>,
     pub normalize: bool,
     pub max_seq_length: Option<u64>,
+    /// Whether the model is a sentence-transformers model (modules.json),
+    /// whose texts are stripped of surrounding white space.
+    pub present: bool,
 }
 
 impl SentenceTransformersConfig {
@@ -19,7 +22,9 @@ impl SentenceTransformersConfig {
     pub fn read() -> Result<Self, Error> {
         let mut pooling_dir = "1_Pooling".to_string();
         let mut normalize = false;
-        if let Some(modules) = Json::asset("modules.json")? {
+        let modules = Json::asset("modules.json")?;
+        let present = modules.is_some();
+        if let Some(modules) = modules {
             let list = modules
                 .value
                 .as_array()
@@ -78,6 +83,7 @@ impl SentenceTransformersConfig {
             None => None,
         };
         Ok(SentenceTransformersConfig {
+            present,
             pooling,
             normalize,
             max_seq_length,
