@@ -15,9 +15,6 @@ use host::backend::Precision;
 use host::runner::Runner;
 use serde_json::Value;
 
-/// Families with fixtures but no spec yet.
-const NOT_YET_SERVED: &[&str] = &["deberta"];
-
 /// Every tiny encoder fixture with its parsed reference.
 fn fixtures() -> Vec<(String, Value)> {
     let dir = fixture("");
@@ -175,10 +172,6 @@ fn every_fixture(device: &str) {
     }
     let mut checked = 0;
     for (name, reference) in fixtures() {
-        if NOT_YET_SERVED.contains(&reference["family"].as_str().unwrap_or("")) {
-            eprintln!("{name}: family not served yet");
-            continue;
-        }
         embeddings(&name, &reference, device);
         let cases = |k: &str| reference.get(k).and_then(|v| v.as_array()).cloned();
         if let Some(c) = cases("fill_mask") {

@@ -147,9 +147,19 @@ impl Disentangled {
     }
 }
 
+/// The block's projections of the relative table, relative to its prefix.
+#[derive(Clone, Copy, Debug)]
+pub struct Projections {
+    /// Projects the table for the content-to-position term (keys).
+    pub c2p: &'static str,
+    /// Projects the table for the position-to-content term (queries).
+    pub p2c: &'static str,
+}
+
 /// What every layer shares: the relative table and the index inputs.
 pub struct Context {
     pub d: Disentangled,
+    proj: Projections,
     /// Relative embeddings [2 span, hidden], normalised when the model says.
     table: Node,
     c2p: Option<Node>,
@@ -158,7 +168,13 @@ pub struct Context {
 
 impl Context {
     /// Declares the index inputs and prepares the table.
-    pub fn new(g: &Graph, d: Disentangled, table: &str, norm: &str, eps: f32) -> Result<Context, Error> {
+    pub fn new(
+        g: &Graph,
+        d: Disentangled,
+        proj: Projections,
+        (table, norm): (&str, &str),
+        eps: f32,
+    ) -> Result<Context, Error> {
         let seq = || crate::Dim::Symbolic("sequence".into());
         let mut t = g.b.slice(g.weight(&format!("{table}.weight"))?, 0, 0, 2 * d.span)?;
         if d.norm_table {
@@ -172,6 +188,7 @@ impl Context {
         };
         Ok(Context {
             d,
+            proj,
             table: t,
             c2p: input("c2p_index", d.terms.c2p)?,
             p2c: input("p2c_index", d.terms.p2c)?,
@@ -179,9 +196,7 @@ impl Context {
     }
 
     /// Attention of one layer: `q`, `k`, `v` [batch, heads, seq, dim], the
-    /// block's projections at `prefix` (`query_proj`, `key_proj`, or the
-    /// `pos_*` ones), `keys` [batch, 1, 1, seq] boolean.
-    #[allow(clippy::too_many_arguments)]
+    /// block's weights at `prefix`, `keys` [batch, 1, 1, seq] boolean.
     pub fn attention(
         &self,
         g: &Graph,
@@ -213,12 +228,10 @@ impl Context {
             g.b.gather(flat, index, 2)
         };
         if let Some(index) = self.c2p {
-            let name = if self.d.share_key { "key_proj" } else { "pos_key_proj" };
-            add(pick(q, project(name)?, index)?)?;
+            add(pick(q, project(self.proj.c2p)?, index)?)?;
         }
         if let Some(index) = self.p2c {
-            let name = if self.d.share_key { "query_proj" } else { "pos_query_proj" };
-            add(pick(k, project(name)?, index)?)?;
+            add(pick(k, project(self.proj.p2c)?, index)?)?;
         }
         let mask = match bias {
             Some(b) => {

@@ -27,7 +27,7 @@ use crate::tensors::i64_tensor;
 use crate::tokenizer::EncodedBatch;
 use crate::{Dim, Dtype, Error, Graph, NamedTensor};
 
-use spec::{FamilySpec, Layers, Positions, RelativeBias};
+use spec::{FamilySpec, Layers, Positions, Qkv, RelativeBias};
 
 /// An encoder model: its family's spec resolved against its config and
 /// weights.
@@ -215,14 +215,27 @@ impl Encoder {
                 )?;
                 Bias::Mask(relative::bias_mask(&g, &self.name(table), buckets, keys)?)
             }
-            (RelativeBias::Disentangled { table, norm }, Some(d)) => {
-                Bias::Disentangled(disentangled::Context::new(
-                    &g,
-                    d,
-                    &self.name(table),
-                    &self.name(norm),
-                    self.eps,
-                )?, keys)
+            (
+                RelativeBias::Disentangled {
+                    table,
+                    norm,
+                    c2p,
+                    p2c,
+                    shared,
+                },
+                Some(d),
+            ) => {
+                let proj = match d.share_key {
+                    true => disentangled::Projections {
+                        c2p: shared.0,
+                        p2c: shared.1,
+                    },
+                    false => disentangled::Projections { c2p, p2c },
+                };
+                let names = (self.name(table), self.name(norm));
+                let ctx =
+                    disentangled::Context::new(&g, d, proj, (&names.0, &names.1), self.eps)?;
+                Bias::Disentangled(ctx, keys)
             }
             _ => Bias::Mask(keys),
         };
@@ -281,16 +294,11 @@ impl Encoder {
     fn block(&self, g: &Graph, h: Node, bias: &Bias, prefix: &str) -> Result<Node, Error> {
         let b = &self.spec.block;
         let head_dim = self.hidden / self.heads;
-        let proj = |rel: &str| -> Result<Node, Error> {
-            g.split_heads(g.linear(h, &format!("{prefix}{rel}"))?, self.heads, head_dim)
-        };
-        let (q, k, v) = (proj(b.query)?, proj(b.key)?, proj(b.value)?);
+        let qkv = self.qkv(g, h, prefix)?;
         let a = match bias {
-            Bias::Mask(mask) => g.attention(q, k, v, Some(*mask), false)?,
+            Bias::Mask(mask) => g.attention(qkv.0, qkv.1, qkv.2, Some(*mask), false)?,
             Bias::Disentangled(ctx, keys) => {
-                // The position projections sit beside the content ones.
-                let at = format!("{prefix}{}", b.query.rsplit_once('.').map_or("", |(p, _)| p));
-                ctx.attention(g, &format!("{at}."), (q, k, v), *keys, self.heads, head_dim)?
+                ctx.attention(g, prefix, qkv, *keys, self.heads, head_dim)?
             }
         };
         let a = g.merge_heads(a)?;
@@ -299,6 +307,40 @@ impl Encoder {
         let i = g.unary(self.act, g.linear(h, &format!("{prefix}{}", b.ffn_in))?)?;
         let o = g.linear(i, &format!("{prefix}{}", b.ffn_out))?;
         g.layer_norm(g.add(o, h)?, &format!("{prefix}{}", b.ffn_norm), self.eps)
+    }
+
+    /// Queries, keys and values [batch, heads, seq, head_dim] of `h`.
+    fn qkv(&self, g: &Graph, h: Node, prefix: &str) -> Result<(Node, Node, Node), Error> {
+        let (heads, d) = (self.heads, self.hidden / self.heads);
+        match self.spec.block.qkv {
+            Qkv::Separate { query, key, value } => {
+                let proj = |rel: &str| -> Result<Node, Error> {
+                    g.split_heads(g.linear(h, &format!("{prefix}{rel}"))?, heads, d)
+                };
+                Ok((proj(query)?, proj(key)?, proj(value)?))
+            }
+            Qkv::PerHeadFused {
+                weight,
+                q_bias,
+                v_bias,
+            } => {
+                // [b, s, heads, 3d] -> three [b, heads, s, d]
+                let all = g.linear(h, &format!("{prefix}{weight}"))?;
+                let all = g.b.reshape(all, &[0, 0, heads as i64, 3 * d as i64])?;
+                let part = |i: i64| -> Result<Node, Error> {
+                    let x = g.b.slice(all, -1, i * d as i64, (i + 1) * d as i64)?;
+                    g.b.permute(x, &[0, 2, 1, 3])
+                };
+                // A bias [hidden] as [1, heads, 1, d].
+                let bias = |rel: &str| -> Result<Node, Error> {
+                    let w = g.weight(&format!("{prefix}{rel}"))?;
+                    g.b.reshape(w, &[1, heads as i64, 1, d as i64])
+                };
+                let q = g.add(part(0)?, bias(q_bias)?)?;
+                let v = g.add(part(2)?, bias(v_bias)?)?;
+                Ok((q, part(1)?, v))
+            }
+        }
     }
 
     /// The tensors a tokenized batch runs with.

@@ -62,12 +62,28 @@ pub struct EmbeddingSpec {
     pub boxes: Option<[&'static str; 4]>,
 }
 
+/// How a block projects queries, keys and values.
+#[derive(Clone, Copy, Debug)]
+pub enum Qkv {
+    /// Three linear layers.
+    Separate {
+        query: &'static str,
+        key: &'static str,
+        value: &'static str,
+    },
+    /// DeBERTa (v1): one projection without bias whose rows are, per head,
+    /// that head's query, key and value rows; then query and value biases.
+    PerHeadFused {
+        weight: &'static str,
+        q_bias: &'static str,
+        v_bias: &'static str,
+    },
+}
+
 /// Which weights make one transformer block, relative to its prefix.
 #[derive(Debug)]
 pub struct BlockSpec {
-    pub query: &'static str,
-    pub key: &'static str,
-    pub value: &'static str,
+    pub qkv: Qkv,
     pub out: &'static str,
     pub attn_norm: &'static str,
     pub ffn_in: &'static str,
@@ -76,9 +92,11 @@ pub struct BlockSpec {
 }
 
 const BERT_BLOCK: BlockSpec = BlockSpec {
-    query: "attention.self.query",
-    key: "attention.self.key",
-    value: "attention.self.value",
+    qkv: Qkv::Separate {
+        query: "attention.self.query",
+        key: "attention.self.key",
+        value: "attention.self.value",
+    },
     out: "attention.output.dense",
     attn_norm: "attention.output.LayerNorm",
     ffn_in: "intermediate.dense",
@@ -103,12 +121,17 @@ pub enum RelativeBias {
     /// MPNet: a table [buckets, heads] indexed by T5-style bidirectional
     /// log buckets of key - query, shared by every layer.
     Buckets { table: &'static str },
-    /// DeBERTa-v2: content-to-position and position-to-content scores from
+    /// DeBERTa: content-to-position and position-to-content scores from
     /// a relative embedding table (normalised by `norm` when the config
-    /// says), recomputed in every layer from its projections.
+    /// says), projected in every layer by the block's `c2p` (keys) and
+    /// `p2c` (queries) layers, or by its content key and query layers
+    /// (`shared`, when the config says `share_att_key`).
     Disentangled {
         table: &'static str,
         norm: &'static str,
+        c2p: &'static str,
+        p2c: &'static str,
+        shared: (&'static str, &'static str),
     },
 }
 
@@ -226,6 +249,14 @@ const ROBERTA_CLASSIFIER: ClassifierSpec = ClassifierSpec {
     out: "classifier.out_proj",
 };
 
+/// DeBERTa's context pooler (dense and `pooler_hidden_act` on the first
+/// token), then the output layer.
+const DEBERTA_CLASSIFIER: ClassifierSpec = ClassifierSpec {
+    input: ClassifierInput::FirstToken,
+    dense: Some(("pooler.dense", HeadAct::Pooler)),
+    out: "classifier",
+};
+
 /// Every encoder family served, in no particular order.
 pub static FAMILIES: &[FamilySpec] = &[
     FamilySpec {
@@ -332,9 +363,11 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("transformer.layer."),
         block: BlockSpec {
-            query: "attention.q_lin",
-            key: "attention.k_lin",
-            value: "attention.v_lin",
+            qkv: Qkv::Separate {
+                query: "attention.q_lin",
+                key: "attention.k_lin",
+                value: "attention.v_lin",
+            },
             out: "attention.out_lin",
             attn_norm: "sa_layer_norm",
             ffn_in: "ffn.lin1",
@@ -373,9 +406,11 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::AlbertGroups,
         block: BlockSpec {
-            query: "attention.query",
-            key: "attention.key",
-            value: "attention.value",
+            qkv: Qkv::Separate {
+                query: "attention.query",
+                key: "attention.key",
+                value: "attention.value",
+            },
             out: "attention.dense",
             attn_norm: "attention.LayerNorm",
             ffn_in: "ffn",
@@ -408,9 +443,11 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("encoder.layer."),
         block: BlockSpec {
-            query: "attention.attn.q",
-            key: "attention.attn.k",
-            value: "attention.attn.v",
+            qkv: Qkv::Separate {
+                query: "attention.attn.q",
+                key: "attention.attn.k",
+                value: "attention.attn.v",
+            },
             out: "attention.attn.o",
             attn_norm: "attention.LayerNorm",
             ffn_in: "intermediate.dense",
@@ -424,6 +461,41 @@ pub static FAMILIES: &[FamilySpec] = &[
         embed_with_pooler: false,
         mlm: Some(ROBERTA_MLM),
         classifier: Some(ROBERTA_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["deberta"],
+        bases: &["deberta.", ""],
+        body: "",
+        keys: ConfigKeys {
+            eps_default: 1e-7,
+            ..BERT_KEYS
+        },
+        embeddings: EmbeddingSpec {
+            project: Some("embeddings.embed_proj"),
+            project_before_norm: true,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: BlockSpec {
+            qkv: Qkv::PerHeadFused {
+                weight: "attention.self.in_proj",
+                q_bias: "attention.self.q_bias",
+                v_bias: "attention.self.v_bias",
+            },
+            ..BERT_BLOCK
+        },
+        relative: RelativeBias::Disentangled {
+            table: "encoder.rel_embeddings",
+            norm: "encoder.LayerNorm",
+            c2p: "attention.self.pos_proj",
+            p2c: "attention.self.pos_q_proj",
+            shared: ("attention.self.pos_proj", "attention.self.pos_q_proj"),
+        },
+        pooler: PoolerSpec::None,
+        embed_with_pooler: false,
+        mlm: Some(BERT_MLM),
+        classifier: Some(DEBERTA_CLASSIFIER),
         token_classifier: Some("classifier"),
     },
     FamilySpec {
@@ -441,23 +513,24 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("encoder.layer."),
         block: BlockSpec {
-            query: "attention.self.query_proj",
-            key: "attention.self.key_proj",
-            value: "attention.self.value_proj",
+            qkv: Qkv::Separate {
+                query: "attention.self.query_proj",
+                key: "attention.self.key_proj",
+                value: "attention.self.value_proj",
+            },
             ..BERT_BLOCK
         },
         relative: RelativeBias::Disentangled {
             table: "encoder.rel_embeddings",
             norm: "encoder.LayerNorm",
+            c2p: "attention.self.pos_key_proj",
+            p2c: "attention.self.pos_query_proj",
+            shared: ("attention.self.key_proj", "attention.self.query_proj"),
         },
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
         mlm: Some(BERT_MLM),
-        classifier: Some(ClassifierSpec {
-            input: ClassifierInput::FirstToken,
-            dense: Some(("pooler.dense", HeadAct::Pooler)),
-            out: "classifier",
-        }),
+        classifier: Some(DEBERTA_CLASSIFIER),
         token_classifier: Some("classifier"),
     },
     FamilySpec {
