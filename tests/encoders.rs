@@ -5,8 +5,9 @@
 //! in the same order, scores within 1e-4, same strings),
 //! `text-classification` (same labels, scores within 1e-4) and
 //! `token-classification` (same entities, offsets and words, scores within
-//! 1e-4), at batch sizes 1 and all, on cpu and openvino (and cuda where
-//! present, which the GPU suite runs).
+//! 1e-4), at batch sizes 1 and all, on cpu and openvino, and on cuda where
+//! present (the GPU suite runs this binary), with f16/bf16 embeddings
+//! (cosine >= 0.999) there.
 
 mod common;
 
@@ -30,7 +31,11 @@ fn fixtures() -> Vec<(String, Value)> {
         })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(v.len() >= 20, "expected the tiny encoder fixtures, found {}", v.len());
+    assert!(
+        v.len() >= 20,
+        "expected the tiny encoder fixtures, found {}",
+        v.len()
+    );
     v
 }
 
@@ -48,7 +53,10 @@ fn answers(r: &mut Runner, reqs: &[Value], batch: usize) -> Vec<Value> {
 }
 
 fn close(name: &str, got: f64, want: f64) {
-    assert!((got - want).abs() <= 1e-4, "{name}: score {got}, expected {want}");
+    assert!(
+        (got - want).abs() <= 1e-4,
+        "{name}: score {got}, expected {want}"
+    );
 }
 
 fn f(v: &Value) -> f64 {
@@ -62,9 +70,18 @@ fn embeddings(name: &str, reference: &Value, device: &str) {
         .collect();
     let want = Reference {
         texts: texts.clone(),
-        embeddings: (reference["embeddings"].as_array().expect("embeddings").iter())
-            .map(|r| r.as_array().expect("row").iter().map(|x| f(x) as f32).collect())
-            .collect(),
+        embeddings: (reference["embeddings"]
+            .as_array()
+            .expect("embeddings")
+            .iter())
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| f(x) as f32)
+                .collect()
+        })
+        .collect(),
         token_counts: (reference["token_counts"].as_array().expect("counts").iter())
             .map(|c| c.as_u64().expect("count") as u32)
             .collect(),
@@ -72,7 +89,18 @@ fn embeddings(name: &str, reference: &Value, device: &str) {
     let mut r = runner("text-embedding", &model, device, Precision::F32);
     for bs in [1, texts.len()] {
         let got = embed(&mut r, &texts, bs);
-        assert_fp32(&format!("{name} text-embedding {device} bs{bs}"), &want, &got);
+        assert_fp32(
+            &format!("{name} text-embedding {device} bs{bs}"),
+            &want,
+            &got,
+        );
+    }
+    if device.starts_with("cuda") {
+        for p in [Precision::F16, Precision::BF16] {
+            let mut r = runner("text-embedding", &model, device, p);
+            let got = embed(&mut r, &texts, texts.len());
+            assert_reduced(&format!("{name} text-embedding {device} {p}"), &want, &got);
+        }
     }
 }
 
@@ -109,7 +137,12 @@ fn fill_mask(name: &str, cases: &[Value], device: &str) {
 }
 
 fn classification(name: &str, cases: &[Value], device: &str) {
-    let mut r = runner("text-classification", &fixture(name), device, Precision::F32);
+    let mut r = runner(
+        "text-classification",
+        &fixture(name),
+        device,
+        Precision::F32,
+    );
     let reqs: Vec<Value> = cases
         .iter()
         .map(|c| {
@@ -125,7 +158,10 @@ fn classification(name: &str, cases: &[Value], device: &str) {
     for bs in [1, reqs.len()] {
         for (c, got) in cases.iter().zip(answers(&mut r, &reqs, bs)) {
             let case = format!("{name} text-classification {device} bs{bs} {:?}", c["text"]);
-            let (g, w) = (got["labels"].as_array().expect("labels"), c["labels"].as_array().expect("labels"));
+            let (g, w) = (
+                got["labels"].as_array().expect("labels"),
+                c["labels"].as_array().expect("labels"),
+            );
             assert_eq!(g.len(), w.len(), "{case}");
             for (a, b) in g.iter().zip(w) {
                 close(&case, f(&a["score"]), f(&b["score"]));
@@ -133,7 +169,9 @@ fn classification(name: &str, cases: &[Value], device: &str) {
             // Labels in the same order, except among near-ties.
             for (i, (a, b)) in g.iter().zip(w).enumerate() {
                 if a["label"] != b["label"] {
-                    let tie = w.iter().any(|x| x["label"] == a["label"] && (f(&x["score"]) - f(&b["score"])).abs() <= 1e-6);
+                    let tie = w.iter().any(|x| {
+                        x["label"] == a["label"] && (f(&x["score"]) - f(&b["score"])).abs() <= 1e-6
+                    });
                     assert!(tie, "{case}: label {i}: {g:?} vs {w:?}");
                 }
             }
@@ -142,7 +180,12 @@ fn classification(name: &str, cases: &[Value], device: &str) {
 }
 
 fn ner(name: &str, cases: &[Value], device: &str) {
-    let mut r = runner("token-classification", &fixture(name), device, Precision::F32);
+    let mut r = runner(
+        "token-classification",
+        &fixture(name),
+        device,
+        Precision::F32,
+    );
     let cases: Vec<&Value> = cases.iter().filter(|c| c.get("error").is_none()).collect();
     let reqs: Vec<Value> = cases
         .iter()
@@ -154,7 +197,10 @@ fn ner(name: &str, cases: &[Value], device: &str) {
                 "{name} token-classification {device} bs{bs} {} {:?}",
                 c["aggregation_strategy"], c["text"]
             );
-            let (g, w) = (got["entities"].as_array().expect("entities"), c["entities"].as_array().expect("entities"));
+            let (g, w) = (
+                got["entities"].as_array().expect("entities"),
+                c["entities"].as_array().expect("entities"),
+            );
             assert_eq!(g.len(), w.len(), "{case}: {g:?} vs {w:?}");
             for (a, b) in g.iter().zip(w) {
                 for k in ["entity", "entity_group", "word", "start", "end", "index"] {
@@ -199,11 +245,132 @@ fn tiny_encoders_match_transformers_on_openvino() {
     every_fixture("openvino");
 }
 
+/// Runs where a GPU is (the GPU suite runs this binary); f16 and bf16
+/// embeddings are checked there too.
 #[test]
 fn tiny_encoders_match_transformers_on_cuda() {
-    if std::env::var("HOST_TEST_CUDA").is_err() {
-        eprintln!("SKIP: cuda encoder fidelity runs in the GPU suite (HOST_TEST_CUDA=1)");
+    every_fixture("cuda");
+}
+
+/// The answer, or the error message, of one request.
+fn one(r: &mut Runner, req: &str) -> Result<Value, String> {
+    match r.handle(&[req.to_string()]).remove(0) {
+        Ok(o) => Ok(Value::Object(o.json)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn fails(r: &mut Runner, req: &str, text: &str) {
+    match one(r, req) {
+        Ok(v) => panic!("{req}: expected an error with {text:?}, got {v}"),
+        Err(e) => assert!(e.contains(text), "{req}: {e}"),
+    }
+}
+
+#[test]
+fn bad_requests_and_models_get_clear_errors() {
+    if !available("cpu") {
         return;
     }
-    every_fixture("cuda");
+    let cpu = |skill: &str, f: &str| runner(skill, &fixture(f), "cpu", Precision::F32);
+    let mut fm = cpu("fill-mask", "tiny-enc-bert");
+    fails(
+        &mut fm,
+        r#"{"text": "no mask here"}"#,
+        "no mask token `[MASK]`",
+    );
+    fails(&mut fm, r#"{"text": "a [MASK]", "top_k": 0}"#, "at least 1");
+    fails(
+        &mut fm,
+        r#"{"text": "a [MASK]", "top_k": -3}"#,
+        "non-negative integer",
+    );
+    fails(
+        &mut fm,
+        r#"{"text": "a [MASK]", "targets": [""]}"#,
+        "no token of the vocabulary",
+    );
+    fails(
+        &mut fm,
+        r#"{"text": "a [MASK]", "target": ["cat"]}"#,
+        "unknown key `target`",
+    );
+    fails(&mut fm, r#"["a [MASK]"]"#, "JSON object");
+    // A mask cut off by truncation is named as such.
+    let long = format!("{} [MASK]", "word ".repeat(200));
+    fails(
+        &mut fm,
+        &serde_json::json!({"text": long}).to_string(),
+        "the model's limit",
+    );
+    // Good and bad requests in one batch: each gets its own answer.
+    let answers = fm.handle(&[
+        r#"{"text": "the [MASK] sat"}"#.to_string(),
+        r#"{"text": "nothing"}"#.to_string(),
+        r#"{"text": "a [MASK] and a [MASK]", "top_k": 2}"#.to_string(),
+    ]);
+    assert!(answers[0].is_ok() && answers[1].is_err() && answers[2].is_ok());
+    let two = &answers[2].as_ref().unwrap().json["predictions"];
+    assert_eq!(two.as_array().map(|m| m.len()), Some(2), "{two}");
+
+    let mut tc = cpu("text-classification", "tiny-enc-bert-cls");
+    fails(
+        &mut tc,
+        r#"{"text": "x", "function_to_apply": "relu"}"#,
+        "softmax, sigmoid or none",
+    );
+    fails(
+        &mut tc,
+        r#"{"text": "x", "text_pair": 3}"#,
+        "`text_pair` must be a string",
+    );
+    fails(&mut tc, r#"{"text_pair": "x"}"#, "missing `text`");
+    // Texts beyond the model's positions are truncated and flagged.
+    let long = serde_json::json!({"text": "word ".repeat(500), "text_pair": "cat"}).to_string();
+    let v = one(&mut tc, &long).expect("a truncated pair is answered");
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["tokens"], 128);
+    let v = one(&mut tc, r#"{"text": "x", "top_k": 1}"#).unwrap();
+    assert_eq!(v["labels"].as_array().map(|l| l.len()), Some(1));
+
+    let mut ner = cpu("token-classification", "tiny-enc-bert-ner");
+    fails(
+        &mut ner,
+        r#"{"text": "x", "aggregation_strategy": "longest"}"#,
+        "none, simple, first",
+    );
+    let v = one(
+        &mut ner,
+        r#"{"text": "", "aggregation_strategy": "simple"}"#,
+    )
+    .unwrap();
+    assert_eq!(v["entities"], serde_json::json!([]));
+
+    // A checkpoint without the task's head is refused at load, by name.
+    let devices = host::backend::registry::parse_list("cpu").unwrap();
+    for (skill, f, text) in [
+        ("fill-mask", "tiny-enc-bert-cls", "no masked-LM head"),
+        (
+            "text-classification",
+            "tiny-enc-bert",
+            "no sequence-classification head",
+        ),
+        (
+            "token-classification",
+            "tiny-enc-dpr-question",
+            "no token-classification head",
+        ),
+        ("text-embedding", "tiny-gpt2", "not a served encoder"),
+    ] {
+        let e = Runner::open(
+            sandbox(),
+            common::skill(skill).to_str().unwrap(),
+            fixture(f).to_str().unwrap(),
+            &devices,
+            Precision::F32,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{skill} on {f} must fail"));
+        assert!(e.to_string().contains(text), "{skill} on {f}: {e}");
+    }
 }

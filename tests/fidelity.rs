@@ -34,7 +34,9 @@ fn real_fp32(device: &str, name: &str, dir: Option<std::path::PathBuf>, long: u3
     if !available(device) {
         return;
     }
-    let Some(model) = installed(name, dir) else { return };
+    let Some(model) = installed(name, dir) else {
+        return;
+    };
     let reference = reference(&format!("{name}/reference.json"));
     assert!(reference.texts.len() >= 30);
     assert!(

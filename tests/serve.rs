@@ -4,97 +4,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use common::http::*;
 use common::*;
-use host::backend::{registry, Precision};
-use host::endpoint::{BatchPolicy, EndpointConfig, Endpoints};
-use host::serve::{router, ServeOptions};
-
-/// A server on an ephemeral port; lives as long as the test process.
-struct Server {
-    base: String,
-    endpoints: Arc<Endpoints>,
-    rt: &'static tokio::runtime::Runtime,
-}
-
-fn server(configs: Vec<EndpointConfig>, max_concurrent: usize) -> Server {
-    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ));
-    let endpoints = Arc::new(Endpoints::new(sandbox()));
-    let eps = endpoints.clone();
-    let base = rt.block_on(async move {
-        for c in configs {
-            eps.add(c).await.expect("endpoint loads");
-        }
-        let opts = ServeOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            max_concurrent_requests: max_concurrent,
-            max_body_bytes: 1 << 20,
-            default_endpoint: None,
-        };
-        let listener = tokio::net::TcpListener::bind(opts.addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(eps, &opts);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}")
-    });
-    Server {
-        base,
-        endpoints,
-        rt,
-    }
-}
-
-fn config(
-    name: &str,
-    skill_name: &str,
-    model: &std::path::Path,
-    devices: &str,
-    batching: BatchPolicy,
-    instances: usize,
-) -> EndpointConfig {
-    let mut c = EndpointConfig::new(
-        name,
-        skill(skill_name).to_str().unwrap(),
-        model.to_str().unwrap(),
-        registry::parse_list(devices).unwrap(),
-        Precision::F32,
-    );
-    c.batching = batching;
-    c.instances = instances;
-    c
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
-}
-
-/// (status, body) of a POST.
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, serde_json::Value) {
-    let r = agent
-        .post(url)
-        .set("content-type", "application/json")
-        .send_string(body);
-    let (code, resp) = match r {
-        Ok(resp) => (resp.status(), resp),
-        Err(ureq::Error::Status(code, resp)) => (code, resp),
-        Err(e) => panic!("transport error: {e}"),
-    };
-    let text = resp.into_string().unwrap_or_default();
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
-}
+use host::backend::Precision;
+use host::endpoint::BatchPolicy;
 
 /// POST over a raw socket that tolerates the server closing early.
 fn raw_post(base: &str, path: &str, body: &str) -> (u16, String) {
@@ -622,4 +539,135 @@ fn completions_refuse_options_they_would_ignore() {
         r#"{"prompt": "x", "max_tokens": 3, "repetition_penalty": 1.3, "echo": false}"#,
     );
     assert_eq!(code, 200, "{v}");
+}
+
+/// TEI's classification routes on a text-classification endpoint: `/predict`
+/// for texts and pairs, `/rerank` best first (a single-score model), and
+/// clear errors for what they cannot answer.
+#[test]
+fn tei_predict_and_rerank_answer_like_the_skill() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![
+            config(
+                "nli",
+                "text-classification",
+                &fixture("tiny-enc-bert-cls"),
+                "cpu",
+                BatchPolicy::default(),
+                1,
+            ),
+            config(
+                "rr",
+                "text-classification",
+                &fixture("tiny-enc-roberta-cls-single"),
+                "cpu",
+                BatchPolicy::default(),
+                1,
+            ),
+        ],
+        64,
+    );
+    let a = agent();
+    let mut direct = runner(
+        "text-classification",
+        &fixture("tiny-enc-roberta-cls-single"),
+        "cpu",
+        Precision::F32,
+    );
+    let url = |p: &str| format!("{}{p}", s.base);
+    // One text: every label, best first.
+    let (code, v) = post(&a, &url("/predict"), r#"{"model":"nli","inputs":"a cat"}"#);
+    assert_eq!(code, 200, "{v}");
+    let labels = v.as_array().expect("a list of labels");
+    assert_eq!(labels.len(), 3);
+    let scores: Vec<f64> = labels
+        .iter()
+        .map(|l| l["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{v}");
+    // A pair, and a batch of a text and a pair.
+    let (code, v) = post(
+        &a,
+        &url("/predict"),
+        r#"{"model":"nli","inputs":["a cat","a dog"]}"#,
+    );
+    assert_eq!((code, v.as_array().map(|l| l.len())), (200, Some(3)), "{v}");
+    let (code, v) = post(
+        &a,
+        &url("/predict"),
+        r#"{"model":"nli","inputs":["one", ["a cat","a dog"], "three"]}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v.as_array().map(|l| l.len()), Some(3), "{v}");
+    // Rerank: best first, each score the skill's for that pair.
+    let texts = [
+        "the cat sat",
+        "dogs run fast",
+        "hello world",
+        "a small bird",
+    ];
+    let body =
+        serde_json::json!({"model": "rr", "query": "cats", "texts": texts, "return_text": true});
+    let (code, v) = post(&a, &url("/rerank"), &body.to_string());
+    assert_eq!(code, 200, "{v}");
+    let ranked = v.as_array().expect("ranked list");
+    assert_eq!(ranked.len(), texts.len());
+    for w in ranked.windows(2) {
+        assert!(w[0]["score"].as_f64() >= w[1]["score"].as_f64(), "{v}");
+    }
+    for r in ranked {
+        let i = r["index"].as_u64().unwrap() as usize;
+        assert_eq!(r["text"], texts[i]);
+        let req = serde_json::json!({"text": "cats", "text_pair": texts[i]}).to_string();
+        let want = direct.handle(&[req]).remove(0).unwrap().json["labels"][0]["score"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (r["score"].as_f64().unwrap() - want).abs() < 1e-6,
+            "{r} vs {want}"
+        );
+    }
+    // raw_scores: the logit, whose sigmoid is the score.
+    let body = serde_json::json!({"model": "rr", "query": "cats", "texts": [texts[0]], "raw_scores": true});
+    let (_, raw) = post(&a, &url("/rerank"), &body.to_string());
+    let logit = raw[0]["score"].as_f64().unwrap();
+    let score = ranked.iter().find(|r| r["index"] == 0).unwrap()["score"]
+        .as_f64()
+        .unwrap();
+    assert!((1.0 / (1.0 + (-logit).exp()) - score).abs() < 1e-6);
+    // What these routes cannot answer.
+    let cases = [
+        (
+            "/rerank",
+            r#"{"model":"nli","query":"q","texts":["a"]}"#,
+            "needs a reranker",
+        ),
+        (
+            "/rerank",
+            r#"{"model":"rr","texts":["a"]}"#,
+            "missing `query`",
+        ),
+        (
+            "/rerank",
+            r#"{"model":"rr","query":"q","texts":[]}"#,
+            "non-empty list",
+        ),
+        (
+            "/predict",
+            r#"{"model":"nli","inputs":[1,2,3]}"#,
+            "string or a pair",
+        ),
+        ("/predict", r#"{"model":"nli"}"#, "missing `inputs`"),
+    ];
+    for (route, body, text) in cases {
+        let (code, v) = post(&a, &url(route), body);
+        assert_eq!(code, 400, "{route} {body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap_or("").contains(text),
+            "{v}"
+        );
+    }
 }

@@ -127,7 +127,8 @@ impl HostTokenizer {
             return Err(TokenizerError::EmptyBatch);
         }
         let encs = if self.with_offsets {
-            self.inner.encode_batch_char_offsets(inputs, self.add_special)
+            self.inner
+                .encode_batch_char_offsets(inputs, self.add_special)
         } else {
             self.inner.encode_batch(inputs, self.add_special)
         }
@@ -343,10 +344,7 @@ mod tests {
     fn pairs_are_truncated_longest_first() {
         let tok = tiny_bert(false, Some(8));
         let b = tok
-            .encode_pairs(vec![(
-                "the big red dog and the cat".into(),
-                "a cat".into(),
-            )])
+            .encode_pairs(vec![("the big red dog and the cat".into(), "a cat".into())])
             .unwrap();
         let types = b.token_type_ids.to_i64("types").unwrap();
         assert_eq!(types.len(), 8);

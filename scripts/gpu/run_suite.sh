@@ -6,6 +6,7 @@
 #
 #   fidelity: nvidia-smi, make_models (embedding models), the kernel tests
 #             .gpu/backend_ops (if present) with OPS_PRECISION=f32, f16, bf16,
+#             the encoder skills on every tiny encoder fixture (.gpu/encoders),
 #             embed_fidelity.py and gen_fidelity.py.
 #   bench:    nvidia-smi, make_models (all four models), bench_cuda.py
 #             (bounded to ~6 minutes by its --budget-s).
@@ -127,6 +128,13 @@ if [ "$MODE" = fidelity ] || [ "$MODE" = all ]; then
         done
     else
         echo "[$(ts)] no $OPS_BIN: kernel tests skipped" | tee -a "$SUMMARY"
+    fi
+    if [ -f .gpu/encoders ]; then
+        # Every tiny encoder fixture and skill (text-embedding, fill-mask,
+        # text-classification, token-classification) against transformers.
+        [ -x .gpu/encoders ] || chmod +x .gpu/encoders 2>/dev/null || true
+        step encoders env HOST_TEST_ROOT="$PWD" CARGO_TARGET_DIR="$PWD/.gpu/target" \
+            .gpu/encoders --nocapture tiny_encoders_match_transformers_on_cuda
     fi
     step embed_fidelity "$PYTHON" scripts/gpu/embed_fidelity.py --host "$HOST_BIN" \
         --models "$MODELS_DIR" --out "$OUT/embed_fidelity" --device "$DEVICE" ${EMBED_EXTRA[@]+"${EMBED_EXTRA[@]}"}

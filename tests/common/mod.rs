@@ -3,6 +3,8 @@
 //! printed skip locally, a failure when `REQUIRE_BACKENDS` names it).
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,9 +12,13 @@ use host::backend::{registry, Device, Precision};
 use host::runner::Runner;
 use host::sandbox::{Sandbox, SandboxLimits};
 
-/// The workspace root.
+/// The workspace root (`HOST_TEST_ROOT` where a test binary runs from
+/// another checkout, as on the GPU machine).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    match std::env::var("HOST_TEST_ROOT") {
+        Ok(r) => PathBuf::from(r),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
 }
 
 /// A built skill component.

@@ -19,11 +19,11 @@ use std::cell::RefCell;
 use skill_sdk::config::Json;
 use skill_sdk::encoder::{spec, Encoder};
 use skill_sdk::graph::Node;
+use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::tensors::{i64_tensor, take};
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Dim, Dtype, Error, Graph, Guest, NamedTensor, Response, SkillInfo};
-use skill_sdk::requests::Request;
 
 mod tokens;
 
@@ -84,7 +84,11 @@ impl Guest for FillMask {
         let probs = mask_probabilities(&e, &eg.g, eg.hidden)?;
         let vocab = match eg.g.b.info(probs)?.shape.get(1) {
             Some(Dim::Fixed(n)) => *n as usize,
-            _ => return Err(Error::Model("the masked-LM head has no fixed vocabulary".into())),
+            _ => {
+                return Err(Error::Model(
+                    "the masked-LM head has no fixed vocabulary".into(),
+                ))
+            }
         };
         let graph = eg.g.compile(&[("probs", probs)])?;
         STATE.with(|s| {

@@ -17,10 +17,12 @@ pub fn mask_token(tok: &Tokenizer) -> Result<(String, i64), Error> {
 
 /// The padding id (transformers drops it from filled sequences).
 pub fn pad_id(tok: &Tokenizer, config: &Json) -> Result<i64, Error> {
-    Ok(match special_tokens::find(tok, "pad_token", &["[PAD]", "<pad>"])? {
-        Some((_, id)) => id as i64,
-        None => config.u64_or("pad_token_id", 0)? as i64,
-    })
+    Ok(
+        match special_tokens::find(tok, "pad_token", &["[PAD]", "<pad>"])? {
+            Some((_, id)) => id as i64,
+            None => config.u64_or("pad_token_id", 0)? as i64,
+        },
+    )
 }
 
 /// Candidate ids of `targets`: a target in the vocabulary is its id, any
@@ -39,7 +41,11 @@ pub fn target_ids(
             None => {
                 let enc = plain.encode_batch(std::slice::from_ref(t))?;
                 let first = i64s(&enc.input_ids)?;
-                first.first().copied().filter(|_| enc.lengths[0] > 0).map(|i| i as u32)
+                first
+                    .first()
+                    .copied()
+                    .filter(|_| enc.lengths[0] > 0)
+                    .map(|i| i as u32)
             }
         };
         if let Some(id) = id.filter(|&i| (i as usize) < vocab) {

@@ -83,7 +83,8 @@ pub fn serve<R>(
     parse: impl Fn(Request) -> Result<R, Error>,
     run: impl FnOnce(Vec<R>) -> Result<Vec<Result<Response, Error>>, Error>,
 ) -> Vec<Result<Response, Error>> {
-    let mut results: Vec<Option<Result<Response, Error>>> = (0..batch.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<Response, Error>>> =
+        (0..batch.len()).map(|_| None).collect();
     let mut parsed = Vec::new();
     let mut idx = Vec::new();
     for (i, req) in batch.iter().enumerate() {

@@ -30,7 +30,11 @@ pub fn named(name: &str) -> Result<Option<String>, Error> {
 
 /// Token and id of special token `name`: the one the model names, else the
 /// first of `fallbacks` in the vocabulary.
-pub fn find(tok: &Tokenizer, name: &str, fallbacks: &[&str]) -> Result<Option<(String, u32)>, Error> {
+pub fn find(
+    tok: &Tokenizer,
+    name: &str,
+    fallbacks: &[&str],
+) -> Result<Option<(String, u32)>, Error> {
     if let Some(t) = named(name)? {
         return Ok(tok.token_to_id(&t).map(|id| (t, id)));
     }

@@ -58,7 +58,10 @@ pub fn take(outputs: Vec<crate::NamedTensor>, name: &str) -> Result<Tensor, Erro
 /// The values of an i64 tensor.
 pub fn i64_values(t: &Tensor) -> Result<Vec<i64>, Error> {
     if t.dtype != Dtype::I64 {
-        return Err(crate::internal(format!("expected an i64 tensor, got {:?}", t.dtype)));
+        return Err(crate::internal(format!(
+            "expected an i64 tensor, got {:?}",
+            t.dtype
+        )));
     }
     Ok(t.data
         .chunks_exact(8)
@@ -69,7 +72,10 @@ pub fn i64_values(t: &Tensor) -> Result<Vec<i64>, Error> {
 /// The values of an f32 tensor.
 pub fn f32_values(t: &Tensor) -> Result<Vec<f32>, Error> {
     if t.dtype != Dtype::F32 {
-        return Err(crate::internal(format!("expected an f32 tensor, got {:?}", t.dtype)));
+        return Err(crate::internal(format!(
+            "expected an f32 tensor, got {:?}",
+            t.dtype
+        )));
     }
     Ok(t.data
         .chunks_exact(4)

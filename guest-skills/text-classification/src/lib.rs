@@ -176,7 +176,12 @@ fn classify(reqs: Vec<ClassifyRequest>) -> Result<Vec<Result<Response, Error>>, 
         if !pairs.is_empty() {
             let texts: Vec<(String, String)> = pairs
                 .iter()
-                .map(|&i| (reqs[i].text.clone(), reqs[i].pair.clone().unwrap_or_default()))
+                .map(|&i| {
+                    (
+                        reqs[i].text.clone(),
+                        reqs[i].pair.clone().unwrap_or_default(),
+                    )
+                })
                 .collect();
             let enc = l.tokenizer.encode_pairs(&texts)?;
             answer(l, &reqs, &pairs, &enc, &mut out)?;

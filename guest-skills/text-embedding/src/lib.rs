@@ -22,11 +22,11 @@ use std::cell::RefCell;
 use skill_sdk::config::Json;
 use skill_sdk::encoder::heads::Pooling;
 use skill_sdk::encoder::{spec, Encoder};
+use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::tensors::{split_rows, take};
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
-use skill_sdk::requests::Request;
-use skill_sdk::{invalid, Error, Guest, Graph, NamedTensor, Response, SkillInfo};
+use skill_sdk::{invalid, Error, Graph, Guest, NamedTensor, Response, SkillInfo};
 
 struct Loaded {
     tokenizer: Tokenizer,

@@ -145,7 +145,8 @@ fn label_word(word: Vec<PreEntity>, strategy: Strategy) -> Labelled {
         Strategy::Max => {
             let mut best = &word[0];
             for t in &word[1..] {
-                let top = |p: &PreEntity| p.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let top =
+                    |p: &PreEntity| p.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if top(t) > top(best) {
                     best = t;
                 }
@@ -155,7 +156,9 @@ fn label_word(word: Vec<PreEntity>, strategy: Strategy) -> Labelled {
         }
         Strategy::Average => {
             let n = word[0].scores.len();
-            let avg: Vec<f32> = (0..n).map(|k| mean(word.iter().map(|t| t.scores[k]))).collect();
+            let avg: Vec<f32> = (0..n)
+                .map(|k| mean(word.iter().map(|t| t.scores[k])))
+                .collect();
             let l = argmax(&avg);
             (l, avg[l])
         }
@@ -247,7 +250,10 @@ mod tests {
         assert_eq!(f[0]["entity_group"], "O");
         let m = entities(word(), Strategy::Max, &labels, &join).unwrap();
         assert_eq!(m[0]["word"], "paris");
-        assert_eq!((m[0]["start"].as_u64(), m[0]["end"].as_u64()), (Some(0), Some(5)));
+        assert_eq!(
+            (m[0]["start"].as_u64(), m[0]["end"].as_u64()),
+            (Some(0), Some(5))
+        );
         let a = entities(word(), Strategy::Average, &labels, &join).unwrap();
         assert_eq!(a[0]["entity_group"], "LOC");
     }

@@ -134,14 +134,16 @@ fn classify(reqs: Vec<NerRequest>) -> Result<Vec<Result<Response, Error>>, Error
         let logits = f32_values(&take(l.graph.run(&l.encoder.inputs(&enc))?, "logits")?)?;
         let n = l.labels.len();
         if logits.len() != reqs.len() * seq * n || enc.tokens.len() != reqs.len() {
-            return Err(skill_sdk::internal("logits or tokens do not match the batch"));
+            return Err(skill_sdk::internal(
+                "logits or tokens do not match the batch",
+            ));
         }
         let mut out = Vec::with_capacity(reqs.len());
         for (r, req) in reqs.iter().enumerate() {
             let row_ids = &ids[r * seq..(r + 1) * seq];
             let row_logits = &logits[r * seq * n..(r + 1) * seq * n];
-            out.push(answer(l, req, &enc.tokens[r], row_ids, row_logits).map(|entities| {
-                Response {
+            out.push(
+                answer(l, req, &enc.tokens[r], row_ids, row_logits).map(|entities| Response {
                     json: serde_json::json!({
                         "entities": entities,
                         "tokens": enc.lengths[r],
@@ -149,8 +151,8 @@ fn classify(reqs: Vec<NerRequest>) -> Result<Vec<Result<Response, Error>>, Error
                     })
                     .to_string(),
                     tensors: Vec::new(),
-                }
-            }));
+                }),
+            );
         }
         Ok(out)
     })
@@ -168,7 +170,10 @@ fn answer(
     let chars: Vec<char> = req.text.chars().collect();
     let slice = |a: u32, b: u32| -> String {
         let (a, b) = (a as usize, (b as usize).min(chars.len()));
-        chars.get(a..b).map(|c| c.iter().collect()).unwrap_or_default()
+        chars
+            .get(a..b)
+            .map(|c| c.iter().collect())
+            .unwrap_or_default()
     };
     let mut pre = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
@@ -180,9 +185,7 @@ fn answer(
         let mut word = l.tokenizer.id_to_token(id as u32).unwrap_or_default();
         let mut is_subword = match l.word_aware {
             true => word.chars().count() != word_ref.chars().count(),
-            false => {
-                t.start > 0 && !slice(t.start - 1, t.start + 1).contains(' ')
-            }
+            false => t.start > 0 && !slice(t.start - 1, t.start + 1).contains(' '),
         };
         if Some(id) == l.unk_id {
             word = word_ref;

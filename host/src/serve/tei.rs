@@ -103,7 +103,10 @@ pub(super) async fn rerank(
     let texts: Vec<&str> = match v.get("texts") {
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
-            .map(|t| t.as_str().ok_or_else(|| bad("`texts` must be a list of strings")))
+            .map(|t| {
+                t.as_str()
+                    .ok_or_else(|| bad("`texts` must be a list of strings"))
+            })
             .collect::<Result<_, _>>()?,
         _ => return Err(bad("`texts` must be a non-empty list of strings")),
     };
@@ -122,7 +125,10 @@ pub(super) async fn rerank(
                 l.len()
             )));
         };
-        let score = only.get("score").and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let score = only
+            .get("score")
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN);
         ranked.push((i, score));
     }
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));

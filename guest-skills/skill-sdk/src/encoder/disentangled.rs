@@ -54,15 +54,22 @@ impl Disentangled {
                 .filter_map(|v| v.as_str())
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
-            Some(serde_json::Value::String(s)) => {
-                s.split('|').map(|t| t.trim().to_ascii_lowercase()).collect()
-            }
+            Some(serde_json::Value::String(s)) => s
+                .split('|')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect(),
             _ => Vec::new(),
         };
         if let Some(t) = types.iter().find(|t| *t != "c2p" && *t != "p2c") {
-            return Err(Error::Unsupported(format!("pos_att_type `{t}` is not supported")));
+            return Err(Error::Unsupported(format!(
+                "pos_att_type `{t}` is not supported"
+            )));
         }
-        let max_rel = match c.value.get("max_relative_positions").and_then(|v| v.as_i64()) {
+        let max_rel = match c
+            .value
+            .get("max_relative_positions")
+            .and_then(|v| v.as_i64())
+        {
             Some(m) if m >= 1 => m,
             _ => c.u64("max_position_embeddings")? as i64,
         };
@@ -95,7 +102,11 @@ impl Disentangled {
             return rel;
         };
         let mid = size / 2;
-        let abs = if rel < mid && rel > -mid { mid - 1 } else { rel.abs() };
+        let abs = if rel < mid && rel > -mid {
+            mid - 1
+        } else {
+            rel.abs()
+        };
         if abs <= mid {
             return rel;
         }
@@ -176,7 +187,8 @@ impl Context {
         eps: f32,
     ) -> Result<Context, Error> {
         let seq = || crate::Dim::Symbolic("sequence".into());
-        let mut t = g.b.slice(g.weight(&format!("{table}.weight"))?, 0, 0, 2 * d.span)?;
+        let mut t =
+            g.b.slice(g.weight(&format!("{table}.weight"))?, 0, 0, 2 * d.span)?;
         if d.norm_table {
             t = g.layer_norm(t, norm, eps)?;
         }

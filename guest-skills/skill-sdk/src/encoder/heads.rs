@@ -105,12 +105,17 @@ impl Encoder {
 
     /// Vocabulary logits [n, vocab] of token vectors `x` [n, hidden].
     pub fn mlm_logits(&self, g: &Graph, x: Node) -> Result<Node, Error> {
-        let m = self.spec.mlm.as_ref().filter(|_| self.has_mlm(g)).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "the checkpoint has no masked-LM head (a {} *ForMaskedLM model is needed)",
-                self.model_type
-            ))
-        })?;
+        let m = self
+            .spec
+            .mlm
+            .as_ref()
+            .filter(|_| self.has_mlm(g))
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "the checkpoint has no masked-LM head (a {} *ForMaskedLM model is needed)",
+                    self.model_type
+                ))
+            })?;
         let x = g.unary(self.act(m.act)?, g.linear(x, m.dense)?)?;
         let eps = m.norm_eps.map(|e| e as f32).unwrap_or(self.eps);
         let x = g.layer_norm(x, m.norm, eps)?;

@@ -121,7 +121,10 @@ impl Encoder {
                 _ => Err(Error::Model(format!("`{full}` has no fixed shape"))),
             }
         };
-        let absolute = g.has(&format!("{base}{}{}.weight", spec.body, spec.embeddings.position));
+        let absolute = g.has(&format!(
+            "{base}{}{}.weight",
+            spec.body, spec.embeddings.position
+        ));
         let max_positions = match absolute {
             true => rows(spec.embeddings.position)?,
             false => config.u64("max_position_embeddings")?,
@@ -197,7 +200,11 @@ impl Encoder {
             false => None,
         };
         let pos = match self.absolute {
-            true => Some(g.input("position_ids", Dtype::I64, &[Dim::Fixed(1), sym("sequence")])?),
+            true => Some(g.input(
+                "position_ids",
+                Dtype::I64,
+                &[Dim::Fixed(1), sym("sequence")],
+            )?),
             false => None,
         };
         let mut h = self.embed(&g, ids, pos, types)?;
@@ -233,8 +240,7 @@ impl Encoder {
                     false => disentangled::Projections { c2p, p2c },
                 };
                 let names = (self.name(table), self.name(norm));
-                let ctx =
-                    disentangled::Context::new(&g, d, proj, (&names.0, &names.1), self.eps)?;
+                let ctx = disentangled::Context::new(&g, d, proj, (&names.0, &names.1), self.eps)?;
                 Bias::Disentangled(ctx, keys)
             }
             _ => Bias::Mask(keys),
@@ -279,7 +285,9 @@ impl Encoder {
                 h = g.add(h, g.b.slice(table(rel)?, 0, 0, 1)?)?;
             }
         }
-        let project = e.project.filter(|p| g.has(&format!("{}.weight", self.name(p))));
+        let project = e
+            .project
+            .filter(|p| g.has(&format!("{}.weight", self.name(p))));
         if let Some(p) = project.filter(|_| e.project_before_norm) {
             h = g.linear(h, &self.name(p))?;
         }

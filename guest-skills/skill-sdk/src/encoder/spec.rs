@@ -120,7 +120,9 @@ pub enum RelativeBias {
     None,
     /// MPNet: a table [buckets, heads] indexed by T5-style bidirectional
     /// log buckets of key - query, shared by every layer.
-    Buckets { table: &'static str },
+    Buckets {
+        table: &'static str,
+    },
     /// DeBERTa: content-to-position and position-to-content scores from
     /// a relative embedding table (normalised by `norm` when the config
     /// says), projected in every layer by the block's `c2p` (keys) and
@@ -552,7 +554,9 @@ pub static FAMILIES: &[FamilySpec] = &[
 
 /// The spec serving `model_type`.
 pub fn family(model_type: &str) -> Option<&'static FamilySpec> {
-    FAMILIES.iter().find(|f| f.model_types.contains(&model_type))
+    FAMILIES
+        .iter()
+        .find(|f| f.model_types.contains(&model_type))
 }
 
 /// Every `model_type` served.
