@@ -9,25 +9,34 @@ Peaks (roofline inputs)
     8192x8192 matrices, timed with synchronisation; memory GB/s: a 1 GiB
     device-to-device ``copy_`` counted as read + write bytes.
 
-Embeddings (models from make_models.py: minilm, bge-base)
+Embeddings (models from make_models.py: minilm, bge-base, mpnet-base)
     Workload: ``--sentences`` (2048) deterministic sentences of 5-26 words
     (word lists of scripts/bench_minilm.py); batch size 1 uses the first
     ``--bs1-sentences`` (256) of them. Systems:
 
-    * transformers ``BertModel`` on the GPU: eager fp32 (TF32 disabled), eager
-      fp16, sdpa fp16. End to end: fast HF tokenizer, sort by length for
-      batching (as sentence-transformers), pad to the batch's longest,
-      copy to the GPU, forward, masked mean + L2 norm in fp32, copy back.
-      Also model-only: pre-tokenised batches already on the GPU, forward
-      only, ``torch.cuda.synchronize`` around the timed loop. Batch-1
-      latency: median of per-sentence end-to-end times.
+    * transformers ``AutoModel`` (BertModel, MPNetModel, ...) on the GPU:
+      eager fp32 (TF32 disabled), eager fp16, sdpa fp16 (recorded as skipped,
+      not failed, for a model class transformers has no sdpa for: MPNet).
+      End to end: fast HF tokenizer, sort by length for batching (as
+      sentence-transformers), pad to the batch's longest, copy to the GPU,
+      forward (fed only the inputs the model takes: MPNet has no
+      token_type_ids), masked mean + L2 norm in fp32, copy back. Also
+      model-only: pre-tokenised batches already on the GPU, forward only,
+      ``torch.cuda.synchronize`` around the timed loop. Batch-1 latency:
+      median of per-sentence end-to-end times.
+    * sentence-transformers fp16: ``SentenceTransformer(DIR).half()`` on the
+      GPU, ``encode(texts, batch_size=B)`` (its own tokenisation, length
+      sorting, default attention implementation, pooling and Normalize);
+      batch 1 is one ``encode`` call per sentence. End to end only.
     * ours: ``host bench text-embedding --device cuda --precision f32|f16
       --batch-size B --warmup W --reps R --output OUT.jsonl`` (one process,
       load excluded, end to end including tokenisation and pooling). Batch-1
       latency: 1000 / (batch-1 sentences/s), i.e. the mean per sentence (the
       host reports no per-request time); the peers' mean is shown too.
 
-    Sentences/s is the median over reps. Each system's embeddings are compared
+    Sentences/s is the median over reps. The report ends with the batch-32
+    goal check: ours f16 end to end over the faster transformers fp16 (eager
+    or sdpa) and over sentence-transformers fp16. Each system's embeddings are compared
     with transformers eager fp32 (max cosine distance), so fast-but-wrong is
     visible. FLOPs per sentence = 2 x encoder params x tokens + 4 x layers x
     hidden x tokens^2 (QK^T and AV), summed over the workload's unpadded token
@@ -95,15 +104,20 @@ from bench_minilm import _CLAUSES, _OBJECTS, _SUBJECTS, _TAILS, _VERBS  # noqa: 
 # gives our host processes the caller's original setting).
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
-PEERS = [  # (system name, attn_implementation, torch dtype name)
+ST_FP16 = "sentence-transformers fp16"
+PEERS = [  # (system name, attn_implementation ("st": sentence-transformers), torch dtype name)
     ("transformers eager fp32", "eager", "float32"),
     ("transformers eager fp16", "eager", "float16"),
     ("transformers sdpa fp16", "sdpa", "float16"),
+    (ST_FP16, "st", "float16"),
 ]
 # ours precision -> the peers it is compared with
 RATIO_PAIRS = {"f32": ["transformers eager fp32"],
-               "f16": ["transformers eager fp16", "transformers sdpa fp16"],
-               "bf16": ["transformers eager fp16", "transformers sdpa fp16"]}
+               "f16": ["transformers eager fp16", "transformers sdpa fp16", ST_FP16],
+               "bf16": ["transformers eager fp16", "transformers sdpa fp16", ST_FP16]}
+TRANSFORMERS_FP16 = ["transformers eager fp16", "transformers sdpa fp16"]
+GOAL_BATCH = 32
+GOAL_RATIO = 3.0
 
 
 # --------------------------------------------------------------------------
@@ -253,12 +267,13 @@ def max_cos_dist(a: np.ndarray, b: np.ndarray) -> float:
 def model_flops(model_dir: Path, counts: list[int]) -> dict:
     """Useful FLOPs of the workload (unpadded), from the config and encoder size."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import AutoConfig, AutoModel
 
-    cfg = BertConfig.from_pretrained(str(model_dir))
+    cfg = AutoConfig.from_pretrained(str(model_dir))
     with torch.device("meta"):
-        m = BertModel(cfg, add_pooling_layer=False)
-    enc_params = sum(p.numel() for p in m.encoder.parameters())
+        m = AutoModel.from_config(cfg)
+    enc = next((getattr(m, a) for a in ("encoder", "transformer") if hasattr(m, a)), m)
+    enc_params = sum(p.numel() for p in enc.parameters())
     L, h = cfg.num_hidden_layers, cfg.hidden_size
     per = [2 * enc_params * t + 4 * L * h * t * t for t in counts]
     return {"encoder_params": enc_params, "layers": L, "hidden": h,
@@ -266,12 +281,30 @@ def model_flops(model_dir: Path, counts: list[int]) -> dict:
             "formula": "2*encoder_params*tokens + 4*layers*hidden*tokens^2 per sentence"}
 
 
+def no_sdpa_reason(model_dir: Path) -> str | None:
+    """Why transformers cannot run this model with sdpa attention, or None."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        cls = MODEL_MAPPING[type(AutoConfig.from_pretrained(str(model_dir)))]
+    except Exception:  # noqa: BLE001 - let the load itself tell
+        return None
+    if getattr(cls, "_supports_sdpa", True) is False:
+        return (f"skipped: transformers {transformers.__version__} has no sdpa attention for "
+                f"{cls.__name__}")
+    return None
+
+
 class Peer:
-    """One transformers BertModel configuration with its tokenizer."""
+    """One transformers AutoModel configuration with its tokenizer."""
 
     def __init__(self, model_dir: Path, attn: str, dtype_name: str, dev, max_len: int):
+        import inspect
+
         import torch
-        from transformers import AutoTokenizer, BertModel
+        from transformers import AutoModel, AutoTokenizer
 
         self.torch = torch
         self.dev = dev
@@ -280,14 +313,20 @@ class Peer:
         if not self.tok.is_fast:
             raise RuntimeError("no fast tokenizer")
         dtype = getattr(torch, dtype_name)
-        self.model = BertModel.from_pretrained(str(model_dir), dtype=dtype,
-                                               attn_implementation=attn,
-                                               add_pooling_layer=False).to(dev).eval()
+        kw = dict(dtype=dtype, attn_implementation=attn)
+        try:
+            model = AutoModel.from_pretrained(str(model_dir), add_pooling_layer=False, **kw)
+        except TypeError:  # a model class without a pooler argument
+            model = AutoModel.from_pretrained(str(model_dir), **kw)
+        self.model = model.to(dev).eval()
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
+        params = inspect.signature(self.model.forward).parameters
+        self.inputs = set(params)  # the tokenizer outputs the model takes
 
     def _encode(self, texts):
         enc = self.tok(texts, padding=True, truncation=True, max_length=self.max_len,
                        return_tensors="pt")
-        return {k: v.to(self.dev, non_blocking=True) for k, v in enc.items()}
+        return {k: v.to(self.dev, non_blocking=True) for k, v in enc.items() if k in self.inputs}
 
     def _pool(self, hidden, mask):
         m = mask.unsqueeze(-1).float()
@@ -333,6 +372,41 @@ class Peer:
         return rates
 
 
+class STPeer:
+    """sentence-transformers ``encode`` in half precision (end to end only)."""
+
+    def __init__(self, model_dir: Path, dtype_name: str, dev, max_len: int):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.st = SentenceTransformer(str(model_dir), device=str(dev))
+        self.st.to(getattr(torch, dtype_name))
+        self.st.eval()
+        if int(self.st.max_seq_length) != max_len:
+            raise RuntimeError(f"SentenceTransformer max_seq_length {self.st.max_seq_length} "
+                               f"!= sentence_bert_config.json's {max_len}")
+        auto = getattr(self.st[0], "auto_model", None)
+        self.attn_implementation = getattr(getattr(auto, "config", None), "_attn_implementation", None)
+
+    def embed(self, texts: list[str], bs: int, times: list | None = None) -> np.ndarray:
+        """End to end, input order kept (encode sorts by length itself).
+        ``times`` (batch 1) collects each sentence's seconds: one encode per sentence."""
+        def enc(t, b):
+            e = self.st.encode(t, batch_size=b, convert_to_numpy=True, show_progress_bar=False)
+            return np.asarray(e, dtype=np.float32)
+        if times is None:
+            return enc(texts, bs)
+        out = []
+        for t in texts:
+            t0 = time.perf_counter()
+            out.append(enc([t], 1)[0])
+            times.append(time.perf_counter() - t0)
+        return np.stack(out)
+
+    def model_only(self, texts: list[str], bs: int, reps: int) -> None:
+        return None
+
+
 def bench_peers(args, name: str, model_dir: Path, dev, texts, texts1, ref_holder: dict,
                 budget: Budget) -> list[dict]:
     rows = []
@@ -342,9 +416,17 @@ def bench_peers(args, name: str, model_dir: Path, dev, texts, texts1, ref_holder
         if budget.over():
             rows.append({**base, "error": SKIP_BUDGET})
             continue
+        skip = no_sdpa_reason(model_dir) if attn == "sdpa" else None
+        if skip:
+            rows.append({**base, "skipped": skip})
+            log(f"  [{system}] {skip}")
+            continue
         log(f"  [{system}] loading")
         try:
-            peer = Peer(model_dir, attn, dtype_name, dev, max_len)
+            if attn == "st":
+                peer = STPeer(model_dir, dtype_name, dev, max_len)
+            else:
+                peer = Peer(model_dir, attn, dtype_name, dev, max_len)
         except Exception as exc:  # noqa: BLE001
             rows.append({**base, "error": f"{type(exc).__name__}: {exc}"[:600]})
             log(f"    error: {rows[-1]['error']}")
@@ -359,7 +441,8 @@ def bench_peers(args, name: str, model_dir: Path, dev, texts, texts1, ref_holder
                     emb = peer.embed(work, bs, lat if bs == 1 else None)
                     rates.append(len(work) / (time.perf_counter() - t0))
                 row = {**base, "batch_size": bs, "sentences": len(work),
-                       "sentences_per_s": statistics.median(rates), "runs_sentences_per_s": rates}
+                       "sentences_per_s": statistics.median(rates), "runs_sentences_per_s": rates,
+                       "attn_implementation": peer.attn_implementation}
                 key = "1" if bs == 1 else "N"  # the two workloads
                 if system == "transformers eager fp32":
                     ref_holder.setdefault(key, emb)
@@ -369,10 +452,11 @@ def bench_peers(args, name: str, model_dir: Path, dev, texts, texts1, ref_holder
                     row["latency_ms_median"] = 1e3 * statistics.median(lat)
                     row["latency_ms_mean"] = 1e3 * statistics.mean(lat)
                 mo = peer.model_only(work, bs, args.reps if bs > 1 else args.reps_bs1)
-                row["model_only_sentences_per_s"] = statistics.median(mo)
+                if mo:
+                    row["model_only_sentences_per_s"] = statistics.median(mo)
                 rows.append(row)
                 log(f"    bs={bs:<3} {row['sentences_per_s']:9.1f} sent/s e2e, "
-                    f"{row['model_only_sentences_per_s']:9.1f} model-only"
+                    f"{fmt(row.get('model_only_sentences_per_s'), '9.1f', '        -')} model-only"
                     + (f", bs1 median {row['latency_ms_median']:.2f} ms" if bs == 1 else ""))
         except Exception as exc:  # noqa: BLE001
             rows.append({**base, "error": f"{type(exc).__name__}: {exc}"[:600]})
@@ -641,6 +725,34 @@ def compute_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def goal_check(rows: list[dict], batch: int = GOAL_BATCH) -> list[dict]:
+    """Per model and half-precision ours: end to end ratio at ``batch`` over the
+    faster transformers fp16 (eager or sdpa) and over sentence-transformers fp16."""
+    by = {(r["model"], r["system"], r.get("batch_size")): r for r in rows}
+    out = []
+    for r in rows:
+        if (not r["system"].startswith("ours") or r.get("batch_size") != batch
+                or r.get("precision") not in ("f16", "bf16")):
+            continue
+        g = {"model": r["model"], "batch_size": batch, "ours": r["system"],
+             "ours_sentences_per_s": r.get("sentences_per_s"), "goal_ratio": GOAL_RATIO}
+        hf = [(by[(r["model"], p, batch)]["sentences_per_s"], p) for p in TRANSFORMERS_FP16
+              if by.get((r["model"], p, batch), {}).get("sentences_per_s")]
+        if hf:
+            g["transformers_fp16_sentences_per_s"], g["transformers_fp16_system"] = max(hf)
+        st = by.get((r["model"], ST_FP16, batch), {}).get("sentences_per_s")
+        if st:
+            g["st_fp16_sentences_per_s"] = st
+        if g["ours_sentences_per_s"]:
+            if hf:
+                g["ratio_vs_transformers_fp16"] = g["ours_sentences_per_s"] / max(hf)[0]
+                g["goal_met"] = g["ratio_vs_transformers_fp16"] >= GOAL_RATIO
+            if st:
+                g["ratio_vs_st_fp16"] = g["ours_sentences_per_s"] / st
+        out.append(g)
+    return out
+
+
 def markdown(rep: dict) -> str:
     m, pk = rep["machine"], rep["peaks"]
     v = rep["versions"]
@@ -688,7 +800,8 @@ def markdown(rep: dict) -> str:
                   if big.get("sentences_per_s") and fl.get("total_flops") else None)
             dists = [r.get("max_cos_dist_vs_eager_fp32") for r in by.values()
                      if r.get("max_cos_dist_vs_eager_fp32") is not None]
-            errs = list(dict.fromkeys(r["error"] for r in by.values() if r.get("error")))
+            errs = list(dict.fromkeys(r.get("error") or r.get("skipped") for r in by.values()
+                                      if r.get("error") or r.get("skipped")))
             lines.append(f"| {s} | " + " | ".join(cells) + f" | {lat} | "
                          f"{fmt(big.get('model_only_sentences_per_s'), '.1f')} | {fmt(tf, '.2f')} | "
                          f"{fmt(max(dists) if dists else None, '.1e')} | "
@@ -700,6 +813,22 @@ def markdown(rep: dict) -> str:
         for r in rep["ratios"]:
             lines.append(f"| {r['model']} | {r['batch_size']} | {r['ours']} | {r['peer']} | "
                          f"{r['e2e_ratio']:.2f}x | {fmt(r['vs_model_only_ratio'], '.2f')}x |")
+    if rep.get("goal_check"):
+        lines += ["", f"## Goal check: ours half precision vs fp16 peers, end to end at bs={GOAL_BATCH} "
+                  f"(goal: >= {GOAL_RATIO:g}x the faster transformers fp16)", "",
+                  "| model | ours | ours sent/s | transformers fp16 (faster) sent/s | ratio | "
+                  "sentence-transformers fp16 sent/s | ratio | goal |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for g in rep["goal_check"]:
+            met = {True: "met", False: "NOT met"}.get(g.get("goal_met"), "-")
+            hf_sys = g.get("transformers_fp16_system", "").replace("transformers ", "")
+            lines.append(
+                f"| {g['model']} | {g['ours']} | {fmt(g.get('ours_sentences_per_s'), '.1f')} | "
+                f"{fmt(g.get('transformers_fp16_sentences_per_s'), '.1f')}"
+                + (f" ({hf_sys})" if hf_sys else "") + " | "
+                f"{fmt(g.get('ratio_vs_transformers_fp16'), '.2f')}x | "
+                f"{fmt(g.get('st_fp16_sentences_per_s'), '.1f')} | {fmt(g.get('ratio_vs_st_fp16'), '.2f')}x | "
+                f"{met} |")
     if rep["generation_results"]:
         lines += ["", f"## Generation: greedy, {rep['settings']['new_tokens']} new tokens, "
                   f"transformers fp16 `generate` vs ours `--precision {rep['settings']['gen_precision']}`",
@@ -734,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output prefix")
     ap.add_argument("--device", default="cuda", help="host --device, and where torch runs")
     ap.add_argument("--quick", action="store_true", help="small workload, few reps")
-    ap.add_argument("--embed-models", default="minilm,bge-base")
+    ap.add_argument("--embed-models", default="minilm,bge-base,mpnet-base")
     ap.add_argument("--gen-models", default="opt-125m,tinyllama")
     ap.add_argument("--batch-sizes", default="1,32,256")
     ap.add_argument("--embed-precisions", default="f32,f16")
@@ -836,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedding_workloads": workloads,
         "embedding_results": embed_rows,
         "ratios": compute_ratios(embed_rows),
+        "goal_check": goal_check(embed_rows),
         "generation_results": gen_rows,
         "wall_s": time.monotonic() - t_start,
     }

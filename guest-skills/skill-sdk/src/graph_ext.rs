@@ -37,6 +37,9 @@ impl Graph {
     }
 
     /// `prefix.weight` and, when present, `prefix.bias` as a linear layer.
+    /// A weight [out, in / groups, 1] is a pointwise `Conv1d` (kernel 1)
+    /// over the channels of `x` [..., in], grouped when in / groups < in
+    /// (SqueezeBERT).
     pub fn linear(&self, x: Node, prefix: &str) -> Result<Node, Error> {
         let w = self.b.weight(&format!("{prefix}.weight"))?;
         let bias_name = format!("{prefix}.bias");
@@ -45,7 +48,55 @@ impl Graph {
         } else {
             None
         };
-        self.b.linear(x, w, bias)
+        let ws = fixed_shape(&self.b.info(w)?.shape, prefix)?;
+        match ws.as_slice() {
+            [out, per_group, 1] => self.pointwise_conv(x, w, bias, (*out, *per_group), prefix),
+            _ => self.b.linear(x, w, bias),
+        }
+    }
+
+    /// `x` [b, s, in] through a kernel-1 Conv1d weight [out, in / g, 1].
+    fn pointwise_conv(
+        &self,
+        x: Node,
+        w: Node,
+        bias: Option<Node>,
+        (out, per_group): (u64, u64),
+        prefix: &str,
+    ) -> Result<Node, Error> {
+        let xs = self.b.info(x)?.shape;
+        let input = match xs.last() {
+            Some(Dim::Fixed(n)) => *n,
+            _ => {
+                return Err(Error::Graph(format!(
+                    "`{prefix}`: the input has no fixed width"
+                )))
+            }
+        };
+        if per_group == 0 || input % per_group != 0 || out % (input / per_group) != 0 {
+            return Err(Error::Model(format!(
+                "`{prefix}.weight` [{out}, {per_group}, 1] does not group {input} input channels"
+            )));
+        }
+        let groups = input / per_group;
+        if groups == 1 {
+            let w = self.b.reshape(w, &[out as i64, input as i64])?;
+            return self.b.linear(x, w, bias);
+        }
+        let (g, pg, og) = (groups as i64, per_group as i64, (out / groups) as i64);
+        // [b, s, g, in/g] -> [b, g, s, in/g] @ [1, g, in/g, out/g] -> [b, s, out]
+        let xg = self
+            .b
+            .permute(self.b.reshape(x, &[0, 0, g, pg])?, &[0, 2, 1, 3])?;
+        let wg = self
+            .b
+            .permute(self.b.reshape(w, &[1, g, og, pg])?, &[0, 1, 3, 2])?;
+        let y = self.b.permute(self.b.matmul(xg, wg)?, &[0, 2, 1, 3])?;
+        let y = self.b.reshape(y, &[0, 0, out as i64])?;
+        match bias {
+            Some(b) => self.add(y, b),
+            None => Ok(y),
+        }
     }
 
     /// Several linear layers of one input as one: their weights (and
@@ -169,6 +220,17 @@ impl Graph {
         }
         crate::runtime::compile(self.b)
     }
+}
+
+/// The lengths of a shape whose dims are all fixed.
+fn fixed_shape(shape: &[Dim], name: &str) -> Result<Vec<u64>, Error> {
+    shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => Ok(*n),
+            _ => Err(Error::Model(format!("`{name}.weight` has no fixed shape"))),
+        })
+        .collect()
 }
 
 /// The activation named by a Hugging Face `hidden_act`.

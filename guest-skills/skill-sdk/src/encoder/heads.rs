@@ -38,6 +38,7 @@ impl Encoder {
     pub fn pooler(&self, g: &Graph, h: Node) -> Result<Node, Error> {
         let first = first_token(g, h)?;
         match self.spec.pooler {
+            PoolerSpec::DenseTanh(_) if !self.classifier_activation => Ok(first),
             PoolerSpec::DenseTanh(rel) => {
                 let name = format!("{}{rel}", self.base);
                 if !self.has_weight(g, &name) {
@@ -124,11 +125,18 @@ impl Encoder {
             true => format!("{}.weight", m.decoder),
             false => format!("{}.weight", self.name(self.spec.embeddings.word)),
         };
+        let mut w = g.weight(&weight)?;
+        if let Some(extra) = m.extra {
+            // [vocab, embedding] ++ [hidden - embedding, vocab]^T
+            let e =
+                g.b.permute(g.weight(&format!("{extra}.weight"))?, &[1, 0])?;
+            w = g.b.concat(&[w, e], 1)?;
+        }
         let bias = match m.bias.iter().find(|b| g.has(b)) {
             Some(b) => Some(g.weight(b)?),
             None => None,
         };
-        g.b.linear(x, g.weight(&weight)?, bias)
+        g.b.linear(x, w, bias)
     }
 
     /// Whether the checkpoint has a sequence-classification head.

@@ -17,6 +17,7 @@
 
 pub mod disentangled;
 pub mod heads;
+pub mod mobilebert;
 pub mod relative;
 pub mod spec;
 
@@ -27,7 +28,7 @@ use crate::tensors::i64_tensor;
 use crate::tokenizer::EncodedBatch;
 use crate::{Dim, Dtype, Error, Graph, NamedTensor};
 
-use spec::{FamilySpec, Layers, Positions, Qkv, RelativeBias};
+use spec::{Block, BlockSpec, FamilySpec, Layers, Positions, Qkv, RelativeBias};
 
 /// An encoder model: its family's spec resolved against its config and
 /// weights.
@@ -57,6 +58,11 @@ pub struct Encoder {
     pub buckets: Option<relative::Buckets>,
     /// Disentangled attention settings (DeBERTa-v2).
     pub disentangled: Option<disentangled::Disentangled>,
+    /// MobileBERT's switches.
+    pub mobilebert: Option<mobilebert::MobileBert>,
+    /// The pooler applies its dense layer and tanh (`classifier_activation`,
+    /// MobileBERT's switch; on elsewhere).
+    pub classifier_activation: bool,
 }
 
 /// A graph with the encoder built into it.
@@ -168,6 +174,11 @@ impl Encoder {
             type_rows,
             buckets,
             disentangled,
+            mobilebert: match spec.block {
+                Block::MobileBert => Some(mobilebert::MobileBert::from_config(config)?),
+                Block::PostNorm(_) => None,
+            },
+            classifier_activation: config.bool_or("classifier_activation", true)?,
         })
     }
 
@@ -207,7 +218,19 @@ impl Encoder {
             )?),
             false => None,
         };
-        let mut h = self.embed(&g, ids, pos, types)?;
+        let mut h = match (self.mobilebert, pos) {
+            (Some(m), Some(pos)) => {
+                let trigram = match m.trigram {
+                    true => Some((
+                        g.input("trigram_next", Dtype::I64, &[sym("sequence")])?,
+                        g.input("trigram_prev", Dtype::I64, &[sym("sequence")])?,
+                    )),
+                    false => None,
+                };
+                self.mb_embed(&g, ids, pos, types, trigram)?
+            }
+            _ => self.embed(&g, ids, pos, types)?,
+        };
 
         let zero = g.scalar(0.0, Dtype::I64)?;
         let keep = g.b.compare(CompareOp::Greater, mask, zero)?;
@@ -246,7 +269,11 @@ impl Encoder {
             _ => Bias::Mask(keys),
         };
         for prefix in &self.blocks {
-            h = self.block(&g, h, &bias, prefix)?;
+            h = match (&self.spec.block, &bias) {
+                (Block::MobileBert, Bias::Mask(mask)) => self.mb_block(&g, h, *mask, prefix)?,
+                (Block::PostNorm(b), _) => self.block(&g, h, b, &bias, prefix)?,
+                _ => return Err(Error::Internal("MobileBERT takes no relative bias".into())),
+            };
         }
         Ok(EncoderGraph {
             g,
@@ -299,10 +326,16 @@ impl Encoder {
     }
 
     /// One post-norm transformer block.
-    fn block(&self, g: &Graph, h: Node, bias: &Bias, prefix: &str) -> Result<Node, Error> {
-        let b = &self.spec.block;
+    fn block(
+        &self,
+        g: &Graph,
+        h: Node,
+        b: &BlockSpec,
+        bias: &Bias,
+        prefix: &str,
+    ) -> Result<Node, Error> {
         let head_dim = self.hidden / self.heads;
-        let qkv = self.qkv(g, h, prefix)?;
+        let qkv = self.qkv(g, h, b.qkv, prefix)?;
         let a = match bias {
             Bias::Mask(mask) => g.attention(qkv.0, qkv.1, qkv.2, Some(*mask), false)?,
             Bias::Disentangled(ctx, keys) => {
@@ -318,9 +351,15 @@ impl Encoder {
     }
 
     /// Queries, keys and values [batch, heads, seq, head_dim] of `h`.
-    fn qkv(&self, g: &Graph, h: Node, prefix: &str) -> Result<(Node, Node, Node), Error> {
+    fn qkv(
+        &self,
+        g: &Graph,
+        h: Node,
+        layout: Qkv,
+        prefix: &str,
+    ) -> Result<(Node, Node, Node), Error> {
         let (heads, d) = (self.heads, self.hidden / self.heads);
-        match self.spec.block.qkv {
+        match layout {
             Qkv::Separate { query, key, value } => {
                 let proj = |rel: &str| -> Result<Node, Error> {
                     g.split_heads(g.linear(h, &format!("{prefix}{rel}"))?, heads, d)
@@ -389,6 +428,15 @@ impl Encoder {
         }
         if let Some(d) = self.disentangled {
             out.extend(d.inputs(seq as usize));
+        }
+        if self.mobilebert.is_some_and(|m| m.trigram) {
+            let (next, prev) = mobilebert::trigram_indices(seq as usize);
+            for (name, v) in [("trigram_next", next), ("trigram_prev", prev)] {
+                out.push(NamedTensor {
+                    name: name.into(),
+                    value: i64_tensor(vec![seq], &v),
+                });
+            }
         }
         out
     }

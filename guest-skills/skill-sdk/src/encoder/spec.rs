@@ -104,6 +104,17 @@ const BERT_BLOCK: BlockSpec = BlockSpec {
     ffn_norm: "output.LayerNorm",
 };
 
+/// The kind of transformer block.
+#[derive(Debug)]
+pub enum Block {
+    /// BERT's: attention, add & norm, feed-forward, add & norm.
+    PostNorm(BlockSpec),
+    /// MobileBERT's bottlenecked block with stacked feed-forward networks
+    /// and `no_norm` (an element-wise affine) or layer norms; its weight
+    /// names are fixed (see `encoder::mobilebert`).
+    MobileBert,
+}
+
 /// How the block prefixes are laid out.
 #[derive(Clone, Copy, Debug)]
 pub enum Layers {
@@ -170,6 +181,9 @@ pub struct MlmSpec {
     pub decoder: &'static str,
     /// Where the output bias may be stored (first found wins).
     pub bias: &'static [&'static str],
+    /// MobileBERT: a weight [hidden - embedding, vocab] whose transpose
+    /// continues the decoder past the embedding width.
+    pub extra: Option<&'static str>,
 }
 
 /// The sequence-classification head.
@@ -198,7 +212,7 @@ pub struct FamilySpec {
     pub keys: ConfigKeys,
     pub embeddings: EmbeddingSpec,
     pub layers: Layers,
-    pub block: BlockSpec,
+    pub block: Block,
     pub relative: RelativeBias,
     pub pooler: PoolerSpec,
     /// How `text-embedding` pools a model without sentence-transformers
@@ -228,6 +242,7 @@ const BERT_MLM: MlmSpec = MlmSpec {
     norm_eps: None,
     decoder: "cls.predictions.decoder",
     bias: &["cls.predictions.bias", "cls.predictions.decoder.bias"],
+    extra: None,
 };
 
 const POOLED_CLASSIFIER: ClassifierSpec = ClassifierSpec {
@@ -243,6 +258,7 @@ const ROBERTA_MLM: MlmSpec = MlmSpec {
     norm_eps: None,
     decoder: "lm_head.decoder",
     bias: &["lm_head.bias", "lm_head.decoder.bias"],
+    extra: None,
 };
 
 const ROBERTA_CLASSIFIER: ClassifierSpec = ClassifierSpec {
@@ -268,7 +284,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         keys: BERT_KEYS,
         embeddings: BERT_EMBEDDINGS,
         layers: Layers::PerLayer("encoder.layer."),
-        block: BERT_BLOCK,
+        block: Block::PostNorm(BERT_BLOCK),
         relative: RelativeBias::None,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
@@ -291,7 +307,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("encoder.layer."),
-        block: BERT_BLOCK,
+        block: Block::PostNorm(BERT_BLOCK),
         relative: RelativeBias::None,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
@@ -309,7 +325,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("encoder.layer."),
-        block: BERT_BLOCK,
+        block: Block::PostNorm(BERT_BLOCK),
         relative: RelativeBias::None,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
@@ -327,7 +343,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("encoder.layer."),
-        block: BERT_BLOCK,
+        block: Block::PostNorm(BERT_BLOCK),
         relative: RelativeBias::None,
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
@@ -338,6 +354,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             norm_eps: None,
             decoder: "generator_lm_head",
             bias: &["generator_lm_head.bias"],
+            extra: None,
         }),
         classifier: Some(ClassifierSpec {
             input: ClassifierInput::FirstToken,
@@ -364,7 +381,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("transformer.layer."),
-        block: BlockSpec {
+        block: Block::PostNorm(BlockSpec {
             qkv: Qkv::Separate {
                 query: "attention.q_lin",
                 key: "attention.k_lin",
@@ -375,7 +392,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_in: "ffn.lin1",
             ffn_out: "ffn.lin2",
             ffn_norm: "output_layer_norm",
-        },
+        }),
         relative: RelativeBias::None,
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
@@ -386,6 +403,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             norm_eps: Some(1e-12),
             decoder: "vocab_projector",
             bias: &["vocab_projector.bias"],
+            extra: None,
         }),
         classifier: Some(ClassifierSpec {
             input: ClassifierInput::FirstToken,
@@ -407,7 +425,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::AlbertGroups,
-        block: BlockSpec {
+        block: Block::PostNorm(BlockSpec {
             qkv: Qkv::Separate {
                 query: "attention.query",
                 key: "attention.key",
@@ -418,7 +436,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_in: "ffn",
             ffn_out: "ffn_output",
             ffn_norm: "full_layer_layer_norm",
-        },
+        }),
         relative: RelativeBias::None,
         pooler: PoolerSpec::DenseTanh("pooler"),
         embed_with_pooler: false,
@@ -429,6 +447,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             norm_eps: None,
             decoder: "predictions.decoder",
             bias: &["predictions.bias", "predictions.decoder.bias"],
+            extra: None,
         }),
         classifier: Some(POOLED_CLASSIFIER),
         token_classifier: Some("classifier"),
@@ -444,7 +463,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("encoder.layer."),
-        block: BlockSpec {
+        block: Block::PostNorm(BlockSpec {
             qkv: Qkv::Separate {
                 query: "attention.attn.q",
                 key: "attention.attn.k",
@@ -455,7 +474,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_in: "intermediate.dense",
             ffn_out: "output.dense",
             ffn_norm: "output.LayerNorm",
-        },
+        }),
         relative: RelativeBias::Buckets {
             table: "encoder.relative_attention_bias",
         },
@@ -479,14 +498,14 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("encoder.layer."),
-        block: BlockSpec {
+        block: Block::PostNorm(BlockSpec {
             qkv: Qkv::PerHeadFused {
                 weight: "attention.self.in_proj",
                 q_bias: "attention.self.q_bias",
                 v_bias: "attention.self.v_bias",
             },
             ..BERT_BLOCK
-        },
+        }),
         relative: RelativeBias::Disentangled {
             table: "encoder.rel_embeddings",
             norm: "encoder.LayerNorm",
@@ -514,14 +533,14 @@ pub static FAMILIES: &[FamilySpec] = &[
             ..BERT_EMBEDDINGS
         },
         layers: Layers::PerLayer("encoder.layer."),
-        block: BlockSpec {
+        block: Block::PostNorm(BlockSpec {
             qkv: Qkv::Separate {
                 query: "attention.self.query_proj",
                 key: "attention.self.key_proj",
                 value: "attention.self.value_proj",
             },
             ..BERT_BLOCK
-        },
+        }),
         relative: RelativeBias::Disentangled {
             table: "encoder.rel_embeddings",
             norm: "encoder.LayerNorm",
@@ -536,13 +555,61 @@ pub static FAMILIES: &[FamilySpec] = &[
         token_classifier: Some("classifier"),
     },
     FamilySpec {
+        model_types: &["squeezebert"],
+        bases: &["transformer.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: BERT_EMBEDDINGS,
+        layers: Layers::PerLayer("encoder.layers."),
+        // Every projection is a grouped pointwise Conv1d (see Graph::linear).
+        block: Block::PostNorm(BlockSpec {
+            qkv: Qkv::Separate {
+                query: "attention.query",
+                key: "attention.key",
+                value: "attention.value",
+            },
+            out: "post_attention.conv1d",
+            attn_norm: "post_attention.layernorm",
+            ffn_in: "intermediate.conv1d",
+            ffn_out: "output.conv1d",
+            ffn_norm: "output.layernorm",
+        }),
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(BERT_MLM),
+        classifier: Some(POOLED_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
+        model_types: &["mobilebert"],
+        bases: &["mobilebert.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            project: Some("embeddings.embedding_transformation"),
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: Block::MobileBert,
+        relative: RelativeBias::None,
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(MlmSpec {
+            extra: Some("cls.predictions.dense"),
+            ..BERT_MLM
+        }),
+        classifier: Some(POOLED_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
         model_types: &["dpr"],
         bases: &["question_encoder.", "ctx_encoder."],
         body: "bert_model.",
         keys: BERT_KEYS,
         embeddings: BERT_EMBEDDINGS,
         layers: Layers::PerLayer("encoder.layer."),
-        block: BERT_BLOCK,
+        block: Block::PostNorm(BERT_BLOCK),
         relative: RelativeBias::None,
         pooler: PoolerSpec::ClsProjection("encode_proj"),
         embed_with_pooler: true,
