@@ -222,10 +222,17 @@ def make_embedding(name: str, spec: dict, out: Path, cfg: dict, seed: int,
         shutil.copyfile(tokenizer_dir / f, out / f)
     from tokenizers import Tokenizer
 
-    n_tok = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    tk = Tokenizer.from_file(str(out / "tokenizer.json"))
+    n_tok = tk.get_vocab_size(with_added_tokens=True)
     if n_tok > cfg["vocab_size"]:
         raise SystemExit(f"{name}: the tokenizer of {tokenizer_dir} has {n_tok} tokens, more than "
                          f"the model's vocab_size {cfg['vocab_size']} (wrong tokenizer directory?)")
+    pad = json.loads((out / "special_tokens_map.json").read_text()).get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    if pad is None or tk.token_to_id(pad) != cfg["pad_token_id"]:
+        raise SystemExit(f"{name}: the tokenizer of {tokenizer_dir} has pad token {pad!r} = id "
+                         f"{tk.token_to_id(pad) if pad else None}, the model's pad_token_id is "
+                         f"{cfg['pad_token_id']} (wrong tokenizer directory?)")
     hidden = cfg["hidden_size"]
     write_json(out / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

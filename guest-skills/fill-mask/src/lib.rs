@@ -73,7 +73,7 @@ impl Guest for FillMask {
         let options = |special| TokenizerOptions {
             max_length: Some(e.max_tokens() as u32),
             add_special_tokens: special,
-            pad_to_multiple_of: None,
+            pad_to_multiple_of: e.pad_multiple(),
             with_offsets: false,
         };
         let tokenizer = Tokenizer::open(options(true))?;

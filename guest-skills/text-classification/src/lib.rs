@@ -106,11 +106,13 @@ impl Guest for TextClassification {
 
     fn load() -> Result<(), Error> {
         let config = Json::config()?;
-        let encoder = Encoder::load(&config, &Graph::new("probe"))?;
+        let mut encoder = Encoder::load(&config, &Graph::new("probe"))?;
+        // Longformer's classifier gives the first token global attention.
+        encoder.global_first_token();
         let tokenizer = Tokenizer::open(TokenizerOptions {
             max_length: Some(encoder.max_tokens() as u32),
             add_special_tokens: true,
-            pad_to_multiple_of: None,
+            pad_to_multiple_of: encoder.pad_multiple(),
             with_offsets: false,
         })?;
         let e = encoder.build(&format!("{}-classification", encoder.model_type))?;

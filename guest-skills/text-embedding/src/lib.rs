@@ -65,7 +65,7 @@ impl Guest for TextEmbedding {
         let tokenizer = Tokenizer::open(TokenizerOptions {
             max_length: Some(max_len as u32),
             add_special_tokens: true,
-            pad_to_multiple_of: None,
+            pad_to_multiple_of: encoder.pad_multiple(),
             with_offsets: false,
         })?;
         let pooling = st.pooling.unwrap_or(match encoder.spec.embed_with_pooler {

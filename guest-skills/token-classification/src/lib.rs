@@ -71,7 +71,7 @@ impl Guest for TokenClassification {
         let tokenizer = Tokenizer::open(TokenizerOptions {
             max_length: Some(encoder.max_tokens() as u32),
             add_special_tokens: true,
-            pad_to_multiple_of: None,
+            pad_to_multiple_of: encoder.pad_multiple(),
             with_offsets: true,
         })?;
         let e = encoder.build(&format!("{}-token-classification", encoder.model_type))?;

@@ -17,6 +17,8 @@
 
 pub mod disentangled;
 pub mod heads;
+mod inputs;
+pub mod longformer;
 pub mod mobilebert;
 pub mod relative;
 pub mod spec;
@@ -24,11 +26,10 @@ pub mod spec;
 use crate::config::Json;
 use crate::graph::{CompareOp, Node, UnaryOp};
 use crate::graph_ext::activation;
-use crate::tensors::i64_tensor;
-use crate::tokenizer::EncodedBatch;
-use crate::{Dim, Dtype, Error, Graph, NamedTensor};
 
-use spec::{Block, BlockSpec, FamilySpec, Layers, Positions, Qkv, RelativeBias};
+use crate::{Dim, Dtype, Error, Graph};
+
+use spec::{AttentionKind, Block, BlockSpec, FamilySpec, Layers, Positions, Qkv};
 
 /// An encoder model: its family's spec resolved against its config and
 /// weights.
@@ -60,6 +61,8 @@ pub struct Encoder {
     pub disentangled: Option<disentangled::Disentangled>,
     /// MobileBERT's switches.
     pub mobilebert: Option<mobilebert::MobileBert>,
+    /// Longformer's window (and whether the first token attends globally).
+    pub sliding: Option<longformer::Sliding>,
     /// The pooler applies its dense layer and tanh (`classifier_activation`,
     /// MobileBERT's switch; on elsewhere).
     pub classifier_activation: bool,
@@ -139,15 +142,15 @@ impl Encoder {
             Some(t) if g.has(&format!("{base}{}{t}.weight", spec.body)) => rows(t)?,
             _ => 0,
         };
-        let buckets = match spec.relative {
-            RelativeBias::Buckets { .. } => Some(relative::Buckets {
+        let buckets = match spec.attention {
+            AttentionKind::Buckets { .. } => Some(relative::Buckets {
                 count: config.u64_or("relative_attention_num_buckets", 32)? as i64,
                 max_distance: 128,
             }),
             _ => None,
         };
-        let disentangled = match spec.relative {
-            RelativeBias::Disentangled { .. } => {
+        let disentangled = match spec.attention {
+            AttentionKind::Disentangled { .. } => {
                 Some(disentangled::Disentangled::from_config(config)?)
             }
             _ => None,
@@ -179,6 +182,12 @@ impl Encoder {
                 Block::PostNorm(_) => None,
             },
             classifier_activation: config.bool_or("classifier_activation", true)?,
+            sliding: match spec.attention {
+                AttentionKind::SlidingWindow { .. } => {
+                    Some(longformer::Sliding::from_config(config, layers)?)
+                }
+                _ => None,
+            },
         })
     }
 
@@ -187,6 +196,20 @@ impl Encoder {
         match self.spec.embeddings.positions {
             Positions::FromZero => self.max_positions,
             Positions::AfterPadding => self.max_positions.saturating_sub(self.pad_id as u64 + 1),
+        }
+    }
+
+    /// The multiple a batch's length must be padded to (Longformer's full
+    /// window, as transformers pads it).
+    pub fn pad_multiple(&self) -> Option<u32> {
+        self.sliding.map(|s| 2 * s.w as u32)
+    }
+
+    /// Gives the first token global attention where the family has such a
+    /// thing (Longformer), as transformers' sequence classifiers do.
+    pub fn global_first_token(&mut self) {
+        if let Some(s) = &mut self.sliding {
+            s.global_first = true;
         }
     }
 
@@ -203,19 +226,14 @@ impl Encoder {
     /// A new graph with the encoder's inputs and layers.
     pub fn build(&self, graph_name: &str) -> Result<EncoderGraph, Error> {
         let g = Graph::new(graph_name);
-        let bs = [sym("batch"), sym("sequence")];
-        let ids = g.input("input_ids", Dtype::I64, &bs)?;
-        let mask = g.input("attention_mask", Dtype::I64, &bs)?;
+        let ids = self.token_input(&g, "input_ids", sym("batch"))?;
+        let mask = self.token_input(&g, "attention_mask", sym("batch"))?;
         let types = match self.has_segments() {
-            true => Some(g.input("token_type_ids", Dtype::I64, &bs)?),
+            true => Some(self.token_input(&g, "token_type_ids", sym("batch"))?),
             false => None,
         };
         let pos = match self.absolute {
-            true => Some(g.input(
-                "position_ids",
-                Dtype::I64,
-                &[Dim::Fixed(1), sym("sequence")],
-            )?),
+            true => Some(self.token_input(&g, "position_ids", Dim::Fixed(1))?),
             false => None,
         };
         let mut h = match (self.mobilebert, pos) {
@@ -236,8 +254,17 @@ impl Encoder {
         let keep = g.b.compare(CompareOp::Greater, mask, zero)?;
         // [batch, 1, 1, seq]: which keys each query may attend to.
         let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
-        let bias = match (self.spec.relative, self.disentangled) {
-            (RelativeBias::Buckets { table }, _) => {
+        let bias = match (self.spec.attention, self.disentangled, self.sliding) {
+            (AttentionKind::SlidingWindow { .. }, _, Some(sl)) => {
+                let first = match self.spec.embeddings.positions {
+                    Positions::FromZero => 0,
+                    Positions::AfterPadding => self.pad_id + 1,
+                };
+                let pos =
+                    pos.ok_or_else(|| Error::Model("a sliding window needs positions".into()))?;
+                Bias::Window(longformer::Window::new(&g, sl, keep, pos, first)?, keys)
+            }
+            (AttentionKind::Buckets { table }, _, _) => {
                 let buckets = g.input(
                     "relative_buckets",
                     Dtype::I64,
@@ -246,7 +273,7 @@ impl Encoder {
                 Bias::Mask(relative::bias_mask(&g, &self.name(table), buckets, keys)?)
             }
             (
-                RelativeBias::Disentangled {
+                AttentionKind::Disentangled {
                     table,
                     norm,
                     c2p,
@@ -254,6 +281,7 @@ impl Encoder {
                     shared,
                 },
                 Some(d),
+                _,
             ) => {
                 let proj = match d.share_key {
                     true => disentangled::Projections {
@@ -341,6 +369,27 @@ impl Encoder {
             Bias::Disentangled(ctx, keys) => {
                 ctx.attention(g, prefix, qkv, *keys, self.heads, head_dim)?
             }
+            Bias::Window(win, keys) => {
+                let global = match (win.s.global_first, self.spec.attention) {
+                    (
+                        true,
+                        AttentionKind::SlidingWindow {
+                            global: [gq, gk, gv],
+                        },
+                    ) => {
+                        let proj = |rel: &str| -> Result<Node, Error> {
+                            g.split_heads(
+                                g.linear(h, &format!("{prefix}{rel}"))?,
+                                self.heads,
+                                head_dim,
+                            )
+                        };
+                        Some((proj(gq)?, proj(gk)?, proj(gv)?, *keys))
+                    }
+                    _ => None,
+                };
+                win.attention(g, qkv, global, head_dim)?
+            }
         };
         let a = g.merge_heads(a)?;
         let a = g.linear(a, &format!("{prefix}{}", b.out))?;
@@ -348,6 +397,19 @@ impl Encoder {
         let i = g.unary(self.act, g.linear(h, &format!("{prefix}{}", b.ffn_in))?)?;
         let o = g.linear(i, &format!("{prefix}{}", b.ffn_out))?;
         g.layer_norm(g.add(o, h)?, &format!("{prefix}{}", b.ffn_norm), self.eps)
+    }
+
+    /// A per-token input [lead, sequence] (i64). Under a sliding window it
+    /// is declared [lead, blocks, w] and flattened, so that the sequence is
+    /// a whole number of blocks the window can reshape by.
+    fn token_input(&self, g: &Graph, name: &str, lead: Dim) -> Result<Node, Error> {
+        match self.sliding {
+            None => g.input(name, Dtype::I64, &[lead, sym("sequence")]),
+            Some(s) => {
+                let x = g.input(name, Dtype::I64, &[lead, sym("blocks"), Dim::Fixed(s.w)])?;
+                g.b.reshape(x, &[0, -1])
+            }
+        }
     }
 
     /// Queries, keys and values [batch, heads, seq, head_dim] of `h`.
@@ -389,57 +451,6 @@ impl Encoder {
             }
         }
     }
-
-    /// The tensors a tokenized batch runs with.
-    pub fn inputs(&self, enc: &EncodedBatch) -> Vec<NamedTensor> {
-        let seq = enc.input_ids.shape.get(1).copied().unwrap_or(0);
-        let first = match self.spec.embeddings.positions {
-            Positions::FromZero => 0,
-            Positions::AfterPadding => self.pad_id + 1,
-        };
-        let positions: Vec<i64> = (first..first + seq as i64).collect();
-        let mut out = vec![
-            NamedTensor {
-                name: "input_ids".into(),
-                value: enc.input_ids.clone(),
-            },
-            NamedTensor {
-                name: "attention_mask".into(),
-                value: enc.attention_mask.clone(),
-            },
-        ];
-        if self.has_segments() {
-            out.push(NamedTensor {
-                name: "token_type_ids".into(),
-                value: enc.token_type_ids.clone(),
-            });
-        }
-        if self.absolute {
-            out.push(NamedTensor {
-                name: "position_ids".into(),
-                value: i64_tensor(vec![1, seq], &positions),
-            });
-        }
-        if let Some(b) = self.buckets {
-            out.push(NamedTensor {
-                name: "relative_buckets".into(),
-                value: i64_tensor(vec![seq, seq], &b.table(seq as usize)),
-            });
-        }
-        if let Some(d) = self.disentangled {
-            out.extend(d.inputs(seq as usize));
-        }
-        if self.mobilebert.is_some_and(|m| m.trigram) {
-            let (next, prev) = mobilebert::trigram_indices(seq as usize);
-            for (name, v) in [("trigram_next", next), ("trigram_prev", prev)] {
-                out.push(NamedTensor {
-                    name: name.into(),
-                    value: i64_tensor(vec![seq], &v),
-                });
-            }
-        }
-        out
-    }
 }
 
 /// How a block's attention is biased.
@@ -448,6 +459,8 @@ enum Bias {
     Mask(Node),
     /// Disentangled position terms, per layer, and the key mask.
     Disentangled(disentangled::Context, Node),
+    /// A sliding window (Longformer), and the key mask [batch, 1, 1, seq].
+    Window(longformer::Window, Node),
 }
 
 /// The block prefixes in run order.

@@ -125,15 +125,15 @@ pub enum Layers {
     AlbertGroups,
 }
 
-/// A bias added to the attention scores from relative positions.
+/// How a block attends: densely, with a relative-position bias, or in a
+/// sliding window.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RelativeBias {
-    None,
+pub enum AttentionKind {
+    /// Every token sees every real token.
+    Dense,
     /// MPNet: a table [buckets, heads] indexed by T5-style bidirectional
     /// log buckets of key - query, shared by every layer.
-    Buckets {
-        table: &'static str,
-    },
+    Buckets { table: &'static str },
     /// DeBERTa: content-to-position and position-to-content scores from
     /// a relative embedding table (normalised by `norm` when the config
     /// says), projected in every layer by the block's `c2p` (keys) and
@@ -146,6 +146,10 @@ pub enum RelativeBias {
         p2c: &'static str,
         shared: (&'static str, &'static str),
     },
+    /// Longformer: a window of `attention_window / 2` tokens each side
+    /// (see `encoder::longformer`); the first token attends globally through
+    /// these projections when a skill asks (classification).
+    SlidingWindow { global: [&'static str; 3] },
 }
 
 /// What a family's base model calls its pooled output.
@@ -213,7 +217,7 @@ pub struct FamilySpec {
     pub embeddings: EmbeddingSpec,
     pub layers: Layers,
     pub block: Block,
-    pub relative: RelativeBias,
+    pub attention: AttentionKind,
     pub pooler: PoolerSpec,
     /// How `text-embedding` pools a model without sentence-transformers
     /// files: true for the pooler output, false for the mean of the tokens.
@@ -285,7 +289,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         embeddings: BERT_EMBEDDINGS,
         layers: Layers::PerLayer("encoder.layer."),
         block: Block::PostNorm(BERT_BLOCK),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
         mlm: Some(BERT_MLM),
@@ -308,7 +312,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("encoder.layer."),
         block: Block::PostNorm(BERT_BLOCK),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
         mlm: Some(BERT_MLM),
@@ -326,7 +330,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("encoder.layer."),
         block: Block::PostNorm(BERT_BLOCK),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
         mlm: Some(ROBERTA_MLM),
@@ -344,7 +348,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("encoder.layer."),
         block: Block::PostNorm(BERT_BLOCK),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
@@ -393,7 +397,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_out: "ffn.lin2",
             ffn_norm: "output_layer_norm",
         }),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
@@ -437,7 +441,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_out: "ffn_output",
             ffn_norm: "full_layer_layer_norm",
         }),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::DenseTanh("pooler"),
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
@@ -475,7 +479,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_out: "output.dense",
             ffn_norm: "output.LayerNorm",
         }),
-        relative: RelativeBias::Buckets {
+        attention: AttentionKind::Buckets {
             table: "encoder.relative_attention_bias",
         },
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
@@ -506,7 +510,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             },
             ..BERT_BLOCK
         }),
-        relative: RelativeBias::Disentangled {
+        attention: AttentionKind::Disentangled {
             table: "encoder.rel_embeddings",
             norm: "encoder.LayerNorm",
             c2p: "attention.self.pos_proj",
@@ -541,7 +545,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             },
             ..BERT_BLOCK
         }),
-        relative: RelativeBias::Disentangled {
+        attention: AttentionKind::Disentangled {
             table: "encoder.rel_embeddings",
             norm: "encoder.LayerNorm",
             c2p: "attention.self.pos_key_proj",
@@ -574,7 +578,7 @@ pub static FAMILIES: &[FamilySpec] = &[
             ffn_out: "output.conv1d",
             ffn_norm: "output.layernorm",
         }),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
         mlm: Some(BERT_MLM),
@@ -592,7 +596,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         },
         layers: Layers::PerLayer("encoder.layer."),
         block: Block::MobileBert,
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::DenseTanh("pooler.dense"),
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
@@ -603,6 +607,30 @@ pub static FAMILIES: &[FamilySpec] = &[
         token_classifier: Some("classifier"),
     },
     FamilySpec {
+        model_types: &["longformer"],
+        bases: &["longformer.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            positions: Positions::AfterPadding,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: Block::PostNorm(BERT_BLOCK),
+        attention: AttentionKind::SlidingWindow {
+            global: [
+                "attention.self.query_global",
+                "attention.self.key_global",
+                "attention.self.value_global",
+            ],
+        },
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: Some(ROBERTA_MLM),
+        classifier: Some(ROBERTA_CLASSIFIER),
+        token_classifier: Some("classifier"),
+    },
+    FamilySpec {
         model_types: &["dpr"],
         bases: &["question_encoder.", "ctx_encoder."],
         body: "bert_model.",
@@ -610,7 +638,7 @@ pub static FAMILIES: &[FamilySpec] = &[
         embeddings: BERT_EMBEDDINGS,
         layers: Layers::PerLayer("encoder.layer."),
         block: Block::PostNorm(BERT_BLOCK),
-        relative: RelativeBias::None,
+        attention: AttentionKind::Dense,
         pooler: PoolerSpec::ClsProjection("encode_proj"),
         embed_with_pooler: true,
         mlm: None,
