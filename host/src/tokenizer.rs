@@ -323,8 +323,9 @@ mod tests {
         let tok = tiny_bert(true, None);
         let b = tok.encode_batch(vec!["日本 cat".into()]).unwrap();
         let t = &b.tokens[0];
-        let cat = t.iter().find(|x| x.end == 5).expect("`cat` ends at char 5");
-        assert_eq!(cat.start, 2);
+        // 日 本 ' ' c a t: characters 3..6 (bytes 7..10).
+        let cat = t.iter().find(|x| x.end == 6).expect("`cat` ends at char 6");
+        assert_eq!(cat.start, 3);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 #             .gpu/backend_ops (if present) with OPS_PRECISION=f32, f16, bf16,
 #             the encoder skills on every tiny encoder fixture (.gpu/encoders),
 #             embed_fidelity.py and gen_fidelity.py.
-#   bench:    nvidia-smi, make_models (all four models), bench_cuda.py
+#   bench:    nvidia-smi, make_models (all five models), bench_cuda.py
 #             (bounded to ~6 minutes by its --budget-s).
 #   all:      both (about 10 minutes or more: on a machine with a 10-minute
 #             command limit run `fidelity` and `bench` as two calls; the
@@ -107,9 +107,9 @@ else
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
-    ONLY=minilm,bge-base,opt-125m,tinyllama
+    ONLY=minilm,bge-base,mpnet-base,opt-125m,tinyllama
 else
-    ONLY=minilm,bge-base
+    ONLY=minilm,bge-base,mpnet-base
 fi
 step make_models "$PYTHON" scripts/gpu/make_models.py "$MODELS_DIR" --tokenizer-dir "$TOKENIZER_DIR" \
     --only "$ONLY" ${QUICK_FLAG[@]+"${QUICK_FLAG[@]}"}
