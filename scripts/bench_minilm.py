@@ -335,6 +335,70 @@ def cpu_busy_fraction(interval: float = 1.0) -> float | None:
     return (dt - (idle1 - idle0)) / dt if dt > 0 else None
 
 
+class CompileMonitor:
+    """Background sampler: is a compiler (cargo/rustc/...) running right now?
+
+    The benchmark machine may be shared with builds; every result row records
+    the fraction of samples taken during its measurement that saw one, so
+    contaminated numbers are visible in the outputs."""
+
+    NAMES = frozenset({"cargo", "rustc", "cc1", "cc1plus", "ld", "lld", "ld.lld",
+                       "clang", "gcc", "wasm-ld", "wasm-opt"})
+
+    def __init__(self, interval: float = 2.0):
+        import threading
+
+        self.interval = interval
+        self.samples = 0
+        self.busy = 0
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _compilers(self) -> set[str]:
+        found = set()
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    name = (d / "comm").read_text().strip()
+                except OSError:
+                    continue
+                if name in self.NAMES:
+                    found.add(name)
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                found = self._compilers()
+            except OSError:
+                found = set()
+            self.samples += 1
+            if found:
+                self.busy += 1
+                self.seen |= found
+            self._stop.wait(self.interval)
+
+    def mark(self) -> tuple[int, int]:
+        return self.samples, self.busy
+
+    def fraction_since(self, mark: tuple[int, int]) -> float | None:
+        n = self.samples - mark[0]
+        return (self.busy - mark[1]) / n if n > 0 else None
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return {"samples": self.samples, "interval_s": self.interval,
+                "fraction_with_compiler_running": (self.busy / self.samples
+                                                   if self.samples else None),
+                "compilers_seen": sorted(self.seen)}
+
+
+MONITOR: CompileMonitor | None = None
+
+
 def versions() -> dict:
     out = {}
     for mod in ("torch", "transformers", "sentence_transformers", "tokenizers",
@@ -360,11 +424,16 @@ def measure(fn, texts: list[str], reps: int, warmup: int) -> tuple[list[float], 
     for _ in range(warmup):
         emb = fn(texts)
     rates = []
+    global _MEASURE_MARK
+    _MEASURE_MARK = MONITOR.mark() if MONITOR else None
     for _ in range(reps):
         t0 = time.perf_counter()
         emb = fn(texts)
         rates.append(len(texts) / (time.perf_counter() - t0))
     return rates, np.asarray(emb, dtype=np.float32)
+
+
+_MEASURE_MARK: tuple[int, int] | None = None
 
 
 def summarise(system: str, bs: int, rates: list[float], emb: np.ndarray | None,
@@ -376,6 +445,9 @@ def summarise(system: str, bs: int, rates: list[float], emb: np.ndarray | None,
         "best_sentences_per_s": max(rates),
         "runs_sentences_per_s": rates,
     }
+    if MONITOR is not None and _MEASURE_MARK is not None:
+        # timed passes (ours: the whole host process incl. load and warm-up)
+        row["compiler_running_fraction"] = MONITOR.fraction_since(_MEASURE_MARK)
     if emb is not None and ref is not None:
         row["max_cosine_distance_vs_st"] = max_cosine_distance(emb, ref)
     row.update(extra)
@@ -631,7 +703,23 @@ def run_host_bench(args, model_dir: Path, inputs: Path, bs: int, n: int, out: Pa
            "--warmup", str(args.warmup), "--reps", str(args.reps), "--output", str(out)]
     if args.precision:
         cmd += ["--precision", args.precision]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    global _MEASURE_MARK
+    for attempt in range(args.host_retries + 1):
+        if not args.host_bin.is_file():
+            proc = None
+        else:
+            _MEASURE_MARK = MONITOR.mark() if MONITOR else None
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        # The binary may be missing or being replaced by a concurrent build:
+        # wait and retry rather than lose the peers' measurements.
+        why = "missing" if proc is None else f"exit {proc.returncode}"
+        if attempt < args.host_retries:
+            log(f"  host {why}; retrying in {args.host_retry_wait:.0f} s")
+            time.sleep(args.host_retry_wait)
+    if proc is None:
+        raise SystemExit(f"host binary not found at {args.host_bin}")
     if proc.returncode != 0:
         raise SystemExit(f"host failed (exit {proc.returncode}): {' '.join(cmd)}\n"
                          f"{proc.stderr[-4000:]}")
@@ -704,12 +792,28 @@ def write_markdown(path: Path, report: dict) -> None:
         f"{_pct(m['other_cpu_busy_fraction_at_start'])} / "
         f"{_pct(m['other_cpu_busy_fraction_at_end'])}",
         f"- date: {report['date']}",
+    ]
+    compile_info = m.get("compile_activity_during_run")
+    contaminated = any(r.get("compiler_running_fraction") for r in rows)
+    if compile_info:
+        lines.insert(-1, "- compiler (cargo/rustc/...) running during the run: "
+                     + (f"{_pct(compile_info['fraction_with_compiler_running'])} of "
+                        f"{compile_info['samples']} samples "
+                        f"({', '.join(compile_info['compilers_seen'])}); rows marked * "
+                        "had one running while timed, their numbers may be low"
+                        if compile_info.get("fraction_with_compiler_running") else "never seen"))
+    lines += [
         "",
         "| system | " + " | ".join(f"bs={b} sent/s" for b in sizes) + " | max cos dist vs ST |",
         "|---|" + "---:|" * len(sizes) + "---:|",
     ]
+
+    def cell(row: dict) -> str:
+        star = "*" if contaminated and row.get("compiler_running_fraction") else ""
+        return f"{row['sentences_per_s']:.1f}{star}"
+
     for s in systems:
-        cells = [f"{by[(s, b)]['sentences_per_s']:.1f}" if (s, b) in by else "-" for b in sizes]
+        cells = [cell(by[(s, b)]) if (s, b) in by else "-" for b in sizes]
         dists = [by[(s, b)].get("max_cosine_distance_vs_st") for b in sizes if (s, b) in by]
         dists = [d for d in dists if d is not None]
         dist = f"{max(dists):.1e}" if dists else "-"
@@ -744,6 +848,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--peers-only", action="store_true", help="do not run our binary")
+    p.add_argument("--host-retries", type=int, default=2,
+                   help="retries when the host binary is missing or fails, e.g. while a "
+                        "build replaces it (default 2)")
+    p.add_argument("--host-retry-wait", type=float, default=60.0,
+                   help="seconds between host retries (default 60)")
     p.add_argument("--no-openvino", action="store_true", help="skip the openvino peers")
     p.add_argument("--out-prefix", type=Path, default=None,
                    help="output prefix (default results/bench_<model-name>_<device>; "
@@ -770,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = make_workload(args.sentences)
     load_start = os.getloadavg()
     busy_start = cpu_busy_fraction()
+    global MONITOR
+    MONITOR = CompileMonitor()
     if busy_start is not None and busy_start > 0.2:
         log(f"warning: machine is busy ({busy_start:.0%} of CPU time used by other "
             "processes before start); numbers will be noisy")
@@ -806,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**machine_info(),
                     "other_cpu_busy_fraction_at_start": busy_start,
                     "other_cpu_busy_fraction_at_end": cpu_busy_fraction(),
-                    "loadavg_1_5_15_at_start": list(load_start)},
+                    "loadavg_1_5_15_at_start": list(load_start),
+                    "compile_activity_during_run": MONITOR.stop()},
         "versions": versions(),
         "workload": {
             "sentences": len(texts),
