@@ -476,7 +476,7 @@ fn block_prefixes(
         Layers::AlbertGroups => {
             let groups = config.u64_or("num_hidden_groups", 1)?;
             let inner = config.u64_or("inner_group_num", 1)?;
-            if groups == 0 || layers % groups != 0 {
+            if groups == 0 || !layers.is_multiple_of(groups) {
                 return Err(Error::Model(format!(
                     "config.json: num_hidden_layers {layers} is not a multiple of num_hidden_groups {groups}"
                 )));
