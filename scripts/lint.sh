@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Style gates: rustfmt and clippy (-D warnings) over the host (all targets)
-# and every guest crate (wasm32-wasip2). .ci/run runs this after the tests.
+# and every guest crate (wasm32-wasip2). .ci/run runs this before the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '==> %s\n' "$*" >&2; }
