@@ -208,7 +208,8 @@ fn unsupported_architecture_is_a_typed_error() {
     let e = stderr(&o);
     assert!(
         e.contains("unsupported")
-            && e.contains("model_type `gpt2` is not served by text-embedding"),
+            && e.contains("skill `text-embedding` failed to load")
+            && e.contains("model_type `gpt2` is not a served encoder"),
         "{e}"
     );
 }

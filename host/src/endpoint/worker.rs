@@ -66,7 +66,8 @@ pub fn wait_for_workers(timeout: Duration) -> bool {
 }
 
 /// Estimates a request's token count for grouping and the token budget
-/// from its text (`text`, `prompt` or `input`), else from its bytes.
+/// from its text (`text`, `prompt` or `input`, plus a sentence pair's
+/// `text_pair`), else from its bytes.
 ///
 /// The estimate is deliberately cheap: running the model's tokenizer here
 /// serialised every request on the submitting thread (measured: a quarter
@@ -80,11 +81,14 @@ impl CostModel {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else {
             return fallback;
         };
-        match ["text", "prompt", "input"]
+        let main = ["text", "prompt", "input"]
             .iter()
-            .find_map(|k| v.get(*k).and_then(|t| t.as_str()))
-        {
-            Some(text) => approx_tokens(text),
+            .find_map(|k| v.get(*k).and_then(|t| t.as_str()));
+        match main {
+            Some(text) => {
+                let pair = v.get("text_pair").and_then(|t| t.as_str());
+                approx_tokens(text) + pair.map_or(0, approx_tokens)
+            }
             None => fallback,
         }
     }
@@ -331,6 +335,14 @@ mod cost_tests {
     /// The cheap estimate tracks the real all-MiniLM-L6-v2 tokenizer within
     /// a factor of two on the fixture's texts (English, unicode,
     /// punctuation, long words).
+    #[test]
+    fn a_pair_counts_both_texts() {
+        let one = super::CostModel.estimate(r#"{"text": "the cat sat on the mat"}"#);
+        let pair = super::CostModel
+            .estimate(r#"{"text": "the cat sat on the mat", "text_pair": "a dog ran"}"#);
+        assert_eq!(pair, one + approx_tokens("a dog ran"));
+    }
+
     #[test]
     fn estimate_tracks_the_tokenizer() {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
