@@ -248,7 +248,7 @@ impl Context {
         let mask = match bias {
             Some(b) => {
                 let b = g.div(b, g.scalar(scale as f64, Dtype::F32)?)?;
-                g.b.select(keys, b, g.scalar(-1e9, Dtype::F32)?)?
+                g.b.select(keys, b, g.scalar(super::MASKED, Dtype::F32)?)?
             }
             None => keys,
         };

@@ -184,7 +184,7 @@ impl Window {
         let band =
             g.b.compare(crate::graph::CompareOp::Greater, self.band, zero)?;
         let allowed = g.b.logical_and(band, self.keys)?;
-        let low = g.scalar(-1e9, Dtype::F32)?;
+        let low = g.scalar(super::MASKED, Dtype::F32)?;
         let scores = g.b.select(allowed, scores, low)?;
         let out = match (global, self.first) {
             (Some((gq, gk, gv, keep)), Some(first)) => {

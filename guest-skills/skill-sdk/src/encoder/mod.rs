@@ -31,6 +31,12 @@ use crate::{Dim, Dtype, Error, Graph};
 
 use spec::{AttentionKind, Block, BlockSpec, FamilySpec, Layers, Positions, Qkv};
 
+/// The score of a masked (query, key) pair: finite in every float dtype
+/// (f16's lowest), so that a row with no key to attend to (padding) stays
+/// finite instead of NaN, and exp() of it is 0 as with transformers'
+/// `finfo.min`.
+pub const MASKED: f64 = -65504.0;
+
 /// An encoder model: its family's spec resolved against its config and
 /// weights.
 pub struct Encoder {

@@ -57,7 +57,7 @@ pub fn bias_mask(g: &Graph, table: &str, buckets: Node, keys: Node) -> Result<No
     // [seq, seq, heads] -> [1, heads, seq, seq]
     let bias = g.b.embedding(t, buckets)?;
     let bias = g.b.unsqueeze(g.b.permute(bias, &[2, 0, 1])?, 0)?;
-    let masked = g.scalar(-1e9, Dtype::F32)?;
+    let masked = g.scalar(super::MASKED, Dtype::F32)?;
     g.b.select(keys, bias, masked)
 }
 
