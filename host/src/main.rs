@@ -61,6 +61,9 @@ struct RunArgs {
     /// Input text; repeatable. Becomes the request `{"text": TEXT}`.
     #[arg(long = "input")]
     inputs: Vec<String>,
+    /// Image file; repeatable. Becomes the request `{"image": BASE64}`.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
     /// JSON Lines file of request objects (`-` for stdin).
     #[arg(long = "inputs")]
     inputs_file: Option<PathBuf>,
@@ -172,6 +175,13 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
         .iter()
         .map(|t| serde_json::json!({ "text": t }).to_string())
         .collect();
+    for path in &args.images {
+        use base64::Engine;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read --image {}", path.display()))?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        reqs.push(serde_json::json!({ "image": b64 }).to_string());
+    }
     if let Some(path) = &args.inputs_file {
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
             Box::new(std::io::stdin().lock())
@@ -198,7 +208,7 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
         }
     }
     if reqs.is_empty() {
-        bail!("no inputs: pass --input TEXT (repeatable) or --inputs FILE.jsonl");
+        bail!("no inputs: pass --input TEXT or --image FILE (repeatable) or --inputs FILE.jsonl");
     }
     Ok(reqs)
 }

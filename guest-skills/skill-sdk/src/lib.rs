@@ -27,9 +27,13 @@ pub mod bindings {
 pub mod config;
 pub mod encoder;
 pub mod graph_ext;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod requests;
+pub mod scores;
 pub mod special_tokens;
 pub mod tensors;
+pub mod vision;
 
 pub use bindings::accel::skill::api::{Response, SkillInfo};
 pub use bindings::accel::skill::types::{Dim, Dtype, Error, NamedTensor, Tensor};

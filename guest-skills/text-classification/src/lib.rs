@@ -22,54 +22,10 @@ use skill_sdk::config::Json;
 use skill_sdk::encoder::{spec, Encoder};
 use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
+use skill_sdk::scores::Function;
 use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::tokenizer::{EncodedBatch, Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Error, Graph, Guest, Response, SkillInfo};
-
-/// What turns logits into scores.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Function {
-    Softmax,
-    Sigmoid,
-    None,
-}
-
-impl Function {
-    fn parse(s: &str) -> Result<Function, Error> {
-        match s.to_ascii_lowercase().as_str() {
-            "softmax" => Ok(Function::Softmax),
-            "sigmoid" => Ok(Function::Sigmoid),
-            "none" => Ok(Function::None),
-            other => Err(invalid(format!(
-                "`function_to_apply` must be softmax, sigmoid or none, not `{other}`"
-            ))),
-        }
-    }
-
-    /// The pipeline's default for a model.
-    fn default_for(config: &Json, labels: usize) -> Result<Function, Error> {
-        Ok(match config.str_or("problem_type", "")? {
-            "regression" => Function::None,
-            "multi_label_classification" => Function::Sigmoid,
-            _ if labels == 1 => Function::Sigmoid,
-            _ => Function::Softmax,
-        })
-    }
-
-    /// Scores of one row of logits, computed in f32 as numpy does.
-    fn apply(self, logits: &[f32]) -> Vec<f32> {
-        match self {
-            Function::None => logits.to_vec(),
-            Function::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-            Function::Softmax => {
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-                let sum: f32 = e.iter().sum();
-                e.iter().map(|&x| x / sum).collect()
-            }
-        }
-    }
-}
 
 struct Loaded {
     tokenizer: Tokenizer,
@@ -218,10 +174,7 @@ fn answer(
             .function
             .unwrap_or(l.default_function)
             .apply(&logits[row * n..(row + 1) * n]);
-        let mut order: Vec<usize> = (0..n).collect();
-        // Stable: equal scores keep the label order.
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        order.truncate(r.top_k.unwrap_or(n));
+        let order = skill_sdk::scores::ranked(&scores, r.top_k.unwrap_or(n));
         let labels: Vec<serde_json::Value> = order
             .iter()
             .map(|&k| serde_json::json!({"label": l.labels[k], "score": scores[k]}))

@@ -81,6 +81,11 @@ impl CostModel {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else {
             return fallback;
         };
+        if v.get("image").is_some() {
+            // Image skills resize to the model's input size: one image
+            // costs about its patch tokens whatever its bytes.
+            return IMAGE_TOKENS;
+        }
         let main = ["text", "prompt", "input"]
             .iter()
             .find_map(|k| v.get(*k).and_then(|t| t.as_str()));
@@ -93,6 +98,9 @@ impl CostModel {
         }
     }
 }
+
+/// The cost of one image request (a 224x224 image in 16x16 patches).
+const IMAGE_TOKENS: usize = 197;
 
 /// About how many subword tokens `text` has: one per word, one more per
 /// six bytes of a long word (subword splits), one per punctuation mark,

@@ -1,0 +1,106 @@
+//! Images for vision skills, decoded inside the sandbox: base64 or data URL
+//! bytes -> RGB pixels (PNG, JPEG with its EXIF orientation, WebP, GIF's
+//! first frame, BMP) under size limits, then the preprocessing of
+//! transformers' (PIL-based) image processors: [`resample`] reproduces
+//! Pillow's resize bit for bit on 8-bit images, [`Preprocess`] reads
+//! `preprocessor_config.json` (resize, center crop, rescale, normalize).
+//!
+//! Enabled by the SDK's `image` feature.
+
+pub mod preprocess;
+pub mod resample;
+
+use base64::Engine;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+
+pub use preprocess::Preprocess;
+
+use crate::{invalid, Error};
+
+/// Largest decoded image, in pixels (width x height), and bytes the
+/// decoder may allocate.
+pub const MAX_PIXELS: u64 = 40_000_000;
+const MAX_ALLOC: u64 = 512 << 20;
+
+/// An 8-bit RGB image, row-major, 3 bytes a pixel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rgb {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// The bytes of a base64 string or a `data:<mime>;base64,` URL.
+pub fn base64_bytes(field: &str, s: &str) -> Result<Vec<u8>, Error> {
+    let payload = match s.strip_prefix("data:") {
+        Some(rest) => match rest.split_once(',') {
+            Some((meta, data)) if meta.ends_with(";base64") => data,
+            _ => {
+                return Err(invalid(format!(
+                    "`{field}`: a data URL must be `data:<mime>;base64,<data>`"
+                )))
+            }
+        },
+        None => s,
+    };
+    let clean: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(clean.as_bytes())
+        .map_err(|e| invalid(format!("`{field}` is not valid base64: {e}")))
+}
+
+/// Decodes image bytes to RGB as transformers' `load_image` does: EXIF
+/// orientation applied, the first frame of an animation, alpha dropped.
+pub fn decode(field: &str, bytes: &[u8]) -> Result<Rgb, Error> {
+    let bad = |e: String| invalid(format!("`{field}`: {e}"));
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(format!("cannot read the image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(bad(
+            "not an image in a supported format (PNG, JPEG, WebP, GIF, BMP)".into(),
+        ));
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_ALLOC);
+    let mut decoder = reader.into_decoder().map_err(|e| decode_error(field, e))?;
+    let (w, h) = decoder.dimensions();
+    if (w as u64) * (h as u64) > MAX_PIXELS || w == 0 || h == 0 {
+        return Err(bad(format!(
+            "a {w}x{h} image is outside the limits (1 to {MAX_PIXELS} pixels)"
+        )));
+    }
+    decoder
+        .set_limits(limits)
+        .map_err(|e| bad(format!("image limits: {e}")))?;
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(field, e))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    let rgb = img.into_rgb8();
+    Ok(Rgb {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    })
+}
+
+/// A decoder failure: over the limits, or malformed.
+fn decode_error(field: &str, e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::Limits(_) => invalid(format!(
+            "`{field}`: the image is outside the limits ({MAX_PIXELS} pixels, {} MiB decoded)",
+            MAX_ALLOC >> 20
+        )),
+        e => invalid(format!("`{field}`: cannot decode the image: {e}")),
+    }
+}
+
+/// [`base64_bytes`] then [`decode`].
+pub fn from_base64(field: &str, s: &str) -> Result<Rgb, Error> {
+    decode(field, &base64_bytes(field, s)?)
+}

@@ -1,0 +1,248 @@
+//! transformers' slow image processors (ViT, DeiT, and the shortest-edge
+//! ones) from `preprocessor_config.json`: resize with the named Pillow
+//! filter, center crop (zero padding when the crop is larger), rescale
+//! (in f64, then f32) and normalize (in f32), channels first.
+
+use crate::config::Json;
+use crate::{Error, Tensor};
+
+use super::resample::{resize, Filter};
+use super::Rgb;
+
+/// How an image becomes `pixel_values`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    pub resize: Option<Size>,
+    pub filter: Filter,
+    /// (height, width)
+    pub crop: Option<(usize, usize)>,
+    pub rescale: Option<f64>,
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+/// A resize target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Size {
+    /// Exactly (height, width).
+    Exact(usize, usize),
+    /// The shorter side to this length, keeping the aspect ratio.
+    ShortestEdge(usize),
+}
+
+fn dims(j: &Json, key: &str) -> Result<Option<serde_json::Value>, Error> {
+    Ok(j.value.get(key).filter(|v| !v.is_null()).cloned())
+}
+
+fn size_of(j: &Json, v: &serde_json::Value, key: &str) -> Result<Size, Error> {
+    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+    if let Some(s) = v.as_u64() {
+        return Ok(Size::Exact(s as usize, s as usize));
+    }
+    match (n("height"), n("width"), n("shortest_edge")) {
+        (Some(h), Some(w), _) => Ok(Size::Exact(h, w)),
+        (_, _, Some(s)) => Ok(Size::ShortestEdge(s)),
+        _ => Err(Error::Model(format!(
+            "{}: `{key}` must be a number, {{height, width}} or {{shortest_edge}}",
+            j.file
+        ))),
+    }
+}
+
+fn triple(j: &Json, key: &str, default: [f32; 3]) -> Result<[f32; 3], Error> {
+    match j.value.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(default),
+        Some(serde_json::Value::Array(a)) if a.len() == 3 => {
+            let mut out = [0f32; 3];
+            for (o, v) in out.iter_mut().zip(a) {
+                *o = v
+                    .as_f64()
+                    .ok_or_else(|| Error::Model(format!("{}: `{key}` must hold numbers", j.file)))?
+                    as f32;
+            }
+            Ok(out)
+        }
+        Some(v) => match v.as_f64() {
+            Some(x) => Ok([x as f32; 3]),
+            None => Err(Error::Model(format!(
+                "{}: `{key}` must be 3 numbers",
+                j.file
+            ))),
+        },
+    }
+}
+
+impl Preprocess {
+    /// Reads the model's `preprocessor_config.json`.
+    pub fn read() -> Result<Preprocess, Error> {
+        let j = Json::asset("preprocessor_config.json")?
+            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        Self::from_json(&j)
+    }
+
+    pub fn from_json(j: &Json) -> Result<Preprocess, Error> {
+        let resize = match (j.bool_or("do_resize", true)?, dims(j, "size")?) {
+            (true, Some(v)) => Some(size_of(j, &v, "size")?),
+            _ => None,
+        };
+        let code = j.u64_or("resample", 2)?;
+        let filter = Filter::from_pil(code)
+            .ok_or_else(|| Error::Model(format!("{}: unknown resample filter {code}", j.file)))?;
+        let crop = match (j.bool_or("do_center_crop", false)?, dims(j, "crop_size")?) {
+            (true, Some(v)) => match size_of(j, &v, "crop_size")? {
+                Size::Exact(h, w) => Some((h, w)),
+                Size::ShortestEdge(s) => Some((s, s)),
+            },
+            _ => None,
+        };
+        let rescale = match j.bool_or("do_rescale", true)? {
+            true => Some(j.f64_or("rescale_factor", 1.0 / 255.0)?),
+            false => None,
+        };
+        let normalize = match j.bool_or("do_normalize", true)? {
+            true => Some((
+                triple(j, "image_mean", [0.5; 3])?,
+                triple(j, "image_std", [0.5; 3])?,
+            )),
+            false => None,
+        };
+        Ok(Preprocess {
+            resize,
+            filter,
+            crop,
+            rescale,
+            normalize,
+        })
+    }
+
+    /// The (height, width) of `pixel_values`, when it does not depend on
+    /// the image.
+    pub fn output_size(&self) -> Option<(usize, usize)> {
+        match (self.crop, self.resize) {
+            (Some(c), _) => Some(c),
+            (None, Some(Size::Exact(h, w))) => Some((h, w)),
+            _ => None,
+        }
+    }
+
+    /// `pixel_values` [3, height, width] (f32 values, channels first).
+    pub fn apply(&self, img: &Rgb) -> (usize, usize, Vec<f32>) {
+        let img = match self.resize {
+            Some(Size::Exact(h, w)) => resize(img, w, h, self.filter),
+            Some(Size::ShortestEdge(s)) => {
+                let (h, w) = shortest_edge(img.height, img.width, s);
+                resize(img, w, h, self.filter)
+            }
+            None => img.clone(),
+        };
+        let img = match self.crop {
+            Some((h, w)) => center_crop(&img, h, w),
+            None => img,
+        };
+        let (h, w) = (img.height, img.width);
+        let mut out = vec![0f32; 3 * h * w];
+        for (i, px) in img.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                let mut v = match self.rescale {
+                    Some(s) => (px[c] as f64 * s) as f32,
+                    None => px[c] as f32,
+                };
+                if let Some((mean, std)) = self.normalize {
+                    v = (v - mean[c]) / std[c];
+                }
+                out[c * h * w + i] = v;
+            }
+        }
+        (h, w, out)
+    }
+
+    /// Stacks images of one size into `pixel_values` [n, 3, h, w].
+    pub fn batch(&self, images: &[Rgb]) -> Result<Tensor, Error> {
+        let mut data = Vec::new();
+        let mut size = None;
+        for img in images {
+            let (h, w, v) = self.apply(img);
+            if *size.get_or_insert((h, w)) != (h, w) {
+                return Err(crate::internal(
+                    "images of one batch differ in size after preprocessing",
+                ));
+            }
+            data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        let (h, w) = size.unwrap_or((0, 0));
+        Ok(Tensor {
+            dtype: crate::Dtype::F32,
+            shape: vec![images.len() as u64, 3, h as u64, w as u64],
+            data,
+        })
+    }
+}
+
+/// transformers' `get_resize_output_image_size(..., default_to_square=False)`:
+/// (height, width) with the shorter side `s`.
+fn shortest_edge(h: usize, w: usize, s: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (s as f64 * long as f64 / short as f64) as usize;
+    if w <= h {
+        (new_long, s)
+    } else {
+        (s, new_long)
+    }
+}
+
+/// transformers' `center_crop`: offsets floor((orig - crop) / 2), zero
+/// padding (centred, ceil) where the crop is larger than the image.
+fn center_crop(img: &Rgb, ch: usize, cw: usize) -> Rgb {
+    let (h, w) = (img.height as i64, img.width as i64);
+    let (ch_, cw_) = (ch as i64, cw as i64);
+    let (nh, nw) = (h.max(ch_), w.max(cw_));
+    let top_pad = (nh - h + 1) / 2;
+    let left_pad = (nw - w + 1) / 2;
+    let top = (h - ch_).div_euclid(2) + top_pad;
+    let left = (w - cw_).div_euclid(2) + left_pad;
+    let mut data = vec![0u8; ch * cw * 3];
+    for y in 0..ch_ {
+        let sy = top + y - top_pad;
+        if !(0..h).contains(&sy) {
+            continue;
+        }
+        for x in 0..cw_ {
+            let sx = left + x - left_pad;
+            if !(0..w).contains(&sx) {
+                continue;
+            }
+            let src = ((sy * w + sx) * 3) as usize;
+            let dst = ((y * cw_ + x) * 3) as usize;
+            data[dst..dst + 3].copy_from_slice(&img.data[src..src + 3]);
+        }
+    }
+    Rgb {
+        width: cw,
+        height: ch,
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn center_crop_takes_the_middle_and_pads_when_larger() {
+        let img = Rgb {
+            width: 4,
+            height: 4,
+            data: (0..48).map(|v| v as u8).collect(),
+        };
+        let c = center_crop(&img, 2, 2);
+        assert_eq!(&c.data[..3], &img.data[(4 + 1) * 3..(4 + 1) * 3 + 3]);
+        let p = center_crop(&img, 6, 6);
+        assert_eq!(&p.data[..3], &[0, 0, 0]);
+        assert_eq!(&p.data[(6 + 1) * 3..(6 + 1) * 3 + 3], &img.data[..3]);
+    }
+
+    #[test]
+    fn shortest_edge_keeps_the_aspect_ratio() {
+        assert_eq!(shortest_edge(100, 200, 50), (50, 100));
+        assert_eq!(shortest_edge(300, 120, 224), (560, 224));
+    }
+}

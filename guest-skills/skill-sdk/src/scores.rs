@@ -1,0 +1,60 @@
+//! Logits to scores as transformers' classification pipelines do
+//! (`function_to_apply`: softmax, sigmoid or none; the default from the
+//! config's `problem_type` and label count), in f32 as numpy computes them.
+
+use crate::config::Json;
+use crate::{invalid, Error};
+
+/// What turns logits into scores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Function {
+    Softmax,
+    Sigmoid,
+    None,
+}
+
+impl Function {
+    pub fn parse(s: &str) -> Result<Function, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "softmax" => Ok(Function::Softmax),
+            "sigmoid" => Ok(Function::Sigmoid),
+            "none" => Ok(Function::None),
+            other => Err(invalid(format!(
+                "`function_to_apply` must be softmax, sigmoid or none, not `{other}`"
+            ))),
+        }
+    }
+
+    /// The pipeline's default for a model.
+    pub fn default_for(config: &Json, labels: usize) -> Result<Function, Error> {
+        Ok(match config.str_or("problem_type", "")? {
+            "regression" => Function::None,
+            "multi_label_classification" => Function::Sigmoid,
+            _ if labels == 1 => Function::Sigmoid,
+            _ => Function::Softmax,
+        })
+    }
+
+    /// Scores of one row of logits, computed in f32 as numpy does.
+    pub fn apply(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            Function::None => logits.to_vec(),
+            Function::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            Function::Softmax => {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                e.iter().map(|&x| x / sum).collect()
+            }
+        }
+    }
+}
+
+/// Label indices ordered best first (a stable sort: equal scores keep the
+/// label order), at most `top_k`.
+pub fn ranked(scores: &[f32], top_k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order.truncate(top_k);
+    order
+}
