@@ -6,6 +6,8 @@
 //! Graph input: `pixel_values` [batch, 3, height, width] f32 at the
 //! preprocessor's fixed output size.
 
+pub mod clip;
+
 use crate::config::Json;
 use crate::graph::{Node, UnaryOp};
 use crate::graph_ext::activation;

@@ -1,0 +1,244 @@
+//! CLIP: an image tower (a ViT with a class embedding, a norm before the
+//! layers and one after pooling) and a causal text tower pooled at the
+//! end-of-text token, each projected into a shared space.
+//!
+//! Image graph: `pixel_values` [batch, 3, h, w] -> `image_embeds` [batch,
+//! projection] (L2-normalised). Text graph: `input_ids`, `attention_mask`
+//! [batch, sequence], `pool_rows` [batch] (flat index of each row's
+//! end-of-text token into batch x sequence) -> `text_embeds` [batch,
+//! projection] (L2-normalised, times exp(`logit_scale`), so that a dot
+//! product with an image embedding is transformers' `logits_per_image`).
+
+use crate::config::Json;
+use crate::graph::{Node, UnaryOp};
+use crate::graph_ext::activation;
+use crate::{Dim, Dtype, Error, Graph};
+
+/// One tower's sizes.
+#[derive(Clone, Debug)]
+pub struct Tower {
+    pub hidden: u64,
+    pub heads: u64,
+    pub layers: u64,
+    pub eps: f32,
+    pub act: Act,
+}
+
+/// CLIP's activations: `quick_gelu` (x * sigmoid(1.702 x)) or a graph op.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    QuickGelu,
+    Op(UnaryOp),
+}
+
+impl Tower {
+    fn read(c: &serde_json::Value, file: &str) -> Result<Tower, Error> {
+        let j = Json {
+            file: file.to_string(),
+            value: c.clone(),
+        };
+        let act = match j.str_or("hidden_act", "quick_gelu")? {
+            "quick_gelu" => Act::QuickGelu,
+            other => Act::Op(activation(other)?),
+        };
+        let hidden = j.u64("hidden_size")?;
+        let heads = j.u64("num_attention_heads")?;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            return Err(Error::Model(format!(
+                "{file}: hidden_size {hidden} is not a multiple of {heads} heads"
+            )));
+        }
+        Ok(Tower {
+            hidden,
+            heads,
+            layers: j.u64("num_hidden_layers")?,
+            eps: j.f64_or("layer_norm_eps", 1e-5)? as f32,
+            act,
+        })
+    }
+}
+
+/// A CLIP model's two towers.
+pub struct Clip {
+    pub text: Tower,
+    pub vision: Tower,
+    pub patch: u64,
+    /// The end-of-text id pooling looks for; `None`: the largest id
+    /// (transformers' legacy rule when `eos_token_id` is 2).
+    pub eos: Option<i64>,
+}
+
+impl Clip {
+    pub fn load(config: &Json) -> Result<Clip, Error> {
+        let mt = config.str_or("model_type", "")?;
+        if mt != "clip" {
+            return Err(Error::Unsupported(format!("model_type `{mt}` is not CLIP")));
+        }
+        let section = |k: &str| {
+            config
+                .value
+                .get(k)
+                .cloned()
+                .ok_or_else(|| Error::Model(format!("config.json: `{k}` is missing")))
+        };
+        let (t, v) = (section("text_config")?, section("vision_config")?);
+        let eos = t.get("eos_token_id").and_then(|e| e.as_i64());
+        Ok(Clip {
+            text: Tower::read(&t, "config.json text_config")?,
+            vision: Tower::read(&v, "config.json vision_config")?,
+            patch: v.get("patch_size").and_then(|p| p.as_u64()).unwrap_or(32),
+            eos: eos.filter(|&e| e != 2),
+        })
+    }
+
+    fn act(&self, g: &Graph, a: Act, x: Node) -> Result<Node, Error> {
+        match a {
+            Act::Op(op) => g.unary(op, x),
+            Act::QuickGelu => {
+                let s = g.unary(UnaryOp::Sigmoid, g.mul(x, g.scalar(1.702, Dtype::F32)?)?)?;
+                g.mul(x, s)
+            }
+        }
+    }
+
+    /// A pre-norm encoder layer of either tower.
+    fn layer(
+        &self,
+        g: &Graph,
+        t: &Tower,
+        x: Node,
+        at: &str,
+        mask: Option<Node>,
+        causal: bool,
+    ) -> Result<Node, Error> {
+        let d = t.hidden / t.heads;
+        let n = g.layer_norm(x, &format!("{at}layer_norm1"), t.eps)?;
+        let proj = |rel: &str| -> Result<Node, Error> {
+            g.split_heads(g.linear(n, &format!("{at}self_attn.{rel}"))?, t.heads, d)
+        };
+        let a = g.attention(
+            proj("q_proj")?,
+            proj("k_proj")?,
+            proj("v_proj")?,
+            mask,
+            causal,
+        )?;
+        let x = g.add(
+            g.linear(g.merge_heads(a)?, &format!("{at}self_attn.out_proj"))?,
+            x,
+        )?;
+        let n = g.layer_norm(x, &format!("{at}layer_norm2"), t.eps)?;
+        let h = self.act(g, t.act, g.linear(n, &format!("{at}mlp.fc1"))?)?;
+        g.add(g.linear(h, &format!("{at}mlp.fc2"))?, x)
+    }
+
+    /// The image graph for images of (height, width).
+    pub fn image_graph(&self, (height, width): (usize, usize)) -> Result<(Graph, Node), Error> {
+        let t = &self.vision;
+        let p = self.patch as i64;
+        let (h, w) = (height as i64, width as i64);
+        if h % p != 0 || w % p != 0 {
+            return Err(Error::Model(format!(
+                "images of {height}x{width} do not split into {p}x{p} patches"
+            )));
+        }
+        let g = Graph::new("clip-image");
+        let batch = Dim::Symbolic("batch".into());
+        let pixels = g.input(
+            "pixel_values",
+            Dtype::F32,
+            &[
+                batch.clone(),
+                Dim::Fixed(3),
+                Dim::Fixed(height as u64),
+                Dim::Fixed(width as u64),
+            ],
+        )?;
+        let x = g.b.reshape(pixels, &[0, 3, h / p, p, w / p, p])?;
+        let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
+        let x = g.b.reshape(x, &[0, (h / p) * (w / p), 3 * p * p])?;
+        let weight = g.weight("vision_model.embeddings.patch_embedding.weight")?;
+        let weight = g.b.reshape(weight, &[t.hidden as i64, -1])?;
+        let patches = g.b.linear(x, weight, None)?;
+        let cls = g.b.reshape(
+            g.weight("vision_model.embeddings.class_embedding")?,
+            &[1, 1, t.hidden as i64],
+        )?;
+        let cls =
+            g.b.expand(cls, &[batch, Dim::Fixed(1), Dim::Fixed(t.hidden)])?;
+        let mut x = g.b.concat(&[cls, patches], 1)?;
+        x = g.add(
+            x,
+            g.weight("vision_model.embeddings.position_embedding.weight")?,
+        )?;
+        x = g.layer_norm(x, "vision_model.pre_layrnorm", t.eps)?;
+        for l in 0..t.layers {
+            x = self.layer(
+                &g,
+                t,
+                x,
+                &format!("vision_model.encoder.layers.{l}."),
+                None,
+                false,
+            )?;
+        }
+        let first = g.b.squeeze(g.b.slice(x, 1, 0, 1)?, 1)?;
+        let pooled = g.layer_norm(first, "vision_model.post_layernorm", t.eps)?;
+        let embeds = g.linear(pooled, "visual_projection")?;
+        let out = g.b.l2_normalize(embeds, -1, 1e-12)?;
+        Ok((g, out))
+    }
+
+    /// The text graph (see the module docs).
+    pub fn text_graph(&self) -> Result<(Graph, Node), Error> {
+        let t = &self.text;
+        let g = Graph::new("clip-text");
+        let bs = [
+            Dim::Symbolic("batch".into()),
+            Dim::Symbolic("sequence".into()),
+        ];
+        let ids = g.input("input_ids", Dtype::I64, &bs)?;
+        let mask = g.input("attention_mask", Dtype::I64, &bs)?;
+        let rows = g.input("pool_rows", Dtype::I64, &[Dim::Symbolic("batch".into())])?;
+        let pos = g.input(
+            "position_ids",
+            Dtype::I64,
+            &[Dim::Fixed(1), Dim::Symbolic("sequence".into())],
+        )?;
+        let mut x = g.b.embedding(
+            g.weight("text_model.embeddings.token_embedding.weight")?,
+            ids,
+        )?;
+        x = g.add(
+            x,
+            g.b.embedding(
+                g.weight("text_model.embeddings.position_embedding.weight")?,
+                pos,
+            )?,
+        )?;
+        let keep = g.b.compare(
+            crate::graph::CompareOp::Greater,
+            mask,
+            g.scalar(0.0, Dtype::I64)?,
+        )?;
+        let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
+        for l in 0..t.layers {
+            x = self.layer(
+                &g,
+                t,
+                x,
+                &format!("text_model.encoder.layers.{l}."),
+                Some(keys),
+                true,
+            )?;
+        }
+        x = g.layer_norm(x, "text_model.final_layer_norm", t.eps)?;
+        let flat = g.b.reshape(x, &[-1, t.hidden as i64])?;
+        let pooled = g.b.gather(flat, rows, 0)?;
+        let embeds = g.linear(pooled, "text_projection")?;
+        let unit = g.b.l2_normalize(embeds, -1, 1e-12)?;
+        let scale = g.unary(UnaryOp::Exp, g.weight("logit_scale")?)?;
+        let out = g.mul(unit, scale)?;
+        Ok((g, out))
+    }
+}

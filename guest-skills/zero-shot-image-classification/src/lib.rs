@@ -1,0 +1,214 @@
+//! Skill `zero-shot-image-classification`: how well each candidate label
+//! describes an image, with the semantics of transformers'
+//! `zero-shot-image-classification` pipeline, for CLIP.
+//!
+//! Request: `{"image": "<base64 or data URL>", "candidate_labels": ["a cat",
+//! "a dog"], "hypothesis_template": "This is a photo of {}."}`. Response:
+//! `{"labels": [{"label", "score"}]}`, best first (ties keep the given
+//! order): the softmax over the labels of the image's logits.
+//!
+//! Images of a batch run through the image tower together, and every
+//! distinct hypothesis of the batch through the text tower once; the
+//! towers' outputs are unit vectors (the text ones times CLIP's logit
+//! scale), so the logits are their dot products.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use skill_sdk::config::Json;
+use skill_sdk::image::{self as img, Preprocess};
+use skill_sdk::requests::Request;
+use skill_sdk::runtime::CompiledGraph;
+use skill_sdk::scores::{ranked, Function};
+use skill_sdk::tensors::{f32_values, i64_tensor, i64_values, take};
+use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
+use skill_sdk::vision::clip::Clip;
+use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo};
+
+const DEFAULT_TEMPLATE: &str = "This is a photo of {}.";
+
+struct Loaded {
+    pre: Preprocess,
+    tokenizer: Tokenizer,
+    image: CompiledGraph,
+    text: CompiledGraph,
+    eos: Option<i64>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+struct ZeroShotRequest {
+    image: img::Rgb,
+    labels: Vec<String>,
+    /// One hypothesis per label.
+    hypotheses: Vec<String>,
+}
+
+struct ZeroShot;
+
+impl Guest for ZeroShot {
+    fn describe() -> SkillInfo {
+        SkillInfo {
+            name: "zero-shot-image-classification".into(),
+            task: "zero-shot-image-classification".into(),
+            architectures: vec!["clip".into()],
+            request_schema: r#"{"type":"object","required":["image","candidate_labels"],"properties":{"image":{"type":"string"},"candidate_labels":{"type":"array","items":{"type":"string"},"minItems":1},"hypothesis_template":{"type":"string"}}}"#.into(),
+            response_schema: r#"{"type":"object","properties":{"labels":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"score":{"type":"number"}}}}}}"#.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn load() -> Result<(), Error> {
+        let config = Json::config()?;
+        let clip = Clip::load(&config)?;
+        let pre = Preprocess::read()?;
+        let size = pre.output_size().ok_or_else(|| {
+            Error::Unsupported("CLIP needs a fixed image size (a center crop)".into())
+        })?;
+        let max_len = config
+            .value
+            .get("text_config")
+            .and_then(|t| t.get("max_position_embeddings"))
+            .and_then(|m| m.as_u64())
+            .unwrap_or(77);
+        let tokenizer = Tokenizer::open(TokenizerOptions {
+            max_length: Some(max_len as u32),
+            add_special_tokens: true,
+            pad_to_multiple_of: None,
+            with_offsets: false,
+        })?;
+        let (g, out) = clip.image_graph(size)?;
+        let image = g.compile(&[("image_embeds", out)])?;
+        let (g, out) = clip.text_graph()?;
+        let text = g.compile(&[("text_embeds", out)])?;
+        STATE.with(|s| {
+            *s.borrow_mut() = Some(Loaded {
+                pre,
+                tokenizer,
+                image,
+                text,
+                eos: clip.eos,
+            })
+        });
+        Ok(())
+    }
+
+    fn handle(batch: Vec<String>) -> Vec<Result<Response, Error>> {
+        skill_sdk::requests::serve(batch, parse_request, classify)
+    }
+}
+
+fn parse_request(req: Request) -> Result<ZeroShotRequest, Error> {
+    req.only(&["image", "candidate_labels", "hypothesis_template"])?;
+    let labels = req
+        .opt_strings("candidate_labels")?
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| invalid("`candidate_labels` must be a non-empty list of strings"))?;
+    let template = req
+        .opt_str("hypothesis_template")?
+        .unwrap_or(DEFAULT_TEMPLATE);
+    Ok(ZeroShotRequest {
+        image: img::from_base64("image", req.str("image")?)?,
+        hypotheses: labels.iter().map(|l| template.replace("{}", l)).collect(),
+        labels,
+    })
+}
+
+/// Flat indices (into batch x sequence) of each row's end-of-text token:
+/// the first `eos`, or the largest id (transformers' legacy rule).
+fn pool_rows(ids: &[i64], seq: usize, eos: Option<i64>) -> Vec<i64> {
+    ids.chunks(seq.max(1))
+        .enumerate()
+        .map(|(r, row)| {
+            let at = match eos {
+                Some(e) => row.iter().position(|&t| t == e).unwrap_or(0),
+                None => {
+                    let max = row.iter().copied().max().unwrap_or(0);
+                    row.iter().position(|&t| t == max).unwrap_or(0)
+                }
+            };
+            (r * seq + at) as i64
+        })
+        .collect()
+}
+
+fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, Error> {
+    STATE.with(|s| {
+        let state = s.borrow();
+        let l = state
+            .as_ref()
+            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+        // Image embeddings [n, d].
+        let images: Vec<img::Rgb> = reqs.iter().map(|r| r.image.clone()).collect();
+        let pixels = NamedTensor {
+            name: "pixel_values".into(),
+            value: l.pre.batch(&images)?,
+        };
+        let image = f32_values(&take(l.image.run(&[pixels])?, "image_embeds")?)?;
+        // Every distinct hypothesis once.
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut texts: Vec<String> = Vec::new();
+        for h in reqs.iter().flat_map(|r| &r.hypotheses) {
+            if !index.contains_key(h.as_str()) {
+                index.insert(h, texts.len());
+                texts.push(h.clone());
+            }
+        }
+        let enc = l.tokenizer.encode_batch(&texts)?;
+        let seq = enc.input_ids.shape.get(1).copied().unwrap_or(0);
+        let ids = i64_values(&enc.input_ids)?;
+        let rows = pool_rows(&ids, seq as usize, l.eos);
+        let positions: Vec<i64> = (0..seq as i64).collect();
+        let inputs = vec![
+            NamedTensor {
+                name: "input_ids".into(),
+                value: enc.input_ids.clone(),
+            },
+            NamedTensor {
+                name: "attention_mask".into(),
+                value: enc.attention_mask.clone(),
+            },
+            NamedTensor {
+                name: "pool_rows".into(),
+                value: i64_tensor(vec![rows.len() as u64], &rows),
+            },
+            NamedTensor {
+                name: "position_ids".into(),
+                value: i64_tensor(vec![1, seq], &positions),
+            },
+        ];
+        let text = f32_values(&take(l.text.run(&inputs)?, "text_embeds")?)?;
+        let d = image.len() / reqs.len().max(1);
+        if d == 0 || text.len() != texts.len() * d {
+            return Err(skill_sdk::internal("embedding sizes do not match"));
+        }
+        Ok(reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let v = &image[i * d..(i + 1) * d];
+                let logits: Vec<f32> = r
+                    .hypotheses
+                    .iter()
+                    .map(|h| {
+                        let t = &text[index[h.as_str()] * d..(index[h.as_str()] + 1) * d];
+                        v.iter().zip(t).map(|(a, b)| a * b).sum()
+                    })
+                    .collect();
+                let scores = Function::Softmax.apply(&logits);
+                let labels: Vec<serde_json::Value> = ranked(&scores, scores.len())
+                    .into_iter()
+                    .map(|k| serde_json::json!({"label": r.labels[k], "score": scores[k]}))
+                    .collect();
+                Ok(Response {
+                    json: serde_json::json!({ "labels": labels }).to_string(),
+                    tensors: Vec::new(),
+                })
+            })
+            .collect())
+    })
+}
+
+skill_sdk::export_skill!(ZeroShot);
