@@ -218,3 +218,83 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !c
 }
+
+/// CLIP zero-shot classification: the pipeline's labels and scores (and
+/// the logits behind them, through `function_to_apply`-free softmax) for
+/// every test image, in one batch and one at a time.
+fn clip(device: &str) {
+    let name = "tiny-clip";
+    let r = reference(name);
+    let z = &r["zero_shot"];
+    let labels = z["candidate_labels"].clone();
+    let mut run = runner(
+        "zero-shot-image-classification",
+        &fixture(name),
+        device,
+        Precision::F32,
+    );
+    let results = z["results"].as_array().expect("results");
+    let reqs: Vec<String> = results
+        .iter()
+        .map(|res| {
+            let f = res["file"].as_str().expect("file");
+            let image = b64(&fixture(&format!("images/{f}")));
+            serde_json::json!({"image": image, "candidate_labels": labels}).to_string()
+        })
+        .collect();
+    for bs in [1, reqs.len()] {
+        let mut answers = Vec::new();
+        for chunk in reqs.chunks(bs) {
+            answers.extend(run.handle(chunk));
+        }
+        for (res, got) in results.iter().zip(answers) {
+            let f = res["file"].as_str().unwrap();
+            let got = got.unwrap_or_else(|e| panic!("{name} {f}: {e}"));
+            let (g, w) = (
+                got.json["labels"].as_array().unwrap(),
+                res["scores"].as_array().unwrap(),
+            );
+            assert_eq!(g.len(), w.len());
+            assert_eq!(
+                g[0]["label"], w[0]["label"],
+                "{name} {device} {f}: {g:?} vs {w:?}"
+            );
+            let tol = if f.ends_with(".jpg") || !exact(f) {
+                5e-3
+            } else {
+                1e-4
+            };
+            for b in w {
+                let a = g
+                    .iter()
+                    .find(|a| a["label"] == b["label"])
+                    .expect("label answered");
+                let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= tol,
+                    "{name} {device} bs{bs} {f}: {a} vs {b}"
+                );
+            }
+        }
+    }
+    // A template without a slot and a bad label list are answered or refused clearly.
+    let image = b64(&fixture("images/gradient_64x48.png"));
+    let bad = serde_json::json!({"image": image, "candidate_labels": []}).to_string();
+    let e = run
+        .handle(&[bad])
+        .remove(0)
+        .err()
+        .expect("empty labels fail")
+        .to_string();
+    assert!(e.contains("non-empty list"), "{e}");
+    eprintln!("{name} {device}: {} images ok", results.len());
+}
+
+#[test]
+fn clip_zero_shot_matches_transformers() {
+    for device in ["cpu", "openvino", "cuda"] {
+        if available(device) {
+            clip(device);
+        }
+    }
+}
