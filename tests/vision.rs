@@ -5,9 +5,9 @@
 //! within 1e-4 of the model's on the slow (Pillow) processor's
 //! `pixel_values` for the losslessly decoded formats (the decode, Pillow's
 //! resize and the model are exact), within 5e-2 for JPEG (libjpeg-turbo's
-//! IDCT and upsampling differ from ours by a few levels) and where Pillow
-//! 13 changed its pass order (see [`exact`]); the pipeline's top-k labels
-//! identical and scores within 2e-3 (5e-3 for JPEG); on every device.
+//! IDCT and upsampling differ from ours by a few levels); the pipeline's
+//! top-k labels identical and scores within 2e-3 (5e-3 for JPEG); on every
+//! device.
 
 mod common;
 
@@ -20,13 +20,10 @@ fn b64(path: &std::path::Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("image"))
 }
 
-/// Images whose pixel_values we reproduce exactly: lossless formats resized
-/// in Pillow's historical order (horizontal pass first). JPEG decoders
-/// differ by a few levels; Pillow 13 (python-pillow/Pillow#9549) runs the
-/// vertical pass first when the height shrinks much more than the width,
-/// which moves some pixels by one level (alpha_45x60: 45x60 -> 32x32).
+/// Images whose pixel_values we reproduce exactly: the losslessly stored
+/// ones (JPEG decoders differ from libjpeg-turbo by a few levels).
 fn exact(file: &str) -> bool {
-    !file.ends_with(".jpg") && file != "alpha_45x60.png"
+    !file.ends_with(".jpg")
 }
 
 fn reference(name: &str) -> Value {

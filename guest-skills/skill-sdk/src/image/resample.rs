@@ -172,7 +172,10 @@ fn pass(taps: &[Taps], get: impl Fn(usize, usize) -> u8) -> Vec<[u8; 3]> {
         .collect()
 }
 
-/// Resizes like Pillow's `Image.resize((width, height), filter)`.
+/// Resizes like Pillow's `Image.resize((width, height), filter)`. Pillow 13
+/// runs the vertical pass first when the height shrinks by more than twice
+/// as many pixels as the width (python-pillow/Pillow#9549), else the
+/// horizontal one; the order changes the rounding between the passes.
 pub fn resize(img: &Rgb, width: usize, height: usize, filter: Filter) -> Rgb {
     if width == img.width && height == img.height {
         return img.clone();
@@ -180,6 +183,38 @@ pub fn resize(img: &Rgb, width: usize, height: usize, filter: Filter) -> Rgb {
     if filter == Filter::Nearest {
         return nearest(img, width, height);
     }
+    let (dw, dh) = (
+        img.width as i64 - width as i64,
+        img.height as i64 - height as i64,
+    );
+    if dh > 0 && dh > 2 * dw {
+        // Vertical first = horizontal first on the transposed image.
+        let t = transpose(img);
+        return transpose(&horizontal_first(&t, height, width, filter));
+    }
+    horizontal_first(img, width, height, filter)
+}
+
+/// The image with its axes swapped.
+fn transpose(img: &Rgb) -> Rgb {
+    let (w, h) = (img.width, img.height);
+    let mut data = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            let (src, dst) = ((y * w + x) * 3, (x * h + y) * 3);
+            data[dst..dst + 3].copy_from_slice(&img.data[src..src + 3]);
+        }
+    }
+    Rgb {
+        width: h,
+        height: w,
+        data,
+    }
+}
+
+/// Pillow's two passes, horizontal first (over the rows the vertical pass
+/// reads), then vertical.
+fn horizontal_first(img: &Rgb, width: usize, height: usize, filter: Filter) -> Rgb {
     let (w0, h0) = (img.width, img.height);
     let vert = coefficients(h0, height, filter);
     // The horizontal pass covers only the rows the vertical one reads.
