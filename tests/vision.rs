@@ -277,12 +277,10 @@ fn clip(device: &str) {
     // A template without a slot and a bad label list are answered or refused clearly.
     let image = b64(&fixture("images/gradient_64x48.png"));
     let bad = serde_json::json!({"image": image, "candidate_labels": []}).to_string();
-    let e = run
-        .handle(&[bad])
-        .remove(0)
-        .err()
-        .expect("empty labels fail")
-        .to_string();
+    let e = match run.handle(&[bad]).remove(0) {
+        Ok(_) => panic!("empty labels must fail"),
+        Err(e) => e.to_string(),
+    };
     assert!(e.contains("non-empty list"), "{e}");
     eprintln!("{name} {device}: {} images ok", results.len());
 }
