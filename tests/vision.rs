@@ -293,3 +293,76 @@ fn clip_zero_shot_matches_transformers() {
         }
     }
 }
+
+/// CLIP's text and image features (`get_text_features` /
+/// `get_image_features`), mixed in one batch: fp32 cosine >= 0.99999 and
+/// max-abs <= 1e-4 (JPEG: cosine >= 0.999).
+#[test]
+fn clip_embeddings_match_transformers() {
+    let name = "tiny-clip";
+    let r = reference(name);
+    let vecs = |k: &str| -> Vec<Vec<f32>> {
+        (r[k].as_array().expect(k).iter())
+            .map(|v| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
+    };
+    let (text_want, image_want) = (vecs("text_embeds"), vecs("image_embeds"));
+    let texts: Vec<&str> = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let images: Vec<&str> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for device in ["cpu", "openvino", "cuda"] {
+        if !available(device) {
+            continue;
+        }
+        let mut run = runner(
+            "multimodal-embedding",
+            &fixture(name),
+            device,
+            Precision::F32,
+        );
+        let mut reqs: Vec<String> = texts
+            .iter()
+            .map(|t| serde_json::json!({"text": t}).to_string())
+            .collect();
+        reqs.extend(images.iter().map(|f| {
+            serde_json::json!({"image": b64(&fixture(&format!("images/{f}")))}).to_string()
+        }));
+        let answers = run.handle(&reqs);
+        let want = text_want.iter().chain(&image_want);
+        let names = texts.iter().chain(&images);
+        for ((got, want), what) in answers.into_iter().zip(want).zip(names) {
+            let got = got.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let v = got
+                .tensor("embedding")
+                .unwrap()
+                .to_f32("embedding")
+                .unwrap();
+            let (cos, max) = compare(&v, want);
+            let ok = match what.ends_with(".jpg") {
+                true => cos >= 0.999,
+                false => cos >= 0.99999 && max <= 1e-4,
+            };
+            assert!(ok, "{name} {device} {what}: cosine {cos}, max-abs {max}");
+        }
+        eprintln!(
+            "{name} {device}: {} texts and {} images ok",
+            texts.len(),
+            images.len()
+        );
+    }
+}

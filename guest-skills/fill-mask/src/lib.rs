@@ -91,8 +91,9 @@ impl Guest for FillMask {
             }
         };
         let graph = eg.g.compile(&[("probs", probs)])?;
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(Loaded {
+        skill_sdk::state::set(
+            &STATE,
+            Loaded {
                 tokenizer,
                 plain,
                 encoder: e,
@@ -101,8 +102,8 @@ impl Guest for FillMask {
                 mask_token,
                 pad_id,
                 vocab,
-            })
-        });
+            },
+        );
         Ok(())
     }
 
@@ -135,11 +136,7 @@ fn parse_request(req: Request) -> Result<FillRequest, Error> {
 }
 
 fn fill(reqs: Vec<FillRequest>) -> Result<Vec<Result<Response, Error>>, Error> {
-    STATE.with(|s| {
-        let state = s.borrow();
-        let l = state
-            .as_ref()
-            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+    skill_sdk::state::with(&STATE, |l| {
         let texts: Vec<String> = reqs.iter().map(|r| r.text.clone()).collect();
         let enc = l.tokenizer.encode_batch(&texts)?;
         let ids = tokens::i64s(&enc.input_ids)?;

@@ -73,14 +73,15 @@ impl Guest for ImageClassification {
         let labels = config.labels(n)?;
         let default_function = Function::default_for(&config, labels.len())?;
         let graph = e.g.compile(&[("logits", logits)])?;
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(Loaded {
+        skill_sdk::state::set(
+            &STATE,
+            Loaded {
                 pre,
                 graph,
                 labels,
                 default_function,
-            })
-        });
+            },
+        );
         Ok(())
     }
 
@@ -106,11 +107,7 @@ fn parse_request(req: Request) -> Result<ImageRequest, Error> {
 }
 
 fn classify(reqs: Vec<ImageRequest>) -> Result<Vec<Result<Response, Error>>, Error> {
-    STATE.with(|s| {
-        let state = s.borrow();
-        let l = state
-            .as_ref()
-            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+    skill_sdk::state::with(&STATE, |l| {
         let images: Vec<img::Rgb> = reqs.iter().map(|r| r.image.clone()).collect();
         let pixels = l.pre.batch(&images)?;
         let inputs = vec![NamedTensor {

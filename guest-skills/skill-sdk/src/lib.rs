@@ -32,6 +32,7 @@ pub mod image;
 pub mod requests;
 pub mod scores;
 pub mod special_tokens;
+pub mod state;
 pub mod tensors;
 pub mod vision;
 

@@ -82,15 +82,16 @@ impl Guest for TextClassification {
         let labels = config.labels(encoder.out_width(&e.g, out)?)?;
         let default_function = Function::default_for(&config, labels.len())?;
         let graph = e.g.compile(&[("logits", logits)])?;
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(Loaded {
+        skill_sdk::state::set(
+            &STATE,
+            Loaded {
                 tokenizer,
                 encoder,
                 graph,
                 labels,
                 default_function,
-            })
-        });
+            },
+        );
         Ok(())
     }
 
@@ -117,11 +118,7 @@ fn parse_request(req: Request) -> Result<ClassifyRequest, Error> {
 }
 
 fn classify(reqs: Vec<ClassifyRequest>) -> Result<Vec<Result<Response, Error>>, Error> {
-    STATE.with(|s| {
-        let state = s.borrow();
-        let l = state
-            .as_ref()
-            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+    skill_sdk::state::with(&STATE, |l| {
         // Single texts and pairs are encoded (and run) apart.
         let (pairs, singles): (Vec<usize>, Vec<usize>) =
             (0..reqs.len()).partition(|&i| reqs[i].pair.is_some());

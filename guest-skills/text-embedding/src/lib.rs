@@ -79,14 +79,15 @@ impl Guest for TextEmbedding {
             false => pooled,
         };
         let graph = e.g.compile(&[("embedding", out)])?;
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(Loaded {
+        skill_sdk::state::set(
+            &STATE,
+            Loaded {
                 tokenizer,
                 strip: st.present,
                 encoder,
                 graph,
-            })
-        });
+            },
+        );
         Ok(())
     }
 
@@ -104,11 +105,7 @@ fn parse_request(req: Request) -> Result<String, Error> {
 }
 
 fn embed(texts: Vec<String>) -> Result<Vec<Result<Response, Error>>, Error> {
-    STATE.with(|s| {
-        let state = s.borrow();
-        let loaded = state
-            .as_ref()
-            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+    skill_sdk::state::with(&STATE, |loaded| {
         let texts: Vec<String> = match loaded.strip {
             true => texts.iter().map(|t| t.trim().to_string()).collect(),
             false => texts,

@@ -84,16 +84,17 @@ impl Guest for TokenClassification {
             .is_some_and(|p| !p.is_empty());
         let unk_id = special_tokens::find(&tokenizer, "unk_token", &["[UNK]", "<unk>"])?
             .map(|(_, id)| id as i64);
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(Loaded {
+        skill_sdk::state::set(
+            &STATE,
+            Loaded {
                 tokenizer,
                 encoder,
                 graph,
                 labels,
                 word_aware,
                 unk_id,
-            })
-        });
+            },
+        );
         Ok(())
     }
 
@@ -122,11 +123,7 @@ fn parse_request(req: Request) -> Result<NerRequest, Error> {
 }
 
 fn classify(reqs: Vec<NerRequest>) -> Result<Vec<Result<Response, Error>>, Error> {
-    STATE.with(|s| {
-        let state = s.borrow();
-        let l = state
-            .as_ref()
-            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+    skill_sdk::state::with(&STATE, |l| {
         let texts: Vec<String> = reqs.iter().map(|r| r.text.clone()).collect();
         let enc = l.tokenizer.encode_batch(&texts)?;
         let ids = i64_values(&enc.input_ids)?;

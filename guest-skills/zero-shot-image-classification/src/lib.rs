@@ -20,9 +20,9 @@ use skill_sdk::image::{self as img, Preprocess};
 use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::scores::{ranked, Function};
-use skill_sdk::tensors::{f32_values, i64_tensor, i64_values, take};
+use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
-use skill_sdk::vision::clip::Clip;
+use skill_sdk::vision::clip::{Clip, Output};
 use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo};
 
 const DEFAULT_TEMPLATE: &str = "This is a photo of {}.";
@@ -32,7 +32,7 @@ struct Loaded {
     tokenizer: Tokenizer,
     image: CompiledGraph,
     text: CompiledGraph,
-    eos: Option<i64>,
+    clip: Clip,
 }
 
 thread_local! {
@@ -67,31 +67,27 @@ impl Guest for ZeroShot {
         let size = pre.output_size().ok_or_else(|| {
             Error::Unsupported("CLIP needs a fixed image size (a center crop)".into())
         })?;
-        let max_len = config
-            .value
-            .get("text_config")
-            .and_then(|t| t.get("max_position_embeddings"))
-            .and_then(|m| m.as_u64())
-            .unwrap_or(77);
+        let max_len = Clip::max_text_tokens(&config);
         let tokenizer = Tokenizer::open(TokenizerOptions {
             max_length: Some(max_len as u32),
             add_special_tokens: true,
             pad_to_multiple_of: None,
             with_offsets: false,
         })?;
-        let (g, out) = clip.image_graph(size)?;
+        let (g, out) = clip.image_graph(size, Output::Logits)?;
         let image = g.compile(&[("image_embeds", out)])?;
-        let (g, out) = clip.text_graph()?;
+        let (g, out) = clip.text_graph(Output::Logits)?;
         let text = g.compile(&[("text_embeds", out)])?;
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(Loaded {
+        skill_sdk::state::set(
+            &STATE,
+            Loaded {
                 pre,
                 tokenizer,
                 image,
                 text,
-                eos: clip.eos,
-            })
-        });
+                clip,
+            },
+        );
         Ok(())
     }
 
@@ -116,30 +112,8 @@ fn parse_request(req: Request) -> Result<ZeroShotRequest, Error> {
     })
 }
 
-/// Flat indices (into batch x sequence) of each row's end-of-text token:
-/// the first `eos`, or the largest id (transformers' legacy rule).
-fn pool_rows(ids: &[i64], seq: usize, eos: Option<i64>) -> Vec<i64> {
-    ids.chunks(seq.max(1))
-        .enumerate()
-        .map(|(r, row)| {
-            let at = match eos {
-                Some(e) => row.iter().position(|&t| t == e).unwrap_or(0),
-                None => {
-                    let max = row.iter().copied().max().unwrap_or(0);
-                    row.iter().position(|&t| t == max).unwrap_or(0)
-                }
-            };
-            (r * seq + at) as i64
-        })
-        .collect()
-}
-
 fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, Error> {
-    STATE.with(|s| {
-        let state = s.borrow();
-        let l = state
-            .as_ref()
-            .ok_or_else(|| skill_sdk::internal("handle called before load"))?;
+    skill_sdk::state::with(&STATE, |l| {
         // Image embeddings [n, d].
         let images: Vec<img::Rgb> = reqs.iter().map(|r| r.image.clone()).collect();
         let pixels = NamedTensor {
@@ -157,28 +131,7 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
             }
         }
         let enc = l.tokenizer.encode_batch(&texts)?;
-        let seq = enc.input_ids.shape.get(1).copied().unwrap_or(0);
-        let ids = i64_values(&enc.input_ids)?;
-        let rows = pool_rows(&ids, seq as usize, l.eos);
-        let positions: Vec<i64> = (0..seq as i64).collect();
-        let inputs = vec![
-            NamedTensor {
-                name: "input_ids".into(),
-                value: enc.input_ids.clone(),
-            },
-            NamedTensor {
-                name: "attention_mask".into(),
-                value: enc.attention_mask.clone(),
-            },
-            NamedTensor {
-                name: "pool_rows".into(),
-                value: i64_tensor(vec![rows.len() as u64], &rows),
-            },
-            NamedTensor {
-                name: "position_ids".into(),
-                value: i64_tensor(vec![1, seq], &positions),
-            },
-        ];
+        let inputs = l.clip.text_inputs(&enc)?;
         let text = f32_values(&take(l.text.run(&inputs)?, "text_embeds")?)?;
         let d = image.len() / reqs.len().max(1);
         if d == 0 || text.len() != texts.len() * d {

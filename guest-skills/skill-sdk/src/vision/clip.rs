@@ -2,12 +2,13 @@
 //! layers and one after pooling) and a causal text tower pooled at the
 //! end-of-text token, each projected into a shared space.
 //!
-//! Image graph: `pixel_values` [batch, 3, h, w] -> `image_embeds` [batch,
-//! projection] (L2-normalised). Text graph: `input_ids`, `attention_mask`
-//! [batch, sequence], `pool_rows` [batch] (flat index of each row's
-//! end-of-text token into batch x sequence) -> `text_embeds` [batch,
-//! projection] (L2-normalised, times exp(`logit_scale`), so that a dot
-//! product with an image embedding is transformers' `logits_per_image`).
+//! Image graph: `pixel_values` [batch, 3, h, w] -> image embeddings [batch,
+//! projection]. Text graph: `input_ids`, `attention_mask`, `position_ids`,
+//! `pool_rows` [batch] (flat index of each row's end-of-text token into
+//! batch x sequence; [`Clip::pool_rows`]) -> text embeddings [batch,
+//! projection]. Either as transformers' `get_*_features` return them, or
+//! ([`Output::Logits`]) L2-normalised with the text side times
+//! exp(`logit_scale`), so that a dot product is `logits_per_image`.
 
 use crate::config::Json;
 use crate::graph::{Node, UnaryOp};
@@ -56,6 +57,17 @@ impl Tower {
             act,
         })
     }
+}
+
+/// What a tower's graph returns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Output {
+    /// The projection as transformers' `get_image_features` /
+    /// `get_text_features` return it.
+    Features,
+    /// L2-normalised (the text side times exp(`logit_scale`)), so that a
+    /// dot product is a logit.
+    Logits,
 }
 
 /// A CLIP model's two towers.
@@ -133,7 +145,11 @@ impl Clip {
     }
 
     /// The image graph for images of (height, width).
-    pub fn image_graph(&self, (height, width): (usize, usize)) -> Result<(Graph, Node), Error> {
+    pub fn image_graph(
+        &self,
+        (height, width): (usize, usize),
+        output: Output,
+    ) -> Result<(Graph, Node), Error> {
         let t = &self.vision;
         let p = self.patch as i64;
         let (h, w) = (height as i64, width as i64);
@@ -185,12 +201,15 @@ impl Clip {
         let first = g.b.squeeze(g.b.slice(x, 1, 0, 1)?, 1)?;
         let pooled = g.layer_norm(first, "vision_model.post_layernorm", t.eps)?;
         let embeds = g.linear(pooled, "visual_projection")?;
-        let out = g.b.l2_normalize(embeds, -1, 1e-12)?;
+        let out = match output {
+            Output::Features => embeds,
+            Output::Logits => g.b.l2_normalize(embeds, -1, 1e-12)?,
+        };
         Ok((g, out))
     }
 
     /// The text graph (see the module docs).
-    pub fn text_graph(&self) -> Result<(Graph, Node), Error> {
+    pub fn text_graph(&self, output: Output) -> Result<(Graph, Node), Error> {
         let t = &self.text;
         let g = Graph::new("clip-text");
         let bs = [
@@ -236,9 +255,65 @@ impl Clip {
         let flat = g.b.reshape(x, &[-1, t.hidden as i64])?;
         let pooled = g.b.gather(flat, rows, 0)?;
         let embeds = g.linear(pooled, "text_projection")?;
-        let unit = g.b.l2_normalize(embeds, -1, 1e-12)?;
-        let scale = g.unary(UnaryOp::Exp, g.weight("logit_scale")?)?;
-        let out = g.mul(unit, scale)?;
+        let out = match output {
+            Output::Features => embeds,
+            Output::Logits => {
+                let unit = g.b.l2_normalize(embeds, -1, 1e-12)?;
+                let scale = g.unary(UnaryOp::Exp, g.weight("logit_scale")?)?;
+                g.mul(unit, scale)?
+            }
+        };
         Ok((g, out))
+    }
+}
+
+impl Clip {
+    /// Flat indices (into batch x sequence) of each row's end-of-text
+    /// token: the first `eos`, or the largest id (transformers' legacy rule).
+    pub fn pool_rows(&self, ids: &[i64], seq: usize) -> Vec<i64> {
+        ids.chunks(seq.max(1))
+            .enumerate()
+            .map(|(r, row)| {
+                let at = match self.eos {
+                    Some(e) => row.iter().position(|&t| t == e).unwrap_or(0),
+                    None => {
+                        let max = row.iter().copied().max().unwrap_or(0);
+                        row.iter().position(|&t| t == max).unwrap_or(0)
+                    }
+                };
+                (r * seq + at) as i64
+            })
+            .collect()
+    }
+
+    /// The text graph's inputs for a tokenized batch.
+    pub fn text_inputs(
+        &self,
+        enc: &crate::tokenizer::EncodedBatch,
+    ) -> Result<Vec<crate::NamedTensor>, Error> {
+        use crate::tensors::{i64_tensor, i64_values};
+        let seq = enc.input_ids.shape.get(1).copied().unwrap_or(0);
+        let rows = self.pool_rows(&i64_values(&enc.input_ids)?, seq as usize);
+        let positions: Vec<i64> = (0..seq as i64).collect();
+        let named = |name: &str, value| crate::NamedTensor {
+            name: name.into(),
+            value,
+        };
+        Ok(vec![
+            named("input_ids", enc.input_ids.clone()),
+            named("attention_mask", enc.attention_mask.clone()),
+            named("pool_rows", i64_tensor(vec![rows.len() as u64], &rows)),
+            named("position_ids", i64_tensor(vec![1, seq], &positions)),
+        ])
+    }
+
+    /// The text length limit (`max_position_embeddings` of the text tower).
+    pub fn max_text_tokens(config: &Json) -> u64 {
+        config
+            .value
+            .get("text_config")
+            .and_then(|t| t.get("max_position_embeddings"))
+            .and_then(|m| m.as_u64())
+            .unwrap_or(77)
     }
 }
