@@ -124,7 +124,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     max_concurrent_requests: usize,
     /// Largest request body in bytes; larger gets HTTP 413.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = 32 << 20)]
     max_body_bytes: usize,
     /// Endpoint used when a request names none.
     #[arg(long)]

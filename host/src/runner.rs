@@ -20,8 +20,8 @@ pub type EarlyAnswer = Arc<dyn Fn(usize, Result<Output, RequestError>) + Send + 
 /// for answering it through [`EarlyAnswer`], request, stream sender).
 pub type JoinQueue = Box<dyn FnMut(usize) -> Vec<(usize, String, Option<StreamSender>)> + Send>;
 
-/// Largest request accepted, in bytes of JSON.
-pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// Largest request accepted, in bytes of JSON (room for a base64 photo).
+pub const MAX_REQUEST_BYTES: usize = 32 << 20;
 
 /// One request's failure, with a stable kind for clients.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
