@@ -2,7 +2,7 @@
 
 Usage: python3 scripts/fidelity_report.py [--out-prefix results/fidelity]
 
-It runs the `fidelity` and `generation` tests with HOST_FIDELITY_OUT
+It runs the `fidelity`, `encoders` and `generation` tests with HOST_FIDELITY_OUT
 pointing at a temporary file (each passing comparison appends one JSON line:
 embeddings: case, texts, worst cosine, worst max-abs, thresholds;
 generation: case, prompts, token-identical), then writes
@@ -38,7 +38,8 @@ def main() -> int:
         path = tmp.name
     env = dict(os.environ, HOST_FIDELITY_OUT=path)
     proc = subprocess.run(
-        ["cargo", "test", "--release", "-p", "host", "--test", "fidelity", "--test", "generation", "--", "--test-threads=1"],
+        ["cargo", "test", "--release", "-p", "host", "--test", "fidelity", "--test", "encoders",
+         "--test", "generation", "--", "--test-threads=1"],
         env=env,
     )
     with open(path) as f:
@@ -50,7 +51,7 @@ def main() -> int:
     report = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform()},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "reference": "sentence-transformers embeddings (tests/fixtures/*/reference.json)",
+        "reference": "sentence-transformers / transformers embeddings (tests/fixtures/*/reference.json)",
         "cases": rows,
     }
     with open(args.out_prefix + ".json", "w") as f:
