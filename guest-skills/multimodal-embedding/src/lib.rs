@@ -10,22 +10,11 @@
 
 use std::cell::RefCell;
 
-use skill_sdk::config::Json;
-use skill_sdk::image::{self as img, Preprocess};
+use skill_sdk::image as img;
 use skill_sdk::requests::Request;
-use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::tensors::{split_rows, take};
-use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
-use skill_sdk::vision::clip::{Clip, Output};
+use skill_sdk::vision::clip::{Loaded, Output};
 use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo, Tensor};
-
-struct Loaded {
-    pre: Preprocess,
-    tokenizer: Tokenizer,
-    image: CompiledGraph,
-    text: CompiledGraph,
-    clip: Clip,
-}
 
 thread_local! {
     static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
@@ -51,32 +40,7 @@ impl Guest for MultimodalEmbedding {
     }
 
     fn load() -> Result<(), Error> {
-        let config = Json::config()?;
-        let clip = Clip::load(&config)?;
-        let pre = Preprocess::read()?;
-        let size = pre.output_size().ok_or_else(|| {
-            Error::Unsupported("CLIP needs a fixed image size (a center crop)".into())
-        })?;
-        let tokenizer = Tokenizer::open(TokenizerOptions {
-            max_length: Some(Clip::max_text_tokens(&config) as u32),
-            add_special_tokens: true,
-            pad_to_multiple_of: None,
-            with_offsets: false,
-        })?;
-        let (g, out) = clip.image_graph(size, Output::Features)?;
-        let image = g.compile(&[("embedding", out)])?;
-        let (g, out) = clip.text_graph(Output::Features)?;
-        let text = g.compile(&[("embedding", out)])?;
-        skill_sdk::state::set(
-            &STATE,
-            Loaded {
-                pre,
-                tokenizer,
-                image,
-                text,
-                clip,
-            },
-        );
+        skill_sdk::state::set(&STATE, Loaded::open(Output::Features, "embedding")?);
         Ok(())
     }
 

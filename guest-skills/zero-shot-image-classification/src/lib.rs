@@ -15,25 +15,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use skill_sdk::config::Json;
-use skill_sdk::image::{self as img, Preprocess};
+use skill_sdk::image as img;
 use skill_sdk::requests::Request;
-use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::scores::{ranked, Function};
 use skill_sdk::tensors::{f32_values, take};
-use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
-use skill_sdk::vision::clip::{Clip, Output};
+use skill_sdk::vision::clip::{Loaded, Output};
 use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo};
 
 const DEFAULT_TEMPLATE: &str = "This is a photo of {}.";
-
-struct Loaded {
-    pre: Preprocess,
-    tokenizer: Tokenizer,
-    image: CompiledGraph,
-    text: CompiledGraph,
-    clip: Clip,
-}
 
 thread_local! {
     static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
@@ -61,33 +50,7 @@ impl Guest for ZeroShot {
     }
 
     fn load() -> Result<(), Error> {
-        let config = Json::config()?;
-        let clip = Clip::load(&config)?;
-        let pre = Preprocess::read()?;
-        let size = pre.output_size().ok_or_else(|| {
-            Error::Unsupported("CLIP needs a fixed image size (a center crop)".into())
-        })?;
-        let max_len = Clip::max_text_tokens(&config);
-        let tokenizer = Tokenizer::open(TokenizerOptions {
-            max_length: Some(max_len as u32),
-            add_special_tokens: true,
-            pad_to_multiple_of: None,
-            with_offsets: false,
-        })?;
-        let (g, out) = clip.image_graph(size, Output::Logits)?;
-        let image = g.compile(&[("image_embeds", out)])?;
-        let (g, out) = clip.text_graph(Output::Logits)?;
-        let text = g.compile(&[("text_embeds", out)])?;
-        skill_sdk::state::set(
-            &STATE,
-            Loaded {
-                pre,
-                tokenizer,
-                image,
-                text,
-                clip,
-            },
-        );
+        skill_sdk::state::set(&STATE, Loaded::open(Output::Logits, "embeds")?);
         Ok(())
     }
 
@@ -120,7 +83,7 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
             name: "pixel_values".into(),
             value: l.pre.batch(&images)?,
         };
-        let image = f32_values(&take(l.image.run(&[pixels])?, "image_embeds")?)?;
+        let image = f32_values(&take(l.image.run(&[pixels])?, "embeds")?)?;
         // Every distinct hypothesis once.
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut texts: Vec<String> = Vec::new();
@@ -132,7 +95,7 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
         }
         let enc = l.tokenizer.encode_batch(&texts)?;
         let inputs = l.clip.text_inputs(&enc)?;
-        let text = f32_values(&take(l.text.run(&inputs)?, "text_embeds")?)?;
+        let text = f32_values(&take(l.text.run(&inputs)?, "embeds")?)?;
         let d = image.len() / reqs.len().max(1);
         if d == 0 || text.len() != texts.len() * d {
             return Err(skill_sdk::internal("embedding sizes do not match"));

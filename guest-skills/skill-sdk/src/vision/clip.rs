@@ -317,3 +317,46 @@ impl Clip {
             .unwrap_or(77)
     }
 }
+
+/// Everything a CLIP skill loads: the towers' graphs compiled for `output`,
+/// the image preprocessing and the tokenizer (truncating at the text
+/// tower's positions).
+#[cfg(feature = "image")]
+pub struct Loaded {
+    pub clip: Clip,
+    pub pre: crate::image::Preprocess,
+    pub tokenizer: crate::tokenizer::Tokenizer,
+    pub image: crate::runtime::CompiledGraph,
+    pub text: crate::runtime::CompiledGraph,
+}
+
+#[cfg(feature = "image")]
+impl Loaded {
+    /// Reads the model's config and preprocessor, opens its tokenizer and
+    /// compiles both towers; their outputs are named `name`.
+    pub fn open(output: Output, name: &str) -> Result<Loaded, Error> {
+        let config = Json::config()?;
+        let clip = Clip::load(&config)?;
+        let pre = crate::image::Preprocess::read()?;
+        let size = pre.output_size().ok_or_else(|| {
+            Error::Unsupported("CLIP needs a fixed image size (a center crop)".into())
+        })?;
+        let tokenizer = crate::tokenizer::Tokenizer::open(crate::tokenizer::TokenizerOptions {
+            max_length: Some(Clip::max_text_tokens(&config) as u32),
+            add_special_tokens: true,
+            pad_to_multiple_of: None,
+            with_offsets: false,
+        })?;
+        let (g, out) = clip.image_graph(size, output)?;
+        let image = g.compile(&[(name, out)])?;
+        let (g, out) = clip.text_graph(output)?;
+        let text = g.compile(&[(name, out)])?;
+        Ok(Loaded {
+            clip,
+            pre,
+            tokenizer,
+            image,
+            text,
+        })
+    }
+}
