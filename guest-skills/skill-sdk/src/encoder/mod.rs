@@ -16,6 +16,7 @@
 //! (DeBERTa-v2).
 
 pub mod disentangled;
+mod families;
 pub mod heads;
 mod inputs;
 pub mod longformer;
