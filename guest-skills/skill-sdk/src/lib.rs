@@ -26,11 +26,14 @@ pub mod bindings {
 
 pub mod config;
 pub mod encoder;
+#[cfg(feature = "generation")]
+pub mod generation;
 pub mod graph_ext;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod requests;
 pub mod scores;
+pub mod seq2seq;
 pub mod special_tokens;
 pub mod state;
 pub mod tensors;

@@ -82,3 +82,12 @@ pub fn f32_values(t: &Tensor) -> Result<Vec<f32>, Error> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
 }
+
+/// A boolean tensor (one byte per element).
+pub fn bool_tensor(shape: Vec<u64>, values: &[bool]) -> Tensor {
+    Tensor {
+        dtype: Dtype::Boolean,
+        shape,
+        data: values.iter().map(|&v| v as u8).collect(),
+    }
+}

@@ -20,8 +20,8 @@ use skill_sdk::{Error, NamedTensor, Response, Tensor};
 
 use crate::decoder::{self, Cache, Variant};
 use crate::respond::{self, Timings};
-use crate::sample::Sampler;
 use crate::{cache_slots, f32s, i64s, parse, stop_hit, Loaded, Request};
+use skill_sdk::generation::sample::Sampler;
 
 /// Steps after which a batch takes no more queued requests (a `handle`
 /// call's CPU time is bounded; the queue's requests then start a batch).

@@ -20,7 +20,6 @@ mod generate;
 mod positions;
 mod resize;
 mod respond;
-mod sample;
 
 use std::cell::RefCell;
 
@@ -30,7 +29,7 @@ use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Error, Guest, Response, SkillInfo, Tensor};
 
 use decoder::{Arch, Cache, ModelInfo, Variant};
-use sample::Sampling;
+use skill_sdk::generation::sample::Sampling;
 
 /// Largest `max_new_tokens` a request may ask for.
 const MAX_NEW_TOKENS: u64 = 4096;

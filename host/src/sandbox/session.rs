@@ -92,7 +92,17 @@ impl HostState {
             let Op::State { name } = &node.op else {
                 continue;
             };
-            if let Some(d) = session.device.remove(name) {
+            // A state the graph reads but does not update stays in the
+            // session as it is (read-only for this graph: cross-attention
+            // keys and values written once by an encoder graph). Device
+            // tensors are shared, host tensors copied into the run.
+            let read_only = !graph.states.iter().any(|(n, _)| n == name);
+            let on_device = if read_only {
+                session.device.get(name).cloned()
+            } else {
+                session.device.remove(name)
+            };
+            if let Some(d) = on_device {
                 if !resident_mode {
                     session.clear();
                     return Ok(Err(WitError::InvalidRequest(format!(
@@ -103,7 +113,12 @@ impl HostState {
                 resident.push((state_input_name(name), d));
                 continue;
             }
-            let t = match session.states.remove(name) {
+            let held = if read_only {
+                session.states.get(name).cloned()
+            } else {
+                session.states.remove(name)
+            };
+            let t = match held {
                 Some(t) => t,
                 None => {
                     // Empty state: axes no input binds are 0.

@@ -37,6 +37,21 @@ impl Buckets {
         ret
     }
 
+    /// The bucket of key position minus query position in a causal
+    /// (decoder) attention: keys after the query share bucket 0, and all
+    /// `count` buckets cover distances into the past (T5's unidirectional
+    /// buckets).
+    pub fn causal_bucket(&self, relative: i64) -> i64 {
+        let n = (-relative).max(0);
+        let exact = self.count / 2;
+        if n < exact {
+            return n;
+        }
+        let scale = ((self.max_distance as f64) / (exact as f64)).ln() as f32;
+        let log = (n as f32 / exact as f32).ln() / scale * (self.count - exact) as f32;
+        (exact + log as i64).min(self.count - 1)
+    }
+
     /// Buckets [seq, seq] of every (query, key) pair, row-major.
     pub fn table(&self, seq: usize) -> Vec<i64> {
         let mut v = Vec::with_capacity(seq * seq);

@@ -1,0 +1,545 @@
+//! One data-driven builder for encoder-decoder models (T5, mT5, BART,
+//! mBART, Pegasus, Blenderbot, Blenderbot-small), shared by the
+//! `text2text-generation` skill.
+//!
+//! [`spec`] describes each family; [`Seq2Seq`] reads a model's config
+//! against its spec and builds two graphs that share one session:
+//!
+//! - the **encode** graph runs once per batch: it encodes the inputs and
+//!   writes, for every decoder layer, the cross-attention keys and values
+//!   (`ck<i>`, `cv<i>` [rows, heads, source, head_dim]) and the source mask
+//!   (`cross_mask` [rows, 1, 1, source], boolean) as session state, one row
+//!   per decoder row (`rows` [rows] picks the encoder row of each: beams of
+//!   one request share an input). Decode steps read that state without
+//!   updating it, so it stays where it is (no per-step copy).
+//!   Inputs: `input_ids`, `attention_mask` [batch, source] (i64), `rows`,
+//!   `positions` [source] (table positions, offset included) or
+//!   `buckets` [source, source] (T5).
+//! - the **decode** graph ([`Step`]) takes one token per row (`input_ids`
+//!   [rows, 1]) and keeps the self-attention cache as state `sk<i>`/`sv<i>`,
+//!   growing ([rows, heads, past, head_dim]) or in fixed slots ([slots, rows,
+//!   heads, head_dim], written with `write-rows` at `cache_slot`, the filled
+//!   slots given by `cache_mask` [1, slots]). With `reorder`, `beam_idx`
+//!   [rows] first picks each row's cache from the row its beam came from.
+//!   Inputs besides: `position` [1] (table families, offset included) or
+//!   `buckets` [1, keys] (T5; keys: the cache's entries plus this step's). Outputs: the `top_k` best log-probabilities of the next
+//!   token per row, `top_values` (f32) and `top_indices` (i64) [rows, k],
+//!   largest first, and with `logits` the raw `logits` [rows, vocab].
+
+mod families;
+pub mod spec;
+
+use crate::config::Json;
+use crate::encoder::relative::{bias_mask, Buckets};
+use crate::encoder::MASKED;
+use crate::graph::{AttentionOptions, BinaryOp, CompareOp, Node, ReduceOp, UnaryOp};
+use crate::graph_ext::activation;
+use crate::runtime::CompiledGraph;
+use crate::{Dim, Dtype, Error, Graph};
+
+pub use families::{family, model_types, FAMILIES};
+use spec::{BlockNames, FamilySpec, NormKind, NormPlace, Positions};
+
+fn sym(s: &str) -> Dim {
+    Dim::Symbolic(s.into())
+}
+
+/// How the decoder's self-attention cache is kept between steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cache {
+    /// Appended each step (cpu, openvino).
+    Growing,
+    /// This many slots per row, every step the same shapes (cuda graphs).
+    Slots(u64),
+}
+
+/// One decode graph's options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Step {
+    pub cache: Cache,
+    /// Candidates returned per row.
+    pub top_k: u32,
+    /// Reorder the cache rows first (`beam_idx`).
+    pub reorder: bool,
+    /// Also return the raw logits.
+    pub logits: bool,
+}
+
+/// Dimensions read from config.json.
+#[derive(Clone, Debug)]
+pub struct Dims {
+    pub d_model: u64,
+    pub heads: u64,
+    pub head_dim: u64,
+    pub enc_layers: u64,
+    pub dec_layers: u64,
+    pub vocab: u64,
+    /// Rows of the position table (`None`: relative positions, no limit).
+    pub max_positions: Option<u64>,
+    pub eps: f32,
+}
+
+/// An encoder-decoder model: its family's spec resolved against its
+/// config and weights.
+pub struct Seq2Seq {
+    pub spec: &'static FamilySpec,
+    pub dims: Dims,
+    act: UnaryOp,
+    /// Gated feed-forward (`wi_0`, `wi_1`).
+    gated: bool,
+    embed: String,
+    embed_scale: Option<f64>,
+    /// T5 scales the decoder output by d_model^-0.5 before a tied head.
+    output_scale: Option<f64>,
+    buckets: Option<Buckets>,
+    has: std::collections::HashSet<String>,
+}
+
+impl Seq2Seq {
+    /// Reads config.json against the family of its `model_type`.
+    pub fn load(config: &Json) -> Result<Seq2Seq, Error> {
+        let model_type = config.str_or("model_type", "")?;
+        let spec = family(model_type).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "model_type `{model_type}` is not an encoder-decoder family served here (supported: {})",
+                model_types().join(", ")
+            ))
+        })?;
+        let k = &spec.keys;
+        let d_model = config.u64(k.d_model)?;
+        let heads = config.u64(k.heads)?;
+        let enc_layers = config.u64(k.enc_layers)?;
+        let dec_layers = config.u64_or(k.dec_layers, enc_layers)?;
+        if heads == 0 {
+            return Err(Error::Model("config.json: 0 attention heads".into()));
+        }
+        let head_dim = match k.head_dim {
+            Some(key) => config.u64(key)?,
+            None if d_model % heads == 0 => d_model / heads,
+            None => {
+                return Err(Error::Model(format!(
+                    "config.json: d_model {d_model} is not a multiple of {heads} heads"
+                )))
+            }
+        };
+        let max_positions = match k.max_positions {
+            Some(key) => Some(config.u64(key)?),
+            None => None,
+        };
+        let eps = match spec.eps {
+            Some(key) => config.f64_or(key, spec.eps_default)?,
+            None => spec.eps_default,
+        } as f32;
+        let act_name = config.str_or(spec.act, spec.act_default)?;
+        // T5's `feed_forward_proj`: `relu`, `gated-gelu` (gelu_new), ...
+        let (gated, act) = match act_name.strip_prefix("gated-") {
+            Some("gelu") => (true, UnaryOp::GeluTanh),
+            Some(other) => (true, activation(other)?),
+            None => (false, activation(act_name)?),
+        };
+        let has: std::collections::HashSet<String> = crate::model::weights()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        let embed = spec
+            .embed
+            .iter()
+            .find(|n| has.contains(**n))
+            .ok_or_else(|| {
+                Error::Model(format!("no token embeddings (looked for {:?})", spec.embed))
+            })?
+            .to_string();
+        let vocab = crate::model::weights()
+            .into_iter()
+            .find(|w| w.name == embed)
+            .and_then(|w| w.shape.first().copied())
+            .ok_or_else(|| Error::Model(format!("`{embed}` has no shape")))?;
+        let embed_scale = config
+            .bool_or("scale_embedding", spec.scale_embedding)?
+            .then_some((d_model as f64).sqrt());
+        let output_scale = match spec.scaled_output {
+            true => {
+                let scale = match config
+                    .value
+                    .get("scale_decoder_outputs")
+                    .and_then(|v| v.as_bool())
+                {
+                    Some(s) => s,
+                    None => config.bool_or("tie_word_embeddings", true)?,
+                };
+                scale.then_some((d_model as f64).powf(-0.5))
+            }
+            false => None,
+        };
+        let buckets = match spec.positions {
+            Positions::RelativeBuckets => Some(Buckets {
+                count: config.u64_or("relative_attention_num_buckets", 32)? as i64,
+                max_distance: config.u64_or("relative_attention_max_distance", 128)? as i64,
+            }),
+            Positions::Table { .. } => None,
+        };
+        Ok(Seq2Seq {
+            spec,
+            dims: Dims {
+                d_model,
+                heads,
+                head_dim,
+                enc_layers,
+                dec_layers,
+                vocab,
+                max_positions,
+                eps,
+            },
+            act,
+            gated,
+            embed,
+            embed_scale,
+            output_scale,
+            buckets,
+            has,
+        })
+    }
+
+    /// The relative position buckets (T5), if the family has them.
+    pub fn buckets(&self) -> Option<Buckets> {
+        self.buckets
+    }
+
+    /// Table positions start here (BART's offset of 2).
+    pub fn position_offset(&self) -> i64 {
+        match self.spec.positions {
+            Positions::Table { offset } => offset,
+            Positions::RelativeBuckets => 0,
+        }
+    }
+
+    fn stack(&self, decoder: bool) -> &'static str {
+        if decoder {
+            self.spec.decoder
+        } else {
+            self.spec.encoder
+        }
+    }
+
+    fn block(&self, decoder: bool, i: u64) -> String {
+        format!(
+            "{}.{}",
+            self.stack(decoder),
+            self.spec.block.replace("{i}", &i.to_string())
+        )
+    }
+
+    fn norm(&self, g: &Graph, x: Node, prefix: &str) -> Result<Node, Error> {
+        match self.spec.norm_kind {
+            NormKind::Layer => g.layer_norm(x, prefix, self.dims.eps),
+            NormKind::Rms => {
+                g.b.rms_norm(x, g.weight(&format!("{prefix}.weight"))?, self.dims.eps)
+            }
+        }
+    }
+
+    /// Token embeddings (scaled) plus table positions at `positions`.
+    fn embed(
+        &self,
+        g: &Graph,
+        ids: Node,
+        positions: Option<Node>,
+        decoder: bool,
+    ) -> Result<Node, Error> {
+        let mut x = g.b.embedding(g.weight(&self.embed)?, ids)?;
+        if let Some(s) = self.embed_scale {
+            x = g.mul(x, g.scalar(s, Dtype::F32)?)?;
+        }
+        let stack = self.stack(decoder);
+        let embed_norm = self
+            .spec
+            .embed_norm
+            .map(|n| format!("{stack}.{n}"))
+            .filter(|n| self.has.contains(&format!("{n}.weight")));
+        let first = decoder && self.spec.dec_embed_norm_first;
+        if let (Some(n), true) = (&embed_norm, first) {
+            x = self.norm(g, x, n)?;
+        }
+        if let Some(p) = positions {
+            let table = g.weight(&format!("{stack}.embed_positions.weight"))?;
+            x = g.add(x, g.b.embedding(table, p)?)?;
+        }
+        if let (Some(n), false) = (&embed_norm, first) {
+            x = self.norm(g, x, n)?;
+        }
+        Ok(x)
+    }
+
+    fn final_norm(&self, g: &Graph, x: Node, decoder: bool) -> Result<Node, Error> {
+        let n = format!("{}.{}", self.stack(decoder), self.spec.final_norm);
+        if self.has.contains(&format!("{n}.weight")) {
+            self.norm(g, x, &n)
+        } else {
+            Ok(x)
+        }
+    }
+
+    fn options(&self) -> AttentionOptions {
+        AttentionOptions {
+            causal: false,
+            scale: self.spec.unscaled_attention.then_some(1.0),
+        }
+    }
+
+    fn proj(&self, g: &Graph, x: Node, attn: &str, which: usize) -> Result<Node, Error> {
+        g.linear(x, &format!("{attn}.{}", self.spec.proj[which]))
+    }
+
+    fn heads(&self, g: &Graph, x: Node) -> Result<Node, Error> {
+        g.split_heads(x, self.dims.heads, self.dims.head_dim)
+    }
+
+    /// A residual sub-layer: pre- or post-norm around `f`.
+    fn sublayer(
+        &self,
+        g: &Graph,
+        x: Node,
+        norm: &str,
+        f: impl FnOnce(Node) -> Result<Node, Error>,
+    ) -> Result<Node, Error> {
+        match self.spec.norm {
+            NormPlace::Pre => {
+                let y = f(self.norm(g, x, norm)?)?;
+                g.add(x, y)
+            }
+            NormPlace::Post => {
+                let y = f(x)?;
+                self.norm(g, g.add(x, y)?, norm)
+            }
+        }
+    }
+
+    fn ffn(&self, g: &Graph, x: Node, p: &str, names: &BlockNames) -> Result<Node, Error> {
+        let h = if self.gated {
+            let a = g.linear(x, &format!("{p}.{}_0", names.ffn_in))?;
+            let b = g.linear(x, &format!("{p}.{}_1", names.ffn_in))?;
+            g.mul(g.unary(self.act, a)?, b)?
+        } else {
+            g.unary(self.act, g.linear(x, &format!("{p}.{}", names.ffn_in))?)?
+        };
+        g.linear(h, &format!("{p}.{}", names.ffn_out))
+    }
+
+    /// Builds and compiles the encode graph.
+    pub fn encode_graph(&self) -> Result<CompiledGraph, Error> {
+        let g = Graph::new(&format!("{}-encode", self.spec.model_types[0]));
+        let bs = [sym("batch"), sym("source")];
+        let ids = g.input("input_ids", Dtype::I64, &bs)?;
+        let mask = g.input("attention_mask", Dtype::I64, &bs)?;
+        let rows = g.input("rows", Dtype::I64, &[sym("rows")])?;
+        let keys =
+            g.b.compare(CompareOp::Greater, mask, g.scalar(0.0, Dtype::I64)?)?;
+        // [batch, 1, 1, source]
+        let keys = g.b.unsqueeze(g.b.unsqueeze(keys, 1)?, 1)?;
+        let (positions, attn_mask) = match self.buckets {
+            Some(_) => {
+                let buckets = g.input("buckets", Dtype::I64, &[sym("source"), sym("source")])?;
+                let table = format!(
+                    "{}.{}.relative_attention_bias",
+                    self.block(false, 0),
+                    self.spec.enc_block.attn
+                );
+                (None, bias_mask(&g, &table, buckets, keys)?)
+            }
+            None => (
+                Some(g.input("positions", Dtype::I64, &[sym("source")])?),
+                keys,
+            ),
+        };
+        let mut x = self.embed(&g, ids, positions, false)?;
+        let names = self.spec.enc_block;
+        for i in 0..self.dims.enc_layers {
+            let p = self.block(false, i);
+            let attn = format!("{p}.{}", names.attn);
+            x = self.sublayer(&g, x, &format!("{p}.{}", names.attn_norm), |h| {
+                let q = self.heads(&g, self.proj(&g, h, &attn, 0)?)?;
+                let k = self.heads(&g, self.proj(&g, h, &attn, 1)?)?;
+                let v = self.heads(&g, self.proj(&g, h, &attn, 2)?)?;
+                let o = g.b.attention(q, k, v, Some(attn_mask), self.options())?;
+                self.proj(&g, g.merge_heads(o)?, &attn, 3)
+            })?;
+            x = self.sublayer(&g, x, &format!("{p}.{}", names.ffn_norm), |h| {
+                self.ffn(&g, h, &p, &names)
+            })?;
+        }
+        let x = self.final_norm(&g, x, false)?;
+        // Cross-attention keys and values of every decoder layer, one row
+        // per decoder row.
+        let dec = self.spec.dec_block;
+        let cross_shape = [
+            sym("rows"),
+            Dim::Fixed(self.dims.heads),
+            sym("cross"),
+            Dim::Fixed(self.dims.head_dim),
+        ];
+        for i in 0..self.dims.dec_layers {
+            let attn = format!("{}.{}", self.block(true, i), dec.cross);
+            for (j, name) in [(1, format!("ck{i}")), (2, format!("cv{i}"))] {
+                let t = self.heads(&g, self.proj(&g, x, &attn, j)?)?;
+                g.b.state(&name, Dtype::F32, &cross_shape)?;
+                g.b.update_state(&name, g.b.gather(t, rows, 0)?)?;
+            }
+        }
+        let mask_shape = [sym("rows"), Dim::Fixed(1), Dim::Fixed(1), sym("cross")];
+        g.b.state("cross_mask", Dtype::Boolean, &mask_shape)?;
+        let keys =
+            g.b.compare(CompareOp::Greater, mask, g.scalar(0.0, Dtype::I64)?)?;
+        let keys = g.b.unsqueeze(g.b.unsqueeze(keys, 1)?, 1)?;
+        g.b.update_state("cross_mask", g.b.gather(keys, rows, 0)?)?;
+        g.compile(&[])
+    }
+
+    /// Builds and compiles a decode graph.
+    pub fn decode_graph(&self, step: Step) -> Result<CompiledGraph, Error> {
+        let cache_name = match step.cache {
+            Cache::Growing => "grow".to_string(),
+            Cache::Slots(n) => format!("c{n}"),
+        };
+        let g = Graph::new(&format!(
+            "{}-decode-{cache_name}-k{}{}{}",
+            self.spec.model_types[0],
+            step.top_k,
+            if step.reorder { "-reorder" } else { "" },
+            if step.logits { "-logits" } else { "" },
+        ));
+        let (h, hd) = (self.dims.heads, self.dims.head_dim);
+        let ids = g.input("input_ids", Dtype::I64, &[sym("rows"), Dim::Fixed(1)])?;
+        let beam_idx = match step.reorder {
+            true => Some(g.input("beam_idx", Dtype::I64, &[sym("rows")])?),
+            false => None,
+        };
+        let (slot, slot_mask) = match step.cache {
+            Cache::Growing => (None, None),
+            Cache::Slots(n) => {
+                let slot = g.input("cache_slot", Dtype::I64, &[Dim::Fixed(1)])?;
+                let m = g.input(
+                    "cache_mask",
+                    Dtype::Boolean,
+                    &[Dim::Fixed(1), Dim::Fixed(n)],
+                )?;
+                (Some(slot), Some(g.b.unsqueeze(g.b.unsqueeze(m, 1)?, 1)?))
+            }
+        };
+        let keys_dim = match step.cache {
+            Cache::Growing => sym("1+past"),
+            Cache::Slots(n) => Dim::Fixed(n),
+        };
+        // The self-attention mask or bias [1 | rows, heads | 1, seq, keys].
+        let (positions, self_mask) = match self.buckets {
+            Some(_) => {
+                let buckets = g.input("buckets", Dtype::I64, &[Dim::Fixed(1), keys_dim])?;
+                let table = g.weight(&format!(
+                    "{}.{}.relative_attention_bias.weight",
+                    self.block(true, 0),
+                    self.spec.dec_block.attn
+                ))?;
+                // [seq, keys, heads] -> [1, heads, seq, keys]
+                let bias = g.b.embedding(table, buckets)?;
+                let bias = g.b.unsqueeze(g.b.permute(bias, &[2, 0, 1])?, 0)?;
+                let bias = match slot_mask {
+                    Some(m) => g.b.select(m, bias, g.scalar(MASKED, Dtype::F32)?)?,
+                    None => bias,
+                };
+                (None, Some(bias))
+            }
+            None => (
+                Some(g.input("position", Dtype::I64, &[Dim::Fixed(1)])?),
+                slot_mask,
+            ),
+        };
+        let mut x = self.embed(&g, ids, positions, true)?;
+        let names = self.spec.dec_block;
+        let cross_shape = [sym("rows"), Dim::Fixed(h), sym("cross"), Dim::Fixed(hd)];
+        let cross_mask = g.b.state(
+            "cross_mask",
+            Dtype::Boolean,
+            &[sym("rows"), Dim::Fixed(1), Dim::Fixed(1), sym("cross")],
+        )?;
+        let self_shape = match step.cache {
+            Cache::Growing => [sym("rows"), Dim::Fixed(h), sym("past"), Dim::Fixed(hd)],
+            Cache::Slots(n) => [Dim::Fixed(n), sym("rows"), Dim::Fixed(h), Dim::Fixed(hd)],
+        };
+        for i in 0..self.dims.dec_layers {
+            let p = self.block(true, i);
+            let attn = format!("{p}.{}", names.attn);
+            x = self.sublayer(&g, x, &format!("{p}.{}", names.attn_norm), |hs| {
+                let q = self.heads(&g, self.proj(&g, hs, &attn, 0)?)?;
+                let mut kv = Vec::with_capacity(2);
+                for (j, name) in [(1, format!("sk{i}")), (2, format!("sv{i}"))] {
+                    let new = self.heads(&g, self.proj(&g, hs, &attn, j)?)?;
+                    let old = g.b.state(&name, Dtype::F32, &self_shape)?;
+                    let axis = match step.cache {
+                        Cache::Growing => 0,
+                        Cache::Slots(_) => 1,
+                    };
+                    let old = match beam_idx {
+                        Some(b) => g.b.gather(old, b, axis)?,
+                        None => old,
+                    };
+                    let all = match (step.cache, slot) {
+                        (Cache::Slots(_), Some(s)) => {
+                            let written =
+                                g.b.write_rows(old, g.b.permute(new, &[2, 0, 1, 3])?, s)?;
+                            g.b.update_state(&name, written)?;
+                            g.b.permute(written, &[1, 2, 0, 3])?
+                        }
+                        _ => {
+                            let all = g.b.concat(&[old, new], 2)?;
+                            g.b.update_state(&name, all)?;
+                            all
+                        }
+                    };
+                    kv.push(all);
+                }
+                let o = g.b.attention(q, kv[0], kv[1], self_mask, self.options())?;
+                self.proj(&g, g.merge_heads(o)?, &attn, 3)
+            })?;
+            let cross = format!("{p}.{}", names.cross);
+            x = self.sublayer(&g, x, &format!("{p}.{}", names.cross_norm), |hs| {
+                let q = self.heads(&g, self.proj(&g, hs, &cross, 0)?)?;
+                let k = g.b.state(&format!("ck{i}"), Dtype::F32, &cross_shape)?;
+                let v = g.b.state(&format!("cv{i}"), Dtype::F32, &cross_shape)?;
+                let o = g.b.attention(q, k, v, Some(cross_mask), self.options())?;
+                self.proj(&g, g.merge_heads(o)?, &cross, 3)
+            })?;
+            x = self.sublayer(&g, x, &format!("{p}.{}", names.ffn_norm), |hs| {
+                self.ffn(&g, hs, &p, &names)
+            })?;
+        }
+        let mut x = self.final_norm(&g, x, true)?;
+        if let Some(s) = self.output_scale {
+            x = g.mul(x, g.scalar(s, Dtype::F32)?)?;
+        }
+        // One position per row: [rows, d_model].
+        let x = g.b.squeeze(x, 1)?;
+        let head = match self.has.contains(self.spec.lm_head) {
+            true => g.weight(self.spec.lm_head)?,
+            false => g.weight(&self.embed)?,
+        };
+        let mut logits = g.b.linear(x, head, None)?;
+        if let Some(b) = self.spec.logits_bias.filter(|b| self.has.contains(*b)) {
+            logits = g.add(logits, g.weight(b)?)?;
+        }
+        let logits = g.b.cast(logits, Dtype::F32)?;
+        let logp = log_softmax(&g, logits)?;
+        let (values, indices) = g.b.top_k(logp, step.top_k)?;
+        let mut outputs = vec![("top_values", values), ("top_indices", indices)];
+        if step.logits {
+            outputs.push(("logits", logits));
+        }
+        g.compile(&outputs)
+    }
+}
+
+/// log(softmax(x)) over the last axis, as x - max - log(sum(exp(x - max))).
+fn log_softmax(g: &Graph, x: Node) -> Result<Node, Error> {
+    let max = g.reduce(ReduceOp::Max, x, &[-1], true)?;
+    let z = g.b.binary(BinaryOp::Sub, x, max)?;
+    let sum = g.reduce(ReduceOp::Sum, g.unary(UnaryOp::Exp, z)?, &[-1], true)?;
+    g.b.binary(BinaryOp::Sub, z, g.unary(UnaryOp::Log, sum)?)
+}

@@ -1,0 +1,281 @@
+//! `text2text-generation` against transformers `generate` (fp32) on the tiny
+//! encoder-decoder fixtures (tests/fixtures/gen_tiny_seq2seq.py): greedy,
+//! beam search (3 beams; length penalty, early stopping, n-gram blocking,
+//! minimum length) and the generation_config defaults (beams, forced
+//! tokens, encoder n-gram blocking), token-identical, every case alone and
+//! all of a fixture in one batch (mixed beam counts), on cpu and openvino,
+//! on the fixed-slot cache (what cuda uses, forced on the cpu), and on cuda
+//! where present (with f16/bf16 first-step logits, cosine >= 0.999); mBART
+//! language codes; bad input.
+
+mod common;
+
+use common::*;
+use host::backend::Precision;
+use host::runner::Runner;
+use serde_json::{json, Value};
+
+const FAMILIES: &[&str] = &[
+    "t5",
+    "mt5",
+    "bart",
+    "mbart",
+    "pegasus",
+    "blenderbot",
+    "blenderbot-small",
+];
+
+fn reference(family: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(&format!("tiny-s2s-{family}/reference.json")))
+        .unwrap_or_else(|e| panic!("{family}: {e}"));
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+/// The requests of one fixture and the tokens transformers generated:
+/// (label, request, expected ids).
+fn requests(family: &str, r: &Value) -> Vec<(String, Value, Vec<i64>)> {
+    let mut out = Vec::new();
+    let new = r["max_new_tokens"].as_u64().unwrap();
+    for (i, c) in r["cases"].as_array().unwrap().iter().enumerate() {
+        let mut base = json!({ "text": c["text"] });
+        if let Some(src) = c.get("src_lang") {
+            base["src_lang"] = src.clone();
+            base["tgt_lang"] = c["tgt_lang"].clone();
+        }
+        out.push((
+            format!("{family} case {i} defaults"),
+            base.clone(),
+            ids(&c["defaults"]),
+        ));
+        for (name, kw) in r["cases_kw"].as_object().unwrap() {
+            let mut q = base.clone();
+            q["max_new_tokens"] = json!(new);
+            for (k, v) in kw.as_object().unwrap() {
+                q[k] = v.clone();
+            }
+            out.push((format!("{family} case {i} {name}"), q, ids(&c[name])));
+        }
+    }
+    out
+}
+
+fn answer(r: &mut Runner, reqs: &[Value]) -> Vec<Value> {
+    let texts: Vec<String> = reqs.iter().map(|q| q.to_string()).collect();
+    r.handle(&texts)
+        .into_iter()
+        .map(|o| Value::Object(o.unwrap_or_else(|e| panic!("request failed: {e}")).json))
+        .collect()
+}
+
+fn check(label: &str, got: &Value, want: &[i64]) {
+    assert_eq!(ids(&got["token_ids"]), want, "{label}: {got}");
+    let eos = got["finish_reason"] == "eos";
+    assert!(eos || got["finish_reason"] == "length", "{label}: {got}");
+}
+
+/// Every case of every family alone and batched on `device`.
+fn every_family(device: &str, fixed_shapes: Option<bool>) {
+    if !available(device) {
+        return;
+    }
+    let label = match fixed_shapes {
+        Some(true) => format!("{device} (fixed slots)"),
+        _ => device.to_string(),
+    };
+    for family in FAMILIES {
+        let r = reference(family);
+        let reqs = requests(family, &r);
+        let model = fixture(&format!("tiny-s2s-{family}"));
+        let mut runner = runner_with(
+            "text2text-generation",
+            &model,
+            device,
+            Precision::F32,
+            fixed_shapes,
+        );
+        for (name, q, want) in &reqs {
+            let got = &answer(&mut runner, std::slice::from_ref(q))[0];
+            check(&format!("{name} on {label}"), got, want);
+        }
+        let all: Vec<Value> = reqs.iter().map(|(_, q, _)| q.clone()).collect();
+        for ((name, _, want), got) in reqs.iter().zip(answer(&mut runner, &all)) {
+            check(&format!("{name} on {label}, batched"), &got, want);
+        }
+        record(
+            json!({ "case": format!("text2text {family} {label} f32"), "requests": reqs.len(), "identical": true }),
+        );
+    }
+}
+
+#[test]
+fn seq2seq_matches_transformers_on_cpu() {
+    every_family("cpu", None);
+}
+
+#[test]
+fn seq2seq_matches_transformers_on_cpu_with_fixed_slots() {
+    every_family("cpu", Some(true));
+}
+
+#[test]
+fn seq2seq_matches_transformers_on_openvino() {
+    every_family("openvino", None);
+}
+
+#[test]
+fn seq2seq_matches_transformers_on_cuda() {
+    every_family("cuda", None);
+}
+
+/// f16/bf16 first decoder step logits against transformers' fp32 ones.
+#[test]
+fn seq2seq_reduced_precision_first_step_on_cuda() {
+    if !available("cuda") {
+        return;
+    }
+    for family in FAMILIES {
+        let r = reference(family);
+        let want: Vec<f32> = r["first_step_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let c = &r["cases"][0];
+        let mut q = json!({ "text": c["text"], "max_new_tokens": 1, "return_logits": true });
+        if let Some(src) = c.get("src_lang") {
+            q["src_lang"] = src.clone();
+        }
+        for precision in [Precision::F16, Precision::BF16] {
+            let model = fixture(&format!("tiny-s2s-{family}"));
+            let mut runner = runner("text2text-generation", &model, "cuda", precision);
+            let out = runner
+                .handle(&[q.to_string()])
+                .remove(0)
+                .expect("logits request");
+            let got = out
+                .tensor("first_step_logits")
+                .expect("first_step_logits")
+                .to_f32("logits")
+                .unwrap();
+            let (cos, max) = compare(&got, &want);
+            assert!(
+                cos >= 0.999,
+                "{family} {precision:?}: cosine {cos}, max-abs {max}"
+            );
+            record(
+                json!({ "case": format!("text2text {family} cuda {precision:?} first-step logits"), "cosine": cos, "max_abs": max }),
+            );
+        }
+    }
+}
+
+#[test]
+fn seq2seq_first_step_logits_match_in_f32() {
+    if !available("cpu") {
+        return;
+    }
+    for family in FAMILIES {
+        let r = reference(family);
+        let want: Vec<f32> = r["first_step_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let c = &r["cases"][0];
+        let mut q = json!({ "text": c["text"], "max_new_tokens": 1, "return_logits": true });
+        if let Some(src) = c.get("src_lang") {
+            q["src_lang"] = src.clone();
+        }
+        let model = fixture(&format!("tiny-s2s-{family}"));
+        let mut runner = runner("text2text-generation", &model, "cpu", Precision::F32);
+        let out = runner
+            .handle(&[q.to_string()])
+            .remove(0)
+            .expect("logits request");
+        let got = out
+            .tensor("first_step_logits")
+            .expect("first_step_logits")
+            .to_f32("logits")
+            .unwrap();
+        let (cos, max) = compare(&got, &want);
+        assert!(
+            max <= 1e-4 && cos >= 0.99999,
+            "{family}: cosine {cos}, max-abs {max}"
+        );
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner(
+        "text2text-generation",
+        &fixture("tiny-s2s-mbart"),
+        "cpu",
+        Precision::F32,
+    );
+    let cases = [
+        (json!({}), "missing `text`"),
+        (json!({ "text": "" }), "empty"),
+        (json!({ "text": "hi", "max_new_tokens": 0 }), "at least 1"),
+        (json!({ "text": "hi", "num_beams": 99 }), "num_beams"),
+        (
+            json!({ "text": "hi", "src_lang": "xx_YY" }),
+            "unknown language code",
+        ),
+        (
+            json!({ "text": "hi", "tgt_lang": "klingon" }),
+            "unknown language code",
+        ),
+        (
+            json!({ "text": "hi", "num_beams": 2, "do_sample": true }),
+            "beam sampling",
+        ),
+        (
+            json!({ "text": "hi", "max_new_tokens": "many" }),
+            "max_new_tokens",
+        ),
+        (json!({ "text": "hi", "bogus": 1 }), "unknown key"),
+    ];
+    let reqs: Vec<String> = cases.iter().map(|(q, _)| q.to_string()).collect();
+    let mut ok = reqs.clone();
+    ok.push(json!({ "text": "Hello world", "max_new_tokens": 3 }).to_string());
+    let out = r.handle(&ok);
+    for ((q, want), got) in cases.iter().zip(&out) {
+        let e = got
+            .as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("{q} should fail"));
+        assert!(e.to_string().contains(want), "{q}: {e}");
+    }
+    // The good request in the same batch is answered.
+    assert!(out.last().unwrap().is_ok());
+    // No language codes on a model without them.
+    let mut t5 = runner(
+        "text2text-generation",
+        &fixture("tiny-s2s-t5"),
+        "cpu",
+        Precision::F32,
+    );
+    let e = t5
+        .handle(&[json!({ "text": "hi", "src_lang": "en_XX" }).to_string()])
+        .remove(0);
+    assert!(e.unwrap_err().to_string().contains("no language codes"));
+    // An input longer than the encoder's positions is truncated and flagged.
+    let long = "the cat sat on the mat ".repeat(40);
+    let got = &answer(&mut r, &[json!({ "text": long, "max_new_tokens": 2 })])[0];
+    assert_eq!(got["truncated"], true);
+    assert!(got["input_tokens"].as_u64().unwrap() <= 64);
+}
