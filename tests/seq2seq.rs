@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 const FAMILIES: &[&str] = &[
     "t5",
+    "t5-tied",
     "mt5",
     "bart",
     "mbart",
