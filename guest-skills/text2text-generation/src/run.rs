@@ -31,6 +31,8 @@ enum Decoder {
         tokens: Vec<i64>,
         sampler: Sampler,
         finish: Option<&'static str>,
+        /// Text streamed so far (when the caller streams).
+        streamed: Option<String>,
     },
     Beam(BeamSearch),
 }
@@ -110,6 +112,7 @@ pub fn generate(
                 tokens: Vec::new(),
                 sampler: Sampler::new(req.settings.sampling.clone()),
                 finish: None,
+                streamed: skill_sdk::partial::wanted(index[i]).then(String::new),
             },
             _ => Decoder::Beam(BeamSearch::new(&req.settings)),
         };
@@ -222,6 +225,9 @@ pub fn generate(
                         *finish = Some("stop");
                     } else if out.len() as u64 >= s.max_new_tokens {
                         *finish = Some("length");
+                    }
+                    if let (Some(sent), None) = (streamed.as_mut(), *finish) {
+                        stream(m, a.index, out, sent);
                     }
                 }
                 Decoder::Beam(b) => {
@@ -374,6 +380,20 @@ fn row_tensor(t: &Tensor, r: usize) -> Result<Tensor, Error> {
     })
 }
 
+/// Streams the text `out` added since `sent` (a whole decoded suffix only:
+/// a token that ends inside a character waits for the next one).
+fn stream(m: &Loaded, index: u32, out: &[i64], sent: &mut String) {
+    let Ok(text) = m.source.decode(out) else {
+        return;
+    };
+    if let Some(new) = text.strip_prefix(sent.as_str()).filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}')) {
+        let token = out.last().copied().unwrap_or(0);
+        let chunk = serde_json::json!({ "token_id": token, "text": new });
+        skill_sdk::partial::emit(index, &chunk.to_string());
+        *sent = text;
+    }
+}
+
 fn stop_hit(m: &Loaded, out: &[i64], stop: &[String]) -> bool {
     m.source
         .decode(out)
@@ -410,6 +430,7 @@ fn respond(m: &Loaded, a: &Active, clock: &Clock, rows: usize) -> Result<Respons
         "token_ids": out,
         "finish_reason": finish,
         "input_tokens": a.req.ids.len(),
+        "prompt_tokens": a.req.ids.len(),
         "truncated": a.req.truncated,
         "timings": {
             "encode_ms": clock.encoded - clock.started,
