@@ -206,6 +206,7 @@ pub fn generate(
                     tokens: out,
                     sampler,
                     finish,
+                    streamed,
                 } => {
                     let cands = row_cands(0);
                     let next = match cands.first() {
