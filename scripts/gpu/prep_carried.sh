@@ -1,4 +1,4 @@
 mkdir -p .gpu/target/wasm32-wasip2/release .gpu/skills
-for b in host seq2seq vision encoders; do gunzip -c .gpuc/$b.gz > .gpu/$b; chmod +x .gpu/$b; done
+for b in $(cd .gpuc && ls *.gz | sed "s/.gz$//"); do gunzip -c .gpuc/$b.gz > .gpu/$b; chmod +x .gpu/$b; done
 cp .gpuc/skills/*.wasm .gpu/skills/; cp .gpuc/skills/*.wasm .gpu/target/wasm32-wasip2/release/
 export HOST_TEST_ROOT=$PWD CARGO_TARGET_DIR=$PWD/.gpu/target LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

@@ -110,7 +110,9 @@ impl Guest for Text2Text {
 
     fn load() -> Result<(), Error> {
         let config = Json::config()?;
-        let model = Seq2Seq::load(&config)?;
+        let mut model = Seq2Seq::load(&config)?;
+        // Where shapes replay (cuda), fused projections: fewer launches.
+        model.fuse = skill_sdk::runtime::device().fixed_shapes;
         let source = source::Source::open(&model)?;
         let defaults = Defaults::load(config)?;
         // A model without a start token cannot decode: fail at load.

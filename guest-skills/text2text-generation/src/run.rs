@@ -178,6 +178,7 @@ pub fn generate(
             top_k,
             reorder: beams && t > 0,
             logits: t == 0 && active.iter().any(|a| a.req.return_logits),
+            logprobs: beams,
         };
         let outputs = run_step(m, &session, step, t, &tokens, &beam_idx)?;
         let values = f32_values(&take(outputs.clone(), "top_values")?)?;
@@ -387,7 +388,10 @@ fn stream(m: &Loaded, index: u32, out: &[i64], sent: &mut String) {
     let Ok(text) = m.source.decode(out) else {
         return;
     };
-    if let Some(new) = text.strip_prefix(sent.as_str()).filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}')) {
+    if let Some(new) = text
+        .strip_prefix(sent.as_str())
+        .filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}'))
+    {
         let token = out.last().copied().unwrap_or(0);
         let chunk = serde_json::json!({ "token_id": token, "text": new });
         skill_sdk::partial::emit(index, &chunk.to_string());

@@ -22,7 +22,9 @@
 //!   slots given by `cache_mask` [1, slots]). With `reorder`, `beam_idx`
 //!   [rows] first picks each row's cache from the row its beam came from.
 //!   Inputs besides: `position` [1] (table families, offset included) or
-//!   `buckets` [1, keys] (T5; keys: the cache's entries plus this step's). Outputs: the `top_k` best log-probabilities of the next
+//!   `buckets` [1, keys] (T5; keys: the cache's entries plus this step's).
+//!   Candidates are ranked by log-probability with `logprobs` (beam search
+//!   adds them up), else by logit (the same order). Outputs: the `top_k` best log-probabilities of the next
 //!   token per row, `top_values` (f32) and `top_indices` (i64) [rows, k],
 //!   largest first, and with `logits` the raw `logits` [rows, vocab].
 
@@ -63,6 +65,9 @@ pub struct Step {
     pub reorder: bool,
     /// Also return the raw logits.
     pub logits: bool,
+    /// Candidates ranked by log-probability (beam search adds them up);
+    /// otherwise by logit (same order; greedy and sampling need no more).
+    pub logprobs: bool,
 }
 
 /// Dimensions read from config.json.
@@ -93,6 +98,9 @@ pub struct Seq2Seq {
     output_scale: Option<f64>,
     buckets: Option<Buckets>,
     has: std::collections::HashSet<String>,
+    /// Fuse projections of one input (q/k/v, cross k/v) into one product:
+    /// fewer, larger products, a win on GPUs (CPU runtimes prefer separate).
+    pub fuse: bool,
 }
 
 impl Seq2Seq {
@@ -197,6 +205,7 @@ impl Seq2Seq {
             output_scale,
             buckets,
             has,
+            fuse: false,
         })
     }
 
@@ -290,6 +299,18 @@ impl Seq2Seq {
         g.linear(x, &format!("{attn}.{}", self.spec.proj[which]))
     }
 
+    /// Projections `which` of one input `x` under `attn`, fused when asked.
+    fn projs(&self, g: &Graph, x: Node, attn: &str, which: &[usize]) -> Result<Vec<Node>, Error> {
+        let names: Vec<String> = which
+            .iter()
+            .map(|&j| format!("{attn}.{}", self.spec.proj[j]))
+            .collect();
+        match self.fuse {
+            true => g.fused_linear(x, &names.iter().map(String::as_str).collect::<Vec<_>>()),
+            false => names.iter().map(|n| g.linear(x, n)).collect(),
+        }
+    }
+
     fn heads(&self, g: &Graph, x: Node) -> Result<Node, Error> {
         g.split_heads(x, self.dims.heads, self.dims.head_dim)
     }
@@ -327,7 +348,11 @@ impl Seq2Seq {
 
     /// Builds and compiles the encode graph.
     pub fn encode_graph(&self) -> Result<CompiledGraph, Error> {
-        let g = Graph::new(&format!("{}-encode", self.spec.model_types[0]));
+        let g = Graph::new(&format!(
+            "{}-encode{}",
+            self.spec.model_types[0],
+            if self.fuse { "-fused" } else { "" }
+        ));
         let bs = [sym("batch"), sym("source")];
         let ids = g.input("input_ids", Dtype::I64, &bs)?;
         let mask = g.input("attention_mask", Dtype::I64, &bs)?;
@@ -357,9 +382,10 @@ impl Seq2Seq {
             let p = self.block(false, i);
             let attn = format!("{p}.{}", names.attn);
             x = self.sublayer(&g, x, &format!("{p}.{}", names.attn_norm), |h| {
-                let q = self.heads(&g, self.proj(&g, h, &attn, 0)?)?;
-                let k = self.heads(&g, self.proj(&g, h, &attn, 1)?)?;
-                let v = self.heads(&g, self.proj(&g, h, &attn, 2)?)?;
+                let qkv = self.projs(&g, h, &attn, &[0, 1, 2])?;
+                let q = self.heads(&g, qkv[0])?;
+                let k = self.heads(&g, qkv[1])?;
+                let v = self.heads(&g, qkv[2])?;
                 let o = g.b.attention(q, k, v, Some(attn_mask), self.options())?;
                 self.proj(&g, g.merge_heads(o)?, &attn, 3)
             })?;
@@ -379,8 +405,9 @@ impl Seq2Seq {
         ];
         for i in 0..self.dims.dec_layers {
             let attn = format!("{}.{}", self.block(true, i), dec.cross);
-            for (j, name) in [(1, format!("ck{i}")), (2, format!("cv{i}"))] {
-                let t = self.heads(&g, self.proj(&g, x, &attn, j)?)?;
+            let kv = self.projs(&g, x, &attn, &[1, 2])?;
+            for (t, name) in [(kv[0], format!("ck{i}")), (kv[1], format!("cv{i}"))] {
+                let t = self.heads(&g, t)?;
                 g.b.state(&name, Dtype::F32, &cross_shape)?;
                 g.b.update_state(&name, g.b.gather(t, rows, 0)?)?;
             }
@@ -401,11 +428,13 @@ impl Seq2Seq {
             Cache::Slots(n) => format!("c{n}"),
         };
         let g = Graph::new(&format!(
-            "{}-decode-{cache_name}-k{}{}{}",
+            "{}-decode-{cache_name}-k{}{}{}{}{}",
             self.spec.model_types[0],
             step.top_k,
             if step.reorder { "-reorder" } else { "" },
             if step.logits { "-logits" } else { "" },
+            if step.logprobs { "-logp" } else { "" },
+            if self.fuse { "-fused" } else { "" },
         ));
         let (h, hd) = (self.dims.heads, self.dims.head_dim);
         let ids = g.input("input_ids", Dtype::I64, &[sym("rows"), Dim::Fixed(1)])?;
@@ -468,10 +497,11 @@ impl Seq2Seq {
             let p = self.block(true, i);
             let attn = format!("{p}.{}", names.attn);
             x = self.sublayer(&g, x, &format!("{p}.{}", names.attn_norm), |hs| {
-                let q = self.heads(&g, self.proj(&g, hs, &attn, 0)?)?;
+                let qkv = self.projs(&g, hs, &attn, &[0, 1, 2])?;
+                let q = self.heads(&g, qkv[0])?;
                 let mut kv = Vec::with_capacity(2);
-                for (j, name) in [(1, format!("sk{i}")), (2, format!("sv{i}"))] {
-                    let new = self.heads(&g, self.proj(&g, hs, &attn, j)?)?;
+                for (new, name) in [(qkv[1], format!("sk{i}")), (qkv[2], format!("sv{i}"))] {
+                    let new = self.heads(&g, new)?;
                     let old = g.b.state(&name, Dtype::F32, &self_shape)?;
                     let axis = match step.cache {
                         Cache::Growing => 0,
@@ -526,8 +556,11 @@ impl Seq2Seq {
             logits = g.add(logits, g.weight(b)?)?;
         }
         let logits = g.b.cast(logits, Dtype::F32)?;
-        let logp = log_softmax(&g, logits)?;
-        let (values, indices) = g.b.top_k(logp, step.top_k)?;
+        let ranked = match step.logprobs {
+            true => log_softmax(&g, logits)?,
+            false => logits,
+        };
+        let (values, indices) = g.b.top_k(ranked, step.top_k)?;
         let mut outputs = vec![("top_values", values), ("top_indices", indices)];
         if step.logits {
             outputs.push(("logits", logits));

@@ -68,8 +68,8 @@ impl Planner<'_> {
     }
 
     /// `x` with rows from `start` on replaced by `update`: in place when `x`
-    /// is an external state (see [`Planner::writable_in_place`]), else in
-    /// a copy.
+    /// is an external state (see [`Planner::writable_in_place`]) or a
+    /// gather's output read by nothing else, else in a copy.
     pub(super) fn write_rows(
         &mut self,
         x: NodeId,
@@ -85,7 +85,14 @@ impl Planner<'_> {
                 u.dtype, u.shape, xv.dtype, xv.shape
             )));
         }
-        let y = if matches!(xv.at.buf, Buf::External(_)) && xv.is_contiguous() {
+        // In place: an external state (see above), or a gather's fresh
+        // output that nothing else reads (a KV cache reordered for beam
+        // search, then written).
+        let own_gather = matches!(self.g.node(x).op, Op::Gather { .. })
+            && self.uses.get(x as usize) == Some(&1)
+            && matches!(xv.at.buf, Buf::Arena(_))
+            && xv.at.offset == 0;
+        let y = if (matches!(xv.at.buf, Buf::External(_)) || own_gather) && xv.is_contiguous() {
             xv
         } else {
             let y = self.fresh(xv.dtype, xv.shape.clone());

@@ -12,7 +12,7 @@ NUMS(UNARY)
 NUMS(BINARY)
 extern "C" __global__ void compare_bool(int op, Idx p, const u8* a, const u8* b, u8* y) { pdl_enter(); compare_t<u8>(op, p, a, b, y); }
 
-#define BYSIZE(X) X(1, u8) X(2, unsigned short) X(4, unsigned) X(8, u64)
+#define BYSIZE(X) X(1, u8) X(2, unsigned short) X(4, unsigned) X(8, u64) X(16, uint4)
 #define SIZED(s, E) \
   extern "C" __global__ void select_##s(Idx p, const u8* c, const E* a, const E* b, E* y) { pdl_enter(); select_t<E>(p, c, a, b, y); } \
   extern "C" __global__ void copy_##s(Idx p, const E* x, E* y) { pdl_enter(); copy_t<E>(p, x, y); } \
