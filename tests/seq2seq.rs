@@ -24,6 +24,7 @@ const FAMILIES: &[&str] = &[
     "pegasus",
     "blenderbot",
     "blenderbot-small",
+    "led",
 ];
 
 fn reference(family: &str) -> Value {

@@ -1,5 +1,5 @@
 //! Skill `text2text-generation`: encoder-decoder models (t5, mt5, bart,
-//! mbart, pegasus, blenderbot, blenderbot-small) for text2text,
+//! mbart, pegasus, blenderbot, blenderbot-small, led) for text2text,
 //! summarization, translation and conversation.
 //!
 //! Request: `{"text": "...", "max_new_tokens", "num_beams", "length_penalty",

@@ -285,6 +285,11 @@ fn active_index(reqs: &[&Request], req: &Request) -> usize {
 fn encode(m: &Loaded, session: &Session, active: &[Active], rows: usize) -> Result<(), Error> {
     let b = active.len();
     let s = active.iter().map(|a| a.req.ids.len()).max().unwrap_or(1);
+    // A windowed encoder takes whole windows (transformers pads the same).
+    let s = match m.model.sliding {
+        Some(sl) => s.div_ceil(2 * sl.w as usize) * 2 * sl.w as usize,
+        None => s,
+    };
     let pad = active.first().map(|a| a.req.settings.pad).unwrap_or(0);
     let mut ids = vec![pad; b * s];
     let mut mask = vec![0i64; b * s];
@@ -296,12 +301,38 @@ fn encode(m: &Loaded, session: &Session, active: &[Active], rows: usize) -> Resu
             .for_each(|x| *x = 1);
         row_of.extend(std::iter::repeat_n(i as i64, a.rows));
     }
-    let shape = vec![b as u64, s as u64];
+    let shape = match m.model.sliding {
+        Some(sl) => vec![b as u64, s as u64 / sl.w, sl.w],
+        None => vec![b as u64, s as u64],
+    };
     let mut inputs = vec![
         named("input_ids", i64_tensor(shape.clone(), &ids)),
         named("attention_mask", i64_tensor(shape, &mask)),
         named("rows", i64_tensor(vec![rows as u64], &row_of)),
     ];
+    if let Some(sl) = m.model.sliding {
+        let blocks = s / sl.w as usize;
+        // Positions past the table (padding of the last window) take its
+        // last row; padding is never attended to.
+        let last = m
+            .model
+            .dims
+            .max_positions
+            .unwrap_or(u64::MAX)
+            .saturating_sub(1) as i64;
+        let pos: Vec<i64> = (0..s as i64).map(|p| p.min(last)).collect();
+        let (prev, next) = sl.neighbours(blocks);
+        let nb = blocks as u64;
+        inputs.push(named("positions", i64_tensor(vec![1, nb, sl.w], &pos)));
+        inputs.push(named(
+            "window_band",
+            i64_tensor(vec![nb, sl.w, 3 * sl.w], &sl.band(blocks)),
+        ));
+        inputs.push(named("window_prev", i64_tensor(vec![nb], &prev)));
+        inputs.push(named("window_next", i64_tensor(vec![nb], &next)));
+        session.run(&m.encode, &inputs)?;
+        return Ok(());
+    }
     match m.model.buckets() {
         Some(bk) => inputs.push(named(
             "buckets",

@@ -52,6 +52,7 @@ const BART: FamilySpec = FamilySpec {
     eps: None,
     eps_default: 1e-5,
     languages: false,
+    window: None,
 };
 
 const T5_ENC_BLOCK: BlockNames = BlockNames {
@@ -112,6 +113,7 @@ const T5: FamilySpec = FamilySpec {
     eps: Some("layer_norm_epsilon"),
     eps_default: 1e-6,
     languages: false,
+    window: None,
 };
 
 /// Every family served.
@@ -140,6 +142,35 @@ pub const FAMILIES: &[FamilySpec] = &[
         model_types: &["blenderbot-small"],
         positions: Positions::Table { offset: 0 },
         dec_embed_norm_first: true,
+        ..BART
+    },
+    FamilySpec {
+        model_types: &["led"],
+        keys: ConfigKeys {
+            max_positions: Some("max_encoder_position_embeddings"),
+            ..BART_KEYS
+        },
+        encoder: "led.encoder",
+        decoder: "led.decoder",
+        embed: &[
+            "led.shared.weight",
+            "led.encoder.embed_tokens.weight",
+            "led.decoder.embed_tokens.weight",
+        ],
+        positions: Positions::Table { offset: 0 },
+        window: Some(WindowNames {
+            local: [
+                "longformer_self_attn.query",
+                "longformer_self_attn.key",
+                "longformer_self_attn.value",
+            ],
+            global: [
+                "longformer_self_attn.query_global",
+                "longformer_self_attn.key_global",
+                "longformer_self_attn.value_global",
+            ],
+            out: "output",
+        }),
         ..BART
     },
     T5,

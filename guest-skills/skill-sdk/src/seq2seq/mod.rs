@@ -1,5 +1,6 @@
 //! One data-driven builder for encoder-decoder models (T5, mT5, BART,
-//! mBART, Pegasus, Blenderbot, Blenderbot-small), shared by the
+//! mBART, Pegasus, Blenderbot, Blenderbot-small, LED with Longformer's
+//! windowed encoder attention), shared by the
 //! `text2text-generation` skill.
 //!
 //! [`spec`] describes each family; [`Seq2Seq`] reads a model's config
@@ -32,6 +33,7 @@ mod families;
 pub mod spec;
 
 use crate::config::Json;
+use crate::encoder::longformer::{Sliding, Window};
 use crate::encoder::relative::{bias_mask, Buckets};
 use crate::encoder::MASKED;
 use crate::graph::{AttentionOptions, BinaryOp, CompareOp, Node, ReduceOp, UnaryOp};
@@ -97,6 +99,8 @@ pub struct Seq2Seq {
     /// T5 scales the decoder output by d_model^-0.5 before a tied head.
     output_scale: Option<f64>,
     buckets: Option<Buckets>,
+    /// LED's encoder window (global attention on the first token).
+    pub sliding: Option<Sliding>,
     has: std::collections::HashSet<String>,
     /// Fuse projections of one input (q/k/v, cross k/v) into one product:
     /// fewer, larger products, a win on GPUs (CPU runtimes prefer separate).
@@ -186,6 +190,13 @@ impl Seq2Seq {
             }),
             Positions::Table { .. } => None,
         };
+        let sliding = match spec.window {
+            Some(_) => Some(Sliding {
+                global_first: true,
+                ..Sliding::from_config(config, enc_layers)?
+            }),
+            None => None,
+        };
         Ok(Seq2Seq {
             spec,
             dims: Dims {
@@ -204,6 +215,7 @@ impl Seq2Seq {
             embed_scale,
             output_scale,
             buckets,
+            sliding,
             has,
             fuse: false,
         })
@@ -353,49 +365,103 @@ impl Seq2Seq {
             self.spec.model_types[0],
             if self.fuse { "-fused" } else { "" }
         ));
-        let bs = [sym("batch"), sym("source")];
-        let ids = g.input("input_ids", Dtype::I64, &bs)?;
-        let mask = g.input("attention_mask", Dtype::I64, &bs)?;
+        self.encode_into(&g)?;
+        g.compile(&[])
+    }
+
+    /// The encode graph's nodes and state updates.
+    fn encode_into(&self, g: &Graph) -> Result<(), Error> {
+        // Per-token inputs: [batch, source], or [batch, blocks, w] under a
+        // window (the source padded to whole windows), flattened here.
+        let token_input = |name: &str, lead: Dim| -> Result<Node, Error> {
+            match self.sliding {
+                None => g.input(name, Dtype::I64, &[lead, sym("source")]),
+                Some(s) => {
+                    let x = g.input(name, Dtype::I64, &[lead, sym("blocks"), Dim::Fixed(s.w)])?;
+                    g.b.reshape(x, &[0, -1])
+                }
+            }
+        };
+        let ids = token_input("input_ids", sym("batch"))?;
+        let mask = token_input("attention_mask", sym("batch"))?;
         let rows = g.input("rows", Dtype::I64, &[sym("rows")])?;
-        let keys =
+        let keep =
             g.b.compare(CompareOp::Greater, mask, g.scalar(0.0, Dtype::I64)?)?;
         // [batch, 1, 1, source]
-        let keys = g.b.unsqueeze(g.b.unsqueeze(keys, 1)?, 1)?;
-        let (positions, attn_mask) = match self.buckets {
-            Some(_) => {
-                let buckets = g.input("buckets", Dtype::I64, &[sym("source"), sym("source")])?;
-                let table = format!(
-                    "{}.{}.relative_attention_bias",
-                    self.block(false, 0),
-                    self.spec.enc_block.attn
-                );
-                (None, bias_mask(&g, &table, buckets, keys)?)
+        let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
+        let x = match (self.sliding, self.spec.window) {
+            (Some(s), Some(names)) => {
+                let positions = token_input("positions", Dim::Fixed(1))?;
+                let win = Window::new(g, s, keep, positions, 0)?;
+                let x = self.embed(g, ids, Some(positions), false)?;
+                self.encoder_blocks(g, x, |h, attn| {
+                    let heads = |n: &str| self.heads(g, g.linear(h, &format!("{attn}.{n}"))?);
+                    let [q, k, v] = names.local;
+                    let [gq, gk, gv] = names.global;
+                    let global = (heads(gq)?, heads(gk)?, heads(gv)?, keys);
+                    let local = (heads(q)?, heads(k)?, heads(v)?);
+                    let o = win.attention(g, local, Some(global), self.dims.head_dim)?;
+                    g.linear(g.merge_heads(o)?, &format!("{attn}.{}", names.out))
+                })?
             }
-            None => (
-                Some(g.input("positions", Dtype::I64, &[sym("source")])?),
-                keys,
-            ),
+            _ => {
+                let (positions, attn_mask) = match self.buckets {
+                    Some(_) => {
+                        let buckets =
+                            g.input("buckets", Dtype::I64, &[sym("source"), sym("source")])?;
+                        let table = format!(
+                            "{}.{}.relative_attention_bias",
+                            self.block(false, 0),
+                            self.spec.enc_block.attn
+                        );
+                        (None, bias_mask(g, &table, buckets, keys)?)
+                    }
+                    None => (
+                        Some(g.input("positions", Dtype::I64, &[sym("source")])?),
+                        keys,
+                    ),
+                };
+                let x = self.embed(g, ids, positions, false)?;
+                self.encoder_blocks(g, x, |h, attn| {
+                    let qkv = self.projs(g, h, attn, &[0, 1, 2])?;
+                    let q = self.heads(g, qkv[0])?;
+                    let k = self.heads(g, qkv[1])?;
+                    let v = self.heads(g, qkv[2])?;
+                    let o = g.b.attention(q, k, v, Some(attn_mask), self.options())?;
+                    self.proj(g, g.merge_heads(o)?, attn, 3)
+                })?
+            }
         };
-        let mut x = self.embed(&g, ids, positions, false)?;
+        self.cross_state(g, x, keys, rows)
+    }
+
+    /// The encoder blocks over embeddings `x` (self-attention by `attend`,
+    /// given a block's normalised input and attention prefix) and the
+    /// final norm.
+    fn encoder_blocks(
+        &self,
+        g: &Graph,
+        mut x: Node,
+        attend: impl Fn(Node, &str) -> Result<Node, Error>,
+    ) -> Result<Node, Error> {
         let names = self.spec.enc_block;
         for i in 0..self.dims.enc_layers {
             let p = self.block(false, i);
             let attn = format!("{p}.{}", names.attn);
-            x = self.sublayer(&g, x, &format!("{p}.{}", names.attn_norm), |h| {
-                let qkv = self.projs(&g, h, &attn, &[0, 1, 2])?;
-                let q = self.heads(&g, qkv[0])?;
-                let k = self.heads(&g, qkv[1])?;
-                let v = self.heads(&g, qkv[2])?;
-                let o = g.b.attention(q, k, v, Some(attn_mask), self.options())?;
-                self.proj(&g, g.merge_heads(o)?, &attn, 3)
+            x = self.sublayer(g, x, &format!("{p}.{}", names.attn_norm), |h| {
+                attend(h, &attn)
             })?;
-            x = self.sublayer(&g, x, &format!("{p}.{}", names.ffn_norm), |h| {
-                self.ffn(&g, h, &p, &names)
+            x = self.sublayer(g, x, &format!("{p}.{}", names.ffn_norm), |h| {
+                self.ffn(g, h, &p, &names)
             })?;
         }
-        let x = self.final_norm(&g, x, false)?;
-        // Cross-attention keys and values of every decoder layer, one row
-        // per decoder row.
+        self.final_norm(g, x, false)
+    }
+
+    /// Writes the cross-attention keys and values of every decoder layer,
+    /// and the source mask `keys` [batch, 1, 1, source], as session state,
+    /// one row per decoder row (`rows`: its encoder row).
+    fn cross_state(&self, g: &Graph, x: Node, keys: Node, rows: Node) -> Result<(), Error> {
         let dec = self.spec.dec_block;
         let cross_shape = [
             sym("rows"),
@@ -405,20 +471,16 @@ impl Seq2Seq {
         ];
         for i in 0..self.dims.dec_layers {
             let attn = format!("{}.{}", self.block(true, i), dec.cross);
-            let kv = self.projs(&g, x, &attn, &[1, 2])?;
+            let kv = self.projs(g, x, &attn, &[1, 2])?;
             for (t, name) in [(kv[0], format!("ck{i}")), (kv[1], format!("cv{i}"))] {
-                let t = self.heads(&g, t)?;
+                let t = self.heads(g, t)?;
                 g.b.state(&name, Dtype::F32, &cross_shape)?;
                 g.b.update_state(&name, g.b.gather(t, rows, 0)?)?;
             }
         }
         let mask_shape = [sym("rows"), Dim::Fixed(1), Dim::Fixed(1), sym("cross")];
         g.b.state("cross_mask", Dtype::Boolean, &mask_shape)?;
-        let keys =
-            g.b.compare(CompareOp::Greater, mask, g.scalar(0.0, Dtype::I64)?)?;
-        let keys = g.b.unsqueeze(g.b.unsqueeze(keys, 1)?, 1)?;
-        g.b.update_state("cross_mask", g.b.gather(keys, rows, 0)?)?;
-        g.compile(&[])
+        g.b.update_state("cross_mask", g.b.gather(keys, rows, 0)?)
     }
 
     /// Builds and compiles a decode graph.

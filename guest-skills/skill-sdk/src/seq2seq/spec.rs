@@ -46,6 +46,17 @@ pub struct BlockNames {
     pub ffn_norm: &'static str,
 }
 
+/// LED's encoder attention: Longformer's sliding window with global
+/// attention on the first token; names under the block's attention prefix.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowNames {
+    /// Local q, k, v projections.
+    pub local: [&'static str; 3],
+    /// Global q, k, v projections.
+    pub global: [&'static str; 3],
+    pub out: &'static str,
+}
+
 /// Config keys of the dimensions.
 #[derive(Clone, Copy, Debug)]
 pub struct ConfigKeys {
@@ -106,4 +117,6 @@ pub struct FamilySpec {
     pub eps_default: f64,
     /// The tokenizer has language codes (`src_lang`, `tgt_lang`).
     pub languages: bool,
+    /// The encoder attends in sliding windows (LED); `None`: dense.
+    pub window: Option<WindowNames>,
 }
