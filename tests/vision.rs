@@ -65,7 +65,13 @@ fn check(name: &str, device: &str) {
     for (i, (f, got)) in images.iter().zip(raw).enumerate() {
         let got = got.unwrap_or_else(|e| panic!("{name} {f}: {e}"));
         let want = r["logits"][i].as_array().expect("logits");
-        let tol = if exact(f) { 1e-4 } else { 5e-2 };
+        // JPEG decoding differs from libjpeg-turbo by a few levels (below);
+        // the tiny Swin amplifies that more than the ViTs.
+        let tol = match (exact(f), name.starts_with("tiny-swin")) {
+            (true, _) => 1e-4,
+            (false, false) => 5e-2,
+            (false, true) => 1e-1,
+        };
         for l in got.json["labels"].as_array().expect("labels") {
             let k = id(l["label"].as_str().expect("label"));
             let (g, w) = (l["score"].as_f64().unwrap(), want[k].as_f64().unwrap());
@@ -113,7 +119,13 @@ fn every_fixture(device: &str) {
     if !available(device) {
         return;
     }
-    for name in ["tiny-vit", "tiny-deit", "tiny-deit-plain"] {
+    for name in [
+        "tiny-vit",
+        "tiny-deit",
+        "tiny-deit-plain",
+        "tiny-swin",
+        "tiny-swin-pad",
+    ] {
         check(name, device);
     }
 }

@@ -1,6 +1,6 @@
 //! Skill `image-classification`: labels of an image, with the semantics of
-//! transformers' `image-classification` pipeline, for ViT and DeiT (a
-//! distilled DeiT averages its class and distillation heads).
+//! transformers' `image-classification` pipeline, for ViT, DeiT (a
+//! distilled DeiT averages its class and distillation heads) and Swin.
 //!
 //! Request: `{"image": "<base64 or data URL>", "top_k": 5,
 //! "function_to_apply": "softmax" | "sigmoid" | "none"}`. Response:
@@ -22,6 +22,7 @@ use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::scores::{ranked, Function};
 use skill_sdk::tensors::{f32_values, take};
+use skill_sdk::vision::swin::Swin;
 use skill_sdk::vision::{self, Vit};
 use skill_sdk::{invalid, Error, Graph, Guest, NamedTensor, Response, SkillInfo};
 
@@ -60,7 +61,6 @@ impl Guest for ImageClassification {
 
     fn load() -> Result<(), Error> {
         let config = Json::config()?;
-        let vit = Vit::load(&config, &Graph::new("probe"))?;
         let pre = Preprocess::read()?;
         let size = pre.output_size().ok_or_else(|| {
             Error::Unsupported(
@@ -68,11 +68,18 @@ impl Guest for ImageClassification {
                     .into(),
             )
         })?;
-        let e = vit.build(&format!("{}-image-classification", vit.model_type), size)?;
-        let (logits, n) = vit.class_logits(&e.g, e.hidden)?;
+        let (g, logits, n) = match config.str_or("model_type", "")? {
+            "swin" => swin_logits(&config, size)?,
+            _ => {
+                let vit = Vit::load(&config, &Graph::new("probe"))?;
+                let e = vit.build(&format!("{}-image-classification", vit.model_type), size)?;
+                let (logits, n) = vit.class_logits(&e.g, e.hidden)?;
+                (e.g, logits, n)
+            }
+        };
         let labels = config.labels(n)?;
         let default_function = Function::default_for(&config, labels.len())?;
-        let graph = e.g.compile(&[("logits", logits)])?;
+        let graph = g.compile(&[("logits", logits)])?;
         skill_sdk::state::set(
             &STATE,
             Loaded {
@@ -88,6 +95,28 @@ impl Guest for ImageClassification {
     fn handle(batch: Vec<String>) -> Vec<Result<Response, Error>> {
         skill_sdk::requests::serve(batch, parse_request, classify)
     }
+}
+
+/// Swin's graph: pooled features through the classifier.
+fn swin_logits(
+    config: &Json,
+    size: (usize, usize),
+) -> Result<(Graph, skill_sdk::graph::Node, u64), Error> {
+    let g = Graph::new("swin-image-classification");
+    let swin = Swin::load(config, &g)?;
+    if !g.has("classifier.weight") {
+        return Err(Error::Unsupported(
+            "the checkpoint has no image-classification head (a SwinForImageClassification model is needed)"
+                .into(),
+        ));
+    }
+    let pooled = swin.pooled(&g, size)?;
+    let logits = g.linear(pooled, "classifier")?;
+    let n = match g.b.info(logits)?.shape.last() {
+        Some(skill_sdk::Dim::Fixed(n)) => *n,
+        _ => return Err(skill_sdk::internal("classifier width")),
+    };
+    Ok((g, logits, n))
 }
 
 fn parse_request(req: Request) -> Result<ImageRequest, Error> {

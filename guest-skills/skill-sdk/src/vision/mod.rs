@@ -1,5 +1,5 @@
 //! Vision transformers as data: ViT and DeiT (a spec per family) on one
-//! pre-norm builder. The patch embedding (a convolution whose stride is
+//! pre-norm builder; Swin in [`swin`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
 //! so it runs on every backend without a convolution op.
 //!
@@ -7,6 +7,7 @@
 //! preprocessor's fixed output size.
 
 pub mod clip;
+pub mod swin;
 
 use crate::config::Json;
 use crate::graph::{Node, UnaryOp};
@@ -44,10 +45,12 @@ pub static VITS: &[VitSpec] = &[
     },
 ];
 
-/// Every `model_type` served.
+/// Every `model_type` served by image classification (the ViT families
+/// and Swin).
 pub fn model_types() -> Vec<&'static str> {
     VITS.iter()
         .flat_map(|f| f.model_types.iter().copied())
+        .chain(["swin"])
         .collect()
 }
 
