@@ -378,3 +378,102 @@ fn clip_embeddings_match_transformers() {
         );
     }
 }
+
+/// VideoMAE fixtures (tests/fixtures/gen_tiny_video.py): the clip of PNG
+/// frames and the animated GIF, logits within 1e-4 and the softmax
+/// ranking of transformers, each clip alone and both in one batch.
+fn videomae(device: &str) {
+    if !available(device) {
+        return;
+    }
+    for name in ["tiny-videomae", "tiny-videomae-cls"] {
+        let r = reference(name);
+        let mut run = runner(
+            "video-classification",
+            &fixture(name),
+            device,
+            Precision::F32,
+        );
+        let frames: Vec<String> = (r["frames"].as_array().unwrap().iter())
+            .map(|f| b64(&fixture(&format!("video/{}", f.as_str().unwrap()))))
+            .collect();
+        let gif = b64(&fixture(&format!("video/{}", r["gif"].as_str().unwrap())));
+        let ask = |function: &str| -> Vec<String> {
+            vec![
+                serde_json::json!({"frames": frames, "top_k": 5, "function_to_apply": function})
+                    .to_string(),
+                serde_json::json!({"video": gif, "top_k": 5, "function_to_apply": function})
+                    .to_string(),
+            ]
+        };
+        for bs in [1, 2] {
+            for function in ["none", "softmax"] {
+                let reqs = ask(function);
+                let mut answers = Vec::new();
+                for chunk in reqs.chunks(bs) {
+                    answers.extend(run.handle(chunk));
+                }
+                for (case, got) in r["cases"].as_array().unwrap().iter().zip(answers) {
+                    let got = got.unwrap_or_else(|e| panic!("{name} {}: {e}", case["case"]));
+                    let labels = got.json["labels"].as_array().unwrap();
+                    let top = case["top"].as_array().unwrap();
+                    for (k, l) in labels.iter().enumerate() {
+                        let want = match function {
+                            "none" => {
+                                let label = l["label"].as_str().unwrap();
+                                let j = ["walking", "running", "jumping", "sitting", "waving"]
+                                    .iter()
+                                    .position(|x| *x == label)
+                                    .unwrap();
+                                case["logits"][j].as_f64().unwrap()
+                            }
+                            _ => {
+                                assert_eq!(l["label"], top[k]["label"], "{name} {device} {case}");
+                                top[k]["score"].as_f64().unwrap()
+                            }
+                        };
+                        let g = l["score"].as_f64().unwrap();
+                        assert!(
+                            (g - want).abs() <= 1e-4,
+                            "{name} {device} bs{bs} {}: {g} vs {want}",
+                            case["case"]
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Too few frames, and an image that is not a video, fail their own request.
+    let mut run = runner(
+        "video-classification",
+        &fixture("tiny-videomae"),
+        device,
+        Precision::F32,
+    );
+    let one = b64(&fixture("video/frame_0.png"));
+    let out = run.handle(&[
+        serde_json::json!({"frames": [one.clone()]}).to_string(),
+        serde_json::json!({"video": one}).to_string(),
+    ]);
+    assert!(out[0].as_ref().unwrap_err().to_string().contains("frames"));
+    assert!(out[1]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("animated GIF or WebP"));
+}
+
+#[test]
+fn video_classification_matches_transformers_on_cpu() {
+    videomae("cpu");
+}
+
+#[test]
+fn video_classification_matches_transformers_on_openvino() {
+    videomae("openvino");
+}
+
+#[test]
+fn video_classification_matches_transformers_on_cuda() {
+    videomae("cuda");
+}

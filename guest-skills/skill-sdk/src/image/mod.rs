@@ -7,6 +7,7 @@
 //!
 //! Enabled by the SDK's `image` feature.
 
+pub mod frames;
 pub mod preprocess;
 pub mod resample;
 

@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod swin;
+pub mod videomae;
 
 use crate::config::Json;
 use crate::graph::{Node, UnaryOp};
