@@ -125,6 +125,7 @@ fn every_fixture(device: &str) {
         "tiny-deit-plain",
         "tiny-swin",
         "tiny-swin-pad",
+        "tiny-convnext",
     ] {
         check(name, device);
     }

@@ -1,6 +1,7 @@
 //! Skill `image-classification`: labels of an image, with the semantics of
 //! transformers' `image-classification` pipeline, for ViT, DeiT (a
-//! distilled DeiT averages its class and distillation heads) and Swin.
+//! distilled DeiT averages its class and distillation heads), Swin and
+//! ConvNeXt.
 //!
 //! Request: `{"image": "<base64 or data URL>", "top_k": 5,
 //! "function_to_apply": "softmax" | "sigmoid" | "none"}`. Response:
@@ -22,6 +23,7 @@ use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::scores::{ranked, Function};
 use skill_sdk::tensors::{f32_values, take};
+use skill_sdk::vision::convnext::ConvNext;
 use skill_sdk::vision::swin::Swin;
 use skill_sdk::vision::{self, Vit};
 use skill_sdk::{invalid, Error, Graph, Guest, NamedTensor, Response, SkillInfo};
@@ -70,6 +72,7 @@ impl Guest for ImageClassification {
         })?;
         let (g, logits, n) = match config.str_or("model_type", "")? {
             "swin" => swin_logits(&config, size)?,
+            "convnext" => convnext_logits(&config, size)?,
             _ => {
                 let vit = Vit::load(&config, &Graph::new("probe"))?;
                 let e = vit.build(&format!("{}-image-classification", vit.model_type), size)?;
@@ -97,6 +100,36 @@ impl Guest for ImageClassification {
     }
 }
 
+/// ConvNeXt's graph: pooled features through the classifier.
+fn convnext_logits(
+    config: &Json,
+    size: (usize, usize),
+) -> Result<(Graph, skill_sdk::graph::Node, u64), Error> {
+    let g = Graph::new("convnext-image-classification");
+    let model = ConvNext::load(config, &g)?;
+    let pooled = model.pooled(&g, size)?;
+    head(g, pooled, "ConvNextForImageClassification")
+}
+
+/// `pooled` through the checkpoint's `classifier`.
+fn head(
+    g: Graph,
+    pooled: skill_sdk::graph::Node,
+    class: &str,
+) -> Result<(Graph, skill_sdk::graph::Node, u64), Error> {
+    if !g.has("classifier.weight") {
+        return Err(Error::Unsupported(format!(
+            "the checkpoint has no image-classification head (a {class} model is needed)"
+        )));
+    }
+    let logits = g.linear(pooled, "classifier")?;
+    let n = match g.b.info(logits)?.shape.last() {
+        Some(skill_sdk::Dim::Fixed(n)) => *n,
+        _ => return Err(skill_sdk::internal("classifier width")),
+    };
+    Ok((g, logits, n))
+}
+
 /// Swin's graph: pooled features through the classifier.
 fn swin_logits(
     config: &Json,
@@ -104,19 +137,8 @@ fn swin_logits(
 ) -> Result<(Graph, skill_sdk::graph::Node, u64), Error> {
     let g = Graph::new("swin-image-classification");
     let swin = Swin::load(config, &g)?;
-    if !g.has("classifier.weight") {
-        return Err(Error::Unsupported(
-            "the checkpoint has no image-classification head (a SwinForImageClassification model is needed)"
-                .into(),
-        ));
-    }
     let pooled = swin.pooled(&g, size)?;
-    let logits = g.linear(pooled, "classifier")?;
-    let n = match g.b.info(logits)?.shape.last() {
-        Some(skill_sdk::Dim::Fixed(n)) => *n,
-        _ => return Err(skill_sdk::internal("classifier width")),
-    };
-    Ok((g, logits, n))
+    head(g, pooled, "SwinForImageClassification")
 }
 
 fn parse_request(req: Request) -> Result<ImageRequest, Error> {

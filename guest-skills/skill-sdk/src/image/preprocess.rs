@@ -71,6 +71,23 @@ fn triple(j: &Json, key: &str, default: [f32; 3]) -> Result<[f32; 3], Error> {
     }
 }
 
+fn rescale_of(j: &Json) -> Result<Option<f64>, Error> {
+    Ok(match j.bool_or("do_rescale", true)? {
+        true => Some(j.f64_or("rescale_factor", 1.0 / 255.0)?),
+        false => None,
+    })
+}
+
+fn normalize_of(j: &Json) -> Result<Option<([f32; 3], [f32; 3])>, Error> {
+    Ok(match j.bool_or("do_normalize", true)? {
+        true => Some((
+            triple(j, "image_mean", [0.5; 3])?,
+            triple(j, "image_std", [0.5; 3])?,
+        )),
+        false => None,
+    })
+}
+
 impl Preprocess {
     /// Reads the model's `preprocessor_config.json`.
     pub fn read() -> Result<Preprocess, Error> {
@@ -87,6 +104,34 @@ impl Preprocess {
         let code = j.u64_or("resample", 2)?;
         let filter = Filter::from_pil(code)
             .ok_or_else(|| Error::Model(format!("{}: unknown resample filter {code}", j.file)))?;
+        // ConvNeXt's processor: a shortest edge s under 384 is resized to
+        // int(s / crop_pct) and center cropped to s x s; from 384 on the
+        // image is warped to s x s.
+        let convnext = j
+            .str_or("image_processor_type", "")?
+            .starts_with("ConvNext");
+        if let (true, Some(Size::ShortestEdge(s))) =
+            (convnext && j.bool_or("do_resize", true)?, resize)
+        {
+            let pct = j.f64_or("crop_pct", 224.0 / 256.0)?;
+            if !(pct > 0.0) {
+                return Err(Error::Model(format!(
+                    "{}: `crop_pct` must be positive",
+                    j.file
+                )));
+            }
+            let (resize, crop) = match s < 384 {
+                true => (Size::ShortestEdge((s as f64 / pct) as usize), Some((s, s))),
+                false => (Size::Exact(s, s), None),
+            };
+            return Ok(Preprocess {
+                resize: Some(resize),
+                filter,
+                crop,
+                rescale: rescale_of(j)?,
+                normalize: normalize_of(j)?,
+            });
+        }
         let crop = match (j.bool_or("do_center_crop", false)?, dims(j, "crop_size")?) {
             (true, Some(v)) => match size_of(j, &v, "crop_size")? {
                 Size::Exact(h, w) => Some((h, w)),
@@ -94,23 +139,12 @@ impl Preprocess {
             },
             _ => None,
         };
-        let rescale = match j.bool_or("do_rescale", true)? {
-            true => Some(j.f64_or("rescale_factor", 1.0 / 255.0)?),
-            false => None,
-        };
-        let normalize = match j.bool_or("do_normalize", true)? {
-            true => Some((
-                triple(j, "image_mean", [0.5; 3])?,
-                triple(j, "image_std", [0.5; 3])?,
-            )),
-            false => None,
-        };
         Ok(Preprocess {
             resize,
             filter,
             crop,
-            rescale,
-            normalize,
+            rescale: rescale_of(j)?,
+            normalize: normalize_of(j)?,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Vision transformers as data: ViT and DeiT (a spec per family) on one
-//! pre-norm builder; Swin in [`swin`]. The patch embedding (a convolution whose stride is
+//! pre-norm builder; Swin in [`swin`], ConvNeXt in [`convnext`],
+//! VideoMAE in [`videomae`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
 //! so it runs on every backend without a convolution op.
 //!
@@ -7,6 +8,7 @@
 //! preprocessor's fixed output size.
 
 pub mod clip;
+pub mod convnext;
 pub mod swin;
 pub mod videomae;
 
@@ -51,7 +53,7 @@ pub static VITS: &[VitSpec] = &[
 pub fn model_types() -> Vec<&'static str> {
     VITS.iter()
         .flat_map(|f| f.model_types.iter().copied())
-        .chain(["swin"])
+        .chain(["swin", "convnext"])
         .collect()
 }
 

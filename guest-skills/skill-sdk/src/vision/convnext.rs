@@ -1,0 +1,204 @@
+//! ConvNeXt (image classification) in channels-last layout [batch, h, w,
+//! channels], from generic ops: the stem and the downsampling
+//! convolutions have stride = kernel (patches and a linear layer), and the
+//! depthwise 7x7 convolution of every block is the sum of its 49 shifted
+//! windows of the zero-padded map, each scaled per channel. Then the
+//! block's norm, MLP and layer scale; global average pooling, a norm and
+//! the classifier.
+
+use crate::config::Json;
+use crate::graph::{Node, ReduceOp, UnaryOp};
+use crate::graph_ext::activation;
+use crate::{Dim, Dtype, Error, Graph};
+
+/// ConvNeXt's fixed norm epsilon inside the network (the final norm's
+/// comes from the config).
+const INNER_EPS: f32 = 1e-6;
+
+/// A ConvNeXt model resolved against its config.
+pub struct ConvNext {
+    base: String,
+    hidden: Vec<u64>,
+    depths: Vec<u64>,
+    patch: u64,
+    channels: u64,
+    eps: f32,
+    act: UnaryOp,
+}
+
+impl ConvNext {
+    pub fn load(config: &Json, g: &Graph) -> Result<ConvNext, Error> {
+        let list = |key: &str| -> Result<Vec<u64>, Error> {
+            config
+                .value
+                .get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                .ok_or_else(|| Error::Model(format!("config.json: `{key}` is not a list")))
+        };
+        let (hidden, depths) = (list("hidden_sizes")?, list("depths")?);
+        if hidden.is_empty() || hidden.len() != depths.len() {
+            return Err(Error::Model(
+                "config.json: `hidden_sizes` and `depths` differ in length".into(),
+            ));
+        }
+        let probe = "embeddings.patch_embeddings.weight";
+        let base = ["convnext.", ""]
+            .into_iter()
+            .find(|b| g.has(&format!("{b}{probe}")))
+            .ok_or_else(|| Error::Model(format!("no `{probe}`: not a convnext checkpoint")))?
+            .to_string();
+        Ok(ConvNext {
+            base,
+            hidden,
+            depths,
+            patch: config.u64_or("patch_size", 4)?,
+            channels: config.u64_or("num_channels", 3)?,
+            eps: config.f64_or("layer_norm_eps", 1e-12)? as f32,
+            act: activation(config.str_or("hidden_act", "gelu")?)?,
+        })
+    }
+
+    fn name(&self, rel: &str) -> String {
+        format!("{}{rel}", self.base)
+    }
+
+    /// The pooled, normalised features [batch, channels] of images of
+    /// (height, width).
+    pub fn pooled(&self, g: &Graph, (height, width): (usize, usize)) -> Result<Node, Error> {
+        let (p, c) = (self.patch, self.channels);
+        let (h, w) = (height as u64 / p, width as u64 / p);
+        let pixels = g.input(
+            "pixel_values",
+            Dtype::F32,
+            &[
+                Dim::Symbolic("batch".into()),
+                Dim::Fixed(c),
+                Dim::Fixed(height as u64),
+                Dim::Fixed(width as u64),
+            ],
+        )?;
+        // A strided conv drops what does not fill a kernel.
+        let pixels = g.b.slice(
+            g.b.slice(pixels, 2, 0, (h * p) as i64)?,
+            3,
+            0,
+            (w * p) as i64,
+        )?;
+        let x = g.b.reshape(
+            pixels,
+            &[0, c as i64, h as i64, p as i64, w as i64, p as i64],
+        )?;
+        let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
+        let x =
+            g.b.reshape(x, &[0, h as i64, w as i64, (c * p * p) as i64])?;
+        let x = self.conv_linear(
+            g,
+            x,
+            &self.name("embeddings.patch_embeddings"),
+            self.hidden[0],
+        )?;
+        let mut x = g.layer_norm(x, &self.name("embeddings.layernorm"), INNER_EPS)?;
+        let (mut h, mut w) = (h, w);
+        let mut dim = self.hidden[0];
+        for (s, (&out, &depth)) in self.hidden.iter().zip(&self.depths).enumerate() {
+            let stage = self.name(&format!("encoder.stages.{s}"));
+            if g.has(&format!("{stage}.downsampling_layer.1.weight")) {
+                x = g.layer_norm(x, &format!("{stage}.downsampling_layer.0"), INNER_EPS)?;
+                let (h2, w2) = (h / 2, w / 2);
+                let y =
+                    g.b.slice(g.b.slice(x, 1, 0, (2 * h2) as i64)?, 2, 0, (2 * w2) as i64)?;
+                let y =
+                    g.b.reshape(y, &[0, h2 as i64, 2, w2 as i64, 2, dim as i64])?;
+                let y = g.b.permute(y, &[0, 1, 3, 5, 2, 4])?;
+                let y =
+                    g.b.reshape(y, &[0, h2 as i64, w2 as i64, (dim * 4) as i64])?;
+                x = self.conv_linear(g, y, &format!("{stage}.downsampling_layer.1"), out)?;
+                (h, w) = (h2, w2);
+            }
+            dim = out;
+            for l in 0..depth {
+                x = self.block(g, x, &format!("{stage}.layers.{l}"), (h, w, dim))?;
+            }
+        }
+        let pooled = g.reduce(ReduceOp::Mean, x, &[1, 2], false)?;
+        g.layer_norm(pooled, &self.name("layernorm"), self.eps)
+    }
+
+    /// A convolution whose stride is its kernel, over patches already
+    /// flattened in the weight's (in, kh, kw) order.
+    fn conv_linear(&self, g: &Graph, x: Node, prefix: &str, out: u64) -> Result<Node, Error> {
+        let weight =
+            g.b.reshape(g.weight(&format!("{prefix}.weight"))?, &[out as i64, -1])?;
+        g.b.linear(x, weight, Some(g.weight(&format!("{prefix}.bias"))?))
+    }
+
+    /// One block over `x` [batch, h, w, dim].
+    fn block(
+        &self,
+        g: &Graph,
+        x: Node,
+        at: &str,
+        (h, w, dim): (u64, u64, u64),
+    ) -> Result<Node, Error> {
+        let y = self.depthwise(g, x, &format!("{at}.dwconv"), (h, w, dim))?;
+        let y = g.layer_norm(y, &format!("{at}.layernorm"), INNER_EPS)?;
+        let y = g.unary(self.act, g.linear(y, &format!("{at}.pwconv1"))?)?;
+        let mut y = g.linear(y, &format!("{at}.pwconv2"))?;
+        let scale = format!("{at}.layer_scale_parameter");
+        if g.has(&scale) {
+            y = g.mul(y, g.weight(&scale)?)?;
+        }
+        g.add(x, y)
+    }
+
+    /// Depthwise k x k convolution (padding k / 2) of `x` [batch, h, w, dim]
+    /// with `prefix.weight` [dim, 1, k, k] and `prefix.bias`.
+    fn depthwise(
+        &self,
+        g: &Graph,
+        x: Node,
+        prefix: &str,
+        (h, w, dim): (u64, u64, u64),
+    ) -> Result<Node, Error> {
+        let weight = g.weight(&format!("{prefix}.weight"))?;
+        let k = match g.b.info(weight)?.shape.as_slice() {
+            [Dim::Fixed(d), Dim::Fixed(1), Dim::Fixed(k), Dim::Fixed(k2)] if *d == dim && k == k2 && k % 2 == 1 => *k,
+            other => {
+                return Err(Error::Model(format!(
+                    "`{prefix}.weight`: expected a depthwise [{dim}, 1, k, k] kernel of odd k, got {other:?}"
+                )))
+            }
+        };
+        let pad = k / 2;
+        let zeros = |shape: [u64; 3]| -> Result<Node, Error> {
+            let dims: Vec<Dim> = std::iter::once(Dim::Symbolic("batch".into()))
+                .chain(shape.iter().map(|&n| Dim::Fixed(n)))
+                .collect();
+            g.b.expand(g.scalar(0.0, Dtype::F32)?, &dims)
+        };
+        let rows = zeros([pad, w, dim])?;
+        let xp = g.b.concat(&[rows, x, rows], 1)?;
+        let cols = zeros([h + 2 * pad, pad, dim])?;
+        let xp = g.b.concat(&[cols, xp, cols], 2)?;
+        // [dim, 1, k, k] -> [k*k, dim]: one row of per-channel taps per offset.
+        let taps =
+            g.b.permute(g.b.reshape(weight, &[dim as i64, (k * k) as i64])?, &[1, 0])?;
+        let mut acc: Option<Node> = None;
+        for i in 0..k {
+            let band = g.b.slice(xp, 1, i as i64, (i + h) as i64)?;
+            for j in 0..k {
+                let window = g.b.slice(band, 2, j as i64, (j + w) as i64)?;
+                let tap =
+                    g.b.slice(taps, 0, (i * k + j) as i64, (i * k + j + 1) as i64)?;
+                let term = g.mul(window, tap)?;
+                acc = Some(match acc {
+                    Some(a) => g.add(a, term)?,
+                    None => term,
+                });
+            }
+        }
+        let acc = acc.ok_or_else(|| Error::Internal("empty kernel".into()))?;
+        g.add(acc, g.weight(&format!("{prefix}.bias"))?)
+    }
+}
