@@ -78,7 +78,10 @@ fn rescale_of(j: &Json) -> Result<Option<f64>, Error> {
     })
 }
 
-fn normalize_of(j: &Json) -> Result<Option<([f32; 3], [f32; 3])>, Error> {
+/// Per-channel (mean, std).
+type Normalize = ([f32; 3], [f32; 3]);
+
+fn normalize_of(j: &Json) -> Result<Option<Normalize>, Error> {
     Ok(match j.bool_or("do_normalize", true)? {
         true => Some((
             triple(j, "image_mean", [0.5; 3])?,
@@ -114,7 +117,7 @@ impl Preprocess {
             (convnext && j.bool_or("do_resize", true)?, resize)
         {
             let pct = j.f64_or("crop_pct", 224.0 / 256.0)?;
-            if !(pct > 0.0) {
+            if pct.is_nan() || pct <= 0.0 {
                 return Err(Error::Model(format!(
                     "{}: `crop_pct` must be positive",
                     j.file

@@ -254,7 +254,7 @@ impl Planner<'_> {
         let bytes = inner * dt.size();
         let unit = [16, 8, 4, 2, 1]
             .into_iter()
-            .find(|&u| u >= dt.size() && bytes % u == 0 && x.at.offset % u == 0)
+            .find(|&u| u >= dt.size() && bytes.is_multiple_of(u) && x.at.offset.is_multiple_of(u))
             .unwrap_or(dt.size());
         let inner = bytes / unit;
         let n = outer * idx.numel() * inner;
