@@ -1,6 +1,6 @@
 //! Cases for matmul, linear, norms, softmax, rotary, embedding,
-//! reductions, l2-normalize, gather, argmax and top-k (attention in
-//! attention.rs).
+//! reductions, l2-normalize, gather, argmax, top-k and conv (attention
+//! in attention.rs).
 
 use super::{count, fixed, int_tensor, Built, Case, WeightSpec};
 use host::ir::{DType, ReduceOp, UnaryOp};
@@ -19,6 +19,7 @@ pub fn cases() -> Vec<Built> {
     v.extend(l2_normalize());
     v.extend(gather());
     v.extend(argmax_top_k());
+    v.extend(conv());
     v
 }
 
@@ -405,4 +406,115 @@ fn argmax_top_k() -> Vec<Built> {
         })());
     }
     v
+}
+
+fn conv() -> Vec<Built> {
+    use host::ir::conv::ConvAttrs;
+    // (name, x shape, weight shape, stride, padding, dilation, groups, bias, symbolic length)
+    type Spec<'a> = (
+        &'a str,
+        &'a [u64],
+        &'a [u64],
+        &'a [u64],
+        &'a [(u64, u64)],
+        &'a [u64],
+        u64,
+        bool,
+        bool,
+    );
+    let specs: [Spec; 5] = [
+        (
+            "conv/1d/stride5-k10",
+            &[2, 1, 53],
+            &[6, 1, 10],
+            &[5],
+            &[(0, 0)],
+            &[1],
+            1,
+            true,
+            false,
+        ),
+        (
+            "conv/1d/grouped-padded",
+            &[1, 8, 17],
+            &[8, 2, 5],
+            &[1],
+            &[(2, 2)],
+            &[1],
+            4,
+            true,
+            false,
+        ),
+        (
+            "conv/1d/symbolic-stride2",
+            &[2, 4, 19],
+            &[6, 4, 3],
+            &[2],
+            &[(0, 0)],
+            &[1],
+            1,
+            false,
+            true,
+        ),
+        (
+            "conv/2d/stride2-pad1-dil2",
+            &[1, 4, 9, 11],
+            &[6, 2, 3, 3],
+            &[2, 2],
+            &[(1, 1), (1, 2)],
+            &[2, 1],
+            2,
+            true,
+            false,
+        ),
+        (
+            "conv/2d/depthwise-7x7",
+            &[2, 5, 8, 8],
+            &[5, 1, 7, 7],
+            &[1, 1],
+            &[(3, 3), (3, 3)],
+            &[1, 1],
+            5,
+            true,
+            false,
+        ),
+    ];
+    specs
+        .iter()
+        .map(
+            |&(name, xs, ws, stride, pad, dil, groups, bias, symbolic)| {
+                let r = 1.0 / ((ws[1..].iter().product::<u64>()) as f32).sqrt();
+                let mut c = Case::with_weights(
+                    name,
+                    &[
+                        WeightSpec("conv.weight", ws, -r, r),
+                        WeightSpec("conv.bias", &[ws[0]], -0.5, 0.5),
+                    ],
+                );
+                let x = if symbolic {
+                    let v = c.rng.floats(count(xs), -2., 2.);
+                    let mut dims = fixed(xs);
+                    dims[2] = super::sym("len");
+                    c.input("x", dims, Tensor::from_f32(xs.to_vec(), &v))?
+                } else {
+                    c.uniform("x", xs, -2., 2.)?
+                };
+                let w = c.weight("conv.weight")?;
+                let b = if bias {
+                    Some(c.weight("conv.bias")?)
+                } else {
+                    None
+                };
+                let attrs = ConvAttrs {
+                    stride: stride.to_vec(),
+                    pad: pad.to_vec(),
+                    dilation: dil.to_vec(),
+                    groups,
+                };
+                let y = c.b.conv(x, w, b, attrs)?;
+                c.output("y", y)?;
+                c.finish()
+            },
+        )
+        .collect()
 }

@@ -127,7 +127,7 @@ impl GraphBuilder {
         Ok(a as usize)
     }
 
-    fn float(&self, op: &str, id: NodeId) -> Result<&Node, GraphError> {
+    pub(super) fn float(&self, op: &str, id: NodeId) -> Result<&Node, GraphError> {
         let n = self.get(id)?;
         if !n.dtype.is_float() {
             return Err(self.err(
@@ -141,7 +141,7 @@ impl GraphBuilder {
         Ok(n)
     }
 
-    fn same_dtype(&self, op: &str, a: &Node, b: &Node) -> Result<(), GraphError> {
+    pub(super) fn same_dtype(&self, op: &str, a: &Node, b: &Node) -> Result<(), GraphError> {
         if a.dtype != b.dtype {
             return Err(self.err(
                 op,

@@ -17,6 +17,7 @@
 //! Bad input (missing tensors, wrong dtypes or shapes, indices out of range)
 //! is an [`EvalError`], never a panic.
 
+mod conv;
 mod kernels;
 mod nn;
 #[cfg(test)]
@@ -247,6 +248,15 @@ impl Eval<'_> {
             }
             Op::Gather { x, indices, axis } => {
                 kernels::gather(self.arg(*x)?, self.arg(*indices)?, *axis)
+            }
+            Op::Conv {
+                x,
+                weight,
+                bias,
+                attrs,
+            } => {
+                let bias = bias.map(|b| self.arg(b)).transpose()?;
+                conv::conv(self.arg(*x)?, self.arg(*weight)?, bias, attrs)
             }
             Op::WriteRows { x, update, start } => {
                 kernels::write_rows(self.arg(*x)?, self.arg(*update)?, self.arg(*start)?)

@@ -7,6 +7,7 @@
 //! run so absurd sizes fail before any allocation.
 
 pub mod builder;
+pub mod conv;
 pub mod eval;
 pub mod shape;
 mod write_rows;
@@ -77,6 +78,20 @@ pub enum Dim {
     /// (for example the `-1` of a reshape over symbolic axes). The
     /// expression is kept so that concrete shapes can be evaluated.
     Expr(Box<DimExpr>),
+    /// The output length of a strided window over a symbolic length (a
+    /// convolution): `(input + pad - span) / stride + 1`, rounded down.
+    Window(Box<WindowDim>),
+}
+
+/// See [`Dim::Window`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct WindowDim {
+    pub input: Dim,
+    /// Zeros added in all.
+    pub pad: u64,
+    /// The kernel's extent, dilation included.
+    pub span: u64,
+    pub stride: u64,
 }
 
 /// Product/quotient of dims: `num[0] * num[1] * ... / den` with `den` fixed.
@@ -108,6 +123,7 @@ impl fmt::Display for Dim {
                 }
                 Ok(())
             }
+            Dim::Window(w) => write!(f, "win({},{},{},{})", w.input, w.pad, w.span, w.stride),
         }
     }
 }
@@ -291,6 +307,13 @@ pub enum Op {
         indices: NodeId,
         axis: usize,
     },
+    /// A 1-D or 2-D convolution ([`conv::ConvAttrs`]).
+    Conv {
+        x: NodeId,
+        weight: NodeId,
+        bias: Option<NodeId>,
+        attrs: conv::ConvAttrs,
+    },
     /// `x` with rows `start..start + rows(update)` of axis 0 replaced by
     /// `update`; `start` (an i64 `[1]`) is clamped to `[0, rows(x) -
     /// rows(update)]`. Writes a decode step's keys into a fixed-slot cache.
@@ -339,6 +362,12 @@ impl Op {
                 vec![*a, *b]
             }
             Op::Select { cond, a, b } => vec![*cond, *a, *b],
+            Op::Conv {
+                x, weight, bias, ..
+            } => [Some(*x), Some(*weight), *bias]
+                .into_iter()
+                .flatten()
+                .collect(),
             Op::Linear { x, weight, bias } => [Some(*x), Some(*weight), *bias]
                 .into_iter()
                 .flatten()
@@ -389,6 +418,7 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::Reduce { .. } => "reduce",
             Op::L2Normalize { .. } => "l2-normalize",
+            Op::Conv { .. } => "conv",
             Op::State { .. } => "state",
             Op::Gather { .. } => "gather",
             Op::WriteRows { .. } => "write-rows",

@@ -8,7 +8,7 @@ use super::{Dim, DimExpr, Graph, GraphError, Shape};
 /// Canonical product form of one or more dims: `syms... * num / den`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Factors {
-    syms: Vec<String>,
+    syms: Vec<Dim>,
     num: u128,
     den: u128,
 }
@@ -25,7 +25,7 @@ impl Factors {
     fn push(&mut self, d: &Dim) {
         match d {
             Dim::Fixed(n) => self.num = self.num.saturating_mul(*n as u128),
-            Dim::Sym(s) => self.syms.push(s.clone()),
+            Dim::Sym(_) | Dim::Window(_) => self.syms.push(d.clone()),
             Dim::Expr(e) => {
                 for x in &e.num {
                     self.push(x);
@@ -45,7 +45,7 @@ impl Factors {
     }
 
     fn normalize(&mut self) {
-        self.syms.sort();
+        self.syms.sort_by_key(|d| d.to_string());
         let g = gcd(self.num, self.den);
         if g > 1 {
             self.num /= g;
@@ -58,9 +58,9 @@ impl Factors {
             return Dim::Fixed(self.num.min(u64::MAX as u128) as u64);
         }
         if self.syms.len() == 1 && self.num == 1 && self.den == 1 {
-            return Dim::Sym(self.syms[0].clone());
+            return self.syms[0].clone();
         }
-        let mut num: Vec<Dim> = self.syms.into_iter().map(Dim::Sym).collect();
+        let mut num: Vec<Dim> = self.syms;
         if self.num != 1 {
             num.push(Dim::Fixed(self.num.min(u64::MAX as u128) as u64));
         }
@@ -238,6 +238,16 @@ pub fn eval_dim(d: &Dim, b: &Bindings) -> Result<u64, GraphError> {
                 total = total.saturating_add(v);
             }
             Ok(total)
+        }
+        Dim::Window(w) => {
+            let len = eval_dim(&w.input, b)?.saturating_add(w.pad);
+            if len < w.span || w.stride == 0 {
+                return Err(GraphError::Binding(format!(
+                    "axis {d}: a length of {len} (padded) is shorter than the window of {}",
+                    w.span
+                )));
+            }
+            Ok((len - w.span) / w.stride + 1)
         }
         Dim::Sym(s) => b.get(s).copied().ok_or_else(|| {
             GraphError::Binding(format!("symbolic axis `{s}` is not bound by any input"))

@@ -173,7 +173,7 @@ impl<'g> Lowering<'g> {
                     "symbolic axis `{s}` is not an axis of any graph input"
                 )))
             }
-            Dim::Expr(_) => Err(self.unsupported(format!(
+            Dim::Expr(_) | Dim::Window(_) => Err(self.unsupported(format!(
                 "computed axis {dim} cannot be used as a target length"
             ))),
         }
@@ -420,6 +420,38 @@ impl<'g> Lowering<'g> {
                     &[&self.v(*x), &a],
                     &out,
                     vec![("keepdims", Attr::Int(*keep_dims as i64))],
+                );
+            }
+            Op::Conv {
+                x,
+                weight,
+                bias,
+                attrs,
+            } => {
+                let kernel: Vec<i64> = self.g.node(*weight).shape[2..]
+                    .iter()
+                    .map(|d| d.fixed().unwrap_or(1) as i64)
+                    .collect();
+                let pads: Vec<i64> = (attrs.pad.iter().map(|p| p.0 as i64))
+                    .chain(attrs.pad.iter().map(|p| p.1 as i64))
+                    .collect();
+                let ints = |v: &[u64]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
+                let mut inputs = vec![self.v(*x), self.v(*weight)];
+                if let Some(b) = bias {
+                    inputs.push(self.v(*b));
+                }
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                self.node(
+                    "Conv",
+                    &refs,
+                    &out,
+                    vec![
+                        ("kernel_shape", Attr::Ints(kernel)),
+                        ("strides", ints(&attrs.stride)),
+                        ("pads", Attr::Ints(pads)),
+                        ("dilations", ints(&attrs.dilation)),
+                        ("group", Attr::Int(attrs.groups as i64)),
+                    ],
                 );
             }
             Op::L2Normalize { x, axis, eps_bits } => {

@@ -61,7 +61,7 @@ fn value_info(name: &str, dtype: DType, shape: &[Dim]) -> ValueInfoProto {
             dim.value = match d {
                 Dim::Fixed(n) => Some(tensor_shape_proto::dimension::Value::DimValue(*n as i64)),
                 Dim::Sym(s) => Some(tensor_shape_proto::dimension::Value::DimParam(s.clone())),
-                Dim::Expr(_) => None,
+                Dim::Expr(_) | Dim::Window(_) => None,
             };
             dim
         })

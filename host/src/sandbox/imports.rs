@@ -434,6 +434,27 @@ impl graph::HostBuilder for HostState {
         self.with_builder(&b, |g| g.write_rows(x, update, start))
     }
 
+    fn conv(
+        &mut self,
+        b: B,
+        x: Node,
+        weight: Node,
+        bias: Option<Node>,
+        o: graph::ConvOptions,
+    ) -> WResult<Node> {
+        let attrs = crate::ir::conv::ConvAttrs {
+            stride: o.stride.iter().map(|&v| v as u64).collect(),
+            pad: o
+                .padding
+                .iter()
+                .map(|&(a, z)| (a as u64, z as u64))
+                .collect(),
+            dilation: o.dilation.iter().map(|&v| v as u64).collect(),
+            groups: o.groups as u64,
+        };
+        self.with_builder(&b, |g| g.conv(x, weight, bias, attrs))
+    }
+
     fn gather(&mut self, b: B, x: Node, indices: Node, axis: i32) -> WResult<Node> {
         self.with_builder(&b, |g| g.gather(x, indices, axis))
     }

@@ -1,13 +1,13 @@
 //! ConvNeXt (image classification) in channels-last layout [batch, h, w,
 //! channels], from generic ops: the stem and the downsampling
 //! convolutions have stride = kernel (patches and a linear layer), and the
-//! depthwise 7x7 convolution of every block is the sum of its 49 shifted
-//! windows of the zero-padded map, each scaled per channel. Then the
+//! depthwise 7x7 convolution of every block is the graph's `conv` (groups =
+//! channels, on the channels-first view). Then the
 //! block's norm, MLP and layer scale; global average pooling, a norm and
 //! the classifier.
 
 use crate::config::Json;
-use crate::graph::{Node, ReduceOp, UnaryOp};
+use crate::graph::{ConvOptions, Node, ReduceOp, UnaryOp};
 use crate::graph_ext::activation;
 use crate::{Dim, Dtype, Error, Graph};
 
@@ -159,7 +159,7 @@ impl ConvNext {
         g: &Graph,
         x: Node,
         prefix: &str,
-        (h, w, dim): (u64, u64, u64),
+        (_, _, dim): (u64, u64, u64),
     ) -> Result<Node, Error> {
         let weight = g.weight(&format!("{prefix}.weight"))?;
         let k = match g.b.info(weight)?.shape.as_slice() {
@@ -170,35 +170,19 @@ impl ConvNext {
                 )))
             }
         };
-        let pad = k / 2;
-        let zeros = |shape: [u64; 3]| -> Result<Node, Error> {
-            let dims: Vec<Dim> = std::iter::once(Dim::Symbolic("batch".into()))
-                .chain(shape.iter().map(|&n| Dim::Fixed(n)))
-                .collect();
-            g.b.expand(g.scalar(0.0, Dtype::F32)?, &dims)
-        };
-        let rows = zeros([pad, w, dim])?;
-        let xp = g.b.concat(&[rows, x, rows], 1)?;
-        let cols = zeros([h + 2 * pad, pad, dim])?;
-        let xp = g.b.concat(&[cols, xp, cols], 2)?;
-        // [dim, 1, k, k] -> [k*k, dim]: one row of per-channel taps per offset.
-        let taps =
-            g.b.permute(g.b.reshape(weight, &[dim as i64, (k * k) as i64])?, &[1, 0])?;
-        let mut acc: Option<Node> = None;
-        for i in 0..k {
-            let band = g.b.slice(xp, 1, i as i64, (i + h) as i64)?;
-            for j in 0..k {
-                let window = g.b.slice(band, 2, j as i64, (j + w) as i64)?;
-                let tap =
-                    g.b.slice(taps, 0, (i * k + j) as i64, (i * k + j + 1) as i64)?;
-                let term = g.mul(window, tap)?;
-                acc = Some(match acc {
-                    Some(a) => g.add(a, term)?,
-                    None => term,
-                });
-            }
-        }
-        let acc = acc.ok_or_else(|| Error::Internal("empty kernel".into()))?;
-        g.add(acc, g.weight(&format!("{prefix}.bias"))?)
+        let pad = (k / 2) as u32;
+        let bias = g.weight(&format!("{prefix}.bias"))?;
+        let y = g.b.conv(
+            g.b.permute(x, &[0, 3, 1, 2])?,
+            weight,
+            Some(bias),
+            &ConvOptions {
+                stride: vec![1, 1],
+                padding: vec![(pad, pad), (pad, pad)],
+                dilation: vec![1, 1],
+                groups: dim as u32,
+            },
+        )?;
+        g.b.permute(y, &[0, 2, 3, 1])
     }
 }

@@ -495,6 +495,12 @@ impl<'g> Planner<'g> {
             }
             Op::Embedding { table, ids } => self.gather(*table, *ids, 0, dt, shape),
             Op::Gather { x, indices, axis } => self.gather(*x, *indices, *axis, dt, shape),
+            Op::Conv {
+                x,
+                weight,
+                bias,
+                attrs,
+            } => self.conv(*x, *weight, *bias, attrs, dt, shape),
             Op::WriteRows { x, update, start } => self.write_rows(*x, *update, *start),
             Op::Reshape { x, .. } => {
                 let x = self.val(*x)?;

@@ -17,6 +17,7 @@ pub mod gemm;
 mod io;
 pub mod kernels;
 pub mod lower;
+mod lower_conv;
 mod lower_fused;
 mod lower_gemv;
 mod lower_ops;

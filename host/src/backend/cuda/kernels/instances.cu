@@ -26,6 +26,7 @@ BYSIZE(SIZED)
 // threads per multiprocessor, a few bytes spilled); the launcher takes it
 // for grids of more than one block per multiprocessor (kernels.rs).
 #define FLOAT_KERNELS(n, T) \
+  extern "C" __global__ void conv_##n(i64 nb, i64 ci, i64 co, i64 g, i64 h, i64 w, i64 oh, i64 ow, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw, const T* x, const T* wt, const T* b, T* y) { pdl_enter(); conv_t<T>(nb, ci, co, g, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, x, wt, b, y); } \
   extern "C" __global__ void layer_norm_##n(i64 r, int w, const T* x, const T* s, const T* b, float e, T* y) { pdl_enter(); layer_norm_t<T>(r, w, x, s, b, e, y); } \
   extern "C" __global__ void rms_norm_##n(i64 r, int w, const T* x, const T* s, float e, T* y) { pdl_enter(); rms_norm_t<T>(r, w, x, s, e, y); } \
   extern "C" __global__ void unary_binary_##n(int u, int o, i64 c, const T* a, const T* b, T* y) { pdl_enter(); unary_binary_t<T>(u, o, c, a, b, y); } \

@@ -321,6 +321,33 @@ __device__ void gather_t(i64 outer, i64 nidx, i64 axis_len, i64 inner, const E* 
   }
 }
 
+// ---- convolution (1-D as a height of 1): one thread per output ----
+template <typename T>
+__device__ void conv_t(i64 n, i64 cin, i64 cout, i64 groups, i64 h, i64 w, i64 oh, i64 ow, i64 kh, i64 kw,
+                       i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw, const T* x, const T* wt, const T* b, T* y) {
+  i64 total = n * cout * oh * ow;
+  i64 cg = cin / groups, og = cout / groups;
+  GRID_LOOP(i, total) {
+    i64 ox = i % ow, oy = (i / ow) % oh, co = (i / (ow * oh)) % cout, nb = i / (ow * oh * cout);
+    i64 g = co / og;
+    float acc = b ? N<T>::ld(b[co]) : 0.f;
+    for (i64 ci = 0; ci < cg; ci++) {
+      const T* xc = x + ((nb * cin + g * cg + ci) * h) * w;
+      const T* wc = wt + ((co * cg + ci) * kh) * kw;
+      for (i64 ky = 0; ky < kh; ky++) {
+        i64 iy = oy * sh - ph + ky * dh;
+        if (iy < 0 || iy >= h) continue;
+        for (i64 kx = 0; kx < kw; kx++) {
+          i64 ix = ox * sw - pw + kx * dw;
+          if (ix < 0 || ix >= w) continue;
+          acc += N<T>::ld(xc[iy * w + ix]) * N<T>::ld(wc[ky * kw + kx]);
+        }
+      }
+    }
+    y[i] = N<T>::st(acc);
+  }
+}
+
 // ---- argmax over (outer, len, inner); first index of the maximum ----
 // (value, index) pairs: `none` (= len) loses to anything; ties go to the
 // lower index.
