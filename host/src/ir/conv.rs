@@ -55,7 +55,7 @@ impl GraphBuilder {
             && a.dilation.len() == spatial
             && a.stride.iter().chain(&a.dilation).all(|&v| v >= 1)
             && groups >= 1
-            && ws[0] % groups == 0;
+            && ws[0].is_multiple_of(groups);
         if !valid {
             return Err(self.err(
                 OP,
