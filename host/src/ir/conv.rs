@@ -92,6 +92,8 @@ impl GraphBuilder {
             let span = a.dilation[i] * (ws[2 + i] - 1) + 1;
             let pad = a.pad[i].0 + a.pad[i].1;
             let out = match &nx.shape[2 + i] {
+                // Stride 1 and "same" padding keep the length exactly.
+                d if a.stride[i] == 1 && pad + 1 == span => d.clone(),
                 Dim::Fixed(len) if len + pad >= span => Dim::Fixed((len + pad - span) / a.stride[i] + 1),
                 Dim::Fixed(len) => {
                     return Err(self.err(

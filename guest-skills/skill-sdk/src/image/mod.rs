@@ -11,7 +11,6 @@ pub mod frames;
 pub mod preprocess;
 pub mod resample;
 
-use base64::Engine;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 pub use preprocess::Preprocess;
@@ -31,27 +30,7 @@ pub struct Rgb {
     pub data: Vec<u8>,
 }
 
-/// The bytes of a base64 string or a `data:<mime>;base64,` URL.
-pub fn base64_bytes(field: &str, s: &str) -> Result<Vec<u8>, Error> {
-    let payload = match s.strip_prefix("data:") {
-        Some(rest) => match rest.split_once(',') {
-            Some((meta, data)) if meta.ends_with(";base64") => data,
-            _ => {
-                return Err(invalid(format!(
-                    "`{field}`: a data URL must be `data:<mime>;base64,<data>`"
-                )))
-            }
-        },
-        None => s,
-    };
-    let clean: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(clean.as_bytes())
-        .map_err(|e| invalid(format!("`{field}` is not valid base64: {e}")))
-}
+pub use crate::binary::base64_bytes;
 
 /// Decodes image bytes to RGB as transformers' `load_image` does: EXIF
 /// orientation applied, the first frame of an animation, alpha dropped.

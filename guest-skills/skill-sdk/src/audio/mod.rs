@@ -1,0 +1,126 @@
+//! Audio for speech skills, decoded inside the sandbox: a request's
+//! `{"audio": base64 WAV}` or `{"array": [f32], "sampling_rate": n}` ->
+//! mono f32 samples (PCM scaled by 1 / 2^(bits - 1), channels averaged),
+//! under a length limit, at the rate the feature extractor wants; then the
+//! speech encoders ([`wav2vec2`]).
+//!
+//! Enabled by the SDK's `audio` feature. WAV (PCM 8/16/24/32-bit, IEEE
+//! float 32-bit) is decoded; other containers and resampling are not yet
+//! (a clear error names the rate or format).
+
+pub mod wav2vec2;
+
+use serde_json::Value;
+
+use crate::requests::Request;
+use crate::{invalid, Error};
+
+/// Longest audio accepted, in seconds at the model's rate.
+pub const MAX_SECONDS: u64 = 600;
+
+/// Mono samples at a rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Audio {
+    pub rate: u32,
+    pub samples: Vec<f32>,
+}
+
+/// Decodes WAV bytes to mono f32.
+pub fn decode_wav(field: &str, bytes: &[u8]) -> Result<Audio, Error> {
+    let bad = |e: String| invalid(format!("`{field}`: {e}"));
+    let mut r = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| {
+        bad(format!(
+            "not a WAV file this skill can read ({e}); send 16-bit PCM WAV or an `array`"
+        ))
+    })?;
+    let spec = r.spec();
+    let channels = spec.channels.max(1) as usize;
+    let frames = r.duration() as u64;
+    if spec.sample_rate == 0 || frames > MAX_SECONDS * spec.sample_rate as u64 {
+        return Err(bad(format!(
+            "{frames} frames at {} Hz is over the limit of {MAX_SECONDS} s",
+            spec.sample_rate
+        )));
+    }
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("cannot decode the samples: {e}")))?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
+            r.samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("cannot decode the samples: {e}")))?
+        }
+    };
+    let samples = interleaved
+        .chunks_exact(channels)
+        .map(|c| c.iter().sum::<f32>() / channels as f32)
+        .collect();
+    Ok(Audio {
+        rate: spec.sample_rate,
+        samples,
+    })
+}
+
+/// The audio of a request: `audio` (base64 or data URL WAV) or `array`
+/// with `sampling_rate`; it must be at `rate` Hz.
+pub fn from_request(req: &Request, rate: u32) -> Result<Audio, Error> {
+    let audio = match (
+        req.0.get("audio").filter(|v| !v.is_null()),
+        req.0.get("array").filter(|v| !v.is_null()),
+    ) {
+        (Some(Value::String(s)), None) => {
+            let bytes = crate::binary::base64_bytes("audio", s)?;
+            decode_wav("audio", &bytes)?
+        }
+        (None, Some(Value::Array(a))) => {
+            let samples = a
+                .iter()
+                .map(|v| v.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| invalid("`array` must be a list of numbers"))?;
+            let rate = req
+                .opt_u64("sampling_rate")?
+                .ok_or_else(|| invalid("`array` needs `sampling_rate`"))?;
+            Audio {
+                rate: rate.min(u32::MAX as u64) as u32,
+                samples,
+            }
+        }
+        (Some(_), None) => return Err(invalid("`audio` must be a base64 string")),
+        _ => {
+            return Err(invalid(
+                "give either `audio` (a base64 WAV file) or `array` with `sampling_rate`",
+            ))
+        }
+    };
+    if audio.rate != rate {
+        return Err(invalid(format!(
+            "the audio is at {} Hz; this model takes {rate} Hz (resampling is not supported yet)",
+            audio.rate
+        )));
+    }
+    if audio.samples.is_empty() {
+        return Err(invalid("the audio has no samples"));
+    }
+    if audio.samples.len() as u64 > MAX_SECONDS * rate as u64 {
+        return Err(invalid(format!("the audio is longer than {MAX_SECONDS} s")));
+    }
+    if audio.samples.iter().any(|x| !x.is_finite()) {
+        return Err(invalid("the audio has non-finite samples"));
+    }
+    Ok(audio)
+}
+
+/// Wav2Vec2's feature extractor normalisation: zero mean, unit variance
+/// (`(x - mean) / sqrt(var + 1e-7)`).
+pub fn zero_mean_unit_var(x: &[f32]) -> Vec<f32> {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let (mean, den) = (mean as f32, ((var as f32) + 1e-7).sqrt());
+    x.iter().map(|&v| (v - mean) / den).collect()
+}

@@ -1,0 +1,148 @@
+//! Speech skills against transformers on the tiny fixtures
+//! (tests/fixtures/gen_tiny_audio.py): `audio-embedding` (Wav2Vec2 with
+//! group norm, Wav2Vec2 "stable" with layer norms and pre-norm layers,
+//! HuBERT; fp32 cosine >= 0.99999, max-abs <= 1e-4) and
+//! `automatic-speech-recognition` (CTC: the pipeline's transcript,
+//! identical) on WAV files of several encodings (16-bit mono and stereo,
+//! 24-bit, float) and on a raw `array`; bad audio fails its own request.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use host::backend::Precision;
+use serde_json::{json, Value};
+
+fn reference(name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(fixture(&format!("{name}/reference.json"))).expect("reference");
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+fn wav(file: &str) -> String {
+    let bytes = std::fs::read(fixture(&format!("audio/{file}"))).expect("audio file");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn embeddings(device: &str) {
+    if !available(device) {
+        return;
+    }
+    for name in ["tiny-wav2vec2-ctc", "tiny-wav2vec2-stable", "tiny-hubert"] {
+        let r = reference(name);
+        let mut run = runner("audio-embedding", &fixture(name), device, Precision::F32);
+        let cases = r["cases"].as_array().unwrap();
+        let reqs: Vec<String> = cases
+            .iter()
+            .map(|c| json!({"audio": wav(c["file"].as_str().unwrap())}).to_string())
+            .collect();
+        for (c, got) in cases.iter().zip(run.handle(&reqs)) {
+            let got = got.unwrap_or_else(|e| panic!("{name} {}: {e}", c["file"]));
+            let e: Vec<f32> = got.json["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let want: Vec<f32> = c["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let (cos, max) = compare(&e, &want);
+            assert!(
+                cos >= 0.99999 && max <= 1e-4,
+                "{name} {device} {}: cos {cos} max-abs {max}",
+                c["file"]
+            );
+        }
+    }
+}
+
+fn transcripts(device: &str) {
+    if !available(device) {
+        return;
+    }
+    let name = "tiny-wav2vec2-ctc";
+    let r = reference(name);
+    let mut run = runner(
+        "automatic-speech-recognition",
+        &fixture(name),
+        device,
+        Precision::F32,
+    );
+    let cases = r["cases"].as_array().unwrap();
+    let reqs: Vec<String> = cases
+        .iter()
+        .map(|c| json!({"audio": wav(c["file"].as_str().unwrap())}).to_string())
+        .collect();
+    for (c, got) in cases.iter().zip(run.handle(&reqs)) {
+        let got = got.unwrap_or_else(|e| panic!("{name} {}: {e}", c["file"]));
+        assert_eq!(got.json["text"], c["text"], "{name} {device} {}", c["file"]);
+    }
+}
+
+#[test]
+fn audio_embeddings_match_transformers_on_cpu() {
+    embeddings("cpu");
+}
+
+#[test]
+fn audio_embeddings_match_transformers_on_openvino() {
+    embeddings("openvino");
+}
+
+#[test]
+fn audio_embeddings_match_transformers_on_cuda() {
+    embeddings("cuda");
+}
+
+#[test]
+fn ctc_transcripts_match_transformers_on_cpu() {
+    transcripts("cpu");
+}
+
+#[test]
+fn ctc_transcripts_match_transformers_on_openvino() {
+    transcripts("openvino");
+}
+
+#[test]
+fn ctc_transcripts_match_transformers_on_cuda() {
+    transcripts("cuda");
+}
+
+#[test]
+fn bad_audio_fails_its_own_request() {
+    if !available("cpu") {
+        return;
+    }
+    let mut run = runner(
+        "automatic-speech-recognition",
+        &fixture("tiny-wav2vec2-ctc"),
+        "cpu",
+        Precision::F32,
+    );
+    let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nnot audio");
+    let out = run.handle(&[
+        json!({"audio": png}).to_string(),
+        json!({"array": [0.0, 0.1], "sampling_rate": 8000}).to_string(),
+        json!({"array": []}).to_string(),
+        json!({"audio": wav("tone_16k.wav"), "return_timestamps": true}).to_string(),
+        json!({"array": vec![0.01f32; 4000], "sampling_rate": 16000}).to_string(),
+    ]);
+    assert!(out[0].as_ref().unwrap_err().to_string().contains("WAV"));
+    assert!(out[1]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("16000 Hz"));
+    assert!(out[2].is_err());
+    assert!(out[3]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("timestamps"));
+    assert!(out[4].is_ok(), "{:?}", out[4]);
+}
