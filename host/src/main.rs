@@ -64,6 +64,9 @@ struct RunArgs {
     /// Image file; repeatable. Becomes the request `{"image": BASE64}`.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// Audio file (WAV); repeatable. Becomes the request `{"audio": BASE64}`.
+    #[arg(long = "audio")]
+    audio: Vec<PathBuf>,
     /// JSON Lines file of request objects (`-` for stdin).
     #[arg(long = "inputs")]
     inputs_file: Option<PathBuf>,
@@ -175,12 +178,14 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
         .iter()
         .map(|t| serde_json::json!({ "text": t }).to_string())
         .collect();
-    for path in &args.images {
-        use base64::Engine;
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read --image {}", path.display()))?;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-        reqs.push(serde_json::json!({ "image": b64 }).to_string());
+    for (key, paths) in [("image", &args.images), ("audio", &args.audio)] {
+        for path in paths {
+            use base64::Engine;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read --{key} {}", path.display()))?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            reqs.push(serde_json::json!({ key: b64 }).to_string());
+        }
     }
     if let Some(path) = &args.inputs_file {
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
@@ -208,7 +213,7 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
         }
     }
     if reqs.is_empty() {
-        bail!("no inputs: pass --input TEXT or --image FILE (repeatable) or --inputs FILE.jsonl");
+        bail!("no inputs: pass --input TEXT, --image FILE or --audio FILE (repeatable) or --inputs FILE.jsonl");
     }
     Ok(reqs)
 }
