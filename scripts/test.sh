@@ -17,4 +17,7 @@ if [ ! -f "$RT/nvidia/cu13/lib/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH="$PWD/$RT/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export REQUIRE_NVRTC=1
+# The guest SDK's unit tests (beam search, processors, image resampling,
+# Swin indices) run natively.
+cargo test --release --quiet -p skill-sdk --features generation,image,audio --lib
 cargo test --release -p host "$@"

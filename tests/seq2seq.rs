@@ -137,6 +137,35 @@ fn seq2seq_matches_transformers_on_cuda() {
     every_family("cuda", None);
 }
 
+/// The first decoder step's logits of a family's first case on `device`
+/// at `precision` against transformers' fp32 ones: (cosine, max-abs).
+fn first_step(family: &str, device: &str, precision: Precision) -> (f64, f64) {
+    let r = reference(family);
+    let want: Vec<f32> = r["first_step_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let c = &r["cases"][0];
+    let mut q = json!({ "text": c["text"], "max_new_tokens": 1, "return_logits": true });
+    if let Some(src) = c.get("src_lang") {
+        q["src_lang"] = src.clone();
+    }
+    let model = fixture(&format!("tiny-s2s-{family}"));
+    let mut runner = runner("text2text-generation", &model, device, precision);
+    let out = runner
+        .handle(&[q.to_string()])
+        .remove(0)
+        .expect("logits request");
+    let got = out
+        .tensor("first_step_logits")
+        .expect("first_step_logits")
+        .to_f32("logits")
+        .unwrap();
+    compare(&got, &want)
+}
+
 /// f16/bf16 first decoder step logits against transformers' fp32 ones.
 #[test]
 fn seq2seq_reduced_precision_first_step_on_cuda() {
@@ -144,31 +173,8 @@ fn seq2seq_reduced_precision_first_step_on_cuda() {
         return;
     }
     for family in FAMILIES {
-        let r = reference(family);
-        let want: Vec<f32> = r["first_step_logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        let c = &r["cases"][0];
-        let mut q = json!({ "text": c["text"], "max_new_tokens": 1, "return_logits": true });
-        if let Some(src) = c.get("src_lang") {
-            q["src_lang"] = src.clone();
-        }
         for precision in [Precision::F16, Precision::BF16] {
-            let model = fixture(&format!("tiny-s2s-{family}"));
-            let mut runner = runner("text2text-generation", &model, "cuda", precision);
-            let out = runner
-                .handle(&[q.to_string()])
-                .remove(0)
-                .expect("logits request");
-            let got = out
-                .tensor("first_step_logits")
-                .expect("first_step_logits")
-                .to_f32("logits")
-                .unwrap();
-            let (cos, max) = compare(&got, &want);
+            let (cos, max) = first_step(family, "cuda", precision);
             assert!(
                 cos >= 0.999,
                 "{family} {precision:?}: cosine {cos}, max-abs {max}"
@@ -186,30 +192,7 @@ fn seq2seq_first_step_logits_match_in_f32() {
         return;
     }
     for family in FAMILIES {
-        let r = reference(family);
-        let want: Vec<f32> = r["first_step_logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        let c = &r["cases"][0];
-        let mut q = json!({ "text": c["text"], "max_new_tokens": 1, "return_logits": true });
-        if let Some(src) = c.get("src_lang") {
-            q["src_lang"] = src.clone();
-        }
-        let model = fixture(&format!("tiny-s2s-{family}"));
-        let mut runner = runner("text2text-generation", &model, "cpu", Precision::F32);
-        let out = runner
-            .handle(&[q.to_string()])
-            .remove(0)
-            .expect("logits request");
-        let got = out
-            .tensor("first_step_logits")
-            .expect("first_step_logits")
-            .to_f32("logits")
-            .unwrap();
-        let (cos, max) = compare(&got, &want);
+        let (cos, max) = first_step(family, "cpu", Precision::F32);
         assert!(
             max <= 1e-4 && cos >= 0.99999,
             "{family}: cosine {cos}, max-abs {max}"

@@ -671,3 +671,148 @@ fn tei_predict_and_rerank_answer_like_the_skill() {
         );
     }
 }
+
+/// A multipart/form-data body of (name, file name, bytes) parts.
+fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----host-test-boundary-7d3f";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn post_form(a: &ureq::Agent, url: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (u16, String) {
+    let (ct, body) = form(parts);
+    let (code, resp) = match a.post(url).set("content-type", &ct).send_bytes(&body) {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(c, r)) => (c, r),
+        Err(e) => panic!("transport error: {e}"),
+    };
+    (code, resp.into_string().unwrap_or_default())
+}
+
+/// File uploads: a multipart form on `/v1/endpoints/{name}` (an image and
+/// a number field) answers like the JSON request, and OpenAI's
+/// `/v1/audio/transcriptions` answers json, text and verbose_json with the
+/// CTC transcript transformers gives.
+#[test]
+fn multipart_uploads_and_openai_transcriptions() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![
+            config(
+                "vit",
+                "image-classification",
+                &fixture("tiny-vit"),
+                "cpu",
+                BatchPolicy::default(),
+                1,
+            ),
+            config(
+                "asr",
+                "automatic-speech-recognition",
+                &fixture("tiny-wav2vec2-ctc"),
+                "cpu",
+                BatchPolicy::default(),
+                1,
+            ),
+        ],
+        64,
+    );
+    let a = agent();
+    let url = |p: &str| format!("{}{p}", s.base);
+    let png = std::fs::read(fixture("images/gradient_64x48.png")).expect("image");
+    let (code, text) = post_form(
+        &a,
+        &url("/v1/endpoints/vit"),
+        &[("image", Some("g.png"), &png), ("top_k", None, b"2")],
+    );
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["labels"].as_array().map(|l| l.len()), Some(2), "{v}");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let (code, json) = post(
+        &a,
+        &url("/v1/endpoints/vit"),
+        &serde_json::json!({"image": b64, "top_k": 2}).to_string(),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(json["labels"], v["labels"]);
+    // Transcriptions.
+    let wav = std::fs::read(fixture("audio/tone_16k.wav")).expect("audio");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-wav2vec2-ctc/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let want = reference["cases"][0]["text"].as_str().unwrap();
+    let t = url("/v1/audio/transcriptions");
+    let (code, body) = post_form(
+        &a,
+        &t,
+        &[("file", Some("a.wav"), &wav), ("model", None, b"asr")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["text"], want);
+    let (code, body) = post_form(
+        &a,
+        &t,
+        &[
+            ("file", Some("a.wav"), &wav),
+            ("model", None, b"asr"),
+            ("response_format", None, b"text"),
+        ],
+    );
+    assert_eq!((code, body.as_str()), (200, want));
+    let (code, body) = post_form(
+        &a,
+        &t,
+        &[
+            ("file", Some("a.wav"), &wav),
+            ("model", None, b"asr"),
+            ("response_format", None, b"verbose_json"),
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["task"].as_str(), v["text"].as_str()),
+        (Some("transcribe"), Some(want))
+    );
+    // No timestamps from a CTC model; no file; a bad form.
+    let (code, _) = post_form(
+        &a,
+        &t,
+        &[
+            ("file", Some("a.wav"), &wav),
+            ("model", None, b"asr"),
+            ("response_format", None, b"srt"),
+        ],
+    );
+    assert_eq!(code, 400);
+    let (code, body) = post_form(&a, &t, &[("model", None, b"asr")]);
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = match a
+        .post(&t)
+        .set("content-type", "multipart/form-data; boundary=x")
+        .send_string("garbage")
+    {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(c, r)) => (c, r),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(code, 400);
+}

@@ -15,13 +15,12 @@ use skill_sdk::config::Json;
 use skill_sdk::graph::ReduceOp;
 use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
-use skill_sdk::tensors::{f32_tensor, f32_values, take};
-use skill_sdk::{Error, Graph, Guest, NamedTensor, Response, SkillInfo};
+use skill_sdk::tensors::{f32_values, take};
+use skill_sdk::{Error, Graph, Guest, Response, SkillInfo};
 
 struct Loaded {
     graph: CompiledGraph,
-    rate: u32,
-    normalize: bool,
+    extractor: audio::Extractor,
 }
 
 thread_local! {
@@ -29,16 +28,6 @@ thread_local! {
 }
 
 struct AudioEmbedding;
-
-/// The feature extractor's rate and normalisation.
-fn extractor() -> Result<(u32, bool), Error> {
-    let fe = Json::asset("preprocessor_config.json")?
-        .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
-    Ok((
-        fe.u64_or("sampling_rate", 16000)? as u32,
-        fe.bool_or("do_normalize", true)?,
-    ))
-}
 
 impl Guest for AudioEmbedding {
     fn describe() -> SkillInfo {
@@ -54,20 +43,13 @@ impl Guest for AudioEmbedding {
 
     fn load() -> Result<(), Error> {
         let config = Json::config()?;
-        let (rate, normalize) = extractor()?;
+        let extractor = audio::Extractor::read()?;
         let g = Graph::new("speech-embedding");
         let model = Wav2Vec2::load(&config, &g)?;
         let hidden = model.hidden(&g)?;
         let mean = g.reduce(ReduceOp::Mean, hidden, &[1], false)?;
         let graph = g.compile(&[("embedding", mean)])?;
-        skill_sdk::state::set(
-            &STATE,
-            Loaded {
-                graph,
-                rate,
-                normalize,
-            },
-        );
+        skill_sdk::state::set(&STATE, Loaded { graph, extractor });
         Ok(())
     }
 
@@ -78,7 +60,7 @@ impl Guest for AudioEmbedding {
 
 fn parse(req: Request) -> Result<audio::Audio, Error> {
     req.only(&["audio", "array", "sampling_rate"])?;
-    let rate = skill_sdk::state::with(&STATE, |l| Ok(l.rate))?;
+    let rate = skill_sdk::state::with(&STATE, |l| Ok(l.extractor.rate))?;
     audio::from_request(&req, rate)
 }
 
@@ -87,14 +69,7 @@ fn embed(reqs: Vec<audio::Audio>) -> Result<Vec<Result<Response, Error>>, Error>
         Ok(reqs
             .iter()
             .map(|a| {
-                let x = match l.normalize {
-                    true => audio::zero_mean_unit_var(&a.samples),
-                    false => a.samples.clone(),
-                };
-                let inputs = vec![NamedTensor {
-                    name: "input_values".into(),
-                    value: f32_tensor(vec![1, x.len() as u64], &x),
-                }];
+                let inputs = l.extractor.inputs(a);
                 let e = f32_values(&take(l.graph.run(&inputs)?, "embedding")?)?;
                 Ok(Response {
                     json: serde_json::json!({ "embedding": e }).to_string(),

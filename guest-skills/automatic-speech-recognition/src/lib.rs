@@ -17,13 +17,12 @@ use skill_sdk::audio::{self, wav2vec2::Wav2Vec2};
 use skill_sdk::config::Json;
 use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
-use skill_sdk::tensors::{f32_tensor, i64_values, take};
-use skill_sdk::{invalid, Error, Graph, Guest, NamedTensor, Response, SkillInfo};
+use skill_sdk::tensors::{i64_values, take};
+use skill_sdk::{invalid, Error, Graph, Guest, Response, SkillInfo};
 
 struct Loaded {
     graph: CompiledGraph,
-    rate: u32,
-    normalize: bool,
+    extractor: audio::Extractor,
     vocab: ctc::Vocab,
 }
 
@@ -47,12 +46,7 @@ impl Guest for Asr {
 
     fn load() -> Result<(), Error> {
         let config = Json::config()?;
-        let fe = Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
-        let (rate, normalize) = (
-            fe.u64_or("sampling_rate", 16000)? as u32,
-            fe.bool_or("do_normalize", true)?,
-        );
+        let extractor = audio::Extractor::read()?;
         let g = Graph::new("speech-ctc");
         let model = Wav2Vec2::load(&config, &g)?;
         if !g.has("lm_head.weight") {
@@ -70,8 +64,7 @@ impl Guest for Asr {
             &STATE,
             Loaded {
                 graph,
-                rate,
-                normalize,
+                extractor,
                 vocab,
             },
         );
@@ -106,7 +99,7 @@ fn parse(req: Request) -> Result<audio::Audio, Error> {
     {
         return Err(invalid("`language` and `task` apply to Whisper; a CTC model transcribes what it was trained on"));
     }
-    let rate = skill_sdk::state::with(&STATE, |l| Ok(l.rate))?;
+    let rate = skill_sdk::state::with(&STATE, |l| Ok(l.extractor.rate))?;
     audio::from_request(&req, rate)
 }
 
@@ -115,14 +108,7 @@ fn transcribe(reqs: Vec<audio::Audio>) -> Result<Vec<Result<Response, Error>>, E
         Ok(reqs
             .iter()
             .map(|a| {
-                let x = match l.normalize {
-                    true => audio::zero_mean_unit_var(&a.samples),
-                    false => a.samples.clone(),
-                };
-                let inputs = vec![NamedTensor {
-                    name: "input_values".into(),
-                    value: f32_tensor(vec![1, x.len() as u64], &x),
-                }];
+                let inputs = l.extractor.inputs(a);
                 let ids = i64_values(&take(l.graph.run(&inputs)?, "ids")?)?;
                 Ok(Response {
                     json: serde_json::json!({ "text": l.vocab.decode(&ids) }).to_string(),

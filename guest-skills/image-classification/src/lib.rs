@@ -21,7 +21,7 @@ use skill_sdk::config::Json;
 use skill_sdk::image::{self as img, Preprocess};
 use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
-use skill_sdk::scores::{ranked, Function};
+use skill_sdk::scores::{labels_answer, Function};
 use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::vision::convnext::ConvNext;
 use skill_sdk::vision::swin::Swin;
@@ -174,18 +174,13 @@ fn classify(reqs: Vec<ImageRequest>) -> Result<Vec<Result<Response, Error>>, Err
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let scores = r
-                    .function
-                    .unwrap_or(l.default_function)
-                    .apply(&logits[i * n..(i + 1) * n]);
-                let labels: Vec<serde_json::Value> = ranked(&scores, r.top_k.min(n))
-                    .into_iter()
-                    .map(|k| serde_json::json!({"label": l.labels[k], "score": scores[k]}))
-                    .collect();
-                Ok(Response {
-                    json: serde_json::json!({ "labels": labels }).to_string(),
-                    tensors: Vec::new(),
-                })
+                let function = r.function.unwrap_or(l.default_function);
+                Ok(labels_answer(
+                    &logits[i * n..(i + 1) * n],
+                    &l.labels,
+                    function,
+                    r.top_k,
+                ))
             })
             .collect())
     })

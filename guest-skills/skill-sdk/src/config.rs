@@ -75,6 +75,15 @@ impl Json {
     }
 
     /// The names of `n` labels from `id2label` (`LABEL_i` where it has none).
+    /// A list of non-negative integers (`depths`, `conv_kernel`).
+    pub fn u64_list(&self, key: &str) -> Result<Vec<u64>, Error> {
+        self.value
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.missing(key, "a list of non-negative integers"))
+    }
+
     pub fn labels(&self, n: u64) -> Result<Vec<String>, Error> {
         let map = self.value.get("id2label").and_then(Value::as_object);
         (0..n)

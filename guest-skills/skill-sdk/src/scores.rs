@@ -58,3 +58,22 @@ pub fn ranked(scores: &[f32], top_k: usize) -> Vec<usize> {
     order.truncate(top_k);
     order
 }
+
+/// The `{"labels": [{"label", "score"}]}` answer of one row of logits:
+/// `function` applied, the `top_k` best (capped at the label count).
+pub fn labels_answer(
+    logits: &[f32],
+    labels: &[String],
+    function: Function,
+    top_k: usize,
+) -> crate::Response {
+    let scores = function.apply(logits);
+    let ranked: Vec<serde_json::Value> = ranked(&scores, top_k.min(labels.len()))
+        .into_iter()
+        .map(|k| serde_json::json!({"label": labels[k], "score": scores[k]}))
+        .collect();
+    crate::Response {
+        json: serde_json::json!({ "labels": ranked }).to_string(),
+        tensors: Vec::new(),
+    }
+}

@@ -155,10 +155,15 @@ pub(super) async fn tei_embed(
 pub(super) async fn generic(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let _permit = state.permit()?;
-    let v = json_body(body)?;
+    // A multipart form (file uploads) is one request object.
+    let v = match super::forms::is_form(&headers) {
+        true => super::forms::request(&headers, body).await?,
+        false => json_body(body)?,
+    };
     let handler = state.pick(Some(&name))?;
     let (list, requests) = match v {
         Value::Array(a) if !a.is_empty() => (true, a.iter().map(Value::to_string).collect()),

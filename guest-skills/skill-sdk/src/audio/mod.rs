@@ -124,3 +124,34 @@ pub fn zero_mean_unit_var(x: &[f32]) -> Vec<f32> {
     let (mean, den) = (mean as f32, ((var as f32) + 1e-7).sqrt());
     x.iter().map(|&v| (v - mean) / den).collect()
 }
+
+/// The model's feature extractor (`preprocessor_config.json`): its rate and
+/// whether it normalises the waveform.
+#[derive(Clone, Copy, Debug)]
+pub struct Extractor {
+    pub rate: u32,
+    pub normalize: bool,
+}
+
+impl Extractor {
+    pub fn read() -> Result<Extractor, Error> {
+        let fe = crate::config::Json::asset("preprocessor_config.json")?
+            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        Ok(Extractor {
+            rate: fe.u64_or("sampling_rate", 16000)?.min(u32::MAX as u64) as u32,
+            normalize: fe.bool_or("do_normalize", true)?,
+        })
+    }
+
+    /// The graph input `input_values` [1, samples] of one clip.
+    pub fn inputs(&self, a: &Audio) -> Vec<crate::NamedTensor> {
+        let x = match self.normalize {
+            true => zero_mean_unit_var(&a.samples),
+            false => a.samples.clone(),
+        };
+        vec![crate::NamedTensor {
+            name: "input_values".into(),
+            value: crate::tensors::f32_tensor(vec![1, x.len() as u64], &x),
+        }]
+    }
+}

@@ -34,14 +34,6 @@ pub struct Wav2Vec2 {
     pos_groups: u64,
 }
 
-fn list(c: &Json, key: &str) -> Result<Vec<u64>, Error> {
-    c.value
-        .get(key)
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-        .ok_or_else(|| Error::Model(format!("config.json: `{key}` is not a list")))
-}
-
 impl Wav2Vec2 {
     /// Model types served.
     pub const MODEL_TYPES: [&'static str; 2] = ["wav2vec2", "hubert"];
@@ -58,7 +50,10 @@ impl Wav2Vec2 {
             .into_iter()
             .find(|b| g.has(&format!("{b}{probe}")))
             .ok_or_else(|| Error::Model(format!("no `{probe}`: not a {model_type} checkpoint")))?;
-        let (kernels, strides) = (list(config, "conv_kernel")?, list(config, "conv_stride")?);
+        let (kernels, strides) = (
+            config.u64_list("conv_kernel")?,
+            config.u64_list("conv_stride")?,
+        );
         if kernels.is_empty() || kernels.len() != strides.len() {
             return Err(Error::Model(
                 "config.json: `conv_kernel` and `conv_stride` differ".into(),

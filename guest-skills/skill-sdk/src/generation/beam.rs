@@ -218,33 +218,13 @@ impl BeamSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::sample::Sampling;
+    use crate::generation::settings::test_settings;
 
     fn settings(beams: u32, max_new: u64) -> Settings {
         Settings {
-            max_new_tokens: max_new,
-            min_new_tokens: 0,
             num_beams: beams,
-            length_penalty: 1.0,
-            early_stopping: EarlyStopping::False,
-            no_repeat_ngram_size: 0,
-            encoder_no_repeat_ngram_size: 0,
-            forced_bos: None,
-            forced_eos: Vec::new(),
-            suppress: Vec::new(),
-            begin_suppress: Vec::new(),
-            bad_words: Vec::new(),
-            eos: vec![2],
-            pad: 1,
-            decoder_start: 2,
-            sampling: Sampling {
-                do_sample: false,
-                temperature: 1.0,
-                top_k: 50,
-                top_p: 1.0,
-                seed: 0,
-            },
-            stop: Vec::new(),
+            max_new_tokens: max_new,
+            ..test_settings()
         }
     }
 

@@ -120,36 +120,7 @@ pub fn step(settings: &Settings, seq: &[i64], encoder_ids: &[i64]) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::sample::Sampling;
-    use crate::generation::settings::EarlyStopping;
-
-    fn settings() -> Settings {
-        Settings {
-            max_new_tokens: 5,
-            min_new_tokens: 0,
-            num_beams: 1,
-            length_penalty: 1.0,
-            early_stopping: EarlyStopping::False,
-            no_repeat_ngram_size: 0,
-            encoder_no_repeat_ngram_size: 0,
-            forced_bos: None,
-            forced_eos: Vec::new(),
-            suppress: Vec::new(),
-            begin_suppress: Vec::new(),
-            bad_words: Vec::new(),
-            eos: vec![2],
-            pad: 1,
-            decoder_start: 2,
-            sampling: Sampling {
-                do_sample: false,
-                temperature: 1.0,
-                top_k: 50,
-                top_p: 1.0,
-                seed: 0,
-            },
-            stop: Vec::new(),
-        }
-    }
+    use crate::generation::settings::test_settings as settings;
 
     #[test]
     fn ngrams_ban_the_continuations_of_the_last_tokens() {

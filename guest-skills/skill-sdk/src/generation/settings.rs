@@ -233,3 +233,34 @@ impl Defaults {
         })
     }
 }
+
+/// Greedy settings for the module's unit tests: 5 new tokens, eos 2,
+/// start 2, pad 1, nothing banned or forced.
+#[cfg(test)]
+pub(crate) fn test_settings() -> Settings {
+    Settings {
+        max_new_tokens: 5,
+        min_new_tokens: 0,
+        num_beams: 1,
+        length_penalty: 1.0,
+        early_stopping: EarlyStopping::False,
+        no_repeat_ngram_size: 0,
+        encoder_no_repeat_ngram_size: 0,
+        forced_bos: None,
+        forced_eos: Vec::new(),
+        suppress: Vec::new(),
+        begin_suppress: Vec::new(),
+        bad_words: Vec::new(),
+        eos: vec![2],
+        pad: 1,
+        decoder_start: 2,
+        sampling: Sampling {
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            seed: 0,
+        },
+        stop: Vec::new(),
+    }
+}

@@ -28,15 +28,7 @@ pub struct ConvNext {
 
 impl ConvNext {
     pub fn load(config: &Json, g: &Graph) -> Result<ConvNext, Error> {
-        let list = |key: &str| -> Result<Vec<u64>, Error> {
-            config
-                .value
-                .get(key)
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .ok_or_else(|| Error::Model(format!("config.json: `{key}` is not a list")))
-        };
-        let (hidden, depths) = (list("hidden_sizes")?, list("depths")?);
+        let (hidden, depths) = (config.u64_list("hidden_sizes")?, config.u64_list("depths")?);
         if hidden.is_empty() || hidden.len() != depths.len() {
             return Err(Error::Model(
                 "config.json: `hidden_sizes` and `depths` differ in length".into(),

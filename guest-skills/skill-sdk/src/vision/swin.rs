@@ -78,15 +78,7 @@ fn fixed(v: &[u64]) -> Vec<Dim> {
 
 impl Swin {
     pub fn load(config: &Json, g: &Graph) -> Result<Swin, Error> {
-        let list = |key: &str| -> Result<Vec<u64>, Error> {
-            config
-                .value
-                .get(key)
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .ok_or_else(|| Error::Model(format!("config.json: `{key}` is not a list")))
-        };
-        let (depths, heads) = (list("depths")?, list("num_heads")?);
+        let (depths, heads) = (config.u64_list("depths")?, config.u64_list("num_heads")?);
         if depths.is_empty() || depths.len() != heads.len() {
             return Err(Error::Model(
                 "config.json: `depths` and `num_heads` differ in length".into(),

@@ -1,0 +1,225 @@
+//! `multipart/form-data` bodies (parsed with `multer`): a form becomes a
+//! skill request object, file parts as base64 strings under their field
+//! name (`image`, `audio`, `file`), other parts as JSON values when they
+//! parse as such (`"3"` -> 3) and strings otherwise; and OpenAI's
+//! `POST /v1/audio/transcriptions` on an automatic-speech-recognition
+//! endpoint.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::{ApiError, AppState};
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", message)
+}
+
+/// Whether a request carries a multipart form.
+pub(super) fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// One form part: its field name, whether it is a file, its bytes.
+struct Part {
+    name: String,
+    file: bool,
+    bytes: Vec<u8>,
+}
+
+async fn parts(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<Part>, ApiError> {
+    let body = body.map_err(|r| {
+        ApiError::new(
+            r.status(),
+            "invalid-request",
+            format!("cannot read the request body: {r}"),
+        )
+    })?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary =
+        multer::parse_boundary(ct).map_err(|e| bad(format!("bad multipart content type: {e}")))?;
+    let stream =
+        futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut out = Vec::new();
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("malformed form: {e}")))?
+    {
+        let name = field.name().unwrap_or("").to_string();
+        let file = field.file_name().is_some();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| bad(format!("malformed form field `{name}`: {e}")))?;
+        out.push(Part {
+            name,
+            file,
+            bytes: bytes.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// A form as a skill request object.
+pub(super) async fn request(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    let mut obj = Map::new();
+    for p in parts(headers, body).await? {
+        if p.name.is_empty() {
+            return Err(bad("a form field has no name"));
+        }
+        let value = match p.file {
+            true => Value::String(base64::engine::general_purpose::STANDARD.encode(&p.bytes)),
+            false => {
+                let text = String::from_utf8(p.bytes)
+                    .map_err(|_| bad(format!("form field `{}` is not UTF-8 text", p.name)))?;
+                serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .filter(|v| !v.is_string())
+                    .unwrap_or(Value::String(text))
+            }
+        };
+        obj.insert(p.name, value);
+    }
+    Ok(Value::Object(obj))
+}
+
+/// OpenAI `POST /v1/audio/transcriptions`: `file`, `model` (the endpoint),
+/// `language`, `prompt`, `temperature`, `response_format` (json, text,
+/// verbose_json; srt and vtt need timestamps), `timestamp_granularities[]`.
+pub(super) async fn transcriptions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let _permit = state.permit()?;
+    if !is_form(&headers) {
+        return Err(bad("send multipart/form-data with a `file` part"));
+    }
+    let mut fields = Map::new();
+    let mut audio = None;
+    for p in parts(&headers, body).await? {
+        match (p.name.as_str(), p.file) {
+            ("file", _) => audio = Some(base64::engine::general_purpose::STANDARD.encode(&p.bytes)),
+            (name, _) => {
+                let text = String::from_utf8(p.bytes)
+                    .map_err(|_| bad(format!("form field `{name}` is not UTF-8 text")))?;
+                fields.insert(name.to_string(), Value::String(text));
+            }
+        }
+    }
+    let audio = audio.ok_or_else(|| bad("missing the `file` part"))?;
+    let text = |k: &str| {
+        fields
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let handler = state.pick(text("model"))?;
+    let format = text("response_format").unwrap_or("json").to_string();
+    let mut req = serde_json::json!({ "audio": audio });
+    if let Some(l) = text("language") {
+        req["language"] = Value::String(l.to_string());
+    }
+    if text("prompt").is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported",
+            "`prompt` is not supported",
+        ));
+    }
+    if let Some(t) = text("temperature")
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|&t| t != 0.0)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported",
+            format!("`temperature` {t}: transcription is greedy (0) only"),
+        ));
+    }
+    let timed = matches!(format.as_str(), "srt" | "vtt")
+        || fields
+            .keys()
+            .any(|k| k.starts_with("timestamp_granularities"));
+    if timed {
+        req["return_timestamps"] = Value::Bool(true);
+    }
+    if !matches!(
+        format.as_str(),
+        "json" | "text" | "verbose_json" | "srt" | "vtt"
+    ) {
+        return Err(bad(format!(
+            "unknown response_format `{format}` (json, text, verbose_json, srt, vtt)"
+        )));
+    }
+    let out = handler
+        .call_many(vec![req.to_string()])
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| {
+            Err(crate::runner::RequestError {
+                kind: "internal",
+                message: "no answer".into(),
+            })
+        })?;
+    let transcript = out
+        .json
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    Ok(match format.as_str() {
+        "text" => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            transcript,
+        )
+            .into_response(),
+        "verbose_json" => {
+            let body = serde_json::json!({
+                "task": "transcribe",
+                "language": out.json.get("language").cloned().unwrap_or(Value::Null),
+                "text": transcript,
+                "segments": out.json.get("chunks").cloned().unwrap_or(Value::Array(vec![])),
+            });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        "json" => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "text": transcript }).to_string(),
+        )
+            .into_response(),
+        // srt / vtt: the skill refused timestamps above if it has none.
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported",
+                format!("`{format}` needs timestamps"),
+            ))
+        }
+    })
+}
