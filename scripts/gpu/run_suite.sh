@@ -7,6 +7,8 @@
 #   fidelity: nvidia-smi, make_models (embedding models), the kernel tests
 #             .gpu/backend_ops (if present) with OPS_PRECISION=f32, f16, bf16,
 #             the encoder skills on every tiny encoder fixture (.gpu/encoders),
+#             text2text-generation, vision/video and audio skills on theirs
+#             (.gpu/seq2seq, .gpu/vision, .gpu/audio),
 #             embed_fidelity.py and gen_fidelity.py.
 #   bench:    nvidia-smi, make_models (all five models), bench_cuda.py
 #             (bounded to ~6 minutes by its --budget-s).
@@ -136,6 +138,15 @@ if [ "$MODE" = fidelity ] || [ "$MODE" = all ]; then
         step encoders env HOST_TEST_ROOT="$PWD" CARGO_TARGET_DIR="$PWD/.gpu/target" \
             .gpu/encoders --nocapture tiny_encoders_match_transformers_on_cuda
     fi
+    # Encoder-decoder generation, vision/video and audio skills on every
+    # tiny fixture against transformers (their cuda tests).
+    for t in seq2seq vision audio; do
+        if [ -f ".gpu/$t" ]; then
+            [ -x ".gpu/$t" ] || chmod +x ".gpu/$t" 2>/dev/null || true
+            step "$t" env HOST_TEST_ROOT="$PWD" CARGO_TARGET_DIR="$PWD/.gpu/target" \
+                HOST_FIDELITY_OUT="$OUT/$t.records.jsonl" ".gpu/$t" --test-threads 1 --nocapture cuda
+        fi
+    done
     step embed_fidelity "$PYTHON" scripts/gpu/embed_fidelity.py --host "$HOST_BIN" \
         --models "$MODELS_DIR" --out "$OUT/embed_fidelity" --device "$DEVICE" ${EMBED_EXTRA[@]+"${EMBED_EXTRA[@]}"}
     step gen_fidelity "$PYTHON" scripts/gpu/gen_fidelity.py --host "$HOST_BIN" \
