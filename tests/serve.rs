@@ -751,6 +751,20 @@ fn multipart_uploads_and_openai_transcriptions() {
     );
     assert_eq!(code, 200);
     assert_eq!(json["labels"], v["labels"]);
+    // Every endpoint is a model.
+    let models: serde_json::Value = a
+        .get(&url("/v1/models"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"vit") && ids.contains(&"asr"), "{models}");
     // Transcriptions.
     let wav = std::fs::read(fixture("audio/tone_16k.wav")).expect("audio");
     let reference: serde_json::Value = serde_json::from_str(

@@ -279,6 +279,21 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// OpenAI `GET /v1/models`: one entry per endpoint (its name is the model
+/// id clients send), with the skill that serves it.
+pub(super) async fn openai_models(State(state): State<Arc<AppState>>) -> Response {
+    let data: Vec<Value> = state
+        .endpoints
+        .status()
+        .into_iter()
+        .map(|s| serde_json::json!({ "id": s.name, "object": "model", "created": 0, "owned_by": "host", "skill": s.skill }))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "object": "list", "data": data }).to_string(),
+    )
+}
+
 /// OpenAI `POST /v1/completions`, with `stream: true` as server-sent events
 /// (one event per generated token, then `[DONE]`).
 pub(super) async fn openai_completions(

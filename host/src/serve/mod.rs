@@ -154,6 +154,7 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
         .route("/v1/completions", post(api::openai_completions))
+        .route("/v1/models", get(api::openai_models))
         .route("/v1/audio/transcriptions", post(forms::transcriptions))
         .route("/v1/endpoints/{name}", post(api::generic))
         .route("/health", get(api::health))
