@@ -1,9 +1,15 @@
 # Unpacks what scripts/gpu_stage.sh staged and the device tool carried as
-# .gpuc/ (gzipped binaries and the skills, under the 64 MiB carry limit)
+# .gpuc/ (gzip- or xz-compressed binaries and the skills, under the 64 MiB
+# carry limit together with the tracked files)
 # into the .gpu/ layout run_suite.sh and the test binaries expect, and sets
 # the environment the test binaries need. Source it on the GPU machine:
 #     source scripts/gpu/prep_carried.sh
 mkdir -p .gpu/target/wasm32-wasip2/release .gpu/skills
-for b in $(cd .gpuc && ls *.gz | sed "s/.gz$//"); do gunzip -c .gpuc/$b.gz > .gpu/$b; chmod +x .gpu/$b; done
+for f in .gpuc/*.gz .gpuc/*.xz; do
+  [ -f "$f" ] || continue
+  b=$(basename "${f%.*}")
+  case "$f" in *.gz) gunzip -c "$f" > ".gpu/$b" ;; *.xz) xz -dc "$f" > ".gpu/$b" ;; esac
+  chmod +x ".gpu/$b"
+done
 cp .gpuc/skills/*.wasm .gpu/skills/; cp .gpuc/skills/*.wasm .gpu/target/wasm32-wasip2/release/
 export HOST_TEST_ROOT=$PWD CARGO_TARGET_DIR=$PWD/.gpu/target LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
