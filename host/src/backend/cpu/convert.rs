@@ -117,3 +117,24 @@ pub(super) fn from_value(v: &DynValue) -> Result<Tensor, String> {
         other => return Err(format!("unsupported output element type {other:?}")),
     })
 }
+
+/// The dtype and shape of an ONNX Runtime tensor value.
+pub(super) fn value_type(v: &DynValue) -> Result<(DType, Vec<u64>), String> {
+    let (ty, shape) = match v.dtype() {
+        ValueType::Tensor { ty, shape, .. } => {
+            (*ty, shape.iter().map(|&d| d.max(0) as u64).collect())
+        }
+        other => return Err(format!("expected a tensor output, got {other:?}")),
+    };
+    let dtype = match ty {
+        TensorElementType::Float32 => DType::F32,
+        TensorElementType::Float16 => DType::F16,
+        TensorElementType::Bfloat16 => DType::BF16,
+        TensorElementType::Int64 => DType::I64,
+        TensorElementType::Int32 => DType::I32,
+        TensorElementType::Uint8 => DType::U8,
+        TensorElementType::Bool => DType::Bool,
+        other => return Err(format!("unsupported element type {other:?}")),
+    };
+    Ok((dtype, shape))
+}

@@ -149,7 +149,119 @@ impl Backend for CpuBackend {
     }
 }
 
+/// Session state kept as an ONNX Runtime value between runs: a decode
+/// step's KV cache, or cross-attention keys read by every step, goes back
+/// in without being converted or copied.
+struct CpuTensor {
+    value: ort::value::DynValue,
+    dtype: crate::ir::DType,
+    shape: Vec<u64>,
+}
+
+impl crate::backend::DeviceTensor for CpuTensor {
+    fn dtype(&self) -> crate::ir::DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+    fn bytes(&self) -> usize {
+        self.shape.iter().product::<u64>() as usize * self.dtype.size()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 impl Executable for CpuExecutable {
+    fn device_resident(&self) -> bool {
+        true
+    }
+
+    fn zeros(
+        &self,
+        dtype: crate::ir::DType,
+        shape: &[u64],
+    ) -> Option<Result<Arc<dyn crate::backend::DeviceTensor>, BackendError>> {
+        let bytes = shape.iter().product::<u64>() as usize * dtype.size();
+        let t = crate::tensor::Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data: vec![0; bytes],
+        };
+        Some(
+            convert::to_value(&t)
+                .map(|value| {
+                    Arc::new(CpuTensor {
+                        value,
+                        dtype,
+                        shape: shape.to_vec(),
+                    }) as Arc<dyn crate::backend::DeviceTensor>
+                })
+                .map_err(|message| BackendError::Run {
+                    device: "cpu".into(),
+                    graph: self.graph.name.clone(),
+                    message,
+                }),
+        )
+    }
+
+    fn run_resident(
+        &self,
+        inputs: NamedTensors,
+        resident: crate::backend::NamedDeviceTensors,
+        keep: &[String],
+    ) -> Result<(NamedTensors, crate::backend::NamedDeviceTensors), BackendError> {
+        let fail = |message: String| BackendError::Run {
+            device: "cpu".into(),
+            graph: self.graph.name.clone(),
+            message,
+        };
+        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
+        for (name, t) in &inputs {
+            match resident.iter().find(|(n, _)| n == name) {
+                Some((_, d)) => {
+                    let held = d
+                        .as_any()
+                        .downcast_ref::<CpuTensor>()
+                        .ok_or_else(|| fail(format!("state `{name}` is not a cpu tensor")))?;
+                    values.push((name.clone(), (&held.value).into()));
+                }
+                None => values.push((name.clone(), convert::to_value(t).map_err(&fail)?.into())),
+            }
+        }
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| fail("a previous run panicked".into()))?;
+        let mut outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
+        let (mut host, mut kept) = (Vec::new(), Vec::new());
+        for (name, _) in &self.graph.outputs {
+            match keep.contains(name) {
+                true => {
+                    let value = outputs
+                        .remove(name)
+                        .ok_or_else(|| fail(format!("output `{name}` missing")))?;
+                    let (dtype, shape) = convert::value_type(&value).map_err(&fail)?;
+                    let t: Arc<dyn crate::backend::DeviceTensor> = Arc::new(CpuTensor {
+                        value,
+                        dtype,
+                        shape,
+                    });
+                    kept.push((name.clone(), t));
+                }
+                false => {
+                    let v = outputs
+                        .get(name)
+                        .ok_or_else(|| fail(format!("output `{name}` missing")))?;
+                    host.push((name.clone(), convert::from_value(v).map_err(&fail)?));
+                }
+            }
+        }
+        Ok((host, kept))
+    }
+
     fn run(&self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
         let fail = |message: String| BackendError::Run {
             device: "cpu".into(),
