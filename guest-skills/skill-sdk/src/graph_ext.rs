@@ -28,6 +28,15 @@ impl Graph {
         self.names.contains(name)
     }
 
+    /// The weight-name prefix of a `model_type` checkpoint: `<model_type>.`
+    /// (a task model) or none (a base model), whichever has `probe`.
+    pub fn base_prefix(&self, model_type: &str, probe: &str) -> Result<String, Error> {
+        [format!("{model_type}."), String::new()]
+            .into_iter()
+            .find(|b| self.has(&format!("{b}{probe}")))
+            .ok_or_else(|| Error::Model(format!("no `{probe}`: not a {model_type} checkpoint")))
+    }
+
     pub fn input(&self, name: &str, dtype: Dtype, shape: &[Dim]) -> Result<Node, Error> {
         self.b.input(name, dtype, shape)
     }

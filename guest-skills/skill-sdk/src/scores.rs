@@ -77,3 +77,21 @@ pub fn labels_answer(
         tensors: Vec::new(),
     }
 }
+
+/// [`labels_answer`] for each row of a batch's logits [rows, labels]:
+/// row i with `functions[i]` and `top_ks[i]`.
+pub fn labels_answers(
+    logits: &[f32],
+    labels: &[String],
+    choices: &[(Function, usize)],
+) -> Result<Vec<Result<crate::Response, crate::Error>>, crate::Error> {
+    let n = labels.len();
+    if logits.len() != choices.len() * n {
+        return Err(crate::internal("logits do not match the batch"));
+    }
+    Ok(choices
+        .iter()
+        .enumerate()
+        .map(|(i, &(f, k))| Ok(labels_answer(&logits[i * n..(i + 1) * n], labels, f, k)))
+        .collect())
+}

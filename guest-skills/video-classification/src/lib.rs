@@ -16,7 +16,7 @@ use skill_sdk::config::Json;
 use skill_sdk::image::{self as img, Preprocess};
 use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
-use skill_sdk::scores::{labels_answer, Function};
+use skill_sdk::scores::{labels_answers, Function};
 use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::vision::videomae::VideoMae;
 use skill_sdk::{invalid, Error, Graph, Guest, NamedTensor, Response, SkillInfo, Tensor};
@@ -177,23 +177,11 @@ fn classify(reqs: Vec<VideoRequest>) -> Result<Vec<Result<Response, Error>>, Err
             },
         ];
         let logits = f32_values(&take(l.graph.run(&inputs)?, "logits")?)?;
-        let n = l.labels.len();
-        if logits.len() != reqs.len() * n {
-            return Err(skill_sdk::internal("logits do not match the batch"));
-        }
-        Ok(reqs
+        let choices: Vec<(Function, usize)> = reqs
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let function = r.function.unwrap_or(l.default_function);
-                Ok(labels_answer(
-                    &logits[i * n..(i + 1) * n],
-                    &l.labels,
-                    function,
-                    r.top_k,
-                ))
-            })
-            .collect())
+            .map(|r| (r.function.unwrap_or(l.default_function), r.top_k))
+            .collect();
+        labels_answers(&logits, &l.labels, &choices)
     })
 }
 

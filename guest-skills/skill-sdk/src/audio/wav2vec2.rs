@@ -45,11 +45,7 @@ impl Wav2Vec2 {
                 "model_type `{model_type}` is not a served speech encoder (served: wav2vec2, hubert)"
             )));
         }
-        let probe = "feature_extractor.conv_layers.0.conv.weight";
-        let base = [format!("{model_type}."), String::new()]
-            .into_iter()
-            .find(|b| g.has(&format!("{b}{probe}")))
-            .ok_or_else(|| Error::Model(format!("no `{probe}`: not a {model_type} checkpoint")))?;
+        let base = g.base_prefix(&model_type, "feature_extractor.conv_layers.0.conv.weight")?;
         let (kernels, strides) = (
             config.u64_list("conv_kernel")?,
             config.u64_list("conv_stride")?,

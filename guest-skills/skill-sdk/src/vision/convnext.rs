@@ -34,12 +34,7 @@ impl ConvNext {
                 "config.json: `hidden_sizes` and `depths` differ in length".into(),
             ));
         }
-        let probe = "embeddings.patch_embeddings.weight";
-        let base = ["convnext.", ""]
-            .into_iter()
-            .find(|b| g.has(&format!("{b}{probe}")))
-            .ok_or_else(|| Error::Model(format!("no `{probe}`: not a convnext checkpoint")))?
-            .to_string();
+        let base = g.base_prefix("convnext", "embeddings.patch_embeddings.weight")?;
         Ok(ConvNext {
             base,
             hidden,

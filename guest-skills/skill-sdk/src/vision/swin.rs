@@ -84,12 +84,7 @@ impl Swin {
                 "config.json: `depths` and `num_heads` differ in length".into(),
             ));
         }
-        let probe = "embeddings.patch_embeddings.projection.weight";
-        let base = ["swin.", ""]
-            .into_iter()
-            .find(|b| g.has(&format!("{b}{probe}")))
-            .ok_or_else(|| Error::Model(format!("no `{probe}`: not a swin checkpoint")))?
-            .to_string();
+        let base = g.base_prefix("swin", "embeddings.patch_embeddings.projection.weight")?;
         Ok(Swin {
             base,
             embed_dim: config.u64("embed_dim")?,

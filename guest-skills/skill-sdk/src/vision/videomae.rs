@@ -33,12 +33,7 @@ pub struct VideoMae {
 
 impl VideoMae {
     pub fn load(config: &Json, g: &Graph) -> Result<VideoMae, Error> {
-        let probe = "embeddings.patch_embeddings.projection.weight";
-        let base = ["videomae.", ""]
-            .into_iter()
-            .find(|b| g.has(&format!("{b}{probe}")))
-            .ok_or_else(|| Error::Model(format!("no `{probe}`: not a videomae checkpoint")))?
-            .to_string();
+        let base = g.base_prefix("videomae", "embeddings.patch_embeddings.projection.weight")?;
         let hidden = config.u64("hidden_size")?;
         let heads = config.u64("num_attention_heads")?;
         if heads == 0 || !hidden.is_multiple_of(heads) {
