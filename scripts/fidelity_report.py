@@ -2,7 +2,7 @@
 
 Usage: python3 scripts/fidelity_report.py [--out-prefix results/fidelity]
 
-It runs the `fidelity`, `encoders` and `generation` tests with HOST_FIDELITY_OUT
+It runs the `fidelity`, `encoders`, `generation` and `seq2seq` tests with HOST_FIDELITY_OUT
 pointing at a temporary file (each passing comparison appends one JSON line:
 embeddings: case, texts, worst cosine, worst max-abs, thresholds;
 generation: case, prompts, token-identical), then writes
@@ -39,7 +39,7 @@ def main() -> int:
     env = dict(os.environ, HOST_FIDELITY_OUT=path)
     proc = subprocess.run(
         ["cargo", "test", "--release", "-p", "host", "--test", "fidelity", "--test", "encoders",
-         "--test", "generation", "--", "--test-threads=1"],
+         "--test", "generation", "--test", "seq2seq", "--", "--test-threads=1"],
         env=env,
     )
     with open(path) as f:
@@ -74,6 +74,11 @@ def main() -> int:
         lines += ["", "Greedy generation vs transformers `generate` (fp32, 24 new tokens, each prompt alone and all in one left-padded batch; also with repetition_penalty 1.3):", "",
                   "| case | prompts | token-identical | prefill logits max-abs (limit 1e-4) |", "|---|---:|---|---:|"]
         lines += [f"| {r['case']} | {r['prompts']} | {'yes' if r['identical'] else 'no'} | {r.get('prefill_logits_max_abs', float('nan')):.2e} |" for r in gen]
+    s2s = [r for r in rows if "requests" in r]
+    if s2s:
+        lines += ["", "Encoder-decoder generation vs transformers `generate` (fp32: greedy, beam search variants and the generation_config defaults, each request alone and all in one batch):", "",
+                  "| case | requests | token-identical |", "|---|---:|---|"]
+        lines += [f"| {r['case']} | {r['requests']} | {'yes' if r['identical'] else 'no'} |" for r in s2s]
     with open(args.out_prefix + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
