@@ -25,6 +25,7 @@ const FAMILIES: &[&str] = &[
     "blenderbot",
     "blenderbot-small",
     "led",
+    "mbart-cc25",
 ];
 
 fn reference(family: &str) -> Value {
