@@ -14,7 +14,7 @@ use skill_sdk::generation::sample::Sampler;
 use skill_sdk::generation::{candidates, Candidate};
 use skill_sdk::runtime::Session;
 use skill_sdk::seq2seq::{Cache, Step};
-use skill_sdk::tensors::{bool_tensor, f32_values, i64_tensor, i64_values, take};
+use skill_sdk::tensors::{bool_tensor, f32_values, i64_tensor, i64_values};
 use skill_sdk::{Error, NamedTensor, Response, Tensor};
 
 use crate::{Loaded, Request};
@@ -180,15 +180,16 @@ pub fn generate(
             logits: t == 0 && active.iter().any(|a| a.req.return_logits),
             logprobs: beams,
         };
-        let outputs = run_step(m, &session, step, t, &tokens, &beam_idx)?;
-        let values = f32_values(&take(outputs.clone(), "top_values")?)?;
-        let indices = i64_values(&take(outputs.clone(), "top_indices")?)?;
+        let mut outputs = run_step(m, &session, step, t, &tokens, &beam_idx)?;
+        let values = f32_values(&take_one(&mut outputs, "top_values")?)?;
+        let indices = i64_values(&take_one(&mut outputs, "top_indices")?)?;
         let logits = match step.logits {
-            true => Some(take(outputs, "logits")?),
+            true => Some(take_one(&mut outputs, "logits")?),
             false => None,
         };
         let k = top_k as usize;
-        for a in active.iter_mut() {
+        // `active[i]` is request `reqs[i]`.
+        for (i, a) in active.iter_mut().enumerate() {
             if a.done() {
                 continue;
             }
@@ -242,7 +243,6 @@ pub fn generate(
                 }
             }
             if a.done() && !a.answered {
-                let i = active_index(reqs, a.req);
                 let answer = respond(m, a, &clock, rows);
                 skill_sdk::partial::complete(a.index, answer.as_ref());
                 results[i] = Some(answer);
@@ -276,8 +276,13 @@ pub fn generate(
         .collect())
 }
 
-fn active_index(reqs: &[&Request], req: &Request) -> usize {
-    reqs.iter().position(|r| std::ptr::eq(*r, req)).unwrap_or(0)
+/// Removes output `name` (no copy of the others).
+fn take_one(outputs: &mut Vec<NamedTensor>, name: &str) -> Result<Tensor, Error> {
+    let at = outputs
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| skill_sdk::internal(format!("graph output `{name}` missing")))?;
+    Ok(outputs.swap_remove(at).value)
 }
 
 /// Runs the encode graph: every request's ids right-padded into one batch,
