@@ -38,9 +38,9 @@ const BERT_EMBEDDINGS: EmbeddingSpec = EmbeddingSpec {
 };
 
 const BERT_MLM: MlmSpec = MlmSpec {
-    dense: "cls.predictions.transform.dense",
+    dense: Some("cls.predictions.transform.dense"),
     act: HeadAct::Config,
-    norm: "cls.predictions.transform.LayerNorm",
+    norm: Some("cls.predictions.transform.LayerNorm"),
     norm_eps: None,
     decoder: "cls.predictions.decoder",
     bias: &["cls.predictions.bias", "cls.predictions.decoder.bias"],
@@ -54,9 +54,9 @@ const POOLED_CLASSIFIER: ClassifierSpec = ClassifierSpec {
 };
 
 const ROBERTA_MLM: MlmSpec = MlmSpec {
-    dense: "lm_head.dense",
+    dense: Some("lm_head.dense"),
     act: HeadAct::Named("gelu"),
-    norm: "lm_head.layer_norm",
+    norm: Some("lm_head.layer_norm"),
     norm_eps: None,
     decoder: "lm_head.decoder",
     bias: &["lm_head.bias", "lm_head.decoder.bias"],
@@ -150,9 +150,9 @@ pub static FAMILIES: &[FamilySpec] = &[
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
-            dense: "generator_predictions.dense",
+            dense: Some("generator_predictions.dense"),
             act: HeadAct::Named("gelu"),
-            norm: "generator_predictions.LayerNorm",
+            norm: Some("generator_predictions.LayerNorm"),
             norm_eps: None,
             decoder: "generator_lm_head",
             bias: &["generator_lm_head.bias"],
@@ -199,9 +199,9 @@ pub static FAMILIES: &[FamilySpec] = &[
         pooler: PoolerSpec::None,
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
-            dense: "vocab_transform",
+            dense: Some("vocab_transform"),
             act: HeadAct::Config,
-            norm: "vocab_layer_norm",
+            norm: Some("vocab_layer_norm"),
             norm_eps: Some(1e-12),
             decoder: "vocab_projector",
             bias: &["vocab_projector.bias"],
@@ -243,9 +243,9 @@ pub static FAMILIES: &[FamilySpec] = &[
         pooler: PoolerSpec::DenseTanh("pooler"),
         embed_with_pooler: false,
         mlm: Some(MlmSpec {
-            dense: "predictions.dense",
+            dense: Some("predictions.dense"),
             act: HeadAct::Config,
-            norm: "predictions.LayerNorm",
+            norm: Some("predictions.LayerNorm"),
             norm_eps: None,
             decoder: "predictions.decoder",
             bias: &["predictions.bias", "predictions.decoder.bias"],
@@ -443,7 +443,57 @@ pub static FAMILIES: &[FamilySpec] = &[
         classifier: None,
         token_classifier: None,
     },
+    FLAUBERT,
 ];
+
+/// FlauBERT (XLM's architecture): learned positions from 0, no segments
+/// (its tokenizer makes no token types), a bare tied output projection, and
+/// the sequence summary on the first token as its classifier.
+const FLAUBERT: FamilySpec = FamilySpec {
+    model_types: &["flaubert"],
+    bases: &["transformer.", ""],
+    body: "",
+    keys: ConfigKeys {
+        hidden: "emb_dim",
+        heads: "n_heads",
+        layers: "n_layers",
+        eps: Some("layer_norm_eps"),
+        eps_default: 1e-12,
+        // `gelu_activation` (a boolean) is read by `encoder::xlm`.
+        act: "hidden_act",
+        act_default: "gelu",
+    },
+    embeddings: EmbeddingSpec {
+        word: "embeddings",
+        position: "position_embeddings",
+        token_type: None,
+        norm: "layer_norm_emb",
+        project: None,
+        project_before_norm: false,
+        positions: Positions::FromZero,
+        boxes: None,
+    },
+    layers: Layers::Xlm,
+    block: Block::Xlm,
+    attention: AttentionKind::Dense,
+    pooler: PoolerSpec::None,
+    embed_with_pooler: false,
+    mlm: Some(MlmSpec {
+        dense: None,
+        act: HeadAct::Config,
+        norm: None,
+        norm_eps: None,
+        decoder: "pred_layer.proj",
+        bias: &["pred_layer.proj.bias"],
+        extra: None,
+    }),
+    classifier: Some(ClassifierSpec {
+        input: ClassifierInput::FirstToken,
+        dense: None,
+        out: "sequence_summary.summary",
+    }),
+    token_classifier: Some("classifier"),
+};
 
 /// The spec serving `model_type`.
 pub fn family(model_type: &str) -> Option<&'static FamilySpec> {

@@ -98,10 +98,11 @@ impl Encoder {
 
     /// Whether the checkpoint has a masked-LM head.
     pub fn has_mlm(&self, g: &Graph) -> bool {
-        self.spec
-            .mlm
-            .as_ref()
-            .is_some_and(|m| self.has_weight(g, m.dense))
+        self.spec.mlm.as_ref().is_some_and(|m| match m.dense {
+            Some(dense) => self.has_weight(g, dense),
+            // A bare projection: its bias, or its own (untied) weight.
+            None => self.has_weight(g, m.decoder) || m.bias.iter().any(|b| g.has(b)),
+        })
     }
 
     /// Vocabulary logits [n, vocab] of token vectors `x` [n, hidden].
@@ -117,9 +118,14 @@ impl Encoder {
                     self.model_type
                 ))
             })?;
-        let x = g.unary(self.act(m.act)?, g.linear(x, m.dense)?)?;
-        let eps = m.norm_eps.map(|e| e as f32).unwrap_or(self.eps);
-        let x = g.layer_norm(x, m.norm, eps)?;
+        let mut x = x;
+        if let Some(dense) = m.dense {
+            x = g.unary(self.act(m.act)?, g.linear(x, dense)?)?;
+        }
+        if let Some(norm) = m.norm {
+            let eps = m.norm_eps.map(|e| e as f32).unwrap_or(self.eps);
+            x = g.layer_norm(x, norm, eps)?;
+        }
         // Tied decoders are not stored: the word embeddings are the weight.
         let weight = match self.has_weight(g, m.decoder) {
             true => format!("{}.weight", m.decoder),
@@ -167,7 +173,18 @@ impl Encoder {
         if let Some((dense, act)) = c.dense {
             x = g.unary(self.act(act)?, g.linear(x, dense)?)?;
         }
-        g.linear(x, c.out)
+        let logits = g.linear(x, c.out)?;
+        // XLM's sequence summary: its activation follows the projection.
+        match self
+            .xlm
+            .as_ref()
+            .map(|x| x.summary())
+            .transpose()?
+            .flatten()
+        {
+            Some(act) => g.unary(act, logits),
+            None => Ok(logits),
+        }
     }
 
     /// Whether the checkpoint has a token-classification head.

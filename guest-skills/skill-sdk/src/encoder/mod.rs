@@ -23,6 +23,7 @@ pub mod longformer;
 pub mod mobilebert;
 pub mod relative;
 pub mod spec;
+pub mod xlm;
 
 use crate::config::Json;
 use crate::graph::{CompareOp, Node, UnaryOp};
@@ -68,6 +69,8 @@ pub struct Encoder {
     pub disentangled: Option<disentangled::Disentangled>,
     /// MobileBERT's switches.
     pub mobilebert: Option<mobilebert::MobileBert>,
+    /// XLM / FlauBERT's switches (norm placement, sequence summary).
+    pub xlm: Option<xlm::Xlm>,
     /// Longformer's window (and whether the first token attends globally).
     pub sliding: Option<longformer::Sliding>,
     /// The pooler applies its dense layer and tanh (`classifier_activation`,
@@ -127,7 +130,10 @@ impl Encoder {
             Some(key) => config.f64_or(key, k.eps_default)?,
             None => k.eps_default,
         } as f32;
-        let act = activation(config.str_or(k.act, k.act_default)?)?;
+        let act = match spec.block {
+            Block::Xlm => xlm::Xlm::ffn_act(config)?,
+            _ => activation(config.str_or(k.act, k.act_default)?)?,
+        };
         let blocks = block_prefixes(spec, config, &base, layers)?;
         let rows = |name: &str| -> Result<u64, Error> {
             let full = format!("{base}{}{name}.weight", spec.body);
@@ -186,7 +192,11 @@ impl Encoder {
             disentangled,
             mobilebert: match spec.block {
                 Block::MobileBert => Some(mobilebert::MobileBert::from_config(config)?),
-                Block::PostNorm(_) => None,
+                Block::PostNorm(_) | Block::Xlm => None,
+            },
+            xlm: match spec.block {
+                Block::Xlm => Some(xlm::Xlm::from_config(config)?),
+                _ => None,
             },
             classifier_activation: config.bool_or("classifier_activation", true)?,
             sliding: match spec.attention {
@@ -256,6 +266,13 @@ impl Encoder {
             }
             _ => self.embed(&g, ids, pos, types)?,
         };
+        let pad = match self.xlm {
+            Some(_) => Some(xlm::padding_multiplier(&g, mask)?),
+            None => None,
+        };
+        if let Some(pad) = pad {
+            h = g.mul(h, pad)?;
+        }
 
         let zero = g.scalar(0.0, Dtype::I64)?;
         let keep = g.b.compare(CompareOp::Greater, mask, zero)?;
@@ -303,11 +320,18 @@ impl Encoder {
             }
             _ => Bias::Mask(keys),
         };
-        for prefix in &self.blocks {
-            h = match (&self.spec.block, &bias) {
-                (Block::MobileBert, Bias::Mask(mask)) => self.mb_block(&g, h, *mask, prefix)?,
-                (Block::PostNorm(b), _) => self.block(&g, h, b, &bias, prefix)?,
-                _ => return Err(Error::Internal("MobileBERT takes no relative bias".into())),
+        for (l, prefix) in self.blocks.iter().enumerate() {
+            h = match (&self.spec.block, &bias, pad) {
+                (Block::MobileBert, Bias::Mask(mask), _) => self.mb_block(&g, h, *mask, prefix)?,
+                (Block::Xlm, Bias::Mask(mask), Some(pad)) => {
+                    self.xlm_block(&g, h, *mask, pad, prefix, l)?
+                }
+                (Block::PostNorm(b), _, _) => self.block(&g, h, b, &bias, prefix)?,
+                _ => {
+                    return Err(Error::Internal(
+                        "MobileBERT and XLM blocks take no relative bias".into(),
+                    ))
+                }
             };
         }
         Ok(EncoderGraph {
@@ -480,6 +504,7 @@ fn block_prefixes(
     let root = format!("{base}{}", spec.body);
     Ok(match spec.layers {
         Layers::PerLayer(p) => (0..layers).map(|l| format!("{root}{p}{l}.")).collect(),
+        Layers::Xlm => (0..layers).map(|_| root.clone()).collect(),
         Layers::AlbertGroups => {
             let groups = config.u64_or("num_hidden_groups", 1)?;
             let inner = config.u64_or("inner_group_num", 1)?;

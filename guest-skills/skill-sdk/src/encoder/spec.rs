@@ -91,6 +91,11 @@ pub enum Block {
     /// and `no_norm` (an element-wise affine) or layer norms; its weight
     /// names are fixed (see `encoder::mobilebert`).
     MobileBert,
+    /// XLM / FlauBERT: per-layer module lists (`attentions.{l}.q_lin`,
+    /// `layer_norm1.{l}`, `ffns.{l}.lin1`, `layer_norm2.{l}`), post-norm or
+    /// `pre_norm` as the config says, hidden states zeroed at padding after
+    /// the embeddings and every layer (see `encoder::xlm`).
+    Xlm,
 }
 
 /// How the block prefixes are laid out.
@@ -101,6 +106,9 @@ pub enum Layers {
     /// ALBERT: `num_hidden_groups` groups of `inner_group_num` blocks shared
     /// across the layers.
     AlbertGroups,
+    /// XLM: one module list per kind of weight under the body's root; the
+    /// block takes its layer index (see [`Block::Xlm`]).
+    Xlm,
 }
 
 /// How a block attends: densely, with a relative-position bias, or in a
@@ -151,13 +159,14 @@ pub enum HeadAct {
     Named(&'static str),
 }
 
-/// The masked-LM head: dense, activation, norm, then a decoder tied to the
+/// The masked-LM head: dense, activation, norm (none of them for a bare
+/// projection such as XLM's `pred_layer.proj`), then a decoder tied to the
 /// word embeddings when its weight is not stored.
 #[derive(Debug)]
 pub struct MlmSpec {
-    pub dense: &'static str,
+    pub dense: Option<&'static str>,
     pub act: HeadAct,
-    pub norm: &'static str,
+    pub norm: Option<&'static str>,
     /// The head norm's epsilon when not the config's.
     pub norm_eps: Option<f64>,
     pub decoder: &'static str,
