@@ -214,7 +214,48 @@ fn ner(name: &str, cases: &[Value], device: &str) {
 
 /// Families with fixtures that no skill serves yet, and why: loading them
 /// must fail with this reason.
-const UNSERVED: &[(&str, &str)] = &[("flaubert", "model_type `flaubert` is not a served encoder")];
+const UNSERVED: &[(&str, &str)] = &[];
+
+/// Fixtures whose reference records the slow tokenizer's ids (FlauBERT:
+/// no tokenizer.json, the host's port of it) get them compared one by one.
+fn tokenizations(name: &str, reference: &Value) {
+    let Some(want) = reference.get("input_ids").and_then(|v| v.as_array()) else {
+        return;
+    };
+    let path = fixture(&format!("{name}/tokenizer.json"));
+    let opts = host::tokenizer::TokenizerOptions {
+        add_special_tokens: true,
+        ..Default::default()
+    };
+    let tok = host::tokenizer::HostTokenizer::open(&path, &opts).expect("tokenizer");
+    let ids = |v: &Value| -> Vec<i64> {
+        (v.as_array().expect("ids").iter())
+            .map(|x| x.as_i64().expect("id"))
+            .collect()
+    };
+    let texts = reference["texts"].as_array().expect("texts");
+    let mut cases: Vec<(String, Option<String>, Vec<i64>)> = texts
+        .iter()
+        .zip(want)
+        .map(|(t, w)| (t.as_str().expect("text").to_string(), None, ids(w)))
+        .collect();
+    for c in reference["tokenizations"].as_array().expect("tokenizations") {
+        let pair = c.get("text_pair").and_then(|p| p.as_str()).map(String::from);
+        let text = c["text"].as_str().expect("text").to_string();
+        cases.push((text, pair, ids(&c["input_ids"])));
+    }
+    for (text, pair, want) in cases {
+        let got = match &pair {
+            Some(p) => tok.encode_pairs(vec![(text.clone(), p.clone())]),
+            None => tok.encode_batch(vec![text.clone()]),
+        }
+        .expect("encode")
+        .input_ids
+        .to_i64("ids")
+        .expect("ids");
+        assert_eq!(got, want, "{name}: token ids of {text:?} / {pair:?}");
+    }
+}
 
 fn every_fixture(device: &str) {
     if !available(device) {
@@ -227,6 +268,7 @@ fn every_fixture(device: &str) {
             refused(&name, device, why);
             continue;
         }
+        tokenizations(&name, &reference);
         embeddings(&name, &reference, device);
         let cases = |k: &str| reference.get(k).and_then(|v| v.as_array()).cloned();
         if let Some(c) = cases("fill_mask") {

@@ -7,6 +7,7 @@
 //! template (`<s> A </s> [B </s>]`) and padding.
 
 mod moses;
+#[rustfmt::skip]
 mod moses_tables;
 pub mod xlm;
 
