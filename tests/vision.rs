@@ -478,3 +478,147 @@ fn video_classification_matches_transformers_on_openvino() {
 fn video_classification_matches_transformers_on_cuda() {
     videomae("cuda");
 }
+
+/// `object-detection` (DETR, tests/fixtures/tiny-detr{,-timm} from
+/// tests/fixtures/gen_tiny_detr.py): per image alone, logits and boxes
+/// within fp32 tolerances of transformers on the same `pixel_values` (the
+/// images are stored losslessly, so our decode and Pillow-exact resize give
+/// the processor's values) and the pipeline's detections (labels, boxes
+/// in pixels within 1, scores within 1e-4); a padded batch of every image
+/// (`pad_with_batch`) against transformers' model on the processor's padded
+/// batch with its pixel mask.
+fn detr(device: &str) {
+    if !available(device) {
+        return;
+    }
+    for name in ["tiny-detr", "tiny-detr-timm"] {
+        let r = reference(name);
+        let images: Vec<String> = (r["images"].as_array().expect("images").iter())
+            .map(|i| b64(&fixture(&format!("images/{}", i.as_str().expect("name")))))
+            .collect();
+        let mut run = runner("object-detection", &fixture(name), device, Precision::F32);
+        let flat = |v: &Value| -> Vec<f32> {
+            (v.as_array().expect("rows").iter())
+                .flat_map(|row| row.as_array().expect("row").iter())
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect()
+        };
+        let close = |what: &str, got: &[f32], want: &[f32]| {
+            let (cos, max) = compare(got, want);
+            assert!(
+                cos >= 0.99999 && max <= 1e-4,
+                "{name} {device} {what}: cos {cos}, max-abs {max}"
+            );
+            max
+        };
+        for pad in [false, true] {
+            let reqs: Vec<String> = images
+                .iter()
+                .map(|i| {
+                    serde_json::json!({"image": i, "raw_outputs": true, "pad_with_batch": pad})
+                        .to_string()
+                })
+                .collect();
+            let (logits_key, boxes_key) = match pad {
+                false => ("logits", "pred_boxes"),
+                true => ("batch_logits", "batch_pred_boxes"),
+            };
+            let mut worst: f64 = 0.0;
+            for (i, got) in run.handle(&reqs).into_iter().enumerate() {
+                let got = got.unwrap_or_else(|e| panic!("{name} {device} image {i}: {e}"));
+                let tensor = |n: &str| got.tensor(n).expect(n).to_f32(n).expect("f32");
+                let l = close("logits", &tensor("logits"), &flat(&r[logits_key][i]));
+                let b = close("pred_boxes", &tensor("pred_boxes"), &flat(&r[boxes_key][i]));
+                worst = worst.max(l).max(b);
+                if pad {
+                    continue;
+                }
+                let (g, w) = (
+                    got.json["objects"].as_array().expect("objects"),
+                    r["pipeline"][i].as_array().expect("pipeline"),
+                );
+                assert_eq!(
+                    g.len(),
+                    w.len(),
+                    "{name} {device} image {i}: {g:?} vs {w:?}"
+                );
+                for (a, b) in g.iter().zip(w) {
+                    assert_eq!(a["label"], b["label"], "{name} {device} image {i}");
+                    let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-4,
+                        "{name} {device} image {i}: {a} vs {b}"
+                    );
+                    for k in ["xmin", "ymin", "xmax", "ymax"] {
+                        let (p, q) = (a["box"][k].as_i64().unwrap(), b["box"][k].as_i64().unwrap());
+                        assert!(
+                            (p - q).abs() <= 1,
+                            "{name} {device} image {i} {k}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+            eprintln!("{name} {device} padded={pad}: max-abs {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn object_detection_matches_transformers_on_cpu() {
+    detr("cpu");
+}
+
+#[test]
+fn object_detection_matches_transformers_on_openvino() {
+    detr("openvino");
+}
+
+#[test]
+fn object_detection_matches_transformers_on_cuda() {
+    detr("cuda");
+}
+
+#[test]
+fn object_detection_bad_requests_fail_alone() {
+    if !available("cpu") {
+        return;
+    }
+    let mut run = runner(
+        "object-detection",
+        &fixture("tiny-detr"),
+        "cpu",
+        Precision::F32,
+    );
+    let good = b64(&fixture("images/gradient_64x48.png"));
+    let cases = [
+        (
+            serde_json::json!({"image": "not base64!"}),
+            "not valid base64",
+        ),
+        (serde_json::json!({"image": "aGVsbG8="}), "not an image"),
+        (
+            serde_json::json!({"image": good, "threshold": "high"}),
+            "finite number",
+        ),
+        (
+            serde_json::json!({"image": good, "top_k": 3}),
+            "unknown key `top_k`",
+        ),
+        (serde_json::json!({"threshold": 0.5}), "missing `image`"),
+    ];
+    let mut batch: Vec<String> = cases.iter().map(|(c, _)| c.to_string()).collect();
+    batch.push(serde_json::json!({"image": good, "threshold": 0.0}).to_string());
+    let answers = run.handle(&batch);
+    for ((req, text), got) in cases.iter().zip(&answers) {
+        match got {
+            Err(e) => assert!(e.to_string().contains(text), "{req}: {e}"),
+            Ok(r) => panic!("{req}: answered {:?}", r.json),
+        }
+    }
+    let last = answers
+        .last()
+        .expect("answer")
+        .as_ref()
+        .expect("good image");
+    assert!(!last.json["objects"].as_array().expect("objects").is_empty());
+}

@@ -101,10 +101,14 @@ impl GraphBuilder {
                         format!("spatial axis {i} of {len} (padded by {pad}) is shorter than the kernel's {span}"),
                     ))
                 }
+                // The length depends on `pad - span` only, so windows are
+                // kept in one canonical form (pad 0 or span 1): a 3x3 conv
+                // with padding 1 and a 1x1 conv without, both of stride 2,
+                // give the same dim (a ResNet block and its shortcut).
                 d => Dim::Window(Box::new(WindowDim {
                     input: d.clone(),
-                    pad,
-                    span,
+                    pad: pad.saturating_sub(span - 1),
+                    span: span.saturating_sub(pad).max(1),
                     stride: a.stride[i],
                 })),
             };

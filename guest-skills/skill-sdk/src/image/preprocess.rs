@@ -1,7 +1,9 @@
-//! transformers' slow image processors (ViT, DeiT, and the shortest-edge
-//! ones) from `preprocessor_config.json`: resize with the named Pillow
-//! filter, center crop (zero padding when the crop is larger), rescale
-//! (in f64, then f32) and normalize (in f32), channels first.
+//! transformers' slow image processors (ViT, DeiT, the shortest-edge
+//! ones, and DETR's shortest/longest edge) from `preprocessor_config.json`:
+//! resize with the named Pillow filter, center crop (zero padding when the
+//! crop is larger), rescale (in f64, then f32) and normalize (in f32),
+//! channels first; [`Preprocess::batch_padded`] pads a batch of different
+//! sizes to the largest with a pixel mask (DETR's `do_pad`).
 
 use crate::config::Json;
 use crate::{Error, Tensor};
@@ -27,6 +29,9 @@ pub enum Size {
     Exact(usize, usize),
     /// The shorter side to this length, keeping the aspect ratio.
     ShortestEdge(usize),
+    /// DETR's `{shortest_edge, longest_edge}`: the shorter side to the first
+    /// length unless the longer side would then exceed the second.
+    ShortestLongest(usize, usize),
 }
 
 fn dims(j: &Json, key: &str) -> Result<Option<serde_json::Value>, Error> {
@@ -40,7 +45,10 @@ fn size_of(j: &Json, v: &serde_json::Value, key: &str) -> Result<Size, Error> {
     }
     match (n("height"), n("width"), n("shortest_edge")) {
         (Some(h), Some(w), _) => Ok(Size::Exact(h, w)),
-        (_, _, Some(s)) => Ok(Size::ShortestEdge(s)),
+        (_, _, Some(s)) => match n("longest_edge") {
+            Some(l) => Ok(Size::ShortestLongest(s, l)),
+            None => Ok(Size::ShortestEdge(s)),
+        },
         _ => Err(Error::Model(format!(
             "{}: `{key}` must be a number, {{height, width}} or {{shortest_edge}}",
             j.file
@@ -100,8 +108,22 @@ impl Preprocess {
     }
 
     pub fn from_json(j: &Json) -> Result<Preprocess, Error> {
+        // DETR's processors read a bare `size` as the shortest edge with
+        // `max_size` (default 1333) as the longest.
+        let detr = [
+            j.str_or("image_processor_type", "")?,
+            j.str_or("feature_extractor_type", "")?,
+        ]
+        .iter()
+        .any(|t| t.starts_with("Detr"));
         let resize = match (j.bool_or("do_resize", true)?, dims(j, "size")?) {
-            (true, Some(v)) => Some(size_of(j, &v, "size")?),
+            (true, Some(v)) => match (detr, v.as_u64()) {
+                (true, Some(s)) => Some(Size::ShortestLongest(
+                    s as usize,
+                    j.u64_or("max_size", 1333)? as usize,
+                )),
+                _ => Some(size_of(j, &v, "size")?),
+            },
             _ => None,
         };
         let code = j.u64_or("resample", 2)?;
@@ -138,7 +160,7 @@ impl Preprocess {
         let crop = match (j.bool_or("do_center_crop", false)?, dims(j, "crop_size")?) {
             (true, Some(v)) => match size_of(j, &v, "crop_size")? {
                 Size::Exact(h, w) => Some((h, w)),
-                Size::ShortestEdge(s) => Some((s, s)),
+                Size::ShortestEdge(s) | Size::ShortestLongest(s, _) => Some((s, s)),
             },
             _ => None,
         };
@@ -167,6 +189,10 @@ impl Preprocess {
             Some(Size::Exact(h, w)) => resize(img, w, h, self.filter),
             Some(Size::ShortestEdge(s)) => {
                 let (h, w) = shortest_edge(img.height, img.width, s);
+                resize(img, w, h, self.filter)
+            }
+            Some(Size::ShortestLongest(s, l)) => {
+                let (h, w) = size_with_aspect_ratio(img.height, img.width, s, l);
                 resize(img, w, h, self.filter)
             }
             None => img.clone(),
@@ -211,6 +237,61 @@ impl Preprocess {
             shape: vec![images.len() as u64, 3, h as u64, w as u64],
             data,
         })
+    }
+}
+
+/// Pads images of different sizes to the largest height and width of the
+/// batch (zeros after normalisation, bottom and right) as DETR's
+/// processor does: `pixel_values` [n, 3, H, W] and each image's (height,
+/// width) before padding (its pixel mask is that top-left rectangle).
+pub fn pad_batch(images: &[(usize, usize, Vec<f32>)]) -> (Tensor, Vec<(usize, usize)>) {
+    let ph = images.iter().map(|i| i.0).max().unwrap_or(0);
+    let pw = images.iter().map(|i| i.1).max().unwrap_or(0);
+    let mut data = Vec::with_capacity(images.len() * 3 * ph * pw * 4);
+    for (h, w, v) in images {
+        for c in 0..3 {
+            for y in 0..ph {
+                for x in 0..pw {
+                    let px = match y < *h && x < *w {
+                        true => v[c * h * w + y * w + x],
+                        false => 0.0,
+                    };
+                    data.extend_from_slice(&px.to_le_bytes());
+                }
+            }
+        }
+    }
+    let tensor = Tensor {
+        dtype: crate::Dtype::F32,
+        shape: vec![images.len() as u64, 3, ph as u64, pw as u64],
+        data,
+    };
+    (tensor, images.iter().map(|i| (i.0, i.1)).collect())
+}
+
+/// transformers' `get_size_with_aspect_ratio((h, w), size, max_size)`
+/// (DETR): (height, width) with the shorter side `size`, unless the longer
+/// would exceed `max_size`, then the longer side about `max_size`.
+pub fn size_with_aspect_ratio(h: usize, w: usize, size: usize, max_size: usize) -> (usize, usize) {
+    let (min_o, max_o) = (h.min(w) as f64, h.max(w) as f64);
+    let mut size = size;
+    let mut raw = None;
+    if max_o / min_o * size as f64 > max_size as f64 {
+        let r = max_size as f64 * min_o / max_o;
+        size = r.round_ties_even() as usize;
+        raw = Some(r);
+    }
+    if (h <= w && h == size) || (w <= h && w == size) {
+        return (h, w);
+    }
+    let scaled = |num: usize, den: usize| match raw {
+        Some(r) => (r * num as f64 / den as f64) as usize,
+        None => ((size * num) as f64 / den as f64) as usize,
+    };
+    if w < h {
+        (scaled(h, w), size)
+    } else {
+        (size, scaled(w, h))
     }
 }
 
@@ -275,6 +356,15 @@ mod tests {
         let p = center_crop(&img, 6, 6);
         assert_eq!(&p.data[..3], &[0, 0, 0]);
         assert_eq!(&p.data[(6 + 1) * 3..(6 + 1) * 3 + 3], &img.data[..3]);
+    }
+
+    #[test]
+    fn detr_sizes_follow_get_size_with_aspect_ratio() {
+        assert_eq!(size_with_aspect_ratio(480, 640, 800, 1333), (800, 1066));
+        assert_eq!(size_with_aspect_ratio(100, 400, 800, 1333), (333, 1333));
+        assert_eq!(size_with_aspect_ratio(800, 600, 800, 1333), (1066, 800));
+        assert_eq!(size_with_aspect_ratio(64, 48, 64, 96), (85, 64));
+        assert_eq!(size_with_aspect_ratio(64, 64, 64, 96), (64, 64));
     }
 
     #[test]

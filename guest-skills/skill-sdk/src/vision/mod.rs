@@ -1,6 +1,7 @@
 //! Vision transformers as data: ViT and DeiT (a spec per family) on one
 //! pre-norm builder; Swin in [`swin`], ConvNeXt in [`convnext`],
-//! VideoMAE in [`videomae`]. The patch embedding (a convolution whose stride is
+//! VideoMAE in [`videomae`], DETR in [`detr`] on the ResNet backbones of
+//! [`resnet`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
 //! so it runs on every backend without a convolution op.
 //!
@@ -9,6 +10,8 @@
 
 pub mod clip;
 pub mod convnext;
+pub mod detr;
+pub mod resnet;
 pub mod swin;
 pub mod videomae;
 
