@@ -55,6 +55,12 @@ pub(super) fn fetch(id: &str) -> Result<PathBuf, ModelError> {
     for f in &FILES[1..] {
         let _ = repo.get(f);
     }
+    // Tokenizers without a tokenizer.json (FlauBERT's) read these.
+    if repo.get("tokenizer.json").is_err() {
+        for f in ["vocab.json", "merges.txt"] {
+            let _ = repo.get(f);
+        }
+    }
     if repo.get("model.safetensors.index.json").is_ok() {
         let index = config.with_file_name("model.safetensors.index.json");
         let text = std::fs::read_to_string(&index).map_err(|e| err(e.to_string()))?;

@@ -67,16 +67,32 @@ impl XlmTokenizer {
                 message: e.to_string(),
             })
         };
-        let Ok(cfg_text) = read("tokenizer_config.json") else {
-            return Ok(None);
-        };
         let bad = |file: &str, message: String| XlmError::Load {
             file: dir.join(file).display().to_string(),
             message,
         };
-        let cfg: serde_json::Value = serde_json::from_str(&cfg_text)
-            .map_err(|e| bad("tokenizer_config.json", e.to_string()))?;
-        match cfg.get("tokenizer_class").and_then(|c| c.as_str()) {
+        let json = |name: &str| -> Result<Option<serde_json::Value>, XlmError> {
+            match read(name) {
+                Ok(t) => serde_json::from_str(&t)
+                    .map(Some)
+                    .map_err(|e| bad(name, e.to_string())),
+                Err(_) => Ok(None),
+            }
+        };
+        let cfg = json("tokenizer_config.json")?.unwrap_or_default();
+        // Without a tokenizer class (hub checkpoints that ship only
+        // vocab.json and merges.txt), transformers goes by the model type.
+        let model_type = json("config.json")?
+            .and_then(|c| c.get("model_type").and_then(|t| t.as_str()).map(String::from));
+        let class = cfg
+            .get("tokenizer_class")
+            .and_then(|c| c.as_str())
+            .or(match model_type.as_deref() {
+                Some("flaubert") => Some("FlaubertTokenizer"),
+                Some("xlm") => Some("XLMTokenizer"),
+                _ => None,
+            });
+        match class {
             Some("FlaubertTokenizer") => {}
             Some("XLMTokenizer") => {
                 return Err(bad(
