@@ -239,8 +239,14 @@ fn tokenizations(name: &str, reference: &Value) {
         .zip(want)
         .map(|(t, w)| (t.as_str().expect("text").to_string(), None, ids(w)))
         .collect();
-    for c in reference["tokenizations"].as_array().expect("tokenizations") {
-        let pair = c.get("text_pair").and_then(|p| p.as_str()).map(String::from);
+    for c in reference["tokenizations"]
+        .as_array()
+        .expect("tokenizations")
+    {
+        let pair = c
+            .get("text_pair")
+            .and_then(|p| p.as_str())
+            .map(String::from);
         let text = c["text"].as_str().expect("text").to_string();
         cases.push((text, pair, ids(&c["input_ids"])));
     }

@@ -82,16 +82,19 @@ impl XlmTokenizer {
         let cfg = json("tokenizer_config.json")?.unwrap_or_default();
         // Without a tokenizer class (hub checkpoints that ship only
         // vocab.json and merges.txt), transformers goes by the model type.
-        let model_type = json("config.json")?
-            .and_then(|c| c.get("model_type").and_then(|t| t.as_str()).map(String::from));
-        let class = cfg
-            .get("tokenizer_class")
-            .and_then(|c| c.as_str())
-            .or(match model_type.as_deref() {
-                Some("flaubert") => Some("FlaubertTokenizer"),
-                Some("xlm") => Some("XLMTokenizer"),
-                _ => None,
-            });
+        let model_type = json("config.json")?.and_then(|c| {
+            c.get("model_type")
+                .and_then(|t| t.as_str())
+                .map(String::from)
+        });
+        let class =
+            cfg.get("tokenizer_class")
+                .and_then(|c| c.as_str())
+                .or(match model_type.as_deref() {
+                    Some("flaubert") => Some("FlaubertTokenizer"),
+                    Some("xlm") => Some("XLMTokenizer"),
+                    _ => None,
+                });
         match class {
             Some("FlaubertTokenizer") => {}
             Some("XLMTokenizer") => {
