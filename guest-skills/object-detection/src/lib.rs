@@ -53,6 +53,10 @@ struct DetectRequest {
     pad: bool,
 }
 
+/// Rows that run together: their shared preprocessed size (none: the
+/// padded group) and their request indices.
+type Group = (Option<(usize, usize)>, Vec<usize>);
+
 struct ObjectDetection;
 
 impl Guest for ObjectDetection {
@@ -138,7 +142,7 @@ fn detect(reqs: Vec<DetectRequest>) -> Result<Vec<Result<Response, Error>>, Erro
         let mut answers: Vec<Option<Result<Response, Error>>> = reqs.iter().map(|_| None).collect();
         // Groups of rows run together: one per preprocessed size, and one
         // padded group of the `pad_with_batch` requests.
-        let mut groups: Vec<(Option<(usize, usize)>, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut prepared = Vec::new();
         let max = MAX_FEATURE_SIDE as usize;
         for (i, r) in reqs.iter().enumerate() {
