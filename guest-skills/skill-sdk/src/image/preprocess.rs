@@ -368,6 +368,20 @@ mod tests {
     }
 
     #[test]
+    fn detr_hub_config_reads_size_and_max_size() {
+        let j = Json::parse(
+            "preprocessor_config.json",
+            r#"{"feature_extractor_type": "DetrFeatureExtractor", "size": 800, "max_size": 1333,
+                "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#,
+        )
+        .unwrap();
+        let p = Preprocess::from_json(&j).unwrap();
+        assert_eq!(p.resize, Some(Size::ShortestLongest(800, 1333)));
+        assert_eq!(p.crop, None);
+        assert_eq!(p.filter, Filter::Bilinear);
+    }
+
+    #[test]
     fn shortest_edge_keeps_the_aspect_ratio() {
         assert_eq!(shortest_edge(100, 200, 50), (50, 100));
         assert_eq!(shortest_edge(300, 120, 224), (560, 224));
