@@ -146,3 +146,92 @@ fn bad_audio_fails_its_own_request() {
         .contains("timestamps"));
     assert!(out[4].is_ok(), "{:?}", out[4]);
 }
+
+/// Whisper (tests/fixtures/gen_tiny_whisper.py): every clip and case of the
+/// reference in one batch (prompts of several lengths, detected and given
+/// languages, translation, beams, timestamps with several decoding
+/// passes): tokens identical to transformers `generate`, text and chunks
+/// identical to its ASR pipeline.
+fn whisper(device: &str) {
+    if !available(device) {
+        return;
+    }
+    let r = reference("tiny-whisper");
+    let mut run = runner(
+        "automatic-speech-recognition",
+        &fixture("tiny-whisper"),
+        device,
+        Precision::F32,
+    );
+    let mut reqs = Vec::new();
+    let mut want = Vec::new();
+    for (clip, entry) in r["clips"].as_object().unwrap() {
+        for (case, c) in entry["cases"].as_object().unwrap() {
+            let mut req = c["kwargs"].clone();
+            req["audio"] = json!(wav(clip));
+            reqs.push(req.to_string());
+            want.push((clip, case, c));
+        }
+    }
+    for ((clip, case, c), got) in want.into_iter().zip(run.handle(&reqs)) {
+        let got = got.unwrap_or_else(|e| panic!("{clip} {case}: {e}"));
+        let at = format!("{device} {clip} {case}");
+        if std::env::var("WHISPER_DEBUG").is_ok() {
+            let g: Vec<i64> = got.json["token_ids"].as_array().unwrap().iter().take(12).map(|v| v.as_i64().unwrap()).collect();
+            let w: Vec<i64> = c["tokens"].as_array().unwrap().iter().take(12).map(|v| v.as_i64().unwrap()).collect();
+            eprintln!("{at}: got {g:?} want {w:?} lang {}", got.json["language"]);
+            continue;
+        }
+        assert_eq!(got.json["token_ids"], c["tokens"], "{at}: tokens");
+        assert_eq!(got.json["text"], c["pipeline"]["text"], "{at}: text");
+        if let Some(chunks) = c["pipeline"].get("chunks") {
+            assert_eq!(&got.json["chunks"], chunks, "{at}: chunks");
+        }
+    }
+}
+
+#[test]
+fn whisper_matches_transformers_on_cpu() {
+    whisper("cpu");
+}
+
+#[test]
+fn whisper_matches_transformers_on_openvino() {
+    whisper("openvino");
+}
+
+#[test]
+fn whisper_matches_transformers_on_cuda() {
+    whisper("cuda");
+}
+
+#[test]
+fn whisper_refuses_what_it_cannot_do() {
+    if !available("cpu") {
+        return;
+    }
+    let mut run = runner(
+        "automatic-speech-recognition",
+        &fixture("tiny-whisper"),
+        "cpu",
+        Precision::F32,
+    );
+    let tone = wav("tone_16k.wav");
+    let out = run.handle(&[
+        json!({"array": vec![0.01f32; 16000 * 31], "sampling_rate": 16000}).to_string(),
+        json!({"audio": tone, "language": "klingon"}).to_string(),
+        json!({"audio": tone, "task": "summarize"}).to_string(),
+        json!({"audio": tone, "return_timestamps": "word"}).to_string(),
+        json!({"audio": tone, "max_new_tokens": 446}).to_string(),
+        json!({"audio": tone, "language": "de", "max_new_tokens": 3}).to_string(),
+    ]);
+    let err = |i: usize| out[i].as_ref().unwrap_err().to_string();
+    assert!(err(0).contains("30 s"), "{}", err(0));
+    assert!(err(1).contains("klingon"), "{}", err(1));
+    assert!(err(2).contains("transcribe"), "{}", err(2));
+    assert!(err(3).contains("word"), "{}", err(3));
+    assert!(err(4).contains("positions"), "{}", err(4));
+    let ok = out[5].as_ref().expect("a valid request next to bad ones");
+    assert_eq!(ok.json["language"], "de");
+    assert_eq!(ok.json["token_ids"].as_array().map(Vec::len), Some(3));
+}

@@ -1,15 +1,22 @@
-//! Skill `automatic-speech-recognition`: transcripts of speech with CTC
-//! models (Wav2Vec2ForCTC, HubertForCTC), as transformers' pipeline gives
-//! them: greedy (argmax) ids per frame, repeats grouped, the blank (pad)
-//! token dropped, the word delimiter (`|`) as a space, from the
-//! checkpoint's `vocab.json`.
+//! Skill `automatic-speech-recognition`: transcripts of speech.
+//!
+//! - CTC models (Wav2Vec2ForCTC, HubertForCTC), as transformers' pipeline
+//!   gives them: greedy (argmax) ids per frame, repeats grouped, the blank
+//!   (pad) token dropped, the word delimiter (`|`) as a space, from the
+//!   checkpoint's `vocab.json` ([`ctc`]). Each clip runs on its own (the
+//!   group-norm encoders are not invariant to padding).
+//! - Whisper (WhisperForConditionalGeneration): log-mel features, the
+//!   encoder-decoder generation loop with Whisper's prompt, language
+//!   detection, suppressed tokens and timestamp rules ([`whisper`]).
 //!
 //! Request: `{"audio": "<base64 WAV>"}` or `{"array": [f32],
-//! "sampling_rate": 16000}`. Response: `{"text"}`. Timestamps are not
-//! supported for CTC yet (`return_timestamps` is refused). Each clip runs
-//! on its own (the group-norm encoders are not invariant to padding).
+//! "sampling_rate": 16000}`; Whisper also takes `language`, `task`,
+//! `return_timestamps` and generation keys. Response: `{"text"}`, and for
+//! Whisper `"chunks": [{"text", "timestamp": [start, end]}]` when
+//! timestamps are asked, `"language"`, `"token_ids"`, `"finish_reason"`.
 
 mod ctc;
+mod whisper;
 
 use std::cell::RefCell;
 
@@ -20,10 +27,22 @@ use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::tensors::{i64_values, take};
 use skill_sdk::{invalid, Error, Graph, Guest, Response, SkillInfo};
 
-struct Loaded {
+/// A CTC model.
+struct Ctc {
     graph: CompiledGraph,
     extractor: audio::Extractor,
     vocab: ctc::Vocab,
+}
+
+enum Loaded {
+    Ctc(Ctc),
+    Whisper(Box<whisper::Whisper>),
+}
+
+/// A parsed request.
+enum Parsed {
+    Ctc(audio::Audio),
+    Whisper(whisper::Job),
 }
 
 thread_local! {
@@ -34,49 +53,67 @@ struct Asr;
 
 impl Guest for Asr {
     fn describe() -> SkillInfo {
+        let mut architectures: Vec<String> =
+            Wav2Vec2::MODEL_TYPES.iter().map(|s| s.to_string()).collect();
+        architectures.push("whisper".into());
         SkillInfo {
             name: "automatic-speech-recognition".into(),
             task: "automatic-speech-recognition".into(),
-            architectures: Wav2Vec2::MODEL_TYPES.iter().map(|s| s.to_string()).collect(),
-            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"}}}"#.into(),
-            response_schema: r#"{"type":"object","properties":{"text":{"type":"string"}}}"#.into(),
+            architectures,
+            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"language":{"type":"string"},"task":{"enum":["transcribe","translate"]},"return_timestamps":{"type":"boolean"}}}"#.into(),
+            response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"chunks":{"type":"array"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 
     fn load() -> Result<(), Error> {
         let config = Json::config()?;
-        let extractor = audio::Extractor::read()?;
-        let g = Graph::new("speech-ctc");
-        let model = Wav2Vec2::load(&config, &g)?;
-        if !g.has("lm_head.weight") {
-            return Err(Error::Unsupported(format!(
-                "the checkpoint has no CTC head (a {}ForCTC model is needed)",
-                model.model_type
-            )));
-        }
-        let hidden = model.hidden(&g)?;
-        let logits = g.linear(hidden, "lm_head")?;
-        let ids = g.b.argmax(logits, -1, false)?;
-        let graph = g.compile(&[("ids", ids)])?;
-        let vocab = ctc::Vocab::load(&config)?;
-        skill_sdk::state::set(
-            &STATE,
-            Loaded {
-                graph,
-                extractor,
-                vocab,
-            },
-        );
+        let loaded = match config.str_or("model_type", "")? {
+            "whisper" => Loaded::Whisper(Box::new(whisper::Whisper::load(&config)?)),
+            _ => Loaded::Ctc(load_ctc(&config)?),
+        };
+        skill_sdk::state::set(&STATE, loaded);
         Ok(())
     }
 
     fn handle(batch: Vec<String>) -> Vec<Result<Response, Error>> {
-        skill_sdk::requests::serve(batch, parse, transcribe)
+        skill_sdk::requests::serve(batch, parse, run)
     }
 }
 
-fn parse(req: Request) -> Result<audio::Audio, Error> {
+fn load_ctc(config: &Json) -> Result<Ctc, Error> {
+    let extractor = audio::Extractor::read()?;
+    let g = Graph::new("speech-ctc");
+    let model = Wav2Vec2::load(config, &g)?;
+    if !g.has("lm_head.weight") {
+        return Err(Error::Unsupported(format!(
+            "the checkpoint has no CTC head (a {}ForCTC model is needed)",
+            model.model_type
+        )));
+    }
+    let hidden = model.hidden(&g)?;
+    let logits = g.linear(hidden, "lm_head")?;
+    let ids = g.b.argmax(logits, -1, false)?;
+    let graph = g.compile(&[("ids", ids)])?;
+    let vocab = ctc::Vocab::load(config)?;
+    Ok(Ctc {
+        graph,
+        extractor,
+        vocab,
+    })
+}
+
+fn parse(req: Request) -> Result<Parsed, Error> {
+    skill_sdk::state::with(&STATE, |l: &Loaded| match l {
+        Loaded::Whisper(w) => {
+            let a = audio::from_request(&req, w.mel.rate)?;
+            Ok(Parsed::Whisper(w.parse(&req, &a.samples)?))
+        }
+        Loaded::Ctc(c) => parse_ctc(&req, c.extractor.rate).map(Parsed::Ctc),
+    })
+}
+
+fn parse_ctc(req: &Request, rate: u32) -> Result<audio::Audio, Error> {
     req.only(&[
         "audio",
         "array",
@@ -99,23 +136,37 @@ fn parse(req: Request) -> Result<audio::Audio, Error> {
     {
         return Err(invalid("`language` and `task` apply to Whisper; a CTC model transcribes what it was trained on"));
     }
-    let rate = skill_sdk::state::with(&STATE, |l| Ok(l.extractor.rate))?;
-    audio::from_request(&req, rate)
+    audio::from_request(req, rate)
 }
 
-fn transcribe(reqs: Vec<audio::Audio>) -> Result<Vec<Result<Response, Error>>, Error> {
-    skill_sdk::state::with(&STATE, |l| {
-        Ok(reqs
-            .iter()
-            .map(|a| {
-                let inputs = l.extractor.inputs(a);
-                let ids = i64_values(&take(l.graph.run(&inputs)?, "ids")?)?;
-                Ok(Response {
-                    json: serde_json::json!({ "text": l.vocab.decode(&ids) }).to_string(),
-                    tensors: Vec::new(),
+fn run(reqs: Vec<Parsed>) -> Result<Vec<Result<Response, Error>>, Error> {
+    skill_sdk::state::with(&STATE, |l: &Loaded| match l {
+        Loaded::Whisper(w) => {
+            let jobs: Vec<whisper::Job> = reqs
+                .into_iter()
+                .filter_map(|p| match p {
+                    Parsed::Whisper(j) => Some(j),
+                    Parsed::Ctc(_) => None,
                 })
+                .collect();
+            whisper::transcribe(w, &jobs)
+        }
+        Loaded::Ctc(c) => Ok(reqs
+            .iter()
+            .map(|p| match p {
+                Parsed::Ctc(a) => transcribe_ctc(c, a),
+                Parsed::Whisper(_) => Err(skill_sdk::internal("a Whisper request for a CTC model")),
             })
-            .collect())
+            .collect()),
+    })
+}
+
+fn transcribe_ctc(c: &Ctc, a: &audio::Audio) -> Result<Response, Error> {
+    let inputs = c.extractor.inputs(a);
+    let ids = i64_values(&take(c.graph.run(&inputs)?, "ids")?)?;
+    Ok(Response {
+        json: serde_json::json!({ "text": c.vocab.decode(&ids) }).to_string(),
+        tensors: Vec::new(),
     })
 }
 

@@ -21,14 +21,12 @@
 mod run;
 mod source;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
 use skill_sdk::config::Json;
 use skill_sdk::generation::settings::{Defaults, Settings};
 use skill_sdk::requests::Request as Json_;
 use skill_sdk::runtime::CompiledGraph;
-use skill_sdk::seq2seq::{model_types, Seq2Seq, Step};
+use skill_sdk::seq2seq::run::Decoder;
+use skill_sdk::seq2seq::{model_types, Seq2Seq};
 use skill_sdk::state;
 use skill_sdk::{invalid, Error, Guest, Response, SkillInfo};
 
@@ -60,25 +58,10 @@ const KEYS: &[&str] = &[
 
 /// The loaded model.
 pub struct Loaded {
-    model: Seq2Seq,
+    decoder: Decoder,
     source: source::Source,
     defaults: Defaults,
     encode: CompiledGraph,
-    steps: RefCell<HashMap<Step, CompiledGraph>>,
-    /// Fixed-slot caches (backends that replay repeated shapes).
-    slots: bool,
-}
-
-impl Loaded {
-    /// The decode graph of `step`, built on first use.
-    fn step(&self, step: Step) -> Result<std::cell::Ref<'_, CompiledGraph>, Error> {
-        if !self.steps.borrow().contains_key(&step) {
-            let g = self.model.decode_graph(step)?;
-            self.steps.borrow_mut().insert(step, g);
-        }
-        std::cell::Ref::filter_map(self.steps.borrow(), |m| m.get(&step))
-            .map_err(|_| skill_sdk::internal("decode graph missing"))
-    }
 }
 
 /// One parsed request.
@@ -124,12 +107,10 @@ impl Guest for Text2Text {
         state::set(
             &STATE,
             Loaded {
-                model,
+                decoder: Decoder::new(model, slots),
                 source,
                 defaults,
                 encode,
-                steps: RefCell::new(HashMap::new()),
-                slots,
             },
         );
         Ok(())

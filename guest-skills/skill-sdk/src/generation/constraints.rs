@@ -67,10 +67,11 @@ fn ngram_bans(source: &[i64], seq: &[i64], n: usize, out: &mut BTreeSet<i64>) {
 }
 
 /// The processors' verdict for a row whose decoder sequence so far is
-/// `seq` (decoder start token included) of a request with `settings` and
+/// `seq` (its first `prompt` tokens the decoder prompt: the start token,
+/// and Whisper's language and task) of a request with `settings` and
 /// encoder input `encoder_ids`.
-pub fn step(settings: &Settings, seq: &[i64], encoder_ids: &[i64]) -> Step {
-    let generated = seq.len().saturating_sub(1) as u64;
+pub fn step(settings: &Settings, seq: &[i64], prompt: usize, encoder_ids: &[i64]) -> Step {
+    let generated = seq.len().saturating_sub(prompt) as u64;
     let mut banned = BTreeSet::new();
     ngram_bans(seq, seq, settings.no_repeat_ngram_size, &mut banned);
     ngram_bans(
@@ -129,17 +130,17 @@ mod tests {
             ..settings()
         };
         // 2 5 7 5 -> "5" was followed by 7.
-        assert_eq!(step(&s, &[2, 5, 7, 5], &[]), Step::Banned([7].into()));
+        assert_eq!(step(&s, &[2, 5, 7, 5], 1, &[]), Step::Banned([7].into()));
         let s = Settings {
             encoder_no_repeat_ngram_size: 3,
             ..settings()
         };
         assert_eq!(
-            step(&s, &[2, 4, 9], &[4, 9, 11, 4, 9, 12]),
+            step(&s, &[2, 4, 9], 1, &[4, 9, 11, 4, 9, 12]),
             Step::Banned([11, 12].into())
         );
         // Too short for a trigram.
-        assert_eq!(step(&s, &[2], &[2, 4, 9]), Step::Banned(BTreeSet::new()));
+        assert_eq!(step(&s, &[2], 1, &[2, 4, 9]), Step::Banned(BTreeSet::new()));
     }
 
     #[test]
@@ -150,14 +151,14 @@ mod tests {
             min_new_tokens: 10,
             ..settings()
         };
-        assert_eq!(step(&s, &[2], &[]), Step::Forced(vec![0]));
-        assert_eq!(step(&s, &[2, 0, 3, 4, 5], &[]), Step::Forced(vec![2]));
-        assert_eq!(step(&s, &[2, 0, 3], &[]), Step::Banned([2].into()));
+        assert_eq!(step(&s, &[2], 1, &[]), Step::Forced(vec![0]));
+        assert_eq!(step(&s, &[2, 0, 3, 4, 5], 1, &[]), Step::Forced(vec![2]));
+        assert_eq!(step(&s, &[2, 0, 3], 1, &[]), Step::Banned([2].into()));
         let s = Settings {
             forced_bos: Some(0),
             suppress: vec![0],
             ..settings()
         };
-        assert_eq!(step(&s, &[2], &[]), Step::Forced(vec![]));
+        assert_eq!(step(&s, &[2], 1, &[]), Step::Forced(vec![]));
     }
 }

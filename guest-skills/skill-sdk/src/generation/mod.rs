@@ -1,7 +1,8 @@
 //! Decoding shared by the generation skills: settings resolved from
 //! `generation_config.json` and the request as transformers resolves them
 //! ([`settings`]), the logits processors that ban or force tokens
-//! ([`constraints`]), beam search ([`beam`]) and sampling ([`sample`]).
+//! ([`constraints`]), Whisper's timestamp rules ([`timestamps`]), beam search
+//! ([`beam`]) and sampling ([`sample`]).
 //!
 //! The graphs return each row's best candidates (log-probabilities and
 //! token ids, best first) instead of the whole vocabulary; the skill asks
@@ -13,6 +14,7 @@ pub mod beam;
 pub mod constraints;
 pub mod sample;
 pub mod settings;
+pub mod timestamps;
 
 /// One candidate next token of a row: its id and (processed) log-probability.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,7 +1,8 @@
 //! One data-driven builder for encoder-decoder models (T5, mT5, BART,
 //! mBART, Pegasus, Blenderbot, Blenderbot-small, LED with Longformer's
-//! windowed encoder attention), shared by the
-//! `text2text-generation` skill.
+//! windowed encoder attention, Whisper with its log-mel convolutional
+//! front end), shared by the `text2text-generation` and
+//! `automatic-speech-recognition` skills; [`run`] is their generation loop.
 //!
 //! [`spec`] describes each family; [`Seq2Seq`] reads a model's config
 //! against its spec and builds two graphs that share one session:
@@ -15,7 +16,8 @@
 //!   updating it, so it stays where it is (no per-step copy).
 //!   Inputs: `input_ids`, `attention_mask` [batch, source] (i64), `rows`,
 //!   `positions` [source] (table positions, offset included) or
-//!   `buckets` [source, source] (T5).
+//!   `buckets` [source, source] (T5); Whisper takes `input_features`
+//!   [batch, mels, frames] (f32) and `attention_mask` [batch, frames / 2].
 //! - the **decode** graph ([`Step`]) takes one token per row (`input_ids`
 //!   [rows, 1]) and keeps the self-attention cache as state `sk<i>`/`sv<i>`,
 //!   growing ([rows, heads, past, head_dim]) or in fixed slots ([slots, rows,
@@ -30,6 +32,8 @@
 //!   largest first, and with `logits` the raw `logits` [rows, vocab].
 
 mod families;
+#[cfg(feature = "generation")]
+pub mod run;
 pub mod spec;
 
 use crate::config::Json;
@@ -42,7 +46,7 @@ use crate::runtime::CompiledGraph;
 use crate::{Dim, Dtype, Error, Graph};
 
 pub use families::{family, model_types, FAMILIES};
-use spec::{BlockNames, FamilySpec, NormKind, NormPlace, Positions};
+use spec::{BlockNames, EncoderInput, FamilySpec, NormKind, NormPlace, Positions};
 
 fn sym(s: &str) -> Dim {
     Dim::Symbolic(s.into())
@@ -84,6 +88,9 @@ pub struct Dims {
     /// Rows of the position table (`None`: relative positions, no limit).
     pub max_positions: Option<u64>,
     pub eps: f32,
+    /// Mel bins and encoder positions of a log-mel encoder (Whisper): it
+    /// takes `2 * positions` frames.
+    pub mel: Option<(u64, u64)>,
 }
 
 /// An encoder-decoder model: its family's spec resolved against its
@@ -125,6 +132,25 @@ impl Seq2Seq {
         if heads == 0 {
             return Err(Error::Model("config.json: 0 attention heads".into()));
         }
+        // One head layout serves both stacks.
+        if let Some(enc) = config
+            .value
+            .get("encoder_attention_heads")
+            .and_then(|v| v.as_u64())
+        {
+            if enc != heads {
+                return Err(Error::Unsupported(format!(
+                    "config.json: {enc} encoder and {heads} decoder attention heads (they must match)"
+                )));
+            }
+        }
+        let mel = match spec.input {
+            EncoderInput::Tokens => None,
+            EncoderInput::Mel => Some((
+                config.u64_or("num_mel_bins", 80)?,
+                config.u64_or("max_source_positions", 1500)?,
+            )),
+        };
         let head_dim = match k.head_dim {
             Some(key) => config.u64(key)?,
             None if d_model % heads == 0 => d_model / heads,
@@ -166,9 +192,11 @@ impl Seq2Seq {
             .find(|w| w.name == embed)
             .and_then(|w| w.shape.first().copied())
             .ok_or_else(|| Error::Model(format!("`{embed}` has no shape")))?;
-        let embed_scale = config
-            .bool_or("scale_embedding", spec.scale_embedding)?
-            .then_some((d_model as f64).sqrt());
+        let embed_scale = match spec.scale_embedding {
+            Some(default) => config.bool_or("scale_embedding", default)?,
+            None => false,
+        }
+        .then_some((d_model as f64).sqrt());
         let output_scale = match spec.scaled_output {
             true => {
                 let scale = match config
@@ -208,6 +236,7 @@ impl Seq2Seq {
                 vocab,
                 max_positions,
                 eps,
+                mel,
             },
             act,
             gated,
@@ -382,6 +411,9 @@ impl Seq2Seq {
                 }
             }
         };
+        if let Some((bins, positions)) = self.dims.mel {
+            return self.encode_mel(g, bins, positions);
+        }
         let ids = token_input("input_ids", sym("batch"))?;
         let mask = token_input("attention_mask", sym("batch"))?;
         let rows = g.input("rows", Dtype::I64, &[sym("rows")])?;
@@ -432,6 +464,56 @@ impl Seq2Seq {
                 })?
             }
         };
+        self.cross_state(g, x, keys, rows)
+    }
+
+    /// Whisper's encoder: `input_features` [batch, bins, 2 * positions]
+    /// through two GELU convolutions, plus the position table, then the
+    /// blocks (no mask: every frame counts, silence included).
+    /// `attention_mask` [batch, positions] (ones) gives the cross mask.
+    fn encode_mel(&self, g: &Graph, bins: u64, positions: u64) -> Result<(), Error> {
+        let feats = g.input(
+            "input_features",
+            Dtype::F32,
+            &[sym("batch"), Dim::Fixed(bins), Dim::Fixed(2 * positions)],
+        )?;
+        let mask = g.input(
+            "attention_mask",
+            Dtype::I64,
+            &[sym("batch"), Dim::Fixed(positions)],
+        )?;
+        let rows = g.input("rows", Dtype::I64, &[sym("rows")])?;
+        let enc = self.spec.encoder;
+        let mut x = feats;
+        for (name, stride) in [("conv1", 1), ("conv2", 2)] {
+            let at = format!("{enc}.{name}");
+            let bias = match self.has.contains(&format!("{at}.bias")) {
+                true => Some(g.weight(&format!("{at}.bias"))?),
+                false => None,
+            };
+            let opts = crate::graph::ConvOptions {
+                stride: vec![stride],
+                padding: vec![(1, 1)],
+                dilation: vec![1],
+                groups: 1,
+            };
+            x =
+                g.b.conv(x, g.weight(&format!("{at}.weight"))?, bias, &opts)?;
+            x = g.unary(UnaryOp::Gelu, x)?;
+        }
+        let x = g.b.permute(x, &[0, 2, 1])?;
+        let x = g.add(x, g.weight(&format!("{enc}.embed_positions.weight"))?)?;
+        let x = self.encoder_blocks(g, x, |h, attn| {
+            let qkv = self.projs(g, h, attn, &[0, 1, 2])?;
+            let q = self.heads(g, qkv[0])?;
+            let k = self.heads(g, qkv[1])?;
+            let v = self.heads(g, qkv[2])?;
+            let o = g.b.attention(q, k, v, None, self.options())?;
+            self.proj(g, g.merge_heads(o)?, attn, 3)
+        })?;
+        let keep =
+            g.b.compare(CompareOp::Greater, mask, g.scalar(0.0, Dtype::I64)?)?;
+        let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
         self.cross_state(g, x, keys, rows)
     }
 

@@ -31,6 +31,18 @@ pub enum Positions {
     RelativeBuckets,
 }
 
+/// What the encoder reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EncoderInput {
+    /// Token ids through the shared embeddings.
+    Tokens,
+    /// Whisper: log-mel features [batch, mels, frames] through `conv1`
+    /// (kernel 3) and `conv2` (kernel 3, stride 2), each followed by GELU,
+    /// plus the encoder's whole position table (`max_source_positions`
+    /// rows: the frames are fixed).
+    Mel,
+}
+
 /// Names of one encoder or decoder block's weights, relative to the block.
 #[derive(Clone, Copy, Debug)]
 pub struct BlockNames {
@@ -101,8 +113,10 @@ pub struct FamilySpec {
     pub norm: NormPlace,
     pub norm_kind: NormKind,
     pub positions: Positions,
-    /// Default of config `scale_embedding` (embeddings times sqrt(d_model)).
-    pub scale_embedding: bool,
+    /// Default of config `scale_embedding` (embeddings times sqrt(d_model));
+    /// `None`: never scaled, whatever the config says (Whisper).
+    pub scale_embedding: Option<bool>,
+    pub input: EncoderInput,
     /// The decoder output is scaled by d_model^-0.5 before the LM head
     /// when config `scale_decoder_outputs` says so (else when
     /// `tie_word_embeddings` is not false): T5, not mT5.
