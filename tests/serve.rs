@@ -830,3 +830,62 @@ fn multipart_uploads_and_openai_transcriptions() {
     };
     assert_eq!(code, 400);
 }
+
+/// OpenAI transcriptions from a Whisper endpoint: subtitles and
+/// verbose_json carry the timed chunks of the skill's transcript.
+#[test]
+fn whisper_transcriptions_in_every_openai_format() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "whisper",
+            "automatic-speech-recognition",
+            &fixture("tiny-whisper"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let a = agent();
+    let t = format!("{}/v1/audio/transcriptions", s.base);
+    let wav = std::fs::read(fixture("audio/tone_16k.wav")).expect("audio");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-whisper/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &reference["clips"]["tone_16k.wav"]["cases"]["timestamps"]["pipeline"];
+    let form = |format: &'static [u8]| {
+        post_form(
+            &a,
+            &t,
+            &[
+                ("file", Some("a.wav"), &wav),
+                ("model", None, b"whisper"),
+                ("response_format", None, format),
+            ],
+        )
+    };
+    let (code, body) = form(b"verbose_json");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["text"], case["text"]);
+    let chunks = case["chunks"].as_array().unwrap();
+    assert_eq!(v["segments"].as_array().map(Vec::len), Some(chunks.len()));
+    assert_eq!(v["segments"][0]["start"], chunks[0]["timestamp"][0]);
+    assert!(v["duration"].as_f64().is_some_and(|d| d > 1.0), "{v}");
+    let (code, srt) = form(b"srt");
+    assert_eq!(code, 200, "{srt}");
+    assert!(
+        srt.starts_with("1\n00:00:") && srt.contains(" --> "),
+        "{srt}"
+    );
+    assert_eq!(srt.matches(" --> ").count(), chunks.len());
+    let (code, vtt) = form(b"vtt");
+    assert_eq!(code, 200);
+    assert!(vtt.starts_with("WEBVTT\n\n"), "{vtt}");
+    let (code, body) = form(b"xml");
+    assert_eq!(code, 400, "{body}");
+}

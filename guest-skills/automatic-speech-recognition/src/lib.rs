@@ -53,8 +53,10 @@ struct Asr;
 
 impl Guest for Asr {
     fn describe() -> SkillInfo {
-        let mut architectures: Vec<String> =
-            Wav2Vec2::MODEL_TYPES.iter().map(|s| s.to_string()).collect();
+        let mut architectures: Vec<String> = Wav2Vec2::MODEL_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         architectures.push("whisper".into());
         SkillInfo {
             name: "automatic-speech-recognition".into(),

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::transcripts::{self, Format};
 use super::{ApiError, AppState};
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -104,8 +105,10 @@ pub(super) async fn request(
 }
 
 /// OpenAI `POST /v1/audio/transcriptions`: `file`, `model` (the endpoint),
-/// `language`, `prompt`, `temperature`, `response_format` (json, text,
-/// verbose_json; srt and vtt need timestamps), `timestamp_granularities[]`.
+/// `language`, `temperature` (0: greedy), `response_format` (json, text,
+/// verbose_json, srt, vtt: rendered by [`transcripts`]; the subtitles and
+/// `timestamp_granularities[]` ask the skill for timestamps). `prompt` is
+/// refused.
 pub(super) async fn transcriptions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -135,7 +138,12 @@ pub(super) async fn transcriptions(
             .filter(|s| !s.is_empty())
     };
     let handler = state.pick(text("model"))?;
-    let format = text("response_format").unwrap_or("json").to_string();
+    let name = text("response_format").unwrap_or("json");
+    let format = Format::parse(name).ok_or_else(|| {
+        bad(format!(
+            "unknown response_format `{name}` (json, text, verbose_json, srt, vtt)"
+        ))
+    })?;
     let mut req = serde_json::json!({ "audio": audio });
     if let Some(l) = text("language") {
         req["language"] = Value::String(l.to_string());
@@ -147,79 +155,52 @@ pub(super) async fn transcriptions(
             "`prompt` is not supported",
         ));
     }
-    if let Some(t) = text("temperature")
-        .and_then(|t| t.parse::<f64>().ok())
-        .filter(|&t| t != 0.0)
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
-            format!("`temperature` {t}: transcription is greedy (0) only"),
-        ));
+    if let Some(t) = text("temperature") {
+        let t: f64 = t
+            .parse()
+            .map_err(|_| bad(format!("`temperature` `{t}` is not a number")))?;
+        // 0 (OpenAI's default) is greedy: send nothing.
+        if t != 0.0 {
+            req["temperature"] = serde_json::json!(t);
+        }
     }
-    let timed = matches!(format.as_str(), "srt" | "vtt")
+    let timed = format.timed()
         || fields
             .keys()
             .any(|k| k.starts_with("timestamp_granularities"));
     if timed {
         req["return_timestamps"] = Value::Bool(true);
     }
-    if !matches!(
-        format.as_str(),
-        "json" | "text" | "verbose_json" | "srt" | "vtt"
-    ) {
-        return Err(bad(format!(
-            "unknown response_format `{format}` (json, text, verbose_json, srt, vtt)"
-        )));
-    }
-    let out = handler
-        .call_many(vec![req.to_string()])
-        .await
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| {
-            Err(crate::runner::RequestError {
-                kind: "internal",
-                message: "no answer".into(),
+    let handler = &handler;
+    let call = |req: Value| async move {
+        handler
+            .call_many(vec![req.to_string()])
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| {
+                Err(crate::runner::RequestError {
+                    kind: "internal",
+                    message: "no answer".into(),
+                })
             })
-        })?;
-    let transcript = out
-        .json
-        .get("text")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    Ok(match format.as_str() {
-        "text" => (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            transcript,
-        )
-            .into_response(),
-        "verbose_json" => {
-            let body = serde_json::json!({
-                "task": "transcribe",
-                "language": out.json.get("language").cloned().unwrap_or(Value::Null),
-                "text": transcript,
-                "segments": out.json.get("chunks").cloned().unwrap_or(Value::Array(vec![])),
-            });
-            (
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response()
+    };
+    // verbose_json has segments when the model gives timestamps (OpenAI's
+    // default granularity), none from a model that cannot.
+    let out = match (format, timed) {
+        (Format::VerboseJson, false) => {
+            let mut timed_req = req.clone();
+            timed_req["return_timestamps"] = Value::Bool(true);
+            match call(timed_req).await {
+                Err(e) if e.kind == "unsupported" => call(req).await?,
+                other => other?,
+            }
         }
-        "json" => (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "text": transcript }).to_string(),
-        )
-            .into_response(),
-        // srt / vtt: the skill refused timestamps above if it has none.
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported",
-                format!("`{format}` needs timestamps"),
-            ))
-        }
-    })
+        _ => call(req).await?,
+    };
+    Ok((
+        [(header::CONTENT_TYPE, format.content_type())],
+        transcripts::render(format, &Value::Object(out.json)),
+    )
+        .into_response())
 }

@@ -14,6 +14,7 @@ mod admin;
 mod api;
 mod forms;
 mod tei;
+mod transcripts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

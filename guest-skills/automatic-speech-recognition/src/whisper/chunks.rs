@@ -94,8 +94,15 @@ mod tests {
     #[test]
     fn chunks_between_timestamps() {
         // begin 100, 0.02 s per step: <0.00> a b <0.50> <0.50> c <1.00>
-        let (text, chunks) =
-            assemble(&[100, 0, 1, 125, 125, 2, 150], 90, 100, 0.02, 1500.0, letters).unwrap();
+        let (text, chunks) = assemble(
+            &[100, 0, 1, 125, 125, 2, 150],
+            90,
+            100,
+            0.02,
+            1500.0,
+            letters,
+        )
+        .unwrap();
         assert_eq!(text, "abc");
         assert_eq!(chunks.len(), 2);
         assert_eq!((chunks[0].start, chunks[0].end), (Some(0.0), Some(0.5)));
@@ -105,8 +112,15 @@ mod tests {
     #[test]
     fn open_chunk_and_restarted_timestamps() {
         // A second pass restarts at 0.00 after a pair ending at 0.40.
-        let (_, chunks) =
-            assemble(&[100, 0, 120, 120, 100, 1, 110, 2], 90, 100, 0.02, 1500.0, letters).unwrap();
+        let (_, chunks) = assemble(
+            &[100, 0, 120, 120, 100, 1, 110, 2],
+            90,
+            100,
+            0.02,
+            1500.0,
+            letters,
+        )
+        .unwrap();
         assert_eq!(chunks[0].end, Some(0.4));
         assert_eq!(chunks.last().map(|c| c.end), Some(None));
     }

@@ -90,6 +90,8 @@ pub struct Whisper {
 /// One parsed request.
 pub struct Job {
     pub features: Vec<f32>,
+    /// Seconds of audio.
+    duration: f64,
     settings: Settings,
     prompt: Vec<PromptToken>,
     /// The timestamp rules, when timestamps are asked.
@@ -243,6 +245,7 @@ impl Whisper {
         settings.decoder_start = self.ids.start;
         Ok(Job {
             features: self.mel.features(samples),
+            duration: samples.len() as f64 / self.mel.rate as f64,
             settings,
             prompt,
             timestamps: rules,
@@ -310,7 +313,10 @@ impl Ids {
         let languages: Vec<(String, i64)> = id_list(d.get("lang_to_id"))
             .into_iter()
             .map(|(tok, id)| {
-                let code = tok.trim_start_matches("<|").trim_end_matches("|>").to_string();
+                let code = tok
+                    .trim_start_matches("<|")
+                    .trim_end_matches("|>")
+                    .to_string();
                 (code, id)
             })
             .collect();

@@ -153,7 +153,11 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
                 prompt: match states[i].prompt.is_empty() {
                     true => jobs[i].prompt.clone(),
                     // Later passes keep the first pass's language.
-                    false => states[i].prompt.iter().map(|&t| PromptToken::Fixed(t)).collect(),
+                    false => states[i]
+                        .prompt
+                        .iter()
+                        .map(|&t| PromptToken::Fixed(t))
+                        .collect(),
                 },
                 source: &[],
                 timestamps: jobs[i].timestamps,
@@ -210,7 +214,8 @@ fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
     let begin = w.ids.rules.map_or(i64::MAX, |r| r.begin);
     let text_end = job.settings.eos.first().copied().unwrap_or(begin);
     let steps = (w.mel.frames() / STRIDE) as f64;
-    let (text, parts) = chunks::assemble(&s.tokens, text_end, begin, precision, steps, |t| w.text(t))?;
+    let (text, parts) =
+        chunks::assemble(&s.tokens, text_end, begin, precision, steps, |t| w.text(t))?;
     let language = s
         .prompt
         .iter()
@@ -221,6 +226,7 @@ fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
         "token_ids": s.tokens,
         "finish_reason": s.finish.as_str(),
         "language": language,
+        "duration": job.duration,
     });
     if job.timestamps.is_some() {
         json["chunks"] = serde_json::Value::Array(

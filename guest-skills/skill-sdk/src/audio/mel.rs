@@ -222,13 +222,18 @@ mod tests {
         })
         .expect("extractor");
         for (clip, entry) in reference["clips"].as_object().expect("clips") {
-            let audio = crate::audio::decode_wav("audio", &read(&format!("audio/{clip}")))
-                .expect("wav");
+            let audio =
+                crate::audio::decode_wav("audio", &read(&format!("audio/{clip}"))).expect("wav");
             let got = mel.features(&audio.samples);
             let want = &entry["features"];
             let frames = mel.frames();
             let mut max = 0f64;
-            for (f, row) in want["frames"].as_array().expect("frames").iter().enumerate() {
+            for (f, row) in want["frames"]
+                .as_array()
+                .expect("frames")
+                .iter()
+                .enumerate()
+            {
                 for (m, v) in row.as_array().expect("row").iter().enumerate() {
                     let d = (got[m * frames + f] as f64 - v.as_f64().expect("value")).abs();
                     max = max.max(d);
