@@ -1,10 +1,16 @@
-//! Whisper's log-mel features (transformers' `WhisperFeatureExtractor`),
-//! computed in the skill in f64: the clip zero-padded (or cut) to
-//! `chunk_length` seconds, a centred STFT (reflect padding, periodic Hann
-//! window of `n_fft`, hop `hop_length`) whose power spectrum goes through
-//! Slaney-normalised mel filters (0 to 8 kHz, Slaney mel scale), then
+//! Mel spectrograms computed in the skill in f64, shared by the audio
+//! feature extractors: a centred STFT ([`Stft`]: reflect padding, periodic
+//! Hann window of `n_fft`, hop `hop_length`) whose power spectrum goes
+//! through triangular mel filters ([`mel_filters`]: HTK or Slaney mel
+//! scale, optionally Slaney-normalised), as transformers' `audio_utils`
+//! (`spectrogram`, `mel_filter_bank`) computes them.
+//!
+//! [`LogMel`] is Whisper's extractor (transformers'
+//! `WhisperFeatureExtractor`): the clip zero-padded (or cut) to
+//! `chunk_length` seconds, Slaney filters from 0 to 8 kHz, then
 //! `log10(max(x, 1e-10))`, the last frame dropped, values floored at the
-//! clip's maximum minus 8 and mapped by `(x + 4) / 4`.
+//! clip's maximum minus 8 and mapped by `(x + 4) / 4`. CLAP's extractor
+//! (power in dB, HTK or Slaney filters) is `super::clap_features`.
 
 use std::sync::Arc;
 
@@ -14,42 +20,48 @@ use rustfft::{Fft, FftPlanner};
 use crate::config::Json;
 use crate::Error;
 
-/// Highest filter frequency (the extractor's constant).
+/// Highest filter frequency of Whisper's extractor.
 const MAX_FREQUENCY: f64 = 8000.0;
 
 /// One mel filter: its weights over frequency bins `start..start + w.len()`.
-struct Filter {
+pub struct Filter {
     start: usize,
     weights: Vec<f64>,
 }
 
-/// The feature extractor of a Whisper checkpoint.
-pub struct LogMel {
-    pub n_mels: usize,
-    pub rate: u32,
-    pub hop: usize,
-    pub n_fft: usize,
-    /// Samples per input window (`chunk_length` seconds).
-    pub samples: usize,
-    window: Vec<f64>,
-    filters: Vec<Filter>,
-    fft: Arc<dyn Fft<f64>>,
+/// The mel scale of a filter bank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MelScale {
+    /// `2595 log10(1 + f / 700)` (torchaudio's default).
+    Htk,
+    /// Slaney's: linear below 1 kHz, logarithmic above (librosa's default).
+    Slaney,
 }
 
-/// Hz to mel, Slaney's scale (linear below 1 kHz, logarithmic above).
-fn hz_to_mel(f: f64) -> f64 {
-    let step = 27.0 / 6.4f64.ln();
-    match f >= 1000.0 {
-        true => 15.0 + (f / 1000.0).ln() * step,
-        false => 3.0 * f / 200.0,
+/// Hz to mel.
+fn hz_to_mel(f: f64, scale: MelScale) -> f64 {
+    match scale {
+        MelScale::Htk => 2595.0 * (1.0 + f / 700.0).log10(),
+        MelScale::Slaney => {
+            let step = 27.0 / 6.4f64.ln();
+            match f >= 1000.0 {
+                true => 15.0 + (f / 1000.0).ln() * step,
+                false => 3.0 * f / 200.0,
+            }
+        }
     }
 }
 
-fn mel_to_hz(m: f64) -> f64 {
-    let step = 6.4f64.ln() / 27.0;
-    match m >= 15.0 {
-        true => 1000.0 * (step * (m - 15.0)).exp(),
-        false => 200.0 * m / 3.0,
+fn mel_to_hz(m: f64, scale: MelScale) -> f64 {
+    match scale {
+        MelScale::Htk => 700.0 * (10f64.powf(m / 2595.0) - 1.0),
+        MelScale::Slaney => {
+            let step = 6.4f64.ln() / 27.0;
+            match m >= 15.0 {
+                true => 1000.0 * (step * (m - 15.0)).exp(),
+                false => 200.0 * m / 3.0,
+            }
+        }
     }
 }
 
@@ -64,14 +76,26 @@ fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Triangular Slaney-normalised filters from 0 Hz to `MAX_FREQUENCY`.
-fn mel_filters(n_freq: usize, n_mels: usize, rate: u32) -> Vec<Filter> {
+/// Triangular filters between `f_min` and `f_max` Hz, evenly spaced on the
+/// mel scale, over `n_freq` bins from 0 to `rate / 2` (transformers'
+/// `mel_filter_bank`); `slaney_norm` scales each to unit area per mel.
+pub fn mel_filters(
+    n_freq: usize,
+    n_mels: usize,
+    rate: u32,
+    (f_min, f_max): (f64, f64),
+    scale: MelScale,
+    slaney_norm: bool,
+) -> Vec<Filter> {
     let fft_freqs = linspace(0.0, (rate / 2) as f64, n_freq);
-    let mels = linspace(hz_to_mel(0.0), hz_to_mel(MAX_FREQUENCY), n_mels + 2);
-    let f: Vec<f64> = mels.into_iter().map(mel_to_hz).collect();
+    let mels = linspace(hz_to_mel(f_min, scale), hz_to_mel(f_max, scale), n_mels + 2);
+    let f: Vec<f64> = mels.into_iter().map(|m| mel_to_hz(m, scale)).collect();
     (0..n_mels)
         .map(|m| {
-            let enorm = 2.0 / (f[m + 2] - f[m]);
+            let enorm = match slaney_norm {
+                true => 2.0 / (f[m + 2] - f[m]),
+                false => 1.0,
+            };
             let w: Vec<f64> = fft_freqs
                 .iter()
                 .map(|&x| {
@@ -88,6 +112,96 @@ fn mel_filters(n_freq: usize, n_mels: usize, rate: u32) -> Vec<Filter> {
             }
         })
         .collect()
+}
+
+/// A centred short-time Fourier transform and its mel energies.
+pub struct Stft {
+    pub n_fft: usize,
+    pub hop: usize,
+    window: Vec<f64>,
+    fft: Arc<dyn Fft<f64>>,
+}
+
+impl Stft {
+    /// A periodic Hann window of `n_fft` and a hop of `hop` samples.
+    pub fn new(n_fft: usize, hop: usize) -> Result<Stft, Error> {
+        if !(2..=1 << 16).contains(&n_fft) || hop == 0 {
+            return Err(Error::Model(format!(
+                "preprocessor_config.json: n_fft {n_fft}, hop_length {hop} out of range"
+            )));
+        }
+        let window = (0..n_fft)
+            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / n_fft as f64).cos())
+            .collect();
+        Ok(Stft {
+            n_fft,
+            hop,
+            window,
+            fft: FftPlanner::new().plan_fft_forward(n_fft),
+        })
+    }
+
+    /// Frequency bins of the one-sided spectrum.
+    pub fn bins(&self) -> usize {
+        self.n_fft / 2 + 1
+    }
+
+    /// Frames of a centred STFT over `len` samples (transformers'
+    /// `spectrogram` with `center=True`).
+    pub fn frames(&self, len: usize) -> usize {
+        1 + (len + 2 * (self.n_fft / 2)).saturating_sub(self.n_fft) / self.hop
+    }
+
+    /// Mel energies [filters, frames] (row-major) of the first `frames`
+    /// frames of `clip`, reflect-padded by `n_fft / 2` at both ends
+    /// (numpy's mode="reflect", which mirrors without repeating the edge).
+    pub fn mel_power(&self, clip: &[f64], frames: usize, filters: &[Filter]) -> Vec<f64> {
+        let n = clip.len();
+        let half = self.n_fft / 2;
+        let at = |i: isize| -> f64 {
+            if n < 2 {
+                return clip.first().copied().unwrap_or(0.0);
+            }
+            let period = 2 * (n as isize - 1);
+            let j = i.rem_euclid(period);
+            let j = if j >= n as isize { period - j } else { j };
+            clip.get(j as usize).copied().unwrap_or(0.0)
+        };
+        let mut out = vec![0f64; filters.len() * frames];
+        let mut buf = vec![Complex::new(0.0, 0.0); self.n_fft];
+        let mut power = vec![0f64; self.bins()];
+        for f in 0..frames {
+            let start = (f * self.hop) as isize - half as isize;
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = Complex::new(at(start + k as isize) * self.window[k], 0.0);
+            }
+            self.fft.process(&mut buf);
+            for (p, c) in power.iter_mut().zip(&buf) {
+                *p = c.norm_sqr();
+            }
+            for (m, filt) in filters.iter().enumerate() {
+                out[m * frames + f] = filt
+                    .weights
+                    .iter()
+                    .zip(power.get(filt.start..).unwrap_or(&[]))
+                    .map(|(w, p)| w * p)
+                    .sum();
+            }
+        }
+        out
+    }
+}
+
+/// The feature extractor of a Whisper checkpoint.
+pub struct LogMel {
+    pub n_mels: usize,
+    pub rate: u32,
+    pub hop: usize,
+    pub n_fft: usize,
+    /// Samples per input window (`chunk_length` seconds).
+    pub samples: usize,
+    stft: Stft,
+    filters: Vec<Filter>,
 }
 
 impl LogMel {
@@ -110,30 +224,34 @@ impl LogMel {
                 "feature extraction with `dither` (random noise) is not supported".into(),
             ));
         }
-        if !(2..=1 << 16).contains(&n_fft) || hop == 0 || n_mels == 0 || n_mels > 1024 {
+        if n_mels == 0 || n_mels > 1024 {
             return Err(Error::Model(format!(
-                "preprocessor_config.json: n_fft {n_fft}, hop_length {hop}, feature_size {n_mels} out of range"
+                "preprocessor_config.json: feature_size {n_mels} out of range"
             )));
         }
+        let stft = Stft::new(n_fft, hop)?;
         let samples = (chunk * rate as u64) as usize;
         if samples == 0 || samples > 3600 * 48_000 {
             return Err(Error::Model(format!(
                 "preprocessor_config.json: chunk_length {chunk} s at {rate} Hz out of range"
             )));
         }
-        // Periodic Hann window.
-        let window = (0..n_fft)
-            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / n_fft as f64).cos())
-            .collect();
+        let filters = mel_filters(
+            stft.bins(),
+            n_mels,
+            rate,
+            (0.0, MAX_FREQUENCY),
+            MelScale::Slaney,
+            true,
+        );
         Ok(LogMel {
             n_mels,
             rate,
             hop,
             n_fft,
             samples,
-            window,
-            filters: mel_filters(n_fft / 2 + 1, n_mels, rate),
-            fft: FftPlanner::new().plan_fft_forward(n_fft),
+            stft,
+            filters,
         })
     }
 
@@ -146,47 +264,14 @@ impl LogMel {
     /// samples of `x` (zero-padded to that length).
     pub fn features(&self, x: &[f32]) -> Vec<f32> {
         let n = self.samples;
-        let half = self.n_fft / 2;
         let mut clip: Vec<f64> = x.iter().take(n).map(|&v| v as f64).collect();
         clip.resize(n, 0.0);
-        // Reflect padding (no edge repeat), as numpy's mode="reflect".
-        let at = |i: isize| -> f64 {
-            let last = n as isize - 1;
-            let mut j = i;
-            if j < 0 {
-                j = -j;
-            }
-            if j > last {
-                j = 2 * last - j;
-            }
-            clip.get(j.clamp(0, last.max(0)) as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
-        let frames = self.frames();
-        let bins = self.n_fft / 2 + 1;
-        let mut out = vec![0f64; self.n_mels * frames];
-        let mut buf = vec![Complex::new(0.0, 0.0); self.n_fft];
-        let mut power = vec![0f64; bins];
-        for f in 0..frames {
-            let start = (f * self.hop) as isize - half as isize;
-            for (k, b) in buf.iter_mut().enumerate() {
-                *b = Complex::new(at(start + k as isize) * self.window[k], 0.0);
-            }
-            self.fft.process(&mut buf);
-            for (p, c) in power.iter_mut().zip(&buf) {
-                *p = c.norm_sqr();
-            }
-            for (m, filt) in self.filters.iter().enumerate() {
-                let e: f64 = filt
-                    .weights
-                    .iter()
-                    .zip(&power[filt.start..])
-                    .map(|(w, p)| w * p)
-                    .sum();
-                out[m * frames + f] = e.max(1e-10).log10();
-            }
-        }
+        let out: Vec<f64> = self
+            .stft
+            .mel_power(&clip, self.frames(), &self.filters)
+            .into_iter()
+            .map(|e| e.max(1e-10).log10())
+            .collect();
         let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         out.iter()
             .map(|&v| ((v.max(max - 8.0) + 4.0) / 4.0) as f32)
@@ -200,8 +285,10 @@ mod tests {
 
     #[test]
     fn mel_scale_round_trips() {
-        for f in [0.0, 440.0, 999.0, 1000.0, 4000.0, 8000.0] {
-            assert!((mel_to_hz(hz_to_mel(f)) - f).abs() < 1e-9);
+        for scale in [MelScale::Slaney, MelScale::Htk] {
+            for f in [0.0, 440.0, 999.0, 1000.0, 4000.0, 8000.0] {
+                assert!((mel_to_hz(hz_to_mel(f, scale), scale) - f).abs() < 1e-9);
+            }
         }
     }
 
@@ -249,7 +336,7 @@ mod tests {
 
     #[test]
     fn filters_are_triangles_of_unit_area_per_mel() {
-        let fb = mel_filters(201, 80, 16000);
+        let fb = mel_filters(201, 80, 16000, (0.0, 8000.0), MelScale::Slaney, true);
         assert_eq!(fb.len(), 80);
         // Every filter covers some bin; starts increase.
         assert!(fb.iter().all(|f| !f.weights.is_empty()));

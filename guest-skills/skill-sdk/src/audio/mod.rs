@@ -2,12 +2,15 @@
 //! `{"audio": base64 WAV}` or `{"array": [f32], "sampling_rate": n}` ->
 //! mono f32 samples (PCM scaled by 1 / 2^(bits - 1), channels averaged),
 //! under a length limit, at the rate the feature extractor wants; then the
-//! speech encoders ([`wav2vec2`]) and Whisper's log-mel features ([`mel`]).
+//! speech encoders ([`wav2vec2`]), Whisper's log-mel features ([`mel`]),
+//! CLAP's features ([`clap_features`]) and its two towers ([`clap`]).
 //!
 //! Enabled by the SDK's `audio` feature. WAV (PCM 8/16/24/32-bit, IEEE
 //! float 32-bit) is decoded; other containers and resampling are not yet
 //! (a clear error names the rate or format).
 
+pub mod clap;
+pub mod clap_features;
 pub mod mel;
 pub mod wav2vec2;
 

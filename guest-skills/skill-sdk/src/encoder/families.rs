@@ -136,6 +136,26 @@ pub static FAMILIES: &[FamilySpec] = &[
         token_classifier: Some("classifier"),
     },
     FamilySpec {
+        // CLAP's text tower: RoBERTa under `text_model.` of a ClapModel, or
+        // a ClapTextModel on its own.
+        model_types: &["clap_text_model"],
+        bases: &["text_model.", ""],
+        body: "",
+        keys: BERT_KEYS,
+        embeddings: EmbeddingSpec {
+            positions: Positions::AfterPadding,
+            ..BERT_EMBEDDINGS
+        },
+        layers: Layers::PerLayer("encoder.layer."),
+        block: Block::PostNorm(BERT_BLOCK),
+        attention: AttentionKind::Dense,
+        pooler: PoolerSpec::DenseTanh("pooler.dense"),
+        embed_with_pooler: false,
+        mlm: None,
+        classifier: None,
+        token_classifier: None,
+    },
+    FamilySpec {
         model_types: &["electra"],
         bases: &["electra.", ""],
         body: "",

@@ -9,6 +9,10 @@
 //! at indices the skill computes) plus, in shifted blocks, transformers'
 //! -100 between tokens of different regions. Heads of all windows of an
 //! image share one attention call: [batch, windows * heads, tokens, dim].
+//!
+//! [`Swin::stages`] and [`Swin::encode`] are the stages alone, for models
+//! that embed their own input (CLAP's HTSAT audio tower, whose patches come
+//! from a spectrogram folded into an image).
 
 use crate::config::Json;
 use crate::graph::{Node, ReduceOp, UnaryOp};
@@ -22,6 +26,8 @@ const OTHER_REGION: f32 = -100.0;
 /// A Swin model resolved against its config.
 pub struct Swin {
     pub base: String,
+    /// Prefix of the stages (`{layers}{s}.blocks.{b}.`, `{layers}{s}.downsample`).
+    layers: String,
     embed_dim: u64,
     depths: Vec<u64>,
     heads: Vec<u64>,
@@ -86,6 +92,7 @@ impl Swin {
         }
         let base = g.base_prefix("swin", "embeddings.patch_embeddings.projection.weight")?;
         Ok(Swin {
+            layers: format!("{base}encoder.layers."),
             base,
             embed_dim: config.u64("embed_dim")?,
             depths,
@@ -96,6 +103,41 @@ impl Swin {
             eps: config.f64_or("layer_norm_eps", 1e-5)? as f32,
             act: activation(config.str_or("hidden_act", "gelu")?)?,
         })
+    }
+
+    /// The stages alone under `layers`, sized explicitly: `embed_dim`
+    /// channels in the first, `depths` blocks and `heads` heads per stage,
+    /// windows of `window`, layer norms of `eps`, MLP activation `act`.
+    pub fn stages(
+        layers: &str,
+        embed_dim: u64,
+        (depths, heads): (Vec<u64>, Vec<u64>),
+        window: u64,
+        eps: f32,
+        act: UnaryOp,
+    ) -> Result<Swin, Error> {
+        if depths.is_empty() || depths.len() != heads.len() || window == 0 {
+            return Err(Error::Model(format!(
+                "Swin stages: depths {depths:?}, heads {heads:?}, window {window}"
+            )));
+        }
+        Ok(Swin {
+            base: String::new(),
+            layers: layers.to_string(),
+            embed_dim,
+            depths,
+            heads,
+            window,
+            patch: 1,
+            channels: 1,
+            eps,
+            act,
+        })
+    }
+
+    /// Channels after the last stage.
+    pub fn out_dim(&self) -> u64 {
+        self.embed_dim << (self.depths.len() - 1)
     }
 
     fn name(&self, rel: &str) -> String {
@@ -133,26 +175,29 @@ impl Swin {
         if g.has(&self.name("embeddings.norm.weight")) {
             x = g.layer_norm(x, &self.name("embeddings.norm"), self.eps)?;
         }
-        let (mut h, mut w) = (h, w);
+        let x = self.encode(g, x, (h, w))?;
+        let x = g.layer_norm(x, &self.name("layernorm"), self.eps)?;
+        g.reduce(ReduceOp::Mean, x, &[1], false)
+    }
+
+    /// Every stage over patch embeddings `x` [batch, h*w, embed_dim] of an
+    /// `h` x `w` grid: [batch, tokens, out_dim] after the last stage.
+    pub fn encode(&self, g: &Graph, x: Node, (h, w): (u64, u64)) -> Result<Node, Error> {
+        let (mut x, mut h, mut w) = (x, h, w);
         let mut dim = self.embed_dim;
         for (s, (&depth, &heads)) in self.depths.iter().zip(&self.heads).enumerate() {
             for b in 0..depth {
-                let at = self.name(&format!("encoder.layers.{s}.blocks.{b}."));
+                let at = format!("{}{s}.blocks.{b}.", self.layers);
                 let shift = if b % 2 == 1 { self.window / 2 } else { 0 };
                 x = self.block(g, x, &at, (h, w, dim), heads, shift)?;
             }
             if s + 1 < self.depths.len() {
-                x = self.merge(
-                    g,
-                    x,
-                    &self.name(&format!("encoder.layers.{s}.downsample")),
-                    (h, w, dim),
-                )?;
+                let at = format!("{}{s}.downsample", self.layers);
+                x = self.merge(g, x, &at, (h, w, dim))?;
                 (h, w, dim) = (h.div_ceil(2), w.div_ceil(2), dim * 2);
             }
         }
-        let x = g.layer_norm(x, &self.name("layernorm"), self.eps)?;
-        g.reduce(ReduceOp::Mean, x, &[1], false)
+        Ok(x)
     }
 
     /// `x` (shape `[batch] + rest`) zero-padded along `axis` to `to`.
