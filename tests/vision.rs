@@ -479,6 +479,228 @@ fn video_classification_matches_transformers_on_cuda() {
     videomae("cuda");
 }
 
+/// X-CLIP fixtures (tests/fixtures/gen_tiny_xclip.py): zero-shot
+/// `video-classification` of the PNG frame list and the animated GIF
+/// against `XCLIPModel` on the processor's `pixel_values` (lossless
+/// frames, so ours are the same): `logits_per_video`, `video_embeds` and
+/// `text_embeds` fp32 cosine >= 0.99999 and max-abs <= 1e-4, labels in the
+/// same order and scores within 1e-4; alone, both in one batch, and in a
+/// batch whose requests have different label lists and templates.
+fn xclip(device: &str) {
+    if !available(device) {
+        return;
+    }
+    let floats = floats_nested;
+    for name in ["tiny-xclip", "tiny-xclip-gelu"] {
+        let r = reference(name);
+        let labels = r["candidate_labels"].clone();
+        let mut run = runner(
+            "video-classification",
+            &fixture(name),
+            device,
+            Precision::F32,
+        );
+        let frames: Vec<String> = (r["frames"].as_array().unwrap().iter())
+            .map(|f| b64(&fixture(&format!("video/{}", f.as_str().unwrap()))))
+            .collect();
+        let gif = b64(&fixture(&format!("video/{}", r["gif"].as_str().unwrap())));
+        let ask = |source: (&str, Value), labels: &Value, template: Option<&str>| -> String {
+            let mut q = serde_json::json!({
+                "candidate_labels": labels, "return_logits": true, "return_embeddings": true,
+            });
+            q[source.0] = source.1;
+            if let Some(t) = template {
+                q["hypothesis_template"] = Value::from(t);
+            }
+            q.to_string()
+        };
+        let cases = r["cases"].as_array().unwrap();
+        let sources = [
+            ("frames", Value::from(frames.clone())),
+            ("video", Value::from(gif.clone())),
+        ];
+        // The worst cosine and max-abs difference seen.
+        let worst = std::cell::Cell::new((1f64, 0f64));
+        // Checks one answer against a reference case; `order`: the labels asked, in order.
+        let check = |got: &host::runner::Output, case: &Value, order: &[&str], what: &str| {
+            let all: Vec<&str> = (labels.as_array().unwrap().iter())
+                .map(|l| l.as_str().unwrap())
+                .collect();
+            let pick = |v: &[f32], width: usize| -> Vec<f32> {
+                (order.iter())
+                    .flat_map(|l| {
+                        let j = all.iter().position(|a| a == l).unwrap();
+                        v[j * width..(j + 1) * width].to_vec()
+                    })
+                    .collect()
+            };
+            let tensor = |n: &str| got.tensor(n).unwrap().to_f32(n).unwrap();
+            let want_logits = pick(&floats(&case["logits_per_video"]), 1);
+            let text_want = floats(&case["text_embeds"]);
+            let p = text_want.len() / all.len();
+            for (n, g, w) in [
+                ("logits", tensor("logits"), want_logits),
+                (
+                    "video_embeds",
+                    tensor("video_embeds"),
+                    floats(&case["video_embeds"]),
+                ),
+                ("text_embeds", tensor("text_embeds"), pick(&text_want, p)),
+            ] {
+                let (cos, max) = compare(&g, &w);
+                let (c, m) = worst.get();
+                worst.set((c.min(cos), m.max(max)));
+                assert!(
+                    cos >= 0.99999 && max <= 1e-4,
+                    "{what} {n}: cosine {cos}, max-abs {max}"
+                );
+            }
+            // Scores: the softmax over the labels asked, best first.
+            let got_labels = got.json["labels"].as_array().unwrap();
+            assert_eq!(got_labels.len(), order.len(), "{what}");
+            let want: Vec<&Value> = (case["scores"].as_array().unwrap().iter())
+                .filter(|s| order.contains(&s["label"].as_str().unwrap()))
+                .collect();
+            let sum: f64 = want.iter().map(|s| s["score"].as_f64().unwrap()).sum();
+            for (g, w) in got_labels.iter().zip(want) {
+                assert_eq!(g["label"], w["label"], "{what}: {got_labels:?}");
+                let (x, y) = (
+                    g["score"].as_f64().unwrap(),
+                    w["score"].as_f64().unwrap() / sum,
+                );
+                assert!((x - y).abs() <= 1e-4, "{what}: {g} vs {w}");
+            }
+        };
+        let all: Vec<&str> = (labels.as_array().unwrap().iter())
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        for bs in [1, 2] {
+            let reqs: Vec<String> = (sources.iter())
+                .map(|s| ask(s.clone(), &labels, None))
+                .collect();
+            let mut answers = Vec::new();
+            for chunk in reqs.chunks(bs) {
+                answers.extend(run.handle(chunk));
+            }
+            for (case, got) in cases.iter().zip(answers) {
+                let what = format!("{name} {device} bs{bs} {}", case["case"]);
+                let got = got.unwrap_or_else(|e| panic!("{what}: {e}"));
+                check(&got, case, &all, &what);
+            }
+        }
+        // One batch: the frames with three labels in another order, the GIF
+        // with a template.
+        let t = &r["template_case"];
+        let some = [all[3], all[0], all[4]];
+        let answers = run.handle(&[
+            ask(sources[0].clone(), &Value::from(some.to_vec()), None),
+            ask(
+                sources[1].clone(),
+                &labels,
+                t["hypothesis_template"].as_str(),
+            ),
+        ]);
+        let mut answers = answers.into_iter();
+        let what = format!("{name} {device} mixed");
+        let got = answers
+            .next()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        check(&got, &cases[0], &some, &format!("{what} frames"));
+        let got = answers
+            .next()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        check(&got, t, &all, &format!("{what} template"));
+        let (cos, max) = worst.get();
+        eprintln!("{name} {device}: ok (worst cosine {cos}, max-abs {max})");
+    }
+}
+
+/// Nested lists of numbers, flattened.
+fn floats_nested(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(floats_nested).collect(),
+        other => vec![other.as_f64().expect("a number") as f32],
+    }
+}
+
+#[test]
+fn xclip_zero_shot_matches_transformers_on_cpu() {
+    xclip("cpu");
+}
+
+#[test]
+fn xclip_zero_shot_matches_transformers_on_openvino() {
+    xclip("openvino");
+}
+
+#[test]
+fn xclip_zero_shot_matches_transformers_on_cuda() {
+    xclip("cuda");
+}
+
+/// Bad X-CLIP requests fail alone, with the reason: no or empty
+/// `candidate_labels`, too few or too many frames, a frame that is not an
+/// image, a VideoMAE-only key; the good request of the batch is answered.
+#[test]
+fn xclip_bad_requests_fail_alone() {
+    if !available("cpu") {
+        return;
+    }
+    let mut run = runner(
+        "video-classification",
+        &fixture("tiny-xclip"),
+        "cpu",
+        Precision::F32,
+    );
+    let frame = b64(&fixture("video/frame_0.png"));
+    let labels = ["a red car", "a green tree"];
+    let four = vec![frame.clone(); 4];
+    let mut broken = four.clone();
+    broken[1] = "bm90IGFuIGltYWdl".into();
+    let cases = [
+        (serde_json::json!({"frames": four}), "candidate_labels"),
+        (
+            serde_json::json!({"frames": four, "candidate_labels": []}),
+            "candidate_labels",
+        ),
+        (
+            serde_json::json!({"frames": vec![frame.clone(); 3], "candidate_labels": labels}),
+            "clips of 4 frames",
+        ),
+        (
+            serde_json::json!({"frames": vec![frame.clone(); 257], "candidate_labels": labels}),
+            "at most 256 frames",
+        ),
+        (
+            serde_json::json!({"frames": broken, "candidate_labels": labels}),
+            "frames[1]",
+        ),
+        (
+            serde_json::json!({"video": frame, "candidate_labels": labels}),
+            "animated GIF or WebP",
+        ),
+        (
+            serde_json::json!({"frames": four, "candidate_labels": labels, "function_to_apply": "none"}),
+            "unknown key",
+        ),
+    ];
+    let mut reqs: Vec<String> = cases.iter().map(|(q, _)| q.to_string()).collect();
+    reqs.push(serde_json::json!({"frames": four, "candidate_labels": labels}).to_string());
+    let out = run.handle(&reqs);
+    for ((_, want), got) in cases.iter().zip(&out) {
+        let e = match got {
+            Ok(r) => panic!("expected an error with `{want}`, got {:?}", r.json),
+            Err(e) => e,
+        };
+        assert!(e.message.contains(want), "`{want}` not in: {e}");
+        assert_eq!(e.kind, "invalid-request", "{e}");
+    }
+    let ok = out.last().unwrap().as_ref().expect("the good request");
+    assert_eq!(ok.json["labels"].as_array().map(|l| l.len()), Some(2));
+}
+
 /// `object-detection` (DETR, tests/fixtures/tiny-detr{,-timm} from
 /// tests/fixtures/gen_tiny_detr.py): per image alone, logits and boxes
 /// within fp32 tolerances of transformers on the same `pixel_values` (the

@@ -108,22 +108,27 @@ impl Preprocess {
     }
 
     pub fn from_json(j: &Json) -> Result<Preprocess, Error> {
-        // DETR's processors read a bare `size` as the shortest edge with
-        // `max_size` (default 1333) as the longest.
-        let detr = [
+        let types = [
             j.str_or("image_processor_type", "")?,
             j.str_or("feature_extractor_type", "")?,
-        ]
-        .iter()
-        .any(|t| t.starts_with("Detr"));
+        ];
+        // DETR's processors read a bare `size` as the shortest edge with
+        // `max_size` (default 1333) as the longest.
+        let detr = types.iter().any(|t| t.starts_with("Detr"));
+        // VideoMAE's (also X-CLIP's): a bare `size` is the shortest edge
+        // (`default_to_square = False`); left out, the class defaults: a
+        // shortest edge of 224 and a 224x224 center crop.
+        let videomae = types.iter().any(|t| t.starts_with("VideoMAE"));
         let resize = match (j.bool_or("do_resize", true)?, dims(j, "size")?) {
-            (true, Some(v)) => match (detr, v.as_u64()) {
-                (true, Some(s)) => Some(Size::ShortestLongest(
+            (true, Some(v)) => match (detr, videomae, v.as_u64()) {
+                (true, _, Some(s)) => Some(Size::ShortestLongest(
                     s as usize,
                     j.u64_or("max_size", 1333)? as usize,
                 )),
+                (_, true, Some(s)) => Some(Size::ShortestEdge(s as usize)),
                 _ => Some(size_of(j, &v, "size")?),
             },
+            (true, None) if videomae => Some(Size::ShortestEdge(224)),
             _ => None,
         };
         let code = j.u64_or("resample", 2)?;
@@ -157,11 +162,12 @@ impl Preprocess {
                 normalize: normalize_of(j)?,
             });
         }
-        let crop = match (j.bool_or("do_center_crop", false)?, dims(j, "crop_size")?) {
+        let crop = match (j.bool_or("do_center_crop", videomae)?, dims(j, "crop_size")?) {
             (true, Some(v)) => match size_of(j, &v, "crop_size")? {
                 Size::Exact(h, w) => Some((h, w)),
                 Size::ShortestEdge(s) | Size::ShortestLongest(s, _) => Some((s, s)),
             },
+            (true, None) if videomae => Some((224, 224)),
             _ => None,
         };
         Ok(Preprocess {
@@ -379,6 +385,31 @@ mod tests {
         assert_eq!(p.resize, Some(Size::ShortestLongest(800, 1333)));
         assert_eq!(p.crop, None);
         assert_eq!(p.filter, Filter::Bilinear);
+    }
+
+    #[test]
+    fn videomae_legacy_config_reads_a_bare_size_as_the_shortest_edge() {
+        // The form of X-CLIP's hub checkpoints: no crop_size (the class
+        // default 224x224), `size` a bare number.
+        let j = Json::parse(
+            "preprocessor_config.json",
+            r#"{"do_center_crop": true, "do_normalize": true, "do_resize": true,
+                "feature_extractor_type": "VideoMAEFeatureExtractor",
+                "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                "processor_class": "XCLIPProcessor", "resample": 2, "size": 224}"#,
+        )
+        .unwrap();
+        let p = Preprocess::from_json(&j).unwrap();
+        assert_eq!(p.resize, Some(Size::ShortestEdge(224)));
+        assert_eq!(p.crop, Some((224, 224)));
+        let j = Json::parse(
+            "preprocessor_config.json",
+            r#"{"image_processor_type": "VideoMAEImageProcessor", "size": 36, "crop_size": 32}"#,
+        )
+        .unwrap();
+        let p = Preprocess::from_json(&j).unwrap();
+        assert_eq!(p.resize, Some(Size::ShortestEdge(36)));
+        assert_eq!(p.crop, Some((32, 32)));
     }
 
     #[test]

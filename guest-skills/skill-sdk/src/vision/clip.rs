@@ -32,16 +32,23 @@ pub enum Act {
     Op(UnaryOp),
 }
 
+impl Act {
+    /// The activation a config names (`hidden_act`).
+    pub fn named(name: &str) -> Result<Act, Error> {
+        Ok(match name {
+            "quick_gelu" => Act::QuickGelu,
+            other => Act::Op(activation(other)?),
+        })
+    }
+}
+
 impl Tower {
     fn read(c: &serde_json::Value, file: &str) -> Result<Tower, Error> {
         let j = Json {
             file: file.to_string(),
             value: c.clone(),
         };
-        let act = match j.str_or("hidden_act", "quick_gelu")? {
-            "quick_gelu" => Act::QuickGelu,
-            other => Act::Op(activation(other)?),
-        };
+        let act = Act::named(j.str_or("hidden_act", "quick_gelu")?)?;
         let hidden = j.u64("hidden_size")?;
         let heads = j.u64("num_attention_heads")?;
         if heads == 0 || !hidden.is_multiple_of(heads) {
@@ -103,7 +110,7 @@ impl Clip {
         })
     }
 
-    fn act(&self, g: &Graph, a: Act, x: Node) -> Result<Node, Error> {
+    pub(crate) fn act(&self, g: &Graph, a: Act, x: Node) -> Result<Node, Error> {
         match a {
             Act::Op(op) => g.unary(op, x),
             Act::QuickGelu => {
@@ -113,8 +120,8 @@ impl Clip {
         }
     }
 
-    /// A pre-norm encoder layer of either tower.
-    fn layer(
+    /// A pre-norm encoder layer of either tower (`at`: its weight prefix).
+    pub(crate) fn layer(
         &self,
         g: &Graph,
         t: &Tower,
@@ -123,10 +130,28 @@ impl Clip {
         mask: Option<Node>,
         causal: bool,
     ) -> Result<Node, Error> {
-        let d = t.hidden / t.heads;
         let n = g.layer_norm(x, &format!("{at}layer_norm1"), t.eps)?;
+        let x = g.add(
+            self.self_attn(g, t, n, &format!("{at}self_attn"), mask, causal)?,
+            x,
+        )?;
+        self.mlp_block(g, t, x, at)
+    }
+
+    /// Multi-head self-attention of `n` with the `q_proj`, `k_proj`,
+    /// `v_proj` and `out_proj` layers under `at`.
+    pub(crate) fn self_attn(
+        &self,
+        g: &Graph,
+        t: &Tower,
+        n: Node,
+        at: &str,
+        mask: Option<Node>,
+        causal: bool,
+    ) -> Result<Node, Error> {
+        let d = t.hidden / t.heads;
         let proj = |rel: &str| -> Result<Node, Error> {
-            g.split_heads(g.linear(n, &format!("{at}self_attn.{rel}"))?, t.heads, d)
+            g.split_heads(g.linear(n, &format!("{at}.{rel}"))?, t.heads, d)
         };
         let a = g.attention(
             proj("q_proj")?,
@@ -135,10 +160,11 @@ impl Clip {
             mask,
             causal,
         )?;
-        let x = g.add(
-            g.linear(g.merge_heads(a)?, &format!("{at}self_attn.out_proj"))?,
-            x,
-        )?;
+        g.linear(g.merge_heads(a)?, &format!("{at}.out_proj"))
+    }
+
+    /// A layer's second half: `x + mlp(layer_norm2(x))`.
+    pub(crate) fn mlp_block(&self, g: &Graph, t: &Tower, x: Node, at: &str) -> Result<Node, Error> {
         let n = g.layer_norm(x, &format!("{at}layer_norm2"), t.eps)?;
         let h = self.act(g, t.act, g.linear(n, &format!("{at}mlp.fc1"))?)?;
         g.add(g.linear(h, &format!("{at}mlp.fc2"))?, x)
@@ -151,43 +177,20 @@ impl Clip {
         output: Output,
     ) -> Result<(Graph, Node), Error> {
         let t = &self.vision;
-        let p = self.patch as i64;
-        let (h, w) = (height as i64, width as i64);
-        if h % p != 0 || w % p != 0 {
-            return Err(Error::Model(format!(
-                "images of {height}x{width} do not split into {p}x{p} patches"
-            )));
-        }
         let g = Graph::new("clip-image");
-        let batch = Dim::Symbolic("batch".into());
         let pixels = g.input(
             "pixel_values",
             Dtype::F32,
             &[
-                batch.clone(),
+                Dim::Symbolic("batch".into()),
                 Dim::Fixed(3),
                 Dim::Fixed(height as u64),
                 Dim::Fixed(width as u64),
             ],
         )?;
-        let x = g.b.reshape(pixels, &[0, 3, h / p, p, w / p, p])?;
-        let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
-        let x = g.b.reshape(x, &[0, (h / p) * (w / p), 3 * p * p])?;
-        let weight = g.weight("vision_model.embeddings.patch_embedding.weight")?;
-        let weight = g.b.reshape(weight, &[t.hidden as i64, -1])?;
-        let patches = g.b.linear(x, weight, None)?;
-        let cls = g.b.reshape(
-            g.weight("vision_model.embeddings.class_embedding")?,
-            &[1, 1, t.hidden as i64],
-        )?;
-        let cls =
-            g.b.expand(cls, &[batch, Dim::Fixed(1), Dim::Fixed(t.hidden)])?;
-        let mut x = g.b.concat(&[cls, patches], 1)?;
-        x = g.add(
-            x,
-            g.weight("vision_model.embeddings.position_embedding.weight")?,
-        )?;
-        x = g.layer_norm(x, "vision_model.pre_layrnorm", t.eps)?;
+        let batch = [Dim::Symbolic("batch".into())];
+        let pre_norm = "vision_model.pre_layrnorm";
+        let mut x = self.image_embeddings(&g, pixels, (height, width), &batch, pre_norm)?;
         for l in 0..t.layers {
             x = self.layer(
                 &g,
@@ -208,17 +211,80 @@ impl Clip {
         Ok((g, out))
     }
 
+    /// `pixels` [n, 3, h, w] as the vision tower's input tokens [n, 1 +
+    /// patches, hidden]: patches (the stride = kernel convolution as a
+    /// reshape and a linear layer), the class embedding first, positions
+    /// added, then the pre-norm `pre_norm` (CLIP's `pre_layrnorm`). `lead`
+    /// are the axes whose product is n (`[batch]`, or `[batch, frames]`
+    /// for clips of frames), so that the class tokens' axis is the same
+    /// symbolic length as the patches'.
+    pub(crate) fn image_embeddings(
+        &self,
+        g: &Graph,
+        pixels: Node,
+        (height, width): (usize, usize),
+        lead: &[Dim],
+        pre_norm: &str,
+    ) -> Result<Node, Error> {
+        let t = &self.vision;
+        let p = self.patch as i64;
+        let (h, w) = (height as i64, width as i64);
+        if p == 0 || h % p != 0 || w % p != 0 {
+            return Err(Error::Model(format!(
+                "images of {height}x{width} do not split into {p}x{p} patches"
+            )));
+        }
+        let x = g.b.reshape(pixels, &[0, 3, h / p, p, w / p, p])?;
+        let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
+        let x = g.b.reshape(x, &[0, (h / p) * (w / p), 3 * p * p])?;
+        let weight = g.weight("vision_model.embeddings.patch_embedding.weight")?;
+        let weight = g.b.reshape(weight, &[t.hidden as i64, -1])?;
+        let patches = g.b.linear(x, weight, None)?;
+        let mut ones = vec![1i64; lead.len() + 1];
+        ones.push(t.hidden as i64);
+        let cls =
+            g.b.reshape(g.weight("vision_model.embeddings.class_embedding")?, &ones)?;
+        let mut shape = lead.to_vec();
+        shape.extend([Dim::Fixed(1), Dim::Fixed(t.hidden)]);
+        let mut cls = g.b.expand(cls, &shape)?;
+        if lead.len() != 1 {
+            cls = g.b.reshape(cls, &[-1, 1, t.hidden as i64])?;
+        }
+        let x = g.b.concat(&[cls, patches], 1)?;
+        let x = g.add(
+            x,
+            g.weight("vision_model.embeddings.position_embedding.weight")?,
+        )?;
+        g.layer_norm(x, pre_norm, t.eps)
+    }
+
     /// The text graph (see the module docs).
     pub fn text_graph(&self, output: Output) -> Result<(Graph, Node), Error> {
-        let t = &self.text;
         let g = Graph::new("clip-text");
+        let embeds = self.text_embeds(&g, "batch")?;
+        let out = match output {
+            Output::Features => embeds,
+            Output::Logits => {
+                let unit = g.b.l2_normalize(embeds, -1, 1e-12)?;
+                let scale = g.unary(UnaryOp::Exp, g.weight("logit_scale")?)?;
+                g.mul(unit, scale)?
+            }
+        };
+        Ok((g, out))
+    }
+
+    /// The text tower with its inputs (see the module docs; their batch
+    /// axis named `batch`) and projection: text embeddings [batch,
+    /// projection] as `get_text_features` returns them.
+    pub(crate) fn text_embeds(&self, g: &Graph, batch: &str) -> Result<Node, Error> {
+        let t = &self.text;
         let bs = [
-            Dim::Symbolic("batch".into()),
+            Dim::Symbolic(batch.into()),
             Dim::Symbolic("sequence".into()),
         ];
         let ids = g.input("input_ids", Dtype::I64, &bs)?;
         let mask = g.input("attention_mask", Dtype::I64, &bs)?;
-        let rows = g.input("pool_rows", Dtype::I64, &[Dim::Symbolic("batch".into())])?;
+        let rows = g.input("pool_rows", Dtype::I64, &[Dim::Symbolic(batch.into())])?;
         let pos = g.input(
             "position_ids",
             Dtype::I64,
@@ -243,7 +309,7 @@ impl Clip {
         let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
         for l in 0..t.layers {
             x = self.layer(
-                &g,
+                g,
                 t,
                 x,
                 &format!("text_model.encoder.layers.{l}."),
@@ -254,16 +320,7 @@ impl Clip {
         x = g.layer_norm(x, "text_model.final_layer_norm", t.eps)?;
         let flat = g.b.reshape(x, &[-1, t.hidden as i64])?;
         let pooled = g.b.gather(flat, rows, 0)?;
-        let embeds = g.linear(pooled, "text_projection")?;
-        let out = match output {
-            Output::Features => embeds,
-            Output::Logits => {
-                let unit = g.b.l2_normalize(embeds, -1, 1e-12)?;
-                let scale = g.unary(UnaryOp::Exp, g.weight("logit_scale")?)?;
-                g.mul(unit, scale)?
-            }
-        };
-        Ok((g, out))
+        g.linear(pooled, "text_projection")
     }
 }
 

@@ -1,6 +1,7 @@
 //! Vision transformers as data: ViT and DeiT (a spec per family) on one
 //! pre-norm builder; Swin in [`swin`], ConvNeXt in [`convnext`],
-//! VideoMAE in [`videomae`], DETR in [`detr`] on the ResNet backbones of
+//! VideoMAE in [`videomae`], X-CLIP in [`xclip`] (on [`clip`]), DETR in
+//! [`detr`] on the ResNet backbones of
 //! [`resnet`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
 //! so it runs on every backend without a convolution op.
@@ -14,6 +15,7 @@ pub mod detr;
 pub mod resnet;
 pub mod swin;
 pub mod videomae;
+pub mod xclip;
 
 use crate::config::Json;
 use crate::graph::{Node, UnaryOp};
