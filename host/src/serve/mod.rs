@@ -1,7 +1,8 @@
 //! `host serve`: the endpoint layer over HTTP (axum).
 //!
-//! Routes: OpenAI-compatible `POST /v1/embeddings` and `POST /v1/completions`
-//! (with `stream: true` as server-sent events), TEI-compatible
+//! Routes: OpenAI-compatible `POST /v1/embeddings`, `POST /v1/completions`
+//! and `POST /v1/chat/completions` (the model's chat template rendered by the
+//! host; `stream: true` as server-sent events), TEI-compatible
 //! `POST /embed`, `POST /rerank` and `POST /predict` (on a
 //! text-classification endpoint), a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
 //! response format), `GET /health`, `GET /metrics` (Prometheus), and admin
@@ -12,7 +13,11 @@
 
 mod admin;
 mod api;
+mod chat;
+mod chat_template;
+mod completions;
 mod forms;
+mod model_files;
 mod tei;
 mod transcripts;
 
@@ -46,6 +51,8 @@ pub struct AppState {
     pub endpoints: Arc<Endpoints>,
     permits: Arc<Semaphore>,
     default_endpoint: Option<String>,
+    /// Chat templates and tokenizers of the endpoints' models.
+    model_files: model_files::Cache,
 }
 
 impl AppState {
@@ -148,13 +155,15 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         endpoints,
         permits: Arc::new(Semaphore::new(opts.max_concurrent_requests.max(1))),
         default_endpoint: opts.default_endpoint.clone(),
+        model_files: model_files::Cache::default(),
     });
     Router::new()
         .route("/v1/embeddings", post(api::openai_embeddings))
         .route("/embed", post(api::tei_embed))
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
-        .route("/v1/completions", post(api::openai_completions))
+        .route("/v1/completions", post(completions::openai_completions))
+        .route("/v1/chat/completions", post(chat::openai_chat))
         .route("/v1/models", get(api::openai_models))
         .route("/v1/audio/transcriptions", post(forms::transcriptions))
         .route("/v1/endpoints/{name}", post(api::generic))

@@ -1,0 +1,305 @@
+//! `host serve`'s OpenAI and TEI compatibility over real HTTP on loopback:
+//! chat completions (the chat template rendered as transformers renders it,
+//! generation token-identical to transformers on the rendered prompt,
+//! streaming with usage), and the client-facing details of the other routes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::http::*;
+use common::*;
+use host::endpoint::BatchPolicy;
+use serde_json::{json, Value};
+
+/// A model directory of tiny-llama's weights with the given tokenizer files.
+fn chat_model(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny-llama").join(f), dir.join(f)).unwrap();
+    }
+    for (from, to) in files {
+        std::fs::copy(fixture(from), dir.join(to)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+struct Models {
+    _tmp: tempfile::TempDir,
+    /// Llama-2's template (renders BOS) on a tokenizer that adds BOS.
+    bos: PathBuf,
+    /// TinyLlama's template (no BOS) on a tokenizer that adds nothing.
+    plain: PathBuf,
+    /// TinyLlama's template on a tokenizer that adds BOS.
+    extra_bos: PathBuf,
+}
+
+fn models() -> Models {
+    let tmp = tempfile::tempdir().unwrap();
+    let bos = chat_model(
+        &tmp.path().join("bos"),
+        &[
+            ("tiny-llama-chat/tokenizer.json", "tokenizer.json"),
+            (
+                "tiny-llama-chat/tokenizer_config.json",
+                "tokenizer_config.json",
+            ),
+        ],
+    );
+    let plain = chat_model(
+        &tmp.path().join("plain"),
+        &[
+            ("tiny-llama/tokenizer.json", "tokenizer.json"),
+            (
+                "tiny-llama-chat/plain/tokenizer_config.json",
+                "tokenizer_config.json",
+            ),
+            (
+                "tiny-llama-chat/plain/chat_template.jinja",
+                "chat_template.jinja",
+            ),
+        ],
+    );
+    let extra_bos = chat_model(
+        &tmp.path().join("extra_bos"),
+        &[
+            ("tiny-llama-chat/tokenizer.json", "tokenizer.json"),
+            (
+                "tiny-llama-chat/plain/tokenizer_config.json",
+                "tokenizer_config.json",
+            ),
+            (
+                "tiny-llama-chat/plain/chat_template.jinja",
+                "chat_template.jinja",
+            ),
+        ],
+    );
+    Models {
+        _tmp: tmp,
+        bos,
+        plain,
+        extra_bos,
+    }
+}
+
+fn chat_server(m: &Models) -> Server {
+    let ep = |name: &str, model: &Path| {
+        config(
+            name,
+            "text-generation",
+            model,
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )
+    };
+    server(
+        vec![
+            ep("bos", &m.bos),
+            ep("plain", &m.plain),
+            ep("extra_bos", &m.extra_bos),
+            ep("gpt2", &fixture("tiny-gpt2")),
+        ],
+        64,
+    )
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn post_text(url: &str, body: &str) -> String {
+    agent()
+        .post(url)
+        .set("content-type", "application/json")
+        .send_string(body)
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
+/// Chat answers are transformers' greedy continuation of the prompt its
+/// `apply_chat_template` renders, tokenized as its chat pipeline does (no
+/// added special tokens): with a template that renders BOS on a tokenizer
+/// that adds one (no second BOS), and with one that renders none on a
+/// tokenizer that adds none. The same tokens as the text-generation skill
+/// on the rendered prompt; streamed pieces add up to the answer.
+#[test]
+fn chat_completions_match_transformers() {
+    if !available("cpu") {
+        return;
+    }
+    let m = models();
+    let s = chat_server(&m);
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-llama-chat/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let url = format!("{}/v1/chat/completions", s.base);
+    let cases = reference["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        let variant = c["variant"].as_str().unwrap();
+        let want_ids = c["new_ids"].as_array().unwrap();
+        let prompt_ids = c["prompt_ids"].as_array().unwrap();
+        let body = json!({ "model": variant, "messages": c["messages"], "max_tokens": 16, "temperature": 0 });
+        let (code, v) = post(&agent(), &url, &body.to_string());
+        assert_eq!(code, 200, "{variant}: {v}");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        assert_eq!(
+            v["usage"]["prompt_tokens"],
+            prompt_ids.len(),
+            "{variant}: {v}"
+        );
+        assert_eq!(v["usage"]["completion_tokens"], want_ids.len());
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(content, c["text"], "{variant}: transformers' text");
+
+        // The skill on the rendered prompt (less the BOS it adds itself).
+        let rendered = c["rendered"].as_str().unwrap();
+        let prompt = match variant {
+            "bos" => rendered.strip_prefix("<|endoftext|>").unwrap(),
+            _ => rendered,
+        };
+        let direct = json!({ "prompt": prompt, "max_new_tokens": 16, "do_sample": false });
+        let (code, d) = post(
+            &agent(),
+            &format!("{}/v1/endpoints/{variant}", s.base),
+            &direct.to_string(),
+        );
+        assert_eq!(code, 200, "{d}");
+        assert_eq!(
+            &d["token_ids"], &c["new_ids"],
+            "{variant}: transformers' tokens"
+        );
+        assert_eq!(d["prompt_tokens"], prompt_ids.len());
+        assert_eq!(d["text"], content);
+
+        // Streamed: chunks with the role first, then the usage, then [DONE].
+        let body = json!({ "model": variant, "messages": c["messages"], "max_completion_tokens": 16,
+                           "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
+        let ev = events(&post_text(&url, &body.to_string()));
+        assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
+        let parsed: Vec<Value> = ev[..ev.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let (usage, chunks) = parsed.split_last().unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 16);
+        assert_eq!(usage["usage"]["prompt_tokens"], prompt_ids.len());
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let mut joined = String::new();
+        for ch in chunks {
+            assert_eq!(ch["object"], "chat.completion.chunk");
+            assert!(ch["usage"].is_null());
+            joined.push_str(ch["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        assert_eq!(joined, content, "{variant}: streamed pieces");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "length"
+        );
+    }
+}
+
+/// What chat cannot answer is a clear 4xx (or, for a skill that would
+/// tokenize the prompt otherwise than transformers, a clear error rather
+/// than another model's answer).
+#[test]
+fn chat_completions_refuse_clearly() {
+    if !available("cpu") {
+        return;
+    }
+    let m = models();
+    let s = chat_server(&m);
+    let url = format!("{}/v1/chat/completions", s.base);
+    let hello = json!([{ "role": "user", "content": "Hello world" }]);
+    let cases = [
+        (
+            json!({ "model": "bos", "messages": hello, "n": 2 }),
+            400,
+            "n: 1",
+        ),
+        (
+            json!({ "model": "gpt2", "messages": hello }),
+            400,
+            "no chat template",
+        ),
+        (json!({ "model": "bos", "messages": [] }), 400, "messages"),
+        (
+            json!({ "model": "bos", "messages": [{ "role": "assistant", "content": "x" }] }),
+            400,
+            "roles must alternate",
+        ),
+        (
+            json!({ "model": "bos", "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "data:," } }] }] }),
+            400,
+            "image_url",
+        ),
+        (
+            json!({ "model": "bos", "messages": hello, "logprobs": true }),
+            400,
+            "logprobs",
+        ),
+        (
+            json!({ "model": "bos", "messages": hello, "stream_options": { "include_usage": true } }),
+            400,
+            "stream",
+        ),
+        (
+            json!({ "model": "extra_bos", "messages": hello, "max_tokens": 2 }),
+            500,
+            "add_special_tokens",
+        ),
+    ];
+    for (body, want, needle) in cases {
+        let (code, v) = post(&agent(), &url, &body.to_string());
+        assert_eq!(code, want, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    // Text parts are joined; `developer` is the system role.
+    let body = json!({ "model": "bos", "max_tokens": 2, "messages": [
+        { "role": "developer", "content": "Be brief." },
+        { "role": "user", "content": [{ "type": "text", "text": "The quick" }, { "type": "text", "text": "brown fox" }] }] });
+    let (code, v) = post(&agent(), &url, &body.to_string());
+    assert_eq!(code, 200, "{v}");
+}
+
+/// `/v1/completions` streams `text_completion` events and, asked, a last
+/// one with the usage.
+#[test]
+fn completions_stream_usage() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "llama",
+            "text-generation",
+            &fixture("tiny-llama"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let url = format!("{}/v1/completions", s.base);
+    let body = r#"{"prompt": "The quick brown fox", "max_tokens": 5, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}"#;
+    let ev = events(&post_text(&url, body));
+    assert_eq!(ev.len(), 5 + 3, "tokens, the final event, usage, [DONE]");
+    let usage: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    assert_eq!(usage["usage"]["prompt_tokens"], 11);
+    let last: Value = serde_json::from_str(&ev[ev.len() - 3]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["object"], "text_completion");
+}
