@@ -229,3 +229,225 @@ fn whisper_refuses_what_it_cannot_do() {
     assert_eq!(ok.json["language"], "de");
     assert_eq!(ok.json["token_ids"].as_array().map(Vec::len), Some(3));
 }
+
+// ---------------------------------------------------------------------------
+// CLAP (tests/fixtures/gen_tiny_clap.py): `tiny-clap` (unfused, rand_trunc,
+// as laion/larger_clap_general) and `tiny-clap-fused` (fusion), on every
+// WAV clip (long_7s.wav is longer than the extractor's 5 s).
+// ---------------------------------------------------------------------------
+
+const CLAP_FIXTURES: [&str; 2] = ["tiny-clap", "tiny-clap-fused"];
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// `multimodal-embedding` on a CLAP checkpoint: audio and text embeddings
+/// (L2-normalised, as `get_*_features`) in one batch.
+fn clap_embeddings(device: &str) {
+    if !available(device) {
+        return;
+    }
+    for name in CLAP_FIXTURES {
+        let r = reference(name);
+        let mut run = runner(
+            "multimodal-embedding",
+            &fixture(name),
+            device,
+            Precision::F32,
+        );
+        let clips = r["clips"].as_array().unwrap();
+        let texts = r["texts"].as_array().unwrap();
+        let mut reqs: Vec<String> = (clips.iter())
+            .map(|c| json!({"audio": wav(c["file"].as_str().unwrap())}).to_string())
+            .collect();
+        reqs.extend(texts.iter().map(|t| json!({"text": t}).to_string()));
+        let mut want: Vec<(String, Vec<f32>)> = (clips.iter())
+            .map(|c| (c["file"].to_string(), floats(&c["audio_embeds"])))
+            .collect();
+        for (t, e) in texts.iter().zip(r["text_embeds"].as_array().unwrap()) {
+            want.push((t.to_string(), floats(e)));
+        }
+        let (mut worst_cos, mut worst_max) = (1f64, 0f64);
+        for ((what, want), got) in want.iter().zip(run.handle(&reqs)) {
+            let got = got.unwrap_or_else(|e| panic!("{name} {what}: {e}"));
+            let v = got.tensor("embedding").unwrap();
+            let (cos, max) = compare(&v.to_f32("embedding").unwrap(), want);
+            assert!(
+                cos >= 0.99999 && max <= 1e-4,
+                "{name} {device} {what}: cos {cos} max-abs {max}"
+            );
+            (worst_cos, worst_max) = (worst_cos.min(cos), worst_max.max(max));
+        }
+        eprintln!("{name} {device}: worst cos {worst_cos}, max-abs {worst_max}");
+    }
+}
+
+/// `zero-shot-audio-classification`: the pipeline's labels (same order)
+/// and scores within 1e-4 with its default template, then
+/// softmax(`logits_per_audio`) over the reference texts ("{}" template).
+fn clap_zero_shot(device: &str) {
+    if !available(device) {
+        return;
+    }
+    for name in CLAP_FIXTURES {
+        let r = reference(name);
+        let mut run = runner(
+            "zero-shot-audio-classification",
+            &fixture(name),
+            device,
+            Precision::F32,
+        );
+        let zs = &r["zero_shot"];
+        let results = zs["results"].as_array().unwrap();
+        let mut reqs: Vec<String> = (results.iter())
+            .map(|c| {
+                json!({"audio": wav(c["file"].as_str().unwrap()),
+                       "candidate_labels": zs["candidate_labels"]})
+                .to_string()
+            })
+            .collect();
+        let clips = r["clips"].as_array().unwrap();
+        reqs.extend(clips.iter().map(|c| {
+            json!({"audio": wav(c["file"].as_str().unwrap()), "candidate_labels": r["texts"],
+                   "hypothesis_template": "{}"})
+            .to_string()
+        }));
+        let got = run.handle(&reqs);
+        let mut worst = 0f64;
+        for (c, got) in results.iter().zip(&got) {
+            let got = got
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{name} {}: {e}", c["file"]));
+            let (have, want) = (
+                got.json["labels"].as_array().unwrap(),
+                c["labels"].as_array().unwrap(),
+            );
+            assert_eq!(have.len(), want.len());
+            for (h, w) in have.iter().zip(want) {
+                assert_eq!(h["label"], w["label"], "{name} {device} {}", c["file"]);
+                let d = (h["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs();
+                assert!(d <= 1e-4, "{name} {device} {}: score off by {d}", c["file"]);
+                worst = worst.max(d);
+            }
+        }
+        let logits = r["logits_per_audio"].as_array().unwrap();
+        for ((c, row), got) in clips.iter().zip(logits).zip(&got[results.len()..]) {
+            let got = got
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{name} {}: {e}", c["file"]));
+            let want = softmax(&floats(row));
+            for h in got.json["labels"].as_array().unwrap() {
+                let k = (texts_index(&r, &h["label"])).unwrap();
+                let d = (h["score"].as_f64().unwrap() - want[k]).abs();
+                assert!(
+                    d <= 1e-4,
+                    "{name} {device} {}: logits score off by {d}",
+                    c["file"]
+                );
+                worst = worst.max(d);
+            }
+        }
+        eprintln!("{name} {device}: scores within {worst}");
+    }
+}
+
+fn texts_index(r: &Value, label: &Value) -> Option<usize> {
+    r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t == label)
+}
+
+#[test]
+fn clap_embeddings_match_transformers_on_cpu() {
+    clap_embeddings("cpu");
+}
+
+#[test]
+fn clap_embeddings_match_transformers_on_openvino() {
+    clap_embeddings("openvino");
+}
+
+#[test]
+fn clap_embeddings_match_transformers_on_cuda() {
+    clap_embeddings("cuda");
+}
+
+#[test]
+fn clap_zero_shot_matches_the_pipeline_on_cpu() {
+    clap_zero_shot("cpu");
+}
+
+#[test]
+fn clap_zero_shot_matches_the_pipeline_on_openvino() {
+    clap_zero_shot("openvino");
+}
+
+#[test]
+fn clap_zero_shot_matches_the_pipeline_on_cuda() {
+    clap_zero_shot("cuda");
+}
+
+#[test]
+fn clap_bad_requests_fail_alone() {
+    if !available("cpu") {
+        return;
+    }
+    let tone = wav("tone_16k.wav");
+    let mut zs = runner(
+        "zero-shot-audio-classification",
+        &fixture("tiny-clap"),
+        "cpu",
+        Precision::F32,
+    );
+    let out = zs.handle(&[
+        json!({"audio": tone}).to_string(),
+        json!({"audio": tone, "candidate_labels": []}).to_string(),
+        json!({"array": [0.1, 0.2], "sampling_rate": 48000, "candidate_labels": ["a"]}).to_string(),
+        json!({"audio": tone, "candidate_labels": ["a"], "top_k": 1}).to_string(),
+        json!({"audio": "bm90IGEgd2F2", "candidate_labels": ["a"]}).to_string(),
+        json!({"array": vec![0.01f32; 1000], "sampling_rate": 16000, "candidate_labels": ["a", "b"]})
+            .to_string(),
+    ]);
+    let err = |i: usize| out[i].as_ref().unwrap_err().to_string();
+    assert!(err(0).contains("candidate_labels"), "{}", err(0));
+    assert!(err(1).contains("candidate_labels"), "{}", err(1));
+    assert!(err(2).contains("16000 Hz"), "{}", err(2));
+    assert!(err(3).contains("top_k"), "{}", err(3));
+    assert!(err(4).contains("WAV"), "{}", err(4));
+    let ok = out[5].as_ref().expect("a valid request next to bad ones");
+    assert_eq!(ok.json["labels"].as_array().map(Vec::len), Some(2));
+
+    let mut emb = runner(
+        "multimodal-embedding",
+        &fixture("tiny-clap"),
+        "cpu",
+        Precision::F32,
+    );
+    let out = emb.handle(&[
+        json!({"image": tone}).to_string(),
+        json!({"text": "a dog", "audio": tone}).to_string(),
+        json!({}).to_string(),
+        json!({"array": [0.5, -0.5, 0.25], "sampling_rate": 16000}).to_string(),
+    ]);
+    let err = |i: usize| out[i].as_ref().unwrap_err().to_string();
+    assert!(err(0).contains("not images"), "{}", err(0));
+    assert!(err(1).contains("one of"), "{}", err(1));
+    assert!(err(2).contains("one of"), "{}", err(2));
+    let ok = out[3].as_ref().expect("a short clip");
+    let v = ok.tensor("embedding").unwrap().to_f32("embedding").unwrap();
+    assert_eq!(v.len(), 16);
+}

@@ -112,14 +112,14 @@ impl AudioTower {
             act: activation(j.str_or("hidden_act", "gelu")?)?,
         };
         let ratio = t.spec_size.checked_div(t.mel_bins).unwrap_or(0);
-        if ratio == 0 || t.spec_size % ratio != 0 || t.spec_size / ratio != t.mel_bins {
+        if ratio == 0 || !t.spec_size.is_multiple_of(ratio) || t.spec_size / ratio != t.mel_bins {
             return Err(bad(format!(
                 "spec_size {} does not fold {} mel bins",
                 t.spec_size, t.mel_bins
             )));
         }
         let grid = t.spec_size / t.patch;
-        if t.spec_size % t.patch != 0 || grid == 0 || t.depths.len() > 8 {
+        if !t.spec_size.is_multiple_of(t.patch) || grid == 0 || t.depths.len() > 8 {
             return Err(bad(format!(
                 "spec_size {} and patch {} do not make a patch grid",
                 t.spec_size, t.patch
