@@ -42,7 +42,7 @@ enum Loaded {
 /// A parsed request.
 enum Parsed {
     Ctc(audio::Audio),
-    Whisper(whisper::Job),
+    Whisper(Box<whisper::Job>),
 }
 
 thread_local! {
@@ -109,7 +109,7 @@ fn parse(req: Request) -> Result<Parsed, Error> {
     skill_sdk::state::with(&STATE, |l: &Loaded| match l {
         Loaded::Whisper(w) => {
             let a = audio::from_request(&req, w.mel.rate)?;
-            Ok(Parsed::Whisper(w.parse(&req, &a.samples)?))
+            Ok(Parsed::Whisper(Box::new(w.parse(&req, &a.samples)?)))
         }
         Loaded::Ctc(c) => parse_ctc(&req, c.extractor.rate).map(Parsed::Ctc),
     })
@@ -147,7 +147,7 @@ fn run(reqs: Vec<Parsed>) -> Result<Vec<Result<Response, Error>>, Error> {
             let jobs: Vec<whisper::Job> = reqs
                 .into_iter()
                 .filter_map(|p| match p {
-                    Parsed::Whisper(j) => Some(j),
+                    Parsed::Whisper(j) => Some(*j),
                     Parsed::Ctc(_) => None,
                 })
                 .collect();
