@@ -14,7 +14,7 @@ bash scripts/setup.sh >/dev/null
 skills=.gpu/target/wasm32-wasip2/release
 mkdir -p .gpu/skills "$skills" .gpu/minilm-tokenizer .gpu/mpnet-tokenizer
 strip -o .gpu/host target/release/host
-for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification object_detection multimodal_embedding text_generation text2text_generation video_classification audio_embedding automatic_speech_recognition hostile; do
+for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification zero_shot_audio_classification object_detection multimodal_embedding text_generation text2text_generation video_classification audio_embedding automatic_speech_recognition hostile; do
   cp "target/wasm32-wasip2/release/$s.wasm" .gpu/skills/
   cp "target/wasm32-wasip2/release/$s.wasm" "$skills/"
 done
