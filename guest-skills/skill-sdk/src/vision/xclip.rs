@@ -39,8 +39,8 @@ pub struct XClip {
     pub mit: Tower,
     /// Frames a clip has (`vision_config.num_frames`).
     pub frames: u64,
-    /// The frame size the position embeddings are for.
-    pub image_size: u64,
+    /// The frame size (height, width) the position embeddings are for.
+    pub image_size: (u64, u64),
     /// Width of the shared embedding space.
     pub projection: u64,
     prompt_layers: u64,
@@ -86,6 +86,23 @@ fn tower(j: &Json, keys: [&str; 3], defaults: [u64; 3], act: Act) -> Result<Towe
         eps: j.f64_or("layer_norm_eps", 1e-5)? as f32,
         act,
     })
+}
+
+/// `image_size` / `patch_size`: a number or [height, width].
+fn size_pair(j: &Json, key: &str, default: u64) -> Result<(u64, u64), Error> {
+    match j.value.get(key) {
+        Some(serde_json::Value::Array(a)) => match a.as_slice() {
+            [h, w] => h
+                .as_u64()
+                .zip(w.as_u64())
+                .ok_or_else(|| Error::Model(format!("{}: `{key}` must hold integers", j.file))),
+            _ => Err(Error::Model(format!(
+                "{}: `{key}` must be a number or [height, width]",
+                j.file
+            ))),
+        },
+        _ => j.u64_or(key, default).map(|n| (n, n)),
+    }
 }
 
 const TOWER_KEYS: [&str; 3] = ["hidden_size", "num_attention_heads", "num_hidden_layers"];
@@ -135,16 +152,24 @@ impl XClip {
         if frames == 0 {
             return Err(Error::Model(format!("{}: num_frames is 0", v.file)));
         }
+        let patch = match size_pair(&v, "patch_size", 32)? {
+            (h, w) if h == w => h,
+            (h, w) => {
+                return Err(Error::Unsupported(format!(
+                    "X-CLIP with {h}x{w} patches (square ones only)"
+                )))
+            }
+        };
         Ok(XClip {
             clip: Clip {
                 text,
                 vision,
-                patch: v.u64_or("patch_size", 32)?,
+                patch,
                 eos: None,
             },
             mit,
             frames,
-            image_size: v.u64_or("image_size", 224)?,
+            image_size: size_pair(&v, "image_size", 224)?,
             projection,
             prompt_layers: config.u64_or("prompt_layers", 2)?,
             prompt_heads,
@@ -160,10 +185,10 @@ impl XClip {
     /// The graph (see the module docs) for frames of (height, width); its
     /// outputs are `logits`, `video_embeds` and `text_embeds`.
     pub fn graph(&self, (height, width): (usize, usize)) -> Result<Graph, Error> {
-        let s = self.image_size as usize;
-        if (height, width) != (s, s) {
+        let (h, w) = self.image_size;
+        if (height as u64, width as u64) != (h, w) {
             return Err(Error::Model(format!(
-                "the preprocessor gives {height}x{width} frames; the model's positions are for {s}x{s}"
+                "the preprocessor gives {height}x{width} frames; the model's positions are for {h}x{w}"
             )));
         }
         let g = Graph::new("xclip");
