@@ -10,4 +10,4 @@ step "clippy: host (all targets)"
 cargo clippy --release --quiet -p host --all-targets -- -D warnings
 step "clippy: skills (wasm32-wasip2)"
 cargo clippy --release --quiet --target wasm32-wasip2 -p skill-sdk -p text-embedding -p fill-mask \
-  -p text-classification -p token-classification -p image-classification -p zero-shot-image-classification -p zero-shot-audio-classification -p object-detection -p multimodal-embedding -p text-generation -p hostile -- -D warnings
+  -p text-classification -p token-classification -p image-classification -p zero-shot-image-classification -p zero-shot-audio-classification -p object-detection -p multimodal-embedding -p text-generation -p text2text-generation -p video-classification -p audio-embedding -p automatic-speech-recognition -p hostile -- -D warnings

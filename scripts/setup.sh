@@ -41,6 +41,6 @@ scripts/install_mpnet.sh
 
 step "building skills (wasm32-wasip2)"
 cargo build --release --quiet --target wasm32-wasip2 -p text-embedding -p fill-mask \
-  -p text-classification -p token-classification -p image-classification -p zero-shot-image-classification -p zero-shot-audio-classification -p multimodal-embedding -p text-generation -p text2text-generation -p video-classification -p audio-embedding -p automatic-speech-recognition -p hostile
+  -p text-classification -p token-classification -p image-classification -p zero-shot-image-classification -p object-detection -p zero-shot-audio-classification -p multimodal-embedding -p text-generation -p text2text-generation -p video-classification -p audio-embedding -p automatic-speech-recognition -p hostile
 step "building the host"
 cargo build --release --quiet -p host
