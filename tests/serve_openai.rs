@@ -303,3 +303,150 @@ fn completions_stream_usage() {
     assert_eq!(last["choices"][0]["finish_reason"], "length");
     assert_eq!(last["object"], "text_completion");
 }
+
+/// OpenAI embeddings as the official client asks for them (`base64`: the
+/// f32 values little endian), token-id inputs refused clearly; TEI's text
+/// routes.
+#[test]
+fn embeddings_base64_and_tei_text_routes() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "emb",
+            "text-embedding",
+            &fixture("tiny-bert"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let a = agent();
+    let url = format!("{}/v1/embeddings", s.base);
+    let (code, plain) = post(&a, &url, r#"{"input": ["Hello world", "two"]}"#);
+    assert_eq!(code, 200, "{plain}");
+    let (code, b64) = post(
+        &a,
+        &url,
+        r#"{"input": ["Hello world", "two"], "encoding_format": "base64"}"#,
+    );
+    assert_eq!(code, 200, "{b64}");
+    for i in 0..2 {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64["data"][i]["embedding"].as_str().unwrap())
+            .unwrap();
+        let got: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let want: Vec<f32> = plain["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got, want);
+    }
+    for body in [r#"{"input": [1, 2, 3]}"#, r#"{"input": [[1, 2], [3]]}"#] {
+        let (code, v) = post(&a, &url, body);
+        assert_eq!(code, 400, "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token ids"));
+    }
+    let (code, v) = post(&a, &url, r#"{"input": "x", "encoding_format": "int8"}"#);
+    assert_eq!(code, 400, "{v}");
+
+    // TEI: `POST /` is `/embed` on an embedding endpoint.
+    let (_, embed) = post(
+        &a,
+        &format!("{}/embed", s.base),
+        r#"{"inputs": "Hello world"}"#,
+    );
+    let (code, root) = post(&a, &format!("{}/", s.base), r#"{"inputs": "Hello world"}"#);
+    assert_eq!(code, 200, "{root}");
+    assert_eq!(root, embed);
+    assert_eq!(embed[0], plain["data"][0]["embedding"]);
+    // The model normalises in its modules: raw vectors are not available.
+    let (code, v) = post(
+        &a,
+        &format!("{}/embed", s.base),
+        r#"{"inputs": "x", "normalize": false}"#,
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = post(
+        &a,
+        &format!("{}/embed", s.base),
+        r#"{"inputs": "x", "truncation_direction": "Left"}"#,
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = post(
+        &a,
+        &format!("{}/embed", s.base),
+        r#"{"inputs": "x", "truncation_direction": "Right"}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+
+    // Similarity: cosine of embeddings, on its route and on `POST /`.
+    let sim =
+        r#"{"inputs": {"source_sentence": "Hello world", "sentences": ["Hello world", "two"]}}"#;
+    let (code, v) = post(&a, &format!("{}/similarity", s.base), sim);
+    assert_eq!(code, 200, "{v}");
+    let scores = v.as_array().unwrap();
+    assert!((scores[0].as_f64().unwrap() - 1.0).abs() < 1e-5, "{v}");
+    let e0 = plain["data"][0]["embedding"].as_array().unwrap();
+    let e1 = plain["data"][1]["embedding"].as_array().unwrap();
+    let dot: f64 = e0
+        .iter()
+        .zip(e1)
+        .map(|(x, y)| x.as_f64().unwrap() * y.as_f64().unwrap())
+        .sum();
+    assert!(
+        (scores[1].as_f64().unwrap() - dot).abs() < 1e-5,
+        "{v} vs {dot}"
+    );
+    let (code, v2) = post(&a, &format!("{}/", s.base), sim);
+    assert_eq!(code, 200);
+    assert_eq!(v, v2);
+
+    // Tokenize and decode with the model's tokenizer.
+    let (code, v) = post(
+        &a,
+        &format!("{}/tokenize", s.base),
+        r#"{"inputs": "Hello world"}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    let toks = v[0].as_array().unwrap();
+    assert_eq!(toks.first().unwrap()["special"], true);
+    assert_eq!(toks.last().unwrap()["special"], true);
+    let words: Vec<&str> = toks[1..toks.len() - 1]
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(words.concat(), "Helloworld", "{v}");
+    assert_eq!(toks[1]["start"], 0);
+    let ids: Vec<Value> = toks.iter().map(|t| t["id"].clone()).collect();
+    let (code, d) = post(
+        &a,
+        &format!("{}/decode", s.base),
+        &json!({ "ids": ids }).to_string(),
+    );
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d, json!(["hello world"]), "uncased model");
+    let (code, d) = post(&a, &format!("{}/decode", s.base), r#"{"ids": [999999]}"#);
+    assert_eq!(code, 400, "{d}");
+    let info: Value = a
+        .get(&format!("{}/info", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(info["model_id"], "emb");
+    assert!(info["model_type"]["embedding"].is_object(), "{info}");
+    let (code, _) = post(&a, &format!("{}/embed_all", s.base), r#"{"inputs": "x"}"#);
+    assert_eq!(code, 400);
+}

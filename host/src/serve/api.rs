@@ -1,4 +1,5 @@
-//! Inference routes: OpenAI embeddings, TEI embed, generic, health, metrics.
+//! Inference routes: OpenAI embeddings and models, generic, health, metrics;
+//! body helpers the other route modules share.
 
 use std::sync::Arc;
 
@@ -39,7 +40,7 @@ pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Ap
 }
 
 /// `input`/`inputs` as a list of strings.
-fn texts(v: &Value, key: &str) -> Result<Vec<String>, ApiError> {
+pub(super) fn texts(v: &Value, key: &str) -> Result<Vec<String>, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", m);
     match v.get(key) {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -59,7 +60,7 @@ fn texts(v: &Value, key: &str) -> Result<Vec<String>, ApiError> {
     }
 }
 
-async fn embed_all(
+pub(super) async fn embed_all(
     state: &AppState,
     endpoint: Option<&str>,
     inputs: Vec<String>,
@@ -98,20 +99,32 @@ pub(super) async fn openai_embeddings(
 ) -> Result<Response, ApiError> {
     let _permit = state.permit()?;
     let v = json_body(body)?;
-    if let Some(f) = v.get("encoding_format").and_then(Value::as_str) {
-        if f != "float" {
+    let base64 = match v.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(f) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported",
-                format!("encoding_format `{f}` is not supported; use `float`"),
-            ));
+                format!("encoding_format {f} is not supported; use `float` or `base64`"),
+            ))
         }
-    }
+    };
     if v.get("dimensions").is_some_and(|d| !d.is_null()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "unsupported",
             "`dimensions` is not supported",
+        ));
+    }
+    if is_token_ids(v.get("input")) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported",
+            "`input` as token ids is not supported: the endpoint's skill tokenizes texts with the \
+             model's own tokenizer (ids from another tokenizer, such as tiktoken's, would be another \
+             text); send strings (LangChain: `check_embedding_ctx_length=False`)",
         ));
     }
     let inputs = texts(&v, "input")?;
@@ -120,7 +133,13 @@ pub(super) async fn openai_embeddings(
     let mut tokens = 0u64;
     for (i, o) in outs.iter().enumerate() {
         tokens += o.json.get("tokens").and_then(Value::as_u64).unwrap_or(0);
-        data.push(serde_json::json!({ "object": "embedding", "index": i, "embedding": embedding_json(o)? }));
+        let embedding = match base64 {
+            true => Value::String(embedding_base64(o)?),
+            false => serde_json::to_value(embedding_json(o)?).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?,
+        };
+        data.push(serde_json::json!({ "object": "embedding", "index": i, "embedding": embedding }));
     }
     let body = serde_json::json!({
         "object": "list", "data": data, "model": name,
@@ -129,30 +148,27 @@ pub(super) async fn openai_embeddings(
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
-/// TEI `POST /embed`: `{"inputs": str | [str], "normalize": true}` -> `[[...]]`.
-pub(super) async fn tei_embed(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let _permit = state.permit()?;
-    let v = json_body(body)?;
-    if v.get("normalize").and_then(Value::as_bool) == Some(false) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
-            "`normalize: false` is not supported: normalisation follows the model's sentence-transformers modules",
-        ));
+/// Whether `input` is token ids: a list of integers or of lists of them.
+fn is_token_ids(input: Option<&Value>) -> bool {
+    let ids = |a: &Vec<Value>| !a.is_empty() && a.iter().all(Value::is_number);
+    match input {
+        Some(Value::Array(a)) => {
+            ids(a) || (!a.is_empty() && a.iter().all(|x| x.as_array().is_some_and(ids)))
+        }
+        _ => false,
     }
-    let inputs = texts(&v, "inputs")?;
-    let (_, outs) = embed_all(&state, v.get("model").and_then(Value::as_str), inputs).await?;
-    let rows = outs
-        .iter()
-        .map(embedding_json)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&rows).unwrap_or_default(),
-    ))
+}
+
+/// An embedding as OpenAI's `base64`: its f32 values, little endian.
+fn embedding_base64(o: &Output) -> Result<String, ApiError> {
+    use base64::Engine;
+    let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m);
+    let t = o
+        .tensor("embedding")
+        .ok_or_else(|| internal("the endpoint's skill returned no `embedding`".into()))?;
+    let values = t.to_f32("embedding").map_err(|e| internal(e.to_string()))?;
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// `POST /v1/endpoints/{name}`: one request object, or a list of them; the

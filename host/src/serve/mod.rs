@@ -3,7 +3,8 @@
 //! Routes: OpenAI-compatible `POST /v1/embeddings`, `POST /v1/completions`
 //! and `POST /v1/chat/completions` (the model's chat template rendered by the
 //! host; `stream: true` as server-sent events), TEI-compatible
-//! `POST /embed`, `POST /rerank` and `POST /predict` (on a
+//! `POST /embed`, `POST /` (by task), `/similarity`, `/tokenize`, `/decode`,
+//! `GET /info`, `POST /rerank` and `POST /predict` (on a
 //! text-classification endpoint), a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
 //! response format), `GET /health`, `GET /metrics` (Prometheus), and admin
 //! routes `GET|POST /admin/endpoints`, `DELETE /admin/endpoints/{name}`.
@@ -19,6 +20,7 @@ mod completions;
 mod forms;
 mod model_files;
 mod tei;
+mod tei_text;
 mod transcripts;
 
 use std::net::SocketAddr;
@@ -159,7 +161,13 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
     });
     Router::new()
         .route("/v1/embeddings", post(api::openai_embeddings))
-        .route("/embed", post(api::tei_embed))
+        .route("/", post(tei_text::root))
+        .route("/embed", post(tei_text::embed))
+        .route("/embed_all", post(tei_text::embed_all_route))
+        .route("/similarity", post(tei_text::similarity))
+        .route("/tokenize", post(tei_text::tokenize))
+        .route("/decode", post(tei_text::decode))
+        .route("/info", get(tei_text::info))
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
         .route("/v1/completions", post(completions::openai_completions))

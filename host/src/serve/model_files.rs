@@ -1,6 +1,7 @@
 //! What HTTP routes read from an endpoint's model directory, loaded once
 //! per endpoint and cached: its chat template, its tokenizer (`tokenizer.json`,
-//! for chat prompts and TEI's `/tokenize` and `/decode`).
+//! for chat prompts and TEI's `/tokenize` and `/decode`), and what TEI's
+//! `/embed` and `/info` need to know.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,10 @@ pub struct ModelFiles {
     pub chat_template: Result<Option<ChatTemplate>, String>,
     /// `tokenizer.json`, when the model has one.
     pub tokenizer: Option<tokenizers::Tokenizer>,
+    /// sentence-transformers' modules.json lists a `Normalize` module.
+    pub normalizes: bool,
+    /// `max_position_embeddings` (or `n_positions`) of config.json.
+    pub max_positions: Option<u64>,
 }
 
 /// Per-endpoint cache, keyed by endpoint name (and checked against its model,
@@ -96,10 +101,28 @@ fn load(spec: &str, skill: &str) -> Result<ModelFiles, ApiError> {
         .and_then(|s| s.to_str())
         .unwrap_or(skill)
         .replace('_', "-");
+    let normalizes = read(&dir, "modules.json")
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|m| m.as_array().cloned())
+        .is_some_and(|mods| {
+            mods.iter().any(|m| {
+                m.get("type")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|t| t.ends_with(".Normalize"))
+            })
+        });
+    let config: serde_json::Value = read(&dir, "config.json")
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let max_positions = ["max_position_embeddings", "n_positions", "n_ctx"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64));
     Ok(ModelFiles {
         model: spec.to_string(),
         skill,
         chat_template,
         tokenizer,
+        normalizes,
+        max_positions,
     })
 }
