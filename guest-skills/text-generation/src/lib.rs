@@ -60,6 +60,9 @@ struct Defaults {
 
 struct Loaded {
     tokenizer: Tokenizer,
+    /// The same without special tokens (`"add_special_tokens": false`: a
+    /// prompt rendered by a chat template that has them already).
+    plain: Tokenizer,
     /// Decoder graphs per variant (logits output, repetition penalty) and
     /// KV-cache size, built on first use.
     graphs: RefCell<std::collections::HashMap<(Variant, Cache), CompiledGraph>>,
@@ -144,12 +147,15 @@ impl Guest for TextGeneration {
             eos,
             pad,
         };
-        let tokenizer = Tokenizer::open(TokenizerOptions {
-            max_length: None,
-            add_special_tokens: true,
-            pad_to_multiple_of: None,
-            with_offsets: false,
-        })?;
+        let open = |add_special_tokens| {
+            Tokenizer::open(TokenizerOptions {
+                max_length: None,
+                add_special_tokens,
+                pad_to_multiple_of: None,
+                with_offsets: false,
+            })
+        };
+        let (tokenizer, plain) = (open(true)?, open(false)?);
         // Build the common graph now: a bad config fails at load.
         // Fixed slots where the backend replays repeated shapes (CUDA
         // graphs); a growing cache elsewhere.
@@ -164,6 +170,7 @@ impl Guest for TextGeneration {
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
                 tokenizer,
+                plain,
                 graphs: RefCell::new(graphs),
                 slots,
                 arch,
@@ -239,8 +246,12 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
     if max_new == 0 {
         return Err(invalid("`max_new_tokens` must be at least 1"));
     }
-    let ids: Vec<i64> = m
-        .tokenizer
+    let tokenizer = match v.get("add_special_tokens") {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(true)) => &m.tokenizer,
+        Some(serde_json::Value::Bool(false)) => &m.plain,
+        Some(_) => return Err(invalid("`add_special_tokens` must be a boolean")),
+    };
+    let ids: Vec<i64> = tokenizer
         .encode_batch(std::slice::from_ref(&prompt))?
         .input_ids
         .data
