@@ -63,6 +63,11 @@ impl Loaded {
 }
 
 pub fn parse(req: Request) -> Result<VideoRequest, Error> {
+    if req.0.contains_key("candidate_labels") {
+        return Err(invalid(
+            "`candidate_labels` is for zero-shot models (X-CLIP); this VideoMAE model has its own labels",
+        ));
+    }
     req.only(&["frames", "video", "top_k", "function_to_apply"])?;
     let top_k = match req.opt_u64("top_k")? {
         Some(0) => return Err(invalid("`top_k` must be at least 1")),
