@@ -162,7 +162,10 @@ impl Preprocess {
                 normalize: normalize_of(j)?,
             });
         }
-        let crop = match (j.bool_or("do_center_crop", videomae)?, dims(j, "crop_size")?) {
+        let crop = match (
+            j.bool_or("do_center_crop", videomae)?,
+            dims(j, "crop_size")?,
+        ) {
             (true, Some(v)) => match size_of(j, &v, "crop_size")? {
                 Size::Exact(h, w) => Some((h, w)),
                 Size::ShortestEdge(s) | Size::ShortestLongest(s, _) => Some((s, s)),
