@@ -1,17 +1,25 @@
 //! Audio for speech skills, decoded inside the sandbox: a request's
-//! `{"audio": base64 WAV}` or `{"array": [f32], "sampling_rate": n}` ->
-//! mono f32 samples (PCM scaled by 1 / 2^(bits - 1), channels averaged),
-//! under a length limit, at the rate the feature extractor wants; then the
-//! speech encoders ([`wav2vec2`]), Whisper's log-mel features ([`mel`]),
-//! CLAP's features ([`clap_features`]) and its two towers ([`clap`]).
+//! `{"audio": base64 file}` or `{"array": [f32], "sampling_rate": n}` ->
+//! mono f32 samples (channels averaged), under a length limit, resampled
+//! to the rate the feature extractor wants; then the speech encoders
+//! ([`wav2vec2`]), Whisper's log-mel features ([`mel`]), CLAP's features
+//! ([`clap_features`]) and its two towers ([`clap`]).
 //!
-//! Enabled by the SDK's `audio` feature. WAV (PCM 8/16/24/32-bit, IEEE
-//! float 32-bit) is decoded; other containers and resampling are not yet
-//! (a clear error names the rate or format).
+//! Enabled by the SDK's `audio` feature. Files ([`decode`]): WAV (PCM
+//! 8/16/24/32-bit scaled by 1 / 2^(bits - 1), IEEE float 32-bit), FLAC,
+//! MP3 and OGG/Vorbis, recognised by their first bytes. Audio at another
+//! rate than the model's, an `array` or a decoded file alike, goes through
+//! [`resample`], torchaudio's default resampler, which is what the
+//! transformers pipelines apply to `{"array", "sampling_rate"}` inputs.
+//! (The pipelines decode *file bytes* with ffmpeg, which resamples with its
+//! own filter while decoding: a file at another rate matches the pipeline
+//! given the decoded `array`, not bit for bit the pipeline given the file.)
 
 pub mod clap;
 pub mod clap_features;
+pub mod decode;
 pub mod mel;
+pub mod resample;
 pub mod wav2vec2;
 
 use serde_json::Value;
@@ -29,12 +37,15 @@ pub struct Audio {
     pub samples: Vec<f32>,
 }
 
-/// Decodes WAV bytes to mono f32.
+pub use decode::decode;
+
+/// Decodes WAV bytes to mono f32 (see [`decode`] for any format).
 pub fn decode_wav(field: &str, bytes: &[u8]) -> Result<Audio, Error> {
     let bad = |e: String| invalid(format!("`{field}`: {e}"));
     let mut r = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| {
         bad(format!(
-            "not a WAV file this skill can read ({e}); send 16-bit PCM WAV or an `array`"
+            "a WAV file this skill cannot read ({e}); send PCM or float WAV, FLAC, MP3, \
+             OGG/Vorbis or an `array`"
         ))
     })?;
     let spec = r.spec();
@@ -69,8 +80,12 @@ pub fn decode_wav(field: &str, bytes: &[u8]) -> Result<Audio, Error> {
     })
 }
 
-/// The audio of a request: `audio` (base64 or data URL WAV) or `array`
-/// with `sampling_rate`; it must be at `rate` Hz.
+/// Highest input rate accepted, in Hz (`sampling_rate` or a file's).
+pub const MAX_RATE: u32 = 768_000;
+
+/// The audio of a request: `audio` (a base64 or data-URL WAV, FLAC, MP3 or
+/// OGG/Vorbis file) or `array` with `sampling_rate`, resampled to `rate`
+/// Hz when it is at another rate ([`resample`]).
 pub fn from_request(req: &Request, rate: u32) -> Result<Audio, Error> {
     let audio = match (
         req.0.get("audio").filter(|v| !v.is_null()),
@@ -78,7 +93,7 @@ pub fn from_request(req: &Request, rate: u32) -> Result<Audio, Error> {
     ) {
         (Some(Value::String(s)), None) => {
             let bytes = crate::binary::base64_bytes("audio", s)?;
-            decode_wav("audio", &bytes)?
+            decode("audio", &bytes)?
         }
         (None, Some(Value::Array(a))) => {
             let samples = a
@@ -89,34 +104,47 @@ pub fn from_request(req: &Request, rate: u32) -> Result<Audio, Error> {
             let rate = req
                 .opt_u64("sampling_rate")?
                 .ok_or_else(|| invalid("`array` needs `sampling_rate`"))?;
+            if rate == 0 || rate > MAX_RATE as u64 {
+                return Err(invalid(format!(
+                    "`sampling_rate` {rate} is out of range (1 to {MAX_RATE} Hz)"
+                )));
+            }
             Audio {
-                rate: rate.min(u32::MAX as u64) as u32,
+                rate: rate as u32,
                 samples,
             }
         }
         (Some(_), None) => return Err(invalid("`audio` must be a base64 string")),
         _ => {
             return Err(invalid(
-                "give either `audio` (a base64 WAV file) or `array` with `sampling_rate`",
+                "give either `audio` (a base64 WAV, FLAC, MP3 or OGG/Vorbis file) or `array` \
+                 with `sampling_rate`",
             ))
         }
     };
-    if audio.rate != rate {
-        return Err(invalid(format!(
-            "the audio is at {} Hz; this model takes {rate} Hz (resampling is not supported yet)",
-            audio.rate
-        )));
-    }
     if audio.samples.is_empty() {
         return Err(invalid("the audio has no samples"));
     }
-    if audio.samples.len() as u64 > MAX_SECONDS * rate as u64 {
+    if audio.rate == 0 || audio.rate > MAX_RATE {
+        return Err(invalid(format!(
+            "the audio is at {} Hz; rates from 1 to {MAX_RATE} Hz are accepted",
+            audio.rate
+        )));
+    }
+    if audio.samples.len() as u64 > MAX_SECONDS * audio.rate as u64 {
         return Err(invalid(format!("the audio is longer than {MAX_SECONDS} s")));
     }
     if audio.samples.iter().any(|x| !x.is_finite()) {
         return Err(invalid("the audio has non-finite samples"));
     }
-    Ok(audio)
+    if audio.rate == rate {
+        return Ok(audio);
+    }
+    let samples = resample::Resampler::new(audio.rate, rate)?.apply(&audio.samples);
+    if samples.is_empty() {
+        return Err(invalid("the audio has no samples"));
+    }
+    Ok(Audio { rate, samples })
 }
 
 /// Wav2Vec2's feature extractor normalisation: zero mean, unit variance
