@@ -1,5 +1,7 @@
-//! Whisper: log-mel features of a clip of up to one window (30 s), the
-//! encoder once, then the decoder on the shared encoder-decoder generation
+//! Whisper: log-mel features of a clip (one 30 s window, or the whole clip
+//! for longer audio, decoded window after window as transformers'
+//! long-form generation does, with timestamps), the encoder per window,
+//! then the decoder on the shared encoder-decoder generation
 //! loop (`skill_sdk::seq2seq::run`) with Whisper's decoder prompt
 //! (`<|startoftranscript|>`, the language, given or detected from the
 //! logits after the start token, the task, `<|notimestamps|>` unless
@@ -75,6 +77,8 @@ struct Ids {
     rules: Option<TimestampRules>,
     max_target: u64,
     max_length: Option<u64>,
+    /// The generation config's `return_timestamps`.
+    timestamps_default: Option<bool>,
 }
 
 /// A loaded Whisper checkpoint.
@@ -89,7 +93,11 @@ pub struct Whisper {
 
 /// One parsed request.
 pub struct Job {
+    /// Log-mel features [mels, frames].
     pub features: Vec<f32>,
+    frames: usize,
+    /// Answer with timed chunks.
+    chunks: bool,
     /// Seconds of audio.
     duration: f64,
     settings: Settings,
@@ -155,14 +163,9 @@ impl Whisper {
     /// Parses a request whose audio is `samples` (at the model's rate).
     pub fn parse(&self, req: &Request, samples: &[f32]) -> Result<Job, Error> {
         req.only(KEYS)?;
-        if samples.len() > self.mel.samples {
-            return Err(Error::Unsupported(format!(
-                "the audio is {:.1} s; Whisper transcribes up to {} s per request here (long-form \
-                 transcription is not supported yet: split the audio)",
-                samples.len() as f64 / self.mel.rate as f64,
-                self.mel.samples / self.mel.rate as usize
-            )));
-        }
+        // Longer than a window: transformers' long-form decoding, which
+        // always predicts timestamps.
+        let long = samples.len() > self.mel.samples;
         // `generate_kwargs` (the pipeline's form) under the top-level keys.
         let mut opts: Map<String, Value> = match req.0.get("generate_kwargs") {
             None | Some(Value::Null) => Map::new(),
@@ -174,8 +177,9 @@ impl Whisper {
         }
         let field = |k: &str| opts.get(k).filter(|v| !v.is_null()).cloned();
         let get = |k: &str| field(k);
-        let timestamps = match get("return_timestamps") {
-            None | Some(Value::Bool(false)) => false,
+        let chunks = match get("return_timestamps") {
+            // As the pipeline: asked, or the generation config's default.
+            None | Some(Value::Bool(false)) => self.ids.timestamps_default.unwrap_or(false),
             Some(Value::Bool(true)) => true,
             Some(Value::String(s)) if s == "word" => {
                 return Err(Error::Unsupported(
@@ -184,12 +188,19 @@ impl Whisper {
             }
             Some(_) => return Err(invalid("`return_timestamps` must be a boolean")),
         };
+        if long && !chunks && self.ids.timestamps_default == Some(false) {
+            return Err(invalid(
+                "audio longer than a window is decoded with timestamps: pass `return_timestamps`: true \
+                 (the model's generation config sets it false, and transformers refuses the same)",
+            ));
+        }
+        let timestamps = chunks || long;
         let rules = match (timestamps, self.ids.rules) {
             (false, _) => None,
             (true, Some(r)) => Some(r),
             (true, None) => {
                 return Err(Error::Unsupported(
-                    "this checkpoint's generation config has no `no_timestamps_token_id`: it cannot give timestamps".into(),
+                    "this checkpoint's generation config has no `no_timestamps_token_id`: it cannot give timestamps (nor transcribe audio longer than a window)".into(),
                 ))
             }
         };
@@ -245,6 +256,8 @@ impl Whisper {
         settings.decoder_start = self.ids.start;
         Ok(Job {
             features: self.mel.features(samples),
+            frames: self.mel.frames_of(samples.len()),
+            chunks,
             duration: samples.len() as f64 / self.mel.rate as f64,
             settings,
             prompt,
@@ -333,6 +346,7 @@ impl Ids {
             rules,
             max_target: model.dims.max_positions.unwrap_or(448),
             max_length: d.get("max_length").and_then(|v| v.as_u64()),
+            timestamps_default: d.get("return_timestamps").and_then(|v| v.as_bool()),
         })
     }
 

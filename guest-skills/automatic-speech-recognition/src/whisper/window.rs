@@ -1,10 +1,11 @@
-//! Decoding passes over a request's window, as transformers' Whisper
-//! `generate` runs them: a pass decodes from frame `seek`; when its tokens
-//! end on a pair of timestamps (a segment closed, more audio after it),
-//! the transcript keeps the tokens up to that pair and the next pass starts
-//! at the last timestamp; otherwise (a single closing timestamp, or no
-//! timestamp pair) the window is done. Requests of a batch run each pass
-//! together.
+//! Decoding passes over a request's features, as transformers' Whisper
+//! `generate` runs them (short- and long-form alike): a pass decodes the
+//! window of 30 s from frame `seek` (zero-padded past the end); when its
+//! tokens end on a pair of timestamps (a segment closed, more audio after
+//! it), the transcript keeps the tokens up to that pair and the next pass
+//! starts at the last timestamp; otherwise (a single closing timestamp, or
+//! no timestamp pair) the next pass starts after the window. Requests of a
+//! batch run each pass together.
 
 use skill_sdk::runtime::Session;
 use skill_sdk::seq2seq::run::{self, Finish, Finished, PromptToken, Task};
@@ -78,13 +79,15 @@ fn named(name: &str, value: skill_sdk::Tensor) -> NamedTensor {
     }
 }
 
-/// The window of `features` [mels, frames] from frame `seek`, zero-padded.
-fn window(features: &[f32], mels: usize, frames: usize, seek: usize) -> Vec<f32> {
-    let mut out = vec![0f32; mels * frames];
+/// The window of `width` frames from frame `seek` of `features` [mels,
+/// total], zero-padded past the end.
+fn window(features: &[f32], mels: usize, total: usize, width: usize, seek: usize) -> Vec<f32> {
+    let mut out = vec![0f32; mels * width];
     for m in 0..mels {
-        let row = &features[m * frames..(m + 1) * frames];
-        let src = &row[seek.min(frames)..];
-        out[m * frames..m * frames + src.len()].copy_from_slice(src);
+        let row = features.get(m * total..(m + 1) * total).unwrap_or(&[]);
+        let src = row.get(seek..).unwrap_or(&[]);
+        let n = src.len().min(width);
+        out[m * width..m * width + n].copy_from_slice(&src[..n]);
     }
     out
 }
@@ -169,7 +172,10 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
             w,
             windows: pending
                 .iter()
-                .map(|&i| window(&jobs[i].features, mel.n_mels, frames, states[i].seek))
+                .map(|&i| {
+                    let j = &jobs[i];
+                    window(&j.features, mel.n_mels, j.frames, frames, states[i].seek)
+                })
                 .collect(),
         };
         let answers = run::generate(&w.decoder, &task, &run_jobs)?;
@@ -187,7 +193,8 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
             if toks.last().is_some_and(|t| eos.contains(t)) {
                 toks.pop();
             }
-            let left = frames - s.seek.min(frames);
+            let total = jobs[i].frames;
+            let left = total.saturating_sub(s.seek).min(frames);
             let (kept, advance) = segment(&toks, begin, left);
             s.tokens.extend_from_slice(&toks[..kept]);
             if s.prompt.is_empty() {
@@ -196,7 +203,7 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
             s.finish = out.finish;
             s.seek += advance;
             // No progress (a pair at 0.00) would decode the same again.
-            s.done = s.seek >= frames || advance == 0;
+            s.done = s.seek >= total || advance == 0;
         }
     }
     Ok(states
@@ -228,7 +235,7 @@ fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
         "language": language,
         "duration": job.duration,
     });
-    if job.timestamps.is_some() {
+    if job.chunks {
         json["chunks"] = serde_json::Value::Array(
             parts
                 .iter()

@@ -260,15 +260,26 @@ impl LogMel {
         self.samples / self.hop
     }
 
-    /// The features [n_mels, frames] (row-major) of the first `samples`
-    /// samples of `x` (zero-padded to that length).
+    /// Feature frames of `len` samples: one window when they fit in it
+    /// (the extractor zero-pads to it), else one per hop of the whole clip
+    /// (transformers' long-form extraction: no truncation, no padding).
+    pub fn frames_of(&self, len: usize) -> usize {
+        match len <= self.samples {
+            true => self.frames(),
+            false => len / self.hop,
+        }
+    }
+
+    /// The features [n_mels, frames_of(x.len())] (row-major) of `x`,
+    /// zero-padded to a window when shorter; the floor at the maximum
+    /// minus 8 is over the whole clip.
     pub fn features(&self, x: &[f32]) -> Vec<f32> {
-        let n = self.samples;
-        let mut clip: Vec<f64> = x.iter().take(n).map(|&v| v as f64).collect();
+        let n = x.len().max(self.samples);
+        let mut clip: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         clip.resize(n, 0.0);
         let out: Vec<f64> = self
             .stft
-            .mel_power(&clip, self.frames(), &self.filters)
+            .mel_power(&clip, self.frames_of(x.len()), &self.filters)
             .into_iter()
             .map(|e| e.max(1e-10).log10())
             .collect();
