@@ -39,6 +39,7 @@ use skill_sdk::graph_ext::activation;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::{Dim, Dtype, Error, Graph};
 
+use crate::llava::Llava;
 use crate::positions::{alibi_mask, rope_tables, window_mask};
 
 /// Candidates returned per step for sampling.
@@ -254,6 +255,7 @@ pub fn build(
     variant: Variant,
     cache: Cache,
     fuse: bool,
+    llava: Option<&Llava>,
 ) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = Dims {
         fuse,
@@ -264,7 +266,7 @@ pub fn build(
         Cache::Slots(n) => format!("c{n}"),
     };
     let name = format!(
-        "{arch:?}-{}-{kept}{}{}{}{}",
+        "{arch:?}-{}-{kept}{}{}{}{}{}",
         match (variant.decode, variant.extend) {
             (true, true) => "extend",
             (true, false) => "decode",
@@ -273,12 +275,18 @@ pub fn build(
         if variant.sample { "-sample" } else { "" },
         if variant.logits { "-logits" } else { "" },
         if variant.penalty { "-penalty" } else { "" },
-        if variant.fed { "-fed" } else { "" }
+        if variant.fed { "-fed" } else { "" },
+        if variant.images { "-images" } else { "" }
     );
     let g = Graph::new(&name.to_lowercase());
     if variant.extend && !variant.decode {
         return Err(skill_sdk::internal(
             "an extend step is a decode graph of several tokens per row",
+        ));
+    }
+    if variant.images && (llava.is_none() || (variant.decode && !variant.extend)) {
+        return Err(skill_sdk::internal(
+            "images go into a prefill or extend step of a llava model",
         ));
     }
     if variant.fed && (!variant.decode || variant.extend) {
@@ -342,6 +350,13 @@ pub fn build(
         keys = g.b.logical_and(keys, earlier)?;
     }
 
+    // The decoder's weights: `model.` in a causal LM, deeper in a LLaVA.
+    let base = llava.map_or("model.", |l| l.lm_base.as_str());
+    if llava.is_some() && !matches!(arch, Arch::Llama | Arch::Qwen2) {
+        return Err(Error::Unsupported(format!(
+            "a LLaVA decoder of type {arch:?} (served: llama, qwen2)"
+        )));
+    }
     let (embed_name, mut h) = match arch {
         Arch::Gpt2 | Arch::GptNeo => {
             let e = g.b.embedding(g.weight("transformer.wte.weight")?, ids)?;
@@ -357,10 +372,16 @@ pub fn build(
                 g.b.embedding(g.weight("model.decoder.embed_positions.weight")?, shifted)?;
             ("model.decoder.embed_tokens.weight", g.add(e, p)?)
         }
-        Arch::Llama | Arch::Qwen2 => (
-            "model.embed_tokens.weight",
-            g.b.embedding(g.weight("model.embed_tokens.weight")?, ids)?,
-        ),
+        Arch::Llama | Arch::Qwen2 => {
+            let e =
+                g.b.embedding(g.weight(&format!("{base}embed_tokens.weight"))?, ids)?;
+            // LLaVA: the image tokens' embeddings replaced by image features.
+            let e = match (variant.images, llava) {
+                (true, Some(l)) => l.splice(&g, e, &bs)?,
+                _ => e,
+            };
+            ("embed_tokens.weight", e)
+        }
         Arch::GptJ | Arch::CodeGen => (
             "transformer.wte.weight",
             g.b.embedding(g.weight("transformer.wte.weight")?, ids)?,
@@ -393,7 +414,7 @@ pub fn build(
             (Some(true), Some(l)) => l,
             _ => keys,
         };
-        h = layer(&g, arch, &d, i, h, mask, rope, cache, order)?;
+        h = layer(&g, arch, &d, (base, i), h, mask, rope, cache, order)?;
     }
     let h = g.b.squeeze(g.b.gather(h, last, 1)?, 1)?;
     let h = match arch {
@@ -401,12 +422,19 @@ pub fn build(
             g.layer_norm(h, "transformer.ln_f", d.eps)?
         }
         Arch::Opt => g.layer_norm(h, "model.decoder.final_layer_norm", d.eps)?,
-        _ => g.b.rms_norm(h, g.weight("model.norm.weight")?, d.eps)?,
+        _ => {
+            g.b.rms_norm(h, g.weight(&format!("{base}norm.weight"))?, d.eps)?
+        }
     };
-    let head = if g.has("lm_head.weight") {
-        "lm_head.weight"
+    let embed_name = match embed_name {
+        "embed_tokens.weight" => format!("{base}{embed_name}"),
+        other => other.to_string(),
+    };
+    let head_name = llava.map_or("lm_head.weight", |l| l.head.as_str());
+    let head = if g.has(head_name) {
+        head_name
     } else {
-        embed_name
+        embed_name.as_str()
     };
     let head_bias = match g.has("lm_head.bias") && head == "lm_head.weight" {
         true => Some(g.weight("lm_head.bias")?),
@@ -489,6 +517,12 @@ pub struct Variant {
     /// previous run's `next_token`, kept as state `token`, so the step can
     /// be submitted before that run's outputs are read.
     pub fed: bool,
+    /// With a prefill or extend step of a LLaVA model: inputs
+    /// `pixel_values` [images, 3, h, w], `image_mask` (bool) and
+    /// `image_rows` [batch, seq]; where the mask is set, the token
+    /// embedding is replaced by the image feature row `image_rows` picks
+    /// among the step's images' projected features (see `llava.rs`).
+    pub images: bool,
 }
 
 fn penalize(g: &Graph, logits: Node, vocab: u64) -> Result<Node, Error> {
@@ -512,7 +546,7 @@ fn layer(
     g: &Graph,
     arch: Arch,
     d: &Dims,
-    i: u64,
+    (base, i): (&str, u64),
     h: Node,
     keys: Node,
     rope: Option<(Node, Node)>,
@@ -524,7 +558,7 @@ fn layer(
             format!("transformer.h.{i}")
         }
         Arch::Opt => format!("model.decoder.layers.{i}"),
-        _ => format!("model.layers.{i}"),
+        _ => format!("{base}layers.{i}"),
     };
     let x = match arch {
         Arch::Gpt2 | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {

@@ -260,6 +260,19 @@ impl Batch<'_> {
             self.filled += len;
         }
         let (bu, lu) = (b as u64, len as u64);
+        // LLaVA: the fresh rows' images go through the tower in this step.
+        let images = self
+            .rows
+            .iter()
+            .any(|r| r.fresh && !r.req.images.pixels.is_empty());
+        let image_inputs = match (&m.llava, images) {
+            (Some(l), true) => {
+                let rows: Vec<(bool, &crate::llava::Images)> =
+                    self.rows.iter().map(|r| (r.fresh, &r.req.images)).collect();
+                l.step_inputs(&rows, &mut ids, len, m.defaults.pad)?
+            }
+            _ => Vec::new(),
+        };
         let mut inputs = vec![
             named("position_ids", i64_tensor(vec![bu, lu], &pos)),
             named("attention_mask", i64_tensor(vec![bu, lu], &mask.concat())),
@@ -268,6 +281,7 @@ impl Batch<'_> {
         if !fed {
             inputs.push(named("input_ids", i64_tensor(vec![bu, lu], &ids)));
         }
+        inputs.extend(image_inputs);
         if written {
             inputs.push(named(
                 "cache_slot",
@@ -295,6 +309,7 @@ impl Batch<'_> {
             logits: self.rows.iter().any(|r| r.fresh && r.req.return_logits),
             penalty: self.penalize,
             fed,
+            images,
         };
         if self.penalize {
             let flat: Vec<u8> = self
@@ -319,7 +334,10 @@ impl Batch<'_> {
             let graph = match graphs.entry((variant, self.kind)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(decoder::build(m.arch, &m.config, variant, self.kind, m.slots)?.0)
+                    let llava = m.llava.as_ref();
+                    e.insert(
+                        decoder::build(m.arch, &m.config, variant, self.kind, m.slots, llava)?.0,
+                    )
                 }
             };
             self.session.submit(graph, &inputs)?;

@@ -14,9 +14,15 @@
 //! scaled before sampling; the seen-set crosses once per step). `"return_logits":
 //! true` adds `prefill_logits` (the last prompt position's logits) to the
 //! response, for fidelity checks.
+//!
+//! LLaVA checkpoints (`model_type` "llava": a SigLIP tower, a projector, a
+//! llama/qwen2 decoder) are served here too, for the `image-text-to-text`
+//! task: the request adds `"images": [base64, ...]` (or `"image"`), one per
+//! `<image>` in the prompt (see `llava.rs`); the response is the same.
 
 mod decoder;
 mod generate;
+mod llava;
 mod positions;
 mod resize;
 mod respond;
@@ -71,7 +77,10 @@ struct Loaded {
     /// elsewhere growing caches and separate projections.
     slots: bool,
     arch: Arch,
+    /// The decoder's config (a LLaVA's `text_config`).
     config: Json,
+    /// A LLaVA model's image side.
+    llava: Option<llava::Llava>,
     info: ModelInfo,
     defaults: Defaults,
 }
@@ -91,6 +100,8 @@ struct Request {
     sampling: Sampling,
     stop: Vec<String>,
     warnings: Vec<String>,
+    /// Its images (LLaVA), preprocessed.
+    images: llava::Images,
 }
 
 struct TextGeneration;
@@ -108,23 +119,31 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen"].iter().map(|s| s.to_string()).collect(),
-            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
+            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "llava"].iter().map(|s| s.to_string()).collect(),
+            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava (image-text-to-text): base64 images, one per <image> in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 
     fn load() -> Result<(), Error> {
-        let config = Json::config()?;
+        let top = Json::config()?;
+        let (llava, config) = match top.str_or("model_type", "")? {
+            "llava" => {
+                let (l, text) = llava::Llava::load(&top)?;
+                (Some(l), text)
+            }
+            _ => (None, Json::config()?),
+        };
         let model_type = config.str_or("model_type", "")?.to_string();
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
-            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom, gptj, gpt_neo, codegen)"))
+            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom, gptj, gpt_neo, codegen, and llava with a llama or qwen2 decoder)"))
         })?;
         let gen = Json::asset("generation_config.json")?;
         let get = |k: &str| {
             gen.as_ref()
                 .and_then(|g| g.value.get(k).cloned())
+                .or_else(|| top.value.get(k).cloned())
                 .or_else(|| config.value.get(k).cloned())
         };
         let mut eos = ids_of(get("eos_token_id").as_ref());
@@ -165,7 +184,14 @@ impl Guest for TextGeneration {
         } else {
             Cache::Growing
         };
-        let (graph, info) = decoder::build(arch, &config, Variant::default(), cache, slots)?;
+        let (graph, info) = decoder::build(
+            arch,
+            &config,
+            Variant::default(),
+            cache,
+            slots,
+            llava.as_ref(),
+        )?;
         let graphs = std::collections::HashMap::from([((Variant::default(), cache), graph)]);
         STATE.with(|s| {
             *s.borrow_mut() = Some(Loaded {
@@ -175,6 +201,7 @@ impl Guest for TextGeneration {
                 slots,
                 arch,
                 config,
+                llava,
                 info,
                 defaults,
             })
@@ -228,6 +255,15 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
         Some(_) => return Err(invalid("`prompt` must be a string")),
         None => return Err(invalid("missing `prompt`")),
     };
+    let (prompt, images) = match &m.llava {
+        Some(l) => l.prepare(&v, &prompt)?,
+        None if v.get("images").is_some() || v.get("image").is_some() => {
+            return Err(invalid(
+                "this model takes no images (`images` needs a llava checkpoint)",
+            ))
+        }
+        None => (prompt, llava::Images::default()),
+    };
     let num = |k: &str| v.get(k).filter(|x| !x.is_null());
     let repetition_penalty = match num("repetition_penalty") {
         None => m.defaults.repetition_penalty,
@@ -264,6 +300,9 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
         .collect();
     if ids.is_empty() {
         return Err(invalid("the prompt tokenizes to nothing"));
+    }
+    if let Some(l) = &m.llava {
+        l.check_ids(&ids, &images)?;
     }
     let ctx = m.info.max_positions;
     if ids.len() as u64 >= ctx {
@@ -334,6 +373,7 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
         sampling,
         stop,
         warnings,
+        images,
     })
 }
 

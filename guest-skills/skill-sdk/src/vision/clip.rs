@@ -111,13 +111,7 @@ impl Clip {
     }
 
     pub(crate) fn act(&self, g: &Graph, a: Act, x: Node) -> Result<Node, Error> {
-        match a {
-            Act::Op(op) => g.unary(op, x),
-            Act::QuickGelu => {
-                let s = g.unary(UnaryOp::Sigmoid, g.mul(x, g.scalar(1.702, Dtype::F32)?)?)?;
-                g.mul(x, s)
-            }
-        }
+        act(g, a, x)
     }
 
     /// A pre-norm encoder layer of either tower (`at`: its weight prefix).
@@ -130,16 +124,10 @@ impl Clip {
         mask: Option<Node>,
         causal: bool,
     ) -> Result<Node, Error> {
-        let n = g.layer_norm(x, &format!("{at}layer_norm1"), t.eps)?;
-        let x = g.add(
-            self.self_attn(g, t, n, &format!("{at}self_attn"), mask, causal)?,
-            x,
-        )?;
-        self.mlp_block(g, t, x, at)
+        layer(g, t, x, at, mask, causal)
     }
 
-    /// Multi-head self-attention of `n` with the `q_proj`, `k_proj`,
-    /// `v_proj` and `out_proj` layers under `at`.
+    /// [`self_attn`].
     pub(crate) fn self_attn(
         &self,
         g: &Graph,
@@ -149,25 +137,12 @@ impl Clip {
         mask: Option<Node>,
         causal: bool,
     ) -> Result<Node, Error> {
-        let d = t.hidden / t.heads;
-        let proj = |rel: &str| -> Result<Node, Error> {
-            g.split_heads(g.linear(n, &format!("{at}.{rel}"))?, t.heads, d)
-        };
-        let a = g.attention(
-            proj("q_proj")?,
-            proj("k_proj")?,
-            proj("v_proj")?,
-            mask,
-            causal,
-        )?;
-        g.linear(g.merge_heads(a)?, &format!("{at}.out_proj"))
+        self_attn(g, t, n, at, mask, causal)
     }
 
-    /// A layer's second half: `x + mlp(layer_norm2(x))`.
+    /// [`mlp_block`].
     pub(crate) fn mlp_block(&self, g: &Graph, t: &Tower, x: Node, at: &str) -> Result<Node, Error> {
-        let n = g.layer_norm(x, &format!("{at}layer_norm2"), t.eps)?;
-        let h = self.act(g, t.act, g.linear(n, &format!("{at}mlp.fc1"))?)?;
-        g.add(g.linear(h, &format!("{at}mlp.fc2"))?, x)
+        mlp_block(g, t, x, at)
     }
 
     /// The image graph for images of (height, width).
@@ -322,6 +297,66 @@ impl Clip {
         let pooled = g.b.gather(flat, rows, 0)?;
         g.linear(pooled, "text_projection")
     }
+}
+
+/// `a` applied to `x`.
+pub(crate) fn act(g: &Graph, a: Act, x: Node) -> Result<Node, Error> {
+    match a {
+        Act::Op(op) => g.unary(op, x),
+        Act::QuickGelu => {
+            let s = g.unary(UnaryOp::Sigmoid, g.mul(x, g.scalar(1.702, Dtype::F32)?)?)?;
+            g.mul(x, s)
+        }
+    }
+}
+
+/// A pre-norm encoder layer (CLIP's, also SigLIP's): `layer_norm1`,
+/// `self_attn`, `layer_norm2`, `mlp.fc1`/`fc2` under `at`.
+pub(crate) fn layer(
+    g: &Graph,
+    t: &Tower,
+    x: Node,
+    at: &str,
+    mask: Option<Node>,
+    causal: bool,
+) -> Result<Node, Error> {
+    let n = g.layer_norm(x, &format!("{at}layer_norm1"), t.eps)?;
+    let x = g.add(
+        self_attn(g, t, n, &format!("{at}self_attn"), mask, causal)?,
+        x,
+    )?;
+    mlp_block(g, t, x, at)
+}
+
+/// Multi-head self-attention of `n` with the `q_proj`, `k_proj`, `v_proj`
+/// and `out_proj` layers under `at`.
+pub(crate) fn self_attn(
+    g: &Graph,
+    t: &Tower,
+    n: Node,
+    at: &str,
+    mask: Option<Node>,
+    causal: bool,
+) -> Result<Node, Error> {
+    let d = t.hidden / t.heads;
+    let proj = |rel: &str| -> Result<Node, Error> {
+        g.split_heads(g.linear(n, &format!("{at}.{rel}"))?, t.heads, d)
+    };
+    let a = g.attention(
+        proj("q_proj")?,
+        proj("k_proj")?,
+        proj("v_proj")?,
+        mask,
+        causal,
+    )?;
+    g.linear(g.merge_heads(a)?, &format!("{at}.out_proj"))
+}
+
+/// A layer's second half: `x + mlp(layer_norm2(x))`.
+pub(crate) fn mlp_block(g: &Graph, t: &Tower, x: Node, at: &str) -> Result<Node, Error> {
+    let n = g.layer_norm(x, &format!("{at}layer_norm2"), t.eps)?;
+    let h = act(g, t.act, g.linear(n, &format!("{at}mlp.fc1"))?)?;
+    g.add(g.linear(h, &format!("{at}mlp.fc2"))?, x)
 }
 
 impl Clip {

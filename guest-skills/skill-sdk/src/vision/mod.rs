@@ -1,6 +1,8 @@
 //! Vision transformers as data: ViT and DeiT (a spec per family) on one
 //! pre-norm builder; Swin in [`swin`], ConvNeXt in [`convnext`],
-//! VideoMAE in [`videomae`], X-CLIP in [`xclip`] (on [`clip`]), DETR in
+//! VideoMAE in [`videomae`], X-CLIP in [`xclip`] (on [`clip`]), SigLIP's
+//! tower in [`siglip`] with LLaVA's feature selection and projector in
+//! [`llava`], DETR in
 //! [`detr`] on the ResNet backbones of
 //! [`resnet`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
@@ -12,7 +14,9 @@
 pub mod clip;
 pub mod convnext;
 pub mod detr;
+pub mod llava;
 pub mod resnet;
+pub mod siglip;
 pub mod swin;
 pub mod videomae;
 pub mod xclip;

@@ -1,0 +1,243 @@
+//! LLaVA (`model_type` "llava", the `image-text-to-text` task) on this
+//! skill's decoder and generation loop: the decoder is the model's
+//! `text_config` (llama or qwen2) with its weights under
+//! `model.language_model.` (transformers 5) or `language_model.model.`
+//! (the hub's older layout), the head `lm_head` or `language_model.lm_head`
+//! (else tied to the embeddings).
+//!
+//! Request: `{"prompt": "...<image>...", "images": [base64, ...]}` (or
+//! `"image": base64` for one), plus the generation keys. Each image token
+//! of the prompt (`<image>`, or the processor's `image_token`) stands for
+//! one image, in order; as `LlavaProcessor` does, it is expanded to the
+//! number of features an image yields, then the prompt is tokenized. Images
+//! are decoded and preprocessed in the sandbox (`preprocessor_config.json`:
+//! SigLIP's resize without crop, rescale, normalize).
+//!
+//! The images of a prefill (or of an extend step, for requests joining a
+//! running batch) go through the vision tower and projector inside that
+//! step's graph, once per image; at the positions `image_mask` [batch, seq]
+//! marks, the token embeddings [batch, seq, width] are replaced by the
+//! image features [images * tokens, width] that `image_rows` picks (a
+//! gather and a select, so nothing but pixels and indices crosses into the
+//! graph). Decode steps are the text decoder's, unchanged.
+
+use skill_sdk::config::Json;
+use skill_sdk::graph::Node;
+use skill_sdk::image::Preprocess;
+use skill_sdk::tensors::{f32_tensor, i64_tensor};
+use skill_sdk::vision::llava::LlavaVision;
+use skill_sdk::{invalid, Dim, Error, Graph, NamedTensor};
+
+/// Where the decoder's weights are, by the probe `embed_tokens.weight`.
+const LM_BASES: &[(&str, &str)] = &[
+    ("model.language_model.", "lm_head.weight"),
+    ("language_model.model.", "language_model.lm_head.weight"),
+];
+
+/// A LLaVA model's image side and naming.
+pub struct Llava {
+    pub vision: LlavaVision,
+    /// The decoder's weight prefix (`...layers.0...`, `...norm.weight`).
+    pub lm_base: String,
+    /// The head's weight name (absent: tied to the embeddings).
+    pub head: String,
+    /// The image token's id and text.
+    pub image_token: i64,
+    pub image_text: String,
+    pub pre: Preprocess,
+}
+
+/// A request's images, preprocessed: [3, h, w] values each.
+#[derive(Clone, Debug, Default)]
+pub struct Images {
+    pub pixels: Vec<Vec<f32>>,
+}
+
+impl Llava {
+    /// Reads a `llava` config; returns the model and its decoder's config
+    /// (`text_config`).
+    pub fn load(config: &Json) -> Result<(Llava, Json), Error> {
+        let text = config
+            .value
+            .get("text_config")
+            .cloned()
+            .ok_or_else(|| Error::Model("config.json: `text_config` is missing".into()))?;
+        let text = Json {
+            file: "config.json text_config".into(),
+            value: text,
+        };
+        let g = Graph::new("llava-probe");
+        let vision = LlavaVision::load(config, &g)?;
+        let (lm_base, head) = LM_BASES
+            .iter()
+            .find(|(b, _)| g.has(&format!("{b}embed_tokens.weight")))
+            .ok_or_else(|| {
+                Error::Model(
+                    "no LLaVA decoder in the checkpoint (looked for `embed_tokens.weight` under \
+                     model.language_model. and language_model.model.)"
+                        .into(),
+                )
+            })?;
+        let image_token = config
+            .value
+            .get("image_token_index")
+            .or_else(|| config.value.get("image_token_id"))
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| Error::Model("config.json: `image_token_index` is missing".into()))?;
+        let processor = Json::asset("processor_config.json")?;
+        let image_text = processor
+            .as_ref()
+            .and_then(|p| p.value.get("image_token"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("<image>")
+            .to_string();
+        let pre = Preprocess::read()?;
+        if pre.output_size() != Some(vision.image_size()) {
+            return Err(Error::Model(format!(
+                "preprocessor_config.json: images of {:?}, the vision tower takes {:?}",
+                pre.output_size(),
+                vision.image_size()
+            )));
+        }
+        Ok((
+            Llava {
+                vision,
+                lm_base: lm_base.to_string(),
+                head: head.to_string(),
+                image_token,
+                image_text,
+                pre,
+            },
+            text,
+        ))
+    }
+
+    /// The request's images (`images`, or one `image`), decoded and
+    /// preprocessed, and its prompt with each image token expanded; the
+    /// counts must agree.
+    pub fn prepare(&self, v: &serde_json::Value, prompt: &str) -> Result<(String, Images), Error> {
+        let fields: Vec<(String, &str)> = match (v.get("images"), v.get("image")) {
+            (Some(_), Some(_)) => return Err(invalid("give `images` or `image`, not both")),
+            (Some(serde_json::Value::Array(a)), None) => a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_str()
+                        .map(|s| (format!("images[{i}]"), s))
+                        .ok_or_else(|| invalid(format!("`images[{i}]` must be a base64 string")))
+                })
+                .collect::<Result<_, _>>()?,
+            (Some(_), None) => return Err(invalid("`images` must be a list of base64 strings")),
+            (None, Some(serde_json::Value::String(s))) => vec![("image".into(), s.as_str())],
+            (None, Some(_)) => return Err(invalid("`image` must be a base64 string")),
+            (None, None) => Vec::new(),
+        };
+        let marks = prompt.matches(self.image_text.as_str()).count();
+        if marks != fields.len() {
+            return Err(invalid(format!(
+                "the prompt has {marks} image token(s) `{}` and the request {} image(s)",
+                self.image_text,
+                fields.len()
+            )));
+        }
+        let mut pixels = Vec::with_capacity(fields.len());
+        for (name, b64) in fields {
+            let img = skill_sdk::image::from_base64(&name, b64)?;
+            pixels.push(self.pre.apply(&img).2);
+        }
+        let n = self.vision.tokens() as usize;
+        let expanded = prompt.replace(self.image_text.as_str(), &self.image_text.repeat(n));
+        Ok((expanded, Images { pixels }))
+    }
+
+    /// Checks that the tokenized prompt holds every image's tokens.
+    pub fn check_ids(&self, ids: &[i64], images: &Images) -> Result<(), Error> {
+        let got = ids.iter().filter(|&&t| t == self.image_token).count();
+        let want = images.pixels.len() * self.vision.tokens() as usize;
+        if got != want {
+            return Err(invalid(format!(
+                "the prompt tokenizes to {got} image tokens, {want} are needed for {} image(s) \
+                 (is `{}` in the prompt's text besides the image markers?)",
+                images.pixels.len(),
+                self.image_text
+            )));
+        }
+        Ok(())
+    }
+
+    /// `e` [batch, seq, width] (token embeddings; `bs` its leading dims)
+    /// with the image tokens' rows replaced by the image features.
+    pub fn splice(&self, g: &Graph, e: Node, bs: &[Dim]) -> Result<Node, Error> {
+        let rows = g.input("image_rows", skill_sdk::Dtype::I64, bs)?;
+        let at = g.input("image_mask", skill_sdk::Dtype::Boolean, bs)?;
+        let feats = self.vision.features(g, "images")?;
+        let w = self.vision.width as i64;
+        let picked = g.b.gather(g.b.reshape(feats, &[-1, w])?, rows, 0)?;
+        g.b.select(g.b.unsqueeze(at, -1)?, picked, e)
+    }
+
+    /// A step's image inputs: `pixel_values` of the images of `fresh` rows
+    /// (in row order), and for `ids` [rows, len] (left padded)
+    /// `image_mask` (true at image tokens) and `image_rows` (there, the
+    /// image feature's row among all the step's images' features; 0
+    /// elsewhere). Image-token ids become `pad` (their embeddings are
+    /// replaced; an image id may lie outside the vocabulary).
+    pub fn step_inputs(
+        &self,
+        rows: &[(bool, &Images)],
+        ids: &mut [i64],
+        len: usize,
+        pad: i64,
+    ) -> Result<Vec<NamedTensor>, Error> {
+        let mut mask = Vec::with_capacity(ids.len());
+        let mut pixels = Vec::new();
+        let mut count = 0u64;
+        let mut feature = 0usize;
+        let mut index = Vec::with_capacity(ids.len());
+        for (r, (fresh, images)) in rows.iter().enumerate() {
+            let row = ids
+                .get_mut(r * len..(r + 1) * len)
+                .ok_or_else(|| skill_sdk::internal("image rows outside the step"))?;
+            let mut own = 0usize;
+            for t in row.iter_mut() {
+                let image = *fresh && *t == self.image_token;
+                mask.push(image as u8);
+                index.push(if image { feature as i64 } else { 0 });
+                if image {
+                    feature += 1;
+                    own += 1;
+                    *t = pad;
+                }
+            }
+            if *fresh {
+                if own != images.pixels.len() * self.vision.tokens() as usize {
+                    return Err(skill_sdk::internal("image tokens and images disagree"));
+                }
+                for p in &images.pixels {
+                    pixels.extend_from_slice(p);
+                    count += 1;
+                }
+            }
+        }
+        let (h, w) = self.vision.image_size();
+        let c = self.vision.tower.channels;
+        Ok(vec![
+            NamedTensor {
+                name: "pixel_values".into(),
+                value: f32_tensor(vec![count, c, h as u64, w as u64], &pixels),
+            },
+            NamedTensor {
+                name: "image_rows".into(),
+                value: i64_tensor(vec![rows.len() as u64, len as u64], &index),
+            },
+            NamedTensor {
+                name: "image_mask".into(),
+                value: skill_sdk::Tensor {
+                    dtype: skill_sdk::Dtype::Boolean,
+                    shape: vec![rows.len() as u64, len as u64],
+                    data: mask,
+                },
+            },
+        ])
+    }
+}

@@ -1,0 +1,234 @@
+//! `image-text-to-text` (LLaVA served by the `text-generation` skill)
+//! against transformers `generate` (greedy, fp32) on tiny random LLaVA
+//! models (tests/fixtures/gen_tiny_llava.py: SigLIP tower, projector, Qwen2
+//! decoder): token-identical continuations and first-step logits with one
+//! and with two images, one request at a time and all in one batch, on every
+//! device, with the growing and the fixed-slot KV cache; bad requests are
+//! typed errors.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use host::backend::Precision;
+use host::runner::Runner;
+
+const FIXTURES: &[&str] = &["tiny-llava", "tiny-llava-layers"];
+
+struct Case {
+    prompt: String,
+    images: Vec<String>,
+    new_ids: Vec<i64>,
+    prompt_len: usize,
+    prefill_logits: Vec<f32>,
+}
+
+fn b64(file: &str) -> String {
+    let bytes = std::fs::read(fixture(&format!("images/{file}"))).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn cases(name: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture(&format!("{name}/reference.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ints = |x: &serde_json::Value| -> Vec<i64> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect()
+    };
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            prompt: c["prompt"].as_str().unwrap().to_string(),
+            images: c["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| b64(f.as_str().unwrap()))
+                .collect(),
+            new_ids: ints(&c["new_ids"]),
+            prompt_len: c["prompt_ids"].as_array().unwrap().len(),
+            prefill_logits: c["prefill_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
+        })
+        .collect()
+}
+
+fn request(c: &Case, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({
+        "prompt": c.prompt, "images": c.images, "max_new_tokens": c.new_ids.len(),
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v.to_string()
+}
+
+fn ask(r: &mut Runner, reqs: &[String]) -> Vec<serde_json::Value> {
+    r.handle(reqs)
+        .into_iter()
+        .map(|o| {
+            let line = o
+                .unwrap_or_else(|e| panic!("generation failed: {e}"))
+                .to_json_line()
+                .unwrap();
+            serde_json::from_str(&line).unwrap()
+        })
+        .collect()
+}
+
+fn tokens(r: &serde_json::Value) -> Vec<i64> {
+    r["token_ids"]
+        .as_array()
+        .expect("token_ids")
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+fn greedy_matches(device: &str, fixed_shapes: Option<bool>) {
+    if !available(device) {
+        return;
+    }
+    for name in FIXTURES {
+        let cases = cases(name);
+        let mut r = runner_with(
+            "text-generation",
+            &fixture(name),
+            device,
+            Precision::F32,
+            fixed_shapes,
+        );
+        let label = format!("{name} on {device} (fixed slots {fixed_shapes:?})");
+        let mut worst = 0f64;
+        for c in &cases {
+            let got = &ask(
+                &mut r,
+                &[request(c, serde_json::json!({"return_logits": true}))],
+            )[0];
+            assert_eq!(tokens(got), c.new_ids, "{label}: {:?}", c.prompt);
+            assert_eq!(got["prompt_tokens"], c.prompt_len, "{label}");
+            assert_eq!(got["device"], device);
+            let logits: Vec<f32> = got["prefill_logits"]
+                .as_array()
+                .expect("prefill_logits")
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let (cos, max_abs) = compare(&logits, &c.prefill_logits);
+            assert!(
+                cos >= 0.99999 && max_abs <= 1e-4,
+                "{label}: {:?}: logits cos {cos} max-abs {max_abs}",
+                c.prompt
+            );
+            worst = worst.max(max_abs);
+        }
+        // All cases in one left-padded batch (images of several rows in one
+        // step's graph).
+        let reqs: Vec<String> = cases
+            .iter()
+            .map(|c| request(c, serde_json::json!({})))
+            .collect();
+        for (c, got) in cases.iter().zip(ask(&mut r, &reqs)) {
+            assert_eq!(tokens(&got), c.new_ids, "{label} batched: {:?}", c.prompt);
+        }
+        eprintln!(
+            "{label}: {} cases token-identical, logits max-abs {worst:.2e}",
+            cases.len()
+        );
+    }
+}
+
+#[test]
+fn llava_greedy_matches_transformers_on_cpu() {
+    greedy_matches("cpu", None);
+}
+
+#[test]
+fn llava_greedy_matches_transformers_with_fixed_slots() {
+    greedy_matches("cpu", Some(true));
+}
+
+#[test]
+fn llava_greedy_matches_transformers_on_openvino() {
+    greedy_matches("openvino", None);
+}
+
+#[test]
+fn llava_greedy_matches_transformers_on_cuda() {
+    greedy_matches("cuda", None);
+}
+
+#[test]
+fn bad_image_requests_are_clear_errors() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-llava"),
+        "cpu",
+        Precision::F32,
+    );
+    let img = b64("gradient_64x48.png");
+    let not_image = base64::engine::general_purpose::STANDARD.encode(b"not an image at all");
+    let bad = [
+        (
+            serde_json::json!({"prompt": "<image> and <image>", "images": [img]}),
+            "2 image token(s)",
+        ),
+        (
+            serde_json::json!({"prompt": "no marker", "image": img}),
+            "0 image token(s)",
+        ),
+        (
+            serde_json::json!({"prompt": "<image> hi", "images": [not_image]}),
+            "`images[0]`",
+        ),
+        (
+            serde_json::json!({"prompt": "<image> hi", "images": ["%%%"]}),
+            "`images[0]`",
+        ),
+        (
+            serde_json::json!({"prompt": "<image> hi", "images": [1]}),
+            "base64 string",
+        ),
+        (
+            serde_json::json!({"prompt": "<image> hi", "image": img, "images": [img]}),
+            "not both",
+        ),
+    ];
+    for (req, text) in bad {
+        let req = req.to_string();
+        let e = r
+            .handle(std::slice::from_ref(&req))
+            .remove(0)
+            .err()
+            .unwrap_or_else(|| panic!("{req} must fail"));
+        assert_eq!(e.kind, "invalid-request", "{e}");
+        assert!(e.message.contains(text), "{text}: {e}");
+    }
+    // A text-only prompt is served; a text model refuses images.
+    let ok = &ask(
+        &mut r,
+        &[serde_json::json!({"prompt": "Hello", "max_new_tokens": 2}).to_string()],
+    )[0];
+    assert_eq!(tokens(ok).len(), 2);
+    let mut text = runner(
+        "text-generation",
+        &fixture("tiny-qwen2"),
+        "cpu",
+        Precision::F32,
+    );
+    let req = serde_json::json!({"prompt": "<image> hi", "image": img}).to_string();
+    let e = text.handle(&[req]).remove(0).unwrap_err();
+    assert!(e.message.contains("takes no images"), "{e}");
+}
