@@ -232,3 +232,85 @@ fn bad_image_requests_are_clear_errors() {
     let e = text.handle(&[req]).remove(0).unwrap_err();
     assert!(e.message.contains("takes no images"), "{e}");
 }
+
+/// Requests with images join a running batch (their prompts and images go
+/// through an extend step next to the other rows' next token), on the
+/// growing cache and on fixed slots; every sequence matches transformers,
+/// and a bad joiner is answered with its error.
+#[test]
+fn image_requests_join_a_running_batch() {
+    if !available("cpu") {
+        return;
+    }
+    for fixed in [None, Some(true)] {
+        join_matches("cpu", fixed);
+    }
+    if available("openvino") {
+        join_matches("openvino", None);
+    }
+}
+
+fn join_matches(device: &str, fixed_shapes: Option<bool>) {
+    let name = "tiny-llava";
+    let cs = cases(name);
+    let mut r = runner_with(
+        "text-generation",
+        &fixture(name),
+        device,
+        Precision::F32,
+        fixed_shapes,
+    );
+    let lengths = [16usize, 3, 6, 2];
+    let ask_for = |i: usize| request(&cs[i], serde_json::json!({ "max_new_tokens": lengths[i] }));
+    let bad = serde_json::json!({"prompt": "<image><image>", "images": [cs[0].images[0]]});
+    let queued = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        (10usize, ask_for(2)),
+        (11, bad.to_string()),
+    ]));
+    type Answers =
+        std::sync::Arc<std::sync::Mutex<Vec<(usize, Result<serde_json::Value, String>)>>>;
+    let early: Answers = Default::default();
+    let sink = early.clone();
+    let answer: host::runner::EarlyAnswer = std::sync::Arc::new(move |i, a| {
+        let v = a
+            .map(|o| serde_json::from_str(&o.to_json_line().unwrap()).unwrap())
+            .map_err(|e| e.kind.to_string());
+        sink.lock().unwrap().push((i, v));
+    });
+    let source = queued.clone();
+    let queue: host::runner::JoinQueue = Box::new(move |max| {
+        let mut q = source.lock().unwrap();
+        let n = max.min(q.len());
+        q.drain(..n).map(|(i, req)| (i, req, None)).collect()
+    });
+    r.try_handle_streaming(
+        &[ask_for(0), ask_for(1), ask_for(3)],
+        &[],
+        Some(answer),
+        Some(queue),
+    )
+    .expect("batch runs");
+    assert!(
+        queued.lock().unwrap().is_empty(),
+        "both queued requests joined"
+    );
+    let early = early.lock().unwrap();
+    let got = |i: usize| {
+        early
+            .iter()
+            .find(|(j, _)| *j == i)
+            .unwrap_or_else(|| panic!("request {i} was not answered"))
+            .1
+            .clone()
+    };
+    let label = format!("{device} (fixed slots {fixed_shapes:?})");
+    for (i, at) in [(0usize, 0usize), (1, 1), (3, 2), (2, 10)] {
+        let v = got(at).unwrap_or_else(|e| panic!("{label}, request {i}: {e}"));
+        assert_eq!(
+            tokens(&v),
+            cs[i].new_ids[..lengths[i]],
+            "{label}, request {i}"
+        );
+    }
+    assert_eq!(got(11), Err("invalid-request".to_string()));
+}
