@@ -21,6 +21,7 @@
 //! `<image>` in the prompt (see `llava.rs`); the response is the same.
 
 mod decoder;
+mod dims;
 mod generate;
 mod llava;
 mod positions;

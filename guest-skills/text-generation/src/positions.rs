@@ -53,11 +53,30 @@ pub fn rope_tables(
     dim: u64,
     interleaved: bool,
 ) -> Result<(Node, Node), Error> {
-    let theta = c.f64_or("rope_theta", 10000.0)? as f32;
-    if c.value.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-        return Err(Error::Unsupported(
-            "config.json: `rope_scaling` is not supported yet".into(),
-        ));
+    // transformers 5 saves `rope_parameters` {rope_theta, rope_type}.
+    let params = c.value.get("rope_parameters").filter(|v| !v.is_null());
+    let theta = match (c.value.get("rope_theta"), params) {
+        (Some(t), _) if !t.is_null() => c.f64_or("rope_theta", 10000.0)?,
+        (_, Some(p)) => match p.get("rope_theta") {
+            None => 10000.0,
+            Some(t) => t.as_f64().ok_or_else(|| {
+                Error::Model(format!(
+                    "{}: `rope_parameters.rope_theta` must be a number",
+                    c.file
+                ))
+            })?,
+        },
+        _ => 10000.0,
+    } as f32;
+    let rope_type = params
+        .and_then(|p| p.get("rope_type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    if c.value.get("rope_scaling").is_some_and(|v| !v.is_null()) || rope_type != "default" {
+        return Err(Error::Unsupported(format!(
+            "{}: rope scaling (`rope_scaling`, rope_type `{rope_type}`) is not supported yet",
+            c.file
+        )));
     }
     if dim == 0 || !dim.is_multiple_of(2) {
         return Err(Error::Model(format!(
