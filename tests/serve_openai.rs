@@ -239,9 +239,11 @@ fn chat_completions_refuse_clearly() {
             "roles must alternate",
         ),
         (
+            // A text-only template cannot take image parts (Llama-2's strips a
+            // string): the template's own error.
             json!({ "model": "bos", "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "data:," } }] }] }),
             400,
-            "image_url",
+            "template",
         ),
         (
             json!({ "model": "bos", "messages": hello, "logprobs": true }),
@@ -450,4 +452,68 @@ fn embeddings_base64_and_tei_text_routes() {
     assert!(info["model_type"]["embedding"].is_object(), "{info}");
     let (code, _) = post(&a, &format!("{}/embed_all", s.base), r#"{"inputs": "x"}"#);
     assert_eq!(code, 400);
+}
+
+/// A vision-language chat (tiny LLaVA): an `image_url` data URL part
+/// reaches the template as an image part (its `<image>` token) and the
+/// skill as an image; the answer equals transformers' greedy tokens for
+/// that rendered prompt and image (the fixture's chat case).
+#[test]
+fn chat_completions_with_images() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "llava",
+            "text-generation",
+            &fixture("tiny-llava"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-llava/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["prompt"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("<|im_start|>user\n<image>"))
+        })
+        .expect("the fixture's chat case");
+    use base64::Engine;
+    let image = std::fs::read(fixture("images/alpha_45x60.png")).unwrap();
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(image)
+    );
+    let new = case["new_ids"].as_array().unwrap().len();
+    let body = json!({"model": "llava", "max_tokens": new, "temperature": 0, "messages": [
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "Rust and WebAssembly run"}]}]});
+    let (code, v) = post(
+        &agent(),
+        &format!("{}/v1/chat/completions", s.base),
+        &body.to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], case["text"], "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], new);
+    // Images are given, not fetched.
+    let body = json!({"model": "llava", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]});
+    let (code, v) = post(
+        &agent(),
+        &format!("{}/v1/chat/completions", s.base),
+        &body.to_string(),
+    );
+    assert_eq!(code, 400, "{v}");
 }

@@ -10,6 +10,12 @@
 //! without that BOS. Otherwise it asks for `add_special_tokens: false`, and an
 //! answer whose prompt token count is not the template's is an error, never
 //! a silently different prompt.
+//!
+//! Image parts (`image_url` with a data URL) reach the template as
+//! `{"type": "image"}` parts, where a vision-language template (LLaVA)
+//! writes its image token; the images go to the skill as `images`, in
+//! message order, which splices their features in (URLs to fetch are
+//! refused: the server fetches nothing).
 
 use std::sync::Arc;
 
@@ -47,46 +53,35 @@ struct Conversation {
 }
 
 /// Checks one message and returns it for the template: `content` parts of
-/// type `text` joined by newlines (templates expect a string), `developer`
-/// read as `system`.
-fn message(i: usize, m: &Value, ordered: &JValue) -> Result<JValue, ApiError> {
+/// type `text` joined by newlines (templates expect a string) unless the
+/// message has images: then its parts go to the template in order, each
+/// `image_url` part as `{"type": "image"}` (where multimodal templates
+/// write their image token) and its URL (a data URL or base64) appended
+/// to `images`; `developer` read as `system`.
+fn message(
+    i: usize,
+    m: &Value,
+    ordered: &JValue,
+    images: &mut Vec<String>,
+) -> Result<JValue, ApiError> {
     let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
         bad(
             "invalid-request",
             format!("messages[{i}] needs a string `role`"),
         )
     })?;
-    let content = match m.get("content") {
-        None | Some(Value::Null) if role == "assistant" => None,
-        Some(Value::String(_)) => None,
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::with_capacity(parts.len());
-            for (j, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
-                    (Some(other), _) if other != "text" => {
-                        return Err(bad(
-                            "unsupported",
-                            format!("messages[{i}].content[{j}]: `{other}` parts are not supported on a text-generation endpoint"),
-                        ))
-                    }
-                    _ => {
-                        return Err(bad(
-                            "invalid-request",
-                            format!("messages[{i}].content[{j}] must be {{\"type\": \"text\", \"text\": string}}"),
-                        ))
-                    }
-                }
-            }
-            Some(texts.join("\n"))
-        }
-        _ => {
-            return Err(bad(
+    let content =
+        match m.get("content") {
+            None | Some(Value::Null) if role == "assistant" => None,
+            Some(Value::String(_)) => None,
+            Some(Value::Array(parts)) => Some(content_parts(i, parts, images)?),
+            _ => return Err(bad(
                 "invalid-request",
-                format!("messages[{i}].content must be a string or a list of text parts"),
-            ))
-        }
-    };
+                format!(
+                    "messages[{i}].content must be a string or a list of text and image_url parts"
+                ),
+            )),
+        };
     let keys: Vec<JValue> = ordered
         .try_iter()
         .map_err(|e| internal(e.to_string()))?
@@ -96,12 +91,64 @@ fn message(i: usize, m: &Value, ordered: &JValue) -> Result<JValue, ApiError> {
         let key = k.as_str().unwrap_or_default().to_string();
         let value = match (key.as_str(), &content) {
             ("role", _) if role == "developer" => JValue::from("system"),
-            ("content", Some(text)) => JValue::from(text.as_str()),
+            ("content", Some(c)) => c.clone(),
             _ => ordered.get_item(&k).map_err(|e| internal(e.to_string()))?,
         };
         pairs.push((key, value));
     }
     Ok(JValue::from_pairs(pairs))
+}
+
+/// A message's content parts for the template: the texts joined into one
+/// string, or (with images) the parts in order, images as `{"type":
+/// "image"}` and their URLs collected.
+fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<JValue, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    let mut items = Vec::with_capacity(parts.len());
+    let mut has_image = false;
+    for (j, p) in parts.iter().enumerate() {
+        match (p.get("type").and_then(Value::as_str), p.get("text")) {
+            (Some("text"), Some(Value::String(t))) => {
+                texts.push(t.as_str());
+                items.push(JValue::from_pairs(vec![
+                    ("type", JValue::from("text")),
+                    ("text", JValue::from(t.as_str())),
+                ]));
+            }
+            (Some("image_url"), _) => {
+                let url = match p.get("image_url") {
+                    Some(Value::String(u)) => u.as_str(),
+                    Some(o) => o.get("url").and_then(Value::as_str).unwrap_or_default(),
+                    None => "",
+                };
+                if url.is_empty() || url.starts_with("http://") || url.starts_with("https://") {
+                    return Err(bad(
+                        "invalid-request",
+                        format!("messages[{i}].content[{j}]: give the image as a data URL (`data:image/png;base64,...`); the server fetches nothing"),
+                    ));
+                }
+                images.push(url.to_string());
+                has_image = true;
+                items.push(JValue::from_pairs(vec![("type", JValue::from("image"))]));
+            }
+            (Some(other), _) if other != "text" => {
+                return Err(bad(
+                    "unsupported",
+                    format!("messages[{i}].content[{j}]: `{other}` parts are not supported"),
+                ))
+            }
+            _ => return Err(bad(
+                "invalid-request",
+                format!(
+                    "messages[{i}].content[{j}] must be {{\"type\": \"text\", \"text\": string}}"
+                ),
+            )),
+        }
+    }
+    Ok(match has_image {
+        true => JValue::from(items),
+        false => JValue::from(texts.join("\n")),
+    })
 }
 
 /// The prompt text for the skill, whether it must ask the skill not to add
@@ -174,8 +221,13 @@ pub(super) fn check_prompt(o: &Output, want: u64) -> Result<(), ApiError> {
     }
 }
 
-/// The rendered prompt of a chat body, checked against the endpoint.
-fn render(files: &ModelFiles, v: &Value, conv: Conversation) -> Result<Prompt, ApiError> {
+/// The rendered prompt of a chat body, checked against the endpoint, and
+/// its images in message order.
+fn render(
+    files: &ModelFiles,
+    v: &Value,
+    conv: Conversation,
+) -> Result<(Prompt, Vec<String>), ApiError> {
     let template = match &files.chat_template {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -198,11 +250,12 @@ fn render(files: &ModelFiles, v: &Value, conv: Conversation) -> Result<Prompt, A
     };
     let ordered = conv.messages.map(|o| o.0).unwrap_or_default();
     let mut messages = Vec::with_capacity(list.len());
+    let mut images = Vec::new();
     for (i, m) in list.iter().enumerate() {
         let o = ordered
             .get_item_by_index(i)
             .map_err(|e| internal(e.to_string()))?;
-        messages.push(message(i, m, &o)?);
+        messages.push(message(i, m, &o, &mut images)?);
     }
     let tools = match (v.get("tools"), conv.tools) {
         (Some(Value::Array(a)), Some(t)) if !a.is_empty() => Some(t.0),
@@ -229,7 +282,13 @@ fn render(files: &ModelFiles, v: &Value, conv: Conversation) -> Result<Prompt, A
             "the chat template rendered an empty prompt",
         ));
     }
-    prepare(files, rendered)
+    let mut prompt = prepare(files, rendered)?;
+    if !images.is_empty() {
+        // The skill expands each image token into the image's features:
+        // its prompt count is not the text's.
+        prompt.tokens = None;
+    }
+    Ok((prompt, images))
 }
 
 /// OpenAI `POST /v1/chat/completions` (see the module docs).
@@ -279,10 +338,13 @@ pub(super) async fn openai_chat(
     let mut request = generation_request(&v, "")?;
     let (stream, include_usage) = stream_flags(&v)?;
     let (f, body) = (files.clone(), v.clone());
-    let prompt = tokio::task::spawn_blocking(move || render(&f, &body, conv))
+    let (prompt, images) = tokio::task::spawn_blocking(move || render(&f, &body, conv))
         .await
         .map_err(|e| internal(format!("rendering the chat template failed: {e}")))??;
     request["prompt"] = Value::String(prompt.text);
+    if !images.is_empty() {
+        request["images"] = json!(images);
+    }
     if prompt.no_special_tokens {
         request["add_special_tokens"] = Value::Bool(false);
     }
