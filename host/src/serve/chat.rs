@@ -70,18 +70,19 @@ fn message(
             format!("messages[{i}] needs a string `role`"),
         )
     })?;
-    let content =
-        match m.get("content") {
-            None | Some(Value::Null) if role == "assistant" => None,
-            Some(Value::String(_)) => None,
-            Some(Value::Array(parts)) => Some(content_parts(i, parts, images)?),
-            _ => return Err(bad(
+    let content = match m.get("content") {
+        None | Some(Value::Null) if role == "assistant" => None,
+        Some(Value::String(_)) => None,
+        Some(Value::Array(parts)) => Some(content_parts(i, parts, images)?),
+        _ => {
+            return Err(bad(
                 "invalid-request",
                 format!(
                     "messages[{i}].content must be a string or a list of text and image_url parts"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let keys: Vec<JValue> = ordered
         .try_iter()
         .map_err(|e| internal(e.to_string()))?
@@ -137,12 +138,14 @@ fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<
                     format!("messages[{i}].content[{j}]: `{other}` parts are not supported"),
                 ))
             }
-            _ => return Err(bad(
-                "invalid-request",
-                format!(
+            _ => {
+                return Err(bad(
+                    "invalid-request",
+                    format!(
                     "messages[{i}].content[{j}] must be {{\"type\": \"text\", \"text\": string}}"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(match has_image {
