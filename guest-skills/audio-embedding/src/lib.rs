@@ -2,7 +2,7 @@
 //! frames of a speech encoder's last hidden state (Wav2Vec2, HuBERT; base
 //! or CTC checkpoints).
 //!
-//! Request: `{"audio": "<base64 WAV>"}` or `{"array": [f32],
+//! Request: `{"audio": "<base64 WAV, FLAC, MP3 or OGG>"}` or `{"array": [f32],
 //! "sampling_rate": 16000}`. Response: `{"embedding": [f32]}`.
 //! Audio is decoded inside the sandbox and normalised as the model's
 //! feature extractor does (`do_normalize`). Each clip runs on its own (the
@@ -35,7 +35,7 @@ impl Guest for AudioEmbedding {
             name: "audio-embedding".into(),
             task: "audio-embedding".into(),
             architectures: Wav2Vec2::MODEL_TYPES.iter().map(|s| s.to_string()).collect(),
-            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"}}}"#.into(),
+            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV, FLAC, MP3 or OGG/Vorbis (resampled to the model rate)"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"embedding":{"type":"array","items":{"type":"number"}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }

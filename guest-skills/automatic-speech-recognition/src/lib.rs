@@ -9,7 +9,7 @@
 //!   encoder-decoder generation loop with Whisper's prompt, language
 //!   detection, suppressed tokens and timestamp rules ([`whisper`]).
 //!
-//! Request: `{"audio": "<base64 WAV>"}` or `{"array": [f32],
+//! Request: `{"audio": "<base64 WAV, FLAC, MP3 or OGG>"}` or `{"array": [f32],
 //! "sampling_rate": 16000}`; Whisper also takes `language`, `task`,
 //! `return_timestamps` and generation keys. Response: `{"text"}`, and for
 //! Whisper `"chunks": [{"text", "timestamp": [start, end]}]` when
@@ -62,7 +62,7 @@ impl Guest for Asr {
             name: "automatic-speech-recognition".into(),
             task: "automatic-speech-recognition".into(),
             architectures,
-            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"language":{"type":"string"},"task":{"enum":["transcribe","translate"]},"return_timestamps":{"type":"boolean"}}}"#.into(),
+            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV, FLAC, MP3 or OGG/Vorbis (resampled to the model rate)"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"language":{"type":"string"},"task":{"enum":["transcribe","translate"]},"return_timestamps":{"type":"boolean"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"chunks":{"type":"array"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }

@@ -10,7 +10,7 @@
 //!   draws random numbers).
 //!
 //! Request: `{"text": "..."}`, `{"image": "<base64 or data URL>"}` or
-//! `{"audio": "<base64 WAV>"}` (or `{"array": [...], "sampling_rate": n}`).
+//! `{"audio": "<base64 WAV, FLAC, MP3 or OGG>"}` (or `{"array": [...], "sampling_rate": n}`).
 //! Response: `{"embedding": [...]}` (plus `"tokens"` and `"truncated"`
 //! for texts, longer ones cut at the text tower's positions). Inputs of one
 //! kind in a batch run through their tower together. So an endpoint

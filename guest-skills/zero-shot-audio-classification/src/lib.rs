@@ -2,7 +2,7 @@
 //! describes a sound, with the semantics of transformers'
 //! `zero-shot-audio-classification` pipeline, for CLAP.
 //!
-//! Request: `{"audio": "<base64 WAV>", "candidate_labels": ["a dog", "rain"],
+//! Request: `{"audio": "<base64 WAV, FLAC, MP3 or OGG>", "candidate_labels": ["a dog", "rain"],
 //! "hypothesis_template": "This is a sound of {}."}` (or `{"array": [...],
 //! "sampling_rate": n}` in place of `audio`, at the extractor's rate).
 //! Response: `{"labels": [{"label", "score"}]}`, best first (ties keep the
