@@ -95,3 +95,80 @@ pub fn labels_answers(
         .map(|(i, &(f, k))| Ok(labels_answer(&logits[i * n..(i + 1) * n], labels, f, k)))
         .collect())
 }
+
+/// A zero-shot request's candidates: `candidate_labels` and, for each, its
+/// hypothesis (`hypothesis_template` with `{}` replaced by the label).
+#[derive(Clone, Debug)]
+pub struct Candidates {
+    pub labels: Vec<String>,
+    pub hypotheses: Vec<String>,
+}
+
+impl Candidates {
+    /// Reads `candidate_labels` (a non-empty list) and
+    /// `hypothesis_template` (else `default_template`).
+    pub fn read(req: &crate::requests::Request, default_template: &str) -> Result<Self, Error> {
+        let labels = req
+            .opt_strings("candidate_labels")?
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| invalid("`candidate_labels` must be a non-empty list of strings"))?;
+        let template = req
+            .opt_str("hypothesis_template")?
+            .unwrap_or(default_template);
+        Ok(Candidates {
+            hypotheses: labels.iter().map(|l| template.replace("{}", l)).collect(),
+            labels,
+        })
+    }
+}
+
+/// Every distinct hypothesis of a batch once, in first-seen order (the
+/// texts to embed), and where each one is in that list.
+pub fn distinct_hypotheses<'a>(
+    batch: impl IntoIterator<Item = &'a Candidates>,
+) -> (Vec<String>, std::collections::HashMap<&'a str, usize>) {
+    let mut index = std::collections::HashMap::new();
+    let mut texts = Vec::new();
+    for h in batch.into_iter().flat_map(|c| &c.hypotheses) {
+        if !index.contains_key(h.as_str()) {
+            index.insert(h.as_str(), texts.len());
+            texts.push(h.clone());
+        }
+    }
+    (texts, index)
+}
+
+/// The zero-shot answers of a batch: item i's embedding `items[i]` [d]
+/// against the embeddings `text` [distinct texts, d] of its hypotheses
+/// (found by `index`), dot products (the logit scale already in the
+/// embeddings) softmaxed over its labels, best first.
+pub fn zero_shot_answers(
+    items: &[f32],
+    text: &[f32],
+    index: &std::collections::HashMap<&str, usize>,
+    batch: &[&Candidates],
+) -> Result<Vec<Result<crate::Response, Error>>, Error> {
+    let d = items.len() / batch.len().max(1);
+    if d == 0 || items.len() != batch.len() * d || text.len() != index.len() * d {
+        return Err(crate::internal("embedding sizes do not match"));
+    }
+    let row = |k: usize| &text[k * d..(k + 1) * d];
+    let mut out = Vec::with_capacity(batch.len());
+    for (i, c) in batch.iter().enumerate() {
+        let v = &items[i * d..(i + 1) * d];
+        let mut logits = Vec::with_capacity(c.hypotheses.len());
+        for h in &c.hypotheses {
+            let k = *index
+                .get(h.as_str())
+                .ok_or_else(|| crate::internal("a hypothesis was not embedded"))?;
+            logits.push(v.iter().zip(row(k)).map(|(a, b)| a * b).sum());
+        }
+        out.push(Ok(labels_answer(
+            &logits,
+            &c.labels,
+            Function::Softmax,
+            c.labels.len(),
+        )));
+    }
+    Ok(out)
+}

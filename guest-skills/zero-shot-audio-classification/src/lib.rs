@@ -17,13 +17,12 @@
 //! products.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use skill_sdk::audio::clap::{Loaded, Output};
 use skill_sdk::requests::Request;
-use skill_sdk::scores::{ranked, Function};
+use skill_sdk::scores::{distinct_hypotheses, zero_shot_answers, Candidates};
 use skill_sdk::tensors::{f32_values, take};
-use skill_sdk::{invalid, Error, Guest, Response, SkillInfo};
+use skill_sdk::{Error, Guest, Response, SkillInfo};
 
 const DEFAULT_TEMPLATE: &str = "This is a sound of {}.";
 
@@ -33,9 +32,7 @@ thread_local! {
 
 struct ZeroShotRequest {
     samples: Vec<f32>,
-    labels: Vec<String>,
-    /// One hypothesis per label.
-    hypotheses: Vec<String>,
+    candidates: Candidates,
 }
 
 struct ZeroShotAudio;
@@ -70,19 +67,12 @@ fn parse_request(req: Request) -> Result<ZeroShotRequest, Error> {
         "candidate_labels",
         "hypothesis_template",
     ])?;
-    let labels = req
-        .opt_strings("candidate_labels")?
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| invalid("`candidate_labels` must be a non-empty list of strings"))?;
-    let template = req
-        .opt_str("hypothesis_template")?
-        .unwrap_or(DEFAULT_TEMPLATE);
+    let candidates = Candidates::read(&req, DEFAULT_TEMPLATE)?;
     let rate = skill_sdk::state::with(&STATE, |l| Ok(l.features.rate))?;
     let audio = skill_sdk::audio::from_request(&req, rate)?;
     Ok(ZeroShotRequest {
         samples: audio.samples,
-        hypotheses: labels.iter().map(|l| template.replace("{}", l)).collect(),
-        labels,
+        candidates,
     })
 }
 
@@ -91,46 +81,11 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
         // Audio embeddings [n, d].
         let clips: Vec<&[f32]> = reqs.iter().map(|r| r.samples.as_slice()).collect();
         let audio = f32_values(&take(l.audio.run(&l.audio_inputs(&clips)?)?, "embeds")?)?;
-        // Every distinct hypothesis once.
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut texts: Vec<String> = Vec::new();
-        for h in reqs.iter().flat_map(|r| &r.hypotheses) {
-            if !index.contains_key(h.as_str()) {
-                index.insert(h, texts.len());
-                texts.push(h.clone());
-            }
-        }
+        let batch: Vec<&Candidates> = reqs.iter().map(|r| &r.candidates).collect();
+        let (texts, index) = distinct_hypotheses(batch.iter().copied());
         let enc = l.tokenizer.encode_batch(&texts)?;
         let text = f32_values(&take(l.text.run(&l.clap.text.inputs(&enc))?, "embeds")?)?;
-        let d = audio.len() / reqs.len().max(1);
-        if d == 0 || text.len() != texts.len() * d {
-            return Err(skill_sdk::internal("embedding sizes do not match"));
-        }
-        Ok(reqs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let a = &audio[i * d..(i + 1) * d];
-                let logits: Vec<f32> = r
-                    .hypotheses
-                    .iter()
-                    .map(|h| {
-                        let k = index[h.as_str()];
-                        let t = &text[k * d..(k + 1) * d];
-                        a.iter().zip(t).map(|(x, y)| x * y).sum()
-                    })
-                    .collect();
-                let scores = Function::Softmax.apply(&logits);
-                let labels: Vec<serde_json::Value> = ranked(&scores, scores.len())
-                    .into_iter()
-                    .map(|k| serde_json::json!({"label": r.labels[k], "score": scores[k]}))
-                    .collect();
-                Ok(Response {
-                    json: serde_json::json!({ "labels": labels }).to_string(),
-                    tensors: Vec::new(),
-                })
-            })
-            .collect())
+        zero_shot_answers(&audio, &text, &index, &batch)
     })
 }
 

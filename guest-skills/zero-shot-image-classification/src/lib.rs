@@ -13,14 +13,13 @@
 //! scale), so the logits are their dot products.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use skill_sdk::image as img;
 use skill_sdk::requests::Request;
-use skill_sdk::scores::{ranked, Function};
+use skill_sdk::scores::{distinct_hypotheses, zero_shot_answers, Candidates};
 use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::vision::clip::{Loaded, Output};
-use skill_sdk::{invalid, Error, Guest, NamedTensor, Response, SkillInfo};
+use skill_sdk::{Error, Guest, NamedTensor, Response, SkillInfo};
 
 const DEFAULT_TEMPLATE: &str = "This is a photo of {}.";
 
@@ -30,9 +29,7 @@ thread_local! {
 
 struct ZeroShotRequest {
     image: img::Rgb,
-    labels: Vec<String>,
-    /// One hypothesis per label.
-    hypotheses: Vec<String>,
+    candidates: Candidates,
 }
 
 struct ZeroShot;
@@ -61,17 +58,10 @@ impl Guest for ZeroShot {
 
 fn parse_request(req: Request) -> Result<ZeroShotRequest, Error> {
     req.only(&["image", "candidate_labels", "hypothesis_template"])?;
-    let labels = req
-        .opt_strings("candidate_labels")?
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| invalid("`candidate_labels` must be a non-empty list of strings"))?;
-    let template = req
-        .opt_str("hypothesis_template")?
-        .unwrap_or(DEFAULT_TEMPLATE);
+    let candidates = Candidates::read(&req, DEFAULT_TEMPLATE)?;
     Ok(ZeroShotRequest {
         image: img::from_base64("image", req.str("image")?)?,
-        hypotheses: labels.iter().map(|l| template.replace("{}", l)).collect(),
-        labels,
+        candidates,
     })
 }
 
@@ -84,46 +74,12 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
             value: l.pre.batch(&images)?,
         };
         let image = f32_values(&take(l.image.run(&[pixels])?, "embeds")?)?;
-        // Every distinct hypothesis once.
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut texts: Vec<String> = Vec::new();
-        for h in reqs.iter().flat_map(|r| &r.hypotheses) {
-            if !index.contains_key(h.as_str()) {
-                index.insert(h, texts.len());
-                texts.push(h.clone());
-            }
-        }
+        let batch: Vec<&Candidates> = reqs.iter().map(|r| &r.candidates).collect();
+        let (texts, index) = distinct_hypotheses(batch.iter().copied());
         let enc = l.tokenizer.encode_batch(&texts)?;
         let inputs = l.clip.text_inputs(&enc)?;
         let text = f32_values(&take(l.text.run(&inputs)?, "embeds")?)?;
-        let d = image.len() / reqs.len().max(1);
-        if d == 0 || text.len() != texts.len() * d {
-            return Err(skill_sdk::internal("embedding sizes do not match"));
-        }
-        Ok(reqs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let v = &image[i * d..(i + 1) * d];
-                let logits: Vec<f32> = r
-                    .hypotheses
-                    .iter()
-                    .map(|h| {
-                        let t = &text[index[h.as_str()] * d..(index[h.as_str()] + 1) * d];
-                        v.iter().zip(t).map(|(a, b)| a * b).sum()
-                    })
-                    .collect();
-                let scores = Function::Softmax.apply(&logits);
-                let labels: Vec<serde_json::Value> = ranked(&scores, scores.len())
-                    .into_iter()
-                    .map(|k| serde_json::json!({"label": r.labels[k], "score": scores[k]}))
-                    .collect();
-                Ok(Response {
-                    json: serde_json::json!({ "labels": labels }).to_string(),
-                    tensors: Vec::new(),
-                })
-            })
-            .collect())
+        zero_shot_answers(&image, &text, &index, &batch)
     })
 }
 
