@@ -445,9 +445,6 @@ fn queued_requests_join_a_running_batch_on_cuda() {
     }
 }
 
-/// Early answers in arrival order: (index, JSON or error kind).
-type Answers = std::sync::Arc<std::sync::Mutex<Vec<(usize, Result<serde_json::Value, String>)>>>;
-
 fn join_matches(arch: &str, device: &str) {
     join_matches_with(arch, device, None, None);
 }
@@ -478,24 +475,10 @@ fn join_matches_with(arch: &str, device: &str, fixed_shapes: Option<bool>, long:
         tokens(&ask(&mut solo, &[ask_for(2)])[0])
     });
     let batch = [ask_for(0), ask_for(1)];
-    let queued = std::sync::Arc::new(std::sync::Mutex::new(vec![
+    let (answer, queue, early, queued) = joining(vec![
         (10usize, ask_for(2)),
         (11, request("", serde_json::json!({}))),
-    ]));
-    let early: Answers = Default::default();
-    let sink = early.clone();
-    let answer: host::runner::EarlyAnswer = std::sync::Arc::new(move |i, a| {
-        let v = a
-            .map(|o| serde_json::from_str(&o.to_json_line().unwrap()).unwrap())
-            .map_err(|e| e.kind.to_string());
-        sink.lock().unwrap().push((i, v));
-    });
-    let source = queued.clone();
-    let queue: host::runner::JoinQueue = Box::new(move |max| {
-        let mut q = source.lock().unwrap();
-        let n = max.min(q.len());
-        q.drain(..n).map(|(i, req)| (i, req, None)).collect()
-    });
+    ]);
     r.try_handle_streaming(&batch, &[], Some(answer), Some(queue))
         .expect("batch runs");
     assert!(

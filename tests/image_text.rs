@@ -263,26 +263,8 @@ fn join_matches(device: &str, fixed_shapes: Option<bool>) {
     let lengths = [16usize, 3, 6, 2];
     let ask_for = |i: usize| request(&cs[i], serde_json::json!({ "max_new_tokens": lengths[i] }));
     let bad = serde_json::json!({"prompt": "<image><image>", "images": [cs[0].images[0]]});
-    let queued = std::sync::Arc::new(std::sync::Mutex::new(vec![
-        (10usize, ask_for(2)),
-        (11, bad.to_string()),
-    ]));
-    type Answers =
-        std::sync::Arc<std::sync::Mutex<Vec<(usize, Result<serde_json::Value, String>)>>>;
-    let early: Answers = Default::default();
-    let sink = early.clone();
-    let answer: host::runner::EarlyAnswer = std::sync::Arc::new(move |i, a| {
-        let v = a
-            .map(|o| serde_json::from_str(&o.to_json_line().unwrap()).unwrap())
-            .map_err(|e| e.kind.to_string());
-        sink.lock().unwrap().push((i, v));
-    });
-    let source = queued.clone();
-    let queue: host::runner::JoinQueue = Box::new(move |max| {
-        let mut q = source.lock().unwrap();
-        let n = max.min(q.len());
-        q.drain(..n).map(|(i, req)| (i, req, None)).collect()
-    });
+    let (answer, queue, early, queued) =
+        joining(vec![(10usize, ask_for(2)), (11, bad.to_string())]);
     r.try_handle_streaming(
         &[ask_for(0), ask_for(1), ask_for(3)],
         &[],

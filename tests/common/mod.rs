@@ -262,3 +262,38 @@ pub fn record(line: serde_json::Value) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// Answers a run gave early: (host batch index, the answer's JSON line, or
+/// the error kind).
+pub type Answers = Arc<std::sync::Mutex<Vec<(usize, Result<serde_json::Value, String>)>>>;
+/// Requests waiting to join a running batch: (host batch index, request).
+pub type Queued = Arc<std::sync::Mutex<Vec<(usize, String)>>>;
+
+/// An early-answer sink collecting into [`Answers`] and a join queue that
+/// hands out `queued` requests as the run asks for them, for tests of
+/// requests joining a running batch.
+pub fn joining(
+    queued: Vec<(usize, String)>,
+) -> (
+    host::runner::EarlyAnswer,
+    host::runner::JoinQueue,
+    Answers,
+    Queued,
+) {
+    let queued: Queued = Arc::new(std::sync::Mutex::new(queued));
+    let early: Answers = Default::default();
+    let sink = early.clone();
+    let answer: host::runner::EarlyAnswer = Arc::new(move |i, a| {
+        let v = a
+            .map(|o| serde_json::from_str(&o.to_json_line().unwrap()).unwrap())
+            .map_err(|e| e.kind.to_string());
+        sink.lock().unwrap().push((i, v));
+    });
+    let source = queued.clone();
+    let queue: host::runner::JoinQueue = Box::new(move |max| {
+        let mut q = source.lock().unwrap();
+        let n = max.min(q.len());
+        q.drain(..n).map(|(i, req)| (i, req, None)).collect()
+    });
+    (answer, queue, early, queued)
+}
