@@ -175,8 +175,7 @@ impl Whisper {
         for (k, v) in req.0.iter().filter(|(k, _)| *k != "generate_kwargs") {
             opts.insert(k.clone(), v.clone());
         }
-        let field = |k: &str| opts.get(k).filter(|v| !v.is_null()).cloned();
-        let get = |k: &str| field(k);
+        let get = |k: &str| opts.get(k).filter(|v| !v.is_null()).cloned();
         let chunks = match get("return_timestamps") {
             // As the pipeline: asked, or the generation config's default.
             None | Some(Value::Bool(false)) => self.ids.timestamps_default.unwrap_or(false),
