@@ -11,5 +11,8 @@ for f in .gpuc/*.gz .gpuc/*.xz; do
   case "$f" in *.gz) gunzip -c "$f" > ".gpu/$b" ;; *.xz) xz -dc "$f" > ".gpu/$b" ;; esac
   chmod +x ".gpu/$b"
 done
-cp .gpuc/skills/*.wasm .gpu/skills/; cp .gpuc/skills/*.wasm .gpu/target/wasm32-wasip2/release/
+# skills: a directory .gpuc/skills/ or an archive .gpuc/skills.tar.xz
+[ -f .gpuc/skills.tar.xz ] && tar xJf .gpuc/skills.tar.xz -C .gpu/skills
+[ -d .gpuc/skills ] && cp .gpuc/skills/*.wasm .gpu/skills/
+cp .gpu/skills/*.wasm .gpu/target/wasm32-wasip2/release/
 export HOST_TEST_ROOT=$PWD CARGO_TARGET_DIR=$PWD/.gpu/target LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
