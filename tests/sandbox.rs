@@ -18,6 +18,7 @@ fn hostile() -> Option<Runner> {
     let limits = SandboxLimits {
         memory_bytes: 64 << 20,
         fuel_per_call: 3_000_000_000,
+        ..SandboxLimits::default()
     };
     let sb = Arc::new(Sandbox::new(limits).expect("engine"));
     let devices = registry::parse_list("cpu").unwrap();

@@ -330,6 +330,7 @@ fn removing_an_endpoint_under_load_finishes_or_fails_cleanly() {
     let t = std::time::Instant::now();
     let del = agent()
         .delete(&format!("{}/admin/endpoints/busy", s.base))
+        .set("authorization", &format!("Bearer {TEST_ADMIN_KEY}"))
         .call()
         .unwrap();
     assert_eq!(del.status(), 204);
@@ -359,8 +360,7 @@ fn admin_adds_lists_and_refuses_duplicates() {
     }
     let s = server(vec![], 64);
     let cfg = serde_json::json!({
-        "name": "added", "skill": skill("hostile").to_str().unwrap(),
-        "model": fixture("tiny-bert").to_str().unwrap(), "devices": ["cpu"],
+        "name": "added", "skill": "hostile", "model": "tiny-bert", "devices": ["cpu"],
     })
     .to_string();
     let (code, v) = post(&agent(), &format!("{}/admin/endpoints", s.base), &cfg);
@@ -375,6 +375,7 @@ fn admin_adds_lists_and_refuses_duplicates() {
     assert_eq!(code, 400, "{v}");
     let list: serde_json::Value = agent()
         .get(&format!("{}/admin/endpoints", s.base))
+        .set("authorization", &format!("Bearer {TEST_ADMIN_KEY}"))
         .call()
         .unwrap()
         .into_json()

@@ -132,6 +132,48 @@ struct ServeArgs {
     /// Endpoint used when a request names none.
     #[arg(long)]
     default_endpoint: Option<String>,
+    /// API key the inference routes require (`Authorization: Bearer KEY`);
+    /// repeatable, or comma-separated in HOST_API_KEY. Prefer the file or
+    /// the variable: arguments show in `ps`.
+    #[arg(
+        long = "api-key",
+        env = "HOST_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// File of API keys, one per line (`#` comments).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Admin key: turns the admin routes on and is required by them;
+    /// repeatable, or comma-separated in HOST_ADMIN_KEY.
+    #[arg(
+        long = "admin-key",
+        env = "HOST_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_keys: Vec<String>,
+    /// File of admin keys, one per line (`#` comments).
+    #[arg(long)]
+    admin_key_file: Option<PathBuf>,
+    /// Directory admin-added models may come from (repeatable); their
+    /// `model` is a path relative to it.
+    #[arg(long = "model-root")]
+    model_roots: Vec<PathBuf>,
+    /// Let admin-added endpoints name hub ids (downloads on request).
+    #[arg(long)]
+    admin_hub: bool,
+    /// Seconds a client has to send a request's headers (also closes idle
+    /// keep-alive connections).
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_s: f64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 60.0)]
+    body_timeout_s: f64,
+    /// Seconds in-flight requests get after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout_s: f64,
 }
 
 fn main() {
@@ -157,17 +199,30 @@ fn main() {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
+/// A numeric setting from the environment; a value that does not parse
+/// is an error, not ignored.
+fn env_u64(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}={v:?} is not a non-negative integer")),
+    }
 }
 
 fn sandbox() -> Result<Arc<Sandbox>> {
     let mut limits = SandboxLimits::default();
-    if let Some(mb) = env_u64("HOST_SKILL_MEMORY_MB") {
+    if let Some(mb) = env_u64("HOST_SKILL_MEMORY_MB")? {
         limits.memory_bytes = (mb as usize) << 20;
     }
-    if let Some(f) = env_u64("HOST_SKILL_FUEL") {
+    if let Some(f) = env_u64("HOST_SKILL_FUEL")? {
         limits.fuel_per_call = f;
+    }
+    if let Some(b) = env_u64("HOST_MAX_TEXT_BYTES")? {
+        limits.max_text_bytes = b as usize;
     }
     Ok(Arc::new(Sandbox::new(limits)?))
 }
@@ -401,8 +456,21 @@ fn serve(args: ServeArgs) -> Result<i32> {
         (None, None) => {}
         _ => bail!("an endpoint given by flags needs both --skill and --model"),
     }
+    let keys = host::serve::auth::Keys::new(
+        &with_file(&args.api_keys, args.api_key_file.as_deref())?,
+        &with_file(&args.admin_keys, args.admin_key_file.as_deref())?,
+    )?;
+    let model_roots = host::serve::confine::ModelRoots::new(&args.model_roots, args.admin_hub)?;
+    let timeouts = host::serve::listen::Timeouts {
+        header: seconds("--header-timeout-s", args.header_timeout_s)?,
+        body: seconds("--body-timeout-s", args.body_timeout_s)?,
+        shutdown: seconds("--shutdown-timeout-s", args.shutdown_timeout_s)?,
+    };
+    if keys.admin_enabled() && model_roots.is_empty() && !args.admin_hub {
+        eprintln!("note: admin routes are on but no --model-root is set: admin-added endpoints cannot name a model");
+    }
     if configs.is_empty() {
-        eprintln!("note: no endpoints configured; add them with POST /admin/endpoints");
+        eprintln!("note: no endpoints configured; add them with POST /admin/endpoints (needs an admin key)");
     }
     tokio_runtime()?.block_on(async {
         let endpoints = Arc::new(Endpoints::new(sandbox()?));
@@ -424,10 +492,37 @@ fn serve(args: ServeArgs) -> Result<i32> {
             max_concurrent_requests: args.max_concurrent_requests,
             max_body_bytes: args.max_body_bytes,
             default_endpoint: args.default_endpoint.clone(),
+            keys,
+            model_roots,
+            timeouts,
         };
         host::serve::serve(endpoints, opts, None).await?;
         Ok(0)
     })
+}
+
+/// `keys` plus the non-empty, non-comment lines of `file`.
+fn with_file(keys: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let mut out: Vec<String> = keys.to_vec();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read key file {}", f.display()))?;
+        out.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(out)
+}
+
+/// A positive, finite number of seconds.
+fn seconds(flag: &str, s: f64) -> Result<std::time::Duration> {
+    if !(s.is_finite() && s > 0.0 && s < 1e9) {
+        bail!("{flag} must be a positive number of seconds (got {s})");
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
 }
 
 fn devices(json: bool) -> Result<i32> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use host::backend::{registry, Precision};
 use host::endpoint::{BatchPolicy, EndpointConfig, Endpoints};
+use host::serve::listen::serve_connections;
 use host::serve::{router, ServeOptions};
 
 use super::{sandbox, skill};
@@ -17,7 +18,26 @@ pub struct Server {
     pub rt: &'static tokio::runtime::Runtime,
 }
 
+/// The admin key of [`server`]'s servers (their inference routes are open,
+/// their model root is tests/fixtures).
+pub const TEST_ADMIN_KEY: &str = "serve-tests-admin-key-0001";
+
 pub fn server(configs: Vec<EndpointConfig>, max_concurrent: usize) -> Server {
+    server_with(
+        configs,
+        ServeOptions {
+            max_concurrent_requests: max_concurrent,
+            max_body_bytes: 1 << 20,
+            keys: host::serve::auth::Keys::new(&[], &[TEST_ADMIN_KEY.into()]).unwrap(),
+            model_roots: host::serve::confine::ModelRoots::new(&[super::fixture("")], false)
+                .unwrap(),
+            ..ServeOptions::default()
+        },
+    )
+}
+
+/// A server with `opts` (its address is replaced by an ephemeral port).
+pub fn server_with(configs: Vec<EndpointConfig>, opts: ServeOptions) -> Server {
     let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
@@ -31,16 +51,11 @@ pub fn server(configs: Vec<EndpointConfig>, max_concurrent: usize) -> Server {
         for c in configs {
             eps.add(c).await.expect("endpoint loads");
         }
-        let opts = ServeOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            max_concurrent_requests: max_concurrent,
-            max_body_bytes: 1 << 20,
-            default_endpoint: None,
-        };
-        let listener = tokio::net::TcpListener::bind(opts.addr).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = router(eps, &opts);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let pending = std::future::pending::<()>();
+        tokio::spawn(serve_connections(listener, app, opts.timeouts, pending));
         format!("http://{addr}")
     });
     Server {
@@ -81,6 +96,7 @@ pub fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, serde_json::Val
     let r = agent
         .post(url)
         .set("content-type", "application/json")
+        .set("authorization", &format!("Bearer {TEST_ADMIN_KEY}"))
         .send_string(body);
     let (code, resp) = match r {
         Ok(resp) => (resp.status(), resp),

@@ -139,16 +139,23 @@ impl Handler {
         Ok((rx, done))
     }
 
-    /// Serves several requests, answers in order. All are queued before any
-    /// is awaited so they can share batches; a full queue fails the excess.
+    /// Serves several requests, answers in order. They are queued in
+    /// chunks of up to half the queue's capacity, each chunk before any of
+    /// it is awaited so they share batches: a request larger than the queue
+    /// is served, not refused for its size; a queue full with other
+    /// clients' work fails the excess (kind `overloaded`).
     pub async fn call_many(&self, requests: Vec<String>) -> Vec<Result<Output, RequestError>> {
-        let pending: Vec<_> = requests.into_iter().map(|r| self.enqueue(r)).collect();
-        let mut out = Vec::with_capacity(pending.len());
-        for p in pending {
-            out.push(match p {
-                Ok(rx) => rx.await.unwrap_or_else(|_| Err(self.closed())),
-                Err(e) => Err(e),
-            });
+        let chunk = (self.tx.max_capacity() / 2).max(1);
+        let mut out = Vec::with_capacity(requests.len());
+        let mut rest = requests.into_iter().peekable();
+        while rest.peek().is_some() {
+            let pending: Vec<_> = rest.by_ref().take(chunk).map(|r| self.enqueue(r)).collect();
+            for p in pending {
+                out.push(match p {
+                    Ok(rx) => rx.await.unwrap_or_else(|_| Err(self.closed())),
+                    Err(e) => Err(e),
+                });
+            }
         }
         out
     }

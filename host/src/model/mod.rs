@@ -127,7 +127,8 @@ impl Model {
     }
 }
 
-fn looks_like_hub_id(s: &str) -> bool {
+/// Whether `s` reads as a hub id (`name` or `owner/name`).
+pub(crate) fn looks_like_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     (parts.len() == 1 || parts.len() == 2)
         && parts.iter().all(|p| {

@@ -13,6 +13,20 @@ type WResult<T> = wasmtime::Result<Result<T, WitError>>;
 
 impl tokenizer::Host for HostState {}
 
+impl HostState {
+    /// Refuses a text longer than the sandbox allows before any work.
+    fn check_lengths<'a>(&self, texts: impl Iterator<Item = &'a str>) -> Result<(), WitError> {
+        let max = self.max_text_bytes;
+        match texts.map(str::len).find(|&n| n > max) {
+            Some(n) => Err(WitError::InvalidRequest(format!(
+                "a text of {n} bytes is longer than the {max} bytes the host tokenizes per text \
+                 (HOST_MAX_TEXT_BYTES)"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl tokenizer::HostTokenizer for HostState {
     fn open(&mut self, options: tokenizer::TokenizerOptions) -> WResult<Resource<HostTokenizer>> {
         let model = match self.ctx.model() {
@@ -36,6 +50,9 @@ impl tokenizer::HostTokenizer for HostState {
         t: Resource<HostTokenizer>,
         texts: Vec<String>,
     ) -> WResult<tokenizer::EncodedBatch> {
+        if let Err(e) = self.check_lengths(texts.iter().map(String::as_str)) {
+            return Ok(Err(e));
+        }
         let tok = self.table.get(&t)?;
         Ok(batch_out(tok.encode_batch(texts)))
     }
@@ -45,6 +62,10 @@ impl tokenizer::HostTokenizer for HostState {
         t: Resource<HostTokenizer>,
         pairs: Vec<(String, String)>,
     ) -> WResult<tokenizer::EncodedBatch> {
+        let texts = pairs.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]);
+        if let Err(e) = self.check_lengths(texts) {
+            return Ok(Err(e));
+        }
         let tok = self.table.get(&t)?;
         Ok(batch_out(tok.encode_pairs(pairs)))
     }

@@ -54,6 +54,10 @@ pub struct SandboxLimits {
     /// Fuel per export call (about 2.7e10 units per second of tight guest
     /// code on this class of CPU); host calls cost no fuel.
     pub fuel_per_call: u64,
+    /// Longest text (bytes) a skill may ask the host to tokenize: host
+    /// calls cost no fuel, so this bounds the one host call whose work
+    /// grows with untrusted input (about 1.3 MB/s of tokenization).
+    pub max_text_bytes: usize,
 }
 
 impl Default for SandboxLimits {
@@ -61,6 +65,7 @@ impl Default for SandboxLimits {
         SandboxLimits {
             memory_bytes: 512 << 20,
             fuel_per_call: 50_000_000_000,
+            max_text_bytes: 1 << 20,
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct HostState {
     pub(crate) completer: Option<Completer>,
     /// Hands queued requests to the batch being handled (`take-queued`).
     pub(crate) queue: Option<Queue>,
+    /// [`SandboxLimits::max_text_bytes`].
+    pub(crate) max_text_bytes: usize,
 }
 
 /// Gives a running batch at most `max` queued requests (`take-queued`),
@@ -263,6 +270,7 @@ impl Sandbox {
             streams: Vec::new(),
             completer: None,
             queue: None,
+            max_text_bytes: self.limits.max_text_bytes,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -1,4 +1,5 @@
-//! Admin routes: list, add and remove endpoints at run time.
+//! Admin routes: list, add and remove endpoints at run time (behind the
+//! admin key; models and skills admitted by [`super::confine`]).
 
 use std::sync::Arc;
 
@@ -12,19 +13,19 @@ use super::api::json_body;
 use super::{ApiError, AppState};
 use crate::endpoint::{EndpointConfig, EndpointError};
 
-fn map(e: EndpointError) -> ApiError {
+fn map(e: EndpointError, roots: &super::confine::ModelRoots) -> ApiError {
     let status = match &e {
         EndpointError::Exists(_) => StatusCode::CONFLICT,
         EndpointError::Unknown(_) => StatusCode::NOT_FOUND,
         EndpointError::Config { .. } => StatusCode::BAD_REQUEST,
         EndpointError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    ApiError::new(status, "endpoint", e.to_string())
+    ApiError::new(status, "endpoint", roots.redact(&e.to_string()))
 }
 
 /// `GET /admin/endpoints`.
 pub(super) async fn list(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(state.endpoints.status()).into_response()
+    axum::Json(super::api::public_status(&state)).into_response()
 }
 
 /// `POST /admin/endpoints` with one endpoint config.
@@ -40,11 +41,17 @@ pub(super) async fn add(
             format!("invalid endpoint config: {e}"),
         )
     })?;
+    let config = state
+        .model_roots
+        .admit(config)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", e.to_string()))?;
     let name = config.name.clone();
-    state.endpoints.add(config).await.map_err(map)?;
-    let status = state
+    state
         .endpoints
-        .status()
+        .add(config)
+        .await
+        .map_err(|e| map(e, &state.model_roots))?;
+    let status = super::api::public_status(&state)
         .into_iter()
         .find(|s| s.name == name);
     Ok((StatusCode::CREATED, axum::Json(status)).into_response())
@@ -55,6 +62,10 @@ pub(super) async fn remove(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.endpoints.remove(&name).await.map_err(map)?;
+    state
+        .endpoints
+        .remove(&name)
+        .await
+        .map_err(|e| map(e, &state.model_roots))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -39,11 +39,20 @@ pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Ap
     })
 }
 
+/// Most inputs one request may carry (OpenAI's limit for embeddings);
+/// larger requests are refused before any work, smaller ones are served
+/// whatever the queue size.
+pub const MAX_INPUTS: usize = 2048;
+
 /// `input`/`inputs` as a list of strings.
 pub(super) fn texts(v: &Value, key: &str) -> Result<Vec<String>, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", m);
     match v.get(key) {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if a.len() > MAX_INPUTS => Err(bad(format!(
+            "`{key}` has {} inputs; at most {MAX_INPUTS} per request",
+            a.len()
+        ))),
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
             .map(|x| {
@@ -187,6 +196,13 @@ pub(super) async fn generic(
     };
     let handler = state.pick(Some(&name))?;
     let (list, requests) = match v {
+        Value::Array(a) if a.len() > MAX_INPUTS => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                format!("{} requests in one list; at most {MAX_INPUTS}", a.len()),
+            ))
+        }
         Value::Array(a) if !a.is_empty() => (true, a.iter().map(Value::to_string).collect()),
         Value::Object(_) => (false, vec![v.to_string()]),
         _ => {
@@ -216,9 +232,20 @@ pub(super) async fn generic(
     Ok(json_response(StatusCode::OK, body))
 }
 
+/// The endpoints' status without filesystem paths: models and skills by
+/// name ([`super::confine::display_name`]).
+pub(super) fn public_status(state: &AppState) -> Vec<crate::endpoint::EndpointStatus> {
+    let mut status = state.endpoints.status();
+    for s in &mut status {
+        s.model = super::confine::display_name(&s.model);
+        s.skill = super::confine::display_name(&s.skill);
+    }
+    status
+}
+
 /// `GET /health`.
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let status = state.endpoints.status();
+    let status = public_status(&state);
     let code = if status.is_empty() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

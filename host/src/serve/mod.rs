@@ -8,16 +8,23 @@
 //! text-classification endpoint), a generic `POST /v1/endpoints/{name}` (any skill, the CLI's
 //! response format), `GET /health`, `GET /metrics` (Prometheus), and admin
 //! routes `GET|POST /admin/endpoints`, `DELETE /admin/endpoints/{name}`.
-//! Limits: request body size, concurrent requests (beyond: 429), and each
-//! endpoint's queue (beyond: 429). Shutdown on SIGINT/SIGTERM stops
-//! accepting, finishes in-flight requests, then drains the endpoints.
+//! Access ([`auth`]): API keys on the inference routes, admin keys on the
+//! admin routes (off without one), admin-added models confined to model
+//! roots ([`confine`]). Limits: request body size and read time, header
+//! read time (idle keep-alive included), concurrent requests (beyond: 429
+//! with `Retry-After`), and each endpoint's queue (beyond: 429). Shutdown
+//! on SIGINT/SIGTERM stops accepting, gives in-flight requests a deadline,
+//! then drains the endpoints ([`listen`]).
 
 mod admin;
 mod api;
+pub mod auth;
 mod chat;
 mod chat_template;
 mod completions;
+pub mod confine;
 mod forms;
+pub mod listen;
 mod model_files;
 mod tei;
 mod tei_text;
@@ -27,14 +34,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::{middleware, Router};
 use tokio::sync::Semaphore;
 
 use crate::endpoint::Endpoints;
 use crate::runner::RequestError;
+use auth::Keys;
+use confine::ModelRoots;
+use listen::Timeouts;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -46,6 +56,25 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Endpoint used when a request names none (`model` / `?endpoint=`).
     pub default_endpoint: Option<String>,
+    /// API and admin keys.
+    pub keys: Keys,
+    /// Where admin-added models may come from.
+    pub model_roots: ModelRoots,
+    pub timeouts: Timeouts,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_concurrent_requests: 512,
+            max_body_bytes: 32 << 20,
+            default_endpoint: None,
+            keys: Keys::default(),
+            model_roots: ModelRoots::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
 }
 
 /// Shared state of the handlers.
@@ -55,6 +84,7 @@ pub struct AppState {
     default_endpoint: Option<String>,
     /// Chat templates and tokenizers of the endpoints' models.
     model_files: model_files::Cache,
+    model_roots: ModelRoots,
 }
 
 impl AppState {
@@ -147,7 +177,16 @@ impl From<RequestError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "message": self.message, "type": self.kind } });
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        // Overload and unavailability pass: say when to come back.
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -158,8 +197,10 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         permits: Arc::new(Semaphore::new(opts.max_concurrent_requests.max(1))),
         default_endpoint: opts.default_endpoint.clone(),
         model_files: model_files::Cache::default(),
+        model_roots: opts.model_roots.clone(),
     });
-    Router::new()
+    let keys = Arc::new(opts.keys.clone());
+    let inference = Router::new()
         .route("/v1/embeddings", post(api::openai_embeddings))
         .route("/", post(tei_text::root))
         .route("/embed", post(tei_text::embed))
@@ -175,12 +216,26 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .route("/v1/models", get(api::openai_models))
         .route("/v1/audio/transcriptions", post(forms::transcriptions))
         .route("/v1/endpoints/{name}", post(api::generic))
-        .route("/health", get(api::health))
-        .route("/metrics", get(api::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            keys.clone(),
+            auth::inference,
+        ));
+    let admin = Router::new()
         .route("/admin/endpoints", get(admin::list).post(admin::add))
         .route("/admin/endpoints/{name}", delete(admin::remove))
+        .route_layer(middleware::from_fn_with_state(keys, auth::admin));
+    let read = listen::BodyRead {
+        timeout: opts.timeouts.body,
+        max_bytes: opts.max_body_bytes,
+    };
+    Router::new()
+        .merge(inference)
+        .merge(admin)
+        .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .layer(middleware::from_fn_with_state(read, listen::read_body))
         .with_state(state)
 }
 
@@ -197,15 +252,26 @@ pub async fn serve(
         "host serve: listening on http://{addr} (endpoints: {})",
         endpoints.names().join(", ")
     );
+    if !addr.ip().is_loopback() && !opts.keys.inference_required() {
+        eprintln!(
+            "host serve: WARNING: listening on {addr}, reachable from other machines, WITHOUT an API key: \
+             anyone who can reach this port can use every endpoint. Set --api-key-file or HOST_API_KEY."
+        );
+    }
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
     let app = router(endpoints.clone(), &opts);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let deadline = listen::serve_connections(listener, app, opts.timeouts, shutdown_signal()).await;
     eprintln!("host serve: shutting down, draining endpoints");
-    endpoints.shutdown().await;
+    // Whatever is left of the deadline, and a second to free the devices.
+    let drain = deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+    if tokio::time::timeout_at(drain, endpoints.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("host serve: endpoints still busy after the shutdown deadline; exiting");
+    }
     Ok(())
 }
 
