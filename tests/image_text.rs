@@ -296,3 +296,187 @@ fn join_matches(device: &str, fixed_shapes: Option<bool>) {
     }
     assert_eq!(got(11), Err("invalid-request".to_string()));
 }
+
+// ---------------------------------------------------------------------------
+// Qwen2-VL (tests/fixtures/gen_tiny_qwen2_vl.py: a Qwen2 decoder with
+// M-RoPE, the vision tower with 2-D rotary positions and the patch merger,
+// images of dynamic sizes): token-identical greedy continuations and
+// first-step logits with one image, two images of different sizes and no
+// image, alone and in one batch, on the growing and the fixed-slot cache;
+// image requests joining a running batch; bad requests.
+// ---------------------------------------------------------------------------
+
+const QWEN2_VL: &str = "tiny-qwen2-vl";
+
+fn qwen2_vl_greedy_matches(device: &str, fixed_shapes: Option<bool>) {
+    if !available(device) {
+        return;
+    }
+    let cases = cases(QWEN2_VL);
+    let mut r = runner_with(
+        "text-generation",
+        &fixture(QWEN2_VL),
+        device,
+        Precision::F32,
+        fixed_shapes,
+    );
+    let label = format!("{QWEN2_VL} on {device} (fixed slots {fixed_shapes:?})");
+    let mut worst = 0f64;
+    for c in &cases {
+        let got = &ask(
+            &mut r,
+            &[request(c, serde_json::json!({"return_logits": true}))],
+        )[0];
+        assert_eq!(got["prompt_tokens"], c.prompt_len, "{label}");
+        assert_eq!(got["device"], device);
+        let logits: Vec<f32> = got["prefill_logits"]
+            .as_array()
+            .expect("prefill_logits")
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let (cos, max_abs) = compare(&logits, &c.prefill_logits);
+        assert!(
+            cos >= 0.99999 && max_abs <= 1e-4,
+            "{label}: {:?}: logits cos {cos} max-abs {max_abs}",
+            c.prompt
+        );
+        worst = worst.max(max_abs);
+        assert_eq!(tokens(got), c.new_ids, "{label}: {:?}", c.prompt);
+    }
+    // All cases in one left-padded batch: rows with different rope deltas,
+    // every image of the batch through the tower in one step.
+    let reqs: Vec<String> = cases
+        .iter()
+        .map(|c| request(c, serde_json::json!({})))
+        .collect();
+    for (c, got) in cases.iter().zip(ask(&mut r, &reqs)) {
+        assert_eq!(tokens(&got), c.new_ids, "{label} batched: {:?}", c.prompt);
+    }
+    eprintln!(
+        "{label}: {} cases token-identical, logits max-abs {worst:.2e}",
+        cases.len()
+    );
+}
+
+#[test]
+fn qwen2_vl_greedy_matches_transformers_on_cpu() {
+    qwen2_vl_greedy_matches("cpu", None);
+}
+
+#[test]
+fn qwen2_vl_greedy_matches_transformers_with_fixed_slots() {
+    qwen2_vl_greedy_matches("cpu", Some(true));
+}
+
+#[test]
+fn qwen2_vl_greedy_matches_transformers_on_openvino() {
+    qwen2_vl_greedy_matches("openvino", None);
+}
+
+#[test]
+fn qwen2_vl_greedy_matches_transformers_on_cuda() {
+    qwen2_vl_greedy_matches("cuda", None);
+}
+
+/// Qwen2-VL requests (with images, and text only) join a running batch in
+/// an extend step, each row keeping its own rope delta; growing and fixed
+/// slots; a bad joiner is answered with its error.
+#[test]
+fn qwen2_vl_requests_join_a_running_batch() {
+    if !available("cpu") {
+        return;
+    }
+    for fixed in [None, Some(true)] {
+        qwen2_vl_join_matches("cpu", fixed);
+    }
+    if available("openvino") {
+        qwen2_vl_join_matches("openvino", None);
+    }
+}
+
+fn qwen2_vl_join_matches(device: &str, fixed_shapes: Option<bool>) {
+    let cs = cases(QWEN2_VL);
+    let mut r = runner_with(
+        "text-generation",
+        &fixture(QWEN2_VL),
+        device,
+        Precision::F32,
+        fixed_shapes,
+    );
+    let lengths = [12usize, 3, 5, 2];
+    let ask_for = |i: usize| request(&cs[i], serde_json::json!({ "max_new_tokens": lengths[i] }));
+    let bad =
+        serde_json::json!({"prompt": "<|image_pad|><|image_pad|>", "images": [cs[0].images[0]]});
+    // The two-image request joins the rows of the text-only and the chat
+    // prompt (other rope deltas) once they stop.
+    let (answer, queue, early, queued) =
+        joining(vec![(10usize, ask_for(1)), (11, bad.to_string())]);
+    r.try_handle_streaming(
+        &[ask_for(0), ask_for(2), ask_for(3)],
+        &[],
+        Some(answer),
+        Some(queue),
+    )
+    .expect("batch runs");
+    assert!(
+        queued.lock().unwrap().is_empty(),
+        "both queued requests joined"
+    );
+    let early = early.lock().unwrap();
+    let got = |i: usize| {
+        early
+            .iter()
+            .find(|(j, _)| *j == i)
+            .unwrap_or_else(|| panic!("request {i} was not answered"))
+            .1
+            .clone()
+    };
+    let label = format!("{QWEN2_VL} on {device} (fixed slots {fixed_shapes:?})");
+    for (i, at) in [(0usize, 0usize), (2, 1), (3, 2), (1, 10)] {
+        let v = got(at).unwrap_or_else(|e| panic!("{label}, request {i}: {e}"));
+        assert_eq!(
+            tokens(&v),
+            cs[i].new_ids[..lengths[i]],
+            "{label}, request {i}"
+        );
+    }
+    assert_eq!(got(11), Err("invalid-request".to_string()));
+}
+
+#[test]
+fn qwen2_vl_bad_image_requests_are_clear_errors() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner("text-generation", &fixture(QWEN2_VL), "cpu", Precision::F32);
+    let img = b64("gradient_64x48.png");
+    let bad = [
+        (
+            serde_json::json!({"prompt": "<|image_pad|> and <|image_pad|>", "images": [img]}),
+            "2 image token(s)",
+        ),
+        (
+            serde_json::json!({"prompt": "no marker", "image": img}),
+            "0 image token(s)",
+        ),
+        (
+            serde_json::json!({"prompt": "<|image_pad|><|image_pad|>", "images": [img, img]}),
+            "a run of 12 image tokens",
+        ),
+        (
+            serde_json::json!({"prompt": "<|image_pad|> hi", "images": ["%%%"]}),
+            "`images[0]`",
+        ),
+    ];
+    for (req, text) in bad {
+        let req = req.to_string();
+        let e = r
+            .handle(std::slice::from_ref(&req))
+            .remove(0)
+            .err()
+            .unwrap_or_else(|| panic!("{req} must fail"));
+        assert_eq!(e.kind, "invalid-request", "{e}");
+        assert!(e.message.contains(text), "{text}: {e}");
+    }
+}

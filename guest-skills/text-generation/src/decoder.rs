@@ -41,6 +41,7 @@ use skill_sdk::{Dim, Dtype, Error, Graph};
 pub(crate) use crate::dims::{dims, Dims};
 use crate::llava::Llava;
 use crate::positions::{alibi_mask, rope_tables, window_mask};
+use crate::qwen2_vl::Qwen2Vl;
 
 /// Candidates returned per step for sampling.
 pub const TOP_K_MAX: u32 = 100;
@@ -74,6 +75,8 @@ impl Arch {
             "opt" => Arch::Opt,
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            // Qwen2-VL's decoder (with M-RoPE: `qwen2_vl.rs`).
+            "qwen2_vl" | "qwen2_vl_text" => Arch::Qwen2,
             "bloom" => Arch::Bloom,
             "gptj" => Arch::GptJ,
             "gpt_neo" => Arch::GptNeo,
@@ -134,6 +137,7 @@ pub fn build(
     cache: Cache,
     fuse: bool,
     llava: Option<&Llava>,
+    vl: Option<&Qwen2Vl>,
 ) -> Result<(CompiledGraph, ModelInfo), Error> {
     let d = Dims {
         fuse,
@@ -162,7 +166,8 @@ pub fn build(
             "an extend step is a decode graph of several tokens per row",
         ));
     }
-    if variant.images && (llava.is_none() || (variant.decode && !variant.extend)) {
+    let vision = llava.is_some() || vl.is_some();
+    if variant.images && (!vision || (variant.decode && !variant.extend)) {
         return Err(skill_sdk::internal(
             "images go into a prefill or extend step of a llava model",
         ));
@@ -230,6 +235,7 @@ pub fn build(
 
     // The decoder's weights: `model.` in a causal LM, deeper in a LLaVA.
     let base = llava.map_or("model.", |l| l.lm_base.as_str());
+    let base = vl.map_or(base, |q| q.lm_base.as_str());
     if llava.is_some() && !matches!(arch, Arch::Llama | Arch::Qwen2) {
         return Err(Error::Unsupported(format!(
             "a LLaVA decoder of type {arch:?} (served: llama, qwen2)"
@@ -258,6 +264,10 @@ pub fn build(
                 (true, Some(l)) => l.splice(&g, e, &bs)?,
                 _ => e,
             };
+            let e = match (variant.images, vl) {
+                (true, Some(q)) => q.splice(&g, e, &bs)?,
+                _ => e,
+            };
             ("embed_tokens.weight", e)
         }
         Arch::GptJ | Arch::CodeGen => (
@@ -280,6 +290,8 @@ pub fn build(
         _ => (keys, None),
     };
     let rope = match arch {
+        // Qwen2-VL: M-RoPE from `mrope_positions`.
+        Arch::Qwen2 if vl.is_some() => vl.map(|q| q.mrope.tables(&g, &bs)).transpose()?,
         Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim, false)?),
         Arch::GptJ | Arch::CodeGen => {
             let dim = c.u64_or("rotary_dim", d.head_dim)?;

@@ -264,7 +264,7 @@ impl Batch<'_> {
         let images = self
             .rows
             .iter()
-            .any(|r| r.fresh && !r.req.images.pixels.is_empty());
+            .any(|r| r.fresh && !(r.req.images.pixels.is_empty() && r.req.vl.images.is_empty()));
         let image_inputs = match (&m.llava, images) {
             (Some(l), true) => {
                 let rows: Vec<(bool, &crate::llava::Images)> =
@@ -282,6 +282,11 @@ impl Batch<'_> {
             inputs.push(named("input_ids", i64_tensor(vec![bu, lu], &ids)));
         }
         inputs.extend(image_inputs);
+        // Qwen2-VL: M-RoPE positions every step, images with their prompts.
+        if let Some(q) = &m.qwen2_vl {
+            let rows: Vec<_> = self.rows.iter().map(|r| (r.fresh, &r.req.vl)).collect();
+            inputs.extend(q.step_inputs(&rows, &ids, &pos, len, images)?);
+        }
         if written {
             inputs.push(named(
                 "cache_slot",
@@ -334,10 +339,9 @@ impl Batch<'_> {
             let graph = match graphs.entry((variant, self.kind)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let llava = m.llava.as_ref();
-                    e.insert(
-                        decoder::build(m.arch, &m.config, variant, self.kind, m.slots, llava)?.0,
-                    )
+                    let (llava, vl) = (m.llava.as_ref(), m.qwen2_vl.as_ref());
+                    let (kind, slots) = (self.kind, m.slots);
+                    e.insert(decoder::build(m.arch, &m.config, variant, kind, slots, llava, vl)?.0)
                 }
             };
             self.session.submit(graph, &inputs)?;

@@ -24,7 +24,9 @@ mod decoder;
 mod dims;
 mod generate;
 mod llava;
+mod mrope;
 mod positions;
+mod qwen2_vl;
 mod resize;
 mod respond;
 
@@ -82,6 +84,8 @@ struct Loaded {
     config: Json,
     /// A LLaVA model's image side.
     llava: Option<llava::Llava>,
+    /// A Qwen2-VL model's image side and M-RoPE.
+    qwen2_vl: Option<qwen2_vl::Qwen2Vl>,
     info: ModelInfo,
     defaults: Defaults,
 }
@@ -103,6 +107,8 @@ struct Request {
     warnings: Vec<String>,
     /// Its images (LLaVA), preprocessed.
     images: llava::Images,
+    /// Its images and M-RoPE positions (Qwen2-VL).
+    vl: qwen2_vl::Prompt,
 }
 
 struct TextGeneration;
@@ -120,8 +126,8 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "llava"].iter().map(|s| s.to_string()).collect(),
-            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava (image-text-to-text): base64 images, one per <image> in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
+            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "llava", "qwen2_vl"].iter().map(|s| s.to_string()).collect(),
+            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava, qwen2_vl (image-text-to-text): base64 images, one per image token (<image>, <|image_pad|>) in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
@@ -135,6 +141,14 @@ impl Guest for TextGeneration {
                 (Some(l), text)
             }
             _ => (None, Json::config()?),
+        };
+        // Qwen2-VL: a Qwen2 decoder with M-RoPE, its own image side.
+        let (qwen2_vl, config) = match top.str_or("model_type", "")? {
+            "qwen2_vl" => {
+                let (q, text) = qwen2_vl::Qwen2Vl::load(&top)?;
+                (Some(q), text)
+            }
+            _ => (None, config),
         };
         let model_type = config.str_or("model_type", "")?.to_string();
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
@@ -192,6 +206,7 @@ impl Guest for TextGeneration {
             cache,
             slots,
             llava.as_ref(),
+            qwen2_vl.as_ref(),
         )?;
         let graphs = std::collections::HashMap::from([((Variant::default(), cache), graph)]);
         STATE.with(|s| {
@@ -203,6 +218,7 @@ impl Guest for TextGeneration {
                 arch,
                 config,
                 llava,
+                qwen2_vl,
                 info,
                 defaults,
             })
@@ -258,12 +274,16 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
     };
     let (prompt, images) = match &m.llava {
         Some(l) => l.prepare(&v, &prompt)?,
-        None if v.get("images").is_some() || v.get("image").is_some() => {
+        None if m.qwen2_vl.is_none() && (v.get("images").is_some() || v.get("image").is_some()) => {
             return Err(invalid(
                 "this model takes no images (`images` needs a llava checkpoint)",
             ))
         }
         None => (prompt, llava::Images::default()),
+    };
+    let (prompt, mut vl) = match &m.qwen2_vl {
+        Some(q) => q.prepare(&v, &prompt)?,
+        None => (prompt, qwen2_vl::Prompt::default()),
     };
     let num = |k: &str| v.get(k).filter(|x| !x.is_null());
     let repetition_penalty = match num("repetition_penalty") {
@@ -304,6 +324,9 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
     }
     if let Some(l) = &m.llava {
         l.check_ids(&ids, &images)?;
+    }
+    if let Some(q) = &m.qwen2_vl {
+        q.position(&ids, &mut vl)?;
     }
     let ctx = m.info.max_positions;
     if ids.len() as u64 >= ctx {
@@ -375,6 +398,7 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
         stop,
         warnings,
         images,
+        vl,
     })
 }
 

@@ -3,11 +3,13 @@
 //! first frame, BMP) under size limits, then the preprocessing of
 //! transformers' (PIL-based) image processors: [`resample`] reproduces
 //! Pillow's resize bit for bit on 8-bit images, [`Preprocess`] reads
-//! `preprocessor_config.json` (resize, center crop, rescale, normalize).
+//! `preprocessor_config.json` (resize, center crop, rescale, normalize),
+//! [`patches`] cuts images into Qwen2-VL's dynamic grids of patches.
 //!
 //! Enabled by the SDK's `image` feature.
 
 pub mod frames;
+pub mod patches;
 pub mod preprocess;
 pub mod resample;
 
@@ -83,4 +85,25 @@ fn decode_error(field: &str, e: image::ImageError) -> Error {
 /// [`base64_bytes`] then [`decode`].
 pub fn from_base64(field: &str, s: &str) -> Result<Rgb, Error> {
     decode(field, &base64_bytes(field, s)?)
+}
+
+/// A request's base64 images: `images` (a list) or one `image`, each with
+/// the field name errors give (`images[1]`); neither is none.
+pub fn request_images(v: &serde_json::Value) -> Result<Vec<(String, &str)>, Error> {
+    match (v.get("images"), v.get("image")) {
+        (Some(_), Some(_)) => Err(invalid("give `images` or `image`, not both")),
+        (Some(serde_json::Value::Array(a)), None) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(|s| (format!("images[{i}]"), s))
+                    .ok_or_else(|| invalid(format!("`images[{i}]` must be a base64 string")))
+            })
+            .collect(),
+        (Some(_), None) => Err(invalid("`images` must be a list of base64 strings")),
+        (None, Some(serde_json::Value::String(s))) => Ok(vec![("image".into(), s.as_str())]),
+        (None, Some(_)) => Err(invalid("`image` must be a base64 string")),
+        (None, None) => Ok(Vec::new()),
+    }
 }

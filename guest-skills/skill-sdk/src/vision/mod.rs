@@ -2,7 +2,7 @@
 //! pre-norm builder; Swin in [`swin`], ConvNeXt in [`convnext`],
 //! VideoMAE in [`videomae`], X-CLIP in [`xclip`] (on [`clip`]), SigLIP's
 //! tower in [`siglip`] with LLaVA's feature selection and projector in
-//! [`llava`], DETR in
+//! [`llava`], Qwen2-VL's tower and patch merger in [`qwen2_vl`], DETR in
 //! [`detr`] on the ResNet backbones of
 //! [`resnet`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
@@ -15,6 +15,7 @@ pub mod clip;
 pub mod convnext;
 pub mod detr;
 pub mod llava;
+pub mod qwen2_vl;
 pub mod resnet;
 pub mod siglip;
 pub mod swin;
