@@ -1,4 +1,4 @@
-//! Decoder graphs (gpt2, gpt_neo, opt, llama, qwen2, bloom, gptj, codegen) with the KV cache as
+//! Decoder graphs (gpt2, gpt_neo, opt, llama, mistral, qwen2, bloom, gptj, codegen) with the KV cache as
 //! session state: a prefill graph (any number of new tokens) and a decode
 //! graph (one new token per sequence).
 //!
@@ -24,7 +24,8 @@
 //! `cache_slot` [1] (the first slot a slot-cache decode or extend step writes),
 //! `last_index` [1] (seq - 1); BLOOM and
 //! GPT-Neo also `cache_positions` [batch, cache] (each slot's token
-//! position). A prefill starts its session, so it takes neither cache input. State:
+//! position); Qwen2-VL also `mrope_positions` [3, batch, seq] (M-RoPE,
+//! `mrope.rs`). A prefill starts its session, so it takes neither cache input. State:
 //! `k<i>`, `v<i>` [cache, batch, kv_heads, head_dim] with slots, [batch,
 //! kv_heads, past, head_dim] when growing; `token` [batch, 1], the last
 //! run's `next_token`, which a *fed* decode step takes instead of
@@ -60,13 +61,26 @@ pub enum Arch {
     /// CodeGen: GPT-J's block with a q/v/k projection fused across four
     /// shards.
     CodeGen,
+    /// Mistral with a `sliding_window`: LLaMA's layers, every one attending
+    /// within the window (without one, a mistral config is [`Arch::Llama`]).
+    Mistral,
 }
 
 impl Arch {
     /// Whether the graphs read each cached key's position
     /// (`cache_positions`): ALiBi and sliding windows.
     pub fn key_positions(self) -> bool {
-        matches!(self, Arch::Bloom | Arch::GptNeo)
+        matches!(self, Arch::Bloom | Arch::GptNeo | Arch::Mistral)
+    }
+
+    /// The architecture of a decoder config: [`Arch::from_model_type`],
+    /// except that a mistral config without `sliding_window` is LLaMA's
+    /// graph (the same layers, no window).
+    pub fn from_config(t: &str, c: &Json) -> Option<Arch> {
+        match (t, c.value.get("sliding_window")) {
+            ("mistral", None | Some(serde_json::Value::Null)) => Some(Arch::Llama),
+            _ => Arch::from_model_type(t),
+        }
     }
 
     pub fn from_model_type(t: &str) -> Option<Arch> {
@@ -81,6 +95,7 @@ impl Arch {
             "gptj" => Arch::GptJ,
             "gpt_neo" => Arch::GptNeo,
             "codegen" => Arch::CodeGen,
+            "mistral" => Arch::Mistral,
             _ => return None,
         })
     }
@@ -236,9 +251,9 @@ pub fn build(
     // The decoder's weights: `model.` in a causal LM, deeper in a LLaVA.
     let base = llava.map_or("model.", |l| l.lm_base.as_str());
     let base = vl.map_or(base, |q| q.lm_base.as_str());
-    if llava.is_some() && !matches!(arch, Arch::Llama | Arch::Qwen2) {
+    if llava.is_some() && !matches!(arch, Arch::Llama | Arch::Qwen2 | Arch::Mistral) {
         return Err(Error::Unsupported(format!(
-            "a LLaVA decoder of type {arch:?} (served: llama, qwen2)"
+            "a LLaVA decoder of type {arch:?} (served: llama, mistral, qwen2)"
         )));
     }
     let (embed_name, mut h) = match arch {
@@ -256,7 +271,7 @@ pub fn build(
                 g.b.embedding(g.weight("model.decoder.embed_positions.weight")?, shifted)?;
             ("model.decoder.embed_tokens.weight", g.add(e, p)?)
         }
-        Arch::Llama | Arch::Qwen2 => {
+        Arch::Llama | Arch::Qwen2 | Arch::Mistral => {
             let e =
                 g.b.embedding(g.weight(&format!("{base}embed_tokens.weight"))?, ids)?;
             // LLaVA: the image tokens' embeddings replaced by image features.
@@ -284,7 +299,7 @@ pub fn build(
     // BLOOM: ALiBi bias plus padding mask as one additive attention mask.
     let (keys, local) = match (arch, key_pos) {
         (Arch::Bloom, Some(kp)) => (alibi_mask(&g, d.heads, keys, keep, kp)?, None),
-        (Arch::GptNeo, Some(kp)) if d.local.contains(&true) => {
+        (Arch::GptNeo | Arch::Mistral, Some(kp)) if d.local.contains(&true) => {
             (keys, Some(window_mask(&g, pos, kp, keys, d.window)?))
         }
         _ => (keys, None),
@@ -292,7 +307,9 @@ pub fn build(
     let rope = match arch {
         // Qwen2-VL: M-RoPE from `mrope_positions`.
         Arch::Qwen2 if vl.is_some() => vl.map(|q| q.mrope.tables(&g, &bs)).transpose()?,
-        Arch::Llama | Arch::Qwen2 => Some(rope_tables(&g, c, pos, d.head_dim, false)?),
+        Arch::Llama | Arch::Qwen2 | Arch::Mistral => {
+            Some(rope_tables(&g, c, pos, d.head_dim, false)?)
+        }
         Arch::GptJ | Arch::CodeGen => {
             let dim = c.u64_or("rotary_dim", d.head_dim)?;
             Some(rope_tables(&g, c, pos, dim, true)?)

@@ -1,6 +1,7 @@
 //! Decoder sizes from config.json: hidden width, heads, layers, norm
-//! epsilon, activation, and GPT-Neo's local-attention layers, per
-//! architecture's config keys.
+//! epsilon, activation, GPT-Neo's local-attention layers and Mistral's
+//! sliding window, per architecture's config keys; LLaMA-style configs
+//! may set `head_dim` (heads x head_dim need not be the hidden width).
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::UnaryOp;
@@ -76,15 +77,29 @@ pub(crate) fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
             c.u64("window_size")?,
             Some(1.0),
         ),
+        // Every layer attends within `sliding_window` positions.
+        Arch::Mistral => (vec![true; layers as usize], c.u64("sliding_window")?, None),
         _ => (vec![false; layers as usize], 0, None),
     };
+    if window == 0 && local.contains(&true) {
+        return Err(Error::Model(
+            "config.json: an attention window of 0 positions".into(),
+        ));
+    }
+    let head_dim = match arch {
+        Arch::Llama | Arch::Qwen2 | Arch::Mistral => c.u64_or("head_dim", hidden / heads)?,
+        _ => hidden / heads,
+    };
+    if head_dim == 0 {
+        return Err(Error::Model("config.json: `head_dim` is 0".into()));
+    }
     Ok(Dims {
         fuse: false,
         act,
         hidden,
         heads,
         kv_heads,
-        head_dim: hidden / heads,
+        head_dim,
         layers,
         eps,
         local,

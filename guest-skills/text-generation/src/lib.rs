@@ -1,4 +1,4 @@
-//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, qwen2, bloom, gptj) with the
+//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, mistral, qwen2, bloom, gptj) with the
 //! KV cache owned by the host (a `runtime.session`).
 //!
 //! Request: `{"prompt": "...", "max_new_tokens": N, "do_sample": false,
@@ -15,15 +15,21 @@
 //! true` adds `prefill_logits` (the last prompt position's logits) to the
 //! response, for fidelity checks.
 //!
-//! LLaVA checkpoints (`model_type` "llava": a SigLIP tower, a projector, a
-//! llama/qwen2 decoder) are served here too, for the `image-text-to-text`
-//! task: the request adds `"images": [base64, ...]` (or `"image"`), one per
+//! LLaVA checkpoints (`model_type` "llava": a SigLIP or CLIP tower, a
+//! projector, a llama/mistral/qwen2 decoder) are served here too, for the
+//! `image-text-to-text` task: the request adds `"images": [base64, ...]` (or `"image"`), one per
 //! `<image>` in the prompt (see `llava.rs`); the response is the same.
+//! Qwen2-VL checkpoints (`model_type` "qwen2_vl": a vision tower with a
+//! patch merger, a Qwen2 decoder with M-RoPE) likewise, one image per
+//! `<|image_pad|>` (see `qwen2_vl.rs`, `mrope.rs`).
+//! LLaVA-NeXT (`model_type` "llava_next": a CLIP tower, anyres tiles packed
+//! with newline rows, a mistral decoder) the same way (`llava_next.rs`).
 
 mod decoder;
 mod dims;
 mod generate;
 mod llava;
+mod llava_next;
 mod mrope;
 mod positions;
 mod qwen2_vl;
@@ -126,7 +132,7 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "llava", "qwen2_vl"].iter().map(|s| s.to_string()).collect(),
+            architectures: ["gpt2", "opt", "llama", "mistral", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "llava", "llava_next", "qwen2_vl"].iter().map(|s| s.to_string()).collect(),
             request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava, qwen2_vl (image-text-to-text): base64 images, one per image token (<image>, <|image_pad|>) in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -136,7 +142,7 @@ impl Guest for TextGeneration {
     fn load() -> Result<(), Error> {
         let top = Json::config()?;
         let (llava, config) = match top.str_or("model_type", "")? {
-            "llava" => {
+            "llava" | "llava_next" => {
                 let (l, text) = llava::Llava::load(&top)?;
                 (Some(l), text)
             }
@@ -151,8 +157,8 @@ impl Guest for TextGeneration {
             _ => (None, config),
         };
         let model_type = config.str_or("model_type", "")?.to_string();
-        let arch = Arch::from_model_type(&model_type).ok_or_else(|| {
-            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, qwen2, bloom, gptj, gpt_neo, codegen, and llava with a llama or qwen2 decoder)"))
+        let arch = Arch::from_config(&model_type, &config).ok_or_else(|| {
+            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, mistral, qwen2, bloom, gptj, gpt_neo, codegen, and llava with a llama, mistral or qwen2 decoder)"))
         })?;
         let gen = Json::asset("generation_config.json")?;
         let get = |k: &str| {

@@ -20,12 +20,21 @@
 //! image features [images * tokens, width] that `image_rows` picks (a
 //! gather and a select, so nothing but pixels and indices crosses into the
 //! graph). Decode steps are the text decoder's, unchanged.
+//!
+//! LLaVA-NeXT (`model_type` "llava_next", a CLIP tower and a mistral,
+//! llama or qwen2 decoder) takes several tower inputs an image (its anyres
+//! tiles) and packs their features with newline rows (`llava_next.rs`);
+//! `image_rows` then indexes the packed order, the newline being one more
+//! row after the step's features.
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::Node;
 use skill_sdk::image::Preprocess;
 use skill_sdk::tensors::{f32_tensor, i64_tensor};
 use skill_sdk::vision::llava::LlavaVision;
+use skill_sdk::vision::llava_next::Feature;
+
+use crate::llava_next::LlavaNext;
 use skill_sdk::{invalid, Dim, Error, Graph, NamedTensor};
 
 /// Where the decoder's weights are, by the probe `embed_tokens.weight`.
@@ -45,12 +54,26 @@ pub struct Llava {
     pub image_token: i64,
     pub image_text: String,
     pub pre: Preprocess,
+    /// LLaVA-NeXT's tiling and packing.
+    pub next: Option<LlavaNext>,
 }
 
-/// A request's images, preprocessed: [3, h, w] values each.
+/// A request's images, preprocessed.
 #[derive(Clone, Debug, Default)]
 pub struct Images {
+    /// The tower's inputs, [3, h, w] values each, image after image (one
+    /// an image; LLaVA-NeXT: the whole image, then its tiles).
     pub pixels: Vec<Vec<f32>>,
+    /// Per image: its tower inputs, and the features its image tokens
+    /// take, in order (indices into those inputs' features, input-major).
+    pub images: Vec<(usize, Vec<Feature>)>,
+}
+
+impl Images {
+    /// Image tokens the prompt must hold.
+    pub fn tokens(&self) -> usize {
+        self.images.iter().map(|(_, f)| f.len()).sum()
+    }
 }
 
 impl Llava {
@@ -99,6 +122,10 @@ impl Llava {
                 vision.image_size()
             )));
         }
+        let next = match config.str_or("model_type", "")? {
+            "llava_next" => Some(LlavaNext::load(config, &vision, &pre, &g)?),
+            _ => None,
+        };
         Ok((
             Llava {
                 vision,
@@ -107,6 +134,7 @@ impl Llava {
                 image_token,
                 image_text,
                 pre,
+                next,
             },
             text,
         ))
@@ -140,25 +168,43 @@ impl Llava {
                 fields.len()
             )));
         }
-        let mut pixels = Vec::with_capacity(fields.len());
+        let mut out = Images::default();
         for (name, b64) in fields {
             let img = skill_sdk::image::from_base64(&name, b64)?;
-            pixels.push(self.pre.apply(&img).2);
+            let (inputs, features) = match &self.next {
+                Some(next) => next.image(&img, &self.pre)?,
+                None => {
+                    let n = self.vision.tokens() as u32;
+                    (
+                        vec![self.pre.apply(&img).2],
+                        (0..n).map(Feature::At).collect(),
+                    )
+                }
+            };
+            out.images.push((inputs.len(), features));
+            out.pixels.extend(inputs);
         }
-        let n = self.vision.tokens() as usize;
-        let expanded = prompt.replace(self.image_text.as_str(), &self.image_text.repeat(n));
-        Ok((expanded, Images { pixels }))
+        // Each image token becomes as many as its image has features.
+        let mut expanded = String::with_capacity(prompt.len());
+        for (i, part) in prompt.split(self.image_text.as_str()).enumerate() {
+            if i > 0 {
+                let n = out.images.get(i - 1).map_or(0, |(_, f)| f.len());
+                expanded.push_str(&self.image_text.repeat(n));
+            }
+            expanded.push_str(part);
+        }
+        Ok((expanded, out))
     }
 
     /// Checks that the tokenized prompt holds every image's tokens.
     pub fn check_ids(&self, ids: &[i64], images: &Images) -> Result<(), Error> {
         let got = ids.iter().filter(|&&t| t == self.image_token).count();
-        let want = images.pixels.len() * self.vision.tokens() as usize;
+        let want = images.tokens();
         if got != want {
             return Err(invalid(format!(
                 "the prompt tokenizes to {got} image tokens, {want} are needed for {} image(s) \
                  (is `{}` in the prompt's text besides the image markers?)",
-                images.pixels.len(),
+                images.images.len(),
                 self.image_text
             )));
         }
@@ -172,16 +218,23 @@ impl Llava {
         let at = g.input("image_mask", skill_sdk::Dtype::Boolean, bs)?;
         let feats = self.vision.features(g, "images")?;
         let w = self.vision.width as i64;
-        let picked = g.b.gather(g.b.reshape(feats, &[-1, w])?, rows, 0)?;
+        let mut table = g.b.reshape(feats, &[-1, w])?;
+        // LLaVA-NeXT: the newline embedding is the row after the features.
+        if let Some(next) = &self.next {
+            let newline = g.b.reshape(g.weight(&next.newline)?, &[1, w])?;
+            table = g.b.concat(&[table, newline], 0)?;
+        }
+        let picked = g.b.gather(table, rows, 0)?;
         g.b.select(g.b.unsqueeze(at, -1)?, picked, e)
     }
 
     /// A step's image inputs: `pixel_values` of the images of `fresh` rows
     /// (in row order), and for `ids` [rows, len] (left padded)
     /// `image_mask` (true at image tokens) and `image_rows` (there, the
-    /// image feature's row among all the step's images' features; 0
-    /// elsewhere). Image-token ids become `pad` (their embeddings are
-    /// replaced; an image id may lie outside the vocabulary).
+    /// image feature's row among all the step's images' features, the
+    /// newline row after them; 0 elsewhere). Image-token ids become `pad`
+    /// (their embeddings are replaced; an image id may lie outside the
+    /// vocabulary).
     pub fn step_inputs(
         &self,
         rows: &[(bool, &Images)],
@@ -189,38 +242,55 @@ impl Llava {
         len: usize,
         pad: i64,
     ) -> Result<Vec<NamedTensor>, Error> {
+        let per = self.vision.tokens() as usize;
+        // The step's features: every fresh row's tower inputs in row order,
+        // `per` rows each, then (LLaVA-NeXT) the newline row.
+        let inputs: usize = rows
+            .iter()
+            .filter(|(fresh, _)| *fresh)
+            .map(|(_, im)| im.pixels.len())
+            .sum();
+        let newline = (inputs * per) as i64;
         let mut mask = Vec::with_capacity(ids.len());
-        let mut pixels = Vec::new();
-        let mut count = 0u64;
-        let mut feature = 0usize;
         let mut index = Vec::with_capacity(ids.len());
+        let mut pixels = Vec::new();
+        let mut first = 0usize; // the next image's first tower input
         for (r, (fresh, images)) in rows.iter().enumerate() {
             let row = ids
                 .get_mut(r * len..(r + 1) * len)
                 .ok_or_else(|| skill_sdk::internal("image rows outside the step"))?;
-            let mut own = 0usize;
+            let mut features = Vec::new();
+            if *fresh {
+                for (n, packed) in &images.images {
+                    features.extend(packed.iter().map(|f| match f {
+                        Feature::At(k) => (first * per) as i64 + *k as i64,
+                        Feature::Newline => newline,
+                    }));
+                    first += n;
+                }
+                pixels.extend(images.pixels.iter().flatten());
+            }
+            let mut next = features.iter();
             for t in row.iter_mut() {
                 let image = *fresh && *t == self.image_token;
                 mask.push(image as u8);
-                index.push(if image { feature as i64 } else { 0 });
+                index.push(match image {
+                    true => *next
+                        .next()
+                        .ok_or_else(|| skill_sdk::internal("more image tokens than features"))?,
+                    false => 0,
+                });
                 if image {
-                    feature += 1;
-                    own += 1;
                     *t = pad;
                 }
             }
-            if *fresh {
-                if own != images.pixels.len() * self.vision.tokens() as usize {
-                    return Err(skill_sdk::internal("image tokens and images disagree"));
-                }
-                for p in &images.pixels {
-                    pixels.extend_from_slice(p);
-                    count += 1;
-                }
+            if next.next().is_some() {
+                return Err(skill_sdk::internal("image tokens and images disagree"));
             }
         }
+        let count = inputs as u64;
         let (h, w) = self.vision.image_size();
-        let c = self.vision.tower.channels;
+        let c = self.vision.tower.channels();
         Ok(vec![
             NamedTensor {
                 name: "pixel_values".into(),

@@ -4,10 +4,12 @@
 //! transformers' (PIL-based) image processors: [`resample`] reproduces
 //! Pillow's resize bit for bit on 8-bit images, [`Preprocess`] reads
 //! `preprocessor_config.json` (resize, center crop, rescale, normalize),
-//! [`patches`] cuts images into Qwen2-VL's dynamic grids of patches.
+//! [`patches`] cuts images into Qwen2-VL's dynamic grids of patches,
+//! [`anyres`] tiles them as LLaVA-NeXT's processor does.
 //!
 //! Enabled by the SDK's `image` feature.
 
+pub mod anyres;
 pub mod frames;
 pub mod patches;
 pub mod preprocess;

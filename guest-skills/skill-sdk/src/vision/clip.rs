@@ -201,36 +201,16 @@ impl Clip {
         lead: &[Dim],
         pre_norm: &str,
     ) -> Result<Node, Error> {
-        let t = &self.vision;
-        let p = self.patch as i64;
-        let (h, w) = (height as i64, width as i64);
-        if p == 0 || h % p != 0 || w % p != 0 {
-            return Err(Error::Model(format!(
-                "images of {height}x{width} do not split into {p}x{p} patches"
-            )));
-        }
-        let x = g.b.reshape(pixels, &[0, 3, h / p, p, w / p, p])?;
-        let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
-        let x = g.b.reshape(x, &[0, (h / p) * (w / p), 3 * p * p])?;
-        let weight = g.weight("vision_model.embeddings.patch_embedding.weight")?;
-        let weight = g.b.reshape(weight, &[t.hidden as i64, -1])?;
-        let patches = g.b.linear(x, weight, None)?;
-        let mut ones = vec![1i64; lead.len() + 1];
-        ones.push(t.hidden as i64);
-        let cls =
-            g.b.reshape(g.weight("vision_model.embeddings.class_embedding")?, &ones)?;
-        let mut shape = lead.to_vec();
-        shape.extend([Dim::Fixed(1), Dim::Fixed(t.hidden)]);
-        let mut cls = g.b.expand(cls, &shape)?;
-        if lead.len() != 1 {
-            cls = g.b.reshape(cls, &[-1, 1, t.hidden as i64])?;
-        }
-        let x = g.b.concat(&[cls, patches], 1)?;
-        let x = g.add(
-            x,
-            g.weight("vision_model.embeddings.position_embedding.weight")?,
-        )?;
-        g.layer_norm(x, pre_norm, t.eps)
+        let tower = (&self.vision, self.patch, 3);
+        embeddings(
+            g,
+            tower,
+            "vision_model.",
+            pixels,
+            (height, width),
+            lead,
+            pre_norm,
+        )
     }
 
     /// The text graph (see the module docs).
@@ -308,6 +288,48 @@ pub(crate) fn act(g: &Graph, a: Act, x: Node) -> Result<Node, Error> {
             g.mul(x, s)
         }
     }
+}
+
+/// CLIP's vision embeddings (see [`Clip::image_embeddings`]) of the tower
+/// `(t, patch, channels)` whose weights are `embeddings.*` under `base`.
+pub(crate) fn embeddings(
+    g: &Graph,
+    (t, patch, channels): (&Tower, u64, u64),
+    base: &str,
+    pixels: Node,
+    (height, width): (usize, usize),
+    lead: &[Dim],
+    pre_norm: &str,
+) -> Result<Node, Error> {
+    let (p, c) = (patch as i64, channels as i64);
+    let (h, w) = (height as i64, width as i64);
+    if p == 0 || h % p != 0 || w % p != 0 {
+        return Err(Error::Model(format!(
+            "images of {height}x{width} do not split into {p}x{p} patches"
+        )));
+    }
+    let x = g.b.reshape(pixels, &[0, c, h / p, p, w / p, p])?;
+    let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
+    let x = g.b.reshape(x, &[0, (h / p) * (w / p), c * p * p])?;
+    let weight = g.weight(&format!("{base}embeddings.patch_embedding.weight"))?;
+    let weight = g.b.reshape(weight, &[t.hidden as i64, -1])?;
+    let patches = g.b.linear(x, weight, None)?;
+    let mut ones = vec![1i64; lead.len() + 1];
+    ones.push(t.hidden as i64);
+    let cls = g.weight(&format!("{base}embeddings.class_embedding"))?;
+    let cls = g.b.reshape(cls, &ones)?;
+    let mut shape = lead.to_vec();
+    shape.extend([Dim::Fixed(1), Dim::Fixed(t.hidden)]);
+    let mut cls = g.b.expand(cls, &shape)?;
+    if lead.len() != 1 {
+        cls = g.b.reshape(cls, &[-1, 1, t.hidden as i64])?;
+    }
+    let x = g.b.concat(&[cls, patches], 1)?;
+    let x = g.add(
+        x,
+        g.weight(&format!("{base}embeddings.position_embedding.weight"))?,
+    )?;
+    g.layer_norm(x, pre_norm, t.eps)
 }
 
 /// A pre-norm encoder layer (CLIP's, also SigLIP's): `layer_norm1`,

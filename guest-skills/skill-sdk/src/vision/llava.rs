@@ -5,9 +5,10 @@
 //! then the multi-modal projector (`linear_1`, `projector_hidden_act`,
 //! `linear_2`) into the decoder's embedding width.
 //!
-//! Towers: SigLIP ([`super::siglip`]; `llava-interleave`). CLIP towers
-//! (LLaVA 1.5) are refused by name for now.
+//! Towers: SigLIP ([`super::siglip`]; `llava-interleave`) and CLIP
+//! ([`super::clip_vision`]; LLaVA 1.5, LLaVA-NeXT).
 
+use super::clip_vision::ClipVision;
 use super::siglip::Siglip;
 use crate::config::Json;
 use crate::graph::{Node, UnaryOp};
@@ -26,10 +27,66 @@ const TOWER_BASES: &[&str] = &[
 ];
 const PROJECTOR_BASES: &[&str] = &["model.multi_modal_projector.", "multi_modal_projector."];
 
+/// A LLaVA model's vision tower.
+#[derive(Clone, Debug)]
+pub enum VisionTower {
+    Siglip(Siglip),
+    Clip(ClipVision),
+}
+
+impl VisionTower {
+    /// Encoder layers.
+    pub fn layers(&self) -> u64 {
+        match self {
+            VisionTower::Siglip(t) => t.tower.layers,
+            VisionTower::Clip(t) => t.tower.layers,
+        }
+    }
+
+    /// Tokens per image (CLIP's class token included).
+    pub fn tokens(&self) -> u64 {
+        match self {
+            VisionTower::Siglip(t) => t.tokens(),
+            VisionTower::Clip(t) => t.tokens(),
+        }
+    }
+
+    /// The side of the (square) images it takes.
+    pub fn image_size(&self) -> u64 {
+        match self {
+            VisionTower::Siglip(t) => t.image_size,
+            VisionTower::Clip(t) => t.image_size,
+        }
+    }
+
+    /// Its patches' side.
+    pub fn patch(&self) -> u64 {
+        match self {
+            VisionTower::Siglip(t) => t.patch,
+            VisionTower::Clip(t) => t.patch,
+        }
+    }
+
+    pub fn channels(&self) -> u64 {
+        match self {
+            VisionTower::Siglip(t) => t.channels,
+            VisionTower::Clip(t) => t.channels,
+        }
+    }
+
+    /// transformers' `hidden_states` 0 to `upto` of `pixels`.
+    pub fn hidden_states(&self, g: &Graph, pixels: Node, upto: u64) -> Result<Vec<Node>, Error> {
+        match self {
+            VisionTower::Siglip(t) => t.hidden_states(g, pixels, upto),
+            VisionTower::Clip(t) => t.hidden_states(g, pixels, upto),
+        }
+    }
+}
+
 /// A LLaVA model's image path, resolved against its config and weights.
 #[derive(Clone, Debug)]
 pub struct LlavaVision {
-    pub tower: Siglip,
+    pub tower: VisionTower,
     /// Indices into the tower's hidden states (0: the embeddings).
     pub layers: Vec<u64>,
     /// Drop the first (class) token of each selected state.
@@ -52,13 +109,22 @@ impl LlavaVision {
             .get("model_type")
             .and_then(|v| v.as_str())
             .unwrap_or("clip_vision_model");
-        if vt != "siglip_vision_model" {
-            return Err(Error::Unsupported(format!(
-                "config.json: a `{vt}` vision tower is not served yet (served: siglip_vision_model)"
-            )));
-        }
-        let tower = Siglip::load(vision, "config.json vision_config", g, TOWER_BASES)?;
-        let n = tower.tower.layers as i64;
+        let file = "config.json vision_config";
+        let tower = match vt {
+            "siglip_vision_model" => {
+                VisionTower::Siglip(Siglip::load(vision, file, g, TOWER_BASES)?)
+            }
+            "clip_vision_model" => {
+                VisionTower::Clip(ClipVision::load(vision, file, g, TOWER_BASES)?)
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "config.json: a `{vt}` vision tower is not served (served: \
+                     siglip_vision_model, clip_vision_model)"
+                )))
+            }
+        };
+        let n = tower.layers() as i64;
         let index = |v: &serde_json::Value| -> Result<u64, Error> {
             let i = v.as_i64().ok_or_else(|| {
                 Error::Model("config.json: `vision_feature_layer` must be integers".into())
@@ -122,7 +188,7 @@ impl LlavaVision {
 
     /// The (height, width) of `pixel_values`.
     pub fn image_size(&self) -> (usize, usize) {
-        let s = self.tower.image_size as usize;
+        let s = self.tower.image_size() as usize;
         (s, s)
     }
 
@@ -135,7 +201,7 @@ impl LlavaVision {
             Dtype::F32,
             &[
                 Dim::Symbolic(images.into()),
-                Dim::Fixed(self.tower.channels),
+                Dim::Fixed(self.tower.channels()),
                 Dim::Fixed(h as u64),
                 Dim::Fixed(w as u64),
             ],

@@ -1,8 +1,9 @@
 //! Vision transformers as data: ViT and DeiT (a spec per family) on one
 //! pre-norm builder; Swin in [`swin`], ConvNeXt in [`convnext`],
 //! VideoMAE in [`videomae`], X-CLIP in [`xclip`] (on [`clip`]), SigLIP's
-//! tower in [`siglip`] with LLaVA's feature selection and projector in
-//! [`llava`], Qwen2-VL's tower and patch merger in [`qwen2_vl`], DETR in
+//! tower in [`siglip`] (CLIP's alone in [`clip_vision`]) with LLaVA's
+//! feature selection and projector in [`llava`] (LLaVA-NeXT's packing in
+//! [`llava_next`]), Qwen2-VL's tower and patch merger in [`qwen2_vl`], DETR in
 //! [`detr`] on the ResNet backbones of
 //! [`resnet`]. The patch embedding (a convolution whose stride is
 //! its kernel) is a reshape of the image into patches and a linear layer,
@@ -12,9 +13,11 @@
 //! preprocessor's fixed output size.
 
 pub mod clip;
+pub mod clip_vision;
 pub mod convnext;
 pub mod detr;
 pub mod llava;
+pub mod llava_next;
 pub mod qwen2_vl;
 pub mod resnet;
 pub mod siglip;
