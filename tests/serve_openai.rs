@@ -460,14 +460,38 @@ fn embeddings_base64_and_tei_text_routes() {
 /// that rendered prompt and image (the fixture's chat case).
 #[test]
 fn chat_completions_with_images() {
+    image_chat(
+        "tiny-llava",
+        "<|im_start|>user\n<image>",
+        ("png", "alpha_45x60.png"),
+        "Rust and WebAssembly run",
+    );
+}
+
+/// The same with Qwen2-VL (tiny): the template writes
+/// `<|vision_start|><|image_pad|><|vision_end|>` for the image part, the
+/// skill expands it to the image's grid.
+#[test]
+fn chat_completions_with_images_qwen2_vl() {
+    image_chat(
+        "tiny-qwen2-vl",
+        "<|im_start|>user\n<|vision_start|>",
+        ("bmp", "checker_17x17.bmp"),
+        "What is it?",
+    );
+}
+
+/// Chats with one image and one text part against the fixture's case
+/// whose prompt starts with `prefix`.
+fn image_chat(name: &str, prefix: &str, (kind, file): (&str, &str), text: &str) {
     if !available("cpu") {
         return;
     }
     let s = server(
         vec![config(
-            "llava",
+            "vlm",
             "text-generation",
-            &fixture("tiny-llava"),
+            &fixture(name),
             "cpu",
             BatchPolicy::default(),
             1,
@@ -475,40 +499,39 @@ fn chat_completions_with_images() {
         64,
     );
     let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("tiny-llava/reference.json")).unwrap(),
+        &std::fs::read_to_string(fixture(&format!("{name}/reference.json"))).unwrap(),
     )
     .unwrap();
     let case = reference["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| {
-            c["prompt"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("<|im_start|>user\n<image>"))
-        })
+        .find(|c| c["prompt"].as_str().is_some_and(|p| p.starts_with(prefix)))
         .expect("the fixture's chat case");
     use base64::Engine;
-    let image = std::fs::read(fixture("images/alpha_45x60.png")).unwrap();
+    let image = std::fs::read(fixture(&format!("images/{file}"))).unwrap();
     let url = format!(
-        "data:image/png;base64,{}",
+        "data:image/{kind};base64,{}",
         base64::engine::general_purpose::STANDARD.encode(image)
     );
     let new = case["new_ids"].as_array().unwrap().len();
-    let body = json!({"model": "llava", "max_tokens": new, "temperature": 0, "messages": [
+    let body = json!({"model": "vlm", "max_tokens": new, "temperature": 0, "messages": [
         {"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": url}},
-            {"type": "text", "text": "Rust and WebAssembly run"}]}]});
+            {"type": "text", "text": text}]}]});
     let (code, v) = post(
         &agent(),
         &format!("{}/v1/chat/completions", s.base),
         &body.to_string(),
     );
-    assert_eq!(code, 200, "{v}");
-    assert_eq!(v["choices"][0]["message"]["content"], case["text"], "{v}");
+    assert_eq!(code, 200, "{name}: {v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"], case["text"],
+        "{name}: {v}"
+    );
     assert_eq!(v["usage"]["completion_tokens"], new);
     // Images are given, not fetched.
-    let body = json!({"model": "llava", "messages": [{"role": "user", "content": [
+    let body = json!({"model": "vlm", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]});
     let (code, v) = post(
         &agent(),

@@ -174,4 +174,34 @@ mod tests {
         assert!(rope_index(&ids, 9, &[[1, 2, 2]]).is_err());
         assert!(rope_index(&ids, 9, &[]).is_err());
     }
+
+    #[test]
+    fn settings_come_from_either_config_form() {
+        // The hub's flat config, and transformers 5's text_config.
+        let hub = Json::parse(
+            "config.json",
+            r#"{"rope_theta": 1000000.0,
+                "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}"#,
+        )
+        .unwrap();
+        let want = Mrope {
+            sections: vec![16, 24, 24],
+            theta: 1e6,
+        };
+        assert_eq!(Mrope::read(&hub, 128).unwrap(), want);
+        let v5 = Json::parse(
+            "config.json",
+            r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3]}}"#,
+        )
+        .unwrap();
+        assert_eq!(Mrope::read(&v5, 16).unwrap().theta, 1e4);
+        assert!(Mrope::read(&v5, 12).is_err());
+        let yarn = Json::parse(
+            "config.json",
+            r#"{"rope_parameters": {"rope_type": "yarn", "mrope_section": [2, 3, 3]}}"#,
+        )
+        .unwrap();
+        assert!(matches!(Mrope::read(&yarn, 16), Err(Error::Unsupported(_))));
+    }
 }
