@@ -243,15 +243,16 @@ fn image_requests_join_a_running_batch() {
         return;
     }
     for fixed in [None, Some(true)] {
-        join_matches("cpu", fixed);
+        join_matches("tiny-llava", "cpu", fixed);
     }
     if available("openvino") {
-        join_matches("openvino", None);
+        join_matches("tiny-llava", "openvino", None);
     }
 }
 
-fn join_matches(device: &str, fixed_shapes: Option<bool>) {
-    let name = "tiny-llava";
+/// `name`'s first four cases (lengths 16, 3, 6, 2 tokens): 0, 1 and 3 in
+/// a batch, 2 (two images) and a bad request queued to join it.
+fn join_matches(name: &str, device: &str, fixed_shapes: Option<bool>) {
     let cs = cases(name);
     let mut r = runner_with(
         "text-generation",
@@ -285,7 +286,7 @@ fn join_matches(device: &str, fixed_shapes: Option<bool>) {
             .1
             .clone()
     };
-    let label = format!("{device} (fixed slots {fixed_shapes:?})");
+    let label = format!("{name} on {device} (fixed slots {fixed_shapes:?})");
     for (i, at) in [(0usize, 0usize), (1, 1), (3, 2), (2, 10)] {
         let v = got(at).unwrap_or_else(|e| panic!("{label}, request {i}: {e}"));
         assert_eq!(
@@ -478,5 +479,106 @@ fn qwen2_vl_bad_image_requests_are_clear_errors() {
             .unwrap_or_else(|| panic!("{req} must fail"));
         assert_eq!(e.kind, "invalid-request", "{e}");
         assert!(e.message.contains(text), "{text}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LLaVA-NeXT and LLaVA 1.5 (tests/fixtures/gen_tiny_llava_next.py:
+// `tiny-llava-next`, a CLIP tower on anyres tiles packed with newline rows
+// and a Mistral decoder; `tiny-llava-clip`, LLaVA 1.5's CLIP tower with the
+// class token dropped and a LLaMA decoder): token-identical greedy
+// continuations and first-step logits with one image and with two images of
+// different aspect ratios, alone and in one batch, on the growing and the
+// fixed-slot cache; image requests joining a running batch.
+// ---------------------------------------------------------------------------
+
+const LLAVA_NEXT: &[&str] = &["tiny-llava-next", "tiny-llava-clip"];
+
+fn llava_next_greedy_matches(device: &str, fixed_shapes: Option<bool>) {
+    if !available(device) {
+        return;
+    }
+    for name in LLAVA_NEXT {
+        let cases = cases(name);
+        let mut r = runner_with(
+            "text-generation",
+            &fixture(name),
+            device,
+            Precision::F32,
+            fixed_shapes,
+        );
+        let label = format!("{name} on {device} (fixed slots {fixed_shapes:?})");
+        let mut worst = 0f64;
+        for c in &cases {
+            let req = request(c, serde_json::json!({"return_logits": true}));
+            let got = &ask(&mut r, &[req])[0];
+            assert_eq!(tokens(got), c.new_ids, "{label}: {:?}", c.prompt);
+            // The expanded prompt: as many image tokens as transformers'.
+            assert_eq!(
+                got["prompt_tokens"], c.prompt_len,
+                "{label}: {:?}",
+                c.prompt
+            );
+            assert_eq!(got["device"], device);
+            let logits: Vec<f32> = got["prefill_logits"]
+                .as_array()
+                .expect("prefill_logits")
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let (cos, max_abs) = compare(&logits, &c.prefill_logits);
+            assert!(
+                cos >= 0.99999 && max_abs <= 1e-4,
+                "{label}: {:?}: logits cos {cos} max-abs {max_abs}",
+                c.prompt
+            );
+            worst = worst.max(max_abs);
+        }
+        // All cases in one left-padded batch: several rows' images, each
+        // with its own tiles, in one step's graph.
+        let reqs: Vec<String> = cases
+            .iter()
+            .map(|c| request(c, serde_json::json!({})))
+            .collect();
+        for (c, got) in cases.iter().zip(ask(&mut r, &reqs)) {
+            assert_eq!(tokens(&got), c.new_ids, "{label} batched: {:?}", c.prompt);
+        }
+        eprintln!(
+            "{label}: {} cases token-identical, logits max-abs {worst:.2e}",
+            cases.len()
+        );
+    }
+}
+
+#[test]
+fn llava_next_greedy_matches_transformers_on_cpu() {
+    llava_next_greedy_matches("cpu", None);
+}
+
+#[test]
+fn llava_next_greedy_matches_transformers_with_fixed_slots() {
+    llava_next_greedy_matches("cpu", Some(true));
+}
+
+#[test]
+fn llava_next_greedy_matches_transformers_on_openvino() {
+    llava_next_greedy_matches("openvino", None);
+}
+
+#[test]
+fn llava_next_greedy_matches_transformers_on_cuda() {
+    llava_next_greedy_matches("cuda", None);
+}
+
+#[test]
+fn llava_next_requests_join_a_running_batch() {
+    if !available("cpu") {
+        return;
+    }
+    for fixed in [None, Some(true)] {
+        join_matches("tiny-llava-next", "cpu", fixed);
+    }
+    if available("openvino") {
+        join_matches("tiny-llava-next", "openvino", None);
     }
 }

@@ -144,22 +144,7 @@ impl Llava {
     /// preprocessed, and its prompt with each image token expanded; the
     /// counts must agree.
     pub fn prepare(&self, v: &serde_json::Value, prompt: &str) -> Result<(String, Images), Error> {
-        let fields: Vec<(String, &str)> = match (v.get("images"), v.get("image")) {
-            (Some(_), Some(_)) => return Err(invalid("give `images` or `image`, not both")),
-            (Some(serde_json::Value::Array(a)), None) => a
-                .iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    x.as_str()
-                        .map(|s| (format!("images[{i}]"), s))
-                        .ok_or_else(|| invalid(format!("`images[{i}]` must be a base64 string")))
-                })
-                .collect::<Result<_, _>>()?,
-            (Some(_), None) => return Err(invalid("`images` must be a list of base64 strings")),
-            (None, Some(serde_json::Value::String(s))) => vec![("image".into(), s.as_str())],
-            (None, Some(_)) => return Err(invalid("`image` must be a base64 string")),
-            (None, None) => Vec::new(),
-        };
+        let fields = skill_sdk::image::request_images(v)?;
         let marks = prompt.matches(self.image_text.as_str()).count();
         if marks != fields.len() {
             return Err(invalid(format!(
@@ -216,23 +201,27 @@ impl Llava {
     pub fn splice(&self, g: &Graph, e: Node, bs: &[Dim]) -> Result<Node, Error> {
         let rows = g.input("image_rows", skill_sdk::Dtype::I64, bs)?;
         let at = g.input("image_mask", skill_sdk::Dtype::Boolean, bs)?;
-        let feats = self.vision.features(g, "images")?;
+        let mut feats = self.vision.features(g, "images")?;
         let w = self.vision.width as i64;
-        let mut table = g.b.reshape(feats, &[-1, w])?;
-        // LLaVA-NeXT: the newline embedding is the row after the features.
+        // LLaVA-NeXT: the newline embedding after each input's features.
         if let Some(next) = &self.next {
-            let newline = g.b.reshape(g.weight(&next.newline)?, &[1, w])?;
-            table = g.b.concat(&[table, newline], 0)?;
+            let newline = g.b.reshape(g.weight(&next.newline)?, &[1, 1, w])?;
+            let shape = [
+                Dim::Symbolic("images".into()),
+                Dim::Fixed(1),
+                Dim::Fixed(w as u64),
+            ];
+            feats = g.b.concat(&[feats, g.b.expand(newline, &shape)?], 1)?;
         }
-        let picked = g.b.gather(table, rows, 0)?;
+        let picked = g.b.gather(g.b.reshape(feats, &[-1, w])?, rows, 0)?;
         g.b.select(g.b.unsqueeze(at, -1)?, picked, e)
     }
 
     /// A step's image inputs: `pixel_values` of the images of `fresh` rows
     /// (in row order), and for `ids` [rows, len] (left padded)
     /// `image_mask` (true at image tokens) and `image_rows` (there, the
-    /// image feature's row among all the step's images' features, the
-    /// newline row after them; 0 elsewhere). Image-token ids become `pad`
+    /// image feature's row among all the step's images' features, each
+    /// tower input's followed by the newline with LLaVA-NeXT; 0 elsewhere). Image-token ids become `pad`
     /// (their embeddings are replaced; an image id may lie outside the
     /// vocabulary).
     pub fn step_inputs(
@@ -244,13 +233,14 @@ impl Llava {
     ) -> Result<Vec<NamedTensor>, Error> {
         let per = self.vision.tokens() as usize;
         // The step's features: every fresh row's tower inputs in row order,
-        // `per` rows each, then (LLaVA-NeXT) the newline row.
+        // `per` rows each, followed (LLaVA-NeXT) by a newline row.
         let inputs: usize = rows
             .iter()
             .filter(|(fresh, _)| *fresh)
             .map(|(_, im)| im.pixels.len())
             .sum();
-        let newline = (inputs * per) as i64;
+        let stride = per + self.next.is_some() as usize;
+        let newline = per as i64;
         let mut mask = Vec::with_capacity(ids.len());
         let mut index = Vec::with_capacity(ids.len());
         let mut pixels = Vec::new();
@@ -263,7 +253,10 @@ impl Llava {
             if *fresh {
                 for (n, packed) in &images.images {
                     features.extend(packed.iter().map(|f| match f {
-                        Feature::At(k) => (first * per) as i64 + *k as i64,
+                        Feature::At(k) => {
+                            let k = *k as usize;
+                            ((first + k / per) * stride + k % per) as i64
+                        }
                         Feature::Newline => newline,
                     }));
                     first += n;
