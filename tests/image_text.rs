@@ -469,6 +469,10 @@ fn qwen2_vl_bad_image_requests_are_clear_errors() {
             serde_json::json!({"prompt": "<|image_pad|> hi", "images": ["%%%"]}),
             "`images[0]`",
         ),
+        (
+            serde_json::json!({"prompt": "<|video_pad|> hi"}),
+            "videos are not served",
+        ),
     ];
     for (req, text) in bad {
         let req = req.to_string();

@@ -43,6 +43,8 @@ pub struct Qwen2Vl {
     /// The decoder's weight prefix (`...layers.0...`, `...norm.weight`).
     pub lm_base: String,
     pub image_token: i64,
+    /// `<|video_pad|>`'s id: videos are refused.
+    pub video_token: i64,
     pub image_text: String,
     pub pre: PatchPreprocess,
 }
@@ -112,12 +114,14 @@ impl Qwen2Vl {
             .unwrap_or("<|image_pad|>")
             .to_string();
         let image_token = config.u64_or("image_token_id", 151655)? as i64;
+        let video_token = config.u64_or("video_token_id", 151656)? as i64;
         Ok((
             Qwen2Vl {
                 vision,
                 mrope,
                 lm_base: lm_base.to_string(),
                 image_token,
+                video_token,
                 image_text,
                 pre,
             },
@@ -172,6 +176,11 @@ impl Qwen2Vl {
         let grids: Vec<[u64; 3]> = (p.images.iter())
             .map(|i| [i.grid[0], i.grid[1] / m, i.grid[2] / m])
             .collect();
+        if ids.contains(&self.video_token) {
+            return Err(invalid(
+                "the prompt has a video token; videos are not served (images only)",
+            ));
+        }
         p.positions = rope_index(ids, self.image_token, &grids).map_err(|e| match e {
             Error::InvalidRequest(msg) => invalid(format!(
                 "{msg} (is `{}` in the prompt's text besides the image markers?)",
