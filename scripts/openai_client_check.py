@@ -3,16 +3,19 @@
 
     pip install openai huggingface_hub
     python3 scripts/openai_client_check.py --base http://127.0.0.1:8080 \
-        --embedding-model emb --chat-model chat
+        --embedding-model emb --chat-model chat [--api-key KEY]
 
 Checks: models.list; embeddings.create with the client's defaults (it asks
 for base64) equal to encoding_format="float"; completions; chat
 completions, plain and streamed with usage; InferenceClient
-feature_extraction and sentence_similarity on the server's URL. Prints one
-line per check and exits 1 on the first failure.
+feature_extraction and sentence_similarity on the server's URL; with
+--api-key (or HOST_API_KEY), that a wrong key gets AuthenticationError.
+Prints one line per check and exits 1 on the first failure. tests/serve_openai.rs
+runs it against a server with an API key (scripts/test.sh installs the clients).
 """
 
 import argparse
+import os
 import sys
 
 
@@ -27,13 +30,21 @@ def main() -> None:
     ap.add_argument("--base", default="http://127.0.0.1:8080")
     ap.add_argument("--embedding-model", default=None)
     ap.add_argument("--chat-model", default=None)
+    ap.add_argument("--api-key", default=os.environ.get("HOST_API_KEY"))
     args = ap.parse_args()
 
     import openai
 
-    client = openai.OpenAI(base_url=args.base + "/v1", api_key="unused")
+    client = openai.OpenAI(base_url=args.base + "/v1", api_key=args.api_key or "unused", max_retries=0)
     ids = [m.id for m in client.models.list().data]
     check("models.list", bool(ids), str(ids))
+    if args.api_key:
+        wrong = openai.OpenAI(base_url=args.base + "/v1", api_key="not-the-key-0000000000", max_retries=0)
+        try:
+            wrong.models.list()
+            check("a wrong key is refused", False)
+        except openai.AuthenticationError as e:
+            check("a wrong key is refused", True, str(e.message)[:60])
 
     if args.embedding_model:
         texts = ["Hello, world", "A second text"]
@@ -48,7 +59,7 @@ def main() -> None:
         except ImportError:
             print("skip huggingface_hub not installed")
         else:
-            hf = InferenceClient(model=args.base)
+            hf = InferenceClient(model=args.base, token=args.api_key)
             vec = hf.feature_extraction("Hello, world")
             check("InferenceClient.feature_extraction", len(vec[0]) == len(floats.data[0].embedding),
                   f"shape {getattr(vec, 'shape', None)}")

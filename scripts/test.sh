@@ -17,6 +17,17 @@ if [ ! -f "$RT/nvidia/cu13/lib/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH="$PWD/$RT/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export REQUIRE_NVRTC=1
+# The official clients (tests/serve_security.rs drives a server with them),
+# in their own directory: their dependencies stay off the runtime path.
+CLIENTS=.runtime/clients
+if [ ! -f "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0" ]; then
+  printf '==> %s\n' "installing the openai and huggingface_hub clients into $CLIENTS" >&2
+  rm -rf "$CLIENTS"
+  "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --target "$CLIENTS" \
+    "openai==3.63.0" "huggingface_hub==2.4.0" 2>&1 | grep -v "dependency resolver\|requires\|WARNING: Running pip" >&2 || true
+  [ -d "$CLIENTS/openai" ] && touch "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0"
+fi
+export REQUIRE_CLIENTS=1
 # The guest SDK's unit tests (beam search, processors, image resampling,
 # Swin indices) run natively.
 cargo test --release --quiet -p skill-sdk --features generation,image,audio --lib

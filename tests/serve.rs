@@ -177,7 +177,8 @@ fn a_burst_beyond_the_queue_gets_429_and_the_rest_is_answered() {
     );
     for (c, v) in &results {
         if *c == 429 {
-            assert_eq!(v["error"]["type"], "overloaded", "{v}");
+            assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+            assert_eq!(v["error"]["code"], "overloaded", "{v}");
         }
     }
 }
@@ -532,7 +533,8 @@ fn completions_refuse_options_they_would_ignore() {
     ] {
         let (code, v) = post(&agent(), &url, body);
         assert_eq!(code, 400, "{body}: {v}");
-        assert_eq!(v["error"]["type"], "unsupported");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "unsupported");
     }
     let (code, v) = post(
         &agent(),
@@ -663,13 +665,12 @@ fn tei_predict_and_rerank_answer_like_the_skill() {
         ),
         ("/predict", r#"{"model":"nli"}"#, "missing `inputs`"),
     ];
+    // TEI's error shape and status on TEI routes.
     for (route, body, text) in cases {
         let (code, v) = post(&a, &url(route), body);
-        assert_eq!(code, 400, "{route} {body}: {v}");
-        assert!(
-            v["error"]["message"].as_str().unwrap_or("").contains(text),
-            "{v}"
-        );
+        assert_eq!(code, 422, "{route} {body}: {v}");
+        assert_eq!(v["error_type"], "Validation", "{v}");
+        assert!(v["error"].as_str().unwrap_or("").contains(text), "{v}");
     }
 }
 

@@ -380,13 +380,14 @@ fn embeddings_base64_and_tei_text_routes() {
         &format!("{}/embed", s.base),
         r#"{"inputs": "x", "normalize": false}"#,
     );
-    assert_eq!(code, 400, "{v}");
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["error_type"], "Validation", "{v}");
     let (code, v) = post(
         &a,
         &format!("{}/embed", s.base),
         r#"{"inputs": "x", "truncation_direction": "Left"}"#,
     );
-    assert_eq!(code, 400, "{v}");
+    assert_eq!(code, 422, "{v}");
     let (code, v) = post(
         &a,
         &format!("{}/embed", s.base),
@@ -441,7 +442,7 @@ fn embeddings_base64_and_tei_text_routes() {
     assert_eq!(code, 200, "{d}");
     assert_eq!(d, json!(["hello world"]), "uncased model");
     let (code, d) = post(&a, &format!("{}/decode", s.base), r#"{"ids": [999999]}"#);
-    assert_eq!(code, 400, "{d}");
+    assert_eq!(code, 422, "{d}");
     let info: Value = a
         .get(&format!("{}/info", s.base))
         .call()
@@ -451,7 +452,7 @@ fn embeddings_base64_and_tei_text_routes() {
     assert_eq!(info["model_id"], "emb");
     assert!(info["model_type"]["embedding"].is_object(), "{info}");
     let (code, _) = post(&a, &format!("{}/embed_all", s.base), r#"{"inputs": "x"}"#);
-    assert_eq!(code, 400);
+    assert_eq!(code, 422);
 }
 
 /// A vision-language chat (tiny LLaVA): an `image_url` data URL part

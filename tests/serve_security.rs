@@ -394,3 +394,59 @@ fn large_requests_are_served_or_refused_before_any_work() {
         200
     );
 }
+
+/// The official `openai` and `huggingface_hub` clients, unmodified, against
+/// a server with an API key (scripts/openai_client_check.py; scripts/test.sh
+/// installs the clients into .runtime/clients).
+#[test]
+fn official_clients_work_with_an_api_key() {
+    if !available("cpu") {
+        return;
+    }
+    let clients = root().join(".runtime").join("clients");
+    if !clients.join("openai").is_dir() {
+        assert!(
+            std::env::var_os("REQUIRE_CLIENTS").is_none(),
+            "REQUIRE_CLIENTS is set but {} has no openai client",
+            clients.display()
+        );
+        eprintln!("SKIP: the openai and huggingface_hub clients are not in {} (scripts/test.sh installs them)", clients.display());
+        return;
+    }
+    let chat = tempfile::tempdir().unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-llama").join(f), chat.path().join(f)).unwrap();
+    }
+    for f in ["tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture("tiny-llama-chat/plain").join(f), chat.path().join(f)).unwrap();
+    }
+    let s = server_with(
+        vec![
+            embedding_endpoint(),
+            config("chat", "text-generation", chat.path(), "cpu", BatchPolicy::default(), 1),
+        ],
+        ServeOptions {
+            keys: Keys::new(&[API_KEY.into()], &[]).unwrap(),
+            default_endpoint: Some("emb".into()),
+            ..ServeOptions::default()
+        },
+    );
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .env("PYTHONPATH", &clients)
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .arg(root().join("scripts/openai_client_check.py"))
+        .args(["--base", &s.base, "--embedding-model", "emb", "--chat-model", "chat"])
+        .args(["--api-key", API_KEY])
+        .output()
+        .expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok   InferenceClient.sentence_similarity"), "{text}");
+    assert!(text.contains("ok   a wrong key is refused"), "{text}");
+}

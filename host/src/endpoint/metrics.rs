@@ -11,6 +11,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub batch_size: HistogramVec,
     pub latency: HistogramVec,
+    /// HTTP responses by status (`host serve`): every rejection (401,
+    /// 403, 408, 413, 429, ...) is counted here.
+    pub http_responses: IntCounterVec,
 }
 
 impl Metrics {
@@ -60,8 +63,17 @@ impl Metrics {
             &["endpoint"],
         )
         .expect("static metric definition");
+        let http_responses = IntCounterVec::new(
+            Opts::new(
+                "host_http_responses_total",
+                "HTTP responses of host serve, by status code",
+            ),
+            &["status"],
+        )
+        .expect("static metric definition");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_responses.clone()),
             Box::new(errors.clone()),
             Box::new(fallbacks.clone()),
             Box::new(queue_depth.clone()),
@@ -78,6 +90,7 @@ impl Metrics {
             queue_depth,
             batch_size,
             latency,
+            http_responses,
         }
     }
 

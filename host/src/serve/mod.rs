@@ -143,8 +143,10 @@ impl AppState {
     }
 }
 
-/// An error response: `{"error": {"message", "type"}}` (OpenAI's shape,
-/// which TEI clients also read).
+/// An error response in OpenAI's shape: `{"error": {"message", "type",
+/// "param", "code"}}` with OpenAI's `type` for the status and this
+/// server's kind (`overloaded`, `unsupported`, ...) as `code`; the TEI
+/// routes reshape it to TEI's `{"error", "error_type"}` ([`tei::reshape`]).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -176,7 +178,9 @@ impl From<RequestError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "message": self.message, "type": self.kind } });
+        let body = serde_json::json!({ "error": {
+            "message": self.message, "type": openai_type(self.status), "param": null, "code": self.kind,
+        } });
         let mut r = (self.status, axum::Json(body)).into_response();
         // Overload and unavailability pass: say when to come back.
         if matches!(
@@ -190,6 +194,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// OpenAI's error `type` for a status (clients branch on the status; the
+/// `code` carries this server's finer kind).
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        408 => "timeout_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
 /// The router over `endpoints`.
 pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
     let state = Arc::new(AppState {
@@ -200,8 +217,7 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         model_roots: opts.model_roots.clone(),
     });
     let keys = Arc::new(opts.keys.clone());
-    let inference = Router::new()
-        .route("/v1/embeddings", post(api::openai_embeddings))
+    let tei_routes = Router::new()
         .route("/", post(tei_text::root))
         .route("/embed", post(tei_text::embed))
         .route("/embed_all", post(tei_text::embed_all_route))
@@ -211,6 +227,10 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .route("/info", get(tei_text::info))
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
+        .route_layer(middleware::from_fn(tei::reshape));
+    let inference = Router::new()
+        .merge(tei_routes)
+        .route("/v1/embeddings", post(api::openai_embeddings))
         .route("/v1/completions", post(completions::openai_completions))
         .route("/v1/chat/completions", post(chat::openai_chat))
         .route("/v1/models", get(api::openai_models))
@@ -224,6 +244,7 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .route("/admin/endpoints", get(admin::list).post(admin::add))
         .route("/admin/endpoints/{name}", delete(admin::remove))
         .route_layer(middleware::from_fn_with_state(keys, auth::admin));
+    let metrics = state.endpoints.metrics.clone();
     let read = listen::BodyRead {
         timeout: opts.timeouts.body,
         max_bytes: opts.max_body_bytes,
@@ -236,7 +257,22 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(read, listen::read_body))
+        .layer(middleware::from_fn_with_state(metrics, count_status))
         .with_state(state)
+}
+
+/// Counts every response by status (`host_http_responses_total`).
+async fn count_status(
+    axum::extract::State(metrics): axum::extract::State<Arc<crate::endpoint::Metrics>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let r = next.run(req).await;
+    metrics
+        .http_responses
+        .with_label_values(&[r.status().as_str()])
+        .inc();
+    r
 }
 
 /// Serves until SIGINT/SIGTERM, then finishes in-flight requests and drains

@@ -187,3 +187,35 @@ pub(super) async fn predict(
         false => answers.pop().unwrap_or(Value::Array(Vec::new())),
     }))
 }
+
+/// TEI's error shape on the TEI routes: `{"error": message, "error_type"}`
+/// with TEI's statuses (validation errors are 422, overload 429, an
+/// unavailable model 503, backend failures 424/500), from this server's
+/// OpenAI-shaped errors.
+pub(super) async fn reshape(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let r = next.run(req).await;
+    if r.status().is_success() {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let bytes = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(b) => b,
+        Err(_) => return (parts.status, "error body unreadable").into_response(),
+    };
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let Some(message) = v["error"]["message"].as_str() else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let (status, error_type) = match parts.status.as_u16() {
+        400 | 404 | 409 | 422 => (StatusCode::UNPROCESSABLE_ENTITY, "Validation"),
+        413 => (StatusCode::PAYLOAD_TOO_LARGE, "Validation"),
+        429 => (StatusCode::TOO_MANY_REQUESTS, "Overloaded"),
+        503 => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
+        s if s >= 500 => (parts.status, "Backend"),
+        _ => (parts.status, "Validation"),
+    };
+    parts.status = status;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = json!({ "error": message, "error_type": error_type }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
