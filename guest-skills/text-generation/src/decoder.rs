@@ -62,7 +62,7 @@ pub enum Arch {
     /// shards.
     CodeGen,
     /// Mistral with a `sliding_window`: LLaMA's layers, every one attending
-    /// within the window (without one, a mistral config is [`Arch::Llama`]).
+    /// within the window (with a null one, a mistral config is [`Arch::Llama`]).
     Mistral,
 }
 
@@ -74,11 +74,12 @@ impl Arch {
     }
 
     /// The architecture of a decoder config: [`Arch::from_model_type`],
-    /// except that a mistral config without `sliding_window` is LLaMA's
-    /// graph (the same layers, no window).
+    /// except that a mistral config with `sliding_window` null is LLaMA's
+    /// graph (the same layers, no window; absent, the window is
+    /// `MistralConfig`'s 4096).
     pub fn from_config(t: &str, c: &Json) -> Option<Arch> {
         match (t, c.value.get("sliding_window")) {
-            ("mistral", None | Some(serde_json::Value::Null)) => Some(Arch::Llama),
+            ("mistral", Some(serde_json::Value::Null)) => Some(Arch::Llama),
             _ => Arch::from_model_type(t),
         }
     }

@@ -78,7 +78,12 @@ pub(crate) fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
             Some(1.0),
         ),
         // Every layer attends within `sliding_window` positions.
-        Arch::Mistral => (vec![true; layers as usize], c.u64("sliding_window")?, None),
+        // (`MistralConfig`'s 4096 when the key is absent).
+        Arch::Mistral => (
+            vec![true; layers as usize],
+            c.u64_or("sliding_window", 4096)?,
+            None,
+        ),
         _ => (vec![false; layers as usize], 0, None),
     };
     if window == 0 && local.contains(&true) {

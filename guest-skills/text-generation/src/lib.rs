@@ -35,6 +35,7 @@ mod positions;
 mod qwen2_vl;
 mod resize;
 mod respond;
+mod text_config;
 
 use std::cell::RefCell;
 

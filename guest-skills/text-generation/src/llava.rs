@@ -87,7 +87,7 @@ impl Llava {
             .ok_or_else(|| Error::Model("config.json: `text_config` is missing".into()))?;
         let text = Json {
             file: "config.json text_config".into(),
-            value: text,
+            value: crate::text_config::with_defaults(text),
         };
         let g = Graph::new("llava-probe");
         let vision = LlavaVision::load(config, &g)?;
