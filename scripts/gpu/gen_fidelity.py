@@ -43,7 +43,7 @@ from pathlib import Path
 from common import (FIXTURES, fmt, host_devices, host_error_text, log, machine, md_escape,
                     resolve_host, run_cmd, utc_now, versions, write_jsonl, write_outputs)
 
-ARCHS = ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen"]
+ARCHS = ["gpt2", "opt", "llama", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "mistral"]
 
 
 def run_host(args, model: Path, requests: list[dict], bs: int, tmp: Path, tag: str) -> dict:
