@@ -248,3 +248,45 @@ impl Qwen2VlVision {
         g.add(x, g.linear(h, &format!("{at}mlp.fc2"))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_merge_windows() {
+        let v = Qwen2VlVision {
+            base: "visual.".into(),
+            embed: 32,
+            heads: 4,
+            depth: 1,
+            act: Act::QuickGelu,
+            patch: 8,
+            temporal: 2,
+            merge: 2,
+            channels: 3,
+            width: 64,
+            theta: 10000.0,
+        };
+        // transformers' get_vision_position_ids for a (1, 2, 4) grid.
+        let rows_cols: Vec<(i64, i64)> = v
+            .positions([1, 2, 4])
+            .chunks(2)
+            .map(|p| (p[0], p[1]))
+            .collect();
+        assert_eq!(
+            rows_cols,
+            vec![
+                (0, 0),
+                (0, 1),
+                (1, 0),
+                (1, 1),
+                (0, 2),
+                (0, 3),
+                (1, 2),
+                (1, 3)
+            ]
+        );
+        assert_eq!(v.patch_width(), 384);
+    }
+}
