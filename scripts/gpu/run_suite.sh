@@ -7,8 +7,9 @@
 #   fidelity: nvidia-smi, make_models (embedding models), the kernel tests
 #             .gpu/backend_ops (if present) with OPS_PRECISION=f32, f16, bf16,
 #             the encoder skills on every tiny encoder fixture (.gpu/encoders),
-#             text2text-generation, vision/video and audio skills on theirs
-#             (.gpu/seq2seq, .gpu/vision, .gpu/audio),
+#             text2text-generation, vision/video, audio and image-text-to-text
+#             (llava, llava_next, qwen2_vl) skills on theirs
+#             (.gpu/seq2seq, .gpu/vision, .gpu/audio, .gpu/image_text),
 #             embed_fidelity.py and gen_fidelity.py.
 #   bench:    nvidia-smi, make_models (all five models), bench_cuda.py
 #             (bounded to ~6 minutes by its --budget-s).
@@ -138,9 +139,9 @@ if [ "$MODE" = fidelity ] || [ "$MODE" = all ]; then
         step encoders env HOST_TEST_ROOT="$PWD" CARGO_TARGET_DIR="$PWD/.gpu/target" \
             .gpu/encoders --nocapture tiny_encoders_match_transformers_on_cuda
     fi
-    # Encoder-decoder generation, vision/video and audio skills on every
-    # tiny fixture against transformers (their cuda tests).
-    for t in seq2seq vision audio; do
+    # Encoder-decoder generation, vision/video, audio and image-text skills
+    # on every tiny fixture against transformers (their cuda tests).
+    for t in seq2seq vision audio image_text; do
         if [ -f ".gpu/$t" ]; then
             [ -x ".gpu/$t" ] || chmod +x ".gpu/$t" 2>/dev/null || true
             step "$t" env HOST_TEST_ROOT="$PWD" CARGO_TARGET_DIR="$PWD/.gpu/target" \
