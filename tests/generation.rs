@@ -429,7 +429,7 @@ fn queued_requests_join_fixed_slots_on_cpu() {
         join_matches_with(arch, "cpu", Some(true), None);
     }
     let long = "the quick brown fox jumps over the lazy dog and then ".repeat(2);
-    for arch in ["llama", "opt", "bloom", "gpt_neo"] {
+    for arch in ["llama", "opt", "bloom", "gpt_neo", "mistral"] {
         join_matches_with(arch, "cpu", Some(true), Some(&long));
     }
 }
@@ -445,7 +445,7 @@ fn queued_requests_join_a_running_batch_on_cuda() {
         join_matches_with(arch, "cuda", None, None);
     }
     let long = "the quick brown fox jumps over the lazy dog and then ".repeat(2);
-    for arch in ["llama", "opt", "bloom", "gpt_neo"] {
+    for arch in ["llama", "opt", "bloom", "gpt_neo", "mistral"] {
         join_matches_with(arch, "cuda", None, Some(&long));
     }
 }
