@@ -81,13 +81,15 @@ impl PatchPreprocess {
     /// `shortest_edge`/`longest_edge`, as the processor's constructor does.
     pub fn from_json(j: &Json) -> Result<PatchPreprocess, Error> {
         let size = j.value.get("size").filter(|v| !v.is_null());
+        // `size` holds {shortest_edge, longest_edge} (transformers 5) or,
+        // in some older saves, {min_pixels, max_pixels}.
         let edge = |k: &str| size.and_then(|s| s.get(k)).and_then(|v| v.as_u64());
         let pixels = |k: &str, edge_key: &str, default: u64| -> Result<u64, Error> {
             match j.value.get(k).filter(|v| !v.is_null()) {
                 Some(v) => v.as_u64().ok_or_else(|| {
                     Error::Model(format!("{}: `{k}` must be a positive integer", j.file))
                 }),
-                None => Ok(edge(edge_key).unwrap_or(default)),
+                None => Ok(edge(edge_key).or_else(|| edge(k)).unwrap_or(default)),
             }
         };
         let min_pixels = pixels("min_pixels", "shortest_edge", 56 * 56)?;
@@ -246,6 +248,28 @@ mod tests {
         assert_eq!(smart_resize(10, 10, 28, 3136, 1003520), Ok((56, 56)));
         assert_eq!(smart_resize(1080, 1920, 28, 3136, 1003520), Ok((728, 1316)));
         assert!(smart_resize(1, 300, 28, 3136, 1003520).is_err());
+    }
+
+    #[test]
+    fn pixel_limits_come_from_every_config_form() {
+        let read = |text: &str| {
+            PatchPreprocess::from_json(&Json::parse("preprocessor_config.json", text).unwrap())
+                .unwrap()
+        };
+        // The hub's Qwen2-VL-7B-Instruct form: no size, no resample.
+        let hub = read(
+            r#"{"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14,
+                "temporal_patch_size": 2, "merge_size": 2,
+                "image_processor_type": "Qwen2VLImageProcessor"}"#,
+        );
+        assert_eq!((hub.min_pixels, hub.max_pixels), (3136, 12845056));
+        assert_eq!(hub.base.filter, Filter::Bicubic);
+        assert_eq!(hub.base.normalize, Some((CLIP_MEAN, CLIP_STD)));
+        let v5 = read(r#"{"size": {"shortest_edge": 256, "longest_edge": 2304}, "patch_size": 8}"#);
+        assert_eq!((v5.min_pixels, v5.max_pixels, v5.patch), (256, 2304, 8));
+        let old = read(r#"{"size": {"min_pixels": 100, "max_pixels": 200}}"#);
+        assert_eq!((old.min_pixels, old.max_pixels), (100, 200));
+        assert_eq!(read("{}").max_pixels, 28 * 28 * 1280);
     }
 
     #[test]
