@@ -255,4 +255,35 @@ fn devices_and_skills_are_listed() {
         .find(|x| x["name"] == "text-embedding")
         .expect("text-embedding listed");
     assert_eq!(te["task"], "feature-extraction");
+    let listed =
+        |v: &serde_json::Value, name: &str| v.as_array().unwrap().iter().any(|x| x["name"] == name);
+    assert!(!listed(&skills, "hostile"), "test-only skills are hidden");
+    let all: serde_json::Value =
+        serde_json::from_slice(&host(&["skills", "--json", "--all"]).stdout).unwrap();
+    assert!(listed(&all, "hostile"));
+}
+
+/// `--input` fills the skill's own text field: text-generation's `prompt`.
+#[test]
+fn input_maps_to_the_skills_text_field() {
+    if !available("cpu") {
+        return;
+    }
+    let model = fixture("tiny-gpt2");
+    let out = host(&[
+        "run",
+        "text-generation",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        "Hello world",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
 }

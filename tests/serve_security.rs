@@ -414,16 +414,32 @@ fn official_clients_work_with_an_api_key() {
         return;
     }
     let chat = tempfile::tempdir().unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
         std::fs::copy(fixture("tiny-llama").join(f), chat.path().join(f)).unwrap();
     }
     for f in ["tokenizer_config.json", "chat_template.jinja"] {
-        std::fs::copy(fixture("tiny-llama-chat/plain").join(f), chat.path().join(f)).unwrap();
+        std::fs::copy(
+            fixture("tiny-llama-chat/plain").join(f),
+            chat.path().join(f),
+        )
+        .unwrap();
     }
     let s = server_with(
         vec![
             embedding_endpoint(),
-            config("chat", "text-generation", chat.path(), "cpu", BatchPolicy::default(), 1),
+            config(
+                "chat",
+                "text-generation",
+                chat.path(),
+                "cpu",
+                BatchPolicy::default(),
+                1,
+            ),
         ],
         ServeOptions {
             keys: Keys::new(&[API_KEY.into()], &[]).unwrap(),
@@ -436,7 +452,14 @@ fn official_clients_work_with_an_api_key() {
         .env("PYTHONPATH", &clients)
         .env("HF_HUB_DISABLE_TELEMETRY", "1")
         .arg(root().join("scripts/openai_client_check.py"))
-        .args(["--base", &s.base, "--embedding-model", "emb", "--chat-model", "chat"])
+        .args([
+            "--base",
+            &s.base,
+            "--embedding-model",
+            "emb",
+            "--chat-model",
+            "chat",
+        ])
         .args(["--api-key", API_KEY])
         .output()
         .expect("run python");
@@ -447,6 +470,9 @@ fn official_clients_work_with_an_api_key() {
     );
     println!("{text}");
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("ok   InferenceClient.sentence_similarity"), "{text}");
+    assert!(
+        text.contains("ok   InferenceClient.sentence_similarity"),
+        "{text}"
+    );
     assert!(text.contains("ok   a wrong key is refused"), "{text}");
 }

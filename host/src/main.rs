@@ -42,6 +42,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Include the test-only skills (tasks `test-*`, such as `hostile`).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -58,7 +61,8 @@ struct RunArgs {
     /// Numeric precision: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     precision: String,
-    /// Input text; repeatable. Becomes the request `{"text": TEXT}`.
+    /// Input text; repeatable. Becomes the request `{"text": TEXT}` (or the
+    /// skill's own text field, such as text-generation's `prompt`).
     #[arg(long = "input")]
     inputs: Vec<String>,
     /// Image file; repeatable. Becomes the request `{"image": BASE64}`.
@@ -183,7 +187,7 @@ fn main() {
         Command::Bench(args) => bench(args),
         Command::Serve(args) => serve(args),
         Command::Devices { json } => devices(json),
-        Command::Skills { json } => skills(json),
+        Command::Skills { json, all } => skills(json, all),
     };
     // Every endpoint is gone with its command's runtime; let the workers
     // release their skills (and device memory) before the process exits.
@@ -227,11 +231,50 @@ fn sandbox() -> Result<Arc<Sandbox>> {
     Ok(Arc::new(Sandbox::new(limits)?))
 }
 
+/// The request field `--input` fills: `text` when the skill's request
+/// schema has it, else the schema's one required string property (such as
+/// text-generation's `prompt`).
+fn input_field(args: &RunArgs) -> Result<String> {
+    let sb = sandbox()?;
+    let (name, path) = host::skills::resolve(&args.skill)?;
+    let info = sb
+        .load(&name, &path)
+        .and_then(|c| sb.instantiate(&c, Arc::new(SkillContext::empty())))
+        .and_then(|mut i| i.describe())?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&info.request_schema).unwrap_or(serde_json::Value::Null);
+    let props = &schema["properties"];
+    if props.get("text").is_some() || props.is_null() {
+        return Ok("text".into());
+    }
+    let strings: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|k| k.as_str())
+                .filter(|k| props[*k]["type"] == "string")
+                .collect()
+        })
+        .unwrap_or_default();
+    match strings.as_slice() {
+        [one] => Ok(one.to_string()),
+        _ => bail!(
+            "skill `{name}` takes no single text field (its request schema: {}); \
+             send JSON requests with --inputs FILE",
+            info.request_schema
+        ),
+    }
+}
+
 fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
+    let field = match args.inputs.is_empty() {
+        true => String::new(),
+        false => input_field(args)?,
+    };
     let mut reqs: Vec<String> = args
         .inputs
         .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .map(|t| serde_json::json!({ field.as_str(): t }).to_string())
         .collect();
     for (key, paths) in [("image", &args.images), ("audio", &args.audio)] {
         for path in paths {
@@ -546,7 +589,7 @@ fn devices(json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn skills(json: bool) -> Result<i32> {
+fn skills(json: bool, all: bool) -> Result<i32> {
     let sb = sandbox()?;
     let mut rows = Vec::new();
     for (name, path) in host::skills::discover() {
@@ -555,6 +598,7 @@ fn skills(json: bool) -> Result<i32> {
             .and_then(|c| sb.instantiate(&c, Arc::new(SkillContext::empty())))
             .and_then(|mut i| i.describe());
         rows.push(match info {
+            Ok(i) if i.task.starts_with("test-") && !all => continue,
             Ok(i) => serde_json::json!({
                 "name": i.name, "task": i.task, "architectures": i.architectures,
                 "version": i.version, "path": path.display().to_string(),
