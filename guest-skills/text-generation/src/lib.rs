@@ -25,6 +25,7 @@
 //! LLaVA-NeXT (`model_type` "llava_next": a CLIP tower, anyres tiles packed
 //! with newline rows, a mistral decoder) the same way (`llava_next.rs`).
 
+mod arch;
 mod decoder;
 mod dims;
 mod generate;
