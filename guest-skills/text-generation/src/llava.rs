@@ -233,7 +233,8 @@ impl Llava {
     ) -> Result<Vec<NamedTensor>, Error> {
         let per = self.vision.tokens() as usize;
         // The step's features: every fresh row's tower inputs in row order,
-        // `per` rows each, followed (LLaVA-NeXT) by a newline row.
+        // `per` rows each, followed (LLaVA-NeXT) by a newline row; any
+        // input's newline will do, the first's is row `per`.
         let inputs: usize = rows
             .iter()
             .filter(|(fresh, _)| *fresh)
