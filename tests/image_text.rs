@@ -586,3 +586,39 @@ fn llava_next_requests_join_a_running_batch() {
         join_matches("tiny-llava-next", "openvino", None);
     }
 }
+
+#[test]
+fn llava_next_bad_image_requests_are_clear_errors() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner(
+        "text-generation",
+        &fixture("tiny-llava-next"),
+        "cpu",
+        Precision::F32,
+    );
+    let img = b64("gradient_64x48.png");
+    let bad = [
+        (
+            serde_json::json!({"prompt": "<image> and <image>", "images": [img]}),
+            "2 image token(s)",
+        ),
+        (
+            serde_json::json!({"prompt": "<image> hi", "images": ["bm90IGFuIGltYWdl"]}),
+            "`images[0]`",
+        ),
+    ];
+    for (req, text) in bad {
+        let req = req.to_string();
+        let e = r.handle(std::slice::from_ref(&req)).remove(0).unwrap_err();
+        assert_eq!(e.kind, "invalid-request", "{e}");
+        assert!(e.message.contains(text), "{text}: {e}");
+    }
+    // A text-only prompt is served.
+    let ok = &ask(
+        &mut r,
+        &[serde_json::json!({"prompt": "Hello", "max_new_tokens": 2}).to_string()],
+    )[0];
+    assert_eq!(tokens(ok).len(), 2);
+}
