@@ -225,6 +225,22 @@ fn a_failing_first_device_falls_back_and_is_counted() {
         status["endpoints"][0]["device"], "faulty",
         "the endpoint loaded on its first device"
     );
+    // The failed device is out of rotation, and /health says so: the next
+    // request goes straight to cpu (no second fallback counted).
+    let q = &status["endpoints"][0]["quarantined"][0];
+    assert_eq!(q["device"], "faulty", "{status}");
+    assert_eq!(q["failures"], 1, "{status}");
+    let (code, v) = post(
+        &agent(),
+        &format!("{}/v1/endpoints/fb", s.base),
+        r#"{"text": "again"}"#,
+    );
+    assert_eq!((code, &v["device"]), (200, &serde_json::json!("cpu")), "{v}");
+    let n = metric(
+        &s.base,
+        "host_fallbacks_total{endpoint=\"fb\",from=\"faulty\",to=\"cpu\"}",
+    );
+    assert_eq!(n, 1.0, "a quarantined device is not tried first");
 }
 
 #[test]

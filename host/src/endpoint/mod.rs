@@ -13,6 +13,7 @@
 mod batcher;
 mod config;
 mod metrics;
+pub mod quarantine;
 mod running;
 mod worker;
 
@@ -193,6 +194,7 @@ struct Endpoint {
     device: String,
     precision: String,
     batcher: tokio::task::JoinHandle<()>,
+    quarantine: Arc<quarantine::Quarantine>,
 }
 
 /// What `status` reports per endpoint.
@@ -208,6 +210,9 @@ pub struct EndpointStatus {
     pub instances: usize,
     pub queue_depth: i64,
     pub max_batch_size: usize,
+    /// Devices out of rotation after failures ([`quarantine`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<quarantine::QuarantinedDevice>,
 }
 
 /// Endpoint failures.
@@ -291,6 +296,7 @@ impl Endpoints {
             precision: started.precision,
             config: config.clone(),
             batcher,
+            quarantine: started.quarantine,
         };
         let mut map = self.map.write().map_err(|_| EndpointError::Config {
             name: config.name.clone(),
@@ -362,6 +368,7 @@ impl Endpoints {
                     .with_label_values(&[&e.config.name])
                     .get(),
                 max_batch_size: e.config.batching.max_batch_size,
+                quarantined: e.quarantine.snapshot(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, Notify};
 
+use super::quarantine::Quarantine;
 use super::running::{joiners, Replies, Shared, Stash};
 use super::{EndpointConfig, Metrics, Pending};
 use crate::backend::Device;
@@ -144,6 +145,7 @@ pub(crate) struct Started {
     pub cost: Arc<CostModel>,
     pub device: String,
     pub precision: String,
+    pub quarantine: Arc<Quarantine>,
 }
 
 /// Loads the model once and every instance (each falls through the device
@@ -160,6 +162,7 @@ pub(crate) fn start(
     let idle = Arc::new(AtomicUsize::new(0));
     let freed = Arc::new(Notify::new());
     let mut first: Option<(String, String)> = None;
+    let quarantine = Arc::new(Quarantine::default());
     for i in 0..config.instances {
         let runner = Runner::open_model(
             sandbox.clone(),
@@ -185,6 +188,7 @@ pub(crate) fn start(
             home: at,
             metrics: metrics.clone(),
             stash: Stash::default(),
+            quarantine: quarantine.clone(),
         };
         w.runners[at] = Some(runner);
         let (rx, idle, freed) = (rx.clone(), idle.clone(), freed.clone());
@@ -207,6 +211,7 @@ pub(crate) fn start(
         cost,
         device,
         precision,
+        quarantine,
     })
 }
 
@@ -225,6 +230,8 @@ struct Worker {
     /// Queued requests taken off the channel but not yet run (the rest of
     /// a batch part of which joined a running one); they run next.
     stash: Stash,
+    /// Devices out of rotation, shared by the endpoint's workers.
+    quarantine: Arc<Quarantine>,
 }
 
 impl Worker {
@@ -267,6 +274,32 @@ impl Worker {
         })
     }
 
+    /// The devices a batch tries, in order: home, the rest of the list,
+    /// then a fresh instance at home; quarantined devices go last (all are
+    /// still tried before a batch fails).
+    fn order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (self.home..self.devices.len()).collect();
+        order.push(self.home);
+        let out = |i: &usize| self.quarantine.is_out(&self.devices[*i].to_string());
+        let (mut ok, quarantined): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|i| !out(i));
+        ok.extend(quarantined);
+        ok
+    }
+
+    /// After device `served` answered a batch: the devices that failed it
+    /// before (other than `served`) were at fault, `served` is healthy.
+    fn settle(&self, served: usize, failed: &[(usize, String)]) {
+        let served_name = self.devices[served].to_string();
+        for (i, error) in failed {
+            let name = self.devices[*i].to_string();
+            if name != served_name {
+                self.quarantine.fail(&self.endpoint, &name, error);
+            }
+        }
+        self.quarantine.ok(&self.endpoint, &served_name);
+    }
+
     /// Runs a batch on the home device; a whole-batch failure moves it to the
     /// next devices of the list, and finally to a fresh instance at home.
     /// A request the skill answers early (`partial.complete`) is answered
@@ -288,11 +321,11 @@ impl Worker {
             let replies = replies.clone();
             Arc::new(move |i, a| replies.answer(i, a))
         };
-        let mut order: Vec<usize> = (self.home..self.devices.len()).collect();
-        order.push(self.home);
+        let order = self.order();
         let mut last_err = None;
         let mut answers = None;
         let mut tried_from: Option<String> = None;
+        let mut failed: Vec<(usize, String)> = Vec::new();
         for &i in &order {
             let queue = joiners(rx.clone(), replies.clone(), self.stash.clone());
             let attempt = self.runner(i).and_then(|r| {
@@ -307,10 +340,12 @@ impl Worker {
             match attempt {
                 Ok(a) => {
                     answers = Some(a);
+                    self.settle(i, &failed);
                     break;
                 }
                 Err(e) => {
                     tried_from = Some(self.devices[i].to_string());
+                    failed.push((i, e.message.clone()));
                     last_err = Some(e);
                 }
             }
