@@ -235,7 +235,11 @@ fn a_failing_first_device_falls_back_and_is_counted() {
         &format!("{}/v1/endpoints/fb", s.base),
         r#"{"text": "again"}"#,
     );
-    assert_eq!((code, &v["device"]), (200, &serde_json::json!("cpu")), "{v}");
+    assert_eq!(
+        (code, &v["device"]),
+        (200, &serde_json::json!("cpu")),
+        "{v}"
+    );
     let n = metric(
         &s.base,
         "host_fallbacks_total{endpoint=\"fb\",from=\"faulty\",to=\"cpu\"}",
@@ -409,38 +413,22 @@ fn admin_adds_lists_and_refuses_duplicates() {
 
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits() {
-    use std::io::BufRead;
     if !available("cpu") {
         return;
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--name",
-            "slow",
-            "--skill",
-            "hostile",
-        ])
-        .args([
-            "--model",
-            fixture("tiny-bert").to_str().unwrap(),
-            "--instances",
-            "4",
-            "--max-batch-size",
-            "1",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn host serve");
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("serve exited early").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let model = fixture("tiny-bert");
+    let (mut child, base) = spawn_serve(&[
+        "--name",
+        "slow",
+        "--skill",
+        "hostile",
+        "--model",
+        model.to_str().unwrap(),
+        "--instances",
+        "4",
+        "--max-batch-size",
+        "1",
+    ]);
     let inflight: Vec<_> = (0..4)
         .map(|i| {
             let base = base.clone();

@@ -258,37 +258,22 @@ fn slow_clients_are_cut_off_and_others_are_served() {
 
 #[test]
 fn shutdown_ends_within_its_deadline_with_a_half_open_connection() {
-    use std::io::BufRead;
     if !available("cpu") {
         return;
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--skill",
-            "text-embedding",
-        ])
-        .args(["--model", fixture("tiny-bert").to_str().unwrap()])
-        .args([
-            "--header-timeout-s",
-            "600",
-            "--body-timeout-s",
-            "600",
-            "--shutdown-timeout-s",
-            "2",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn host serve");
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("serve exited early").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let model = fixture("tiny-bert");
+    let (mut child, base) = spawn_serve(&[
+        "--skill",
+        "text-embedding",
+        "--model",
+        model.to_str().unwrap(),
+        "--header-timeout-s",
+        "600",
+        "--body-timeout-s",
+        "600",
+        "--shutdown-timeout-s",
+        "2",
+    ]);
     let addr = base.trim_start_matches("http://").to_string();
     // A request whose body never comes.
     let mut sock = std::net::TcpStream::connect(&addr).unwrap();

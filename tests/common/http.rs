@@ -109,3 +109,32 @@ pub fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, serde_json::Val
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// `host serve ARGS --addr 127.0.0.1:0` as a child process: the child and
+/// its base URL, read from its "listening on" line; the rest of its stderr
+/// is drained (and echoed) by a thread so the server never blocks on it.
+pub fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn host serve");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("serve exited early")
+            .expect("stderr line");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("an address")
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(|l| eprintln!("serve: {}", l.unwrap_or_default())));
+    (child, base)
+}

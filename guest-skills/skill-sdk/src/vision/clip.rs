@@ -303,14 +303,20 @@ pub(crate) fn embeddings(
 ) -> Result<Node, Error> {
     let (p, c) = (patch as i64, channels as i64);
     let (h, w) = (height as i64, width as i64);
-    if p == 0 || h % p != 0 || w % p != 0 {
+    if p == 0 || h < p || w < p {
         return Err(Error::Model(format!(
-            "images of {height}x{width} do not split into {p}x{p} patches"
+            "images of {height}x{width} are smaller than one {p}x{p} patch"
         )));
     }
-    let x = g.b.reshape(pixels, &[0, c, h / p, p, w / p, p])?;
+    // The convolution (stride = kernel) drops pixels past the last whole patch.
+    let (gh, gw) = (h / p, w / p);
+    let pixels = match (gh * p == h, gw * p == w) {
+        (true, true) => pixels,
+        _ => g.b.slice(g.b.slice(pixels, 2, 0, gh * p)?, 3, 0, gw * p)?,
+    };
+    let x = g.b.reshape(pixels, &[0, c, gh, p, gw, p])?;
     let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
-    let x = g.b.reshape(x, &[0, (h / p) * (w / p), c * p * p])?;
+    let x = g.b.reshape(x, &[0, gh * gw, c * p * p])?;
     let weight = g.weight(&format!("{base}embeddings.patch_embedding.weight"))?;
     let weight = g.b.reshape(weight, &[t.hidden as i64, -1])?;
     let patches = g.b.linear(x, weight, None)?;

@@ -47,9 +47,11 @@ impl ClipVision {
         }
         let patch = j.u64_or("patch_size", 32)?;
         let image_size = j.u64_or("image_size", 224)?;
-        if patch == 0 || !image_size.is_multiple_of(patch) {
+        // A convolution with stride = kernel: trailing rows and columns
+        // that do not fill a patch are dropped (SigLIP so400m: 384 / 14).
+        if patch == 0 || image_size < patch {
             return Err(Error::Model(format!(
-                "{file}: image_size {image_size} is not a multiple of patch_size {patch}"
+                "{file}: image_size {image_size} is smaller than patch_size {patch}"
             )));
         }
         let probe = "embeddings.class_embedding";

@@ -1,6 +1,7 @@
 //! SigLIP's vision tower (`SiglipVisionModel`): a patch embedding (a
 //! convolution with stride = kernel, as a reshape and a linear layer, with
-//! bias), learned positions added (no class token), pre-norm layers (CLIP's,
+//! bias; an image size that is not a multiple of the patch drops the
+//! trailing pixels, as the convolution does), learned positions added (no class token), pre-norm layers (CLIP's,
 //! [`super::clip::layer`]) and `post_layernorm`. [`Siglip::hidden_states`]
 //! returns transformers' `hidden_states` tuple (the embeddings, then every
 //! layer's output; the post-norm is not in it), which is what LLaVA-style
@@ -46,9 +47,11 @@ impl Siglip {
         }
         let patch = j.u64_or("patch_size", 16)?;
         let image_size = j.u64_or("image_size", 224)?;
-        if patch == 0 || !image_size.is_multiple_of(patch) {
+        // A convolution with stride = kernel: trailing rows and columns
+        // that do not fill a patch are dropped (SigLIP so400m: 384 / 14).
+        if patch == 0 || image_size < patch {
             return Err(Error::Model(format!(
-                "{file}: image_size {image_size} is not a multiple of patch_size {patch}"
+                "{file}: image_size {image_size} is smaller than patch_size {patch}"
             )));
         }
         let probe = "embeddings.patch_embedding.weight";
@@ -99,10 +102,16 @@ impl Siglip {
         );
         let t = &self.tower;
         let b = &self.base;
-        // [n, c, s, s] -> [n, patches, c * p * p] -> linear (the conv weight flattened).
-        let x = g.b.reshape(pixels, &[-1, c, s / p, p, s / p, p])?;
+        // [n, c, s, s] -> [n, patches, c * p * p] -> linear (the conv weight
+        // flattened); pixels past the last whole patch are not seen.
+        let n = s / p;
+        let pixels = match n * p == s {
+            true => pixels,
+            false => g.b.slice(g.b.slice(pixels, 2, 0, n * p)?, 3, 0, n * p)?,
+        };
+        let x = g.b.reshape(pixels, &[-1, c, n, p, n, p])?;
         let x = g.b.permute(x, &[0, 2, 4, 1, 3, 5])?;
-        let x = g.b.reshape(x, &[-1, (s / p) * (s / p), c * p * p])?;
+        let x = g.b.reshape(x, &[-1, n * n, c * p * p])?;
         let w = g.weight(&format!("{b}embeddings.patch_embedding.weight"))?;
         let w = g.b.reshape(w, &[t.hidden as i64, -1])?;
         let bias = g.weight(&format!("{b}embeddings.patch_embedding.bias"))?;
