@@ -13,7 +13,7 @@ use common::*;
 use host::backend::Precision;
 use host::runner::Runner;
 
-const FIXTURES: &[&str] = &["tiny-llava", "tiny-llava-layers"];
+const FIXTURES: &[&str] = &["tiny-llava", "tiny-llava-layers", "tiny-llava-ragged"];
 
 struct Case {
     prompt: String,
