@@ -30,6 +30,8 @@ pub fn generate(
             source: &r.ids,
             timestamps: None,
             return_logits: r.return_logits,
+            scores: false,
+            logits_at: None,
             index: Some(i),
         })
         .collect();

@@ -15,54 +15,35 @@
 //! decoder's positions).
 //!
 //! Request keys (besides the audio): `language` (code, name or token),
-//! `task` (`transcribe` / `translate`), `return_timestamps`, and the
+//! `task` (`transcribe` / `translate`), `return_timestamps`, `prompt`
+//! (previous text, [`context`]), `prompt_condition_type`,
+//! `condition_on_prev_tokens`, the fallback keys `temperature` (a number or
+//! a list), `compression_ratio_threshold`, `logprob_threshold`,
+//! `no_speech_threshold` ([`skill_sdk::generation::fallback`]), and the
 //! generation keys `max_new_tokens`, `num_beams`, `length_penalty`,
-//! `temperature` (> 0 samples, as Whisper's generate), `top_k`, `top_p`,
-//! `seed`; also accepted inside `generate_kwargs` (the pipeline's form).
+//! `top_k`, `top_p`, `seed`; also accepted inside `generate_kwargs` (the
+//! pipeline's form). See [`parse`].
 
 pub mod chunks;
+mod context;
 mod languages;
+mod parse;
+mod passes;
 mod window;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use skill_sdk::audio::mel::LogMel;
 use skill_sdk::config::Json;
+use skill_sdk::generation::fallback::Thresholds;
 use skill_sdk::generation::settings::{Defaults, Settings};
 use skill_sdk::generation::timestamps::TimestampRules;
-use skill_sdk::requests::Request;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::seq2seq::run::{Decoder, PromptToken};
 use skill_sdk::seq2seq::Seq2Seq;
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Error};
 
-pub use window::transcribe;
-
-/// Request keys understood besides the audio.
-const KEYS: &[&str] = &[
-    "audio",
-    "array",
-    "sampling_rate",
-    "language",
-    "task",
-    "return_timestamps",
-    "generate_kwargs",
-    "max_new_tokens",
-    "num_beams",
-    "length_penalty",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "no_repeat_ngram_size",
-];
-
-/// The ASR pipeline's defaults for what the generation config does not
-/// set (transformers' `_default_generation_config`).
-const PIPELINE_BEAMS: u64 = 5;
-const PIPELINE_MAX_NEW_TOKENS: u64 = 256;
-/// transformers' default `max_length` (a config that keeps it sets none).
-const DEFAULT_MAX_LENGTH: u64 = 20;
+pub use passes::transcribe;
 
 /// Token ids and prompt rules of a checkpoint (generation_config.json).
 struct Ids {
@@ -79,6 +60,15 @@ struct Ids {
     max_length: Option<u64>,
     /// The generation config's `return_timestamps`.
     timestamps_default: Option<bool>,
+    /// `<|startofprev|>` as the previous-text prompt's first token.
+    startofprev: Option<i64>,
+    /// The first token of the previous text when conditioning on it
+    /// (`prev_sot_token_id`, else the second-last suppressed token).
+    prev_sot: Option<i64>,
+    /// `<|nospeech|>` (the token before `<|notimestamps|>`).
+    no_speech: Option<i64>,
+    /// The first special token: a prompt's text must stay below it.
+    text_end: i64,
 }
 
 /// A loaded Whisper checkpoint.
@@ -100,10 +90,25 @@ pub struct Job {
     chunks: bool,
     /// Seconds of audio.
     duration: f64,
+    /// Settings at temperature 0 (each attempt sets its own sampling).
     settings: Settings,
+    /// The decoder prompt from `<|startoftranscript|>` on.
     prompt: Vec<PromptToken>,
     /// The timestamp rules, when timestamps are asked.
     timestamps: Option<TimestampRules>,
+    /// `<|startofprev|>` and the `prompt` text's tokens (empty: none).
+    prompt_ids: Vec<i64>,
+    /// `prompt_condition_type` "all-segments".
+    all_segments: bool,
+    /// `condition_on_prev_tokens`.
+    condition: bool,
+    /// The attempts' temperatures (at least one).
+    temperatures: Vec<f64>,
+    thresholds: Thresholds,
+    /// New tokens of a pass, given its decoder prompt's length.
+    limit: parse::Limit,
+    /// Beams at temperature 0.
+    beams: u32,
 }
 
 fn id_list(v: Option<&Value>) -> Vec<(String, i64)> {
@@ -140,6 +145,11 @@ impl Whisper {
             pad_to_multiple_of: None,
             with_offsets: false,
         })?;
+        let mut ids = ids;
+        ids.startofprev = tokenizer
+            .token_to_id("<|startofprev|>")
+            .map(i64::from)
+            .or(ids.prev_sot);
         let slots = skill_sdk::runtime::device().fixed_shapes;
         Ok(Whisper {
             decoder: Decoder::new(model, slots),
@@ -151,6 +161,11 @@ impl Whisper {
         })
     }
 
+    /// The first timestamp token (none: above every id).
+    fn begin(&self) -> i64 {
+        self.ids.rules.map_or(i64::MAX, |r| r.begin)
+    }
+
     /// Text of generated text tokens.
     pub fn text(&self, tokens: &[i64]) -> Result<String, Error> {
         let ids: Vec<u32> = tokens
@@ -158,137 +173,6 @@ impl Whisper {
             .map(|&t| t.clamp(0, u32::MAX as i64) as u32)
             .collect();
         self.tokenizer.decode(&ids, true)
-    }
-
-    /// Parses a request whose audio is `samples` (at the model's rate).
-    pub fn parse(&self, req: &Request, samples: &[f32]) -> Result<Job, Error> {
-        req.only(KEYS)?;
-        // Longer than a window: transformers' long-form decoding, which
-        // always predicts timestamps.
-        let long = samples.len() > self.mel.samples;
-        // `generate_kwargs` (the pipeline's form) under the top-level keys.
-        let mut opts: Map<String, Value> = match req.0.get("generate_kwargs") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => return Err(invalid("`generate_kwargs` must be an object")),
-        };
-        for (k, v) in req.0.iter().filter(|(k, _)| *k != "generate_kwargs") {
-            opts.insert(k.clone(), v.clone());
-        }
-        let get = |k: &str| opts.get(k).filter(|v| !v.is_null()).cloned();
-        let chunks = match get("return_timestamps") {
-            // As the pipeline: asked, or the generation config's default.
-            None | Some(Value::Bool(false)) => self.ids.timestamps_default.unwrap_or(false),
-            Some(Value::Bool(true)) => true,
-            Some(Value::String(s)) if s == "word" => {
-                return Err(Error::Unsupported(
-                    "word-level timestamps are not supported yet".into(),
-                ))
-            }
-            Some(_) => return Err(invalid("`return_timestamps` must be a boolean")),
-        };
-        if long && !chunks && self.ids.timestamps_default == Some(false) {
-            return Err(invalid(
-                "audio longer than a window is decoded with timestamps: pass `return_timestamps`: true \
-                 (the model's generation config sets it false, and transformers refuses the same)",
-            ));
-        }
-        let timestamps = chunks || long;
-        let rules = match (timestamps, self.ids.rules) {
-            (false, _) => None,
-            (true, Some(r)) => Some(r),
-            (true, None) => {
-                return Err(Error::Unsupported(
-                    "this checkpoint's generation config has no `no_timestamps_token_id`: it cannot give timestamps (nor transcribe audio longer than a window)".into(),
-                ))
-            }
-        };
-        let language = match get("language") {
-            None => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(invalid("`language` must be a string")),
-        };
-        let task = match get("task") {
-            None => None,
-            Some(Value::String(s)) if s == "transcribe" || s == "translate" => Some(s),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "`task` must be \"transcribe\" or \"translate\", got {other}"
-                )))
-            }
-        };
-        let prompt = self
-            .ids
-            .prompt(language.as_deref(), task.as_deref(), timestamps)?;
-        // Whisper's generate samples only with a positive temperature (one
-        // beam then), whatever `do_sample` says.
-        let temperature = match get("temperature") {
-            None => None,
-            Some(v) => Some(
-                v.as_f64()
-                    .ok_or_else(|| invalid("`temperature` must be a number"))?,
-            ),
-        };
-        let sample = temperature.is_some_and(|t| t > 0.0);
-        let asked_max = get("max_new_tokens");
-        let beams_given = get("num_beams").is_some();
-        opts.insert("do_sample".into(), Value::Bool(sample));
-        if sample {
-            opts.insert("num_beams".into(), Value::from(1));
-        } else {
-            opts.remove("temperature");
-            if !beams_given {
-                // The pipeline's default where the model sets none.
-                let beams = self
-                    .defaults
-                    .get("num_beams")
-                    .and_then(|v| v.as_u64())
-                    .filter(|&n| n != 1)
-                    .unwrap_or(PIPELINE_BEAMS);
-                opts.insert("num_beams".into(), Value::from(beams));
-            }
-        }
-        let max_new = self.max_new_tokens(asked_max.as_ref(), prompt.len())?;
-        opts.insert("max_new_tokens".into(), Value::from(max_new));
-        opts.remove("max_length");
-        let mut settings = self.defaults.resolve(&Value::Object(opts), None)?;
-        settings.decoder_start = self.ids.start;
-        Ok(Job {
-            features: self.mel.features(samples),
-            frames: self.mel.frames_of(samples.len()),
-            chunks,
-            duration: samples.len() as f64 / self.mel.rate as f64,
-            settings,
-            prompt,
-            timestamps: rules,
-        })
-    }
-
-    /// New tokens of a request: `max_new_tokens` (the request's, else the
-    /// generation config's) must fit the decoder's positions after the
-    /// prompt (transformers refuses otherwise); else the generation
-    /// config's `max_length` counted after the prompt, within the
-    /// positions; else the pipeline's default.
-    fn max_new_tokens(&self, asked: Option<&Value>, prompt: usize) -> Result<u64, Error> {
-        let room = self.ids.max_target.saturating_sub(prompt as u64);
-        let explicit = asked.or_else(|| self.defaults.get("max_new_tokens"));
-        let max_length = self.ids.max_length.filter(|&l| l != DEFAULT_MAX_LENGTH);
-        match (explicit, max_length) {
-            (None, Some(l)) => Ok(l.min(room)),
-            (None, None) => Ok(PIPELINE_MAX_NEW_TOKENS.min(room)),
-            (Some(v), _) => {
-                let n = v
-                    .as_u64()
-                    .ok_or_else(|| invalid("`max_new_tokens` must be a non-negative integer"))?;
-                if n > room {
-                    return Err(invalid(format!(
-                        "`max_new_tokens` {n} and the {prompt} prompt tokens exceed the decoder's {} positions",
-                        self.ids.max_target
-                    )));
-                }
-                Ok(n)
-            }
-        }
     }
 }
 
@@ -308,6 +192,14 @@ impl Ids {
             }),
             _ => None,
         };
+        let suppress: Vec<i64> = match d.get("suppress_tokens") {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_i64()).collect(),
+            _ => Vec::new(),
+        };
+        let prev_sot = int("prev_sot_token_id").or(match suppress.len() {
+            n if n >= 2 => Some(suppress[n - 2]),
+            _ => None,
+        });
         let forced = match d.get("forced_decoder_ids") {
             Some(Value::Array(pairs)) => {
                 let mut out = Vec::new();
@@ -346,6 +238,10 @@ impl Ids {
             max_target: model.dims.max_positions.unwrap_or(448),
             max_length: d.get("max_length").and_then(|v| v.as_u64()),
             timestamps_default: d.get("return_timestamps").and_then(|v| v.as_bool()),
+            startofprev: None,
+            prev_sot,
+            no_speech: no_timestamps.map(|n| n - 1),
+            text_end: eos.unwrap_or(i64::MAX),
         })
     }
 

@@ -1,33 +1,32 @@
-//! Decoding passes over a request's features, as transformers' Whisper
-//! `generate` runs them (short- and long-form alike): a pass decodes the
-//! window of 30 s from frame `seek` (zero-padded past the end); when its
-//! tokens end on a pair of timestamps (a segment closed, more audio after
-//! it), the transcript keeps the tokens up to that pair and the next pass
-//! starts at the last timestamp; otherwise (a single closing timestamp, or
-//! no timestamp pair) the next pass starts after the window. Requests of a
-//! batch run each pass together.
+//! One decoding pass: each request's 30 s window of features (from frame
+//! `seek`, zero-padded past the end) through the encoder, then its decoder
+//! prompt on the shared generation loop; the requests of a batch run
+//! together ([`run_pass`]).
 
 use skill_sdk::runtime::Session;
-use skill_sdk::seq2seq::run::{self, Finish, Finished, PromptToken, Task};
+use skill_sdk::seq2seq::run::{self, Finish, Finished, Task};
 use skill_sdk::tensors::{f32_tensor, i64_tensor};
-use skill_sdk::{Error, NamedTensor, Response};
+use skill_sdk::{Error, NamedTensor};
 
-use super::{chunks, Job, Whisper};
+use super::Whisper;
 
 /// Feature frames per encoder position (the second convolution's stride).
-const STRIDE: usize = 2;
+pub const STRIDE: usize = 2;
 
 /// One pass's result for a request.
-struct PassOut {
-    tokens: Vec<i64>,
-    finish: Finish,
-    prompt: Vec<i64>,
+pub struct PassOut {
+    pub tokens: Vec<i64>,
+    pub finish: Finish,
+    /// The decoder prompt as run (a detected language filled in).
+    pub prompt: Vec<i64>,
+    pub logprob_sum: Option<f64>,
+    pub logits_at: Option<Vec<f32>>,
 }
 
 /// The encoder inputs of one pass: each job's window of features.
 struct PassTask<'a> {
     w: &'a Whisper,
-    windows: Vec<Vec<f32>>,
+    windows: &'a [Vec<f32>],
 }
 
 impl Task for PassTask<'_> {
@@ -68,6 +67,8 @@ impl Task for PassTask<'_> {
             tokens: done.tokens.clone(),
             finish: done.finish,
             prompt: done.prompt.clone(),
+            logprob_sum: done.logprob_sum,
+            logits_at: done.logits_at.clone(),
         })
     }
 }
@@ -79,9 +80,19 @@ fn named(name: &str, value: skill_sdk::Tensor) -> NamedTensor {
     }
 }
 
+/// Runs `jobs`, each on its window of features (`windows[i]`, from
+/// [`window`]).
+pub fn run_pass(
+    w: &Whisper,
+    jobs: &[run::Job],
+    windows: &[Vec<f32>],
+) -> Result<Vec<Result<PassOut, Error>>, Error> {
+    run::generate(&w.decoder, &PassTask { w, windows }, jobs)
+}
+
 /// The window of `width` frames from frame `seek` of `features` [mels,
 /// total], zero-padded past the end.
-fn window(features: &[f32], mels: usize, total: usize, width: usize, seek: usize) -> Vec<f32> {
+pub fn window(features: &[f32], mels: usize, total: usize, width: usize, seek: usize) -> Vec<f32> {
     let mut out = vec![0f32; mels * width];
     for m in 0..mels {
         let row = features.get(m * total..(m + 1) * total).unwrap_or(&[]);
@@ -90,177 +101,4 @@ fn window(features: &[f32], mels: usize, total: usize, width: usize, seek: usize
         out[m * width..m * width + n].copy_from_slice(&src[..n]);
     }
     out
-}
-
-/// How a pass's tokens continue the transcript (transformers'
-/// `_retrieve_segment`): the tokens kept and how many frames the window
-/// advances.
-fn segment(tokens: &[i64], begin: i64, left: usize) -> (usize, usize) {
-    let ts: Vec<bool> = tokens.iter().map(|&t| t >= begin).collect();
-    let single_ending = ts.len() >= 2 && !ts[ts.len() - 2] && ts[ts.len() - 1];
-    let mut cuts: Vec<usize> = (0..ts.len().saturating_sub(1))
-        .filter(|&i| ts[i] && ts[i + 1])
-        .map(|i| i + 1)
-        .collect();
-    let Some(last) = cuts.last_mut() else {
-        return (tokens.len(), left);
-    };
-    if single_ending {
-        return (tokens.len(), left);
-    }
-    *last += 1;
-    let kept = *last;
-    let at = (tokens[kept - 2] - begin).max(0) as usize * STRIDE;
-    (kept, at)
-}
-
-/// Where one request stands.
-struct State {
-    seek: usize,
-    tokens: Vec<i64>,
-    finish: Finish,
-    prompt: Vec<i64>,
-    error: Option<Error>,
-    done: bool,
-}
-
-/// Transcribes `jobs` (host batch order); one response each.
-pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Error>>, Error> {
-    let mel = &w.mel;
-    let frames = mel.frames();
-    let begin = w.ids.rules.map_or(i64::MAX, |r| r.begin);
-    let eos = jobs
-        .first()
-        .map(|j| j.settings.eos.clone())
-        .unwrap_or_default();
-    let mut states: Vec<State> = jobs
-        .iter()
-        .map(|_| State {
-            seek: 0,
-            tokens: Vec::new(),
-            finish: Finish::Length,
-            prompt: Vec::new(),
-            error: None,
-            done: false,
-        })
-        .collect();
-    loop {
-        let pending: Vec<usize> = (0..jobs.len()).filter(|&i| !states[i].done).collect();
-        if pending.is_empty() {
-            break;
-        }
-        let run_jobs: Vec<run::Job> = pending
-            .iter()
-            .map(|&i| run::Job {
-                settings: &jobs[i].settings,
-                prompt: match states[i].prompt.is_empty() {
-                    true => jobs[i].prompt.clone(),
-                    // Later passes keep the first pass's language.
-                    false => states[i]
-                        .prompt
-                        .iter()
-                        .map(|&t| PromptToken::Fixed(t))
-                        .collect(),
-                },
-                source: &[],
-                timestamps: jobs[i].timestamps,
-                return_logits: false,
-                index: None,
-            })
-            .collect();
-        let task = PassTask {
-            w,
-            windows: pending
-                .iter()
-                .map(|&i| {
-                    let j = &jobs[i];
-                    window(&j.features, mel.n_mels, j.frames, frames, states[i].seek)
-                })
-                .collect(),
-        };
-        let answers = run::generate(&w.decoder, &task, &run_jobs)?;
-        for (&i, answer) in pending.iter().zip(answers) {
-            let s = &mut states[i];
-            let out = match answer {
-                Ok(o) => o,
-                Err(e) => {
-                    s.error = Some(e);
-                    s.done = true;
-                    continue;
-                }
-            };
-            let mut toks = out.tokens;
-            if toks.last().is_some_and(|t| eos.contains(t)) {
-                toks.pop();
-            }
-            let total = jobs[i].frames;
-            let left = total.saturating_sub(s.seek).min(frames);
-            let (kept, advance) = segment(&toks, begin, left);
-            s.tokens.extend_from_slice(&toks[..kept]);
-            if s.prompt.is_empty() {
-                s.prompt = out.prompt;
-            }
-            s.finish = out.finish;
-            s.seek += advance;
-            // No progress (a pair at 0.00) would decode the same again.
-            s.done = s.seek >= total || advance == 0;
-        }
-    }
-    Ok(states
-        .into_iter()
-        .zip(jobs)
-        .map(|(s, job)| match s.error {
-            Some(e) => Err(e),
-            None => respond(w, job, s),
-        })
-        .collect())
-}
-
-fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
-    let precision = w.mel.samples as f64 / w.mel.rate as f64 / (w.mel.frames() / STRIDE) as f64;
-    let begin = w.ids.rules.map_or(i64::MAX, |r| r.begin);
-    let text_end = job.settings.eos.first().copied().unwrap_or(begin);
-    let steps = (w.mel.frames() / STRIDE) as f64;
-    let (text, parts) =
-        chunks::assemble(&s.tokens, text_end, begin, precision, steps, |t| w.text(t))?;
-    let language = s
-        .prompt
-        .iter()
-        .find_map(|t| w.ids.languages.iter().find(|(_, id)| id == t))
-        .map(|(code, _)| code.clone());
-    let mut json = serde_json::json!({
-        "text": text,
-        "token_ids": s.tokens,
-        "finish_reason": s.finish.as_str(),
-        "language": language,
-        "duration": job.duration,
-    });
-    if job.chunks {
-        json["chunks"] = serde_json::Value::Array(
-            parts
-                .iter()
-                .map(|c| serde_json::json!({"text": c.text, "timestamp": [c.start, c.end]}))
-                .collect(),
-        );
-    }
-    Ok(Response {
-        json: json.to_string(),
-        tensors: Vec::new(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::segment;
-
-    #[test]
-    fn segments_as_transformers_cuts_them() {
-        // begin 100: a single closing timestamp keeps all, window done.
-        assert_eq!(segment(&[100, 5, 6, 120], 100, 3000), (4, 3000));
-        // Ends on a pair: keep through the pair, seek to its first timestamp.
-        assert_eq!(segment(&[100, 5, 120, 121, 7], 100, 3000), (4, 40));
-        assert_eq!(segment(&[100, 5, 120, 121], 100, 3000), (4, 40));
-        // No pair: everything, window done.
-        assert_eq!(segment(&[5, 6, 7], 100, 3000), (3, 3000));
-    }
 }

@@ -6,7 +6,9 @@
 //! A request owns `num_beams` decoder rows; each step the skill gives the
 //! processed candidates of every beam ([`BeamSearch::advance`]) and gets
 //! back, per beam, the beam it continues (whose cache the row must take)
-//! and its next token.
+//! and its next token. Each hypothesis also sums a second score of its
+//! tokens given with the candidates ([`BeamSearch::advance_scored`]):
+//! Whisper's fallback reads the average log-probability of the best one.
 
 use super::settings::{EarlyStopping, Settings};
 use super::Candidate;
@@ -18,6 +20,8 @@ const OUT: f32 = -1.0e9;
 struct Hypothesis {
     tokens: Vec<i64>,
     score: f32,
+    /// Sum of the tokens' second scores.
+    sum: f64,
 }
 
 /// A finished hypothesis slot (`finished` false while it holds none).
@@ -25,6 +29,7 @@ struct Hypothesis {
 struct Slot {
     tokens: Vec<i64>,
     score: f32,
+    sum: f64,
     finished: bool,
 }
 
@@ -51,8 +56,9 @@ pub struct BeamSearch {
     done: bool,
 }
 
-/// One scored continuation: (score, beam, token), in selection order.
-type Scored = (f32, usize, i64);
+/// One scored continuation: (score, beam, token, second score), in
+/// selection order.
+type Scored = (f32, usize, i64, f64);
 
 /// The `k` best by score, ties in order of first appearance (as a stable
 /// sort; torch.topk leaves ties unspecified).
@@ -77,12 +83,14 @@ impl BeamSearch {
                 .map(|b| Hypothesis {
                     tokens: Vec::new(),
                     score: if b == 0 { 0.0 } else { OUT },
+                    sum: 0.0,
                 })
                 .collect(),
             finished: vec![
                 Slot {
                     tokens: Vec::new(),
                     score: OUT,
+                    sum: 0.0,
                     finished: false,
                 };
                 beams
@@ -111,27 +119,35 @@ impl BeamSearch {
     /// (at least [`Self::wanted`] of them unless the processors left
     /// fewer). Returns the moves of the beams for the next step.
     pub fn advance(&mut self, cands: &[Vec<Candidate>]) -> Moves {
+        self.advance_scored(cands, &[])
+    }
+
+    /// [`Self::advance`], where a candidate's second score is its
+    /// log-probability minus `norms[b]` (its beam's; 0 when missing).
+    pub fn advance_scored(&mut self, cands: &[Vec<Candidate>], norms: &[f64]) -> Moves {
         let mut all = Vec::new();
         for (b, row) in cands.iter().enumerate().take(self.beams) {
             let base = self.running[b].score;
+            let norm = norms.get(b).copied().unwrap_or(0.0);
             for c in row.iter().take(self.keep) {
-                all.push((c.logprob + base, b, c.token));
+                all.push((c.logprob + base, b, c.token, c.logprob as f64 - norm));
             }
         }
         let mut topk = top(all, self.keep);
         while topk.len() < self.keep {
-            topk.push((f32::NEG_INFINITY, 0, self.eos.first().copied().unwrap_or(0)));
+            let eos = self.eos.first().copied().unwrap_or(0);
+            topk.push((f32::NEG_INFINITY, 0, eos, f64::NEG_INFINITY));
         }
         let length = self.generated + 1;
         let hits: Vec<bool> = topk
             .iter()
-            .map(|&(_, _, t)| self.eos.contains(&t) || length >= self.max_new)
+            .map(|&(_, _, t, _)| self.eos.contains(&t) || length >= self.max_new)
             .collect();
         // Running beams: the best that did not stop.
         let running: Vec<Scored> = topk
             .iter()
             .zip(&hits)
-            .map(|(&(s, b, t), &hit)| (if hit { s + OUT } else { s }, b, t))
+            .map(|(&(s, b, t, l), &hit)| (if hit { s + OUT } else { s }, b, t, l))
             .collect();
         let next = top(running, self.beams);
         // Finished: the stopped among the first `beams` candidates.
@@ -139,7 +155,7 @@ impl BeamSearch {
         let full =
             self.finished.iter().all(|s| s.finished) && self.early_stopping == EarlyStopping::True;
         let mut merged: Vec<Slot> = self.finished.clone();
-        for (i, (&(s, b, t), &hit)) in topk.iter().zip(&hits).enumerate() {
+        for (i, (&(s, b, t, l), &hit)) in topk.iter().zip(&hits).enumerate() {
             let mut score = s / penalty;
             if full {
                 score += OUT;
@@ -156,6 +172,7 @@ impl BeamSearch {
             merged.push(Slot {
                 tokens,
                 score,
+                sum: self.running[b].sum + l,
                 finished: did,
             });
         }
@@ -163,21 +180,29 @@ impl BeamSearch {
             merged
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (s.score, i, 0))
+                .map(|(i, s)| (s.score, i, 0, 0.0))
                 .collect(),
             self.beams,
         );
-        self.finished = order.iter().map(|&(_, i, _)| merged[i].clone()).collect();
+        self.finished = order
+            .iter()
+            .map(|&(_, i, _, _)| merged[i].clone())
+            .collect();
         let moves = Moves {
-            parent: next.iter().map(|&(_, b, _)| b).collect(),
-            tokens: next.iter().map(|&(_, _, t)| t).collect(),
+            parent: next.iter().map(|&(_, b, _, _)| b).collect(),
+            tokens: next.iter().map(|&(_, _, t, _)| t).collect(),
         };
         self.running = next
             .iter()
-            .map(|&(s, b, t)| {
+            .map(|&(s, b, t, l)| {
                 let mut tokens = self.running[b].tokens.clone();
                 tokens.push(t);
-                Hypothesis { tokens, score: s }
+                let sum = self.running[b].sum + l;
+                Hypothesis {
+                    tokens,
+                    score: s,
+                    sum,
+                }
             })
             .collect();
         self.generated = length;
@@ -212,6 +237,11 @@ impl BeamSearch {
     /// The best finished hypothesis (generated tokens).
     pub fn best(&self) -> &[i64] {
         &self.finished[0].tokens
+    }
+
+    /// The sum of the best finished hypothesis's second scores.
+    pub fn best_sum(&self) -> f64 {
+        self.finished[0].sum
     }
 }
 

@@ -1,8 +1,9 @@
 //! Decoding shared by the generation skills: settings resolved from
 //! `generation_config.json` and the request as transformers resolves them
 //! ([`settings`]), the logits processors that ban or force tokens
-//! ([`constraints`]), Whisper's timestamp rules ([`timestamps`]), beam search
-//! ([`beam`]) and sampling ([`sample`]).
+//! ([`constraints`]), Whisper's timestamp rules ([`timestamps`]) and its
+//! temperature fallback ([`fallback`]), beam search ([`beam`]) and sampling
+//! ([`sample`]).
 //!
 //! The graphs return each row's best candidates (log-probabilities and
 //! token ids, best first) instead of the whole vocabulary; the skill asks
@@ -12,6 +13,7 @@
 
 pub mod beam;
 pub mod constraints;
+pub mod fallback;
 pub mod sample;
 pub mod settings;
 pub mod timestamps;

@@ -13,18 +13,26 @@
 //! A step's graph returns each row's best candidates; enough of them that
 //! the tokens the processors ban cannot hide the choice (the graph is
 //! chosen per step by that count, in powers of two). Rows whose rules need
-//! the whole vocabulary (Whisper's timestamps) get the raw logits instead
-//! and are processed here.
+//! the whole vocabulary (Whisper's timestamps, and requests that score
+//! their tokens) get the raw logits instead and are processed here
+//! ([`rows`]).
+//!
+//! A request may also ask for the sum of its tokens' log-probabilities as
+//! transformers' `output_scores` gives them to Whisper's fallback (each
+//! token's, renormalised over what the processors leave, along the chosen
+//! beam) and for the raw logits after one prompt position (Whisper's
+//! no-speech probability after `<|startoftranscript|>`).
 
 use std::cell::{Ref, RefCell};
 use std::collections::HashMap;
 
+use super::rows::{best_of, full_candidates, log_norm, row_tensor};
 use super::{Cache, Seq2Seq, Step};
 use crate::generation::beam::BeamSearch;
 use crate::generation::constraints::{self, Step as Verdict};
 use crate::generation::sample::Sampler;
 use crate::generation::settings::Settings;
-use crate::generation::timestamps::{log_sum_exp, TimestampRules};
+use crate::generation::timestamps::TimestampRules;
 use crate::generation::{candidates, Candidate};
 use crate::runtime::{CompiledGraph, Session};
 use crate::tensors::{bool_tensor, f32_values, i64_tensor, i64_values};
@@ -82,6 +90,12 @@ pub struct Job<'a> {
     pub timestamps: Option<TimestampRules>,
     /// Keep the logits of the first generated position.
     pub return_logits: bool,
+    /// Sum the log-probabilities of the generated tokens
+    /// ([`Finished::logprob_sum`]); such rows get the whole logits.
+    pub scores: bool,
+    /// Keep the raw logits of the position after prompt token `i`
+    /// ([`Finished::logits_at`]).
+    pub logits_at: Option<usize>,
     /// Its index in the host's batch, for streaming and early answers
     /// ([`Task::early`]); none: neither.
     pub index: Option<u32>,
@@ -114,6 +128,12 @@ pub struct Finished {
     pub finish: Finish,
     /// Raw logits of the first generated position (when asked).
     pub first_logits: Option<Tensor>,
+    /// With [`Job::scores`]: the sum over the generated tokens (end of text
+    /// included) of each token's log-probability, renormalised over the
+    /// tokens the processors leave (sampled: over the sampler's candidates).
+    pub logprob_sum: Option<f64>,
+    /// With [`Job::logits_at`]: those raw logits.
+    pub logits_at: Option<Vec<f32>>,
     /// Milliseconds spent encoding the batch, and decoding until this stop.
     pub encode_ms: f64,
     pub decode_ms: f64,
@@ -184,6 +204,8 @@ enum Decoding {
         finish: Option<Finish>,
         /// Text streamed so far (when the caller streams).
         streamed: Option<String>,
+        /// Sum of the chosen tokens' renormalised log-probabilities.
+        sum: f64,
     },
     Beam(BeamSearch),
 }
@@ -201,6 +223,7 @@ struct Active<'a> {
     decoding: Decoding,
     answered: bool,
     first_logits: Option<Tensor>,
+    logits_at: Option<Vec<f32>>,
 }
 
 impl Active<'_> {
@@ -274,6 +297,7 @@ impl<'a, T: Task> Loop<'a, T> {
                         .index
                         .is_some_and(crate::partial::wanted)
                         .then(String::new),
+                    sum: 0.0,
                 },
                 _ => Decoding::Beam(BeamSearch::new(job.settings)),
             };
@@ -294,6 +318,7 @@ impl<'a, T: Task> Loop<'a, T> {
                 decoding,
                 answered: false,
                 first_logits: None,
+                logits_at: None,
             });
             rows += n;
         }
@@ -354,6 +379,8 @@ impl<'a, T: Task> Loop<'a, T> {
                 let choose = prompting && matches!(a.job.prompt[next], PromptToken::Best(_));
                 full |= choose;
                 full |= !prompting && a.job.timestamps.is_some() && !a.done();
+                full |= !prompting && a.job.scores && !a.done();
+                full |= a.job.logits_at == Some(t as usize);
                 full |= !prompting && next == self.prompt_len && a.job.return_logits;
                 for r in 0..a.rows {
                     let v = match a.done() || prompting {
@@ -394,6 +421,11 @@ impl<'a, T: Task> Loop<'a, T> {
                     .and_then(|l| l.get(row * width..(row + 1) * width))
                     .ok_or_else(|| crate::internal("logits missing for a row that needs them"))
             };
+            for a in &mut self.active {
+                if a.job.logits_at == Some(t as usize) {
+                    a.logits_at = Some(row_logits(a.base)?.to_vec());
+                }
+            }
             if prompting {
                 for a in &mut self.active {
                     let token = match &a.job.prompt[next] {
@@ -414,30 +446,39 @@ impl<'a, T: Task> Loop<'a, T> {
                     a.first_logits = Some(row_tensor(row_logits(a.base)?));
                 }
                 let mut cands = Vec::with_capacity(a.rows);
+                let mut norms = Vec::with_capacity(a.rows);
+                let sampled = a.job.settings.sampling.do_sample;
                 for r in 0..a.rows {
                     let row = a.base + r;
-                    let c = match a.job.timestamps {
-                        Some(rules) => {
-                            let forced = matches!(verdicts[row], Verdict::Forced(_));
-                            match forced {
-                                true => verdicts[row].apply(&[]),
-                                false => full_candidates(
-                                    row_logits(row)?,
-                                    &verdicts[row],
-                                    &rules,
-                                    a.generated(r),
-                                    a.wanted(),
-                                ),
-                            }
+                    let forced = matches!(verdicts[row], Verdict::Forced(_));
+                    let whole = a.job.timestamps.is_some() || a.job.scores;
+                    let (c, norm) = match (whole, forced) {
+                        // A forced token: log-probability 0, renormalised 0.
+                        (_, true) => (verdicts[row].apply(&[]), 0.0),
+                        (true, false) => full_candidates(
+                            row_logits(row)?,
+                            &verdicts[row],
+                            a.job.timestamps.as_ref(),
+                            a.generated(r),
+                            a.wanted(),
+                        ),
+                        (false, false) => {
+                            let c = verdicts[row].apply(&candidates(
+                                &values[row * k..(row + 1) * k],
+                                &indices[row * k..(row + 1) * k],
+                            ));
+                            (c, 0.0)
                         }
-                        None => verdicts[row].apply(&candidates(
-                            &values[row * k..(row + 1) * k],
-                            &indices[row * k..(row + 1) * k],
-                        )),
+                    };
+                    // Sampling renormalises over the sampler's candidates.
+                    let norm = match sampled && !forced {
+                        true => log_norm(&c),
+                        false => norm,
                     };
                     cands.push(c);
+                    norms.push(norm);
                 }
-                advance(self.task, a, &cands, &mut tokens, &mut beam_idx);
+                advance(self.task, a, &cands, &norms, &mut tokens, &mut beam_idx);
                 if a.done() && !a.answered {
                     let done = finished(a, self.started, self.encoded, self.rows);
                     let answer = self.task.respond(a.at, &done);
@@ -521,6 +562,7 @@ fn advance<T: Task>(
     task: &T,
     a: &mut Active,
     cands: &[Vec<Candidate>],
+    norms: &[f64],
     tokens: &mut [i64],
     beam_idx: &mut [i64],
 ) {
@@ -531,6 +573,7 @@ fn advance<T: Task>(
             sampler,
             finish,
             streamed,
+            sum,
         } => {
             let row = cands.first().map(Vec::as_slice).unwrap_or(&[]);
             let next = match row.first() {
@@ -541,6 +584,11 @@ fn advance<T: Task>(
                     sampler.pick(best.token, &vals, &ids)
                 }
             };
+            let norm = norms.first().copied().unwrap_or(0.0);
+            *sum += row
+                .iter()
+                .find(|c| c.token == next)
+                .map_or(f64::NEG_INFINITY, |c| c.logprob as f64 - norm);
             out.push(next);
             tokens[a.base] = next;
             if s.eos.contains(&next) {
@@ -555,7 +603,7 @@ fn advance<T: Task>(
             }
         }
         Decoding::Beam(b) => {
-            let moves = b.advance(cands);
+            let moves = b.advance_scored(cands, norms);
             for (j, (&p, &tok)) in moves.parent.iter().zip(&moves.tokens).enumerate() {
                 beam_idx[a.base + j] = (a.base + p) as i64;
                 tokens[a.base + j] = tok;
@@ -566,14 +614,18 @@ fn advance<T: Task>(
 
 /// The answer material of a request that stopped.
 fn finished(a: &Active, started: f64, encoded: f64, rows: usize) -> Finished {
-    let (tokens, finish) = match &a.decoding {
-        Decoding::Single { tokens, finish, .. } => {
-            (tokens.clone(), finish.unwrap_or(Finish::Length))
-        }
+    let (tokens, finish, sum) = match &a.decoding {
+        Decoding::Single {
+            tokens,
+            finish,
+            sum,
+            ..
+        } => (tokens.clone(), finish.unwrap_or(Finish::Length), *sum),
         Decoding::Beam(b) => {
             let best = b.best().to_vec();
             let eos = best.last().is_some_and(|t| a.job.settings.eos.contains(t));
-            (best, if eos { Finish::Eos } else { Finish::Length })
+            let finish = if eos { Finish::Eos } else { Finish::Length };
+            (best, finish, b.best_sum())
         }
     };
     Finished {
@@ -581,63 +633,12 @@ fn finished(a: &Active, started: f64, encoded: f64, rows: usize) -> Finished {
         tokens,
         finish,
         first_logits: a.first_logits.clone(),
+        logprob_sum: a.job.scores.then_some(sum),
+        logits_at: a.logits_at.clone(),
         encode_ms: encoded - started,
         decode_ms: now_ms() - encoded,
         rows,
     }
-}
-
-/// The likeliest of `ids` in a row of logits.
-fn best_of(logits: &[f32], ids: &[i64]) -> Result<i64, Error> {
-    ids.iter()
-        .filter_map(|&id| logits.get(id as usize).map(|&v| (v, id)))
-        .fold(None, |best: Option<(f32, i64)>, (v, id)| match best {
-            Some((bv, _)) if bv >= v => best,
-            _ => Some((v, id)),
-        })
-        .map(|(_, id)| id)
-        .ok_or_else(|| {
-            Error::Model("none of the prompt's candidate tokens is in the vocabulary".into())
-        })
-}
-
-/// A row's candidates from its whole logits: log-probabilities, the
-/// verdict's bans, then the timestamp rules; the `wanted` best, best first.
-fn full_candidates(
-    logits: &[f32],
-    verdict: &Verdict,
-    rules: &TimestampRules,
-    generated: &[i64],
-    wanted: usize,
-) -> Vec<Candidate> {
-    let norm = log_sum_exp(logits);
-    let mut scores: Vec<f32> = logits.iter().map(|&v| (v as f64 - norm) as f32).collect();
-    if let Verdict::Banned(banned) = verdict {
-        for &t in banned {
-            if let Some(s) = scores.get_mut(t as usize) {
-                *s = f32::NEG_INFINITY;
-            }
-        }
-    }
-    rules.apply(generated, &mut scores);
-    let mut order: Vec<usize> = (0..scores.len())
-        .filter(|&i| scores[i] > f32::NEG_INFINITY)
-        .collect();
-    // Best first; ties keep the lower id first (argmax's choice).
-    let cmp = |x: &usize, y: &usize| scores[*y].total_cmp(&scores[*x]).then(x.cmp(y));
-    let keep = wanted.max(1);
-    if order.len() > keep {
-        order.select_nth_unstable_by(keep - 1, cmp);
-        order.truncate(keep);
-    }
-    order.sort_by(cmp);
-    order
-        .into_iter()
-        .map(|i| Candidate {
-            token: i as i64,
-            logprob: scores[i],
-        })
-        .collect()
 }
 
 /// Removes output `name` (no copy of the others).
@@ -653,15 +654,6 @@ fn named(name: &str, value: Tensor) -> NamedTensor {
     NamedTensor {
         name: name.into(),
         value,
-    }
-}
-
-/// One row of logits as a [vocab] f32 tensor.
-fn row_tensor(row: &[f32]) -> Tensor {
-    Tensor {
-        dtype: crate::Dtype::F32,
-        shape: vec![row.len() as u64],
-        data: row.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }
 

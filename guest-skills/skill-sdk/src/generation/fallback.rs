@@ -1,0 +1,135 @@
+//! Whisper's temperature fallback (transformers' `generate_with_fallback`
+//! and `_need_fallback`): a decoding attempt of a window is redone at the
+//! next temperature when its tokens compress too well (a repetition loop)
+//! or its average log-probability is too low, unless the window looks
+//! silent (a high no-speech probability together with the low
+//! log-probability), in which case it is skipped.
+//!
+//! The compression ratio is transformers': the tokens (end of text
+//! included) as little-endian integers of `floor(log2(vocab) / 8) + 1`
+//! bytes, their length over the length of their zlib stream at level 6.
+//! The stream here is `miniz_oxide`'s, which is not byte-identical to
+//! CPython's zlib 1.2.13 on the same bytes (within a byte or two on
+//! ordinary token runs; on a short, highly repetitive run zlib's static
+//! block is smaller, e.g. 19 against 29 bytes, both far above any
+//! threshold): a ratio within a few percent of the threshold may decide
+//! differently from transformers.
+
+/// The thresholds of a request (none: that test is off).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    pub compression_ratio: Option<f64>,
+    pub logprob: Option<f64>,
+    pub no_speech: Option<f64>,
+}
+
+/// What one attempt measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measures {
+    pub compression_ratio: f64,
+    /// Average log-probability of the tokens (none: not measured).
+    pub avg_logprob: Option<f64>,
+    /// Probability of `<|nospeech|>` after `<|startoftranscript|>`.
+    pub no_speech: Option<f64>,
+}
+
+/// The verdict on one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Decode the window again at the next temperature (the last
+    /// temperature's attempt is kept whatever it says).
+    Retry,
+    /// Silence: the window is dropped.
+    Skip,
+}
+
+/// zlib compression ratio of `tokens` (transformers'
+/// `_retrieve_compression_ratio`).
+pub fn compression_ratio(tokens: &[i64], vocab: u64) -> f64 {
+    let width = ((vocab.max(2) as f64).log2() / 8.0) as usize + 1;
+    let bytes: Vec<u8> = tokens
+        .iter()
+        .flat_map(|&t| t.to_le_bytes().into_iter().take(width))
+        .collect();
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let packed = miniz_oxide::deflate::compress_to_vec_zlib(&bytes, 6);
+    bytes.len() as f64 / packed.len() as f64
+}
+
+/// `softmax(logits)[token]` in f64.
+pub fn probability(logits: &[f32], token: i64) -> Option<f64> {
+    let x = *logits.get(usize::try_from(token).ok()?)?;
+    let norm = super::timestamps::log_sum_exp(logits);
+    Some((x as f64 - norm).exp())
+}
+
+impl Thresholds {
+    /// transformers' `_need_fallback` on one attempt's measures.
+    pub fn judge(&self, m: &Measures) -> Verdict {
+        let mut retry = self
+            .compression_ratio
+            .is_some_and(|t| m.compression_ratio > t);
+        let low = match (self.logprob, m.avg_logprob) {
+            (Some(t), Some(lp)) => lp < t,
+            _ => false,
+        };
+        retry |= low;
+        if let (Some(t), Some(p)) = (self.no_speech, m.no_speech) {
+            if low && p > t {
+                return Verdict::Skip;
+            }
+        }
+        match retry {
+            true => Verdict::Retry,
+            false => Verdict::Accept,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_ratio_is_close_to_cpython_zlib() {
+        // CPython's zlib 1.2.13 (level 6) gives 242 / 19 and 122 / 90.
+        let rep: Vec<i64> = [5, 6, 7]
+            .iter()
+            .cycle()
+            .take(120)
+            .copied()
+            .chain([50257])
+            .collect();
+        // A loop: far above any threshold either way (zlib's static block
+        // is 19 bytes, miniz_oxide's stream 29).
+        let r = compression_ratio(&rep, 51865);
+        assert!(r > 8.0, "{r}");
+        let ramp: Vec<i64> = (100..160).chain([50257]).collect();
+        let r = compression_ratio(&ramp, 51865);
+        assert!((122.0 / r - 90.0).abs() <= 2.0, "{r}");
+    }
+
+    #[test]
+    fn judges_as_transformers() {
+        let t = Thresholds {
+            compression_ratio: Some(2.4),
+            logprob: Some(-1.0),
+            no_speech: Some(0.6),
+        };
+        let m = |cr: f64, lp: f64, ns: f64| Measures {
+            compression_ratio: cr,
+            avg_logprob: Some(lp),
+            no_speech: Some(ns),
+        };
+        assert_eq!(t.judge(&m(1.2, -0.5, 0.9)), Verdict::Accept);
+        assert_eq!(t.judge(&m(3.0, -0.5, 0.9)), Verdict::Retry);
+        assert_eq!(t.judge(&m(1.2, -1.5, 0.1)), Verdict::Retry);
+        // Low log-probability and likely silence: skipped, even when the
+        // ratio asks for another attempt.
+        assert_eq!(t.judge(&m(3.0, -1.5, 0.9)), Verdict::Skip);
+        assert!((probability(&[0.0, 0.0], 1).unwrap() - 0.5).abs() < 1e-12);
+    }
+}
