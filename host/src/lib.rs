@@ -6,7 +6,9 @@
 //! ([`ir`]), compiles them for a backend ([`backend`]) and serves requests
 //! ([`runner`]).
 
+pub mod authoring;
 pub mod backend;
+pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod ir;

@@ -1,5 +1,5 @@
 //! The `host` command line: `host run`, `host bench`, `host serve`,
-//! `host devices`, `host skills`.
+//! `host devices`, `host skills`, `host test`, `host new`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Test a skill in the sandbox: its cases plus the host's conformance
+    /// checks; exit 1 when any fails (JUnit XML and JSON reports for CI).
+    Test(host::authoring::cli::TestArgs),
+    /// Write a new standalone skill crate for a task.
+    New(host::authoring::cli::NewArgs),
 }
 
 #[derive(clap::Args)]
@@ -188,6 +193,10 @@ fn main() {
         Command::Serve(args) => serve(args),
         Command::Devices { json } => devices(json),
         Command::Skills { json, all } => skills(json, all),
+        Command::Test(args) => {
+            sandbox().and_then(|sb| host::authoring::cli::test(args, sb).map_err(Into::into))
+        }
+        Command::New(args) => host::authoring::cli::new(args).map_err(Into::into),
     };
     // Every endpoint is gone with its command's runtime; let the workers
     // release their skills (and device memory) before the process exits.
@@ -599,10 +608,14 @@ fn skills(json: bool, all: bool) -> Result<i32> {
             .and_then(|mut i| i.describe());
         rows.push(match info {
             Ok(i) if i.task.starts_with("test-") && !all => continue,
-            Ok(i) => serde_json::json!({
-                "name": i.name, "task": i.task, "architectures": i.architectures,
-                "version": i.version, "path": path.display().to_string(),
-            }),
+            Ok(i) => {
+                let digest = host::digest::Digest::of_file(&path)?;
+                serde_json::json!({
+                    "name": i.name, "task": i.task, "architectures": i.architectures,
+                    "version": i.version, "path": path.display().to_string(),
+                    "sha256": digest.to_string(), "cid": digest.cid(),
+                })
+            }
             Err(e) => serde_json::json!({ "name": name, "path": path.display().to_string(), "error": e.to_string() }),
         });
     }
@@ -615,11 +628,12 @@ fn skills(json: bool, all: bool) -> Result<i32> {
             match r.get("error") {
                 Some(e) => println!("{:<16} error: {}", r["name"].as_str().unwrap_or(""), e),
                 None => println!(
-                    "{:<16} {:<20} {}  ({})",
+                    "{:<16} {:<20} {}  ({}, {})",
                     r["name"].as_str().unwrap_or(""),
                     r["task"].as_str().unwrap_or(""),
                     r["architectures"],
-                    r["path"].as_str().unwrap_or("")
+                    r["path"].as_str().unwrap_or(""),
+                    r["sha256"].as_str().map_or("", |d| &d[..19.min(d.len())])
                 ),
             }
         }

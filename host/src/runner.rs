@@ -163,8 +163,8 @@ impl Runner {
         precision: Precision,
         fixed_shapes: Option<bool>,
     ) -> Result<Runner, HostError> {
-        let (name, path) = crate::skills::resolve(skill)?;
-        let component = sandbox.load(&name, &path)?;
+        let (name, path, pin) = crate::skills::resolve_pinned(skill)?;
+        let component = sandbox.load_pinned(&name, &path, pin.as_ref())?;
         let mut reasons = Vec::new();
         for device in devices {
             let backend = match registry::open(device, precision) {
@@ -243,6 +243,24 @@ impl Runner {
             kind: "internal",
             message: "no skill instance".into(),
         })
+    }
+
+    /// The component being served.
+    pub fn component(&self) -> &SkillComponent {
+        &self.component
+    }
+
+    /// Memory and fuel the current instance used, against its limits
+    /// (`None` after a trap, until the next call makes a fresh one).
+    pub fn usage(&self) -> Option<crate::sandbox::Usage> {
+        self.instance.as_ref().map(|i| i.usage())
+    }
+
+    /// Gives the next calls `fuel` per call instead of the sandbox's limit,
+    /// until a trap replaces the instance (tests provoke one this way).
+    pub fn set_fuel_per_call(&mut self, fuel: u64) -> Result<(), RequestError> {
+        self.instance()?.set_fuel_per_call(fuel);
+        Ok(())
     }
 
     /// Serves a batch of JSON requests; one result per request, in order.

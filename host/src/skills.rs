@@ -4,7 +4,9 @@
 //! the directories of `HOST_SKILLS_DIR` (colon-separated), `skills/` next to
 //! the executable, and the cargo output `target/wasm32-wasip2/release/` of
 //! the checkout the executable was built in. A SKILL argument that ends in
-//! `.wasm` or contains a `/` is a path.
+//! `.wasm` or contains a `/` is a path. Either may end in `@sha256:<hex>`
+//! (or `@<CID>`): the component is then pinned to that digest, and loading
+//! refuses a file with other bytes ([`crate::digest`]).
 
 use std::path::{Path, PathBuf};
 
@@ -37,8 +39,23 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Resolves a skill name or path to (name, component path).
+/// Resolves a skill name or path, with an optional `@digest` pin, to
+/// (name, component path, pin).
+pub fn resolve_pinned(
+    spec: &str,
+) -> Result<(String, PathBuf, Option<crate::digest::Digest>), HostError> {
+    let (skill, pin) = crate::digest::split_pin(spec);
+    let (name, path) = resolve_unpinned(skill)?;
+    Ok((name, path, pin))
+}
+
+/// Resolves a skill name or path to (name, component path); a pin suffix
+/// is dropped (see [`resolve_pinned`]).
 pub fn resolve(spec: &str) -> Result<(String, PathBuf), HostError> {
+    resolve_unpinned(crate::digest::split_pin(spec).0)
+}
+
+fn resolve_unpinned(spec: &str) -> Result<(String, PathBuf), HostError> {
     if spec.ends_with(".wasm") || spec.contains('/') {
         let p = PathBuf::from(spec);
         let name = p

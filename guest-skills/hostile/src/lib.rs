@@ -38,11 +38,15 @@ impl Guest for Hostile {
 fn act(req: &str) -> Result<Response, Error> {
     let v: serde_json::Value =
         serde_json::from_str(req).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    let what = v
-        .get("do")
-        .and_then(|d| d.as_str())
-        .unwrap_or("ok")
-        .to_string();
+    let what = match v.get("do") {
+        None => "ok".to_string(),
+        Some(serde_json::Value::String(d)) => d.clone(),
+        Some(other) => {
+            return Err(Error::InvalidRequest(format!(
+                "`do` must be a string, got {other}"
+            )))
+        }
+    };
     match what.as_str() {
         "loop" => {
             let mut x: u64 = 0;

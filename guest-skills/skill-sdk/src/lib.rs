@@ -17,7 +17,9 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "skill",
-        path: "../../wit",
+        // The WIT is vendored in the crate (a copy of the workspace's `wit/`,
+        // kept identical by tests/authoring.rs), so the SDK builds on its own.
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export_skill",
         default_bindings_module: "skill_sdk::bindings",

@@ -9,16 +9,18 @@
 mod convert;
 mod imports;
 mod imports_tokenizer;
+mod meter;
 mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use imports::SkillContext;
+pub use meter::Usage;
 
 /// Types the runner needs from the import side.
 pub mod imports_api {
@@ -87,13 +89,16 @@ pub enum SandboxError {
     Trap { skill: String, message: String },
     #[error("skill `{skill}` could not be loaded: {message}")]
     Load { skill: String, message: String },
+    /// The file's bytes are not the pinned ones.
+    #[error("{0}")]
+    DigestMismatch(Box<crate::digest::PinMismatch>),
 }
 
 /// Store data of one instance.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: meter::MeteredLimits,
     pub(crate) ctx: Arc<SkillContext>,
     /// Stream senders of the batch being handled, by request index.
     pub(crate) streams: Vec<Option<StreamSender>>,
@@ -142,6 +147,8 @@ pub struct SkillComponent {
     pre: SkillPre<HostState>,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
+    /// SHA-256 of the component bytes that were compiled.
+    pub digest: crate::digest::Digest,
 }
 
 /// A live skill instance.
@@ -152,6 +159,8 @@ pub struct SkillInstance {
     fuel: u64,
     memory_limit: usize,
     poisoned: bool,
+    /// Most fuel one call burnt so far.
+    max_fuel_used: u64,
 }
 
 impl Sandbox {
@@ -190,13 +199,35 @@ impl Sandbox {
 
     /// Compiles (or loads from the on-disk cache) the component at `path`.
     pub fn load(&self, name: &str, path: &Path) -> Result<SkillComponent, SandboxError> {
+        self.load_pinned(name, path, None)
+    }
+
+    /// [`Sandbox::load`], refusing a component whose bytes do not have the
+    /// digest `pin` (checked on the very bytes that are compiled).
+    pub fn load_pinned(
+        &self,
+        name: &str,
+        path: &Path,
+        pin: Option<&crate::digest::Digest>,
+    ) -> Result<SkillComponent, SandboxError> {
         let fail = |message: String| SandboxError::Load {
             skill: name.to_string(),
             message,
         };
         let bytes = std::fs::read(path)
             .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        let (component, cached) = self.cached_compile(&bytes).map_err(fail)?;
+        let digest = crate::digest::Digest::of(&bytes);
+        if let Some(expected) = pin.filter(|p| **p != digest) {
+            return Err(SandboxError::DigestMismatch(Box::new(
+                crate::digest::PinMismatch {
+                    skill: name.to_string(),
+                    path: path.display().to_string(),
+                    expected: *expected,
+                    got: digest,
+                },
+            )));
+        }
+        let (component, cached) = self.cached_compile(&bytes, &digest).map_err(fail)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -208,15 +239,19 @@ impl Sandbox {
             path: path.to_path_buf(),
             pre,
             from_cache: cached,
+            digest,
         })
     }
 
-    fn cached_compile(&self, bytes: &[u8]) -> Result<(Component, bool), String> {
-        use sha2::{Digest, Sha256};
+    fn cached_compile(
+        &self,
+        bytes: &[u8],
+        digest: &crate::digest::Digest,
+    ) -> Result<(Component, bool), String> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        let key = format!("{:x}-{:016x}", Sha256::digest(bytes), h.finish());
+        let key = format!("{}-{:016x}", digest.hex(), h.finish());
         let file = self
             .cache_dir
             .as_ref()
@@ -265,7 +300,10 @@ impl Sandbox {
         let state = HostState {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
-            limits,
+            limits: meter::MeteredLimits {
+                inner: limits,
+                peak_memory: 0,
+            },
             ctx,
             streams: Vec::new(),
             completer: None,
@@ -288,6 +326,7 @@ impl Sandbox {
             fuel,
             memory_limit,
             poisoned: false,
+            max_fuel_used: 0,
         })
     }
 }
@@ -321,15 +360,40 @@ impl SkillInstance {
         let _ = self.store.set_fuel(self.fuel);
     }
 
+    /// Notes the fuel the call that just returned burnt.
+    fn meter(&mut self) {
+        if let Ok(left) = self.store.get_fuel() {
+            self.max_fuel_used = self.max_fuel_used.max(self.fuel.saturating_sub(left));
+        }
+    }
+
+    /// The fuel each later call gets (tests provoke an out-of-fuel trap with
+    /// a tiny budget); a fresh instance gets the sandbox's limit again.
+    pub fn set_fuel_per_call(&mut self, fuel: u64) {
+        self.fuel = fuel;
+    }
+
+    /// Memory and fuel used so far, against the limits.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            peak_memory_bytes: self.store.data().limits.peak_memory,
+            memory_limit_bytes: self.memory_limit,
+            max_fuel_per_call: self.max_fuel_used,
+            fuel_limit_per_call: self.fuel,
+        }
+    }
+
     pub fn describe(&mut self) -> Result<SkillInfo, SandboxError> {
         self.refuel();
         let r = self.bindings.call_describe(&mut self.store);
+        self.meter();
         r.map_err(|e| self.classify(e))
     }
 
     pub fn load(&mut self) -> Result<Result<(), WitError>, SandboxError> {
         self.refuel();
         let r = self.bindings.call_load(&mut self.store);
+        self.meter();
         r.map_err(|e| self.classify(e))
     }
 
@@ -354,6 +418,7 @@ impl SkillInstance {
         self.store.data_mut().completer = completer;
         self.store.data_mut().queue = queue;
         let r = self.bindings.call_handle(&mut self.store, batch);
+        self.meter();
         self.store.data_mut().streams = Vec::new();
         self.store.data_mut().completer = None;
         self.store.data_mut().queue = None;

@@ -1,0 +1,263 @@
+//! Skill authoring and sandboxed testing: `host test` over every project
+//! skill's cases (tests/cases/<skill>.jsonl, recorded on cpu f32), its
+//! reports and failures, digests and pins, the vendored WIT of the SDK,
+//! and the docs/skills.md walk-through (`host new` -> cargo build ->
+//! `host test` -> `host serve` with a pinned digest).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .output()
+        .expect("spawn host")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn cases(skill: &str) -> PathBuf {
+    root()
+        .join("tests")
+        .join("cases")
+        .join(format!("{skill}.jsonl"))
+}
+
+/// Every skill of the project and the fixture its cases were recorded on.
+const SKILL_FIXTURES: &[(&str, &str)] = &[
+    ("text-embedding", "tiny-enc-bert"),
+    ("fill-mask", "tiny-enc-bert"),
+    ("text-classification", "tiny-enc-bert-cls"),
+    ("token-classification", "tiny-enc-bert-ner"),
+    ("image-classification", "tiny-vit"),
+    ("zero-shot-image-classification", "tiny-clip"),
+    ("object-detection", "tiny-detr"),
+    ("multimodal-embedding", "tiny-clip"),
+    ("text-generation", "tiny-gpt2"),
+    ("text2text-generation", "tiny-s2s-t5"),
+    ("video-classification", "tiny-videomae-cls"),
+    ("audio-embedding", "tiny-wav2vec2-stable"),
+    ("automatic-speech-recognition", "tiny-wav2vec2-ctc"),
+    ("zero-shot-audio-classification", "tiny-clap"),
+    ("hostile", "tiny-enc-bert"),
+];
+
+/// `host test SKILL` on its fixture and cases; the JSON report.
+fn host_test(skill: &str, fixture_name: &str, device: &str, junit: &Path) -> serde_json::Value {
+    let model = fixture(fixture_name);
+    let c = cases(skill);
+    let o = host(&[
+        "test",
+        skill_path(skill).to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--cases",
+        c.to_str().unwrap(),
+        "--device",
+        device,
+        "--junit",
+        junit.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "host test {skill} on {device} failed (re-record with `host test {skill} --model {} --cases {} --record` if the change is intended):\n{}",
+        model.display(),
+        c.display(),
+        text(&o)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
+fn skill_path(name: &str) -> PathBuf {
+    skill(name)
+}
+
+#[test]
+fn every_project_skill_passes_host_test_on_cpu() {
+    if !available("cpu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (skill, fixture_name) in SKILL_FIXTURES {
+        let junit = dir.path().join(format!("{skill}.xml"));
+        let report = host_test(skill, fixture_name, "cpu", &junit);
+        let results = report["results"].as_array().unwrap();
+        let cases = results.iter().filter(|r| r["kind"] == "case").count();
+        assert!(cases >= 1, "{skill}: no cases ran");
+        assert_eq!(report["failed"], 0, "{skill}: {report}");
+        // The conformance checks ran (skips only where a skill has no
+        // case to probe with).
+        for check in ["describe", "load", "response schema", "resource limits"] {
+            let r = results.iter().find(|r| r["name"] == check);
+            assert_eq!(
+                r.map(|r| r["status"].clone()),
+                Some("pass".into()),
+                "{skill}: {check}: {report}"
+            );
+        }
+        assert!(report["skill"]["cid"]
+            .as_str()
+            .unwrap()
+            .starts_with("bafkrei"));
+        let xml = std::fs::read_to_string(&junit).unwrap();
+        assert!(
+            xml.contains("<testsuite name=") && !xml.contains("<failure"),
+            "{xml}"
+        );
+    }
+}
+
+#[test]
+fn recorded_cases_hold_on_openvino() {
+    if !available("openvino") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (skill, fixture_name) in [
+        ("text-classification", "tiny-enc-bert-cls"),
+        ("text-embedding", "tiny-enc-bert"),
+    ] {
+        let report = host_test(skill, fixture_name, "openvino", &dir.path().join("r.xml"));
+        assert_eq!(report["device"], "openvino");
+    }
+}
+
+#[test]
+fn a_broken_expectation_fails_with_a_readable_diff() {
+    if !available("cpu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(cases("text-classification")).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A score off by 0.25, and an error that the skill does not give.
+    let score = lines[0]["expect"]["labels"][0]["score"].as_f64().unwrap();
+    lines[0]["expect"]["labels"][0]["score"] = (score - 0.25).into();
+    lines[1]["expect"] = serde_json::Value::Null;
+    lines[1]["error"] = "invalid-request".into();
+    let mut broken = String::new();
+    for l in &lines {
+        let mut l = l.clone();
+        if l["expect"].is_null() {
+            l.as_object_mut().unwrap().remove("expect");
+        }
+        broken.push_str(&format!("{l}\n"));
+    }
+    let file = dir.path().join("broken.jsonl");
+    std::fs::write(&file, broken).unwrap();
+    let junit = dir.path().join("r.xml");
+    let o = host(&[
+        "test",
+        "text-classification",
+        "--model",
+        fixture("tiny-enc-bert-cls").to_str().unwrap(),
+        "--cases",
+        file.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let out = text_of(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL  case all labels"), "{out}");
+    assert!(
+        out.contains("$.labels[0].score: expected") && out.contains("|diff| 2.500e-1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected a `invalid-request` error, got a response"),
+        "{out}"
+    );
+    assert!(out.contains("2 failed"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<failure ").count(), 2, "{xml}");
+    assert!(xml.contains("failures=\"2\""), "{xml}");
+}
+
+fn text_of(o: &Output) -> String {
+    text(o)
+}
+
+#[test]
+fn pinned_digests_are_enforced() {
+    if !available("cpu") {
+        return;
+    }
+    let path = skill("text-classification");
+    let digest = host::digest::Digest::of_file(&path).unwrap();
+    let model = fixture("tiny-enc-bert-cls");
+    let model = model.to_str().unwrap();
+    let wrong = host::digest::Digest::of(b"another build");
+    for (pin, ok) in [
+        (digest.to_string(), true),
+        (digest.cid(), true),
+        (wrong.to_string(), false),
+    ] {
+        let spec = format!("{}@{pin}", path.display());
+        let o = host(&["run", &spec, "--model", model, "--input", "fine"]);
+        if ok {
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        } else {
+            assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains(&format!("is pinned to {wrong}"))
+                    && err.contains(&digest.to_string())
+                    && err.contains("refusing to load"),
+                "{err}"
+            );
+            // host test reports it as a failed check, with the file's digest.
+            let o = host(&["test", &spec, "--model", model, "--json"]);
+            assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+            let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(r["results"][0]["name"], "component");
+            assert_eq!(r["skill"]["sha256"], digest.to_string());
+        }
+    }
+    // `host skills --json` shows every component's digest and CID.
+    let o = host(&["skills", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "text-classification")
+        .unwrap();
+    assert_eq!(row["cid"], digest.cid());
+}
+
+#[test]
+fn the_sdk_vendors_the_workspace_wit() {
+    let ours = root().join("wit");
+    let vendored = root().join("guest-skills/skill-sdk/wit");
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&ours), names(&vendored));
+    for n in names(&ours) {
+        assert!(
+            std::fs::read(ours.join(&n)).unwrap() == std::fs::read(vendored.join(&n)).unwrap(),
+            "guest-skills/skill-sdk/wit/{n} differs from wit/{n}: copy it (cp wit/*.wit guest-skills/skill-sdk/wit/)"
+        );
+    }
+}
