@@ -18,6 +18,7 @@ pub mod convnext;
 pub mod detr;
 pub mod llava;
 pub mod llava_next;
+mod patch_tower;
 pub mod qwen2_vl;
 pub mod resnet;
 pub mod siglip;

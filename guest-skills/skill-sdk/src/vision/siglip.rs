@@ -7,8 +7,8 @@
 //! layer's output; the post-norm is not in it), which is what LLaVA-style
 //! models select their image features from.
 
-use super::clip::{layer, Act, Tower};
-use crate::config::Json;
+use super::clip::{layer, Tower};
+use super::patch_tower::{find_base, Defaults, PatchTower};
 use crate::graph::Node;
 use crate::{Error, Graph};
 
@@ -34,48 +34,19 @@ impl Siglip {
         g: &Graph,
         bases: &[&str],
     ) -> Result<Siglip, Error> {
-        let j = Json {
-            file: file.to_string(),
-            value: c.clone(),
+        let d = Defaults {
+            patch: 16,
+            eps: 1e-6,
+            act: "gelu_pytorch_tanh",
         };
-        let hidden = j.u64_or("hidden_size", 768)?;
-        let heads = j.u64_or("num_attention_heads", 12)?;
-        if heads == 0 || !hidden.is_multiple_of(heads) {
-            return Err(Error::Model(format!(
-                "{file}: hidden_size {hidden} is not a multiple of {heads} heads"
-            )));
-        }
-        let patch = j.u64_or("patch_size", 16)?;
-        let image_size = j.u64_or("image_size", 224)?;
-        // A convolution with stride = kernel: trailing rows and columns
-        // that do not fill a patch are dropped (SigLIP so400m: 384 / 14).
-        if patch == 0 || image_size < patch {
-            return Err(Error::Model(format!(
-                "{file}: image_size {image_size} is smaller than patch_size {patch}"
-            )));
-        }
-        let probe = "embeddings.patch_embedding.weight";
-        let base = bases
-            .iter()
-            .find(|b| g.has(&format!("{b}{probe}")))
-            .ok_or_else(|| {
-                Error::Model(format!(
-                    "no SigLIP vision tower in the checkpoint (looked for `{probe}` under {})",
-                    bases.join(", ")
-                ))
-            })?
-            .to_string();
+        let t = PatchTower::read(c, file, d)?;
+        let what = "SigLIP vision tower";
+        let base = find_base(g, bases, "embeddings.patch_embedding.weight", what)?;
         Ok(Siglip {
-            tower: Tower {
-                hidden,
-                heads,
-                layers: j.u64_or("num_hidden_layers", 12)?,
-                eps: j.f64_or("layer_norm_eps", 1e-6)? as f32,
-                act: Act::named(j.str_or("hidden_act", "gelu_pytorch_tanh")?)?,
-            },
-            patch,
-            image_size,
-            channels: j.u64_or("num_channels", 3)?,
+            tower: t.tower,
+            patch: t.patch,
+            image_size: t.image_size,
+            channels: t.channels,
             base,
         })
     }
