@@ -261,3 +261,164 @@ fn the_sdk_vendors_the_workspace_wit() {
         );
     }
 }
+
+/// Runs cargo as the test's own cargo does.
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds the crate in `dir` for wasm32-wasip2 into the shared target
+/// directory; the component's path.
+fn build_component(dir: &Path, target: &Path) -> PathBuf {
+    let o = cargo()
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .expect("spawn cargo");
+    assert!(
+        o.status.success(),
+        "cargo build in {}: {}",
+        dir.display(),
+        text(&o)
+    );
+    target.join("wasm32-wasip2/release/my_skill.wasm")
+}
+
+/// docs/skills.md, "From `host new` to `host serve`", run as written: a
+/// crate generated outside the repository, built with cargo, recorded,
+/// tested, broken on purpose (a readable diff), and served pinned by
+/// digest (a different build refused).
+#[test]
+fn walkthrough_new_build_test_serve() {
+    if !available("cpu") {
+        return;
+    }
+    let doc = std::fs::read_to_string(root().join("docs/skills.md")).unwrap();
+    let wasm_rel = "target/wasm32-wasip2/release/my_skill.wasm";
+    let model_rel = "tests/fixtures/tiny-enc-bert-cls";
+    for command in [
+        "host new my-skill --task text-classification --dir /tmp/my-skill".to_string(),
+        "cargo build --release --target wasm32-wasip2".to_string(),
+        format!("host test {wasm_rel} --model $REPO/{model_rel} --cases tests/cases.jsonl --record"),
+        format!("host test {wasm_rel} --model $REPO/{model_rel} --cases tests/cases.jsonl --junit report.xml"),
+        format!("host serve --skill {wasm_rel}@sha256:<hex> --model $REPO/{model_rel}"),
+    ] {
+        assert!(doc.contains(&command), "docs/skills.md no longer shows `{command}`");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("my-skill");
+    let o = host(&[
+        "new",
+        "my-skill",
+        "--task",
+        "text-classification",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("skill-sdk = { path = "), "{manifest}");
+    // The workspace's versions of the dependencies: no registry look-up,
+    // and the shared target directory stays warm across runs.
+    std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let target = root().join("target").join("authoring-walkthrough");
+    let wasm = build_component(&dir, &target);
+    let good = tmp.path().join("good.wasm");
+    std::fs::copy(&wasm, &good).unwrap();
+    let model = fixture("tiny-enc-bert-cls");
+    let model = model.to_str().unwrap();
+    let cases_file = dir.join("tests/cases.jsonl");
+    let test = |wasm: &Path, record: bool| {
+        let mut args = vec![
+            "test",
+            wasm.to_str().unwrap(),
+            "--model",
+            model,
+            "--cases",
+            cases_file.to_str().unwrap(),
+        ];
+        if record {
+            args.push("--record");
+        }
+        host(&args)
+    };
+    let o = test(&good, true);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = test(&good, false);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 failed"));
+
+    // Broken on purpose: raw logits instead of the model's function.
+    let lib = dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let line = "let function = r.function.unwrap_or(l.default_function);";
+    assert!(
+        source.contains(line),
+        "the template changed: update this test"
+    );
+    std::fs::write(&lib, source.replace(line, "let function = Function::None;")).unwrap();
+    let broken = build_component(&dir, &target);
+    let o = test(&broken, false);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL  case example"), "{out}");
+    assert!(out.contains("$.labels[0].score: expected"), "{out}");
+
+    // Served pinned to the good build's digest; the broken file is refused.
+    let digest = host::digest::Digest::of_file(&good).unwrap();
+    let refused = host(&[
+        "serve",
+        "--skill",
+        &format!("{}@{digest}", broken.display()),
+        "--model",
+        model,
+        "--addr",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refusing to load"),
+        "{}",
+        text(&refused)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["serve", "--skill", &format!("{}@{digest}", good.display())])
+        .args(["--model", model, "--addr", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn host serve");
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(10))
+        .build();
+    let url = format!("http://{addr}/v1/endpoints/default");
+    let started = std::time::Instant::now();
+    let answer = loop {
+        match agent
+            .post(&url)
+            .send_string(r#"{"text": "I love this movie."}"#)
+        {
+            Ok(r) => break r.into_json::<serde_json::Value>().unwrap(),
+            Err(e) if started.elapsed().as_secs() < 60 => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => {
+                let _ = server.kill();
+                panic!("host serve did not answer: {e}");
+            }
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let labels = answer["labels"].as_array().expect("labels");
+    assert_eq!(labels.len(), 3, "{answer}");
+    assert_eq!(answer["device"], "cpu");
+}

@@ -5,12 +5,14 @@
 //!   README) that builds for `wasm32-wasip2` outside this repository.
 //! - [`test`]: `host test SKILL --model DIR` runs a skill's cases
 //!   ([`cases`], compared by [`compare`]) in the sandbox, plus the
-//!   [`conformance`] checks every skill must pass, and reports them
+//!   [`conformance`] checks every skill must pass (those on a loaded skill
+//!   in `checks.rs`), and reports them
 //!   ([`report`]: a table, JSON, JUnit XML) with an exit code for CI;
 //!   `--record` writes the expectations from a trusted run.
 //! - [`cli`]: the command-line arguments of both.
 
 pub mod cases;
+mod checks;
 pub mod cli;
 pub mod compare;
 pub mod conformance;
