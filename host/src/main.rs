@@ -123,9 +123,13 @@ struct ServeArgs {
     device: String,
     #[arg(long, default_value = "f32")]
     precision: String,
-    /// Skill instances (worker threads) of the endpoint.
+    /// Skill instances (worker threads) of the endpoint (per replica).
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// Replicas: devices that each serve the endpoint (`cuda:0,cuda:1`,
+    /// `cuda:*` for every visible GPU, `cpu,openvino`); instead of --device.
+    #[arg(long)]
+    replicas: Option<String>,
     #[arg(long, default_value_t = 32)]
     max_batch_size: usize,
     #[arg(long, default_value_t = 5)]
@@ -497,6 +501,9 @@ fn serve(args: ServeArgs) -> Result<i32> {
             let precision: Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
             let mut c = EndpointConfig::new(&args.name, skill, model, devices, precision);
             c.instances = args.instances;
+            if let Some(r) = &args.replicas {
+                c.replicas = host::endpoint::parse_replicas(r)?;
+            }
             c.batching = BatchPolicy {
                 max_batch_size: args.max_batch_size,
                 max_wait_ms: args.max_wait_ms,

@@ -2,7 +2,9 @@
 //! estimated length and cuts batches under the size and padded-token
 //! budgets. It never holds a request back while a worker is idle; while all
 //! workers are busy it gathers companions until one frees up, the batch is
-//! full, or `max_wait` has passed.
+//! full, or `max_wait` has passed. Each batch goes to the least-loaded
+//! replica ([`super::replicas`]); batches a replica failed come back here
+//! and go to another one first.
 
 use std::sync::Arc;
 
@@ -11,7 +13,8 @@ use tokio::sync::mpsc;
 
 use tokio::time::{sleep_until, Instant};
 
-use super::worker::{Batch, Pool};
+use super::replicas::{Job, Router};
+use super::worker::Batch;
 use super::{EndpointConfig, Metrics, Pending};
 
 /// Cuts a length-sorted window into batches: at most `max_size` requests and
@@ -41,12 +44,24 @@ pub(crate) fn cut(mut window: Vec<Pending>, max_size: usize, max_tokens: usize) 
 pub(crate) async fn run(
     config: EndpointConfig,
     mut rx: mpsc::Receiver<Pending>,
-    pool: Pool,
+    mut router: Router,
     metrics: Arc<Metrics>,
 ) {
     let policy = config.batching.clone();
     let depth = metrics.queue_depth.with_label_values(&[&config.name]);
-    while let Some(first) = rx.recv().await {
+    loop {
+        // Batches a replica failed go to another one before new work.
+        let first = tokio::select! {
+            biased;
+            Some(job) = router.retries.recv() => {
+                router.dispatch(job).await;
+                continue;
+            }
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let mut window = vec![first];
         let deadline = Instant::now() + policy.max_wait();
         while window.len() < policy.max_batch_size {
@@ -55,7 +70,7 @@ pub(crate) async fn run(
                 continue;
             }
             if policy.max_wait_ms == 0
-                || (policy.dispatch_when_idle && pool.idle.load(Ordering::SeqCst) > 0)
+                || (policy.dispatch_when_idle && router.idle.load(Ordering::SeqCst) > 0)
             {
                 break;
             }
@@ -64,7 +79,7 @@ pub(crate) async fn run(
                     Some(p) => window.push(p),
                     None => break,
                 },
-                _ = pool.freed.notified(), if policy.dispatch_when_idle => break,
+                _ = router.freed.notified(), if policy.dispatch_when_idle => break,
                 _ = sleep_until(deadline) => break,
             }
         }
@@ -78,18 +93,11 @@ pub(crate) async fn run(
         }
         depth.sub(window.len() as i64);
         for batch in cut(window, policy.max_batch_size, policy.max_batch_tokens) {
-            if let Err(mpsc::error::SendError(batch)) = pool.tx.send(batch).await {
-                for p in batch {
-                    let _ = p.reply.send(Err(crate::runner::RequestError {
-                        kind: "unavailable",
-                        message: format!("endpoint `{}` has no running workers", config.name),
-                    }));
-                }
-            }
+            router.dispatch(Job::new(batch)).await;
         }
     }
-    // Queue closed and drained: dropping `pool` ends the workers after the
-    // batches already handed to them.
+    // Queue closed and drained: dropping `router` ends the workers after
+    // the batches already handed to them.
 }
 
 #[cfg(test)]

@@ -14,6 +14,11 @@ pub struct Metrics {
     /// HTTP responses by status (`host serve`): every rejection (401,
     /// 403, 408, 413, 429, ...) is counted here.
     pub http_responses: IntCounterVec,
+    /// Per replica (`endpoint`, `replica` index, `device`): batches queued
+    /// for or running on it, whether it is in rotation, batches finished.
+    pub replica_load: IntGaugeVec,
+    pub replica_up: IntGaugeVec,
+    pub replica_batches: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,8 +76,36 @@ impl Metrics {
             &["status"],
         )
         .expect("static metric definition");
+        let replica = ["endpoint", "replica", "device"];
+        let replica_load = IntGaugeVec::new(
+            Opts::new(
+                "host_replica_load",
+                "Batches queued for or running on a replica",
+            ),
+            &replica,
+        )
+        .expect("static metric definition");
+        let replica_up = IntGaugeVec::new(
+            Opts::new(
+                "host_replica_in_rotation",
+                "1 while a replica's device is in rotation, 0 while quarantined",
+            ),
+            &replica,
+        )
+        .expect("static metric definition");
+        let replica_batches = IntCounterVec::new(
+            Opts::new(
+                "host_replica_batches_total",
+                "Batches a replica finished (served, failed or handed to another replica)",
+            ),
+            &replica,
+        )
+        .expect("static metric definition");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(replica_load.clone()),
+            Box::new(replica_up.clone()),
+            Box::new(replica_batches.clone()),
             Box::new(http_responses.clone()),
             Box::new(errors.clone()),
             Box::new(fallbacks.clone()),
@@ -91,6 +124,9 @@ impl Metrics {
             batch_size,
             latency,
             http_responses,
+            replica_load,
+            replica_up,
+            replica_batches,
         }
     }
 

@@ -4,8 +4,10 @@
 //! (not the requests) was at fault: it is quarantined for a backoff that
 //! doubles with each failure (5 s up to 60 s), so batches stop paying for a
 //! failed attempt first. When the backoff ends the next batch probes the
-//! device again; success puts it back in rotation. `/health` shows the
-//! quarantined devices, and each change is logged.
+//! device again; success puts it back in rotation. Failures of batches that
+//! were already on the device when it went out count, but do not extend
+//! the backoff. `/health` shows the quarantined devices, and each change is
+//! logged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,14 +61,19 @@ impl Quarantine {
             failures: 0,
             error: String::new(),
         });
+        e.failures += 1;
+        e.error = error.chars().take(300).collect();
+        let now = Instant::now();
+        if e.until > now {
+            // Already out: a batch it had before it went out.
+            return e.until - now;
+        }
         e.backoff = if e.backoff.is_zero() {
             FIRST
         } else {
             (e.backoff * 2).min(MAX)
         };
-        e.failures += 1;
-        e.until = Instant::now() + e.backoff;
-        e.error = error.chars().take(300).collect();
+        e.until = now + e.backoff;
         eprintln!(
             "endpoint `{endpoint}`: device {device} failed a batch that another device then served \
              ({} in a row: {}); out of rotation for {} s",
@@ -118,12 +125,22 @@ mod tests {
         assert!(!q.is_out("cuda"));
         assert_eq!(q.fail("e", "cuda", "boom"), FIRST);
         assert!(q.is_out("cuda") && !q.is_out("cpu"));
-        assert_eq!(q.fail("e", "cuda", "boom"), FIRST * 2);
+        // While out, a failure (a batch it had already) counts only.
+        assert!(q.fail("e", "cuda", "boom") <= FIRST);
+        assert_eq!(q.snapshot()[0].failures, 2);
+        // Failed probes after the backoff double it, up to MAX.
+        let probe_fails = |q: &Quarantine| {
+            if let Some(e) = q.entries.lock().unwrap().get_mut("cuda") {
+                e.until = Instant::now();
+            }
+            q.fail("e", "cuda", "boom")
+        };
+        assert_eq!(probe_fails(&q), FIRST * 2);
         for _ in 0..10 {
-            q.fail("e", "cuda", "boom");
+            probe_fails(&q);
         }
-        assert_eq!(q.snapshot()[0].failures, 12);
-        assert_eq!(q.fail("e", "cuda", "boom"), MAX);
+        assert_eq!(q.snapshot()[0].failures, 13);
+        assert_eq!(probe_fails(&q), MAX);
         q.ok("e", "cuda");
         assert!(!q.is_out("cuda") && q.snapshot().is_empty());
     }

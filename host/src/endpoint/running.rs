@@ -5,14 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
+use super::replicas::Group;
 use super::worker::Batch;
 use super::{Metrics, Pending};
 use crate::runner::{JoinQueue, Output, RequestError};
 
-/// The endpoint's queue of batches, shared by its workers.
-pub(crate) type Shared = Arc<Mutex<mpsc::Receiver<Batch>>>;
+/// The replica's queue of batches, shared by its workers.
+pub(crate) type Shared = Arc<Group>;
 
 type Reply = tokio::sync::oneshot::Sender<Result<Output, RequestError>>;
 
@@ -73,6 +72,16 @@ impl Replies {
         let _ = reply.send(a);
     }
 
+    /// Takes back every reply of a batch of `n` requests when none was
+    /// answered and none joined it (so the batch can run elsewhere).
+    pub fn reclaim(&self, n: usize) -> Option<Vec<(Reply, Instant)>> {
+        let mut s = self.slots.lock().ok()?;
+        if s.len() != n || s.iter().any(Option::is_none) {
+            return None;
+        }
+        Some(s.drain(..).flatten().collect())
+    }
+
     /// Answers every request not answered yet with `e`.
     pub fn answer_rest(&self, e: RequestError) {
         let n = self.slots.lock().map(|s| s.len()).unwrap_or(0);
@@ -108,9 +117,7 @@ pub(crate) fn joiners(rx: Shared, replies: Arc<Replies>, stash: Stash) -> JoinQu
             Err(_) => Vec::new(),
         };
         if taken.len() < max {
-            // try_lock: a worker blocked in recv holds the lock, and is idle.
-            let next = rx.try_lock().ok().and_then(|mut r| r.try_recv().ok());
-            if let Some(mut batch) = next {
+            if let Some(mut batch) = rx.try_take().map(|job| job.batch) {
                 let n = (max - taken.len()).min(batch.len());
                 let rest = batch.split_off(n);
                 taken.extend(batch);
@@ -161,13 +168,20 @@ mod tests {
             Arc::new(Metrics::new()),
             "e".into(),
         ));
-        let (tx, rx) = mpsc::channel::<Batch>(1);
+        let metrics = Metrics::new();
+        let built =
+            super::super::replicas::build("e", &["cpu".into()], 1, Arc::default(), &metrics);
         let (b, mut a1) = pending("b");
         let (c, mut a2) = pending("c");
         let (d, _a3) = pending("d");
-        tx.try_send(vec![b, c, d]).unwrap();
+        let job = super::super::replicas::Job::new(vec![b, c, d]);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(built.router.dispatch(job));
         let stash = Stash::default();
-        let mut queue = joiners(Arc::new(Mutex::new(rx)), replies.clone(), stash.clone());
+        let mut queue = joiners(built.groups[0].clone(), replies.clone(), stash.clone());
         let got: Vec<(usize, String)> = queue(2).into_iter().map(|(i, r, _)| (i, r)).collect();
         assert_eq!(got, [(1, "b".to_string()), (2, "c".to_string())]);
         let rest = stash.take_all().expect("the third is stashed");

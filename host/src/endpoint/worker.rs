@@ -1,14 +1,16 @@
 //! Worker threads: each owns a skill instance per device it has used and
-//! runs batches, retrying a failed batch on the next device of the list.
+//! runs batches, retrying a failed batch on another replica
+//! ([`super::replicas`]) or the next device of the list.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::quarantine::Quarantine;
+use super::replicas::{self, Group, Handoff, Job, Router};
 use super::running::{joiners, Replies, Shared, Stash};
 use super::{EndpointConfig, Metrics, Pending};
 use crate::backend::Device;
@@ -130,18 +132,11 @@ pub(crate) fn approx_tokens(text: &str) -> usize {
 /// A batch of queued requests.
 pub(crate) type Batch = Vec<Pending>;
 
-/// The sending side of the worker pool.
-pub(crate) struct Pool {
-    pub tx: mpsc::Sender<Batch>,
-    /// Workers waiting for a batch.
-    pub idle: Arc<AtomicUsize>,
-    /// Signalled whenever a worker becomes idle.
-    pub freed: Arc<Notify>,
-}
-
 /// What `start` hands back.
 pub(crate) struct Started {
-    pub pool: Pool,
+    pub router: Router,
+    /// The replicas (one for an endpoint without a replica setting).
+    pub groups: Vec<Arc<Group>>,
     pub cost: Arc<CostModel>,
     pub device: String,
     pub precision: String,
@@ -149,7 +144,8 @@ pub(crate) struct Started {
 }
 
 /// Loads the model once and every instance (each falls through the device
-/// list), then starts one worker thread per instance.
+/// list; with replicas, each on its replica's device), then starts one
+/// worker thread per instance.
 pub(crate) fn start(
     sandbox: Arc<Sandbox>,
     config: &EndpointConfig,
@@ -157,57 +153,85 @@ pub(crate) fn start(
 ) -> Result<Started, HostError> {
     let model = Arc::new(Model::open(&config.model)?);
     let cost = Arc::new(CostModel);
-    let (tx, rx) = mpsc::channel::<Batch>(config.instances);
-    let rx = Arc::new(Mutex::new(rx));
-    let idle = Arc::new(AtomicUsize::new(0));
-    let freed = Arc::new(Notify::new());
-    let mut first: Option<(String, String)> = None;
     let quarantine = Arc::new(Quarantine::default());
-    for i in 0..config.instances {
-        let runner = Runner::open_model(
-            sandbox.clone(),
-            &config.skill,
-            model.clone(),
-            &config.devices,
-            config.precision,
-        )?;
-        let at = config
-            .devices
-            .iter()
-            .position(|d| d.to_string() == runner.device)
-            .unwrap_or(0);
-        first.get_or_insert((runner.device.clone(), runner.precision.to_string()));
-        let mut w = Worker {
-            endpoint: config.name.clone(),
-            sandbox: sandbox.clone(),
-            skill: config.skill.clone(),
-            model: model.clone(),
-            devices: config.devices.clone(),
-            precision: config.precision,
-            runners: (0..config.devices.len()).map(|_| None).collect(),
-            home: at,
-            metrics: metrics.clone(),
-            stash: Stash::default(),
-            quarantine: quarantine.clone(),
-        };
-        w.runners[at] = Some(runner);
-        let (rx, idle, freed) = (rx.clone(), idle.clone(), freed.clone());
-        std::thread::Builder::new()
-            .name(format!("{}-worker-{i}", config.name))
-            .spawn({
-                let live = Live::new();
-                move || {
+    // Each replica's device list: the fallback list without replicas.
+    let lists: Vec<Vec<Device>> = if config.replicas.is_empty() {
+        vec![config.devices.clone()]
+    } else {
+        config.replicas.iter().map(|d| vec![d.clone()]).collect()
+    };
+    // Every instance loads before any thread starts.
+    let mut loaded = Vec::new();
+    for list in &lists {
+        let mut runners = Vec::new();
+        for _ in 0..config.instances {
+            runners.push(Runner::open_model(
+                sandbox.clone(),
+                &config.skill,
+                model.clone(),
+                list,
+                config.precision,
+            )?);
+        }
+        loaded.push(runners);
+    }
+    let first = loaded
+        .first()
+        .and_then(|r| r.first())
+        .map(|r| (r.device.clone(), r.precision.to_string()));
+    // A replica is named by its device; an endpoint without replicas by
+    // the device it loaded on.
+    let names: Vec<String> = if config.replicas.is_empty() {
+        vec![first.clone().unwrap_or_default().0]
+    } else {
+        config.replicas.iter().map(|d| d.to_string()).collect()
+    };
+    let built = replicas::build(
+        &config.name,
+        &names,
+        config.instances,
+        quarantine.clone(),
+        &metrics,
+    );
+    let (idle, freed) = (built.router.idle.clone(), built.router.freed.clone());
+    for ((list, runners), group) in lists.iter().zip(loaded).zip(&built.groups) {
+        for (i, runner) in runners.into_iter().enumerate() {
+            let at = list
+                .iter()
+                .position(|d| d.to_string() == runner.device)
+                .unwrap_or(0);
+            let mut w = Worker {
+                endpoint: config.name.clone(),
+                sandbox: sandbox.clone(),
+                skill: config.skill.clone(),
+                model: model.clone(),
+                devices: list.clone(),
+                precision: config.precision,
+                runners: (0..list.len()).map(|_| None).collect(),
+                home: at,
+                metrics: metrics.clone(),
+                stash: Stash::default(),
+                quarantine: quarantine.clone(),
+                handoff: built.handoff.clone(),
+            };
+            w.runners[at] = Some(runner);
+            let (rx, idle, freed) = (group.clone(), idle.clone(), freed.clone());
+            let live = Live::new();
+            std::thread::Builder::new()
+                .name(format!("{}-r{}-worker-{i}", config.name, group.index))
+                .spawn(move || {
                     w.serve(rx, idle, freed);
                     // The skill instances go before the worker counts as gone.
                     drop(w);
                     drop(live);
-                }
-            })
-            .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
+                })
+                .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
+        }
     }
     let (device, precision) = first.unwrap_or_default();
     Ok(Started {
-        pool: Pool { tx, idle, freed },
+        groups: built.groups.clone(),
+        router: built.router,
         cost,
         device,
         precision,
@@ -232,24 +256,24 @@ struct Worker {
     stash: Stash,
     /// Devices out of rotation, shared by the endpoint's workers.
     quarantine: Arc<Quarantine>,
+    /// Where a batch this replica failed goes for another replica.
+    handoff: Handoff,
 }
 
 impl Worker {
     fn serve(&mut self, rx: Shared, idle: Arc<AtomicUsize>, freed: Arc<Notify>) {
         loop {
             if let Some(batch) = self.stash.take_all() {
-                self.run(batch, &rx);
+                self.run(Job::new(batch), &rx);
                 continue;
             }
             idle.fetch_add(1, Ordering::SeqCst);
             freed.notify_one();
-            let batch = match rx.lock() {
-                Ok(mut r) => r.blocking_recv(),
-                Err(_) => None,
-            };
+            let job = rx.recv();
             idle.fetch_sub(1, Ordering::SeqCst);
-            let Some(batch) = batch else { break };
-            self.run(batch, &rx);
+            let Some(job) = job else { break };
+            self.run(job, &rx);
+            rx.done();
         }
     }
 
@@ -288,26 +312,75 @@ impl Worker {
     }
 
     /// After device `served` answered a batch: the devices that failed it
-    /// before (other than `served`) were at fault, `served` is healthy.
-    fn settle(&self, served: usize, failed: &[(usize, String)]) {
+    /// before, here or on other replicas (other than `served`), were at
+    /// fault, `served` is healthy. A batch another replica failed counts as
+    /// a fallback from that device.
+    fn settle(&self, served: usize, failed: &[(usize, String)], elsewhere: &[(String, String)]) {
         let served_name = self.devices[served].to_string();
-        for (i, error) in failed {
-            let name = self.devices[*i].to_string();
+        for (name, _) in elsewhere {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[&self.endpoint, name, &served_name])
+                .inc();
+        }
+        let here = failed
+            .iter()
+            .map(|(i, e)| (self.devices[*i].to_string(), e.clone()));
+        for (name, error) in elsewhere.iter().cloned().chain(here) {
             if name != served_name {
-                self.quarantine.fail(&self.endpoint, &name, error);
+                self.quarantine.fail(&self.endpoint, &name, &error);
             }
         }
         self.quarantine.ok(&self.endpoint, &served_name);
     }
 
-    /// Runs a batch on the home device; a whole-batch failure moves it to the
-    /// next devices of the list, and finally to a fresh instance at home.
+    /// Hands a batch that failed here whole to another replica: only one
+    /// that no request of was answered or joined, while a replica it has
+    /// not tried is left. Returns whether it went.
+    fn hand_off(&self, replies: &Replies, sent: &Sent, mut job: Job) -> bool {
+        if !self.handoff.possible(&job.tried) {
+            return false;
+        }
+        let Some(slots) = replies.reclaim(sent.requests.len()) else {
+            return false;
+        };
+        job.batch = slots
+            .into_iter()
+            .zip(sent.requests.iter().zip(&sent.costs).zip(&sent.streams))
+            .map(|((reply, enqueued), ((request, cost), stream))| Pending {
+                request: request.clone(),
+                cost: *cost,
+                enqueued,
+                reply,
+                stream: stream.clone(),
+            })
+            .collect();
+        if let Err(job) = self.handoff.send(job) {
+            job.fail(RequestError {
+                kind: "unavailable",
+                message: format!("endpoint `{}` is shutting down", self.endpoint),
+            });
+        }
+        true
+    }
+
+    /// Runs a batch on the home device; a whole-batch failure moves it to
+    /// another replica when there is one, else to the next devices of the
+    /// list, and finally to a fresh instance at home.
     /// A request the skill answers early (`partial.complete`) is answered
     /// then; later answers of it are dropped.
-    fn run(&mut self, batch: Batch, rx: &Shared) {
-        let requests: Vec<String> = batch.iter().map(|p| p.request.clone()).collect();
-        let streams: Vec<Option<crate::sandbox::StreamSender>> =
-            batch.iter().map(|p| p.stream.clone()).collect();
+    fn run(&mut self, job: Job, rx: &Shared) {
+        let Job {
+            batch,
+            mut tried,
+            failed: elsewhere,
+        } = job;
+        let sent = Sent {
+            requests: batch.iter().map(|p| p.request.clone()).collect(),
+            streams: batch.iter().map(|p| p.stream.clone()).collect(),
+            costs: batch.iter().map(|p| p.cost).collect(),
+        };
+        let requests = &sent.requests;
         self.metrics
             .batch_size
             .with_label_values(&[&self.endpoint])
@@ -321,6 +394,7 @@ impl Worker {
             let replies = replies.clone();
             Arc::new(move |i, a| replies.answer(i, a))
         };
+        tried.push(rx.index);
         let order = self.order();
         let mut last_err = None;
         let mut answers = None;
@@ -329,7 +403,7 @@ impl Worker {
         for &i in &order {
             let queue = joiners(rx.clone(), replies.clone(), self.stash.clone());
             let attempt = self.runner(i).and_then(|r| {
-                r.try_handle_streaming(&requests, &streams, Some(early.clone()), Some(queue))
+                r.try_handle_streaming(requests, &sent.streams, Some(early.clone()), Some(queue))
             });
             if let Some(from) = tried_from.take() {
                 self.metrics
@@ -340,11 +414,24 @@ impl Worker {
             match attempt {
                 Ok(a) => {
                     answers = Some(a);
-                    self.settle(i, &failed);
+                    self.settle(i, &failed, &elsewhere);
                     break;
                 }
                 Err(e) => {
-                    tried_from = Some(self.devices[i].to_string());
+                    let device = self.devices[i].to_string();
+                    if failed.is_empty() {
+                        let mut gone = elsewhere.clone();
+                        gone.push((device.clone(), e.message.clone()));
+                        let job = Job {
+                            batch: Vec::new(),
+                            tried: tried.clone(),
+                            failed: gone,
+                        };
+                        if self.hand_off(&replies, &sent, job) {
+                            return;
+                        }
+                    }
+                    tried_from = Some(device);
                     failed.push((i, e.message.clone()));
                     last_err = Some(e);
                 }
@@ -368,6 +455,13 @@ impl Worker {
                 .into(),
         });
     }
+}
+
+/// What a batch sent to the skill (kept to hand the batch on).
+struct Sent {
+    requests: Vec<String>,
+    streams: Vec<Option<crate::sandbox::StreamSender>>,
+    costs: Vec<usize>,
 }
 
 #[cfg(test)]

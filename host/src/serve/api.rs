@@ -257,6 +257,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics` (Prometheus text format).
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.endpoints.refresh_metrics();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
