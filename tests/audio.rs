@@ -11,6 +11,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use host::backend::Precision;
+use host::runner::{Output, RequestError};
 use serde_json::{json, Value};
 
 fn reference(name: &str) -> Value {
@@ -147,11 +148,16 @@ fn bad_audio_fails_its_own_request() {
     assert!(out[4].is_ok(), "{:?}", out[4]);
 }
 
-/// Whisper (tests/fixtures/gen_tiny_whisper.py): every clip and case of the
-/// reference in one batch (prompts of several lengths, detected and given
-/// languages, translation, beams, timestamps with several decoding
-/// passes): tokens identical to transformers `generate`, text and chunks
-/// identical to its ASR pipeline.
+/// Whisper (tests/fixtures/gen_tiny_whisper.py): every case of a clip in
+/// one batch (prompts of several lengths, detected and given languages,
+/// translation, beams, timestamps with several decoding passes,
+/// previous-text prompts with and without conditioning on earlier
+/// segments, temperature fallback on deterministic paths): tokens
+/// identical to transformers `generate`, text and chunks identical to its
+/// ASR pipeline, and every fallback attempt's temperature and verdict as
+/// `_need_fallback` gave them (average log-probability within 1e-4,
+/// no-speech probability within 1e-5, compression ratio within 5%: the
+/// skill's deflate is not CPython's zlib).
 fn whisper(device: &str) {
     if !available(device) {
         return;
@@ -163,17 +169,23 @@ fn whisper(device: &str) {
         device,
         Precision::F32,
     );
-    let mut reqs = Vec::new();
-    let mut want = Vec::new();
     for (clip, entry) in r["clips"].as_object().unwrap() {
+        let mut reqs = Vec::new();
+        let mut want = Vec::new();
         for (case, c) in entry["cases"].as_object().unwrap() {
             let mut req = c["kwargs"].clone();
             req["audio"] = json!(wav(clip));
             reqs.push(req.to_string());
             want.push((clip, case, c));
         }
+        check_whisper(device, want, run.handle(&reqs));
     }
-    for ((clip, case, c), got) in want.into_iter().zip(run.handle(&reqs)) {
+}
+
+type Case<'a> = (&'a String, &'a String, &'a Value);
+
+fn check_whisper(device: &str, want: Vec<Case>, got: Vec<Result<Output, RequestError>>) {
+    for ((clip, case, c), got) in want.into_iter().zip(got) {
         let at = format!("{device} {clip} {case}");
         if let Some(needle) = c["error"].as_str() {
             let e = got.expect_err(&at).to_string();
@@ -185,6 +197,44 @@ fn whisper(device: &str) {
         assert_eq!(got.json["text"], c["pipeline"]["text"], "{at}: text");
         if let Some(chunks) = c["pipeline"].get("chunks") {
             assert_eq!(&got.json["chunks"], chunks, "{at}: chunks");
+        }
+        if let Some(want) = c.get("attempts") {
+            attempts(&at, &got.json["attempts"], want);
+        }
+    }
+}
+
+/// The skill's fallback attempts against transformers' record.
+fn attempts(at: &str, got: &Value, want: &Value) {
+    let (got, want) = (got.as_array().expect(at), want.as_array().expect(at));
+    assert_eq!(got.len(), want.len(), "{at}: attempts {got:?}");
+    let near = |g: &Value, w: &Value, tol: f64, rel: bool| {
+        let (g, w) = (
+            g.as_f64().unwrap_or(f64::NAN),
+            w.as_f64().unwrap_or(f64::NAN),
+        );
+        let d = (g - w).abs();
+        d <= if rel { tol * w.abs() } else { tol }
+    };
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let at = format!("{at} attempt {i}");
+        assert_eq!(g["temperature"], w["temperature"], "{at}");
+        assert_eq!(g["verdict"], w["verdict"], "{at}: {g} vs {w}");
+        assert!(
+            near(&g["compression_ratio"], &w["compression_ratio"], 0.05, true),
+            "{at}: {g} vs {w}"
+        );
+        if w.get("avg_logprob").is_some() {
+            assert!(
+                near(&g["avg_logprob"], &w["avg_logprob"], 1e-4, false),
+                "{at}: {g} vs {w}"
+            );
+        }
+        if w.get("no_speech_prob").is_some() {
+            assert!(
+                near(&g["no_speech_prob"], &w["no_speech_prob"], 1e-5, false),
+                "{at}: {g} vs {w}"
+            );
         }
     }
 }
@@ -223,6 +273,11 @@ fn whisper_refuses_what_it_cannot_do() {
         json!({"audio": tone, "return_timestamps": "word"}).to_string(),
         json!({"audio": tone, "max_new_tokens": 446}).to_string(),
         json!({"audio": tone, "language": "de", "max_new_tokens": 3}).to_string(),
+        json!({"audio": tone, "prompt": "hi", "prompt_condition_type": "all-segments"}).to_string(),
+        json!({"audio": tone, "no_speech_threshold": 0.6}).to_string(),
+        json!({"audio": tone, "prompt": "say <|endoftext|>"}).to_string(),
+        json!({"audio": tone, "temperature": []}).to_string(),
+        json!({"audio": tone, "prompt": "x", "max_new_tokens": 444}).to_string(),
     ]);
     let err = |i: usize| out[i].as_ref().unwrap_err().to_string();
     assert!(err(0).contains("boolean"), "{}", err(0));
@@ -230,6 +285,11 @@ fn whisper_refuses_what_it_cannot_do() {
     assert!(err(2).contains("transcribe"), "{}", err(2));
     assert!(err(3).contains("word"), "{}", err(3));
     assert!(err(4).contains("positions"), "{}", err(4));
+    assert!(err(6).contains("condition_on_prev_tokens"), "{}", err(6));
+    assert!(err(7).contains("logprob_threshold"), "{}", err(7));
+    assert!(err(8).contains("special token"), "{}", err(8));
+    assert!(err(9).contains("empty"), "{}", err(9));
+    assert!(err(10).contains("positions"), "{}", err(10));
     let ok = out[5].as_ref().expect("a valid request next to bad ones");
     assert_eq!(ok.json["language"], "de");
     assert_eq!(ok.json["token_ids"].as_array().map(Vec::len), Some(3));

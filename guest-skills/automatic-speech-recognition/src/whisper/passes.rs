@@ -270,10 +270,12 @@ fn take(w: &Whisper, j: &Job, s: &mut State, settings: &Settings, sot: usize, ou
         "compression_ratio": measures.compression_ratio,
         "avg_logprob": measures.avg_logprob,
         "no_speech_prob": measures.no_speech,
-        "verdict": match (verdict, retry) {
-            (Verdict::Skip, _) => "skip",
-            (Verdict::Retry, true) => "retry",
-            _ => "accept",
+        // transformers' `_need_fallback` (the last temperature's attempt
+        // is kept even when it asks for another).
+        "verdict": match verdict {
+            Verdict::Skip => "skip",
+            Verdict::Retry => "fallback",
+            Verdict::Accept => "ok",
         },
     }));
     if retry {
