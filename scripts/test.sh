@@ -28,6 +28,23 @@ if [ ! -f "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0" ]; then
   [ -d "$CLIENTS/openai" ] && touch "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0"
 fi
 export REQUIRE_CLIENTS=1
+# Scale-out (docs/deploy.md): the Kubernetes manifests are validated offline
+# against the bundled Kubernetes JSON schemas (tests/deploy.rs), and three
+# host serve replicas run behind HAProxy (tests/load_balancer.rs).
+K8S=.runtime/k8s-validate
+if [ ! -f "$K8S/.installed-kubernetes-validate-1.37.0" ]; then
+  printf '==> %s\n' "installing kubernetes-validate==1.37.0 (offline manifest validation) into $K8S" >&2
+  rm -rf "$K8S"
+  "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --target "$K8S" \
+    "kubernetes-validate==1.37.0" 2>&1 | grep -v "WARNING: Running pip" >&2 || true
+  [ -d "$K8S/kubernetes_validate" ] && touch "$K8S/.installed-kubernetes-validate-1.37.0"
+fi
+export REQUIRE_K8S_VALIDATE=1
+if ! command -v haproxy >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  printf '==> %s\n' "installing haproxy (apt-get) for the load-balancer test" >&2
+  apt-get install -y -qq haproxy >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq haproxy >/dev/null 2>&1; } || true
+fi
+command -v haproxy >/dev/null && export REQUIRE_HAPROXY=1
 # The guest SDK's unit tests (beam search, processors, image resampling,
 # Swin indices) run natively.
 cargo test --release --quiet -p skill-sdk --features generation,image,audio --lib
