@@ -229,6 +229,27 @@ fn pinned_digests_are_enforced() {
             assert_eq!(r["skill"]["sha256"], digest.to_string());
         }
     }
+    // An endpoints file's `skill_digest` pins the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[endpoints]]\nname = \"pinned\"\nskill = {:?}\nmodel = {model:?}\nskill_digest = \"{wrong}\"\n",
+            path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = host(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("is pinned to {wrong}")), "{err}");
     // `host skills --json` shows every component's digest and CID.
     let o = host(&["skills", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

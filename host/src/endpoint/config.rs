@@ -66,18 +66,16 @@ pub struct EndpointConfig {
     pub devices: Vec<Device>,
     #[serde(default = "default_precision", deserialize_with = "precision")]
     pub precision: Precision,
-    /// Replicas: devices that each serve the endpoint with `instances`
-    /// workers (`["cuda:0", "cuda:1"]`, `"cuda:*"` for every visible CUDA
-    /// device; a device may repeat). Batches go to the least-loaded one;
-    /// empty: the `devices` fallback list serves.
-    #[serde(default, deserialize_with = "replica_list")]
-    pub replicas: Vec<Device>,
-    /// Skill instances (worker threads) serving batches in parallel (per
-    /// replica, with replicas).
+    /// Skill instances (worker threads) serving batches in parallel.
     #[serde(default = "default_instances")]
     pub instances: usize,
     #[serde(default)]
     pub batching: BatchPolicy,
+    /// Pins the skill to a digest (`sha256:<hex>` or the IPFS CID): loading
+    /// refuses a component with other bytes. `skill = "NAME@sha256:..."`
+    /// pins the same way.
+    #[serde(default)]
+    pub skill_digest: Option<String>,
 }
 
 fn default_devices() -> Vec<Device> {
@@ -106,20 +104,6 @@ fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
     registry::parse_list(&text).map_err(serde::de::Error::custom)
 }
 
-fn replica_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        One(String),
-        Many(Vec<String>),
-    }
-    let text = match List::deserialize(d)? {
-        List::One(s) => s,
-        List::Many(v) => v.join(","),
-    };
-    super::replicas::parse_replicas(&text).map_err(serde::de::Error::custom)
-}
-
 fn precision<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
     String::deserialize(d)?
         .parse()
@@ -141,9 +125,20 @@ impl EndpointConfig {
             model: model.into(),
             devices,
             precision,
-            replicas: Vec::new(),
             instances: 1,
             batching: BatchPolicy::default(),
+            skill_digest: None,
+        }
+    }
+
+    /// The skill as the runner loads it: with `@digest` when pinned.
+    pub fn pinned_skill(&self) -> String {
+        match (&self.skill_digest, crate::digest::split_pin(&self.skill).1) {
+            (Some(d), None) => match crate::digest::Digest::parse(d) {
+                Ok(d) => format!("{}@{d}", self.skill),
+                Err(_) => self.skill.clone(),
+            },
+            _ => self.skill.clone(),
         }
     }
 
@@ -191,18 +186,15 @@ impl EndpointConfig {
         if self.devices.is_empty() {
             return Err(bad("the device list is empty".into()));
         }
-        if self.replicas.len() > 64 {
-            return Err(bad(format!(
-                "at most 64 replicas, got {}",
-                self.replicas.len()
-            )));
-        }
-        if !self.replicas.is_empty() && self.devices != default_devices() {
-            return Err(bad(
-                "give `replicas` (devices that each serve) or `devices` (an ordered fallback \
-                 list), not both: a batch a replica fails moves to another replica"
-                    .into(),
-            ));
+        if let Some(d) = &self.skill_digest {
+            let d = crate::digest::Digest::parse(d).map_err(|e| bad(e.to_string()))?;
+            if let Some(p) = crate::digest::split_pin(&self.skill).1 {
+                if p != d {
+                    return Err(bad(format!(
+                        "`skill` is pinned to {p} but `skill_digest` is {d}"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -261,6 +253,24 @@ mod tests {
         assert!(c.validate().is_err());
         c.batching.max_batch_size = 4;
         c.name = "bad name".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn skill_digest_pins_the_skill() {
+        let d = crate::digest::Digest::of(b"component");
+        let t = format!(
+            "[[endpoints]]\nname = \"e\"\nskill = \"s\"\nmodel = \"m\"\nskill_digest = \"{d}\"\n"
+        );
+        let f = EndpointsFile::parse(std::path::Path::new("x.toml"), &t).unwrap();
+        let c = &f.endpoints[0];
+        assert!(c.validate().is_ok());
+        assert_eq!(c.pinned_skill(), format!("s@{d}"));
+        let mut c = c.clone();
+        c.skill_digest = Some("sha256:12".into());
+        assert!(c.validate().is_err());
+        c.skill_digest = Some(d.cid());
+        c.skill = format!("s@{}", crate::digest::Digest::of(b"other"));
         assert!(c.validate().is_err());
     }
 }
