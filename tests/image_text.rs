@@ -94,11 +94,14 @@ fn tokens(r: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
-fn greedy_matches(device: &str, fixed_shapes: Option<bool>) {
+/// Every case of each fixture of `names` alone (tokens, prompt length,
+/// first-step logits), then all in one left-padded batch (images of several
+/// rows, rope deltas, tiles, in one step's graph).
+fn greedy_matches(names: &[&str], device: &str, fixed_shapes: Option<bool>) {
     if !available(device) {
         return;
     }
-    for name in FIXTURES {
+    for name in names {
         let cases = cases(name);
         let mut r = runner_with(
             "text-generation",
@@ -115,7 +118,12 @@ fn greedy_matches(device: &str, fixed_shapes: Option<bool>) {
                 &[request(c, serde_json::json!({"return_logits": true}))],
             )[0];
             assert_eq!(tokens(got), c.new_ids, "{label}: {:?}", c.prompt);
-            assert_eq!(got["prompt_tokens"], c.prompt_len, "{label}");
+            // The expanded prompt: as many image tokens as transformers'.
+            assert_eq!(
+                got["prompt_tokens"], c.prompt_len,
+                "{label}: {:?}",
+                c.prompt
+            );
             assert_eq!(got["device"], device);
             let logits: Vec<f32> = got["prefill_logits"]
                 .as_array()
@@ -149,22 +157,22 @@ fn greedy_matches(device: &str, fixed_shapes: Option<bool>) {
 
 #[test]
 fn llava_greedy_matches_transformers_on_cpu() {
-    greedy_matches("cpu", None);
+    greedy_matches(FIXTURES, "cpu", None);
 }
 
 #[test]
 fn llava_greedy_matches_transformers_with_fixed_slots() {
-    greedy_matches("cpu", Some(true));
+    greedy_matches(FIXTURES, "cpu", Some(true));
 }
 
 #[test]
 fn llava_greedy_matches_transformers_on_openvino() {
-    greedy_matches("openvino", None);
+    greedy_matches(FIXTURES, "openvino", None);
 }
 
 #[test]
 fn llava_greedy_matches_transformers_on_cuda() {
-    greedy_matches("cuda", None);
+    greedy_matches(FIXTURES, "cuda", None);
 }
 
 #[test]
@@ -243,16 +251,35 @@ fn image_requests_join_a_running_batch() {
         return;
     }
     for fixed in [None, Some(true)] {
-        join_matches("tiny-llava", "cpu", fixed);
+        join_matches("tiny-llava", "cpu", fixed, &LLAVA_JOIN);
     }
     if available("openvino") {
-        join_matches("tiny-llava", "openvino", None);
+        join_matches("tiny-llava", "openvino", None, &LLAVA_JOIN);
     }
 }
 
 /// `name`'s first four cases (lengths 16, 3, 6, 2 tokens): 0, 1 and 3 in
 /// a batch, 2 (two images) and a bad request queued to join it.
-fn join_matches(name: &str, device: &str, fixed_shapes: Option<bool>) {
+/// A join test of a fixture's four cases: three run, one joins (with a
+/// bad request) once rows stop.
+struct Join {
+    /// New tokens per case.
+    lengths: [usize; 4],
+    /// The cases of the running batch, and the one that joins it.
+    running: [usize; 3],
+    joiner: usize,
+    /// A prompt with two image tokens (the bad request has one image).
+    two_images: &'static str,
+}
+
+const LLAVA_JOIN: Join = Join {
+    lengths: [16, 3, 6, 2],
+    running: [0, 1, 3],
+    joiner: 2,
+    two_images: "<image><image>",
+};
+
+fn join_matches(name: &str, device: &str, fixed_shapes: Option<bool>, plan: &Join) {
     let cs = cases(name);
     let mut r = runner_with(
         "text-generation",
@@ -261,18 +288,14 @@ fn join_matches(name: &str, device: &str, fixed_shapes: Option<bool>) {
         Precision::F32,
         fixed_shapes,
     );
-    let lengths = [16usize, 3, 6, 2];
+    let lengths = plan.lengths;
     let ask_for = |i: usize| request(&cs[i], serde_json::json!({ "max_new_tokens": lengths[i] }));
-    let bad = serde_json::json!({"prompt": "<image><image>", "images": [cs[0].images[0]]});
+    let bad = serde_json::json!({"prompt": plan.two_images, "images": [cs[0].images[0]]});
     let (answer, queue, early, queued) =
-        joining(vec![(10usize, ask_for(2)), (11, bad.to_string())]);
-    r.try_handle_streaming(
-        &[ask_for(0), ask_for(1), ask_for(3)],
-        &[],
-        Some(answer),
-        Some(queue),
-    )
-    .expect("batch runs");
+        joining(vec![(10usize, ask_for(plan.joiner)), (11, bad.to_string())]);
+    let running: Vec<String> = plan.running.iter().map(|&i| ask_for(i)).collect();
+    r.try_handle_streaming(&running, &[], Some(answer), Some(queue))
+        .expect("batch runs");
     assert!(
         queued.lock().unwrap().is_empty(),
         "both queued requests joined"
@@ -287,7 +310,8 @@ fn join_matches(name: &str, device: &str, fixed_shapes: Option<bool>) {
             .clone()
     };
     let label = format!("{name} on {device} (fixed slots {fixed_shapes:?})");
-    for (i, at) in [(0usize, 0usize), (1, 1), (3, 2), (2, 10)] {
+    let [a, b, c] = plan.running;
+    for (i, at) in [(a, 0usize), (b, 1), (c, 2), (plan.joiner, 10)] {
         let v = got(at).unwrap_or_else(|e| panic!("{label}, request {i}: {e}"));
         assert_eq!(
             tokens(&v),
@@ -309,75 +333,24 @@ fn join_matches(name: &str, device: &str, fixed_shapes: Option<bool>) {
 
 const QWEN2_VL: &str = "tiny-qwen2-vl";
 
-fn qwen2_vl_greedy_matches(device: &str, fixed_shapes: Option<bool>) {
-    if !available(device) {
-        return;
-    }
-    let cases = cases(QWEN2_VL);
-    let mut r = runner_with(
-        "text-generation",
-        &fixture(QWEN2_VL),
-        device,
-        Precision::F32,
-        fixed_shapes,
-    );
-    let label = format!("{QWEN2_VL} on {device} (fixed slots {fixed_shapes:?})");
-    let mut worst = 0f64;
-    for c in &cases {
-        let got = &ask(
-            &mut r,
-            &[request(c, serde_json::json!({"return_logits": true}))],
-        )[0];
-        assert_eq!(got["prompt_tokens"], c.prompt_len, "{label}");
-        assert_eq!(got["device"], device);
-        let logits: Vec<f32> = got["prefill_logits"]
-            .as_array()
-            .expect("prefill_logits")
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        let (cos, max_abs) = compare(&logits, &c.prefill_logits);
-        assert!(
-            cos >= 0.99999 && max_abs <= 1e-4,
-            "{label}: {:?}: logits cos {cos} max-abs {max_abs}",
-            c.prompt
-        );
-        worst = worst.max(max_abs);
-        assert_eq!(tokens(got), c.new_ids, "{label}: {:?}", c.prompt);
-    }
-    // All cases in one left-padded batch: rows with different rope deltas,
-    // every image of the batch through the tower in one step.
-    let reqs: Vec<String> = cases
-        .iter()
-        .map(|c| request(c, serde_json::json!({})))
-        .collect();
-    for (c, got) in cases.iter().zip(ask(&mut r, &reqs)) {
-        assert_eq!(tokens(&got), c.new_ids, "{label} batched: {:?}", c.prompt);
-    }
-    eprintln!(
-        "{label}: {} cases token-identical, logits max-abs {worst:.2e}",
-        cases.len()
-    );
-}
-
 #[test]
 fn qwen2_vl_greedy_matches_transformers_on_cpu() {
-    qwen2_vl_greedy_matches("cpu", None);
+    greedy_matches(&[QWEN2_VL], "cpu", None);
 }
 
 #[test]
 fn qwen2_vl_greedy_matches_transformers_with_fixed_slots() {
-    qwen2_vl_greedy_matches("cpu", Some(true));
+    greedy_matches(&[QWEN2_VL], "cpu", Some(true));
 }
 
 #[test]
 fn qwen2_vl_greedy_matches_transformers_on_openvino() {
-    qwen2_vl_greedy_matches("openvino", None);
+    greedy_matches(&[QWEN2_VL], "openvino", None);
 }
 
 #[test]
 fn qwen2_vl_greedy_matches_transformers_on_cuda() {
-    qwen2_vl_greedy_matches("cuda", None);
+    greedy_matches(&[QWEN2_VL], "cuda", None);
 }
 
 /// Qwen2-VL requests (with images, and text only) join a running batch in
@@ -389,61 +362,21 @@ fn qwen2_vl_requests_join_a_running_batch() {
         return;
     }
     for fixed in [None, Some(true)] {
-        qwen2_vl_join_matches("cpu", fixed);
+        join_matches(QWEN2_VL, "cpu", fixed, &QWEN2_VL_JOIN);
     }
     if available("openvino") {
-        qwen2_vl_join_matches("openvino", None);
+        join_matches(QWEN2_VL, "openvino", None, &QWEN2_VL_JOIN);
     }
 }
 
-fn qwen2_vl_join_matches(device: &str, fixed_shapes: Option<bool>) {
-    let cs = cases(QWEN2_VL);
-    let mut r = runner_with(
-        "text-generation",
-        &fixture(QWEN2_VL),
-        device,
-        Precision::F32,
-        fixed_shapes,
-    );
-    let lengths = [12usize, 3, 5, 2];
-    let ask_for = |i: usize| request(&cs[i], serde_json::json!({ "max_new_tokens": lengths[i] }));
-    let bad =
-        serde_json::json!({"prompt": "<|image_pad|><|image_pad|>", "images": [cs[0].images[0]]});
-    // The two-image request joins the rows of the text-only and the chat
-    // prompt (other rope deltas) once they stop.
-    let (answer, queue, early, queued) =
-        joining(vec![(10usize, ask_for(1)), (11, bad.to_string())]);
-    r.try_handle_streaming(
-        &[ask_for(0), ask_for(2), ask_for(3)],
-        &[],
-        Some(answer),
-        Some(queue),
-    )
-    .expect("batch runs");
-    assert!(
-        queued.lock().unwrap().is_empty(),
-        "both queued requests joined"
-    );
-    let early = early.lock().unwrap();
-    let got = |i: usize| {
-        early
-            .iter()
-            .find(|(j, _)| *j == i)
-            .unwrap_or_else(|| panic!("request {i} was not answered"))
-            .1
-            .clone()
-    };
-    let label = format!("{QWEN2_VL} on {device} (fixed slots {fixed_shapes:?})");
-    for (i, at) in [(0usize, 0usize), (2, 1), (3, 2), (1, 10)] {
-        let v = got(at).unwrap_or_else(|e| panic!("{label}, request {i}: {e}"));
-        assert_eq!(
-            tokens(&v),
-            cs[i].new_ids[..lengths[i]],
-            "{label}, request {i}"
-        );
-    }
-    assert_eq!(got(11), Err("invalid-request".to_string()));
-}
+// The two-image request joins the rows of the text-only and the chat
+// prompt (other rope deltas) once they stop.
+const QWEN2_VL_JOIN: Join = Join {
+    lengths: [12, 3, 5, 2],
+    running: [0, 2, 3],
+    joiner: 1,
+    two_images: "<|image_pad|><|image_pad|>",
+};
 
 #[test]
 fn qwen2_vl_bad_image_requests_are_clear_errors() {
@@ -498,80 +431,24 @@ fn qwen2_vl_bad_image_requests_are_clear_errors() {
 
 const LLAVA_NEXT: &[&str] = &["tiny-llava-next", "tiny-llava-clip"];
 
-fn llava_next_greedy_matches(device: &str, fixed_shapes: Option<bool>) {
-    if !available(device) {
-        return;
-    }
-    for name in LLAVA_NEXT {
-        let cases = cases(name);
-        let mut r = runner_with(
-            "text-generation",
-            &fixture(name),
-            device,
-            Precision::F32,
-            fixed_shapes,
-        );
-        let label = format!("{name} on {device} (fixed slots {fixed_shapes:?})");
-        let mut worst = 0f64;
-        for c in &cases {
-            let req = request(c, serde_json::json!({"return_logits": true}));
-            let got = &ask(&mut r, &[req])[0];
-            assert_eq!(tokens(got), c.new_ids, "{label}: {:?}", c.prompt);
-            // The expanded prompt: as many image tokens as transformers'.
-            assert_eq!(
-                got["prompt_tokens"], c.prompt_len,
-                "{label}: {:?}",
-                c.prompt
-            );
-            assert_eq!(got["device"], device);
-            let logits: Vec<f32> = got["prefill_logits"]
-                .as_array()
-                .expect("prefill_logits")
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            let (cos, max_abs) = compare(&logits, &c.prefill_logits);
-            assert!(
-                cos >= 0.99999 && max_abs <= 1e-4,
-                "{label}: {:?}: logits cos {cos} max-abs {max_abs}",
-                c.prompt
-            );
-            worst = worst.max(max_abs);
-        }
-        // All cases in one left-padded batch: several rows' images, each
-        // with its own tiles, in one step's graph.
-        let reqs: Vec<String> = cases
-            .iter()
-            .map(|c| request(c, serde_json::json!({})))
-            .collect();
-        for (c, got) in cases.iter().zip(ask(&mut r, &reqs)) {
-            assert_eq!(tokens(&got), c.new_ids, "{label} batched: {:?}", c.prompt);
-        }
-        eprintln!(
-            "{label}: {} cases token-identical, logits max-abs {worst:.2e}",
-            cases.len()
-        );
-    }
-}
-
 #[test]
 fn llava_next_greedy_matches_transformers_on_cpu() {
-    llava_next_greedy_matches("cpu", None);
+    greedy_matches(LLAVA_NEXT, "cpu", None);
 }
 
 #[test]
 fn llava_next_greedy_matches_transformers_with_fixed_slots() {
-    llava_next_greedy_matches("cpu", Some(true));
+    greedy_matches(LLAVA_NEXT, "cpu", Some(true));
 }
 
 #[test]
 fn llava_next_greedy_matches_transformers_on_openvino() {
-    llava_next_greedy_matches("openvino", None);
+    greedy_matches(LLAVA_NEXT, "openvino", None);
 }
 
 #[test]
 fn llava_next_greedy_matches_transformers_on_cuda() {
-    llava_next_greedy_matches("cuda", None);
+    greedy_matches(LLAVA_NEXT, "cuda", None);
 }
 
 #[test]
@@ -580,10 +457,10 @@ fn llava_next_requests_join_a_running_batch() {
         return;
     }
     for fixed in [None, Some(true)] {
-        join_matches("tiny-llava-next", "cpu", fixed);
+        join_matches("tiny-llava-next", "cpu", fixed, &LLAVA_JOIN);
     }
     if available("openvino") {
-        join_matches("tiny-llava-next", "openvino", None);
+        join_matches("tiny-llava-next", "openvino", None, &LLAVA_JOIN);
     }
 }
 
