@@ -66,7 +66,14 @@ pub struct EndpointConfig {
     pub devices: Vec<Device>,
     #[serde(default = "default_precision", deserialize_with = "precision")]
     pub precision: Precision,
-    /// Skill instances (worker threads) serving batches in parallel.
+    /// Replicas: devices that each serve the endpoint with `instances`
+    /// workers (`["cuda:0", "cuda:1"]`, `"cuda:*"` for every visible CUDA
+    /// device; a device may repeat). Batches go to the least-loaded one;
+    /// empty: the `devices` fallback list serves.
+    #[serde(default, deserialize_with = "replica_list")]
+    pub replicas: Vec<Device>,
+    /// Skill instances (worker threads) serving batches in parallel (per
+    /// replica, with replicas).
     #[serde(default = "default_instances")]
     pub instances: usize,
     #[serde(default)]
@@ -104,6 +111,20 @@ fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
     registry::parse_list(&text).map_err(serde::de::Error::custom)
 }
 
+fn replica_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    let text = match List::deserialize(d)? {
+        List::One(s) => s,
+        List::Many(v) => v.join(","),
+    };
+    super::replicas::parse_replicas(&text).map_err(serde::de::Error::custom)
+}
+
 fn precision<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
     String::deserialize(d)?
         .parse()
@@ -125,6 +146,7 @@ impl EndpointConfig {
             model: model.into(),
             devices,
             precision,
+            replicas: Vec::new(),
             instances: 1,
             batching: BatchPolicy::default(),
             skill_digest: None,
@@ -195,6 +217,19 @@ impl EndpointConfig {
                     )));
                 }
             }
+        }
+        if self.replicas.len() > 64 {
+            return Err(bad(format!(
+                "at most 64 replicas, got {}",
+                self.replicas.len()
+            )));
+        }
+        if !self.replicas.is_empty() && self.devices != default_devices() {
+            return Err(bad(
+                "give `replicas` (devices that each serve) or `devices` (an ordered fallback \
+                 list), not both: a batch a replica fails moves to another replica"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -9,11 +9,14 @@
 //! owning a skill instance per device. A batch that fails as a whole (device
 //! error, trapped instance) is retried on the next device of the list and
 //! counted; every response names the device and precision that produced it.
+//! With `replicas`, the workers are grouped per device ([`replicas`]) and
+//! batches go to the least-loaded replica in rotation.
 
 mod batcher;
 mod config;
 mod metrics;
 pub mod quarantine;
+mod replicas;
 mod running;
 mod worker;
 
@@ -24,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::{BatchPolicy, EndpointConfig, EndpointsFile};
 pub use metrics::Metrics;
+pub use replicas::{parse_replicas, ReplicaStatus};
 pub use worker::wait_for_workers;
 
 use crate::runner::{Output, RequestError};
@@ -195,6 +199,7 @@ struct Endpoint {
     precision: String,
     batcher: tokio::task::JoinHandle<()>,
     quarantine: Arc<quarantine::Quarantine>,
+    groups: Vec<Arc<replicas::Group>>,
 }
 
 /// What `status` reports per endpoint.
@@ -213,6 +218,9 @@ pub struct EndpointStatus {
     /// Devices out of rotation after failures ([`quarantine`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<quarantine::QuarantinedDevice>,
+    /// Per replica, for an endpoint with a `replicas` setting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaStatus>,
 }
 
 /// Endpoint failures.
@@ -288,7 +296,7 @@ impl Endpoints {
         let batcher = tokio::spawn(batcher::run(
             config.clone(),
             rx,
-            started.pool,
+            started.router,
             self.metrics.clone(),
         ));
         let ep = Endpoint {
@@ -298,6 +306,7 @@ impl Endpoints {
             config: config.clone(),
             batcher,
             quarantine: started.quarantine,
+            groups: started.groups,
         };
         let mut map = self.map.write().map_err(|_| EndpointError::Config {
             name: config.name.clone(),
@@ -359,7 +368,14 @@ impl Endpoints {
                 name: e.config.name.clone(),
                 skill: e.config.skill.clone(),
                 model: e.config.model.clone(),
-                devices: e.config.devices.iter().map(|d| d.to_string()).collect(),
+                devices: (if e.config.replicas.is_empty() {
+                    &e.config.devices
+                } else {
+                    &e.config.replicas
+                })
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
                 device: e.device.clone(),
                 precision: e.precision.clone(),
                 instances: e.config.instances,
@@ -370,10 +386,25 @@ impl Endpoints {
                     .get(),
                 max_batch_size: e.config.batching.max_batch_size,
                 quarantined: e.quarantine.snapshot(),
+                replicas: if e.config.replicas.is_empty() {
+                    Vec::new()
+                } else {
+                    replicas::status(&e.groups, &e.quarantine)
+                },
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Brings the per-replica gauges of `/metrics` up to date (whether
+    /// each replica is in rotation changes with time).
+    pub fn refresh_metrics(&self) {
+        if let Ok(map) = self.map.read() {
+            for e in map.values() {
+                replicas::refresh(&e.groups, &e.quarantine);
+            }
+        }
     }
 
     /// Removes every endpoint, draining each.
