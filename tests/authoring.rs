@@ -289,8 +289,8 @@ fn cargo() -> Command {
 }
 
 /// Builds the crate in `dir` for wasm32-wasip2 into the shared target
-/// directory; the component's path.
-fn build_component(dir: &Path, target: &Path) -> PathBuf {
+/// directory; the path of the component `file`.wasm.
+fn build(dir: &Path, target: &Path, file: &str) -> PathBuf {
     let o = cargo()
         .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
         .current_dir(dir)
@@ -303,7 +303,11 @@ fn build_component(dir: &Path, target: &Path) -> PathBuf {
         dir.display(),
         text(&o)
     );
-    target.join("wasm32-wasip2/release/my_skill.wasm")
+    target.join(format!("wasm32-wasip2/release/{file}.wasm"))
+}
+
+fn build_component(dir: &Path, target: &Path) -> PathBuf {
+    build(dir, target, "my_skill")
 }
 
 /// docs/skills.md, "From `host new` to `host serve`", run as written: a
@@ -385,6 +389,31 @@ fn walkthrough_new_build_test_serve() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("FAIL  case example"), "{out}");
     assert!(out.contains("$.labels[0].score: expected"), "{out}");
+
+    // A skeleton (another task) builds too, and says what is missing.
+    let skeleton = tmp.path().join("embed");
+    let o = host(&["new", "my-embedding", "--task", "text-embedding", "--dir"])
+        .status
+        .code();
+    assert_eq!(o, Some(2), "a missing --dir value is a usage error");
+    let o = host(&[
+        "new",
+        "my-embedding",
+        "--task",
+        "text-embedding",
+        "--dir",
+        skeleton.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::copy(root().join("Cargo.lock"), skeleton.join("Cargo.lock")).unwrap();
+    let wasm = build(&skeleton, &target, "my_embedding");
+    let o = host(&["test", wasm.to_str().unwrap(), "--model", model]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("PASS  check describe") && out.contains("unsupported"),
+        "{out}"
+    );
 
     // Served pinned to the good build's digest; the broken file is refused.
     let digest = host::digest::Digest::of_file(&good).unwrap();

@@ -149,7 +149,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("outside")).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path().join("outside"), root.join("escape")).unwrap();
-        let roots = ModelRoots::new(&[root.clone()], false).unwrap();
+        let roots = ModelRoots::new(std::slice::from_ref(&root), false).unwrap();
         let ok = roots.admit(cfg("text-embedding", "m")).unwrap();
         assert_eq!(Path::new(&ok.model), root.canonicalize().unwrap().join("m"));
         let abs = root.join("m");
