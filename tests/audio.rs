@@ -254,6 +254,60 @@ fn whisper_matches_transformers_on_cuda() {
     whisper("cuda");
 }
 
+/// A fallback to a positive temperature samples with one beam from the
+/// request's `seed`: the same request twice gives the same tokens (torch's
+/// generator is not reproduced, so only the decisions are checked).
+fn whisper_sampling(device: &str) {
+    if !available(device) {
+        return;
+    }
+    let mut run = runner(
+        "automatic-speech-recognition",
+        &fixture("tiny-whisper"),
+        device,
+        Precision::F32,
+    );
+    let req = json!({
+        "audio": wav("tone_16k.wav"), "temperature": [0.0, 0.5], "logprob_threshold": 0.0,
+        "seed": 7, "max_new_tokens": 24, "return_timestamps": true,
+    })
+    .to_string();
+    let out = run.handle(&[req.clone(), req]);
+    let a = out[0].as_ref().expect("first");
+    let b = out[1].as_ref().expect("second");
+    assert_eq!(
+        a.json["token_ids"], b.json["token_ids"],
+        "{device}: same seed"
+    );
+    let attempts = a.json["attempts"].as_array().expect("attempts");
+    // Every window: beam search at 0 rejected, then sampling at 0.5 with
+    // one beam (and one beam from then on, as transformers keeps it).
+    assert_eq!(attempts[0]["temperature"], 0.0);
+    assert_eq!(attempts[0]["beams"], 5);
+    assert_eq!(attempts[0]["verdict"], "fallback");
+    assert_eq!(attempts[1]["temperature"], 0.5);
+    assert_eq!(attempts[1]["beams"], 1);
+    assert!(
+        attempts[2..].iter().all(|t| t["beams"] == 1),
+        "{attempts:?}"
+    );
+}
+
+#[test]
+fn whisper_fallback_samples_from_the_seed_on_cpu() {
+    whisper_sampling("cpu");
+}
+
+#[test]
+fn whisper_fallback_samples_from_the_seed_on_openvino() {
+    whisper_sampling("openvino");
+}
+
+#[test]
+fn whisper_fallback_samples_from_the_seed_on_cuda() {
+    whisper_sampling("cuda");
+}
+
 #[test]
 fn whisper_refuses_what_it_cannot_do() {
     if !available("cpu") {

@@ -33,6 +33,8 @@
 
 mod families;
 #[cfg(feature = "generation")]
+mod jobs;
+#[cfg(feature = "generation")]
 mod rows;
 #[cfg(feature = "generation")]
 pub mod run;

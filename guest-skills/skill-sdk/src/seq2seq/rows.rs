@@ -4,11 +4,13 @@
 //! request that scores its tokens needs each step's normaliser over the
 //! tokens the processors leave (transformers' `log_softmax` of the
 //! processed scores, as Whisper's `_retrieve_avg_logprobs` takes it).
+//! Also the loop's small helpers: graph outputs, streaming, stop strings.
 
+use super::run::Task;
 use crate::generation::constraints::Step as Verdict;
 use crate::generation::timestamps::{log_sum_exp, TimestampRules};
 use crate::generation::Candidate;
-use crate::{Error, Tensor};
+use crate::{Error, NamedTensor, Tensor};
 
 /// A row's candidates from its whole logits: log-probabilities, the
 /// verdict's bans, then the timestamp rules (when given); the `wanted`
@@ -83,6 +85,44 @@ pub(super) fn row_tensor(row: &[f32]) -> Tensor {
         shape: vec![row.len() as u64],
         data: row.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
+}
+
+/// Removes output `name` (no copy of the others).
+pub(super) fn take_one(outputs: &mut Vec<NamedTensor>, name: &str) -> Result<Tensor, Error> {
+    let at = outputs
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| crate::internal(format!("graph output `{name}` missing")))?;
+    Ok(outputs.swap_remove(at).value)
+}
+
+pub(super) fn named(name: &str, value: Tensor) -> NamedTensor {
+    NamedTensor {
+        name: name.into(),
+        value,
+    }
+}
+
+/// Streams the text `out` added since `sent` (a whole decoded suffix only:
+/// a token that ends inside a character waits for the next one).
+pub(super) fn stream<T: Task>(task: &T, index: u32, out: &[i64], sent: &mut String) {
+    let Ok(text) = task.text(out) else {
+        return;
+    };
+    if let Some(new) = text
+        .strip_prefix(sent.as_str())
+        .filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}'))
+    {
+        let token = out.last().copied().unwrap_or(0);
+        let chunk = serde_json::json!({ "token_id": token, "text": new });
+        crate::partial::emit(index, &chunk.to_string());
+        *sent = text;
+    }
+}
+
+pub(super) fn stop_hit<T: Task>(task: &T, out: &[i64], stop: &[String]) -> bool {
+    task.text(out)
+        .is_ok_and(|t| stop.iter().any(|s| t.contains(s.as_str())))
 }
 
 #[cfg(test)]

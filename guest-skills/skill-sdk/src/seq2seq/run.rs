@@ -26,13 +26,15 @@
 use std::cell::{Ref, RefCell};
 use std::collections::HashMap;
 
-use super::rows::{best_of, full_candidates, log_norm, row_tensor};
+use super::rows::{
+    best_of, full_candidates, log_norm, named, row_tensor, stop_hit, stream, take_one,
+};
 use super::{Cache, Seq2Seq, Step};
+
+pub use super::jobs::{Finish, Finished, Job, PromptToken};
 use crate::generation::beam::BeamSearch;
 use crate::generation::constraints::{self, Step as Verdict};
 use crate::generation::sample::Sampler;
-use crate::generation::settings::Settings;
-use crate::generation::timestamps::TimestampRules;
 use crate::generation::{candidates, Candidate};
 use crate::runtime::{CompiledGraph, Session};
 use crate::tensors::{bool_tensor, f32_values, i64_tensor, i64_values};
@@ -69,76 +71,6 @@ impl Decoder {
         Ref::filter_map(self.steps.borrow(), |m| m.get(&step))
             .map_err(|_| crate::internal("decode graph missing"))
     }
-}
-
-/// One token of a decoder prompt.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PromptToken {
-    Fixed(i64),
-    /// The likeliest of these ids after the tokens before it.
-    Best(Vec<i64>),
-}
-
-/// One request to decode.
-pub struct Job<'a> {
-    pub settings: &'a Settings,
-    /// The decoder prompt; the first token is fixed.
-    pub prompt: Vec<PromptToken>,
-    /// Encoder input ids (encoder n-gram bans); empty for other inputs.
-    pub source: &'a [i64],
-    /// Whisper's timestamp rules, when timestamps are asked.
-    pub timestamps: Option<TimestampRules>,
-    /// Keep the logits of the first generated position.
-    pub return_logits: bool,
-    /// Sum the log-probabilities of the generated tokens
-    /// ([`Finished::logprob_sum`]); such rows get the whole logits.
-    pub scores: bool,
-    /// Keep the raw logits of the position after prompt token `i`
-    /// ([`Finished::logits_at`]).
-    pub logits_at: Option<usize>,
-    /// Its index in the host's batch, for streaming and early answers
-    /// ([`Task::early`]); none: neither.
-    pub index: Option<u32>,
-}
-
-/// Why a request stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    Eos,
-    Length,
-    Stop,
-}
-
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Eos => "eos",
-            Finish::Length => "length",
-            Finish::Stop => "stop",
-        }
-    }
-}
-
-/// A request that stopped.
-pub struct Finished {
-    /// The decoder prompt as run (chosen tokens filled in).
-    pub prompt: Vec<i64>,
-    /// The generated tokens (the best beam's, for beam search).
-    pub tokens: Vec<i64>,
-    pub finish: Finish,
-    /// Raw logits of the first generated position (when asked).
-    pub first_logits: Option<Tensor>,
-    /// With [`Job::scores`]: the sum over the generated tokens (end of text
-    /// included) of each token's log-probability, renormalised over the
-    /// tokens the processors leave (sampled: over the sampler's candidates).
-    pub logprob_sum: Option<f64>,
-    /// With [`Job::logits_at`]: those raw logits.
-    pub logits_at: Option<Vec<f32>>,
-    /// Milliseconds spent encoding the batch, and decoding until this stop.
-    pub encode_ms: f64,
-    pub decode_ms: f64,
-    /// Decoder rows of the loop it ran in.
-    pub rows: usize,
 }
 
 /// What a skill provides to the loop.
@@ -639,42 +571,4 @@ fn finished(a: &Active, started: f64, encoded: f64, rows: usize) -> Finished {
         decode_ms: now_ms() - encoded,
         rows,
     }
-}
-
-/// Removes output `name` (no copy of the others).
-fn take_one(outputs: &mut Vec<NamedTensor>, name: &str) -> Result<Tensor, Error> {
-    let at = outputs
-        .iter()
-        .position(|n| n.name == name)
-        .ok_or_else(|| crate::internal(format!("graph output `{name}` missing")))?;
-    Ok(outputs.swap_remove(at).value)
-}
-
-fn named(name: &str, value: Tensor) -> NamedTensor {
-    NamedTensor {
-        name: name.into(),
-        value,
-    }
-}
-
-/// Streams the text `out` added since `sent` (a whole decoded suffix only:
-/// a token that ends inside a character waits for the next one).
-fn stream<T: Task>(task: &T, index: u32, out: &[i64], sent: &mut String) {
-    let Ok(text) = task.text(out) else {
-        return;
-    };
-    if let Some(new) = text
-        .strip_prefix(sent.as_str())
-        .filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}'))
-    {
-        let token = out.last().copied().unwrap_or(0);
-        let chunk = serde_json::json!({ "token_id": token, "text": new });
-        crate::partial::emit(index, &chunk.to_string());
-        *sent = text;
-    }
-}
-
-fn stop_hit<T: Task>(task: &T, out: &[i64], stop: &[String]) -> bool {
-    task.text(out)
-        .is_ok_and(|t| stop.iter().any(|s| t.contains(s.as_str())))
 }
