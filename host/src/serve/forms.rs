@@ -148,12 +148,9 @@ pub(super) async fn transcriptions(
     if let Some(l) = text("language") {
         req["language"] = Value::String(l.to_string());
     }
-    if text("prompt").is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
-            "`prompt` is not supported",
-        ));
+    // Previous text (Whisper's `prompt_ids`); other models refuse it.
+    if let Some(p) = text("prompt") {
+        req["prompt"] = Value::String(p.to_string());
     }
     if let Some(t) = text("temperature") {
         let t: f64 = t
