@@ -4,7 +4,8 @@
 //! every replica; one replica is killed mid-run (SIGKILL) and requests keep
 //! succeeding (HAProxy retries a request whose connection died, clients
 //! retry a clean 502/503); the replica is started again on its port and
-//! serves again. No request is lost.
+//! serves again. No request is lost. Each host runs its endpoint as two
+//! cpu replicas (`--replicas cpu,cpu`).
 //!
 //! HAProxy is not installed by the test: scripts/test.sh installs it when it
 //! can; without it the test is skipped with the reason, unless
@@ -55,7 +56,8 @@ fn replica(addr: &str) -> (Proc, String) {
         .arg(skill("text-embedding"))
         .arg("--model")
         .arg(fixture("tiny-bert"))
-        .args(["--max-batch-size", "8", "--shutdown-timeout-s", "5"])
+        .args(["--replicas", "cpu,cpu", "--max-batch-size", "8"])
+        .args(["--shutdown-timeout-s", "5"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn host serve");
@@ -279,6 +281,18 @@ fn three_replicas_behind_haproxy_survive_losing_one() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Each host runs two cpu replicas of the endpoint (--replicas).
+    let health: serde_json::Value = agent()
+        .get(&format!("{base}/health"))
+        .call()
+        .expect("health")
+        .into_json()
+        .expect("json");
+    assert_eq!(
+        health["endpoints"][0]["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{health}"
+    );
     let at_back = done.load(Ordering::SeqCst);
     wait_for(at_back + 100);
     stop.store(true, Ordering::SeqCst);
