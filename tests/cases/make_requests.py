@@ -101,6 +101,9 @@ CASES = {
         ("panic", {"do": "trap"}),
         ("huge graph", {"do": "huge-graph"}),
         ("unknown weight", {"do": "unknown-weight"}),
+        ("no files", {"do": "files"}),
+        ("no network", {"do": "network"}),
+        ("no environment", {"do": "env"}),
     ],
 }
 

@@ -5,7 +5,9 @@
 //! tensor), `unknown-op` (sends an operation outside the host's op set),
 //! `unknown-weight` (names a weight the model lacks), `trap` (panics),
 //! `spin` (busy-waits `ms` milliseconds, at most 1000: a slow request for
-//! queueing tests), `pipeline` (submits runs of a counter graph ahead of
+//! queueing tests), `files` / `network` / `env` (try to read files, open
+//! sockets, read the environment; answer `{"denied": ...}` when the sandbox
+//! refused all of it), `pipeline` (submits runs of a counter graph ahead of
 //! collecting them, and misuses `collect`/`run`; answers what it saw), `ok` (answers `{"ok": true}`, echoing `id` when given).
 //! `load` succeeds on any model.
 
@@ -93,6 +95,36 @@ fn act(req: &str) -> Result<Response, Error> {
         }
         "trap" => panic!("hostile skill panics on purpose"),
         "pipeline" => pipeline(),
+        "files" => {
+            // No preopened directories: every path is out of reach.
+            let leaks: Vec<String> = ["/", ".", "/etc/hostname", "/proc/self/environ"]
+                .iter()
+                .filter(|p| std::fs::metadata(p).is_ok() || std::fs::read_dir(p).is_ok())
+                .map(|p| p.to_string())
+                .collect();
+            denied("files", leaks)
+        }
+        "network" => {
+            // The WASI context allows no socket address (nor name lookups).
+            let leaks: Vec<String> = ["127.0.0.1:80", "10.0.0.1:443"]
+                .iter()
+                .filter(|a| {
+                    a.parse::<std::net::SocketAddr>().is_ok_and(|addr| {
+                        std::net::TcpStream::connect_timeout(
+                            &addr,
+                            std::time::Duration::from_millis(200),
+                        )
+                        .is_ok()
+                    })
+                })
+                .map(|a| a.to_string())
+                .collect();
+            denied("network", leaks)
+        }
+        "env" => {
+            let leaks: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            denied("env", leaks)
+        }
         "spin" => {
             let ms = v.get("ms").and_then(|m| m.as_u64()).unwrap_or(10).min(1000);
             let start = std::time::Instant::now();
@@ -114,6 +146,19 @@ fn act(req: &str) -> Result<Response, Error> {
                 tensors: vec![],
             })
         }
+    }
+}
+
+/// `{"denied": WHAT}` when nothing leaked, else an `internal` error
+/// naming what the sandbox let through.
+fn denied(what: &str, leaks: Vec<String>) -> Result<Response, Error> {
+    if leaks.is_empty() {
+        Ok(Response {
+            json: serde_json::json!({ "denied": what }).to_string(),
+            tensors: vec![],
+        })
+    } else {
+        Err(Error::Internal(format!("sandbox leak ({what}): {leaks:?}")))
     }
 }
 
