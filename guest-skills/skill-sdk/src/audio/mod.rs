@@ -15,6 +15,7 @@
 //! own filter while decoding: a file at another rate matches the pipeline
 //! given the decoded `array`, not bit for bit the pipeline given the file.)
 
+pub mod alignment;
 pub mod clap;
 pub mod clap_features;
 pub mod decode;
