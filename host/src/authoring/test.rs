@@ -114,6 +114,10 @@ pub fn run(sandbox: Arc<Sandbox>, opts: &TestOptions) -> Result<Report, Authorin
             report
                 .results
                 .push(Outcome::check("load", Status::Fail, e.to_string()).timed(t));
+            for c in &cases {
+                let skipped = "not run: the skill did not load".to_string();
+                report.results.push(case_outcome(c, Status::Skip, skipped));
+            }
             return Ok(report);
         }
     };
