@@ -332,6 +332,7 @@ fn whisper_refuses_what_it_cannot_do() {
         json!({"audio": tone, "prompt": "say <|endoftext|>"}).to_string(),
         json!({"audio": tone, "temperature": []}).to_string(),
         json!({"audio": tone, "prompt": "x", "max_new_tokens": 444}).to_string(),
+        json!({"audio": tone, "prompt": "the quick brown fox ".repeat(120)}).to_string(),
     ]);
     let err = |i: usize| out[i].as_ref().unwrap_err().to_string();
     assert!(err(0).contains("boolean"), "{}", err(0));
@@ -344,6 +345,7 @@ fn whisper_refuses_what_it_cannot_do() {
     assert!(err(8).contains("special token"), "{}", err(8));
     assert!(err(9).contains("empty"), "{}", err(9));
     assert!(err(10).contains("positions"), "{}", err(10));
+    assert!(err(11).contains("prompt"), "{}", err(11));
     let ok = out[5].as_ref().expect("a valid request next to bad ones");
     assert_eq!(ok.json["language"], "de");
     assert_eq!(ok.json["token_ids"].as_array().map(Vec::len), Some(3));

@@ -86,7 +86,12 @@ impl Limit {
             Limit::Exact(n) => Ok(n),
             Limit::Length(l) => {
                 let initial = p.min((positions / 2).saturating_sub(1));
-                Ok((l + initial).min(positions).saturating_sub(p))
+                match (l + initial).min(positions).saturating_sub(p) {
+                    0 => Err(invalid(format!(
+                        "the {p} prompt tokens leave no room in the decoder's {positions} positions (shorten the `prompt`)"
+                    ))),
+                    n => Ok(n),
+                }
             }
         }
     }
