@@ -538,11 +538,15 @@ fn serve(args: ServeArgs) -> Result<i32> {
             eprintln!(
                 "loading endpoint `{name}` ({} on {})",
                 c.model,
-                c.devices
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                (if c.replicas.is_empty() {
+                    &c.devices
+                } else {
+                    &c.replicas
+                })
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
             );
             endpoints.add(c).await?;
         }
