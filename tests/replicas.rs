@@ -225,15 +225,26 @@ fn a_failing_replica_leaves_rotation_and_is_probed_back() {
     let mut status = health(&s.base);
     for _ in 0..6 {
         let (code, v) = post(&agent(), &url, r#"{"text": "probe"}"#);
-        assert_eq!((code, &v["device"]), (200, &serde_json::json!("cpu")), "{v}");
+        assert_eq!(
+            (code, &v["device"]),
+            (200, &serde_json::json!("cpu")),
+            "{v}"
+        );
         status = health(&s.base);
         if status["endpoints"][0]["replicas"][0]["in_rotation"] == false {
             break;
         }
     }
     let q = &status["endpoints"][0]["quarantined"][0];
-    assert_eq!(q["failures"], failures + 1, "probed and failed again: {status}");
-    assert!(q["seconds_left"].as_f64().unwrap_or(0.0) > left + 1.0, "backoff doubles: {status}");
+    assert_eq!(
+        q["failures"],
+        failures + 1,
+        "probed and failed again: {status}"
+    );
+    assert!(
+        q["seconds_left"].as_f64().unwrap_or(0.0) > left + 1.0,
+        "backoff doubles: {status}"
+    );
 }
 
 #[test]
