@@ -4,7 +4,8 @@
 //! every replica; one replica is killed mid-run (SIGKILL) and requests keep
 //! succeeding (HAProxy retries a request whose connection died, clients
 //! retry a clean 502/503); the replica is started again on its port and
-//! serves again. No request is lost. Each host runs its endpoint as two
+//! serves again; another leaves by SIGTERM (drain, as in a rolling update).
+//! No request is lost. Each host runs its endpoint as two
 //! cpu replicas (`--replicas cpu,cpu`).
 //!
 //! HAProxy is not installed by the test: scripts/test.sh installs it when it
@@ -295,6 +296,18 @@ fn three_replicas_behind_haproxy_survive_losing_one() {
     );
     let at_back = done.load(Ordering::SeqCst);
     wait_for(at_back + 100);
+    // A rolling update's way out: SIGTERM (host serve stops accepting,
+    // finishes what it has, exits); requests keep succeeding.
+    let mut leaving = replicas[1].0.take().expect("replica 1 runs");
+    let term = Command::new("kill")
+        .args(["-TERM", &leaving.0.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let at_term = done.load(Ordering::SeqCst);
+    wait_for(at_term + 200);
+    let exit = leaving.0.wait().expect("wait for the drained replica");
+    assert!(exit.success(), "a drained replica exits cleanly: {exit:?}");
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().expect("a client failed (see its panic)");
