@@ -139,7 +139,8 @@ fn greedy_matches(device: &str, fixed_shapes: Option<bool>) {
                 false => "length",
             };
             assert_eq!(got["finish_reason"], finish, "{arch}: {:?}", c.prompt);
-            assert_eq!(got["device"], device);
+            let served = got["device"].as_str().unwrap_or_default();
+            assert!(served.starts_with(device), "{arch}: served on {served}");
             assert!(got["timings"]["tokens_per_second"].as_f64().unwrap() > 0.0);
             let req = request(
                 &c.prompt,

@@ -124,7 +124,8 @@ fn greedy_matches(names: &[&str], device: &str, fixed_shapes: Option<bool>) {
                 "{label}: {:?}",
                 c.prompt
             );
-            assert_eq!(got["device"], device);
+            let served = got["device"].as_str().unwrap_or_default();
+            assert!(served.starts_with(device), "{label}: served on {served}");
             let logits: Vec<f32> = got["prefill_logits"]
                 .as_array()
                 .expect("prefill_logits")
