@@ -138,3 +138,25 @@ pub fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
     std::thread::spawn(move || lines.for_each(|l| eprintln!("serve: {}", l.unwrap_or_default())));
     (child, base)
 }
+
+/// POST over a raw socket that tolerates the server closing early.
+pub fn raw_post(base: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = sock
+        .write_all(head.as_bytes())
+        .and_then(|_| sock.write_all(body.as_bytes()));
+    let mut resp = Vec::new();
+    let _ = sock.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
