@@ -97,32 +97,26 @@ fn default_instances() -> usize {
     1
 }
 
-fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
+/// A device list as a string (`"cuda,cpu"`) or a list of strings, joined.
+fn list_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum List {
         One(String),
         Many(Vec<String>),
     }
-    let text = match List::deserialize(d)? {
+    Ok(match List::deserialize(d)? {
         List::One(s) => s,
         List::Many(v) => v.join(","),
-    };
-    registry::parse_list(&text).map_err(serde::de::Error::custom)
+    })
+}
+
+fn devices<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
+    registry::parse_list(&list_text(d)?).map_err(serde::de::Error::custom)
 }
 
 fn replica_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Device>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        One(String),
-        Many(Vec<String>),
-    }
-    let text = match List::deserialize(d)? {
-        List::One(s) => s,
-        List::Many(v) => v.join(","),
-    };
-    super::replicas::parse_replicas(&text).map_err(serde::de::Error::custom)
+    super::replicas::parse_replicas(&list_text(d)?).map_err(serde::de::Error::custom)
 }
 
 fn precision<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
