@@ -23,6 +23,8 @@ mod lower_gemv;
 mod lower_ops;
 mod lower_rows;
 pub mod plan;
+#[cfg(test)]
+mod snapshot_tests;
 
 use std::sync::Arc;
 
