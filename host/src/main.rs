@@ -144,6 +144,8 @@ fn env_u64(name: &str) -> Result<Option<u64>> {
     }
 }
 
+/// The sandbox; `HOST_SKILL_MEMORY_MB` and `HOST_SKILL_FUEL` set the
+/// ceiling of what a skill may declare (default: the undeclared defaults).
 fn sandbox() -> Result<Arc<Sandbox>> {
     let mut limits = SandboxLimits::default();
     if let Some(mb) = env_u64("HOST_SKILL_MEMORY_MB")? {
@@ -422,22 +424,30 @@ fn devices(json: bool) -> Result<i32> {
 fn skills(json: bool, all: bool) -> Result<i32> {
     let sb = sandbox()?;
     let mut rows = Vec::new();
+    // What each row's skill was granted (its declaration under the ceiling).
+    let mut grants = Vec::new();
     for (name, path) in host::skills::discover() {
         let info = sb
             .load(&name, &path)
             .and_then(|c| sb.instantiate(&c, Arc::new(SkillContext::empty())))
-            .and_then(|mut i| i.describe());
+            .and_then(|mut i| Ok((i.describe()?, i.granted())));
         rows.push(match info {
-            Ok(i) if i.task.starts_with("test-") && !all => continue,
-            Ok(i) => {
+            Ok((i, _)) if i.task.starts_with("test-") && !all => continue,
+            Ok((i, granted)) => {
                 let digest = host::digest::Digest::of_file(&path)?;
-                serde_json::json!({
+                let row = serde_json::json!({
                     "name": i.name, "task": i.task, "architectures": i.architectures,
                     "version": i.version, "path": path.display().to_string(),
                     "sha256": digest.to_string(), "cid": digest.cid(),
-                })
+                    "needs": host::sandbox::Needs::of(&i), "limits": granted,
+                });
+                grants.push(Some(granted));
+                row
             }
-            Err(e) => serde_json::json!({ "name": name, "path": path.display().to_string(), "error": e.to_string() }),
+            Err(e) => {
+                grants.push(None);
+                serde_json::json!({ "name": name, "path": path.display().to_string(), "error": e.to_string() })
+            }
         });
     }
     if json {
@@ -445,7 +455,7 @@ fn skills(json: bool, all: bool) -> Result<i32> {
     } else if rows.is_empty() {
         println!("no skills found in: {:?}", host::skills::search_dirs());
     } else {
-        for r in &rows {
+        for (r, granted) in rows.iter().zip(&grants) {
             match r.get("error") {
                 Some(e) => println!("{:<16} error: {}", r["name"].as_str().unwrap_or(""), e),
                 None => println!(
@@ -456,6 +466,9 @@ fn skills(json: bool, all: bool) -> Result<i32> {
                     r["path"].as_str().unwrap_or(""),
                     r["sha256"].as_str().map_or("", |d| &d[..19.min(d.len())])
                 ),
+            }
+            if let Some(g) = granted {
+                println!("{:<16} limits: {}", "", g.summary());
             }
         }
     }

@@ -67,6 +67,9 @@ impl Guest for Asr {
             request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV, FLAC, MP3 or OGG/Vorbis (resampled to the model rate)"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"language":{"type":"string"},"task":{"enum":["transcribe","translate"]},"return_timestamps":{"type":"boolean"},"prompt":{"type":"string","description":"Whisper: previous text (prompt_ids)"},"condition_on_prev_tokens":{"type":"boolean"},"prompt_condition_type":{"enum":["first-segment","all-segments"]},"temperature":{"oneOf":[{"type":"number"},{"type":"array","items":{"type":"number"}}],"description":"Whisper: a list falls back from one to the next"},"compression_ratio_threshold":{"type":"number"},"logprob_threshold":{"type":"number"},"no_speech_threshold":{"type":"number"},"seed":{"type":"integer"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"chunks":{"type":"array"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

@@ -25,6 +25,12 @@ impl Guest for Hostile {
             request_schema: r#"{"type":"object","properties":{"do":{"type":"string"}}}"#.into(),
             response_schema: r#"{"type":"object"}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // Small on purpose: the memory bomb must stop at 32 MiB, the
+            // skill's own limit, below any ceiling (tests/sandbox.rs).
+            limits: Some(skill_sdk::ResourceNeeds {
+                memory_mib: Some(32),
+                fuel_per_call: None,
+            }),
         }
     }
 

@@ -58,6 +58,9 @@ impl Guest for ImageClassification {
             request_schema: r#"{"type":"object","required":["image"],"properties":{"image":{"type":"string","description":"base64 or a data: URL"},"top_k":{"type":"integer","minimum":1},"function_to_apply":{"enum":["softmax","sigmoid","none"]}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"labels":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"score":{"type":"number"}}}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

@@ -53,6 +53,9 @@ impl Guest for MultimodalEmbedding {
             request_schema: r#"{"type":"object","oneOf":[{"required":["text"]},{"required":["image"]},{"required":["audio"]},{"required":["array","sampling_rate"]}],"properties":{"text":{"type":"string"},"image":{"type":"string"},"audio":{"type":"string"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"embedding":{"type":"array","items":{"type":"number"}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

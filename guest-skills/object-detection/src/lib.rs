@@ -68,6 +68,9 @@ impl Guest for ObjectDetection {
             request_schema: r#"{"type":"object","required":["image"],"properties":{"image":{"type":"string","description":"base64 or a data: URL"},"threshold":{"type":"number"},"raw_outputs":{"type":"boolean"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"objects":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"score":{"type":"number"},"box":{"type":"object","properties":{"xmin":{"type":"integer"},"ymin":{"type":"integer"},"xmax":{"type":"integer"},"ymax":{"type":"integer"}}}}}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

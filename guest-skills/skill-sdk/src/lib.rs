@@ -45,7 +45,7 @@ pub mod state;
 pub mod tensors;
 pub mod vision;
 
-pub use bindings::accel::skill::api::{Response, SkillInfo};
+pub use bindings::accel::skill::api::{ResourceNeeds, Response, SkillInfo};
 pub use bindings::accel::skill::types::{Dim, Dtype, Error, NamedTensor, Tensor};
 pub use bindings::accel::skill::{graph, log, model, partial, runtime, tokenizer};
 pub use bindings::export_skill;

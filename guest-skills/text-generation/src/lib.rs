@@ -138,6 +138,9 @@ impl Guest for TextGeneration {
             request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava, qwen2_vl (image-text-to-text): base64 images, one per image token (<image>, <|image_pad|>) in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

@@ -125,6 +125,9 @@ impl Guest for VideoClassification {
             request_schema: r#"{"type":"object","properties":{"frames":{"type":"array","items":{"type":"string"}},"video":{"type":"string","description":"base64 animated GIF or WebP"},"top_k":{"type":"integer","minimum":1},"function_to_apply":{"enum":["softmax","sigmoid","none"],"description":"models with a classification head"},"candidate_labels":{"type":"array","items":{"type":"string"},"minItems":1,"description":"zero-shot models (X-CLIP): required"},"hypothesis_template":{"type":"string","description":"zero-shot models; default \"{}\""},"return_logits":{"type":"boolean"},"return_embeddings":{"type":"boolean"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"labels":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"score":{"type":"number"}}}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

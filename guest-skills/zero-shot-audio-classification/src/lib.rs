@@ -46,6 +46,9 @@ impl Guest for ZeroShotAudio {
             request_schema: r#"{"type":"object","required":["candidate_labels"],"oneOf":[{"required":["audio"]},{"required":["array","sampling_rate"]}],"properties":{"audio":{"type":"string"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"candidate_labels":{"type":"array","items":{"type":"string"},"minItems":1},"hypothesis_template":{"type":"string"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"labels":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"score":{"type":"number"}}}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

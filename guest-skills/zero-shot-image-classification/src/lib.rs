@@ -43,6 +43,9 @@ impl Guest for ZeroShot {
             request_schema: r#"{"type":"object","required":["image","candidate_labels"],"properties":{"image":{"type":"string"},"candidate_labels":{"type":"array","items":{"type":"string"},"minItems":1},"hypothesis_template":{"type":"string"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"labels":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"score":{"type":"number"}}}}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
+            // (images, audio) may need them (docs/skills.md).
+            limits: None,
         }
     }
 

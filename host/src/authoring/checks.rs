@@ -10,7 +10,7 @@ use super::conformance::{self, Schemas, REQUEST_ERROR_KINDS};
 use super::report::{Outcome, Status};
 use super::test::{tolerance, value, Answer, TestOptions};
 use crate::runner::Runner;
-use crate::sandbox::Usage;
+use crate::sandbox::{Granted, Usage};
 
 /// Fuel of the call that must trap (far below what answering takes).
 const TRAP_FUEL: u64 = 1_000;
@@ -209,17 +209,47 @@ pub(super) fn check_bad_requests(
     }
 }
 
-pub(super) fn check_limits(usage: &Usage, cases: &[Case], answers: &[Answer]) -> Outcome {
+/// Usage against the limits the skill was `granted` (from its declaration,
+/// capped by the ceiling); a declaration above the ceiling is named in the
+/// details, without failing the check.
+pub(super) fn check_limits(
+    usage: &Usage,
+    granted: Option<&Granted>,
+    skill: &str,
+    cases: &[Case],
+    answers: &[Answer],
+) -> Outcome {
     const NAME: &str = "resource limits";
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    let basis = |declared: bool| if declared { "declared" } else { "default" };
+    let (memory_basis, fuel_basis) = granted.map_or(("", ""), |g| {
+        (
+            basis(g.memory_bytes.declared.is_some()),
+            basis(g.fuel_per_call.declared.is_some()),
+        )
+    });
     let summary = format!(
-        "peak memory {:.1} MiB of {:.0} MiB; most fuel in one call {:.3e} of {:.1e} ({:.1}%)",
+        "peak memory {:.1} MiB of {:.0} MiB granted{}; most fuel in one call {:.3e} of {:.1e} granted{} ({:.1}%)",
         mib(usage.peak_memory_bytes),
         mib(usage.memory_limit_bytes),
+        granted.map_or(String::new(), |g| format!(
+            " ({memory_basis}; ceiling {:.0} MiB)",
+            mib(g.memory_bytes.ceiling)
+        )),
         usage.max_fuel_per_call as f64,
         usage.fuel_limit_per_call as f64,
+        granted.map_or(String::new(), |g| format!(
+            " ({fuel_basis}; ceiling {:.1e})",
+            g.fuel_per_call.ceiling as f64
+        )),
         100.0 * usage.max_fuel_per_call as f64 / usage.fuel_limit_per_call.max(1) as f64
     );
+    let warnings: Vec<String> = granted
+        .map(|g| g.warnings(skill))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| format!("warning: {w}"))
+        .collect();
     let exhausted: Vec<String> = cases
         .iter()
         .zip(answers)
@@ -236,9 +266,10 @@ pub(super) fn check_limits(usage: &Usage, cases: &[Case], answers: &[Answer]) ->
         })
         .collect();
     if exhausted.is_empty() {
-        Outcome::check(NAME, Status::Pass, summary)
+        Outcome::check(NAME, Status::Pass, summary).with_details(warnings)
     } else {
-        Outcome::check(NAME, Status::Fail, format!("limits hit; {summary}")).with_details(exhausted)
+        let details = exhausted.into_iter().chain(warnings).collect();
+        Outcome::check(NAME, Status::Fail, format!("limits hit; {summary}")).with_details(details)
     }
 }
 

@@ -62,6 +62,16 @@ pub fn describe(info: &SkillInfo, again: &SkillInfo) -> (Vec<String>, Option<Sch
     ) {
         problems.push("a second `describe` answered differently".into());
     }
+    let needs = crate::sandbox::Needs::of(info);
+    if needs != crate::sandbox::Needs::of(again) {
+        problems.push("a second `describe` declared other limits".into());
+    }
+    if needs.memory_bytes == Some(0) {
+        problems.push("limits: memory-mib is 0 (leave it `none` for the default)".into());
+    }
+    if needs.fuel_per_call == Some(0) {
+        problems.push("limits: fuel-per-call is 0 (leave it `none` for the default)".into());
+    }
     let request = compile("request", &info.request_schema, &mut problems);
     let response = compile("response", &info.response_schema, &mut problems);
     let schemas = match (request, response) {
@@ -181,6 +191,7 @@ mod tests {
             request_schema: req.into(),
             response_schema: resp.into(),
             version: "0.1.0".into(),
+            limits: None,
         }
     }
 
@@ -203,6 +214,27 @@ mod tests {
         let (p, s) = describe(&broken, &good);
         assert!(s.is_none());
         assert_eq!(p.len(), 4, "{p:?}");
+    }
+
+    #[test]
+    fn describe_checks_declared_limits() {
+        let mut a = info(r#"{"type":"object"}"#, r#"{"type":"object"}"#);
+        a.limits = Some(crate::sandbox::ResourceNeeds {
+            memory_mib: Some(64),
+            fuel_per_call: None,
+        });
+        let (p, _) = describe(&a, &a.clone());
+        assert!(p.is_empty(), "{p:?}");
+        let mut zero = a.clone();
+        zero.limits = Some(crate::sandbox::ResourceNeeds {
+            memory_mib: Some(0),
+            fuel_per_call: Some(0),
+        });
+        let (p, _) = describe(&zero, &a);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains("declared other limits"), "{p:?}");
+        assert!(p[1].contains("memory-mib is 0"), "{p:?}");
+        assert!(p[2].contains("fuel-per-call is 0"), "{p:?}");
     }
 
     #[test]

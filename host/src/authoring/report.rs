@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::sandbox::Usage;
+use crate::sandbox::{Granted, Usage};
 
 /// How one case or check went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -79,6 +79,9 @@ pub struct Report {
     pub cases_file: Option<String>,
     pub results: Vec<Outcome>,
     pub usage: Option<Usage>,
+    /// The limits the skill was granted: declared (or default), capped by
+    /// the ceiling.
+    pub limits: Option<Granted>,
 }
 
 impl Report {
@@ -122,6 +125,9 @@ impl Report {
         );
         if let Some(c) = &self.cases_file {
             let _ = writeln!(s, "cases   {c}");
+        }
+        if let Some(g) = &self.limits {
+            let _ = writeln!(s, "limits  {}", g.summary());
         }
         s.push('\n');
         let width = self
@@ -170,6 +176,7 @@ impl Report {
             self.results.len()
         );
         s.push_str("    <properties>\n");
+        let limits = self.limits.map(|g| g.summary()).unwrap_or_default();
         for (k, v) in [
             ("sha256", self.skill.sha256.as_str()),
             ("cid", self.skill.cid.as_str()),
@@ -177,6 +184,7 @@ impl Report {
             ("model", self.model.as_str()),
             ("device", self.device.as_deref().unwrap_or("")),
             ("precision", self.precision.as_str()),
+            ("limits", limits.as_str()),
         ] {
             let _ = writeln!(s, "      <property name=\"{k}\" value=\"{}\"/>", xml(v));
         }

@@ -8,7 +8,9 @@
 //! reversed batch (one answer per request, in order), bad requests mixed
 //! with a good one, a trap provoked by a tiny fuel budget (the next call
 //! must be answered by a fresh instance), and the resources used against
-//! the limits. With `record`, the answers become the cases' expectations.
+//! the limits the skill was granted (what it declared in `describe`, capped
+//! by the sandbox's ceiling). With `record`, the answers become the cases'
+//! expectations.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,8 +109,11 @@ pub fn run(sandbox: Arc<Sandbox>, opts: &TestOptions) -> Result<Report, Authorin
     let t = Instant::now();
     // The very bytes checked above (the runner loads the file again).
     let spec = format!("{}@{}", path.display(), component.digest);
-    let mut runner = match Runner::open_model(sandbox, &spec, model, &opts.devices, opts.precision)
-    {
+    let opened = Runner::open_model(sandbox.clone(), &spec, model, &opts.devices, opts.precision);
+    // What the skill declared, capped by the ceiling (known once an
+    // instance was made).
+    report.limits = sandbox.granted(&component.digest);
+    let mut runner = match opened {
         Ok(r) => r,
         Err(e) => {
             report
@@ -173,7 +178,13 @@ pub fn run(sandbox: Arc<Sandbox>, opts: &TestOptions) -> Result<Report, Authorin
         .results
         .push(check_bad_requests(&mut runner, opts, schemas.as_ref(), probe).timed(t));
     usage = usage.merge(runner.usage().unwrap_or_default());
-    report.results.push(check_limits(&usage, &cases, &answers));
+    report.results.push(check_limits(
+        &usage,
+        report.limits.as_ref(),
+        &name,
+        &cases,
+        &answers,
+    ));
     report.usage = Some(usage);
     let t = Instant::now();
     report

@@ -200,6 +200,8 @@ struct Endpoint {
     batcher: tokio::task::JoinHandle<()>,
     quarantine: Arc<quarantine::Quarantine>,
     groups: Vec<Arc<replicas::Group>>,
+    /// The sandbox limits the skill was granted.
+    limits: Option<crate::sandbox::Granted>,
 }
 
 /// What `status` reports per endpoint.
@@ -221,6 +223,10 @@ pub struct EndpointStatus {
     /// Per replica, for an endpoint with a `replicas` setting.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaStatus>,
+    /// The sandbox limits the skill's instances were granted (what it
+    /// declared, capped by the operator's ceiling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::sandbox::Granted>,
 }
 
 /// Endpoint failures.
@@ -276,16 +282,24 @@ impl Endpoints {
         let mut c = config.clone();
         c.skill = config.pinned_skill();
         let metrics = self.metrics.clone();
-        let started = tokio::task::spawn_blocking(move || worker::start(sandbox, &c, metrics))
-            .await
-            .map_err(|e| EndpointError::Config {
-                name: config.name.clone(),
-                message: format!("loader panicked: {e}"),
-            })?
-            .map_err(|source| EndpointError::Load {
-                name: config.name.clone(),
-                source,
-            })?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            // The sandbox keeps each component's grant by digest.
+            let digest = crate::skills::resolve_pinned(&c.skill)
+                .ok()
+                .and_then(|(_, path, pin)| pin.or(crate::digest::Digest::of_file(&path).ok()));
+            let started = worker::start(sandbox.clone(), &c, metrics);
+            started.map(|s| (s, digest.and_then(|d| sandbox.granted(&d))))
+        })
+        .await
+        .map_err(|e| EndpointError::Config {
+            name: config.name.clone(),
+            message: format!("loader panicked: {e}"),
+        })?
+        .map_err(|source| EndpointError::Load {
+            name: config.name.clone(),
+            source,
+        })?;
+        let (started, limits) = loaded;
         let (tx, rx) = mpsc::channel(config.batching.queue_capacity);
         let handler = Handler {
             name: config.name.clone(),
@@ -307,6 +321,7 @@ impl Endpoints {
             batcher,
             quarantine: started.quarantine,
             groups: started.groups,
+            limits,
         };
         let mut map = self.map.write().map_err(|_| EndpointError::Config {
             name: config.name.clone(),
@@ -391,6 +406,7 @@ impl Endpoints {
                 } else {
                     replicas::status(&e.groups, &e.quarantine)
                 },
+                limits: e.limits,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

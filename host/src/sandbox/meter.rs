@@ -3,13 +3,40 @@
 //! the fuel each export call burnt. `host test` reports these next to the
 //! limits.
 
-use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 /// [`StoreLimits`] that remembers the largest memory size it allowed.
 pub(crate) struct MeteredLimits {
-    pub(crate) inner: StoreLimits,
+    inner: StoreLimits,
     /// Largest size, in bytes, one linear memory was allowed to reach.
     pub(crate) peak_memory: usize,
+}
+
+impl MeteredLimits {
+    /// Limits letting each linear memory grow to `memory_bytes`.
+    pub(crate) fn new(memory_bytes: usize) -> MeteredLimits {
+        MeteredLimits {
+            inner: store_limits(memory_bytes),
+            peak_memory: 0,
+        }
+    }
+
+    /// From now on, memories may grow to `memory_bytes` only (the grant,
+    /// known after `describe`). Memory already allocated stays valid: a
+    /// memory above the new limit keeps its size, it just cannot grow.
+    pub(crate) fn set_memory_limit(&mut self, memory_bytes: usize) {
+        self.inner = store_limits(memory_bytes);
+    }
+}
+
+fn store_limits(memory_bytes: usize) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory_bytes)
+        .instances(4)
+        .tables(16)
+        .memories(4)
+        .trap_on_grow_failure(true)
+        .build()
 }
 
 impl ResourceLimiter for MeteredLimits {
@@ -61,7 +88,7 @@ impl ResourceLimiter for MeteredLimits {
 pub struct Usage {
     /// Largest linear memory the instance reached, bytes.
     pub peak_memory_bytes: usize,
-    /// The memory limit, bytes.
+    /// The memory limit granted to the instance, bytes.
     pub memory_limit_bytes: usize,
     /// Most fuel one export call burnt.
     pub max_fuel_per_call: u64,

@@ -5,21 +5,30 @@
 //!
 //! A skill instance that traps is poisoned: the owner drops it and makes a
 //! fresh one, the host itself keeps serving.
+//!
+//! [`SandboxLimits`] are the operator's ceiling. A skill declares what it
+//! needs in `describe` and each instance gets that up to the ceiling
+//! ([`limits`]): an instance is created under the ceiling, its component's
+//! `describe` is read once per sandbox, and the instance's memory limit and
+//! fuel per call are lowered to the grant before `load` runs.
 
 mod convert;
 mod imports;
 mod imports_tokenizer;
+pub mod limits;
 mod meter;
 mod session;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use imports::SkillContext;
+pub use limits::{Granted, Needs};
 pub use meter::Usage;
 
 /// Types the runner needs from the import side.
@@ -44,17 +53,22 @@ wasmtime::component::bindgen!({
     },
 });
 
+pub use accel::skill::api::ResourceNeeds;
 pub use accel::skill::types::Error as WitError;
 /// A skill's response as it crosses the boundary.
 pub type WitResponse = Response;
 
-/// Resource limits of one skill instance.
+/// The operator's resource limits for skill instances: ceilings for what a
+/// skill may declare ([`limits::Granted`]).
 #[derive(Clone, Debug)]
 pub struct SandboxLimits {
-    /// Linear memory per instance, bytes.
+    /// Most linear memory per instance, bytes; a skill that declares
+    /// nothing gets [`limits::DEFAULT_MEMORY_BYTES`] (capped by this).
     pub memory_bytes: usize,
-    /// Fuel per export call (about 2.7e10 units per second of tight guest
-    /// code on this class of CPU); host calls cost no fuel.
+    /// Most fuel per export call (about 2.7e10 units per second of tight
+    /// guest code on this class of CPU); host calls cost no fuel. A skill
+    /// that declares nothing gets [`limits::DEFAULT_FUEL_PER_CALL`] (capped
+    /// by this).
     pub fuel_per_call: u64,
     /// Longest text (bytes) a skill may ask the host to tokenize: host
     /// calls cost no fuel, so this bounds the one host call whose work
@@ -65,8 +79,8 @@ pub struct SandboxLimits {
 impl Default for SandboxLimits {
     fn default() -> Self {
         SandboxLimits {
-            memory_bytes: 512 << 20,
-            fuel_per_call: 50_000_000_000,
+            memory_bytes: limits::DEFAULT_MEMORY_BYTES,
+            fuel_per_call: limits::DEFAULT_FUEL_PER_CALL,
             max_text_bytes: 1 << 20,
         }
     }
@@ -137,6 +151,8 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     pub limits: SandboxLimits,
+    /// What each component (by digest) was granted, from its `describe`.
+    grants: Mutex<HashMap<crate::digest::Digest, Granted>>,
 }
 
 /// A compiled skill component, ready to instantiate.
@@ -161,6 +177,8 @@ pub struct SkillInstance {
     poisoned: bool,
     /// Most fuel one call burnt so far.
     max_fuel_used: u64,
+    /// The limits this instance was granted.
+    granted: Granted,
 }
 
 impl Sandbox {
@@ -194,6 +212,7 @@ impl Sandbox {
             linker,
             cache_dir: cache,
             limits,
+            grants: Mutex::new(HashMap::new()),
         })
     }
 
@@ -284,26 +303,52 @@ impl Sandbox {
             .map_err(|e| e.to_string())
     }
 
-    /// A fresh instance of `skill` serving `ctx`.
+    /// The limits granted to the component with digest `digest`, once one
+    /// of its instances was made by this sandbox.
+    pub fn granted(&self, digest: &crate::digest::Digest) -> Option<Granted> {
+        self.grants.lock().ok()?.get(digest).copied()
+    }
+
+    /// A fresh instance of `skill` serving `ctx`, with the limits the skill
+    /// declared (up to the ceiling [`Sandbox::limits`]). The first instance
+    /// of a component asks its `describe` (under the ceiling) and reports a
+    /// declaration above the ceiling on stderr.
     pub fn instantiate(
         &self,
         skill: &SkillComponent,
         ctx: Arc<SkillContext>,
     ) -> Result<SkillInstance, SandboxError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(4)
-            .tables(16)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
+        let mut inst = self.instantiate_with(skill, ctx, Granted::ceiling(&self.limits))?;
+        let known = self.granted(&skill.digest);
+        let granted = match known {
+            Some(g) => g,
+            None => {
+                let g = Granted::new(Needs::of(&inst.describe()?), &self.limits);
+                for w in g.warnings(&skill.name) {
+                    eprintln!("warning: {w}");
+                }
+                if let Ok(mut m) = self.grants.lock() {
+                    m.insert(skill.digest, g);
+                }
+                g
+            }
+        };
+        inst.grant(granted);
+        Ok(inst)
+    }
+
+    /// A fresh instance under `granted` (the ceiling until `describe` said
+    /// what the skill needs).
+    fn instantiate_with(
+        &self,
+        skill: &SkillComponent,
+        ctx: Arc<SkillContext>,
+        granted: Granted,
+    ) -> Result<SkillInstance, SandboxError> {
         let state = HostState {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
-            limits: meter::MeteredLimits {
-                inner: limits,
-                peak_memory: 0,
-            },
+            limits: meter::MeteredLimits::new(granted.memory_bytes.granted),
             ctx,
             streams: Vec::new(),
             completer: None,
@@ -312,9 +357,9 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let fuel = self.limits.fuel_per_call;
+        let fuel = granted.fuel_per_call.granted;
         let _ = store.set_fuel(fuel);
-        let memory_limit = self.limits.memory_bytes;
+        let memory_limit = granted.memory_bytes.granted;
         let bindings = skill
             .pre
             .instantiate(&mut store)
@@ -327,6 +372,7 @@ impl Sandbox {
             memory_limit,
             poisoned: false,
             max_fuel_used: 0,
+            granted,
         })
     }
 }
@@ -367,8 +413,25 @@ impl SkillInstance {
         }
     }
 
+    /// Lowers (or raises, up to the ceiling the instance was made under)
+    /// the memory limit and fuel per call to `granted`.
+    fn grant(&mut self, granted: Granted) {
+        self.granted = granted;
+        self.fuel = granted.fuel_per_call.granted;
+        self.memory_limit = granted.memory_bytes.granted;
+        self.store
+            .data_mut()
+            .limits
+            .set_memory_limit(self.memory_limit);
+    }
+
+    /// The limits this instance was granted.
+    pub fn granted(&self) -> Granted {
+        self.granted
+    }
+
     /// The fuel each later call gets (tests provoke an out-of-fuel trap with
-    /// a tiny budget); a fresh instance gets the sandbox's limit again.
+    /// a tiny budget); a fresh instance gets its grant again.
     pub fn set_fuel_per_call(&mut self, fuel: u64) {
         self.fuel = fuel;
     }
