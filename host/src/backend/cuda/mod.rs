@@ -17,14 +17,7 @@ pub mod gemm;
 mod io;
 pub mod kernels;
 pub mod lower;
-mod lower_conv;
-mod lower_fused;
-mod lower_gemv;
-mod lower_ops;
-mod lower_rows;
 pub mod plan;
-#[cfg(test)]
-mod snapshot_tests;
 
 use std::sync::Arc;
 

@@ -2,9 +2,10 @@
 //! element-wise, norms, per-axis kernels, reductions, gathers, attention and
 //! matmul (layouts from [`super::gemm`]).
 
-use super::gemm;
-use super::lower::{elementwise_grid, rows_grid, suffix, PlanError, Planner, BLOCK};
-use super::plan::*;
+use super::grid::{elementwise_grid, row_block, rows_grid, split3, BLOCK};
+use super::{suffix, PlanError, Planner};
+use crate::backend::cuda::gemm;
+use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId, ReduceOp};
 
 /// Threads per block of the attention kernel.
@@ -496,21 +497,4 @@ fn dense16(x: &Val) -> bool {
     x.strides[3] == 1
         && x.strides[..3].iter().all(|&s| s % words as i64 == 0)
         && x.at.offset.is_multiple_of(16)
-}
-
-/// (outer, len, inner) of `shape` around `axis`.
-pub fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    let outer = shape[..axis].iter().product();
-    let len = shape.get(axis).copied().unwrap_or(1);
-    let inner = shape[axis + 1..].iter().product();
-    (outer, len, inner)
-}
-
-/// Threads per block for kernels that reduce a row of `width`.
-pub(super) fn row_block(width: usize) -> u32 {
-    match width {
-        0..=128 => 64,
-        129..=1024 => 128,
-        _ => 256,
-    }
 }

@@ -5,8 +5,9 @@
 //! [`MMA_MAX_M`] rows of f16/bf16 on tensor cores (`gemv_mma`, bias and
 //! activation folded in the same way).
 
-use super::lower::{suffix, PlanError, Planner, BLOCK};
-use super::plan::*;
+use super::grid::BLOCK;
+use super::{suffix, PlanError, Planner};
+use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId};
 
 /// Most rows the `gemv` kernel takes (GEMV_MAX_M in kernels/gemv.cu).

@@ -14,11 +14,8 @@ use super::convert::{convert, convert_owned};
 use super::device::{CudaTensor, DeviceBuffer, Gpu, Pinned, RunDone};
 use super::io::{Dst, Src, Transfers};
 
-#[path = "launch.rs"]
-mod launch;
-#[path = "run.rs"]
+mod enqueue;
 mod run;
-#[path = "weights.rs"]
 mod weights;
 use super::lower::{storage, Planner};
 use super::plan::{Arg, AttnParam, Buf, IdxParam, Plan, Ref, Step};

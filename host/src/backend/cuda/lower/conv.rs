@@ -2,8 +2,9 @@
 //! window in f32 (a direct kernel: correct for every stride, padding,
 //! dilation and group count; the models that need speed here are few).
 
-use super::lower::{elementwise_grid, suffix, PlanError, Planner, BLOCK};
-use super::plan::*;
+use super::grid::{elementwise_grid, BLOCK};
+use super::{suffix, PlanError, Planner};
+use crate::backend::cuda::plan::*;
 use crate::ir::conv::ConvAttrs;
 use crate::ir::{DType, NodeId};
 

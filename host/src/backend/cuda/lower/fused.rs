@@ -3,8 +3,9 @@
 //! add + norm, strided unaries, copies), and inputs uploaded straight into
 //! the concat that reads them. Decode products are in `lower_gemv.rs`.
 
-use super::lower::{elementwise_grid, suffix, PlanError, Planner, BLOCK};
-use super::plan::*;
+use super::grid::{elementwise_grid, BLOCK};
+use super::{suffix, PlanError, Planner};
+use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId};
 
 /// Elements from which a strided SwiGLU over rows of 16-byte words runs a
@@ -429,5 +430,5 @@ impl Planner<'_> {
 }
 
 #[cfg(test)]
-#[path = "lower_fused_tests.rs"]
+#[path = "fused_tests.rs"]
 mod tests;

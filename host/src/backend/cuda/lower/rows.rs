@@ -5,8 +5,9 @@
 //! keys and values into a fixed-slot KV cache without copying the cache in
 //! or out.
 
-use super::lower::{elementwise_grid, PlanError, Planner, BLOCK};
-use super::plan::*;
+use super::grid::{elementwise_grid, BLOCK};
+use super::{PlanError, Planner};
+use crate::backend::cuda::plan::*;
 use crate::ir::{NodeId, Op};
 
 /// The arguments a write launch ends with: an empty second update (filled
@@ -295,8 +296,8 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use super::super::lower::Planner;
-    use super::super::plan::*;
+    use super::super::Planner;
+    use crate::backend::cuda::plan::*;
     use crate::backend::Precision;
     use crate::ir::builder::{BuilderLimits, GraphBuilder};
     use crate::ir::{DType, Dim, Graph};

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::lower::Planner;
-use super::plan::*;
+use super::Planner;
+use crate::backend::cuda::plan::*;
 use crate::backend::Precision;
 use crate::ir::builder::{BuilderLimits, GraphBuilder};
 use crate::ir::conv::ConvAttrs;
@@ -39,7 +39,9 @@ fn fmt_ref(r: &Ref) -> String {
 fn fmt_idx(p: &IdxParam) -> String {
     let r = (p.rank.clamp(0, 8)) as usize;
     let tail_default = p.shape[r..].iter().all(|&s| s == 1)
-        && [&p.s0, &p.s1, &p.s2].iter().all(|s| s[r..].iter().all(|&x| x == 0));
+        && [&p.s0, &p.s1, &p.s2]
+            .iter()
+            .all(|s| s[r..].iter().all(|&x| x == 0));
     format!(
         "idx(r{} n{} {:?} {:?} {:?} {:?}{})",
         p.rank,
@@ -108,7 +110,13 @@ pub(super) fn describe_plan(plan: &Plan) -> String {
         }
     }
     for u in &plan.uploads {
-        let _ = writeln!(s, "  upload {} -> {} {:?}", u.input, fmt_ref(&u.at), u.dtype);
+        let _ = writeln!(
+            s,
+            "  upload {} -> {} {:?}",
+            u.input,
+            fmt_ref(&u.at),
+            u.dtype
+        );
     }
     for d in &plan.downloads {
         let _ = writeln!(
@@ -182,7 +190,11 @@ fn encoder_layer() -> Graph {
     ]);
     let mut b = GraphBuilder::new("encoder", w, BuilderLimits::default());
     let x = b
-        .input("x", DType::F32, vec![sym("batch"), sym("seq"), Dim::Fixed(d)])
+        .input(
+            "x",
+            DType::F32,
+            vec![sym("batch"), sym("seq"), Dim::Fixed(d)],
+        )
         .unwrap();
     let mask = b
         .input(
@@ -193,7 +205,10 @@ fn encoder_layer() -> Graph {
         .unwrap();
     let mut heads = Vec::new();
     for p in ["q", "k", "v"] {
-        let (wn, bn) = (b.weight(&format!("{p}.w")).unwrap(), b.weight(&format!("{p}.b")).unwrap());
+        let (wn, bn) = (
+            b.weight(&format!("{p}.w")).unwrap(),
+            b.weight(&format!("{p}.b")).unwrap(),
+        );
         let y = b.linear(x, wn, Some(bn)).unwrap();
         let y = b.reshape(y, vec![0, 0, 4, 8]).unwrap();
         heads.push(b.permute(y, vec![0, 2, 1, 3]).unwrap());
@@ -262,7 +277,12 @@ fn decode_step() -> Graph {
     let k = b.rotary(k, cos, sin, false).unwrap();
     let mut kv = Vec::new();
     for (name, new) in [("k", k), ("v", v)] {
-        let shape = vec![Dim::Fixed(slots), sym("batch"), Dim::Fixed(2), Dim::Fixed(hd)];
+        let shape = vec![
+            Dim::Fixed(slots),
+            sym("batch"),
+            Dim::Fixed(2),
+            Dim::Fixed(hd),
+        ];
         let old = b.state(name, DType::F32, shape).unwrap();
         let new = b.permute(new, vec![2, 0, 1, 3]).unwrap();
         let written = b.write_rows(old, new, slot).unwrap();
@@ -299,7 +319,11 @@ fn decode_step() -> Graph {
 /// A decode step over caches the new key and value are prepended to (a
 /// concat, then a slice kept as the next state), with or without RoPE.
 fn prepend_step(rope: bool) -> Graph {
-    let mut b = GraphBuilder::new("prepend", Arc::new(HashMap::new()), BuilderLimits::default());
+    let mut b = GraphBuilder::new(
+        "prepend",
+        Arc::new(HashMap::new()),
+        BuilderLimits::default(),
+    );
     let (heads, kvh, hd, slots) = (4i64, 2i64, 4u64, 3u64);
     let x = b.input("x", DType::F32, fixed(&[2, 1, 32])).unwrap();
     let y = b.unary(UnaryOp::Neg, x).unwrap();
@@ -318,7 +342,9 @@ fn prepend_step(rope: bool) -> Graph {
     }
     let mut all = Vec::new();
     for (name, new) in [("k", k), ("v", v)] {
-        let old = b.state(name, DType::F32, fixed(&[slots, 2, 2, hd])).unwrap();
+        let old = b
+            .state(name, DType::F32, fixed(&[slots, 2, 2, hd]))
+            .unwrap();
         let slot_major = b.permute(new, vec![2, 0, 1, 3]).unwrap();
         let prepended = b.concat(vec![slot_major, old], 0).unwrap();
         let kept = b.slice(prepended, 0, 0, slots as i64).unwrap();
@@ -333,7 +359,11 @@ fn prepend_step(rope: bool) -> Graph {
 /// Causal prefill attention over [1, heads, seq, 64] with a float mask,
 /// softmax of the scores of a separate matmul and an l2 normalisation.
 fn prefill_attention() -> Graph {
-    let mut b = GraphBuilder::new("prefill", Arc::new(HashMap::new()), BuilderLimits::default());
+    let mut b = GraphBuilder::new(
+        "prefill",
+        Arc::new(HashMap::new()),
+        BuilderLimits::default(),
+    );
     let qs = vec![Dim::Fixed(1), Dim::Fixed(4), sym("seq"), Dim::Fixed(64)];
     let ks = vec![Dim::Fixed(1), Dim::Fixed(2), sym("seq"), Dim::Fixed(64)];
     let q = b.input("q", DType::F32, qs).unwrap();
@@ -342,7 +372,11 @@ fn prefill_attention() -> Graph {
     let y = b.attention(q, k, v, None, true, Some(0.125)).unwrap();
     b.output("y", y).unwrap();
     let mask = b
-        .input("m", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(1), sym("seq"), sym("seq")])
+        .input(
+            "m",
+            DType::F32,
+            vec![Dim::Fixed(1), Dim::Fixed(1), sym("seq"), sym("seq")],
+        )
         .unwrap();
     let z = b.attention(q, k, v, Some(mask), false, None).unwrap();
     b.output("z", z).unwrap();
@@ -358,9 +392,19 @@ fn prefill_attention() -> Graph {
 /// A 1-D strided, padded convolution with bias, GELU, and a grouped 2-D
 /// dilated one without.
 fn convs() -> Graph {
-    let w = weights(&[("c1.w", &[8, 4, 3]), ("c1.b", &[8]), ("c2.w", &[8, 2, 3, 3])]);
+    let w = weights(&[
+        ("c1.w", &[8, 4, 3]),
+        ("c1.b", &[8]),
+        ("c2.w", &[8, 2, 3, 3]),
+    ]);
     let mut b = GraphBuilder::new("conv", w, BuilderLimits::default());
-    let x = b.input("x", DType::F32, vec![Dim::Fixed(2), Dim::Fixed(4), sym("len")]).unwrap();
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![Dim::Fixed(2), Dim::Fixed(4), sym("len")],
+        )
+        .unwrap();
     let (w1, b1) = (b.weight("c1.w").unwrap(), b.weight("c1.b").unwrap());
     let a1 = ConvAttrs {
         stride: vec![2],
@@ -388,7 +432,13 @@ fn convs() -> Graph {
 /// broadcast element-wise ops over floats, integers and booleans.
 fn reductions_and_elementwise() -> Graph {
     let mut b = GraphBuilder::new("misc", Arc::new(HashMap::new()), BuilderLimits::default());
-    let x = b.input("x", DType::F32, vec![sym("rows"), Dim::Fixed(6), Dim::Fixed(40)]).unwrap();
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![sym("rows"), Dim::Fixed(6), Dim::Fixed(40)],
+        )
+        .unwrap();
     let i = b.input("i", DType::I64, fixed(&[3, 5])).unwrap();
     let ids = b.input("ids", DType::I32, fixed(&[4])).unwrap();
     for (k, op) in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min]
@@ -431,7 +481,10 @@ fn reductions_and_elementwise() -> Graph {
     b.output("sub", sub).unwrap();
     let u = b.unsqueeze(row, 0).unwrap();
     let ex = b
-        .expand(u, vec![Dim::Fixed(2), sym("rows"), Dim::Fixed(1), Dim::Fixed(40)])
+        .expand(
+            u,
+            vec![Dim::Fixed(2), sym("rows"), Dim::Fixed(1), Dim::Fixed(40)],
+        )
         .unwrap();
     let cat = b.concat(vec![ex, ex], 2).unwrap();
     let s = b.unary(UnaryOp::Sigmoid, cat).unwrap();
@@ -443,7 +496,11 @@ fn reductions_and_elementwise() -> Graph {
 /// lone rotary and a rotary pair that cannot merge, decode attention of
 /// head dim 32 and prefill attention of head dim 128.
 fn leftovers() -> Graph {
-    let mut b = GraphBuilder::new("leftovers", Arc::new(HashMap::new()), BuilderLimits::default());
+    let mut b = GraphBuilder::new(
+        "leftovers",
+        Arc::new(HashMap::new()),
+        BuilderLimits::default(),
+    );
     let x = b.input("x", DType::F32, fixed(&[4, 32])).unwrap();
     let s = b.input("s", DType::F32, fixed(&[32])).unwrap();
     let ln = b.layer_norm(x, s, None, 1e-5).unwrap();
@@ -494,7 +551,13 @@ fn cases() -> Vec<(String, String)> {
     for p in precisions {
         for (batch, seq) in [(2, 12), (1, 3), (2, 4)] {
             let b = bind(&[("batch", batch), ("seq", seq)]);
-            add(format!("encoder {p:?} batch {batch} seq {seq}"), &enc, p, b, false);
+            add(
+                format!("encoder {p:?} batch {batch} seq {seq}"),
+                &enc,
+                p,
+                b,
+                false,
+            );
         }
     }
     let dec = decode_step();
@@ -547,7 +610,10 @@ fn plans_match_the_snapshot() {
     let mut text = String::new();
     let mut steps = 0usize;
     for (title, plan) in cases() {
-        steps += plan.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count();
+        steps += plan
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count();
         let _ = writeln!(text, "== {title}\n{plan}");
     }
     let path = snapshot_path();

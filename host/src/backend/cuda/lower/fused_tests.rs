@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::super::lower::Planner;
-use super::super::plan::*;
+use super::super::Planner;
+use crate::backend::cuda::plan::*;
 use crate::backend::Precision;
 use crate::ir::builder::{BuilderLimits, GraphBuilder};
 use crate::ir::DType;
