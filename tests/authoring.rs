@@ -112,10 +112,85 @@ fn every_project_skill_passes_host_test_on_cpu() {
             .as_str()
             .unwrap()
             .starts_with("bafkrei"));
+        // Usage is measured against what the skill was granted.
+        assert_eq!(
+            report["limits"]["memory_bytes"]["granted"], report["usage"]["memory_limit_bytes"],
+            "{skill}: {report}"
+        );
         let xml = std::fs::read_to_string(&junit).unwrap();
         assert!(
             xml.contains("<testsuite name=") && !xml.contains("<failure"),
             "{xml}"
+        );
+    }
+}
+
+#[test]
+fn host_test_reports_usage_against_the_granted_limits() {
+    if !available("cpu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases_file = dir.path().join("cases.jsonl");
+    std::fs::write(
+        &cases_file,
+        concat!(
+            r#"{"name": "ok", "request": {"do": "ok"}, "expect": {"ok": true}}"#,
+            "\n",
+            r#"{"name": "bomb", "request": {"do": "memory"}, "error": "resource-exhausted"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    // hostile declares 32 MiB: granted under the default ceiling (512 MiB),
+    // capped (and warned about) under a 16 MiB one.
+    for (ceiling_mib, granted_mib) in [(None, 32u64), (Some(16u64), 16)] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
+        cmd.args(["test", skill_path("hostile").to_str().unwrap(), "--model"])
+            .arg(fixture("tiny-enc-bert"))
+            .arg("--cases")
+            .arg(&cases_file)
+            .args(["--device", "cpu", "--json"])
+            .env_remove("HOST_SKILL_MEMORY_MB");
+        if let Some(m) = ceiling_mib {
+            cmd.env("HOST_SKILL_MEMORY_MB", m.to_string());
+        }
+        let o = cmd.output().expect("spawn host");
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+        let memory = &report["limits"]["memory_bytes"];
+        assert_eq!(memory["declared"], 32 << 20, "{report}");
+        assert_eq!(memory["granted"], granted_mib << 20, "{report}");
+        assert_eq!(memory["capped"], ceiling_mib.is_some(), "{report}");
+        let usage = &report["usage"];
+        assert_eq!(usage["memory_limit_bytes"], granted_mib << 20, "{report}");
+        let peak = usage["peak_memory_bytes"].as_u64().unwrap();
+        assert!(peak <= granted_mib << 20, "{report}");
+        let limits = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "resource limits")
+            .expect("resource limits check");
+        assert_eq!(limits["status"], "pass", "{limits}");
+        let summary = limits["summary"].as_str().unwrap();
+        let ceiling = ceiling_mib.unwrap_or(512);
+        assert!(
+            summary.contains(&format!(
+                "of {granted_mib} MiB granted (declared; ceiling {ceiling} MiB)"
+            )),
+            "{summary}"
+        );
+        let warned = limits["details"].as_array().unwrap().iter().any(|d| {
+            d.as_str()
+                .is_some_and(|d| d.contains("warning: skill `hostile` declared 32 MiB of memory"))
+        });
+        assert_eq!(warned, ceiling_mib.is_some(), "{limits}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            stderr.contains("above the ceiling of 16 MiB"),
+            ceiling_mib.is_some(),
+            "{stderr}"
         );
     }
 }

@@ -1,5 +1,7 @@
 //! Hostile skills: each misbehaviour gives a typed error, the instance is
-//! replaced, and the host then serves a normal request.
+//! replaced, and the host then serves a normal request. Skill-declared
+//! limits: a declaration lowers a limit below the operator's ceiling, one
+//! above it gets the ceiling (and a warning), none gets the defaults.
 
 mod common;
 
@@ -8,7 +10,8 @@ use std::sync::Arc;
 use common::*;
 use host::backend::{registry, Precision};
 use host::runner::Runner;
-use host::sandbox::{Sandbox, SandboxLimits};
+use host::sandbox::limits::{DEFAULT_FUEL_PER_CALL, DEFAULT_MEMORY_BYTES};
+use host::sandbox::{Sandbox, SandboxError, SandboxLimits, SkillContext};
 
 fn hostile() -> Option<Runner> {
     if !available("cpu") {
@@ -175,4 +178,94 @@ fn submitted_runs_keep_state_order_and_misuse_is_an_error() {
     );
     assert_eq!(v["empty_collect"], "InvalidRequest", "{out}");
     assert_serves(&mut r);
+}
+
+/// Hostile declares 32 MiB of memory (and no fuel).
+const HOSTILE_MIB: usize = 32;
+
+/// A hostile instance (no model: its memory bomb needs none) under the
+/// ceiling `limits`; the bomb's error, and the instance's usage and grant.
+fn bomb(limits: SandboxLimits) -> (SandboxError, host::sandbox::Usage, host::sandbox::Granted) {
+    let sb = Sandbox::with_cache_dir(limits, None).expect("engine");
+    let c = sb.load("hostile", &skill("hostile")).expect("load");
+    let mut inst = sb
+        .instantiate(&c, Arc::new(SkillContext::empty()))
+        .expect("instantiate");
+    let granted = inst.granted();
+    assert_eq!(sb.granted(&c.digest), Some(granted));
+    let e = inst
+        .handle(&[r#"{"do":"memory"}"#.to_string()])
+        .err()
+        .expect("the memory bomb must trap");
+    (e, inst.usage(), granted)
+}
+
+#[test]
+fn a_declared_memory_limit_below_the_ceiling_stops_the_memory_bomb() {
+    // The ceiling (512 MiB) is far above what hostile declares.
+    let (e, usage, granted) = bomb(SandboxLimits::default());
+    assert_eq!(granted.memory_bytes.declared, Some(HOSTILE_MIB << 20));
+    assert_eq!(granted.memory_bytes.granted, HOSTILE_MIB << 20);
+    assert!(!granted.memory_bytes.capped);
+    assert!(
+        matches!(&e, SandboxError::Memory { limit_mib, .. } if *limit_mib == HOSTILE_MIB),
+        "{e}"
+    );
+    assert_eq!(usage.memory_limit_bytes, HOSTILE_MIB << 20);
+    // The bomb grows by 16 MiB: stopped at its own limit, not the ceiling.
+    assert!(
+        usage.peak_memory_bytes <= HOSTILE_MIB << 20 && usage.peak_memory_bytes > 4 << 20,
+        "{usage:?}"
+    );
+    // No fuel declared: the default.
+    assert_eq!(granted.fuel_per_call.declared, None);
+    assert_eq!(granted.fuel_per_call.granted, DEFAULT_FUEL_PER_CALL);
+}
+
+#[test]
+fn a_declaration_above_the_ceiling_is_granted_the_ceiling_and_reported() {
+    let ceiling = SandboxLimits {
+        memory_bytes: 16 << 20,
+        ..SandboxLimits::default()
+    };
+    let (e, usage, granted) = bomb(ceiling);
+    assert_eq!(granted.memory_bytes.declared, Some(HOSTILE_MIB << 20));
+    assert_eq!(granted.memory_bytes.granted, 16 << 20);
+    assert!(granted.memory_bytes.capped);
+    let w = granted.warnings("hostile");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("declared 32 MiB of memory, above the ceiling of 16 MiB"),
+        "{w:?}"
+    );
+    assert!(
+        matches!(&e, SandboxError::Memory { limit_mib: 16, .. }),
+        "{e}"
+    );
+    assert!(usage.peak_memory_bytes <= 16 << 20, "{usage:?}");
+}
+
+#[test]
+fn an_undeclared_skill_gets_the_defaults_under_a_higher_ceiling() {
+    let ceiling = SandboxLimits {
+        memory_bytes: 1024 << 20,
+        fuel_per_call: 4 * DEFAULT_FUEL_PER_CALL,
+        ..SandboxLimits::default()
+    };
+    let sb = Sandbox::with_cache_dir(ceiling, None).expect("engine");
+    for (name, memory) in [
+        ("image-classification", DEFAULT_MEMORY_BYTES),
+        ("text-embedding", 256 << 20),
+    ] {
+        let c = sb.load(name, &skill(name)).expect("load");
+        let inst = sb
+            .instantiate(&c, Arc::new(SkillContext::empty()))
+            .expect("instantiate");
+        let g = inst.granted();
+        assert_eq!(g.memory_bytes.granted, memory, "{name}: {g:?}");
+        assert_eq!(g.fuel_per_call.granted, DEFAULT_FUEL_PER_CALL, "{name}");
+        assert!(!g.memory_bytes.capped && !g.fuel_per_call.capped, "{name}");
+        assert_eq!(inst.usage().memory_limit_bytes, memory, "{name}");
+        assert_eq!(inst.usage().fuel_limit_per_call, DEFAULT_FUEL_PER_CALL);
+    }
 }

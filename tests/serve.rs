@@ -380,6 +380,11 @@ fn admin_adds_lists_and_refuses_duplicates() {
         .into_json()
         .unwrap();
     assert_eq!(list[0]["name"], "added");
+    // The grant: hostile declares 32 MiB, under the default ceiling.
+    let memory = &list[0]["limits"]["memory_bytes"];
+    assert_eq!(memory["granted"], 32 << 20, "{list}");
+    assert_eq!(memory["declared"], 32 << 20, "{list}");
+    assert_eq!(memory["capped"], false, "{list}");
     let (code, v) = post(
         &agent(),
         &format!("{}/v1/endpoints/added", s.base),
