@@ -5,6 +5,8 @@
 //!
 //! - [`plan`] / [`lower`] / [`gemm`]: CPU-side planning per shape bucket
 //!   (strided views, one arena with lifetime-based reuse, GEMM layouts).
+//! - [`launch`]: typed kernel launches, their op codes, and the one
+//!   mapping to kernel names and argument lists (checked against the source).
 //! - [`kernels`]: the `kernels/*.cu` module and its on-disk PTX cache.
 //! - [`device`]: allocations, the per-GPU handle, device-resident tensors.
 //! - [`exec`]: the backend and executables: weights, plan cache, launches.
@@ -16,6 +18,7 @@ pub mod exec;
 pub mod gemm;
 mod io;
 pub mod kernels;
+pub mod launch;
 pub mod lower;
 pub mod plan;
 

@@ -9,6 +9,7 @@
 //! whose lifetimes do not overlap share memory ([`assign_offsets`]), and the
 //! run needs exactly one allocation, reused while the plan is.
 
+use super::launch::Launch;
 use crate::ir::DType;
 
 /// Largest rank a strided kernel handles after merging axes.
@@ -220,7 +221,7 @@ pub struct AttnParam {
     pub ms: [i64; 4],
 }
 
-/// One kernel argument.
+/// One kernel argument, as [`Launch::kernel`] lists them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Arg {
     Ptr(Ref),
@@ -254,15 +255,16 @@ pub struct GemmStep {
     pub batch: i32,
 }
 
-/// One launch.
+/// One launch: a typed kernel launch (see [`Launch::kernel`] for its name
+/// and arguments) over `grid` blocks of `block` threads with `shared`
+/// bytes of dynamic shared memory, or a GEMM.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     Kernel {
-        name: String,
+        launch: Launch,
         grid: u32,
         block: u32,
         shared: u32,
-        args: Vec<Arg>,
     },
     Gemm(GemmStep),
 }

@@ -1,5 +1,5 @@
-//! Enqueueing a plan's steps: kernel launches from the plan's argument
-//! lists, GEMMs on cuBLAS, and CUDA graph capture and replay per shape
+//! Enqueueing a plan's steps: kernel launches from the argument lists
+//! resolved when the plan was prepared, GEMMs on cuBLAS, and CUDA graph capture and replay per shape
 //! bucket.
 
 use std::ffi::c_void;
@@ -10,7 +10,7 @@ use cudarc::driver::{
     result as dr, sys as dsys, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
 
-use super::{resolve, BackendError, Bases, CudaExecutable, Prepared, RunState};
+use super::{resolve, BackendError, Bases, CudaExecutable, Prepared, Resolved, RunState};
 use crate::backend::cuda::plan::{Arg, AttnParam, GemmStep, IdxParam, Ref, Step};
 use crate::ir::DType;
 
@@ -157,11 +157,13 @@ impl CudaExecutable {
         }
         let mut by: std::collections::BTreeMap<String, (u32, f64)> = Default::default();
         let mut total = 0.0;
-        for (step, pair) in prepared.plan.steps.iter().zip(marks.windows(2)) {
+        let steps = prepared.plan.steps.iter().zip(&prepared.kernels);
+        for ((step, kernel), pair) in steps.zip(marks.windows(2)) {
             let ms = pair[0].elapsed_ms(&pair[1]).map_err(e)? as f64;
-            let label = match step {
-                Step::Kernel { name, .. } => name.clone(),
-                Step::Gemm(g) => format!("gemm {}x{}x{} b{}", g.m, g.n, g.k, g.batch),
+            let label = match (step, kernel) {
+                (_, Some(k)) => k.name.clone(),
+                (Step::Gemm(g), None) => format!("gemm {}x{}x{} b{}", g.m, g.n, g.k, g.batch),
+                (Step::Kernel { .. }, None) => "unresolved kernel".into(),
             };
             let x = by.entry(label).or_default();
             x.0 += 1;
@@ -194,17 +196,20 @@ impl CudaExecutable {
         let plan = &prepared.plan;
         let at = |r: &Ref| resolve(plan, base, &self.persistent, r);
         let e = |what: &str, err: dr::DriverError| self.fail(format!("{what}: {err}"));
-        if let (Some(step), Some(f)) = (plan.steps.get(i), prepared.functions.get(i)) {
-            match (step, f) {
+        if let (Some(step), Some(k)) = (plan.steps.get(i), prepared.kernels.get(i)) {
+            match (step, k) {
                 (
                     Step::Kernel {
                         grid,
                         block,
                         shared,
-                        args,
-                        name,
+                        ..
                     },
-                    Some(f),
+                    Some(Resolved {
+                        name,
+                        function: f,
+                        args,
+                    }),
                 ) => {
                     let owned: Vec<Owned> = args
                         .iter()
@@ -245,8 +250,9 @@ impl CudaExecutable {
                     unsafe { b.launch(cfg) }.map_err(|x| e(name, x))?;
                 }
                 (Step::Gemm(g), _) => self.gemm(blas, g, &at)?,
-                (Step::Kernel { name, .. }, None) => {
-                    return Err(self.fail(format!("kernel `{name}` was not resolved")))
+                (Step::Kernel { launch, .. }, None) => {
+                    let name = launch.kernel().0;
+                    return Err(self.fail(format!("kernel `{name}` was not resolved")));
                 }
             }
         }

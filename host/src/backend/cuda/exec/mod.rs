@@ -48,10 +48,18 @@ impl CudaBackend {
     }
 }
 
-/// A plan with its kernels resolved.
+/// A plan with its kernels resolved: per step, the function and the
+/// argument list of its launch (none for a GEMM).
 struct Prepared {
     plan: Plan,
-    functions: Vec<Option<CudaFunction>>,
+    kernels: Vec<Option<Resolved>>,
+}
+
+/// A kernel step ready to enqueue.
+struct Resolved {
+    name: String,
+    function: CudaFunction,
+    args: Vec<Arg>,
 }
 
 struct RunState {
@@ -241,14 +249,18 @@ impl CudaExecutable {
             on_device,
         )
         .map_err(|e| self.fail(format!("planning: {e}")))?;
-        let mut functions = Vec::with_capacity(plan.steps.len());
+        let mut kernels = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
-            functions.push(match step {
+            kernels.push(match step {
                 Step::Kernel {
-                    name, shared, grid, ..
+                    launch,
+                    shared,
+                    grid,
+                    ..
                 } => {
+                    let (name, args) = launch.kernel();
                     let f = (self.gpu.kernels)
-                        .for_step(name, *grid)
+                        .for_step(&name, *grid)
                         .map_err(|e| self.fail(e))?;
                     if *shared > 48 * 1024 {
                         // SAFETY: sets a launch limit on a loaded function.
@@ -262,7 +274,11 @@ impl CudaExecutable {
                         .result()
                         .map_err(|e| self.fail(format!("shared memory of {shared} bytes: {e}")))?;
                     }
-                    Some(f)
+                    Some(Resolved {
+                        name,
+                        function: f,
+                        args,
+                    })
                 }
                 Step::Gemm(_) => None,
             });
@@ -282,7 +298,7 @@ impl CudaExecutable {
                 plan.arena_bytes >> 10
             );
         }
-        Ok(Arc::new(Prepared { plan, functions }))
+        Ok(Arc::new(Prepared { plan, kernels }))
     }
 }
 
@@ -290,9 +306,8 @@ impl CudaExecutable {
 /// GEMM's sizes.
 fn describe(step: &Step) -> String {
     match step {
-        Step::Kernel {
-            name, grid, args, ..
-        } => {
+        Step::Kernel { launch, grid, .. } => {
+            let (name, args) = launch.kernel();
             let shapes: Vec<String> = args
                 .iter()
                 .filter_map(|a| match a {

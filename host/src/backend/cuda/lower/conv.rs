@@ -3,7 +3,8 @@
 //! dilation and group count; the models that need speed here are few).
 
 use super::grid::{elementwise_grid, BLOCK};
-use super::{suffix, PlanError, Planner};
+use super::{PlanError, Planner};
+use crate::backend::cuda::launch::{ConvDims, Launch};
 use crate::backend::cuda::plan::*;
 use crate::ir::conv::ConvAttrs;
 use crate::ir::{DType, NodeId};
@@ -69,36 +70,33 @@ impl Planner<'_> {
         if let Some(b) = &b {
             self.use_val(b);
         }
-        let dims = [
-            x.shape[0] as i64,
-            x.shape[1] as i64,
-            y.shape[1] as i64,
-            a.groups as i64,
+        let dims = ConvDims {
+            batch: x.shape[0] as i64,
+            in_channels: x.shape[1] as i64,
+            out_channels: y.shape[1] as i64,
+            groups: a.groups as i64,
             h,
-            wd,
-            oh,
-            ow,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
-        ];
-        let mut args: Vec<Arg> = dims.iter().map(|&v| Arg::I64(v)).collect();
-        args.push(Arg::Ptr(x.at));
-        args.push(Arg::Ptr(w.at));
-        args.push(b.map_or(Arg::Null, |b| Arg::Ptr(b.at)));
-        args.push(Arg::Ptr(y.at));
-        self.kernel(
-            format!("conv_{}", suffix(dt)),
-            elementwise_grid(n),
-            BLOCK,
-            0,
-            args,
-        );
+            w: wd,
+            out_h: oh,
+            out_w: ow,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_h: ph,
+            pad_w: pw,
+            dilation_h: dh,
+            dilation_w: dw,
+        };
+        let launch = Launch::Conv {
+            dt,
+            dims,
+            x: x.at,
+            w: w.at,
+            bias: b.map(|b| b.at),
+            y: y.at,
+        };
+        self.kernel(launch, elementwise_grid(n), BLOCK, 0);
         Ok(y)
     }
 }

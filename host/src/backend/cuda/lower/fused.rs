@@ -1,10 +1,11 @@
 //! Fused and specialised lowerings: the rotary embedding, and peepholes
 //! that merge a step just planned into the next (residual add + norm, bias
 //! add + norm, strided unaries, copies), and inputs uploaded straight into
-//! the concat that reads them. Decode products are in `lower_gemv.rs`.
+//! the concat that reads them. Decode products are in `gemv.rs`.
 
 use super::grid::{elementwise_grid, BLOCK};
-use super::{suffix, PlanError, Planner};
+use super::{PlanError, Planner};
+use crate::backend::cuda::launch::{BinaryCode, Launch, Rotary2Tail, RotaryPart, UnaryCode};
 use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId};
 
@@ -40,23 +41,21 @@ impl Planner<'_> {
             for v in [&x, &c, &s] {
                 self.use_val(v);
             }
-            self.kernel(
-                format!("rotary_{}", suffix(dt)),
-                elementwise_grid(n),
-                BLOCK,
-                0,
-                vec![
-                    Arg::Idx(Box::new(p)),
-                    Arg::Ptr(x.at),
-                    Arg::Ptr(c.at),
-                    Arg::Ptr(s.at),
-                    Arg::Ptr(y.at),
-                    Arg::I32(d as i32),
-                    Arg::I32(r as i32),
-                    Arg::I64(x.strides[shape.len() - 1]),
-                    Arg::I32(interleaved as i32),
-                ],
-            );
+            let launch = Launch::Rotary {
+                dt,
+                part: RotaryPart {
+                    idx: Box::new(p),
+                    x: x.at,
+                    y: y.at,
+                    x_last_stride: x.strides[shape.len() - 1],
+                },
+                cos: c.at,
+                sin: s.at,
+                d: d as i32,
+                r: r as i32,
+                interleaved,
+            };
+            self.kernel(launch, elementwise_grid(n), BLOCK, 0);
             self.merge_rotary_pair();
         }
         Ok(y)
@@ -68,92 +67,94 @@ impl Planner<'_> {
     /// `rotary2` of that element size (`rotary2_copy`): a decode step's new
     /// keys and values reach their caches in one kernel.
     pub(super) fn merge_copy(&mut self) {
-        let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
+        let Some((prev, Launch::Copy { size, span: c3 })) = self.last_two_launches() else {
             return;
         };
-        let ([Arg::Idx(p3), Arg::Ptr(x3), Arg::Ptr(y3)], Some(size)) =
-            (la.as_slice(), ln.strip_prefix("copy_"))
-        else {
-            return;
-        };
+        let (size, c3) = (*size, c3.clone());
         let apart = |reads: &[&Ref], writes: &[&Ref]| {
-            reads.iter().all(|r| r.buf != y3.buf) && writes.iter().all(|w| w.buf != x3.buf)
+            reads.iter().all(|r| r.buf != c3.y.buf) && writes.iter().all(|w| w.buf != c3.x.buf)
         };
-        let copy = [Arg::Idx(p3.clone()), Arg::Ptr(*x3), Arg::Ptr(*y3)];
-        let merged = match (pa.as_slice(), pn.strip_prefix("rotary2_")) {
-            ([Arg::Idx(p1), Arg::Ptr(x1), Arg::Ptr(y1)], None)
-                if pn == ln && apart(&[x1], &[y1]) =>
-            {
-                let mut args = pa.clone();
-                args.extend(copy);
-                Some((format!("copy_pair_{size}"), args, p1.n + p3.n))
+        let merged = match prev {
+            Launch::Copy { size: s1, span: c1 } if *s1 == size && apart(&[&c1.x], &[&c1.y]) => {
+                let total = c1.idx.n + c3.idx.n;
+                let pair = Launch::CopyPair {
+                    size,
+                    first: c1.clone(),
+                    second: c3.clone(),
+                };
+                Some((pair, total))
             }
-            (
-                [Arg::Idx(p1), Arg::Ptr(x1), Arg::Ptr(y1), _, Arg::Idx(p2), Arg::Ptr(x2), Arg::Ptr(y2), _, Arg::Ptr(c), Arg::Ptr(s), ..],
-                Some(dt),
-            ) if pa.len() == 13
-                && Some(size)
-                    == match dt {
-                        "f32" => Some("4"),
-                        "f16" | "bf16" => Some("2"),
-                        _ => None,
-                    }
-                && apart(&[x1, x2, c, s], &[y1, y2]) =>
+            Launch::Rotary2 {
+                dt,
+                first,
+                second,
+                cos,
+                sin,
+                tail: Rotary2Tail::None,
+                ..
+            } if dt.size() == size
+                && matches!(dt, DType::F32 | DType::F16 | DType::BF16)
+                && apart(&[&first.x, &second.x, cos, sin], &[&first.y, &second.y]) =>
             {
-                let mut args = pa.clone();
-                args.extend(copy);
-                Some((format!("rotary2_copy_{dt}"), args, p1.n + p2.n + p3.n))
+                let total = first.idx.n + second.idx.n + c3.idx.n;
+                let mut l = prev.clone();
+                if let Launch::Rotary2 { tail, .. } = &mut l {
+                    *tail = Rotary2Tail::Copy(c3.clone());
+                }
+                Some((l, total))
             }
             _ => None,
         };
-        let Some((name, args, total)) = merged else {
+        let Some((launch, total)) = merged else {
             return;
         };
-        let dst = y3.buf;
-        self.replace_last_two(name, args, total, dst);
+        self.replace_last_two(launch, total, c3.y.buf);
     }
 
     /// Two rotary steps in a row with the same tables (queries, then keys)
     /// become one `rotary2` launch, unless the second reads the first's
     /// output.
     fn merge_rotary_pair(&mut self) {
-        let [.., Step::Kernel {
-            name: n1, args: a1, ..
-        }, Step::Kernel {
-            name: n2, args: a2, ..
-        }] = self.steps.as_slice()
+        let Some((
+            Launch::Rotary {
+                dt: dt1,
+                part: p1,
+                cos: c1,
+                sin: s1,
+                d: d1,
+                r: r1,
+                interleaved: i1,
+            },
+            Launch::Rotary {
+                dt: dt2,
+                part: p2,
+                cos: c2,
+                sin: s2,
+                d: d2,
+                r: r2,
+                interleaved: i2,
+            },
+        )) = self.last_two_launches()
         else {
             return;
         };
-        if n1 != n2 || !n1.starts_with("rotary_") {
+        let same = dt1 == dt2 && (c1, s1, d1, r1, i1) == (c2, s2, d2, r2, i2);
+        if !same || p2.x.buf == p1.y.buf {
             return;
         }
-        let merged = match (a1.as_slice(), a2.as_slice()) {
-            (
-                [Arg::Idx(p1), Arg::Ptr(x1), c1, s1, Arg::Ptr(y1), d1, r1, xl1, i1],
-                [Arg::Idx(p2), Arg::Ptr(x2), c2, s2, Arg::Ptr(y2), d2, r2, xl2, i2],
-            ) if (c1, s1, d1, r1, i1) == (c2, s2, d2, r2, i2) && x2.buf != y1.buf => {
-                let n = (p1.n + p2.n).max(0) as usize;
-                let args = vec![
-                    Arg::Idx(p1.clone()),
-                    Arg::Ptr(*x1),
-                    Arg::Ptr(*y1),
-                    xl1.clone(),
-                    Arg::Idx(p2.clone()),
-                    Arg::Ptr(*x2),
-                    Arg::Ptr(*y2),
-                    xl2.clone(),
-                    c1.clone(),
-                    s1.clone(),
-                    d1.clone(),
-                    r1.clone(),
-                    i1.clone(),
-                ];
-                (n1.replacen("rotary_", "rotary2_", 1), n, args, y2.buf)
-            }
-            _ => return,
+        let n = (p1.idx.n + p2.idx.n).max(0) as usize;
+        let launch = Launch::Rotary2 {
+            dt: *dt1,
+            first: p1.clone(),
+            second: p2.clone(),
+            cos: *c1,
+            sin: *s1,
+            d: *d1,
+            r: *r1,
+            interleaved: *i1,
+            tail: Rotary2Tail::None,
         };
-        let (name, n, args, second) = merged;
+        let second = p2.y.buf;
         self.steps.pop();
         self.steps.pop();
         let at = self.steps.len();
@@ -161,7 +162,7 @@ impl Planner<'_> {
         if let Buf::Arena(i) = second {
             self.buffers[i].first = self.buffers[i].first.min(at);
         }
-        self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
+        self.kernel(launch, elementwise_grid(n), BLOCK, 0);
     }
 
     /// After [`Planner::take_dense_add`] removed the residual add `add`
@@ -179,17 +180,24 @@ impl Planner<'_> {
         let crate::ir::Op::Binary(crate::ir::BinaryOp::Add, a, b) = self.g.node(add).op else {
             return None;
         };
-        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
-            return None;
-        };
-        let [Arg::I64(rows), Arg::I64(cols), Arg::Ptr(y), Arg::Ptr(bias), Arg::I32(-1)] =
-            args.as_slice()
+        let Some(Step::Kernel {
+            launch:
+                Launch::BiasAdd {
+                    dt,
+                    rows,
+                    cols,
+                    y,
+                    bias,
+                    act: None,
+                },
+            ..
+        }) = self.steps.last()
         else {
             return None;
         };
         let sum = self.val(add).ok()?;
         let whole = *cols as usize == width && (*rows * *cols) as usize == sum.numel();
-        if *name != format!("bias_add_{}", suffix(sum.dtype)) || !whole {
+        if *dt != sum.dtype || !whole {
             return None;
         }
         let (biased, other, node) = if *y == lhs {
@@ -241,18 +249,15 @@ impl Planner<'_> {
             let p = index_param(&y.shape, [&x.strides, &zeros, &zeros])
                 .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
             self.use_val(&x);
-            self.kernel(
-                format!("unary_s_{}", suffix(x.dtype)),
-                elementwise_grid(n),
-                BLOCK,
-                0,
-                vec![
-                    Arg::I32(op as i32),
-                    Arg::Idx(Box::new(p)),
-                    Arg::Ptr(x.at),
-                    Arg::Ptr(y.at),
-                ],
-            );
+            let op = UnaryCode::of(op).ok_or_else(|| self.err("`not` of a float"))?;
+            let launch = Launch::UnaryStrided {
+                dt: x.dtype,
+                op,
+                idx: Box::new(p),
+                x: x.at,
+                y: y.at,
+            };
+            self.kernel(launch, elementwise_grid(n), BLOCK, 0);
         }
         Ok(y)
     }
@@ -278,19 +283,19 @@ impl Planner<'_> {
         if !single || !same || vb.dtype != dt || vx.dtype != dt || !float {
             return Ok(None);
         }
-        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+        let Some(f) = UnaryCode::of(f) else {
             return Ok(None);
         };
-        let (dense, strided) = (
-            format!("unary_{}", suffix(dt)),
-            format!("unary_s_{}", suffix(dt)),
-        );
-        match args.as_slice() {
-            [Arg::I32(g), _, Arg::Ptr(x), Arg::Ptr(y)]
-                if *y == va.at
-                    && *x == vx.at
-                    && *g == f as i32
-                    && (*name == dense || *name == strided) => {}
+        let Some(Step::Kernel { launch, .. }) = self.steps.last() else {
+            return Ok(None);
+        };
+        match launch {
+            Launch::Unary {
+                dt: d, op: g, x, y, ..
+            }
+            | Launch::UnaryStrided {
+                dt: d, op: g, x, y, ..
+            } if *y == va.at && *x == vx.at && *g == f && *d == dt => {}
             _ => return Ok(None),
         }
         self.steps.pop();
@@ -298,11 +303,18 @@ impl Planner<'_> {
         let n = y.numel();
         self.use_val(&vb);
         self.use_val(&vx);
-        let mut args = vec![Arg::I32(f as i32), Arg::I32(op as i32)];
+        let op = BinaryCode::from(op);
         let mut grid_n = n;
-        let name = if vx.is_contiguous() && vb.is_contiguous() {
-            args.push(Arg::I64(n as i64));
-            format!("unary_binary_{}", suffix(dt))
+        let launch = if vx.is_contiguous() && vb.is_contiguous() {
+            Launch::UnaryBinary {
+                dt,
+                f,
+                op,
+                n: n as i64,
+                a: vx.at,
+                b: vb.at,
+                y: y.at,
+            }
         } else {
             let zeros = vec![0i64; shape.len()];
             let p = index_param(shape, [&vx.strides, &vb.strides, &zeros])
@@ -324,29 +336,39 @@ impl Planner<'_> {
                 && aligned(&vx.at)
                 && aligned(&vb.at)
                 && aligned(&y.at);
-            args.push(Arg::Idx(Box::new(p)));
             if vec {
                 grid_n = n / words as usize;
             }
-            args.push(Arg::I32(vec as i32));
-            format!("unary_binary_s_{}", suffix(dt))
+            Launch::UnaryBinaryStrided {
+                dt,
+                f,
+                op,
+                idx: Box::new(p),
+                vec,
+                a: vx.at,
+                b: vb.at,
+                y: y.at,
+            }
         };
-        args.extend([Arg::Ptr(vx.at), Arg::Ptr(vb.at), Arg::Ptr(y.at)]);
-        self.kernel(name, elementwise_grid(grid_n), BLOCK, 0, args);
+        self.kernel(launch, elementwise_grid(grid_n), BLOCK, 0);
         Ok(Some(y))
     }
 
     /// When the last planned step is a same-shape (unbroadcast) add that
     /// wrote `x`, removes it and returns its operands, for a fused kernel.
     pub(super) fn take_dense_add(&mut self, x: &Val) -> Option<(Ref, Ref)> {
-        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+        let Some(Step::Kernel { launch, .. }) = self.steps.last() else {
             return None;
         };
-        let add = Arg::I32(crate::ir::BinaryOp::Add as i32);
-        let dense = match args.as_slice() {
-            [op, Arg::Idx(p), Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(y)]
-                if *op == add && *y == x.at && name == &format!("binary_{}", suffix(x.dtype)) =>
-            {
+        let dense = match launch {
+            Launch::Binary {
+                dt,
+                op: BinaryCode::Add,
+                idx: p,
+                a,
+                b,
+                y,
+            } if *y == x.at && *dt == x.dtype => {
                 let unit = |s: &[i64; 8]| s[0] == 1;
                 (p.rank == 1
                     && p.n as usize == x.numel()
@@ -377,9 +399,7 @@ impl Planner<'_> {
         }
         let first = self.buffers[i].first;
         let refers = |step: &Step| match step {
-            Step::Kernel { args, .. } => args
-                .iter()
-                .any(|a| matches!(a, Arg::Ptr(r) if r.buf == v.at.buf)),
+            Step::Kernel { launch, .. } => launch.refers_to(v.at.buf),
             Step::Gemm(_) => true,
         };
         let writer_only = self
@@ -390,17 +410,15 @@ impl Planner<'_> {
         if !writer_only {
             return false;
         }
-        if let Some(Step::Kernel { args, .. }) = self.steps.get_mut(first) {
-            for a in args.iter_mut() {
-                if let Arg::Ptr(r) = a {
-                    if r.buf == v.at.buf {
-                        *r = Ref {
-                            buf: dst.buf,
-                            offset: dst.offset + r.offset,
-                        };
-                    }
+        if let Some(Step::Kernel { launch, .. }) = self.steps.get_mut(first) {
+            launch.for_each_ref(&mut |r| {
+                if r.buf == v.at.buf {
+                    *r = Ref {
+                        buf: dst.buf,
+                        offset: dst.offset + r.offset,
+                    };
                 }
-            }
+            });
         }
         if let Buf::Arena(j) = dst.buf {
             self.buffers[j].first = self.buffers[j].first.min(first);

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::super::Planner;
+use crate::backend::cuda::launch::Launch;
 use crate::backend::cuda::plan::*;
 use crate::backend::Precision;
 use crate::ir::builder::{BuilderLimits, GraphBuilder};
@@ -15,7 +16,7 @@ fn kernel_names(plan: &Plan) -> Vec<String> {
     plan.steps
         .iter()
         .filter_map(|s| match s {
-            Step::Kernel { name, .. } => Some(name.clone()),
+            Step::Kernel { launch, .. } => Some(launch.kernel().0),
             _ => None,
         })
         .collect()
@@ -50,13 +51,14 @@ fn residual_add_and_norm_fuse_without_aliasing() {
     b.output("z", z).unwrap();
     let g = b.finish().unwrap();
     let plan = Planner::plan(&g, Precision::F32, &HashMap::new(), &HashMap::new()).unwrap();
-    let fused: Vec<&Vec<Arg>> = plan
+    let fused: Vec<Vec<Arg>> = plan
         .steps
         .iter()
         .filter_map(|s| match s {
-            Step::Kernel { name, args, .. } if name == "add_norm_f32" => Some(args),
+            Step::Kernel { launch, .. } => Some(launch.kernel()),
             _ => None,
         })
+        .filter_map(|(name, args)| (name == "add_norm_f32").then_some(args))
         .collect();
     assert_eq!(fused.len(), 1, "one fused add + norm: {:?}", plan.steps);
     let bytes = (rows * width * 4) as usize;
@@ -100,11 +102,12 @@ fn rotary_writes_into_the_concat() {
     let names = kernel_names(&plan);
     // Queries and keys rotate in one launch.
     assert_eq!(names, ["rotary2_f32", "unary_f32"], "{:?}", plan.steps);
-    let (Step::Kernel { args: rot, .. }, Step::Kernel { args: neg, .. }) =
+    let (Step::Kernel { launch: rot, .. }, Step::Kernel { launch: neg, .. }) =
         (&plan.steps[0], &plan.steps[1])
     else {
         panic!("two kernels")
     };
+    let (rot, neg) = (rot.kernel().1, neg.kernel().1);
     let (Arg::Ptr(written), Arg::Ptr(read)) = (&rot[6], &neg[2]) else {
         panic!("pointer arguments")
     };
@@ -356,8 +359,15 @@ fn large_swiglu_goes_a_word_per_thread() {
             .into_iter()
             .find_map(|s| match s {
                 Step::Kernel {
-                    name, grid, args, ..
-                } if name == "unary_binary_s_f16" => Some((grid, args[3].clone())),
+                    launch:
+                        Launch::UnaryBinaryStrided {
+                            dt: DType::F16,
+                            vec,
+                            ..
+                        },
+                    grid,
+                    ..
+                } => Some((grid, Arg::I32(vec as i32))),
                 _ => None,
             })
             .expect("a strided SwiGLU kernel")
@@ -414,9 +424,11 @@ fn grouped_decode_takes_tensor_cores() {
         plan.steps
             .into_iter()
             .find_map(|s| match s {
-                Step::Kernel { name, grid, .. } if name.starts_with("attention") => {
-                    Some((name, grid))
-                }
+                Step::Kernel {
+                    launch: launch @ Launch::Attention { .. },
+                    grid,
+                    ..
+                } => Some((launch.kernel().0, grid)),
                 _ => None,
             })
             .expect("an attention kernel")

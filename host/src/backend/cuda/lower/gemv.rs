@@ -6,7 +6,8 @@
 //! activation folded in the same way).
 
 use super::grid::BLOCK;
-use super::{suffix, PlanError, Planner};
+use super::{PlanError, Planner};
+use crate::backend::cuda::launch::{BinaryCode, GemvKind, Launch, NormPrologue, UnaryCode};
 use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId};
 
@@ -19,20 +20,6 @@ const MMA_MAX_M: usize = 16;
 /// faster than cuBLAS but TinyLlama's (4.2-23M) 12% slower
 /// (results/ab_cuda_decode_h100.md).
 const MMA_MAX_WEIGHT: usize = 4 << 20;
-
-/// The `gemv` kernels' norm-prologue arguments when there is none.
-fn no_norm() -> [Arg; 8] {
-    [
-        Arg::I32(0),
-        Arg::Null,
-        Arg::Null,
-        Arg::Null,
-        Arg::Null,
-        Arg::Null,
-        Arg::Null,
-        Arg::F32(0.0),
-    ]
-}
 
 impl Planner<'_> {
     /// `x @ w^T (+ bias)` as the `gemv` kernel when x has at most
@@ -87,31 +74,31 @@ impl Planner<'_> {
         for v in [Some(x), Some(w), bias].into_iter().flatten() {
             self.use_val(v);
         }
-        let (name, xin, shared, norm) = match norm {
-            Some(args) => ("gemv_norm", Arg::Null, (rows * k * dt.size()) as u32, args),
-            None if mma => ("gemv_mma", Arg::Ptr(x.at), 0, no_norm().to_vec()),
-            None => ("gemv", Arg::Ptr(x.at), 0, no_norm().to_vec()),
+        let (kind, xin, shared) = match norm {
+            Some(p) => (
+                GemvKind::Norm(Box::new(p)),
+                None,
+                (rows * k * dt.size()) as u32,
+            ),
+            None if mma => (GemvKind::Mma, Some(x.at), 0),
+            None => (GemvKind::Plain, Some(x.at), 0),
         };
         // Output columns per block: a warp each (gemv), 8 (gemv_mma).
         let columns = if mma { 8 } else { (BLOCK / 32) as usize };
-        let mut args = vec![
-            Arg::I32(rows as i32),
-            Arg::I32(n as i32),
-            Arg::I32(k as i32),
-            xin,
-            Arg::Ptr(w.at),
-            bias.map_or(Arg::Null, |b| Arg::Ptr(b.at)),
-            Arg::Ptr(y.at),
-            Arg::I32(-1),
-        ];
-        args.extend(norm);
-        self.kernel(
-            format!("{name}_{}", suffix(dt)),
-            n.div_ceil(columns).clamp(1, 1 << 30) as u32,
-            BLOCK,
-            shared,
-            args,
-        );
+        let launch = Launch::Gemv {
+            dt,
+            kind,
+            m: rows as i32,
+            n: n as i32,
+            k: k as i32,
+            x: xin,
+            w: w.at,
+            bias: bias.map(|b| b.at),
+            y: y.at,
+            act: None,
+        };
+        let grid = n.div_ceil(columns).clamp(1, 1 << 30) as u32;
+        self.kernel(launch, grid, BLOCK, shared);
         Some(y)
     }
 
@@ -122,45 +109,83 @@ impl Planner<'_> {
     /// computes the norm itself while its weights load, which saves the
     /// norm's launch at decode (one row; with more rows the repeated work
     /// costs more than it saves).
-    fn take_norm(&mut self, x_id: NodeId, x: &Val, rows: usize, k: usize) -> Option<Vec<Arg>> {
+    fn take_norm(&mut self, x_id: NodeId, x: &Val, rows: usize, k: usize) -> Option<NormPrologue> {
         let dt = x.dtype;
         if rows != 1 || k * dt.size() > BLOCK as usize * 16 || !self.sole_reader(x_id) {
             return None;
         }
-        let Some(Step::Kernel { name, args, .. }) = self.steps.last() else {
+        let Some(Step::Kernel { launch, .. }) = self.steps.last() else {
             return None;
         };
-        let sfx = suffix(dt);
         let one = |r: &i64, w: &i32| *r == 1 && *w as usize == k;
-        // (rms, [a, b, pre, sum, scale, bias, eps]) of the norm step.
-        let null = &Arg::Null;
-        let (rms, rest) = match args.as_slice() {
-            [Arg::I32(rms), Arg::I64(r), Arg::I32(w), a, b, sum, s, bias, eps @ Arg::F32(_), Arg::Ptr(y), pre]
-                if *name == format!("add_norm_{sfx}") && one(r, w) && *y == x.at =>
-            {
-                (*rms, [a, b, pre, sum, s, bias, eps])
-            }
-            [Arg::I64(r), Arg::I32(w), a, s, bias, eps @ Arg::F32(_), Arg::Ptr(y)]
-                if *name == format!("layer_norm_{sfx}") && one(r, w) && *y == x.at =>
-            {
-                (0, [a, null, null, null, s, bias, eps])
-            }
-            [Arg::I64(r), Arg::I32(w), a, s, eps @ Arg::F32(_), Arg::Ptr(y)]
-                if *name == format!("rms_norm_{sfx}") && one(r, w) && *y == x.at =>
-            {
-                (1, [a, null, null, null, s, null, eps])
-            }
+        let prologue = match launch {
+            Launch::AddNorm {
+                dt: d,
+                rms,
+                rows: r,
+                width: w,
+                a,
+                b,
+                sum,
+                scale,
+                bias,
+                eps,
+                y,
+                pre,
+            } if *d == dt && one(r, w) && *y == x.at => NormPrologue {
+                rms: *rms,
+                a: *a,
+                b: Some(*b),
+                pre: *pre,
+                sum: Some(*sum),
+                scale: *scale,
+                bias: *bias,
+                eps: *eps,
+            },
+            Launch::LayerNorm {
+                dt: d,
+                rows: r,
+                width: w,
+                x: a,
+                scale,
+                bias,
+                eps,
+                y,
+            } if *d == dt && one(r, w) && *y == x.at => NormPrologue {
+                rms: false,
+                a: *a,
+                b: None,
+                pre: None,
+                sum: None,
+                scale: *scale,
+                bias: *bias,
+                eps: *eps,
+            },
+            Launch::RmsNorm {
+                dt: d,
+                rows: r,
+                width: w,
+                x: a,
+                scale,
+                eps,
+                y,
+            } if *d == dt && one(r, w) && *y == x.at => NormPrologue {
+                rms: true,
+                a: *a,
+                b: None,
+                pre: None,
+                sum: None,
+                scale: *scale,
+                bias: None,
+                eps: *eps,
+            },
             _ => return None,
         };
-        let prologue: Vec<Arg> = std::iter::once(Arg::I32(rms))
-            .chain(rest.into_iter().cloned())
-            .collect();
         // The prologue reads and writes 16 bytes at a time.
-        let aligned = prologue.iter().all(|a| match a {
-            Arg::Ptr(r) => r.offset.is_multiple_of(16),
-            _ => true,
-        });
-        if !aligned {
+        let refs = [Some(prologue.a), prologue.b, prologue.pre, prologue.sum]
+            .into_iter()
+            .chain([Some(prologue.scale), prologue.bias]);
+        if !refs.flatten().all(|r| r.offset.is_multiple_of(16)) {
             return None;
         }
         self.steps.pop();
@@ -182,25 +207,35 @@ impl Planner<'_> {
         if op == crate::ir::UnaryOp::Not || !float || !v.is_contiguous() || !self.sole_reader(x) {
             return Ok(None);
         }
-        let gemv = [
-            format!("gemv_{}", suffix(v.dtype)),
-            format!("gemv_norm_{}", suffix(v.dtype)),
-            format!("gemv_mma_{}", suffix(v.dtype)),
-        ];
-        let bias_add = format!("bias_add_{}", suffix(v.dtype));
-        let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
+        let Some(code) = UnaryCode::of(op) else {
             return Ok(None);
         };
-        match args.as_mut_slice() {
-            [Arg::I32(m), Arg::I32(n), _, _, _, _, Arg::Ptr(y), act @ Arg::I32(-1), ..]
-                if gemv.contains(name) && *y == v.at && (*m * *n) as usize == v.numel() =>
+        let Some(Step::Kernel { launch, .. }) = self.steps.last_mut() else {
+            return Ok(None);
+        };
+        match launch {
+            Launch::Gemv {
+                dt, m, n, y, act, ..
+            } if *dt == v.dtype
+                && act.is_none()
+                && *y == v.at
+                && (*m * *n) as usize == v.numel() =>
             {
-                *act = Arg::I32(op as i32);
+                *act = Some(code);
             }
-            [Arg::I64(r), Arg::I64(c), Arg::Ptr(y), Arg::Ptr(_), act @ Arg::I32(-1)]
-                if *name == bias_add && *y == v.at && (*r * *c) as usize == v.numel() =>
+            Launch::BiasAdd {
+                dt,
+                rows,
+                cols,
+                y,
+                act,
+                ..
+            } if *dt == v.dtype
+                && act.is_none()
+                && *y == v.at
+                && (*rows * *cols) as usize == v.numel() =>
             {
-                *act = Arg::I32(op as i32);
+                *act = Some(code);
             }
             _ => return Ok(None),
         }
@@ -254,48 +289,64 @@ impl Planner<'_> {
         }
         let (vl, va) = (self.val(*l)?, self.val(a)?);
         let dt = vl.dtype;
-        let (gemv, gemv_norm, dense, strided) = (
-            format!("gemv_{}", suffix(dt)),
-            format!("gemv_norm_{}", suffix(dt)),
-            format!("unary_{}", suffix(dt)),
-            format!("unary_s_{}", suffix(dt)),
-        );
+        let Some(f) = UnaryCode::of(f) else {
+            return Ok(None);
+        };
         let n = self.steps.len();
         let fused = match self.steps.get(n.saturating_sub(2)..) {
             Some(
                 [Step::Kernel {
-                    name: gn,
-                    args: ga,
+                    launch:
+                        Launch::Gemv {
+                            dt: gdt,
+                            kind,
+                            m,
+                            n: cols,
+                            k,
+                            x,
+                            w,
+                            bias,
+                            y,
+                            act: None,
+                        },
                     shared,
                     ..
                 }, Step::Kernel {
-                    name: un, args: ua, ..
+                    launch:
+                        Launch::Unary {
+                            dt: udt,
+                            op: g,
+                            x: ux,
+                            y: uy,
+                            ..
+                        }
+                        | Launch::UnaryStrided {
+                            dt: udt,
+                            op: g,
+                            x: ux,
+                            y: uy,
+                            ..
+                        },
+                    ..
                 }],
-            ) => match (ga.as_slice(), ua.as_slice()) {
-                (
-                    [Arg::I32(m), Arg::I32(cols), k, x, w, bias, Arg::Ptr(y), Arg::I32(-1), norm @ ..],
-                    [Arg::I32(g), _, Arg::Ptr(ux), Arg::Ptr(uy)],
-                ) if (*gn == gemv || *gn == gemv_norm)
-                    && (*un == dense || *un == strided)
-                    && *y == vl.at
-                    && *ux == vl.at
-                    && *uy == va.at
-                    && *g == f as i32
-                    && *cols as i64 == 2 * h =>
-                {
-                    let name = if *gn == gemv {
-                        "gemv_glu"
-                    } else {
-                        "gemv_glu_norm"
-                    };
-                    let front = [k, x, w, bias].map(Arg::clone);
-                    Some((*m, *h as i32, front, norm.to_vec(), name, *shared))
-                }
-                _ => None,
-            },
+            ) if *gdt == dt
+                && *udt == dt
+                && *y == vl.at
+                && *ux == vl.at
+                && *uy == va.at
+                && *g == f
+                && *cols as i64 == 2 * h =>
+            {
+                let norm = match kind {
+                    GemvKind::Plain => Some(None),
+                    GemvKind::Norm(p) => Some(Some(p.clone())),
+                    GemvKind::Mma => None,
+                };
+                norm.map(|norm| (*m, *h as i32, *k, *x, *w, *bias, norm, *shared))
+            }
             _ => None,
         };
-        let Some((m, half, [k, x, w, bias], norm, name, shared)) = fused else {
+        let Some((m, half, k, x, w, bias, norm, shared)) = fused else {
             return Ok(None);
         };
         self.steps.truncate(n - 2);
@@ -303,25 +354,20 @@ impl Planner<'_> {
         if y.numel() != (m * half) as usize {
             return Err(self.err("gated projection: output size mismatch"));
         }
-        let mut args = vec![
-            Arg::I32(m),
-            Arg::I32(half),
+        let launch = Launch::GemvGlu {
+            dt,
+            norm,
+            m,
+            half,
             k,
             x,
             w,
             bias,
-            Arg::Ptr(y.at),
-            Arg::I32(f as i32),
-            Arg::I32(op as i32),
-        ];
-        args.extend(norm);
-        self.kernel(
-            format!("{name}_{}", suffix(dt)),
-            (half as u32).div_ceil(4).max(1),
-            BLOCK,
-            shared,
-            args,
-        );
+            y: y.at,
+            act: f,
+            op: BinaryCode::from(op),
+        };
+        self.kernel(launch, (half as u32).div_ceil(4).max(1), BLOCK, shared);
         Ok(Some(y))
     }
 }

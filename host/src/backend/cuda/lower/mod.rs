@@ -17,6 +17,7 @@ mod snapshot_tests;
 
 use std::collections::HashMap;
 
+use super::launch::{CopySpan, Launch};
 use super::plan::*;
 use crate::backend::Precision;
 use crate::ir::shape::{eval_shape, Bindings};
@@ -42,14 +43,6 @@ pub fn storage(dt: DType, precision: Precision) -> DType {
         (true, Precision::F16) => DType::F16,
         (true, Precision::BF16) => DType::BF16,
         _ => dt,
-    }
-}
-
-/// Kernel-name suffix of a dtype (bool kernels read bytes as u8).
-pub fn suffix(dt: DType) -> &'static str {
-    match dt {
-        DType::Bool => "u8",
-        other => other.name(),
     }
 }
 
@@ -259,20 +252,13 @@ impl<'g> Planner<'g> {
         }
     }
 
-    pub(super) fn kernel(
-        &mut self,
-        name: String,
-        grid: u32,
-        block: u32,
-        shared: u32,
-        args: Vec<Arg>,
-    ) {
+    /// Appends a kernel launch.
+    pub(super) fn kernel(&mut self, launch: Launch, grid: u32, block: u32, shared: u32) {
         self.steps.push(Step::Kernel {
-            name,
+            launch,
             grid,
             block,
             shared,
-            args,
         });
     }
 
@@ -301,13 +287,13 @@ impl<'g> Planner<'g> {
         let p = index_param(&src.shape, [&src.strides, dst_strides, &zeros])
             .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
         self.use_val(src);
-        self.kernel(
-            format!("copy_{}", src.dtype.size()),
-            elementwise_grid(n),
-            BLOCK,
-            0,
-            vec![Arg::Idx(Box::new(p)), Arg::Ptr(src.at), Arg::Ptr(*dst)],
-        );
+        let span = CopySpan {
+            idx: Box::new(p),
+            x: src.at,
+            y: *dst,
+        };
+        let size = src.dtype.size();
+        self.kernel(Launch::Copy { size, span }, elementwise_grid(n), BLOCK, 0);
         self.merge_copy();
         Ok(())
     }

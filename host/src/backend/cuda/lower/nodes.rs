@@ -3,7 +3,8 @@
 //! arg-max and top-k, each to its family's lowering.
 
 use super::grid::{elementwise_grid, rows_grid, split3, BLOCK};
-use super::{storage, suffix, PlanError, Planner};
+use super::{storage, PlanError, Planner};
+use crate::backend::cuda::launch::{BinaryCode, CompareCode, Launch, UnaryCode};
 use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId, Op};
 
@@ -35,13 +36,18 @@ impl Planner<'_> {
                 let y = self.fresh(dt, shape);
                 if n > 0 {
                     self.use_val(&x);
-                    let (name, mut args) = if *op == crate::ir::UnaryOp::Not {
-                        ("not_bool".to_string(), vec![])
-                    } else {
-                        (format!("unary_{}", suffix(dt)), vec![Arg::I32(*op as i32)])
+                    let (n64, x, y) = (n as i64, x.at, y.at);
+                    let launch = match UnaryCode::of(*op) {
+                        None => Launch::NotBool { n: n64, x, y },
+                        Some(op) => Launch::Unary {
+                            dt,
+                            op,
+                            n: n64,
+                            x,
+                            y,
+                        },
                     };
-                    args.extend([Arg::I64(n as i64), Arg::Ptr(x.at), Arg::Ptr(y.at)]);
-                    self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
+                    self.kernel(launch, elementwise_grid(n), BLOCK, 0);
                 }
                 Ok(y)
             }
@@ -52,15 +58,31 @@ impl Planner<'_> {
                 if let Some(y) = self.unary_then_binary(*op, *a, *b, &shape)? {
                     return Ok(y);
                 }
-                let name = format!("binary_{}", suffix(dt));
-                self.strided2(name, Some(*op as i32), *a, *b, dt, shape)
+                let op = BinaryCode::from(*op);
+                self.strided2(*a, *b, dt, shape, |idx, a, b, y| Launch::Binary {
+                    dt,
+                    op,
+                    idx,
+                    a,
+                    b,
+                    y,
+                })
             }
             Op::Compare(op, a, b) => {
                 let src = storage(self.g.node(*a).dtype, self.precision);
-                let name = format!("compare_{}", suffix(src));
-                self.strided2(name, Some(*op as i32), *a, *b, DType::Bool, shape)
+                let op = CompareCode::from(*op);
+                self.strided2(*a, *b, DType::Bool, shape, |idx, a, b, y| Launch::Compare {
+                    dt: src,
+                    op,
+                    idx,
+                    a,
+                    b,
+                    y,
+                })
             }
-            Op::And(a, b) => self.strided2("and_bool".into(), None, *a, *b, DType::Bool, shape),
+            Op::And(a, b) => self.strided2(*a, *b, DType::Bool, shape, |idx, a, b, y| {
+                Launch::AndBool { idx, a, b, y }
+            }),
             Op::Rotary {
                 x,
                 cos,
@@ -81,19 +103,15 @@ impl Planner<'_> {
                     for v in [&c, &a, &b] {
                         self.use_val(v);
                     }
-                    self.kernel(
-                        format!("select_{}", dt.size()),
-                        elementwise_grid(n),
-                        BLOCK,
-                        0,
-                        vec![
-                            Arg::Idx(Box::new(p)),
-                            Arg::Ptr(c.at),
-                            Arg::Ptr(a.at),
-                            Arg::Ptr(b.at),
-                            Arg::Ptr(y.at),
-                        ],
-                    );
+                    let launch = Launch::Select {
+                        size: dt.size(),
+                        idx: Box::new(p),
+                        cond: c.at,
+                        a: a.at,
+                        b: b.at,
+                        y: y.at,
+                    };
+                    self.kernel(launch, elementwise_grid(n), BLOCK, 0);
                 }
                 Ok(y)
             }
@@ -106,14 +124,14 @@ impl Planner<'_> {
                 let y = self.fresh(dt, shape);
                 if n > 0 {
                     self.use_val(&x);
-                    let to = if dt == DType::Bool { "bool" } else { dt.name() };
-                    self.kernel(
-                        format!("cast_{}_{}", suffix(x.dtype), to),
-                        elementwise_grid(n),
-                        BLOCK,
-                        0,
-                        vec![Arg::I64(n as i64), Arg::Ptr(x.at), Arg::Ptr(y.at)],
-                    );
+                    let launch = Launch::Cast {
+                        from: x.dtype,
+                        to: dt,
+                        n: n as i64,
+                        x: x.at,
+                        y: y.at,
+                    };
+                    self.kernel(launch, elementwise_grid(n), BLOCK, 0);
                 }
                 Ok(y)
             }
@@ -143,19 +161,15 @@ impl Planner<'_> {
                     if n > 0 {
                         self.use_val(&b);
                         self.use_val(&y);
-                        self.kernel(
-                            format!("bias_add_{}", suffix(dt)),
-                            elementwise_grid(n),
-                            BLOCK,
-                            0,
-                            vec![
-                                Arg::I64((n / cols.max(1)) as i64),
-                                Arg::I64(cols as i64),
-                                Arg::Ptr(y.at),
-                                Arg::Ptr(b.at),
-                                Arg::I32(-1),
-                            ],
-                        );
+                        let launch = Launch::BiasAdd {
+                            dt,
+                            rows: (n / cols.max(1)) as i64,
+                            cols: cols as i64,
+                            y: y.at,
+                            bias: b.at,
+                            act: None,
+                        };
+                        self.kernel(launch, elementwise_grid(n), BLOCK, 0);
                     }
                 }
                 Ok(y)
@@ -165,19 +179,12 @@ impl Planner<'_> {
                 scale,
                 bias,
                 eps_bits,
-            } => self.norm("layer_norm", *x, *scale, Some(*bias), *eps_bits, dt, shape),
-            Op::RmsNorm { x, scale, eps_bits } => {
-                self.norm("rms_norm", *x, *scale, None, *eps_bits, dt, shape)
+            } => self.norm(*x, *scale, Some(*bias), *eps_bits, dt, shape),
+            Op::RmsNorm { x, scale, eps_bits } => self.norm(*x, *scale, None, *eps_bits, dt, shape),
+            Op::Softmax { x, axis } => self.along_axis(*x, *axis, None, dt, shape),
+            Op::L2Normalize { x, axis, eps_bits } => {
+                self.along_axis(*x, *axis, Some(f32::from_bits(*eps_bits)), dt, shape)
             }
-            Op::Softmax { x, axis } => self.along_axis("softmax", *x, *axis, None, dt, shape),
-            Op::L2Normalize { x, axis, eps_bits } => self.along_axis(
-                "l2_norm",
-                *x,
-                *axis,
-                Some(f32::from_bits(*eps_bits)),
-                dt,
-                shape,
-            ),
             Op::Attention {
                 q,
                 k,
@@ -285,20 +292,17 @@ impl Planner<'_> {
                 let y = self.fresh(DType::I64, shape);
                 if n > 0 {
                     self.use_val(&x);
-                    self.kernel(
-                        format!("argmax_{}", suffix(x.dtype)),
-                        rows_grid(outer * inner),
-                        // Long rows (a vocabulary) get a block of 1024.
-                        if len >= 4096 { 1024 } else { BLOCK },
-                        0,
-                        vec![
-                            Arg::I64(outer as i64),
-                            Arg::I64(len as i64),
-                            Arg::I64(inner as i64),
-                            Arg::Ptr(x.at),
-                            Arg::Ptr(y.at),
-                        ],
-                    );
+                    let launch = Launch::ArgMax {
+                        dt: x.dtype,
+                        outer: outer as i64,
+                        len: len as i64,
+                        inner: inner as i64,
+                        x: x.at,
+                        y: y.at,
+                    };
+                    // Long rows (a vocabulary) get a block of 1024.
+                    let block = if len >= 4096 { 1024 } else { BLOCK };
+                    self.kernel(launch, rows_grid(outer * inner), block, 0);
                 }
                 Ok(y)
             }
@@ -323,41 +327,33 @@ impl Planner<'_> {
                     let cv = self.fresh(DType::F32, vec![cand]);
                     self.use_val(&x);
                     let ci = self.fresh(DType::I64, vec![cand]);
-                    self.kernel(
-                        format!("top_k_partial_{}", suffix(x.dtype)),
-                        rows_grid(rows * chunks),
-                        256,
-                        0,
-                        vec![
-                            Arg::I64(rows as i64),
-                            Arg::I64(len as i64),
-                            Arg::I32(k as i32),
-                            Arg::I32(chunks as i32),
-                            Arg::Ptr(x.at),
-                            Arg::Ptr(cv.at),
-                            Arg::Ptr(ci.at),
-                        ],
-                    );
+                    let partial = Launch::TopKPartial {
+                        dt: x.dtype,
+                        rows: rows as i64,
+                        len: len as i64,
+                        k: k as i32,
+                        chunks: chunks as i32,
+                        x: x.at,
+                        cand_values: cv.at,
+                        cand_indices: ci.at,
+                    };
+                    self.kernel(partial, rows_grid(rows * chunks), 256, 0);
                     self.use_val(&x);
                     self.use_val(&cv);
                     self.use_val(&ci);
-                    self.kernel(
-                        format!("top_k_merge_{}", suffix(x.dtype)),
-                        rows_grid(rows),
-                        256,
-                        0,
-                        vec![
-                            Arg::I64(rows as i64),
-                            Arg::I64((chunks * k) as i64),
-                            Arg::I32(k as i32),
-                            Arg::Ptr(cv.at),
-                            Arg::Ptr(ci.at),
-                            Arg::Ptr(x.at),
-                            Arg::I64(len as i64),
-                            Arg::Ptr(vals.at),
-                            Arg::Ptr(idx.at),
-                        ],
-                    );
+                    let merge = Launch::TopKMerge {
+                        dt: x.dtype,
+                        rows: rows as i64,
+                        cands: (chunks * k) as i64,
+                        k: k as i32,
+                        cand_values: cv.at,
+                        cand_indices: ci.at,
+                        x: x.at,
+                        len: len as i64,
+                        values: vals.at,
+                        indices: idx.at,
+                    };
+                    self.kernel(merge, rows_grid(rows), 256, 0);
                 }
                 // The builder puts the indices node right after the values.
                 if let Some(slot) = self.vals.get_mut(id as usize + 1) {

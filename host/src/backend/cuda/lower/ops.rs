@@ -3,8 +3,9 @@
 //! matmul (layouts from [`super::gemm`]).
 
 use super::grid::{elementwise_grid, row_block, rows_grid, split3, BLOCK};
-use super::{suffix, PlanError, Planner};
+use super::{PlanError, Planner};
 use crate::backend::cuda::gemm;
+use crate::backend::cuda::launch::{AttnKernel, Launch, ReduceCode};
 use crate::backend::cuda::plan::*;
 use crate::ir::{DType, NodeId, ReduceOp};
 
@@ -34,14 +35,15 @@ const _: () = assert!(ATTN_ROWS * 32 == ATTN_BLOCK as usize * ATTN_RPW);
 
 impl Planner<'_> {
     /// Two broadcast operands, one contiguous output.
+    /// `launch` builds the kernel from the index space and the addresses
+    /// of `a`, `b` and the output.
     pub(super) fn strided2(
         &mut self,
-        name: String,
-        op: Option<i32>,
         a: NodeId,
         b: NodeId,
         out: DType,
         shape: Vec<usize>,
+        launch: impl FnOnce(Box<IdxParam>, Ref, Ref, Ref) -> Launch,
     ) -> Result<Val, PlanError> {
         let (a, b) = (self.val(a)?, self.val(b)?);
         let y = self.fresh(out, shape.clone());
@@ -52,14 +54,8 @@ impl Planner<'_> {
                 .ok_or_else(|| self.err("more than 8 non-mergeable axes"))?;
             self.use_val(&a);
             self.use_val(&b);
-            let mut args: Vec<Arg> = op.map(Arg::I32).into_iter().collect();
-            args.extend([
-                Arg::Idx(Box::new(p)),
-                Arg::Ptr(a.at),
-                Arg::Ptr(b.at),
-                Arg::Ptr(y.at),
-            ]);
-            self.kernel(name, elementwise_grid(n), BLOCK, 0, args);
+            let launch = launch(Box::new(p), a.at, b.at, y.at);
+            self.kernel(launch, elementwise_grid(n), BLOCK, 0);
         }
         Ok(y)
     }
@@ -69,7 +65,6 @@ impl Planner<'_> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn norm(
         &mut self,
-        kernel: &str,
         x: NodeId,
         scale: NodeId,
         bias: Option<Option<NodeId>>,
@@ -105,59 +100,67 @@ impl Planner<'_> {
                 // buffers must not share memory with anything that step
                 // reads.
                 let (lhs, rhs, pre) = match self.take_bias_add(x_id, lhs, rhs, width) {
-                    Some((a, b, bias)) => (a, b, Arg::Ptr(bias)),
-                    None => (lhs, rhs, Arg::Null),
+                    Some((a, b, bias)) => (a, b, Some(bias)),
+                    None => (lhs, rhs, None),
                 };
                 for r in [&y.at, &x.at] {
                     if let Buf::Arena(i) = r.buf {
                         self.buffers[i].first = self.buffers[i].first.min(self.steps.len());
                     }
                 }
-                self.kernel(
-                    format!("add_norm_{}", suffix(dt)),
-                    rows_grid(rows),
-                    row_block(width),
-                    0,
-                    vec![
-                        Arg::I32(bias.is_none() as i32),
-                        Arg::I64(rows as i64),
-                        Arg::I32(width as i32),
-                        Arg::Ptr(lhs),
-                        Arg::Ptr(rhs),
-                        Arg::Ptr(x.at),
-                        Arg::Ptr(s.at),
-                        b.map(|b| Arg::Ptr(b.at)).unwrap_or(Arg::Null),
-                        Arg::F32(f32::from_bits(eps_bits)),
-                        Arg::Ptr(y.at),
-                        pre,
-                    ],
-                );
+                let launch = Launch::AddNorm {
+                    dt,
+                    rms: bias.is_none(),
+                    rows: rows as i64,
+                    width: width as i32,
+                    a: lhs,
+                    b: rhs,
+                    sum: x.at,
+                    scale: s.at,
+                    bias: b.map(|b| b.at),
+                    eps: f32::from_bits(eps_bits),
+                    y: y.at,
+                    pre,
+                };
+                self.kernel(launch, rows_grid(rows), row_block(width), 0);
                 return Ok(y);
             }
-            let mut args = vec![
-                Arg::I64(rows as i64),
-                Arg::I32(width as i32),
-                Arg::Ptr(x.at),
-                Arg::Ptr(s.at),
-            ];
-            if bias.is_some() {
-                args.push(b.map(|b| Arg::Ptr(b.at)).unwrap_or(Arg::Null));
-            }
-            args.extend([Arg::F32(f32::from_bits(eps_bits)), Arg::Ptr(y.at)]);
+            let (rows, width, eps) = (rows as i64, width as i32, f32::from_bits(eps_bits));
+            let (x, scale, y_at) = (x.at, s.at, y.at);
+            let launch = match bias {
+                Some(_) => Launch::LayerNorm {
+                    dt,
+                    rows,
+                    width,
+                    x,
+                    scale,
+                    bias: b.map(|b| b.at),
+                    eps,
+                    y: y_at,
+                },
+                None => Launch::RmsNorm {
+                    dt,
+                    rows,
+                    width,
+                    x,
+                    scale,
+                    eps,
+                    y: y_at,
+                },
+            };
             self.kernel(
-                format!("{kernel}_{}", suffix(dt)),
-                rows_grid(rows),
-                row_block(width),
+                launch,
+                rows_grid(rows as usize),
+                row_block(width as usize),
                 0,
-                args,
             );
         }
         Ok(y)
     }
 
+    /// Softmax (`eps` is `None`) or l2 normalisation along `axis`.
     pub(super) fn along_axis(
         &mut self,
-        kernel: &str,
         x: NodeId,
         axis: usize,
         eps: Option<f32>,
@@ -170,20 +173,28 @@ impl Planner<'_> {
         let y = self.fresh(dt, shape);
         if y.numel() > 0 {
             self.use_val(&x);
-            let mut args = vec![
-                Arg::I64(outer as i64),
-                Arg::I32(len as i32),
-                Arg::I64(inner as i64),
-            ];
-            args.extend(eps.map(Arg::F32));
-            args.extend([Arg::Ptr(x.at), Arg::Ptr(y.at)]);
-            self.kernel(
-                format!("{kernel}_{}", suffix(dt)),
-                rows_grid(outer * inner),
-                row_block(len),
-                0,
-                args,
-            );
+            let (o, l, i) = (outer as i64, len as i32, inner as i64);
+            let (x, y_at) = (x.at, y.at);
+            let launch = match eps {
+                None => Launch::Softmax {
+                    dt,
+                    outer: o,
+                    len: l,
+                    inner: i,
+                    x,
+                    y: y_at,
+                },
+                Some(eps) => Launch::L2Norm {
+                    dt,
+                    outer: o,
+                    len: l,
+                    inner: i,
+                    eps,
+                    x,
+                    y: y_at,
+                },
+            };
+            self.kernel(launch, rows_grid(outer * inner), row_block(len), 0);
         }
         Ok(y)
     }
@@ -220,19 +231,16 @@ impl Planner<'_> {
             } else {
                 elementwise_grid(rows)
             };
-            self.kernel(
-                format!("reduce_{}", suffix(dt)),
-                grid,
-                if dt.is_float() { row_block(len) } else { BLOCK },
-                0,
-                vec![
-                    Arg::I32(op as i32),
-                    Arg::I64(rows as i64),
-                    Arg::I64(len as i64),
-                    Arg::Ptr(moved.at),
-                    Arg::Ptr(y.at),
-                ],
-            );
+            let launch = Launch::Reduce {
+                dt,
+                op: ReduceCode::from(op),
+                rows: rows as i64,
+                len: len as i64,
+                x: moved.at,
+                y: y.at,
+            };
+            let block = if dt.is_float() { row_block(len) } else { BLOCK };
+            self.kernel(launch, grid, block, 0);
         }
         Ok(y)
     }
@@ -266,22 +274,19 @@ impl Planner<'_> {
             };
             self.use_val(&x);
             self.use_val(&idx);
-            self.kernel(
-                format!("gather_{unit}_{}", suffix(idx.dtype)),
-                elementwise_grid(n),
-                BLOCK,
-                0,
-                vec![
-                    Arg::I64(outer as i64),
-                    Arg::I64(idx.numel() as i64),
-                    Arg::I64(axis_len as i64),
-                    Arg::I64(inner as i64),
-                    Arg::Ptr(x.at),
-                    Arg::Ptr(idx.at),
-                    Arg::Ptr(y.at),
-                    Arg::Ptr(flag),
-                ],
-            );
+            let launch = Launch::Gather {
+                unit,
+                index: idx.dtype,
+                outer: outer as i64,
+                count: idx.numel() as i64,
+                axis_len: axis_len as i64,
+                inner: inner as i64,
+                x: x.at,
+                idx: idx.at,
+                y: y.at,
+                flag,
+            };
+            self.kernel(launch, elementwise_grid(n), BLOCK, 0);
         }
         Ok(y)
     }
@@ -355,11 +360,11 @@ impl Planner<'_> {
         }
         let four = |s: &[i64]| -> [i64; 4] { [s[0], s[1], s[2], s[3]] };
         let (mask_kind, ms, mref) = match &mask {
-            None => (0, [0; 4], Arg::Null),
+            None => (0, [0; 4], None),
             Some(m) => {
                 let s = m.broadcast_strides(&[b, h, sq, sk]);
                 let kind = if m.dtype == DType::Bool { 2 } else { 1 };
-                (kind, four(&s), Arg::Ptr(m.at))
+                (kind, four(&s), Some(m.at))
             }
         };
         let p = AttnParam {
@@ -389,39 +394,48 @@ impl Planner<'_> {
         // (more than 256 rows), blocks of 128 threads fit the rows in one
         // wave (TinyLlama bs16, 512 rows: 15.3 against 19.2 us a layer;
         // 192 or 32 rows are faster with 256; results/ab_cuda_decode_h100.md).
-        let (name, blocks, threads) = match rows {
+        let (kernel, blocks, threads) = match rows {
             true if mma => (
-                format!("attention_mma{d}"),
+                if d == 64 {
+                    AttnKernel::Mma64
+                } else {
+                    AttnKernel::Mma128
+                },
                 b * h * sq.div_ceil(AMMA_ROWS),
                 ATTN_BLOCK,
             ),
-            true => (
-                "attention_rows".to_string(),
-                b * h * sq.div_ceil(ATTN_ROWS),
+            true => (AttnKernel::Rows, b * h * sq.div_ceil(ATTN_ROWS), ATTN_BLOCK),
+            false if gdec => (
+                if d == 64 {
+                    AttnKernel::Gdec64
+                } else {
+                    AttnKernel::Gdec128
+                },
+                b * kvh,
                 ATTN_BLOCK,
             ),
-            false if gdec => (format!("attention_gdec{d}"), b * kvh, ATTN_BLOCK),
             false if decode_dense(&k, &v) => (
-                format!("attention_dec{d}"),
+                if d == 32 {
+                    AttnKernel::Dec32
+                } else {
+                    AttnKernel::Dec64
+                },
                 b * h,
                 if b * h > 256 { 128 } else { ATTN_BLOCK },
             ),
-            false => ("attention".to_string(), b * h * sq, ATTN_BLOCK),
+            false => (AttnKernel::Generic, b * h * sq, ATTN_BLOCK),
         };
-        self.kernel(
-            format!("{name}_{}", suffix(dt)),
-            rows_grid(blocks),
-            threads,
-            shared as u32,
-            vec![
-                Arg::Attn(Box::new(p)),
-                Arg::Ptr(q.at),
-                Arg::Ptr(k.at),
-                Arg::Ptr(v.at),
-                mref,
-                Arg::Ptr(y.at),
-            ],
-        );
+        let launch = Launch::Attention {
+            dt,
+            kernel,
+            p: Box::new(p),
+            q: q.at,
+            k: k.at,
+            v: v.at,
+            mask: mref,
+            y: y.at,
+        };
+        self.kernel(launch, rows_grid(blocks), threads, shared as u32);
         Ok(y)
     }
 

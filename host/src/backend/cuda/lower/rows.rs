@@ -7,39 +7,24 @@
 
 use super::grid::{elementwise_grid, BLOCK};
 use super::{PlanError, Planner};
+use crate::backend::cuda::launch::{CopySpan, Launch, Rotary2Tail, RowIndex};
 use crate::backend::cuda::plan::*;
-use crate::ir::{NodeId, Op};
+use crate::ir::{DType, NodeId, Op};
 
-/// The arguments a write launch ends with: an empty second update (filled
-/// by a merge) and the row index `s`, its largest value and the row size.
-fn write_tail(s: &Val, last: i64, row: i64) -> Option<[Arg; 6]> {
-    let none = index_param(&[0], [&[0], &[0], &[0]])?;
-    Some([
-        Arg::Idx(Box::new(none)),
-        Arg::Null,
-        Arg::Null,
-        Arg::Ptr(s.at),
-        Arg::I64(last),
-        Arg::I64(row),
-    ])
+/// Whether the `rotary2` launch `l` reads buffer `b` (its inputs and
+/// cos/sin tables).
+fn rotary2_reads(l: &Launch, b: Buf) -> bool {
+    match l {
+        Launch::Rotary2 {
+            first,
+            second,
+            cos,
+            sin,
+            ..
+        } => [first.x, second.x, *cos, *sin].iter().any(|r| r.buf == b),
+        _ => false,
+    }
 }
-
-/// Argument positions of a `rotary2` launch that it reads (both inputs and
-/// the cos/sin tables), and of its second (keys) output.
-const ROTARY2_READS: [usize; 4] = [1, 5, 8, 9];
-const ROTARY2_KEYS: usize = 6;
-/// Where `rotary2_write`'s copy (the values) starts among its arguments.
-const ROTARY2_COPY: usize = 13;
-
-/// Whether the `rotary2` launch with `args` reads buffer `b`.
-fn rotary2_reads(args: &[Arg], b: Buf) -> bool {
-    ROTARY2_READS
-        .iter()
-        .any(|&k| matches!(args.get(k), Some(Arg::Ptr(r)) if r.buf == b))
-}
-
-/// A planned kernel's name and arguments.
-type KernelRef<'a> = (&'a String, &'a Vec<Arg>);
 
 impl Planner<'_> {
     /// Whether input `id` is a state read by nothing but a `write-rows`
@@ -116,17 +101,21 @@ impl Planner<'_> {
         if self.rotary_writes(update, &u, &y, &s, last, row) {
             return Ok(y);
         }
-        let tail = write_tail(&s, last, row).ok_or_else(|| self.err("empty index space"))?;
-        self.kernel(
-            format!("write_rows_{}", y.dtype.size()),
-            elementwise_grid(n),
-            BLOCK,
-            0,
-            [Arg::Idx(Box::new(p)), Arg::Ptr(u.at), Arg::Ptr(y.at)]
-                .into_iter()
-                .chain(tail)
-                .collect(),
-        );
+        let launch = Launch::WriteRows {
+            size: y.dtype.size(),
+            first: CopySpan {
+                idx: Box::new(p),
+                x: u.at,
+                y: y.at,
+            },
+            second: None,
+            rows: RowIndex {
+                start: s.at,
+                last,
+                row,
+            },
+        };
+        self.kernel(launch, elementwise_grid(n), BLOCK, 0);
         self.merge_writes();
         Ok(y)
     }
@@ -150,44 +139,41 @@ impl Planner<'_> {
         if !whole || !u.is_contiguous() || !self.sole_reader(update) {
             return false;
         }
-        let Some(tail) = write_tail(s, last, row) else {
+        let Some(Step::Kernel { launch, .. }) = self.steps.last_mut() else {
             return false;
         };
-        let Some(Step::Kernel { name, args, .. }) = self.steps.last_mut() else {
+        let reads_y = rotary2_reads(launch, y.at.buf);
+        let Launch::Rotary2 { second, tail, .. } = launch else {
             return false;
         };
-        let dt = match name.strip_prefix("rotary2_") {
-            Some(dt) if !dt.contains('_') && args.len() == ROTARY2_COPY => dt.to_string(),
-            _ => return false,
-        };
-        match args[ROTARY2_KEYS] {
-            Arg::Ptr(y2) if y2 == u.at && !rotary2_reads(args, y.at.buf) => {}
-            _ => return false,
+        if *tail != Rotary2Tail::None || second.y != u.at || reads_y {
+            return false;
         }
-        *name = format!("rotary2_write_{dt}");
-        args[ROTARY2_KEYS] = Arg::Ptr(y.at);
-        args.extend(tail);
+        second.y = y.at;
+        *tail = Rotary2Tail::Write {
+            copy: None,
+            rows: RowIndex {
+                start: s.at,
+                last,
+                row,
+            },
+        };
         // The keys buffer is no longer written.
         self.buffers[i].last = self.buffers[i].first;
         true
     }
 
-    /// Names and arguments of the last two steps when both are kernels
-    /// (the peepholes that merge a launch into the one before it).
-    pub(super) fn last_two_kernels(&self) -> Option<(KernelRef<'_>, KernelRef<'_>)> {
+    /// The last two steps' launches when both are kernels (the peepholes
+    /// that merge a launch into the one before it).
+    pub(super) fn last_two_launches(&self) -> Option<(&Launch, &Launch)> {
         let n = self.steps.len();
         match (
             n.checked_sub(2).and_then(|i| self.steps.get(i)),
             self.steps.last(),
         ) {
-            (
-                Some(Step::Kernel {
-                    name: pn, args: pa, ..
-                }),
-                Some(Step::Kernel {
-                    name: ln, args: la, ..
-                }),
-            ) => Some(((pn, pa), (ln, la))),
+            (Some(Step::Kernel { launch: a, .. }), Some(Step::Kernel { launch: b, .. })) => {
+                Some((a, b))
+            }
             _ => None,
         }
     }
@@ -200,93 +186,91 @@ impl Planner<'_> {
         if self.merge_rotary_write() {
             return;
         }
-        let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
-            return;
-        };
-        let (
-            [Arg::Idx(p1), Arg::Ptr(x1), Arg::Ptr(y1), Arg::Idx(e), Arg::Null, Arg::Null, s1, l1, r1],
-            [Arg::Idx(p2), Arg::Ptr(x2), Arg::Ptr(y2), _, _, _, s2, l2, r2],
-        ) = (pa.as_slice(), la.as_slice())
+        let Some((
+            Launch::WriteRows {
+                size: s1,
+                first: c1,
+                second: None,
+                rows: r1,
+            },
+            Launch::WriteRows {
+                size: s2,
+                first: c2,
+                rows: r2,
+                ..
+            },
+        )) = self.last_two_launches()
         else {
             return;
         };
-        let apart = x2.buf != y1.buf && x1.buf != y2.buf && y1.buf != y2.buf;
-        if pn != ln || !pn.starts_with("write_rows_") || e.n != 0 || !apart {
+        let apart = c2.x.buf != c1.y.buf && c1.x.buf != c2.y.buf && c1.y.buf != c2.y.buf;
+        if s1 != s2 || !apart || r1 != r2 {
             return;
         }
-        if (s1, l1, r1) != (s2, l2, r2) {
-            return;
-        }
-        let args = vec![
-            Arg::Idx(p1.clone()),
-            Arg::Ptr(*x1),
-            Arg::Ptr(*y1),
-            Arg::Idx(p2.clone()),
-            Arg::Ptr(*x2),
-            Arg::Ptr(*y2),
-            s1.clone(),
-            l1.clone(),
-            r1.clone(),
-        ];
-        let (name, total, dst) = (ln.clone(), p1.n + p2.n, y2.buf);
-        self.replace_last_two(name, args, total, dst);
+        let (total, dst) = (c1.idx.n + c2.idx.n, c2.y.buf);
+        let launch = Launch::WriteRows {
+            size: *s2,
+            first: c1.clone(),
+            second: Some(c2.clone()),
+            rows: r1.clone(),
+        };
+        self.replace_last_two(launch, total, dst);
     }
 
     /// Replaces the last two steps with one element-wise launch of `total`
     /// elements; `dst`, written by the second, is now written a step
     /// earlier.
-    pub(super) fn replace_last_two(&mut self, name: String, args: Vec<Arg>, total: i64, dst: Buf) {
+    pub(super) fn replace_last_two(&mut self, launch: Launch, total: i64, dst: Buf) {
         let at = self.steps.len().saturating_sub(2);
         self.steps.truncate(at);
         if let Buf::Arena(j) = dst {
             self.buffers[j].first = self.buffers[j].first.min(at);
         }
-        self.kernel(
-            name,
-            elementwise_grid(total.max(0) as usize),
-            BLOCK,
-            0,
-            args,
-        );
+        self.kernel(launch, elementwise_grid(total.max(0) as usize), BLOCK, 0);
     }
+
     /// The single `write_rows` just planned fills the empty copy slot of
     /// the `rotary2_write` before it (same row index and element size).
     fn merge_rotary_write(&mut self) -> bool {
-        let Some(((pn, pa), (ln, la))) = self.last_two_kernels() else {
-            return false;
-        };
-        let size = match pn.strip_prefix("rotary2_write_") {
-            Some("f32") => "4",
-            Some("f16" | "bf16") => "2",
-            _ => return false,
-        };
-        let (
-            [Arg::Idx(p), Arg::Ptr(x), Arg::Ptr(y), Arg::Idx(e), Arg::Null, Arg::Null, s, l, r],
-            [.., Arg::Idx(e3), Arg::Null, Arg::Null, s3, l3, r3],
-        ) = (la.as_slice(), pa.as_slice())
+        let Some((
+            prev @ Launch::Rotary2 {
+                dt,
+                first,
+                second,
+                tail:
+                    Rotary2Tail::Write {
+                        copy: None,
+                        rows: r3,
+                    },
+                ..
+            },
+            Launch::WriteRows {
+                size,
+                first: c,
+                second: None,
+                rows: r,
+            },
+        )) = self.last_two_launches()
         else {
             return false;
         };
-        let keys = matches!(&pa[ROTARY2_KEYS], Arg::Ptr(k) if k.buf == x.buf || k.buf == y.buf);
-        if ln.strip_prefix("write_rows_") != Some(size)
-            || e.n != 0
-            || e3.n != 0
-            || (s, l, r) != (s3, l3, r3)
-            || keys
-            || rotary2_reads(pa, y.buf)
-        {
+        let float = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
+        let keys = second.y.buf == c.x.buf || second.y.buf == c.y.buf;
+        if !float || dt.size() != *size || r != r3 || keys || rotary2_reads(prev, c.y.buf) {
             return false;
         }
-        let total = pa.iter().fold(p.n, |t, a| match a {
-            Arg::Idx(q) => t + q.n,
-            _ => t,
-        });
-        let mut args = pa.clone();
-        args[ROTARY2_COPY] = Arg::Idx(p.clone());
-        args[ROTARY2_COPY + 1] = Arg::Ptr(*x);
-        args[ROTARY2_COPY + 2] = Arg::Ptr(*y);
-        let (name, dst) = (pn.clone(), y.buf);
-        self.replace_last_two(name, args, total, dst);
+        // The empty slot's index space counts no elements.
+        let total = first.idx.n + second.idx.n + c.idx.n;
+        let mut launch = prev.clone();
+        if let Launch::Rotary2 {
+            tail: Rotary2Tail::Write { copy, .. },
+            ..
+        } = &mut launch
+        {
+            *copy = Some(c.clone());
+        }
+        let dst = c.y.buf;
+        self.replace_last_two(launch, total, dst);
         true
     }
 }
@@ -297,6 +281,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::super::Planner;
+    use crate::backend::cuda::launch::{Launch, Rotary2Tail};
     use crate::backend::cuda::plan::*;
     use crate::backend::Precision;
     use crate::ir::builder::{BuilderLimits, GraphBuilder};
@@ -344,10 +329,10 @@ mod tests {
         (plan, states)
     }
 
-    fn kernels(plan: &Plan) -> Vec<&str> {
+    fn kernels(plan: &Plan) -> Vec<String> {
         (plan.steps.iter())
             .filter_map(|s| match s {
-                Step::Kernel { name, .. } => Some(name.as_str()),
+                Step::Kernel { launch, .. } => Some(launch.kernel().0),
                 _ => None,
             })
             .collect()
@@ -408,43 +393,38 @@ mod tests {
             1,
             "{names:?}"
         );
-        assert!(names.contains(&"rotary2_write_f32"), "{names:?}");
+        assert!(names.iter().any(|n| n == "rotary2_write_f32"), "{names:?}");
         assert!(
             !names
                 .iter()
                 .any(|n| n.starts_with("write_rows") || n.starts_with("copy")),
             "{names:?}"
         );
-        let Some(Step::Kernel { args, grid, .. }) = plan
-            .steps
-            .iter()
-            .find(|s| matches!(s, Step::Kernel { name, .. } if name == "rotary2_write_f32"))
-        else {
+        let Some((first, second, copy, grid)) = plan.steps.iter().find_map(|s| match s {
+            Step::Kernel {
+                launch:
+                    Launch::Rotary2 {
+                        dt: DType::F32,
+                        first,
+                        second,
+                        tail:
+                            Rotary2Tail::Write {
+                                copy: Some(copy), ..
+                            },
+                        ..
+                    },
+                grid,
+                ..
+            } => Some((first, second, copy, grid)),
+            _ => None,
+        }) else {
             panic!("no rotary2_write");
         };
         // Queries, keys and values: 16 elements each.
-        let total: i64 = args
-            .iter()
-            .filter_map(|a| match a {
-                Arg::Idx(p) => Some(p.n),
-                _ => None,
-            })
-            .sum();
+        let total = first.idx.n + second.idx.n + copy.idx.n;
         assert_eq!((total, *grid), (48, 1));
-        assert!(matches!(
-            args[6],
-            Arg::Ptr(Ref {
-                buf: Buf::External(0),
-                ..
-            })
-        ));
-        assert!(matches!(
-            args[15],
-            Arg::Ptr(Ref {
-                buf: Buf::External(1),
-                ..
-            })
-        ));
+        assert_eq!(second.y.buf, Buf::External(0));
+        assert_eq!(copy.y.buf, Buf::External(1));
     }
 
     /// A state whose next value is another state's written cache is not

@@ -72,12 +72,12 @@ pub(super) fn describe_plan(plan: &Plan) -> String {
     for (i, step) in plan.steps.iter().enumerate() {
         match step {
             Step::Kernel {
-                name,
+                launch,
                 grid,
                 block,
                 shared,
-                args,
             } => {
+                let (name, args) = launch.kernel();
                 let args: Vec<String> = args.iter().map(fmt_arg).collect();
                 let _ = writeln!(
                     s,

@@ -1,0 +1,1 @@
+//! Checks of every launch variant against the kernel source.
