@@ -89,6 +89,12 @@ impl CostModel {
             // costs about its patch tokens whatever its bytes.
             return IMAGE_TOKENS;
         }
+        if v.get("frames").is_some() || v.get("video").is_some() {
+            return VIDEO_TOKENS;
+        }
+        if let Some(cost) = audio_tokens(&v) {
+            return cost;
+        }
         let main = ["text", "prompt", "input"]
             .iter()
             .find_map(|k| v.get(*k).and_then(|t| t.as_str()));
@@ -104,6 +110,38 @@ impl CostModel {
 
 /// The cost of one image request (a 224x224 image in 16x16 patches).
 const IMAGE_TOKENS: usize = 197;
+
+/// The cost of one video request (16 frames of 224x224 in tubelets of two
+/// frames of 16x16 patches, VideoMAE's input).
+const VIDEO_TOKENS: usize = 1568;
+
+/// The cost of each started 30 s of audio: Whisper's encoder positions for
+/// one window (speech encoders see 50 frames a second, the same rate).
+const AUDIO_WINDOW_TOKENS: usize = 1500;
+
+/// Base64 characters of 30 s of 16-bit mono PCM at 16 kHz (compressed
+/// formats hold more audio per byte: their cost is underestimated, as a
+/// longer text's is by a shorter count).
+const AUDIO_WINDOW_BASE64: usize = 30 * 16_000 * 2 * 4 / 3;
+
+/// The cost of an audio request (`audio` as base64, or `array` with its
+/// `sampling_rate`) by its duration, in started 30 s windows: the byte
+/// length of the request says nothing about the model's work on it, and
+/// counting it as text cut batches of one clip.
+fn audio_tokens(v: &serde_json::Value) -> Option<usize> {
+    let windows = if let Some(b64) = v.get("audio").and_then(|a| a.as_str()) {
+        b64.len().div_ceil(AUDIO_WINDOW_BASE64)
+    } else {
+        let samples = v.get("array")?.as_array()?.len();
+        let rate = v
+            .get("sampling_rate")
+            .and_then(|r| r.as_u64())
+            .filter(|r| *r > 0)
+            .unwrap_or(16_000) as usize;
+        samples.div_ceil(rate.saturating_mul(30))
+    };
+    Some(windows.max(1).saturating_mul(AUDIO_WINDOW_TOKENS))
+}
 
 /// About how many subword tokens `text` has: one per word, one more per
 /// six bytes of a long word (subword splits), one per punctuation mark,
@@ -478,6 +516,26 @@ mod cost_tests {
         let pair = super::CostModel
             .estimate(r#"{"text": "the cat sat on the mat", "text_pair": "a dog ran"}"#);
         assert_eq!(pair, one + approx_tokens("a dog ran"));
+    }
+
+    /// Audio costs its duration in 30 s windows, not its bytes as text:
+    /// sixteen 30 s clips fit a 16k-token batch budget no more than ten at
+    /// a time, and a 60 s clip counts twice.
+    #[test]
+    fn audio_costs_its_windows() {
+        let clip = |secs: usize| {
+            let b64 = "A".repeat(secs * 16_000 * 2 * 4 / 3);
+            format!(r#"{{"audio": "{b64}", "language": "en"}}"#)
+        };
+        let est = |r: &str| super::CostModel.estimate(r);
+        assert_eq!(est(&clip(30)), 1500);
+        assert_eq!(est(&clip(5)), 1500);
+        assert_eq!(est(&clip(60)), 3000);
+        assert_eq!(est(&clip(61)), 4500);
+        let samples = vec!["0.0"; 8000 * 45].join(",");
+        let array = format!(r#"{{"array": [{samples}], "sampling_rate": 8000}}"#);
+        assert_eq!(est(&array), 3000);
+        assert_eq!(est(r#"{"frames": ["a", "b"]}"#), 1568);
     }
 
     #[test]
