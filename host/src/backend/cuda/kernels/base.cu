@@ -153,36 +153,74 @@ __device__ __forceinline__ void offsets(const Idx& p, i64 i, i64& o0, i64& o1, i
 #define GRID_LOOP(i, n) \
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
+// ---- op codes: launch/codes.rs gives the host the same numbers (a test
+// checks both sides) ----
+#define UN_NEG 0
+#define UN_ABS 1
+#define UN_EXP 2
+#define UN_LOG 3
+#define UN_SQRT 4
+#define UN_RSQRT 5
+#define UN_RECIPROCAL 6
+#define UN_TANH 7
+#define UN_SIGMOID 8
+#define UN_RELU 9
+#define UN_GELU 10
+#define UN_GELU_TANH 11
+#define UN_SILU 12
+#define UN_ERF 13
+#define UN_SIN 15
+#define UN_COS 16
+#define BIN_ADD 0
+#define BIN_SUB 1
+#define BIN_MUL 2
+#define BIN_DIV 3
+#define BIN_POW 4
+#define BIN_MAX 5
+#define BIN_MIN 6
+#define CMP_EQ 0
+#define CMP_LT 1
+#define CMP_LE 2
+#define CMP_GT 3
+#define CMP_GE 4
+#define RED_SUM 0
+#define RED_MEAN 1
+#define RED_MAX 2
+#define RED_MIN 3
+// The activation argument of bias_add and the gemv kernels: a UN_* code,
+// or ACT_NONE (any negative value) for none.
+#define ACT_NONE -1
+
 // ---- unary ----
 __device__ __forceinline__ float un_f(int op, float x) {
   switch (op) {
-    case 0: return -x;
-    case 1: return fabsf(x);
-    case 2: return expf(x);
-    case 3: return logf(x);
-    case 4: return sqrtf(x);
-    case 5: return 1.0f / sqrtf(x);
-    case 6: return 1.0f / x;
-    case 7: return tanhf(x);
-    case 8: return 1.0f / (1.0f + expf(-x));
-    case 9: return x > 0.0f ? x : 0.0f;
-    case 10: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case 11: {
+    case UN_NEG: return -x;
+    case UN_ABS: return fabsf(x);
+    case UN_EXP: return expf(x);
+    case UN_LOG: return logf(x);
+    case UN_SQRT: return sqrtf(x);
+    case UN_RSQRT: return 1.0f / sqrtf(x);
+    case UN_RECIPROCAL: return 1.0f / x;
+    case UN_TANH: return tanhf(x);
+    case UN_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case UN_RELU: return x > 0.0f ? x : 0.0f;
+    case UN_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case UN_GELU_TANH: {
       float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
       return 0.5f * x * (1.0f + tanhf(inner));
     }
-    case 12: return x / (1.0f + expf(-x));
-    case 13: return erff(x);
-    case 15: return sinf(x);
-    case 16: return cosf(x);
+    case UN_SILU: return x / (1.0f + expf(-x));
+    case UN_ERF: return erff(x);
+    case UN_SIN: return sinf(x);
+    case UN_COS: return cosf(x);
     default: return x;
   }
 }
 __device__ __forceinline__ i64 un_i(int op, i64 x) {
   switch (op) {
-    case 0: return -x;
-    case 1: return x < 0 ? -x : x;
-    case 9: return x > 0 ? x : 0;
+    case UN_NEG: return -x;
+    case UN_ABS: return x < 0 ? -x : x;
+    case UN_RELU: return x > 0 ? x : 0;
     default: return x;
   }
 }
@@ -197,36 +235,36 @@ __device__ void unary_t(int op, i64 n, const T* x, T* y) {
 // ---- binary / compare / and / select over broadcast strides ----
 __device__ __forceinline__ float bin(int op, float a, float b) {
   switch (op) {
-    case 0: return a + b;
-    case 1: return a - b;
-    case 2: return a * b;
-    case 3: return a / b;
-    case 4: return powf(a, b);
-    case 5: return fmaxf(a, b);
-    case 6: return fminf(a, b);
+    case BIN_ADD: return a + b;
+    case BIN_SUB: return a - b;
+    case BIN_MUL: return a * b;
+    case BIN_DIV: return a / b;
+    case BIN_POW: return powf(a, b);
+    case BIN_MAX: return fmaxf(a, b);
+    case BIN_MIN: return fminf(a, b);
     default: return a;
   }
 }
 __device__ __forceinline__ i64 bin(int op, i64 a, i64 b) {
   switch (op) {
-    case 0: return a + b;
-    case 1: return a - b;
-    case 2: return a * b;
-    case 3: return b == 0 ? 0 : a / b;
-    case 4: return (i64)pow((double)a, (double)b);
-    case 5: return a > b ? a : b;
-    case 6: return a < b ? a : b;
+    case BIN_ADD: return a + b;
+    case BIN_SUB: return a - b;
+    case BIN_MUL: return a * b;
+    case BIN_DIV: return b == 0 ? 0 : a / b;
+    case BIN_POW: return (i64)pow((double)a, (double)b);
+    case BIN_MAX: return a > b ? a : b;
+    case BIN_MIN: return a < b ? a : b;
     default: return a;
   }
 }
 template <typename A>
 __device__ __forceinline__ bool cmp(int op, A a, A b) {
   switch (op) {
-    case 0: return a == b;
-    case 1: return a < b;
-    case 2: return a <= b;
-    case 3: return a > b;
-    case 4: return a >= b;
+    case CMP_EQ: return a == b;
+    case CMP_LT: return a < b;
+    case CMP_LE: return a <= b;
+    case CMP_GT: return a > b;
+    case CMP_GE: return a >= b;
     default: return false;
   }
 }

@@ -277,16 +277,16 @@ template <typename T>
 __device__ void reduce_float_t(int op, i64 rows, i64 len, const T* x, T* y) {
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * len;
-    float acc = op == 2 ? -3.402823466e38f : (op == 3 ? 3.402823466e38f : 0.0f);
+    float acc = op == RED_MAX ? -3.402823466e38f : (op == RED_MIN ? 3.402823466e38f : 0.0f);
     for (i64 c = threadIdx.x; c < len; c += blockDim.x) {
       float v = N<T>::ld(xr[c]);
-      acc = op == 2 ? fmaxf(acc, v) : (op == 3 ? fminf(acc, v) : acc + v);
+      acc = op == RED_MAX ? fmaxf(acc, v) : (op == RED_MIN ? fminf(acc, v) : acc + v);
     }
     float out;
-    if (op == 3) out = -block_reduce(-acc, 1);
-    else if (op == 2) out = block_reduce(acc, 1);
+    if (op == RED_MIN) out = -block_reduce(-acc, 1);
+    else if (op == RED_MAX) out = block_reduce(acc, 1);
     else out = block_reduce(acc, 0);
-    if (op == 1) out /= (float)len;
+    if (op == RED_MEAN) out /= (float)len;
     if (threadIdx.x == 0) y[r] = N<T>::st(out);
   }
 }
@@ -297,9 +297,9 @@ __device__ void reduce_int_t(int op, i64 rows, i64 len, const T* x, T* y) {
     i64 acc = N<T>::ld(x[r * len]);
     for (i64 c = 1; c < len; ++c) {
       i64 v = N<T>::ld(x[r * len + c]);
-      acc = op == 2 ? (v > acc ? v : acc) : (op == 3 ? (v < acc ? v : acc) : acc + v);
+      acc = op == RED_MAX ? (v > acc ? v : acc) : (op == RED_MIN ? (v < acc ? v : acc) : acc + v);
     }
-    if (op == 1) acc /= len;
+    if (op == RED_MEAN) acc /= len;
     y[r] = N<T>::st(acc);
   }
 }

@@ -8,12 +8,15 @@
 
 mod args;
 pub mod codes;
+mod refs;
+#[cfg(test)]
+mod samples;
 #[cfg(test)]
 mod source_tests;
 
 pub use codes::{BinaryCode, CompareCode, ReduceCode, UnaryCode};
 
-use super::plan::{AttnParam, IdxParam, Ref};
+use super::plan::{index_param, AttnParam, IdxParam, Ref};
 use crate::ir::DType;
 
 /// One strided element-wise move: the index space, source and destination.
@@ -405,6 +408,36 @@ pub enum Launch {
     },
 }
 
+/// Kernel-name suffix of a dtype (bool kernels read bytes as u8).
+pub fn suffix(dt: DType) -> &'static str {
+    match dt {
+        DType::Bool => "u8",
+        other => other.name(),
+    }
+}
+
+/// The index space of nothing: an empty copy slot of `write_rows` and
+/// `rotary2_write`.
+pub fn empty_idx() -> Option<IdxParam> {
+    index_param(&[0], [&[0], &[0], &[0]])
+}
+
+impl AttnKernel {
+    /// The kernel family's name.
+    pub fn family(self) -> &'static str {
+        match self {
+            AttnKernel::Generic => "attention",
+            AttnKernel::Rows => "attention_rows",
+            AttnKernel::Dec32 => "attention_dec32",
+            AttnKernel::Dec64 => "attention_dec64",
+            AttnKernel::Mma64 => "attention_mma64",
+            AttnKernel::Mma128 => "attention_mma128",
+            AttnKernel::Gdec64 => "attention_gdec64",
+            AttnKernel::Gdec128 => "attention_gdec128",
+        }
+    }
+}
+
 impl Launch {
     /// Whether any buffer argument lies in `buf`.
     pub fn refers_to(&self, buf: super::plan::Buf) -> bool {
@@ -413,6 +446,6 @@ impl Launch {
 
     /// Calls `f` on every buffer argument, in argument order.
     pub fn for_each_ref(&mut self, f: &mut dyn FnMut(&mut Ref)) {
-        args::for_each_ref(self, f)
+        refs::for_each_ref(self, f)
     }
 }
