@@ -195,8 +195,7 @@ fn bomb(limits: SandboxLimits) -> (SandboxError, host::sandbox::Usage, host::san
     assert_eq!(sb.granted(&c.digest), Some(granted));
     let e = inst
         .handle(&[r#"{"do":"memory"}"#.to_string()])
-        .err()
-        .expect("the memory bomb must trap");
+        .expect_err("the memory bomb must trap");
     (e, inst.usage(), granted)
 }
 
