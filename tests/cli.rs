@@ -255,6 +255,13 @@ fn devices_and_skills_are_listed() {
         .find(|x| x["name"] == "text-embedding")
         .expect("text-embedding listed");
     assert_eq!(te["task"], "feature-extraction");
+    // Its declared needs and what it was granted under the default ceiling.
+    assert_eq!(te["needs"]["memory_bytes"], 256 << 20, "{te}");
+    assert_eq!(te["limits"]["memory_bytes"]["granted"], 256 << 20, "{te}");
+    assert_eq!(
+        te["limits"]["fuel_per_call"]["declared"],
+        serde_json::Value::Null
+    );
     let listed =
         |v: &serde_json::Value, name: &str| v.as_array().unwrap().iter().any(|x| x["name"] == name);
     assert!(!listed(&skills, "hostile"), "test-only skills are hidden");
