@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use super::launch::Launch;
+
 /// CUDA C source of every kernel.
 pub const SOURCE: &str = concat!(
     include_str!("kernels/base.cu"),
@@ -34,7 +36,7 @@ pub struct Kernels {
     /// the previous one finishes (each waits for its predecessor's results
     /// first, see `pdl_enter` in kernels/base.cu).
     pub pdl: bool,
-    /// The device's multiprocessors (see [`kernel_for`]).
+    /// The device's multiprocessors (see [`Launch::kernel_on`]).
     sms: u32,
 }
 
@@ -160,19 +162,6 @@ fn ptx(arch: &str, origin: &mut String) -> Result<Ptx, String> {
     Ok(ptx)
 }
 
-/// The kernel that runs planned step `name` over `grid` blocks on a device
-/// of `sms` multiprocessors: `name`, but for a plain `gemv` whose grid has
-/// more blocks than the device has multiprocessors, which gets `gemv_2b`
-/// (at most 128 registers, so two blocks of 256 threads fit on one; e.g.
-/// TinyLlama's o-proj and down projections). One-wave grids keep the kernel
-/// that uses more registers and spills none (OPT-125m's 96-block products).
-pub fn kernel_for(name: &str, grid: u32, sms: u32) -> std::borrow::Cow<'_, str> {
-    match name.strip_prefix("gemv_") {
-        Some(dt) if !dt.contains('_') && grid > sms => format!("gemv_2b_{dt}").into(),
-        _ => name.into(),
-    }
-}
-
 impl Kernels {
     /// Compiles (or loads from the cache) and loads the module on `ctx`.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, String> {
@@ -203,10 +192,10 @@ impl Kernels {
         })
     }
 
-    /// The kernel that runs step `name` over `grid` blocks (see
-    /// [`kernel_for`]).
-    pub fn for_step(&self, name: &str, grid: u32) -> Result<CudaFunction, String> {
-        self.function(&kernel_for(name, grid, self.sms))
+    /// The kernel that runs `launch` over `grid` blocks on this device
+    /// (see [`Launch::kernel_on`]).
+    pub fn for_step(&self, launch: &Launch, grid: u32) -> Result<CudaFunction, String> {
+        self.function(&launch.kernel_on(grid, self.sms))
     }
 
     /// The kernel called `name`.
@@ -298,18 +287,6 @@ mod tests {
         }
         let cubin = compile_cubin("sm_90").expect("NVRTC compiles the kernels for sm_90");
         assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF image");
-    }
-
-    /// Only plain gemvs of more than one block per multiprocessor switch
-    /// to the two-blocks-per-SM kernel.
-    #[test]
-    fn wide_plain_gemvs_take_gemv_2b() {
-        assert_eq!(kernel_for("gemv_f16", 256, 132), "gemv_2b_f16");
-        assert_eq!(kernel_for("gemv_f16", 96, 132), "gemv_f16");
-        assert_eq!(kernel_for("gemv_f16", 132, 132), "gemv_f16");
-        assert_eq!(kernel_for("gemv_norm_f16", 1408, 132), "gemv_norm_f16");
-        assert_eq!(kernel_for("gemv_glu_bf16", 1408, 132), "gemv_glu_bf16");
-        assert_eq!(kernel_for("attention_f32", 1408, 132), "attention_f32");
     }
 
     #[test]

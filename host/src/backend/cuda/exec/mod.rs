@@ -260,7 +260,7 @@ impl CudaExecutable {
                 } => {
                     let (name, args) = launch.kernel();
                     let f = (self.gpu.kernels)
-                        .for_step(&name, *grid)
+                        .for_step(launch, *grid)
                         .map_err(|e| self.fail(e))?;
                     if *shared > 48 * 1024 {
                         // SAFETY: sets a launch limit on a loaded function.

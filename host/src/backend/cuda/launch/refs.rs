@@ -171,11 +171,7 @@ pub(super) fn for_each_ref(l: &mut Launch, f: &mut dyn FnMut(&mut Ref)) {
 
 fn prologue_refs<'a>(p: &'a mut NormPrologue, v: &mut Vec<&'a mut Ref>) {
     v.push(&mut p.a);
-    for o in [&mut p.b, &mut p.pre, &mut p.sum] {
-        if let Some(r) = o {
-            v.push(r);
-        }
-    }
+    v.extend([&mut p.b, &mut p.pre, &mut p.sum].into_iter().flatten());
     v.push(&mut p.scale);
     if let Some(r) = &mut p.bias {
         v.push(r);

@@ -292,3 +292,31 @@ fn op_codes_match_the_source() {
         assert!(SOURCE.contains(&format!("op == {name}")), "{name}");
     }
 }
+
+/// Only plain gemvs of more than one block per multiprocessor switch to
+/// the two-blocks-per-SM kernel, which takes the same parameters.
+#[test]
+fn wide_plain_gemvs_take_gemv_2b() {
+    let (kernels, _) = kernels();
+    let mut switched = 0;
+    for l in samples() {
+        let name = l.kernel().0;
+        assert_eq!(l.kernel_on(132, 132), name, "one wave keeps `{name}`");
+        let wide = l.kernel_on(133, 132);
+        let plain = matches!(
+            l,
+            Launch::Gemv {
+                kind: GemvKind::Plain,
+                ..
+            }
+        );
+        if !plain {
+            assert_eq!(wide, name);
+            continue;
+        }
+        assert_eq!(wide, name.replacen("gemv_", "gemv_2b_", 1));
+        assert_eq!(kernels.get(&wide), kernels.get(&name), "`{wide}`");
+        switched += 1;
+    }
+    assert_eq!(switched, 3, "one plain gemv per float type");
+}
