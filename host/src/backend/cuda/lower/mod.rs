@@ -77,7 +77,7 @@ impl<'g> Planner<'g> {
 
     /// [`Planner::plan`] for a run given the inputs at positions `resident`
     /// as device tensors: states among them that a `write-rows` updates are
-    /// read and written where they lie (`lower_rows.rs`).
+    /// read and written where they lie (`rows.rs`).
     pub fn plan_resident(
         g: &'g Graph,
         precision: Precision,
