@@ -175,9 +175,14 @@ fn host_test_reports_usage_against_the_granted_limits() {
         assert_eq!(limits["status"], "pass", "{limits}");
         let summary = limits["summary"].as_str().unwrap();
         let ceiling = ceiling_mib.unwrap_or(512);
+        let basis = if ceiling_mib.is_some() {
+            "declared above the ceiling, capped"
+        } else {
+            "declared"
+        };
         assert!(
             summary.contains(&format!(
-                "of {granted_mib} MiB granted (declared; ceiling {ceiling} MiB)"
+                "of {granted_mib} MiB granted ({basis}; ceiling {ceiling} MiB)"
             )),
             "{summary}"
         );

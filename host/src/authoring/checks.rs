@@ -221,12 +221,8 @@ pub(super) fn check_limits(
 ) -> Outcome {
     const NAME: &str = "resource limits";
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
-    let basis = |declared: bool| if declared { "declared" } else { "default" };
     let (memory_basis, fuel_basis) = granted.map_or(("", ""), |g| {
-        (
-            basis(g.memory_bytes.declared.is_some()),
-            basis(g.fuel_per_call.declared.is_some()),
-        )
+        (g.memory_bytes.basis(), g.fuel_per_call.basis())
     });
     let summary = format!(
         "peak memory {:.1} MiB of {:.0} MiB granted{}; most fuel in one call {:.3e} of {:.1e} granted{} ({:.1}%)",

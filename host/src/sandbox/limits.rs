@@ -52,6 +52,18 @@ pub struct Grant<T> {
     pub capped: bool,
 }
 
+impl<T> Grant<T> {
+    /// Where the grant came from: `declared`, `default`, or `declared above
+    /// the ceiling, capped`.
+    pub fn basis(&self) -> &'static str {
+        match (self.capped, self.declared.is_some()) {
+            (true, _) => "declared above the ceiling, capped",
+            (false, true) => "declared",
+            (false, false) => "default",
+        }
+    }
+}
+
 impl<T: Copy + Ord> Grant<T> {
     fn new(declared: Option<T>, default: T, ceiling: T) -> Grant<T> {
         Grant {
@@ -124,20 +136,13 @@ impl Granted {
     /// One line for people: granted memory and fuel, and where they came
     /// from (`declared`, `default`, or capped at the ceiling).
     pub fn summary(&self) -> String {
-        fn basis<T>(g: &Grant<T>) -> &'static str {
-            match (g.capped, g.declared.is_some()) {
-                (true, _) => "declared above the ceiling, capped",
-                (false, true) => "declared",
-                (false, false) => "default",
-            }
-        }
         format!(
             "memory {} MiB ({}; ceiling {} MiB), fuel {:.1e} per call ({}; ceiling {:.1e})",
             self.memory_bytes.granted >> 20,
-            basis(&self.memory_bytes),
+            self.memory_bytes.basis(),
             self.memory_bytes.ceiling >> 20,
             self.fuel_per_call.granted as f64,
-            basis(&self.fuel_per_call),
+            self.fuel_per_call.basis(),
             self.fuel_per_call.ceiling as f64,
         )
     }
