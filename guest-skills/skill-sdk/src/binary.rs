@@ -17,11 +17,17 @@ pub fn base64_bytes(field: &str, s: &str) -> Result<Vec<u8>, Error> {
         },
         None => s,
     };
-    let clean: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    // Line breaks (MIME-style base64) are dropped; most payloads have none
+    // and are decoded in place.
+    let clean: std::borrow::Cow<[u8]> = match payload.bytes().any(|b| b.is_ascii_whitespace()) {
+        true => payload
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect::<Vec<u8>>()
+            .into(),
+        false => payload.as_bytes().into(),
+    };
     base64::engine::general_purpose::STANDARD
-        .decode(clean.as_bytes())
+        .decode(&clean)
         .map_err(|e| invalid(format!("`{field}` is not valid base64: {e}")))
 }

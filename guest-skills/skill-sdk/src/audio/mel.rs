@@ -14,8 +14,7 @@
 
 use std::sync::Arc;
 
-use rustfft::num_complex::Complex;
-use rustfft::{Fft, FftPlanner};
+use realfft::{RealFftPlanner, RealToComplex};
 
 use crate::config::Json;
 use crate::Error;
@@ -119,7 +118,7 @@ pub struct Stft {
     pub n_fft: usize,
     pub hop: usize,
     window: Vec<f64>,
-    fft: Arc<dyn Fft<f64>>,
+    fft: Arc<dyn RealToComplex<f64>>,
 }
 
 impl Stft {
@@ -137,7 +136,7 @@ impl Stft {
             n_fft,
             hop,
             window,
-            fft: FftPlanner::new().plan_fft_forward(n_fft),
+            fft: RealFftPlanner::new().plan_fft_forward(n_fft),
         })
     }
 
@@ -156,27 +155,24 @@ impl Stft {
     /// frames of `clip`, reflect-padded by `n_fft / 2` at both ends
     /// (numpy's mode="reflect", which mirrors without repeating the edge).
     pub fn mel_power(&self, clip: &[f64], frames: usize, filters: &[Filter]) -> Vec<f64> {
-        let n = clip.len();
-        let half = self.n_fft / 2;
-        let at = |i: isize| -> f64 {
-            if n < 2 {
-                return clip.first().copied().unwrap_or(0.0);
-            }
-            let period = 2 * (n as isize - 1);
-            let j = i.rem_euclid(period);
-            let j = if j >= n as isize { period - j } else { j };
-            clip.get(j as usize).copied().unwrap_or(0.0)
-        };
+        let padded = self.reflect_padded(clip, frames);
         let mut out = vec![0f64; filters.len() * frames];
-        let mut buf = vec![Complex::new(0.0, 0.0); self.n_fft];
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
         let mut power = vec![0f64; self.bins()];
         for f in 0..frames {
-            let start = (f * self.hop) as isize - half as isize;
-            for (k, b) in buf.iter_mut().enumerate() {
-                *b = Complex::new(at(start + k as isize) * self.window[k], 0.0);
+            let frame = padded
+                .get(f * self.hop..f * self.hop + self.n_fft)
+                .unwrap_or(&[]);
+            for ((x, s), w) in input.iter_mut().zip(frame).zip(&self.window) {
+                *x = s * w;
             }
-            self.fft.process(&mut buf);
-            for (p, c) in power.iter_mut().zip(&buf) {
+            // Sizes come from `make_*_vec`: processing cannot fail.
+            let _ = self
+                .fft
+                .process_with_scratch(&mut input, &mut spectrum, &mut scratch);
+            for (p, c) in power.iter_mut().zip(&spectrum) {
                 *p = c.norm_sqr();
             }
             for (m, filt) in filters.iter().enumerate() {
@@ -189,6 +185,31 @@ impl Stft {
             }
         }
         out
+    }
+
+    /// `clip` reflect-padded by `n_fft / 2` at the start and as far as
+    /// `frames` frames reach at the end (numpy's mode="reflect", which
+    /// mirrors without repeating the edge sample); zeros past the padding
+    /// of a clip shorter than a frame.
+    fn reflect_padded(&self, clip: &[f64], frames: usize) -> Vec<f64> {
+        let n = clip.len();
+        let half = self.n_fft / 2;
+        let len = frames.saturating_sub(1) * self.hop + self.n_fft;
+        let at = |i: isize| -> f64 {
+            if n < 2 {
+                return clip.first().copied().unwrap_or(0.0);
+            }
+            let period = 2 * (n as isize - 1);
+            let j = i.rem_euclid(period);
+            let j = if j >= n as isize { period - j } else { j };
+            clip.get(j as usize).copied().unwrap_or(0.0)
+        };
+        let mut padded = Vec::with_capacity(len);
+        padded.extend((0..half.min(len)).map(|k| at(k as isize - half as isize)));
+        padded.extend_from_slice(&clip[..n.min(len - padded.len())]);
+        let tail = padded.len();
+        padded.extend((tail..len).map(|k| at(k as isize - half as isize)));
+        padded
     }
 }
 

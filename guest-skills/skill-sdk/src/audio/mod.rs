@@ -58,18 +58,18 @@ pub fn decode_wav(field: &str, bytes: &[u8]) -> Result<Audio, Error> {
             spec.sample_rate
         )));
     }
-    let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => r
-            .samples::<f32>()
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(format!("cannot decode the samples: {e}")))?,
-        hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
-            r.samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()
-                .map_err(|e| bad(format!("cannot decode the samples: {e}")))?
+    let interleaved: Vec<f32> = match packed_samples(bytes) {
+        Some(samples) => samples,
+        None => match spec.sample_format {
+            hound::SampleFormat::Float => r.samples::<f32>().collect::<Result<_, _>>(),
+            hound::SampleFormat::Int => {
+                let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
+                r.samples::<i32>()
+                    .map(|s| s.map(|v| v as f32 * scale))
+                    .collect::<Result<_, _>>()
+            }
         }
+        .map_err(|e| bad(format!("cannot decode the samples: {e}")))?,
     };
     let samples = interleaved
         .chunks_exact(channels)
@@ -78,6 +78,39 @@ pub fn decode_wav(field: &str, bytes: &[u8]) -> Result<Audio, Error> {
     Ok(Audio {
         rate: spec.sample_rate,
         samples,
+    })
+}
+
+/// The samples of the two common layouts, 16-bit integers in 2 bytes and
+/// 32-bit floats in 4, read straight from the data chunk that hound has
+/// validated and found (hound reads one call per sample: about 20 ms for
+/// 30 s); `None` for any other layout, which hound then reads.
+fn packed_samples(bytes: &[u8]) -> Option<Vec<f32>> {
+    let r = hound::WavReader::new(std::io::Cursor::new(bytes)).ok()?;
+    let spec = r.spec();
+    let count = r.len() as usize;
+    let width = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Int, 16) => 2,
+        (hound::SampleFormat::Float, 32) => 4,
+        _ => return None,
+    };
+    let start = r.into_inner().position() as usize;
+    // The data chunk's length field precedes its first byte: its size per
+    // sample tells the packed layout from a wider container.
+    let declared = u32::from_le_bytes(bytes.get(start.checked_sub(4)?..start)?.try_into().ok()?);
+    if declared as usize != count.checked_mul(width)? {
+        return None;
+    }
+    let data = bytes.get(start..start + count * width)?;
+    Some(match width {
+        2 => data
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+            .collect(),
+        _ => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
     })
 }
 
