@@ -64,24 +64,6 @@ fn prologue(n: Option<&NormPrologue>) -> [Arg; 8] {
 }
 
 impl Launch {
-    /// The kernel that runs this launch over `grid` blocks on a device of
-    /// `sms` multiprocessors: its own, but for a plain `gemv` whose grid has
-    /// more blocks than the device has multiprocessors, which gets
-    /// `gemv_2b` (at most 128 registers, so two blocks of 256 threads fit on
-    /// one; e.g. TinyLlama's o-proj and down projections). One-wave grids
-    /// keep the kernel that uses more registers and spills none (OPT-125m's
-    /// 96-block products).
-    pub fn kernel_on(&self, grid: u32, sms: u32) -> String {
-        match self {
-            Launch::Gemv {
-                dt,
-                kind: GemvKind::Plain,
-                ..
-            } if grid > sms => format!("gemv_2b_{}", suffix(*dt)),
-            _ => self.kernel().0,
-        }
-    }
-
     /// The kernel's name and argument list.
     pub fn kernel(&self) -> (String, Vec<Arg>) {
         use Launch as L;

@@ -439,6 +439,24 @@ impl AttnKernel {
 }
 
 impl Launch {
+    /// The kernel that runs this launch over `grid` blocks on a device of
+    /// `sms` multiprocessors: its own, but for a plain `gemv` whose grid has
+    /// more blocks than the device has multiprocessors, which gets
+    /// `gemv_2b` (at most 128 registers, so two blocks of 256 threads fit on
+    /// one; e.g. TinyLlama's o-proj and down projections). One-wave grids
+    /// keep the kernel that uses more registers and spills none (OPT-125m's
+    /// 96-block products).
+    pub fn kernel_on(&self, grid: u32, sms: u32) -> String {
+        match self {
+            Launch::Gemv {
+                dt,
+                kind: GemvKind::Plain,
+                ..
+            } if grid > sms => format!("gemv_2b_{}", suffix(*dt)),
+            _ => self.kernel().0,
+        }
+    }
+
     /// Whether any buffer argument lies in `buf`.
     pub fn refers_to(&self, buf: super::plan::Buf) -> bool {
         (self.kernel().1.iter()).any(|a| matches!(a, super::plan::Arg::Ptr(r) if r.buf == buf))

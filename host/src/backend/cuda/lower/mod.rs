@@ -13,6 +13,8 @@ mod nodes;
 mod ops;
 mod rows;
 #[cfg(test)]
+mod snapshot_graphs;
+#[cfg(test)]
 mod snapshot_tests;
 
 use std::collections::HashMap;
