@@ -307,7 +307,7 @@ impl CudaExecutable {
 }
 
 /// Launches `f` with programmatic stream serialization (see
-/// [`super::kernels::Kernels::pdl`]).
+/// [`crate::backend::cuda::kernels::Kernels::pdl`]).
 ///
 /// # Safety
 /// `owned` must match the kernel's parameter list.

@@ -1,6 +1,6 @@
 //! Lowering of the op families that need more than a line or two: broadcast
 //! element-wise, norms, per-axis kernels, reductions, gathers, attention and
-//! matmul (layouts from [`super::gemm`]).
+//! matmul (layouts from [`crate::backend::cuda::gemm`]).
 
 use super::grid::{elementwise_grid, row_block, rows_grid, split3, BLOCK};
 use super::{PlanError, Planner};
