@@ -49,3 +49,27 @@ command -v haproxy >/dev/null && export REQUIRE_HAPROXY=1
 # Swin indices) run natively.
 cargo test --release --quiet -p skill-sdk --features generation,image,audio --lib
 cargo test --release -p host "$@"
+# The op cases (tests/backend_ops.rs) ran on cpu above; once more on OpenVINO
+# (the binary is built, ~10 s), required where REQUIRE_BACKENDS names it.
+# Only when the arguments select that test (no target named, `--tests`,
+# `--all-targets` or `--test backend_ops`), with their other arguments.
+ov_args=() ov_run=1 ov_named=0 ov_skip_next=0 ov_rest=0
+for a in "$@"; do
+  if [ "$ov_rest" = 1 ]; then ov_args+=("$a"); continue; fi
+  if [ "$ov_skip_next" = 1 ]; then
+    ov_skip_next=0
+    [ "$a" = backend_ops ] && ov_named=1
+    continue
+  fi
+  case "$a" in
+    --) ov_rest=1; ov_args+=("$a") ;;
+    --test|--bin|--example|--bench) ov_run=0; ov_skip_next=1 ;;
+    --test=backend_ops) ov_run=0; ov_named=1 ;;
+    --test=*|--bin=*|--example=*|--bench=*|--lib|--bins|--doc|--examples|--benches) ov_run=0 ;;
+    --tests|--all-targets) ;;
+    *) ov_args+=("$a") ;;
+  esac
+done
+if [ "$ov_run" = 1 ] || [ "$ov_named" = 1 ]; then
+  OPS_DEVICE=openvino cargo test --release -p host --test backend_ops ${ov_args[@]+"${ov_args[@]}"}
+fi

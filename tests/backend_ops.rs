@@ -14,6 +14,14 @@
 //! max(1, largest |reference|). Integer and bool outputs must be exact,
 //! except argmax/top-k indices, which may pick another position whose
 //! reference value ties with the expected one within the same tolerance.
+//!
+//! Known deviations (`KNOWN_DEVIATIONS`): a case that one backend computes
+//! otherwise by that backend's documented design, not by our lowering, is
+//! named there with its device, precision and reason. It still runs; its
+//! result must be exactly the documented deviation, and it is listed as
+//! KNOWN with the reason instead of failing. A known case that passes, or
+//! deviates in another way, fails the suite. Tolerances stay the same for
+//! every case.
 
 #[path = "backend_state.rs"]
 mod backend_state;
@@ -24,7 +32,7 @@ mod op_cases;
 use std::sync::Arc;
 use std::time::Instant;
 
-use host::backend::{check_inputs, registry, Backend, Device, Precision};
+use host::backend::{check_inputs, registry, Backend, Device, NamedTensors, Precision};
 use host::ir::eval::evaluate;
 use host::ir::{DType, Graph, NodeId, Op};
 use host::model::Model;
@@ -62,6 +70,59 @@ fn tolerance(p: Precision) -> Tolerance {
             per_element: false,
             tie: 3e-2,
         },
+    }
+}
+
+/// A case that one backend computes otherwise than the reference by design.
+struct KnownDeviation {
+    /// `Backend::device()` and the precision it applies to.
+    device: &'static str,
+    precision: Precision,
+    case: &'static str,
+    reason: &'static str,
+    /// What the backend computes instead: output `.0` equals input `.1`,
+    /// bit for bit.
+    identity: (&'static str, &'static str),
+}
+
+const KNOWN_DEVIATIONS: &[KnownDeviation] = &[KnownDeviation {
+    device: "openvino",
+    precision: Precision::F32,
+    case: "cast/f32-f16",
+    reason: "OpenVINO's CPU plugin treats f16 as a storage type at f32 inference precision: \
+             its ConvertPrecision pass turns graph-internal f16 into f32 (also with \
+             EXECUTION_MODE_HINT=ACCURACY; only the hint `dynamic` on AVX512-FP16 CPUs keeps it), \
+             so the f32->f16->f32 round trip is a no-op Convert pair it removes. \
+             A graph output declared f16 is still rounded.",
+    identity: ("y", "x"),
+}];
+
+/// The known deviation of `case` on this backend, if any.
+fn known_deviation(
+    device: &str,
+    precision: Precision,
+    case: &str,
+) -> Option<&'static KnownDeviation> {
+    KNOWN_DEVIATIONS
+        .iter()
+        .find(|k| k.device == device && k.precision == precision && k.case == case)
+}
+
+/// Whether the backend's outputs are exactly the known deviation.
+fn is_known_deviation(k: &KnownDeviation, case: &OpCase, got: &NamedTensors) -> Result<(), String> {
+    let (output, input) = k.identity;
+    let find = |list: &NamedTensors, name: &str| {
+        list.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| format!("no tensor `{name}`"))
+    };
+    if find(got, output)? == find(&case.inputs, input)? {
+        Ok(())
+    } else {
+        Err(format!(
+            "not the known deviation: output `{output}` is not input `{input}` unchanged"
+        ))
     }
 }
 
@@ -110,15 +171,33 @@ fn every_op_matches_the_reference() {
         .into_iter()
         .filter(|c| c.name.contains(&filter))
         .collect();
-    let mut failed = Vec::new();
+    let device = backend.device();
+    let (mut failed, mut known) = (Vec::new(), Vec::new());
     for case in &cases {
         let t = Instant::now();
-        let outcome = run_case(backend.as_ref(), case, tol);
+        let result = run_case(backend.as_ref(), case, tol);
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let line = match &outcome {
-            Ok(o) => format!(
-                "{:<4} {:<44} max-abs {:9.2e}  err {:9.2e}  cos {:.9}  {ms:6.1} ms{}",
-                if o.problems.is_empty() { "ok" } else { "FAIL" },
+        let deviation = known_deviation(&device, precision, &case.name);
+        // (status, problem that fails the suite)
+        let (status, problem) = match (&result, deviation) {
+            (Err(e), _) => ("FAIL", Some(e.clone())),
+            (Ok((o, _)), None) if o.problems.is_empty() => ("ok", None),
+            (Ok((o, _)), None) => ("FAIL", Some(o.problems.join("; "))),
+            (Ok((o, _)), Some(_)) if o.problems.is_empty() => (
+                "FAIL",
+                Some(format!(
+                    "a known deviation on {device} {precision} no longer occurs: \
+                     remove it from KNOWN_DEVIATIONS (tests/backend_ops.rs)"
+                )),
+            ),
+            (Ok((o, got)), Some(k)) => match is_known_deviation(k, case, got) {
+                Ok(()) => ("KNOWN", None),
+                Err(e) => ("FAIL", Some(format!("{}; {e}", o.problems.join("; ")))),
+            },
+        };
+        let line = match &result {
+            Ok((o, _)) => format!(
+                "{status:<5} {:<44} max-abs {:9.2e}  err {:9.2e}  cos {:.9}  {ms:6.1} ms{}",
                 case.name,
                 o.max_abs,
                 o.max_err,
@@ -128,21 +207,33 @@ fn every_op_matches_the_reference() {
                     .map(|p| format!("  ({p})"))
                     .unwrap_or_default()
             ),
-            Err(e) => format!("FAIL {:<44} {e}", case.name),
+            Err(e) => format!("{status:<5} {:<44} {e}", case.name),
         };
         println!("{line}");
-        match outcome {
-            Ok(o) if o.problems.is_empty() => {}
-            Ok(o) => failed.push(format!("{}: {}", case.name, o.problems.join("; "))),
-            Err(e) => failed.push(format!("{}: {e}", case.name)),
+        if let Some(p) = problem {
+            failed.push(format!("{}: {p}", case.name));
+        } else if let (Some(k), "KNOWN") = (deviation, status) {
+            println!(
+                "      known deviation on {device} {precision}: {}",
+                k.reason
+            );
+            known.push(case.name.clone());
         }
     }
     println!(
-        "{} of {} op cases passed on {} {precision} in {:.1} s",
-        cases.len() - failed.len(),
+        "{} of {} op cases passed on {device} {precision} in {:.1} s{}",
+        cases.len() - failed.len() - known.len(),
         cases.len(),
-        backend.device(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if known.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} known deviation(s), see KNOWN_DEVIATIONS: {}",
+                known.len(),
+                known.join(", ")
+            )
+        }
     );
     assert!(
         failed.is_empty(),
@@ -207,7 +298,12 @@ fn with_index_sources(g: &Graph) -> (Graph, Vec<Option<usize>>) {
     (aug, sources)
 }
 
-fn run_case(backend: &dyn Backend, case: &OpCase, tol: Tolerance) -> Result<Outcome, String> {
+/// The case's comparison with the reference, and the backend's outputs.
+fn run_case(
+    backend: &dyn Backend,
+    case: &OpCase,
+    tol: Tolerance,
+) -> Result<(Outcome, NamedTensors), String> {
     let (_dir, model) = model_for(case)?;
     let graph = Arc::new(case.graph.clone());
     let exe = backend
@@ -252,7 +348,7 @@ fn run_case(backend: &dyn Backend, case: &OpCase, tol: Tolerance) -> Result<Outc
             o.problems.push(format!("output `{name}`: {p}"));
         }
     }
-    Ok(o)
+    Ok((o, got))
 }
 
 fn compare_floats(want: &Tensor, have: &Tensor, tol: Tolerance, o: &mut Outcome) -> Option<String> {

@@ -11,6 +11,13 @@
 //! with AVX512-BF16), and read back after compilation: a device that would
 //! compute in another precision is an error, not a silent substitution.
 //! OpenVINO's own blob cache (`CACHE_DIR`) is kept per graph directory.
+//!
+//! At f32 the CPU plugin holds f16 as a storage type only: its
+//! ConvertPrecision pass computes graph-internal f16 values in f32 (on every
+//! CPU, also with `EXECUTION_MODE_HINT=ACCURACY`), so a cast to f16 whose
+//! result stays inside the graph does not round (f32 -> f16 -> f32 is an
+//! identity). An f16 graph output is rounded. The op cases list this as a
+//! known deviation (tests/backend_ops.rs, `cast/f32-f16`).
 
 mod convert;
 
