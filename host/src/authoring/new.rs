@@ -4,7 +4,8 @@
 //! written), a `cdylib` target for `wasm32-wasip2`, `src/lib.rs` with the
 //! task's contract (`../shared/TASKS.md`) in `describe` (a working
 //! implementation for `text-classification`, a skeleton for the other
-//! tasks), `tests/cases.jsonl` for `host test`, a README and a .gitignore.
+//! tasks), `tests/cases.jsonl` for `host test`, a README, a .gitignore and
+//! `.cargo/config.toml` (wasm SIMD on, as the project's own skills build).
 //! The SDK comes as a path dependency (default: this checkout's
 //! `guest-skills/skill-sdk`, which vendors the WIT), a git dependency, or a
 //! registry version once it is published. Templates are files under
@@ -329,6 +330,10 @@ pub fn create(opts: &NewOptions) -> Result<Vec<PathBuf>, AuthoringError> {
         ("tests/cases.jsonl", cases),
         ("README.md", fill(include_str!("templates/README.md.in"))),
         (".gitignore", include_str!("templates/gitignore.in").into()),
+        (
+            ".cargo/config.toml",
+            include_str!("templates/cargo_config.toml.in").into(),
+        ),
     ];
     let mut written = Vec::new();
     for (rel, text) in files {
@@ -373,7 +378,9 @@ mod tests {
             },
         };
         let files = create(&opts).unwrap();
-        assert_eq!(files.len(), 5);
+        assert_eq!(files.len(), 6);
+        let config = std::fs::read_to_string(opts.dir.join(".cargo/config.toml")).unwrap();
+        assert!(config.contains("[target.wasm32-wasip2]") && config.contains("+simd128"));
         let toml = std::fs::read_to_string(opts.dir.join("Cargo.toml")).unwrap();
         assert!(
             toml.contains("skill-sdk = { git = \"https://example.org/host.git\", rev = \"abc\" }")
