@@ -12,6 +12,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod ir;
+pub mod memory;
 pub mod model;
 pub mod onnx;
 pub mod runner;

@@ -6,6 +6,7 @@
 //! same interface: its encodings go through the same truncation, pair
 //! template (`<s> A </s> [B </s>]`) and padding.
 
+mod bounded;
 mod moses;
 #[rustfmt::skip]
 mod moses_tables;
@@ -32,6 +33,8 @@ pub enum TokenizerError {
     EmptyBatch,
     #[error("tokenizer: {0}")]
     Xlm(#[from] xlm::XlmError),
+    #[error("a text of {bytes} bytes is longer than the {max} bytes the host tokenizes per text")]
+    TooLong { bytes: usize, max: usize },
 }
 
 /// Options fixed when a skill opens the tokenizer.
@@ -77,6 +80,8 @@ pub struct HostTokenizer {
     clean_up: bool,
     /// FlauBERT's tokenizer, when the model has no tokenizer.json.
     xlm: Option<XlmTokenizer>,
+    /// How truncated texts are tokenized without tokenizing all of them.
+    bounds: Option<bounded::Bounds>,
 }
 
 impl HostTokenizer {
@@ -127,7 +132,12 @@ impl HostTokenizer {
         pad.pad_to_multiple_of = opts.pad_to_multiple_of.map(|m| m as usize);
         inner.with_padding(Some(pad));
         let clean_up = clean_up_spaces(path, &inner);
+        let bounds = match xlm {
+            Some(_) => None,
+            None => bounded::Bounds::new(&inner, opts.add_special_tokens, opts.with_offsets),
+        };
         Ok(HostTokenizer {
+            bounds,
             inner,
             add_special: opts.add_special_tokens,
             with_offsets: opts.with_offsets,

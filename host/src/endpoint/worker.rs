@@ -310,8 +310,12 @@ impl Worker {
             let job = rx.recv();
             idle.fetch_sub(1, Ordering::SeqCst);
             let Some(job) = job else { break };
+            let bytes: usize = job.batch.iter().map(|p| p.request.len()).sum();
             self.run(job, &rx);
             rx.done();
+            if bytes >= crate::memory::LARGE_REQUEST_BYTES {
+                crate::memory::release_soon();
+            }
         }
     }
 

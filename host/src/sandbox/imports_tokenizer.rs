@@ -1,31 +1,21 @@
 //! The `tokenizer` interface: the model's tokenizer.json run by the host
-//! for skills (texts and pairs, offsets, vocabulary lookups).
+//! for skills (texts and pairs, offsets, vocabulary lookups). Encoding
+//! tokenizes at most `HOST_MAX_TEXT_BYTES` of a text: a text that
+//! truncation cuts is tokenized only as far as its kept tokens need (see
+//! `tokenizer::bounded`), a longer text that cannot be so bounded is refused
+//! before any tokenization.
 
 use wasmtime::component::Resource;
 
 use super::accel::skill::{tokenizer, types};
 use super::convert::*;
 use super::HostState;
-use crate::tokenizer::{HostTokenizer, TokenizerOptions};
+use crate::tokenizer::{HostTokenizer, TokenizerError, TokenizerOptions};
 
 type WitError = types::Error;
 type WResult<T> = wasmtime::Result<Result<T, WitError>>;
 
 impl tokenizer::Host for HostState {}
-
-impl HostState {
-    /// Refuses a text longer than the sandbox allows before any work.
-    fn check_lengths<'a>(&self, texts: impl Iterator<Item = &'a str>) -> Result<(), WitError> {
-        let max = self.max_text_bytes;
-        match texts.map(str::len).find(|&n| n > max) {
-            Some(n) => Err(WitError::InvalidRequest(format!(
-                "a text of {n} bytes is longer than the {max} bytes the host tokenizes per text \
-                 (HOST_MAX_TEXT_BYTES)"
-            ))),
-            None => Ok(()),
-        }
-    }
-}
 
 impl tokenizer::HostTokenizer for HostState {
     fn open(&mut self, options: tokenizer::TokenizerOptions) -> WResult<Resource<HostTokenizer>> {
@@ -50,11 +40,9 @@ impl tokenizer::HostTokenizer for HostState {
         t: Resource<HostTokenizer>,
         texts: Vec<String>,
     ) -> WResult<tokenizer::EncodedBatch> {
-        if let Err(e) = self.check_lengths(texts.iter().map(String::as_str)) {
-            return Ok(Err(e));
-        }
+        let max = self.max_text_bytes;
         let tok = self.table.get(&t)?;
-        Ok(batch_out(tok.encode_batch(texts)))
+        Ok(batch_out(tok.encode_batch_within(texts, max)))
     }
 
     fn encode_pairs(
@@ -62,12 +50,9 @@ impl tokenizer::HostTokenizer for HostState {
         t: Resource<HostTokenizer>,
         pairs: Vec<(String, String)>,
     ) -> WResult<tokenizer::EncodedBatch> {
-        let texts = pairs.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]);
-        if let Err(e) = self.check_lengths(texts) {
-            return Ok(Err(e));
-        }
+        let max = self.max_text_bytes;
         let tok = self.table.get(&t)?;
-        Ok(batch_out(tok.encode_pairs(pairs)))
+        Ok(batch_out(tok.encode_pairs_within(pairs, max)))
     }
 
     fn decode_tokens(
@@ -149,5 +134,11 @@ fn batch_out(
             })
             .collect(),
     })
-    .map_err(|e| WitError::InvalidRequest(e.to_string()))
+    .map_err(|e| match e {
+        TokenizerError::TooLong { .. } => WitError::InvalidRequest(format!(
+            "{e} (HOST_MAX_TEXT_BYTES; with truncation, a longer text whose kept tokens lie \
+             within that many bytes of whitespace-separated text is served)"
+        )),
+        e => WitError::InvalidRequest(e.to_string()),
+    })
 }

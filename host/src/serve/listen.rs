@@ -52,7 +52,8 @@ pub(super) struct BodyRead {
 }
 
 /// Reads the whole body within the timeout (408 otherwise) and at most
-/// `max_bytes` (413 otherwise), before any handler runs.
+/// `max_bytes` (413 otherwise), before any handler runs; after a large
+/// request, the freed memory is returned to the system.
 pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let limited = http_body_util::Limited::new(body, b.max_bytes);
@@ -89,8 +90,14 @@ pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Nex
         )
         .into_response(),
         Ok(Ok(c)) => {
-            next.run(Request::from_parts(parts, Body::from(c.to_bytes())))
-                .await
+            let body = c.to_bytes();
+            let large = body.len() >= crate::memory::LARGE_REQUEST_BYTES;
+            let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+            if large {
+                // Its buffers go back to the system once dropped.
+                crate::memory::release_soon();
+            }
+            response
         }
     }
 }
