@@ -109,7 +109,7 @@ fn text(rng: &mut Rng, bytes: usize) -> String {
     t
 }
 
-fn open(path: &PathBuf, max_length: u32, with_offsets: bool, left: bool) -> HostTokenizer {
+fn open(path: &std::path::Path, max_length: u32, with_offsets: bool, left: bool) -> HostTokenizer {
     let opts = TokenizerOptions {
         max_length: Some(max_length),
         add_special_tokens: true,
