@@ -173,6 +173,10 @@ fn whisper(device: &str) {
         let mut reqs = Vec::new();
         let mut want = Vec::new();
         for (case, c) in entry["cases"].as_object().unwrap() {
+            // Word timestamps: `whisper_words`.
+            if is_words(c) {
+                continue;
+            }
             let mut req = c["kwargs"].clone();
             req["audio"] = json!(wav(clip));
             reqs.push(req.to_string());
@@ -183,6 +187,134 @@ fn whisper(device: &str) {
 }
 
 type Case<'a> = (&'a String, &'a String, &'a Value);
+
+/// One alignment position (0.02 s), plus rounding.
+const TIME_TOLERANCE: f64 = 0.02 + 1e-9;
+
+fn is_words(c: &Value) -> bool {
+    c["kwargs"]["return_timestamps"] == "word"
+}
+
+/// Word-level timestamps (`return_timestamps: "word"`; the cases of
+/// tests/fixtures/gen_tiny_whisper.py's `WORD_CASES` and `LONG_WORDS`: beam
+/// search and greedy, a language without spaces, a previous-text prompt,
+/// long-form): tokens identical to transformers `generate`, and the word
+/// chunks of its ASR pipeline, texts identical and times equal (both
+/// rounded to 0.01 s from 0.02 s alignment positions).
+fn whisper_words(device: &str) {
+    if !available(device) {
+        return;
+    }
+    let r = reference("tiny-whisper");
+    let mut run = runner(
+        "automatic-speech-recognition",
+        &fixture("tiny-whisper"),
+        device,
+        Precision::F32,
+    );
+    let mut reqs = Vec::new();
+    let mut want = Vec::new();
+    for (clip, entry) in r["clips"].as_object().unwrap() {
+        for (case, c) in entry["cases"].as_object().unwrap() {
+            if is_words(c) {
+                let mut req = c["kwargs"].clone();
+                req["audio"] = json!(wav(clip));
+                reqs.push(req.to_string());
+                want.push((clip, case, c));
+            }
+        }
+    }
+    assert!(
+        want.len() >= 9,
+        "word cases in the reference: {}",
+        want.len()
+    );
+    let mut worst = 0f64;
+    let mut moved = 0;
+    let mut words = 0;
+    for ((clip, case, c), got) in want.into_iter().zip(run.handle(&reqs)) {
+        let at = format!("{device} {clip} {case}");
+        let got = got.unwrap_or_else(|e| panic!("{at}: {e}"));
+        assert_eq!(got.json["token_ids"], c["tokens"], "{at}: tokens");
+        assert_eq!(got.json["text"], c["pipeline"]["text"], "{at}: text");
+        let (g, w) = (&got.json["chunks"], &c["pipeline"]["chunks"]);
+        let (g, w) = (g.as_array().expect(&at), w.as_array().expect(&at));
+        assert_eq!(g.len(), w.len(), "{at}: words {g:?}");
+        for (g, w) in g.iter().zip(w) {
+            assert_eq!(g["text"], w["text"], "{at}: {g} vs {w}");
+            words += 1;
+            let mut differs = false;
+            for k in 0..2 {
+                let (a, b) = (&g["timestamp"][k], &w["timestamp"][k]);
+                let d = (a.as_f64().expect(&at) - b.as_f64().expect(&at)).abs();
+                worst = worst.max(d);
+                differs |= d > 0.0;
+            }
+            moved += differs as usize;
+        }
+    }
+    eprintln!("{device}: {words} words, {moved} with other times, worst {worst}");
+    assert!(
+        worst <= TIME_TOLERANCE,
+        "{device}: worst time difference {worst}"
+    );
+}
+
+#[test]
+fn whisper_words_match_transformers_on_cpu() {
+    whisper_words("cpu");
+}
+
+#[test]
+fn whisper_words_match_transformers_on_openvino() {
+    whisper_words("openvino");
+}
+
+#[test]
+fn whisper_words_match_transformers_on_cuda() {
+    whisper_words("cuda");
+}
+
+/// Word timestamps need the generation config's `alignment_heads` (a copy
+/// of the fixture without them refuses, as transformers does), and a CTC
+/// model refuses them.
+#[test]
+fn whisper_words_need_alignment_heads() {
+    if !available("cpu") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tiny-whisper-no-heads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-whisper")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let gen_path = dir.join("generation_config.json");
+    let mut gen: Value = serde_json::from_slice(&std::fs::read(&gen_path).unwrap()).unwrap();
+    gen.as_object_mut().unwrap().remove("alignment_heads");
+    std::fs::write(&gen_path, gen.to_string()).unwrap();
+    let tone = wav("tone_16k.wav");
+    let word = json!({"audio": tone, "return_timestamps": "word", "max_new_tokens": 4}).to_string();
+    let mut run = runner("automatic-speech-recognition", &dir, "cpu", Precision::F32);
+    let out = run.handle(&[
+        word.clone(),
+        json!({"audio": tone, "max_new_tokens": 4}).to_string(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, "unsupported", "{e}");
+    assert!(e.message.contains("alignment_heads"), "{e}");
+    assert!(out[1].is_ok(), "{:?}", out[1]);
+    let mut ctc = runner(
+        "automatic-speech-recognition",
+        &fixture("tiny-wav2vec2-ctc"),
+        "cpu",
+        Precision::F32,
+    );
+    let word = json!({"audio": tone, "return_timestamps": "word"}).to_string();
+    let e = ctc.handle(&[word]).remove(0).unwrap_err();
+    assert_eq!(e.kind, "unsupported", "{e}");
+}
 
 fn check_whisper(device: &str, want: Vec<Case>, got: Vec<Result<Output, RequestError>>) {
     for ((clip, case, c), got) in want.into_iter().zip(got) {
@@ -324,7 +456,7 @@ fn whisper_refuses_what_it_cannot_do() {
         json!({"audio": tone, "return_timestamps": 3}).to_string(),
         json!({"audio": tone, "language": "klingon"}).to_string(),
         json!({"audio": tone, "task": "summarize"}).to_string(),
-        json!({"audio": tone, "return_timestamps": "word"}).to_string(),
+        json!({"audio": tone, "return_timestamps": "words"}).to_string(),
         json!({"audio": tone, "max_new_tokens": 446}).to_string(),
         json!({"audio": tone, "language": "de", "max_new_tokens": 3}).to_string(),
         json!({"audio": tone, "prompt": "hi", "prompt_condition_type": "all-segments"}).to_string(),

@@ -14,6 +14,8 @@ pub struct Chunk {
     pub text: String,
     pub start: Option<f64>,
     pub end: Option<f64>,
+    /// Where its text tokens are in the transcript's tokens.
+    pub at: Vec<usize>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -36,6 +38,7 @@ pub fn assemble(
         text: String::new(),
         start: None,
         end: None,
+        at: Vec::new(),
     };
     let mut chunks = Vec::new();
     let mut chunk = new();
@@ -46,6 +49,7 @@ pub fn assemble(
     for (i, &token) in tokens.iter().enumerate() {
         if token < text_end {
             current.push(token);
+            chunk.at.push(i);
             continue;
         }
         if token < begin {

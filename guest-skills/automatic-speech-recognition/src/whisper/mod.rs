@@ -23,13 +23,20 @@
 //! generation keys `max_new_tokens`, `num_beams`, `length_penalty`,
 //! `top_k`, `top_p`, `seed`; also accepted inside `generate_kwargs` (the
 //! pipeline's form). See [`parse`].
+//!
+//! `return_timestamps: "word"` decodes as `true` does, then times each
+//! generated token from the cross-attention of the checkpoint's
+//! `alignment_heads` ([`align`]) and answers words ([`words`]) instead of
+//! segments, as the pipeline does.
 
+mod align;
 pub mod chunks;
 mod context;
 mod languages;
 mod parse;
 mod passes;
 mod window;
+mod words;
 
 use serde_json::Value;
 use skill_sdk::audio::mel::LogMel;
@@ -79,6 +86,8 @@ pub struct Whisper {
     tokenizer: Tokenizer,
     defaults: Defaults,
     ids: Ids,
+    /// `alignment_heads` of the generation config (none: no word times).
+    alignment: Option<align::Alignment>,
 }
 
 /// One parsed request.
@@ -88,6 +97,10 @@ pub struct Job {
     frames: usize,
     /// Answer with timed chunks.
     chunks: bool,
+    /// Timed words instead of segments (`return_timestamps: "word"`).
+    words: bool,
+    /// Feature frames of the audio itself (the extractor's attention mask).
+    audio_frames: usize,
     /// Seconds of audio.
     duration: f64,
     /// Settings at temperature 0 (each attempt sets its own sampling).
@@ -151,6 +164,7 @@ impl Whisper {
             .map(i64::from)
             .or(ids.prev_sot);
         let slots = skill_sdk::runtime::device().fixed_shapes;
+        let alignment = alignment(&defaults, config)?;
         Ok(Whisper {
             decoder: Decoder::new(model, slots),
             encode,
@@ -158,6 +172,7 @@ impl Whisper {
             tokenizer,
             defaults,
             ids,
+            alignment,
         })
     }
 
@@ -174,6 +189,39 @@ impl Whisper {
             .collect();
         self.tokenizer.decode(&ids, true)
     }
+}
+
+/// `alignment_heads` ([layer, head] pairs) of the generation config and
+/// config.json's `median_filter_width` (7).
+fn alignment(d: &Defaults, config: &Json) -> Result<Option<align::Alignment>, Error> {
+    let Some(list) = d.get("alignment_heads").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::Model("generation_config.json: `alignment_heads` must be [layer, head] pairs".into())
+    };
+    let pairs = list
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|p| match p.as_array().map(Vec::as_slice) {
+            Some([l, h]) => match (l.as_u64(), h.as_u64()) {
+                (Some(l), Some(h)) => Ok((l, h)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let width = config.u64_or("median_filter_width", 7)?;
+    if width % 2 == 0 {
+        return Err(Error::Model(format!(
+            "config.json: `median_filter_width` must be odd, got {width}"
+        )));
+    }
+    Ok(Some(align::Alignment::new(pairs, width as usize)))
 }
 
 impl Ids {

@@ -2,8 +2,9 @@
 //! pipeline's form) resolved as transformers' Whisper `generate` and the
 //! ASR pipeline resolve them.
 //!
-//! - `return_timestamps`: `true` (timed chunks), `"word"` (timed words,
-//!   not served yet), or the generation config's default.
+//! - `return_timestamps`: `true` (timed chunks), `"word"` (timed words:
+//!   decoded as `true`, then aligned; needs the generation config's
+//!   `alignment_heads`), or the generation config's default.
 //! - `prompt`: previous text, as `WhisperProcessor.get_prompt_ids` makes
 //!   `prompt_ids` (`<|startofprev|>`, then `" " + text.strip()` encoded
 //!   without special tokens; special tokens in the text are refused).
@@ -118,16 +119,23 @@ impl Whisper {
             opts.insert(k.clone(), v.clone());
         }
         let get = |k: &str| opts.get(k).filter(|v| !v.is_null()).cloned();
+        let mut words = false;
         let chunks = match get("return_timestamps") {
             // As the pipeline: asked, or the generation config's default.
             None | Some(Value::Bool(false)) => self.ids.timestamps_default.unwrap_or(false),
             Some(Value::Bool(true)) => true,
             Some(Value::String(s)) if s == "word" => {
-                return Err(Error::Unsupported(
-                    "word-level timestamps are not supported yet".into(),
-                ))
+                if self.alignment.is_none() {
+                    return Err(Error::Unsupported(
+                        "word-level timestamps need the generation config's `alignment_heads` \
+                         (this checkpoint has none; transformers refuses the same)"
+                            .into(),
+                    ));
+                }
+                words = true;
+                true
             }
-            Some(_) => return Err(invalid("`return_timestamps` must be a boolean")),
+            Some(_) => return Err(invalid("`return_timestamps` must be a boolean or \"word\"")),
         };
         if long && !chunks && self.ids.timestamps_default == Some(false) {
             return Err(invalid(
@@ -198,6 +206,11 @@ impl Whisper {
             features: self.mel.features(samples),
             frames: self.mel.frames_of(samples.len()),
             chunks,
+            words,
+            audio_frames: samples
+                .len()
+                .div_ceil(self.mel.hop.max(1))
+                .min(self.mel.frames_of(samples.len())),
             duration: samples.len() as f64 / self.mel.rate as f64,
             settings,
             prompt,

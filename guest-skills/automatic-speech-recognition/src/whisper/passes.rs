@@ -14,6 +14,10 @@
 //! When a `prompt` precedes the start token and the language is to be
 //! detected, it is detected first from `<|startoftranscript|>` alone on the
 //! first window, as transformers' `detect_language` does.
+//!
+//! Word timestamps: each window kept is recorded (its prompt and tokens)
+//! and aligned once the transcript is done ([`super::align`]); the chunks
+//! are then cut into timed words ([`super::words`]).
 
 use serde_json::{json, Value};
 use skill_sdk::generation::fallback::{self, Measures, Verdict};
@@ -21,6 +25,7 @@ use skill_sdk::generation::settings::Settings;
 use skill_sdk::seq2seq::run::{self, Finish, PromptToken};
 use skill_sdk::{Error, Response};
 
+use super::align::{self, Window};
 use super::context::{split, Context};
 use super::window::{run_pass, window, PassOut, STRIDE};
 use super::{chunks, Job, Whisper};
@@ -48,6 +53,8 @@ struct State {
     calls: u64,
     /// Each attempt's measures and verdict, for the answer.
     attempts: Vec<Value>,
+    /// Word timestamps: the windows kept and how many of their tokens.
+    windows: Vec<(Window, usize)>,
 }
 
 fn fixed(tokens: &[i64]) -> Vec<PromptToken> {
@@ -71,6 +78,7 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
             condition: j.condition,
             calls: 0,
             attempts: Vec::new(),
+            windows: Vec::new(),
         })
         .collect();
     detect_languages(w, jobs, &mut states)?;
@@ -290,12 +298,24 @@ fn take(w: &Whisper, j: &Job, s: &mut State, settings: &Settings, sot: usize, ou
         s.done = s.seek >= total || left == 0;
         return;
     }
+    let generated = match j.words {
+        true => out.tokens.clone(),
+        false => Vec::new(),
+    };
     let mut toks = out.tokens;
     if toks.last().is_some_and(|t| j.settings.eos.contains(t)) {
         toks.pop();
     }
     let begin = w.begin();
     let (kept, advance) = continuation(&toks, begin, left);
+    if j.words {
+        let window = Window {
+            seek: s.seek,
+            prompt: out.prompt,
+            generated,
+        };
+        s.windows.push((window, kept));
+    }
     let mut from = 0;
     for cut in split(&toks[..kept], begin) {
         s.segments.push(toks[from..cut].to_vec());
@@ -335,6 +355,17 @@ fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
         .flatten()
         .find_map(|t| w.ids.languages.iter().find(|(_, id)| id == t))
         .map(|(code, _)| code.clone());
+    let timed_words = match job.words {
+        true => Some(timed_words(
+            w,
+            job,
+            &s,
+            &tokens,
+            &parts,
+            language.as_deref(),
+        )?),
+        false => None,
+    };
     let mut json = json!({
         "text": text,
         "token_ids": tokens,
@@ -342,7 +373,9 @@ fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
         "language": language,
         "duration": job.duration,
     });
-    if job.chunks {
+    if let Some(words) = timed_words {
+        json["chunks"] = Value::Array(words);
+    } else if job.chunks {
         json["chunks"] = Value::Array(
             parts
                 .iter()
@@ -357,6 +390,54 @@ fn respond(w: &Whisper, job: &Job, s: State) -> Result<Response, Error> {
         json: json.to_string(),
         tensors: Vec::new(),
     })
+}
+
+/// The word chunks of a transcript (`tokens`, cut into `parts`), as the
+/// pipeline's `_decode_asr` times them: a text token at `i` runs from the
+/// time of token `i - 1` (0 for the first) to its own, rounded to 0.01 s.
+fn timed_words(
+    w: &Whisper,
+    job: &Job,
+    s: &State,
+    tokens: &[i64],
+    parts: &[chunks::Chunk],
+    language: Option<&str>,
+) -> Result<Vec<Value>, Error> {
+    let windows: Vec<&Window> = s.windows.iter().map(|(win, _)| win).collect();
+    let per_window = align::token_times(w, job, &windows)?;
+    let mut times: Vec<f64> = Vec::with_capacity(tokens.len());
+    for ((_, kept), t) in s.windows.iter().zip(&per_window) {
+        times.extend(t.iter().take(*kept));
+    }
+    if times.len() != tokens.len() {
+        return Err(skill_sdk::internal(format!(
+            "{} token times for {} tokens",
+            times.len(),
+            tokens.len()
+        )));
+    }
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let unicode = language.is_some_and(super::words::unspaced);
+    let text_end = job.settings.eos.first().copied().unwrap_or(w.begin());
+    let decode = |t: &[i64]| w.text(t);
+    let mut out = Vec::new();
+    for c in parts {
+        let ids: Vec<i64> = c.at.iter().map(|&i| tokens[i]).collect();
+        let spans: Vec<(f64, f64)> =
+            c.at.iter()
+                .map(|&i| {
+                    let start = match i {
+                        0 => 0.0,
+                        _ => times[i - 1],
+                    };
+                    (round2(start), round2(times[i]))
+                })
+                .collect();
+        for word in super::words::words(&ids, &spans, unicode, text_end, &decode)? {
+            out.push(json!({"text": word.text, "timestamp": [word.start, word.end]}));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

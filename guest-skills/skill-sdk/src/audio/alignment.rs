@@ -8,9 +8,13 @@
 //! tie rules); each token's time is the position where the path first
 //! reaches it.
 //!
-//! The word-level answer (`return_timestamps: "word"`) also needs the
-//! decode graphs to give these weights along the chosen beam, which the
-//! Whisper skill does not do yet: this module is its numeric part.
+//! The weights come from the decoder's forced-alignment pass
+//! (`seq2seq::Seq2Seq::align_graph`); the Whisper skill turns the times into
+//! word timestamps (`return_timestamps: "word"`).
+//!
+//! Where the path reaches a token before the first position (NaN costs,
+//! e.g. a column of equal weights normalised to 0/0) its time is -1
+//! position (-0.02 s), as transformers gives it.
 
 /// Sorts `v` with NaN last (torch's sort).
 fn sort_nan_last(v: &mut [f32]) {
@@ -56,8 +60,8 @@ pub fn median_filter(row: &[f32], width: usize) -> Vec<f32> {
 
 /// Dynamic time warping of `matrix` [rows, cols] (costs): the path's row
 /// and column indices, from the start (transformers'
-/// `_dynamic_time_warping`).
-pub fn dtw(matrix: &[f64], rows: usize, cols: usize) -> (Vec<usize>, Vec<usize>) {
+/// `_dynamic_time_warping`; -1 where the path runs along the border).
+pub fn dtw(matrix: &[f64], rows: usize, cols: usize) -> (Vec<i64>, Vec<i64>) {
     let w = cols + 1;
     let mut cost = vec![f32::INFINITY; (rows + 1) * w];
     let mut trace = vec![-1i8; (rows + 1) * w];
@@ -83,8 +87,8 @@ pub fn dtw(matrix: &[f64], rows: usize, cols: usize) -> (Vec<usize>, Vec<usize>)
     let (mut i, mut j) = (rows, cols);
     let (mut text, mut time) = (Vec::new(), Vec::new());
     while i > 0 || j > 0 {
-        text.push(i.wrapping_sub(1));
-        time.push(j.wrapping_sub(1));
+        text.push(i as i64 - 1);
+        time.push(j as i64 - 1);
         match trace[i * w + j] {
             0 => {
                 i -= 1;
@@ -159,6 +163,14 @@ mod tests {
             vec![5.0, 2.0, 5.0, 2.0]
         );
         assert_eq!(median_filter(&[1.0], 3), vec![1.0]);
+    }
+
+    /// Equal weights over the tokens normalise to 0/0: NaN costs send the
+    /// path along the first column (time -1), as transformers' does.
+    #[test]
+    fn nan_costs_give_minus_one_position() {
+        let w = vec![0.5f32; 2 * 3 * 4];
+        assert_eq!(jump_times(&w, 2, 3, 4, 4, 7, 0.02), vec![-0.02; 3]);
     }
 
     /// transformers 5.25 on these weights (2 heads, 5 tokens, 12 positions,

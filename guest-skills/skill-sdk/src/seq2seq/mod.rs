@@ -31,6 +31,7 @@
 //!   token per row, `top_values` (f32) and `top_indices` (i64) [rows, k],
 //!   largest first, and with `logits` the raw `logits` [rows, vocab].
 
+mod align;
 mod families;
 #[cfg(feature = "generation")]
 mod jobs;
