@@ -877,4 +877,39 @@ fn whisper_transcriptions_in_every_openai_format() {
     assert!(vtt.starts_with("WEBVTT\n\n"), "{vtt}");
     let (code, body) = form(b"xml");
     assert_eq!(code, 400, "{body}");
+    // Word timestamps: `words` (alone, or beside the segments).
+    let words = |granularities: &[&'static [u8]]| {
+        let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![
+            ("file", Some("a.wav"), &wav),
+            ("model", None, b"whisper"),
+            ("response_format", None, b"verbose_json"),
+        ];
+        parts.extend(
+            granularities
+                .iter()
+                .map(|g| ("timestamp_granularities[]", None, *g)),
+        );
+        let (code, body) = post_form(&a, &t, &parts);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    for (asked, segments) in [
+        (&[&b"word"[..]][..], 0),
+        (&[&b"word"[..], &b"segment"[..]][..], chunks.len()),
+    ] {
+        let v = words(asked);
+        let list = v["words"].as_array().expect("words");
+        let joined: String = list.iter().filter_map(|w| w["word"].as_str()).collect();
+        assert_eq!(joined, v["text"].as_str().unwrap_or_default(), "{v}");
+        assert!(
+            list.iter()
+                .all(|w| w["start"].as_f64() <= w["end"].as_f64()),
+            "{v}"
+        );
+        assert_eq!(
+            v["segments"].as_array().map(Vec::len),
+            Some(segments),
+            "{v}"
+        );
+    }
 }

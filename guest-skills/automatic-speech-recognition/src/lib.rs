@@ -13,7 +13,8 @@
 //! "sampling_rate": 16000}`; Whisper also takes `language`, `task`,
 //! `return_timestamps`, `prompt`, the fallback keys and generation keys.
 //! Response: `{"text"}`, and for Whisper `"chunks": [{"text", "timestamp":
-//! [start, end]}]` when timestamps are asked, `"language"`, `"token_ids"`,
+//! [start, end]}]` when timestamps are asked (segments, or words with
+//! `"return_timestamps": "word"`), `"language"`, `"token_ids"`,
 //! `"finish_reason"`, and `"attempts"` (each decoding attempt's
 //! temperature, measures and verdict) when a fallback is set.
 
@@ -64,7 +65,7 @@ impl Guest for Asr {
             name: "automatic-speech-recognition".into(),
             task: "automatic-speech-recognition".into(),
             architectures,
-            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV, FLAC, MP3 or OGG/Vorbis (resampled to the model rate)"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"language":{"type":"string"},"task":{"enum":["transcribe","translate"]},"return_timestamps":{"type":"boolean"},"prompt":{"type":"string","description":"Whisper: previous text (prompt_ids)"},"condition_on_prev_tokens":{"type":"boolean"},"prompt_condition_type":{"enum":["first-segment","all-segments"]},"temperature":{"oneOf":[{"type":"number"},{"type":"array","items":{"type":"number"}}],"description":"Whisper: a list falls back from one to the next"},"compression_ratio_threshold":{"type":"number"},"logprob_threshold":{"type":"number"},"no_speech_threshold":{"type":"number"},"seed":{"type":"integer"}}}"#.into(),
+            request_schema: r#"{"type":"object","properties":{"audio":{"type":"string","description":"base64 WAV, FLAC, MP3 or OGG/Vorbis (resampled to the model rate)"},"array":{"type":"array","items":{"type":"number"}},"sampling_rate":{"type":"integer"},"language":{"type":"string"},"task":{"enum":["transcribe","translate"]},"return_timestamps":{"oneOf":[{"type":"boolean"},{"enum":["word"]}],"description":"Whisper: \"word\" gives timed words"},"prompt":{"type":"string","description":"Whisper: previous text (prompt_ids)"},"condition_on_prev_tokens":{"type":"boolean"},"prompt_condition_type":{"enum":["first-segment","all-segments"]},"temperature":{"oneOf":[{"type":"number"},{"type":"array","items":{"type":"number"}}],"description":"Whisper: a list falls back from one to the next"},"compression_ratio_threshold":{"type":"number"},"logprob_threshold":{"type":"number"},"no_speech_threshold":{"type":"number"},"seed":{"type":"integer"}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"chunks":{"type":"array"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             // The defaults (512 MiB, 5e10 fuel per call): decoding inputs

@@ -107,7 +107,9 @@ pub(super) async fn request(
 /// OpenAI `POST /v1/audio/transcriptions`: `file`, `model` (the endpoint),
 /// `language`, `temperature` (0: greedy), `response_format` (json, text,
 /// verbose_json, srt, vtt: rendered by [`transcripts`]; the subtitles and
-/// `timestamp_granularities[]` ask the skill for timestamps). `prompt` is
+/// `timestamp_granularities[]` ask the skill for timestamps; `word` with
+/// verbose_json asks for word timestamps too, answered as `words`, with
+/// segments only when `segment` is asked as well). `prompt` is
 /// refused.
 pub(super) async fn transcriptions(
     State(state): State<Arc<AppState>>,
@@ -119,6 +121,7 @@ pub(super) async fn transcriptions(
         return Err(bad("send multipart/form-data with a `file` part"));
     }
     let mut fields = Map::new();
+    let mut granularities: Vec<String> = Vec::new();
     let mut audio = None;
     for p in parts(&headers, body).await? {
         match (p.name.as_str(), p.file) {
@@ -126,6 +129,9 @@ pub(super) async fn transcriptions(
             (name, _) => {
                 let text = String::from_utf8(p.bytes)
                     .map_err(|_| bad(format!("form field `{name}` is not UTF-8 text")))?;
+                if name.starts_with("timestamp_granularities") {
+                    granularities.push(text.clone());
+                }
                 fields.insert(name.to_string(), Value::String(text));
             }
         }
@@ -182,9 +188,24 @@ pub(super) async fn transcriptions(
                 })
             })
     };
+    let words = format == Format::VerboseJson && granularities.iter().any(|g| g == "word");
+    let word_list = match words {
+        true => {
+            let mut word_req = req.clone();
+            word_req["return_timestamps"] = Value::String("word".into());
+            let mut w = call(word_req).await?;
+            let list = w.json.remove("chunks").unwrap_or(Value::Array(Vec::new()));
+            if !granularities.iter().any(|g| g == "segment") {
+                w.json.insert("words".into(), list);
+                return Ok(rendered(format, w.json));
+            }
+            Some(list)
+        }
+        false => None,
+    };
     // verbose_json has segments when the model gives timestamps (OpenAI's
     // default granularity), none from a model that cannot.
-    let out = match (format, timed) {
+    let mut out = match (format, timed) {
         (Format::VerboseJson, false) => {
             let mut timed_req = req.clone();
             timed_req["return_timestamps"] = Value::Bool(true);
@@ -195,9 +216,17 @@ pub(super) async fn transcriptions(
         }
         _ => call(req).await?,
     };
-    Ok((
+    if let Some(list) = word_list {
+        out.json.insert("words".into(), list);
+    }
+    Ok(rendered(format, out.json))
+}
+
+/// The transcription answer rendered in `format`.
+fn rendered(format: Format, answer: Map<String, Value>) -> Response {
+    (
         [(header::CONTENT_TYPE, format.content_type())],
-        transcripts::render(format, &Value::Object(out.json)),
+        transcripts::render(format, &Value::Object(answer)),
     )
-        .into_response())
+        .into_response()
 }

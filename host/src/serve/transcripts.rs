@@ -95,14 +95,24 @@ pub fn render(format: Format, answer: &Value) -> String {
                 .enumerate()
                 .map(|(id, s)| json!({"id": id, "start": s.start, "end": s.end, "text": s.text}))
                 .collect();
-            json!({
+            let mut out = json!({
                 "task": "transcribe",
                 "language": answer.get("language").cloned().unwrap_or(Value::Null),
                 "duration": answer.get("duration").cloned().unwrap_or(Value::Null),
                 "text": text,
                 "segments": segs,
-            })
-            .to_string()
+            });
+            // Word timestamps (`timestamp_granularities[]=word`): the
+            // skill's word chunks as OpenAI's `words`.
+            if let Some(words) = answer.get("words").and_then(Value::as_array) {
+                let at =
+                    |w: &Value, i: usize| w["timestamp"].get(i).cloned().unwrap_or(Value::Null);
+                out["words"] = words
+                    .iter()
+                    .map(|w| json!({"word": w["text"], "start": at(w, 0), "end": at(w, 1)}))
+                    .collect();
+            }
+            out.to_string()
         }
         Format::Srt => segments(answer)
             .iter()
@@ -169,5 +179,17 @@ mod tests {
         assert_eq!(v["segments"][1]["id"], 1);
         assert_eq!(v["duration"], 4.5);
         assert_eq!(render(Format::Text, &answer()), " Hello world. Again");
+        assert!(v.get("words").is_none());
+    }
+
+    #[test]
+    fn verbose_json_lists_words() {
+        let mut a = answer();
+        a["words"] = json!([{"text": " Hello", "timestamp": [0.0, 0.42]}]);
+        let v: Value = serde_json::from_str(&render(Format::VerboseJson, &a)).unwrap();
+        assert_eq!(
+            v["words"],
+            json!([{"word": " Hello", "start": 0.0, "end": 0.42}])
+        );
     }
 }

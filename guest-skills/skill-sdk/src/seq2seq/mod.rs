@@ -30,6 +30,9 @@
 //!   adds them up), else by logit (the same order). Outputs: the `top_k` best log-probabilities of the next
 //!   token per row, `top_values` (f32) and `top_indices` (i64) [rows, k],
 //!   largest first, and with `logits` the raw `logits` [rows, vocab].
+//! - the **align** graph (Whisper's word timestamps, [`align`]) runs the
+//!   decoder once over whole sequences for chosen cross-attention heads'
+//!   probabilities.
 
 mod align;
 mod families;
