@@ -22,8 +22,10 @@ use super::{Job, Whisper};
 
 /// transformers' `time_precision` of token timestamps (s per position).
 const PRECISION: f64 = 0.02;
-/// Windows aligned together (the weights are [rows, heads, seq, 1500]).
-const BATCH: usize = 4;
+/// Bytes of attention weights one alignment run may return ([rows, heads,
+/// seq, positions] f32): windows are aligned together up to this (one at
+/// least).
+const WEIGHTS_BUDGET: usize = 64 << 20;
 
 /// A decoded window whose tokens are timed.
 pub struct Window {
@@ -82,9 +84,24 @@ pub fn token_times(w: &Whisper, job: &Job, windows: &[&Window]) -> Result<Vec<Ve
         .graph
         .get()
         .ok_or_else(|| skill_sdk::internal("alignment graph missing"))?;
+    let row_bytes = |win: &Window| {
+        let seq = win.prompt.len() + win.generated.len();
+        a.heads.len() * seq * (w.mel.frames() / STRIDE) * 4
+    };
     let mut out = Vec::with_capacity(windows.len());
-    for group in windows.chunks(BATCH) {
-        out.extend(align_group(w, a, graph, job, group)?);
+    let mut from = 0;
+    while from < windows.len() {
+        let mut to = from + 1;
+        let mut widest = row_bytes(windows[from]);
+        while to < windows.len() {
+            widest = widest.max(row_bytes(windows[to]));
+            if widest * (to + 1 - from) > WEIGHTS_BUDGET {
+                break;
+            }
+            to += 1;
+        }
+        out.extend(align_group(w, a, graph, job, &windows[from..to])?);
+        from = to;
     }
     Ok(out)
 }
