@@ -8,19 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::http::*;
 use common::*;
-use host::endpoint::BatchPolicy;
 use host::serve::ServeOptions;
-
-fn embedding_endpoint() -> host::endpoint::EndpointConfig {
-    config(
-        "emb",
-        "text-embedding",
-        &fixture("tiny-bert"),
-        "cpu",
-        BatchPolicy::default(),
-        1,
-    )
-}
 
 /// Clients sending 8 MB texts (truncated: tokenized only as far as the
 /// kept tokens) do not slow the others: the p99 latency of small embedding

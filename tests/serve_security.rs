@@ -55,17 +55,6 @@ fn call(
     (code, v, headers)
 }
 
-fn embedding_endpoint() -> host::endpoint::EndpointConfig {
-    config(
-        "emb",
-        "text-embedding",
-        &fixture("tiny-bert"),
-        "cpu",
-        BatchPolicy::default(),
-        1,
-    )
-}
-
 #[test]
 fn keys_guard_inference_and_admin_routes() {
     if !available("cpu") {

@@ -85,6 +85,18 @@ pub fn config(
     c
 }
 
+/// A text-embedding endpoint `emb` on the tiny BERT fixture, on cpu.
+pub fn embedding_endpoint() -> EndpointConfig {
+    config(
+        "emb",
+        "text-embedding",
+        &super::fixture("tiny-bert"),
+        "cpu",
+        BatchPolicy::default(),
+        1,
+    )
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
