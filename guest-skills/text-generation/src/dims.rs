@@ -1,14 +1,15 @@
-//! Decoder sizes from config.json: hidden width, heads, layers, norm
-//! epsilon, activation, GPT-Neo's local-attention layers and Mistral's
-//! sliding window, per architecture's config keys; LLaMA-style configs
-//! may set `head_dim` (heads x head_dim need not be the hidden width).
+//! Decoder sizes from config.json, by the spec's config keys: hidden
+//! width, heads, layers, norm epsilon, activation, the layers that attend
+//! within a window (GPT-Neo's local layers, Mistral's sliding window) and
+//! the attention scale; LLaMA-style configs may set `head_dim` (heads x
+//! head_dim need not be the hidden width).
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::UnaryOp;
 use skill_sdk::graph_ext::activation;
 use skill_sdk::Error;
 
-use crate::decoder::Arch;
+use crate::arch::{DecoderSpec, Qkv, Window};
 
 pub(crate) struct Dims {
     /// One projection for q/k/v and for gate/up (weights concatenated).
@@ -27,73 +28,43 @@ pub(crate) struct Dims {
     pub(crate) scale: Option<f32>,
 }
 
-pub(crate) fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
-    let (hidden, heads, layers) = match arch {
-        Arch::Gpt2 | Arch::GptJ | Arch::CodeGen => {
-            (c.u64("n_embd")?, c.u64("n_head")?, c.u64("n_layer")?)
-        }
-        Arch::Bloom => (c.u64("hidden_size")?, c.u64("n_head")?, c.u64("n_layer")?),
-        Arch::GptNeo => (
-            c.u64("hidden_size")?,
-            c.u64("num_heads")?,
-            c.u64("num_layers")?,
-        ),
-        _ => (
-            c.u64("hidden_size")?,
-            c.u64("num_attention_heads")?,
-            c.u64("num_hidden_layers")?,
-        ),
-    };
+pub(crate) fn dims(spec: &DecoderSpec, c: &Json) -> Result<Dims, Error> {
+    let k = &spec.keys;
+    let (hidden, heads, layers) = (c.u64(k.hidden)?, c.u64(k.heads)?, c.u64(k.layers)?);
     if heads == 0 || hidden % heads != 0 {
         return Err(Error::Model(format!(
             "config.json: hidden size {hidden} is not a multiple of {heads} heads"
         )));
     }
-    if arch == Arch::CodeGen && !heads.is_multiple_of(4) {
-        return Err(Error::Model(format!(
-            "config.json: CodeGen's q/k/v projection is split in 4 shards; {heads} heads do not divide"
-        )));
+    if let Qkv::QvkShards { shards, .. } = spec.block.qkv {
+        if !heads.is_multiple_of(shards) {
+            return Err(Error::Model(format!(
+                "config.json: the q/k/v projection is split in {shards} shards; {heads} heads do not divide"
+            )));
+        }
     }
-    let kv_heads = c.u64_or("num_key_value_heads", heads)?;
-    let eps = match arch {
-        Arch::Gpt2 | Arch::Bloom | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
-            c.f64_or("layer_norm_epsilon", 1e-5)?
-        }
-        Arch::Opt => 1e-5,
-        _ => c.f64_or("rms_norm_eps", 1e-6)?,
+    let kv_heads = c.u64_or(k.kv_heads, heads)?;
+    let eps = match k.eps {
+        Some(key) => c.f64_or(key, k.eps_default)?,
+        None => k.eps_default,
     } as f32;
-    let act = match arch {
-        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo | Arch::CodeGen => {
-            activation(c.str_or("activation_function", "gelu_new")?)?
-        }
-        Arch::Opt => activation(c.str_or("activation_function", "relu")?)?,
-        // BLOOM's gelu is the tanh approximation.
-        Arch::Bloom => UnaryOp::GeluTanh,
-        _ => activation(c.str_or("hidden_act", "silu")?)?,
-    };
-    let (local, window, scale) = match arch {
-        Arch::GptNeo => (
-            attention_layers(c, layers)?,
-            c.u64("window_size")?,
-            Some(1.0),
-        ),
-        // Every layer attends within `sliding_window` positions.
-        // (`MistralConfig`'s 4096 when the key is absent).
-        Arch::Mistral => (
-            vec![true; layers as usize],
-            c.u64_or("sliding_window", 4096)?,
-            None,
-        ),
-        _ => (vec![false; layers as usize], 0, None),
+    let act = activation(match k.act {
+        Some(key) => c.str_or(key, k.act_default)?,
+        None => k.act_default,
+    })?;
+    let (local, window) = match spec.window {
+        Window::None => (vec![false; layers as usize], 0),
+        Window::PerLayer { types, size } => (attention_layers(c, types, layers)?, c.u64(size)?),
+        Window::All { key, default, .. } => (vec![true; layers as usize], c.u64_or(key, default)?),
     };
     if window == 0 && local.contains(&true) {
         return Err(Error::Model(
             "config.json: an attention window of 0 positions".into(),
         ));
     }
-    let head_dim = match arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Mistral => c.u64_or("head_dim", hidden / heads)?,
-        _ => hidden / heads,
+    let head_dim = match k.head_dim {
+        Some(key) => c.u64_or(key, hidden / heads)?,
+        None => hidden / heads,
     };
     if head_dim == 0 {
         return Err(Error::Model("config.json: `head_dim` is 0".into()));
@@ -109,19 +80,19 @@ pub(crate) fn dims(arch: Arch, c: &Json) -> Result<Dims, Error> {
         eps,
         local,
         window,
-        scale,
+        scale: spec.unscaled_attention.then_some(1.0),
     })
 }
 
-/// GPT-Neo's per-layer attention kinds from `attention_types`
-/// (`[[["global", "local"], n], ...]`: the pattern repeated n times): true
+/// GPT-Neo's per-layer attention kinds from `attention_types` (`key`:
+/// `[[["global", "local"], n], ...]`, the pattern repeated n times): true
 /// where a layer is local.
-fn attention_layers(c: &Json, layers: u64) -> Result<Vec<bool>, Error> {
-    let bad = || Error::Model("config.json: malformed `attention_types`".into());
+fn attention_layers(c: &Json, key: &str, layers: u64) -> Result<Vec<bool>, Error> {
+    let bad = || Error::Model(format!("config.json: malformed `{key}`"));
     let mut out = Vec::new();
     let groups = c
         .value
-        .get("attention_types")
+        .get(key)
         .and_then(|v| v.as_array())
         .ok_or_else(bad)?;
     for group in groups {
@@ -144,7 +115,7 @@ fn attention_layers(c: &Json, layers: u64) -> Result<Vec<bool>, Error> {
     }
     if out.len() as u64 != layers {
         return Err(Error::Model(format!(
-            "config.json: `attention_types` describes {} layers, the model has {layers}",
+            "config.json: `{key}` describes {} layers, the model has {layers}",
             out.len()
         )));
     }

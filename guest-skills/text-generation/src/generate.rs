@@ -18,7 +18,7 @@ use skill_sdk::runtime::Session;
 use skill_sdk::tensors::{f32_tensor, i64_tensor};
 use skill_sdk::{Error, NamedTensor, Response, Tensor};
 
-use crate::decoder::{self, Cache, Variant};
+use crate::decoder::{self, Cache, Step, Variant};
 use crate::respond::{self, Timings};
 use crate::{cache_slots, f32s, i64s, parse, stop_hit, Loaded, Request};
 use skill_sdk::generation::sample::Sampler;
@@ -308,13 +308,10 @@ impl Batch<'_> {
             }
         }
         let variant = Variant {
-            decode: !prefill,
-            extend: !prefill && len > 1,
+            step: Step::of(prefill, len > 1, fed, images)?,
             sample: self.sampling,
             logits: self.rows.iter().any(|r| r.fresh && r.req.return_logits),
             penalty: self.penalize,
-            fed,
-            images,
         };
         if self.penalize {
             let flat: Vec<u8> = self

@@ -1,5 +1,6 @@
-//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, mistral, qwen2, bloom, gptj) with the
-//! KV cache owned by the host (a `runtime.session`).
+//! Skill `text-generation`: decoder LMs (gpt2, opt, llama, mistral, qwen2,
+//! bloom, gptj, gpt_neo, codegen: one spec each in `arch/families.rs`) with
+//! the KV cache owned by the host (a `runtime.session`).
 //!
 //! Request: `{"prompt": "...", "max_new_tokens": N, "do_sample": false,
 //! "temperature": 1.0, "top_k": 50, "top_p": 1.0, "seed": 0, "stop": ["..."]}`.
@@ -29,6 +30,7 @@ mod arch;
 mod decoder;
 mod dims;
 mod generate;
+mod layer;
 mod llava;
 mod llava_next;
 mod mrope;
@@ -37,6 +39,7 @@ mod qwen2_vl;
 mod resize;
 mod respond;
 mod text_config;
+mod variant;
 
 use std::cell::RefCell;
 
@@ -45,7 +48,8 @@ use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::tokenizer::{Tokenizer, TokenizerOptions};
 use skill_sdk::{invalid, Error, Guest, Response, SkillInfo, Tensor};
 
-use decoder::{Arch, Cache, ModelInfo, Variant};
+use arch::DecoderSpec;
+use decoder::{Cache, ModelInfo, Variant};
 use skill_sdk::generation::sample::Sampling;
 
 /// Largest `max_new_tokens` a request may ask for.
@@ -87,7 +91,7 @@ struct Loaded {
     /// fixed-slot caches (replayable decode steps) and fused projections;
     /// elsewhere growing caches and separate projections.
     slots: bool,
-    arch: Arch,
+    arch: &'static DecoderSpec,
     /// The decoder's config (a LLaVA's `text_config`).
     config: Json,
     /// A LLaVA model's image side.
@@ -134,7 +138,10 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: ["gpt2", "opt", "llama", "mistral", "qwen2", "bloom", "gptj", "gpt_neo", "codegen", "llava", "llava_next", "qwen2_vl"].iter().map(|s| s.to_string()).collect(),
+            architectures: (arch::served().0.into_iter())
+                .chain(["llava", "llava_next", "qwen2_vl"])
+                .map(|s| s.to_string())
+                .collect(),
             request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava, qwen2_vl (image-text-to-text): base64 images, one per image token (<image>, <|image_pad|>) in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -162,8 +169,13 @@ impl Guest for TextGeneration {
             _ => (None, config),
         };
         let model_type = config.str_or("model_type", "")?.to_string();
-        let arch = Arch::from_config(&model_type, &config).ok_or_else(|| {
-            Error::Unsupported(format!("model_type `{model_type}` is not served by text-generation (supported: gpt2, opt, llama, mistral, qwen2, bloom, gptj, gpt_neo, codegen, and llava with a llama, mistral or qwen2 decoder)"))
+        let arch = arch::from_config(&model_type, &config).ok_or_else(|| {
+            let (all, vision) = arch::served();
+            Error::Unsupported(format!(
+                "model_type `{model_type}` is not served by text-generation (supported: {}, and llava with a {} decoder)",
+                all.join(", "),
+                vision.join(", ")
+            ))
         })?;
         let gen = Json::asset("generation_config.json")?;
         let get = |k: &str| {

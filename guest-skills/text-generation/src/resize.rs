@@ -7,15 +7,16 @@ use skill_sdk::config::Json;
 use skill_sdk::runtime::CompiledGraph;
 use skill_sdk::{Dim, Dtype, Error, Graph};
 
-use crate::decoder::{dims, sym, Arch};
+use crate::arch::DecoderSpec;
+use crate::decoder::{dims, sym};
 
 /// The graph taking a cache of `from` slots to `to`.
-pub fn build(arch: Arch, c: &Json, from: u64, to: u64) -> Result<CompiledGraph, Error> {
+pub fn build(spec: &DecoderSpec, c: &Json, from: u64, to: u64) -> Result<CompiledGraph, Error> {
     if to <= from {
         return Err(skill_sdk::internal("a cache only grows"));
     }
-    let d = dims(arch, c)?;
-    let g = Graph::new(&format!("{arch:?}-resize-c{from}-c{to}").to_lowercase());
+    let d = dims(spec, c)?;
+    let g = Graph::new(&format!("{}-resize-c{from}-c{to}", spec.name).to_lowercase());
     let shape = |slots: u64| {
         [
             Dim::Fixed(slots),
