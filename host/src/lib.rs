@@ -23,4 +23,4 @@ pub mod skills;
 pub mod tensor;
 pub mod tokenizer;
 
-pub use error::HostError;
+pub use error::{ErrorKind, HostError};

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use host::backend::{registry, Precision};
+use host::endpoint::contract::request;
 use host::endpoint::{BatchPolicy, EndpointConfig, Endpoints, Handler};
 use host::runner::{Output, RequestError};
 use host::sandbox::{Sandbox, SandboxLimits, SkillContext};
@@ -125,7 +126,28 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(2);
+            std::process::exit(exit::ERROR);
+        }
+    }
+}
+
+/// The process's exit codes, whatever the kind of a request's error.
+mod exit {
+    /// Everything succeeded.
+    pub const OK: i32 = 0;
+    /// The command ran, but some requests failed (`host test`: a case or
+    /// check failed).
+    pub const FAILURES: i32 = 1;
+    /// The command itself failed (arguments, a skill or model that cannot
+    /// load).
+    pub const ERROR: i32 = 2;
+
+    /// `OK`, or `FAILURES` when any request failed.
+    pub fn for_failures(failures: usize) -> i32 {
+        if failures > 0 {
+            FAILURES
+        } else {
+            OK
         }
     }
 }
@@ -173,8 +195,8 @@ fn input_field(args: &RunArgs) -> Result<String> {
     let schema: serde_json::Value =
         serde_json::from_str(&info.request_schema).unwrap_or(serde_json::Value::Null);
     let props = &schema["properties"];
-    if props.get("text").is_some() || props.is_null() {
-        return Ok("text".into());
+    if props.get(request::TEXT).is_some() || props.is_null() {
+        return Ok(request::TEXT.into());
     }
     let strings: Vec<&str> = schema["required"]
         .as_array()
@@ -205,7 +227,10 @@ fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
         .iter()
         .map(|t| serde_json::json!({ field.as_str(): t }).to_string())
         .collect();
-    for (key, paths) in [("image", &args.images), ("audio", &args.audio)] {
+    for (key, paths) in [
+        (request::IMAGE, &args.images),
+        (request::AUDIO, &args.audio),
+    ] {
         for path in paths {
             use base64::Engine;
             let bytes = std::fs::read(path)
@@ -289,12 +314,10 @@ async fn answer_all(handler: &Handler, requests: &[String]) -> Vec<Result<Output
     }
     let mut out = Vec::with_capacity(requests.len());
     for rx in receivers.into_iter().flatten() {
-        out.push(rx.await.unwrap_or_else(|_| {
-            Err(RequestError {
-                kind: "internal",
-                message: "request lost".into(),
-            })
-        }));
+        out.push(
+            rx.await
+                .unwrap_or_else(|_| Err(RequestError::internal("request lost"))),
+        );
     }
     out
 }
@@ -354,7 +377,7 @@ fn run(args: RunArgs) -> Result<i32> {
             );
         }
         endpoints.shutdown().await;
-        Ok(if failures > 0 { 1 } else { 0 })
+        Ok(exit::for_failures(failures))
     })
 }
 
@@ -396,7 +419,7 @@ fn bench(args: BenchArgs) -> Result<i32> {
         );
         drop(handler);
         endpoints.shutdown().await;
-        Ok(if failures > 0 { 1 } else { 0 })
+        Ok(exit::for_failures(failures))
     })
 }
 
@@ -418,7 +441,7 @@ fn devices(json: bool) -> Result<i32> {
             );
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn skills(json: bool, all: bool) -> Result<i32> {
@@ -472,5 +495,5 @@ fn skills(json: bool, all: bool) -> Result<i32> {
             }
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }

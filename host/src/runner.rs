@@ -11,7 +11,7 @@ use crate::sandbox::{
     Sandbox, SandboxError, SkillComponent, SkillInstance, StreamSender, WitError,
 };
 use crate::tensor::Tensor;
-use crate::HostError;
+use crate::{ErrorKind, HostError};
 
 /// Receives answers given before the batch ends: (request index, answer).
 pub type EarlyAnswer = Arc<dyn Fn(usize, Result<Output, RequestError>) + Send + Sync>;
@@ -23,12 +23,29 @@ pub type JoinQueue = Box<dyn FnMut(usize) -> Vec<(usize, String, Option<StreamSe
 /// Largest request accepted, in bytes of JSON (room for a base64 photo).
 pub const MAX_REQUEST_BYTES: usize = 32 << 20;
 
-/// One request's failure, with a stable kind for clients.
+/// One request's failure, with a stable kind for clients (serialized as
+/// `{"kind", "message"}`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RequestError {
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub message: String,
 }
+
+impl RequestError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RequestError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An [`ErrorKind::Internal`] error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+}
+
+impl std::error::Error for RequestError {}
 
 impl std::fmt::Display for RequestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,22 +54,31 @@ impl std::fmt::Display for RequestError {
 }
 
 /// Kind and message of a skill's typed error.
-pub fn wit_error_parts(e: &WitError) -> (&'static str, String) {
+pub fn wit_error_parts(e: &WitError) -> (ErrorKind, String) {
     match e {
-        WitError::InvalidRequest(m) => ("invalid-request", m.clone()),
-        WitError::Model(m) => ("model", m.clone()),
-        WitError::Unsupported(m) => ("unsupported", m.clone()),
-        WitError::Graph(m) => ("graph", m.clone()),
-        WitError::Backend(m) => ("backend", m.clone()),
-        WitError::ResourceExhausted(m) => ("resource-exhausted", m.clone()),
-        WitError::Internal(m) => ("internal", m.clone()),
+        WitError::InvalidRequest(m) => (ErrorKind::InvalidRequest, m.clone()),
+        WitError::Model(m) => (ErrorKind::Model, m.clone()),
+        WitError::Unsupported(m) => (ErrorKind::Unsupported, m.clone()),
+        WitError::Graph(m) => (ErrorKind::Graph, m.clone()),
+        WitError::Backend(m) => (ErrorKind::Backend, m.clone()),
+        WitError::ResourceExhausted(m) => (ErrorKind::ResourceExhausted, m.clone()),
+        WitError::Internal(m) => (ErrorKind::Internal, m.clone()),
     }
 }
 
-fn sandbox_kind(e: &SandboxError) -> &'static str {
+impl From<WitError> for RequestError {
+    fn from(e: WitError) -> Self {
+        let (kind, message) = wit_error_parts(&e);
+        RequestError { kind, message }
+    }
+}
+
+fn sandbox_kind(e: &SandboxError) -> ErrorKind {
     match e {
-        SandboxError::CpuBudget { .. } | SandboxError::Memory { .. } => "resource-exhausted",
-        _ => "internal",
+        SandboxError::CpuBudget { .. } | SandboxError::Memory { .. } => {
+            ErrorKind::ResourceExhausted
+        }
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -71,10 +97,7 @@ impl Output {
     /// One JSON line: the skill's keys, its tensors as arrays, then
     /// `device` and `precision`.
     pub fn to_json_line(&self) -> Result<String, RequestError> {
-        let internal = |message: String| RequestError {
-            kind: "internal",
-            message,
-        };
+        let internal = RequestError::internal;
         let mut out = String::from("{");
         let mut first = true;
         let mut put = |out: &mut String, k: &str, v: &str| {
@@ -197,7 +220,7 @@ impl Runner {
                 }
                 Err(e) => {
                     let (kind, message) = wit_error_parts(&e);
-                    if matches!(kind, "backend" | "resource-exhausted") {
+                    if kind.is_device_failure() {
                         reasons.push(format!("{device}: {kind}: {message}"));
                         continue;
                     }
@@ -224,10 +247,8 @@ impl Runner {
     fn instance(&mut self) -> Result<&mut SkillInstance, RequestError> {
         if self.instance.as_ref().is_none_or(|i| i.is_poisoned()) {
             self.instance = None;
-            let fail = |e: String| RequestError {
-                kind: "internal",
-                message: format!("restarting the skill failed: {e}"),
-            };
+            let fail =
+                |e: String| RequestError::internal(format!("restarting the skill failed: {e}"));
             let mut inst = self
                 .sandbox
                 .instantiate(&self.component, self.ctx.clone())
@@ -239,10 +260,9 @@ impl Runner {
             }
             self.instance = Some(inst);
         }
-        self.instance.as_mut().ok_or_else(|| RequestError {
-            kind: "internal",
-            message: "no skill instance".into(),
-        })
+        self.instance
+            .as_mut()
+            .ok_or_else(|| RequestError::internal("no skill instance"))
     }
 
     /// The component being served.
@@ -363,10 +383,7 @@ impl Runner {
                             list.len(),
                             valid.len()
                         );
-                        return Err(RequestError {
-                            kind: "internal",
-                            message,
-                        });
+                        return Err(RequestError::internal(message));
                     }
                     Ok(list) => list
                         .into_iter()
@@ -374,10 +391,10 @@ impl Runner {
                         .collect(),
                 };
             if let Some(Err(first)) = answers.first() {
-                if first.kind == "backend"
+                if first.kind == ErrorKind::Backend
                     && answers
                         .iter()
-                        .all(|a| a.as_ref().is_err_and(|e| e.kind == "backend"))
+                        .all(|a| a.as_ref().is_err_and(|e| e.kind == ErrorKind::Backend))
                 {
                     return Err(first.clone());
                 }
@@ -388,23 +405,13 @@ impl Runner {
         }
         Ok(results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(RequestError {
-                        kind: "internal",
-                        message: "request lost".into(),
-                    })
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| Err(RequestError::internal("request lost"))))
             .collect())
     }
 }
 
 fn validate_request(r: &str) -> Result<(), RequestError> {
-    let bad = |message: String| RequestError {
-        kind: "invalid-request",
-        message,
-    };
+    let bad = |message: String| RequestError::new(ErrorKind::InvalidRequest, message);
     if r.len() > MAX_REQUEST_BYTES {
         return Err(bad(format!(
             "request of {} bytes exceeds the limit of {MAX_REQUEST_BYTES}",
@@ -423,14 +430,8 @@ fn convert_response(
     device: &str,
     precision: &str,
 ) -> Result<Output, RequestError> {
-    let resp = r.map_err(|e| {
-        let (kind, message) = wit_error_parts(&e);
-        RequestError { kind, message }
-    })?;
-    let internal = |message: String| RequestError {
-        kind: "internal",
-        message: format!("skill response: {message}"),
-    };
+    let resp = r.map_err(RequestError::from)?;
+    let internal = |message: String| RequestError::internal(format!("skill response: {message}"));
     let json = match serde_json::from_str::<serde_json::Value>(&resp.json) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => return Err(internal("`json` is not a JSON object".into())),

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AuthoringError;
+use crate::ErrorKind;
 
 /// Keys never recorded or compared: set by the host, or timings.
 pub const VOLATILE_KEYS: [&str; 3] = ["device", "precision", "timings"];
@@ -64,7 +65,7 @@ pub enum Expect {
     /// An error of this kind (`invalid-request`, ...), optionally with a
     /// message containing a text.
     Error {
-        kind: String,
+        kind: ErrorKind,
         message_contains: Option<String>,
     },
 }
@@ -102,9 +103,9 @@ struct Line {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ErrorSpec {
-    Kind(String),
+    Kind(ErrorKind),
     Full {
-        kind: String,
+        kind: ErrorKind,
         #[serde(default)]
         message_contains: Option<String>,
     },
@@ -189,7 +190,7 @@ pub fn to_line(case: &Case) -> String {
         Expect::Error {
             kind,
             message_contains: None,
-        } => parts.push(format!("\"error\":{}", Value::from(kind.clone()))),
+        } => parts.push(format!("\"error\":{}", Value::from(kind.as_str()))),
         Expect::Error {
             kind,
             message_contains: Some(m),

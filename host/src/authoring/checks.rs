@@ -6,11 +6,12 @@
 
 use super::cases::{self, Case, Expect, Tolerance};
 use super::compare::diff;
-use super::conformance::{self, Schemas, REQUEST_ERROR_KINDS};
+use super::conformance::{self, Schemas};
 use super::report::{Outcome, Status};
 use super::test::{tolerance, value, Answer, TestOptions};
 use crate::runner::Runner;
 use crate::sandbox::{Granted, Usage};
+use crate::ErrorKind;
 
 /// Fuel of the call that must trap (far below what answering takes).
 const TRAP_FUEL: u64 = 1_000;
@@ -174,7 +175,7 @@ pub(super) fn check_bad_requests(
     let mut problems = Vec::new();
     for ((what, req), a) in bad.iter().zip(&answers) {
         match a {
-            Err(e) if REQUEST_ERROR_KINDS.contains(&e.kind) => {}
+            Err(e) if e.kind.is_bad_request() => {}
             Err(e) => problems.push(format!(
                 "{what} ({req}): `{}` error, expected `invalid-request`: {}",
                 e.kind, e.message
@@ -250,8 +251,9 @@ pub(super) fn check_limits(
         .iter()
         .zip(answers)
         .filter(|(c, a)| {
-            a.as_ref().is_err_and(|e| e.kind == "resource-exhausted")
-                && !matches!(&c.expect, Expect::Error { kind, .. } if kind == "resource-exhausted")
+            a.as_ref()
+                .is_err_and(|e| e.kind == ErrorKind::ResourceExhausted)
+                && !matches!(&c.expect, Expect::Error { kind, .. } if *kind == ErrorKind::ResourceExhausted)
         })
         .map(|(c, a)| {
             format!(
@@ -283,7 +285,7 @@ pub(super) fn check_trap(
         return Outcome::check(NAME, Status::Fail, format!("no instance: {e}"));
     }
     match runner.try_handle(&request) {
-        Err(e) if e.kind == "resource-exhausted" => {}
+        Err(e) if e.kind == ErrorKind::ResourceExhausted => {}
         Err(e) => {
             return Outcome::check(
                 NAME,

@@ -9,9 +9,6 @@ use serde_json::{json, Value};
 
 use crate::sandbox::SkillInfo;
 
-/// Error kinds that count as a typed answer to a bad request.
-pub const REQUEST_ERROR_KINDS: [&str; 2] = ["invalid-request", "unsupported"];
-
 /// The compiled schemas of a skill.
 pub struct Schemas {
     pub request: jsonschema::Validator,

@@ -17,11 +17,29 @@ pub enum Status {
     Skip,
 }
 
+/// What an [`Outcome`] is of (serialized `case` or `check`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeKind {
+    /// A case of the skill's cases file.
+    Case,
+    /// One of the host's conformance checks.
+    Check,
+}
+
+impl std::fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutcomeKind::Case => "case",
+            OutcomeKind::Check => "check",
+        })
+    }
+}
+
 /// One case or conformance check.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
-    /// `case` or `check`.
-    pub kind: &'static str,
+    pub kind: OutcomeKind,
     pub name: String,
     pub status: Status,
     /// One line: what was seen.
@@ -35,7 +53,7 @@ pub struct Outcome {
 impl Outcome {
     pub fn check(name: &str, status: Status, summary: impl Into<String>) -> Outcome {
         Outcome {
-            kind: "check",
+            kind: OutcomeKind::Check,
             name: name.into(),
             status,
             summary: summary.into(),

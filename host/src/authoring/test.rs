@@ -22,7 +22,7 @@ use super::cases::{self, Case, Expect, Tolerance};
 use super::checks::{check_bad_requests, check_limits, check_order, check_schemas, check_trap};
 use super::compare::diff;
 use super::conformance::{self, Schemas};
-use super::report::{Identity, Outcome, Report, Status};
+use super::report::{Identity, Outcome, OutcomeKind, Report, Status};
 use super::AuthoringError;
 use crate::backend::{Device, Precision};
 use crate::digest::Digest;
@@ -219,12 +219,10 @@ fn answer(runner: &mut Runner, requests: &[String], usage: &mut Usage) -> (Vec<A
             for r in requests {
                 let mut a = runner.handle(std::slice::from_ref(r));
                 *usage = usage.merge(runner.usage().unwrap_or_default());
-                each.push(a.pop().unwrap_or_else(|| {
-                    Err(RequestError {
-                        kind: "internal",
-                        message: "no answer".into(),
-                    })
-                }));
+                each.push(
+                    a.pop()
+                        .unwrap_or_else(|| Err(RequestError::internal("no answer"))),
+                );
             }
             (each, true)
         }
@@ -245,7 +243,7 @@ fn record(cases: &mut [Case], answers: &[Answer]) {
                 Err(_) => Expect::Success,
             },
             Err(e) => Expect::Error {
-                kind: e.kind.to_string(),
+                kind: e.kind,
                 message_contains: None,
             },
         };
@@ -254,7 +252,7 @@ fn record(cases: &mut [Case], answers: &[Answer]) {
 
 fn case_outcome(case: &Case, status: Status, summary: String) -> Outcome {
     Outcome {
-        kind: "case",
+        kind: OutcomeKind::Case,
         name: case.name.clone(),
         status,
         summary,
@@ -296,7 +294,7 @@ fn judge(case: &Case, answer: &Answer, tol: Tolerance) -> Outcome {
             let text_ok = message_contains
                 .as_ref()
                 .is_none_or(|m| e.message.contains(m.as_str()));
-            if e.kind == kind && text_ok {
+            if e.kind == *kind && text_ok {
                 case_outcome(case, Status::Pass, format!("{}: {}", e.kind, e.message))
             } else {
                 fail(format!(

@@ -10,10 +10,13 @@
 //! error, trapped instance) is retried on the next device of the list and
 //! counted; every response names the device and precision that produced it.
 //! With `replicas`, the workers are grouped per device ([`replicas`]) and
-//! batches go to the least-loaded replica in rotation.
+//! batches go to the least-loaded replica in rotation. The task contracts'
+//! request and response shapes, which the HTTP adapters and the cost model
+//! share, are in [`contract`].
 
 mod batcher;
 mod config;
+pub mod contract;
 mod metrics;
 pub mod quarantine;
 mod replicas;
@@ -32,7 +35,7 @@ pub use worker::wait_for_workers;
 
 use crate::runner::{Output, RequestError};
 use crate::sandbox::Sandbox;
-use crate::HostError;
+use crate::{ErrorKind, HostError};
 
 /// One queued request and where its answer goes.
 pub(crate) struct Pending {
@@ -56,17 +59,17 @@ pub struct Handler {
 
 impl Handler {
     fn overloaded(&self) -> RequestError {
-        RequestError {
-            kind: "overloaded",
-            message: format!("endpoint `{}`: queue is full, retry later", self.name),
-        }
+        RequestError::new(
+            ErrorKind::Overloaded,
+            format!("endpoint `{}`: queue is full, retry later", self.name),
+        )
     }
 
     fn closed(&self) -> RequestError {
-        RequestError {
-            kind: "unavailable",
-            message: format!("endpoint `{}` was removed", self.name),
-        }
+        RequestError::new(
+            ErrorKind::Unavailable,
+            format!("endpoint `{}` was removed", self.name),
+        )
     }
 
     fn enqueue(

@@ -27,6 +27,7 @@ use super::worker::Batch;
 use super::Metrics;
 use crate::backend::{registry, BackendError, Device};
 use crate::runner::RequestError;
+use crate::ErrorKind;
 
 /// A batch on its way to a replica, with the replicas that failed it.
 pub(crate) struct Job {
@@ -271,13 +272,13 @@ impl Router {
             let order = self.ranked(&job.tried);
             if order.is_empty() {
                 let (device, error) = job.failed.last().cloned().unwrap_or_default();
-                return job.fail(RequestError {
-                    kind: "backend",
-                    message: format!(
+                return job.fail(RequestError::new(
+                    ErrorKind::Backend,
+                    format!(
                         "endpoint `{}`: every replica failed the batch (last {device}: {error})",
                         self.endpoint
                     ),
-                });
+                ));
             }
             let mut open = false;
             for i in order {
@@ -295,10 +296,10 @@ impl Router {
                 }
             }
             if !open {
-                return job.fail(RequestError {
-                    kind: "unavailable",
-                    message: format!("endpoint `{}` has no running workers", self.endpoint),
-                });
+                return job.fail(RequestError::new(
+                    ErrorKind::Unavailable,
+                    format!("endpoint `{}` has no running workers", self.endpoint),
+                ));
             }
             // Every candidate is full: wait for a worker to free up (the
             // timeout covers a wake-up taken by the batcher's own wait).

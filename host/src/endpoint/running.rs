@@ -62,7 +62,7 @@ impl Replies {
             Err(e) => self
                 .metrics
                 .errors
-                .with_label_values(&[&self.endpoint, e.kind])
+                .with_label_values(&[&self.endpoint, e.kind.as_str()])
                 .inc(),
         }
         self.metrics
@@ -151,11 +151,8 @@ mod tests {
         (p, rx)
     }
 
-    fn error(kind: &'static str) -> RequestError {
-        RequestError {
-            kind,
-            message: String::new(),
-        }
+    fn error(message: &str) -> RequestError {
+        RequestError::internal(message)
     }
 
     /// Joiners get the next indices, what does not fit is stashed for the
@@ -191,7 +188,7 @@ mod tests {
         replies.answer(1, Err(error("first")));
         replies.answer(1, Err(error("second")));
         replies.answer_rest(error("rest"));
-        let kind = |rx: &mut Answer| rx.try_recv().unwrap().unwrap_err().kind;
+        let kind = |rx: &mut Answer| rx.try_recv().unwrap().unwrap_err().message;
         assert_eq!(kind(&mut a1), "first");
         assert_eq!(kind(&mut a0), "rest");
         assert_eq!(kind(&mut a2), "rest");

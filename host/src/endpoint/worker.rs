@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+use super::contract::PrimaryInput;
 use super::quarantine::Quarantine;
 use super::replicas::{self, Group, Handoff, Job, Router};
 use super::running::{joiners, Replies, Shared, Stash};
@@ -17,7 +18,7 @@ use crate::backend::Device;
 use crate::model::Model;
 use crate::runner::{RequestError, Runner};
 use crate::sandbox::Sandbox;
-use crate::HostError;
+use crate::{ErrorKind, HostError};
 
 /// Worker threads of this process that have not yet dropped their skill
 /// instances (and with them their device memory, streams and handles).
@@ -69,8 +70,9 @@ pub fn wait_for_workers(timeout: Duration) -> bool {
 }
 
 /// Estimates a request's token count for grouping and the token budget
-/// from its text (`text`, `prompt` or `input`, plus a sentence pair's
-/// `text_pair`), else from its bytes.
+/// from its primary input ([`PrimaryInput`]): an image or a video costs its
+/// patch tokens, audio its started 30 s windows, a text (a sentence pair's
+/// two) about its subword tokens; a request without one costs its bytes.
 ///
 /// The estimate is deliberately cheap: running the model's tokenizer here
 /// serialised every request on the submitting thread (measured: a quarter
@@ -84,23 +86,18 @@ impl CostModel {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(request) else {
             return fallback;
         };
-        if v.get("image").is_some() {
+        match PrimaryInput::of(&v) {
             // Image skills resize to the model's input size: one image
             // costs about its patch tokens whatever its bytes.
-            return IMAGE_TOKENS;
-        }
-        if v.get("frames").is_some() || v.get("video").is_some() {
-            return VIDEO_TOKENS;
-        }
-        if let Some(cost) = audio_tokens(&v) {
-            return cost;
-        }
-        let main = ["text", "prompt", "input"]
-            .iter()
-            .find_map(|k| v.get(*k).and_then(|t| t.as_str()));
-        match main {
-            Some(text) => {
-                let pair = v.get("text_pair").and_then(|t| t.as_str());
+            Some(PrimaryInput::Image) => IMAGE_TOKENS,
+            Some(PrimaryInput::Video) => VIDEO_TOKENS,
+            Some(PrimaryInput::AudioBase64(chars)) => {
+                audio_tokens(chars.div_ceil(AUDIO_WINDOW_BASE64))
+            }
+            Some(PrimaryInput::AudioSamples { samples, rate }) => {
+                audio_tokens(samples.div_ceil(rate.saturating_mul(30)))
+            }
+            Some(PrimaryInput::Text { text, pair }) => {
                 approx_tokens(text) + pair.map_or(0, approx_tokens)
             }
             None => fallback,
@@ -124,23 +121,11 @@ const AUDIO_WINDOW_TOKENS: usize = 1500;
 /// longer text's is by a shorter count).
 const AUDIO_WINDOW_BASE64: usize = 30 * 16_000 * 2 * 4 / 3;
 
-/// The cost of an audio request (`audio` as base64, or `array` with its
-/// `sampling_rate`) by its duration, in started 30 s windows: the byte
-/// length of the request says nothing about the model's work on it, and
-/// counting it as text cut batches of one clip.
-fn audio_tokens(v: &serde_json::Value) -> Option<usize> {
-    let windows = if let Some(b64) = v.get("audio").and_then(|a| a.as_str()) {
-        b64.len().div_ceil(AUDIO_WINDOW_BASE64)
-    } else {
-        let samples = v.get("array")?.as_array()?.len();
-        let rate = v
-            .get("sampling_rate")
-            .and_then(|r| r.as_u64())
-            .filter(|r| *r > 0)
-            .unwrap_or(16_000) as usize;
-        samples.div_ceil(rate.saturating_mul(30))
-    };
-    Some(windows.max(1).saturating_mul(AUDIO_WINDOW_TOKENS))
+/// The cost of an audio request of `windows` started 30 s windows: the
+/// byte length of the request says nothing about the model's work on it,
+/// and counting it as text cut batches of one clip.
+fn audio_tokens(windows: usize) -> usize {
+    windows.max(1).saturating_mul(AUDIO_WINDOW_TOKENS)
 }
 
 /// About how many subword tokens `text` has: one per word, one more per
@@ -263,7 +248,7 @@ pub(crate) fn start(
                     drop(w);
                     drop(live);
                 })
-                .map_err(|e| HostError::Request(format!("cannot start a worker thread: {e}")))?;
+                .map_err(|source| HostError::WorkerThread { source })?;
         }
     }
     let (device, precision) = first.unwrap_or_default();
@@ -328,16 +313,12 @@ impl Worker {
                 &self.devices[i..i + 1],
                 self.precision,
             )
-            .map_err(|e| RequestError {
-                kind: "backend",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| RequestError::new(ErrorKind::Backend, e.to_string()))?;
             self.runners[i] = Some(r);
         }
-        self.runners[i].as_mut().ok_or_else(|| RequestError {
-            kind: "internal",
-            message: "runner missing".into(),
-        })
+        self.runners[i]
+            .as_mut()
+            .ok_or_else(|| RequestError::internal("runner missing"))
     }
 
     /// The devices a batch tries, in order: home, the rest of the list,
@@ -398,10 +379,10 @@ impl Worker {
             })
             .collect();
         if let Err(job) = self.handoff.send(job) {
-            job.fail(RequestError {
-                kind: "unavailable",
-                message: format!("endpoint `{}` is shutting down", self.endpoint),
-            });
+            job.fail(RequestError::new(
+                ErrorKind::Unavailable,
+                format!("endpoint `{}` is shutting down", self.endpoint),
+            ));
         }
         true
     }
@@ -480,10 +461,7 @@ impl Worker {
             }
         }
         let answers = answers.unwrap_or_else(|| {
-            let e = last_err.unwrap_or(RequestError {
-                kind: "internal",
-                message: "no device ran the batch".into(),
-            });
+            let e = last_err.unwrap_or(RequestError::internal("no device ran the batch"));
             vec![Err(e); requests.len()]
         });
         for (i, a) in answers.into_iter().enumerate() {
@@ -491,11 +469,9 @@ impl Worker {
         }
         // Requests that joined the batch are answered through `complete`
         // only; one the skill left unanswered still gets an answer.
-        replies.answer_rest(RequestError {
-            kind: "internal",
-            message: "the skill took this request into a running batch and did not answer it"
-                .into(),
-        });
+        replies.answer_rest(RequestError::internal(
+            "the skill took this request into a running batch and did not answer it",
+        ));
     }
 }
 

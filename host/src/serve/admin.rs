@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::api::json_body;
 use super::{ApiError, AppState};
 use crate::endpoint::{EndpointConfig, EndpointError};
+use crate::ErrorKind;
 
 fn map(e: EndpointError, roots: &super::confine::ModelRoots) -> ApiError {
     let status = match &e {
@@ -20,7 +21,7 @@ fn map(e: EndpointError, roots: &super::confine::ModelRoots) -> ApiError {
         EndpointError::Config { .. } => StatusCode::BAD_REQUEST,
         EndpointError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    ApiError::new(status, "endpoint", roots.redact(&e.to_string()))
+    ApiError::with_status(status, ErrorKind::Endpoint, roots.redact(&e.to_string()))
 }
 
 /// `GET /admin/endpoints`.
@@ -36,15 +37,14 @@ pub(super) async fn add(
     let v = json_body(body)?;
     let config: EndpointConfig = serde_json::from_value(v).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!("invalid endpoint config: {e}"),
         )
     })?;
     let config = state
         .model_roots
         .admit(config)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()))?;
     let name = config.name.clone();
     state
         .endpoints

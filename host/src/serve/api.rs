@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
+use crate::endpoint::contract::{response, TextRequest};
 use crate::runner::Output;
+use crate::ErrorKind;
 
 /// Reads a body, mapping size and transport problems to clear 4xx errors.
 pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -23,7 +25,7 @@ pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
         } else {
             format!("cannot read the request body: {r}")
         };
-        ApiError::new(status, "invalid-request", msg)
+        ApiError::with_status(status, ErrorKind::InvalidRequest, msg)
     })
 }
 
@@ -32,8 +34,7 @@ pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Ap
     let bytes = body_bytes(body)?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!("body is not valid JSON: {e}"),
         )
     })
@@ -46,7 +47,7 @@ pub const MAX_INPUTS: usize = 2048;
 
 /// `input`/`inputs` as a list of strings.
 pub(super) fn texts(v: &Value, key: &str) -> Result<Vec<String>, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", m);
+    let bad = |m: String| ApiError::new(ErrorKind::InvalidRequest, m);
     match v.get(key) {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) if a.len() > MAX_INPUTS => Err(bad(format!(
@@ -77,7 +78,7 @@ pub(super) async fn embed_all(
     let handler = state.pick(endpoint)?;
     let requests = inputs
         .into_iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .map(|t| TextRequest::new(t).to_json())
         .collect();
     let mut outs = Vec::new();
     for r in handler.call_many(requests).await {
@@ -87,12 +88,12 @@ pub(super) async fn embed_all(
 }
 
 fn embedding_json(o: &Output) -> Result<Box<RawValue>, ApiError> {
-    let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m);
+    let internal = |m: String| ApiError::new(ErrorKind::Internal, m);
     let t = o
-        .tensor("embedding")
+        .tensor(response::EMBEDDING)
         .ok_or_else(|| internal("the endpoint's skill returned no `embedding`".into()))?;
     let text = t
-        .to_json("embedding")
+        .to_json(response::EMBEDDING)
         .map_err(|e| internal(e.to_string()))?;
     RawValue::from_string(text).map_err(|e| internal(e.to_string()))
 }
@@ -114,24 +115,19 @@ pub(super) async fn openai_embeddings(
         Some(Value::String(f)) if f == "base64" => true,
         Some(f) => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported",
+                ErrorKind::Unsupported,
                 format!("encoding_format {f} is not supported; use `float` or `base64`"),
             ))
         }
     };
     if v.get("dimensions").is_some_and(|d| !d.is_null()) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
+            ErrorKind::Unsupported,
             "`dimensions` is not supported",
         ));
     }
     if is_token_ids(v.get("input")) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
-            "`input` as token ids is not supported: the endpoint's skill tokenizes texts with the \
+        return Err(ApiError::new(ErrorKind::Unsupported, "`input` as token ids is not supported: the endpoint's skill tokenizes texts with the \
              model's own tokenizer (ids from another tokenizer, such as tiktoken's, would be another \
              text); send strings (LangChain: `check_embedding_ctx_length=False`)",
         ));
@@ -141,12 +137,15 @@ pub(super) async fn openai_embeddings(
     let mut data = Vec::with_capacity(outs.len());
     let mut tokens = 0u64;
     for (i, o) in outs.iter().enumerate() {
-        tokens += o.json.get("tokens").and_then(Value::as_u64).unwrap_or(0);
+        tokens += o
+            .json
+            .get(response::TOKENS)
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let embedding = match base64 {
             true => Value::String(embedding_base64(o)?),
-            false => serde_json::to_value(embedding_json(o)?).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?,
+            false => serde_json::to_value(embedding_json(o)?)
+                .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?,
         };
         data.push(serde_json::json!({ "object": "embedding", "index": i, "embedding": embedding }));
     }
@@ -171,11 +170,13 @@ fn is_token_ids(input: Option<&Value>) -> bool {
 /// An embedding as OpenAI's `base64`: its f32 values, little endian.
 fn embedding_base64(o: &Output) -> Result<String, ApiError> {
     use base64::Engine;
-    let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m);
+    let internal = |m: String| ApiError::new(ErrorKind::Internal, m);
     let t = o
-        .tensor("embedding")
+        .tensor(response::EMBEDDING)
         .ok_or_else(|| internal("the endpoint's skill returned no `embedding`".into()))?;
-    let values = t.to_f32("embedding").map_err(|e| internal(e.to_string()))?;
+    let values = t
+        .to_f32(response::EMBEDDING)
+        .map_err(|e| internal(e.to_string()))?;
     let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
@@ -198,8 +199,7 @@ pub(super) async fn generic(
     let (list, requests) = match v {
         Value::Array(a) if a.len() > MAX_INPUTS => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 format!("{} requests in one list; at most {MAX_INPUTS}", a.len()),
             ))
         }
@@ -207,8 +207,7 @@ pub(super) async fn generic(
         Value::Object(_) => (false, vec![v.to_string()]),
         _ => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "send a request object or a non-empty list of them",
             ))
         }

@@ -17,13 +17,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::ErrorKind;
 
 /// A configured key set is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +127,7 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    let mut r = ApiError::new(ErrorKind::Unauthorized, message).into_response();
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
@@ -149,10 +150,7 @@ pub(super) async fn inference(State(keys): State<Arc<Keys>>, req: Request, next:
 /// Middleware of the admin routes.
 pub(super) async fn admin(State(keys): State<Arc<Keys>>, req: Request, next: Next) -> Response {
     if !keys.admin_enabled() {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the admin routes are off: start `host serve` with an admin key (--admin-key-file or HOST_ADMIN_KEY) to use them",
+        return ApiError::new(ErrorKind::Forbidden, "the admin routes are off: start `host serve` with an admin key (--admin-key-file or HOST_ADMIN_KEY) to use them",
         )
         .into_response();
     }

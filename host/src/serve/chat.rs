@@ -35,14 +35,16 @@ use super::completions::{
 };
 use super::model_files::ModelFiles;
 use super::{ApiError, AppState};
+use crate::endpoint::contract::response;
 use crate::runner::Output;
+use crate::ErrorKind;
 
-fn bad(kind: &str, m: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, kind, m)
+fn bad(kind: ErrorKind, m: impl Into<String>) -> ApiError {
+    ApiError::new(kind, m)
 }
 
 fn internal(m: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+    ApiError::new(ErrorKind::Internal, m)
 }
 
 /// The parts of a chat body that keep their key order for the template.
@@ -66,7 +68,7 @@ fn message(
 ) -> Result<JValue, ApiError> {
     let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
         bad(
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!("messages[{i}] needs a string `role`"),
         )
     })?;
@@ -76,7 +78,7 @@ fn message(
         Some(Value::Array(parts)) => Some(content_parts(i, parts, images)?),
         _ => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 format!(
                     "messages[{i}].content must be a string or a list of text and image_url parts"
                 ),
@@ -124,7 +126,7 @@ fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<
                 };
                 if url.is_empty() || url.starts_with("http://") || url.starts_with("https://") {
                     return Err(bad(
-                        "invalid-request",
+                        ErrorKind::InvalidRequest,
                         format!("messages[{i}].content[{j}]: give the image as a data URL (`data:image/png;base64,...`); the server fetches nothing"),
                     ));
                 }
@@ -134,13 +136,13 @@ fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<
             }
             (Some(other), _) if other != "text" => {
                 return Err(bad(
-                    "unsupported",
+                    ErrorKind::Unsupported,
                     format!("messages[{i}].content[{j}]: `{other}` parts are not supported"),
                 ))
             }
             _ => {
                 return Err(bad(
-                    "invalid-request",
+                    ErrorKind::InvalidRequest,
                     format!(
                     "messages[{i}].content[{j}] must be {{\"type\": \"text\", \"text\": string}}"
                 ),
@@ -235,7 +237,7 @@ fn render(
         Ok(Some(t)) => t,
         Ok(None) => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "the endpoint's model has no chat template (no `chat_template` in \
                  tokenizer_config.json, no chat_template.jinja); use /v1/completions with a prompt",
             ))
@@ -246,7 +248,7 @@ fn render(
         Some(Value::Array(a)) if !a.is_empty() => a,
         _ => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "`messages` must be a non-empty list of {\"role\", \"content\"} objects",
             ))
         }
@@ -264,24 +266,24 @@ fn render(
         (Some(Value::Array(a)), Some(t)) if !a.is_empty() => Some(t.0),
         (None | Some(Value::Null), _) => None,
         (Some(Value::Array(_)), _) => None,
-        _ => return Err(bad("invalid-request", "`tools` must be a list")),
+        _ => return Err(bad(ErrorKind::InvalidRequest, "`tools` must be a list")),
     };
     let add_generation_prompt = match v.get("add_generation_prompt") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "`add_generation_prompt` must be true or false",
             ))
         }
     };
     let rendered = template
         .render(JValue::from(messages), tools, add_generation_prompt)
-        .map_err(|e| bad("invalid-request", e.to_string()))?;
+        .map_err(|e| bad(ErrorKind::InvalidRequest, e.to_string()))?;
     if rendered.is_empty() {
         return Err(bad(
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             "the chat template rendered an empty prompt",
         ));
     }
@@ -301,27 +303,29 @@ pub(super) async fn openai_chat(
 ) -> Result<Response, ApiError> {
     let permit = state.permit()?;
     let bytes = body_bytes(body)?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad("invalid-request", format!("body is not valid JSON: {e}")))?;
-    let conv: Conversation = serde_json::from_slice(&bytes)
-        .map_err(|e| bad("invalid-request", format!("invalid chat request: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(
+            ErrorKind::InvalidRequest,
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
+    let conv: Conversation = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(
+            ErrorKind::InvalidRequest,
+            format!("invalid chat request: {e}"),
+        )
+    })?;
     let handler = state.pick(v.get("model").and_then(Value::as_str))?;
     let status = state
         .endpoints
         .status()
         .into_iter()
         .find(|s| s.name == handler.name())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the endpoint was removed",
-            )
-        })?;
+        .ok_or_else(|| ApiError::new(ErrorKind::Unavailable, "the endpoint was removed"))?;
     let files = state.model_files.get(&status).await?;
     if files.skill != "text-generation" {
         return Err(bad(
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!(
                 "endpoint `{}` serves `{}`; chat completions need a text-generation endpoint",
                 status.name, files.skill
@@ -333,7 +337,7 @@ pub(super) async fn openai_chat(
         Some(t) if t == "text" => {}
         Some(t) => {
             return Err(bad(
-                "unsupported",
+                ErrorKind::Unsupported,
                 format!("`response_format` {t} is not supported"),
             ))
         }
@@ -344,12 +348,12 @@ pub(super) async fn openai_chat(
     let (prompt, images) = tokio::task::spawn_blocking(move || render(&f, &body, conv))
         .await
         .map_err(|e| internal(format!("rendering the chat template failed: {e}")))??;
-    request["prompt"] = Value::String(prompt.text);
+    request.prompt = prompt.text;
     if !images.is_empty() {
-        request["images"] = json!(images);
+        request.images = Some(images);
     }
     if prompt.no_special_tokens {
-        request["add_special_tokens"] = Value::Bool(false);
+        request.add_special_tokens = Some(false);
     }
     let spec = StreamSpec {
         id: response_id("chatcmpl"),
@@ -360,15 +364,15 @@ pub(super) async fn openai_chat(
         prompt_tokens: prompt.tokens,
     };
     if stream {
-        let (chunks, done) = handler.call_streaming(request.to_string())?;
+        let (chunks, done) = handler.call_streaming(request.to_json())?;
         return Ok(sse(chunks, done, spec, permit));
     }
-    let o = handler.call(request.to_string()).await?;
+    let o = handler.call(request.to_json()).await?;
     if let Some(n) = prompt.tokens {
         check_prompt(&o, n)?;
     }
     let (p, c) = token_counts(&o);
-    let text = o.json.get("text").cloned().unwrap_or(json!(""));
+    let text = o.json.get(response::TEXT).cloned().unwrap_or(json!(""));
     let body = json!({
         "id": spec.id, "object": "chat.completion", "created": spec.created, "model": spec.model,
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": text },

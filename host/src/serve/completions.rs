@@ -16,38 +16,48 @@ use serde_json::{json, Value};
 
 use super::api::{json_body, json_response};
 use super::{ApiError, AppState};
+use crate::endpoint::contract::{response, GenerationRequest};
 use crate::runner::{Output, RequestError};
+use crate::ErrorKind;
 
-fn bad(kind: &str, m: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, kind, m)
+fn bad(kind: ErrorKind, m: impl Into<String>) -> ApiError {
+    ApiError::new(kind, m)
 }
 
 /// The skill request for `prompt` with the OpenAI options of body `v`.
-pub(super) fn generation_request(v: &Value, prompt: &str) -> Result<Value, ApiError> {
-    let mut req = json!({ "prompt": prompt });
+pub(super) fn generation_request(v: &Value, prompt: &str) -> Result<GenerationRequest, ApiError> {
+    let mut req = GenerationRequest {
+        prompt: prompt.to_string(),
+        ..Default::default()
+    };
     // Chat's `max_completion_tokens` replaced `max_tokens`; both are read.
     let max = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| v.get(*k).filter(|x| !x.is_null()));
     if let Some(n) = max {
-        req["max_new_tokens"] = n.clone();
+        req.max_new_tokens = Some(n.clone());
     }
     // OpenAI: temperature 0 is greedy. Absent: the model's generation_config.
     match v.get("temperature").filter(|x| !x.is_null()) {
         None => {}
         Some(t) => match t.as_f64() {
-            Some(0.0) => req["do_sample"] = Value::Bool(false),
+            Some(0.0) => req.do_sample = Some(false),
             Some(t) => {
-                req["do_sample"] = Value::Bool(true);
-                req["temperature"] = json!(t);
+                req.do_sample = Some(true);
+                req.temperature = Some(t);
             }
-            None => return Err(bad("invalid-request", "`temperature` must be a number")),
+            None => {
+                return Err(bad(
+                    ErrorKind::InvalidRequest,
+                    "`temperature` must be a number",
+                ))
+            }
         },
     }
     for k in ["frequency_penalty", "presence_penalty"] {
         if v.get(k).and_then(Value::as_f64).is_some_and(|x| x != 0.0) {
             return Err(bad(
-                "unsupported",
+                ErrorKind::Unsupported,
                 format!("`{k}` is not supported; use `repetition_penalty`"),
             ));
         }
@@ -63,21 +73,30 @@ pub(super) fn generation_request(v: &Value, prompt: &str) -> Result<Value, ApiEr
         if v.get(k)
             .is_some_and(|x| !x.is_null() && x != &Value::Bool(false))
         {
-            return Err(bad("unsupported", format!("`{k}` is not supported")));
+            return Err(bad(
+                ErrorKind::Unsupported,
+                format!("`{k}` is not supported"),
+            ));
         }
     }
     for k in ["top_p", "top_k", "seed", "repetition_penalty"] {
         if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
-            req[k] = x.clone();
+            req.set_option(k, x.clone());
         }
     }
     match v.get("stop") {
         None | Some(Value::Null) => {}
-        Some(Value::String(s)) => req["stop"] = json!([s]),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => req["stop"] = json!(a),
+        Some(Value::String(s)) => req.stop = Some(vec![s.clone()]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            req.stop = Some(
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect(),
+            )
+        }
         Some(_) => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "`stop` must be a string or a list of strings",
             ))
         }
@@ -87,7 +106,7 @@ pub(super) fn generation_request(v: &Value, prompt: &str) -> Result<Value, ApiEr
         Some(n) if n.as_u64() == Some(1) => {}
         Some(n) => {
             return Err(bad(
-                "unsupported",
+                ErrorKind::Unsupported,
                 format!("only `n: 1` is supported (got {n}); send the request again for more"),
             ))
         }
@@ -100,13 +119,18 @@ pub(super) fn stream_flags(v: &Value) -> Result<(bool, bool), ApiError> {
     let stream = match v.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad("invalid-request", "`stream` must be true or false")),
+        Some(_) => {
+            return Err(bad(
+                ErrorKind::InvalidRequest,
+                "`stream` must be true or false",
+            ))
+        }
     };
     let usage = match v.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(o) if !stream => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 format!("`stream_options` ({o}) is only allowed with `stream: true`"),
             ))
         }
@@ -115,7 +139,7 @@ pub(super) fn stream_flags(v: &Value) -> Result<(bool, bool), ApiError> {
             Some(Value::Bool(b)) => *b,
             Some(_) => {
                 return Err(bad(
-                    "invalid-request",
+                    ErrorKind::InvalidRequest,
                     "`stream_options.include_usage` must be true or false",
                 ))
             }
@@ -145,12 +169,12 @@ pub(super) fn response_id(prefix: &str) -> String {
 pub(super) fn token_counts(o: &Output) -> (u64, u64) {
     let prompt = o
         .json
-        .get("prompt_tokens")
+        .get(response::PROMPT_TOKENS)
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let completion = o
         .json
-        .get("token_ids")
+        .get(response::TOKEN_IDS)
         .and_then(Value::as_array)
         .map(|a| a.len() as u64)
         .unwrap_or(0);
@@ -164,7 +188,7 @@ pub(super) fn usage(prompt: u64, completion: u64) -> Value {
 /// OpenAI's finish reason of an answer: `stop` (eos or a stop string) or
 /// `length`.
 pub(super) fn finish_reason(o: &Output) -> Value {
-    match o.json.get("finish_reason").and_then(Value::as_str) {
+    match o.json.get(response::FINISH_REASON).and_then(Value::as_str) {
         Some("eos") | Some("stop") => json!("stop"),
         Some(other) => json!(other),
         None => Value::Null,
@@ -188,14 +212,14 @@ pub(super) async fn openai_completions(
             .collect(),
         _ => {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "`prompt` must be a string or a list of strings",
             ))
         }
     };
     let requests = prompts
         .iter()
-        .map(|p| generation_request(&v, p).map(|r| r.to_string()))
+        .map(|p| generation_request(&v, p).map(|r| r.to_json()))
         .collect::<Result<Vec<_>, _>>()?;
     let (stream, include_usage) = stream_flags(&v)?;
     let spec = StreamSpec {
@@ -208,7 +232,7 @@ pub(super) async fn openai_completions(
     };
     if stream {
         let [request] = <[String; 1]>::try_from(requests)
-            .map_err(|_| bad("unsupported", "streaming takes one prompt"))?;
+            .map_err(|_| bad(ErrorKind::Unsupported, "streaming takes one prompt"))?;
         let (chunks, done) = handler.call_streaming(request)?;
         return Ok(sse(chunks, done, spec, permit));
     }
@@ -220,7 +244,7 @@ pub(super) async fn openai_completions(
         prompt_tokens += p;
         completion_tokens += c;
         choices.push(json!({
-            "text": o.json.get("text").cloned().unwrap_or(Value::String(String::new())),
+            "text": o.json.get(response::TEXT).cloned().unwrap_or(Value::String(String::new())),
             "index": i, "logprobs": null, "finish_reason": finish_reason(&o),
         }));
     }
@@ -290,7 +314,7 @@ impl StreamSpec {
     }
 }
 
-fn error_event(kind: &str, message: &str) -> Event {
+fn error_event(kind: ErrorKind, message: &str) -> Event {
     Event::default().data(json!({ "error": { "message": message, "type": kind } }).to_string())
 }
 
@@ -328,7 +352,7 @@ pub(super) fn sse(
         if let Some(chunk) = st.chunks.recv().await {
             let v: Value = serde_json::from_str(&chunk).unwrap_or(Value::Null);
             let text = v
-                .get("text")
+                .get(response::TEXT)
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
@@ -340,10 +364,7 @@ pub(super) fn sse(
         // The sender is gone: the request finished (or failed).
         let result = match st.done.take()?.await {
             Ok(r) => r,
-            Err(_) => Err(RequestError {
-                kind: "internal",
-                message: "request lost".into(),
-            }),
+            Err(_) => Err(RequestError::internal("request lost")),
         };
         let result = result.map_err(ApiError::from).and_then(|o| {
             if let Some(n) = st.spec.prompt_tokens {
@@ -353,14 +374,18 @@ pub(super) fn sse(
         });
         let ev = match result {
             Ok(o) => {
-                let full = o.json.get("text").and_then(Value::as_str).unwrap_or("");
+                let full = o
+                    .json
+                    .get(response::TEXT)
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let rest = full.strip_prefix(st.sent.as_str()).unwrap_or("");
                 if st.spec.include_usage {
                     st.tail.push(st.spec.usage_event(&o));
                 }
                 st.spec.event(rest, finish_reason(&o), st.first)
             }
-            Err(e) => error_event(&e.kind, &e.message),
+            Err(e) => error_event(e.kind, &e.message),
         };
         Some((Ok(ev), st))
     });

@@ -10,16 +10,18 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::transcripts::{self, Format};
 use super::{ApiError, AppState};
+use crate::endpoint::contract::{response, Timestamps, TranscriptionRequest};
+use crate::ErrorKind;
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", message)
+    ApiError::new(ErrorKind::InvalidRequest, message)
 }
 
 /// Whether a request carries a multipart form.
@@ -42,9 +44,9 @@ async fn parts(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Vec<Part>, ApiError> {
     let body = body.map_err(|r| {
-        ApiError::new(
+        ApiError::with_status(
             r.status(),
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!("cannot read the request body: {r}"),
         )
     })?;
@@ -150,21 +152,20 @@ pub(super) async fn transcriptions(
             "unknown response_format `{name}` (json, text, verbose_json, srt, vtt)"
         ))
     })?;
-    let mut req = serde_json::json!({ "audio": audio });
-    if let Some(l) = text("language") {
-        req["language"] = Value::String(l.to_string());
-    }
-    // Previous text (Whisper's `prompt_ids`); other models refuse it.
-    if let Some(p) = text("prompt") {
-        req["prompt"] = Value::String(p.to_string());
-    }
+    let mut req = TranscriptionRequest {
+        audio,
+        language: text("language").map(str::to_string),
+        // Previous text (Whisper's `prompt_ids`); other models refuse it.
+        prompt: text("prompt").map(str::to_string),
+        ..Default::default()
+    };
     if let Some(t) = text("temperature") {
         let t: f64 = t
             .parse()
             .map_err(|_| bad(format!("`temperature` `{t}` is not a number")))?;
         // 0 (OpenAI's default) is greedy: send nothing.
         if t != 0.0 {
-            req["temperature"] = serde_json::json!(t);
+            req.temperature = Some(t);
         }
     }
     let timed = format.timed()
@@ -172,29 +173,27 @@ pub(super) async fn transcriptions(
             .keys()
             .any(|k| k.starts_with("timestamp_granularities"));
     if timed {
-        req["return_timestamps"] = Value::Bool(true);
+        req.return_timestamps = Some(Timestamps::Segments);
     }
     let handler = &handler;
-    let call = |req: Value| async move {
+    let call = |req: TranscriptionRequest| async move {
         handler
-            .call_many(vec![req.to_string()])
+            .call_many(vec![req.to_json()])
             .await
             .into_iter()
             .next()
-            .unwrap_or_else(|| {
-                Err(crate::runner::RequestError {
-                    kind: "internal",
-                    message: "no answer".into(),
-                })
-            })
+            .unwrap_or_else(|| Err(crate::runner::RequestError::internal("no answer")))
     };
     let words = format == Format::VerboseJson && granularities.iter().any(|g| g == "word");
     let word_list = match words {
         true => {
             let mut word_req = req.clone();
-            word_req["return_timestamps"] = Value::String("word".into());
+            word_req.return_timestamps = Some(Timestamps::Words);
             let mut w = call(word_req).await?;
-            let list = w.json.remove("chunks").unwrap_or(Value::Array(Vec::new()));
+            let list = w
+                .json
+                .remove(response::CHUNKS)
+                .unwrap_or(Value::Array(Vec::new()));
             if !granularities.iter().any(|g| g == "segment") {
                 w.json.insert("words".into(), list);
                 return Ok(rendered(format, w.json));
@@ -208,9 +207,9 @@ pub(super) async fn transcriptions(
     let mut out = match (format, timed) {
         (Format::VerboseJson, false) => {
             let mut timed_req = req.clone();
-            timed_req["return_timestamps"] = Value::Bool(true);
+            timed_req.return_timestamps = Some(Timestamps::Segments);
             match call(timed_req).await {
-                Err(e) if e.kind == "unsupported" => call(req).await?,
+                Err(e) if e.kind == ErrorKind::Unsupported => call(req).await?,
                 other => other?,
             }
         }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -21,6 +20,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use super::ApiError;
+use crate::ErrorKind;
 
 /// Connection and request timeouts.
 #[derive(Clone, Copy, Debug)]
@@ -61,8 +61,7 @@ pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Nex
         tokio::time::timeout(b.timeout, http_body_util::BodyExt::collect(limited)).await;
     match collected {
         Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
+            ErrorKind::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s",
                 b.timeout.as_secs_f64()
@@ -74,8 +73,7 @@ pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Nex
                 .is_some() =>
         {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
+                ErrorKind::PayloadTooLarge,
                 format!(
                     "the request body is over the size limit of {} bytes",
                     b.max_bytes
@@ -84,8 +82,7 @@ pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Nex
             .into_response()
         }
         Ok(Err(e)) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!("cannot read the request body: {e}"),
         )
         .into_response(),

@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 
 use crate::endpoint::Endpoints;
 use crate::runner::RequestError;
+use crate::ErrorKind;
 use auth::Keys;
 use confine::ModelRoots;
 use listen::Timeouts;
@@ -102,15 +103,13 @@ impl AppState {
                     [one] => one.clone(),
                     [] => {
                         return Err(ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "unavailable",
+                            ErrorKind::Unavailable,
                             "no endpoints are loaded",
                         ))
                     }
                     _ => {
                         return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "invalid-request",
+                            ErrorKind::InvalidRequest,
                             format!(
                                 "several endpoints are loaded ({}); name one with `model`",
                                 names.join(", ")
@@ -122,8 +121,7 @@ impl AppState {
         };
         self.endpoints.handler(&name).ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown-endpoint",
+                ErrorKind::UnknownEndpoint,
                 format!(
                     "unknown endpoint `{name}`; loaded: {}",
                     self.endpoints.names().join(", ")
@@ -135,8 +133,7 @@ impl AppState {
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "overloaded",
+                ErrorKind::Overloaded,
                 "too many concurrent requests; retry later",
             )
         })
@@ -144,21 +141,29 @@ impl AppState {
 }
 
 /// An error response in OpenAI's shape: `{"error": {"message", "type",
-/// "param", "code"}}` with OpenAI's `type` for the status and this
-/// server's kind (`overloaded`, `unsupported`, ...) as `code`; the TEI
-/// routes reshape it to TEI's `{"error", "error_type"}` ([`tei::reshape`]).
+/// "param", "code"}}` with the kind's OpenAI `type` and the kind itself
+/// (`overloaded`, `unsupported`, ...) as `code`; the status is the kind's
+/// ([`ErrorKind::http_status`]) unless set otherwise. The TEI routes
+/// reshape it to TEI's `{"error", "error_type"}` ([`tei::reshape`]).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    kind: String,
+    kind: ErrorKind,
     message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+    /// An error of `kind`, with the kind's status.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::with_status(kind.http_status(), kind, message)
+    }
+
+    /// An error of `kind` with a status of its own (a body the transport
+    /// refused, an admin operation's cause).
+    pub fn with_status(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            kind: kind.to_string(),
+            kind,
             message: message.into(),
         }
     }
@@ -166,44 +171,22 @@ impl ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        let status = match e.kind {
-            "invalid-request" | "unsupported" => StatusCode::BAD_REQUEST,
-            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.kind, e.message)
+        ApiError::new(e.kind, e.message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": {
-            "message": self.message, "type": openai_type(self.status), "param": null, "code": self.kind,
+            "message": self.message, "type": self.kind.openai_type(), "param": null, "code": self.kind,
         } });
         let mut r = (self.status, axum::Json(body)).into_response();
         // Overload and unavailability pass: say when to come back.
-        if matches!(
-            self.status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        ) {
+        if self.kind.retry_later() {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
-    }
-}
-
-/// OpenAI's error `type` for a status (clients branch on the status; the
-/// `code` carries this server's finer kind).
-fn openai_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
-        408 => "timeout_error",
-        429 => "rate_limit_error",
-        s if s >= 500 => "server_error",
-        _ => "invalid_request_error",
     }
 }
 
@@ -254,7 +237,7 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .merge(admin)
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
+        .fallback(|| async { ApiError::new(ErrorKind::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(read, listen::read_body))
         .layer(middleware::from_fn_with_state(metrics, count_status))

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
 
 use super::chat_template::ChatTemplate;
 use super::ApiError;
 use crate::endpoint::EndpointStatus;
+use crate::ErrorKind;
 
 /// The files of one endpoint's model.
 pub struct ModelFiles {
@@ -37,7 +37,7 @@ pub struct Cache {
 }
 
 fn internal(m: String) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+    ApiError::new(ErrorKind::Internal, m)
 }
 
 impl Cache {

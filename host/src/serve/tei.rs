@@ -13,10 +13,12 @@ use serde_json::{json, Value};
 
 use super::api::json_body;
 use super::{ApiError, AppState};
+use crate::endpoint::contract::{response, TextRequest};
 use crate::runner::Output;
+use crate::ErrorKind;
 
 fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", msg)
+    ApiError::new(ErrorKind::InvalidRequest, msg)
 }
 
 fn json_response(body: Value) -> Response {
@@ -49,19 +51,23 @@ impl Sequence {
 
     fn request(&self, raw: bool) -> String {
         let mut r = match self {
-            Sequence::Single(t) => json!({ "text": t }),
-            Sequence::Pair(a, b) => json!({ "text": a, "text_pair": b }),
+            Sequence::Single(t) => TextRequest::new(t.as_str()),
+            Sequence::Pair(a, b) => TextRequest {
+                text: a.clone(),
+                text_pair: Some(b.clone()),
+                function_to_apply: None,
+            },
         };
         if raw {
-            r["function_to_apply"] = json!("none");
+            r.function_to_apply = Some("none");
         }
-        r.to_string()
+        r.to_json()
     }
 }
 
 /// The `labels` of a text-classification answer.
 fn labels(o: &Output) -> Result<&Vec<Value>, ApiError> {
-    o.json.get("labels").and_then(Value::as_array).ok_or_else(|| {
+    o.json.get(response::LABELS).and_then(Value::as_array).ok_or_else(|| {
         bad("the endpoint does not classify texts: serve a text-classification skill for this route")
     })
 }

@@ -16,15 +16,17 @@ use serde_json::{json, Value};
 use super::api::{embed_all, json_body, json_response, texts};
 use super::model_files::ModelFiles;
 use super::{ApiError, AppState};
+use crate::endpoint::contract::response;
 use crate::endpoint::EndpointStatus;
 use crate::runner::Output;
+use crate::ErrorKind;
 
-fn bad(kind: &str, m: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, kind, m)
+fn bad(kind: ErrorKind, m: impl Into<String>) -> ApiError {
+    ApiError::new(kind, m)
 }
 
 fn internal(m: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+    ApiError::new(ErrorKind::Internal, m)
 }
 
 /// The endpoint a TEI body means, its status and its model files.
@@ -38,13 +40,7 @@ async fn endpoint(
         .status()
         .into_iter()
         .find(|s| s.name == handler.name())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the endpoint was removed",
-            )
-        })?;
+        .ok_or_else(|| ApiError::new(ErrorKind::Unavailable, "the endpoint was removed"))?;
     let files = state.model_files.get(&status).await?;
     Ok((status, files))
 }
@@ -54,16 +50,16 @@ fn flag(v: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(bad(
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!("`{key}` must be true or false"),
         )),
     }
 }
 
 fn embedding(o: &Output) -> Result<Vec<f32>, ApiError> {
-    o.tensor("embedding")
+    o.tensor(response::EMBEDDING)
         .ok_or_else(|| internal("the endpoint's skill returned no `embedding`"))?
-        .to_f32("embedding")
+        .to_f32(response::EMBEDDING)
         .map_err(|e| internal(e.to_string()))
 }
 
@@ -79,7 +75,7 @@ async fn embed_texts(state: &AppState, v: &Value) -> Result<Vec<Vec<f32>>, ApiEr
         Some(d) if d.eq_ignore_ascii_case("right") => {}
         Some(d) => {
             return Err(bad(
-                "unsupported",
+                ErrorKind::Unsupported,
                 format!("truncation_direction `{d}` is not supported: the skill keeps the start of a text (`Right`)"),
             ))
         }
@@ -88,7 +84,7 @@ async fn embed_texts(state: &AppState, v: &Value) -> Result<Vec<Vec<f32>>, ApiEr
     let (status, files) = endpoint(state, v).await?;
     if !normalize && files.normalizes {
         return Err(bad(
-            "unsupported",
+            ErrorKind::Unsupported,
             "`normalize: false` is not available on this model: its sentence-transformers modules end in Normalize",
         ));
     }
@@ -137,7 +133,7 @@ async fn similarity_of(state: &AppState, v: &Value) -> Result<Response, ApiError
         .and_then(Value::as_str)
         .ok_or_else(|| {
             bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "`inputs.source_sentence` must be a string",
             )
         })?;
@@ -175,8 +171,12 @@ pub(super) async fn root(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let bytes = super::api::body_bytes(body)?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad("invalid-request", format!("body is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(
+            ErrorKind::InvalidRequest,
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
     if v.get("inputs")
         .is_some_and(|i| i.get("source_sentence").is_some())
     {
@@ -188,7 +188,7 @@ pub(super) async fn root(
         "text-embedding" | "multimodal-embedding" => embed(State(state), Ok(bytes)).await,
         "text-classification" => super::tei::predict(State(state), Ok(bytes)).await,
         other => Err(bad(
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             format!(
                 "`POST /` serves embedding and classification endpoints; this one serves `{other}`"
             ),
@@ -199,16 +199,18 @@ pub(super) async fn root(
 /// `POST /embed_all`: refused (skills return pooled embeddings only).
 pub(super) async fn embed_all_route() -> ApiError {
     bad(
-        "unsupported",
+        ErrorKind::Unsupported,
         "/embed_all is not supported: skills return pooled embeddings, not per-token ones",
     )
 }
 
 fn tokenizer(files: &ModelFiles) -> Result<&tokenizers::Tokenizer, ApiError> {
-    files
-        .tokenizer
-        .as_ref()
-        .ok_or_else(|| bad("unsupported", "the endpoint's model has no tokenizer.json"))
+    files.tokenizer.as_ref().ok_or_else(|| {
+        bad(
+            ErrorKind::Unsupported,
+            "the endpoint's model has no tokenizer.json",
+        )
+    })
 }
 
 /// TEI `POST /tokenize`: `{"inputs": str | [str], "add_special_tokens": true}`
@@ -229,7 +231,7 @@ pub(super) async fn tokenize(
         for text in &inputs {
             let enc = tok
                 .encode(text.as_str(), special)
-                .map_err(|e| bad("invalid-request", format!("cannot tokenize: {e}")))?;
+                .map_err(|e| bad(ErrorKind::InvalidRequest, format!("cannot tokenize: {e}")))?;
             let mask = enc.get_special_tokens_mask();
             let tokens: Vec<Value> = (0..enc.len())
                 .map(|i| {
@@ -276,7 +278,7 @@ pub(super) async fn decode(
     }
     .ok_or_else(|| {
         bad(
-            "invalid-request",
+            ErrorKind::InvalidRequest,
             "`ids` must be a list of token ids or a list of such lists",
         )
     })?;
@@ -287,13 +289,13 @@ pub(super) async fn decode(
     for r in &rows {
         if let Some(bad_id) = r.iter().find(|&&i| i >= vocab) {
             return Err(bad(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 format!("token id {bad_id} is outside the vocabulary ({vocab})"),
             ));
         }
         let text = tok
             .decode(r, skip)
-            .map_err(|e| bad("invalid-request", format!("cannot decode: {e}")))?;
+            .map_err(|e| bad(ErrorKind::InvalidRequest, format!("cannot decode: {e}")))?;
         out.push(Value::String(text));
     }
     Ok(json_response(StatusCode::OK, Value::Array(out).to_string()))
