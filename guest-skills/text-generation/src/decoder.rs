@@ -185,11 +185,10 @@ pub fn build(
     let root = match spec.root {
         Root::Base => base,
         Root::Fixed(_) if vision => {
-            let (_, served) = crate::arch::served();
             return Err(Error::Unsupported(format!(
                 "a LLaVA decoder of type {} (served: {})",
                 spec.name,
-                served.join(", ")
+                crate::arch::served(true).join(", ")
             )));
         }
         Root::Fixed(root) => root,

@@ -138,7 +138,7 @@ impl Guest for TextGeneration {
         SkillInfo {
             name: "text-generation".into(),
             task: "text-generation".into(),
-            architectures: (arch::served().0.into_iter())
+            architectures: (arch::served(false).into_iter())
                 .chain(["llava", "llava_next", "qwen2_vl"])
                 .map(|s| s.to_string())
                 .collect(),
@@ -170,11 +170,10 @@ impl Guest for TextGeneration {
         };
         let model_type = config.str_or("model_type", "")?.to_string();
         let arch = arch::from_config(&model_type, &config).ok_or_else(|| {
-            let (all, vision) = arch::served();
             Error::Unsupported(format!(
                 "model_type `{model_type}` is not served by text-generation (supported: {}, and llava with a {} decoder)",
-                all.join(", "),
-                vision.join(", ")
+                arch::served(false).join(", "),
+                arch::served(true).join(", ")
             ))
         })?;
         let gen = Json::asset("generation_config.json")?;

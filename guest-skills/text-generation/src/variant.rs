@@ -107,3 +107,39 @@ impl Variant {
         (kind, suffix.collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_and_names() {
+        let step = |p, s, f, i| Step::of(p, s, f, i).ok();
+        assert_eq!(
+            step(true, true, false, true),
+            Some(Step::Prefill { images: true })
+        );
+        assert_eq!(
+            step(false, false, true, false),
+            Some(Step::Decode { fed: true })
+        );
+        assert_eq!(
+            step(false, true, false, true),
+            Some(Step::Extend { images: true })
+        );
+        // Fed steps are one-token decode steps; images need a prompt.
+        assert_eq!(step(false, true, true, false), None);
+        assert_eq!(step(true, true, true, false), None);
+        assert_eq!(step(false, false, false, true), None);
+        let v = Variant {
+            step: Step::Decode { fed: true },
+            sample: true,
+            logits: false,
+            penalty: true,
+        };
+        assert_eq!(
+            v.name_parts(),
+            ("decode", "-sample-penalty-fed".to_string())
+        );
+    }
+}

@@ -27,16 +27,14 @@ pub fn from_config(model_type: &str, c: &Json) -> Option<&'static DecoderSpec> {
     }
 }
 
-/// The `model_type`s served, one per architecture (for error messages),
-/// and those that may be a LLaVA's decoder.
-pub fn served() -> (Vec<&'static str>, Vec<&'static str>) {
-    let first = |s: &DecoderSpec| s.model_types.first().copied();
-    let all = DECODERS.iter().filter_map(first).collect();
-    let vision = (DECODERS.iter())
-        .filter(|s| s.root == Root::Base)
-        .filter_map(first)
-        .collect();
-    (all, vision)
+/// The `model_type`s served, one per architecture (for error messages
+/// and `describe`); with `llava_only`, those that may be a LLaVA's decoder
+/// (rooted at the model base).
+pub fn served(llava_only: bool) -> Vec<&'static str> {
+    (DECODERS.iter())
+        .filter(|s| !llava_only || s.root == Root::Base)
+        .filter_map(|s| s.model_types.first().copied())
+        .collect()
 }
 
 #[cfg(test)]
@@ -66,5 +64,11 @@ mod tests {
         let c = json(serde_json::json!({}));
         assert_eq!(from_config("qwen2_vl", &c).map(|s| s.name), Some("qwen2"));
         assert!(from_config("bert", &c).is_none());
+    }
+
+    #[test]
+    fn llava_decoders_are_those_rooted_at_the_model_base() {
+        assert_eq!(served(true), ["llama", "qwen2", "mistral"]);
+        assert_eq!(served(false).len(), DECODERS.len());
     }
 }
