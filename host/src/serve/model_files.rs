@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-
 use super::chat_template::ChatTemplate;
 use super::ApiError;
 use crate::endpoint::EndpointStatus;
