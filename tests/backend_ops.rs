@@ -97,6 +97,34 @@ const KNOWN_DEVIATIONS: &[KnownDeviation] = &[KnownDeviation {
     identity: ("y", "x"),
 }];
 
+/// Every IR op (every `Op` variant, and each op of the unary, binary,
+/// compare and reduce families of the op table) has an op case that runs
+/// as a plain case: `op_cases::cases()` all run on every backend (cpu and
+/// openvino in CI, cuda on the GPU machine), and the one list of
+/// exceptions is `KNOWN_DEVIATIONS`, whose cases do not count. Needs no
+/// backend.
+#[test]
+fn every_ir_op_has_an_op_case() {
+    let cases = op_cases::cases();
+    for k in KNOWN_DEVIATIONS {
+        assert!(
+            cases.iter().any(|c| c.name == k.case),
+            "KNOWN_DEVIATIONS names `{}`, which is not an op case",
+            k.case
+        );
+    }
+    let plain: Vec<&OpCase> = cases
+        .iter()
+        .filter(|c| !KNOWN_DEVIATIONS.iter().any(|k| k.case == c.name))
+        .collect();
+    let missing = op_cases::coverage::uncovered(&plain);
+    assert!(
+        missing.is_empty(),
+        "IR ops without an op case (add one under tests/op_cases/): {}",
+        missing.join(", ")
+    );
+}
+
 /// The known deviation of `case` on this backend, if any.
 fn known_deviation(
     device: &str,

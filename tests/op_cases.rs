@@ -16,6 +16,8 @@
 mod attention;
 #[path = "op_cases/composite.rs"]
 mod composite;
+#[path = "op_cases/coverage.rs"]
+pub mod coverage;
 #[path = "op_cases/elementwise.rs"]
 mod elementwise;
 #[path = "op_cases/fused.rs"]

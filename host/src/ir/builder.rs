@@ -353,12 +353,7 @@ impl GraphBuilder {
 
     pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> R {
         let n = self.get(x)?.clone();
-        let ok = match op {
-            UnaryOp::Not => n.dtype == DType::Bool,
-            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu => n.dtype != DType::Bool,
-            _ => n.dtype.is_float(),
-        };
-        if !ok {
+        if !op.operands().accepts(n.dtype) {
             return Err(self.err("unary", format!("{op:?} does not accept {}", n.dtype)));
         }
         self.push(Op::Unary(op, x), n.dtype, n.shape)

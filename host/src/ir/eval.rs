@@ -29,6 +29,7 @@ use super::shape::{check_sizes, eval_dim, eval_shape, is_sum, Bindings};
 use super::{DType, Dim, Graph, GraphError, Node, NodeId, Op};
 use crate::tensor::Tensor;
 
+pub(crate) use kernels::erf;
 use kernels::{Data, Value};
 
 /// Largest tensor an evaluation may create, in elements (as for backend runs).

@@ -9,12 +9,17 @@
 pub mod builder;
 pub mod conv;
 pub mod eval;
+mod kind;
+pub mod ops;
 pub mod shape;
 mod write_rows;
 
 use std::fmt;
 
 pub use builder::GraphBuilder;
+pub use kind::OpKind;
+pub(crate) use ops::op_table;
+pub use ops::{BinaryOp, CompareOp, ReduceOp, UnaryOp};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -139,55 +144,6 @@ pub fn shape_str(shape: &[Dim]) -> String {
 
 /// Index of a node in its graph.
 pub type NodeId = u32;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum UnaryOp {
-    Neg,
-    Abs,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Reciprocal,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Gelu,
-    GeluTanh,
-    Silu,
-    Erf,
-    Not,
-    Sin,
-    Cos,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Maximum,
-    Minimum,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum CompareOp {
-    Equal,
-    Less,
-    LessOrEqual,
-    Greater,
-    GreaterOrEqual,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum ReduceOp {
-    Sum,
-    Mean,
-    Max,
-    Min,
-}
 
 /// A constant tensor embedded in the graph.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -386,44 +342,6 @@ impl Op {
             Op::Gather { x, indices, .. } => vec![*x, *indices],
             Op::WriteRows { x, update, start } => vec![*x, *update, *start],
             Op::Concat { xs, .. } => xs.clone(),
-        }
-    }
-
-    /// Short name used in errors.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Input { .. } => "input",
-            Op::Weight { .. } => "weight",
-            Op::Constant(_) => "constant",
-            Op::Unary(..) => "unary",
-            Op::Binary(..) => "binary",
-            Op::Compare(..) => "compare",
-            Op::And(..) => "logical-and",
-            Op::Select { .. } => "select",
-            Op::Cast(..) => "cast",
-            Op::MatMul(..) => "matmul",
-            Op::Linear { .. } => "linear",
-            Op::LayerNorm { .. } => "layer-norm",
-            Op::RmsNorm { .. } => "rms-norm",
-            Op::Rotary { .. } => "rotary",
-            Op::Softmax { .. } => "softmax",
-            Op::Attention { .. } => "attention",
-            Op::Embedding { .. } => "embedding",
-            Op::Reshape { .. } => "reshape",
-            Op::Permute { .. } => "permute",
-            Op::Slice { .. } => "slice",
-            Op::Concat { .. } => "concat",
-            Op::Unsqueeze { .. } => "unsqueeze",
-            Op::Squeeze { .. } => "squeeze",
-            Op::Expand { .. } => "expand",
-            Op::Reduce { .. } => "reduce",
-            Op::L2Normalize { .. } => "l2-normalize",
-            Op::Conv { .. } => "conv",
-            Op::State { .. } => "state",
-            Op::Gather { .. } => "gather",
-            Op::WriteRows { .. } => "write-rows",
-            Op::ArgMax { .. } => "argmax",
-            Op::TopKValues { .. } | Op::TopKIndices { .. } => "top-k",
         }
     }
 }

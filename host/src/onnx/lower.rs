@@ -1,9 +1,11 @@
 //! Lowering of IR ops to ONNX nodes.
 
+mod unary;
+
 use onnx_protobuf::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
 
 use super::{raw_initializer, EmitError};
-use crate::ir::{BinaryOp, CompareOp, DType, Dim, Graph, NodeId, Op, ReduceOp, UnaryOp};
+use crate::ir::{DType, Dim, Graph, NodeId, Op};
 
 /// Builds ONNX nodes for one graph.
 pub(super) struct Lowering<'g> {
@@ -224,27 +226,9 @@ impl<'g> Lowering<'g> {
                     .push(raw_initializer(&out, c.dtype, &dims, c.bytes.clone()));
             }
             Op::Unary(op, x) => self.unary(*op, &self.v(*x), &out, dt),
-            Op::Binary(op, a, b) => {
-                let name = match op {
-                    BinaryOp::Add => "Add",
-                    BinaryOp::Sub => "Sub",
-                    BinaryOp::Mul => "Mul",
-                    BinaryOp::Div => "Div",
-                    BinaryOp::Pow => "Pow",
-                    BinaryOp::Maximum => "Max",
-                    BinaryOp::Minimum => "Min",
-                };
-                self.node(name, &[&self.v(*a), &self.v(*b)], &out, vec![]);
-            }
+            Op::Binary(op, a, b) => self.node(op.onnx(), &[&self.v(*a), &self.v(*b)], &out, vec![]),
             Op::Compare(op, a, b) => {
-                let name = match op {
-                    CompareOp::Equal => "Equal",
-                    CompareOp::Less => "Less",
-                    CompareOp::LessOrEqual => "LessOrEqual",
-                    CompareOp::Greater => "Greater",
-                    CompareOp::GreaterOrEqual => "GreaterOrEqual",
-                };
-                self.node(name, &[&self.v(*a), &self.v(*b)], &out, vec![]);
+                self.node(op.onnx(), &[&self.v(*a), &self.v(*b)], &out, vec![])
             }
             Op::And(a, b) => self.node("And", &[&self.v(*a), &self.v(*b)], &out, vec![]),
             Op::Select { cond, a, b } => self.node(
@@ -407,12 +391,7 @@ impl<'g> Lowering<'g> {
                 axes,
                 keep_dims,
             } => {
-                let name = match op {
-                    ReduceOp::Sum => "ReduceSum",
-                    ReduceOp::Mean => "ReduceMean",
-                    ReduceOp::Max => "ReduceMax",
-                    ReduceOp::Min => "ReduceMin",
-                };
+                let name = op.onnx();
                 let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
                 let a = self.ints(&axes);
                 self.node(
@@ -464,69 +443,6 @@ impl<'g> Lowering<'g> {
             }
         }
         Ok(())
-    }
-
-    fn unary(&mut self, op: UnaryOp, x: &str, out: &str, dt: DType) {
-        let simple = match op {
-            UnaryOp::Neg => Some("Neg"),
-            UnaryOp::Abs => Some("Abs"),
-            UnaryOp::Exp => Some("Exp"),
-            UnaryOp::Log => Some("Log"),
-            UnaryOp::Sqrt => Some("Sqrt"),
-            UnaryOp::Reciprocal => Some("Reciprocal"),
-            UnaryOp::Tanh => Some("Tanh"),
-            UnaryOp::Sigmoid => Some("Sigmoid"),
-            UnaryOp::Relu => Some("Relu"),
-            UnaryOp::Erf => Some("Erf"),
-            UnaryOp::Not => Some("Not"),
-            UnaryOp::Sin => Some("Sin"),
-            UnaryOp::Cos => Some("Cos"),
-            _ => None,
-        };
-        if let Some(name) = simple {
-            self.node(name, &[x], out, vec![]);
-            return;
-        }
-        match op {
-            UnaryOp::Rsqrt => {
-                let s = self.tmp("Sqrt", &[x], vec![]);
-                self.node("Reciprocal", &[&s], out, vec![]);
-            }
-            UnaryOp::Gelu => {
-                // x * 0.5 * (1 + erf(x / sqrt(2))): the pattern ORT fuses into Gelu.
-                let c = self.scalar(dt, std::f64::consts::SQRT_2);
-                let d = self.tmp("Div", &[x, &c], vec![]);
-                let e = self.tmp("Erf", &[&d], vec![]);
-                let one = self.scalar(dt, 1.0);
-                let p = self.tmp("Add", &[&e, &one], vec![]);
-                let m = self.tmp("Mul", &[x, &p], vec![]);
-                let half = self.scalar(dt, 0.5);
-                self.node("Mul", &[&m, &half], out, vec![]);
-            }
-            UnaryOp::GeluTanh => {
-                // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
-                let x3 = {
-                    let x2 = self.tmp("Mul", &[x, x], vec![]);
-                    self.tmp("Mul", &[&x2, x], vec![])
-                };
-                let k = self.scalar(dt, 0.044715);
-                let kx3 = self.tmp("Mul", &[&x3, &k], vec![]);
-                let inner = self.tmp("Add", &[x, &kx3], vec![]);
-                let c = self.scalar(dt, (2.0 / std::f64::consts::PI).sqrt());
-                let scaled = self.tmp("Mul", &[&inner, &c], vec![]);
-                let t = self.tmp("Tanh", &[&scaled], vec![]);
-                let one = self.scalar(dt, 1.0);
-                let p = self.tmp("Add", &[&t, &one], vec![]);
-                let m = self.tmp("Mul", &[x, &p], vec![]);
-                let half = self.scalar(dt, 0.5);
-                self.node("Mul", &[&m, &half], out, vec![]);
-            }
-            UnaryOp::Silu => {
-                let s = self.tmp("Sigmoid", &[x], vec![]);
-                self.node("Mul", &[x, &s], out, vec![]);
-            }
-            _ => unreachable!("simple unary ops handled above"),
-        }
     }
 
     /// Rotary embedding from Slice, Neg, Concat, Mul and Add (and Reshape

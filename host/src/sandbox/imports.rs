@@ -10,13 +10,30 @@ use super::convert::*;
 use super::HostState;
 use crate::backend::{check_inputs, Backend, Executable};
 use crate::ir::builder::{BuilderLimits, WeightTypes};
-use crate::ir::{
-    BinaryOp, CompareOp, ConstData, Graph, GraphBuilder, GraphError, ReduceOp, UnaryOp,
-};
+use crate::ir::{ConstData, Graph, GraphBuilder, GraphError};
 use crate::model::Model;
 use types::Error as WitError;
 
 type WResult<T> = wasmtime::Result<Result<T, WitError>>;
+
+/// `From<graph::Enum>` for the IR enum of the same name, from the rows of
+/// the op table (`ir::ops`): a WIT case without a row, or a row without a
+/// WIT case, does not compile.
+macro_rules! from_wit {
+    ($(#[$m:meta])* $name:ident; $($(#[$vm:meta])* $v:ident { $($field:tt)* }),* $(,)?) => {
+        impl From<graph::$name> for crate::ir::$name {
+            fn from(op: graph::$name) -> Self {
+                match op {
+                    $(graph::$name::$v => Self::$v,)*
+                }
+            }
+        }
+    };
+}
+crate::ir::op_table!(unary, from_wit);
+crate::ir::op_table!(binary, from_wit);
+crate::ir::op_table!(compare, from_wit);
+crate::ir::op_table!(reduce, from_wit);
 
 /// Compiled graphs shared by every instance of an endpoint, keyed by graph
 /// fingerprint (the backend and model are fixed per context).
@@ -253,53 +270,15 @@ impl graph::HostBuilder for HostState {
     }
 
     fn unary(&mut self, b: B, op: graph::UnaryOp, x: Node) -> WResult<Node> {
-        use graph::UnaryOp as W;
-        let op = match op {
-            W::Neg => UnaryOp::Neg,
-            W::Abs => UnaryOp::Abs,
-            W::Exp => UnaryOp::Exp,
-            W::Log => UnaryOp::Log,
-            W::Sqrt => UnaryOp::Sqrt,
-            W::Rsqrt => UnaryOp::Rsqrt,
-            W::Reciprocal => UnaryOp::Reciprocal,
-            W::Tanh => UnaryOp::Tanh,
-            W::Sigmoid => UnaryOp::Sigmoid,
-            W::Relu => UnaryOp::Relu,
-            W::Gelu => UnaryOp::Gelu,
-            W::GeluTanh => UnaryOp::GeluTanh,
-            W::Silu => UnaryOp::Silu,
-            W::Erf => UnaryOp::Erf,
-            W::Not => UnaryOp::Not,
-            W::Sin => UnaryOp::Sin,
-            W::Cos => UnaryOp::Cos,
-        };
-        self.with_builder(&b, |g| g.unary(op, x))
+        self.with_builder(&b, |g| g.unary(op.into(), x))
     }
 
     fn binary(&mut self, b: B, op: graph::BinaryOp, x: Node, y: Node) -> WResult<Node> {
-        use graph::BinaryOp as W;
-        let op = match op {
-            W::Add => BinaryOp::Add,
-            W::Sub => BinaryOp::Sub,
-            W::Mul => BinaryOp::Mul,
-            W::Div => BinaryOp::Div,
-            W::Pow => BinaryOp::Pow,
-            W::Maximum => BinaryOp::Maximum,
-            W::Minimum => BinaryOp::Minimum,
-        };
-        self.with_builder(&b, |g| g.binary(op, x, y))
+        self.with_builder(&b, |g| g.binary(op.into(), x, y))
     }
 
     fn compare(&mut self, b: B, op: graph::CompareOp, x: Node, y: Node) -> WResult<Node> {
-        use graph::CompareOp as W;
-        let op = match op {
-            W::Equal => CompareOp::Equal,
-            W::Less => CompareOp::Less,
-            W::LessOrEqual => CompareOp::LessOrEqual,
-            W::Greater => CompareOp::Greater,
-            W::GreaterOrEqual => CompareOp::GreaterOrEqual,
-        };
-        self.with_builder(&b, |g| g.compare(op, x, y))
+        self.with_builder(&b, |g| g.compare(op.into(), x, y))
     }
 
     fn logical_and(&mut self, b: B, x: Node, y: Node) -> WResult<Node> {
@@ -397,13 +376,7 @@ impl graph::HostBuilder for HostState {
         axes: Vec<i32>,
         keep: bool,
     ) -> WResult<Node> {
-        let op = match op {
-            graph::ReduceOp::Sum => ReduceOp::Sum,
-            graph::ReduceOp::Mean => ReduceOp::Mean,
-            graph::ReduceOp::Max => ReduceOp::Max,
-            graph::ReduceOp::Min => ReduceOp::Min,
-        };
-        self.with_builder(&b, |g| g.reduce(op, x, axes, keep))
+        self.with_builder(&b, |g| g.reduce(op.into(), x, axes, keep))
     }
 
     fn l2_normalize(&mut self, b: B, x: Node, axis: i32, eps: f32) -> WResult<Node> {

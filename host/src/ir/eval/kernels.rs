@@ -147,39 +147,19 @@ fn broadcast_to(x: &Value, shape: &[usize]) -> Data {
     x.data.pick(&broadcast_index(shape, &x.shape))
 }
 
+/// An op of the table in `ir::ops` over each element.
 pub(crate) fn unary(op: UnaryOp, x: &Value) -> Result<Value, String> {
-    use UnaryOp::*;
     let data = match &x.data {
-        Data::I(v) => Data::I(match op {
-            Neg => v.iter().map(|a| a.wrapping_neg()).collect(),
-            Abs => v.iter().map(|a| a.wrapping_abs()).collect(),
-            Relu => v.iter().map(|&a| a.max(0)).collect(),
-            Not => v.iter().map(|&a| (a == 0) as i64).collect(),
-            _ => return Err(format!("{op:?} needs a floating-point operand")),
-        }),
+        Data::I(v) => {
+            let f = op
+                .eval_int()
+                .ok_or_else(|| format!("{op:?} needs a floating-point operand"))?;
+            Data::I(v.iter().map(|&a| f(a)).collect())
+        }
         Data::F(v) => {
-            let f: fn(f64) -> f64 = match op {
-                Neg => |a| -a,
-                Abs => f64::abs,
-                Exp => f64::exp,
-                Log => f64::ln,
-                Sqrt => f64::sqrt,
-                Rsqrt => |a| 1.0 / a.sqrt(),
-                Reciprocal => |a| 1.0 / a,
-                Tanh => f64::tanh,
-                Sigmoid => |a| 1.0 / (1.0 + (-a).exp()),
-                Relu => |a| if a > 0.0 { a } else { 0.0 },
-                Gelu => |a| 0.5 * a * (1.0 + erf(a / std::f64::consts::SQRT_2)),
-                GeluTanh => |a| {
-                    let c = (2.0 / std::f64::consts::PI).sqrt();
-                    0.5 * a * (1.0 + (c * (a + 0.044715 * a * a * a)).tanh())
-                },
-                Silu => |a| a / (1.0 + (-a).exp()),
-                Erf => erf,
-                Sin => f64::sin,
-                Cos => f64::cos,
-                Not => return Err("Not needs a bool operand".into()),
-            };
+            let f = op
+                .eval_float()
+                .ok_or_else(|| format!("{op:?} needs a bool operand"))?;
             Data::F(v.iter().map(|&a| f(a)).collect())
         }
     };
@@ -208,35 +188,14 @@ fn zip<T: Copy, U>(
 }
 
 pub(crate) fn binary(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, String> {
-    use BinaryOp::*;
     let (shape, data) = match (&a.data, &b.data) {
         (Data::F(x), Data::F(y)) => {
-            let (s, v) = zip(a, x, b, y, |p, q| {
-                Ok(match op {
-                    Add => p + q,
-                    Sub => p - q,
-                    Mul => p * q,
-                    Div => p / q,
-                    Pow => p.powf(q),
-                    Maximum => p.max(q),
-                    Minimum => p.min(q),
-                })
-            })?;
+            let f = op.eval_float();
+            let (s, v) = zip(a, x, b, y, |p, q| Ok(f(p, q)))?;
             (s, Data::F(v))
         }
         (Data::I(x), Data::I(y)) => {
-            let (s, v) = zip(a, x, b, y, |p: i64, q: i64| match op {
-                Add => Ok(p.wrapping_add(q)),
-                Sub => Ok(p.wrapping_sub(q)),
-                Mul => Ok(p.wrapping_mul(q)),
-                Div if q == 0 => Err("integer division by zero".to_string()),
-                Div => Ok(p.wrapping_div(q)),
-                Pow => u32::try_from(q)
-                    .map(|e| p.wrapping_pow(e))
-                    .map_err(|_| format!("integer exponent {q} is out of range")),
-                Maximum => Ok(p.max(q)),
-                Minimum => Ok(p.min(q)),
-            })?;
+            let (s, v) = zip(a, x, b, y, op.eval_int())?;
             (s, Data::I(v))
         }
         _ => return Err("operands mix float and integer data".into()),
@@ -246,13 +205,7 @@ pub(crate) fn binary(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, String
 
 pub(crate) fn compare(op: CompareOp, a: &Value, b: &Value) -> Result<Value, String> {
     fn cmp<T: PartialOrd>(op: CompareOp, p: T, q: T) -> Result<i64, String> {
-        Ok(match op {
-            CompareOp::Equal => p == q,
-            CompareOp::Less => p < q,
-            CompareOp::LessOrEqual => p <= q,
-            CompareOp::Greater => p > q,
-            CompareOp::GreaterOrEqual => p >= q,
-        } as i64)
+        Ok(op.holds(p.partial_cmp(&q)) as i64)
     }
     let (shape, v) = match (&a.data, &b.data) {
         (Data::F(x), Data::F(y)) => zip(a, x, b, y, |p, q| cmp(op, p, q))?,

@@ -350,37 +350,18 @@ pub(crate) fn reduce(
     let moved = permute(x, &perm)?;
     let group = numel(&axes.iter().map(|&a| x.shape[a]).collect::<Vec<_>>());
     let groups = numel(&kept.iter().map(|&a| x.shape[a]).collect::<Vec<_>>());
-    if group == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::Mean) {
+    if group == 0 && !op.empty_axis() {
         return Err(format!("{op:?} over an empty axis of {:?}", x.shape));
     }
     let data = match &moved.data {
-        Data::F(v) => Data::F(
-            (0..groups)
-                .map(|g| {
-                    let c = &v[g * group..][..group];
-                    match op {
-                        ReduceOp::Sum => c.iter().sum(),
-                        ReduceOp::Mean => c.iter().sum::<f64>() / group as f64,
-                        ReduceOp::Max => c.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                        ReduceOp::Min => c.iter().copied().fold(f64::INFINITY, f64::min),
-                    }
-                })
-                .collect(),
-        ),
-        Data::I(v) => Data::I(
-            (0..groups)
-                .map(|g| {
-                    let c = &v[g * group..][..group];
-                    let sum = || c.iter().fold(0i64, |a, &b| a.wrapping_add(b));
-                    match op {
-                        ReduceOp::Sum => sum(),
-                        ReduceOp::Mean => sum() / group as i64,
-                        ReduceOp::Max => c.iter().copied().max().unwrap_or(0),
-                        ReduceOp::Min => c.iter().copied().min().unwrap_or(0),
-                    }
-                })
-                .collect(),
-        ),
+        Data::F(v) => {
+            let f = op.eval_float();
+            Data::F((0..groups).map(|g| f(&v[g * group..][..group])).collect())
+        }
+        Data::I(v) => {
+            let f = op.eval_int();
+            Data::I((0..groups).map(|g| f(&v[g * group..][..group])).collect())
+        }
     };
     let shape = (0..rank)
         .filter_map(|a| match (axes.contains(&a), keep_dims) {

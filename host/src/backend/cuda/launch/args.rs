@@ -70,7 +70,7 @@ impl Launch {
         match self {
             L::Unary { dt, op, n, x, y } => (
                 format!("unary_{}", suffix(*dt)),
-                vec![Arg::I32(*op as i32), Arg::I64(*n), ptr(x), ptr(y)],
+                vec![Arg::I32(op.code()), Arg::I64(*n), ptr(x), ptr(y)],
             ),
             L::NotBool { n, x, y } => ("not_bool".into(), vec![Arg::I64(*n), ptr(x), ptr(y)]),
             L::UnaryStrided {
@@ -81,7 +81,7 @@ impl Launch {
                 y,
             } => (
                 format!("unary_s_{}", suffix(*dt)),
-                vec![Arg::I32(*op as i32), idx(p), ptr(x), ptr(y)],
+                vec![Arg::I32(op.code()), idx(p), ptr(x), ptr(y)],
             ),
             L::Binary {
                 dt,
@@ -92,7 +92,7 @@ impl Launch {
                 y,
             } => (
                 format!("binary_{}", suffix(*dt)),
-                vec![Arg::I32(*op as i32), idx(p), ptr(a), ptr(b), ptr(y)],
+                vec![Arg::I32(op.code()), idx(p), ptr(a), ptr(b), ptr(y)],
             ),
             L::Compare {
                 dt,
@@ -103,7 +103,7 @@ impl Launch {
                 y,
             } => (
                 format!("compare_{}", suffix(*dt)),
-                vec![Arg::I32(*op as i32), idx(p), ptr(a), ptr(b), ptr(y)],
+                vec![Arg::I32(op.code()), idx(p), ptr(a), ptr(b), ptr(y)],
             ),
             L::AndBool { idx: p, a, b, y } => {
                 ("and_bool".into(), vec![idx(p), ptr(a), ptr(b), ptr(y)])
@@ -167,8 +167,8 @@ impl Launch {
             } => (
                 format!("unary_binary_{}", suffix(*dt)),
                 vec![
-                    Arg::I32(*f as i32),
-                    Arg::I32(*op as i32),
+                    Arg::I32(f.code()),
+                    Arg::I32(op.code()),
                     Arg::I64(*n),
                     ptr(a),
                     ptr(b),
@@ -187,8 +187,8 @@ impl Launch {
             } => (
                 format!("unary_binary_s_{}", suffix(*dt)),
                 vec![
-                    Arg::I32(*f as i32),
-                    Arg::I32(*op as i32),
+                    Arg::I32(f.code()),
+                    Arg::I32(op.code()),
                     idx(p),
                     Arg::I32(*vec as i32),
                     ptr(a),
@@ -380,7 +380,7 @@ impl Launch {
             } => (
                 format!("reduce_{}", suffix(*dt)),
                 vec![
-                    Arg::I32(*op as i32),
+                    Arg::I32(op.code()),
                     Arg::I64(*rows),
                     Arg::I64(*len),
                     ptr(x),
@@ -487,8 +487,8 @@ impl Launch {
                     ptr(w),
                     opt(bias),
                     ptr(y),
-                    Arg::I32(*act as i32),
-                    Arg::I32(*op as i32),
+                    Arg::I32(act.code()),
+                    Arg::I32(op.code()),
                 ];
                 args.extend(prologue(norm.as_deref()));
                 (format!("{family}_{}", suffix(*dt)), args)

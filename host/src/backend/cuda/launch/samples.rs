@@ -6,6 +6,12 @@ use std::cell::Cell;
 
 use super::*;
 use crate::backend::cuda::plan::Buf;
+use crate::ir::{BinaryOp, CompareOp, ReduceOp, UnaryOp};
+
+/// The code of a unary op that has one.
+fn unary(op: UnaryOp) -> UnaryCode {
+    UnaryCode::of(op).unwrap_or_else(|| panic!("{op:?} has no code"))
+}
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const NUMS: [DType; 7] = [
@@ -73,7 +79,7 @@ pub(super) fn samples() -> Vec<Launch> {
         vs: [0; 4],
         ms: [0; 4],
     });
-    let (u, b) = (UnaryCode::Silu, BinaryCode::Mul);
+    let (u, b) = (unary(UnaryOp::Silu), BinaryCode::from(BinaryOp::Mul));
     let mut out = vec![
         Launch::NotBool {
             n: 1,
@@ -128,14 +134,14 @@ pub(super) fn samples() -> Vec<Launch> {
     for dt in NUMS {
         out.push(Launch::Unary {
             dt,
-            op: UnaryCode::Neg,
+            op: unary(UnaryOp::Neg),
             n: 1,
             x: r(),
             y: r(),
         });
         out.push(Launch::Binary {
             dt,
-            op: BinaryCode::Add,
+            op: BinaryCode::from(BinaryOp::Add),
             idx: ix(),
             a: r(),
             b: r(),
@@ -143,7 +149,7 @@ pub(super) fn samples() -> Vec<Launch> {
         });
         out.push(Launch::Compare {
             dt,
-            op: CompareCode::Lt,
+            op: CompareCode::from(CompareOp::Less),
             idx: ix(),
             a: r(),
             b: r(),
@@ -151,7 +157,7 @@ pub(super) fn samples() -> Vec<Launch> {
         });
         out.push(Launch::Reduce {
             dt,
-            op: ReduceCode::Max,
+            op: ReduceCode::from(ReduceOp::Max),
             rows: 1,
             len: 1,
             x: r(),

@@ -12,6 +12,7 @@ use super::samples::{samples, variant, VARIANTS};
 use super::*;
 use crate::backend::cuda::kernels::SOURCE;
 use crate::backend::cuda::plan::Arg;
+use crate::ir::ops::Operands;
 
 /// The source with comments removed.
 fn strip_comments(src: &str) -> String {
@@ -261,12 +262,12 @@ fn op_codes_match_the_source() {
         v.parse().unwrap_or_else(|_| panic!("#define {name} {v}"))
     };
     let mut named: Vec<(&str, i32)> = Vec::new();
-    named.extend(UnaryCode::ALL.iter().map(|&(c, n)| (n, c as i32)));
-    named.extend(BinaryCode::ALL.iter().map(|&(c, n)| (n, c as i32)));
-    named.extend(CompareCode::ALL.iter().map(|&(c, n)| (n, c as i32)));
-    named.extend(ReduceCode::ALL.iter().map(|&(c, n)| (n, c as i32)));
+    named.extend(UnaryCode::all().map(|c| (c.define(), c.code())));
+    named.extend(BinaryCode::all().map(|c| (c.define(), c.code())));
+    named.extend(CompareCode::all().map(|c| (c.define(), c.code())));
+    named.extend(ReduceCode::all().map(|c| (c.define(), c.code())));
     for &(name, code) in &named {
-        assert_eq!(value(name), code, "{name}");
+        assert_eq!(value(name), code, "{name} (the op table in ir/ops.rs)");
     }
     assert_eq!(value("ACT_NONE"), ACT_NONE);
     // No code on the device side that the host does not know.
@@ -278,19 +279,43 @@ fn op_codes_match_the_source() {
             );
         }
     }
-    // The switches name their cases by the defines.
-    for (_, name) in UnaryCode::ALL {
+    // The switches name their cases by the defines: every float unary op
+    // is a case of `un_f`, every one that takes integers also of `un_i`.
+    let (un_f, un_i) = (function_body("un_f"), function_body("un_i"));
+    for c in UnaryCode::all() {
+        let case = format!("case {}:", c.define());
+        let ops = c.op().operands();
+        if ops != Operands::Bool {
+            assert!(un_f.contains(&case), "un_f has no `{case}`");
+        }
+        if ops == Operands::Number {
+            assert!(un_i.contains(&case), "un_i has no `{case}`");
+        }
+    }
+    for c in BinaryCode::all() {
+        let name = c.define();
         assert!(SOURCE.contains(&format!("case {name}:")), "{name}");
     }
-    for (_, name) in BinaryCode::ALL {
+    for c in CompareCode::all() {
+        let name = c.define();
         assert!(SOURCE.contains(&format!("case {name}:")), "{name}");
     }
-    for (_, name) in CompareCode::ALL {
-        assert!(SOURCE.contains(&format!("case {name}:")), "{name}");
-    }
-    for (_, name) in ReduceCode::ALL.iter().skip(1) {
+    for c in ReduceCode::all().skip(1) {
+        let name = c.define();
         assert!(SOURCE.contains(&format!("op == {name}")), "{name}");
     }
+}
+
+/// The body of the device function `name` (from its signature to the next
+/// function).
+fn function_body(name: &str) -> &'static str {
+    let sig = format!(" {name}(int op,");
+    let start = SOURCE
+        .find(&sig)
+        .unwrap_or_else(|| panic!("no device function `{name}`"));
+    let rest = &SOURCE[start..];
+    let end = rest.find("\n}\n").unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// Only plain gemvs of more than one block per multiprocessor switch to

@@ -363,12 +363,12 @@ impl Planner<'_> {
         let dense = match launch {
             Launch::Binary {
                 dt,
-                op: BinaryCode::Add,
+                op,
                 idx: p,
                 a,
                 b,
                 y,
-            } if *y == x.at && *dt == x.dtype => {
+            } if op.op() == crate::ir::BinaryOp::Add && *y == x.at && *dt == x.dtype => {
                 let unit = |s: &[i64; 8]| s[0] == 1;
                 (p.rank == 1
                     && p.n as usize == x.numel()
