@@ -53,6 +53,12 @@ pub mod response {
     pub const FINISH_REASON: &str = "finish_reason";
     /// Timestamped pieces of a transcription.
     pub const CHUNKS: &str = "chunks";
+    /// A chunk's `[start, end]` in seconds (end `null`: open).
+    pub const TIMESTAMP: &str = "timestamp";
+    /// A transcription's language.
+    pub const LANGUAGE: &str = "language";
+    /// A transcription's audio duration, seconds.
+    pub const DURATION: &str = "duration";
 }
 
 /// A text task's request: `{"text", "text_pair"?, "function_to_apply"?}`

@@ -8,6 +8,8 @@
 
 use serde_json::{json, Value};
 
+use crate::endpoint::contract::response::{CHUNKS, DURATION, LANGUAGE, TEXT, TIMESTAMP};
+
 /// A response format of `/v1/audio/transcriptions`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -53,21 +55,21 @@ struct Segment {
 }
 
 fn segments(answer: &Value) -> Vec<Segment> {
-    let duration = answer.get("duration").and_then(Value::as_f64);
-    let Some(chunks) = answer.get("chunks").and_then(Value::as_array) else {
+    let duration = answer.get(DURATION).and_then(Value::as_f64);
+    let Some(chunks) = answer.get(CHUNKS).and_then(Value::as_array) else {
         return Vec::new();
     };
     chunks
         .iter()
         .map(|c| {
-            let ts = c.get("timestamp").and_then(Value::as_array);
+            let ts = c.get(TIMESTAMP).and_then(Value::as_array);
             let at = |i: usize| ts.and_then(|t| t.get(i)).and_then(Value::as_f64);
             let start = at(0).unwrap_or(0.0);
             Segment {
                 start,
                 end: at(1).or(duration).unwrap_or(start),
                 text: c
-                    .get("text")
+                    .get(TEXT)
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string(),
@@ -85,7 +87,7 @@ fn clock(seconds: f64, sep: char) -> String {
 
 /// The body of `answer` in `format`.
 pub fn render(format: Format, answer: &Value) -> String {
-    let text = answer.get("text").and_then(Value::as_str).unwrap_or("");
+    let text = answer.get(TEXT).and_then(Value::as_str).unwrap_or("");
     match format {
         Format::Json => json!({ "text": text }).to_string(),
         Format::Text => text.to_string(),
@@ -97,19 +99,18 @@ pub fn render(format: Format, answer: &Value) -> String {
                 .collect();
             let mut out = json!({
                 "task": "transcribe",
-                "language": answer.get("language").cloned().unwrap_or(Value::Null),
-                "duration": answer.get("duration").cloned().unwrap_or(Value::Null),
+                "language": answer.get(LANGUAGE).cloned().unwrap_or(Value::Null),
+                "duration": answer.get(DURATION).cloned().unwrap_or(Value::Null),
                 "text": text,
                 "segments": segs,
             });
             // Word timestamps (`timestamp_granularities[]=word`): the
             // skill's word chunks as OpenAI's `words`.
             if let Some(words) = answer.get("words").and_then(Value::as_array) {
-                let at =
-                    |w: &Value, i: usize| w["timestamp"].get(i).cloned().unwrap_or(Value::Null);
+                let at = |w: &Value, i: usize| w[TIMESTAMP].get(i).cloned().unwrap_or(Value::Null);
                 out["words"] = words
                     .iter()
-                    .map(|w| json!({"word": w["text"], "start": at(w, 0), "end": at(w, 1)}))
+                    .map(|w| json!({"word": w[TEXT], "start": at(w, 0), "end": at(w, 1)}))
                     .collect();
             }
             out.to_string()
