@@ -103,9 +103,9 @@ struct Line {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ErrorSpec {
-    Kind(ErrorKind),
+    Kind(String),
     Full {
-        kind: ErrorKind,
+        kind: String,
         #[serde(default)]
         message_contains: Option<String>,
     },
@@ -146,7 +146,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Case>, AuthoringError> {
             (Some(v), None) if v.is_object() => Expect::Response(v),
             (Some(_), None) => return Err(fail("`expect` must be a JSON object".into())),
             (None, Some(ErrorSpec::Kind(kind))) => Expect::Error {
-                kind,
+                kind: error_kind(&kind).map_err(fail)?,
                 message_contains: None,
             },
             (
@@ -156,7 +156,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Case>, AuthoringError> {
                     message_contains,
                 }),
             ) => Expect::Error {
-                kind,
+                kind: error_kind(&kind).map_err(fail)?,
                 message_contains,
             },
             (None, None) => Expect::Success,
@@ -176,6 +176,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Case>, AuthoringError> {
         });
     }
     Ok(cases)
+}
+
+/// The [`ErrorKind`] a case names, or why it names none.
+fn error_kind(name: &str) -> Result<ErrorKind, String> {
+    name.parse().map_err(|e| {
+        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("{e} (one of: {})", kinds.join(", "))
+    })
 }
 
 /// A case as one JSON line (keys in a fixed order).
@@ -284,5 +292,10 @@ mod tests {
             let e = parse(p, &format!("\n{bad}")).unwrap_err().to_string();
             assert!(e.contains("line 2"), "{e}");
         }
+        let e = parse(p, r#"{"request":{},"error":{"kind":"oops"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown error kind `oops`"), "{e}");
+        assert!(e.contains("invalid-request"), "{e}");
     }
 }
