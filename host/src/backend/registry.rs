@@ -13,6 +13,10 @@ pub enum Precision {
     F32,
     F16,
     BF16,
+    /// Linear layers in int8 (cpu): weights quantized by the host at load
+    /// (one scale per output channel), their inputs per row at run time;
+    /// everything else in f32 (`onnx::quantize` says which layers and how).
+    Int8,
 }
 
 impl Precision {
@@ -21,6 +25,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::BF16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -38,8 +43,9 @@ impl FromStr for Precision {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "f16" | "fp16" | "float16" => Ok(Precision::F16),
             "bf16" | "bfloat16" => Ok(Precision::BF16),
+            "int8" | "i8" | "qint8" => Ok(Precision::Int8),
             _ => Err(format!(
-                "unknown precision `{s}`; expected f32, f16 or bf16"
+                "unknown precision `{s}`; expected f32, f16, bf16 or int8"
             )),
         }
     }

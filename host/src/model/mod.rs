@@ -38,6 +38,9 @@ pub struct Model {
     /// Owned copies of the weight files, made on first use by backends that
     /// take external data as in-memory files.
     file_copies: Vec<std::sync::OnceLock<Arc<[u8]>>>,
+    /// Weights quantized to int8 (`--precision int8`), made on first use
+    /// and shared by the model's graphs.
+    pub int8: crate::onnx::quantize::Cache,
 }
 
 impl Model {
@@ -72,6 +75,7 @@ impl Model {
             config,
             weights,
             file_copies,
+            int8: Default::default(),
         })
     }
 

@@ -8,6 +8,7 @@
 //! runtimes' own graph optimizers fuse the common patterns again.
 
 mod lower;
+pub mod quantize;
 mod write_rows;
 
 use onnx_protobuf::{
@@ -139,12 +140,61 @@ pub fn emit_with(
     locate: &dyn Fn(&str) -> Option<ExternalLocation>,
     scalars_as_vectors: bool,
 ) -> Result<Vec<u8>, EmitError> {
+    emit_inner(g, locate, scalars_as_vectors, None)
+}
+
+/// The linear layers of `g` to quantize, by node, and the weights only
+/// they read (not emitted in f32).
+fn int8_plan(
+    g: &Graph,
+) -> (
+    std::collections::HashMap<u32, quantize::QuantLinear>,
+    std::collections::HashSet<u32>,
+) {
+    let linears: std::collections::HashMap<u32, quantize::QuantLinear> = (0..g.nodes.len() as u32)
+        .filter_map(|id| quantize::quantizable(g, id).map(|q| (id, q)))
+        .collect();
+    let mut read_in_f32 = std::collections::HashSet::new();
+    for (id, node) in g.nodes.iter().enumerate() {
+        let skip = linears.get(&(id as u32)).map(|q| q.weight);
+        for o in node.op.operands() {
+            if Some(o) != skip {
+                read_in_f32.insert(o);
+            }
+        }
+    }
+    for (_, o) in &g.outputs {
+        read_in_f32.insert(*o);
+    }
+    let int8_only = linears
+        .values()
+        .map(|q| q.weight)
+        .filter(|w| !read_in_f32.contains(w))
+        .collect();
+    (linears, int8_only)
+}
+
+fn emit_inner(
+    g: &Graph,
+    locate: &dyn Fn(&str) -> Option<ExternalLocation>,
+    scalars_as_vectors: bool,
+    int8: Option<&quantize::Source>,
+) -> Result<Vec<u8>, EmitError> {
     let vector = [Dim::Fixed(1)];
     let mut graph = GraphProto::new();
     graph.name = g.name.clone();
     let mut low = lower::Lowering::new(g);
+    let (linears, int8_only) = match int8 {
+        Some(_) => int8_plan(g),
+        None => Default::default(),
+    };
     for (id, node) in g.nodes.iter().enumerate() {
+        if let (Some(src), Some(lin)) = (int8, linears.get(&(id as u32))) {
+            quantize::lower_linear(g, id as u32, lin, src, &mut low, &mut graph.initializer)?;
+            continue;
+        }
         match &node.op {
+            crate::ir::Op::Weight { .. } if int8_only.contains(&(id as u32)) => {}
             crate::ir::Op::Input { .. } | crate::ir::Op::State { .. } => {
                 let name = g.input_name(id as u32);
                 if scalars_as_vectors && node.shape.is_empty() {
@@ -218,6 +268,32 @@ pub fn emit_for_model(
         })
     };
     emit_with(g, &locate, scalars_as_vectors)
+}
+
+/// As [`emit_for_model`], with linear layers quantized to int8
+/// ([`quantize`]); the quantized weights are kept in `cache`.
+pub fn emit_for_model_int8(
+    g: &Graph,
+    model: &crate::model::Model,
+    cache: &quantize::Cache,
+) -> Result<Vec<u8>, EmitError> {
+    let locate = |name: &str| {
+        let e = model.weights.index.get(name)?;
+        Some(ExternalLocation {
+            location: weight_file_name(e.file),
+            offset: e.offset,
+            length: e.length,
+        })
+    };
+    let bytes = |name: &str| {
+        let e = model.weights.index.get(name)?;
+        Some((e.dtype, model.weights.bytes(name)?))
+    };
+    let src = quantize::Source {
+        cache,
+        bytes: &bytes,
+    };
+    emit_inner(g, &locate, false, Some(&src))
 }
 
 /// Indices of the model's weight files that `g` references, ascending.

@@ -16,7 +16,7 @@ use ort::session::Session;
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
 use crate::ir::Graph;
 use crate::model::Model;
-use crate::onnx::{emit_for_model, used_weight_files, weight_file_name};
+use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight_file_name};
 
 static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = OnceLock::new();
 
@@ -52,7 +52,7 @@ pub fn probe() -> DeviceStatus {
             device: "cpu".into(),
             available: true,
             detail: format!(
-                "ONNX Runtime from {path}; precision f32; {} threads",
+                "ONNX Runtime from {path}; precision f32, int8 (linear-layer weights); {} threads",
                 threads()
             ),
         },
@@ -87,11 +87,11 @@ impl CpuBackend {
             device: "cpu".into(),
             reason,
         })?;
-        if precision != Precision::F32 {
+        if !matches!(precision, Precision::F32 | Precision::Int8) {
             return Err(BackendError::Precision {
                 device: "cpu".into(),
                 precision: precision.to_string(),
-                supported: "f32".into(),
+                supported: "f32, int8".into(),
             });
         }
         Ok(CpuBackend { precision })
@@ -125,7 +125,11 @@ impl Backend for CpuBackend {
             message,
         };
         let (env, _) = environment().map_err(&fail)?;
-        let bytes = emit_for_model(&graph, model, false).map_err(|e| fail(e.to_string()))?;
+        let bytes = match self.precision {
+            Precision::Int8 => emit_for_model_int8(&graph, model, &model.int8),
+            _ => emit_for_model(&graph, model, false),
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let e2s = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
         let mut builder = Session::builder(env)
             .map_err(|e| fail(e.to_string()))?

@@ -146,6 +146,13 @@ fn missing_library(r: &CudaReport) -> Option<String> {
 /// (cudarc panics on a missing library), then compiles or loads the kernels.
 pub fn open(ordinal: u32, precision: Precision) -> Result<Arc<dyn Backend>, BackendError> {
     let device = format!("cuda:{ordinal}");
+    if precision == Precision::Int8 {
+        return Err(BackendError::Precision {
+            device,
+            precision: precision.to_string(),
+            supported: "f32, f16, bf16 (int8 runs on cpu so far)".into(),
+        });
+    }
     let unavailable = |reason: String| BackendError::Unavailable {
         device: device.clone(),
         reason,

@@ -150,6 +150,13 @@ impl OpenVinoBackend {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::BF16 => "bf16",
+            Precision::Int8 => {
+                return Err(BackendError::Precision {
+                    device: name.clone(),
+                    precision: precision.to_string(),
+                    supported: "f32, f16, bf16 (int8 runs on cpu so far)".into(),
+                })
+            }
         };
         let perf = std::env::var("HOST_OPENVINO_HINT").unwrap_or_else(|_| "LATENCY".into());
         let props = [
