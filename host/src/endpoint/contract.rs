@@ -1,7 +1,8 @@
 //! The task contracts' request and response shapes (docs/skills.md, one
 //! JSON shape per task): the one place the host names a skill's fields.
 //! The HTTP adapters (OpenAI, TEI, form uploads) build skill requests with
-//! the typed requests below and read answers by the [`response`] keys; the
+//! the typed requests below, read answers by the [`response`] keys and
+//! pick a route's behaviour by the endpoint's [`Task`]; the
 //! batch cost model reads a request's [`PrimaryInput`]; `host run` names
 //! its `--image`/`--audio` requests with [`request`].
 //!
@@ -10,6 +11,45 @@
 
 use serde::Serialize;
 use serde_json::Value;
+
+/// The tasks an HTTP adapter picks its route's behaviour by (the skill
+/// serving an endpoint is named after its task).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    TextEmbedding,
+    MultimodalEmbedding,
+    TextClassification,
+    TextGeneration,
+}
+
+impl Task {
+    const ALL: [Task; 4] = [
+        Task::TextEmbedding,
+        Task::MultimodalEmbedding,
+        Task::TextClassification,
+        Task::TextGeneration,
+    ];
+
+    /// The task's (and its skill's) name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Task::TextEmbedding => "text-embedding",
+            Task::MultimodalEmbedding => "multimodal-embedding",
+            Task::TextClassification => "text-classification",
+            Task::TextGeneration => "text-generation",
+        }
+    }
+
+    /// The task a skill of this name performs, when it is one of these.
+    pub fn of_skill(skill: &str) -> Option<Task> {
+        Task::ALL.into_iter().find(|t| t.name() == skill)
+    }
+
+    /// Whether its answers are `embedding`s.
+    pub const fn embeds(self) -> bool {
+        matches!(self, Task::TextEmbedding | Task::MultimodalEmbedding)
+    }
+}
 
 /// Request keys of the task contracts.
 pub mod request {
@@ -283,6 +323,14 @@ mod tests {
             parsed(t.to_json()),
             json!({"audio": "AAAA", "return_timestamps": "word"})
         );
+    }
+
+    #[test]
+    fn tasks_by_skill_name() {
+        for t in Task::ALL {
+            assert_eq!(Task::of_skill(t.name()), Some(t));
+        }
+        assert_eq!(Task::of_skill("fill-mask"), None);
     }
 
     #[test]

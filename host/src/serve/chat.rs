@@ -35,7 +35,7 @@ use super::completions::{
 };
 use super::model_files::ModelFiles;
 use super::{ApiError, AppState};
-use crate::endpoint::contract::response;
+use crate::endpoint::contract::{response, Task};
 use crate::runner::Output;
 use crate::ErrorKind;
 
@@ -323,7 +323,7 @@ pub(super) async fn openai_chat(
         .find(|s| s.name == handler.name())
         .ok_or_else(|| ApiError::new(ErrorKind::Unavailable, "the endpoint was removed"))?;
     let files = state.model_files.get(&status).await?;
-    if files.skill != "text-generation" {
+    if Task::of_skill(&files.skill) != Some(Task::TextGeneration) {
         return Err(bad(
             ErrorKind::InvalidRequest,
             format!(

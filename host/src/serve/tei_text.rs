@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::api::{embed_all, json_body, json_response, texts};
 use super::model_files::ModelFiles;
 use super::{ApiError, AppState};
-use crate::endpoint::contract::response;
+use crate::endpoint::contract::{response, Task};
 use crate::endpoint::EndpointStatus;
 use crate::runner::Output;
 use crate::ErrorKind;
@@ -184,13 +184,14 @@ pub(super) async fn root(
         return similarity_of(&state, &v).await;
     }
     let (_, files) = endpoint(&state, &v).await?;
-    match files.skill.as_str() {
-        "text-embedding" | "multimodal-embedding" => embed(State(state), Ok(bytes)).await,
-        "text-classification" => super::tei::predict(State(state), Ok(bytes)).await,
-        other => Err(bad(
+    match Task::of_skill(&files.skill) {
+        Some(t) if t.embeds() => embed(State(state), Ok(bytes)).await,
+        Some(Task::TextClassification) => super::tei::predict(State(state), Ok(bytes)).await,
+        _ => Err(bad(
             ErrorKind::InvalidRequest,
             format!(
-                "`POST /` serves embedding and classification endpoints; this one serves `{other}`"
+                "`POST /` serves embedding and classification endpoints; this one serves `{}`",
+                files.skill
             ),
         )),
     }
@@ -312,10 +313,10 @@ pub(super) async fn info(
         None => json!({}),
     };
     let (status, files) = endpoint(&state, &v).await?;
-    let model_type = match files.skill.as_str() {
-        "text-classification" => json!({ "classifier": {} }),
-        "text-embedding" | "multimodal-embedding" => json!({ "embedding": {} }),
-        other => json!({ other: {} }),
+    let model_type = match Task::of_skill(&files.skill) {
+        Some(Task::TextClassification) => json!({ "classifier": {} }),
+        Some(t) if t.embeds() => json!({ "embedding": {} }),
+        _ => json!({ files.skill.as_str(): {} }),
     };
     let body = json!({
         "model_id": status.name, "model_sha": null, "model_dtype": status.precision,
