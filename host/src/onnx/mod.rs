@@ -147,12 +147,13 @@ pub fn emit_with(
 /// they read (not emitted in f32).
 fn int8_plan(
     g: &Graph,
+    flavor: quantize::Flavor,
 ) -> (
     std::collections::HashMap<u32, quantize::QuantLinear>,
     std::collections::HashSet<u32>,
 ) {
     let linears: std::collections::HashMap<u32, quantize::QuantLinear> = (0..g.nodes.len() as u32)
-        .filter_map(|id| quantize::quantizable(g, id).map(|q| (id, q)))
+        .filter_map(|id| quantize::quantizable(g, id, flavor).map(|q| (id, q)))
         .collect();
     let mut read_in_f32 = std::collections::HashSet::new();
     for (id, node) in g.nodes.iter().enumerate() {
@@ -185,7 +186,7 @@ fn emit_inner(
     graph.name = g.name.clone();
     let mut low = lower::Lowering::new(g);
     let (linears, int8_only) = match int8 {
-        Some(_) => int8_plan(g),
+        Some(src) => int8_plan(g, src.flavor),
         None => Default::default(),
     };
     for (id, node) in g.nodes.iter().enumerate() {
@@ -270,12 +271,13 @@ pub fn emit_for_model(
     emit_with(g, &locate, scalars_as_vectors)
 }
 
-/// As [`emit_for_model`], with linear layers quantized to int8
-/// ([`quantize`]); the quantized weights are kept in `cache`.
+/// As [`emit_for_model`], with linear layers in int8 the way `flavor`
+/// says ([`quantize`]); the quantized weights are kept in the model.
 pub fn emit_for_model_int8(
     g: &Graph,
     model: &crate::model::Model,
-    cache: &quantize::Cache,
+    flavor: quantize::Flavor,
+    scalars_as_vectors: bool,
 ) -> Result<Vec<u8>, EmitError> {
     let locate = |name: &str| {
         let e = model.weights.index.get(name)?;
@@ -285,15 +287,8 @@ pub fn emit_for_model_int8(
             length: e.length,
         })
     };
-    let bytes = |name: &str| {
-        let e = model.weights.index.get(name)?;
-        Some((e.dtype, model.weights.bytes(name)?))
-    };
-    let src = quantize::Source {
-        cache,
-        bytes: &bytes,
-    };
-    emit_inner(g, &locate, false, Some(&src))
+    let src = quantize::Source { model, flavor };
+    emit_inner(g, &locate, scalars_as_vectors, Some(&src))
 }
 
 /// Indices of the model's weight files that `g` references, ascending.

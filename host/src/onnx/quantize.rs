@@ -133,7 +133,7 @@ pub struct QuantLinear {
 }
 
 /// Node `id` as a linear layer to quantize, if the rules above allow it.
-pub fn quantizable(g: &Graph, id: NodeId) -> Option<QuantLinear> {
+pub fn quantizable(g: &Graph, id: NodeId, flavor: Flavor) -> Option<QuantLinear> {
     let Op::Linear { x, weight, bias } = &g.node(id).op else {
         return None;
     };
@@ -144,9 +144,13 @@ pub fn quantizable(g: &Graph, id: NodeId) -> Option<QuantLinear> {
     if w.shape.len() != 2 || !w.dtype.is_float() {
         return None;
     }
-    match &g.node(*x).op {
-        Op::Unary(..) | Op::Binary(BinaryOp::Mul, ..) => None,
-        _ => Some(QuantLinear {
+    let activation = matches!(
+        &g.node(*x).op,
+        Op::Unary(..) | Op::Binary(BinaryOp::Mul, ..)
+    );
+    match activation && flavor == Flavor::RowInt8 {
+        true => None,
+        false => Some(QuantLinear {
             x: *x,
             weight: *weight,
             name: name.clone(),
@@ -155,11 +159,23 @@ pub fn quantizable(g: &Graph, id: NodeId) -> Option<QuantLinear> {
     }
 }
 
+/// How a backend runs int8 linear layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// ONNX Runtime: inputs quantized per row at run time, integer GEMM
+    /// (`MatMulInteger`); layers fed by activations stay f32.
+    RowInt8,
+    /// OpenVINO: every linear layer's weight as int8 with its scales
+    /// (`DequantizeLinear` on the constant), which the plugin keeps
+    /// compressed and multiplies with activations it quantizes itself
+    /// (dynamic quantization, in groups along the input axis).
+    CompressedWeights,
+}
+
 /// The weights of a model, as the emitter needs them to quantize.
 pub struct Source<'a> {
-    pub cache: &'a Cache,
-    /// A weight's dtype in its file and its bytes.
-    pub bytes: &'a dyn Fn(&str) -> Option<(DType, &'a [u8])>,
+    pub model: &'a crate::model::Model,
+    pub flavor: Flavor,
 }
 
 impl Source<'_> {
@@ -176,10 +192,12 @@ impl Source<'_> {
             name: name.to_string(),
         };
         let values = || {
-            let (dtype, bytes) = (self.bytes)(name)?;
+            let dtype = self.model.weights.index.get(name)?.dtype;
+            let bytes = self.model.weights.bytes(name)?;
             weight_values(dtype, bytes).filter(|v| v.len() == outputs * inputs)
         };
-        self.cache
+        self.model
+            .int8
             .get_or_quantize(name, outputs, inputs, values)
             .ok_or_else(missing)
     }
@@ -220,21 +238,30 @@ pub(super) fn lower_linear(
         inits.push(int8_initializer(&wz, &[outputs as i64], vec![0; outputs]));
     }
     let x = low.v(lin.x);
-    let (xq, row_scale) = quantize_rows_at_run_time(&x, low, inits);
-    let mm = low.tmp("MatMulInteger", &[&xq, &wq, ZERO_POINT, &wz], vec![]);
-    let f = low.tmp(
-        "Cast",
-        &[&mm],
-        vec![("to", Attr::Int(super::onnx_type(DType::F32) as i64))],
-    );
-    let rows = low.tmp("Mul", &[&f, &row_scale], vec![]);
     let out = low.v(id);
-    match lin.bias {
-        Some(b) => {
-            let y = low.tmp("Mul", &[&rows, &ws], vec![]);
+    let product = match src.flavor {
+        Flavor::RowInt8 => {
+            let (xq, row_scale) = quantize_rows_at_run_time(&x, low, inits);
+            let mm = low.tmp("MatMulInteger", &[&xq, &wq, ZERO_POINT, &wz], vec![]);
+            let to_f32 = vec![("to", Attr::Int(super::onnx_type(DType::F32) as i64))];
+            let f = low.tmp("Cast", &[&mm], to_f32);
+            let rows = low.tmp("Mul", &[&f, &row_scale], vec![]);
+            (rows, Some(ws))
+        }
+        Flavor::CompressedWeights => {
+            let axis = vec![("axis", Attr::Int(1))];
+            let w = low.tmp("DequantizeLinear", &[&wq, &ws, &wz], axis);
+            (low.tmp("MatMul", &[&x, &w], vec![]), None)
+        }
+    };
+    match (product, lin.bias) {
+        ((p, Some(scale)), Some(b)) => {
+            let y = low.tmp("Mul", &[&p, &scale], vec![]);
             low.node("Add", &[&y, &low.v(b)], &out, vec![]);
         }
-        None => low.node("Mul", &[&rows, &ws], &out, vec![]),
+        ((p, Some(scale)), None) => low.node("Mul", &[&p, &scale], &out, vec![]),
+        ((p, None), Some(b)) => low.node("Add", &[&p, &low.v(b)], &out, vec![]),
+        ((p, None), None) => low.node("Identity", &[&p], &out, vec![]),
     }
     Ok(())
 }

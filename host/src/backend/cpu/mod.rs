@@ -16,6 +16,7 @@ use ort::session::Session;
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
 use crate::ir::Graph;
 use crate::model::Model;
+use crate::onnx::quantize::Flavor;
 use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight_file_name};
 
 static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = OnceLock::new();
@@ -126,7 +127,7 @@ impl Backend for CpuBackend {
         };
         let (env, _) = environment().map_err(&fail)?;
         let bytes = match self.precision {
-            Precision::Int8 => emit_for_model_int8(&graph, model, &model.int8),
+            Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::RowInt8, false),
             _ => emit_for_model(&graph, model, false),
         }
         .map_err(|e| fail(e.to_string()))?;

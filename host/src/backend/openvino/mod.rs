@@ -29,7 +29,8 @@ use openvino::{CompiledModel, Core, DeviceType, InferRequest, PropertyKey, RwPro
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
 use crate::ir::Graph;
 use crate::model::Model;
-use crate::onnx::{emit_for_model, used_weight_files, weight_file_name};
+use crate::onnx::quantize::Flavor;
+use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight_file_name};
 
 static LIBRARY: OnceLock<Result<String, String>> = OnceLock::new();
 
@@ -104,7 +105,9 @@ pub fn probe() -> Vec<DeviceStatus> {
             device: name.into(),
             available: found,
             detail: if found {
-                format!("OpenVINO {ov} from {path}; precision f32 (default), bf16, f16")
+                format!(
+                    "OpenVINO {ov} from {path}; precision f32 (default), bf16, f16, int8 (weights)"
+                )
             } else {
                 format!(
                     "OpenVINO reports no {ov} device (reported: {})",
@@ -150,13 +153,9 @@ impl OpenVinoBackend {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::BF16 => "bf16",
-            Precision::Int8 => {
-                return Err(BackendError::Precision {
-                    device: name.clone(),
-                    precision: precision.to_string(),
-                    supported: "f32, f16, bf16 (int8 runs on cpu so far)".into(),
-                })
-            }
+            // int8 weights; activations in f32, quantized by the plugin
+            // where it multiplies them with int8 weights.
+            Precision::Int8 => "f32",
         };
         let perf = std::env::var("HOST_OPENVINO_HINT").unwrap_or_else(|_| "LATENCY".into());
         let props = [
@@ -196,10 +195,19 @@ struct OpenVinoExecutable {
 
 /// Writes `model.onnx` and weight links into a fresh directory for this
 /// graph and model; returns the model path.
-fn stage(graph: &Graph, model: &Model, onnx: &[u8]) -> Result<PathBuf, String> {
+fn stage(
+    graph: &Graph,
+    model: &Model,
+    onnx: &[u8],
+    precision: Precision,
+) -> Result<PathBuf, String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(graph.fingerprint());
+    // int8 graphs carry their quantized weights: another ONNX file.
+    if precision == Precision::Int8 {
+        h.update(precision.name());
+    }
     for f in &model.weights.files {
         h.update(f.path.display().to_string());
         if let Ok(m) = std::fs::metadata(&f.path) {
@@ -288,8 +296,12 @@ impl Backend for OpenVinoBackend {
             message,
         };
         // OpenVINO's C API makes no rank-0 tensors: scalars cross as [1].
-        let onnx = emit_for_model(&graph, model, true).map_err(|e| fail(e.to_string()))?;
-        let path = stage(&graph, model, &onnx).map_err(&fail)?;
+        let onnx = match self.precision {
+            Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::CompressedWeights, true),
+            _ => emit_for_model(&graph, model, true),
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        let path = stage(&graph, model, &onnx, self.precision).map_err(&fail)?;
         let mut core = self
             .core
             .lock()
@@ -315,7 +327,11 @@ impl Backend for OpenVinoBackend {
             .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
             .map(|v| v.to_string())
             .unwrap_or_default();
-        if !used.is_empty() && used != self.precision.name() {
+        let wanted = match self.precision {
+            Precision::Int8 => "f32",
+            p => p.name(),
+        };
+        if !used.is_empty() && used != wanted {
             return Err(BackendError::Precision {
                 device: self.name(),
                 precision: self.precision.to_string(),
