@@ -2,9 +2,9 @@
 machine, same run, written to results/quantization.md and .json.
 
 Per embedding model (the real all-MiniLM-L6-v2; the real all-mpnet-base-v2
-when scripts/install_mpnet.sh has installed it):
+when scripts/install_mpnet.sh has installed it) and device (cpu, openvino):
   - speed at batch 1 and 32, sentences/s end to end (tokenization included):
-    ours f32, ours int8, and the peer onnxruntime-python f32 (the HF encoder
+    ours f32, ours int8, and on cpu the peer onnxruntime-python f32 (the HF encoder
     exported to ONNX, CPUExecutionProvider, HF fast tokenizer, numpy mean
     pooling and normalisation);
   - accuracy: cosine of each int8 embedding to our f32 one (mean and min);
@@ -60,9 +60,11 @@ def sentences(n: int) -> list[str]:
     return out
 
 
-def host_bench(args, skill: str, model: Path, inputs: Path, bs: int, precision: str, out: Path) -> dict:
+def host_bench(args, skill: str, model: Path, inputs: Path, bs: int, precision: str, out: Path,
+               device: str = "cpu") -> dict:
     cmd = [args.host_bin, "bench", skill, "--model", str(model), "--inputs", str(inputs), "--batch-size", str(bs),
-           "--warmup", "1", "--reps", str(args.reps), "--precision", precision, "--output", str(out)]
+           "--warmup", "1", "--reps", str(args.reps), "--precision", precision, "--output", str(out),
+           "--device", device]
     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -123,10 +125,10 @@ def ort_peer(model: Path, texts: list[str], bs: int, reps: int, work: Path) -> f
     return statistics.median(rates)
 
 
-def weight_bytes(model: Path) -> tuple[int, int]:
+def weight_bytes(model: Path, keep_down_projection: bool) -> tuple[int, int]:
     """(f32 bytes, int8-path bytes) of the model's weights, by the host's rule
-    for BERT-family names: 2-D `*.weight` of linear layers except the MLP's
-    down projection (`layer.N.output.dense`, `ffn.output`...) become int8."""
+    for BERT-family names: 2-D `*.weight` of linear layers become int8, on cpu
+    except the MLP's down projection (`layer.N.output.dense`)."""
     from safetensors import safe_open
     f32 = q = 0
     for f in sorted(model.glob("*.safetensors")):
@@ -138,7 +140,7 @@ def weight_bytes(model: Path) -> tuple[int, int]:
                 linear = (len(shape) == 2 and name.endswith(".weight") and "embeddings" not in name
                           and "LayerNorm" not in name)
                 down = ".output.dense." in name and ".attention." not in name
-                q += (n + 4 * shape[0]) if linear and not down else 4 * n
+                q += (n + 4 * shape[0]) if linear and not (down and keep_down_projection) else 4 * n
     return f32, q
 
 
@@ -146,22 +148,25 @@ def embedding_rows(args, name: str, model: Path, work: Path) -> list[dict]:
     texts = sentences(args.sentences)
     inputs = work / f"{name}.jsonl"
     inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    f32_bytes, int8_bytes = weight_bytes(model)
+    f32_bytes, cpu_int8 = weight_bytes(model, keep_down_projection=True)
+    int8_bytes = {"cpu": cpu_int8, "openvino": weight_bytes(model, keep_down_projection=False)[1]}
     rows = []
-    for bs in (1, 32):
-        res = {p: host_bench(args, "text-embedding", model, inputs, bs, p, work / f"{name}_{p}_{bs}.jsonl")
-               for p in ("f32", "int8")}
-        a, b = embeddings_of(work / f"{name}_f32_{bs}.jsonl"), embeddings_of(work / f"{name}_int8_{bs}.jsonl")
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        peer = ort_peer(model, texts, bs, args.reps, work)
-        rows.append({"model": name, "batch": bs, "ort_f32": peer, "ours_f32": res["f32"]["per_second"],
-                     "ours_int8": res["int8"]["per_second"], "cos_mean": float(cos.mean()),
-                     "cos_min": float(cos.min()), "weights_f32_mb": f32_bytes / 1e6,
-                     "weights_int8_mb": int8_bytes / 1e6, "rss_f32_mib": res["f32"]["peak_rss_mib"],
-                     "rss_int8_mib": res["int8"]["peak_rss_mib"]})
-        r = rows[-1]
-        print(f"{name} bs{bs}: ort {peer:.1f}/s, ours f32 {r['ours_f32']:.1f}/s, int8 {r['ours_int8']:.1f}/s, "
-              f"cos mean {r['cos_mean']:.5f} min {r['cos_min']:.5f}", file=sys.stderr)
+    for device in args.devices.split(","):
+        for bs in (1, 32):
+            res = {p: host_bench(args, "text-embedding", model, inputs, bs, p,
+                                 work / f"{name}_{device}_{p}_{bs}.jsonl", device) for p in ("f32", "int8")}
+            a = embeddings_of(work / f"{name}_{device}_f32_{bs}.jsonl")
+            b = embeddings_of(work / f"{name}_{device}_int8_{bs}.jsonl")
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            peer = ort_peer(model, texts, bs, args.reps, work) if device == "cpu" else None
+            rows.append({"model": name, "device": device, "batch": bs, "ort_f32": peer,
+                         "ours_f32": res["f32"]["per_second"], "ours_int8": res["int8"]["per_second"],
+                         "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+                         "weights_f32_mb": f32_bytes / 1e6, "weights_int8_mb": int8_bytes[device] / 1e6,
+                         "rss_f32_mib": res["f32"]["peak_rss_mib"], "rss_int8_mib": res["int8"]["peak_rss_mib"]})
+            r = rows[-1]
+            print(f"{name} {device} bs{bs}: ort {peer}, ours f32 {r['ours_f32']:.1f}/s, int8 {r['ours_int8']:.1f}/s, "
+                  f"cos mean {r['cos_mean']:.5f} min {r['cos_min']:.5f}", file=sys.stderr)
     return rows
 
 
@@ -191,6 +196,7 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--skip-generation", action="store_true")
+    ap.add_argument("--devices", default="cpu,openvino")
     ap.add_argument("--work", default=None)
     ap.add_argument("--note", default="")
     ap.add_argument("--out-prefix", default="results/quantization")
@@ -215,19 +221,22 @@ def main() -> int:
         "",
         f"- machine: {machine}; date: {date}; median of {args.reps} timed passes after a warm-up, same run",
         "- int8: `--precision int8` (host/src/onnx/quantize.rs): linear-layer weights quantized per output "
-        "channel by the host at load, their inputs per row at run time, ONNX Runtime's u8 x s8 integer GEMM; "
-        "the MLP's down projection and everything else stay f32",
+        "channel by the host at load; cpu: their inputs per row at run time, ONNX Runtime's u8 x s8 integer GEMM, "
+        "the MLP's down projection and everything else stay f32; openvino: every linear weight int8 "
+        "(DequantizeLinear on the constant), activations quantized by the plugin",
         f"- embeddings: {args.sentences} sentences (8-17 words, every 8th 40-90 words), end to end, tokenization "
         "included; peer: onnxruntime-python f32 on the HF encoder exported to ONNX",
     ]
     if args.note:
         lines.append(f"- {args.note}")
-    lines += ["", "| model | batch | ORT-python f32 /s | ours f32 /s | ours int8 /s | int8 / ORT | int8 / ours f32 |"
-              " cosine to f32 mean | min | weights f32 MB | int8 MB | peak RSS f32 MiB | int8 MiB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| model | device | batch | ORT-python f32 /s | ours f32 /s | ours int8 /s | int8 / ORT |"
+              " int8 / ours f32 | cosine to f32 mean | min | weights f32 MB | int8 MB | peak RSS f32 MiB | int8 MiB |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['ort_f32']:.1f} | {r['ours_f32']:.1f} | {r['ours_int8']:.1f} | "
-                     f"{r['ours_int8'] / r['ort_f32']:.2f}x | {r['ours_int8'] / r['ours_f32']:.2f}x | "
+        peer = f"{r['ort_f32']:.1f}" if r["ort_f32"] else "-"
+        vs_peer = f"{r['ours_int8'] / r['ort_f32']:.2f}x" if r["ort_f32"] else "-"
+        lines.append(f"| {r['model']} | {r['device']} | {r['batch']} | {peer} | {r['ours_f32']:.1f} | "
+                     f"{r['ours_int8']:.1f} | {vs_peer} | {r['ours_int8'] / r['ours_f32']:.2f}x | "
                      f"{r['cos_mean']:.5f} | {r['cos_min']:.5f} | {r['weights_f32_mb']:.1f} | "
                      f"{r['weights_int8_mb']:.1f} | {r['rss_f32_mib']:.0f} | {r['rss_int8_mib']:.0f} |")
     if gen:
