@@ -231,7 +231,7 @@ def main() -> int:
     Path(args.out_prefix + ".json").write_text(json.dumps(
         {"date": date, "machine": machine, "note": args.note, "embeddings": rows, "generation": gen}, indent=2) + "\n")
     lines = [
-        "# int8 quantization on cpu: size, speed, memory and accuracy against f32",
+        "# int8 quantization (cpu and openvino): size, speed, memory and accuracy against f32",
         "",
         f"- machine: {machine}; date: {date}; median of {args.reps} timed passes after a warm-up, same run",
         "- int8: `--precision int8` (host/src/onnx/quantize.rs): linear-layer weights quantized per output "
