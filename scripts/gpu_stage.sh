@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stages what the GPU machine needs under .gpu/ (ignored by git, carried by
-# the device tool): the stripped host binary, the skills next to it (and in
+# the device tool): the stripped host binary and load generator (.gpu/loadgen), the skills next to it (and in
 # .gpu/target/wasm32-wasip2/release for the test binaries), the backend
 # op-test binary (.gpu/backend_ops), the encoder fidelity test binary
 # (.gpu/encoders), the vision, seq2seq, audio and image-text ones (.gpu/vision, .gpu/seq2seq,
@@ -15,6 +15,7 @@ bash scripts/setup.sh >/dev/null
 skills=.gpu/target/wasm32-wasip2/release
 mkdir -p .gpu/skills "$skills" .gpu/minilm-tokenizer .gpu/mpnet-tokenizer
 strip -o .gpu/host target/release/host
+strip -o .gpu/loadgen target/release/loadgen
 for s in text_embedding fill_mask text_classification token_classification image_classification zero_shot_image_classification zero_shot_audio_classification object_detection multimodal_embedding text_generation text2text_generation video_classification audio_embedding automatic_speech_recognition hostile; do
   cp "target/wasm32-wasip2/release/$s.wasm" .gpu/skills/
   cp "target/wasm32-wasip2/release/$s.wasm" "$skills/"

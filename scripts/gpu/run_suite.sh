@@ -2,7 +2,7 @@
 # GPU test suite and benchmark: the entry point on the GPU machine.
 #
 # Usage (from the repository root):
-#     bash scripts/gpu/run_suite.sh OUT_DIR [fidelity|bench|all]      (default: all)
+#     bash scripts/gpu/run_suite.sh OUT_DIR [fidelity|bench|serve|all]      (default: all)
 #
 #   fidelity: nvidia-smi, make_models (embedding models), the kernel tests
 #             .gpu/backend_ops (if present) with OPS_PRECISION=f32, f16, bf16,
@@ -13,7 +13,12 @@
 #             embed_fidelity.py and gen_fidelity.py.
 #   bench:    nvidia-smi, make_models (all five models), bench_cuda.py
 #             (bounded to ~6 minutes by its --budget-s).
-#   all:      both (about 10 minutes or more: on a machine with a 10-minute
+#   serve:    nvidia-smi, make_models (minilm, opt-125m), scripts/bench_serve.py
+#             with the carried load generator (.gpu/loadgen): MiniLM f16
+#             /v1/embeddings at c=1,64,256 with dynamic batching and with
+#             batching off, and 64 streaming /v1/completions of opt-125m
+#             (issue #23's measurements; about 3 minutes).
+#   all:      fidelity and bench (about 10 minutes or more: on a machine with a 10-minute
 #             command limit run `fidelity` and `bench` as two calls; the
 #             models in MODELS_DIR are reused when already built).
 #
@@ -43,7 +48,7 @@ if [ $# -lt 1 ] || [ $# -gt 2 ]; then
 fi
 OUT=$1
 MODE=${2:-all}
-case "$MODE" in fidelity|bench|all) ;; *) echo "unknown mode '$MODE' (fidelity|bench|all)" >&2; exit 2;; esac
+case "$MODE" in fidelity|bench|serve|all) ;; *) echo "unknown mode '$MODE' (fidelity|bench|serve|all)" >&2; exit 2;; esac
 
 cd "$(dirname "$0")/../.." || exit 2
 PYTHON=${PYTHON:-python3}
@@ -111,6 +116,8 @@ fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     ONLY=minilm,bge-base,mpnet-base,opt-125m,tinyllama
+elif [ "$MODE" = serve ]; then
+    ONLY=minilm,opt-125m
 else
     ONLY=minilm,bge-base,mpnet-base
 fi
@@ -164,6 +171,14 @@ fi
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     step bench_cuda "$PYTHON" scripts/gpu/bench_cuda.py --host "$HOST_BIN" --models "$MODELS_DIR" \
         --out "$OUT/bench_cuda" --device "$DEVICE" ${QUICK_FLAG[@]+"${QUICK_FLAG[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"}
+fi
+
+if [ "$MODE" = serve ]; then
+    step bench_serve "$PYTHON" scripts/bench_serve.py --host-bin "$HOST_BIN" --loadgen "${LOADGEN_BIN:-.gpu/loadgen}" \
+        --device "$DEVICE" --precision f16 --model "$MODELS_DIR/minilm" --concurrency 1,64,256 \
+        --modes dynamic,off --max-batch-size 128 --max-wait-ms 2 --duration 8 \
+        --gen-model "$MODELS_DIR/opt-125m" --gen-concurrency 64 --gen-tokens 128 \
+        --out-prefix "$OUT/bench_serve_$DEVICE"
 fi
 
 echo
