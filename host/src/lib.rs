@@ -8,6 +8,7 @@
 
 pub mod authoring;
 pub mod backend;
+pub mod config;
 pub mod digest;
 pub mod endpoint;
 pub mod error;

@@ -15,7 +15,7 @@ use host::backend::{registry, Precision};
 use host::endpoint::contract::request;
 use host::endpoint::{BatchPolicy, EndpointConfig, Endpoints, Handler};
 use host::runner::{Output, RequestError};
-use host::sandbox::{Sandbox, SandboxLimits, SkillContext};
+use host::sandbox::{Sandbox, SkillContext};
 
 /// Run Hugging Face models through sandboxed WebAssembly skills.
 #[derive(Parser)]
@@ -23,6 +23,8 @@ use host::sandbox::{Sandbox, SandboxLimits, SkillContext};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    config: host::config::ConfigArgs,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +108,10 @@ struct BenchArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = configure(&cli.config) {
+        eprintln!("error: {e:#}");
+        std::process::exit(exit::ERROR);
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Bench(args) => bench(args),
@@ -152,34 +158,19 @@ mod exit {
     }
 }
 
-/// A numeric setting from the environment; a value that does not parse
-/// is an error, not ignored.
-fn env_u64(name: &str) -> Result<Option<u64>> {
-    match std::env::var(name) {
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .with_context(|| format!("{name}={v:?} is not a non-negative integer")),
-    }
+/// The process's configuration: the environment, then the flags; a value
+/// that does not parse is an error naming it. Installed once, for the
+/// library code that reads it ([`host::config::current`]).
+fn configure(args: &host::config::ConfigArgs) -> Result<()> {
+    host::config::install(args.resolve()?);
+    Ok(())
 }
 
-/// The sandbox; `HOST_SKILL_MEMORY_MB` and `HOST_SKILL_FUEL` set the
-/// ceiling of what a skill may declare (default: the undeclared defaults).
+/// The sandbox of the process's configuration: its limits
+/// (`HOST_SKILL_MEMORY_MB`, `HOST_SKILL_FUEL`, `HOST_MAX_TEXT_BYTES`, the
+/// ceilings of what a skill may declare) and cache directory.
 fn sandbox() -> Result<Arc<Sandbox>> {
-    let mut limits = SandboxLimits::default();
-    if let Some(mb) = env_u64("HOST_SKILL_MEMORY_MB")? {
-        limits.memory_bytes = (mb as usize) << 20;
-    }
-    if let Some(f) = env_u64("HOST_SKILL_FUEL")? {
-        limits.fuel_per_call = f;
-    }
-    if let Some(b) = env_u64("HOST_MAX_TEXT_BYTES")? {
-        limits.max_text_bytes = b as usize;
-    }
-    Ok(Arc::new(Sandbox::new(limits)?))
+    Ok(Arc::new(Sandbox::from_config(&host::config::current())?))
 }
 
 /// The request field `--input` fills: `text` when the skill's request

@@ -25,7 +25,7 @@ static TRIMMER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
 /// glibc's, or with `HOST_TRIM_MEMORY=0`).
 pub fn release_soon() {
     static ON: OnceLock<bool> = OnceLock::new();
-    if !*ON.get_or_init(|| std::env::var("HOST_TRIM_MEMORY").map_or(true, |v| v != "0")) {
+    if !*ON.get_or_init(|| crate::config::current().trim_memory) {
         return;
     }
     let tx = TRIMMER.get_or_init(|| {

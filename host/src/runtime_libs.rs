@@ -1,18 +1,21 @@
 //! Finding the native runtime libraries that ship in PyPI wheels.
 //!
 //! `scripts/setup.sh` installs the wheels into `.runtime/py` of the checkout
-//! (git-ignored). The host looks, in order, at an explicit environment
-//! variable, then at `.runtime/py` in the ancestors of its executable and of
-//! the working directory. Paths are checked before loading, because loaders
+//! (git-ignored). The host looks, in order, at an explicit path
+//! ([`LibraryPaths`]: `ORT_DYLIB_PATH`, `OPENVINO_LIB_PATH`), then at
+//! `HOST_RUNTIME_DIR`, then at `.runtime/py` in the ancestors of its
+//! executable and of the working directory. Paths are checked before loading, because loaders
 //! handed a bad path panic.
 
 use std::path::{Path, PathBuf};
 
-/// Directories that may hold `.runtime/py`.
-fn roots() -> Vec<PathBuf> {
+use crate::config::LibraryPaths;
+
+/// Directories that may hold the wheels.
+fn roots(paths: &LibraryPaths) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Ok(dir) = std::env::var("HOST_RUNTIME_DIR") {
-        out.push(PathBuf::from(dir));
+    if let Some(dir) = &paths.runtime_dir {
+        out.push(dir.clone());
     }
     let mut starts = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -47,18 +50,17 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Option<PathBuf> {
     hits.into_iter().next()
 }
 
-/// Locates `libonnxruntime.so*` (env `ORT_DYLIB_PATH`, else the onnxruntime
-/// wheel under `.runtime/py`).
-pub fn onnxruntime() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
-        let p = PathBuf::from(p);
+/// Locates `libonnxruntime.so*` (`ORT_DYLIB_PATH`, else the onnxruntime
+/// wheel under the runtime directories).
+pub fn onnxruntime(paths: &LibraryPaths) -> Result<PathBuf, String> {
+    if let Some(p) = &paths.onnxruntime {
         return if p.is_file() {
-            Ok(p)
+            Ok(p.clone())
         } else {
             Err(format!("ORT_DYLIB_PATH={} is not a file", p.display()))
         };
     }
-    let searched = roots();
+    let searched = roots(paths);
     for r in &searched {
         if let Some(p) = find_prefixed(&r.join("onnxruntime").join("capi"), "libonnxruntime.so") {
             return Ok(p);
@@ -69,18 +71,17 @@ pub fn onnxruntime() -> Result<PathBuf, String> {
         .into())
 }
 
-/// Locates `libopenvino_c.so*` (env `OPENVINO_LIB_PATH`, else the openvino
-/// wheel under `.runtime/py`).
-pub fn openvino_c() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("OPENVINO_LIB_PATH") {
-        let p = PathBuf::from(p);
+/// Locates `libopenvino_c.so*` (`OPENVINO_LIB_PATH`, else the openvino
+/// wheel under the runtime directories).
+pub fn openvino_c(paths: &LibraryPaths) -> Result<PathBuf, String> {
+    if let Some(p) = &paths.openvino_c {
         return if p.is_file() {
-            Ok(p)
+            Ok(p.clone())
         } else {
             Err(format!("OPENVINO_LIB_PATH={} is not a file", p.display()))
         };
     }
-    for r in roots() {
+    for r in roots(paths) {
         if let Some(p) = find_prefixed(&r.join("openvino").join("libs"), "libopenvino_c.so") {
             return Ok(p);
         }

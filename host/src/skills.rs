@@ -1,7 +1,7 @@
 //! Finding skill components by name.
 //!
 //! `host run text-embedding` looks for `text_embedding.wasm` in, in order:
-//! the directories of `HOST_SKILLS_DIR` (colon-separated), `skills/` next to
+//! the directories of `HOST_SKILLS_DIR` (colon-separated; `--skills-dir`), `skills/` next to
 //! the executable, and the cargo output `target/wasm32-wasip2/release/` of
 //! the checkout the executable was built in. A SKILL argument that ends in
 //! `.wasm` or contains a `/` is a path. Either may end in `@sha256:<hex>`
@@ -12,16 +12,10 @@ use std::path::{Path, PathBuf};
 
 use crate::HostError;
 
-/// Directories searched for skills.
+/// Directories searched for skills: the configured ones
+/// ([`crate::config::HostConfig::skills_dirs`]), then the defaults.
 pub fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var("HOST_SKILLS_DIR")
-        .map(|v| {
-            v.split(':')
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = crate::config::current().skills_dirs.clone();
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use super::{cpu::CpuBackend, Backend, BackendError, Executable, NamedTensors, Precision};
+use crate::config::BackendOptions;
 use crate::ir::Graph;
 use crate::model::Model;
 
-/// Whether the `faulty` device may be named.
+/// Whether the `faulty` device may be named
+/// ([`crate::config::HostConfig::fault_injection`]).
 pub fn enabled() -> bool {
-    std::env::var("HOST_FAULT_INJECTION").is_ok_and(|v| v == "1")
+    crate::config::current().fault_injection
 }
 
 /// Compiles like the CPU backend; runs always fail.
@@ -19,9 +21,9 @@ pub struct FaultyBackend {
 }
 
 impl FaultyBackend {
-    pub fn new(precision: Precision) -> Result<Self, BackendError> {
+    pub fn new(precision: Precision, options: &BackendOptions) -> Result<Self, BackendError> {
         Ok(FaultyBackend {
-            inner: CpuBackend::new(precision)?,
+            inner: CpuBackend::new(precision, options)?,
         })
     }
 }

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::{cpu, cuda, faulty, openvino, Backend, BackendError};
+use crate::config::BackendOptions;
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -121,21 +122,43 @@ pub struct DeviceStatus {
     pub detail: String,
 }
 
-/// Probes every backend this build knows.
+/// Probes every backend this build knows, with the process's
+/// configuration ([`crate::config::current`]).
 pub fn probe_all() -> Vec<DeviceStatus> {
-    let mut out = vec![cpu::probe()];
-    out.extend(openvino::probe());
+    probe_all_with(&crate::config::current().backend_options())
+}
+
+/// Probes every backend this build knows.
+pub fn probe_all_with(options: &BackendOptions) -> Vec<DeviceStatus> {
+    let mut out = vec![cpu::probe(options)];
+    out.extend(openvino::probe(options));
     out.extend(cuda::probe());
     out
 }
 
-/// Opens the backend for `device` at `precision`.
+/// Opens the backend for `device` at `precision`, with the process's
+/// configuration ([`crate::config::current`]).
 pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, BackendError> {
+    open_with(
+        device,
+        precision,
+        &crate::config::current().backend_options(),
+    )
+}
+
+/// Opens the backend for `device` at `precision` with `options`.
+pub fn open_with(
+    device: &Device,
+    precision: Precision,
+    options: &BackendOptions,
+) -> Result<Arc<dyn Backend>, BackendError> {
     match device {
-        Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision)?)),
-        Device::OpenVino(d) => Ok(Arc::new(openvino::OpenVinoBackend::new(d, precision)?)),
-        Device::Faulty => Ok(Arc::new(faulty::FaultyBackend::new(precision)?)),
-        Device::Cuda(n) => cuda::open(*n, precision),
+        Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(precision, options)?)),
+        Device::OpenVino(d) => Ok(Arc::new(openvino::OpenVinoBackend::new(
+            d, precision, options,
+        )?)),
+        Device::Faulty => Ok(Arc::new(faulty::FaultyBackend::new(precision, options)?)),
+        Device::Cuda(n) => cuda::open(*n, precision, options),
     }
 }
 

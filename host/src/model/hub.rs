@@ -17,11 +17,10 @@ const FILES: &[&str] = &[
     "1_Pooling/config.json",
 ];
 
+/// `HF_HUB_OFFLINE` (or `--offline`): the hub's cache only
+/// ([`crate::config::HostConfig::hub_offline`]).
 fn offline() -> bool {
-    matches!(
-        std::env::var("HF_HUB_OFFLINE").as_deref(),
-        Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
-    )
+    crate::config::current().hub_offline
 }
 
 /// Returns the snapshot directory of `id`, downloading what is missing

@@ -77,18 +77,9 @@ impl SkillContext {
         backend: Arc<dyn Backend>,
         cache: Arc<CompileCache>,
     ) -> Self {
-        let log_level = match std::env::var("HOST_LOG").as_deref() {
-            Ok("trace") => 0,
-            Ok("debug") => 1,
-            Ok("info") => 2,
-            Ok("error") => 4,
-            _ => 3,
-        };
-        let fixed_shapes = match std::env::var("HOST_FIXED_SHAPES").as_deref() {
-            Ok("1") => Some(true),
-            Ok("0") => Some(false),
-            _ => None,
-        };
+        let config = crate::config::current();
+        let log_level = config.skill_log.rank();
+        let fixed_shapes = config.fixed_shapes;
         SkillContext {
             skill: skill.to_string(),
             weight_types: model.weights.types(),

@@ -60,7 +60,7 @@ pub type WitResponse = Response;
 
 /// The operator's resource limits for skill instances: ceilings for what a
 /// skill may declare ([`limits::Granted`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxLimits {
     /// Most linear memory per instance, bytes; a skill that declares
     /// nothing gets [`limits::DEFAULT_MEMORY_BYTES`] (capped by this).
@@ -182,9 +182,15 @@ pub struct SkillInstance {
 }
 
 impl Sandbox {
-    /// An engine caching compiled components under [`cache_dir`].
+    /// An engine caching compiled components under the configured cache
+    /// directory ([`crate::config::HostConfig::cache_dir`]).
     pub fn new(limits: SandboxLimits) -> Result<Self, SandboxError> {
-        Self::with_cache_dir(limits, cache_dir())
+        Self::with_cache_dir(limits, crate::config::current().cache_dir.clone())
+    }
+
+    /// The engine `config` describes: its limits and cache directory.
+    pub fn from_config(config: &crate::config::HostConfig) -> Result<Self, SandboxError> {
+        Self::with_cache_dir(config.limits.clone(), config.cache_dir.clone())
     }
 
     /// An engine caching compiled components under `cache` (`None`: no cache).
@@ -375,20 +381,6 @@ impl Sandbox {
             granted,
         })
     }
-}
-
-/// `$HOST_CACHE_DIR`, else `$XDG_CACHE_HOME/wasm-skill-host`, else
-/// `~/.cache/wasm-skill-host`.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("HOST_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("wasm-skill-host"));
-    }
-    std::env::var("HOME")
-        .ok()
-        .map(|h| PathBuf::from(h).join(".cache").join("wasm-skill-host"))
 }
 
 impl SkillInstance {

@@ -51,7 +51,7 @@ impl HostSession {
 /// `HOST_TRACE_SESSIONS=1` prints the host time of every session run.
 fn trace_sessions() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HOST_TRACE_SESSIONS").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| crate::config::current().trace_sessions)
 }
 
 /// The state name of a `state.<name>.next` output.

@@ -14,6 +14,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
+use crate::config::BackendOptions;
 use crate::ir::Graph;
 use crate::model::Model;
 use crate::onnx::quantize::Flavor;
@@ -21,10 +22,13 @@ use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight
 
 static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = OnceLock::new();
 
-/// Loads ONNX Runtime once; returns the library path or why it failed.
-fn environment() -> Result<&'static (ort::environment::Environment, String), String> {
+/// Loads ONNX Runtime once (the first caller's options decide the library
+/// and the threads); returns the library path or why it failed.
+fn environment(
+    options: &BackendOptions,
+) -> Result<&'static (ort::environment::Environment, String), String> {
     ORT.get_or_init(|| {
-        let path = crate::runtime_libs::onnxruntime()?;
+        let path = crate::runtime_libs::onnxruntime(&options.libraries)?;
         let builder =
             ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         // One thread pool for every session (embedding graphs, prefill and
@@ -32,7 +36,7 @@ fn environment() -> Result<&'static (ort::environment::Environment, String), Str
         // and idle pools spinning steal cores from the busy one. (Created
         // after `init_from`, which points ort at the library.)
         let pool = ort::environment::GlobalThreadPoolOptions::default()
-            .with_intra_threads(threads())
+            .with_intra_threads(options.cpu_threads())
             .and_then(|o| o.with_inter_threads(1))
             .map_err(|e| format!("ONNX Runtime thread pool: {e}"))?;
         let env = builder
@@ -47,14 +51,14 @@ fn environment() -> Result<&'static (ort::environment::Environment, String), Str
 }
 
 /// Availability of the CPU backend.
-pub fn probe() -> DeviceStatus {
-    match environment() {
+pub fn probe(options: &BackendOptions) -> DeviceStatus {
+    match environment(options) {
         Ok((_, path)) => DeviceStatus {
             device: "cpu".into(),
             available: true,
             detail: format!(
                 "ONNX Runtime from {path}; precision f32, int8 (linear-layer weights); {} threads",
-                threads()
+                options.cpu_threads()
             ),
         },
         Err(reason) => DeviceStatus {
@@ -65,26 +69,16 @@ pub fn probe() -> DeviceStatus {
     }
 }
 
-fn threads() -> usize {
-    std::env::var("HOST_CPU_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-}
-
 /// ONNX Runtime on the CPU.
 pub struct CpuBackend {
     precision: Precision,
+    /// The process's ONNX Runtime.
+    env: &'static ort::environment::Environment,
 }
 
 impl CpuBackend {
-    pub fn new(precision: Precision) -> Result<Self, BackendError> {
-        environment().map_err(|reason| BackendError::Unavailable {
+    pub fn new(precision: Precision, options: &BackendOptions) -> Result<Self, BackendError> {
+        let (env, _) = environment(options).map_err(|reason| BackendError::Unavailable {
             device: "cpu".into(),
             reason,
         })?;
@@ -95,7 +89,7 @@ impl CpuBackend {
                 supported: "f32, int8".into(),
             });
         }
-        Ok(CpuBackend { precision })
+        Ok(CpuBackend { precision, env })
     }
 }
 
@@ -125,7 +119,7 @@ impl Backend for CpuBackend {
             graph: graph.name.clone(),
             message,
         };
-        let (env, _) = environment().map_err(&fail)?;
+        let env = self.env;
         let bytes = match self.precision {
             Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::RowInt8, false),
             _ => emit_for_model(&graph, model, false),

@@ -9,6 +9,7 @@ use cudarc::driver::{result as dr, CudaContext, CudaStream};
 
 use super::kernels::Kernels;
 use crate::backend::DeviceTensor;
+use crate::config::BackendOptions;
 use crate::ir::DType;
 
 /// A raw device allocation, freed on drop.
@@ -95,7 +96,7 @@ pub struct Gpu {
 static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
 
 /// The process-wide handle of GPU `ordinal` (created on first use).
-pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
+pub fn gpu(ordinal: usize, options: &BackendOptions) -> Result<Arc<Gpu>, String> {
     let map = GPUS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().map_err(|_| "GPU table poisoned".to_string())?;
     if let Some(g) = map.get(&ordinal) {
@@ -106,7 +107,7 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>, String> {
     // SAFETY: called before any allocation on this context.
     unsafe { ctx.disable_event_tracking() };
     keep_pool_memory(&ctx);
-    let kernels = Kernels::load(&ctx)?;
+    let kernels = Kernels::load(&ctx, options)?;
     let free_stream = ctx
         .new_stream()
         .map_err(|e| format!("cannot create a stream: {e}"))?;

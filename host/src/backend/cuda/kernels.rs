@@ -7,13 +7,14 @@
 //! NVRTC cannot emit code for the architecture.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::launch::Launch;
+use crate::config::BackendOptions;
 
 /// CUDA C source of every kernel.
 pub const SOURCE: &str = concat!(
@@ -54,8 +55,9 @@ pub fn cache_key(arch: &str, nvrtc: (i32, i32)) -> String {
         .collect()
 }
 
-fn cache_path(key: &str, ext: &str) -> Option<PathBuf> {
-    crate::sandbox::cache_dir().map(|d| d.join("cuda").join(format!("kernels-{key}.{ext}")))
+/// Where the kernels of `key` are cached under `cache_dir`.
+fn cache_path(cache_dir: Option<&Path>, key: &str, ext: &str) -> Option<PathBuf> {
+    cache_dir.map(|d| d.join("cuda").join(format!("kernels-{key}.{ext}")))
 }
 
 /// Writes `bytes` to the cache (a failed write only costs a compile later).
@@ -107,8 +109,8 @@ fn compile_cubin(arch: &str) -> Result<Vec<u8>, String> {
 
 /// Machine code for `sm` from the cache or NVRTC; `None` if NVRTC cannot
 /// emit it (the caller falls back to PTX).
-fn cubin(sm: &str, origin: &mut String) -> Option<Ptx> {
-    let path = cache_path(&cache_key(sm, nvrtc_version()), "cubin");
+fn cubin(cache_dir: Option<&Path>, sm: &str, origin: &mut String) -> Option<Ptx> {
+    let path = cache_path(cache_dir, &cache_key(sm, nvrtc_version()), "cubin");
     if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         if !bytes.is_empty() {
             *origin = cached_at(&path);
@@ -137,8 +139,8 @@ pub(super) fn nvrtc_version() -> (i32, i32) {
 }
 
 /// PTX for virtual architecture `arch` from the cache or NVRTC.
-fn ptx(arch: &str, origin: &mut String) -> Result<Ptx, String> {
-    let path = cache_path(&cache_key(arch, nvrtc_version()), "ptx");
+fn ptx(cache_dir: Option<&Path>, arch: &str, origin: &mut String) -> Result<Ptx, String> {
+    let path = cache_path(cache_dir, &cache_key(arch, nvrtc_version()), "ptx");
     let cached = path
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
@@ -163,20 +165,22 @@ fn ptx(arch: &str, origin: &mut String) -> Result<Ptx, String> {
 }
 
 impl Kernels {
-    /// Compiles (or loads from the cache) and loads the module on `ctx`.
-    pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, String> {
+    /// Compiles (or loads from the cache under `options.cache_dir`) and
+    /// loads the module on `ctx`.
+    pub fn load(ctx: &Arc<CudaContext>, options: &BackendOptions) -> Result<Kernels, String> {
+        let cache_dir = options.cache_dir.as_deref();
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| format!("cannot read the compute capability: {e}"))?;
         let mut origin = String::new();
-        let ptx = match cubin(&format!("sm_{major}{minor}"), &mut origin) {
+        let ptx = match cubin(cache_dir, &format!("sm_{major}{minor}"), &mut origin) {
             Some(code) => code,
-            None => ptx(&format!("compute_{major}{minor}"), &mut origin)?,
+            None => ptx(cache_dir, &format!("compute_{major}{minor}"), &mut origin)?,
         };
         let module = ctx
             .load_module(ptx)
             .map_err(|e| format!("cannot load the kernel module: {e}"))?;
-        let pdl = major >= 9 && std::env::var("HOST_CUDA_PDL").map_or(true, |v| v != "0");
+        let pdl = major >= 9 && options.cuda.pdl;
         let sms = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,

@@ -25,6 +25,7 @@ pub mod plan;
 use std::sync::Arc;
 
 use super::{Backend, BackendError, DeviceStatus, Precision};
+use crate::config::BackendOptions;
 
 /// What the driver reports about one GPU.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -143,8 +144,13 @@ fn missing_library(r: &CudaReport) -> Option<String> {
 }
 
 /// Opens GPU `ordinal` at `precision`: checks drivers and libraries first
-/// (cudarc panics on a missing library), then compiles or loads the kernels.
-pub fn open(ordinal: u32, precision: Precision) -> Result<Arc<dyn Backend>, BackendError> {
+/// (cudarc panics on a missing library), then compiles or loads the kernels
+/// (the first opening of a GPU decides its kernels' cache and launch mode).
+pub fn open(
+    ordinal: u32,
+    precision: Precision,
+    options: &BackendOptions,
+) -> Result<Arc<dyn Backend>, BackendError> {
     let device = format!("cuda:{ordinal}");
     if precision == Precision::Int8 {
         return Err(BackendError::Precision {
@@ -167,10 +173,14 @@ pub fn open(ordinal: u32, precision: Precision) -> Result<Arc<dyn Backend>, Back
     if let Some(m) = missing_library(&r) {
         return Err(unavailable(m));
     }
-    let gpu = std::panic::catch_unwind(|| device::gpu(ordinal as usize))
+    let gpu = std::panic::catch_unwind(|| device::gpu(ordinal as usize, options))
         .unwrap_or_else(|_| Err("cudarc panicked while opening the device".into()))
         .map_err(unavailable)?;
-    Ok(Arc::new(exec::CudaBackend::new(gpu, precision)))
+    Ok(Arc::new(exec::CudaBackend::new(
+        gpu,
+        precision,
+        options.cuda,
+    )))
 }
 
 #[cfg(test)]
@@ -191,7 +201,7 @@ mod tests {
             // Without a driver nothing may claim to serve, and the reason
             // names what is missing.
             assert!(s.iter().all(|d| !d.available && d.detail == reason));
-            assert!(open(0, Precision::F32).is_err());
+            assert!(open(0, Precision::F32, &BackendOptions::default()).is_err());
         }
     }
 }

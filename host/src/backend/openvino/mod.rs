@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use openvino::{CompiledModel, Core, DeviceType, InferRequest, PropertyKey, RwPropertyKey};
 
 use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Precision};
+use crate::config::{BackendOptions, LibraryPaths};
 use crate::ir::Graph;
 use crate::model::Model;
 use crate::onnx::quantize::Flavor;
@@ -34,11 +35,12 @@ use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight
 
 static LIBRARY: OnceLock<Result<String, String>> = OnceLock::new();
 
-/// Loads `libopenvino_c` once; returns its path or why it failed.
-fn library() -> Result<&'static str, String> {
+/// Loads `libopenvino_c` once (the first caller's paths decide); returns
+/// its path or why it failed.
+fn library(paths: &LibraryPaths) -> Result<&'static str, String> {
     LIBRARY
         .get_or_init(|| {
-            let path = crate::runtime_libs::openvino_c()?;
+            let path = crate::runtime_libs::openvino_c(paths)?;
             openvino_sys::library::load_from(&path)
                 .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
             Ok(path.display().to_string())
@@ -47,8 +49,8 @@ fn library() -> Result<&'static str, String> {
         .map_err(Clone::clone)
 }
 
-fn core() -> Result<Core, String> {
-    library()?;
+fn core(paths: &LibraryPaths) -> Result<Core, String> {
+    library(paths)?;
     Core::new().map_err(|e| format!("cannot create the OpenVINO core: {e}"))
 }
 
@@ -62,8 +64,8 @@ fn device_type(name: &str) -> DeviceType<'static> {
 }
 
 /// Device names OpenVINO reports (`CPU`, `GPU.0`, ...).
-pub fn reported_devices() -> Result<Vec<String>, String> {
-    let core = core()?;
+pub fn reported_devices(paths: &LibraryPaths) -> Result<Vec<String>, String> {
+    let core = core(paths)?;
     let list = core
         .available_devices()
         .map_err(|e| format!("cannot list OpenVINO devices: {e}"))?;
@@ -71,8 +73,8 @@ pub fn reported_devices() -> Result<Vec<String>, String> {
 }
 
 /// One status line per OpenVINO device kind we name.
-pub fn probe() -> Vec<DeviceStatus> {
-    let path = match library() {
+pub fn probe(options: &BackendOptions) -> Vec<DeviceStatus> {
+    let path = match library(&options.libraries) {
         Ok(p) => p,
         Err(reason) => {
             return vec![DeviceStatus {
@@ -82,7 +84,7 @@ pub fn probe() -> Vec<DeviceStatus> {
             }];
         }
     };
-    let devices = match reported_devices() {
+    let devices = match reported_devices(&options.libraries) {
         Ok(d) => d,
         Err(reason) => {
             return vec![DeviceStatus {
@@ -124,10 +126,16 @@ pub struct OpenVinoBackend {
     device: String,
     precision: Precision,
     core: Mutex<Core>,
+    /// Where compiled graphs are staged (`None`: the temporary directory).
+    cache_dir: Option<PathBuf>,
 }
 
 impl OpenVinoBackend {
-    pub fn new(device: &str, precision: Precision) -> Result<Self, BackendError> {
+    pub fn new(
+        device: &str,
+        precision: Precision,
+        options: &BackendOptions,
+    ) -> Result<Self, BackendError> {
         let name = if device == "CPU" {
             "openvino".to_string()
         } else {
@@ -137,7 +145,7 @@ impl OpenVinoBackend {
             device: name.clone(),
             reason,
         };
-        let devices = reported_devices().map_err(unavailable)?;
+        let devices = reported_devices(&options.libraries).map_err(unavailable)?;
         if !devices
             .iter()
             .any(|d| d == device || d.starts_with(&format!("{device}.")))
@@ -147,7 +155,7 @@ impl OpenVinoBackend {
                 devices.join(", ")
             )));
         }
-        let mut core = core().map_err(unavailable)?;
+        let mut core = core(&options.libraries).map_err(unavailable)?;
         let dt = device_type(device);
         let hint = match precision {
             Precision::F32 => "f32",
@@ -157,10 +165,10 @@ impl OpenVinoBackend {
             // where it multiplies them with int8 weights.
             Precision::Int8 => "f32",
         };
-        let perf = std::env::var("HOST_OPENVINO_HINT").unwrap_or_else(|_| "LATENCY".into());
+        let perf = options.openvino_hint.as_openvino();
         let props = [
             (RwPropertyKey::HintInferencePrecision, hint.to_string()),
-            (RwPropertyKey::HintPerformanceMode, perf),
+            (RwPropertyKey::HintPerformanceMode, perf.to_string()),
         ];
         for (k, v) in &props {
             core.set_property(&dt, k, v)
@@ -174,6 +182,7 @@ impl OpenVinoBackend {
             device: device.to_string(),
             precision,
             core: Mutex::new(core),
+            cache_dir: options.cache_dir.clone(),
         })
     }
 
@@ -194,8 +203,10 @@ struct OpenVinoExecutable {
 }
 
 /// Writes `model.onnx` and weight links into a fresh directory for this
-/// graph and model; returns the model path.
+/// graph and model under `cache_dir` (else the temporary directory);
+/// returns the model path.
 fn stage(
+    cache_dir: Option<&Path>,
     graph: &Graph,
     model: &Model,
     onnx: &[u8],
@@ -221,8 +232,8 @@ fn stage(
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect();
-    let base = crate::sandbox::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
+    let base = cache_dir
+        .map_or_else(std::env::temp_dir, Path::to_path_buf)
         .join("openvino")
         .join("graphs");
     let dir = base.join(key);
@@ -301,7 +312,14 @@ impl Backend for OpenVinoBackend {
             _ => emit_for_model(&graph, model, true),
         }
         .map_err(|e| fail(e.to_string()))?;
-        let path = stage(&graph, model, &onnx, self.precision).map_err(&fail)?;
+        let path = stage(
+            self.cache_dir.as_deref(),
+            &graph,
+            model,
+            &onnx,
+            self.precision,
+        )
+        .map_err(&fail)?;
         let mut core = self
             .core
             .lock()

@@ -12,6 +12,7 @@ use cudarc::driver::{
 
 use super::{resolve, BackendError, Bases, CudaExecutable, Prepared, Resolved, RunState};
 use crate::backend::cuda::plan::{Arg, AttnParam, GemmStep, IdxParam, Ref, Step};
+use crate::config::CudaTrace;
 use crate::ir::DType;
 
 /// A bucket's launches are captured as a CUDA graph on its run number
@@ -67,7 +68,7 @@ impl CudaExecutable {
         }
         let runs = st.runs.entry(key.clone()).or_insert(0);
         *runs += 1;
-        if super::trace_level() >= 2 {
+        if self.trace_level() >= CudaTrace::Profile {
             let print = *runs == PROFILE_RUN;
             return self.profile(&st.blas, prepared, base, stream, print);
         }

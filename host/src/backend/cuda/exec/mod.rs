@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as bsys, CudaBlas};
 use cudarc::driver::{sys as dsys, CudaFunction, CudaGraph, CudaStream, DeviceRepr};
@@ -23,6 +23,7 @@ use crate::backend::{
     bind_partial, Backend, BackendError, DeviceTensor, Executable, NamedDeviceTensors,
     NamedTensors, PendingRun, Precision,
 };
+use crate::config::{CudaOptions, CudaTrace};
 use crate::ir::{DType, Graph, NodeId, Op};
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -36,11 +37,16 @@ unsafe impl DeviceRepr for AttnParam {}
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
     precision: Precision,
+    options: CudaOptions,
 }
 
 impl CudaBackend {
-    pub fn new(gpu: Arc<Gpu>, precision: Precision) -> Self {
-        CudaBackend { gpu, precision }
+    pub fn new(gpu: Arc<Gpu>, precision: Precision, options: CudaOptions) -> Self {
+        CudaBackend {
+            gpu,
+            precision,
+            options,
+        }
     }
 
     fn device_name(&self) -> String {
@@ -87,6 +93,8 @@ struct CudaExecutable {
     graph: Arc<Graph>,
     gpu: Arc<Gpu>,
     device: String,
+    /// Graphs and tracing (`HOST_CUDA_GRAPHS`, `HOST_CUDA_TRACE`).
+    options: CudaOptions,
     precision: Precision,
     persistent: Vec<Arc<DeviceBuffer>>,
     persistent_index: HashMap<NodeId, usize>,
@@ -102,26 +110,17 @@ const MAX_PLANS: usize = 64;
 /// cuBLAS workspace per executable.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr; `2` also
-/// launches directly and prints a per-kernel profile of each bucket's 4th run;
-/// `3` also lists every planned step.
-fn trace_level() -> u8 {
-    static LEVEL: OnceLock<u8> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        std::env::var("HOST_CUDA_TRACE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
-}
+impl CudaExecutable {
+    /// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr; `2`
+    /// also launches directly and prints a per-kernel profile of each
+    /// bucket's 4th run; `3` also lists every planned step.
+    fn trace_level(&self) -> CudaTrace {
+        self.options.trace
+    }
 
-fn trace() -> bool {
-    trace_level() >= 1
-}
-
-/// CUDA graphs are on unless `HOST_CUDA_GRAPHS=0`.
-fn graphs_enabled() -> bool {
-    std::env::var("HOST_CUDA_GRAPHS").map_or(true, |v| v != "0")
+    fn trace(&self) -> bool {
+        self.options.trace >= CudaTrace::Timings
+    }
 }
 
 impl Backend for CudaBackend {
@@ -134,7 +133,8 @@ impl Backend for CudaBackend {
     }
 
     fn replays_fixed_shapes(&self) -> bool {
-        graphs_enabled()
+        // CUDA graphs are on unless `HOST_CUDA_GRAPHS=0`.
+        self.options.graphs
     }
 
     fn compile(
@@ -205,6 +205,7 @@ impl Backend for CudaBackend {
             graph,
             gpu: self.gpu.clone(),
             device: self.device_name(),
+            options: self.options,
             precision: self.precision,
             persistent,
             persistent_index,
@@ -217,7 +218,7 @@ impl Backend for CudaBackend {
                 plans: HashMap::new(),
                 graphs: HashMap::new(),
                 runs: HashMap::new(),
-                graphs_off: !graphs_enabled(),
+                graphs_off: !self.options.graphs,
                 staging: None,
             }),
             pinned: Arc::new(Mutex::new(Vec::new())),
@@ -283,12 +284,12 @@ impl CudaExecutable {
                 Step::Gemm(_) => None,
             });
         }
-        if trace_level() >= 3 {
+        if self.trace_level() >= CudaTrace::Steps {
             for (i, step) in plan.steps.iter().enumerate() {
                 eprintln!("cuda: step {i}: {}", describe(step));
             }
         }
-        if trace() {
+        if self.trace() {
             eprintln!(
                 "cuda: planned `{}` ({} nodes) in {:.3} ms: {} steps, arena {} KiB",
                 self.graph.name,

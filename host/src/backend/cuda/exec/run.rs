@@ -406,7 +406,7 @@ impl CudaExecutable {
             outputs,
             flag_at,
             _resident: resident,
-            trace: trace().then(|| {
+            trace: self.trace().then(|| {
                 (
                     (launched - entered).as_secs_f64() * 1e3,
                     enqueued.as_secs_f64() * 1e3,
