@@ -1,6 +1,7 @@
 //! The `host` command line: `host run`, `host bench`, `host serve`,
 //! `host devices`, `host skills`, `host test`, `host new`.
 
+mod logging;
 mod serve_cli;
 
 use std::io::{BufRead, Write};
@@ -23,6 +24,10 @@ use host::sandbox::{Sandbox, SkillContext};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Diagnostics on stderr: `text` lines or `json` objects (filter them
+    /// with HOST_LOG or RUST_LOG, such as `info` or `host=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(flatten)]
     config: host::config::ConfigArgs,
 }
@@ -108,6 +113,7 @@ struct BenchArgs {
 
 fn main() {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     if let Err(e) = configure(&cli.config) {
         eprintln!("error: {e:#}");
         std::process::exit(exit::ERROR);
@@ -126,7 +132,7 @@ fn main() {
     // Every endpoint is gone with its command's runtime; let the workers
     // release their skills (and device memory) before the process exits.
     if !host::endpoint::wait_for_workers(std::time::Duration::from_secs(30)) {
-        eprintln!("warning: worker threads still busy at exit");
+        tracing::warn!("worker threads still busy at exit");
     }
     match result {
         Ok(code) => std::process::exit(code),

@@ -142,16 +142,18 @@ pub(crate) fn serve(args: ServeArgs) -> Result<i32> {
         shutdown: seconds("--shutdown-timeout-s", args.shutdown_timeout_s)?,
     };
     if keys.admin_enabled() && model_roots.is_empty() && !args.admin_hub {
-        eprintln!("note: admin routes are on but no --model-root is set: admin-added endpoints cannot name a model");
+        tracing::warn!("admin routes are on but no --model-root is set: admin-added endpoints cannot name a model");
     }
     if configs.is_empty() {
-        eprintln!("note: no endpoints configured; add them with POST /admin/endpoints (needs an admin key)");
+        tracing::info!(
+            "no endpoints configured; add them with POST /admin/endpoints (needs an admin key)"
+        );
     }
     tokio_runtime()?.block_on(async {
         let endpoints = Arc::new(Endpoints::new(sandbox()?));
         for c in configs {
             let name = c.name.clone();
-            eprintln!(
+            tracing::info!(
                 "loading endpoint `{name}` ({} on {})",
                 c.model,
                 (if c.replicas.is_empty() {

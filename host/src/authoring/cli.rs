@@ -97,7 +97,7 @@ pub fn test(args: TestArgs, sandbox: Arc<Sandbox>) -> Result<i32, AuthoringError
     let cases = args.cases.or_else(|| {
         let p = PathBuf::from("tests/cases.jsonl");
         p.is_file().then(|| {
-            eprintln!("note: using the cases in {}", p.display());
+            tracing::info!("using the cases in {}", p.display());
             p
         })
     });

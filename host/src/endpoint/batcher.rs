@@ -112,6 +112,7 @@ mod tests {
             enqueued: std::time::Instant::now(),
             reply,
             stream: None,
+            span: tracing::Span::none(),
         }
     }
 

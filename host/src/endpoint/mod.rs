@@ -46,7 +46,13 @@ pub(crate) struct Pending {
     pub reply: oneshot::Sender<Result<Output, RequestError>>,
     /// Partial results, when the caller streams.
     pub stream: Option<crate::sandbox::StreamSender>,
+    /// The request's `request` span (disabled unless the subscriber wants
+    /// it): the parent of the batch it runs in.
+    pub span: tracing::Span,
 }
+
+/// Numbers the `request` spans of this process.
+static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The async callable of one endpoint.
 #[derive(Clone)]
@@ -87,12 +93,20 @@ impl Handler {
     ) -> (Pending, oneshot::Receiver<Result<Output, RequestError>>) {
         let (reply, rx) = oneshot::channel();
         let cost = self.cost.estimate(&request);
+        // Fields are only computed when the span is enabled.
+        let span = tracing::debug_span!(
+            "request",
+            endpoint = %self.name,
+            id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            cost,
+        );
         let p = Pending {
             request,
             cost,
             enqueued: std::time::Instant::now(),
             reply,
             stream,
+            span,
         };
         (p, rx)
     }

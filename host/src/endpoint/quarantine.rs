@@ -74,7 +74,7 @@ impl Quarantine {
             (e.backoff * 2).min(MAX)
         };
         e.until = now + e.backoff;
-        eprintln!(
+        tracing::warn!(
             "endpoint `{endpoint}`: device {device} failed a batch that another device then served \
              ({} in a row: {}); out of rotation for {} s",
             e.failures,
@@ -88,7 +88,7 @@ impl Quarantine {
     pub fn ok(&self, endpoint: &str, device: &str) {
         if let Ok(mut m) = self.entries.lock() {
             if m.remove(device).is_some() {
-                eprintln!(
+                tracing::info!(
                     "endpoint `{endpoint}`: device {device} served a batch again; back in rotation"
                 );
             }

@@ -147,6 +147,7 @@ mod tests {
             enqueued: Instant::now(),
             reply,
             stream: None,
+            span: tracing::Span::none(),
         };
         (p, rx)
     }

@@ -370,13 +370,17 @@ impl Worker {
         job.batch = slots
             .into_iter()
             .zip(sent.requests.iter().zip(&sent.costs).zip(&sent.streams))
-            .map(|((reply, enqueued), ((request, cost), stream))| Pending {
-                request: request.clone(),
-                cost: *cost,
-                enqueued,
-                reply,
-                stream: stream.clone(),
-            })
+            .zip(&sent.spans)
+            .map(
+                |(((reply, enqueued), ((request, cost), stream)), span)| Pending {
+                    request: request.clone(),
+                    cost: *cost,
+                    enqueued,
+                    reply,
+                    stream: stream.clone(),
+                    span: span.clone(),
+                },
+            )
             .collect();
         if let Err(job) = self.handoff.send(job) {
             job.fail(RequestError::new(
@@ -398,10 +402,25 @@ impl Worker {
             mut tried,
             failed: elsewhere,
         } = job;
+        // The batch's span: a child of its first request's, following
+        // from the others' (disabled unless the subscriber wants it).
+        let span = tracing::debug_span!(
+            parent: batch.first().and_then(|p| p.span.id()),
+            "batch",
+            endpoint = %self.endpoint,
+            size = batch.len(),
+        );
+        if !span.is_disabled() {
+            for p in batch.iter().skip(1) {
+                span.follows_from(&p.span);
+            }
+        }
+        let _batch = span.enter();
         let sent = Sent {
             requests: batch.iter().map(|p| p.request.clone()).collect(),
             streams: batch.iter().map(|p| p.stream.clone()).collect(),
             costs: batch.iter().map(|p| p.cost).collect(),
+            spans: batch.iter().map(|p| p.span.clone()).collect(),
         };
         let requests = &sent.requests;
         self.metrics
@@ -480,6 +499,8 @@ struct Sent {
     requests: Vec<String>,
     streams: Vec<Option<crate::sandbox::StreamSender>>,
     costs: Vec<usize>,
+    /// The requests' spans (kept open while the batch runs).
+    spans: Vec<tracing::Span>,
 }
 
 #[cfg(test)]

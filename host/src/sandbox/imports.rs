@@ -104,21 +104,41 @@ pub struct CompiledGraph {
     pub(super) exe: Arc<dyn Executable>,
 }
 
+impl HostState {
+    /// The `backend_run` span of a run of graph `graph` on this
+    /// instance's backend.
+    pub(super) fn run_span(&self, graph: &str) -> tracing::Span {
+        tracing::debug_span!(
+            "backend_run",
+            device = %self.ctx.backend.as_ref().map(|b| b.device()).unwrap_or_default(),
+            graph,
+        )
+    }
+}
+
 impl types::Host for HostState {}
 impl api::Host for HostState {}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let (n, tag) = match level {
-            log::Level::Trace => (0, "trace"),
-            log::Level::Debug => (1, "debug"),
-            log::Level::Info => (2, "info"),
-            log::Level::Warn => (3, "warn"),
-            log::Level::Error => (4, "error"),
+        let n = match level {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
         };
         if n >= self.ctx.log_level {
             let text: String = message.chars().take(4096).collect();
-            eprintln!("[{tag}] skill {}: {text}", self.ctx.skill);
+            let skill = self.ctx.skill.as_str();
+            // Target `skill`: HOST_LOG can filter skills apart from the host.
+            match level {
+                log::Level::Trace => tracing::trace!(target: "skill", skill, "{text}"),
+                log::Level::Debug => tracing::debug!(target: "skill", skill, "{text}"),
+                log::Level::Info => tracing::info!(target: "skill", skill, "{text}"),
+                log::Level::Warn => tracing::warn!(target: "skill", skill, "{text}"),
+                log::Level::Error => tracing::error!(target: "skill", skill, "{text}"),
+            }
         }
         Ok(())
     }
@@ -523,6 +543,7 @@ impl runtime::HostCompiledGraph for HostState {
             .into_iter()
             .map(|n| (n.name, tensor_in(n.value)))
             .collect();
+        let _run = self.run_span(&graph.name).entered();
         let result = check_inputs(&graph, inputs).and_then(|(ordered, _)| exe.run(ordered));
         Ok(result.map(named_out).map_err(backend_error))
     }

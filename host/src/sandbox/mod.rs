@@ -318,7 +318,7 @@ impl Sandbox {
     /// A fresh instance of `skill` serving `ctx`, with the limits the skill
     /// declared (up to the ceiling [`Sandbox::limits`]). The first instance
     /// of a component asks its `describe` (under the ceiling) and reports a
-    /// declaration above the ceiling on stderr.
+    /// declaration above the ceiling (a `tracing` warning).
     pub fn instantiate(
         &self,
         skill: &SkillComponent,
@@ -331,7 +331,7 @@ impl Sandbox {
             None => {
                 let g = Granted::new(Needs::of(&inst.describe()?), &self.limits);
                 for w in g.warnings(&skill.name) {
-                    eprintln!("warning: {w}");
+                    tracing::warn!("{w}");
                 }
                 if let Ok(mut m) = self.grants.lock() {
                     m.insert(skill.digest, g);
@@ -394,6 +394,11 @@ impl SkillInstance {
         classify(&self.skill, self.fuel, self.memory_limit, e)
     }
 
+    /// The `skill_call` span of a call into the skill's `phase` export.
+    fn call_span(&self, phase: &'static str) -> tracing::Span {
+        tracing::debug_span!("skill_call", skill = %self.skill, phase)
+    }
+
     fn refuel(&mut self) {
         let _ = self.store.set_fuel(self.fuel);
     }
@@ -439,6 +444,7 @@ impl SkillInstance {
     }
 
     pub fn describe(&mut self) -> Result<SkillInfo, SandboxError> {
+        let _call = self.call_span("describe").entered();
         self.refuel();
         let r = self.bindings.call_describe(&mut self.store);
         self.meter();
@@ -446,6 +452,7 @@ impl SkillInstance {
     }
 
     pub fn load(&mut self) -> Result<Result<(), WitError>, SandboxError> {
+        let _call = self.call_span("load").entered();
         self.refuel();
         let r = self.bindings.call_load(&mut self.store);
         self.meter();
@@ -468,6 +475,7 @@ impl SkillInstance {
         completer: Option<Completer>,
         queue: Option<Queue>,
     ) -> Result<Vec<Result<WitResponse, WitError>>, SandboxError> {
+        let _call = self.call_span("handle").entered();
         self.refuel();
         self.store.data_mut().streams = streams;
         self.store.data_mut().completer = completer;

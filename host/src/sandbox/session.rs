@@ -83,6 +83,7 @@ impl HostState {
                 "input `{bad}`: state is supplied by the session"
             ))));
         }
+        let run_span = self.run_span(&graph.name);
         let session = self.table.get_mut(s)?;
         let bindings = bind_partial(&graph, &inputs);
         let resident_mode = exe.device_resident();
@@ -159,6 +160,7 @@ impl HostState {
             };
             inputs.push((state_input_name(name), t));
         }
+        let run_span = run_span.entered();
         let backend_started = std::time::Instant::now();
         let mut checked_ms = 0.0;
         let result = if resident_mode {
@@ -191,6 +193,7 @@ impl HostState {
                 })
         };
         let backend_ms = backend_started.elapsed().as_secs_f64() * 1e3;
+        drop(run_span);
         let (on_device, pending) = match result {
             Ok(o) => o,
             Err(e) => {
@@ -213,7 +216,8 @@ impl HostState {
             ))));
         }
         if trace_sessions() {
-            eprintln!(
+            tracing::debug!(
+                target: "host::trace::session",
                 "session: started `{}` in {:.3} ms (backend {backend_ms:.3} ms, of which input checks {checked_ms:.3} ms)",
                 graph.name,
                 started.elapsed().as_secs_f64() * 1e3
@@ -231,7 +235,8 @@ impl HostState {
         let waited = std::time::Instant::now();
         let result = run.wait();
         if trace_sessions() {
-            eprintln!(
+            tracing::debug!(
+                target: "host::trace::session",
                 "session: waited {:.3} ms for a run",
                 waited.elapsed().as_secs_f64() * 1e3
             );

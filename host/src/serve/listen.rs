@@ -123,7 +123,7 @@ pub async fn serve_connections(
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
-                eprintln!("host serve: accept failed: {e}");
+                tracing::warn!("host serve: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -143,7 +143,7 @@ pub async fn serve_connections(
         .await
         .is_err()
     {
-        eprintln!(
+        tracing::warn!(
             "host serve: connections still open {} s after shutdown began (of {open}); closing them",
             timeouts.shutdown.as_secs_f64()
         );

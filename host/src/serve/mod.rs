@@ -241,7 +241,28 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(read, listen::read_body))
         .layer(middleware::from_fn_with_state(metrics, count_status))
+        .layer(middleware::from_fn(trace_http))
         .with_state(state)
+}
+
+/// Longest `x-request-id` a span records.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Runs each HTTP request in an `http` span (method, path, and the
+/// client's `x-request-id` when it sends one): the endpoints' `request`
+/// spans open inside it. Its fields are only read when the span is on.
+async fn trace_http(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let span = tracing::debug_span!(
+        "http",
+        method = %req.method(),
+        path = req.uri().path(),
+        request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= MAX_REQUEST_ID),
+    );
+    tracing::Instrument::instrument(next.run(req), span).await
 }
 
 /// Counts every response by status (`host_http_responses_total`).
@@ -267,12 +288,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.addr).await?;
     let addr = listener.local_addr()?;
-    eprintln!(
+    tracing::info!(
         "host serve: listening on http://{addr} (endpoints: {})",
         endpoints.names().join(", ")
     );
     if !addr.ip().is_loopback() && !opts.keys.inference_required() {
-        eprintln!(
+        tracing::warn!(
             "host serve: WARNING: listening on {addr}, reachable from other machines, WITHOUT an API key: \
              anyone who can reach this port can use every endpoint. Set --api-key-file or HOST_API_KEY."
         );
@@ -282,14 +303,14 @@ pub async fn serve(
     }
     let app = router(endpoints.clone(), &opts);
     let deadline = listen::serve_connections(listener, app, opts.timeouts, shutdown_signal()).await;
-    eprintln!("host serve: shutting down, draining endpoints");
+    tracing::info!("host serve: shutting down, draining endpoints");
     // Whatever is left of the deadline, and a second to free the devices.
     let drain = deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
     if tokio::time::timeout_at(drain, endpoints.shutdown())
         .await
         .is_err()
     {
-        eprintln!("host serve: endpoints still busy after the shutdown deadline; exiting");
+        tracing::warn!("host serve: endpoints still busy after the shutdown deadline; exiting");
     }
     Ok(())
 }

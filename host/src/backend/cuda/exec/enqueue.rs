@@ -173,15 +173,17 @@ impl CudaExecutable {
         }
         let mut rows: Vec<_> = by.into_iter().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        eprintln!(
-            "cuda profile `{}`: {} steps, {:.3} ms of kernels",
+        let mut table = String::new();
+        for (label, (n, ms)) in rows.iter().take(30) {
+            table.push_str(&format!("\n  {ms:9.3} ms {n:5}x  {label}"));
+        }
+        tracing::debug!(
+            target: "host::trace::cuda",
+            "cuda profile `{}`: {} steps, {:.3} ms of kernels{table}",
             self.graph.name,
             prepared.plan.steps.len(),
             total
         );
-        for (label, (n, ms)) in rows.iter().take(30) {
-            eprintln!("  {ms:9.3} ms {n:5}x  {label}");
-        }
         Ok(())
     }
 

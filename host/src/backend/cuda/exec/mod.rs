@@ -286,11 +286,12 @@ impl CudaExecutable {
         }
         if self.trace_level() >= CudaTrace::Steps {
             for (i, step) in plan.steps.iter().enumerate() {
-                eprintln!("cuda: step {i}: {}", describe(step));
+                tracing::debug!(target: "host::trace::cuda", "cuda: step {i}: {}", describe(step));
             }
         }
         if self.trace() {
-            eprintln!(
+            tracing::debug!(
+                target: "host::trace::cuda",
                 "cuda: planned `{}` ({} nodes) in {:.3} ms: {} steps, arena {} KiB",
                 self.graph.name,
                 self.graph.nodes.len(),

@@ -109,7 +109,8 @@ impl PendingRun for Enqueued {
             );
         }
         if let Some((prepare_ms, enqueue_ms, launched, graph)) = self.trace {
-            eprintln!(
+            tracing::debug!(
+                target: "host::trace::cuda",
                 "cuda: ran `{}`: prepare {prepare_ms:.3} ms, enqueue {enqueue_ms:.3} ms, until synchronised {:.3} ms (waited {:.3} ms), outputs {:.3} ms{}",
                 self.graph,
                 (waited - launched + synchronised).as_secs_f64() * 1e3,
