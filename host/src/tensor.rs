@@ -69,24 +69,10 @@ impl Tensor {
 
     /// Values widened to f32 (f16/bf16/f32 only).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, TensorError> {
-        let c = |n: usize| self.data.chunks_exact(n);
-        Ok(match self.dtype {
-            DType::F32 => c(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            DType::F16 => c(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            DType::BF16 => c(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            got => {
-                return Err(TensorError::DType {
-                    name: name.to_string(),
-                    expected: DType::F32,
-                    got,
-                })
-            }
+        widen_to_f32(self.dtype, &self.data).ok_or_else(|| TensorError::DType {
+            name: name.to_string(),
+            expected: DType::F32,
+            got: self.dtype,
         })
     }
 
@@ -165,6 +151,26 @@ fn push_f32(out: &mut String, x: f32) {
     }
 }
 
+/// Little-endian values of float dtype `dtype` (f32, f16 or bf16) widened
+/// to f32; `None` for other dtypes.
+pub fn widen_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +185,15 @@ mod tests {
             data: vec![0; 4],
         };
         assert!(matches!(bad.check("x"), Err(TensorError::ByteCount { .. })));
+    }
+
+    #[test]
+    fn half_precision_widens_to_f32() {
+        let b: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(widen_to_f32(DType::BF16, &b), Some(vec![1.5, -2.0]));
+        assert_eq!(widen_to_f32(DType::I64, &b), None);
     }
 }

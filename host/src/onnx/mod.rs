@@ -260,15 +260,19 @@ pub fn emit_for_model(
     model: &crate::model::Model,
     scalars_as_vectors: bool,
 ) -> Result<Vec<u8>, EmitError> {
-    let locate = |name: &str| {
+    emit_with(g, &locator(model), scalars_as_vectors)
+}
+
+/// Where the model's weights live, named by [`weight_file_name`].
+fn locator(model: &crate::model::Model) -> impl Fn(&str) -> Option<ExternalLocation> + '_ {
+    |name: &str| {
         let e = model.weights.index.get(name)?;
         Some(ExternalLocation {
             location: weight_file_name(e.file),
             offset: e.offset,
             length: e.length,
         })
-    };
-    emit_with(g, &locate, scalars_as_vectors)
+    }
 }
 
 /// As [`emit_for_model`], with linear layers in int8 the way `flavor`
@@ -279,16 +283,8 @@ pub fn emit_for_model_int8(
     flavor: quantize::Flavor,
     scalars_as_vectors: bool,
 ) -> Result<Vec<u8>, EmitError> {
-    let locate = |name: &str| {
-        let e = model.weights.index.get(name)?;
-        Some(ExternalLocation {
-            location: weight_file_name(e.file),
-            offset: e.offset,
-            length: e.length,
-        })
-    };
     let src = quantize::Source { model, flavor };
-    emit_inner(g, &locate, scalars_as_vectors, Some(&src))
+    emit_inner(g, &locator(model), scalars_as_vectors, Some(&src))
 }
 
 /// Indices of the model's weight files that `g` references, ascending.

@@ -105,25 +105,6 @@ pub fn quantize_rows(w: &[f32], outputs: usize, inputs: usize) -> QuantizedWeigh
     }
 }
 
-/// Reads a weight's values as f32 (f32, f16 or bf16 little-endian bytes).
-pub fn weight_values(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
 /// A linear layer to quantize: its input, weight node, weight name and bias.
 pub struct QuantLinear {
     pub x: NodeId,
@@ -194,7 +175,7 @@ impl Source<'_> {
         let values = || {
             let dtype = self.model.weights.index.get(name)?.dtype;
             let bytes = self.model.weights.bytes(name)?;
-            weight_values(dtype, bytes).filter(|v| v.len() == outputs * inputs)
+            crate::tensor::widen_to_f32(dtype, bytes).filter(|v| v.len() == outputs * inputs)
         };
         self.model
             .int8
@@ -336,15 +317,5 @@ mod tests {
         assert_eq!(q.scales, vec![1.0 / 127.0, 1.0]);
         // [in, out]: input i of output o at i * 2 + o.
         assert_eq!(q.q, vec![127, 0, -64, 0, 32, 0]);
-    }
-
-    #[test]
-    fn weight_values_read_half_precision() {
-        let b: Vec<u8> = [1.5f32, -2.0]
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect();
-        assert_eq!(weight_values(DType::BF16, &b), Some(vec![1.5, -2.0]));
-        assert_eq!(weight_values(DType::I64, &b), None);
     }
 }

@@ -18,20 +18,7 @@ pub fn convert(bytes: &[u8], from: DType, to: DType) -> Vec<u8> {
     if from == to || !from.is_float() || !to.is_float() {
         return bytes.to_vec();
     }
-    let widened: Vec<f32> = match from {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    };
+    let widened = crate::tensor::widen_to_f32(from, bytes).unwrap_or_default();
     match to {
         DType::F32 => widened.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => widened
