@@ -48,7 +48,8 @@ impl HostSession {
     }
 }
 
-/// `HOST_TRACE_SESSIONS=1` prints the host time of every session run.
+/// `HOST_TRACE_SESSIONS=1` logs the host time of every session run (debug
+/// events of target `host::trace::session`).
 fn trace_sessions() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| crate::config::current().trace_sessions)

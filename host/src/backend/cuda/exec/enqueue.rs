@@ -112,8 +112,8 @@ impl CudaExecutable {
     }
 
     /// `HOST_CUDA_TRACE=2`: launches directly, times every step with events
-    /// and, when `print`, prints the time per kernel (or GEMM shape) to
-    /// stderr, largest first.
+    /// and, when `print`, logs the time per kernel (or GEMM shape), largest
+    /// first (a debug event of target `host::trace::cuda`).
     fn profile(
         &self,
         blas: &CudaBlas,

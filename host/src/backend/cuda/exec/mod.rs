@@ -111,9 +111,10 @@ const MAX_PLANS: usize = 64;
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 impl CudaExecutable {
-    /// `HOST_CUDA_TRACE=1` prints planning and run timings to stderr; `2`
-    /// also launches directly and prints a per-kernel profile of each
-    /// bucket's 4th run; `3` also lists every planned step.
+    /// `HOST_CUDA_TRACE=1` logs planning and run timings (debug events of
+    /// target `host::trace::cuda`); `2` also launches directly and logs a
+    /// per-kernel profile of each bucket's 4th run; `3` also lists every
+    /// planned step.
     fn trace_level(&self) -> CudaTrace {
         self.options.trace
     }
