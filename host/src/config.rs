@@ -265,10 +265,9 @@ impl<F: Fn(&str) -> Option<OsString>> Reader<F> {
         }
     }
 
+    /// The variable as a path (`None`: unset or empty).
     fn path(&mut self, var: &'static str) -> Option<PathBuf> {
-        (self.lookup)(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
+        (self.lookup)(var).filter(|v| !v.is_empty()).map(Into::into)
     }
 
     /// The variable parsed by `parse` (`None`: unset, or did not parse).
@@ -303,16 +302,12 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 
 /// A positive integer.
 pub fn parse_positive(s: &str) -> Result<NonZeroU64, String> {
-    s.trim()
-        .parse::<NonZeroU64>()
-        .map_err(|_| "expected a positive integer".into())
+    (s.trim().parse()).map_err(|_| "expected a positive integer".into())
 }
 
 /// A positive integer that fits a `usize`.
 pub fn parse_positive_usize(s: &str) -> Result<NonZeroUsize, String> {
-    s.trim()
-        .parse::<NonZeroUsize>()
-        .map_err(|_| "expected a positive integer".into())
+    (s.trim().parse()).map_err(|_| "expected a positive integer".into())
 }
 
 /// Linear memory in MiB: positive, and its bytes fit a `usize`.
@@ -351,15 +346,14 @@ impl HostConfig {
             lookup,
             error: None,
         };
-        let mut c = HostConfig::default();
-        c.cache_dir = r.path("HOST_CACHE_DIR").or_else(|| {
-            r.path("XDG_CACHE_HOME")
-                .map(|d| d.join("wasm-skill-host"))
-                .or_else(|| {
-                    r.path("HOME")
-                        .map(|h| h.join(".cache").join("wasm-skill-host"))
-                })
+        let cache_dir = r.path("HOST_CACHE_DIR").or_else(|| {
+            (r.path("XDG_CACHE_HOME").map(|d| d.join("wasm-skill-host")))
+                .or_else(|| (r.path("HOME")).map(|h| h.join(".cache").join("wasm-skill-host")))
         });
+        let mut c = HostConfig {
+            cache_dir,
+            ..HostConfig::default()
+        };
         if let Some(dirs) = (r.lookup)("HOST_SKILLS_DIR") {
             c.skills_dirs = std::env::split_paths(&dirs)
                 .filter(|p| !p.as_os_str().is_empty())
