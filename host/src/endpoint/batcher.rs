@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::replicas::{Job, Router};
-use super::worker::Batch;
+use super::Batch;
 use super::{EndpointConfig, Metrics, Pending};
 
 /// Cuts a length-sorted window into batches: at most `max_size` requests and

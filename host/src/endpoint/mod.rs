@@ -37,6 +37,9 @@ use crate::runner::{Output, RequestError};
 use crate::sandbox::Sandbox;
 use crate::{ErrorKind, HostError};
 
+/// A batch of queued requests.
+pub(crate) type Batch = Vec<Pending>;
+
 /// One queued request and where its answer goes.
 pub(crate) struct Pending {
     pub request: String,

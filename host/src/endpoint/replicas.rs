@@ -23,7 +23,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, Notify};
 
 use super::quarantine::Quarantine;
-use super::worker::Batch;
+use super::Batch;
 use super::Metrics;
 use crate::backend::{registry, BackendError, Device};
 use crate::runner::RequestError;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::replicas::Group;
-use super::worker::Batch;
+use super::Batch;
 use super::{Metrics, Pending};
 use crate::runner::{JoinQueue, Output, RequestError};
 

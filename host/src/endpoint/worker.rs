@@ -152,9 +152,6 @@ pub(crate) fn approx_tokens(text: &str) -> usize {
     n
 }
 
-/// A batch of queued requests.
-pub(crate) type Batch = Vec<Pending>;
-
 /// What `start` hands back.
 pub(crate) struct Started {
     pub router: Router,
