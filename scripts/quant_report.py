@@ -11,7 +11,7 @@ when scripts/install_mpnet.sh has installed it) and device (cpu, openvino):
   - weight bytes: f32 weights vs what int8 keeps (int8 linear layers with
     one f32 scale per output channel, everything else f32), mirroring the
     host's rule (host/src/onnx/quantize.rs) by BERT-family weight names;
-  - peak resident memory of the host process (`host bench`, ru_maxrss).
+  - peak resident memory of the host process (`host bench`, VmHWM sampled every 50 ms).
 Per decoder (opt-125m's architecture, random weights, as
 scripts/bench_generation.py makes it): decode tokens/s at batch 1 (ours f32
 vs int8), and top-1 agreement of the greedy tokens (the fraction of
@@ -122,9 +122,13 @@ def ort_peer(model: Path, texts: list[str], bs: int, reps: int, work: Path) -> f
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = {i.name for i in sess.get_inputs()}
 
+    # Longest first, as sentence-transformers' encode orders a batch job
+    # (padding stays within similar lengths).
+    ordered = sorted(texts, key=len, reverse=True)
+
     def run() -> None:
-        for s in range(0, len(texts), bs):
-            enc = tok(texts[s:s + bs], padding=True, truncation=True, max_length=256, return_tensors="np")
+        for s in range(0, len(ordered), bs):
+            enc = tok(ordered[s:s + bs], padding=True, truncation=True, max_length=256, return_tensors="np")
             h = sess.run(None, {k: v.astype(np.int64) for k, v in enc.items() if k in inputs})[0]
             mask = enc["attention_mask"][..., None]
             e = (h * mask).sum(1) / np.maximum(mask.sum(1), 1)
@@ -239,7 +243,8 @@ def main() -> int:
         "the MLP's down projection and everything else stay f32; openvino: every linear weight int8 "
         "(DequantizeLinear on the constant), activations quantized by the plugin",
         f"- embeddings: {args.sentences} sentences (8-17 words, every 8th 40-90 words), end to end, tokenization "
-        "included; peer: onnxruntime-python f32 on the HF encoder exported to ONNX",
+        "included; peer: onnxruntime-python f32 on the HF encoder exported to ONNX, texts ordered by length "
+        "as sentence-transformers does",
     ]
     if args.note:
         lines.append(f"- {args.note}")
