@@ -86,7 +86,7 @@ impl<'g> Lowering<'g> {
         self.names[id as usize].clone()
     }
 
-    fn fresh(&mut self, hint: &str) -> String {
+    pub(super) fn fresh(&mut self, hint: &str) -> String {
         self.temp += 1;
         format!("t{}_{hint}", self.temp)
     }

@@ -73,12 +73,6 @@ impl Cache {
         map.insert(name.to_string(), w.clone());
         Some(w)
     }
-
-    /// Bytes held by the quantized weights (int8 values and scales).
-    pub fn bytes(&self) -> usize {
-        let map = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().map(|w| w.q.len() + 4 * w.scales.len()).sum()
-    }
 }
 
 /// Quantizes `w` (`[outputs, inputs]` row-major) per output row.
@@ -220,29 +214,28 @@ pub(super) fn lower_linear(
     }
     let x = low.v(lin.x);
     let out = low.v(id);
-    let product = match src.flavor {
+    // The product goes to `out`, or to a temp the bias is added to.
+    let y = match lin.bias {
+        Some(_) => low.fresh("linear"),
+        None => out.clone(),
+    };
+    match src.flavor {
         Flavor::RowInt8 => {
             let (xq, row_scale) = quantize_rows_at_run_time(&x, low, inits);
             let mm = low.tmp("MatMulInteger", &[&xq, &wq, ZERO_POINT, &wz], vec![]);
             let to_f32 = vec![("to", Attr::Int(super::onnx_type(DType::F32) as i64))];
             let f = low.tmp("Cast", &[&mm], to_f32);
             let rows = low.tmp("Mul", &[&f, &row_scale], vec![]);
-            (rows, Some(ws))
+            low.node("Mul", &[&rows, &ws], &y, vec![]);
         }
         Flavor::CompressedWeights => {
             let axis = vec![("axis", Attr::Int(1))];
             let w = low.tmp("DequantizeLinear", &[&wq, &ws, &wz], axis);
-            (low.tmp("MatMul", &[&x, &w], vec![]), None)
+            low.node("MatMul", &[&x, &w], &y, vec![]);
         }
-    };
-    match (product, lin.bias) {
-        ((p, Some(scale)), Some(b)) => {
-            let y = low.tmp("Mul", &[&p, &scale], vec![]);
-            low.node("Add", &[&y, &low.v(b)], &out, vec![]);
-        }
-        ((p, Some(scale)), None) => low.node("Mul", &[&p, &scale], &out, vec![]),
-        ((p, None), Some(b)) => low.node("Add", &[&p, &low.v(b)], &out, vec![]),
-        ((p, None), None) => low.node("Identity", &[&p], &out, vec![]),
+    }
+    if let Some(b) = lin.bias {
+        low.node("Add", &[&y, &low.v(b)], &out, vec![]);
     }
     Ok(())
 }

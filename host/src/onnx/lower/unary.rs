@@ -24,11 +24,7 @@ impl Lowering<'_> {
                 let c = self.scalar(dt, std::f64::consts::SQRT_2);
                 let d = self.tmp("Div", &[x, &c], vec![]);
                 let e = self.tmp("Erf", &[&d], vec![]);
-                let one = self.scalar(dt, 1.0);
-                let p = self.tmp("Add", &[&e, &one], vec![]);
-                let m = self.tmp("Mul", &[x, &p], vec![]);
-                let half = self.scalar(dt, 0.5);
-                self.node("Mul", &[&m, &half], out, vec![]);
+                self.gelu_tail(dt, x, &e, out);
             }
             OnnxDecomposition::TanhGelu => {
                 // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
@@ -42,16 +38,22 @@ impl Lowering<'_> {
                 let c = self.scalar(dt, (2.0 / std::f64::consts::PI).sqrt());
                 let scaled = self.tmp("Mul", &[&inner, &c], vec![]);
                 let t = self.tmp("Tanh", &[&scaled], vec![]);
-                let one = self.scalar(dt, 1.0);
-                let p = self.tmp("Add", &[&t, &one], vec![]);
-                let m = self.tmp("Mul", &[x, &p], vec![]);
-                let half = self.scalar(dt, 0.5);
-                self.node("Mul", &[&m, &half], out, vec![]);
+                self.gelu_tail(dt, x, &t, out);
             }
             OnnxDecomposition::SigmoidMul => {
                 let s = self.tmp("Sigmoid", &[x], vec![]);
                 self.node("Mul", &[x, &s], out, vec![]);
             }
         }
+    }
+
+    /// `out = x * (1 + t) * 0.5`: both GELUs' last steps (`t` = erf or
+    /// tanh of the scaled input), in the node order ORT fuses into Gelu.
+    fn gelu_tail(&mut self, dt: DType, x: &str, t: &str, out: &str) {
+        let one = self.scalar(dt, 1.0);
+        let p = self.tmp("Add", &[t, &one], vec![]);
+        let m = self.tmp("Mul", &[x, &p], vec![]);
+        let half = self.scalar(dt, 0.5);
+        self.node("Mul", &[&m, &half], out, vec![]);
     }
 }
