@@ -149,9 +149,20 @@ pub struct BackendOptions {
     /// (`None`: OpenVINO stages under the temporary directory, CUDA
     /// kernels are compiled every time).
     pub cache_dir: Option<PathBuf>,
+    /// Most MiB the staged OpenVINO graphs may hold of their own
+    /// (`HOST_OPENVINO_CACHE_MB`; `None`: [`DEFAULT_OPENVINO_CACHE_MB`]).
+    pub openvino_cache_mb: Option<u64>,
 }
 
+/// The default budget of the staged OpenVINO graphs, MiB.
+pub const DEFAULT_OPENVINO_CACHE_MB: u64 = 4096;
+
 impl BackendOptions {
+    /// The staged OpenVINO graphs' budget in bytes.
+    pub fn openvino_cache_bytes(&self) -> u64 {
+        (self.openvino_cache_mb.unwrap_or(DEFAULT_OPENVINO_CACHE_MB)).saturating_mul(1 << 20)
+    }
+
     /// The ONNX Runtime pool's threads: the setting, else every core.
     pub fn cpu_threads(&self) -> usize {
         self.cpu_threads.map(NonZeroUsize::get).unwrap_or_else(|| {
@@ -310,6 +321,11 @@ pub fn parse_positive_usize(s: &str) -> Result<NonZeroUsize, String> {
     (s.trim().parse()).map_err(|_| "expected a positive integer".into())
 }
 
+/// A size in MiB, zero included.
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    (s.trim().parse()).map_err(|_| "expected a whole number of MiB".into())
+}
+
 /// Linear memory in MiB: positive, and its bytes fit a `usize`.
 pub fn parse_memory_mib(s: &str) -> Result<NonZeroUsize, String> {
     parse_positive_usize(s).and_then(|n| {
@@ -369,6 +385,7 @@ impl HostConfig {
         if let Some(h) = r.parsed("HOST_OPENVINO_HINT", str::parse) {
             b.openvino_hint = h;
         }
+        b.openvino_cache_mb = r.parsed("HOST_OPENVINO_CACHE_MB", parse_mib);
         if let Some(on) = r.parsed("HOST_CUDA_GRAPHS", parse_bool) {
             b.cuda.graphs = on;
         }
@@ -454,6 +471,11 @@ pub struct ConfigArgs {
     /// CUMULATIVE_THROUGHPUT [env: HOST_OPENVINO_HINT] [default: LATENCY].
     #[arg(long, value_name = "HINT", value_parser = PerformanceHint::from_str, global = true)]
     pub openvino_hint: Option<PerformanceHint>,
+    /// Most disk the staged OpenVINO graphs may use of their own, MiB; the
+    /// least recently staged go first [env: HOST_OPENVINO_CACHE_MB]
+    /// [default: 4096].
+    #[arg(long, value_name = "MIB", value_parser = parse_mib, global = true)]
+    pub openvino_cache_mb: Option<u64>,
     /// Most linear memory a skill instance may declare, MiB
     /// [env: HOST_SKILL_MEMORY_MB] [default: 512].
     #[arg(long, value_name = "MIB", value_parser = parse_memory_mib, global = true)]
@@ -495,6 +517,9 @@ impl ConfigArgs {
         }
         if let Some(h) = self.openvino_hint {
             c.backends.openvino_hint = h;
+        }
+        if let Some(m) = self.openvino_cache_mb {
+            c.backends.openvino_cache_mb = Some(m);
         }
         if let Some(mib) = self.skill_memory_mb {
             c.limits.memory_bytes = mib.get() << 20;
@@ -543,6 +568,7 @@ mod tests {
             ("HOST_LOG", "host=debug"),
             ("HF_HUB_OFFLINE", "1"),
             ("HOST_TRIM_MEMORY", "0"),
+            ("HOST_OPENVINO_CACHE_MB", "0"),
         ])
         .unwrap();
         assert_eq!(
@@ -558,6 +584,11 @@ mod tests {
         assert_eq!(c.fixed_shapes, Some(false));
         assert_eq!(c.skill_log, SkillLogLevel::Warn);
         assert!(c.hub_offline && !c.trim_memory);
+        assert_eq!(c.backends.openvino_cache_bytes(), 0);
+        assert_eq!(
+            HostConfig::default().backends.openvino_cache_bytes(),
+            4 << 30
+        );
         let x = config(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]).unwrap();
         assert_eq!(x.cache_dir, Some(PathBuf::from("/x/wasm-skill-host")));
     }
@@ -571,6 +602,7 @@ mod tests {
             ("HOST_OPENVINO_HINT", "fast"),
             ("HOST_SKILL_FUEL", "-1"),
             ("HOST_TRIM_MEMORY", "maybe"),
+            ("HOST_OPENVINO_CACHE_MB", "-5"),
         ] {
             let e = config(&[(var, value)]).unwrap_err().to_string();
             assert!(e.starts_with(var) && e.contains(value), "{e}");

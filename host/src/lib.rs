@@ -10,6 +10,7 @@ pub mod authoring;
 pub mod backend;
 pub mod config;
 pub mod digest;
+pub mod disk_cache;
 pub mod endpoint;
 pub mod error;
 pub mod ir;

@@ -55,6 +55,11 @@ wasmtime::component::bindgen!({
 
 pub use accel::skill::api::ResourceNeeds;
 pub use accel::skill::types::Error as WitError;
+
+/// Most bytes the cache of compiled components holds; the least recently
+/// used go first.
+const COMPONENT_CACHE_BYTES: u64 = 1 << 30;
+
 /// A skill's response as it crosses the boundary.
 pub type WitResponse = Response;
 
@@ -287,6 +292,9 @@ impl Sandbox {
             // the user's own cache directory; it is read into memory (not
             // mapped), so a concurrent rewrite cannot change code in use.
             if let Ok(c) = unsafe { Component::deserialize(&self.engine, &data) } {
+                if let Some(f) = &file {
+                    crate::disk_cache::touch(f);
+                }
                 return Ok((c, true));
             }
         }
@@ -300,7 +308,15 @@ impl Sandbox {
                 let tmp = f.with_extension(format!("tmp{}", std::process::id()));
                 if std::fs::write(&tmp, &compiled).is_ok() {
                     let _ = std::fs::rename(&tmp, f);
+                } else {
+                    let _ = std::fs::remove_file(&tmp);
                 }
+                crate::disk_cache::prune(
+                    dir,
+                    COMPONENT_CACHE_BYTES,
+                    Some(f),
+                    crate::disk_cache::GRACE,
+                );
             }
         }
         // SAFETY: `compiled` was produced just above by this engine.

@@ -1,12 +1,8 @@
 //! OpenVINO backend: the emitted ONNX compiled by OpenVINO (`openvino` crate,
 //! runtime linking against `libopenvino_c` from the `openvino` wheel).
 //!
-//! OpenVINO reads ONNX external data only from files inside the model's
-//! directory (symbolic links that leave it are refused), so each compiled
-//! graph gets a directory in the cache holding `model.onnx` and hard links
-//! `weights<i>.safetensors` to the model's own files: the weights are not
-//! copied. Across filesystems, where hard links are impossible, the file is
-//! copied once into the cache. Inference precision is explicit
+//! Each graph is staged as an ONNX file in a bounded cache directory
+//! ([`stage`]), next to links to the model's weights. Inference precision is explicit
 //! (`INFERENCE_PRECISION_HINT`), never the plugin's default (bf16 on CPUs
 //! with AVX512-BF16), and read back after compilation: a device that would
 //! compute in another precision is an error, not a silent substitution.
@@ -20,8 +16,9 @@
 //! known deviation (tests/backend_ops.rs, `cast/f32-f16`).
 
 mod convert;
+mod stage;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use openvino::{CompiledModel, Core, DeviceType, InferRequest, PropertyKey, RwPropertyKey};
@@ -31,7 +28,8 @@ use crate::config::{BackendOptions, LibraryPaths};
 use crate::ir::Graph;
 use crate::model::Model;
 use crate::onnx::quantize::Flavor;
-use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight_file_name};
+use crate::onnx::{emit_for_model, emit_for_model_int8};
+use stage::StageCache;
 
 static LIBRARY: OnceLock<Result<String, String>> = OnceLock::new();
 
@@ -126,8 +124,8 @@ pub struct OpenVinoBackend {
     device: String,
     precision: Precision,
     core: Mutex<Core>,
-    /// Where compiled graphs are staged (`None`: the temporary directory).
-    cache_dir: Option<PathBuf>,
+    /// Where compiled graphs are staged.
+    stages: StageCache,
 }
 
 impl OpenVinoBackend {
@@ -182,7 +180,7 @@ impl OpenVinoBackend {
             device: device.to_string(),
             precision,
             core: Mutex::new(core),
-            cache_dir: options.cache_dir.clone(),
+            stages: StageCache::new(options.cache_dir.as_deref(), options.openvino_cache_bytes()),
         })
     }
 
@@ -200,86 +198,6 @@ struct OpenVinoExecutable {
     device: String,
     graph: Arc<Graph>,
     state: Mutex<(InferRequest, CompiledModel)>,
-}
-
-/// Writes `model.onnx` and weight links into a fresh directory for this
-/// graph and model under `cache_dir` (else the temporary directory);
-/// returns the model path.
-fn stage(
-    cache_dir: Option<&Path>,
-    graph: &Graph,
-    model: &Model,
-    onnx: &[u8],
-    precision: Precision,
-) -> Result<PathBuf, String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(graph.fingerprint());
-    // int8 graphs carry their quantized weights: another ONNX file.
-    if precision == Precision::Int8 {
-        h.update(precision.name());
-    }
-    for f in &model.weights.files {
-        h.update(f.path.display().to_string());
-        if let Ok(m) = std::fs::metadata(&f.path) {
-            h.update(m.len().to_le_bytes());
-            h.update(format!("{:?}", m.modified().ok()));
-        }
-    }
-    let key: String = h
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let base = cache_dir
-        .map_or_else(std::env::temp_dir, Path::to_path_buf)
-        .join("openvino")
-        .join("graphs");
-    let dir = base.join(key);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    for i in used_weight_files(graph, model) {
-        link_weights(&model.weights.files[i].path, &dir.join(weight_file_name(i)))?;
-    }
-    let path = dir.join("model.onnx");
-    let tmp = dir.join(format!("model.onnx.tmp{}", std::process::id()));
-    std::fs::write(&tmp, onnx)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
-}
-
-/// Makes `link` the same file as `target`: a hard link (same inode, no
-/// copy) where the filesystem allows, else a one-time copy. OpenVINO refuses
-/// symbolic links that leave the model's directory.
-fn link_weights(target: &Path, link: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let t = std::fs::metadata(target).map_err(|e| format!("{}: {e}", target.display()))?;
-    if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
-        let _ = std::fs::remove_file(link);
-    }
-    if let Ok(l) = std::fs::symlink_metadata(link) {
-        if (l.dev(), l.ino()) == (t.dev(), t.ino())
-            || (l.len() == t.len() && l.modified().ok() >= t.modified().ok())
-        {
-            return Ok(());
-        }
-        let _ = std::fs::remove_file(link);
-    }
-    if std::fs::hard_link(target, link).is_ok() {
-        return Ok(());
-    }
-    let tmp = link.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::copy(target, &tmp)
-        .and_then(|_| std::fs::rename(&tmp, link))
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "cannot link or copy {} to {}: {e}",
-                target.display(),
-                link.display()
-            )
-        })
 }
 
 fn path_str(p: &Path) -> Result<&str, String> {
@@ -312,14 +230,10 @@ impl Backend for OpenVinoBackend {
             _ => emit_for_model(&graph, model, true),
         }
         .map_err(|e| fail(e.to_string()))?;
-        let path = stage(
-            self.cache_dir.as_deref(),
-            &graph,
-            model,
-            &onnx,
-            self.precision,
-        )
-        .map_err(&fail)?;
+        let path = self
+            .stages
+            .stage(&graph, model, &onnx, self.precision)
+            .map_err(&fail)?;
         let mut core = self
             .core
             .lock()
