@@ -2,24 +2,23 @@
 //! typed and validated in one place ([`HostConfig::from_env`]).
 //!
 //! The `host` binary builds it once at start-up (environment, then its
-//! flags: [`ConfigArgs`]), installs it ([`install`]) and passes the parts
-//! down: backends get [`BackendOptions`] at construction, the sandbox its
-//! limits and cache directory. Library code reached from call sites that do
-//! not carry a configuration yet reads [`current`]: the installed one, else
-//! one read from the environment at that moment (leniently: a value that
-//! does not parse keeps its default there, as library users and tests saw
-//! before). A value that does not parse is an error for the binary.
+//! flags: [`ConfigArgs`]) and passes it down: the sandbox is built from it
+//! and carries it ([`crate::sandbox::Sandbox::config`]), so runners and
+//! endpoints take their backends' [`BackendOptions`], skill directories,
+//! hub mode and the rest from the sandbox they are handed. Constructors for
+//! callers without a configuration (tests, library users) read the
+//! environment at that call ([`HostConfig::from_env_lenient`]: a value that
+//! does not parse keeps its default there); for the binary a value that
+//! does not parse is an error.
 //!
 //! Empty variables count as unset. `HOST_LOG` (a `tracing` filter) is read
 //! by the binary's logging; its bare level names also set the skills' log
 //! level here. `HF_HOME` and `HF_ENDPOINT` are read by `hf-hub` itself.
 
-use std::borrow::Cow;
 use std::ffi::OsString;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 use crate::sandbox::SandboxLimits;
 
@@ -424,22 +423,6 @@ impl HostConfig {
             cache_dir: self.cache_dir.clone(),
             ..self.backends.clone()
         }
-    }
-}
-
-static INSTALLED: OnceLock<HostConfig> = OnceLock::new();
-
-/// Makes `config` the process's configuration (the binary, once at
-/// start-up); `false` when one was installed already (it stays).
-pub fn install(config: HostConfig) -> bool {
-    INSTALLED.set(config).is_ok()
-}
-
-/// The installed configuration, else the environment's now (leniently).
-pub fn current() -> Cow<'static, HostConfig> {
-    match INSTALLED.get() {
-        Some(c) => Cow::Borrowed(c),
-        None => Cow::Owned(HostConfig::from_env_lenient()),
     }
 }
 

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use host::backend::{registry, Precision};
+use host::config::HostConfig;
 use host::endpoint::contract::request;
 use host::endpoint::{BatchPolicy, EndpointConfig, Endpoints, Handler};
 use host::runner::{Output, RequestError};
@@ -114,18 +115,21 @@ struct BenchArgs {
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    if let Err(e) = configure(&cli.config) {
-        eprintln!("error: {e:#}");
-        std::process::exit(exit::ERROR);
-    }
+    let config = match configure(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(exit::ERROR);
+        }
+    };
     let result = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Bench(args) => bench(args),
-        Command::Serve(args) => serve_cli::serve(args),
-        Command::Devices { json } => devices(json),
-        Command::Skills { json, all } => skills(json, all),
+        Command::Run(args) => run(args, &config),
+        Command::Bench(args) => bench(args, &config),
+        Command::Serve(args) => serve_cli::serve(args, &config),
+        Command::Devices { json } => devices(json, &config),
+        Command::Skills { json, all } => skills(json, all, &config),
         Command::Test(args) => {
-            sandbox().and_then(|sb| host::authoring::cli::test(args, sb).map_err(Into::into))
+            sandbox(&config).and_then(|sb| host::authoring::cli::test(args, sb).map_err(Into::into))
         }
         Command::New(args) => host::authoring::cli::new(args).map_err(Into::into),
     };
@@ -165,26 +169,26 @@ mod exit {
 }
 
 /// The process's configuration: the environment, then the flags; a value
-/// that does not parse is an error naming it. Installed once, for the
-/// library code that reads it ([`host::config::current`]).
-fn configure(args: &host::config::ConfigArgs) -> Result<()> {
-    host::config::install(args.resolve()?);
-    Ok(())
+/// that does not parse is an error naming it. Read once, and handed to
+/// every command (the library is given it, mostly through the sandbox).
+fn configure(args: &host::config::ConfigArgs) -> Result<HostConfig> {
+    Ok(args.resolve()?)
 }
 
 /// The sandbox of the process's configuration: its limits
 /// (`HOST_SKILL_MEMORY_MB`, `HOST_SKILL_FUEL`, `HOST_MAX_TEXT_BYTES`, the
-/// ceilings of what a skill may declare) and cache directory.
-fn sandbox() -> Result<Arc<Sandbox>> {
-    Ok(Arc::new(Sandbox::from_config(&host::config::current())?))
+/// ceilings of what a skill may declare) and cache directory; it carries
+/// the configuration to the endpoints and runners built on it.
+fn sandbox(config: &HostConfig) -> Result<Arc<Sandbox>> {
+    Ok(Arc::new(Sandbox::from_config(config)?))
 }
 
 /// The request field `--input` fills: `text` when the skill's request
 /// schema has it, else the schema's one required string property (such as
 /// text-generation's `prompt`).
-fn input_field(args: &RunArgs) -> Result<String> {
-    let sb = sandbox()?;
-    let (name, path) = host::skills::resolve(&args.skill)?;
+fn input_field(args: &RunArgs, config: &HostConfig) -> Result<String> {
+    let sb = sandbox(config)?;
+    let (name, path) = host::skills::resolve(&args.skill, &config.skills_dirs)?;
     let info = sb
         .load(&name, &path)
         .and_then(|c| sb.instantiate(&c, Arc::new(SkillContext::empty())))
@@ -214,10 +218,10 @@ fn input_field(args: &RunArgs) -> Result<String> {
     }
 }
 
-fn read_requests(args: &RunArgs) -> Result<Vec<String>> {
+fn read_requests(args: &RunArgs, config: &HostConfig) -> Result<Vec<String>> {
     let field = match args.inputs.is_empty() {
         true => String::new(),
-        false => input_field(args)?,
+        false => input_field(args, config)?,
     };
     let mut reqs: Vec<String> = args
         .inputs
@@ -275,13 +279,17 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
 
 /// An in-process endpoint for `run` and `bench`: every request is queued at
 /// once, so the batcher forms full batches of similar length.
-async fn local_endpoint(args: &RunArgs, queue: usize) -> Result<(Endpoints, Handler)> {
-    let devices = registry::parse_list(&args.device)?;
+async fn local_endpoint(
+    args: &RunArgs,
+    queue: usize,
+    host_config: &HostConfig,
+) -> Result<(Endpoints, Handler)> {
+    let devices = registry::parse_list_with(&args.device, host_config.fault_injection)?;
     let precision: Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let endpoints = Endpoints::new(sandbox()?);
+    let endpoints = Endpoints::new(sandbox(host_config)?);
     let mut config = EndpointConfig::new("run", &args.skill, &args.model, devices, precision);
     config.batching = BatchPolicy {
         max_batch_size: args.batch_size,
@@ -346,11 +354,11 @@ fn write_answers(
     Ok(failures)
 }
 
-fn run(args: RunArgs) -> Result<i32> {
-    let requests = read_requests(&args)?;
+fn run(args: RunArgs, config: &HostConfig) -> Result<i32> {
+    let requests = read_requests(&args, config)?;
     tokio_runtime()?.block_on(async {
         let t0 = Instant::now();
-        let (endpoints, handler) = local_endpoint(&args, requests.len()).await?;
+        let (endpoints, handler) = local_endpoint(&args, requests.len(), config).await?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let answers = answer_all(&handler, &requests).await;
@@ -378,14 +386,14 @@ fn run(args: RunArgs) -> Result<i32> {
     })
 }
 
-fn bench(args: BenchArgs) -> Result<i32> {
-    let requests = read_requests(&args.run)?;
+fn bench(args: BenchArgs, config: &HostConfig) -> Result<i32> {
+    let requests = read_requests(&args.run, config)?;
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
     tokio_runtime()?.block_on(async {
         let t0 = Instant::now();
-        let (endpoints, handler) = local_endpoint(&args.run, requests.len()).await?;
+        let (endpoints, handler) = local_endpoint(&args.run, requests.len(), config).await?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut rates = Vec::new();
         let mut last = Vec::new();
@@ -420,8 +428,8 @@ fn bench(args: BenchArgs) -> Result<i32> {
     })
 }
 
-fn devices(json: bool) -> Result<i32> {
-    let list = registry::probe_all();
+fn devices(json: bool, config: &HostConfig) -> Result<i32> {
+    let list = registry::probe_all_with(&config.backend_options());
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
@@ -441,12 +449,12 @@ fn devices(json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn skills(json: bool, all: bool) -> Result<i32> {
-    let sb = sandbox()?;
+fn skills(json: bool, all: bool, config: &HostConfig) -> Result<i32> {
+    let sb = sandbox(config)?;
     let mut rows = Vec::new();
     // What each row's skill was granted (its declaration under the ceiling).
     let mut grants = Vec::new();
-    for (name, path) in host::skills::discover() {
+    for (name, path) in host::skills::discover(&config.skills_dirs) {
         let info = sb
             .load(&name, &path)
             .and_then(|c| sb.instantiate(&c, Arc::new(SkillContext::empty())))
@@ -473,7 +481,10 @@ fn skills(json: bool, all: bool) -> Result<i32> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!("no skills found in: {:?}", host::skills::search_dirs());
+        println!(
+            "no skills found in: {:?}",
+            host::skills::search_dirs(&config.skills_dirs)
+        );
     } else {
         for (r, granted) in rows.iter().zip(&grants) {
             match r.get("error") {

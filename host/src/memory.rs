@@ -22,12 +22,9 @@ const DELAY: Duration = Duration::from_millis(250);
 static TRIMMER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
 
 /// Schedules a trim of the malloc heaps (a no-op where the allocator is not
-/// glibc's, or with `HOST_TRIM_MEMORY=0`).
+/// glibc's). Callers ask only where the configuration says so
+/// ([`crate::config::HostConfig::trim_memory`], `HOST_TRIM_MEMORY`).
 pub fn release_soon() {
-    static ON: OnceLock<bool> = OnceLock::new();
-    if !*ON.get_or_init(|| crate::config::current().trim_memory) {
-        return;
-    }
     let tx = TRIMMER.get_or_init(|| {
         let (tx, rx) = sync_channel(1);
         std::thread::Builder::new()

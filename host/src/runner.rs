@@ -152,7 +152,9 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Loads `skill` for `model`, trying `devices` in order.
+    /// Loads `skill` for `model`, trying `devices` in order; skills, the
+    /// model and backends are found and opened as the sandbox's
+    /// configuration says ([`Sandbox::config`]).
     pub fn open(
         sandbox: Arc<Sandbox>,
         skill: &str,
@@ -160,7 +162,7 @@ impl Runner {
         devices: &[Device],
         precision: Precision,
     ) -> Result<Runner, HostError> {
-        let model = Arc::new(Model::open(model)?);
+        let model = Arc::new(Model::open_with(model, sandbox.config().hub_offline)?);
         Self::open_model(sandbox, skill, model, devices, precision)
     }
 
@@ -186,11 +188,13 @@ impl Runner {
         precision: Precision,
         fixed_shapes: Option<bool>,
     ) -> Result<Runner, HostError> {
-        let (name, path, pin) = crate::skills::resolve_pinned(skill)?;
+        let config = sandbox.config().clone();
+        let (name, path, pin) = crate::skills::resolve_pinned(skill, &config.skills_dirs)?;
         let component = sandbox.load_pinned(&name, &path, pin.as_ref())?;
+        let options = config.backend_options();
         let mut reasons = Vec::new();
         for device in devices {
-            let backend = match registry::open(device, precision) {
+            let backend = match registry::open_with(device, precision, &options) {
                 Ok(b) => b,
                 Err(e) => {
                     reasons.push(format!("{device}: {e}"));
@@ -202,6 +206,7 @@ impl Runner {
                 model.clone(),
                 backend,
                 Arc::new(CompileCache::default()),
+                &config,
             );
             ctx.fixed_shapes = fixed_shapes.or(ctx.fixed_shapes);
             let ctx = Arc::new(ctx);

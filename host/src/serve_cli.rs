@@ -100,7 +100,7 @@ pub(crate) struct ServeArgs {
     shutdown_timeout_s: f64,
 }
 
-pub(crate) fn serve(args: ServeArgs) -> Result<i32> {
+pub(crate) fn serve(args: ServeArgs, config: &host::config::HostConfig) -> Result<i32> {
     let mut configs = Vec::new();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
@@ -113,7 +113,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<i32> {
     }
     match (&args.skill, &args.model) {
         (Some(skill), Some(model)) => {
-            let devices = registry::parse_list(&args.device)?;
+            let devices = registry::parse_list_with(&args.device, config.fault_injection)?;
             let precision: Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
             let mut c = EndpointConfig::new(&args.name, skill, model, devices, precision);
             c.instances = args.instances;
@@ -150,7 +150,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<i32> {
         );
     }
     tokio_runtime()?.block_on(async {
-        let endpoints = Arc::new(Endpoints::new(sandbox()?));
+        let endpoints = Arc::new(Endpoints::new(sandbox(config)?));
         for c in configs {
             let name = c.name.clone();
             tracing::info!(

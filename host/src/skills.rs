@@ -1,9 +1,11 @@
 //! Finding skill components by name.
 //!
 //! `host run text-embedding` looks for `text_embedding.wasm` in, in order:
-//! the directories of `HOST_SKILLS_DIR` (colon-separated; `--skills-dir`), `skills/` next to
-//! the executable, and the cargo output `target/wasm32-wasip2/release/` of
-//! the checkout the executable was built in. A SKILL argument that ends in
+//! the configured directories (`HOST_SKILLS_DIR`, colon-separated;
+//! `--skills-dir`: [`crate::config::HostConfig::skills_dirs`], which every
+//! function here is handed), `skills/` next to the executable, and the
+//! cargo output `target/wasm32-wasip2/release/` of the checkout the
+//! executable was built in. A SKILL argument that ends in
 //! `.wasm` or contains a `/` is a path. Either may end in `@sha256:<hex>`
 //! (or `@<CID>`): the component is then pinned to that digest, and loading
 //! refuses a file with other bytes ([`crate::digest`]).
@@ -12,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use crate::HostError;
 
-/// Directories searched for skills: the configured ones
+/// Directories searched for skills: the `configured` ones
 /// ([`crate::config::HostConfig::skills_dirs`]), then the defaults.
-pub fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = crate::config::current().skills_dirs.clone();
+pub fn search_dirs(configured: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = configured.to_vec();
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -34,22 +36,24 @@ pub fn search_dirs() -> Vec<PathBuf> {
 }
 
 /// Resolves a skill name or path, with an optional `@digest` pin, to
-/// (name, component path, pin).
+/// (name, component path, pin); names are looked up in
+/// [`search_dirs`]`(configured)`.
 pub fn resolve_pinned(
     spec: &str,
+    configured: &[PathBuf],
 ) -> Result<(String, PathBuf, Option<crate::digest::Digest>), HostError> {
     let (skill, pin) = crate::digest::split_pin(spec);
-    let (name, path) = resolve_unpinned(skill)?;
+    let (name, path) = resolve_unpinned(skill, configured)?;
     Ok((name, path, pin))
 }
 
 /// Resolves a skill name or path to (name, component path); a pin suffix
 /// is dropped (see [`resolve_pinned`]).
-pub fn resolve(spec: &str) -> Result<(String, PathBuf), HostError> {
-    resolve_unpinned(crate::digest::split_pin(spec).0)
+pub fn resolve(spec: &str, configured: &[PathBuf]) -> Result<(String, PathBuf), HostError> {
+    resolve_unpinned(crate::digest::split_pin(spec).0, configured)
 }
 
-fn resolve_unpinned(spec: &str) -> Result<(String, PathBuf), HostError> {
+fn resolve_unpinned(spec: &str, configured: &[PathBuf]) -> Result<(String, PathBuf), HostError> {
     if spec.ends_with(".wasm") || spec.contains('/') {
         let p = PathBuf::from(spec);
         let name = p
@@ -67,7 +71,7 @@ fn resolve_unpinned(spec: &str) -> Result<(String, PathBuf), HostError> {
         return Ok((name, p));
     }
     let file = format!("{}.wasm", spec.replace('-', "_"));
-    let dirs = search_dirs();
+    let dirs = search_dirs(configured);
     for d in &dirs {
         let p = d.join(&file);
         if p.is_file() {
@@ -85,10 +89,11 @@ fn resolve_unpinned(spec: &str) -> Result<(String, PathBuf), HostError> {
     })
 }
 
-/// Every `.wasm` file in the search directories: (name, path).
-pub fn discover() -> Vec<(String, PathBuf)> {
+/// Every `.wasm` file in the search directories ([`search_dirs`]): (name,
+/// path).
+pub fn discover(configured: &[PathBuf]) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
-    for d in search_dirs() {
+    for d in search_dirs(configured) {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };

@@ -77,7 +77,8 @@ pub struct NewArgs {
 /// case or check failed.
 pub fn test(args: TestArgs, sandbox: Arc<Sandbox>) -> Result<i32, AuthoringError> {
     let usage = |m: String| AuthoringError::Usage(m);
-    let devices = registry::parse_list(&args.device).map_err(|e| usage(e.to_string()))?;
+    let devices = registry::parse_list_with(&args.device, sandbox.config().fault_injection)
+        .map_err(|e| usage(e.to_string()))?;
     let precision = args.precision.parse().map_err(usage)?;
     let tolerance = match (args.atol, args.rtol) {
         (None, None) => None,

@@ -58,7 +58,8 @@ pub fn run(sandbox: Arc<Sandbox>, opts: &TestOptions) -> Result<Report, Authorin
             "--record writes into the cases file: give --cases FILE".into(),
         ));
     }
-    let (name, path, pin) = crate::skills::resolve_pinned(&opts.skill)?;
+    let config = sandbox.config().clone();
+    let (name, path, pin) = crate::skills::resolve_pinned(&opts.skill, &config.skills_dirs)?;
     let mut cases = match &opts.cases {
         Some(p) => cases::read(p)?,
         None => Vec::new(),
@@ -105,7 +106,8 @@ pub fn run(sandbox: Arc<Sandbox>, opts: &TestOptions) -> Result<Report, Authorin
     );
     let schemas = check_describe(&sandbox, &component, &mut report);
 
-    let model = Arc::new(Model::open(&opts.model).map_err(crate::HostError::from)?);
+    let model = Model::open_with(&opts.model, config.hub_offline);
+    let model = Arc::new(model.map_err(crate::HostError::from)?);
     let t = Instant::now();
     // The very bytes checked above (the runner loads the file again).
     let spec = format!("{}@{}", path.display(), component.digest);

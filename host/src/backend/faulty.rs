@@ -1,6 +1,8 @@
 //! A fault-injection device for testing fallback: it loads like `cpu` but
-//! every run fails with a backend error. Only recognised when
-//! `HOST_FAULT_INJECTION=1`, so it cannot be selected by accident.
+//! every run fails with a backend error. Only recognised where the
+//! configuration enables it (`HOST_FAULT_INJECTION=1`:
+//! [`crate::config::HostConfig::fault_injection`]), so it cannot be
+//! selected by accident.
 
 use std::sync::Arc;
 
@@ -9,10 +11,15 @@ use crate::config::BackendOptions;
 use crate::ir::Graph;
 use crate::model::Model;
 
-/// Whether the `faulty` device may be named
-/// ([`crate::config::HostConfig::fault_injection`]).
-pub fn enabled() -> bool {
-    crate::config::current().fault_injection
+/// Whether the environment lets the `faulty` device be named
+/// (`HOST_FAULT_INJECTION`, read by
+/// [`crate::config::HostConfig::from_env_lenient`]). For the one place no
+/// configuration can reach: `Device`'s `FromStr`, which endpoint configs
+/// (files, the admin API) deserialize with; the setting has no flag, so
+/// this is what the binary's configuration says too. Everything else is
+/// handed the setting ([`super::registry::parse_list_with`]).
+pub fn enabled_by_env() -> bool {
+    crate::config::HostConfig::from_env_lenient().fault_injection
 }
 
 /// Compiles like the CPU backend; runs always fail.

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::{cpu, cuda, faulty, openvino, Backend, BackendError};
-use crate::config::BackendOptions;
+use crate::config::{BackendOptions, HostConfig};
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -58,7 +58,8 @@ pub enum Device {
     Cpu,
     OpenVino(String),
     Cuda(u32),
-    /// Fault injection (see `backend::faulty`), only with HOST_FAULT_INJECTION=1.
+    /// Fault injection (see `backend::faulty`), only where the configuration
+    /// enables it (`HOST_FAULT_INJECTION=1`).
     Faulty,
 }
 
@@ -74,9 +75,10 @@ impl fmt::Display for Device {
     }
 }
 
-impl FromStr for Device {
-    type Err = BackendError;
-    fn from_str(s: &str) -> Result<Self, BackendError> {
+impl Device {
+    /// Parses a device name; `faulty` only when `fault_injection`
+    /// ([`HostConfig::fault_injection`]).
+    pub fn parse_with(s: &str, fault_injection: bool) -> Result<Self, BackendError> {
         let t = s.trim();
         let (kind, sub) = match t.split_once(':') {
             Some((k, s)) => (k, Some(s)),
@@ -90,7 +92,7 @@ impl FromStr for Device {
             {
                 Ok(Device::OpenVino(d.to_ascii_uppercase()))
             }
-            ("faulty", None) if faulty::enabled() => Ok(Device::Faulty),
+            ("faulty", None) if fault_injection => Ok(Device::Faulty),
             ("cuda", None) => Ok(Device::Cuda(0)),
             ("cuda", Some(n)) => n
                 .parse()
@@ -101,12 +103,29 @@ impl FromStr for Device {
     }
 }
 
-/// Parses a comma-separated device list such as `cuda:0,openvino,cpu`.
+impl FromStr for Device {
+    type Err = BackendError;
+    /// [`Device::parse_with`], `faulty` allowed as the environment says
+    /// ([`faulty::enabled_by_env`]): a parser cannot be handed a
+    /// configuration, and endpoint configs deserialize through this one.
+    fn from_str(s: &str) -> Result<Self, BackendError> {
+        Self::parse_with(s, faulty::enabled_by_env())
+    }
+}
+
+/// [`parse_list_with`], `faulty` allowed as the environment says
+/// ([`faulty::enabled_by_env`]), for callers without a configuration.
 pub fn parse_list(s: &str) -> Result<Vec<Device>, BackendError> {
+    parse_list_with(s, faulty::enabled_by_env())
+}
+
+/// Parses a comma-separated device list such as `cuda:0,openvino,cpu`;
+/// `faulty` only when `fault_injection` ([`HostConfig::fault_injection`]).
+pub fn parse_list_with(s: &str, fault_injection: bool) -> Result<Vec<Device>, BackendError> {
     let list: Vec<Device> = s
         .split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(str::parse)
+        .map(|d| Device::parse_with(d, fault_injection))
         .collect::<Result<_, _>>()?;
     if list.is_empty() {
         return Err(BackendError::UnknownDevice(s.to_string()));
@@ -122,10 +141,11 @@ pub struct DeviceStatus {
     pub detail: String,
 }
 
-/// Probes every backend this build knows, with the process's
-/// configuration ([`crate::config::current`]).
+/// Probes every backend this build knows, with the environment's
+/// configuration ([`HostConfig::from_env_lenient`]), for callers without
+/// one.
 pub fn probe_all() -> Vec<DeviceStatus> {
-    probe_all_with(&crate::config::current().backend_options())
+    probe_all_with(&HostConfig::from_env_lenient().backend_options())
 }
 
 /// Probes every backend this build knows.
@@ -136,13 +156,14 @@ pub fn probe_all_with(options: &BackendOptions) -> Vec<DeviceStatus> {
     out
 }
 
-/// Opens the backend for `device` at `precision`, with the process's
-/// configuration ([`crate::config::current`]).
+/// Opens the backend for `device` at `precision`, with the environment's
+/// configuration ([`HostConfig::from_env_lenient`]), for callers without
+/// one.
 pub fn open(device: &Device, precision: Precision) -> Result<Arc<dyn Backend>, BackendError> {
     open_with(
         device,
         precision,
-        &crate::config::current().backend_options(),
+        &HostConfig::from_env_lenient().backend_options(),
     )
 }
 

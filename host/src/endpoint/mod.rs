@@ -270,12 +270,19 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// Endpoints whose skills run in `sandbox`, configured as its
+    /// configuration says ([`Sandbox::config`]).
     pub fn new(sandbox: Arc<Sandbox>) -> Self {
         Endpoints {
             sandbox,
             map: RwLock::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The host configuration the endpoints run with (their sandbox's).
+    pub fn config(&self) -> &crate::config::HostConfig {
+        self.sandbox.config()
     }
 
     /// The seed's `init_endpoints`: adds every endpoint of a config list.
@@ -304,7 +311,7 @@ impl Endpoints {
         let metrics = self.metrics.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             // The sandbox keeps each component's grant by digest.
-            let digest = crate::skills::resolve_pinned(&c.skill)
+            let digest = crate::skills::resolve_pinned(&c.skill, &sandbox.config().skills_dirs)
                 .ok()
                 .and_then(|(_, path, pin)| pin.or(crate::digest::Digest::of_file(&path).ok()));
             let started = worker::start(sandbox.clone(), &c, metrics);

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, Notify};
 use super::quarantine::Quarantine;
 use super::Batch;
 use super::Metrics;
-use crate::backend::{registry, BackendError, Device};
+use crate::backend::{BackendError, Device};
 use crate::runner::RequestError;
 use crate::ErrorKind;
 
@@ -329,9 +329,9 @@ pub fn parse_replicas(text: &str) -> Result<Vec<Device>, BackendError> {
     Ok(out)
 }
 
-/// The CUDA devices that can serve.
+/// The CUDA devices that can serve (their probe takes no configuration).
 fn visible_cuda() -> Vec<Device> {
-    registry::probe_all()
+    crate::backend::cuda::probe()
         .into_iter()
         .filter(|s| s.available)
         .filter_map(|s| s.device.parse::<Device>().ok())

@@ -171,7 +171,10 @@ pub(crate) fn start(
     config: &EndpointConfig,
     metrics: Arc<Metrics>,
 ) -> Result<Started, HostError> {
-    let model = Arc::new(Model::open(&config.model)?);
+    let model = Arc::new(Model::open_with(
+        &config.model,
+        sandbox.config().hub_offline,
+    )?);
     let cost = Arc::new(CostModel);
     let quarantine = Arc::new(Quarantine::default());
     // Each replica's device list: the fallback list without replicas.
@@ -295,7 +298,7 @@ impl Worker {
             let bytes: usize = job.batch.iter().map(|p| p.request.len()).sum();
             self.run(job, &rx);
             rx.done();
-            if bytes >= crate::memory::LARGE_REQUEST_BYTES {
+            if bytes >= crate::memory::LARGE_REQUEST_BYTES && self.sandbox.config().trim_memory {
                 crate::memory::release_soon();
             }
         }

@@ -17,20 +17,15 @@ const FILES: &[&str] = &[
     "1_Pooling/config.json",
 ];
 
-/// `HF_HUB_OFFLINE` (or `--offline`): the hub's cache only
-/// ([`crate::config::HostConfig::hub_offline`]).
-fn offline() -> bool {
-    crate::config::current().hub_offline
-}
-
 /// Returns the snapshot directory of `id`, downloading what is missing
-/// unless offline.
-pub(super) fn fetch(id: &str) -> Result<PathBuf, ModelError> {
+/// unless `offline` (`HF_HUB_OFFLINE` or `--offline`: the hub's cache only,
+/// [`crate::config::HostConfig::hub_offline`]).
+pub(super) fn fetch(id: &str, offline: bool) -> Result<PathBuf, ModelError> {
     let err = |message: String| ModelError::Hub {
         model: id.to_string(),
         message,
     };
-    if offline() {
+    if offline {
         let repo = hf_hub::Cache::from_env().model(id.to_string());
         let config = repo.get("config.json").ok_or_else(|| {
             err(format!(

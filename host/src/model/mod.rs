@@ -44,13 +44,27 @@ pub struct Model {
 }
 
 impl Model {
-    /// Resolves a directory or a hub id and maps its weights.
+    /// [`Model::open_with`] in the environment's hub mode
+    /// (`HF_HUB_OFFLINE`, read by [`HostConfig::from_env_lenient`]), for
+    /// callers without a configuration.
+    ///
+    /// [`HostConfig::from_env_lenient`]: crate::config::HostConfig::from_env_lenient
     pub fn open(spec: &str) -> Result<Model, ModelError> {
+        Self::open_with(
+            spec,
+            crate::config::HostConfig::from_env_lenient().hub_offline,
+        )
+    }
+
+    /// Resolves a directory or a hub id (from the hub's cache only when
+    /// `hub_offline`: [`crate::config::HostConfig::hub_offline`]) and maps
+    /// its weights.
+    pub fn open_with(spec: &str, hub_offline: bool) -> Result<Model, ModelError> {
         let path = Path::new(spec);
         let root = if path.is_dir() {
             path.to_path_buf()
         } else if looks_like_hub_id(spec) {
-            hub::fetch(spec)?
+            hub::fetch(spec, hub_offline)?
         } else {
             return Err(ModelError::NotFound(spec.to_string()));
         };

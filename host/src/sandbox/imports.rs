@@ -54,6 +54,9 @@ pub struct SkillContext {
     /// Overrides the backend's [`Backend::replays_fixed_shapes`] in what
     /// `runtime.device` tells the skill (`HOST_FIXED_SHAPES=1`/`0`).
     pub fixed_shapes: Option<bool>,
+    /// Logs the host time of every session run (`HOST_TRACE_SESSIONS=1`:
+    /// debug events of target `host::trace::session`).
+    pub trace_sessions: bool,
 }
 
 impl SkillContext {
@@ -67,27 +70,28 @@ impl SkillContext {
             cache: Arc::new(CompileCache::default()),
             log_level: 3,
             fixed_shapes: None,
+            trace_sessions: false,
         }
     }
 
-    /// A context serving `model` on `backend`.
+    /// A context serving `model` on `backend`, with the skill log level,
+    /// fixed-shapes answer and session tracing of `config`.
     pub fn new(
         skill: &str,
         model: Arc<Model>,
         backend: Arc<dyn Backend>,
         cache: Arc<CompileCache>,
+        config: &crate::config::HostConfig,
     ) -> Self {
-        let config = crate::config::current();
-        let log_level = config.skill_log.rank();
-        let fixed_shapes = config.fixed_shapes;
         SkillContext {
             skill: skill.to_string(),
             weight_types: model.weights.types(),
             model: Some(model),
             backend: Some(backend),
             cache,
-            log_level,
-            fixed_shapes,
+            log_level: config.skill_log.rank(),
+            fixed_shapes: config.fixed_shapes,
+            trace_sessions: config.trace_sessions,
         }
     }
 

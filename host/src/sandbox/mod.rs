@@ -27,6 +27,8 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::config::HostConfig;
+
 pub use imports::SkillContext;
 pub use limits::{Granted, Needs};
 pub use meter::Usage;
@@ -150,12 +152,16 @@ impl WasiView for HostState {
     }
 }
 
-/// The process-wide engine and linker.
+/// The process-wide engine and linker, and the host configuration it was
+/// built from ([`Sandbox::config`]), which runners and endpoints take their
+/// settings from.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: Option<PathBuf>,
     pub limits: SandboxLimits,
+    /// The configuration; its limits are those of construction
+    /// ([`Sandbox::limits`] counts).
+    config: Arc<HostConfig>,
     /// What each component (by digest) was granted, from its `describe`.
     grants: Mutex<HashMap<crate::digest::Digest, Granted>>,
 }
@@ -187,30 +193,40 @@ pub struct SkillInstance {
 }
 
 impl Sandbox {
-    /// An engine caching compiled components under the configured cache
-    /// directory ([`crate::config::HostConfig::cache_dir`]).
+    /// The engine of the environment's configuration
+    /// ([`HostConfig::from_env_lenient`]) with `limits`: compiled components
+    /// are cached under its cache directory.
     pub fn new(limits: SandboxLimits) -> Result<Self, SandboxError> {
-        Self::with_cache_dir(limits, crate::config::current().cache_dir.clone())
+        Self::from_config(&HostConfig {
+            limits,
+            ..HostConfig::from_env_lenient()
+        })
     }
 
-    /// The engine `config` describes: its limits and cache directory.
-    pub fn from_config(config: &crate::config::HostConfig) -> Result<Self, SandboxError> {
-        Self::with_cache_dir(config.limits.clone(), config.cache_dir.clone())
-    }
-
-    /// An engine caching compiled components under `cache` (`None`: no cache).
+    /// [`Sandbox::new`] caching compiled components under `cache` (`None`:
+    /// no cache).
     pub fn with_cache_dir(
         limits: SandboxLimits,
         cache: Option<PathBuf>,
     ) -> Result<Self, SandboxError> {
+        Self::from_config(&HostConfig {
+            limits,
+            cache_dir: cache,
+            ..HostConfig::from_env_lenient()
+        })
+    }
+
+    /// The engine `config` describes (its limits and cache directory),
+    /// carrying `config` for what is built on it.
+    pub fn from_config(config: &HostConfig) -> Result<Self, SandboxError> {
         let err = |e: wasmtime::Error| SandboxError::Load {
             skill: "<engine>".into(),
             message: e.to_string(),
         };
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        config.consume_fuel(true);
-        let engine = Engine::new(&config).map_err(err)?;
+        let mut engine_config = wasmtime::Config::new();
+        engine_config.wasm_component_model(true);
+        engine_config.consume_fuel(true);
+        let engine = Engine::new(&engine_config).map_err(err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
         Skill::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
@@ -221,10 +237,16 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linker,
-            cache_dir: cache,
-            limits,
+            limits: config.limits.clone(),
+            config: Arc::new(config.clone()),
             grants: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The host configuration this sandbox was built from: what runners
+    /// open backends with, where skills are found, the hub mode, ...
+    pub fn config(&self) -> &Arc<HostConfig> {
+        &self.config
     }
 
     /// Compiles (or loads from the on-disk cache) the component at `path`.
@@ -282,9 +304,7 @@ impl Sandbox {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let key = format!("{}-{:016x}", digest.hex(), h.finish());
-        let file = self
-            .cache_dir
-            .as_ref()
+        let file = (self.config.cache_dir.as_ref())
             .map(|d| d.join("components").join(format!("{key}.cwasm")));
         if let Some(data) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
             // SAFETY: the file was written by `precompile_component` of an

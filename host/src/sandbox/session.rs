@@ -48,13 +48,6 @@ impl HostSession {
     }
 }
 
-/// `HOST_TRACE_SESSIONS=1` logs the host time of every session run (debug
-/// events of target `host::trace::session`).
-fn trace_sessions() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::config::current().trace_sessions)
-}
-
 /// The state name of a `state.<name>.next` output.
 fn state_of(output: &str) -> Option<&str> {
     output
@@ -73,6 +66,7 @@ impl HostState {
         inputs: Vec<types::NamedTensor>,
     ) -> WResult<Box<dyn PendingRun>> {
         let started = std::time::Instant::now();
+        let trace = self.ctx.trace_sessions;
         let cg = self.table.get(g)?;
         let (graph, exe) = (cg.graph.clone(), cg.exe.clone());
         let mut inputs: Vec<(String, Tensor)> = inputs
@@ -216,7 +210,7 @@ impl HostState {
                 "session state of {held} bytes exceeds {MAX_SESSION_BYTES}"
             ))));
         }
-        if trace_sessions() {
+        if trace {
             tracing::debug!(
                 target: "host::trace::session",
                 "session: started `{}` in {:.3} ms (backend {backend_ms:.3} ms, of which input checks {checked_ms:.3} ms)",
@@ -235,7 +229,7 @@ impl HostState {
     ) -> WResult<Vec<types::NamedTensor>> {
         let waited = std::time::Instant::now();
         let result = run.wait();
-        if trace_sessions() {
+        if self.ctx.trace_sessions {
             tracing::debug!(
                 target: "host::trace::session",
                 "session: waited {:.3} ms for a run",

@@ -49,11 +49,15 @@ impl Default for Timeouts {
 pub(super) struct BodyRead {
     pub timeout: Duration,
     pub max_bytes: usize,
+    /// Returns the memory of large requests to the system
+    /// ([`crate::config::HostConfig::trim_memory`]).
+    pub trim_memory: bool,
 }
 
 /// Reads the whole body within the timeout (408 otherwise) and at most
 /// `max_bytes` (413 otherwise), before any handler runs; after a large
-/// request, the freed memory is returned to the system.
+/// request, the freed memory is returned to the system (with
+/// `trim_memory`).
 pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let limited = http_body_util::Limited::new(body, b.max_bytes);
@@ -88,7 +92,7 @@ pub(super) async fn read_body(State(b): State<BodyRead>, req: Request, next: Nex
         .into_response(),
         Ok(Ok(c)) => {
             let body = c.to_bytes();
-            let large = body.len() >= crate::memory::LARGE_REQUEST_BYTES;
+            let large = b.trim_memory && body.len() >= crate::memory::LARGE_REQUEST_BYTES;
             let response = next.run(Request::from_parts(parts, Body::from(body))).await;
             if large {
                 // Its buffers go back to the system once dropped.

@@ -192,11 +192,13 @@ impl IntoResponse for ApiError {
 
 /// The router over `endpoints`.
 pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
+    let trim_memory = endpoints.config().trim_memory;
+    let hub_offline = endpoints.config().hub_offline;
     let state = Arc::new(AppState {
         endpoints,
         permits: Arc::new(Semaphore::new(opts.max_concurrent_requests.max(1))),
         default_endpoint: opts.default_endpoint.clone(),
-        model_files: model_files::Cache::default(),
+        model_files: model_files::Cache::new(hub_offline),
         model_roots: opts.model_roots.clone(),
     });
     let keys = Arc::new(opts.keys.clone());
@@ -231,6 +233,7 @@ pub fn router(endpoints: Arc<Endpoints>, opts: &ServeOptions) -> Router {
     let read = listen::BodyRead {
         timeout: opts.timeouts.body,
         max_bytes: opts.max_body_bytes,
+        trim_memory,
     };
     Router::new()
         .merge(inference)

@@ -30,9 +30,11 @@ pub struct ModelFiles {
 
 /// Per-endpoint cache, keyed by endpoint name (and checked against its model,
 /// since an endpoint may be removed and added again with another).
-#[derive(Default)]
 pub struct Cache {
     map: Mutex<HashMap<String, Arc<ModelFiles>>>,
+    /// Hub ids from the hub's cache only
+    /// ([`crate::config::HostConfig::hub_offline`]).
+    hub_offline: bool,
 }
 
 fn internal(m: String) -> ApiError {
@@ -40,6 +42,14 @@ fn internal(m: String) -> ApiError {
 }
 
 impl Cache {
+    /// An empty cache resolving hub ids as `hub_offline` says.
+    pub fn new(hub_offline: bool) -> Self {
+        Cache {
+            map: Mutex::default(),
+            hub_offline,
+        }
+    }
+
     /// The files of endpoint `status`, loaded on first use.
     pub async fn get(&self, status: &EndpointStatus) -> Result<Arc<ModelFiles>, ApiError> {
         let key = status.name.clone();
@@ -49,7 +59,8 @@ impl Cache {
             }
         }
         let (model, skill) = (status.model.clone(), status.skill.clone());
-        let files = tokio::task::spawn_blocking(move || load(&model, &skill))
+        let offline = self.hub_offline;
+        let files = tokio::task::spawn_blocking(move || load(&model, &skill, offline))
             .await
             .map_err(|e| internal(format!("loading model files failed: {e}")))??;
         let files = Arc::new(files);
@@ -62,11 +73,11 @@ impl Cache {
 
 /// The directory of a model spec (a directory, or a hub id already fetched
 /// when the endpoint loaded).
-fn root(spec: &str) -> Result<PathBuf, ApiError> {
+fn root(spec: &str, hub_offline: bool) -> Result<PathBuf, ApiError> {
     if Path::new(spec).is_dir() {
         return Ok(PathBuf::from(spec));
     }
-    crate::model::Model::open(spec)
+    crate::model::Model::open_with(spec, hub_offline)
         .map(|m| m.root)
         .map_err(|e| internal(format!("cannot open the endpoint's model: {e}")))
 }
@@ -80,8 +91,8 @@ fn read(dir: &Path, name: &str) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
-fn load(spec: &str, skill: &str) -> Result<ModelFiles, ApiError> {
-    let dir = root(spec)?;
+fn load(spec: &str, skill: &str, hub_offline: bool) -> Result<ModelFiles, ApiError> {
+    let dir = root(spec, hub_offline)?;
     let chat_template = ChatTemplate::from_files(
         read(&dir, "chat_template.jinja"),
         read(&dir, "chat_template.json"),
