@@ -87,13 +87,15 @@ impl Group {
         let job = self.rx.lock().ok()?.blocking_recv()?;
         self.busy.fetch_add(1, Ordering::SeqCst);
         self.queued.fetch_sub(1, Ordering::SeqCst);
+        // Counted when taken: a client answered by this batch then sees it
+        // in `/health` and `/metrics` alike.
+        self.batches.inc();
         Some(job)
     }
 
     /// A worker finished the batch it took with [`Group::recv`].
     pub fn done(&self) {
         self.busy.fetch_sub(1, Ordering::SeqCst);
-        self.batches.inc();
         self.show_load();
     }
 
