@@ -265,8 +265,10 @@ def main() -> int:
                   f"| {gen['ours_f32_tok_s']:.1f} | {gen['ours_int8_tok_s']:.1f} | "
                   f"{gen['ours_int8_tok_s'] / gen['ours_f32_tok_s']:.2f}x | {gen['greedy_prefix_agreement']:.3f} |"]
     lines += ["", "Peak RSS is the host process's maximum resident memory during its `host bench` run "
-              "(VmHWM, sampled every 50 ms). The f32 weight files stay mapped at int8 "
-              "(embeddings, norms and the MLP's down projection are read from them)."]
+              "(VmHWM, sampled every 50 ms). On cpu, int8 sessions read each weight (int8, or f32 where "
+              "the layer stays f32: embeddings, norms, the MLP's down projection) from an in-memory copy of "
+              "its own shared by the model's sessions; f32 sessions read a copy of the whole weight file. "
+              "The weight files stay mapped either way."]
     Path(args.out_prefix + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -276,15 +276,21 @@ fn locator(model: &crate::model::Model) -> impl Fn(&str) -> Option<ExternalLocat
 }
 
 /// As [`emit_for_model`], with linear layers in int8 the way `flavor`
-/// says ([`quantize`]); the quantized weights are kept in the model.
+/// says ([`quantize`]); the quantized weights are kept in the model. With
+/// ONNX Runtime's flavor every weight is read from an in-memory file of its
+/// own, returned with the model (the model's whole files are not read).
 pub fn emit_for_model_int8(
     g: &Graph,
     model: &crate::model::Model,
     flavor: quantize::Flavor,
     scalars_as_vectors: bool,
-) -> Result<Vec<u8>, EmitError> {
-    let src = quantize::Source { model, flavor };
-    emit_inner(g, &locator(model), scalars_as_vectors, Some(&src))
+) -> Result<(Vec<u8>, Vec<quantize::MemoryFile>), EmitError> {
+    let src = quantize::Source::new(model, flavor);
+    let onnx = match src.in_memory() {
+        true => emit_inner(g, &|n| src.locate_plain(n), scalars_as_vectors, Some(&src))?,
+        false => emit_inner(g, &locator(model), scalars_as_vectors, Some(&src))?,
+    };
+    Ok((onnx, src.into_files()))
 }
 
 /// Indices of the model's weight files that `g` references, ascending.

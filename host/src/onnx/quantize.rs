@@ -3,7 +3,11 @@
 //! The host quantizes a model's weights when a graph is compiled, from the
 //! checkpoint's f32/f16/bf16 safetensors: no offline step and no file on
 //! disk. Each quantized weight is kept once per model ([`Cache`]) and shared
-//! by every graph of the model (a decoder's step graphs).
+//! by every graph of the model (a decoder's step graphs). On ONNX Runtime the
+//! graphs read it in place: each int8 weight, and each f32 weight an int8
+//! graph still reads, is an in-memory external-data file of its own
+//! ([`MemoryFile`]), so no session copies it and the f32 copy of the whole
+//! checkpoint that f32 sessions read is not made.
 //!
 //! **Weights:** symmetric int8 with one scale per output channel (a row of
 //! the `[out, in]` weight): `scale = max|w| / 127`, `q = round(w / scale)`
@@ -29,20 +33,21 @@
 //! else (attention scores, norms, softmax, embeddings, convolutions) stays
 //! f32.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use onnx_protobuf::TensorProto;
 
 use super::lower::{Attr, Lowering};
-use super::{raw_initializer, EmitError};
+use super::{external_initializer, raw_initializer, EmitError, ExternalLocation};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeId, Op};
 
 /// A weight quantized per output channel.
 #[derive(Debug)]
 pub struct QuantizedWeight {
-    /// `[in, out]` row-major.
-    pub q: Vec<i8>,
+    /// `[in, out]` row-major, int8 as two's-complement bytes.
+    pub q: Arc<[u8]>,
     /// One per output channel.
     pub scales: Vec<f32>,
     pub inputs: usize,
@@ -53,6 +58,8 @@ pub struct QuantizedWeight {
 #[derive(Default)]
 pub struct Cache {
     weights: Mutex<HashMap<String, Arc<QuantizedWeight>>>,
+    /// f32 weights int8 graphs read, each copied once from the model's files.
+    plain: Mutex<HashMap<String, Arc<[u8]>>>,
 }
 
 impl Cache {
@@ -73,11 +80,30 @@ impl Cache {
         map.insert(name.to_string(), w.clone());
         Some(w)
     }
+
+    /// The bytes of weight `name`, copied from the model's files on first
+    /// use.
+    fn plain(&self, model: &crate::model::Model, name: &str) -> Option<Arc<[u8]>> {
+        let mut map = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = map.get(name) {
+            return Some(b.clone());
+        }
+        let b: Arc<[u8]> = Arc::from(model.weights.bytes(name)?);
+        map.insert(name.to_string(), b.clone());
+        Some(b)
+    }
+}
+
+/// An in-memory external-data file an emitted graph reads.
+#[derive(Clone)]
+pub struct MemoryFile {
+    pub name: String,
+    pub bytes: Arc<[u8]>,
 }
 
 /// Quantizes `w` (`[outputs, inputs]` row-major) per output row.
 pub fn quantize_rows(w: &[f32], outputs: usize, inputs: usize) -> QuantizedWeight {
-    let mut q = vec![0i8; outputs * inputs];
+    let mut q = vec![0u8; outputs * inputs];
     let mut scales = Vec::with_capacity(outputs);
     for (o, row) in w.chunks_exact(inputs.max(1)).take(outputs).enumerate() {
         let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -87,12 +113,12 @@ pub fn quantize_rows(w: &[f32], outputs: usize, inputs: usize) -> QuantizedWeigh
             1.0
         };
         for (i, v) in row.iter().enumerate() {
-            q[i * outputs + o] = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+            q[i * outputs + o] = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
         }
         scales.push(scale);
     }
     QuantizedWeight {
-        q,
+        q: Arc::from(q),
         scales,
         inputs,
         outputs,
@@ -151,9 +177,59 @@ pub enum Flavor {
 pub struct Source<'a> {
     pub model: &'a crate::model::Model,
     pub flavor: Flavor,
+    /// The in-memory files the graph reads (ONNX Runtime's flavor).
+    files: RefCell<Vec<MemoryFile>>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    pub fn new(model: &'a crate::model::Model, flavor: Flavor) -> Self {
+        Source {
+            model,
+            flavor,
+            files: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Whether weights are read from in-memory files of their own.
+    pub fn in_memory(&self) -> bool {
+        self.flavor == Flavor::RowInt8
+    }
+
+    /// The in-memory files the emitted graph reads.
+    pub fn into_files(self) -> Vec<MemoryFile> {
+        self.files.into_inner()
+    }
+
+    /// The file name of weight `name` (`prefix` `f32` or `int8`), unique
+    /// per weight of the model.
+    fn file_name(&self, prefix: &str, name: &str) -> Option<String> {
+        let e = self.model.weights.index.get(name)?;
+        Some(format!("{prefix}-{}-{}.bin", e.file, e.offset))
+    }
+
+    /// Records `bytes` as in-memory file `file` (once).
+    fn share(&self, file: &str, bytes: Arc<[u8]>) -> ExternalLocation {
+        let mut files = self.files.borrow_mut();
+        if !files.iter().any(|f| f.name == file) {
+            files.push(MemoryFile {
+                name: file.to_string(),
+                bytes: bytes.clone(),
+            });
+        }
+        ExternalLocation {
+            location: file.to_string(),
+            offset: 0,
+            length: bytes.len() as u64,
+        }
+    }
+
+    /// Where f32 weight `name` is read from: an in-memory file of its own.
+    pub fn locate_plain(&self, name: &str) -> Option<ExternalLocation> {
+        let file = self.file_name("f32", name)?;
+        let bytes = self.model.int8.plain(self.model, name)?;
+        Some(self.share(&file, bytes))
+    }
+
     /// Weight `name` of `[outputs, inputs]` quantized.
     fn weight(
         &self,
@@ -205,10 +281,24 @@ pub(super) fn lower_linear(
         format!("{}.int8_zero", lin.name),
     );
     if !inits.iter().any(|t| t.name == wq) {
-        let q: Vec<u8> = w.q.iter().map(|&v| v as u8).collect();
         let scales: Vec<u8> = w.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
         let dims = [inputs as i64, outputs as i64];
-        inits.push(int8_initializer(&wq, &dims, q));
+        match src.in_memory() {
+            true => {
+                let file =
+                    src.file_name("int8", &lin.name)
+                        .ok_or_else(|| EmitError::MissingWeight {
+                            graph: g.name.clone(),
+                            name: lin.name.clone(),
+                        })?;
+                let loc = src.share(&file, w.q.clone());
+                let shape = [Dim::Fixed(inputs as u64), Dim::Fixed(outputs as u64)];
+                let mut t = external_initializer(&wq, DType::U8, &shape, &loc);
+                t.data_type = onnx_protobuf::tensor_proto::DataType::INT8 as i32;
+                inits.push(t);
+            }
+            false => inits.push(int8_initializer(&wq, &dims, w.q.to_vec())),
+        }
         inits.push(raw_initializer(&ws, DType::F32, &[outputs as i64], scales));
         inits.push(int8_initializer(&wz, &[outputs as i64], vec![0; outputs]));
     }
@@ -309,6 +399,7 @@ mod tests {
         let q = quantize_rows(&w, 2, 3);
         assert_eq!(q.scales, vec![1.0 / 127.0, 1.0]);
         // [in, out]: input i of output o at i * 2 + o.
-        assert_eq!(q.q, vec![127, 0, -64, 0, 32, 0]);
+        let values: Vec<i8> = q.q.iter().map(|&b| b as i8).collect();
+        assert_eq!(values, vec![127, 0, -64, 0, 32, 0]);
     }
 }

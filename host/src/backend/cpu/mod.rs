@@ -18,7 +18,7 @@ use super::{Backend, BackendError, DeviceStatus, Executable, NamedTensors, Preci
 use crate::config::BackendOptions;
 use crate::ir::Graph;
 use crate::model::Model;
-use crate::onnx::quantize::Flavor;
+use crate::onnx::quantize::{Flavor, MemoryFile};
 use crate::onnx::{emit_for_model, emit_for_model_int8, used_weight_files, weight_file_name};
 
 static ORT: OnceLock<Result<(ort::environment::Environment, String), String>> = OnceLock::new();
@@ -121,11 +121,23 @@ impl Backend for CpuBackend {
             message,
         };
         let env = self.env;
-        let bytes = match self.precision {
-            Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::RowInt8, false),
-            _ => emit_for_model(&graph, model, false),
-        }
-        .map_err(|e| fail(e.to_string()))?;
+        // int8 graphs read each weight from an in-memory file of its own;
+        // f32 graphs read the model's files, copied once per model.
+        let (bytes, files): (Vec<u8>, Vec<MemoryFile>) = match self.precision {
+            Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::RowInt8, false)
+                .map_err(|e| fail(e.to_string()))?,
+            _ => {
+                let onnx = emit_for_model(&graph, model, false).map_err(|e| fail(e.to_string()))?;
+                let files = used_weight_files(&graph, model)
+                    .into_iter()
+                    .map(|i| MemoryFile {
+                        name: weight_file_name(i),
+                        bytes: model.file_bytes(i),
+                    })
+                    .collect();
+                (onnx, files)
+            }
+        };
         let e2s = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
         let mut builder = Session::builder(env)
             .map_err(|e| fail(e.to_string()))?
@@ -140,12 +152,9 @@ impl Backend for CpuBackend {
         builder = builder
             .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
             .map_err(e2s)?;
-        for file in used_weight_files(&graph, model) {
+        for f in files {
             builder = builder
-                .with_external_initializer_file_in_memory(
-                    weight_file_name(file),
-                    model.file_bytes(file),
-                )
+                .with_external_initializer_file_in_memory(f.name, f.bytes)
                 .map_err(e2s)?;
         }
         let session = builder

@@ -226,7 +226,8 @@ impl Backend for OpenVinoBackend {
         };
         // OpenVINO's C API makes no rank-0 tensors: scalars cross as [1].
         let onnx = match self.precision {
-            Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::CompressedWeights, true),
+            Precision::Int8 => emit_for_model_int8(&graph, model, Flavor::CompressedWeights, true)
+                .map(|(onnx, _)| onnx),
             _ => emit_for_model(&graph, model, true),
         }
         .map_err(|e| fail(e.to_string()))?;
