@@ -4,8 +4,8 @@
 //! checkpoint's f32/f16/bf16 safetensors: no offline step and no file on
 //! disk. Each quantized weight is kept once per model ([`Cache`]) and shared
 //! by every graph of the model (a decoder's step graphs). On ONNX Runtime the
-//! graphs read it in place: each int8 weight, and each f32 weight an int8
-//! graph still reads, is an in-memory external-data file of its own
+//! graphs read it in place: each int8 weight, and each unquantized weight an
+//! int8 graph still reads, is an in-memory external-data file of its own
 //! ([`MemoryFile`]), so no session copies it and the f32 copy of the whole
 //! checkpoint that f32 sessions read is not made.
 //!
@@ -58,7 +58,8 @@ pub struct QuantizedWeight {
 #[derive(Default)]
 pub struct Cache {
     weights: Mutex<HashMap<String, Arc<QuantizedWeight>>>,
-    /// f32 weights int8 graphs read, each copied once from the model's files.
+    /// Unquantized weights int8 graphs read (in the checkpoint's dtype),
+    /// each copied once from the model's files.
     plain: Mutex<HashMap<String, Arc<[u8]>>>,
 }
 
@@ -200,7 +201,7 @@ impl<'a> Source<'a> {
         self.files.into_inner()
     }
 
-    /// The file name of weight `name` (`prefix` `f32` or `int8`), unique
+    /// The file name of weight `name` (`prefix` `weight` or `int8`), unique
     /// per weight of the model.
     fn file_name(&self, prefix: &str, name: &str) -> Option<String> {
         let e = self.model.weights.index.get(name)?;
@@ -223,9 +224,10 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Where f32 weight `name` is read from: an in-memory file of its own.
+    /// Where unquantized weight `name` is read from: an in-memory file of
+    /// its own.
     pub fn locate_plain(&self, name: &str) -> Option<ExternalLocation> {
-        let file = self.file_name("f32", name)?;
+        let file = self.file_name("weight", name)?;
         let bytes = self.model.int8.plain(self.model, name)?;
         Some(self.share(&file, bytes))
     }
