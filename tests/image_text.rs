@@ -18,6 +18,8 @@ const FIXTURES: &[&str] = &["tiny-llava", "tiny-llava-layers", "tiny-llava-ragge
 struct Case {
     prompt: String,
     images: Vec<String>,
+    /// Each video's frames (Qwen2-VL's `video_cases`).
+    videos: Vec<Vec<String>>,
     new_ids: Vec<i64>,
     prompt_len: usize,
     prefill_logits: Vec<f32>,
@@ -29,6 +31,12 @@ fn b64(file: &str) -> String {
 }
 
 fn cases(name: &str) -> Vec<Case> {
+    cases_of(name, "cases")
+}
+
+/// The reference's cases under `key` (`cases`, or `video_cases` whose
+/// frames are files of the fixture).
+fn cases_of(name: &str, key: &str) -> Vec<Case> {
     let text = std::fs::read_to_string(fixture(&format!("{name}/reference.json"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ints = |x: &serde_json::Value| -> Vec<i64> {
@@ -38,7 +46,11 @@ fn cases(name: &str) -> Vec<Case> {
             .map(|t| t.as_i64().unwrap())
             .collect()
     };
-    v["cases"]
+    let frame = |f: &serde_json::Value| {
+        let bytes = std::fs::read(fixture(&format!("{name}/{}", f.as_str().unwrap()))).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    v[key]
         .as_array()
         .unwrap()
         .iter()
@@ -49,6 +61,9 @@ fn cases(name: &str) -> Vec<Case> {
                 .unwrap()
                 .iter()
                 .map(|f| b64(f.as_str().unwrap()))
+                .collect(),
+            videos: (c["videos"].as_array().into_iter().flatten())
+                .map(|v| v.as_array().unwrap().iter().map(frame).collect())
                 .collect(),
             new_ids: ints(&c["new_ids"]),
             prompt_len: c["prompt_ids"].as_array().unwrap().len(),
@@ -67,6 +82,9 @@ fn request(c: &Case, extra: serde_json::Value) -> String {
         "prompt": c.prompt, "images": c.images, "max_new_tokens": c.new_ids.len(),
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        if !c.videos.is_empty() {
+            o.insert("videos".into(), serde_json::json!(c.videos));
+        }
         o.extend(e.clone());
     }
     v.to_string()
@@ -98,11 +116,16 @@ fn tokens(r: &serde_json::Value) -> Vec<i64> {
 /// first-step logits), then all in one left-padded batch (images of several
 /// rows, rope deltas, tiles, in one step's graph).
 fn greedy_matches(names: &[&str], device: &str, fixed_shapes: Option<bool>) {
+    greedy_matches_of(names, "cases", device, fixed_shapes)
+}
+
+/// [`greedy_matches`] on the reference's cases under `key`.
+fn greedy_matches_of(names: &[&str], key: &str, device: &str, fixed_shapes: Option<bool>) {
     if !available(device) {
         return;
     }
     for name in names {
-        let cases = cases(name);
+        let cases = cases_of(name, key);
         let mut r = runner_with(
             "text-generation",
             &fixture(name),
@@ -213,6 +236,10 @@ fn bad_image_requests_are_clear_errors() {
         (
             serde_json::json!({"prompt": "<image> hi", "image": img, "images": [img]}),
             "not both",
+        ),
+        (
+            serde_json::json!({"prompt": "<video> hi", "videos": [[img]]}),
+            "takes no videos",
         ),
     ];
     for (req, text) in bad {
@@ -403,9 +430,77 @@ fn qwen2_vl_bad_image_requests_are_clear_errors() {
             serde_json::json!({"prompt": "<|image_pad|> hi", "images": ["%%%"]}),
             "`images[0]`",
         ),
+    ];
+    for (req, text) in bad {
+        let req = req.to_string();
+        let e = r
+            .handle(std::slice::from_ref(&req))
+            .remove(0)
+            .err()
+            .unwrap_or_else(|| panic!("{req} must fail"));
+        assert_eq!(e.kind, "invalid-request", "{e}");
+        assert!(e.message.contains(text), "{text}: {e}");
+    }
+}
+
+// Qwen2-VL videos (the fixture's `video_cases`: four frames, and an image
+// then three frames padded to two temporal patches): token-identical greedy
+// continuations and first-step logits, alone and batched; bad videos.
+
+#[test]
+fn qwen2_vl_video_greedy_matches_transformers_on_cpu() {
+    greedy_matches_of(&[QWEN2_VL], "video_cases", "cpu", None);
+    greedy_matches_of(&[QWEN2_VL], "video_cases", "cpu", Some(true));
+}
+
+#[test]
+fn qwen2_vl_video_greedy_matches_transformers_on_openvino() {
+    greedy_matches_of(&[QWEN2_VL], "video_cases", "openvino", None);
+}
+
+#[test]
+fn qwen2_vl_video_greedy_matches_transformers_on_cuda() {
+    greedy_matches_of(&[QWEN2_VL], "video_cases", "cuda", None);
+}
+
+#[test]
+fn qwen2_vl_bad_video_requests_are_clear_errors() {
+    if !available("cpu") {
+        return;
+    }
+    let mut r = runner("text-generation", &fixture(QWEN2_VL), "cpu", Precision::F32);
+    let frames = &cases_of(QWEN2_VL, "video_cases")[0].videos[0];
+    let other = b64("gradient_64x48.png");
+    let v = "<|vision_start|><|video_pad|><|vision_end|> hi";
+    let bad = [
         (
-            serde_json::json!({"prompt": "<|video_pad|> hi"}),
-            "videos are not served",
+            serde_json::json!({"prompt": v, "videos": [[]]}),
+            "`videos[0]` has no frames",
+        ),
+        (
+            serde_json::json!({"prompt": v, "video": [frames[0], "%%%"]}),
+            "`video[1]`",
+        ),
+        (
+            serde_json::json!({"prompt": v, "video": [frames[0], other]}),
+            "share one size",
+        ),
+        (
+            serde_json::json!({"prompt": v, "video": 5}),
+            "must be a list",
+        ),
+        (
+            serde_json::json!({"prompt": v, "videos": "x"}),
+            "must be a list",
+        ),
+        (serde_json::json!({"prompt": v}), "1 video token(s)"),
+        (
+            serde_json::json!({"prompt": "hi", "video": frames}),
+            "0 video token(s)",
+        ),
+        (
+            serde_json::json!({"prompt": "<|video_pad|><|video_pad|>", "videos": [frames, frames]}),
+            "a run of 24 video tokens",
         ),
     ];
     for (req, text) in bad {

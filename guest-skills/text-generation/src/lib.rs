@@ -22,7 +22,9 @@
 //! `<image>` in the prompt (see `llava.rs`); the response is the same.
 //! Qwen2-VL checkpoints (`model_type` "qwen2_vl": a vision tower with a
 //! patch merger, a Qwen2 decoder with M-RoPE) likewise, one image per
-//! `<|image_pad|>` (see `qwen2_vl.rs`, `mrope.rs`).
+//! `<|image_pad|>`, and videos: `"videos": [[frame base64, ...], ...]` (or
+//! `"video"`), one per `<|video_pad|>` (see `qwen2_vl.rs`, `mrope.rs`);
+//! other models refuse videos.
 //! LLaVA-NeXT (`model_type` "llava_next": a CLIP tower, anyres tiles packed
 //! with newline rows, a mistral decoder) the same way (`llava_next.rs`).
 
@@ -142,7 +144,7 @@ impl Guest for TextGeneration {
                 .chain(["llava", "llava_next", "qwen2_vl"])
                 .map(|s| s.to_string())
                 .collect(),
-            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava, qwen2_vl (image-text-to-text): base64 images, one per image token (<image>, <|image_pad|>) in the prompt"},"image":{"type":"string"},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
+            request_schema: r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"},"images":{"type":"array","items":{"type":"string"},"description":"llava, qwen2_vl (image-text-to-text): base64 images, one per image token (<image>, <|image_pad|>) in the prompt"},"image":{"type":"string"},"videos":{"type":"array","items":{"type":["array","string"],"items":{"type":"string"}},"description":"qwen2_vl (image-text-to-text): videos, one per <|video_pad|> in the prompt, each a list of base64 frames of one size (or an animated GIF/WebP)"},"video":{"type":["array","string"],"items":{"type":"string"}},"max_new_tokens":{"type":"integer"},"do_sample":{"type":"boolean"},"temperature":{"type":"number"},"top_k":{"type":"integer"},"top_p":{"type":"number"},"seed":{"type":"integer"},"stop":{"type":"array","items":{"type":"string"}}}}"#.into(),
             response_schema: r#"{"type":"object","properties":{"text":{"type":"string"},"token_ids":{"type":"array"},"finish_reason":{"type":"string"},"timings":{"type":"object"}}}"#.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             // The defaults (512 MiB, 5e10 fuel per call): decoding inputs
@@ -294,6 +296,11 @@ fn parse(m: &Loaded, req: &str) -> Result<Request, Error> {
         Some(_) => return Err(invalid("`prompt` must be a string")),
         None => return Err(invalid("missing `prompt`")),
     };
+    if m.qwen2_vl.is_none() && (v.get("videos").is_some() || v.get("video").is_some()) {
+        return Err(invalid(
+            "this model takes no videos (`videos` needs a qwen2_vl checkpoint)",
+        ));
+    }
     let (prompt, images) = match &m.llava {
         Some(l) => l.prepare(&v, &prompt)?,
         None if m.qwen2_vl.is_none() && (v.get("images").is_some() || v.get("image").is_some()) => {

@@ -8,7 +8,10 @@
 //! tokens count on from the last position (all three axes equal); an
 //! image's tokens (one run of image-token ids per image, its merged grid
 //! row-major) take (start, start + row, start + column), and the text after
-//! it starts at start + max(rows, columns). The rope delta (largest
+//! it starts at start + max(rows, columns). A video's tokens (a run of
+//! video-token ids, frame group by frame group) likewise, with start + its
+//! frame group on the temporal axis (Qwen2-VL has no `tokens_per_second`
+//! scaling), the text after it also at start + max(rows, columns). The rope delta (largest
 //! position + 1 - prompt length) puts every later token at its sequential
 //! position + delta on all three axes. [`tables`] builds cos and sin in the
 //! graph from the input `mrope_positions` [3, batch, seq].
@@ -107,32 +110,51 @@ pub struct Positions {
     pub delta: i64,
 }
 
-/// transformers' `get_rope_index` for one unpadded prompt: `grids` are
-/// the images' merged grids (t, h, w after merging), in order; each run of
-/// `image_token` ids must hold its image's t * h * w tokens.
-pub fn rope_index(ids: &[i64], image_token: i64, grids: &[[u64; 3]]) -> Result<Positions, Error> {
+/// transformers' `get_rope_index` for one unpadded prompt: `media` are
+/// the image and video token ids, `grids` the images' and videos' token
+/// ids and merged grids (t, h, w after merging), in prompt order; each run
+/// of one media token must hold its image's or video's t * h * w tokens.
+pub fn rope_index(
+    ids: &[i64],
+    media: &[i64],
+    grids: &[(i64, [u64; 3])],
+) -> Result<Positions, Error> {
     let mut axes: [Vec<i64>; 3] = Default::default();
     let mut grids = grids.iter();
     let mut pos = 0i64;
     let mut at = 0;
     while at < ids.len() {
-        if ids[at] != image_token {
+        let token = ids[at];
+        if !media.contains(&token) {
             axes.iter_mut().for_each(|a| a.push(pos));
             pos += 1;
             at += 1;
             continue;
         }
-        let run = ids[at..].iter().take_while(|&&t| t == image_token).count();
-        let [t, h, w] = *grids
-            .next()
-            .ok_or_else(|| invalid("the prompt has more image token runs than images"))?;
+        let what = match media.first() == Some(&token) {
+            true => "image",
+            false => "video",
+        };
+        let run = ids[at..].iter().take_while(|&&t| t == token).count();
+        let (kind, [t, h, w]) = *grids.next().ok_or_else(|| {
+            invalid(format!(
+                "the prompt has more {what} token runs than {what}s"
+            ))
+        })?;
+        if kind != token {
+            return Err(invalid(format!(
+                "the prompt's {what} tokens are not where its images and videos are"
+            )));
+        }
         if run as u64 != t * h * w {
             return Err(invalid(format!(
-                "a run of {run} image tokens stands for an image of {} (put text, such as \
-                 <|vision_end|><|vision_start|>, between images)",
+                "a run of {run} {what} tokens stands for a {what} of {} (put text, such as \
+                 <|vision_end|><|vision_start|>, between {what}s)",
                 t * h * w
             )));
         }
+        // Temporal positions step by one per frame group (Qwen2-VL: no
+        // tokens_per_second), the text after starts at max(h, w).
         for ti in 0..t as i64 {
             for hi in 0..h as i64 {
                 for wi in 0..w as i64 {
@@ -146,7 +168,9 @@ pub fn rope_index(ids: &[i64], image_token: i64, grids: &[[u64; 3]]) -> Result<P
         at += run;
     }
     if grids.next().is_some() {
-        return Err(invalid("the prompt has fewer image token runs than images"));
+        return Err(invalid(
+            "the prompt has fewer image or video token runs than images and videos",
+        ));
     }
     let max = axes.iter().flatten().copied().max().unwrap_or(-1);
     Ok(Positions {
@@ -163,16 +187,30 @@ mod tests {
     fn positions_follow_get_rope_index() {
         // text, a 2x3 merged image, text.
         let ids = [1, 2, 9, 9, 9, 9, 9, 9, 3];
-        let p = rope_index(&ids, 9, &[[1, 2, 3]]).unwrap();
+        let p = rope_index(&ids, &[9, 8], &[(9, [1, 2, 3])]).unwrap();
         assert_eq!(p.axes[0], vec![0, 1, 2, 2, 2, 2, 2, 2, 5]);
         assert_eq!(p.axes[1], vec![0, 1, 2, 2, 2, 3, 3, 3, 5]);
         assert_eq!(p.axes[2], vec![0, 1, 2, 3, 4, 2, 3, 4, 5]);
         assert_eq!(p.delta, 6 - 9);
-        let text = rope_index(&[4, 5, 6], 9, &[]).unwrap();
+        let text = rope_index(&[4, 5, 6], &[9, 8], &[]).unwrap();
         assert_eq!(text.axes[1], vec![0, 1, 2]);
         assert_eq!(text.delta, 0);
-        assert!(rope_index(&ids, 9, &[[1, 2, 2]]).is_err());
-        assert!(rope_index(&ids, 9, &[]).is_err());
+        assert!(rope_index(&ids, &[9, 8], &[(9, [1, 2, 2])]).is_err());
+        assert!(rope_index(&ids, &[9, 8], &[]).is_err());
+        assert!(rope_index(&ids, &[9, 8], &[(8, [1, 2, 3])]).is_err());
+    }
+
+    #[test]
+    fn video_positions_count_frame_groups() {
+        // text, a video of 3 frame groups of 1x2 merged tokens, text: the
+        // temporal axis steps per group, the text after at start + max(h, w).
+        let ids = [1, 8, 8, 8, 8, 8, 8, 3];
+        let p = rope_index(&ids, &[9, 8], &[(8, [3, 1, 2])]).unwrap();
+        assert_eq!(p.axes[0], vec![0, 1, 1, 2, 2, 3, 3, 3]);
+        assert_eq!(p.axes[1], vec![0, 1, 1, 1, 1, 1, 1, 3]);
+        assert_eq!(p.axes[2], vec![0, 1, 2, 1, 2, 1, 2, 3]);
+        // The largest position is the last group's temporal one.
+        assert_eq!(p.delta, 4 - 8);
     }
 
     #[test]

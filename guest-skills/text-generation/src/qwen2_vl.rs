@@ -6,23 +6,30 @@
 //! `lm_head` (else tied), and M-RoPE (`mrope.rs`) instead of 1-D rotary
 //! positions.
 //!
-//! Request: `{"prompt": "...<|image_pad|>...", "images": [base64, ...]}`
-//! (or `"image"`), plus the generation keys; the processor's image token
-//! stands for one image, in order (a chat template writes
-//! `<|vision_start|><|image_pad|><|vision_end|>` per image part). As
-//! `Qwen2VLProcessor` does, each is expanded to the image's merged tokens
-//! (grid t * h * w / merge^2, the grid from `smart_resize`), then the
-//! prompt is tokenized and its three position lists and rope delta computed
-//! (`get_rope_index`). Images are decoded, resized, normalized and cut
-//! into patches in the sandbox (`skill_sdk::image::patches`).
+//! Request: `{"prompt": "...<|image_pad|>...<|video_pad|>...", "images":
+//! [base64, ...], "videos": [[frame base64, ...], ...]}` (or `"image"`,
+//! `"video"`), plus the generation keys; the processor's image token stands
+//! for one image and its video token for one video, in order (a chat
+//! template writes `<|vision_start|><|image_pad|><|vision_end|>` per image
+//! part, `<|vision_start|><|video_pad|><|vision_end|>` per video part). A
+//! video is a list of frames (or an animated GIF/WebP, `qwen2_vl/video.rs`). As
+//! `Qwen2VLProcessor` does, each token is expanded to its image's or
+//! video's merged tokens (grid t * h * w / merge^2, the grid from
+//! `smart_resize`; a video's t its frames / `temporal_patch_size`), then
+//! the prompt is tokenized and its three position lists and rope delta
+//! computed (`get_rope_index`). Images and frames are decoded, resized,
+//! normalized and cut into patches in the sandbox
+//! (`skill_sdk::image::patches`, `qwen2_vl/video.rs`).
 //!
-//! The images of a prefill (or of an extend step, for requests joining a
-//! running batch) go through the vision tower and merger inside that
-//! step's graph (`skill_sdk::vision::qwen2_vl`, every image's patches in
-//! one attention with a per-image mask); the features replace the image
-//! tokens' embeddings as LLaVA's do (`image_mask`, `image_rows`). Every
-//! step sends `mrope_positions` [3, batch, seq]: a fresh prompt's own, and
-//! for a running row its sequential position + its rope delta.
+//! The images and videos of a prefill (or of an extend step, for requests
+//! joining a running batch) go through the vision tower and merger inside
+//! that step's graph (`skill_sdk::vision::qwen2_vl`, every patch in one
+//! attention with a block mask: an image's patches see their image, a
+//! video's those of their frame group, transformers' `cu_seqlens`); the
+//! features, in prompt order, replace the image and video tokens'
+//! embeddings as LLaVA's do (`image_mask`, `image_rows`). Every step sends
+//! `mrope_positions` [3, batch, seq]: a fresh prompt's own, and for a
+//! running row its sequential position + its rope delta.
 
 use skill_sdk::config::Json;
 use skill_sdk::graph::Node;
@@ -32,6 +39,9 @@ use skill_sdk::vision::qwen2_vl::Qwen2VlVision;
 use skill_sdk::{invalid, Dim, Dtype, Error, Graph, NamedTensor, Tensor};
 
 use crate::mrope::{rope_index, Mrope, Positions};
+
+mod video;
+use video::{request_videos, VideoPreprocess};
 
 /// Where the decoder's weights are, by the probe `embed_tokens.weight`.
 const LM_BASES: &[&str] = &["model.", "model.language_model."];
@@ -43,16 +53,22 @@ pub struct Qwen2Vl {
     /// The decoder's weight prefix (`...layers.0...`, `...norm.weight`).
     pub lm_base: String,
     pub image_token: i64,
-    /// `<|video_pad|>`'s id: videos are refused.
     pub video_token: i64,
     pub image_text: String,
+    pub video_text: String,
     pub pre: PatchPreprocess,
+    /// The video processor's settings (its error, given to requests with
+    /// videos only).
+    pub video: Result<VideoPreprocess, Error>,
 }
 
-/// A request's images (patches and grids) and its prompt's positions.
+/// A request's images and videos (patches and grids, in prompt order) and
+/// its prompt's positions.
 #[derive(Clone, Debug, Default)]
 pub struct Prompt {
     pub images: Vec<Patches>,
+    /// Which of `images` are videos.
+    pub is_video: Vec<bool>,
     pub positions: Positions,
 }
 
@@ -107,12 +123,27 @@ impl Qwen2Vl {
             )));
         }
         let processor = Json::asset("processor_config.json")?;
-        let image_text = processor
-            .as_ref()
-            .and_then(|p| p.value.get("image_token"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("<|image_pad|>")
-            .to_string();
+        let token_text = |key: &str, default: &str| {
+            (processor.as_ref())
+                .and_then(|p| p.value.get(key))
+                .and_then(|v| v.as_str())
+                .unwrap_or(default)
+                .to_string()
+        };
+        let image_text = token_text("image_token", "<|image_pad|>");
+        let video_text = token_text("video_token", "<|video_pad|>");
+        let video = VideoPreprocess::read().and_then(|v| {
+            let p = &v.pre;
+            match (p.patch as u64, p.temporal as u64, p.merge as u64)
+                == (vision.patch, vision.temporal, vision.merge)
+            {
+                true => Ok(v),
+                false => Err(Error::Model(format!(
+                    "the video processor's patches {}x{} over {} frames merged {}x{} are not the vision tower's",
+                    p.patch, p.patch, p.temporal, p.merge, p.merge
+                ))),
+            }
+        });
         let image_token = config.u64_or("image_token_id", 151655)? as i64;
         let video_token = config.u64_or("video_token_id", 151656)? as i64;
         Ok((
@@ -123,68 +154,93 @@ impl Qwen2Vl {
                 image_token,
                 video_token,
                 image_text,
+                video_text,
                 pre,
+                video,
             },
             text,
         ))
     }
 
-    /// Merged tokens (image-token ids) of an image.
+    /// Merged tokens (image- or video-token ids) of an image or video.
     fn tokens(&self, p: &Patches) -> u64 {
         p.count() / (self.vision.merge * self.vision.merge)
     }
 
-    /// The request's images (`images`, or one `image`) as patches, and its
-    /// prompt with each image token expanded to its image's tokens.
+    /// The request's images (`images`, or one `image`) and videos
+    /// (`videos`, or one `video`) as patches, and its prompt with each
+    /// image or video token expanded to its tokens.
     pub fn prepare(&self, v: &serde_json::Value, prompt: &str) -> Result<(String, Prompt), Error> {
         let fields = skill_sdk::image::request_images(v)?;
-        let marks = prompt.matches(self.image_text.as_str()).count();
-        if marks != fields.len() {
-            return Err(invalid(format!(
-                "the prompt has {marks} image token(s) `{}` and the request {} image(s)",
-                self.image_text,
-                fields.len()
-            )));
+        let videos = request_videos(v)?;
+        for (text, given, what) in [
+            (&self.image_text, fields.len(), "image"),
+            (&self.video_text, videos.len(), "video"),
+        ] {
+            let marks = prompt.matches(text.as_str()).count();
+            if marks != given {
+                return Err(invalid(format!(
+                    "the prompt has {marks} {what} token(s) `{text}` and the request {given} {what}(s)"
+                )));
+            }
         }
         let mut images = Vec::with_capacity(fields.len());
         for (name, b64) in &fields {
             let img = skill_sdk::image::from_base64(name, b64)?;
             images.push(self.pre.apply(name, &img)?);
         }
+        let mut clips = Vec::with_capacity(videos.len());
+        if !videos.is_empty() {
+            let pre = self.video.as_ref().map_err(Clone::clone)?;
+            for (name, video) in &videos {
+                clips.push(pre.apply(name, video)?);
+            }
+        }
+        // Expand the markers in prompt order, images and videos in theirs.
+        let (mut images, mut clips) = (images.into_iter(), clips.into_iter());
+        let mut out = Prompt::default();
         let mut expanded = String::with_capacity(prompt.len());
         let mut rest = prompt;
-        for p in &images {
-            let Some(at) = rest.find(self.image_text.as_str()) else {
-                return Err(skill_sdk::internal("an image token went missing"));
+        loop {
+            let image_at = rest.find(self.image_text.as_str());
+            let video_at = rest.find(self.video_text.as_str());
+            let (at, text, p, is_video) = match (image_at, video_at) {
+                (Some(i), v) if v.is_none_or(|v| i < v) => {
+                    (i, &self.image_text, images.next(), false)
+                }
+                (_, Some(v)) => (v, &self.video_text, clips.next(), true),
+                _ => break,
             };
+            let p = p.ok_or_else(|| skill_sdk::internal("an image or video went missing"))?;
             expanded.push_str(&rest[..at]);
-            expanded.push_str(&self.image_text.repeat(self.tokens(p) as usize));
-            rest = &rest[at + self.image_text.len()..];
+            expanded.push_str(&text.repeat(self.tokens(&p) as usize));
+            rest = &rest[at + text.len()..];
+            out.images.push(p);
+            out.is_video.push(is_video);
         }
         expanded.push_str(rest);
-        let prompt = Prompt {
-            images,
-            positions: Positions::default(),
-        };
-        Ok((expanded, prompt))
+        Ok((expanded, out))
     }
 
-    /// The tokenized prompt's M-RoPE positions (every image's tokens must
-    /// be there, one run per image).
+    /// The tokenized prompt's M-RoPE positions (every image's and video's
+    /// tokens must be there, one run each).
     pub fn position(&self, ids: &[i64], p: &mut Prompt) -> Result<(), Error> {
         let m = self.vision.merge;
-        let grids: Vec<[u64; 3]> = (p.images.iter())
-            .map(|i| [i.grid[0], i.grid[1] / m, i.grid[2] / m])
+        let grids: Vec<(i64, [u64; 3])> = (p.images.iter().zip(&p.is_video))
+            .map(|(i, &video)| {
+                let token = if video {
+                    self.video_token
+                } else {
+                    self.image_token
+                };
+                (token, [i.grid[0], i.grid[1] / m, i.grid[2] / m])
+            })
             .collect();
-        if ids.contains(&self.video_token) {
-            return Err(invalid(
-                "the prompt has a video token; videos are not served (images only)",
-            ));
-        }
-        p.positions = rope_index(ids, self.image_token, &grids).map_err(|e| match e {
+        let media = [self.image_token, self.video_token];
+        p.positions = rope_index(ids, &media, &grids).map_err(|e| match e {
             Error::InvalidRequest(msg) => invalid(format!(
-                "{msg} (is `{}` in the prompt's text besides the image markers?)",
-                self.image_text
+                "{msg} (is `{}` or `{}` in the prompt's text besides the markers?)",
+                self.image_text, self.video_text
             )),
             e => e,
         })?;
@@ -203,8 +259,8 @@ impl Qwen2Vl {
 
     /// A step's inputs: `mrope_positions` [3, rows, len] (fresh rows their
     /// prompt's, left padded; the others `pos` + their delta) and, when
-    /// `images`, the fresh rows' image patches with `image_mask` and
-    /// `image_rows` over `ids` [rows, len].
+    /// `images`, the fresh rows' image and video patches with `image_mask`
+    /// and `image_rows` over `ids` [rows, len].
     pub fn step_inputs(
         &self,
         rows: &[(bool, &Prompt)],
@@ -261,7 +317,7 @@ impl Qwen2Vl {
                 .ok_or_else(|| skill_sdk::internal("image rows outside the step"))?;
             let mut own = 0u64;
             for &t in row {
-                let is_image = *fresh && t == self.image_token;
+                let is_image = *fresh && (t == self.image_token || t == self.video_token);
                 mask.push(is_image as u8);
                 index.push(if is_image { feature } else { 0 });
                 if is_image {
@@ -275,11 +331,15 @@ impl Qwen2Vl {
             if own != p.images.iter().map(|i| self.tokens(i)).sum::<u64>() {
                 return Err(skill_sdk::internal("image tokens and images disagree"));
             }
+            // Attention groups: an image, or a video's frame group.
             for img in &p.images {
                 patches.extend_from_slice(&img.values);
                 positions.extend(self.vision.positions(img.grid));
-                owner.extend(std::iter::repeat_n(image, (img.count() / m2) as usize));
-                image += 1;
+                let [t, h, w] = img.grid;
+                for _ in 0..t {
+                    owner.extend(std::iter::repeat_n(image, (h * w / m2) as usize));
+                    image += 1;
+                }
             }
         }
         let windows = owner.len() as u64;
