@@ -513,6 +513,20 @@ fn qwen2_vl_bad_video_requests_are_clear_errors() {
         assert_eq!(e.kind, "invalid-request", "{e}");
         assert!(e.message.contains(text), "{text}: {e}");
     }
+    // An animated GIF is a video of its frames: two 50x30 frames, grid (1, 4, 6).
+    let ask_one = |r: &mut Runner, extra: serde_json::Value| {
+        let mut req =
+            serde_json::json!({"prompt": "<|vision_start|><|vision_end|> hi", "max_new_tokens": 2});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        ask(r, &[req.to_string()]).remove(0)["prompt_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let text = ask_one(&mut r, serde_json::json!({}));
+    let gif = serde_json::json!({"prompt": v, "video": b64("anim_50x30.gif")});
+    assert_eq!(ask_one(&mut r, gif), text + 6);
 }
 
 // ---------------------------------------------------------------------------
