@@ -6,7 +6,7 @@
 //! all of a fixture in one batch (mixed beam counts), on cpu and openvino,
 //! on the fixed-slot cache (what cuda uses, forced on the cpu), and on cuda
 //! where present (with f16/bf16 first-step logits, cosine >= 0.999); mBART
-//! language codes; bad input.
+//! language codes; bad input; queued requests joining a running batch.
 
 mod common;
 
@@ -264,4 +264,112 @@ fn bad_requests_get_clear_errors() {
     let got = &answer(&mut r, &[json!({ "text": long, "max_new_tokens": 2 })])[0];
     assert_eq!(got["truncated"], true);
     assert!(got["input_tokens"].as_u64().unwrap() <= 64);
+}
+
+/// Queued requests join a running batch in the rows of requests that
+/// stopped: a beam-search joiner takes three freed rows while the batch's
+/// long request runs on (every row at its own position), a greedy joiner
+/// that finds no room runs after the batch, a bad one gets its error; every
+/// answer is still token-identical to transformers. LED (its windowed
+/// encoder) takes no joiners.
+fn joins_match(device: &str, fixed_shapes: Option<bool>) {
+    if !available(device) {
+        return;
+    }
+    for family in FAMILIES.iter().filter(|f| **f != "led") {
+        let r = reference(family);
+        let cases = r["cases"].as_array().unwrap();
+        let max_new = r["max_new_tokens"].as_u64().unwrap() as usize;
+        let ask = |c: &Value, kw: &str, new: usize| {
+            let mut q = json!({ "text": c["text"], "max_new_tokens": new });
+            if let Some(src) = c.get("src_lang") {
+                q["src_lang"] = src.clone();
+                q["tgt_lang"] = c["tgt_lang"].clone();
+            }
+            for (k, v) in r["cases_kw"][kw].as_object().unwrap() {
+                q[k] = v.clone();
+            }
+            (q.to_string(), ids(&c[kw]))
+        };
+        // The long request runs past the first look at the queue (step 8).
+        let Some(long) = cases
+            .iter()
+            .position(|c| ids(&c["greedy"]).len() == max_new)
+        else {
+            panic!("{family}: no case generates {max_new} greedy tokens");
+        };
+        let others: Vec<usize> = (0..cases.len()).filter(|&i| i != long).collect();
+        let model = fixture(&format!("tiny-s2s-{family}"));
+        let mut runner = runner_with(
+            "text2text-generation",
+            &model,
+            device,
+            Precision::F32,
+            fixed_shapes,
+        );
+        let (long_q, long_want) = ask(&cases[long], "greedy", max_new);
+        let mut batch = vec![long_q];
+        let mut want = vec![long_want];
+        // Short requests (2 tokens; a forced end of text may end them), as
+        // they run alone (the other tests check those against transformers).
+        for &i in &others[..3] {
+            let (q, _) = ask(&cases[i], "greedy", 2);
+            let v: Value = serde_json::from_str(&q).expect("request");
+            want.push(ids(&answer(&mut runner, &[v])[0]["token_ids"]));
+            batch.push(q);
+        }
+        let (beam_q, beam_want) = ask(&cases[others[3]], "beam3", max_new);
+        let (greedy_q, greedy_want) = ask(&cases[others[4]], "greedy", max_new);
+        let (answer, queue, early, queued) = joining(vec![
+            (10, beam_q),
+            (11, json!({ "text": "" }).to_string()),
+            (12, greedy_q),
+        ]);
+        runner
+            .try_handle_streaming(&batch, &[], Some(answer), Some(queue))
+            .expect("batch runs");
+        let label = format!("{family} on {device} ({fixed_shapes:?})");
+        assert!(queued.lock().unwrap().is_empty(), "{label}: all taken");
+        let early = early.lock().unwrap();
+        let got = |i: usize| {
+            early
+                .iter()
+                .find(|(j, _)| *j == i)
+                .unwrap_or_else(|| panic!("{label}: request {i} was not answered"))
+                .1
+                .clone()
+        };
+        for (i, w) in want.iter().enumerate() {
+            let v = got(i).unwrap_or_else(|e| panic!("{label}, request {i}: {e}"));
+            check(&format!("{label}, request {i}"), &v, w);
+        }
+        let beam = got(10).unwrap_or_else(|e| panic!("{label}, beam joiner: {e}"));
+        check(&format!("{label}, beam joiner"), &beam, &beam_want);
+        // It ran in the batch's rows (the greedy joiner in a batch of its own).
+        assert_eq!(beam["timings"]["batch_rows"], 4, "{label}: {beam}");
+        let greedy = got(12).unwrap_or_else(|e| panic!("{label}, greedy joiner: {e}"));
+        check(&format!("{label}, greedy joiner"), &greedy, &greedy_want);
+        assert_eq!(got(11), Err("invalid-request".to_string()), "{label}");
+        record(json!({ "case": format!("text2text {family} {device} joins"), "identical": true }));
+    }
+}
+
+#[test]
+fn seq2seq_requests_join_a_running_batch_on_cpu() {
+    joins_match("cpu", None);
+}
+
+#[test]
+fn seq2seq_requests_join_fixed_slots_on_cpu() {
+    joins_match("cpu", Some(true));
+}
+
+#[test]
+fn seq2seq_requests_join_a_running_batch_on_openvino() {
+    joins_match("openvino", None);
+}
+
+#[test]
+fn seq2seq_requests_join_a_running_batch_on_cuda() {
+    joins_match("cuda", None);
 }

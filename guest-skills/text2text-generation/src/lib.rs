@@ -15,7 +15,10 @@
 //! The encoder runs once per batch and leaves the cross-attention keys and
 //! values in the session; each decode step sends one token per row (a
 //! request has one row, or one per beam) and gets each row's best
-//! candidates back (`skill_sdk::seq2seq`). Decoding itself (processors,
+//! candidates back (`skill_sdk::seq2seq`). Requests queued meanwhile join
+//! the rows of stopped ones (`partial.take-queued`; not for LED's windowed
+//! encoder): their encoder runs alone and writes their cross-attention
+//! state into those rows. Decoding itself (processors,
 //! beams, sampling) is `skill_sdk::generation`.
 
 mod run;
@@ -62,6 +65,19 @@ pub struct Loaded {
     source: source::Source,
     defaults: Defaults,
     encode: CompiledGraph,
+    /// The join graph, built when a request first joins a running batch.
+    join: std::cell::OnceCell<CompiledGraph>,
+}
+
+impl Loaded {
+    /// The join graph (`Seq2Seq::join_graph`), built on first use.
+    fn join_graph(&self) -> Result<&CompiledGraph, Error> {
+        if let Some(g) = self.join.get() {
+            return Ok(g);
+        }
+        let g = self.decoder.model.join_graph()?;
+        Ok(self.join.get_or_init(|| g))
+    }
 }
 
 /// One parsed request.
@@ -117,6 +133,7 @@ impl Guest for Text2Text {
                 source,
                 defaults,
                 encode,
+                join: std::cell::OnceCell::new(),
             },
         );
         Ok(())
@@ -142,7 +159,7 @@ impl Guest for Text2Text {
                 .collect();
             if !reqs.is_empty() {
                 let index: Vec<u32> = ok.iter().map(|&i| i as u32).collect();
-                match run::generate(m, &reqs, &index) {
+                match run::generate(m, &reqs, &index, batch.len() as u32) {
                     Ok(responses) => ok.iter().zip(responses).for_each(|(&i, r)| out[i] = r),
                     Err(e) => ok.iter().for_each(|&i| out[i] = Err(e.clone())),
                 }

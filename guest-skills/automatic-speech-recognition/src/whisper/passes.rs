@@ -103,9 +103,9 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
             .map(|(i, settings, prompt, sot)| {
                 let j = &jobs[*i];
                 run::Job {
-                    settings,
+                    settings: settings.clone(),
                     prompt: prompt.clone(),
-                    source: &[],
+                    source: Vec::new(),
                     timestamps: j.timestamps,
                     return_logits: false,
                     scores: j.thresholds.logprob.is_some(),
@@ -121,7 +121,7 @@ pub fn transcribe(w: &Whisper, jobs: &[Job]) -> Result<Vec<Result<Response, Erro
                 window(&j.features, w.mel.n_mels, j.frames, frames, states[*i].seek)
             })
             .collect();
-        let answers = run_pass(w, &run_jobs, &windows)?;
+        let answers = run_pass(w, run_jobs, &windows)?;
         for ((i, settings, _, sot), answer) in runs.iter().zip(answers) {
             let s = &mut states[*i];
             match answer {
@@ -170,9 +170,9 @@ fn detect_languages(w: &Whisper, jobs: &[Job], states: &mut [State]) -> Result<(
         .iter()
         .zip(&settings)
         .map(|(&i, settings)| run::Job {
-            settings,
+            settings: settings.clone(),
             prompt: jobs[i].prompt[..=at(&jobs[i]).unwrap_or(0)].to_vec(),
-            source: &[],
+            source: Vec::new(),
             timestamps: None,
             return_logits: false,
             scores: false,
@@ -185,7 +185,7 @@ fn detect_languages(w: &Whisper, jobs: &[Job], states: &mut [State]) -> Result<(
         .iter()
         .map(|&i| window(&jobs[i].features, w.mel.n_mels, jobs[i].frames, frames, 0))
         .collect();
-    for (&i, answer) in want.iter().zip(run_pass(w, &run_jobs, &windows)?) {
+    for (&i, answer) in want.iter().zip(run_pass(w, run_jobs, &windows)?) {
         let j = &jobs[i];
         match answer {
             Ok(out) => {

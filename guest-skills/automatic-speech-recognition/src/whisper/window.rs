@@ -32,7 +32,7 @@ struct PassTask<'a> {
 impl Task for PassTask<'_> {
     type Answer = PassOut;
 
-    fn encode(&self, session: &Session, jobs: &[usize], rows: &[usize]) -> Result<(), Error> {
+    fn encode(&self, session: &Session, jobs: &[usize], rows: &[usize]) -> Result<usize, Error> {
         let mel = &self.w.mel;
         let frames = mel.frames();
         let b = jobs.len() as u64;
@@ -55,7 +55,7 @@ impl Task for PassTask<'_> {
             named("rows", i64_tensor(vec![row_of.len() as u64], &row_of)),
         ];
         session.run(&self.w.encode, &inputs)?;
-        Ok(())
+        Ok(positions as usize)
     }
 
     fn text(&self, tokens: &[i64]) -> Result<String, Error> {
@@ -84,7 +84,7 @@ fn named(name: &str, value: skill_sdk::Tensor) -> NamedTensor {
 /// [`window`]).
 pub fn run_pass(
     w: &Whisper,
-    jobs: &[run::Job],
+    jobs: Vec<run::Job>,
     windows: &[Vec<f32>],
 ) -> Result<Vec<Result<PassOut, Error>>, Error> {
     run::generate(&w.decoder, &PassTask { w, windows }, jobs)

@@ -15,12 +15,13 @@ pub enum PromptToken {
 }
 
 /// One request to decode.
-pub struct Job<'a> {
-    pub settings: &'a Settings,
+pub struct Job {
+    pub settings: Settings,
     /// The decoder prompt; the first token is fixed.
     pub prompt: Vec<PromptToken>,
-    /// Encoder input ids (encoder n-gram bans); empty for other inputs.
-    pub source: &'a [i64],
+    /// Encoder input ids (encoder n-gram bans, a joiner's source length);
+    /// empty for other inputs.
+    pub source: Vec<i64>,
     /// Whisper's timestamp rules, when timestamps are asked.
     pub timestamps: Option<TimestampRules>,
     /// Keep the logits of the first generated position.

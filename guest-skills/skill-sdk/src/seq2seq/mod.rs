@@ -30,14 +30,24 @@
 //!   adds them up), else by logit (the same order). Outputs: the `top_k` best log-probabilities of the next
 //!   token per row, `top_values` (f32) and `top_indices` (i64) [rows, k],
 //!   largest first, and with `logits` the raw `logits` [rows, vocab].
+//! - the **join** graph ([`Seq2Seq::join_graph`]) encodes requests that
+//!   join a running batch and writes their cross-attention state into the
+//!   rows they take (`take` [rows], `rows` [rows] their encoder row), the
+//!   source padded to the state's length; decode steps then take per-row
+//!   positions and cache masks (`decode.rs`).
 //! - the **align** graph (Whisper's word timestamps, [`align`]) runs the
 //!   decoder once over whole sequences for chosen cross-attention heads'
 //!   probabilities.
 
+#[cfg(feature = "generation")]
+mod active;
 mod align;
+mod decode;
 mod families;
 #[cfg(feature = "generation")]
 mod jobs;
+#[cfg(feature = "generation")]
+mod joins;
 #[cfg(feature = "generation")]
 mod rows;
 #[cfg(feature = "generation")]
@@ -47,7 +57,6 @@ pub mod spec;
 use crate::config::Json;
 use crate::encoder::longformer::{Sliding, Window};
 use crate::encoder::relative::{bias_mask, Buckets};
-use crate::encoder::MASKED;
 use crate::graph::{AttentionOptions, BinaryOp, CompareOp, Node, ReduceOp, UnaryOp};
 use crate::graph_ext::activation;
 use crate::runtime::CompiledGraph;
@@ -82,6 +91,9 @@ pub struct Step {
     /// Candidates ranked by log-probability (beam search adds them up);
     /// otherwise by logit (same order; greedy and sampling need no more).
     pub logprobs: bool,
+    /// Rows at different positions (requests joined a running batch):
+    /// per-row positions and cache masks (`decode.rs`).
+    pub joins: bool,
 }
 
 /// Dimensions read from config.json.
@@ -402,17 +414,48 @@ impl Seq2Seq {
             self.spec.model_types[0],
             if self.fuse { "-fused" } else { "" }
         ));
-        self.encode_into(&g)?;
+        self.encode_into(&g, false)?;
         g.compile(&[])
     }
 
-    /// The encode graph's nodes and state updates.
-    fn encode_into(&self, g: &Graph) -> Result<(), Error> {
+    /// Whether requests may join a running batch ([`Seq2Seq::join_graph`]):
+    /// not under a windowed encoder (LED) nor for audio input (Whisper).
+    pub fn joinable(&self) -> bool {
+        self.sliding.is_none() && self.dims.mel.is_none()
+    }
+
+    /// The join graph: encodes the requests joining a running batch, their
+    /// source padded to the state's length (`cross`), and writes their
+    /// cross-attention state into the decoder rows `take` [rows] (boolean)
+    /// marks, row `r` from encoder row `rows[r]`; other rows keep theirs.
+    pub fn join_graph(&self) -> Result<CompiledGraph, Error> {
+        if !self.joinable() {
+            return Err(Error::Unsupported(format!(
+                "{}: requests cannot join a running batch",
+                self.spec.model_types[0]
+            )));
+        }
+        let g = Graph::new(&format!(
+            "{}-join{}",
+            self.spec.model_types[0],
+            if self.fuse { "-fused" } else { "" }
+        ));
+        self.encode_into(&g, true)?;
+        g.compile(&[])
+    }
+
+    /// The encode graph's nodes and state updates; with `merge`, the join
+    /// graph's (the source axis is the state's own, `cross`).
+    fn encode_into(&self, g: &Graph, merge: bool) -> Result<(), Error> {
+        let source = match merge {
+            true => "cross",
+            false => "source",
+        };
         // Per-token inputs: [batch, source], or [batch, blocks, w] under a
         // window (the source padded to whole windows), flattened here.
         let token_input = |name: &str, lead: Dim| -> Result<Node, Error> {
             match self.sliding {
-                None => g.input(name, Dtype::I64, &[lead, sym("source")]),
+                None => g.input(name, Dtype::I64, &[lead, sym(source)]),
                 Some(s) => {
                     let x = g.input(name, Dtype::I64, &[lead, sym("blocks"), Dim::Fixed(s.w)])?;
                     g.b.reshape(x, &[0, -1])
@@ -448,7 +491,7 @@ impl Seq2Seq {
                 let (positions, attn_mask) = match self.buckets {
                     Some(_) => {
                         let buckets =
-                            g.input("buckets", Dtype::I64, &[sym("source"), sym("source")])?;
+                            g.input("buckets", Dtype::I64, &[sym(source), sym(source)])?;
                         let table = format!(
                             "{}.{}.relative_attention_bias",
                             self.block(false, 0),
@@ -457,7 +500,7 @@ impl Seq2Seq {
                         (None, bias_mask(g, &table, buckets, keys)?)
                     }
                     None => (
-                        Some(g.input("positions", Dtype::I64, &[sym("source")])?),
+                        Some(g.input("positions", Dtype::I64, &[sym(source)])?),
                         keys,
                     ),
                 };
@@ -472,7 +515,11 @@ impl Seq2Seq {
                 })?
             }
         };
-        self.cross_state(g, x, keys, rows)
+        let take = match merge {
+            true => Some(g.input("take", Dtype::Boolean, &[sym("rows")])?),
+            false => None,
+        };
+        self.cross_state(g, x, keys, rows, take)
     }
 
     /// Whisper's encoder: `input_features` [batch, bins, 2 * positions]
@@ -522,7 +569,7 @@ impl Seq2Seq {
         let keep =
             g.b.compare(CompareOp::Greater, mask, g.scalar(0.0, Dtype::I64)?)?;
         let keys = g.b.unsqueeze(g.b.unsqueeze(keep, 1)?, 1)?;
-        self.cross_state(g, x, keys, rows)
+        self.cross_state(g, x, keys, rows, None)
     }
 
     /// The encoder blocks over embeddings `x` (self-attention by `attend`,
@@ -550,8 +597,39 @@ impl Seq2Seq {
 
     /// Writes the cross-attention keys and values of every decoder layer,
     /// and the source mask `keys` [batch, 1, 1, source], as session state,
-    /// one row per decoder row (`rows`: its encoder row).
-    fn cross_state(&self, g: &Graph, x: Node, keys: Node, rows: Node) -> Result<(), Error> {
+    /// one row per decoder row (`rows`: its encoder row); with `take`
+    /// [rows], only into the rows it marks (the others keep their state).
+    fn cross_state(
+        &self,
+        g: &Graph,
+        x: Node,
+        keys: Node,
+        rows: Node,
+        take: Option<Node>,
+    ) -> Result<(), Error> {
+        // [rows, 1, 1, 1]
+        let take = match take {
+            Some(t) => Some(g.b.reshape(t, &[-1, 1, 1, 1])?),
+            None => None,
+        };
+        let write = |name: &str, dtype: Dtype, shape: &[Dim], new: Node| -> Result<(), Error> {
+            let old = g.b.state(name, dtype, shape)?;
+            let new = g.b.gather(new, rows, 0)?;
+            let next = match (take, dtype) {
+                // (take and new) or (not take and old), as
+                // not(not(take and new) and not(not take and old)): ONNX
+                // Runtime has no boolean `Where`.
+                (Some(t), Dtype::Boolean) => {
+                    let not = |x: Node| g.unary(UnaryOp::Not, x);
+                    let a = g.b.logical_and(t, new)?;
+                    let b = g.b.logical_and(not(t)?, old)?;
+                    not(g.b.logical_and(not(a)?, not(b)?)?)?
+                }
+                (Some(t), _) => g.b.select(t, new, old)?,
+                (None, _) => new,
+            };
+            g.b.update_state(name, next)
+        };
         let dec = self.spec.dec_block;
         let cross_shape = [
             sym("rows"),
@@ -563,161 +641,11 @@ impl Seq2Seq {
             let attn = format!("{}.{}", self.block(true, i), dec.cross);
             let kv = self.projs(g, x, &attn, &[1, 2])?;
             for (t, name) in [(kv[0], format!("ck{i}")), (kv[1], format!("cv{i}"))] {
-                let t = self.heads(g, t)?;
-                g.b.state(&name, Dtype::F32, &cross_shape)?;
-                g.b.update_state(&name, g.b.gather(t, rows, 0)?)?;
+                write(&name, Dtype::F32, &cross_shape, self.heads(g, t)?)?;
             }
         }
         let mask_shape = [sym("rows"), Dim::Fixed(1), Dim::Fixed(1), sym("cross")];
-        g.b.state("cross_mask", Dtype::Boolean, &mask_shape)?;
-        g.b.update_state("cross_mask", g.b.gather(keys, rows, 0)?)
-    }
-
-    /// Builds and compiles a decode graph.
-    pub fn decode_graph(&self, step: Step) -> Result<CompiledGraph, Error> {
-        let cache_name = match step.cache {
-            Cache::Growing => "grow".to_string(),
-            Cache::Slots(n) => format!("c{n}"),
-        };
-        let g = Graph::new(&format!(
-            "{}-decode-{cache_name}-k{}{}{}{}{}",
-            self.spec.model_types[0],
-            step.top_k,
-            if step.reorder { "-reorder" } else { "" },
-            if step.logits { "-logits" } else { "" },
-            if step.logprobs { "-logp" } else { "" },
-            if self.fuse { "-fused" } else { "" },
-        ));
-        let (h, hd) = (self.dims.heads, self.dims.head_dim);
-        let ids = g.input("input_ids", Dtype::I64, &[sym("rows"), Dim::Fixed(1)])?;
-        let beam_idx = match step.reorder {
-            true => Some(g.input("beam_idx", Dtype::I64, &[sym("rows")])?),
-            false => None,
-        };
-        let (slot, slot_mask) = match step.cache {
-            Cache::Growing => (None, None),
-            Cache::Slots(n) => {
-                let slot = g.input("cache_slot", Dtype::I64, &[Dim::Fixed(1)])?;
-                let m = g.input(
-                    "cache_mask",
-                    Dtype::Boolean,
-                    &[Dim::Fixed(1), Dim::Fixed(n)],
-                )?;
-                (Some(slot), Some(g.b.unsqueeze(g.b.unsqueeze(m, 1)?, 1)?))
-            }
-        };
-        let keys_dim = match step.cache {
-            Cache::Growing => sym("1+past"),
-            Cache::Slots(n) => Dim::Fixed(n),
-        };
-        // The self-attention mask or bias [1 | rows, heads | 1, seq, keys].
-        let (positions, self_mask) = match self.buckets {
-            Some(_) => {
-                let buckets = g.input("buckets", Dtype::I64, &[Dim::Fixed(1), keys_dim])?;
-                let table = g.weight(&format!(
-                    "{}.{}.relative_attention_bias.weight",
-                    self.block(true, 0),
-                    self.spec.dec_block.attn
-                ))?;
-                // [seq, keys, heads] -> [1, heads, seq, keys]
-                let bias = g.b.embedding(table, buckets)?;
-                let bias = g.b.unsqueeze(g.b.permute(bias, &[2, 0, 1])?, 0)?;
-                let bias = match slot_mask {
-                    Some(m) => g.b.select(m, bias, g.scalar(MASKED, Dtype::F32)?)?,
-                    None => bias,
-                };
-                (None, Some(bias))
-            }
-            None => (
-                Some(g.input("position", Dtype::I64, &[Dim::Fixed(1)])?),
-                slot_mask,
-            ),
-        };
-        let mut x = self.embed(&g, ids, positions, true)?;
-        let names = self.spec.dec_block;
-        let cross_shape = [sym("rows"), Dim::Fixed(h), sym("cross"), Dim::Fixed(hd)];
-        let cross_mask = g.b.state(
-            "cross_mask",
-            Dtype::Boolean,
-            &[sym("rows"), Dim::Fixed(1), Dim::Fixed(1), sym("cross")],
-        )?;
-        let self_shape = match step.cache {
-            Cache::Growing => [sym("rows"), Dim::Fixed(h), sym("past"), Dim::Fixed(hd)],
-            Cache::Slots(n) => [Dim::Fixed(n), sym("rows"), Dim::Fixed(h), Dim::Fixed(hd)],
-        };
-        for i in 0..self.dims.dec_layers {
-            let p = self.block(true, i);
-            let attn = format!("{p}.{}", names.attn);
-            x = self.sublayer(&g, x, &format!("{p}.{}", names.attn_norm), |hs| {
-                let qkv = self.projs(&g, hs, &attn, &[0, 1, 2])?;
-                let q = self.heads(&g, qkv[0])?;
-                let mut kv = Vec::with_capacity(2);
-                for (new, name) in [(qkv[1], format!("sk{i}")), (qkv[2], format!("sv{i}"))] {
-                    let new = self.heads(&g, new)?;
-                    let old = g.b.state(&name, Dtype::F32, &self_shape)?;
-                    let axis = match step.cache {
-                        Cache::Growing => 0,
-                        Cache::Slots(_) => 1,
-                    };
-                    let old = match beam_idx {
-                        Some(b) => g.b.gather(old, b, axis)?,
-                        None => old,
-                    };
-                    let all = match (step.cache, slot) {
-                        (Cache::Slots(_), Some(s)) => {
-                            let written =
-                                g.b.write_rows(old, g.b.permute(new, &[2, 0, 1, 3])?, s)?;
-                            g.b.update_state(&name, written)?;
-                            g.b.permute(written, &[1, 2, 0, 3])?
-                        }
-                        _ => {
-                            let all = g.b.concat(&[old, new], 2)?;
-                            g.b.update_state(&name, all)?;
-                            all
-                        }
-                    };
-                    kv.push(all);
-                }
-                let o = g.b.attention(q, kv[0], kv[1], self_mask, self.options())?;
-                self.proj(&g, g.merge_heads(o)?, &attn, 3)
-            })?;
-            let cross = format!("{p}.{}", names.cross);
-            x = self.sublayer(&g, x, &format!("{p}.{}", names.cross_norm), |hs| {
-                let q = self.heads(&g, self.proj(&g, hs, &cross, 0)?)?;
-                let k = g.b.state(&format!("ck{i}"), Dtype::F32, &cross_shape)?;
-                let v = g.b.state(&format!("cv{i}"), Dtype::F32, &cross_shape)?;
-                let o = g.b.attention(q, k, v, Some(cross_mask), self.options())?;
-                self.proj(&g, g.merge_heads(o)?, &cross, 3)
-            })?;
-            x = self.sublayer(&g, x, &format!("{p}.{}", names.ffn_norm), |hs| {
-                self.ffn(&g, hs, &p, &names)
-            })?;
-        }
-        let mut x = self.final_norm(&g, x, true)?;
-        if let Some(s) = self.output_scale {
-            x = g.mul(x, g.scalar(s, Dtype::F32)?)?;
-        }
-        // One position per row: [rows, d_model].
-        let x = g.b.squeeze(x, 1)?;
-        let head = match self.has.contains(self.spec.lm_head) {
-            true => g.weight(self.spec.lm_head)?,
-            false => g.weight(&self.embed)?,
-        };
-        let mut logits = g.b.linear(x, head, None)?;
-        if let Some(b) = self.spec.logits_bias.filter(|b| self.has.contains(*b)) {
-            logits = g.add(logits, g.weight(b)?)?;
-        }
-        let logits = g.b.cast(logits, Dtype::F32)?;
-        let ranked = match step.logprobs {
-            true => log_softmax(&g, logits)?,
-            false => logits,
-        };
-        let (values, indices) = g.b.top_k(ranked, step.top_k)?;
-        let mut outputs = vec![("top_values", values), ("top_indices", indices)];
-        if step.logits {
-            outputs.push(("logits", logits));
-        }
-        g.compile(&outputs)
+        write("cross_mask", Dtype::Boolean, &mask_shape, keys)
     }
 }
 
