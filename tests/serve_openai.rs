@@ -541,3 +541,65 @@ fn image_chat(name: &str, prefix: &str, (kind, file): (&str, &str), text: &str) 
     );
     assert_eq!(code, 400, "{v}");
 }
+
+/// A Qwen2-VL chat with a video part (four frames as data URLs, as
+/// transformers' chat messages write videos): the template writes
+/// `<|vision_start|><|video_pad|><|vision_end|>` for it and the skill gets
+/// the frames as `videos`. The answer equals the endpoint's own for that
+/// rendered prompt and video (whose tokens tests/image_text.rs checks
+/// against transformers); videos are given, not fetched.
+#[test]
+fn chat_completions_with_a_video_qwen2_vl() {
+    if !available("cpu") {
+        return;
+    }
+    let s = server(
+        vec![config(
+            "vlm",
+            "text-generation",
+            &fixture("tiny-qwen2-vl"),
+            "cpu",
+            BatchPolicy::default(),
+            1,
+        )],
+        64,
+    );
+    use base64::Engine;
+    let frames: Vec<String> = (0..4)
+        .map(|k| {
+            let png = std::fs::read(fixture(&format!("tiny-qwen2-vl/frames/v0_{k}.png"))).unwrap();
+            format!(
+                "data:image/png;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(png)
+            )
+        })
+        .collect();
+    let new = 6;
+    let url = |path: &str| format!("{}{path}", s.base);
+    let direct = json!({
+        "prompt": "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe the video<|im_end|>\n<|im_start|>assistant\n",
+        "videos": [frames.clone()], "max_new_tokens": new, "add_special_tokens": false,
+    });
+    let (code, want) = post(&agent(), &url("/v1/endpoints/vlm"), &direct.to_string());
+    assert_eq!(code, 200, "{want}");
+    let body = json!({"model": "vlm", "max_tokens": new, "temperature": 0, "messages": [
+        {"role": "user", "content": [
+            {"type": "video", "video": frames},
+            {"type": "text", "text": "Describe the video"}]}]});
+    let (code, v) = post(&agent(), &url("/v1/chat/completions"), &body.to_string());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"], want["text"],
+        "{v} vs {want}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], new);
+    for part in [
+        json!({"type": "video", "video": ["https://example.com/f.png"]}),
+        json!({"type": "video", "video": []}),
+        json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}),
+    ] {
+        let body = json!({"model": "vlm", "messages": [{"role": "user", "content": [part]}]});
+        let (code, v) = post(&agent(), &url("/v1/chat/completions"), &body.to_string());
+        assert_eq!(code, 400, "{part}: {v}");
+    }
+}

@@ -152,6 +152,10 @@ pub struct GenerationRequest {
     /// Images of a vision-language prompt (one per image token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// Videos of a vision-language prompt (one per video token): each a
+    /// list of frames, or one animated GIF/WebP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub videos: Option<Vec<Value>>,
     /// `false`: the prompt already has its special tokens (a chat template's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub add_special_tokens: Option<bool>,

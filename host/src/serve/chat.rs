@@ -15,7 +15,11 @@
 //! `{"type": "image"}` parts, where a vision-language template (LLaVA)
 //! writes its image token; the images go to the skill as `images`, in
 //! message order, which splices their features in (URLs to fetch are
-//! refused: the server fetches nothing).
+//! refused: the server fetches nothing). Video parts, as transformers'
+//! chat messages write them (`{"type": "video", "video": [frame, ...]}`,
+//! each frame a data URL; or one animated GIF/WebP, also as `video_url`),
+//! reach the template as `{"type": "video"}` and the skill as `videos`
+//! (Qwen2-VL).
 
 use std::sync::Arc;
 
@@ -54,18 +58,21 @@ struct Conversation {
     tools: Option<Ordered>,
 }
 
+/// Images and videos of a conversation, in message order.
+#[derive(Default)]
+struct Media {
+    images: Vec<String>,
+    videos: Vec<Value>,
+}
+
 /// Checks one message and returns it for the template: `content` parts of
 /// type `text` joined by newlines (templates expect a string) unless the
-/// message has images: then its parts go to the template in order, each
-/// `image_url` part as `{"type": "image"}` (where multimodal templates
-/// write their image token) and its URL (a data URL or base64) appended
-/// to `images`; `developer` read as `system`.
-fn message(
-    i: usize,
-    m: &Value,
-    ordered: &JValue,
-    images: &mut Vec<String>,
-) -> Result<JValue, ApiError> {
+/// message has images or videos: then its parts go to the template in
+/// order, each `image_url` part as `{"type": "image"}` (where multimodal
+/// templates write their image token) and its URL (a data URL or base64)
+/// appended to `media.images`, each video part as `{"type": "video"}` and
+/// its frames appended to `media.videos`; `developer` read as `system`.
+fn message(i: usize, m: &Value, ordered: &JValue, media: &mut Media) -> Result<JValue, ApiError> {
     let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
         bad(
             ErrorKind::InvalidRequest,
@@ -75,12 +82,12 @@ fn message(
     let content = match m.get("content") {
         None | Some(Value::Null) if role == "assistant" => None,
         Some(Value::String(_)) => None,
-        Some(Value::Array(parts)) => Some(content_parts(i, parts, images)?),
+        Some(Value::Array(parts)) => Some(content_parts(i, parts, media)?),
         _ => {
             return Err(bad(
                 ErrorKind::InvalidRequest,
                 format!(
-                    "messages[{i}].content must be a string or a list of text and image_url parts"
+                    "messages[{i}].content must be a string or a list of text, image_url and video parts"
                 ),
             ))
         }
@@ -102,13 +109,56 @@ fn message(
     Ok(JValue::from_pairs(pairs))
 }
 
+/// A data URL (or base64) of part `j` of message `i`: URLs to fetch are
+/// refused.
+fn data_url<'a>(i: usize, j: usize, url: Option<&'a str>, what: &str) -> Result<&'a str, ApiError> {
+    match url {
+        Some(u) if !u.is_empty() && !u.starts_with("http://") && !u.starts_with("https://") => {
+            Ok(u)
+        }
+        _ => Err(bad(
+            ErrorKind::InvalidRequest,
+            format!("messages[{i}].content[{j}]: give the {what} as a data URL (`data:image/png;base64,...`); the server fetches nothing"),
+        )),
+    }
+}
+
+/// A part's URL: the value itself, or its `url`.
+fn url_of(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(u) => Some(u.as_str()),
+        o => o.get("url").and_then(Value::as_str),
+    }
+}
+
+/// A video part's frames: `video` (a list of frame data URLs, or one
+/// animated GIF/WebP) or `video_url` (`{"url": ...}` or a string: one
+/// animated image).
+fn video_part(i: usize, j: usize, p: &Value) -> Result<Value, ApiError> {
+    match (p.get("video"), p.get("video_url")) {
+        (Some(Value::Array(frames)), _) if !frames.is_empty() => {
+            let mut out = Vec::with_capacity(frames.len());
+            for f in frames {
+                out.push(Value::from(data_url(i, j, url_of(f), "video frame")?));
+            }
+            Ok(Value::Array(out))
+        }
+        (Some(v), _) if !v.is_array() => Ok(Value::from(data_url(i, j, url_of(v), "video")?)),
+        (None, Some(v)) => Ok(Value::from(data_url(i, j, url_of(v), "video")?)),
+        _ => Err(bad(
+            ErrorKind::InvalidRequest,
+            format!("messages[{i}].content[{j}]: a video part needs `video`, a non-empty list of frames (data URLs) or one animated GIF/WebP"),
+        )),
+    }
+}
+
 /// A message's content parts for the template: the texts joined into one
-/// string, or (with images) the parts in order, images as `{"type":
-/// "image"}` and their URLs collected.
-fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<JValue, ApiError> {
+/// string, or (with images or videos) the parts in order, images as
+/// `{"type": "image"}`, videos as `{"type": "video"}`, their data collected.
+fn content_parts(i: usize, parts: &[Value], media: &mut Media) -> Result<JValue, ApiError> {
     let mut texts = Vec::with_capacity(parts.len());
     let mut items = Vec::with_capacity(parts.len());
-    let mut has_image = false;
+    let mut has_media = false;
     for (j, p) in parts.iter().enumerate() {
         match (p.get("type").and_then(Value::as_str), p.get("text")) {
             (Some("text"), Some(Value::String(t))) => {
@@ -120,19 +170,18 @@ fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<
             }
             (Some("image_url"), _) => {
                 let url = match p.get("image_url") {
-                    Some(Value::String(u)) => u.as_str(),
-                    Some(o) => o.get("url").and_then(Value::as_str).unwrap_or_default(),
-                    None => "",
+                    Some(Value::String(u)) => Some(u.as_str()),
+                    Some(o) => o.get("url").and_then(Value::as_str),
+                    None => None,
                 };
-                if url.is_empty() || url.starts_with("http://") || url.starts_with("https://") {
-                    return Err(bad(
-                        ErrorKind::InvalidRequest,
-                        format!("messages[{i}].content[{j}]: give the image as a data URL (`data:image/png;base64,...`); the server fetches nothing"),
-                    ));
-                }
-                images.push(url.to_string());
-                has_image = true;
+                media.images.push(data_url(i, j, url, "image")?.to_string());
+                has_media = true;
                 items.push(JValue::from_pairs(vec![("type", JValue::from("image"))]));
+            }
+            (Some("video" | "video_url"), _) => {
+                media.videos.push(video_part(i, j, p)?);
+                has_media = true;
+                items.push(JValue::from_pairs(vec![("type", JValue::from("video"))]));
             }
             (Some(other), _) if other != "text" => {
                 return Err(bad(
@@ -150,7 +199,7 @@ fn content_parts(i: usize, parts: &[Value], images: &mut Vec<String>) -> Result<
             }
         }
     }
-    Ok(match has_image {
+    Ok(match has_media {
         true => JValue::from(items),
         false => JValue::from(texts.join("\n")),
     })
@@ -228,11 +277,7 @@ pub(super) fn check_prompt(o: &Output, want: u64) -> Result<(), ApiError> {
 
 /// The rendered prompt of a chat body, checked against the endpoint, and
 /// its images in message order.
-fn render(
-    files: &ModelFiles,
-    v: &Value,
-    conv: Conversation,
-) -> Result<(Prompt, Vec<String>), ApiError> {
+fn render(files: &ModelFiles, v: &Value, conv: Conversation) -> Result<(Prompt, Media), ApiError> {
     let template = match &files.chat_template {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -255,12 +300,12 @@ fn render(
     };
     let ordered = conv.messages.map(|o| o.0).unwrap_or_default();
     let mut messages = Vec::with_capacity(list.len());
-    let mut images = Vec::new();
+    let mut media = Media::default();
     for (i, m) in list.iter().enumerate() {
         let o = ordered
             .get_item_by_index(i)
             .map_err(|e| internal(e.to_string()))?;
-        messages.push(message(i, m, &o, &mut images)?);
+        messages.push(message(i, m, &o, &mut media)?);
     }
     let tools = match (v.get("tools"), conv.tools) {
         (Some(Value::Array(a)), Some(t)) if !a.is_empty() => Some(t.0),
@@ -288,12 +333,12 @@ fn render(
         ));
     }
     let mut prompt = prepare(files, rendered)?;
-    if !images.is_empty() {
-        // The skill expands each image token into the image's features:
+    if !media.images.is_empty() || !media.videos.is_empty() {
+        // The skill expands each image (video) token into its features:
         // its prompt count is not the text's.
         prompt.tokens = None;
     }
-    Ok((prompt, images))
+    Ok((prompt, media))
 }
 
 /// OpenAI `POST /v1/chat/completions` (see the module docs).
@@ -345,12 +390,15 @@ pub(super) async fn openai_chat(
     let mut request = generation_request(&v, "")?;
     let (stream, include_usage) = stream_flags(&v)?;
     let (f, body) = (files.clone(), v.clone());
-    let (prompt, images) = tokio::task::spawn_blocking(move || render(&f, &body, conv))
+    let (prompt, media) = tokio::task::spawn_blocking(move || render(&f, &body, conv))
         .await
         .map_err(|e| internal(format!("rendering the chat template failed: {e}")))??;
     request.prompt = prompt.text;
-    if !images.is_empty() {
-        request.images = Some(images);
+    if !media.images.is_empty() {
+        request.images = Some(media.images);
+    }
+    if !media.videos.is_empty() {
+        request.videos = Some(media.videos);
     }
     if prompt.no_special_tokens {
         request.add_special_tokens = Some(false);
