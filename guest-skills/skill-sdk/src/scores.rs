@@ -138,6 +138,58 @@ pub fn distinct_hypotheses<'a>(
     (texts, index)
 }
 
+/// Embeddings of hypothesis texts kept between calls: a zero-shot endpoint
+/// is usually asked about the same candidate labels again and again, and a
+/// hypothesis's embedding does not depend on the image (audio) it is
+/// compared with, so the text tower runs only for texts it has not seen.
+/// Bounded: past [`TextCache::CAPACITY`] texts it starts over.
+#[derive(Default)]
+pub struct TextCache {
+    rows: std::collections::HashMap<String, Vec<f32>>,
+}
+
+impl TextCache {
+    /// Most texts kept (a few MiB at CLIP's widths).
+    pub const CAPACITY: usize = 4096;
+
+    /// The embeddings of `texts` [texts.len(), d], in order: cached ones
+    /// as they are, the others from `embed` (given those texts, returning
+    /// their embeddings in order, flattened), then cached.
+    pub fn embed(
+        &mut self,
+        texts: &[String],
+        embed: impl FnOnce(&[String]) -> Result<Vec<f32>, Error>,
+    ) -> Result<Vec<f32>, Error> {
+        let missing: Vec<String> = {
+            let mut seen = std::collections::HashSet::new();
+            (texts.iter())
+                .filter(|t| !self.rows.contains_key(*t) && seen.insert(t.as_str()))
+                .cloned()
+                .collect()
+        };
+        if !missing.is_empty() {
+            let flat = embed(&missing)?;
+            let d = flat.len() / missing.len();
+            if d == 0 || flat.len() != d * missing.len() {
+                return Err(crate::internal("text embeddings of an unexpected size"));
+            }
+            if self.rows.len() + missing.len() > Self::CAPACITY {
+                self.rows.clear();
+            }
+            for (t, row) in missing.into_iter().zip(flat.chunks_exact(d)) {
+                self.rows.insert(t, row.to_vec());
+            }
+        }
+        let mut out = Vec::new();
+        for t in texts {
+            let row =
+                (self.rows.get(t)).ok_or_else(|| crate::internal("a text was not embedded"))?;
+            out.extend_from_slice(row);
+        }
+        Ok(out)
+    }
+}
+
 /// The zero-shot answers of a batch: item i's embedding `items[i]` [d]
 /// against the embeddings `text` [distinct texts, d] of its hypotheses
 /// (found by `index`), dot products (the logit scale already in the
@@ -171,4 +223,33 @@ pub fn zero_shot_answers(
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextCache;
+
+    #[test]
+    fn the_text_cache_embeds_each_text_once() {
+        let mut cache = TextCache::default();
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut calls: Vec<Vec<String>> = Vec::new();
+        let rows = |t: &[String]| t.iter().flat_map(|s| [s.len() as f32, 1.0]).collect();
+        let got = (cache.embed(&texts(&["ab", "c"]), |t| {
+            calls.push(t.to_vec());
+            Ok(rows(t))
+        }))
+        .unwrap();
+        assert_eq!(got, [2.0, 1.0, 1.0, 1.0]);
+        let got = (cache.embed(&texts(&["c", "def", "ab"]), |t| {
+            calls.push(t.to_vec());
+            Ok(rows(t))
+        }))
+        .unwrap();
+        assert_eq!(got, [1.0, 1.0, 3.0, 1.0, 2.0, 1.0]);
+        assert_eq!(calls, [texts(&["ab", "c"]), texts(&["def"])]);
+        // Embeddings of the wrong size are an error, not a panic.
+        let bad = cache.embed(&texts(&["xyz"]), |_| Ok(vec![]));
+        assert!(bad.is_err());
+    }
 }

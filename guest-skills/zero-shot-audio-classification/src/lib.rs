@@ -12,7 +12,8 @@
 //! see `skill_sdk::audio::clap_features` for the deterministic choices
 //! where transformers draws random numbers), clips of a batch run through
 //! the audio tower together, and every distinct hypothesis of the batch
-//! through the text tower once. The towers' outputs are unit vectors (the
+//! through the text tower once, unless an earlier call embedded it
+//! (`TextCache`). The towers' outputs are unit vectors (the
 //! text ones times exp(`logit_scale_a`)), so the logits are their dot
 //! products.
 
@@ -20,7 +21,7 @@ use std::cell::RefCell;
 
 use skill_sdk::audio::clap::{Loaded, Output};
 use skill_sdk::requests::Request;
-use skill_sdk::scores::{distinct_hypotheses, zero_shot_answers, Candidates};
+use skill_sdk::scores::{distinct_hypotheses, zero_shot_answers, Candidates, TextCache};
 use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::{Error, Guest, Response, SkillInfo};
 
@@ -28,6 +29,7 @@ const DEFAULT_TEMPLATE: &str = "This is a sound of {}.";
 
 thread_local! {
     static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+    static TEXTS: RefCell<TextCache> = RefCell::new(TextCache::default());
 }
 
 struct ZeroShotRequest {
@@ -86,8 +88,12 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
         let audio = f32_values(&take(l.audio.run(&l.audio_inputs(&clips)?)?, "embeds")?)?;
         let batch: Vec<&Candidates> = reqs.iter().map(|r| &r.candidates).collect();
         let (texts, index) = distinct_hypotheses(batch.iter().copied());
-        let enc = l.tokenizer.encode_batch(&texts)?;
-        let text = f32_values(&take(l.text.run(&l.clap.text.inputs(&enc))?, "embeds")?)?;
+        let text = TEXTS.with(|cache| {
+            cache.borrow_mut().embed(&texts, |missing| {
+                let enc = l.tokenizer.encode_batch(missing)?;
+                f32_values(&take(l.text.run(&l.clap.text.inputs(&enc))?, "embeds")?)
+            })
+        })?;
         zero_shot_answers(&audio, &text, &index, &batch)
     })
 }

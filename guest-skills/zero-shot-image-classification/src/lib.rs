@@ -8,7 +8,8 @@
 //! order): the softmax over the labels of the image's logits.
 //!
 //! Images of a batch run through the image tower together, and every
-//! distinct hypothesis of the batch through the text tower once; the
+//! distinct hypothesis of the batch through the text tower once, unless an
+//! earlier call embedded it (`TextCache`: the same labels come back); the
 //! towers' outputs are unit vectors (the text ones times CLIP's logit
 //! scale), so the logits are their dot products.
 
@@ -16,7 +17,7 @@ use std::cell::RefCell;
 
 use skill_sdk::image as img;
 use skill_sdk::requests::Request;
-use skill_sdk::scores::{distinct_hypotheses, zero_shot_answers, Candidates};
+use skill_sdk::scores::{distinct_hypotheses, zero_shot_answers, Candidates, TextCache};
 use skill_sdk::tensors::{f32_values, take};
 use skill_sdk::vision::clip::{Loaded, Output};
 use skill_sdk::{Error, Guest, NamedTensor, Response, SkillInfo};
@@ -25,6 +26,7 @@ const DEFAULT_TEMPLATE: &str = "This is a photo of {}.";
 
 thread_local! {
     static STATE: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+    static TEXTS: RefCell<TextCache> = RefCell::new(TextCache::default());
 }
 
 struct ZeroShotRequest {
@@ -79,9 +81,13 @@ fn classify(reqs: Vec<ZeroShotRequest>) -> Result<Vec<Result<Response, Error>>, 
         let image = f32_values(&take(l.image.run(&[pixels])?, "embeds")?)?;
         let batch: Vec<&Candidates> = reqs.iter().map(|r| &r.candidates).collect();
         let (texts, index) = distinct_hypotheses(batch.iter().copied());
-        let enc = l.tokenizer.encode_batch(&texts)?;
-        let inputs = l.clip.text_inputs(&enc)?;
-        let text = f32_values(&take(l.text.run(&inputs)?, "embeds")?)?;
+        let text = TEXTS.with(|cache| {
+            cache.borrow_mut().embed(&texts, |missing| {
+                let enc = l.tokenizer.encode_batch(missing)?;
+                let inputs = l.clip.text_inputs(&enc)?;
+                f32_values(&take(l.text.run(&inputs)?, "embeds")?)
+            })
+        })?;
         zero_shot_answers(&image, &text, &index, &batch)
     })
 }

@@ -211,20 +211,31 @@ impl Preprocess {
             None => img,
         };
         let (h, w) = (img.height, img.width);
+        // Each channel's value depends only on its byte: a table of 256.
+        let table: Vec<[f32; 256]> = (0..3).map(|c| self.channel_table(c)).collect();
         let mut out = vec![0f32; 3 * h * w];
+        let (r, rest) = out.split_at_mut(h * w);
+        let (g, b) = rest.split_at_mut(h * w);
         for (i, px) in img.data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                let mut v = match self.rescale {
-                    Some(s) => (px[c] as f64 * s) as f32,
-                    None => px[c] as f32,
-                };
-                if let Some((mean, std)) = self.normalize {
-                    v = (v - mean[c]) / std[c];
-                }
-                out[c * h * w + i] = v;
-            }
+            r[i] = table[0][px[0] as usize];
+            g[i] = table[1][px[1] as usize];
+            b[i] = table[2][px[2] as usize];
         }
         (h, w, out)
+    }
+
+    /// Channel `c`'s value of every byte: rescaled, then normalised.
+    fn channel_table(&self, c: usize) -> [f32; 256] {
+        std::array::from_fn(|byte| {
+            let mut v = match self.rescale {
+                Some(s) => (byte as f64 * s) as f32,
+                None => byte as f32,
+            };
+            if let Some((mean, std)) = self.normalize {
+                v = (v - mean[c]) / std[c];
+            }
+            v
+        })
     }
 
     /// Stacks images of one size into `pixel_values` [n, 3, h, w].

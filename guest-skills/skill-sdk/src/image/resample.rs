@@ -144,8 +144,10 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<Taps> {
         .collect()
 }
 
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
+/// A fixed-point sum back to 8 bits (Pillow's `clip8`). Pillow sums in
+/// 32-bit ints; `PRECISION_BITS` leaves room for them not to overflow.
+fn clip8(v: i32) -> u8 {
+    if v >= (1i32 << PRECISION_BITS << 8) {
         255
     } else if v <= 0 {
         0
@@ -154,22 +156,35 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
-/// One convolution pass. `get(i, c)` reads source sample i of channel c
-/// along the axis; returns the output samples along it.
-fn pass(taps: &[Taps], get: impl Fn(usize, usize) -> u8) -> Vec<[u8; 3]> {
-    taps.iter()
-        .map(|t| {
-            let mut out = [0u8; 3];
-            for (c, o) in out.iter_mut().enumerate() {
-                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                for (j, &w) in t.weights.iter().enumerate() {
-                    ss += get(t.start + j, c) as i64 * w as i64;
-                }
-                *o = clip8(ss);
-            }
-            out
-        })
-        .collect()
+/// The horizontal pass over one row of RGB pixels: one output pixel per
+/// entry of `taps`, appended to `out`.
+fn horizontal_row(taps: &[Taps], row: &[u8], out: &mut Vec<u8>) {
+    const HALF: i32 = 1 << (PRECISION_BITS - 1);
+    for t in taps {
+        let src = &row[t.start * 3..(t.start + t.weights.len()) * 3];
+        let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+        for (px, &w) in src.chunks_exact(3).zip(&t.weights) {
+            r += px[0] as i32 * w;
+            g += px[1] as i32 * w;
+            b += px[2] as i32 * w;
+        }
+        out.extend_from_slice(&[clip8(r), clip8(g), clip8(b)]);
+    }
+}
+
+/// The vertical pass for one output row: the weighted sum of the source
+/// rows `rows(i)` that `t` names, sample by sample (row-major: every
+/// sample of a row at once), written to `out`.
+fn vertical_row<'a>(t: &Taps, rows: impl Fn(usize) -> &'a [u8], acc: &mut [i32], out: &mut [u8]) {
+    acc.fill(1 << (PRECISION_BITS - 1));
+    for (j, &w) in t.weights.iter().enumerate() {
+        for (a, &v) in acc.iter_mut().zip(rows(t.start + j)) {
+            *a += v as i32 * w;
+        }
+    }
+    for (o, &a) in out.iter_mut().zip(acc.iter()) {
+        *o = clip8(a);
+    }
 }
 
 /// Resizes like Pillow's `Image.resize((width, height), filter)`. Pillow 13
@@ -232,10 +247,7 @@ fn horizontal_first(img: &Rgb, width: usize, height: usize, filter: Filter) -> R
         let horiz = coefficients(w0, width, filter);
         let mut data = Vec::with_capacity(width * (last - first) * 3);
         for y in first..last {
-            let row = &img.data[y * w0 * 3..(y + 1) * w0 * 3];
-            for px in pass(&horiz, |i, c| row[i * 3 + c]) {
-                data.extend_from_slice(&px);
-            }
+            horizontal_row(&horiz, &img.data[y * w0 * 3..(y + 1) * w0 * 3], &mut data);
         }
         tmp = Rgb {
             width,
@@ -247,16 +259,15 @@ fn horizontal_first(img: &Rgb, width: usize, height: usize, filter: Filter) -> R
     if height == h0 {
         return tmp;
     }
-    let w = tmp.width;
-    let mut out = vec![0u8; w * height * 3];
-    for x in 0..w {
-        let col = |i: usize, c: usize| tmp.data[((i - row0) * w + x) * 3 + c];
-        for (y, px) in pass(&vert, col).into_iter().enumerate() {
-            out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&px);
-        }
+    let stride = tmp.width * 3;
+    let mut out = vec![0u8; stride * height];
+    let mut acc = vec![0i32; stride];
+    let rows = |i: usize| &tmp.data[(i - row0) * stride..(i - row0 + 1) * stride];
+    for (t, dst) in vert.iter().zip(out.chunks_exact_mut(stride)) {
+        vertical_row(t, rows, &mut acc, dst);
     }
     Rgb {
-        width: w,
+        width: tmp.width,
         height,
         data: out,
     }
