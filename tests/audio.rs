@@ -62,14 +62,18 @@ fn embeddings(device: &str) {
 }
 
 fn transcripts(device: &str) {
-    if !available(device) {
-        return;
+    if available(device) {
+        transcripts_of(&fixture("tiny-wav2vec2-ctc"), device);
     }
+}
+
+/// The CTC fixture's cases on `model` (the fixture or a copy of it).
+fn transcripts_of(model: &std::path::Path, device: &str) {
     let name = "tiny-wav2vec2-ctc";
     let r = reference(name);
     let mut run = runner(
         "automatic-speech-recognition",
-        &fixture(name),
+        model,
         device,
         Precision::F32,
     );
@@ -82,6 +86,32 @@ fn transcripts(device: &str) {
         let got = got.unwrap_or_else(|e| panic!("{name} {}: {e}", c["file"]));
         assert_eq!(got.json["text"], c["text"], "{name} {device} {}", c["file"]);
     }
+}
+
+/// A model saved by transformers 5 keeps its feature extractor's settings
+/// in processor_config.json (`feature_extractor`), with no
+/// preprocessor_config.json: read as transformers reads them. With neither,
+/// loading fails saying so.
+#[test]
+fn feature_extractor_settings_nested_in_processor_config() {
+    if !available("cpu") {
+        return;
+    }
+    let dir = nested_processor_copy("tiny-wav2vec2-ctc", "feature_extractor");
+    transcripts_of(dir.path(), "cpu");
+    std::fs::remove_file(dir.path().join("processor_config.json")).unwrap();
+    let model = host::model::Model::open(dir.path().to_str().unwrap()).unwrap();
+    let e = host::runner::Runner::open_model_with(
+        sandbox(),
+        skill("automatic-speech-recognition").to_str().unwrap(),
+        std::sync::Arc::new(model),
+        &host::backend::registry::parse_list("cpu").unwrap(),
+        Precision::F32,
+        None,
+    )
+    .err()
+    .expect("no settings: no model");
+    assert!(e.to_string().contains("processor_config.json"), "{e}");
 }
 
 #[test]

@@ -33,17 +33,17 @@ fn reference(name: &str) -> Value {
 }
 
 fn check(name: &str, device: &str) {
+    check_model(name, &fixture(name), device);
+}
+
+/// [`check`] with fixture `name`'s cases on `model` (the fixture or a copy).
+fn check_model(name: &str, model: &std::path::Path, device: &str) {
     let r = reference(name);
     let images: Vec<String> = (r["images"].as_array().expect("images").iter())
         .map(|i| i.as_str().expect("name").to_string())
         .collect();
     let labels = r["id2label"].as_object().map_or(0, |m| m.len());
-    let mut run = runner(
-        "image-classification",
-        &fixture(name),
-        device,
-        Precision::F32,
-    );
+    let mut run = runner("image-classification", model, device, Precision::F32);
     let ask = |function: &str, top_k: usize| -> Vec<String> {
         images
             .iter()
@@ -144,6 +144,17 @@ fn image_classification_matches_transformers_on_openvino() {
 #[test]
 fn image_classification_matches_transformers_on_cuda() {
     every_fixture("cuda");
+}
+
+/// A model saved by transformers 5 keeps its image processor's settings in
+/// processor_config.json (`image_processor`), with no
+/// preprocessor_config.json: read as transformers reads them.
+#[test]
+fn image_processor_settings_nested_in_processor_config() {
+    if available("cpu") {
+        let dir = nested_processor_copy("tiny-vit", "image_processor");
+        check_model("tiny-vit", dir.path(), "cpu");
+    }
 }
 
 #[test]

@@ -297,3 +297,29 @@ pub fn joining(
     });
     (answer, queue, early, queued)
 }
+
+/// A copy of fixture `name` as transformers 5 saves a processor: no
+/// preprocessor_config.json, its settings nested in processor_config.json
+/// under `key` (`feature_extractor`, `image_processor`).
+pub fn nested_processor_copy(name: &str, key: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(fixture(name)).expect("fixture") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let pre = dir.path().join("preprocessor_config.json");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pre).expect("preprocessor_config.json"))
+            .expect("JSON");
+    std::fs::remove_file(&pre).expect("remove");
+    let file = dir.path().join("processor_config.json");
+    let mut processor: serde_json::Value = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    processor[key] = settings;
+    std::fs::write(&file, processor.to_string()).expect("write");
+    dir
+}

@@ -33,6 +33,34 @@ impl Json {
             .transpose()
     }
 
+    /// The settings of the model's `kind` of processor, found where
+    /// transformers looks: nested in `processor_config.json` (where
+    /// transformers 5 saves a processor's parts), else its own file
+    /// (`preprocessor_config.json`; for videos `video_preprocessor_config.json`,
+    /// then `preprocessor_config.json`). An error names what is missing.
+    pub fn processor(kind: Processor) -> Result<Json, Error> {
+        if let Some(p) = Json::asset("processor_config.json")? {
+            let nested = kind.keys().iter().find_map(|k| p.value.get(*k));
+            if let Some(v) = nested.filter(|v| v.is_object()) {
+                return Ok(Json {
+                    file: format!("processor_config.json's `{}`", kind.keys()[0]),
+                    value: v.clone(),
+                });
+            }
+        }
+        for file in kind.files() {
+            if let Some(j) = Json::asset(file)? {
+                return Ok(j);
+            }
+        }
+        Err(Error::Model(format!(
+            "the model has no {} settings: no {} and no `{}` in processor_config.json",
+            kind.keys()[0].replace('_', " "),
+            kind.files().join(" or "),
+            kind.keys()[0]
+        )))
+    }
+
     fn missing(&self, key: &str, what: &str) -> Error {
         Error::Model(format!("{}: `{key}` must be {what}", self.file))
     }
@@ -93,5 +121,35 @@ impl Json {
                 Some(_) => Err(self.missing(&format!("id2label.{i}"), "a string")),
             })
             .collect()
+    }
+}
+
+/// A kind of processor whose settings a model ships ([`Json::processor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processor {
+    /// Audio feature extraction (`feature_extractor`, or `audio_processor`).
+    FeatureExtractor,
+    /// Image preprocessing (`image_processor`).
+    Image,
+    /// Video preprocessing (`video_processor`).
+    Video,
+}
+
+impl Processor {
+    /// Its keys in a nested `processor_config.json`, in transformers' order.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Processor::FeatureExtractor => &["feature_extractor", "audio_processor"],
+            Processor::Image => &["image_processor"],
+            Processor::Video => &["video_processor"],
+        }
+    }
+
+    /// Its own files, in transformers' order.
+    fn files(self) -> &'static [&'static str] {
+        match self {
+            Processor::FeatureExtractor | Processor::Image => &["preprocessor_config.json"],
+            Processor::Video => &["video_preprocessor_config.json", "preprocessor_config.json"],
+        }
     }
 }

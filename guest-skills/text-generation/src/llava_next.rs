@@ -44,8 +44,7 @@ impl LlavaNext {
         pre: &Preprocess,
         g: &Graph,
     ) -> Result<LlavaNext, Error> {
-        let j = Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        let j = Json::processor(skill_sdk::config::Processor::Image)?;
         let tiling = AnyRes::from_json(&j, pre)?;
         let model = pinpoints(config)?.unwrap_or_else(|| DEFAULT_PINPOINTS.to_vec());
         if model != tiling.pinpoints {

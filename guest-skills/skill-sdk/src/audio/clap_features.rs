@@ -75,8 +75,7 @@ pub struct ClapFeatures {
 impl ClapFeatures {
     /// Reads `preprocessor_config.json` (ClapFeatureExtractor keys).
     pub fn read() -> Result<ClapFeatures, Error> {
-        let fe = Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        let fe = Json::processor(crate::config::Processor::FeatureExtractor)?;
         ClapFeatures::from_config(&fe)
     }
 

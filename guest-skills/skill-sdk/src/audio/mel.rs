@@ -228,8 +228,7 @@ pub struct LogMel {
 impl LogMel {
     /// Reads `preprocessor_config.json` (WhisperFeatureExtractor keys).
     pub fn read() -> Result<LogMel, Error> {
-        let fe = Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        let fe = Json::processor(crate::config::Processor::FeatureExtractor)?;
         LogMel::from_config(&fe)
     }
 

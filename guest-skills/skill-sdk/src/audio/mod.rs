@@ -201,8 +201,7 @@ pub struct Extractor {
 
 impl Extractor {
     pub fn read() -> Result<Extractor, Error> {
-        let fe = crate::config::Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        let fe = crate::config::Json::processor(crate::config::Processor::FeatureExtractor)?;
         Ok(Extractor {
             rate: fe.u64_or("sampling_rate", 16000)?.min(u32::MAX as u64) as u32,
             normalize: fe.bool_or("do_normalize", true)?,

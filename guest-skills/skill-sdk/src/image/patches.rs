@@ -70,8 +70,7 @@ fn triple(j: &Json, key: &str, default: [f32; 3]) -> Result<[f32; 3], Error> {
 impl PatchPreprocess {
     /// Reads the model's `preprocessor_config.json`.
     pub fn read() -> Result<PatchPreprocess, Error> {
-        let j = Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
+        let j = Json::processor(crate::config::Processor::Image)?;
         Self::from_json(&j)
     }
 

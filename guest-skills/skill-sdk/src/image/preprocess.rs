@@ -100,11 +100,9 @@ fn normalize_of(j: &Json) -> Result<Option<Normalize>, Error> {
 }
 
 impl Preprocess {
-    /// Reads the model's `preprocessor_config.json`.
+    /// Reads the model's image processor settings ([`Json::processor`]).
     pub fn read() -> Result<Preprocess, Error> {
-        let j = Json::asset("preprocessor_config.json")?
-            .ok_or_else(|| Error::Model("the model has no preprocessor_config.json".into()))?;
-        Self::from_json(&j)
+        Self::from_json(&Json::processor(crate::config::Processor::Image)?)
     }
 
     pub fn from_json(j: &Json) -> Result<Preprocess, Error> {

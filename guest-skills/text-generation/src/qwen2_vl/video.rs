@@ -67,13 +67,7 @@ pub fn request_videos(v: &serde_json::Value) -> Result<Vec<(String, &serde_json:
 impl VideoPreprocess {
     /// Reads the model's video processor settings.
     pub fn read() -> Result<VideoPreprocess, Error> {
-        let j = match Json::asset("video_preprocessor_config.json")? {
-            Some(j) => j,
-            None => Json::asset("preprocessor_config.json")?.ok_or_else(|| {
-                Error::Model("the model has no (video_)preprocessor_config.json".into())
-            })?,
-        };
-        Self::from_json(&j)
+        Self::from_json(&Json::processor(skill_sdk::config::Processor::Video)?)
     }
 
     /// The settings of a video (or image) processor config.
