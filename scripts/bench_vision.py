@@ -86,9 +86,14 @@ def make_clip(out: Path) -> None:
     import shutil
     from transformers import CLIPConfig, CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import AutoTokenizer
     # logit_scale as trained CLIP checkpoints have it (100): random towers then
-    # give distinct, not uniform, candidate scores.
-    CLIPModel(CLIPConfig(logit_scale_init_value=4.6052)).eval().save_pretrained(out)
+    # give distinct, not uniform, candidate scores. The text tower pools at
+    # the end-of-text token: its id must be the tokenizer's (else both sides
+    # pool at position 0 and every hypothesis gets the same embedding).
+    tok = AutoTokenizer.from_pretrained(CLIP_TOKENIZER)
+    text = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    CLIPModel(CLIPConfig(logit_scale_init_value=4.6052, text_config=text)).eval().save_pretrained(out)
     CLIPImageProcessorPil().save_pretrained(out)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(CLIP_TOKENIZER / f, out / f)

@@ -8,6 +8,8 @@
 //!   0.9988 and 0.9942).
 //! - Every text skill serves at int8 on cpu (an encoder of each task, a
 //!   decoder, an encoder-decoder): answers have the normal shape.
+//! - So does every image, video, audio and image-text skill; their
+//!   embeddings stay close to f32's.
 //! - cuda refuses int8 with a clear error (before it looks for a GPU).
 
 mod common;
@@ -124,6 +126,88 @@ fn every_text_skill_serves_at_int8() {
         s2s["generated_text"].is_string() || s2s["text"].is_string(),
         "{s2s}"
     );
+}
+
+fn b64(path: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(fixture(path)).expect("fixture file"))
+}
+
+/// An embedding skill's vector for `request` at `precision` on cpu.
+fn embedding(
+    skill: &str,
+    model: &str,
+    request: &serde_json::Value,
+    precision: Precision,
+) -> Vec<f32> {
+    let mut r = runner(skill, &fixture(model), "cpu", precision);
+    let out = r.handle(&[request.to_string()]).pop().expect("one answer");
+    let out = out.unwrap_or_else(|e| panic!("{skill} on {model}: {e}"));
+    // A tensor (multimodal-embedding) or a JSON list (audio-embedding).
+    if let Some(t) = out.tensor("embedding") {
+        return t.to_f32("embedding").expect("f32 embedding");
+    }
+    let v = out.json.get("embedding").and_then(|v| v.as_array());
+    let v = v.unwrap_or_else(|| panic!("{skill} on {model}: no embedding"));
+    v.iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+#[test]
+fn every_image_audio_and_vision_language_skill_serves_at_int8() {
+    if !available("cpu") {
+        return;
+    }
+    let image = b64("images/gradient_64x48.png");
+    let audio = b64("audio/tone_16k.flac");
+    let with_image = serde_json::json!({ "image": image });
+    let labels = ask("image-classification", "tiny-vit", with_image.clone());
+    assert!(labels["labels"].is_array(), "{labels}");
+    let objects = ask("object-detection", "tiny-detr", with_image.clone());
+    assert!(objects["objects"].is_array(), "{objects}");
+    let zero_shot = serde_json::json!({ "image": image, "candidate_labels": ["a cat", "a dog"] });
+    let scores = ask("zero-shot-image-classification", "tiny-clip", zero_shot);
+    assert_eq!(
+        scores["labels"].as_array().map(Vec::len),
+        Some(2),
+        "{scores}"
+    );
+    let frames = serde_json::json!({ "frames": vec![image.clone(); 16] });
+    let video = ask("video-classification", "tiny-videomae-cls", frames);
+    assert!(video["labels"].is_array(), "{video}");
+    for model in ["tiny-wav2vec2-ctc", "tiny-whisper"] {
+        let text = ask(
+            "automatic-speech-recognition",
+            model,
+            serde_json::json!({ "audio": audio }),
+        );
+        assert!(text["text"].is_string(), "{model}: {text}");
+    }
+    let sounds = serde_json::json!({ "audio": audio, "candidate_labels": ["rain", "a dog"] });
+    let scores = ask("zero-shot-audio-classification", "tiny-clap", sounds);
+    assert_eq!(
+        scores["labels"].as_array().map(Vec::len),
+        Some(2),
+        "{scores}"
+    );
+    let chat =
+        serde_json::json!({ "prompt": "<image>hello", "images": [image], "max_new_tokens": 4 });
+    let gen = ask("text-generation", "tiny-llava", chat);
+    assert_eq!(gen["token_ids"].as_array().map(Vec::len), Some(4), "{gen}");
+    // Embeddings at int8 stay close to f32's.
+    let with_audio = serde_json::json!({ "audio": audio });
+    for (skill, model, request) in [
+        ("multimodal-embedding", "tiny-clip", &with_image),
+        ("audio-embedding", "tiny-hubert", &with_audio),
+    ] {
+        let int8 = embedding(skill, model, request, Precision::Int8);
+        let f32 = embedding(skill, model, request, Precision::F32);
+        let (cos, _) = compare(&int8, &f32);
+        eprintln!("{skill} {model}: int8 cosine to f32 {cos:.5}");
+        assert!(cos >= 0.99, "{skill} {model}: cosine {cos}");
+    }
 }
 
 #[test]
