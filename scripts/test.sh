@@ -19,13 +19,15 @@ export LD_LIBRARY_PATH="$PWD/$RT/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_
 export REQUIRE_NVRTC=1
 # The official clients (tests/serve_security.rs drives a server with them),
 # in their own directory: their dependencies stay off the runtime path.
+# huggingface_hub's feature_extraction needs numpy, which it does not
+# declare: installed with them (the machine's python3 may have none).
 CLIENTS=.runtime/clients
-if [ ! -f "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0" ]; then
+if [ ! -f "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0-numpy-2.2.6" ]; then
   printf '==> %s\n' "installing the openai and huggingface_hub clients into $CLIENTS" >&2
   rm -rf "$CLIENTS"
   "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --target "$CLIENTS" \
-    "openai==3.63.0" "huggingface_hub==2.4.0" 2>&1 | grep -v "dependency resolver\|requires\|WARNING: Running pip" >&2 || true
-  [ -d "$CLIENTS/openai" ] && touch "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0"
+    "openai==3.63.0" "huggingface_hub==2.4.0" "numpy==2.2.6" 2>&1 | grep -v "dependency resolver\|requires\|WARNING: Running pip" >&2 || true
+  [ -d "$CLIENTS/openai" ] && touch "$CLIENTS/.installed-openai-3.63.0-hfhub-2.4.0-numpy-2.2.6"
 fi
 export REQUIRE_CLIENTS=1
 # Scale-out (docs/deploy.md): the Kubernetes manifests are validated offline
