@@ -207,23 +207,39 @@ pub fn smart_resize(
 /// patch] in merge-window order, each frame a copy of the image.
 pub fn patchify(
     values: &[f32],
+    size: (usize, usize),
+    patch: usize,
+    merge: usize,
+    temporal: usize,
+) -> Vec<f32> {
+    patchify_frames(&vec![values; temporal], size, patch, merge, temporal)
+}
+
+/// `frames` (each [3, h, w], a multiple of `temporal` of them) as patches
+/// [t * grid_h * grid_w, 3 * temporal * patch * patch]: temporal groups,
+/// then merge windows, the patches inside a window, row-major; each row
+/// (channel, frame, row, column), as Qwen2-VL's processors' `patchify`.
+pub fn patchify_frames<F: AsRef<[f32]>>(
+    frames: &[F],
     (h, w): (usize, usize),
     patch: usize,
     merge: usize,
     temporal: usize,
 ) -> Vec<f32> {
     let (gh, gw) = (h / patch, w / patch);
-    let mut out = Vec::with_capacity(gh * gw * 3 * temporal * patch * patch);
-    for wy in 0..gh / merge {
-        for wx in 0..gw / merge {
-            for my in 0..merge {
-                for mx in 0..merge {
-                    let (y0, x0) = ((wy * merge + my) * patch, (wx * merge + mx) * patch);
-                    for c in 0..3 {
-                        for _ in 0..temporal {
-                            for py in 0..patch {
-                                let at = c * h * w + (y0 + py) * w + x0;
-                                out.extend_from_slice(&values[at..at + patch]);
+    let mut out = Vec::with_capacity(frames.len() * gh * gw * 3 * patch * patch);
+    for group in frames.chunks_exact(temporal) {
+        for wy in 0..gh / merge {
+            for wx in 0..gw / merge {
+                for my in 0..merge {
+                    for mx in 0..merge {
+                        let (y0, x0) = ((wy * merge + my) * patch, (wx * merge + mx) * patch);
+                        for c in 0..3 {
+                            for f in group {
+                                for py in 0..patch {
+                                    let at = c * h * w + (y0 + py) * w + x0;
+                                    out.extend_from_slice(&f.as_ref()[at..at + patch]);
+                                }
                             }
                         }
                     }
@@ -285,5 +301,30 @@ mod tests {
             vec![0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.]
         );
         assert_eq!(&p[..6], &[0., 0., 16., 16., 32., 32.]);
+    }
+
+    #[test]
+    fn identical_frames_patch_as_a_still_image() {
+        let (h, w) = (4, 4);
+        let img: Vec<f32> = (0..3 * h * w).map(|v| v as f32).collect();
+        let two = patchify_frames(&[img.clone(), img.clone()], (h, w), 1, 2, 2);
+        assert_eq!(two, patchify(&img, (h, w), 1, 2, 2));
+    }
+
+    #[test]
+    fn frames_interleave_per_channel_and_group() {
+        // Two temporal groups of two 2x2 frames, patch 1, merge 2: a row is
+        // (c0 f0, c0 f1, c1 f0, c1 f1, c2 f0, c2 f1).
+        let frame = |k: f32| -> Vec<f32> { (0..12).map(|v| v as f32 + 100.0 * k).collect() };
+        let p = patchify_frames(
+            &[frame(0.), frame(1.), frame(2.), frame(3.)],
+            (2, 2),
+            1,
+            2,
+            2,
+        );
+        assert_eq!(p.len(), 2 * 4 * 6);
+        assert_eq!(&p[..6], &[0., 100., 4., 104., 8., 108.]);
+        assert_eq!(&p[4 * 6..4 * 6 + 6], &[200., 300., 204., 304., 208., 308.]);
     }
 }
