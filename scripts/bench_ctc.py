@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import transformers as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_whisper import RATE, SECONDS, clip, machine, wav_b64  # noqa: E402
+from bench_whisper import RATE, SECONDS, bench_ours, clip, machine, sync, wav_b64  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # facebook/wav2vec2-base-960h's vocabulary.
@@ -53,11 +52,6 @@ def make_model(work: Path) -> Path:
     return out
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def bench_transformers(model_dir: Path, clips, bs: int, reps: int, device: str, dtype):
     pipe = tf.pipeline("automatic-speech-recognition", model=str(model_dir), device=device, dtype=dtype)
     rates, texts = [], []
@@ -71,24 +65,6 @@ def bench_transformers(model_dir: Path, clips, bs: int, reps: int, device: str, 
         texts = [o["text"] for o in out]
     del pipe
     return rates, texts
-
-
-def bench_ours(host: str, model_dir: Path, work: Path, clips: list[str], bs: int, reps: int, device: str,
-               precision: str):
-    inputs = work / "inputs.jsonl"
-    inputs.write_text("".join(json.dumps({"audio": c}) + "\n" for c in clips))
-    out = work / f"out_{bs}.jsonl"
-    cmd = [host, "bench", "automatic-speech-recognition", "--model", str(model_dir), "--inputs", str(inputs),
-           "--batch-size", str(bs), "--warmup", "1", "--reps", str(reps), "--output", str(out),
-           "--device", device, "--precision", precision]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"host failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    stats = json.loads(proc.stdout.strip().splitlines()[-1])["bench"]
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    if any("error" in r for r in lines):
-        sys.exit(f"host answered errors: {[r for r in lines if 'error' in r][:2]}")
-    return [r * SECONDS for r in stats["per_second"]], [r["text"] for r in lines]
 
 
 def main() -> int:
@@ -117,7 +93,7 @@ def main() -> int:
     for bs in (int(b) for b in args.batches.split(",")):
         hf_rates, hf_text = bench_transformers(model_dir, clips, bs, args.reps, torch_device, dtype)
         our_rates, our_text = bench_ours(args.host_bin, model_dir, work, encoded, bs, args.reps, args.device,
-                                         args.precision)
+                                         args.precision, {})
         row = {"model": "wav2vec2-base", "batch_size": bs,
                "transformers_realtime": statistics.median(hf_rates), "ours_realtime": statistics.median(our_rates),
                "identical_texts": sum(a == b for a, b in zip(hf_text, our_text)), "clips": len(clips)}

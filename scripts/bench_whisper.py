@@ -144,11 +144,12 @@ def bench_transformers(model_dir: Path, clips: list[np.ndarray], bs: int, new: i
     return rates, texts
 
 
-def bench_ours(host: str, model_dir: Path, work: Path, clips: list[str], bs: int, new: int, reps: int,
-               device: str, precision: str) -> tuple[list[float], list[str]]:
+def bench_ours(host: str, model_dir: Path, work: Path, clips: list[str], bs: int, reps: int, device: str,
+               precision: str, options: dict) -> tuple[list[float], list[str]]:
+    """`host bench automatic-speech-recognition` on `clips` (base64 WAV), each
+    request `{"audio": clip, **options}`: real-time factors and texts."""
     inputs = work / "inputs.jsonl"
-    inputs.write_text("".join(json.dumps({"audio": c, "language": "en", "task": "transcribe", "num_beams": 1,
-                                          "max_new_tokens": new}) + "\n" for c in clips))
+    inputs.write_text("".join(json.dumps({"audio": c, **options}) + "\n" for c in clips))
     out = work / f"out_{bs}.jsonl"
     cmd = [host, "bench", "automatic-speech-recognition", "--model", str(model_dir), "--inputs", str(inputs),
            "--batch-size", str(bs), "--warmup", "1", "--reps", str(reps), "--output", str(out),
@@ -192,8 +193,9 @@ def main() -> int:
         for bs in (int(b) for b in args.batches.split(",")):
             hf_rates, hf_text = bench_transformers(model_dir, clips, bs, args.new_tokens, args.reps, torch_device,
                                                    dtype)
-            our_rates, our_text = bench_ours(args.host_bin, model_dir, work, encoded, bs, args.new_tokens,
-                                             args.reps, args.device, args.precision)
+            options = {"language": "en", "task": "transcribe", "num_beams": 1, "max_new_tokens": args.new_tokens}
+            our_rates, our_text = bench_ours(args.host_bin, model_dir, work, encoded, bs, args.reps, args.device,
+                                             args.precision, options)
             row = {"model": name, "batch_size": bs,
                    "transformers_realtime": statistics.median(hf_rates),
                    "ours_realtime": statistics.median(our_rates),
