@@ -199,6 +199,21 @@ fn llava_greedy_matches_transformers_on_cuda() {
     greedy_matches(FIXTURES, "cuda", None);
 }
 
+/// Each request of `bad` fails alone as `invalid-request`, its message
+/// containing the text paired with it.
+fn refuses(r: &mut Runner, bad: &[(serde_json::Value, &str)]) {
+    for (req, text) in bad {
+        let req = req.to_string();
+        let e = r
+            .handle(std::slice::from_ref(&req))
+            .remove(0)
+            .err()
+            .unwrap_or_else(|| panic!("{req} must fail"));
+        assert_eq!(e.kind, "invalid-request", "{e}");
+        assert!(e.message.contains(text), "{text}: {e}");
+    }
+}
+
 #[test]
 fn bad_image_requests_are_clear_errors() {
     if !available("cpu") {
@@ -242,16 +257,7 @@ fn bad_image_requests_are_clear_errors() {
             "takes no videos",
         ),
     ];
-    for (req, text) in bad {
-        let req = req.to_string();
-        let e = r
-            .handle(std::slice::from_ref(&req))
-            .remove(0)
-            .err()
-            .unwrap_or_else(|| panic!("{req} must fail"));
-        assert_eq!(e.kind, "invalid-request", "{e}");
-        assert!(e.message.contains(text), "{text}: {e}");
-    }
+    refuses(&mut r, &bad);
     // A text-only prompt is served; a text model refuses images.
     let ok = &ask(
         &mut r,
@@ -431,16 +437,7 @@ fn qwen2_vl_bad_image_requests_are_clear_errors() {
             "`images[0]`",
         ),
     ];
-    for (req, text) in bad {
-        let req = req.to_string();
-        let e = r
-            .handle(std::slice::from_ref(&req))
-            .remove(0)
-            .err()
-            .unwrap_or_else(|| panic!("{req} must fail"));
-        assert_eq!(e.kind, "invalid-request", "{e}");
-        assert!(e.message.contains(text), "{text}: {e}");
-    }
+    refuses(&mut r, &bad);
 }
 
 // Qwen2-VL videos (the fixture's `video_cases`: four frames, and an image
@@ -503,16 +500,7 @@ fn qwen2_vl_bad_video_requests_are_clear_errors() {
             "a run of 24 video tokens",
         ),
     ];
-    for (req, text) in bad {
-        let req = req.to_string();
-        let e = r
-            .handle(std::slice::from_ref(&req))
-            .remove(0)
-            .err()
-            .unwrap_or_else(|| panic!("{req} must fail"));
-        assert_eq!(e.kind, "invalid-request", "{e}");
-        assert!(e.message.contains(text), "{text}: {e}");
-    }
+    refuses(&mut r, &bad);
     // An animated GIF is a video of its frames: two 50x30 frames, grid (1, 4, 6).
     let ask_one = |r: &mut Runner, extra: serde_json::Value| {
         let mut req =
@@ -596,12 +584,7 @@ fn llava_next_bad_image_requests_are_clear_errors() {
             "`images[0]`",
         ),
     ];
-    for (req, text) in bad {
-        let req = req.to_string();
-        let e = r.handle(std::slice::from_ref(&req)).remove(0).unwrap_err();
-        assert_eq!(e.kind, "invalid-request", "{e}");
-        assert!(e.message.contains(text), "{text}: {e}");
-    }
+    refuses(&mut r, &bad);
     // A text-only prompt is served.
     let ok = &ask(
         &mut r,
